@@ -1,0 +1,21 @@
+//! rill's public wire contract: the gRPC services generated from `proto/rill/v1/*.proto`, the
+//! error model shared by every crate, and Kafka's v2 record batch format.
+//!
+//! Everything a client or server needs to speak to rill lives here, and nothing else does: no
+//! I/O, no storage, no runtime.
+
+pub mod error;
+pub mod record_batch;
+
+pub use error::{ApiError, ERROR_CODE_METADATA, LEADER_HINT_METADATA};
+pub use proto::ErrorCode;
+
+/// Generated protobuf messages and tonic clients/servers for package `rill.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("rill.v1");
+
+    /// Encoded `FileDescriptorSet` of the rill API, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/rill_descriptor.bin"));
+}

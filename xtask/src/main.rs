@@ -1,0 +1,108 @@
+//! `cargo xtask <command>`: the project's build and test automation, in Rust so it runs wherever
+//! cargo does.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "rill project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything CI checks: formatting, clippy with warnings denied, and all tests.
+    Ci,
+    /// Local cluster management (arrives with the broker).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Run the record batch fuzzer (needs nightly and cargo-fuzz; installs cargo-fuzz if absent).
+    Fuzz {
+        /// Seconds to fuzz for.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Build and start a local cluster.
+    Up,
+    /// Show what runs.
+    Status,
+    /// Stop what `up` started.
+    Down,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Ci => ci(),
+        Cmd::Cluster { .. } => bail!(
+            "rill has no broker or controller binary yet, so there is no cluster to start; \
+             today the system is the `rill-protocol` library (run `cargo xtask ci` to test it)"
+        ),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
+    }
+}
+
+fn ci() -> Result<()> {
+    run("cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // Doc tests are not run by nextest; run them first so the test summary closes the output.
+    run("cargo", &["test", "--workspace", "--doc"])?;
+    run(
+        "cargo",
+        &["nextest", "run", "--workspace", "--no-fail-fast"],
+    )
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        run("cargo", &["install", "cargo-fuzz", "--locked"])?;
+    }
+    let secs = format!("-max_total_time={seconds}");
+    run_in(
+        "crates/rill-protocol",
+        "cargo",
+        &["+nightly", "fuzz", "run", "record_batch", "--", &secs],
+    )
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    run_in(".", program, args)
+}
+
+fn run_in(dir: &str, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root.join(dir))
+        .status()
+        .with_context(|| format!("failed to start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
