@@ -22,6 +22,7 @@ pub struct RecordBatchBuilder {
     base_sequence: i32,
     transactional: bool,
     control: bool,
+    delete_horizon: bool,
     base_timestamp: Option<i64>,
     max_timestamp: i64,
     last_offset_delta: i32,
@@ -42,6 +43,7 @@ impl RecordBatchBuilder {
             base_sequence: NO_SEQUENCE,
             transactional: false,
             control: false,
+            delete_horizon: false,
             base_timestamp: None,
             max_timestamp: -1,
             last_offset_delta: -1,
@@ -85,6 +87,15 @@ impl RecordBatchBuilder {
     /// Control-batch bit.
     pub fn control(mut self, control: bool) -> Self {
         self.control = control;
+        self
+    }
+
+    /// Marks the batch with a delete horizon (KIP-534): its tombstones may be dropped by the log
+    /// cleaner after `horizon_ms`. The horizon is stored as the base timestamp, so it must be set
+    /// before the first record is appended; record timestamps stay exact (deltas adapt).
+    pub fn delete_horizon_ms(mut self, horizon_ms: i64) -> Self {
+        self.delete_horizon = true;
+        self.base_timestamp = Some(horizon_ms);
         self
     }
 
@@ -220,6 +231,9 @@ impl RecordBatchBuilder {
         if self.control {
             attributes |= super::CONTROL_BIT;
         }
+        if self.delete_horizon {
+            attributes |= super::DELETE_HORIZON_BIT;
+        }
         let base_timestamp = self.base_timestamp.unwrap_or(-1);
         let h = &mut out[..RECORD_BATCH_OVERHEAD];
         h[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
@@ -260,6 +274,24 @@ fn write_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_horizon_keeps_record_timestamps() {
+        let mut b = RecordBatchBuilder::new(Compression::None).delete_horizon_ms(5_000);
+        b.append(1_000, Some(b"k"), None, &[]);
+        b.append(9_000, Some(b"k2"), Some(b"v"), &[]);
+        let bytes = b.build().unwrap();
+        let batch = super::super::RecordBatch::parse(&bytes).unwrap();
+        batch.validate(&Default::default()).unwrap();
+        assert_eq!(batch.header().delete_horizon_ms(), Some(5_000));
+        let ts: Vec<i64> = batch
+            .records(1 << 20)
+            .unwrap()
+            .iter()
+            .map(|r| r.unwrap().timestamp)
+            .collect();
+        assert_eq!(ts, [1_000, 9_000]);
+    }
 
     /// The worked example in docs/record-batch.md, byte for byte.
     #[test]

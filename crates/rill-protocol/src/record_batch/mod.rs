@@ -46,6 +46,7 @@ const COMPRESSION_MASK: u16 = 0x07;
 const TIMESTAMP_TYPE_BIT: u16 = 0x08;
 const TRANSACTIONAL_BIT: u16 = 0x10;
 const CONTROL_BIT: u16 = 0x20;
+const DELETE_HORIZON_BIT: u16 = 0x40;
 
 /// Why a batch was rejected. Each variant names the rule that failed and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -276,6 +277,12 @@ impl BatchHeader {
     /// A control batch (transaction markers), not user data.
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_BIT != 0
+    }
+
+    /// When the log cleaner may drop this batch's tombstones (KIP-534): set by the cleaner on the
+    /// first pass that keeps a tombstone, stored in `base_timestamp`.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & DELETE_HORIZON_BIT != 0).then_some(self.base_timestamp)
     }
 
     /// Offset of the last record.

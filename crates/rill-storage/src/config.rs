@@ -1,0 +1,285 @@
+//! Per-log (topic) configuration, with Kafka's property names, defaults and validated ranges.
+//!
+//! The controller validates topic configs with [`LogConfig::set`] before committing them, and the
+//! broker builds each partition's config the same way, so a value that is accepted is a value the
+//! log can run with.
+
+use rill_protocol::record_batch::TimestampType;
+
+use crate::error::{LogError, Result};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// What happens to old data (`cleanup.policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// Delete old segments by `retention.ms` / `retention.bytes`.
+    pub delete: bool,
+    /// Keep only the latest record per key.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    /// `delete`, Kafka's default.
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+    /// `compact`.
+    pub const COMPACT: CleanupPolicy = CleanupPolicy {
+        delete: false,
+        compact: true,
+    };
+}
+
+impl std::fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.compact, self.delete) {
+            (true, true) => f.write_str("compact,delete"),
+            (true, false) => f.write_str("compact"),
+            (false, true) => f.write_str("delete"),
+            (false, false) => f.write_str(""),
+        }
+    }
+}
+
+/// Configuration of one partition log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment when it would grow past this size.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll the active segment when its first batch is this old.
+    pub segment_ms: i64,
+    /// `segment.index.bytes`: the largest offset/time index of a segment; roll when full.
+    pub segment_index_bytes: u64,
+    /// `index.interval.bytes`: log bytes between two offset index entries.
+    pub index_interval_bytes: u64,
+    /// `retention.ms`: delete segments whose newest record is older; -1 keeps forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete the oldest segments while the log is larger; -1 = no limit.
+    pub retention_bytes: i64,
+    /// `cleanup.policy`.
+    pub cleanup_policy: CleanupPolicy,
+    /// `delete.retention.ms`: how long tombstones survive once cleaned.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: compact when dirty bytes / total bytes passes this.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `max.message.bytes`: largest record batch accepted.
+    pub max_message_bytes: usize,
+    /// `message.timestamp.type`: keep producer timestamps or stamp the append time.
+    pub message_timestamp_type: TimestampType,
+    /// `flush.messages`: under `log.flush.policy=interval`, fsync after this many records.
+    pub flush_messages: i64,
+    /// `flush.ms`: under `log.flush.policy=interval`, fsync after this much time.
+    pub flush_ms: i64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * DAY_MS,
+            segment_index_bytes: 10 << 20,
+            index_interval_bytes: 4096,
+            retention_ms: 7 * DAY_MS,
+            retention_bytes: -1,
+            cleanup_policy: CleanupPolicy::DELETE,
+            delete_retention_ms: DAY_MS,
+            min_cleanable_dirty_ratio: 0.5,
+            max_message_bytes: 1_048_588,
+            message_timestamp_type: TimestampType::CreateTime,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Every property name this config understands.
+    pub const KEYS: &'static [&'static str] = &[
+        "segment.bytes",
+        "segment.ms",
+        "segment.index.bytes",
+        "index.interval.bytes",
+        "retention.ms",
+        "retention.bytes",
+        "cleanup.policy",
+        "delete.retention.ms",
+        "min.cleanable.dirty.ratio",
+        "max.message.bytes",
+        "message.timestamp.type",
+        "flush.messages",
+        "flush.ms",
+    ];
+
+    /// The defaults overridden by `entries` (name, value), each validated.
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+        let mut config = LogConfig::default();
+        for (name, value) in entries {
+            config.set(name, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one property from text, rejecting unknown names and out-of-range values.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let v = value.trim();
+        match name {
+            "segment.bytes" => self.segment_bytes = int(name, v, 1024, i32::MAX as i64)? as u64,
+            "segment.ms" => self.segment_ms = int(name, v, 1, i64::MAX)?,
+            "segment.index.bytes" => {
+                self.segment_index_bytes = int(name, v, 64, i32::MAX as i64)? as u64
+            }
+            "index.interval.bytes" => {
+                self.index_interval_bytes = int(name, v, 0, i32::MAX as i64)? as u64
+            }
+            "retention.ms" => self.retention_ms = int(name, v, -1, i64::MAX)?,
+            "retention.bytes" => self.retention_bytes = int(name, v, -1, i64::MAX)?,
+            "cleanup.policy" => self.cleanup_policy = policy(name, v)?,
+            "delete.retention.ms" => self.delete_retention_ms = int(name, v, 0, i64::MAX)?,
+            "min.cleanable.dirty.ratio" => {
+                let ratio: f64 = v
+                    .parse()
+                    .map_err(|_| invalid(name, v, "expected a number"))?;
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(invalid(name, v, "must be between 0 and 1"));
+                }
+                self.min_cleanable_dirty_ratio = ratio;
+            }
+            "max.message.bytes" => {
+                self.max_message_bytes = int(name, v, 0, i32::MAX as i64)? as usize
+            }
+            "message.timestamp.type" => {
+                self.message_timestamp_type = match v {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(invalid(name, v, "must be CreateTime or LogAppendTime")),
+                }
+            }
+            "flush.messages" => self.flush_messages = int(name, v, 1, i64::MAX)?,
+            "flush.ms" => self.flush_ms = int(name, v, 0, i64::MAX)?,
+            _ => {
+                return Err(LogError::InvalidConfig {
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                    reason: format!("unknown config; known: {}", Self::KEYS.join(", ")),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The current value of a property as text, for DescribeConfigs.
+    pub fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            "segment.index.bytes" => self.segment_index_bytes.to_string(),
+            "index.interval.bytes" => self.index_interval_bytes.to_string(),
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "cleanup.policy" => self.cleanup_policy.to_string(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            "message.timestamp.type" => match self.message_timestamp_type {
+                TimestampType::CreateTime => "CreateTime".into(),
+                TimestampType::LogAppendTime => "LogAppendTime".into(),
+            },
+            "flush.messages" => self.flush_messages.to_string(),
+            "flush.ms" => self.flush_ms.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+fn invalid(name: &str, value: &str, reason: &str) -> LogError {
+    LogError::InvalidConfig {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn int(name: &str, v: &str, min: i64, max: i64) -> Result<i64> {
+    let n: i64 = v
+        .parse()
+        .map_err(|_| invalid(name, v, "expected an integer"))?;
+    if n < min || n > max {
+        return Err(invalid(
+            name,
+            v,
+            &format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn policy(name: &str, v: &str) -> Result<CleanupPolicy> {
+    let mut p = CleanupPolicy {
+        delete: false,
+        compact: false,
+    };
+    for part in v.split(',').map(str::trim) {
+        match part {
+            "delete" => p.delete = true,
+            "compact" => p.compact = true,
+            _ => {
+                return Err(invalid(
+                    name,
+                    v,
+                    "must be delete, compact or compact,delete",
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_defaults() {
+        let c = LogConfig::default();
+        assert_eq!(c.segment_bytes, 1 << 30);
+        assert_eq!(c.retention_ms, 7 * DAY_MS);
+        assert_eq!(c.delete_retention_ms, DAY_MS);
+        assert_eq!(c.index_interval_bytes, 4096);
+        assert_eq!(c.segment_index_bytes, 10 << 20);
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.5);
+    }
+
+    #[test]
+    fn every_key_round_trips_through_get() {
+        let c = LogConfig::default();
+        for key in LogConfig::KEYS {
+            let v = c.get(key).unwrap();
+            let mut d = LogConfig::default();
+            d.set(key, &v).unwrap();
+            assert_eq!(d, c, "{key}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_reasons() {
+        let mut c = LogConfig::default();
+        let e = c.set("retention.ms", "-5").unwrap_err().to_string();
+        assert!(e.contains("between -1"), "{e}");
+        assert!(c.set("cleanup.policy", "shred").is_err());
+        assert!(c.set("segment.bytes", "lots").is_err());
+        assert!(c.set("min.cleanable.dirty.ratio", "1.5").is_err());
+        let e = c.set("retention.hours", "1").unwrap_err().to_string();
+        assert!(e.contains("unknown config"), "{e}");
+        assert_eq!(c, LogConfig::default(), "failed sets change nothing");
+        c.set("cleanup.policy", "compact,delete").unwrap();
+        assert_eq!(
+            c.cleanup_policy,
+            CleanupPolicy {
+                delete: true,
+                compact: true
+            }
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! Errors of the commit log, each mapped to the Kafka error code a client should see.
+
+use std::path::PathBuf;
+
+use rill_protocol::ErrorCode;
+use rill_protocol::record_batch::BatchError;
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A batch in an append failed validation; nothing of the append was written.
+    #[error("batch {index} of the request is invalid: {source}")]
+    InvalidBatch {
+        /// Position of the batch in the appended buffer.
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        source: BatchError,
+    },
+    /// A batch is larger than `max.message.bytes`.
+    #[error(
+        "batch of {size} bytes exceeds max.message.bytes = {max}; raise the topic's max.message.bytes or send smaller batches"
+    )]
+    MessageTooLarge {
+        /// Batch size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A record without key was sent to a compacted topic.
+    #[error(
+        "compacted topics need a key on every record (batch {index} has a record with a null key); set a key or use cleanup.policy=delete"
+    )]
+    KeylessRecordInCompactedLog {
+        /// Position of the batch in the appended buffer.
+        index: usize,
+    },
+    /// An append brought nothing to append.
+    #[error("the request holds no record batch")]
+    EmptyAppend,
+    /// Replicated batches must continue the log exactly.
+    #[error(
+        "replicated batch starts at offset {base_offset}, but the log ends at {log_end_offset}"
+    )]
+    NonMonotonicOffset {
+        /// The batch's base offset.
+        base_offset: i64,
+        /// The log end offset.
+        log_end_offset: i64,
+    },
+    /// A read or lookup outside the log.
+    #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange {
+        /// Requested offset.
+        offset: i64,
+        /// First offset in the log.
+        log_start_offset: i64,
+        /// Offset after the last record.
+        log_end_offset: i64,
+    },
+    /// A config value is unknown or out of range.
+    #[error("invalid config {name}={value:?}: {reason}")]
+    InvalidConfig {
+        /// Property name.
+        name: String,
+        /// Offending value.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
+    /// On-disk data is not what the log wrote.
+    #[error("corrupt log data in {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error on a log file.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LogError {
+    /// The Kafka error code for this failure.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            LogError::InvalidBatch { source, .. } => source.error_code(),
+            LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            LogError::KeylessRecordInCompactedLog { .. } => ErrorCode::InvalidRecord,
+            LogError::EmptyAppend => ErrorCode::InvalidRequest,
+            LogError::NonMonotonicOffset { .. } => ErrorCode::CorruptMessage,
+            LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+            LogError::Corrupt { .. } | LogError::Io { .. } => ErrorCode::KafkaStorageError,
+        }
+    }
+}
+
+/// Shorthand for results of log operations.
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| LogError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,33 @@
+//! rill's commit log: each partition is an append-only log of Kafka v2 record batches, split
+//! into segments (`.log` + `.index` + `.timeindex`), CRC-checked, recovered after crashes,
+//! trimmed by retention and compacted by key.
+//!
+//! Map: [`Log`] (one partition) → [`LogSegment`] (one file set) → [`OffsetIndex`]/[`TimeIndex`];
+//! [`LogManager`] (all partitions of a broker, checkpoints); `log_cleaner` (compaction);
+//! [`GroupCommit`] (shared fsyncs). Everything is synchronous: callers run it on threads meant
+//! for blocking I/O.
+
+mod checkpoint;
+mod clock;
+mod config;
+mod error;
+mod group_commit;
+mod index;
+mod log;
+mod log_cleaner;
+mod log_manager;
+mod log_segment;
+
+pub use checkpoint::OffsetCheckpointFile;
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::{CleanupPolicy, LogConfig};
+pub use error::{LogError, Result};
+pub use group_commit::GroupCommit;
+pub use index::{OffsetIndex, TimeIndex};
+pub use log::{Log, LogAppendInfo, LogOpenOptions};
+pub use log_cleaner::{CleanerConfig, CleanerStats};
+pub use log_manager::{
+    CLEAN_SHUTDOWN_FILE, CLEANER_CHECKPOINT, LogManager, RECOVERY_POINT_CHECKPOINT, SharedLog,
+    TopicPartition,
+};
+pub use log_segment::{LogSegment, SegmentInfo};

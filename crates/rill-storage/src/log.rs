@@ -1,0 +1,671 @@
+//! A partition's commit log: an ordered set of [`LogSegment`]s in one directory, the last of which
+//! is active.
+//!
+//! The append path, in order (the order is the correctness argument):
+//! 1. validate every batch of the request (CRC, framing, size, key rules) — nothing is written
+//!    unless all pass;
+//! 2. assign offsets by patching each batch's `base_offset` and `partition_leader_epoch` in place
+//!    (outside the CRC, so records are never re-encoded);
+//! 3. roll the active segment if the append would overflow it;
+//! 4. write the bytes (page cache) and update the in-memory indexes;
+//! 5. advance the log end offset and register the file with [`GroupCommit`];
+//! 6. the caller acknowledges after [`GroupCommit::wait_durable`] (fsync) when the flush policy
+//!    demands it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rill_protocol::record_batch::{
+    TimestampType, ValidationOptions, batches, set_base_offset, set_log_append_time,
+    set_partition_leader_epoch,
+};
+
+use crate::clock::SharedClock;
+use crate::config::LogConfig;
+use crate::error::{IoContext, LogError, Result};
+use crate::group_commit::GroupCommit;
+use crate::log_segment::{
+    BatchInfo, INDEX_SUFFIX, IndexSizing, LOG_SUFFIX, LogSegment, SegmentInfo, TIME_INDEX_SUFFIX,
+    remove_if_exists, segment_file,
+};
+
+/// Suffix of files being deleted (crash-safe deletion: rename, then remove).
+pub(crate) const DELETED_SUFFIX: &str = ".deleted";
+/// Suffix of the cleaner's output while it is written.
+pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
+/// Suffix of a complete cleaner output waiting to replace the segments it cleaned.
+pub(crate) const SWAP_SUFFIX: &str = ".swap";
+
+/// How to open a log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogOpenOptions {
+    /// Everything below this offset was fsynced (from the recovery-point checkpoint); segments
+    /// that may hold later offsets are re-validated.
+    pub recovery_point: i64,
+    /// The last shutdown flushed everything and wrote its checkpoints: skip re-validation.
+    pub clean_shutdown: bool,
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogAppendInfo {
+    /// Offset of the first record appended.
+    pub first_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+    /// Largest record timestamp appended.
+    pub max_timestamp: i64,
+    /// The broker time stamped on the batches under LogAppendTime.
+    pub log_append_time: Option<i64>,
+    /// Number of records.
+    pub record_count: i64,
+    /// Number of batches.
+    pub batch_count: usize,
+    /// Bytes appended.
+    pub size_bytes: usize,
+}
+
+/// A partition's commit log. Not internally synchronised: the owner serialises mutations
+/// (appends, rolls, retention, cleaning); reads take `&self`.
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) clock: SharedClock,
+    pub(crate) segments: BTreeMap<i64, LogSegment>,
+    log_start_offset: i64,
+    log_end_offset: i64,
+    recovery_point: i64,
+    group_commit: Arc<GroupCommit>,
+    unflushed_records: i64,
+    last_flush_ms: i64,
+    /// First offset the cleaner has not cleaned yet.
+    pub(crate) cleaner_checkpoint: i64,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, finishing interrupted deletions and compactions and
+    /// recovering everything after the recovery point.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        options: LogOpenOptions,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let sizing = sizing(&config);
+        complete_interrupted_operations(&dir)?;
+        let bases = segment_bases(&dir)?;
+        let mut segments = BTreeMap::new();
+        let mut truncated_at = None;
+        for (i, &base) in bases.iter().enumerate() {
+            if truncated_at.is_some() {
+                // Data after a truncated segment follows a hole: it cannot be trusted.
+                tracing::warn!(dir = %dir.display(), base, "removing segment after a truncated one");
+                delete_segment_files(&dir, base)?;
+                continue;
+            }
+            let next_base = bases.get(i + 1).copied();
+            let recover =
+                !options.clean_shutdown && next_base.is_none_or(|n| n > options.recovery_point);
+            let (segment, truncated) = LogSegment::open(&dir, base, sizing, recover)?;
+            if truncated > 0 && next_base.is_some() {
+                truncated_at = Some(base);
+            }
+            segments.insert(base, segment);
+        }
+        if segments.is_empty() {
+            segments.insert(0, LogSegment::create(&dir, 0, sizing)?);
+        }
+        let log_start_offset = *segments.keys().next().unwrap_or(&0);
+        let log_end_offset = segments.values().next_back().map_or(0, |s| s.next_offset());
+        let now = clock.now_ms();
+        let mut log = Log {
+            dir,
+            config,
+            clock,
+            segments,
+            log_start_offset,
+            log_end_offset,
+            recovery_point: options.recovery_point.min(log_end_offset),
+            group_commit: Arc::new(GroupCommit::new(0)),
+            unflushed_records: 0,
+            last_flush_ms: now,
+            cleaner_checkpoint: log_start_offset,
+        };
+        // What recovery validated is now made durable, so the recovery point can move to the end.
+        log.flush()?;
+        Ok(log)
+    }
+
+    /// Appends batches from a producer: validates them, assigns offsets from the log end offset
+    /// and stamps `leader_epoch`, patching `records` in place. Nothing is written unless every
+    /// batch is valid.
+    pub fn append_as_leader(
+        &mut self,
+        records: &mut [u8],
+        leader_epoch: i32,
+    ) -> Result<LogAppendInfo> {
+        let opts = ValidationOptions {
+            max_uncompressed_bytes: self.config.max_message_bytes,
+            producer_batch: true,
+        };
+        let mut infos = Vec::new();
+        let mut record_count = 0i64;
+        let mut max_timestamp = -1i64;
+        for (index, batch) in batches(records).enumerate() {
+            let batch = batch.map_err(|source| LogError::InvalidBatch { index, source })?;
+            let size = batch.as_bytes().len();
+            if size > self.config.max_message_bytes {
+                return Err(LogError::MessageTooLarge {
+                    size,
+                    max: self.config.max_message_bytes,
+                });
+            }
+            let summary = batch
+                .validate(&opts)
+                .map_err(|source| LogError::InvalidBatch { index, source })?;
+            if self.config.cleanup_policy.compact && summary.has_null_key {
+                return Err(LogError::KeylessRecordInCompactedLog { index });
+            }
+            record_count += i64::from(summary.record_count);
+            infos.push(BatchInfo::of(batch.header()));
+        }
+        if infos.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        // All valid: assign offsets and epochs in place.
+        let log_append_time = (self.config.message_timestamp_type == TimestampType::LogAppendTime)
+            .then(|| self.clock.now_ms());
+        let mut next = self.log_end_offset;
+        let mut pos = 0usize;
+        for info in &mut infos {
+            let bytes = &mut records[pos..pos + info.size];
+            set_base_offset(bytes, next);
+            set_partition_leader_epoch(bytes, leader_epoch);
+            if let Some(now) = log_append_time {
+                set_log_append_time(bytes, now);
+                info.max_timestamp = now;
+            }
+            let delta = info.last_offset - info.base_offset;
+            info.base_offset = next;
+            info.last_offset = next + delta;
+            next = info.last_offset + 1;
+            max_timestamp = max_timestamp.max(info.max_timestamp);
+            pos += info.size;
+        }
+        self.append_batches(&records[..pos], &infos, max_timestamp)?;
+        Ok(LogAppendInfo {
+            first_offset: infos[0].base_offset,
+            last_offset: next - 1,
+            max_timestamp,
+            log_append_time,
+            record_count,
+            batch_count: infos.len(),
+            size_bytes: pos,
+        })
+    }
+
+    /// Appends batches copied from the partition leader, offsets already assigned. They must
+    /// continue the log (base offset ≥ log end offset, increasing) and pass CRC and framing checks.
+    pub fn append_as_follower(&mut self, records: &[u8]) -> Result<LogAppendInfo> {
+        let opts = ValidationOptions {
+            max_uncompressed_bytes: usize::MAX,
+            producer_batch: false,
+        };
+        let mut infos: Vec<BatchInfo> = Vec::new();
+        let mut record_count = 0i64;
+        let mut expected = self.log_end_offset;
+        let mut pos = 0;
+        for (index, batch) in batches(records).enumerate() {
+            let batch = batch.map_err(|source| LogError::InvalidBatch { index, source })?;
+            batch
+                .verify_crc()
+                .map_err(|source| LogError::InvalidBatch { index, source })?;
+            let h = batch.header();
+            if h.base_offset < expected {
+                return Err(LogError::NonMonotonicOffset {
+                    base_offset: h.base_offset,
+                    log_end_offset: expected,
+                });
+            }
+            // Full record validation costs a decompression; the CRC already proves the leader's
+            // bytes arrived intact, so only check framing when cheap (uncompressed).
+            if h.compression()
+                .map_err(|source| LogError::InvalidBatch { index, source })?
+                == rill_protocol::record_batch::Compression::None
+            {
+                batch
+                    .validate(&opts)
+                    .map_err(|source| LogError::InvalidBatch { index, source })?;
+            }
+            record_count += i64::from(h.record_count);
+            expected = h.next_offset();
+            pos += batch.as_bytes().len();
+            infos.push(BatchInfo::of(h));
+        }
+        let (Some(first), Some(last)) = (infos.first(), infos.last()) else {
+            return Err(LogError::EmptyAppend);
+        };
+        let (first_offset, last_offset) = (first.base_offset, last.last_offset);
+        let max_timestamp = infos.iter().map(|i| i.max_timestamp).max().unwrap_or(-1);
+        self.append_batches(&records[..pos], &infos, max_timestamp)?;
+        Ok(LogAppendInfo {
+            first_offset,
+            last_offset,
+            max_timestamp,
+            log_append_time: None,
+            record_count,
+            batch_count: infos.len(),
+            size_bytes: pos,
+        })
+    }
+
+    fn append_batches(
+        &mut self,
+        bytes: &[u8],
+        infos: &[BatchInfo],
+        max_timestamp: i64,
+    ) -> Result<()> {
+        let first = infos[0].base_offset;
+        let last = infos[infos.len() - 1].last_offset;
+        self.maybe_roll(bytes.len(), first, last, max_timestamp)?;
+        let segment = self.active_segment_mut();
+        segment.append(bytes, infos)?;
+        let file = Arc::clone(segment.file());
+        self.log_end_offset = last + 1;
+        self.unflushed_records += last - first + 1;
+        self.group_commit.appended(&file, self.log_end_offset);
+        Ok(())
+    }
+
+    /// Rolls when the append would not fit the active segment: size, age, full indexes, or
+    /// offsets too far from the segment's base for 32-bit relative offsets.
+    fn maybe_roll(
+        &mut self,
+        size: usize,
+        first_offset: i64,
+        last_offset: i64,
+        _max_timestamp: i64,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let seg = self.active_segment();
+        let full = seg.size() > 0 && seg.size() + size as u64 > self.config.segment_bytes;
+        let old = seg.size() > 0
+            && seg
+                .rolling_timestamp()
+                .is_some_and(|t| now.saturating_sub(t) > self.config.segment_ms);
+        let overflow =
+            last_offset - seg.base_offset() > i32::MAX as i64 || first_offset < seg.base_offset();
+        if full || old || seg.indexes_full() || overflow {
+            self.roll_at(first_offset.max(self.log_end_offset))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new active segment at the log end offset (no-op if the active one is empty).
+    pub fn roll(&mut self) -> Result<()> {
+        if self.active_segment().size() == 0 {
+            return Ok(());
+        }
+        self.roll_at(self.log_end_offset)
+    }
+
+    fn roll_at(&mut self, base: i64) -> Result<()> {
+        if self.active_segment().size() == 0 {
+            // An empty active segment is simply replaced.
+            let old_base = self.active_segment().base_offset();
+            if old_base == base {
+                return Ok(());
+            }
+            self.segments.remove(&old_base);
+            delete_segment_files(&self.dir, old_base)?;
+        } else {
+            self.active_segment_mut().on_become_inactive()?;
+        }
+        let segment = LogSegment::create(&self.dir, base, sizing(&self.config))?;
+        self.segments.insert(base, segment);
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
+    /// Whole batches from `offset` on, at most `max_bytes` of them (but at least one batch when
+    /// `min_one`, so a large batch never stalls a reader), leaving out batches whose base offset
+    /// is ≥ `max_offset` (the high watermark for consumers). `Ok(None)` when nothing is readable
+    /// yet; `OffsetOutOfRange` outside [log start, log end].
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: Option<i64>,
+        min_one: bool,
+    ) -> Result<Option<Bytes>> {
+        if offset < self.log_start_offset || offset > self.log_end_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        let max_offset = max_offset
+            .unwrap_or(self.log_end_offset)
+            .min(self.log_end_offset);
+        if offset >= max_offset {
+            return Ok(None);
+        }
+        let start = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(self.log_start_offset, |(b, _)| *b);
+        for segment in self.segments.range(start..).map(|(_, s)| s) {
+            if segment.base_offset() >= max_offset {
+                break;
+            }
+            if let Some(bytes) = segment.read(offset, max_bytes, max_offset, min_one)? {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset and timestamp of the first record whose timestamp is ≥ `timestamp`, or `None` when
+    /// every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        for segment in self.segments.values() {
+            if let Some(found) =
+                segment.find_offset_by_timestamp(timestamp, self.log_start_offset)?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record at or after `offset` (a follower whose log diverged from the
+    /// leader's). The cut is at a batch boundary; the log end offset becomes ≤ `offset`.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
+        if offset >= self.log_end_offset {
+            return Ok(());
+        }
+        if offset <= self.log_start_offset {
+            return self.truncate_fully_and_start_at(offset);
+        }
+        let doomed: Vec<i64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
+        for base in doomed {
+            self.segments.remove(&base);
+            delete_segment_files(&self.dir, base)?;
+        }
+        let seg = self.active_segment_mut();
+        seg.truncate_to(offset)?;
+        let end = seg.next_offset().min(offset);
+        seg.set_next_offset(end);
+        self.log_end_offset = end;
+        self.recovery_point = self.recovery_point.min(end);
+        self.cleaner_checkpoint = self.cleaner_checkpoint.min(end);
+        self.group_commit.truncated(end);
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes all data and restarts the log, empty, at `offset` (a follower too far behind).
+    pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        for base in bases {
+            self.segments.remove(&base);
+            delete_segment_files(&self.dir, base)?;
+        }
+        self.segments.insert(
+            offset,
+            LogSegment::create(&self.dir, offset, sizing(&self.config))?,
+        );
+        sync_dir(&self.dir)?;
+        self.log_start_offset = offset;
+        self.log_end_offset = offset;
+        self.recovery_point = offset;
+        self.cleaner_checkpoint = offset;
+        self.group_commit.truncated(offset);
+        self.group_commit.flushed(offset);
+        Ok(())
+    }
+
+    /// fsyncs every segment with data after the recovery point, data then indexes, and moves the
+    /// recovery point to the log end offset.
+    pub fn flush(&mut self) -> Result<()> {
+        let end = self.log_end_offset;
+        let from = self
+            .segments
+            .range(..=self.recovery_point)
+            .next_back()
+            .map_or(i64::MIN, |(b, _)| *b);
+        for segment in self.segments.range_mut(from..).map(|(_, s)| s) {
+            segment.flush()?;
+        }
+        self.recovery_point = end;
+        self.unflushed_records = 0;
+        self.last_flush_ms = self.clock.now_ms();
+        self.group_commit.flushed(end);
+        Ok(())
+    }
+
+    /// True when `flush.messages` or `flush.ms` says a flush is due (interval flush policy).
+    pub fn flush_due(&self) -> bool {
+        self.unflushed_records > 0
+            && (self.unflushed_records >= self.config.flush_messages
+                || self.clock.now_ms().saturating_sub(self.last_flush_ms) >= self.config.flush_ms)
+    }
+
+    /// Applies `retention.ms` and `retention.bytes` (when `cleanup.policy` includes delete),
+    /// deleting whole segments, oldest first, that end at or below `upper_bound` (the high
+    /// watermark: unreplicated data is never deleted). Returns the deleted segments.
+    pub fn delete_old_segments(&mut self, upper_bound: i64) -> Result<Vec<SegmentInfo>> {
+        if !self.config.cleanup_policy.delete {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now_ms();
+        let retention_ms = self.config.retention_ms;
+        let mut excess = if self.config.retention_bytes >= 0 {
+            self.size_bytes() as i64 - self.config.retention_bytes
+        } else {
+            0
+        };
+        let active = self.active_segment().base_offset();
+        let mut doomed = Vec::new();
+        for segment in self.segments.values() {
+            let is_active = segment.base_offset() == active;
+            if segment.size() == 0 {
+                // An empty segment (left by the cleaner) holds nothing to keep.
+                if is_active {
+                    break;
+                }
+                doomed.push(segment.base_offset());
+                continue;
+            }
+            if segment.next_offset() > upper_bound {
+                break;
+            }
+            let expired =
+                retention_ms >= 0 && now.saturating_sub(segment.max_timestamp()) > retention_ms;
+            let over_size = !is_active && excess > 0 && excess - segment.size() as i64 >= 0;
+            if !(expired || over_size) {
+                break;
+            }
+            excess -= segment.size() as i64;
+            doomed.push(segment.base_offset());
+        }
+        if doomed.last() == Some(&active) {
+            self.roll()?;
+        }
+        let mut deleted = Vec::new();
+        for base in doomed {
+            if let Some(mut segment) = self.segments.remove(&base) {
+                deleted.push(segment.info());
+                let renamed = segment.rename_files(DELETED_SUFFIX)?;
+                drop(segment);
+                for path in renamed {
+                    remove_if_exists(&path)?;
+                }
+            }
+        }
+        if !deleted.is_empty() {
+            self.log_start_offset = self
+                .log_start_offset
+                .max(*self.segments.keys().next().unwrap_or(&self.log_end_offset));
+            self.cleaner_checkpoint = self.cleaner_checkpoint.max(self.log_start_offset);
+            sync_dir(&self.dir)?;
+            tracing::info!(dir = %self.dir.display(), segments = deleted.len(), log_start_offset = self.log_start_offset, "deleted segments by retention");
+        }
+        Ok(deleted)
+    }
+
+    /// Flushes everything and records final index entries: after `close`, reopening with
+    /// `clean_shutdown` needs no recovery.
+    pub fn close(&mut self) -> Result<()> {
+        self.active_segment_mut().on_become_inactive()?;
+        self.flush()
+    }
+
+    /// Removes the log and its directory (topic deletion).
+    pub fn delete(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).at(&dir)
+    }
+
+    /// First offset in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// Offset the next appended record gets.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset
+    }
+
+    /// Everything below this offset is known to be on disk and valid.
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    /// The group-commit handle: wait for durability without holding the log.
+    pub fn group_commit(&self) -> Arc<GroupCommit> {
+        Arc::clone(&self.group_commit)
+    }
+
+    /// Total size of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(LogSegment::size).sum()
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments.values().map(LogSegment::info).collect()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log's config.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the config (topic config change); takes effect on the next append or cleanup.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub(crate) fn active_segment(&self) -> &LogSegment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_segment_mut(&mut self) -> &mut LogSegment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+}
+
+pub(crate) fn sizing(config: &LogConfig) -> IndexSizing {
+    IndexSizing {
+        index_bytes: config.segment_index_bytes,
+        interval_bytes: config.index_interval_bytes,
+    }
+}
+
+/// Base offsets of the `.log` files in `dir`, ascending.
+fn segment_bases(dir: &Path) -> Result<Vec<i64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let name = entry.at(dir)?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = name.strip_suffix(LOG_SUFFIX).and_then(parse_base) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn parse_base(stem: &str) -> Option<i64> {
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+/// Finishes what a crash interrupted: removes `.deleted` and `.cleaned` leftovers, and completes
+/// any `.swap` (a cleaned segment that was fully written): the segments it replaces are removed
+/// and it takes its final name. Indexes of swapped segments are rebuilt on open.
+fn complete_interrupted_operations(dir: &Path) -> Result<()> {
+    let mut swaps = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.ends_with(DELETED_SUFFIX) || name.ends_with(CLEANED_SUFFIX) {
+            remove_if_exists(&path)?;
+        } else if let Some(stem) = name.strip_suffix(SWAP_SUFFIX) {
+            if let Some(base) = stem.strip_suffix(LOG_SUFFIX).and_then(parse_base) {
+                swaps.push(base);
+            } else {
+                remove_if_exists(&path)?;
+            }
+        }
+    }
+    swaps.sort_unstable();
+    for base in swaps {
+        let swap = segment_file(dir, base, &format!("{LOG_SUFFIX}{SWAP_SUFFIX}"));
+        let end = crate::log_cleaner::swap_end_offset(&swap)?;
+        for old in segment_bases(dir)? {
+            if old >= base && old < end {
+                delete_segment_files(dir, old)?;
+            }
+        }
+        std::fs::rename(&swap, segment_file(dir, base, LOG_SUFFIX)).at(&swap)?;
+        tracing::info!(dir = %dir.display(), base, "completed an interrupted compaction swap");
+    }
+    sync_dir(dir)
+}
+
+/// Removes a segment's `.log`, `.index` and `.timeindex`.
+pub(crate) fn delete_segment_files(dir: &Path, base: i64) -> Result<()> {
+    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        remove_if_exists(&segment_file(dir, base, suffix))?;
+    }
+    Ok(())
+}
+
+/// fsyncs a directory so renames and creations in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}

@@ -1,0 +1,374 @@
+//! Log compaction: keep only the latest record per key in the cleanable part of a log.
+//!
+//! The cleanable part is every segment before the active one, up to the high watermark. A pass:
+//! 1. builds an offset map (key hash → latest offset) over the dirty section (from the cleaner
+//!    checkpoint on), bounded by `dedupe_buffer_size`;
+//! 2. rewrites the cleanable segments, in groups that fit one segment, keeping a record only if
+//!    no later record has its key. Offsets are kept (gaps are allowed); a batch whose records all
+//!    survive is copied byte for byte, others are rebuilt with their original base offset;
+//! 3. tombstones (null values) survive `delete.retention.ms` from the first pass that keeps them:
+//!    that pass stamps the batch's delete horizon (KIP-534), a pass after the horizon drops them;
+//! 4. swaps each group in crash-safely: write `<base>.log.cleaned`, fsync, rename to
+//!    `<base>.log.swap`, remove the replaced segments, rename the swap to `<base>.log`. On open,
+//!    `.cleaned` files are discarded and `.swap` files completed (`Log::open`).
+//!
+//! Keys are compared by a 128-bit hash (xxh3), as Kafka's cleaner compares MD5 digests.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rill_protocol::record_batch::{
+    BatchHeader, RECORD_BATCH_OVERHEAD, RecordBatch, RecordBatchBuilder, RecordHeader,
+};
+
+use crate::error::{IoContext, LogError, Result};
+use crate::log::{CLEANED_SUFFIX, DELETED_SUFFIX, Log, SWAP_SUFFIX, sizing, sync_dir};
+use crate::log_segment::{BatchInfo, LOG_SUFFIX, LogSegment, remove_if_exists, segment_file};
+
+/// Bytes one offset map entry costs (hash, offset, table overhead).
+const MAP_ENTRY_BYTES: usize = 40;
+
+/// Settings shared by all logs a cleaner serves (broker-level in Kafka).
+#[derive(Clone, Copy, Debug)]
+pub struct CleanerConfig {
+    /// `log.cleaner.dedupe.buffer.size`: memory for the offset map of one pass.
+    pub dedupe_buffer_size: usize,
+}
+
+impl Default for CleanerConfig {
+    fn default() -> Self {
+        CleanerConfig {
+            dedupe_buffer_size: 128 << 20,
+        }
+    }
+}
+
+/// What a cleaning pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanerStats {
+    /// Segments read.
+    pub segments_read: usize,
+    /// Segments written.
+    pub segments_written: usize,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Records dropped because a later record has the same key.
+    pub records_superseded: u64,
+    /// Tombstones dropped because their delete horizon passed.
+    pub tombstones_removed: u64,
+    /// First offset not cleaned by this pass (the new cleaner checkpoint).
+    pub cleaned_up_to: i64,
+}
+
+impl Log {
+    /// Dirty bytes / cleanable bytes: how much of the cleanable part was never cleaned.
+    pub fn dirty_ratio(&self) -> f64 {
+        let end = self.active_segment().base_offset();
+        let (mut dirty, mut total) = (0u64, 0u64);
+        for s in self.segments.range(..end).map(|(_, s)| s) {
+            total += s.size();
+            if s.base_offset() >= self.cleaner_checkpoint {
+                dirty += s.size();
+            }
+        }
+        if total == 0 {
+            0.0
+        } else {
+            dirty as f64 / total as f64
+        }
+    }
+
+    /// True when the log is compacted and its dirty ratio reached `min.cleanable.dirty.ratio`.
+    pub fn needs_cleaning(&self) -> bool {
+        self.config.cleanup_policy.compact
+            && self.dirty_ratio() > 0.0
+            && self.dirty_ratio() >= self.config.min_cleanable_dirty_ratio
+    }
+
+    /// The cleaner checkpoint: offsets below it have been cleaned at least once.
+    pub fn cleaner_checkpoint(&self) -> i64 {
+        self.cleaner_checkpoint
+    }
+
+    /// Restores the cleaner checkpoint (from the log dir's `cleaner-offset-checkpoint`).
+    pub fn set_cleaner_checkpoint(&mut self, offset: i64) {
+        self.cleaner_checkpoint = offset.clamp(self.log_start_offset(), self.log_end_offset());
+    }
+
+    /// Runs one cleaning pass over the segments before the active one that end at or below
+    /// `upper_bound` (the high watermark). Returns `None` when there is nothing to clean.
+    pub fn clean(
+        &mut self,
+        upper_bound: i64,
+        cleaner: &CleanerConfig,
+    ) -> Result<Option<CleanerStats>> {
+        if !self.config.cleanup_policy.compact {
+            return Ok(None);
+        }
+        let active = self.active_segment().base_offset();
+        let cleanable: Vec<i64> = self
+            .segments
+            .range(..active)
+            .filter(|(_, s)| s.next_offset() <= upper_bound)
+            .map(|(b, _)| *b)
+            .collect();
+        if cleanable.is_empty() {
+            return Ok(None);
+        }
+        // 1. The offset map over the dirty section, whole segments at a time.
+        let max_entries = (cleaner.dedupe_buffer_size / MAP_ENTRY_BYTES).max(1);
+        let mut map: HashMap<u128, i64> = HashMap::new();
+        let checkpoint = self.cleaner_checkpoint;
+        let mut clean_end = checkpoint;
+        let mut stats = CleanerStats::default();
+        for base in cleanable.iter().filter(|b| **b >= checkpoint) {
+            let segment = &self.segments[base];
+            let mut segment_map = Vec::new();
+            for_each_record(segment, |record| {
+                if let Some(key) = record.key {
+                    segment_map.push((key_hash(key), record.offset));
+                }
+                Ok(())
+            })?;
+            // Always map at least one segment so every pass makes progress.
+            if !map.is_empty() && map.len() + segment_map.len() > max_entries {
+                break;
+            }
+            map.extend(segment_map);
+            clean_end = segment.next_offset();
+        }
+        // 2-4. Rewrite the clean section and the mapped dirty section, group by group.
+        let now = self.clock.now_ms();
+        let to_clean: Vec<i64> = cleanable
+            .into_iter()
+            .filter(|b| self.segments[b].next_offset() <= clean_end)
+            .collect();
+        for group in self.group_segments(&to_clean) {
+            self.clean_group(&group, &map, now, &mut stats)?;
+        }
+        self.cleaner_checkpoint = self.cleaner_checkpoint.max(clean_end);
+        stats.cleaned_up_to = self.cleaner_checkpoint;
+        tracing::info!(dir = %self.dir.display(), ?stats, "cleaned log");
+        Ok(Some(stats))
+    }
+
+    /// Consecutive segments whose combined size fits one segment and whose offsets fit 32-bit
+    /// relative offsets from the first.
+    fn group_segments(&self, bases: &[i64]) -> Vec<Vec<i64>> {
+        let mut groups: Vec<Vec<i64>> = Vec::new();
+        let mut size = 0u64;
+        for &base in bases {
+            let s = &self.segments[&base];
+            let fits = groups.last().is_some_and(|g| {
+                size + s.size() <= self.config.segment_bytes
+                    && s.next_offset() - g[0] <= i32::MAX as i64
+            });
+            if fits {
+                size += s.size();
+                if let Some(g) = groups.last_mut() {
+                    g.push(base);
+                }
+            } else {
+                size = s.size();
+                groups.push(vec![base]);
+            }
+        }
+        groups
+    }
+
+    fn clean_group(
+        &mut self,
+        group: &[i64],
+        map: &HashMap<u128, i64>,
+        now: i64,
+        stats: &mut CleanerStats,
+    ) -> Result<()> {
+        let base = group[0];
+        let mut cleaned =
+            LogSegment::create_with_suffix(&self.dir, base, sizing(&self.config), CLEANED_SUFFIX)?;
+        let horizon = now.saturating_add(self.config.delete_retention_ms);
+        for b in group {
+            let segment = &self.segments[b];
+            stats.segments_read += 1;
+            stats.bytes_read += segment.size();
+            for (pos, header) in segment.batch_positions()? {
+                let bytes = segment.read_at(pos, header.total_size())?;
+                if let Some(out) =
+                    filter_batch(segment, pos, &header, &bytes, map, now, horizon, stats)?
+                {
+                    let out_header =
+                        BatchHeader::decode(&out).map_err(|e| corrupt(segment, pos, e))?;
+                    cleaned.append(&out, &[BatchInfo::of(&out_header)])?;
+                    stats.bytes_written += out.len() as u64;
+                }
+            }
+        }
+        cleaned.file().sync_data().at(segment_file(
+            &self.dir,
+            base,
+            &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"),
+        ))?;
+        // Swap: .cleaned → .swap, remove the old segments, .swap → final name.
+        let cleaned_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"));
+        let swap_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{SWAP_SUFFIX}"));
+        std::fs::rename(&cleaned_path, &swap_path).at(&cleaned_path)?;
+        sync_dir(&self.dir)?;
+        for b in group {
+            if let Some(mut old) = self.segments.remove(b) {
+                for path in old.rename_files(DELETED_SUFFIX)? {
+                    remove_if_exists(&path)?;
+                }
+            }
+        }
+        let final_path = segment_file(&self.dir, base, LOG_SUFFIX);
+        std::fs::rename(&swap_path, &final_path).at(&swap_path)?;
+        sync_dir(&self.dir)?;
+        cleaned.rewrite_indexes()?;
+        self.segments.insert(base, cleaned);
+        stats.segments_written += 1;
+        Ok(())
+    }
+}
+
+/// Keeps the records of one batch that survive; `None` when none do. A batch that survives
+/// whole and needs no delete horizon is returned byte for byte.
+#[allow(clippy::too_many_arguments)]
+fn filter_batch(
+    segment: &LogSegment,
+    pos: u64,
+    header: &BatchHeader,
+    bytes: &[u8],
+    map: &HashMap<u128, i64>,
+    now: i64,
+    horizon: i64,
+    stats: &mut CleanerStats,
+) -> Result<Option<Vec<u8>>> {
+    let batch = RecordBatch::parse(bytes).map_err(|e| corrupt(segment, pos, e))?;
+    if header.is_control() {
+        return Ok(Some(bytes.to_vec()));
+    }
+    let records = batch
+        .records(usize::MAX)
+        .map_err(|e| corrupt(segment, pos, e))?;
+    let existing_horizon = header.delete_horizon_ms();
+    let mut kept = Vec::new();
+    let mut has_tombstone = false;
+    let mut total = 0usize;
+    for record in records.iter() {
+        let record = record.map_err(|e| corrupt(segment, pos, e))?;
+        total += 1;
+        let Some(key) = record.key else {
+            stats.records_superseded += 1;
+            continue;
+        };
+        if map
+            .get(&key_hash(key))
+            .is_some_and(|&latest| latest > record.offset)
+        {
+            stats.records_superseded += 1;
+            continue;
+        }
+        if record.value.is_none() {
+            if existing_horizon.is_some_and(|h| now > h) {
+                stats.tombstones_removed += 1;
+                continue;
+            }
+            has_tombstone = true;
+        }
+        kept.push(record);
+    }
+    let needs_horizon = has_tombstone && existing_horizon.is_none();
+    if kept.len() == total && !needs_horizon {
+        return Ok(Some(bytes.to_vec()));
+    }
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    let mut builder =
+        RecordBatchBuilder::new(header.compression().map_err(|e| corrupt(segment, pos, e))?)
+            .base_offset(header.base_offset)
+            .partition_leader_epoch(header.partition_leader_epoch)
+            .producer(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+            )
+            .timestamp_type(header.timestamp_type())
+            .transactional(header.is_transactional());
+    if has_tombstone {
+        builder = builder.delete_horizon_ms(existing_horizon.unwrap_or(horizon));
+    }
+    for record in kept {
+        let headers: Vec<RecordHeader<'_>> = record.headers().collect();
+        builder
+            .append_with_offset_delta(
+                record.offset_delta,
+                record.timestamp,
+                record.key,
+                record.value,
+                &headers,
+            )
+            .map_err(|e| corrupt(segment, pos, e))?;
+    }
+    let out = builder.build().map_err(|e| corrupt(segment, pos, e))?;
+    Ok(Some(out.to_vec()))
+}
+
+/// Calls `f` for every record of every batch in `segment`.
+fn for_each_record(
+    segment: &LogSegment,
+    mut f: impl FnMut(rill_protocol::record_batch::Record<'_>) -> Result<()>,
+) -> Result<()> {
+    for (pos, header) in segment.batch_positions()? {
+        if header.is_control() {
+            continue;
+        }
+        let bytes = segment.read_at(pos, header.total_size())?;
+        let batch = RecordBatch::parse(&bytes).map_err(|e| corrupt(segment, pos, e))?;
+        let records = batch
+            .records(usize::MAX)
+            .map_err(|e| corrupt(segment, pos, e))?;
+        for record in records.iter() {
+            f(record.map_err(|e| corrupt(segment, pos, e))?)?;
+        }
+    }
+    Ok(())
+}
+
+fn key_hash(key: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key)
+}
+
+fn corrupt(segment: &LogSegment, pos: u64, e: impl std::fmt::Display) -> LogError {
+    LogError::Corrupt {
+        path: segment.log_path(),
+        reason: format!("batch at position {pos}: {e}"),
+    }
+}
+
+/// The offset after the last whole batch of a `.swap` file (its base offset when empty): the
+/// end of the range of old segments the swap replaces.
+pub(crate) fn swap_end_offset(path: &Path) -> Result<i64> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base: i64 = name.get(..20).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let bytes = std::fs::read(path).at(path)?;
+    let mut end = base;
+    let mut pos = 0;
+    while pos + RECORD_BATCH_OVERHEAD <= bytes.len() {
+        let Ok(h) = BatchHeader::decode(&bytes[pos..]) else {
+            break;
+        };
+        let total = h.total_size();
+        if total < RECORD_BATCH_OVERHEAD || pos + total > bytes.len() {
+            break;
+        }
+        end = h.next_offset();
+        pos += total;
+    }
+    Ok(end)
+}

@@ -1,0 +1,293 @@
+//! The logs of one broker across its `log.dirs`: opening and recovering them at start-up,
+//! creating and deleting partition logs, retention and cleaning passes, and the per-directory
+//! checkpoint files that make restarts fast and safe.
+//!
+//! Each log dir holds one directory per partition (`<topic>-<partition>`), plus:
+//! - `recovery-point-offset-checkpoint`: per partition, the offset below which data was fsynced;
+//!   recovery re-validates only what lies after it;
+//! - `cleaner-offset-checkpoint`: per partition, how far compaction has cleaned;
+//! - `.rill_clean_shutdown`: present only after a clean shutdown (skip recovery entirely).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use crate::checkpoint::{OffsetCheckpointFile, write_atomically};
+use crate::clock::SharedClock;
+use crate::config::LogConfig;
+use crate::error::{IoContext, LogError, Result};
+use crate::log::{Log, LogOpenOptions};
+use crate::log_cleaner::CleanerConfig;
+
+/// File name of the recovery point checkpoint in each log dir.
+pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
+/// File name of the cleaner checkpoint in each log dir.
+pub const CLEANER_CHECKPOINT: &str = "cleaner-offset-checkpoint";
+/// Marker of a clean shutdown.
+pub const CLEAN_SHUTDOWN_FILE: &str = ".rill_clean_shutdown";
+
+/// A topic partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// A topic partition.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// The log directory name, `<topic>-<partition>`.
+    pub fn dir_name(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+
+    /// Parses a log directory name.
+    pub fn from_dir_name(name: &str) -> Option<Self> {
+        let (topic, partition) = name.rsplit_once('-')?;
+        let partition = partition.parse().ok().filter(|p: &i32| *p >= 0)?;
+        (!topic.is_empty()).then(|| TopicPartition::new(topic, partition))
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// A log shared between the request handlers and background tasks.
+pub type SharedLog = Arc<RwLock<Log>>;
+
+/// The broker's logs.
+#[derive(Debug)]
+pub struct LogManager {
+    log_dirs: Vec<PathBuf>,
+    clock: SharedClock,
+    logs: RwLock<HashMap<TopicPartition, (usize, SharedLog)>>,
+    cleaner: CleanerConfig,
+}
+
+impl LogManager {
+    /// Opens every partition log found in `log_dirs` (creating the dirs if needed), recovering
+    /// what the last shutdown left unflushed.
+    pub fn open(
+        log_dirs: Vec<PathBuf>,
+        default_config: &LogConfig,
+        cleaner: CleanerConfig,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        if log_dirs.is_empty() {
+            return Err(LogError::InvalidConfig {
+                name: "log.dirs".into(),
+                value: String::new(),
+                reason: "at least one log directory is required".into(),
+            });
+        }
+        let mut logs = HashMap::new();
+        for (i, dir) in log_dirs.iter().enumerate() {
+            std::fs::create_dir_all(dir).at(dir)?;
+            let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
+            let clean_shutdown = clean_marker.exists();
+            let recovery_points =
+                OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT)).read()?;
+            let cleaner_points = OffsetCheckpointFile::new(dir.join(CLEANER_CHECKPOINT))
+                .read()
+                .unwrap_or_default();
+            for entry in std::fs::read_dir(dir).at(dir)? {
+                let entry = entry.at(dir)?;
+                if !entry.file_type().at(entry.path())?.is_dir() {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(tp) = TopicPartition::from_dir_name(&name) else {
+                    continue;
+                };
+                let options = LogOpenOptions {
+                    recovery_point: recovery_points.get(&name).copied().unwrap_or(0),
+                    clean_shutdown,
+                };
+                let mut log = Log::open(
+                    entry.path(),
+                    default_config.clone(),
+                    options,
+                    Arc::clone(&clock),
+                )?;
+                if let Some(&c) = cleaner_points.get(&name) {
+                    log.set_cleaner_checkpoint(c);
+                }
+                logs.insert(tp, (i, Arc::new(RwLock::new(log))));
+            }
+            // The marker speaks only of the shutdown before this start.
+            crate::log_segment::remove_if_exists(&clean_marker)?;
+        }
+        let manager = LogManager {
+            log_dirs,
+            clock,
+            logs: RwLock::new(logs),
+            cleaner,
+        };
+        manager.checkpoint()?;
+        Ok(manager)
+    }
+
+    /// The log of `tp`, if this broker has one.
+    pub fn get(&self, tp: &TopicPartition) -> Option<SharedLog> {
+        self.read_logs().get(tp).map(|(_, l)| Arc::clone(l))
+    }
+
+    /// The log of `tp`, created (in the least loaded log dir) with `config` if missing; an
+    /// existing log gets `config` applied.
+    pub fn get_or_create(&self, tp: &TopicPartition, config: LogConfig) -> Result<SharedLog> {
+        let mut logs = self.logs.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, log)) = logs.get(tp) {
+            log.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_config(config);
+            return Ok(Arc::clone(log));
+        }
+        let mut load = vec![0usize; self.log_dirs.len()];
+        for (dir, _) in logs.values() {
+            load[*dir] += 1;
+        }
+        let dir = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+        let log = Log::open(
+            self.log_dirs[dir].join(tp.dir_name()),
+            config,
+            LogOpenOptions::default(),
+            Arc::clone(&self.clock),
+        )?;
+        let log = Arc::new(RwLock::new(log));
+        logs.insert(tp.clone(), (dir, Arc::clone(&log)));
+        Ok(log)
+    }
+
+    /// Deletes the log of `tp` and its data.
+    pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
+        let removed = self
+            .logs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tp);
+        let Some((_, log)) = removed else {
+            return Ok(false);
+        };
+        let dir = log
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .dir()
+            .to_owned();
+        drop(log);
+        std::fs::remove_dir_all(&dir).at(&dir)?;
+        Ok(true)
+    }
+
+    /// Every partition with a log here.
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        let mut v: Vec<_> = self.read_logs().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// fsyncs every log and writes the checkpoints.
+    pub fn flush_all(&self) -> Result<()> {
+        for log in self.all_logs() {
+            log.write().unwrap_or_else(|p| p.into_inner()).flush()?;
+        }
+        self.checkpoint()
+    }
+
+    /// Writes each log dir's recovery-point and cleaner checkpoints.
+    pub fn checkpoint(&self) -> Result<()> {
+        let logs = self.read_logs();
+        for (i, dir) in self.log_dirs.iter().enumerate() {
+            let mut recovery = BTreeMap::new();
+            let mut cleaner = BTreeMap::new();
+            for (tp, (d, log)) in logs.iter() {
+                if *d != i {
+                    continue;
+                }
+                let log = log.read().unwrap_or_else(|p| p.into_inner());
+                recovery.insert(tp.dir_name(), log.recovery_point());
+                cleaner.insert(tp.dir_name(), log.cleaner_checkpoint());
+            }
+            OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT)).write(&recovery)?;
+            OffsetCheckpointFile::new(dir.join(CLEANER_CHECKPOINT)).write(&cleaner)?;
+        }
+        Ok(())
+    }
+
+    /// One retention pass over every log; `upper_bound` gives each partition's high watermark.
+    /// Returns the number of segments deleted.
+    pub fn run_retention(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
+        let mut deleted = 0;
+        for (tp, log) in self
+            .read_logs()
+            .iter()
+            .map(|(tp, (_, l))| (tp.clone(), Arc::clone(l)))
+            .collect::<Vec<_>>()
+        {
+            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            deleted += log.delete_old_segments(upper_bound(&tp))?.len();
+        }
+        Ok(deleted)
+    }
+
+    /// Cleans every compacted log whose dirty ratio calls for it. Returns the logs cleaned.
+    pub fn run_cleaner(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
+        let mut cleaned = 0;
+        for (tp, log) in self
+            .read_logs()
+            .iter()
+            .map(|(tp, (_, l))| (tp.clone(), Arc::clone(l)))
+            .collect::<Vec<_>>()
+        {
+            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            if log.needs_cleaning() && log.clean(upper_bound(&tp), &self.cleaner)?.is_some() {
+                cleaned += 1;
+            }
+        }
+        if cleaned > 0 {
+            self.checkpoint()?;
+        }
+        Ok(cleaned)
+    }
+
+    /// Closes every log (flush, final index entries), writes checkpoints and the clean-shutdown
+    /// marker, so the next start skips recovery.
+    pub fn shutdown(&self) -> Result<()> {
+        for log in self.all_logs() {
+            log.write().unwrap_or_else(|p| p.into_inner()).close()?;
+        }
+        self.checkpoint()?;
+        for dir in &self.log_dirs {
+            write_atomically(&dir.join(CLEAN_SHUTDOWN_FILE), b"")?;
+        }
+        Ok(())
+    }
+
+    /// The configured log dirs.
+    pub fn log_dirs(&self) -> &[PathBuf] {
+        &self.log_dirs
+    }
+
+    fn all_logs(&self) -> Vec<SharedLog> {
+        self.read_logs()
+            .values()
+            .map(|(_, l)| Arc::clone(l))
+            .collect()
+    }
+
+    fn read_logs(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<TopicPartition, (usize, SharedLog)>> {
+        self.logs.read().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,320 @@
+//! The commit log's basic contract on real files: append, read, roll, indexes, time lookups,
+//! bad input, group commit.
+
+mod common;
+
+use common::*;
+use rill_protocol::record_batch::{Compression, RecordBatch};
+use rill_storage::{CleanupPolicy, LogConfig, LogError, ManualClock};
+
+#[test]
+fn append_assigns_offsets_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    let mut b1 = numbered(0, 3, 10, 1_000);
+    let mut b2 = numbered(3, 2, 10, 2_000);
+    let i1 = log.append_as_leader(&mut b1, 7).unwrap();
+    let i2 = log.append_as_leader(&mut b2, 7).unwrap();
+    assert_eq!(
+        (i1.first_offset, i1.last_offset, i1.record_count),
+        (0, 2, 3)
+    );
+    assert_eq!((i2.first_offset, i2.last_offset), (3, 4));
+    assert_eq!(log.log_end_offset(), 5);
+    let all = read_all(&log);
+    assert_eq!(
+        all.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    assert_eq!(all[3].key.as_deref(), Some(&b"key-3"[..]));
+    // The stored batch carries the leader epoch and passes its CRC untouched.
+    let bytes = log.read(3, 1 << 20, None, true).unwrap().unwrap();
+    let batch = RecordBatch::parse(&bytes).unwrap();
+    batch.verify_crc().unwrap();
+    assert_eq!(batch.header().partition_leader_epoch, 7);
+    assert_eq!(batch.header().base_offset, 3);
+}
+
+#[test]
+fn read_returns_whole_batches_and_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    for i in 0..10 {
+        log.append_as_leader(&mut numbered(i * 10, 10, 100, 0), 0)
+            .unwrap();
+    }
+    let one = log.read(0, 1, None, true).unwrap().unwrap();
+    assert_eq!(
+        records_of(&one).len(),
+        10,
+        "one whole batch even when larger than max_bytes"
+    );
+    assert!(log.read(0, 1, None, false).unwrap().is_none());
+    let some = log.read(25, 3_000, None, true).unwrap().unwrap();
+    let recs = records_of(&some);
+    assert_eq!(
+        recs[0].offset, 20,
+        "the batch holding offset 25 starts at 20"
+    );
+    assert!(recs.len().is_multiple_of(10) && some.len() <= 3_000);
+    // Bounded by max_offset (the high watermark): nothing at or after 30.
+    let hw = log.read(0, 1 << 20, Some(30), true).unwrap().unwrap();
+    assert_eq!(records_of(&hw).last().unwrap().offset, 29);
+    assert!(log.read(30, 1 << 20, Some(30), true).unwrap().is_none());
+    assert!(
+        log.read(100, 1 << 20, None, true).unwrap().is_none(),
+        "at the end: nothing yet"
+    );
+    assert!(matches!(
+        log.read(101, 1, None, true),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn segments_roll_by_size_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), small_config(), &clock);
+    for i in 0..50 {
+        log.append_as_leader(&mut numbered(i * 5, 5, 100, i as i64), 0)
+            .unwrap();
+    }
+    let segments = log.segments();
+    assert!(segments.len() > 5, "{segments:?}");
+    for w in segments.windows(2) {
+        assert_eq!(w[0].next_offset, w[1].base_offset);
+        assert!(w[0].size_bytes <= 4096);
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"00000000000000000000.log".to_owned()));
+    assert!(names.contains(&format!("{:020}.index", segments[1].base_offset)));
+    assert!(names.contains(&format!("{:020}.timeindex", segments[1].base_offset)));
+    assert_eq!(read_all(&log).len(), 250);
+    for offset in [0, 1, 37, 120, 249] {
+        let bytes = log.read(offset, 1, None, true).unwrap().unwrap();
+        let recs = records_of(&bytes);
+        assert!(recs.iter().any(|r| r.offset == offset), "offset {offset}");
+    }
+}
+
+#[test]
+fn segments_roll_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let config = LogConfig {
+        segment_ms: 60_000,
+        ..LogConfig::default()
+    };
+    let mut log = open(dir.path(), config, &clock);
+    log.append_as_leader(&mut numbered(0, 1, 10, 1_000_000), 0)
+        .unwrap();
+    clock.advance(30_000);
+    log.append_as_leader(&mut numbered(1, 1, 10, 1_030_000), 0)
+        .unwrap();
+    assert_eq!(log.segments().len(), 1);
+    clock.advance(31_000);
+    log.append_as_leader(&mut numbered(2, 1, 10, 1_061_000), 0)
+        .unwrap();
+    assert_eq!(log.segments().len(), 2);
+    assert_eq!(log.segments()[1].base_offset, 2);
+}
+
+#[test]
+fn offset_for_timestamp_uses_the_time_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), small_config(), &clock);
+    // Batch i holds 5 records with timestamps 1000*i + 0..5.
+    for i in 0..40 {
+        log.append_as_leader(&mut numbered(i * 5, 5, 100, 1_000 * i as i64), 0)
+            .unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 0)));
+    assert_eq!(log.offset_for_timestamp(7_002).unwrap(), Some((37, 7_002)));
+    assert_eq!(log.offset_for_timestamp(7_004).unwrap(), Some((39, 7_004)));
+    assert_eq!(log.offset_for_timestamp(7_005).unwrap(), Some((40, 8_000)));
+    assert_eq!(
+        log.offset_for_timestamp(39_004).unwrap(),
+        Some((199, 39_004))
+    );
+    assert_eq!(log.offset_for_timestamp(39_005).unwrap(), None);
+}
+
+#[test]
+fn bad_input_is_rejected_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    log.append_as_leader(&mut numbered(0, 2, 10, 0), 0).unwrap();
+    let before = (log.log_end_offset(), log.size_bytes());
+
+    // Wrong CRC in the second batch of a request: the first batch is not written either.
+    let mut good = numbered(2, 2, 10, 0);
+    let mut bad = numbered(4, 2, 10, 0);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    good.extend_from_slice(&bad);
+    let err = log.append_as_leader(&mut good, 0).unwrap_err();
+    assert!(
+        matches!(err, LogError::InvalidBatch { index: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(err.error_code(), rill_protocol::ErrorCode::CorruptMessage);
+
+    // Oversize.
+    log.set_config(LogConfig {
+        max_message_bytes: 200,
+        ..LogConfig::default()
+    });
+    let err = log
+        .append_as_leader(&mut numbered(0, 5, 100, 0), 0)
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::MessageTooLarge { max: 200, .. }),
+        "{err}"
+    );
+    assert_eq!(err.error_code(), rill_protocol::ErrorCode::MessageTooLarge);
+
+    // A decompression bomb (tiny compressed, huge uncompressed) is stopped at max.message.bytes.
+    let zeros = vec![0u8; 100_000];
+    let mut bomb = batch_with(Compression::Zstd, &[(Some(b"k"), Some(&zeros))], 0);
+    assert!(bomb.len() < 200);
+    let err = log.append_as_leader(&mut bomb, 0).unwrap_err();
+    assert_eq!(
+        err.error_code(),
+        rill_protocol::ErrorCode::MessageTooLarge,
+        "{err}"
+    );
+
+    // Keyless record in a compacted log.
+    log.set_config(LogConfig {
+        cleanup_policy: CleanupPolicy::COMPACT,
+        ..LogConfig::default()
+    });
+    let err = log
+        .append_as_leader(
+            &mut batch(&[(Some(b"k"), Some(b"v")), (None, Some(b"v"))], 0),
+            0,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::KeylessRecordInCompactedLog { index: 0 }),
+        "{err}"
+    );
+    assert_eq!(err.error_code(), rill_protocol::ErrorCode::InvalidRecord);
+
+    // Garbage and empty input.
+    assert!(log.append_as_leader(&mut [0u8; 10], 0).is_err());
+    assert!(matches!(
+        log.append_as_leader(&mut [], 0),
+        Err(LogError::EmptyAppend)
+    ));
+
+    assert_eq!((log.log_end_offset(), log.size_bytes()), before);
+    assert_eq!(read_all(&log).len(), 2);
+}
+
+#[test]
+fn follower_appends_keep_leader_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut leader = open(&dir.path().join("leader"), LogConfig::default(), &clock);
+    let mut follower = open(&dir.path().join("follower"), LogConfig::default(), &clock);
+    for i in 0..5 {
+        leader
+            .append_as_leader(&mut numbered(i * 3, 3, 10, 0), 4)
+            .unwrap();
+    }
+    let bytes = leader.read(0, 1 << 20, None, true).unwrap().unwrap();
+    let info = follower.append_as_follower(&bytes).unwrap();
+    assert_eq!((info.first_offset, info.last_offset), (0, 14));
+    assert_eq!(read_all(&follower), read_all(&leader));
+    // Replaying the same batches would go backwards.
+    assert!(matches!(
+        follower.append_as_follower(&bytes),
+        Err(LogError::NonMonotonicOffset { .. })
+    ));
+}
+
+#[test]
+fn log_append_time_is_stamped_by_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(5_555);
+    let mut config = LogConfig::default();
+    config
+        .set("message.timestamp.type", "LogAppendTime")
+        .unwrap();
+    let mut log = open(dir.path(), config, &clock);
+    let info = log.append_as_leader(&mut numbered(0, 3, 10, 1), 0).unwrap();
+    assert_eq!(info.log_append_time, Some(5_555));
+    assert!(read_all(&log).iter().all(|r| r.timestamp == 5_555));
+}
+
+#[test]
+fn truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), small_config(), &clock);
+    for i in 0..30 {
+        log.append_as_leader(&mut numbered(i * 5, 5, 100, 0), 0)
+            .unwrap();
+    }
+    log.truncate_to(102).unwrap();
+    assert_eq!(
+        log.log_end_offset(),
+        100,
+        "cut at the batch boundary at or below the target"
+    );
+    assert_eq!(read_all(&log).len(), 100);
+    log.append_as_leader(&mut numbered(0, 1, 10, 0), 0).unwrap();
+    assert_eq!(log.log_end_offset(), 101);
+    log.truncate_fully_and_start_at(500).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+    assert!(read_all(&log).is_empty());
+    log.append_as_leader(&mut numbered(0, 2, 10, 0), 0).unwrap();
+    assert_eq!(
+        read_all(&log).iter().map(|r| r.offset).collect::<Vec<_>>(),
+        [500, 501]
+    );
+}
+
+#[test]
+fn group_commit_makes_appends_durable_with_shared_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(open(
+        dir.path(),
+        LogConfig::default(),
+        &clock,
+    )));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let mut b = numbered(t * 1000 + i, 1, 100, 0);
+                    let (end, gc) = {
+                        let mut log = log.lock().unwrap();
+                        let info = log.append_as_leader(&mut b, 0).unwrap();
+                        (info.last_offset + 1, log.group_commit())
+                    };
+                    gc.wait_durable(end).unwrap();
+                    assert!(gc.durable_offset() >= end);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = log.lock().unwrap();
+    assert_eq!(log.log_end_offset(), 200);
+    let syncs = log.group_commit().sync_count();
+    assert!((1..=200).contains(&syncs), "{syncs} fsyncs for 200 appends");
+}
