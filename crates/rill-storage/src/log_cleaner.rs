@@ -189,11 +189,13 @@ impl Log {
         let mut cleaned =
             LogSegment::create_with_suffix(&self.dir, base, sizing(&self.config), CLEANED_SUFFIX)?;
         let horizon = now.saturating_add(self.config.delete_retention_ms);
+        let mut last_header = None;
         for b in group {
             let segment = &self.segments[b];
             stats.segments_read += 1;
             stats.bytes_read += segment.size();
             for (pos, header) in segment.batch_positions()? {
+                last_header = Some(header);
                 let bytes = segment.read_at(pos, header.total_size())?;
                 if let Some(out) =
                     filter_batch(segment, pos, &header, &bytes, map, now, horizon, stats)?
@@ -204,6 +206,25 @@ impl Log {
                     stats.bytes_written += out.len() as u64;
                 }
             }
+        }
+        // Keep the group's offset span even if its last batch lost every record: an empty batch
+        // marks the end, so the swap (and its recovery) knows exactly which segments it replaces.
+        if let Some(last) = last_header.filter(|h| h.next_offset() > cleaned.next_offset()) {
+            let marker = RecordBatchBuilder::new(rill_protocol::record_batch::Compression::None)
+                .base_offset(last.base_offset)
+                .last_offset_delta(last.last_offset_delta)
+                .partition_leader_epoch(last.partition_leader_epoch)
+                .producer(last.producer_id, last.producer_epoch, last.base_sequence)
+                .build()
+                .map_err(|e| LogError::Corrupt {
+                    path: self.dir.clone(),
+                    reason: format!("building an empty marker batch: {e}"),
+                })?;
+            let h = BatchHeader::decode(&marker).map_err(|e| LogError::Corrupt {
+                path: self.dir.clone(),
+                reason: e.to_string(),
+            })?;
+            cleaned.append(&marker, &[BatchInfo::of(&h)])?;
         }
         cleaned.file().sync_data().at(segment_file(
             &self.dir,
@@ -296,7 +317,8 @@ fn filter_batch(
                 header.base_sequence,
             )
             .timestamp_type(header.timestamp_type())
-            .transactional(header.is_transactional());
+            .transactional(header.is_transactional())
+            .last_offset_delta(header.last_offset_delta);
     if has_tombstone {
         builder = builder.delete_horizon_ms(existing_horizon.unwrap_or(horizon));
     }

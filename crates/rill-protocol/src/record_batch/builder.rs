@@ -23,6 +23,7 @@ pub struct RecordBatchBuilder {
     transactional: bool,
     control: bool,
     delete_horizon: bool,
+    min_last_offset_delta: i32,
     base_timestamp: Option<i64>,
     max_timestamp: i64,
     last_offset_delta: i32,
@@ -44,6 +45,7 @@ impl RecordBatchBuilder {
             transactional: false,
             control: false,
             delete_horizon: false,
+            min_last_offset_delta: 0,
             base_timestamp: None,
             max_timestamp: -1,
             last_offset_delta: -1,
@@ -96,6 +98,13 @@ impl RecordBatchBuilder {
     pub fn delete_horizon_ms(mut self, horizon_ms: i64) -> Self {
         self.delete_horizon = true;
         self.base_timestamp = Some(horizon_ms);
+        self
+    }
+
+    /// Keeps the header's `last_offset_delta` at least `delta` even if later records are absent:
+    /// the log cleaner preserves each batch's offset span when it removes records.
+    pub fn last_offset_delta(mut self, delta: i32) -> Self {
+        self.min_last_offset_delta = delta;
         self
     }
 
@@ -241,7 +250,13 @@ impl RecordBatchBuilder {
         h[12..16].copy_from_slice(&self.partition_leader_epoch.to_be_bytes());
         h[16] = MAGIC_V2 as u8;
         h[21..23].copy_from_slice(&attributes.to_be_bytes());
-        h[23..27].copy_from_slice(&self.last_offset_delta.max(0).to_be_bytes());
+        h[23..27].copy_from_slice(
+            &self
+                .last_offset_delta
+                .max(self.min_last_offset_delta)
+                .max(0)
+                .to_be_bytes(),
+        );
         h[27..35].copy_from_slice(&base_timestamp.to_be_bytes());
         h[35..43].copy_from_slice(&self.max_timestamp.to_be_bytes());
         h[43..51].copy_from_slice(&self.producer_id.to_be_bytes());

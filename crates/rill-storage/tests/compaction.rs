@@ -1,0 +1,363 @@
+//! Log compaction checked against a model: the latest record per key survives with its offset,
+//! tombstones live `delete.retention.ms` after the first pass that keeps them, and a crash in any
+//! phase of the segment swap recovers to a consistent log.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use proptest::prelude::*;
+use rill_storage::{CleanerConfig, CleanupPolicy, Log, LogConfig, ManualClock};
+
+const DAY: i64 = 24 * 3_600_000;
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 128,
+        cleanup_policy: CleanupPolicy::COMPACT,
+        ..LogConfig::default()
+    }
+}
+
+/// One produced record: key index, value (None = tombstone).
+type Op = (u8, Option<u16>);
+
+fn append_ops(log: &mut Log, ops: &[Op], per_batch: usize) {
+    for chunk in ops.chunks(per_batch) {
+        let keys: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|(k, _)| format!("k{k}").into_bytes())
+            .collect();
+        let values: Vec<Option<Vec<u8>>> = chunk
+            .iter()
+            .map(|(_, v)| v.map(|v| format!("value-{v}-padding-padding").into_bytes()))
+            .collect();
+        let recs: Vec<Kv<'_>> = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
+            .collect();
+        log.append_as_leader(&mut batch(&recs, 0), 0).unwrap();
+    }
+}
+
+/// Checks the compaction invariants of `after` against the uncompacted `before`:
+/// every surviving record is the original record at its offset; offsets increase; in the
+/// cleaned range no superseded record survives; every key's latest record of the cleaned range
+/// survives unless it is a tombstone the rules allow to drop; the rest is untouched.
+fn check(before: &[Rec], after: &[Rec], cleaned_up_to: i64, tombstones_may_go: bool) {
+    let by_offset: HashMap<i64, &Rec> = before.iter().map(|r| (r.offset, r)).collect();
+    // The cleaner judges by the latest record within the range it cleaned.
+    let mut latest: HashMap<&Option<Vec<u8>>, i64> = HashMap::new();
+    for r in before.iter().filter(|r| r.offset < cleaned_up_to) {
+        latest.insert(&r.key, r.offset);
+    }
+    for w in after.windows(2) {
+        assert!(w[0].offset < w[1].offset, "offsets must increase");
+    }
+    for r in after {
+        assert_eq!(
+            by_offset.get(&r.offset),
+            Some(&r),
+            "record at {} changed",
+            r.offset
+        );
+        if r.offset < cleaned_up_to {
+            assert_eq!(
+                latest[&r.key], r.offset,
+                "superseded record {} survived",
+                r.offset
+            );
+        }
+    }
+    let present: std::collections::HashSet<i64> = after.iter().map(|r| r.offset).collect();
+    for (&key, &offset) in &latest {
+        let rec = by_offset[&offset];
+        let droppable = tombstones_may_go && rec.value.is_none() && offset < cleaned_up_to;
+        assert!(
+            present.contains(&offset) || droppable,
+            "latest record of {key:?} at {offset} lost"
+        );
+    }
+    // Records past the cleaned range are untouched.
+    let tail_before: Vec<&Rec> = before
+        .iter()
+        .filter(|r| r.offset >= cleaned_up_to)
+        .collect();
+    let tail_after: Vec<&Rec> = after.iter().filter(|r| r.offset >= cleaned_up_to).collect();
+    assert_eq!(tail_before, tail_after);
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        (0u8..20, prop::option::weighted(0.85, any::<u16>())),
+        50..400,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn compaction_matches_the_model(ops in ops(), per_batch in 1usize..8) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(0);
+        let mut log = open(dir.path(), config(), &clock);
+        append_ops(&mut log, &ops, per_batch);
+        let before = read_all(&log);
+        let end = log.log_end_offset();
+        let stats = log.clean(end, &CleanerConfig::default()).unwrap();
+        let after = read_all(&log);
+        if let Some(stats) = stats {
+            check(&before, &after, stats.cleaned_up_to, false);
+            // Tombstones survive until delete.retention.ms has passed since that pass...
+            clock.advance(DAY / 2);
+            log.clean(end, &CleanerConfig::default()).unwrap();
+            let still = read_all(&log);
+            check(&before, &still, stats.cleaned_up_to, false);
+            // ... and are gone after it.
+            clock.advance(DAY);
+            log.clean(end, &CleanerConfig::default()).unwrap();
+            let later = read_all(&log);
+            check(&before, &later, stats.cleaned_up_to, true);
+            prop_assert!(later.iter().all(|r| r.value.is_some() || r.offset >= stats.cleaned_up_to));
+            // A reopened log reads the same.
+            log.close().unwrap();
+            drop(log);
+            let reopened = reopen(dir.path(), config(), &clock, false, 0);
+            prop_assert_eq!(read_all(&reopened), later);
+        } else {
+            prop_assert_eq!(before, after);
+        }
+    }
+}
+
+#[test]
+fn latest_value_per_key_survives_and_offsets_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    // The seed's example: key1, key2, key1, key2 → keep offsets 2 and 3.
+    let ops: Vec<Op> = (0..200).map(|i| ((i % 2) as u8, Some(i as u16))).collect();
+    append_ops(&mut log, &ops, 4);
+    log.append_as_leader(&mut numbered(0, 1, 10, 0), 0).unwrap(); // key-0 keeps the active segment busy
+    let before_segments = log.segments().len();
+    assert!(before_segments > 3);
+    assert!(log.needs_cleaning());
+    let stats = log
+        .clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    assert!(stats.records_superseded > 150);
+    // Segments are grouped by their size before a pass (as Kafka does), so the segments this
+    // pass shrank are merged by the next one.
+    log.clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    assert!(
+        log.segments().len() < before_segments,
+        "small cleaned segments are merged"
+    );
+    let after = read_all(&log);
+    let cleaned: Vec<_> = after
+        .iter()
+        .filter(|r| r.offset < stats.cleaned_up_to)
+        .collect();
+    assert_eq!(cleaned.len(), 2);
+    assert!(cleaned.iter().all(|r| r.offset >= 190), "{cleaned:?}");
+    assert!(!log.needs_cleaning());
+    assert_eq!(log.dirty_ratio(), 0.0);
+}
+
+#[test]
+fn a_tombstone_lives_delete_retention_ms_then_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), config(), &clock);
+    let mut ops: Vec<Op> = (0..60).map(|i| ((i % 3) as u8, Some(i as u16))).collect();
+    ops.push((1, None)); // delete k1
+    ops.extend((0..40).map(|i| (5u8, Some(i as u16))));
+    append_ops(&mut log, &ops, 5);
+    let end = log.log_end_offset();
+    let cfg = CleanerConfig::default();
+    log.clean(end, &cfg).unwrap().unwrap();
+    let k1: Vec<Rec> = read_all(&log)
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some(b"k1"))
+        .collect();
+    assert_eq!(k1.len(), 1, "only the tombstone remains for k1");
+    assert_eq!(k1[0].value, None);
+    clock.advance(DAY - 1);
+    log.clean(end, &cfg).unwrap();
+    assert!(
+        read_all(&log)
+            .iter()
+            .any(|r| r.key.as_deref() == Some(b"k1"))
+    );
+    clock.advance(2);
+    let stats = log.clean(end, &cfg).unwrap().unwrap();
+    assert_eq!(stats.tombstones_removed, 1);
+    assert!(
+        read_all(&log)
+            .iter()
+            .all(|r| r.key.as_deref() != Some(b"k1"))
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn bases(dir: &Path) -> Vec<i64> {
+    let mut v: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".log").and_then(|s| s.parse().ok())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A crash in each phase of the swap: before the swap file exists, with the swap file and all
+/// old segments, with some old segments already removed, and after the rename (no indexes).
+#[test]
+fn a_crash_in_each_phase_of_the_swap_recovers_consistently() {
+    let clock = ManualClock::new(0);
+    let original = tempfile::tempdir().unwrap();
+    let mut log = open(original.path(), config(), &clock);
+    let ops: Vec<Op> = (0..300).map(|i| ((i % 7) as u8, Some(i as u16))).collect();
+    append_ops(&mut log, &ops, 3);
+    // A first pass shrinks the segments; new records then supersede some keys, and the second
+    // pass (below) both drops records and merges several segments into one.
+    log.clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    let more: Vec<Op> = (0..60)
+        .map(|i| ((i % 4) as u8, Some(1000 + i as u16)))
+        .collect();
+    append_ops(&mut log, &more, 3);
+    log.close().unwrap();
+    let before = read_all(&log);
+    drop(log);
+    let old_bases = bases(original.path());
+
+    let cleaned = tempfile::tempdir().unwrap();
+    copy_dir(original.path(), cleaned.path());
+    let mut log = reopen(cleaned.path(), config(), &clock, true, 0);
+    let stats = log
+        .clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    let expected = read_all(&log);
+    log.close().unwrap();
+    drop(log);
+    let new_bases = bases(cleaned.path());
+    let group_base = new_bases[0];
+    let group_end = new_bases.get(1).copied().unwrap_or(i64::MAX);
+    let replaced: Vec<i64> = old_bases
+        .iter()
+        .copied()
+        .filter(|b| *b >= group_base && *b < group_end)
+        .collect();
+    assert!(
+        replaced.len() > 1,
+        "the first cleaned segment replaces several"
+    );
+    let cleaned_first =
+        std::fs::read(cleaned.path().join(format!("{group_base:020}.log"))).unwrap();
+
+    let phases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        (
+            "cleaned file written, not yet swapped",
+            Box::new(|d: &Path| {
+                std::fs::write(
+                    d.join(format!("{group_base:020}.log.cleaned")),
+                    &cleaned_first,
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "swap file present, old segments intact",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join(format!("{group_base:020}.log.swap")), &cleaned_first)
+                    .unwrap();
+            }),
+        ),
+        (
+            "swap file present, some old segments deleted",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join(format!("{group_base:020}.log.swap")), &cleaned_first)
+                    .unwrap();
+                for b in replaced.iter().skip(1).take(2) {
+                    std::fs::rename(
+                        d.join(format!("{b:020}.log")),
+                        d.join(format!("{b:020}.log.deleted")),
+                    )
+                    .unwrap();
+                }
+            }),
+        ),
+        (
+            "swapped, old segments gone, indexes not yet written",
+            Box::new(|d: &Path| {
+                for b in &replaced {
+                    for s in ["log", "index", "timeindex"] {
+                        let _ = std::fs::remove_file(d.join(format!("{b:020}.{s}")));
+                    }
+                }
+                std::fs::write(d.join(format!("{group_base:020}.log")), &cleaned_first).unwrap();
+            }),
+        ),
+    ];
+    for (name, setup) in phases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), dir.path());
+        setup(dir.path());
+        let log = reopen(dir.path(), config(), &clock, false, 0);
+        let recovered = read_all(&log);
+        if name.starts_with("cleaned file") {
+            assert_eq!(
+                recovered, before,
+                "{name}: the old segments are still the log"
+            );
+        } else {
+            let part = |recs: &[Rec], first: bool| -> Vec<Rec> {
+                recs.iter()
+                    .filter(|r| (r.offset < group_end) == first)
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(
+                part(&recovered, true),
+                part(&expected, true),
+                "{name}: the swap completed"
+            );
+            assert_eq!(
+                part(&recovered, false),
+                part(&before, false),
+                "{name}: the rest is untouched"
+            );
+            assert!(
+                part(&recovered, true).len() < part(&before, true).len(),
+                "the swap dropped records"
+            );
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".swap") || n.contains(".cleaned") || n.contains(".deleted"))
+            .collect();
+        assert!(leftovers.is_empty(), "{name}: {leftovers:?}");
+    }
+    assert!(stats.records_superseded > 0);
+}
