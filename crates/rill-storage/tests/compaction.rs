@@ -227,6 +227,9 @@ fn bases(dir: &Path) -> Vec<i64> {
     v
 }
 
+/// A named crash state: how to damage a copy of the original log directory.
+type Phase<'a> = (&'static str, Box<dyn Fn(&Path) + 'a>);
+
 /// A crash in each phase of the swap: before the swap file exists, with the swap file and all
 /// old segments, with some old segments already removed, and after the rename (no indexes).
 #[test]
@@ -275,7 +278,7 @@ fn a_crash_in_each_phase_of_the_swap_recovers_consistently() {
     let cleaned_first =
         std::fs::read(cleaned.path().join(format!("{group_base:020}.log"))).unwrap();
 
-    let phases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let phases: Vec<Phase<'_>> = vec![
         (
             "cleaned file written, not yet swapped",
             Box::new(|d: &Path| {
