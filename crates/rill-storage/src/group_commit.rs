@@ -9,8 +9,9 @@
 //! Invariant: `durable` only ever covers offsets whose bytes were written before the fsync that
 //! published it started (the target is read together with the file list, under the lock).
 
-use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::segment_file::SegmentFile;
 
 /// Shared fsync coordinator of one log. Cloned as `Arc` to appenders.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ struct State {
     /// A leader is fsyncing.
     syncing: bool,
     /// Files written since the last fsync started.
-    pending: Vec<Arc<File>>,
+    pending: Vec<Arc<SegmentFile>>,
     /// Number of fsync calls made, for metrics and tests.
     syncs: u64,
 }
@@ -54,7 +55,7 @@ impl GroupCommit {
     }
 
     /// Records that `file` now holds data up to (excluding) `end`.
-    pub(crate) fn appended(&self, file: &Arc<File>, end: i64) {
+    pub(crate) fn appended(&self, file: &Arc<SegmentFile>, end: i64) {
         let mut s = self.lock();
         if !s.pending.iter().any(|f| Arc::ptr_eq(f, file)) {
             s.pending.push(Arc::clone(file));
@@ -95,7 +96,7 @@ impl GroupCommit {
             let target = s.appended;
             let files = std::mem::take(&mut s.pending);
             drop(s);
-            let result = files.iter().try_for_each(|f| f.sync_data());
+            let result = files.iter().try_for_each(|f| f.sync());
             s = self.lock();
             s.syncing = false;
             s.syncs += 1;
@@ -133,7 +134,12 @@ mod tests {
     #[test]
     fn concurrent_waiters_share_fsyncs() {
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(File::create(dir.path().join("f")).unwrap());
+        let path = dir.path().join("f");
+        let file = Arc::new(SegmentFile::new(
+            std::fs::File::create(&path).unwrap(),
+            path,
+            0,
+        ));
         let gc = Arc::new(GroupCommit::new(0));
         let threads: Vec<_> = (0..8)
             .map(|t| {

@@ -17,6 +17,7 @@ mod log;
 mod log_cleaner;
 mod log_manager;
 mod log_segment;
+mod segment_file;
 
 pub use checkpoint::OffsetCheckpointFile;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
@@ -31,3 +32,4 @@ pub use log_manager::{
     TopicPartition,
 };
 pub use log_segment::{LogSegment, SegmentInfo};
+pub use segment_file::{SegmentFile, WRITE_BUFFER_BYTES};

@@ -9,8 +9,10 @@
 //! 3. roll the active segment if the append would overflow it;
 //! 4. write the bytes (page cache) and update the in-memory indexes;
 //! 5. advance the log end offset and register the file with [`GroupCommit`];
-//! 6. the caller acknowledges after [`GroupCommit::wait_durable`] (fsync) when the flush policy
-//!    demands it.
+//! 6. the caller acknowledges only after [`Log::write_out`] (the bytes reached the page cache:
+//!    safe against a process crash) or [`GroupCommit::wait_durable`] (fsynced: safe against a
+//!    machine crash), as the flush policy demands. Small appends are buffered in between so that
+//!    many of them cost one `write` system call.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -282,22 +284,23 @@ impl Log {
         Ok(())
     }
 
-    /// Rolls when the append would not fit the active segment: size, age, full indexes, or
-    /// offsets too far from the segment's base for 32-bit relative offsets.
+    /// Rolls when the append would not fit the active segment: size, age (`segment.ms`, judged
+    /// as Kafka does by record time: the incoming batch's max timestamp against the segment's
+    /// first batch, so producers with skewed clocks cannot force a roll per batch), full indexes,
+    /// or offsets too far from the segment's base for 32-bit relative offsets.
     fn maybe_roll(
         &mut self,
         size: usize,
         first_offset: i64,
         last_offset: i64,
-        _max_timestamp: i64,
+        max_timestamp: i64,
     ) -> Result<()> {
-        let now = self.clock.now_ms();
         let seg = self.active_segment();
         let full = seg.size() > 0 && seg.size() + size as u64 > self.config.segment_bytes;
         let old = seg.size() > 0
             && seg
                 .rolling_timestamp()
-                .is_some_and(|t| now.saturating_sub(t) > self.config.segment_ms);
+                .is_some_and(|t| max_timestamp.saturating_sub(t) > self.config.segment_ms);
         let overflow =
             last_offset - seg.base_offset() > i32::MAX as i64 || first_offset < seg.base_offset();
         if full || old || seg.indexes_full() || overflow {
@@ -429,6 +432,12 @@ impl Log {
         self.group_commit.truncated(offset);
         self.group_commit.flushed(offset);
         Ok(())
+    }
+
+    /// Moves buffered appends to the page cache (no fsync), so they survive a process crash.
+    pub fn write_out(&self) -> Result<()> {
+        let segment = self.active_segment();
+        segment.file().write_out().at(segment.log_path())
     }
 
     /// fsyncs every segment with data after the recovery point, data then indexes, and moves the

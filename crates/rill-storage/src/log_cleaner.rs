@@ -226,7 +226,7 @@ impl Log {
             })?;
             cleaned.append(&marker, &[BatchInfo::of(&h)])?;
         }
-        cleaned.file().sync_data().at(segment_file(
+        cleaned.file().sync().at(segment_file(
             &self.dir,
             base,
             &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"),

@@ -7,7 +7,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use rill_protocol::record_batch::{
 
 use crate::error::{IoContext, Result};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use crate::segment_file::SegmentFile;
 
 /// Suffix of segment data files.
 pub const LOG_SUFFIX: &str = ".log";
@@ -69,7 +69,7 @@ pub struct SegmentInfo {
 pub struct LogSegment {
     base_offset: i64,
     dir: PathBuf,
-    file: Arc<File>,
+    file: Arc<SegmentFile>,
     size: u64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
@@ -103,14 +103,18 @@ impl LogSegment {
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             remove_if_exists(&segment_file(dir, base_offset, suffix))?;
         }
-        Ok(Self::new(dir, base_offset, file, sizing))
+        Ok(Self::new(dir, base_offset, file, 0, sizing))
     }
 
-    fn new(dir: &Path, base_offset: i64, file: File, sizing: IndexSizing) -> Self {
+    fn new(dir: &Path, base_offset: i64, file: File, file_len: u64, sizing: IndexSizing) -> Self {
         LogSegment {
             base_offset,
             dir: dir.to_owned(),
-            file: Arc::new(file),
+            file: Arc::new(SegmentFile::new(
+                file,
+                segment_file(dir, base_offset, LOG_SUFFIX),
+                file_len,
+            )),
             size: 0,
             offset_index: OffsetIndex::empty(
                 segment_file(dir, base_offset, INDEX_SUFFIX),
@@ -146,7 +150,7 @@ impl LogSegment {
             .open(&path)
             .at(&path)?;
         let size = file.metadata().at(&path)?.len();
-        let mut seg = Self::new(dir, base_offset, file, sizing);
+        let mut seg = Self::new(dir, base_offset, file, size, sizing);
         seg.size = size;
         if recover {
             let truncated = seg.recover()?;
@@ -235,7 +239,7 @@ impl LogSegment {
         self.bytes_since_last_index_entry = 0;
         let path = self.log_path();
         let file = Arc::clone(&self.file);
-        let mut reader = BufReader::with_capacity(1 << 20, file.as_ref());
+        let mut reader = BufReader::with_capacity(1 << 20, file.raw());
         reader.seek(SeekFrom::Start(0)).at(&path)?;
         let mut pos = 0u64;
         let mut buf = Vec::new();
@@ -298,9 +302,7 @@ impl LogSegment {
 
     /// Appends whole, already validated batches (`bytes` holds them back to back).
     pub(crate) fn append(&mut self, bytes: &[u8], batches: &[BatchInfo]) -> Result<()> {
-        self.file
-            .write_all_at(bytes, self.size)
-            .at(self.log_path())?;
+        self.file.append(bytes).at(self.log_path())?;
         let mut pos = self.size;
         for b in batches {
             self.index_batch(pos, b);
@@ -353,6 +355,7 @@ impl LogSegment {
     /// Called when the segment stops being active (roll, close): records its final max timestamp
     /// in the time index so retention and time lookups need no scan after a restart.
     pub(crate) fn on_become_inactive(&mut self) -> Result<()> {
+        self.file.write_out().at(self.log_path())?;
         self.maybe_append_time_entry();
         self.offset_index.flush()?;
         self.time_index.flush()
@@ -393,6 +396,9 @@ impl LogSegment {
         max_offset: i64,
         min_one: bool,
     ) -> Result<Option<Bytes>> {
+        if let Some(found) = self.read_near_index_entry(offset, max_bytes, max_offset, min_one)? {
+            return Ok(found);
+        }
         let Some((pos, first)) = self.translate_offset(offset)? else {
             return Ok(None);
         };
@@ -428,6 +434,77 @@ impl LogSegment {
         }
         buf.truncate(end);
         Ok((end > 0).then(|| Bytes::from(buf)))
+    }
+
+    /// The common read in one system call: read from the index entry at or before `offset`
+    /// enough bytes to cover the gap to `offset` plus `max_bytes`, then find the batches in
+    /// memory. `Ok(None)` when that does not work out (index entry not trusted, first batch
+    /// larger than what was read, ...): the caller takes the batch-by-batch path.
+    fn read_near_index_entry(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+        min_one: bool,
+    ) -> Result<Option<Option<Bytes>>> {
+        let entry = self.offset_index.floor(offset - self.base_offset);
+        let pos = entry.map_or(0, |e| u64::from(e.position));
+        let available = self.size.saturating_sub(pos) as usize;
+        let gap = (self.index_interval_bytes as usize).saturating_add(RECORD_BATCH_OVERHEAD);
+        let want = max_bytes.saturating_add(gap).min(available);
+        if want < RECORD_BATCH_OVERHEAD {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; want];
+        self.file.read_exact_at(&mut buf, pos).at(self.log_path())?;
+        let mut at = 0;
+        let mut start = None;
+        let mut end = 0;
+        while at + RECORD_BATCH_OVERHEAD <= buf.len() {
+            let Ok(h) = BatchHeader::decode(&buf[at..]) else {
+                return Ok(None);
+            };
+            let total = h.total_size();
+            if h.magic != MAGIC_V2 || total < RECORD_BATCH_OVERHEAD {
+                return Ok(None);
+            }
+            if at == 0
+                && entry.is_some_and(|e| {
+                    h.base_offset != self.base_offset + i64::from(e.relative_offset)
+                })
+            {
+                return Ok(None);
+            }
+            match start {
+                None if h.last_offset() < offset => {}
+                None => {
+                    if h.base_offset >= max_offset {
+                        return Ok(Some(None));
+                    }
+                    if at + total > buf.len() || (!min_one && total > max_bytes) {
+                        // The first batch does not fit what was read: let the slow path decide.
+                        return Ok(None);
+                    }
+                    start = Some(at);
+                    end = at + total;
+                }
+                Some(first) => {
+                    if h.base_offset >= max_offset
+                        || at + total > buf.len()
+                        || at + total - first > max_bytes
+                    {
+                        break;
+                    }
+                    end = at + total;
+                }
+            }
+            at += total;
+        }
+        let Some(first) = start else {
+            // Ran out of bytes before reaching the offset.
+            return Ok(None);
+        };
+        Ok(Some(Some(Bytes::from(buf).slice(first..end))))
     }
 
     /// Offset and timestamp of the first record with timestamp ≥ `ts`, if this segment has one.
@@ -491,7 +568,7 @@ impl LogSegment {
 
     /// fsyncs the `.log` data and the index files.
     pub(crate) fn flush(&mut self) -> Result<()> {
-        self.file.sync_data().at(self.log_path())?;
+        self.file.sync().at(self.log_path())?;
         self.offset_index.flush()?;
         self.time_index.flush()
     }
@@ -539,7 +616,7 @@ impl LogSegment {
             .create_new(true)
             .open(&path)
             .at(&path)?;
-        let mut seg = Self::new(dir, base_offset, file, sizing);
+        let mut seg = Self::new(dir, base_offset, file, 0, sizing);
         let idx = |s: &str| segment_file(dir, base_offset, &format!("{s}{suffix}"));
         seg.offset_index.set_path(idx(INDEX_SUFFIX));
         seg.time_index.set_path(idx(TIME_INDEX_SUFFIX));
@@ -581,7 +658,7 @@ impl LogSegment {
     }
 
     /// The open `.log` file, for group commit.
-    pub(crate) fn file(&self) -> &Arc<File> {
+    pub(crate) fn file(&self) -> &Arc<SegmentFile> {
         &self.file
     }
 

@@ -238,3 +238,17 @@ fn leftovers_of_interrupted_operations_are_removed() {
         "{names:?}"
     );
 }
+
+#[test]
+fn appends_not_written_out_are_lost_in_a_process_crash_but_never_corrupt_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    log.append_as_leader(&mut numbered(0, 2, 10, 0), 0).unwrap();
+    log.write_out().unwrap();
+    log.append_as_leader(&mut numbered(2, 2, 10, 0), 0).unwrap();
+    drop(log); // a crash: the second append was still in the write buffer
+    let log = reopen(dir.path(), LogConfig::default(), &clock, false, 0);
+    assert_eq!(read_all(&log).len(), 2);
+    assert_eq!(log.log_end_offset(), 2);
+}

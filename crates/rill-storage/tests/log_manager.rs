@@ -1,0 +1,167 @@
+//! A broker's logs across several log dirs: placement, checkpoints, clean and unclean restarts.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use rill_storage::{
+    CLEAN_SHUTDOWN_FILE, CleanerConfig, CleanupPolicy, LogConfig, LogManager, ManualClock,
+    OffsetCheckpointFile, RECOVERY_POINT_CHECKPOINT, TopicPartition,
+};
+
+fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
+    LogManager::open(
+        dirs.to_vec(),
+        &LogConfig::default(),
+        CleanerConfig::default(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn logs_spread_over_dirs_and_survive_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a"), root.path().join("b")];
+    let clock = ManualClock::new(0);
+    let m = manager(&dirs, &clock);
+    let tps: Vec<TopicPartition> = (0..4)
+        .map(|p| TopicPartition::new("orders.v1-eu", p))
+        .collect();
+    for (i, tp) in tps.iter().enumerate() {
+        let log = m.get_or_create(tp, LogConfig::default()).unwrap();
+        log.write()
+            .unwrap()
+            .append_as_leader(&mut numbered(0, i + 1, 20, 0), 0)
+            .unwrap();
+    }
+    for dir in &dirs {
+        let n = std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count();
+        assert_eq!(n, 2, "two partitions per dir");
+    }
+    m.flush_all().unwrap();
+    let mut checkpointed = 0;
+    for dir in &dirs {
+        let cp = OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT))
+            .read()
+            .unwrap();
+        checkpointed += cp.len();
+        for (name, offset) in cp {
+            let p: usize = name.rsplit_once('-').unwrap().1.parse().unwrap();
+            assert_eq!(offset, p as i64 + 1, "{name}");
+        }
+    }
+    assert_eq!(checkpointed, 4);
+
+    // Clean restart.
+    m.shutdown().unwrap();
+    assert!(dirs.iter().all(|d| d.join(CLEAN_SHUTDOWN_FILE).exists()));
+    drop(m);
+    let m = manager(&dirs, &clock);
+    assert!(
+        dirs.iter().all(|d| !d.join(CLEAN_SHUTDOWN_FILE).exists()),
+        "the marker is consumed"
+    );
+    assert_eq!(m.partitions(), tps);
+    for (i, tp) in tps.iter().enumerate() {
+        assert_eq!(
+            m.get(tp).unwrap().read().unwrap().log_end_offset(),
+            i as i64 + 1
+        );
+    }
+
+    // Crash: unflushed appends, then a torn tail in one partition.
+    {
+        let log = m.get(&tps[3]).unwrap();
+        let mut log = log.write().unwrap();
+        log.append_as_leader(&mut numbered(10, 3, 20, 0), 0)
+            .unwrap();
+        // In the page cache (what a broker does before acknowledging), but never fsynced.
+        log.write_out().unwrap();
+    }
+    let dir3 = m.get(&tps[3]).unwrap().read().unwrap().dir().to_owned();
+    drop(m);
+    let seg = dir3.join("00000000000000000000.log");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let m = manager(&dirs, &clock);
+    let log = m.get(&tps[3]).unwrap();
+    assert_eq!(
+        log.read().unwrap().log_end_offset(),
+        4,
+        "the torn batch is dropped, the flushed data kept"
+    );
+    assert_eq!(read_all(&log.read().unwrap()).len(), 4);
+
+    // Deletion removes the data.
+    assert!(m.delete(&tps[0]).unwrap());
+    assert!(m.get(&tps[0]).is_none());
+    assert!(!dirs.iter().any(|d| d.join(tps[0].dir_name()).exists()));
+}
+
+#[test]
+fn retention_and_cleaner_passes_run_across_logs() {
+    let root = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let m = manager(&[root.path().to_owned()], &clock);
+    let small = LogConfig {
+        segment_bytes: 1024,
+        retention_ms: 1000,
+        ..LogConfig::default()
+    };
+    let compacted = LogConfig {
+        cleanup_policy: CleanupPolicy::COMPACT,
+        ..small.clone()
+    };
+    let deleting = m
+        .get_or_create(&TopicPartition::new("events", 0), small)
+        .unwrap();
+    let compacting = m
+        .get_or_create(&TopicPartition::new("profiles", 0), compacted)
+        .unwrap();
+    for i in 0..20 {
+        let same_key = batch(
+            &[(Some(b"user-1"), Some(format!("v{i}").repeat(40).as_bytes()))],
+            0,
+        );
+        deleting
+            .write()
+            .unwrap()
+            .append_as_leader(&mut numbered(i, 1, 300, 0), 0)
+            .unwrap();
+        compacting
+            .write()
+            .unwrap()
+            .append_as_leader(&mut same_key.clone(), 0)
+            .unwrap();
+    }
+    clock.advance(10_000);
+    let deleted = m.run_retention(|_| i64::MAX).unwrap();
+    assert!(deleted > 3);
+    assert!(deleting.read().unwrap().log_start_offset() > 0);
+    assert_eq!(
+        compacting.read().unwrap().log_start_offset(),
+        0,
+        "compact-only logs keep old segments"
+    );
+    assert_eq!(m.run_cleaner(|_| i64::MAX).unwrap(), 1);
+    let recs = read_all(&compacting.read().unwrap());
+    assert!(
+        recs.len() < 5,
+        "{} records left after compaction",
+        recs.len()
+    );
+    assert_eq!(
+        recs.last().unwrap().value.as_deref(),
+        Some(b"v19".repeat(40).as_slice())
+    );
+}
