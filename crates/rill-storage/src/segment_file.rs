@@ -162,6 +162,7 @@ mod tests {
         let f = SegmentFile::new(
             File::options()
                 .create(true)
+                .truncate(true)
                 .read(true)
                 .write(true)
                 .open(&path)
