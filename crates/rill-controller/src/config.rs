@@ -1,0 +1,401 @@
+//! The controller's configuration, loaded with figment: defaults → TOML file → `RILL_` env vars →
+//! command-line flags. Property names are Kafka's (`node.id`, `controller.quorum.voters`, ...);
+//! in TOML write them as dotted keys (`node.id = 1`), in the environment as `RILL_NODE_ID=1`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `rill-controller` reads at start-up.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ControllerConfig {
+    /// `node.*`.
+    pub node: Node,
+    /// `listeners`: where the Controller and Quorum gRPC services listen (`host:port`).
+    pub listeners: String,
+    /// `controller.*`.
+    pub controller: ControllerSection,
+    /// `metadata.*`.
+    pub metadata: MetadataSection,
+    /// `broker.*` (how the controller judges brokers).
+    pub broker: BrokerSection,
+    /// `num.*`.
+    pub num: Num,
+    /// `default.*`.
+    pub default: DefaultSection,
+    /// `cluster.*`.
+    pub cluster: ClusterSection,
+    /// `queued.*`.
+    pub queued: Queued,
+}
+
+/// `node.id`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Node {
+    /// This controller's id within `controller.quorum.voters`.
+    pub id: u64,
+}
+
+/// `controller.quorum.*`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ControllerSection {
+    /// `controller.quorum.*`.
+    pub quorum: Quorum,
+}
+
+/// Raft quorum settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Quorum {
+    /// `controller.quorum.voters`: `id@host:port,...`, the same on every controller.
+    pub voters: String,
+    /// `controller.quorum.tick.ms`: the Raft clock.
+    pub tick: Ms,
+    /// `controller.quorum.election.timeout.ms`: followers start an election after this long
+    /// without hearing from a leader (randomised up to twice this).
+    pub election: Timeout,
+    /// `controller.quorum.request.timeout.ms`: how long a write waits to commit.
+    pub request: Timeout,
+}
+
+/// A `*.ms` value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Ms {
+    /// Milliseconds.
+    pub ms: u64,
+}
+
+/// A `*.timeout.ms` value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Timeout {
+    /// `timeout.ms`.
+    pub timeout: Ms,
+}
+
+/// `metadata.log.*`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MetadataSection {
+    /// `metadata.log.*`.
+    pub log: MetadataLog,
+}
+
+/// Metadata log settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MetadataLog {
+    /// `metadata.log.dir`: where the Raft log and snapshots live.
+    pub dir: PathBuf,
+    /// `metadata.log.max.record.bytes.between.snapshots`.
+    pub max: MaxSection,
+}
+
+/// `metadata.log.max.*`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MaxSection {
+    /// `metadata.log.max.record.*`.
+    pub record: MaxRecord,
+}
+
+/// `metadata.log.max.record.bytes.*`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MaxRecord {
+    /// `metadata.log.max.record.bytes.*`.
+    pub bytes: BytesBetween,
+}
+
+/// `...bytes.between.snapshots`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BytesBetween {
+    /// `...between.*`.
+    pub between: Snapshots,
+}
+
+/// `...between.snapshots`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Snapshots {
+    /// Snapshot (and compact the Raft log) after this many bytes of new metadata records.
+    pub snapshots: u64,
+}
+
+/// `broker.session.timeout.ms`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BrokerSection {
+    /// `broker.session.*`.
+    pub session: Timeout,
+}
+
+/// `num.partitions`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Num {
+    /// Partitions of a topic created without a count.
+    pub partitions: i32,
+}
+
+/// `default.replication.factor`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DefaultSection {
+    /// `default.replication.*`.
+    pub replication: Replication,
+}
+
+/// `default.replication.factor`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Replication {
+    /// Replicas of a topic created without a replication factor.
+    pub factor: i32,
+}
+
+/// `cluster.id`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct ClusterSection {
+    /// Fixed cluster id; when empty the first active controller generates one.
+    pub id: String,
+}
+
+/// `queued.max.requests`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Queued {
+    /// `queued.max.*`.
+    pub max: QueuedMax,
+}
+
+/// `queued.max.requests`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QueuedMax {
+    /// Requests waiting for the quorum thread before callers get RESOURCE_EXHAUSTED.
+    pub requests: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            node: Node { id: 1 },
+            listeners: "127.0.0.1:9093".into(),
+            controller: ControllerSection {
+                quorum: Quorum {
+                    voters: "1@127.0.0.1:9093".into(),
+                    tick: Ms { ms: 100 },
+                    election: Timeout {
+                        timeout: Ms { ms: 1000 },
+                    },
+                    request: Timeout {
+                        timeout: Ms { ms: 30_000 },
+                    },
+                },
+            },
+            metadata: MetadataSection {
+                log: MetadataLog {
+                    dir: PathBuf::from("/tmp/rill-metadata"),
+                    max: MaxSection {
+                        record: MaxRecord {
+                            bytes: BytesBetween {
+                                between: Snapshots {
+                                    snapshots: 20 << 20,
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+            broker: BrokerSection {
+                session: Timeout {
+                    timeout: Ms { ms: 9000 },
+                },
+            },
+            num: Num { partitions: 1 },
+            default: DefaultSection {
+                replication: Replication { factor: 1 },
+            },
+            cluster: ClusterSection::default(),
+            queued: Queued {
+                max: QueuedMax { requests: 500 },
+            },
+        }
+    }
+}
+
+/// A voter of the quorum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    /// Node id.
+    pub id: u64,
+    /// `host:port`.
+    pub address: String,
+}
+
+/// Config errors, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// figment could not read or merge the sources.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range or malformed.
+    #[error("invalid {name}: {reason}")]
+    Invalid {
+        /// Property name.
+        name: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+impl ControllerConfig {
+    /// Loads defaults, then `file` (TOML), then `RILL_*` env vars, then `overrides`
+    /// (`name=value` pairs from the command line), and validates the result.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ControllerConfig::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("RILL_")
+                .split("_")
+                .map(|k| k.as_str().to_ascii_lowercase().into()),
+        );
+        for (k, v) in overrides {
+            figment = figment.merge(Serialized::global(k.as_str(), parse_value(v)));
+        }
+        let config: ControllerConfig = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let voters = self.voters()?;
+        if !voters.iter().any(|v| v.id == self.node.id) {
+            return Err(ConfigError::Invalid {
+                name: "node.id",
+                reason: format!(
+                    "{} is not one of controller.quorum.voters ({})",
+                    self.node.id, self.controller.quorum.voters
+                ),
+            });
+        }
+        self.listen_addr()?;
+        let q = &self.controller.quorum;
+        if q.tick.ms == 0 || q.election.timeout.ms < 2 * q.tick.ms {
+            return Err(ConfigError::Invalid {
+                name: "controller.quorum.election.timeout.ms",
+                reason: "must be at least twice controller.quorum.tick.ms (and the tick > 0)"
+                    .into(),
+            });
+        }
+        if self.num.partitions < 1 {
+            return Err(ConfigError::Invalid {
+                name: "num.partitions",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.default.replication.factor < 1 {
+            return Err(ConfigError::Invalid {
+                name: "default.replication.factor",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.queued.max.requests == 0 {
+            return Err(ConfigError::Invalid {
+                name: "queued.max.requests",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Parses `controller.quorum.voters`.
+    pub fn voters(&self) -> Result<Vec<Voter>, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            name: "controller.quorum.voters",
+            reason,
+        };
+        let mut voters = Vec::new();
+        for part in self
+            .controller
+            .quorum
+            .voters
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (id, address) = part
+                .split_once('@')
+                .ok_or_else(|| invalid(format!("{part:?} is not id@host:port")))?;
+            let id: u64 = id
+                .parse()
+                .map_err(|_| invalid(format!("{id:?} is not a node id")))?;
+            if id == 0 {
+                return Err(invalid("node ids start at 1".into()));
+            }
+            if !address.contains(':') {
+                return Err(invalid(format!("{address:?} has no port")));
+            }
+            if voters.iter().any(|v: &Voter| v.id == id) {
+                return Err(invalid(format!("node id {id} appears twice")));
+            }
+            voters.push(Voter {
+                id,
+                address: address.to_owned(),
+            });
+        }
+        if voters.is_empty() {
+            return Err(invalid("at least one voter is required".into()));
+        }
+        Ok(voters)
+    }
+
+    /// The address to bind.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listeners.parse().map_err(|_| ConfigError::Invalid {
+            name: "listeners",
+            reason: format!("{:?} is not host:port with a numeric IP", self.listeners),
+        })
+    }
+}
+
+fn parse_value(v: &str) -> figment::value::Value {
+    if let Ok(n) = v.parse::<i64>() {
+        return n.into();
+    }
+    v.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_env_and_flags_layer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("controller.toml");
+        std::fs::write(
+            &file,
+            "node.id = 2\nlisteners = \"127.0.0.1:9200\"\ncontroller.quorum.voters = \"1@127.0.0.1:9100,2@127.0.0.1:9200\"\nnum.partitions = 3\n",
+        )
+        .unwrap();
+        let mut flags = BTreeMap::new();
+        flags.insert("num.partitions".to_owned(), "6".to_owned());
+        let c = ControllerConfig::load(Some(&file), &flags).unwrap();
+        assert_eq!(c.node.id, 2);
+        assert_eq!(c.num.partitions, 6, "flags win over the file");
+        assert_eq!(c.broker.session.timeout.ms, 9000, "defaults fill the rest");
+        assert_eq!(c.voters().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let mut flags = BTreeMap::new();
+        flags.insert("node.id".to_owned(), "7".to_owned());
+        let e = ControllerConfig::load(None, &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not one of controller.quorum.voters"), "{e}");
+        let mut c = ControllerConfig::default();
+        c.controller.quorum.voters = "1@nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("no port"));
+    }
+}

@@ -1,0 +1,833 @@
+//! The quorum controller: one thread that owns the Raft node and the metadata image.
+//!
+//! Everything that touches Raft state runs on this thread, in this order per iteration (the
+//! raft-rs `Ready` contract, which is the correctness argument):
+//! 1. take inbound events (peer messages, client writes and reads, ticks);
+//! 2. send the messages that need no persistence (a leader's appends and heartbeats);
+//! 3. install an incoming snapshot;
+//! 4. apply committed entries to the image, answer the writes they complete;
+//! 5. append new entries and the hard state to the WAL and fsync — before
+//! 6. sending the messages that promise those entries (votes, append acks);
+//! 7. advance, apply what that committed, answer reads whose ReadIndex is applied.
+//!
+//! Writes are validated against `latest` (the committed image plus this leader's uncommitted
+//! proposals) and only ever proposed by a leader that has applied its whole log, so a committed
+//! record is always valid. Reads go through ReadIndex, so no answer is staler than the moment the
+//! request arrived.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raft::StateRole;
+use raft::prelude::{Entry, Message, Snapshot};
+use raft::raw_node::RawNode;
+use rill_protocol::proto::{MetadataBatch, MetadataRecord};
+use rill_protocol::{ApiError, ErrorCode};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::config::{ControllerConfig, Voter};
+use crate::metadata_image::MetadataImage;
+use crate::raft_log::RaftLog;
+use crate::transport::Transport;
+
+/// Records kept in memory for brokers catching up by deltas instead of a snapshot.
+const RECENT_RECORDS: usize = 100_000;
+
+/// When each broker last sent a heartbeat (known to the active controller only, as in KRaft).
+pub type BrokerLiveness = HashMap<i32, Instant>;
+
+/// What a write sees when it is validated.
+pub struct WriteContext<'a> {
+    /// Committed image plus this leader's proposals.
+    pub latest: &'a MetadataImage,
+    /// Broker heartbeats.
+    pub liveness: &'a mut BrokerLiveness,
+    /// Controller config.
+    pub config: &'a ControllerConfig,
+    /// Now.
+    pub now: Instant,
+}
+
+/// A validated write: records to commit, and what to do once they are applied.
+pub struct WritePlan {
+    /// Records, applied atomically.
+    pub records: Vec<MetadataRecord>,
+    /// Called with the image right after the records are applied (or at once if there are none).
+    pub on_commit: Box<dyn FnOnce(&MetadataImage) + Send>,
+}
+
+/// Validates a write against the latest image and plans its records.
+pub type WriteFn = Box<dyn FnOnce(&mut WriteContext<'_>) -> Result<WritePlan, ApiError> + Send>;
+/// Answers a read from a linearizable image.
+pub type ReadFn = Box<dyn FnOnce(&MetadataImage, &QuorumInfo) + Send>;
+/// Reports a failure.
+pub type ErrorFn = Box<dyn FnOnce(ApiError) + Send>;
+
+/// The start of a metadata stream: what the caller lacks now, then every later batch.
+pub struct MetadataStart {
+    /// A snapshot (when the requested offset is too old) or the deltas since it.
+    pub initial: MetadataBatch,
+    /// Batches committed after `initial`.
+    pub updates: broadcast::Receiver<Arc<MetadataBatch>>,
+}
+
+/// Raft state for DescribeQuorum and DescribeCluster.
+#[derive(Clone, Debug, Default)]
+pub struct QuorumInfo {
+    /// Leader node id (0 when unknown).
+    pub leader_id: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// (voter id, matched index) — known on the leader only.
+    pub voters: Vec<(u64, u64)>,
+}
+
+/// Input to the quorum thread.
+pub enum Event {
+    /// Messages from peers.
+    Raft(Vec<Message>),
+    /// A write.
+    Write(WriteFn, ErrorFn),
+    /// A linearizable read.
+    Read(ReadFn, ErrorFn),
+    /// Start a metadata stream from an offset.
+    FetchMetadata(i64, oneshot::Sender<MetadataStart>),
+    /// A peer could not be reached.
+    Unreachable(u64),
+    /// How sending a snapshot to a peer went.
+    SnapshotSent(u64, bool),
+    /// Stop the thread.
+    Shutdown,
+}
+
+struct PendingWrite {
+    index: u64,
+    term: u64,
+    records: Vec<MetadataRecord>,
+    on_commit: Box<dyn FnOnce(&MetadataImage) + Send>,
+    on_error: ErrorFn,
+    deadline: Instant,
+}
+
+struct PendingRead {
+    ctx: Vec<u8>,
+    index: Option<u64>,
+    f: ReadFn,
+    on_error: ErrorFn,
+    deadline: Instant,
+}
+
+/// The thread's state.
+pub struct QuorumController {
+    config: ControllerConfig,
+    voters: Vec<Voter>,
+    node: RawNode<RaftLog>,
+    committed: MetadataImage,
+    latest: Option<MetadataImage>,
+    pending: VecDeque<PendingWrite>,
+    reads: Vec<PendingRead>,
+    deferred: Vec<(Event, Instant)>,
+    read_seq: u64,
+    liveness: BrokerLiveness,
+    recent: VecDeque<MetadataRecord>,
+    updates: broadcast::Sender<Arc<MetadataBatch>>,
+    transport: Transport,
+    applied: u64,
+    snapshot_bytes: u64,
+    request_timeout: Duration,
+}
+
+impl QuorumController {
+    /// Opens the Raft log in `metadata.log.dir` and prepares the node.
+    pub fn new(
+        config: ControllerConfig,
+        transport: Transport,
+    ) -> Result<Self, crate::ControllerError> {
+        let voters = config.voters()?;
+        let ids: Vec<u64> = voters.iter().map(|v| v.id).collect();
+        let store = RaftLog::open(&config.metadata.log.dir, &ids)?;
+        let snapshot = store.snapshot_ref().clone();
+        let applied = snapshot.get_metadata().index;
+        let committed = image_from_snapshot(&snapshot);
+        let q = &config.controller.quorum;
+        let election_tick = (q.election.timeout.ms / q.tick.ms).max(2) as usize;
+        let raft_config = raft::Config {
+            id: config.node.id,
+            election_tick,
+            heartbeat_tick: (election_tick / 10).max(1),
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config
+            .validate()
+            .map_err(|e| crate::ControllerError::Raft(e.to_string()))?;
+        let node = RawNode::new(
+            &raft_config,
+            store,
+            &crate::logger::raft_logger(config.node.id),
+        )
+        .map_err(|e| crate::ControllerError::Raft(e.to_string()))?;
+        let (updates, _) = broadcast::channel(1024);
+        let recent_start = committed.next_offset;
+        let _ = recent_start;
+        Ok(QuorumController {
+            request_timeout: Duration::from_millis(q.request.timeout.ms),
+            snapshot_bytes: config.metadata.log.max.record.bytes.between.snapshots,
+            config,
+            voters,
+            node,
+            committed,
+            latest: None,
+            pending: VecDeque::new(),
+            reads: Vec::new(),
+            deferred: Vec::new(),
+            read_seq: 0,
+            liveness: HashMap::new(),
+            recent: VecDeque::new(),
+            updates,
+            transport,
+            applied,
+        })
+    }
+
+    /// Runs until `Event::Shutdown` or until every sender is gone.
+    pub fn run(mut self, events: Receiver<Event>) {
+        let tick = Duration::from_millis(self.config.controller.quorum.tick.ms);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match events.recv_timeout(wait) {
+                Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(ev) => {
+                    self.handle(ev);
+                    // Take whatever else is queued before doing I/O: one fsync for all of it.
+                    for _ in 0..1024 {
+                        match events.try_recv() {
+                            Ok(Event::Shutdown) => return self.stop(),
+                            Ok(ev) => self.handle(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                next_tick += tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + tick;
+                }
+                self.node.tick();
+                self.on_tick();
+            }
+            if let Err(e) = self.process_ready() {
+                tracing::error!(error = %e, "metadata log failure; the controller stops");
+                break;
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let err = || ApiError::new(ErrorCode::NotController, "the controller is shutting down");
+        for p in self.pending.drain(..) {
+            (p.on_error)(err());
+        }
+        for r in self.reads.drain(..) {
+            (r.on_error)(err());
+        }
+        let _ = self.node.mut_store().sync();
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    fn leader_hint(&self) -> Option<String> {
+        let id = self.node.raft.leader_id;
+        self.voters
+            .iter()
+            .find(|v| v.id == id)
+            .map(|v| format!("{}@{}", v.id, v.address))
+    }
+
+    fn not_controller(&self) -> ApiError {
+        let mut e = ApiError::new(
+            ErrorCode::NotController,
+            match self.node.raft.leader_id {
+                0 => format!(
+                    "controller {} is not the active controller and no leader is known yet; retry shortly",
+                    self.config.node.id
+                ),
+                l => format!(
+                    "controller {} is not the active controller; controller {l} is",
+                    self.config.node.id
+                ),
+            },
+        );
+        e.leader_hint = self.leader_hint();
+        e
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Raft(msgs) => {
+                for m in msgs {
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!(error = %e, "dropped a raft message");
+                    }
+                }
+            }
+            Event::Write(f, on_error) => {
+                if self.latest.is_some() {
+                    self.write(f, on_error);
+                } else if self.is_leader() {
+                    self.deferred
+                        .push((Event::Write(f, on_error), Instant::now()));
+                } else {
+                    on_error(self.not_controller());
+                }
+            }
+            Event::Read(f, on_error) => {
+                if self.latest.is_some() {
+                    self.read_seq += 1;
+                    let ctx = self.read_seq.to_be_bytes().to_vec();
+                    self.node.read_index(ctx.clone());
+                    self.reads.push(PendingRead {
+                        ctx,
+                        index: None,
+                        f,
+                        on_error,
+                        deadline: Instant::now() + self.request_timeout,
+                    });
+                } else if self.is_leader() {
+                    self.deferred
+                        .push((Event::Read(f, on_error), Instant::now()));
+                } else {
+                    on_error(self.not_controller());
+                }
+            }
+            Event::FetchMetadata(from, reply) => {
+                let updates = self.updates.subscribe();
+                let next = self.committed.next_offset;
+                let recent_start = next - self.recent.len() as i64;
+                let initial = if from >= recent_start && from <= next {
+                    MetadataBatch {
+                        is_snapshot: false,
+                        last_offset: next - 1,
+                        records: self
+                            .recent
+                            .iter()
+                            .filter(|r| r.offset >= from)
+                            .cloned()
+                            .collect(),
+                    }
+                } else {
+                    MetadataBatch {
+                        is_snapshot: true,
+                        last_offset: next - 1,
+                        records: self.committed.snapshot_records(),
+                    }
+                };
+                let _ = reply.send(MetadataStart { initial, updates });
+            }
+            Event::Unreachable(peer) => self.node.report_unreachable(peer),
+            Event::SnapshotSent(peer, ok) => self.node.report_snapshot(
+                peer,
+                if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                },
+            ),
+            Event::Shutdown => {}
+        }
+    }
+
+    fn write(&mut self, f: WriteFn, on_error: ErrorFn) {
+        let Some(latest) = self.latest.as_ref() else {
+            return on_error(self.not_controller());
+        };
+        let mut ctx = WriteContext {
+            latest,
+            liveness: &mut self.liveness,
+            config: &self.config,
+            now: Instant::now(),
+        };
+        let plan = match f(&mut ctx) {
+            Ok(plan) => plan,
+            Err(e) => return on_error(e),
+        };
+        if plan.records.is_empty() {
+            return (plan.on_commit)(latest);
+        }
+        self.propose(plan.records, plan.on_commit, on_error);
+    }
+
+    fn propose(
+        &mut self,
+        records: Vec<MetadataRecord>,
+        on_commit: Box<dyn FnOnce(&MetadataImage) + Send>,
+        on_error: ErrorFn,
+    ) {
+        let data = MetadataBatch {
+            is_snapshot: false,
+            last_offset: -1,
+            records: records.clone(),
+        }
+        .encode_to_vec();
+        if let Err(e) = self.node.propose(Vec::new(), data) {
+            tracing::debug!(error = %e, "proposal dropped");
+            return on_error(self.not_controller());
+        }
+        let index = self.node.raft.raft_log.last_index();
+        if let Some(latest) = self.latest.as_mut() {
+            for mut r in records.iter().cloned() {
+                latest.append(&mut r);
+            }
+        }
+        self.pending.push_back(PendingWrite {
+            index,
+            term: self.node.raft.term,
+            records,
+            on_commit,
+            on_error,
+            deadline: Instant::now() + self.request_timeout,
+        });
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Fail what waited too long.
+        while self.pending.front().is_some_and(|p| p.deadline < now) {
+            if let Some(p) = self.pending.pop_front() {
+                (p.on_error)(ApiError::new(
+                    ErrorCode::RequestTimedOut,
+                    "the change was not committed in time; it may still commit",
+                ));
+            }
+        }
+        let (expired, keep): (Vec<_>, Vec<_>) =
+            self.reads.drain(..).partition(|r| r.deadline < now);
+        self.reads = keep;
+        for r in expired {
+            (r.on_error)(ApiError::new(
+                ErrorCode::RequestTimedOut,
+                "the read could not be confirmed by the quorum in time",
+            ));
+        }
+        let election = Duration::from_millis(self.config.controller.quorum.election.timeout.ms * 2);
+        let (stale, fresh): (Vec<_>, Vec<_>) = self
+            .deferred
+            .drain(..)
+            .partition(|(_, t)| now.duration_since(*t) > election);
+        self.deferred = fresh;
+        for (ev, _) in stale {
+            let err = self.not_controller();
+            match ev {
+                Event::Write(_, on_error) | Event::Read(_, on_error) => on_error(err),
+                _ => {}
+            }
+        }
+        if self.latest.is_some() {
+            self.fence_expired_brokers(now);
+        }
+    }
+
+    /// Fences unfenced brokers whose session expired and moves their leaderships.
+    fn fence_expired_brokers(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.config.broker.session.timeout.ms);
+        let Some(latest) = self.latest.as_ref() else {
+            return;
+        };
+        let expired: Vec<i32> = latest
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .filter(|b| {
+                self.liveness
+                    .get(&b.id)
+                    .is_none_or(|t| now.duration_since(*t) > timeout)
+            })
+            .map(|b| b.id)
+            .collect();
+        for broker in expired {
+            let Some(latest) = self.latest.as_ref() else {
+                return;
+            };
+            let records = crate::commands::fence_broker(latest, broker);
+            tracing::info!(
+                broker,
+                "broker session expired; fencing it and moving its leaderships"
+            );
+            self.propose(
+                records,
+                Box::new(|_| {}),
+                Box::new(|e| tracing::warn!(error = %e, "fencing did not commit")),
+            );
+        }
+    }
+
+    fn process_ready(&mut self) -> Result<(), crate::ControllerError> {
+        self.check_leadership();
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        // 2. Messages that need no persistence.
+        self.transport.send(ready.take_messages());
+        // 3. Snapshot from the leader.
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(snap)?;
+        }
+        // 4. Apply committed entries.
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed);
+        // 5. Persist entries and hard state, then fsync.
+        let store = self.node.mut_store();
+        if !ready.entries().is_empty() {
+            store.append(ready.entries())?;
+        }
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs.clone())?;
+        }
+        if ready.must_sync() || !ready.entries().is_empty() {
+            store.sync()?;
+        }
+        // 6. Messages that depend on what was just persisted.
+        self.transport.send(ready.take_persisted_messages());
+        for rs in ready.take_read_states() {
+            if let Some(r) = self.reads.iter_mut().find(|r| r.ctx == rs.request_ctx) {
+                r.index = Some(rs.index);
+            }
+        }
+        // 7. Advance.
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed);
+        self.node.advance_apply();
+        self.answer_reads();
+        self.maybe_snapshot()?;
+        self.check_leadership();
+        Ok(())
+    }
+
+    /// Tracks becoming (ready as) leader and losing leadership.
+    fn check_leadership(&mut self) {
+        if !self.is_leader() {
+            if self.latest.take().is_some() {
+                tracing::info!(
+                    node = self.config.node.id,
+                    "no longer the active controller"
+                );
+                self.liveness.clear();
+                let err = self.not_controller();
+                for r in self.reads.drain(..) {
+                    (r.on_error)(err.clone());
+                }
+            }
+            let deferred = std::mem::take(&mut self.deferred);
+            for (ev, _) in deferred {
+                let err = self.not_controller();
+                if let Event::Write(_, on_error) | Event::Read(_, on_error) = ev {
+                    on_error(err);
+                }
+            }
+            return;
+        }
+        if self.latest.is_none()
+            && self.node.raft.commit_to_current_term()
+            && self.applied >= self.node.raft.raft_log.committed
+        {
+            tracing::info!(
+                node = self.config.node.id,
+                term = self.node.raft.term,
+                "became the active controller"
+            );
+            let mut latest = self.committed.clone();
+            for p in &self.pending {
+                for mut r in p.records.iter().cloned() {
+                    latest.append(&mut r);
+                }
+            }
+            // Every known broker gets a full session from now before it can be fenced.
+            let now = Instant::now();
+            self.liveness = latest.brokers.keys().map(|b| (*b, now)).collect();
+            let needs_cluster_id = latest.cluster_id.is_none();
+            self.latest = Some(latest);
+            if needs_cluster_id {
+                let id = if self.config.cluster.id.is_empty() {
+                    uuid::Uuid::new_v4().simple().to_string()
+                } else {
+                    self.config.cluster.id.clone()
+                };
+                let record = crate::commands::record(
+                    rill_protocol::proto::metadata_record::Record::ClusterId(
+                        rill_protocol::proto::ClusterIdRecord { cluster_id: id },
+                    ),
+                );
+                self.propose(vec![record], Box::new(|_| {}), Box::new(|_| {}));
+            }
+            for (ev, _) in std::mem::take(&mut self.deferred) {
+                self.handle(ev);
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), crate::ControllerError> {
+        let index = snap.get_metadata().index;
+        self.committed = image_from_snapshot(&snap);
+        self.node.mut_store().apply_snapshot(snap)?;
+        self.applied = index;
+        self.recent.clear();
+        // Writes at or below the snapshot can no longer be matched to their entries.
+        while self.pending.front().is_some_and(|p| p.index <= index) {
+            if let Some(p) = self.pending.pop_front() {
+                (p.on_error)(self.not_controller());
+            }
+        }
+        let _ = self.updates.send(Arc::new(MetadataBatch {
+            is_snapshot: true,
+            last_offset: self.committed.next_offset - 1,
+            records: self.committed.snapshot_records(),
+        }));
+        tracing::info!(
+            index,
+            offset = self.committed.next_offset - 1,
+            "installed a metadata snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            self.applied = e.index;
+            let mut applied_records = Vec::new();
+            if !e.data.is_empty() {
+                match MetadataBatch::decode(&e.data[..]) {
+                    Ok(batch) => {
+                        for mut r in batch.records {
+                            self.committed.append(&mut r);
+                            applied_records.push(r);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(index = e.index, error = %err, "undecodable metadata entry skipped")
+                    }
+                }
+            }
+            if !applied_records.is_empty() {
+                for r in &applied_records {
+                    self.recent.push_back(r.clone());
+                }
+                while self.recent.len() > RECENT_RECORDS {
+                    self.recent.pop_front();
+                }
+                let _ = self.updates.send(Arc::new(MetadataBatch {
+                    is_snapshot: false,
+                    last_offset: self.committed.next_offset - 1,
+                    records: applied_records,
+                }));
+            }
+            while let Some(p) = self.pending.front() {
+                if p.index > e.index {
+                    break;
+                }
+                let Some(p) = self.pending.pop_front() else {
+                    break;
+                };
+                if p.index == e.index && p.term == e.term {
+                    (p.on_commit)(&self.committed);
+                } else {
+                    (p.on_error)(self.not_controller());
+                }
+            }
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        if self
+            .reads
+            .iter()
+            .all(|r| r.index.is_none_or(|i| i > self.applied))
+        {
+            return;
+        }
+        let info = self.quorum_info();
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .reads
+            .drain(..)
+            .partition(|r| r.index.is_some_and(|i| i <= applied));
+        self.reads = waiting;
+        for r in ready {
+            (r.f)(&self.committed, &info);
+        }
+    }
+
+    fn quorum_info(&self) -> QuorumInfo {
+        let raft = &self.node.raft;
+        let mut voters: Vec<(u64, u64)> = if self.is_leader() {
+            raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+        } else {
+            Vec::new()
+        };
+        voters.sort_unstable();
+        QuorumInfo {
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            voters,
+        }
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), crate::ControllerError> {
+        if self.node.store().bytes_since_snapshot() < self.snapshot_bytes {
+            return Ok(());
+        }
+        let data = MetadataBatch {
+            is_snapshot: true,
+            last_offset: self.committed.next_offset - 1,
+            records: self.committed.snapshot_records(),
+        }
+        .encode_to_vec();
+        let applied = self.applied;
+        self.node.mut_store().compact_to_snapshot(applied, data)?;
+        tracing::info!(
+            index = applied,
+            offset = self.committed.next_offset - 1,
+            "took a metadata snapshot and compacted the raft log"
+        );
+        Ok(())
+    }
+}
+
+fn image_from_snapshot(snap: &Snapshot) -> MetadataImage {
+    if snap.data.is_empty() {
+        return MetadataImage::default();
+    }
+    match MetadataBatch::decode(&snap.data[..]) {
+        Ok(batch) => MetadataImage::from_snapshot(&batch.records, batch.last_offset),
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable metadata snapshot");
+            MetadataImage::default()
+        }
+    }
+}
+
+/// A handle to send events to the quorum thread, with backpressure.
+#[derive(Clone)]
+pub struct QuorumHandle {
+    tx: SyncSender<Event>,
+}
+
+impl QuorumHandle {
+    /// Wraps the sending side of the thread's queue.
+    pub fn new(tx: SyncSender<Event>) -> Self {
+        QuorumHandle { tx }
+    }
+
+    /// Queues an event; a full queue is RESOURCE_EXHAUSTED for the caller.
+    pub fn send(&self, ev: Event) -> Result<(), ApiError> {
+        self.tx.try_send(ev).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => ApiError::new(
+                ErrorCode::ThrottlingQuotaExceeded,
+                "the controller's request queue is full (queued.max.requests); retry with backoff",
+            ),
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                ApiError::new(ErrorCode::NotController, "the controller is shutting down")
+            }
+        })
+    }
+
+    /// Runs a write and waits for its outcome.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(
+            &mut WriteContext<'_>,
+        ) -> Result<
+            (
+                Vec<MetadataRecord>,
+                Box<dyn FnOnce(&MetadataImage) -> T + Send>,
+            ),
+            ApiError,
+        > + Send
+        + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel::<Result<T, ApiError>>();
+        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let tx2 = Arc::clone(&tx);
+        let write: WriteFn = Box::new(move |ctx| {
+            let (records, done) = f(ctx)?;
+            let tx = Arc::clone(&tx);
+            Ok(WritePlan {
+                records,
+                on_commit: Box::new(move |image| {
+                    if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                        let _ = tx.send(Ok(done(image)));
+                    }
+                }),
+            })
+        });
+        let on_error: ErrorFn = Box::new(move |e| {
+            if let Some(tx) = tx2.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        self.send(Event::Write(write, on_error))?;
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::NotController,
+                "the controller is shutting down",
+            ))
+        })
+    }
+
+    /// Runs a linearizable read.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&MetadataImage, &QuorumInfo) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel::<Result<T, ApiError>>();
+        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let tx2 = Arc::clone(&tx);
+        let read: ReadFn = Box::new(move |image, info| {
+            if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(Ok(f(image, info)));
+            }
+        });
+        let on_error: ErrorFn = Box::new(move |e| {
+            if let Some(tx) = tx2.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        self.send(Event::Read(read, on_error))?;
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::NotController,
+                "the controller is shutting down",
+            ))
+        })
+    }
+
+    /// Starts a metadata stream.
+    pub async fn fetch_metadata(&self, from: i64) -> Result<MetadataStart, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::FetchMetadata(from, tx))?;
+        rx.await
+            .map_err(|_| ApiError::new(ErrorCode::NotController, "the controller is shutting down"))
+    }
+}

@@ -1,0 +1,97 @@
+//! Wiring: bind the listener, start the quorum thread and the peer transport, serve gRPC (with
+//! health and reflection) until the shutdown token fires, then stop everything in order.
+
+use std::sync::Arc;
+
+use rill_protocol::proto::controller_server::ControllerServer;
+use rill_protocol::proto::quorum_server::QuorumServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::ControllerError;
+use crate::config::ControllerConfig;
+use crate::quorum_controller::{Event, QuorumController, QuorumHandle};
+use crate::service::{ControllerService, QuorumService};
+use crate::transport::Transport;
+
+/// Runs a controller until `shutdown` is cancelled. `bound` receives the listening address once
+/// the listener is up (useful with port 0).
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<(), ControllerError> {
+    config.validate()?;
+    let addr = config.listen_addr()?;
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ControllerError::Listener {
+                address: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ControllerError::Listener {
+            address: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(config.queued.max.requests);
+    let handle = QuorumHandle::new(tx);
+    let voters = config.voters()?;
+    let transport = Transport::start(
+        config.node.id,
+        &voters,
+        config.cluster.id.clone(),
+        handle.clone(),
+        shutdown.clone(),
+    );
+    let controller = QuorumController::new(config.clone(), transport)?;
+    let thread = std::thread::Builder::new()
+        .name("quorum-controller".into())
+        .spawn(move || controller.run(rx))
+        .map_err(|e| ControllerError::Raft(format!("cannot start the quorum thread: {e}")))?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ControllerServer<ControllerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rill_protocol::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ControllerError::Listener {
+            address: local.to_string(),
+            reason: format!("reflection: {e}"),
+        })?;
+    let config = Arc::new(config);
+    let controller_service =
+        ControllerServer::new(ControllerService::new(handle.clone(), Arc::clone(&config)))
+            .max_decoding_message_size(16 << 20);
+    let quorum_service = QuorumServer::new(QuorumService::new(
+        handle.clone(),
+        config.node.id,
+        config.cluster.id.clone(),
+    ))
+    .max_decoding_message_size(256 << 20)
+    .max_encoding_message_size(256 << 20);
+    tracing::info!(node = config.node.id, address = %local, voters = %config.controller.quorum.voters, "controller listening");
+    if let Some(bound) = bound {
+        let _ = bound.send(local);
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(controller_service)
+        .add_service(quorum_service)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = handle.send(Event::Shutdown);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    tracing::info!(node = config.node.id, "controller stopped");
+    served.map_err(|e| ControllerError::Listener {
+        address: local.to_string(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,771 @@
+//! The gRPC face of the controller: `Controller` (brokers and admin clients) and `Quorum`
+//! (other controllers). Handlers turn requests into writes and reads for the quorum thread.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use rill_protocol::proto::controller_server::Controller;
+use rill_protocol::proto::metadata_record::Record;
+use rill_protocol::proto::quorum_server::Quorum;
+use rill_protocol::proto::*;
+use rill_protocol::{ApiError, ErrorCode};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::commands::{self, record};
+use crate::config::ControllerConfig;
+use crate::metadata_image::MetadataImage;
+use crate::quorum_controller::{Event, QuorumHandle};
+
+/// Implements `rill.v1.Controller`.
+#[derive(Clone)]
+pub struct ControllerService {
+    handle: QuorumHandle,
+    config: Arc<ControllerConfig>,
+}
+
+impl ControllerService {
+    /// A service feeding the quorum thread behind `handle`.
+    pub fn new(handle: QuorumHandle, config: Arc<ControllerConfig>) -> Self {
+        ControllerService { handle, config }
+    }
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(code, msg)
+}
+
+fn describe_broker(b: &crate::metadata_image::BrokerInfo) -> BrokerDescription {
+    BrokerDescription {
+        node_id: b.id,
+        endpoints: b.endpoints.clone(),
+        rack: b.rack.clone(),
+        fenced: b.fenced,
+        broker_epoch: b.epoch,
+    }
+}
+
+type DoneFn<T> = Box<dyn FnOnce(&MetadataImage) -> T + Send>;
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn broker_registration(
+        &self,
+        request: Request<BrokerRegistrationRequest>,
+    ) -> Result<Response<BrokerRegistrationResponse>, Status> {
+        let req = request.into_inner();
+        let session = Duration::from_millis(self.config.broker.session.timeout.ms);
+        let reply = self
+            .handle
+            .write(move |ctx| {
+                let id = req.broker_id;
+                if id < 0 {
+                    return Err(err(ErrorCode::InvalidRequest, format!("broker id {id} must be ≥ 0")));
+                }
+                if req.incarnation_id.is_empty() {
+                    return Err(err(ErrorCode::InvalidRequest, "incarnation_id must be set (a random id per broker start)"));
+                }
+                if let Some(cluster) = &ctx.latest.cluster_id
+                    && !req.cluster_id.is_empty()
+                    && &req.cluster_id != cluster
+                {
+                    return Err(err(
+                        ErrorCode::InconsistentClusterId,
+                        format!("this controller quorum serves cluster {cluster}, not {}", req.cluster_id),
+                    ));
+                }
+                let done: DoneFn<i64> = Box::new(move |image| image.brokers.get(&id).map_or(-1, |b| b.epoch));
+                let mut records = Vec::new();
+                match ctx.latest.brokers.get(&id) {
+                    Some(b) if b.incarnation_id == req.incarnation_id => {}
+                    Some(b) => {
+                        let alive = ctx.liveness.get(&id).is_some_and(|t| ctx.now.duration_since(*t) < session);
+                        if !b.fenced && alive {
+                            return Err(err(
+                                ErrorCode::DuplicateBrokerRegistration,
+                                format!("broker {id} is registered by another live process (incarnation {}); give this broker a different node.id", b.incarnation_id),
+                            ));
+                        }
+                        records.push(register_record(&req));
+                        records.extend(commands::leadership_moves(ctx.latest, id));
+                    }
+                    None => records.push(register_record(&req)),
+                }
+                ctx.liveness.insert(id, ctx.now);
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(BrokerRegistrationResponse {
+            error_code: ErrorCode::None as i32,
+            error_message: String::new(),
+            broker_epoch: reply,
+        }))
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<BrokerHeartbeatRequest>,
+    ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let reply = self
+            .handle
+            .write(move |ctx| {
+                let id = req.broker_id;
+                let b = ctx.latest.brokers.get(&id).ok_or_else(|| {
+                    err(ErrorCode::BrokerIdNotRegistered, format!("broker {id} is not registered; register first"))
+                })?;
+                if b.epoch != req.broker_epoch {
+                    return Err(err(
+                        ErrorCode::StaleBrokerEpoch,
+                        format!("broker {id} epoch {} is not the current registration ({}); register again", req.broker_epoch, b.epoch),
+                    ));
+                }
+                ctx.liveness.insert(id, ctx.now);
+                let caught_up = req.current_metadata_offset >= b.epoch;
+                let records = if req.want_shut_down {
+                    if b.fenced { Vec::new() } else { commands::fence_broker(ctx.latest, id) }
+                } else if b.fenced && !req.want_fence && caught_up {
+                    commands::unfence_broker(ctx.latest, id)
+                } else {
+                    Vec::new()
+                };
+                let want_shut_down = req.want_shut_down;
+                let done: DoneFn<BrokerHeartbeatResponse> = Box::new(move |image| {
+                    let fenced = image.brokers.get(&id).is_none_or(|b| b.fenced);
+                    BrokerHeartbeatResponse {
+                        error_code: ErrorCode::None as i32,
+                        error_message: String::new(),
+                        is_caught_up: caught_up,
+                        is_fenced: fenced,
+                        should_shut_down: want_shut_down && commands::leaderships(image, id) == 0,
+                    }
+                });
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn create_topics(
+        &self,
+        request: Request<CreateTopicsRequest>,
+    ) -> Result<Response<CreateTopicsResponse>, Status> {
+        let req = request.into_inner();
+        let start: usize = rand::random::<u16>() as usize;
+        let results = self
+            .handle
+            .write(move |ctx| {
+                let mut records = Vec::new();
+                let mut taken = BTreeSet::new();
+                let mut results = Vec::new();
+                for (i, t) in req.topics.iter().enumerate() {
+                    let partitions = if t.num_partitions == -1 {
+                        ctx.config.num.partitions
+                    } else {
+                        t.num_partitions
+                    };
+                    let rf = if t.replication_factor == -1 {
+                        ctx.config.default.replication.factor
+                    } else {
+                        t.replication_factor
+                    };
+                    let configs: Vec<(String, Option<String>)> = t
+                        .configs
+                        .iter()
+                        .map(|c| (c.name.clone(), c.value.clone()))
+                        .collect();
+                    let mut result = CreatableTopicResult {
+                        name: t.name.clone(),
+                        num_partitions: partitions,
+                        replication_factor: rf,
+                        ..Default::default()
+                    };
+                    match commands::create_topic(
+                        ctx.latest,
+                        &taken,
+                        &t.name,
+                        partitions,
+                        rf,
+                        &configs,
+                        start + i,
+                    ) {
+                        Ok((recs, id)) => {
+                            taken.insert(t.name.clone());
+                            result.topic_id = id;
+                            if !req.validate_only {
+                                records.extend(recs);
+                            }
+                        }
+                        Err(e) => {
+                            result.error_code = e.code as i32;
+                            result.error_message = e.message;
+                        }
+                    }
+                    results.push(result);
+                }
+                let done: DoneFn<Vec<CreatableTopicResult>> = Box::new(move |_| results);
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(CreateTopicsResponse { topics: results }))
+    }
+
+    async fn delete_topics(
+        &self,
+        request: Request<DeleteTopicsRequest>,
+    ) -> Result<Response<DeleteTopicsResponse>, Status> {
+        let req = request.into_inner();
+        let results = self
+            .handle
+            .write(move |ctx| {
+                let mut records = Vec::new();
+                let mut seen = BTreeSet::new();
+                let mut results = Vec::new();
+                for name in req.names {
+                    let mut r = DeletableTopicResult {
+                        name: name.clone(),
+                        ..Default::default()
+                    };
+                    match ctx.latest.topics.get(&name) {
+                        Some(t) if seen.insert(name.clone()) => {
+                            records.push(record(Record::RemoveTopic(RemoveTopicRecord {
+                                topic_id: t.id.clone(),
+                            })));
+                        }
+                        _ => {
+                            r.error_code = ErrorCode::UnknownTopicOrPartition as i32;
+                            r.error_message = format!("topic {name:?} does not exist");
+                        }
+                    }
+                    results.push(r);
+                }
+                let done: DoneFn<Vec<DeletableTopicResult>> = Box::new(move |_| results);
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(DeleteTopicsResponse { topics: results }))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        let req = request.into_inner();
+        let start: usize = rand::random::<u16>() as usize;
+        let results = self
+            .handle
+            .write(move |ctx| {
+                let mut records = Vec::new();
+                let mut results = Vec::new();
+                let mut seen = BTreeSet::new();
+                for t in req.topics {
+                    let mut r = CreatePartitionsTopicResult {
+                        name: t.name.clone(),
+                        ..Default::default()
+                    };
+                    let outcome = if seen.insert(t.name.clone()) {
+                        commands::create_partitions(ctx.latest, &t.name, t.count, start)
+                    } else {
+                        Err(err(
+                            ErrorCode::InvalidRequest,
+                            format!("topic {:?} appears twice in the request", t.name),
+                        ))
+                    };
+                    match outcome {
+                        Ok(recs) if !req.validate_only => records.extend(recs),
+                        Ok(_) => {}
+                        Err(e) => {
+                            r.error_code = e.code as i32;
+                            r.error_message = e.message;
+                        }
+                    }
+                    results.push(r);
+                }
+                let done: DoneFn<Vec<CreatePartitionsTopicResult>> = Box::new(move |_| results);
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(CreatePartitionsResponse { topics: results }))
+    }
+
+    async fn incremental_alter_configs(
+        &self,
+        request: Request<IncrementalAlterConfigsRequest>,
+    ) -> Result<Response<IncrementalAlterConfigsResponse>, Status> {
+        let req = request.into_inner();
+        let results = self
+            .handle
+            .write(move |ctx| {
+                let known: Vec<String> = commands::topic_config_defaults()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                let mut records = Vec::new();
+                let mut results = Vec::new();
+                for res in req.resources {
+                    let mut r = AlterConfigsResult {
+                        topic: res.topic.clone(),
+                        ..Default::default()
+                    };
+                    let outcome: Result<Vec<MetadataRecord>, ApiError> = (|| {
+                        if !ctx.latest.topics.contains_key(&res.topic) {
+                            return Err(err(
+                                ErrorCode::UnknownTopicOrPartition,
+                                format!("topic {:?} does not exist", res.topic),
+                            ));
+                        }
+                        let mut recs = Vec::new();
+                        for c in &res.configs {
+                            let value = if c.operation == ConfigOperation::Delete as i32 {
+                                if !known.contains(&c.name) {
+                                    return Err(err(
+                                        ErrorCode::InvalidConfig,
+                                        format!("unknown config {:?}", c.name),
+                                    ));
+                                }
+                                None
+                            } else {
+                                let v = c.value.clone().ok_or_else(|| {
+                                    err(
+                                        ErrorCode::InvalidConfig,
+                                        format!("SET {} needs a value", c.name),
+                                    )
+                                })?;
+                                commands::validate_topic_config(&c.name, &v)?;
+                                Some(v)
+                            };
+                            recs.push(record(Record::Config(ConfigRecord {
+                                topic: res.topic.clone(),
+                                name: c.name.clone(),
+                                value,
+                            })));
+                        }
+                        Ok(recs)
+                    })();
+                    match outcome {
+                        Ok(recs) if !req.validate_only => records.extend(recs),
+                        Ok(_) => {}
+                        Err(e) => {
+                            r.error_code = e.code as i32;
+                            r.error_message = e.message;
+                        }
+                    }
+                    results.push(r);
+                }
+                let done: DoneFn<Vec<AlterConfigsResult>> = Box::new(move |_| results);
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(IncrementalAlterConfigsResponse { results }))
+    }
+
+    async fn describe_configs(
+        &self,
+        request: Request<DescribeConfigsRequest>,
+    ) -> Result<Response<DescribeConfigsResponse>, Status> {
+        let req = request.into_inner();
+        let results = self
+            .handle
+            .read(move |image, _| {
+                let names: Vec<String> = if req.topics.is_empty() {
+                    image.topics.keys().cloned().collect()
+                } else {
+                    req.topics
+                };
+                names
+                    .into_iter()
+                    .map(|name| match image.topics.get(&name) {
+                        Some(t) => DescribeConfigsResult {
+                            topic: name,
+                            error_code: ErrorCode::None as i32,
+                            error_message: String::new(),
+                            configs: commands::topic_config_defaults()
+                                .into_iter()
+                                .map(|(k, default)| DescribedConfig {
+                                    value: t.configs.get(&k).cloned().unwrap_or(default),
+                                    is_default: !t.configs.contains_key(&k),
+                                    name: k,
+                                })
+                                .collect(),
+                        },
+                        None => DescribeConfigsResult {
+                            error_code: ErrorCode::UnknownTopicOrPartition as i32,
+                            error_message: format!("topic {name:?} does not exist"),
+                            topic: name,
+                            configs: Vec::new(),
+                        },
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        Ok(Response::new(DescribeConfigsResponse { results }))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<DescribeClusterRequest>,
+    ) -> Result<Response<DescribeClusterResponse>, Status> {
+        let voters = self
+            .config
+            .voters()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let reply = self
+            .handle
+            .read(move |image, info| DescribeClusterResponse {
+                cluster_id: image.cluster_id.clone().unwrap_or_default(),
+                controller_id: info.leader_id as i32,
+                brokers: image.brokers.values().map(describe_broker).collect(),
+                controllers: voters
+                    .iter()
+                    .map(|v| {
+                        let (host, port) = v.address.rsplit_once(':').unwrap_or((&v.address, "0"));
+                        ControllerDescription {
+                            node_id: v.id as i32,
+                            endpoint: Some(Endpoint {
+                                name: "CONTROLLER".into(),
+                                host: host.to_owned(),
+                                port: port.parse().unwrap_or(0),
+                            }),
+                        }
+                    })
+                    .collect(),
+                metadata_offset: image.next_offset - 1,
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn describe_quorum(
+        &self,
+        _request: Request<DescribeQuorumRequest>,
+    ) -> Result<Response<DescribeQuorumResponse>, Status> {
+        let reply = self
+            .handle
+            .read(|_, info| DescribeQuorumResponse {
+                leader_id: info.leader_id as i32,
+                leader_epoch: info.term,
+                commit_index: info.commit_index,
+                voters: info
+                    .voters
+                    .iter()
+                    .map(|(id, matched)| VoterState {
+                        node_id: *id as i32,
+                        match_index: *matched,
+                        lag: info.commit_index.saturating_sub(*matched),
+                    })
+                    .collect(),
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<AlterPartitionRequest>,
+    ) -> Result<Response<AlterPartitionResponse>, Status> {
+        let req = request.into_inner();
+        let reply = self
+            .handle
+            .write(move |ctx| {
+                let broker = ctx.latest.brokers.get(&req.broker_id).ok_or_else(|| {
+                    err(
+                        ErrorCode::BrokerIdNotRegistered,
+                        format!("broker {} is not registered", req.broker_id),
+                    )
+                })?;
+                if broker.epoch != req.broker_epoch {
+                    return Err(err(
+                        ErrorCode::StaleBrokerEpoch,
+                        format!(
+                            "broker epoch {} is stale (current {})",
+                            req.broker_epoch, broker.epoch
+                        ),
+                    ));
+                }
+                let mut records = Vec::new();
+                let mut failures: Vec<(String, i32, ApiError)> = Vec::new();
+                for t in &req.topics {
+                    for p in &t.partitions {
+                        match alter_one(ctx.latest, req.broker_id, &t.name, p) {
+                            Ok(r) => records.push(r),
+                            Err(e) => failures.push((t.name.clone(), p.index, e)),
+                        }
+                    }
+                }
+                let topics = req.topics.clone();
+                let done: DoneFn<AlterPartitionResponse> =
+                    Box::new(move |image| AlterPartitionResponse {
+                        error_code: ErrorCode::None as i32,
+                        error_message: String::new(),
+                        topics: topics
+                            .iter()
+                            .map(|t| AlterPartitionTopicResult {
+                                name: t.name.clone(),
+                                partitions: t
+                                    .partitions
+                                    .iter()
+                                    .map(|p| {
+                                        let state = image.topics.get(&t.name).and_then(|topic| {
+                                            topic.partitions.get(p.index.max(0) as usize)
+                                        });
+                                        let failure = failures
+                                            .iter()
+                                            .find(|(n, i, _)| *n == t.name && *i == p.index);
+                                        AlterPartitionResult {
+                                            index: p.index,
+                                            error_code: failure
+                                                .map_or(ErrorCode::None, |(_, _, e)| e.code)
+                                                as i32,
+                                            error_message: failure
+                                                .map(|(_, _, e)| e.message.clone())
+                                                .unwrap_or_default(),
+                                            leader_id: state.map_or(-1, |s| s.leader),
+                                            leader_epoch: state.map_or(-1, |s| s.leader_epoch),
+                                            isr: state.map(|s| s.isr.clone()).unwrap_or_default(),
+                                            partition_epoch: state
+                                                .map_or(-1, |s| s.partition_epoch),
+                                        }
+                                    })
+                                    .collect(),
+                            })
+                            .collect(),
+                    });
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    type FetchMetadataStream = Pin<Box<dyn Stream<Item = Result<MetadataBatch, Status>> + Send>>;
+
+    async fn fetch_metadata(
+        &self,
+        request: Request<FetchMetadataRequest>,
+    ) -> Result<Response<Self::FetchMetadataStream>, Status> {
+        let from = request.into_inner().from_offset.max(0);
+        let handle = self.handle.clone();
+        let start = handle.fetch_metadata(from).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<MetadataBatch, Status>>(16);
+        tokio::spawn(async move {
+            let mut next = start.initial.last_offset + 1;
+            if tx.send(Ok(start.initial)).await.is_err() {
+                return;
+            }
+            let mut updates = start.updates;
+            loop {
+                match updates.recv().await {
+                    Ok(batch) => {
+                        if batch.is_snapshot {
+                            next = batch.last_offset + 1;
+                            if tx.send(Ok((*batch).clone())).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        let records: Vec<MetadataRecord> = batch
+                            .records
+                            .iter()
+                            .filter(|r| r.offset >= next)
+                            .cloned()
+                            .collect();
+                        if records.is_empty() {
+                            continue;
+                        }
+                        next = batch.last_offset + 1;
+                        let out = MetadataBatch {
+                            is_snapshot: false,
+                            last_offset: batch.last_offset,
+                            records,
+                        };
+                        if tx.send(Ok(out)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow for the live feed: catch up from where we are.
+                        match handle.fetch_metadata(next).await {
+                            Ok(again) => {
+                                next = again.initial.last_offset + 1;
+                                updates = again.updates;
+                                if !again.initial.records.is_empty()
+                                    && tx.send(Ok(again.initial)).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the controller is shutting down")))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+fn register_record(req: &BrokerRegistrationRequest) -> MetadataRecord {
+    record(Record::RegisterBroker(RegisterBrokerRecord {
+        broker_id: req.broker_id,
+        incarnation_id: req.incarnation_id.clone(),
+        broker_epoch: 0,
+        endpoints: req.listeners.clone(),
+        rack: req.rack.clone(),
+        fenced: true,
+    }))
+}
+
+fn alter_one(
+    image: &MetadataImage,
+    broker: i32,
+    topic: &str,
+    p: &AlterPartitionData,
+) -> Result<MetadataRecord, ApiError> {
+    let t = image.topics.get(topic).ok_or_else(|| {
+        err(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic {topic:?} does not exist"),
+        )
+    })?;
+    let state = t
+        .partitions
+        .get(p.index.max(0) as usize)
+        .filter(|_| p.index >= 0)
+        .ok_or_else(|| {
+            err(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("{topic}-{} does not exist", p.index),
+            )
+        })?;
+    if state.leader != broker {
+        return Err(err(
+            ErrorCode::NotLeaderOrFollower,
+            format!(
+                "broker {broker} does not lead {topic}-{} (leader {})",
+                p.index, state.leader
+            ),
+        ));
+    }
+    if p.leader_epoch < state.leader_epoch {
+        return Err(err(
+            ErrorCode::FencedLeaderEpoch,
+            format!(
+                "leader epoch {} is older than {}",
+                p.leader_epoch, state.leader_epoch
+            ),
+        ));
+    }
+    if p.leader_epoch > state.leader_epoch {
+        return Err(err(
+            ErrorCode::UnknownLeaderEpoch,
+            format!(
+                "leader epoch {} is newer than {}",
+                p.leader_epoch, state.leader_epoch
+            ),
+        ));
+    }
+    if p.partition_epoch != state.partition_epoch {
+        return Err(err(
+            ErrorCode::InvalidUpdateVersion,
+            format!(
+                "partition epoch {} is stale (current {}); refresh and retry",
+                p.partition_epoch, state.partition_epoch
+            ),
+        ));
+    }
+    if !p.new_isr.contains(&broker) {
+        return Err(err(
+            ErrorCode::InvalidRequest,
+            "the new ISR must contain the leader",
+        ));
+    }
+    for id in &p.new_isr {
+        if !state.replicas.contains(id) {
+            return Err(err(
+                ErrorCode::InvalidRequest,
+                format!("broker {id} is not a replica of {topic}-{}", p.index),
+            ));
+        }
+        if !state.isr.contains(id) && image.brokers.get(id).is_none_or(|b| b.fenced) {
+            return Err(err(
+                ErrorCode::InvalidRequest,
+                format!("broker {id} is fenced and cannot join the ISR"),
+            ));
+        }
+    }
+    Ok(record(Record::PartitionChange(PartitionChangeRecord {
+        topic_id: t.id.clone(),
+        partition: p.index,
+        isr: Some(IsrList {
+            ids: p.new_isr.clone(),
+        }),
+        leader: None,
+        replicas: None,
+    })))
+}
+
+/// Implements `rill.v1.Quorum`: delivers peers' Raft messages to the quorum thread.
+pub struct QuorumService {
+    handle: QuorumHandle,
+    me: u64,
+    cluster_id: String,
+}
+
+impl QuorumService {
+    /// A transport endpoint for controller `me`.
+    pub fn new(handle: QuorumHandle, me: u64, cluster_id: String) -> Self {
+        QuorumService {
+            handle,
+            me,
+            cluster_id,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Quorum for QuorumService {
+    async fn step(
+        &self,
+        request: Request<RaftMessageBatch>,
+    ) -> Result<Response<RaftMessageAck>, Status> {
+        let batch = request.into_inner();
+        if batch.to != self.me {
+            return Err(Status::invalid_argument(format!(
+                "this is controller {}, not {}",
+                self.me, batch.to
+            )));
+        }
+        if !self.cluster_id.is_empty()
+            && !batch.cluster_id.is_empty()
+            && batch.cluster_id != self.cluster_id
+        {
+            return Err(Status::failed_precondition(format!(
+                "cluster id {} is not this cluster ({})",
+                batch.cluster_id, self.cluster_id
+            )));
+        }
+        let mut msgs = Vec::with_capacity(batch.messages.len());
+        for m in &batch.messages {
+            msgs.push(
+                raft::prelude::Message::parse_from_bytes(m).map_err(|e| {
+                    Status::invalid_argument(format!("undecodable raft message: {e}"))
+                })?,
+            );
+        }
+        self.handle.send(Event::Raft(msgs))?;
+        Ok(Response::new(RaftMessageAck {}))
+    }
+}

@@ -1,0 +1,223 @@
+//! The controller quorum with real processes: election, failover, restarts, snapshots.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rill_protocol::ErrorCode;
+use rill_protocol::proto::*;
+
+fn topic_names(image: &MetadataBatch) -> Vec<String> {
+    let mut v: Vec<String> = image
+        .records
+        .iter()
+        .filter_map(|r| match &r.record {
+            Some(metadata_record::Record::Topic(t)) => Some(t.name.clone()),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_controllers_elect_a_leader_and_admin_works_through_any() {
+    let q = Quorum::start(3, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    for via in 0..3 {
+        let r = create(&q, via, vec![topic(&format!("via-{via}"), 2, 1)]).await;
+        assert_eq!(
+            r.topics[0].error_code,
+            ErrorCode::None as i32,
+            "{:?}",
+            r.topics[0]
+        );
+        assert!(!r.topics[0].topic_id.is_empty());
+    }
+    // A follower answers NOT_CONTROLLER with the leader's address.
+    let follower = (leader + 1) % 3;
+    let status = q
+        .client(follower)
+        .await
+        .describe_cluster(DescribeClusterRequest {})
+        .await
+        .unwrap_err();
+    let e = rill_protocol::ApiError::from(status);
+    assert_eq!(e.code, ErrorCode::NotController);
+    assert_eq!(
+        e.leader_hint.as_deref(),
+        Some(format!("{}@{}", leader + 1, q.procs[leader].addr).as_str())
+    );
+    let cluster = q
+        .call(follower, |mut c| async move {
+            c.describe_cluster(DescribeClusterRequest {}).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(cluster.controller_id as usize, leader + 1);
+    assert_eq!(cluster.controllers.len(), 3);
+    assert!(!cluster.cluster_id.is_empty());
+    // Every controller streams the same committed metadata.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        assert_eq!(
+            topic_names(&q.image(i).await),
+            ["via-0", "via-1", "via-2"],
+            "controller {}",
+            i + 1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_and_keeps_every_commit() {
+    let mut q = Quorum::start(3, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    for i in 0..5 {
+        create(&q, 0, vec![topic(&format!("before-{i}"), 1, 1)]).await;
+    }
+    let killed_at = Instant::now();
+    q.kill(leader);
+    let new_leader = q.leader(Duration::from_secs(10)).await;
+    let failover = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    let image = q.image(new_leader).await;
+    assert_eq!(
+        topic_names(&image).len(),
+        5,
+        "every committed topic survived"
+    );
+    create(&q, new_leader, vec![topic("after", 1, 1)]).await;
+    // The old leader comes back as a follower and catches up.
+    q.spawn(leader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = topic_names(&q.image(leader).await);
+        if names.len() == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old leader did not catch up: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        q.leader(Duration::from_secs(5)).await,
+        new_leader,
+        "the old leader rejoined as a follower"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_restart_restores_the_same_image() {
+    let mut q = Quorum::start(3, &[]);
+    q.leader(Duration::from_secs(10)).await;
+    let b1 = FakeBroker::start(&q, 1).await;
+    for i in 0..10 {
+        create(&q, 0, vec![topic(&format!("t{i}"), 3, 1)]).await;
+    }
+    let before_cluster = q
+        .call(0, |mut c| async move {
+            c.describe_cluster(DescribeClusterRequest {}).await
+        })
+        .await
+        .unwrap();
+    let leader = q.leader(Duration::from_secs(5)).await;
+    let before = q.image(leader).await;
+    b1.stop_heartbeats();
+    for i in 0..3 {
+        q.stop(i);
+    }
+    for i in 0..3 {
+        q.spawn(i);
+    }
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let after = q.image(leader).await;
+    assert_eq!(after.last_offset, before.last_offset);
+    assert!(
+        image_of(&after) == image_of(&before),
+        "the image changed across a full restart"
+    );
+    let after_cluster = q
+        .call(0, |mut c| async move {
+            c.describe_cluster(DescribeClusterRequest {}).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(after_cluster.cluster_id, before_cluster.cluster_id);
+    assert_eq!(after_cluster.brokers, before_cluster.brokers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_kept_down_gets_a_snapshot_and_converges() {
+    let mut q = Quorum::start(
+        3,
+        &["metadata.log.max.record.bytes.between.snapshots=65536"],
+    );
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    let down = (leader + 1) % 3;
+    q.kill(down);
+    // 10 topics × 1000 partitions ≈ 10,000 records while the voter is down.
+    for i in 0..10 {
+        let r = create(&q, leader, vec![topic(&format!("big-{i}"), 1000, 1)]).await;
+        assert_eq!(
+            r.topics[0].error_code,
+            ErrorCode::None as i32,
+            "{:?}",
+            r.topics[0]
+        );
+    }
+    let leader_image = q.image(leader).await;
+    assert!(
+        leader_image.last_offset >= 10_000,
+        "{}",
+        leader_image.last_offset
+    );
+    assert!(
+        q.procs[leader].dir.join("metadata/raft.snapshot").exists(),
+        "the leader compacted its log"
+    );
+    q.spawn(down);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let image = q.image(down).await;
+        if image.last_offset >= leader_image.last_offset {
+            assert!(
+                image.is_snapshot,
+                "a restarted voter serves its image as a snapshot"
+            );
+            assert!(
+                image_of(&image) == image_of(&q.image(leader).await),
+                "the caught-up voter's image differs from the leader's"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voter {} stuck at {}",
+            down + 1,
+            image.last_offset
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        q.procs[down].dir.join("metadata/raft.snapshot").exists(),
+        "it caught up through a snapshot"
+    );
+    let quorum = q
+        .call(leader, |mut c| async move {
+            c.describe_quorum(DescribeQuorumRequest {}).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(quorum.voters.len(), 3);
+}
