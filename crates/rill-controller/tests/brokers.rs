@@ -1,0 +1,227 @@
+//! Broker lifecycle against a real quorum: registration, heartbeats, fencing and leadership
+//! moves, controlled shutdown, ISR changes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rill_protocol::ErrorCode;
+use rill_protocol::proto::*;
+
+async fn partitions(
+    q: &Quorum,
+    leader: usize,
+    topic: &str,
+) -> Vec<rill_controller::metadata_image::PartitionInfo> {
+    image_of(&q.image(leader).await).topics[topic]
+        .partitions
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_is_fenced_and_its_leaderships_move() {
+    let q = Quorum::start(3, &["broker.session.timeout.ms=1500"]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let b1 = FakeBroker::start(&q, 1).await;
+    let _b2 = FakeBroker::start(&q, 2).await;
+    let _b3 = FakeBroker::start(&q, 3).await;
+    let r = create(&q, leader, vec![topic("orders", 6, 3)]).await;
+    assert_eq!(
+        r.topics[0].error_code,
+        ErrorCode::None as i32,
+        "{:?}",
+        r.topics[0]
+    );
+    let before = partitions(&q, leader, "orders").await;
+    assert!(before.iter().filter(|p| p.leader == 1).count() >= 1);
+    let stopped = Instant::now();
+    b1.stop_heartbeats();
+    loop {
+        let image = image_of(&q.image(leader).await);
+        let fenced = image.brokers[&1].fenced;
+        let parts = &image.topics["orders"].partitions;
+        if fenced && parts.iter().all(|p| p.leader != 1 && !p.isr.contains(&1)) {
+            for (old, new) in before.iter().zip(parts) {
+                assert_ne!(new.leader, -1, "another in-sync replica took over");
+                if old.leader == 1 {
+                    assert_eq!(
+                        new.leader_epoch,
+                        old.leader_epoch + 1,
+                        "a leader change bumps the epoch"
+                    );
+                    let expected = old.replicas.iter().copied().find(|r| *r != 1).unwrap();
+                    assert_eq!(
+                        new.leader, expected,
+                        "the next ISR member in replica order leads"
+                    );
+                }
+            }
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_millis(1500 + 2500),
+            "broker 1 not fenced in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = stopped.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1200),
+        "fenced too early ({elapsed:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_rules_and_controlled_shutdown() {
+    let q = Quorum::start(1, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let b1 = FakeBroker::start(&q, 1).await;
+    let _b2 = FakeBroker::start(&q, 2).await;
+    // A second live process with the same node.id is refused.
+    let dup = q
+        .call(leader, |mut c| async move {
+            c.broker_registration(BrokerRegistrationRequest {
+                broker_id: 1,
+                cluster_id: String::new(),
+                incarnation_id: "someone-else".into(),
+                listeners: vec![],
+                rack: None,
+            })
+            .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code, ErrorCode::DuplicateBrokerRegistration, "{dup}");
+    // A wrong cluster id is refused.
+    let wrong = q
+        .call(leader, |mut c| async move {
+            c.broker_registration(BrokerRegistrationRequest {
+                broker_id: 9,
+                cluster_id: "not-this-cluster".into(),
+                incarnation_id: "x".into(),
+                listeners: vec![],
+                rack: None,
+            })
+            .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code, ErrorCode::InconsistentClusterId);
+    // Heartbeats with a stale epoch or from strangers are refused.
+    let stale = q
+        .call(leader, |mut c| async move {
+            c.broker_heartbeat(BrokerHeartbeatRequest {
+                broker_id: 1,
+                broker_epoch: 12345,
+                ..Default::default()
+            })
+            .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code, ErrorCode::StaleBrokerEpoch);
+    let unknown = q
+        .call(leader, |mut c| async move {
+            c.broker_heartbeat(BrokerHeartbeatRequest {
+                broker_id: 77,
+                broker_epoch: 1,
+                ..Default::default()
+            })
+            .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code, ErrorCode::BrokerIdNotRegistered);
+
+    // Controlled shutdown: leaderships move away before the broker is told it may stop.
+    create(&q, leader, vec![topic("t", 4, 2)]).await;
+    assert!(
+        partitions(&q, leader, "t")
+            .await
+            .iter()
+            .any(|p| p.leader == 1)
+    );
+    let epoch = b1.epoch;
+    let reply = q
+        .call(leader, |mut c| async move {
+            c.broker_heartbeat(BrokerHeartbeatRequest {
+                broker_id: 1,
+                broker_epoch: epoch,
+                current_metadata_offset: i64::MAX,
+                want_fence: false,
+                want_shut_down: true,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert!(reply.should_shut_down && reply.is_fenced, "{reply:?}");
+    assert!(
+        partitions(&q, leader, "t")
+            .await
+            .iter()
+            .all(|p| p.leader == 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
+    let q = Quorum::start(1, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let b1 = FakeBroker::start(&q, 1).await;
+    let _b2 = FakeBroker::start(&q, 2).await;
+    create(&q, leader, vec![topic("t", 1, 2)]).await;
+    let p = partitions(&q, leader, "t").await[0].clone();
+    let (lead, follower) = (
+        p.leader,
+        p.replicas.iter().copied().find(|r| *r != p.leader).unwrap(),
+    );
+    let epoch = if lead == 1 {
+        b1.epoch
+    } else {
+        image_of(&q.image(leader).await).brokers[&lead].epoch
+    };
+    let alter = |isr: Vec<i32>, partition_epoch: i32| {
+        let q = &q;
+        async move {
+            q.call(leader, |mut c| {
+                let isr = isr.clone();
+                async move {
+                    c.alter_partition(AlterPartitionRequest {
+                        broker_id: lead,
+                        broker_epoch: epoch,
+                        topics: vec![AlterPartitionTopic {
+                            name: "t".into(),
+                            partitions: vec![AlterPartitionData {
+                                index: 0,
+                                leader_epoch: 0,
+                                new_isr: isr,
+                                partition_epoch,
+                            }],
+                        }],
+                    })
+                    .await
+                }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let shrunk = alter(vec![lead], 0).await;
+    let r = &shrunk.topics[0].partitions[0];
+    assert_eq!(r.error_code, ErrorCode::None as i32, "{r:?}");
+    assert_eq!((r.isr.clone(), r.partition_epoch), (vec![lead], 1));
+    let stale = alter(vec![lead, follower], 0).await;
+    assert_eq!(
+        stale.topics[0].partitions[0].error_code,
+        ErrorCode::InvalidUpdateVersion as i32
+    );
+    let grown = alter(vec![lead, follower], 1).await;
+    assert_eq!(grown.topics[0].partitions[0].isr.len(), 2);
+    let without_leader = alter(vec![follower], 2).await;
+    assert_eq!(
+        without_leader.topics[0].partitions[0].error_code,
+        ErrorCode::InvalidRequest as i32
+    );
+}
