@@ -43,7 +43,11 @@ fn main() {
         .collect();
     report("fsync (512 B append + fdatasync)", fsyncs);
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let q = Quorum::start(3, &["broker.session.timeout.ms=60000"]);
         let leader = q.leader(Duration::from_secs(15)).await;
@@ -59,7 +63,10 @@ fn main() {
             let mut c = client.clone();
             let t = Instant::now();
             let r = c
-                .create_topics(CreateTopicsRequest { topics: vec![topic(&format!("seq-{i}"), 1, 1)], validate_only: false })
+                .create_topics(CreateTopicsRequest {
+                    topics: vec![topic(&format!("seq-{i}"), 1, 1)],
+                    validate_only: false,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -80,7 +87,10 @@ fn main() {
                 while start.elapsed() < run_for {
                     let t = Instant::now();
                     let r = c
-                        .create_topics(CreateTopicsRequest { topics: vec![topic(&format!("c{w}-{i}"), 1, 1)], validate_only: false })
+                        .create_topics(CreateTopicsRequest {
+                            topics: vec![topic(&format!("c{w}-{i}"), 1, 1)],
+                            validate_only: false,
+                        })
                         .await;
                     if r.is_ok() {
                         lat.push(t.elapsed());
@@ -95,7 +105,12 @@ fn main() {
             all.extend(t.await.unwrap());
         }
         let elapsed = start.elapsed().as_secs_f64();
-        println!("CreateTopics throughput, 32 concurrent clients: {:.0} topics/s ({} in {:.1} s)", all.len() as f64 / elapsed, all.len(), elapsed);
+        println!(
+            "CreateTopics throughput, 32 concurrent clients: {:.0} topics/s ({} in {:.1} s)",
+            all.len() as f64 / elapsed,
+            all.len(),
+            elapsed
+        );
         report("CreateTopics latency, 32 concurrent clients", all);
     });
 }
