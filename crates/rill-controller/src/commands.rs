@@ -11,7 +11,7 @@ use rill_protocol::proto::{
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::LogConfig;
 
-use crate::metadata_image::{MetadataImage, PartitionInfo, TopicInfo};
+use rill_protocol::metadata_image::{MetadataImage, PartitionInfo, TopicInfo};
 
 /// Topic configs handled by the controller and brokers rather than the log.
 pub const REPLICATION_CONFIGS: &[(&str, &str)] = &[

@@ -3,13 +3,13 @@
 //!
 //! Map: [`config`] (figment config) → [`server::run`] wires the gRPC services ([`service`]), the
 //! peer [`transport`] and the [`quorum_controller`] thread, which drives Raft over the durable
-//! [`raft_log`] and applies committed records to the [`metadata_image`]. [`commands`] holds the
+//! [`raft_log`] and applies committed records to the metadata image
+//! (`rill_protocol::metadata_image`). [`commands`] holds the
 //! rules of every operation.
 
 pub mod commands;
 pub mod config;
 mod logger;
-pub mod metadata_image;
 pub mod quorum_controller;
 pub mod raft_log;
 pub mod server;

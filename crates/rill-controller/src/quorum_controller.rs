@@ -29,9 +29,9 @@ use rill_protocol::{ApiError, ErrorCode};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::config::{ControllerConfig, Voter};
-use crate::metadata_image::MetadataImage;
 use crate::raft_log::RaftLog;
 use crate::transport::Transport;
+use rill_protocol::metadata_image::MetadataImage;
 
 /// Records kept in memory for brokers catching up by deltas instead of a snapshot.
 const RECENT_RECORDS: usize = 100_000;

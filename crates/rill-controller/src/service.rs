@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 
 use crate::commands::{self, record};
 use crate::config::ControllerConfig;
-use crate::metadata_image::MetadataImage;
 use crate::quorum_controller::{Event, QuorumHandle};
+use rill_protocol::metadata_image::MetadataImage;
 
 /// Implements `rill.v1.Controller`.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
     ApiError::new(code, msg)
 }
 
-fn describe_broker(b: &crate::metadata_image::BrokerInfo) -> BrokerDescription {
+fn describe_broker(b: &rill_protocol::metadata_image::BrokerInfo) -> BrokerDescription {
     BrokerDescription {
         node_id: b.id,
         endpoints: b.endpoints.clone(),

@@ -13,7 +13,7 @@ async fn partitions(
     q: &Quorum,
     leader: usize,
     topic: &str,
-) -> Vec<rill_controller::metadata_image::PartitionInfo> {
+) -> Vec<rill_protocol::metadata_image::PartitionInfo> {
     image_of(&q.image(leader).await).topics[topic]
         .partitions
         .clone()

@@ -2,9 +2,11 @@
 //! error model shared by every crate, and Kafka's v2 record batch format.
 //!
 //! Everything a client or server needs to speak to rill lives here, and nothing else does: no
-//! I/O, no storage, no runtime.
+//! I/O, no storage, no runtime. That includes the metadata image, the state machine that both
+//! controllers and brokers build from the metadata log.
 
 pub mod error;
+pub mod metadata_image;
 pub mod record_batch;
 
 pub use error::{ApiError, ERROR_CODE_METADATA, LEADER_HINT_METADATA};

@@ -324,14 +324,14 @@ impl Drop for FakeBroker {
 }
 
 /// The metadata image a batch from offset 0 describes (a snapshot, or every record since 0).
-pub fn image_of(batch: &MetadataBatch) -> rill_controller::metadata_image::MetadataImage {
+pub fn image_of(batch: &MetadataBatch) -> rill_protocol::metadata_image::MetadataImage {
     if batch.is_snapshot {
-        rill_controller::metadata_image::MetadataImage::from_snapshot(
+        rill_protocol::metadata_image::MetadataImage::from_snapshot(
             &batch.records,
             batch.last_offset,
         )
     } else {
-        let mut image = rill_controller::metadata_image::MetadataImage::default();
+        let mut image = rill_protocol::metadata_image::MetadataImage::default();
         for r in &batch.records {
             image.apply(r);
         }

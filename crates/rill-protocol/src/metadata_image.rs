@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rill_protocol::proto::metadata_record::Record;
-use rill_protocol::proto::{
+use crate::proto::metadata_record::Record;
+use crate::proto::{
     ClusterIdRecord, ConfigRecord, Endpoint, MetadataRecord, PartitionRecord, RegisterBrokerRecord,
     TopicRecord,
 };
@@ -274,7 +274,7 @@ impl MetadataImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rill_protocol::proto::{FenceBrokerRecord, IsrList, PartitionChangeRecord};
+    use crate::proto::{FenceBrokerRecord, IsrList, PartitionChangeRecord};
 
     fn rec(r: Record) -> MetadataRecord {
         MetadataRecord {
