@@ -1,0 +1,478 @@
+//! The broker's configuration: Kafka property names (`log.dirs`, `num.io.threads`, ...), loaded
+//! with figment from defaults → TOML file → `RILL_*` env vars → command-line overrides, then
+//! checked against a table of known properties so a typo is an error, not a silent default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use rill_storage::LogConfig;
+
+/// When appends become durable before they are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// fsync (group commit) before acknowledging: acknowledged means on disk.
+    Commit,
+    /// Acknowledge once in the page cache; fsync every `flush.messages` / `flush.ms` (Kafka's way).
+    Interval,
+}
+
+/// Every broker property: name, default, and what it means.
+const KNOWN: &[(&str, &str, &str)] = &[
+    ("node.id", "1", "this broker's id"),
+    ("listeners", "127.0.0.1:9092", "host:port to listen on"),
+    (
+        "advertised.listeners",
+        "",
+        "host:port clients should use (default: listeners)",
+    ),
+    (
+        "controller.quorum.voters",
+        "1@127.0.0.1:9093",
+        "id@host:port of every controller",
+    ),
+    (
+        "log.dirs",
+        "/tmp/rill-logs",
+        "comma-separated directories for partition logs",
+    ),
+    (
+        "num.io.threads",
+        "4",
+        "I/O worker threads appending produced batches",
+    ),
+    (
+        "queued.max.requests",
+        "500",
+        "requests waiting for an I/O thread before producers wait",
+    ),
+    (
+        "message.max.bytes",
+        "1048588",
+        "largest record batch accepted (topic default for max.message.bytes)",
+    ),
+    (
+        "socket.request.max.bytes",
+        "104857600",
+        "largest request accepted",
+    ),
+    (
+        "log.flush.policy",
+        "commit",
+        "commit (fsync before ack) or interval (flush.messages/flush.ms)",
+    ),
+    (
+        "log.retention.check.interval.ms",
+        "300000",
+        "how often retention runs",
+    ),
+    (
+        "log.cleaner.backoff.ms",
+        "15000",
+        "how often the cleaner looks for dirty logs",
+    ),
+    (
+        "log.cleaner.dedupe.buffer.size",
+        "134217728",
+        "memory for the cleaner's offset map",
+    ),
+    (
+        "broker.heartbeat.interval.ms",
+        "2000",
+        "heartbeat period to the controller",
+    ),
+    ("broker.rack", "", "rack id for replica placement"),
+    (
+        "metrics.address",
+        "",
+        "host:port of the Prometheus /metrics and /health endpoint (empty: off)",
+    ),
+    (
+        "request.timeout.ms",
+        "30000",
+        "longest a request may wait in the queue",
+    ),
+    // Topic defaults, Kafka's broker-level names.
+    ("log.retention.ms", "604800000", "default retention.ms"),
+    ("log.retention.bytes", "-1", "default retention.bytes"),
+    ("log.segment.bytes", "1073741824", "default segment.bytes"),
+    ("log.roll.ms", "604800000", "default segment.ms"),
+    ("log.cleanup.policy", "delete", "default cleanup.policy"),
+    (
+        "log.cleaner.delete.retention.ms",
+        "86400000",
+        "default delete.retention.ms",
+    ),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "0.5",
+        "default min.cleanable.dirty.ratio",
+    ),
+    (
+        "log.index.interval.bytes",
+        "4096",
+        "default index.interval.bytes",
+    ),
+    (
+        "log.index.size.max.bytes",
+        "10485760",
+        "default segment.index.bytes",
+    ),
+    (
+        "log.message.timestamp.type",
+        "CreateTime",
+        "default message.timestamp.type",
+    ),
+    (
+        "log.flush.interval.messages",
+        "9223372036854775807",
+        "default flush.messages",
+    ),
+    (
+        "log.flush.interval.ms",
+        "9223372036854775807",
+        "default flush.ms",
+    ),
+];
+
+/// Broker-level names of topic configs.
+const TOPIC_DEFAULTS: &[(&str, &str)] = &[
+    ("log.retention.ms", "retention.ms"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("log.segment.bytes", "segment.bytes"),
+    ("log.roll.ms", "segment.ms"),
+    ("log.cleanup.policy", "cleanup.policy"),
+    ("log.cleaner.delete.retention.ms", "delete.retention.ms"),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "min.cleanable.dirty.ratio",
+    ),
+    ("log.index.interval.bytes", "index.interval.bytes"),
+    ("log.index.size.max.bytes", "segment.index.bytes"),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    ("log.flush.interval.messages", "flush.messages"),
+    ("log.flush.interval.ms", "flush.ms"),
+    ("message.max.bytes", "max.message.bytes"),
+];
+
+/// Config errors, naming the property and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// figment could not read a source.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// An unknown property (probably a typo).
+    #[error("unknown property {0:?}; see `rill-broker --help-config` for the known ones")]
+    Unknown(String),
+    /// A bad value.
+    #[error("invalid {name}={value:?}: {reason}")]
+    Invalid {
+        /// Property.
+        name: String,
+        /// Value.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
+}
+
+/// The broker's settings.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// `listeners`.
+    pub listeners: SocketAddr,
+    /// `advertised.listeners` (host, port).
+    pub advertised: (String, u16),
+    /// `controller.quorum.voters` as `host:port`, by id.
+    pub controller_voters: Vec<(u64, String)>,
+    /// `log.dirs`.
+    pub log_dirs: Vec<PathBuf>,
+    /// `num.io.threads`.
+    pub num_io_threads: usize,
+    /// `queued.max.requests`.
+    pub queued_max_requests: usize,
+    /// `message.max.bytes`.
+    pub message_max_bytes: usize,
+    /// `socket.request.max.bytes`.
+    pub socket_request_max_bytes: usize,
+    /// `log.flush.policy`.
+    pub flush_policy: FlushPolicy,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval_ms: u64,
+    /// `log.cleaner.backoff.ms`.
+    pub cleaner_backoff_ms: u64,
+    /// `log.cleaner.dedupe.buffer.size`.
+    pub cleaner_dedupe_buffer_size: usize,
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u64,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// `metrics.address`.
+    pub metrics_address: Option<SocketAddr>,
+    /// `request.timeout.ms`.
+    pub request_timeout_ms: u64,
+    /// Topic config defaults from the broker-level `log.*` properties.
+    pub topic_defaults: LogConfig,
+    /// Every property, resolved, for `--print-config`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl BrokerConfig {
+    /// Loads and validates the configuration.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("RILL_")
+                .split("_")
+                .map(|k| k.as_str().to_ascii_lowercase().into()),
+        );
+        for (k, v) in overrides {
+            figment = figment.merge(Serialized::global(k.as_str(), v.as_str()));
+        }
+        let dict: Dict = figment.extract().map_err(Box::new)?;
+        let mut props: BTreeMap<String, String> = KNOWN
+            .iter()
+            .map(|(k, v, _)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut given = BTreeMap::new();
+        flatten("", &Value::from(dict), &mut given);
+        for (k, v) in given {
+            if !props.contains_key(&k) {
+                if k == "bootstrap" {
+                    continue; // RILL_BOOTSTRAP belongs to the CLI.
+                }
+                return Err(ConfigError::Unknown(k));
+            }
+            props.insert(k, v);
+        }
+        Self::from_properties(props)
+    }
+
+    /// Builds the typed config from resolved properties.
+    pub fn from_properties(props: BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| props.get(k).cloned().unwrap_or_default();
+        let invalid = |name: &str, reason: &str| ConfigError::Invalid {
+            name: name.to_owned(),
+            value: get(name),
+            reason: reason.to_owned(),
+        };
+        let int = |name: &str, min: i64, max: i64| -> Result<i64, ConfigError> {
+            let v: i64 = get(name)
+                .trim()
+                .parse()
+                .map_err(|_| invalid(name, "expected an integer"))?;
+            if v < min || v > max {
+                return Err(invalid(name, &format!("must be between {min} and {max}")));
+            }
+            Ok(v)
+        };
+        let addr = |name: &str| -> Result<SocketAddr, ConfigError> {
+            get(name).trim().parse().map_err(|_| {
+                invalid(
+                    name,
+                    "expected host:port with a numeric IP, e.g. 127.0.0.1:9092",
+                )
+            })
+        };
+        let listeners = addr("listeners")?;
+        let advertised_raw = get("advertised.listeners");
+        let advertised = if advertised_raw.trim().is_empty() {
+            (listeners.ip().to_string(), listeners.port())
+        } else {
+            let (h, p) = advertised_raw
+                .trim()
+                .rsplit_once(':')
+                .ok_or_else(|| invalid("advertised.listeners", "expected host:port"))?;
+            (
+                h.to_owned(),
+                p.parse()
+                    .map_err(|_| invalid("advertised.listeners", "bad port"))?,
+            )
+        };
+        let mut voters = Vec::new();
+        for part in get("controller.quorum.voters")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (id, a) = part
+                .split_once('@')
+                .ok_or_else(|| invalid("controller.quorum.voters", "expected id@host:port,..."))?;
+            let id = id
+                .parse()
+                .map_err(|_| invalid("controller.quorum.voters", "bad node id"))?;
+            voters.push((id, a.to_owned()));
+        }
+        if voters.is_empty() {
+            return Err(invalid(
+                "controller.quorum.voters",
+                "at least one controller is required",
+            ));
+        }
+        let log_dirs: Vec<PathBuf> = get("log.dirs")
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if log_dirs.is_empty() {
+            return Err(invalid("log.dirs", "at least one directory is required"));
+        }
+        let flush_policy = match get("log.flush.policy").trim() {
+            "commit" => FlushPolicy::Commit,
+            "interval" => FlushPolicy::Interval,
+            _ => return Err(invalid("log.flush.policy", "must be commit or interval")),
+        };
+        let mut topic_defaults = LogConfig::default();
+        for (broker_key, topic_key) in TOPIC_DEFAULTS {
+            topic_defaults
+                .set(topic_key, &get(broker_key))
+                .map_err(|e| invalid(broker_key, &e.to_string()))?;
+        }
+        let metrics = get("metrics.address");
+        let rack = get("broker.rack");
+        Ok(BrokerConfig {
+            node_id: int("node.id", 0, i32::MAX as i64)? as i32,
+            listeners,
+            advertised,
+            controller_voters: voters,
+            log_dirs,
+            num_io_threads: int("num.io.threads", 1, 256)? as usize,
+            queued_max_requests: int("queued.max.requests", 1, 1_000_000)? as usize,
+            message_max_bytes: int("message.max.bytes", 64, i32::MAX as i64)? as usize,
+            socket_request_max_bytes: int("socket.request.max.bytes", 1024, i32::MAX as i64)?
+                as usize,
+            flush_policy,
+            retention_check_interval_ms: int("log.retention.check.interval.ms", 1, i64::MAX)?
+                as u64,
+            cleaner_backoff_ms: int("log.cleaner.backoff.ms", 1, i64::MAX)? as u64,
+            cleaner_dedupe_buffer_size: int("log.cleaner.dedupe.buffer.size", 1024, i64::MAX)?
+                as usize,
+            heartbeat_interval_ms: int("broker.heartbeat.interval.ms", 10, 3_600_000)? as u64,
+            rack: (!rack.trim().is_empty()).then(|| rack.trim().to_owned()),
+            metrics_address: if metrics.trim().is_empty() {
+                None
+            } else {
+                Some(addr("metrics.address")?)
+            },
+            request_timeout_ms: int("request.timeout.ms", 1, 3_600_000)? as u64,
+            topic_defaults,
+            properties: props,
+        })
+    }
+
+    /// The log config of a topic: broker defaults overridden by the topic's configs.
+    pub fn log_config(&self, topic_configs: &BTreeMap<String, String>) -> LogConfig {
+        let mut c = self.topic_defaults.clone();
+        for (k, v) in topic_configs {
+            if LogConfig::KEYS.contains(&k.as_str()) && c.set(k, v).is_err() {
+                tracing::warn!(config = %k, value = %v, "ignoring an invalid topic config");
+            }
+        }
+        c
+    }
+
+    /// Known properties with defaults and meaning, for `--help-config`.
+    pub fn known_properties() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+        KNOWN.iter().copied()
+    }
+}
+
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Dict(_, dict) => {
+            for (k, v) in dict {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        Value::String(_, s) => {
+            out.insert(prefix.to_owned(), s.clone());
+        }
+        Value::Num(_, n) => {
+            let text = n
+                .to_u128()
+                .map(|v| v.to_string())
+                .or_else(|| n.to_i128().map(|v| v.to_string()))
+                .or_else(|| n.to_f64().map(|v| v.to_string()))
+                .unwrap_or_default();
+            out.insert(prefix.to_owned(), text);
+        }
+        Value::Bool(_, b) => {
+            out.insert(prefix.to_owned(), b.to_string());
+        }
+        Value::Array(_, items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(_, s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            out.insert(prefix.to_owned(), parts.join(","));
+        }
+        other => {
+            out.insert(prefix.to_owned(), format!("{other:?}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_kafka_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "node.id = 3\nlog.dirs = \"/a,/b\"\nlog.retention.ms = 1000\n[num.io]\nthreads = 2\n",
+        )
+        .unwrap();
+        let mut o = BTreeMap::new();
+        o.insert("num.io.threads".into(), "6".into());
+        let c = BrokerConfig::load(Some(&file), &o).unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.log_dirs.len(), 2);
+        assert_eq!(c.num_io_threads, 6);
+        assert_eq!(c.topic_defaults.retention_ms, 1000);
+        assert_eq!(c.flush_policy, FlushPolicy::Commit);
+        assert_eq!(c.advertised, ("127.0.0.1".to_owned(), 9092));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let mut o = BTreeMap::new();
+        o.insert("log.dir".into(), "/x".into());
+        assert!(
+            matches!(BrokerConfig::load(None, &o), Err(ConfigError::Unknown(k)) if k == "log.dir")
+        );
+        let mut o = BTreeMap::new();
+        o.insert("num.io.threads".into(), "0".into());
+        assert!(
+            BrokerConfig::load(None, &o)
+                .unwrap_err()
+                .to_string()
+                .contains("between 1 and 256")
+        );
+        let mut o = BTreeMap::new();
+        o.insert("log.cleanup.policy".into(), "shred".into());
+        assert!(BrokerConfig::load(None, &o).is_err());
+    }
+}

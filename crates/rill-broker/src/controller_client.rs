@@ -1,0 +1,102 @@
+//! Talks to the controller quorum: finds the active controller, follows NOT_CONTROLLER hints,
+//! fails over when a controller is unreachable.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rill_protocol::proto::controller_client::ControllerClient as GrpcClient;
+use rill_protocol::{ApiError, ErrorCode};
+use tonic::transport::Channel;
+
+/// A client of the controller quorum.
+pub struct ControllerClient {
+    voters: Vec<(u64, Channel)>,
+    current: Mutex<usize>,
+}
+
+impl ControllerClient {
+    /// A client for `voters` (`(id, host:port)`); connections are made lazily.
+    pub fn new(voters: &[(u64, String)]) -> Result<Self, ApiError> {
+        let mut chans = Vec::new();
+        for (id, addr) in voters {
+            let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::InvalidConfig,
+                        format!("controller address {addr:?}: {e}"),
+                    )
+                })?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(15));
+            chans.push((*id, ep.connect_lazy()));
+        }
+        Ok(ControllerClient {
+            voters: chans,
+            current: Mutex::new(0),
+        })
+    }
+
+    fn client(&self, i: usize) -> GrpcClient<Channel> {
+        GrpcClient::new(self.voters[i].1.clone()).max_decoding_message_size(256 << 20)
+    }
+
+    fn set_current(&self, i: usize) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = i;
+        }
+    }
+
+    fn current(&self) -> usize {
+        self.current.lock().map(|c| *c).unwrap_or(0)
+    }
+
+    /// Calls the active controller, retrying on NOT_CONTROLLER and connection failures for up
+    /// to `patience`.
+    pub async fn call<T, F, Fut>(&self, patience: Duration, mut f: F) -> Result<T, ApiError>
+    where
+        F: FnMut(GrpcClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + patience;
+        let mut i = self.current();
+        loop {
+            match f(self.client(i)).await {
+                Ok(r) => {
+                    self.set_current(i);
+                    return Ok(r.into_inner());
+                }
+                Err(status) => {
+                    let e = ApiError::from(status);
+                    let retriable = matches!(
+                        e.code,
+                        ErrorCode::NotController
+                            | ErrorCode::BrokerNotAvailable
+                            | ErrorCode::RequestTimedOut
+                            | ErrorCode::ThrottlingQuotaExceeded
+                    );
+                    if !retriable || Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    let hinted = e
+                        .leader_hint
+                        .as_deref()
+                        .and_then(|h| h.split_once('@'))
+                        .and_then(|(id, _)| id.parse::<u64>().ok())
+                        .and_then(|id| self.voters.iter().position(|(v, _)| *v == id));
+                    match hinted {
+                        Some(h) if h != i => i = h,
+                        _ => {
+                            i = (i + 1) % self.voters.len();
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Any controller that answers (for the metadata stream, which every controller serves).
+    pub fn any(&self, attempt: usize) -> GrpcClient<Channel> {
+        self.client((self.current() + attempt) % self.voters.len())
+    }
+}

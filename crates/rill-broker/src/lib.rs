@@ -1,0 +1,169 @@
+//! rill's broker. The request path, as the seed describes Kafka's:
+//! [`network`] (gRPC decodes the request) → [`request_queue`] (bounded; backpressure) → I/O
+//! threads (validate every batch, append to the partition log) → group-committed fsync →
+//! response. Reads ([`network`]'s Fetch) long-poll on high-watermark changes and return the
+//! stored batch bytes unchanged. [`replica_manager`] keeps the hosted partitions in step with the
+//! metadata image that [`lifecycle`] follows from the controllers; [`background`] runs
+//! retention and compaction; [`metrics`] exposes Prometheus metrics.
+
+pub mod background;
+pub mod config;
+pub mod controller_client;
+pub mod lifecycle;
+pub mod metrics;
+pub mod network;
+pub mod replica_manager;
+pub mod request_queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rill_protocol::proto::broker_server::BrokerServer;
+use rill_storage::{CleanerConfig, LogManager, SystemClock};
+use tokio_util::sync::CancellationToken;
+
+pub use config::BrokerConfig;
+
+/// Why the broker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The logs could not be opened or closed.
+    #[error(transparent)]
+    Log(#[from] rill_storage::LogError),
+    /// The controller client could not be built.
+    #[error(transparent)]
+    Api(#[from] rill_protocol::ApiError),
+    /// Listening failed.
+    #[error("listener {address}: {reason}")]
+    Listener {
+        /// Address.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Runs a broker until `shutdown` fires, then shuts down in order: controlled shutdown (leaders
+/// move away) → stop serving → drain the I/O threads → flush logs, write checkpoints and the
+/// clean-shutdown marker.
+pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<(), BrokerError> {
+    let config = Arc::new(config);
+    let dirs = config.log_dirs.clone();
+    let defaults = config.topic_defaults.clone();
+    let cleaner = CleanerConfig {
+        dedupe_buffer_size: config.cleaner_dedupe_buffer_size,
+    };
+    let logs = tokio::task::spawn_blocking(move || {
+        LogManager::open(dirs, &defaults, cleaner, Arc::new(SystemClock))
+    })
+    .await
+    .map_err(|e| BrokerError::Listener {
+        address: String::new(),
+        reason: format!("log recovery task failed: {e}"),
+    })??;
+    let rm = Arc::new(replica_manager::ReplicaManager::new(
+        Arc::clone(&config),
+        logs,
+    ));
+    let metrics = metrics::Metrics::new();
+    let (queue, workers) = request_queue::start(
+        config.num_io_threads,
+        config.queued_max_requests,
+        Arc::clone(&rm),
+        config.flush_policy,
+        Arc::clone(&metrics),
+        tokio::runtime::Handle::current(),
+    );
+    let listener = tokio::net::TcpListener::bind(config.listeners)
+        .await
+        .map_err(|e| BrokerError::Listener {
+            address: config.listeners.to_string(),
+            reason: e.to_string(),
+        })?;
+    let background_stop = CancellationToken::new();
+    background::start(
+        &config,
+        Arc::clone(&rm),
+        Arc::clone(&metrics),
+        background_stop.clone(),
+    );
+    if let Some(addr) = config.metrics_address {
+        let m = Arc::clone(&metrics);
+        let stop = background_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, stop).await {
+                tracing::error!(address = %addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let lifecycle =
+        lifecycle::Lifecycle::new(Arc::clone(&config), Arc::clone(&rm), Arc::clone(&metrics))?;
+    let lifecycle_task = tokio::spawn(Arc::clone(&lifecycle).run(shutdown.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<BrokerServer<network::BrokerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rill_protocol::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| BrokerError::Listener {
+            address: config.listeners.to_string(),
+            reason: format!("reflection: {e}"),
+        })?;
+    let service = network::BrokerService::new(
+        Arc::clone(&rm),
+        queue,
+        Arc::clone(&metrics),
+        Duration::from_millis(config.request_timeout_ms),
+        config.node_id,
+    );
+    let server_stop = CancellationToken::new();
+    tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            BrokerServer::new(service)
+                .max_decoding_message_size(config.socket_request_max_bytes)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            server_stop.clone().cancelled_owned(),
+        );
+    let server = tokio::spawn(server);
+    // The lifecycle ends after the controlled shutdown that `shutdown` triggers.
+    let _ = lifecycle_task.await;
+    server_stop.cancel();
+    let served = server.await;
+    background_stop.cancel();
+    // Dropping the last queue sender stops the I/O threads once they drain.
+    drop(lifecycle);
+    let rm2 = Arc::clone(&rm);
+    let closed = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+        rm2.logs().shutdown()
+    })
+    .await
+    .map_err(|e| BrokerError::Listener {
+        address: String::new(),
+        reason: format!("shutdown task failed: {e}"),
+    })?;
+    closed?;
+    tracing::info!(broker = config.node_id, "broker stopped cleanly");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BrokerError::Listener {
+            address: config.listeners.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(BrokerError::Listener {
+            address: config.listeners.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}

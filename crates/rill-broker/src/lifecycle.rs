@@ -1,0 +1,228 @@
+//! The broker's relationship with the controller quorum: register (with a fresh incarnation id),
+//! follow the metadata log, heartbeat, become unfenced once caught up, and on shutdown ask for
+//! leaderships to be moved away before stopping (controlled shutdown).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use rill_protocol::metadata_image::MetadataImage;
+use rill_protocol::proto::{
+    BrokerHeartbeatRequest, BrokerRegistrationRequest, Endpoint, FetchMetadataRequest,
+};
+use rill_protocol::{ApiError, ErrorCode};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::controller_client::ControllerClient;
+use crate::metrics::Metrics;
+use crate::replica_manager::ReplicaManager;
+
+/// Shared lifecycle state.
+pub struct Lifecycle {
+    config: Arc<BrokerConfig>,
+    cc: ControllerClient,
+    rm: Arc<ReplicaManager>,
+    metrics: Arc<Metrics>,
+    epoch: AtomicI64,
+    applied: AtomicI64,
+    fenced: AtomicBool,
+    incarnation: String,
+}
+
+impl Lifecycle {
+    /// Prepares the lifecycle (nothing is sent yet).
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        rm: Arc<ReplicaManager>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ApiError> {
+        Ok(Arc::new(Lifecycle {
+            cc: ControllerClient::new(&config.controller_voters)?,
+            config,
+            rm,
+            metrics,
+            epoch: AtomicI64::new(-1),
+            applied: AtomicI64::new(-1),
+            fenced: AtomicBool::new(true),
+            incarnation: uuid::Uuid::new_v4().to_string(),
+        }))
+    }
+
+    async fn register(&self, stop: &CancellationToken) -> Option<i64> {
+        loop {
+            let req = BrokerRegistrationRequest {
+                broker_id: self.config.node_id,
+                cluster_id: self.rm.image().cluster_id.clone().unwrap_or_default(),
+                incarnation_id: self.incarnation.clone(),
+                listeners: vec![Endpoint {
+                    name: "PLAINTEXT".into(),
+                    host: self.config.advertised.0.clone(),
+                    port: self.config.advertised.1.into(),
+                }],
+                rack: self.config.rack.clone(),
+            };
+            let r = self
+                .cc
+                .call(Duration::from_secs(5), |mut c| {
+                    let req = req.clone();
+                    async move { c.broker_registration(req).await }
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    self.epoch.store(r.broker_epoch, Ordering::Release);
+                    tracing::info!(
+                        broker = self.config.node_id,
+                        epoch = r.broker_epoch,
+                        "registered with the controller quorum"
+                    );
+                    return Some(r.broker_epoch);
+                }
+                Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Registers, then runs the metadata stream and heartbeats until `stop`; then performs a
+    /// controlled shutdown.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        if self.register(&stop).await.is_none() {
+            return;
+        }
+        let metadata = tokio::spawn(Arc::clone(&self).follow_metadata(stop.clone()));
+        let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            self.heartbeat(false, &stop).await;
+        }
+        self.controlled_shutdown().await;
+        metadata.abort();
+    }
+
+    async fn heartbeat(&self, want_shut_down: bool, stop: &CancellationToken) -> Option<bool> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let applied = self.applied.load(Ordering::Acquire);
+        let req = BrokerHeartbeatRequest {
+            broker_id: self.config.node_id,
+            broker_epoch: epoch,
+            current_metadata_offset: applied,
+            want_fence: applied < epoch,
+            want_shut_down,
+        };
+        let r = self
+            .cc
+            .call(Duration::from_secs(2), |mut c| {
+                let req = req;
+                async move { c.broker_heartbeat(req).await }
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                let was = self.fenced.swap(r.is_fenced, Ordering::AcqRel);
+                if was != r.is_fenced {
+                    tracing::info!(fenced = r.is_fenced, "broker fencing changed");
+                }
+                self.metrics.ready.store(!r.is_fenced, Ordering::Release);
+                Some(r.should_shut_down)
+            }
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::StaleBrokerEpoch | ErrorCode::BrokerIdNotRegistered
+                ) =>
+            {
+                tracing::warn!(error = %e, "the controller no longer knows this registration; registering again");
+                if !want_shut_down {
+                    self.register(stop).await;
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                None
+            }
+        }
+    }
+
+    async fn follow_metadata(self: Arc<Self>, stop: CancellationToken) {
+        let mut image = MetadataImage::default();
+        let mut attempt = 0usize;
+        while !stop.is_cancelled() {
+            let from = image.next_offset;
+            let stream = self
+                .cc
+                .any(attempt)
+                .fetch_metadata(FetchMetadataRequest {
+                    broker_id: self.config.node_id,
+                    from_offset: from,
+                })
+                .await;
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "metadata stream unavailable; trying another controller");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            loop {
+                let batch = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    b = stream.message() => b,
+                };
+                let batch = match batch {
+                    Ok(Some(b)) => b,
+                    Ok(None) | Err(_) => {
+                        attempt += 1;
+                        break;
+                    }
+                };
+                if batch.is_snapshot {
+                    image = MetadataImage::from_snapshot(&batch.records, batch.last_offset);
+                } else {
+                    for r in &batch.records {
+                        if r.offset >= image.next_offset {
+                            image.apply(r);
+                            image.next_offset = r.offset + 1;
+                        }
+                    }
+                    image.next_offset = image.next_offset.max(batch.last_offset + 1);
+                }
+                let snapshot = Arc::new(image.clone());
+                let rm = Arc::clone(&self.rm);
+                match tokio::task::spawn_blocking(move || rm.apply_image(snapshot)).await {
+                    Ok(Ok(())) => self.applied.store(image.next_offset - 1, Ordering::Release),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "applying metadata to local logs failed")
+                    }
+                    Err(e) => tracing::error!(error = %e, "metadata apply task failed"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asks the controller to move this broker's leaderships away, waiting up to 30 s.
+    async fn controlled_shutdown(&self) {
+        tracing::info!("controlled shutdown: asking the controller to move leaderships away");
+        let never = CancellationToken::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if self.heartbeat(true, &never).await == Some(true) {
+                tracing::info!("controlled shutdown complete");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!("controlled shutdown timed out; stopping anyway");
+    }
+}

@@ -1,0 +1,381 @@
+//! The network side of the broker: the `rill.v1.Broker` gRPC service. Produce requests go to the
+//! request queue; Fetch long-polls on high-watermark changes; ListOffsets and Metadata are
+//! answered from the replica manager and the local metadata image.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rill_protocol::proto::broker_server::Broker;
+use rill_protocol::proto::*;
+use rill_protocol::{ApiError, ErrorCode};
+use rill_storage::TopicPartition;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::replica_manager::ReplicaManager;
+use crate::request_queue::{ProduceJob, RequestQueue};
+
+/// Implements `rill.v1.Broker`.
+#[derive(Clone)]
+pub struct BrokerService {
+    rm: Arc<ReplicaManager>,
+    queue: RequestQueue,
+    metrics: Arc<Metrics>,
+    request_timeout: Duration,
+    node_id: i32,
+}
+
+impl BrokerService {
+    /// The service.
+    pub fn new(
+        rm: Arc<ReplicaManager>,
+        queue: RequestQueue,
+        metrics: Arc<Metrics>,
+        request_timeout: Duration,
+        node_id: i32,
+    ) -> Self {
+        BrokerService {
+            rm,
+            queue,
+            metrics,
+            request_timeout,
+            node_id,
+        }
+    }
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("worker failed: {e}"))
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let timeout = if request.timeout_ms == 0 {
+            self.request_timeout
+        } else {
+            Duration::from_millis(request.timeout_ms.into())
+        };
+        let result = if request.acks == 0 {
+            self.queue
+                .submit(
+                    ProduceJob {
+                        request,
+                        reply: None,
+                    },
+                    timeout,
+                )
+                .await
+                .map(|_| ProduceResponse::default())
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match self
+                .queue
+                .submit(
+                    ProduceJob {
+                        request,
+                        reply: Some(tx),
+                    },
+                    timeout,
+                )
+                .await
+            {
+                Ok(()) => {
+                    match tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 2, rx).await {
+                        Ok(Ok(r)) => Ok(r),
+                        Ok(Err(_)) => Err(ApiError::new(
+                            ErrorCode::BrokerNotAvailable,
+                            "the broker is shutting down",
+                        )),
+                        Err(_) => Err(ApiError::new(
+                            ErrorCode::RequestTimedOut,
+                            "the produce did not complete in time",
+                        )),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.metrics
+            .observe("Produce", started.elapsed().as_secs_f64(), result.is_ok());
+        Ok(Response::new(result?))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let deadline = started + Duration::from_millis(req.max_wait_ms.min(60_000).into());
+        let mut hw_changes = self.rm.subscribe_hw();
+        loop {
+            hw_changes.borrow_and_update();
+            let rm = Arc::clone(&self.rm);
+            let r = req.clone();
+            let (response, bytes) = tokio::task::spawn_blocking(move || read_all(&rm, &r))
+                .await
+                .map_err(blocking_err)?;
+            let min_bytes = req.min_bytes.max(1) as usize;
+            let has_error = response
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .any(|p| p.error_code != 0);
+            if bytes >= min_bytes || has_error || Instant::now() >= deadline {
+                self.metrics.bytes_out.inc_by(bytes as u64);
+                self.metrics
+                    .observe("Fetch", started.elapsed().as_secs_f64(), true);
+                return Ok(Response::new(response));
+            }
+            // Long poll: sleep until some high watermark moves or the wait is over.
+            let _ = tokio::time::timeout_at(deadline.into(), hw_changes.changed()).await;
+        }
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let rm = Arc::clone(&self.rm);
+        let response = tokio::task::spawn_blocking(move || ListOffsetsResponse {
+            topics: req
+                .topics
+                .iter()
+                .map(|t| ListOffsetsTopicResponse {
+                    name: t.name.clone(),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| list_offset(&rm, &t.name, p))
+                        .collect(),
+                })
+                .collect(),
+        })
+        .await
+        .map_err(blocking_err)?;
+        self.metrics
+            .observe("ListOffsets", started.elapsed().as_secs_f64(), true);
+        Ok(Response::new(response))
+    }
+
+    async fn metadata(
+        &self,
+        request: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let image = self.rm.image();
+        let names: Vec<String> = if req.topics.is_empty() {
+            image.topics.keys().cloned().collect()
+        } else {
+            req.topics
+        };
+        let topics = names
+            .into_iter()
+            .map(|name| match image.topics.get(&name) {
+                None => TopicMetadata {
+                    error_code: ErrorCode::UnknownTopicOrPartition as i32,
+                    error_message: format!("topic {name:?} does not exist"),
+                    name,
+                    ..Default::default()
+                },
+                Some(t) => TopicMetadata {
+                    error_code: 0,
+                    error_message: String::new(),
+                    name: t.name.clone(),
+                    topic_id: t.id.clone(),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| PartitionMetadata {
+                            error_code: if p.leader == -1 {
+                                ErrorCode::LeaderNotAvailable as i32
+                            } else {
+                                0
+                            },
+                            index: i as i32,
+                            leader_id: p.leader,
+                            leader_epoch: p.leader_epoch,
+                            replicas: p.replicas.clone(),
+                            isr: p.isr.clone(),
+                            offline_replicas: p
+                                .replicas
+                                .iter()
+                                .copied()
+                                .filter(|r| image.brokers.get(r).is_none_or(|b| b.fenced))
+                                .collect(),
+                        })
+                        .collect(),
+                },
+            })
+            .collect();
+        let response = MetadataResponse {
+            cluster_id: image.cluster_id.clone().unwrap_or_default(),
+            brokers: image
+                .brokers
+                .values()
+                .map(|b| BrokerDescription {
+                    node_id: b.id,
+                    endpoints: b.endpoints.clone(),
+                    rack: b.rack.clone(),
+                    fenced: b.fenced,
+                    broker_epoch: b.epoch,
+                })
+                .collect(),
+            controller_id: -1,
+            topics,
+        };
+        let _ = self.node_id;
+        self.metrics
+            .observe("Metadata", started.elapsed().as_secs_f64(), true);
+        Ok(Response::new(response))
+    }
+}
+
+/// Reads every requested partition once; returns the response and the record bytes in it.
+fn read_all(rm: &ReplicaManager, req: &FetchRequest) -> (FetchResponse, usize) {
+    let mut total = 0usize;
+    let max_total = if req.max_bytes <= 0 {
+        50 << 20
+    } else {
+        req.max_bytes as usize
+    };
+    let mut response = FetchResponse::default();
+    for t in &req.topics {
+        let mut tr = FetchTopicResponse {
+            name: t.name.clone(),
+            partitions: Vec::with_capacity(t.partitions.len()),
+        };
+        for p in &t.partitions {
+            let tp = TopicPartition::new(t.name.clone(), p.index);
+            let mut pr = FetchPartitionResponse {
+                index: p.index,
+                high_watermark: -1,
+                log_start_offset: -1,
+                ..Default::default()
+            };
+            match rm.leader_partition(&tp) {
+                Err((e, current)) => {
+                    pr.error_code = e.code as i32;
+                    pr.error_message = e.message;
+                    pr.current_leader = current.map(|(leader_id, leader_epoch)| LeaderIdAndEpoch {
+                        leader_id,
+                        leader_epoch,
+                    });
+                }
+                Ok(partition) => {
+                    let state = partition.state();
+                    let (start, hw) = rm.offsets(&partition);
+                    pr.high_watermark = hw;
+                    pr.log_start_offset = start;
+                    if p.current_leader_epoch >= 0 && p.current_leader_epoch != state.leader_epoch {
+                        let (code, what) = if p.current_leader_epoch < state.leader_epoch {
+                            (ErrorCode::FencedLeaderEpoch, "older")
+                        } else {
+                            (ErrorCode::UnknownLeaderEpoch, "newer")
+                        };
+                        pr.error_code = code as i32;
+                        pr.error_message = format!(
+                            "leader epoch {} is {what} than the current {}",
+                            p.current_leader_epoch, state.leader_epoch
+                        );
+                        pr.current_leader = Some(LeaderIdAndEpoch {
+                            leader_id: state.leader,
+                            leader_epoch: state.leader_epoch,
+                        });
+                    } else if p.fetch_offset < start || p.fetch_offset > hw {
+                        pr.error_code = ErrorCode::OffsetOutOfRange as i32;
+                        pr.error_message = format!(
+                            "offset {} is outside [{start}, {hw}] of {tp}",
+                            p.fetch_offset
+                        );
+                    } else if total < max_total {
+                        let budget = (max_total - total).min(if p.partition_max_bytes <= 0 {
+                            1 << 20
+                        } else {
+                            p.partition_max_bytes as usize
+                        });
+                        match rm.read(&partition, p.fetch_offset, budget, total == 0) {
+                            Ok(Some(bytes)) => {
+                                total += bytes.len();
+                                pr.records = bytes;
+                            }
+                            Ok(None) => pr.records = Bytes::new(),
+                            Err(e) => {
+                                pr.error_code = e.code as i32;
+                                pr.error_message = e.message;
+                            }
+                        }
+                    }
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        response.topics.push(tr);
+    }
+    (response, total)
+}
+
+fn list_offset(
+    rm: &ReplicaManager,
+    topic: &str,
+    p: &ListOffsetsPartition,
+) -> ListOffsetsPartitionResponse {
+    let tp = TopicPartition::new(topic.to_owned(), p.index);
+    let mut r = ListOffsetsPartitionResponse {
+        index: p.index,
+        timestamp: -1,
+        offset: -1,
+        leader_epoch: -1,
+        ..Default::default()
+    };
+    let partition = match rm.leader_partition(&tp) {
+        Ok(p) => p,
+        Err((e, _)) => {
+            r.error_code = e.code as i32;
+            r.error_message = e.message;
+            return r;
+        }
+    };
+    let (start, hw) = rm.offsets(&partition);
+    r.leader_epoch = partition.state().leader_epoch;
+    match p.timestamp {
+        -2 => r.offset = start,
+        -1 => r.offset = hw,
+        ts if ts >= 0 => {
+            let found = partition
+                .log
+                .read()
+                .map_err(|_| ())
+                .and_then(|l| l.offset_for_timestamp(ts).map_err(|_| ()));
+            match found {
+                Ok(Some((offset, timestamp))) if offset < hw => {
+                    r.offset = offset;
+                    r.timestamp = timestamp;
+                }
+                Ok(_) => {}
+                Err(()) => {
+                    r.error_code = ErrorCode::KafkaStorageError as i32;
+                    r.error_message = "time index lookup failed".into();
+                }
+            }
+        }
+        other => {
+            r.error_code = ErrorCode::InvalidRequest as i32;
+            r.error_message = format!(
+                "timestamp {other} is not supported: use -2 (earliest), -1 (latest) or a time in ms"
+            );
+        }
+    }
+    r
+}

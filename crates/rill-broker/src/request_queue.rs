@@ -1,0 +1,185 @@
+//! The produce pipeline's middle: a bounded request queue and a pool of I/O threads.
+//!
+//! The network side (gRPC handlers) decodes a Produce request and queues it; when the queue is
+//! full the handler waits (backpressure), up to the request timeout, then fails with
+//! RESOURCE_EXHAUSTED — memory stays bounded by `queued.max.requests`. Each I/O thread takes a
+//! request, validates and appends every partition's batches (the log validates CRC, sizes and
+//! record framing; nothing of a rejected batch is written), then hands the durability wait to the
+//! blocking pool so it can take the next request while the fsync (shared by group commit) runs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rill_protocol::proto::{
+    LeaderIdAndEpoch, PartitionProduceResponse, ProduceRequest, ProduceResponse,
+    TopicProduceResponse,
+};
+use rill_protocol::{ApiError, ErrorCode};
+use rill_storage::TopicPartition;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::FlushPolicy;
+use crate::metrics::Metrics;
+use crate::replica_manager::ReplicaManager;
+
+/// A queued produce request.
+pub struct ProduceJob {
+    /// The request.
+    pub request: ProduceRequest,
+    /// Where the response goes (dropped for acks=0).
+    pub reply: Option<oneshot::Sender<ProduceResponse>>,
+}
+
+/// The sending side of the queue.
+#[derive(Clone)]
+pub struct RequestQueue {
+    tx: mpsc::Sender<ProduceJob>,
+    metrics: Arc<Metrics>,
+}
+
+impl RequestQueue {
+    /// Queues a job, waiting at most `timeout` for room.
+    pub async fn submit(&self, job: ProduceJob, timeout: Duration) -> Result<(), ApiError> {
+        self.metrics.queue_depth.inc();
+        match self.tx.send_timeout(job, timeout).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                self.metrics.queue_depth.dec();
+                Err(ApiError::new(
+                    ErrorCode::ThrottlingQuotaExceeded,
+                    format!(
+                        "the broker's request queue (queued.max.requests) stayed full for {timeout:?}; retry with backoff"
+                    ),
+                ))
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                self.metrics.queue_depth.dec();
+                Err(ApiError::new(
+                    ErrorCode::BrokerNotAvailable,
+                    "the broker is shutting down",
+                ))
+            }
+        }
+    }
+}
+
+/// Starts `threads` I/O threads; they stop when every [`RequestQueue`] is dropped.
+pub fn start(
+    threads: usize,
+    capacity: usize,
+    rm: Arc<ReplicaManager>,
+    policy: FlushPolicy,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+) -> (RequestQueue, Vec<std::thread::JoinHandle<()>>) {
+    let (tx, rx) = mpsc::channel::<ProduceJob>(capacity);
+    let rx = Arc::new(Mutex::new(rx));
+    let handles = (0..threads)
+        .map(|i| {
+            let rx = Arc::clone(&rx);
+            let rm = Arc::clone(&rm);
+            let metrics = Arc::clone(&metrics);
+            let runtime = runtime.clone();
+            std::thread::Builder::new()
+                .name(format!("io-worker-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let Ok(mut rx) = rx.lock() else { return };
+                            rx.blocking_recv()
+                        };
+                        let Some(job) = job else { return };
+                        metrics.queue_depth.dec();
+                        process(&rm, policy, &metrics, &runtime, job);
+                    }
+                })
+                .expect("spawn an I/O thread")
+        })
+        .collect();
+    (RequestQueue { tx, metrics }, handles)
+}
+
+fn process(
+    rm: &Arc<ReplicaManager>,
+    policy: FlushPolicy,
+    metrics: &Metrics,
+    runtime: &tokio::runtime::Handle,
+    job: ProduceJob,
+) {
+    let acks = job.request.acks;
+    let mut response = ProduceResponse::default();
+    let mut durable: Vec<(usize, usize, Arc<crate::replica_manager::Partition>, i64)> = Vec::new();
+    for (ti, topic) in job.request.topics.iter().enumerate() {
+        let mut tr = TopicProduceResponse {
+            name: topic.name.clone(),
+            partitions: Vec::with_capacity(topic.partitions.len()),
+        };
+        for (pi, data) in topic.partitions.iter().enumerate() {
+            let mut pr = PartitionProduceResponse {
+                index: data.index,
+                base_offset: -1,
+                log_append_time_ms: -1,
+                log_start_offset: -1,
+                ..Default::default()
+            };
+            let tp = TopicPartition::new(topic.name.clone(), data.index);
+            let outcome = if !matches!(acks, -1..=1) {
+                Err((
+                    ApiError::new(
+                        ErrorCode::InvalidRequiredAcks,
+                        format!("acks must be -1 (all), 0 or 1, not {acks}"),
+                    ),
+                    None,
+                ))
+            } else {
+                rm.leader_partition(&tp)
+            };
+            match outcome.and_then(|p| {
+                rm.append(&p, &data.records)
+                    .map(|info| (p, info))
+                    .map_err(|e| (e, None))
+            }) {
+                Ok((p, info)) => {
+                    metrics.bytes_in.inc_by(data.records.len() as u64);
+                    pr.base_offset = info.first_offset;
+                    pr.log_append_time_ms = info.log_append_time.unwrap_or(-1);
+                    pr.log_start_offset = rm.offsets(&p).0;
+                    if policy == FlushPolicy::Commit {
+                        durable.push((ti, pi, p, info.last_offset + 1));
+                    }
+                }
+                Err((e, current)) => {
+                    pr.error_code = e.code as i32;
+                    pr.error_message = e.message;
+                    pr.current_leader = current.map(|(leader_id, leader_epoch)| LeaderIdAndEpoch {
+                        leader_id,
+                        leader_epoch,
+                    });
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        response.topics.push(tr);
+    }
+    if durable.is_empty() {
+        if let Some(reply) = job.reply {
+            let _ = reply.send(response);
+        }
+        return;
+    }
+    // Group commit: wait for the fsync on the blocking pool; this thread takes the next request.
+    let rm = Arc::clone(rm);
+    let reply = job.reply;
+    runtime.spawn_blocking(move || {
+        for (ti, pi, p, end) in durable {
+            if let Err(e) = rm.make_durable(&p, end) {
+                let pr = &mut response.topics[ti].partitions[pi];
+                pr.error_code = e.code as i32;
+                pr.error_message = e.message;
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(response);
+        }
+    });
+}
