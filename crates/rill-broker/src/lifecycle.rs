@@ -119,9 +119,8 @@ impl Lifecycle {
         };
         let r = self
             .cc
-            .call(Duration::from_secs(2), |mut c| {
-                let req = req;
-                async move { c.broker_heartbeat(req).await }
+            .call(Duration::from_secs(2), |mut c| async move {
+                c.broker_heartbeat(req).await
             })
             .await;
         match r {
