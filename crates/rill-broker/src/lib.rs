@@ -116,7 +116,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         queue,
         Arc::clone(&metrics),
         Duration::from_millis(config.request_timeout_ms),
-        config.node_id,
+        &config.controller_voters,
     );
     let server_stop = CancellationToken::new();
     tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");

@@ -23,7 +23,7 @@ pub struct BrokerService {
     queue: RequestQueue,
     metrics: Arc<Metrics>,
     request_timeout: Duration,
-    node_id: i32,
+    controllers: Vec<ControllerDescription>,
 }
 
 impl BrokerService {
@@ -33,14 +33,28 @@ impl BrokerService {
         queue: RequestQueue,
         metrics: Arc<Metrics>,
         request_timeout: Duration,
-        node_id: i32,
+        voters: &[(u64, String)],
     ) -> Self {
+        let controllers = voters
+            .iter()
+            .map(|(id, addr)| {
+                let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+                ControllerDescription {
+                    node_id: *id as i32,
+                    endpoint: Some(Endpoint {
+                        name: "CONTROLLER".into(),
+                        host: host.to_owned(),
+                        port: port.parse().unwrap_or(0),
+                    }),
+                }
+            })
+            .collect();
         BrokerService {
             rm,
             queue,
             metrics,
             request_timeout,
-            node_id,
+            controllers,
         }
     }
 }
@@ -234,8 +248,8 @@ impl Broker for BrokerService {
                 .collect(),
             controller_id: -1,
             topics,
+            controllers: self.controllers.clone(),
         };
-        let _ = self.node_id;
         self.metrics
             .observe("Metadata", started.elapsed().as_secs_f64(), true);
         Ok(Response::new(response))

@@ -2,9 +2,11 @@
 //! error model shared by every crate, and Kafka's v2 record batch format.
 //!
 //! Everything a client or server needs to speak to rill lives here, and nothing else does: no
-//! I/O, no storage, no runtime. That includes the metadata image, the state machine that both
-//! controllers and brokers build from the metadata log.
+//! storage and no server. Also here: the metadata image (the state machine controllers and
+//! brokers both build from the metadata log) and `client`, the small client-side core
+//! (bootstrap, metadata cache, admin calls) shared by the producer, consumer and CLI.
 
+pub mod client;
 pub mod error;
 pub mod metadata_image;
 pub mod record_batch;

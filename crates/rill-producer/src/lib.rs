@@ -1,0 +1,684 @@
+//! rill's producer: the client side of Produce, as Kafka's Java producer works.
+//!
+//! `send` picks the partition ([`partitioner`]: murmur2 of the key, or sticky for keyless
+//! records), reserves `buffer.memory` (waiting when full), and appends the record to the
+//! partition's open batch in the accumulator. A batch closes when it reaches `batch.size` or
+//! `linger.ms` passes; the sender task then ships every ready batch of a leader in one Produce
+//! request, retrying retriable errors (after refreshing leaders) until `delivery.timeout.ms`.
+//!
+//! Ordering: a partition has at most one request in flight, and a retried batch goes back to
+//! the front of its partition's queue, so records of one partition are stored in `send` order
+//! even across retries. Throughput comes from sending all of a partition's ready batches in
+//! that one request, and from many partitions being in flight at once (up to
+//! `max.in.flight.requests.per.connection` requests per broker).
+
+pub mod partitioner;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rill_protocol::client::{ClusterClient, LeaderInfo};
+use rill_protocol::proto::{PartitionProduceData, ProduceRequest, TopicProduceData};
+use rill_protocol::record_batch::{Compression, RecordBatchBuilder, RecordHeader};
+use rill_protocol::{ApiError, ErrorCode};
+use tokio::sync::{Notify, Semaphore, oneshot};
+
+/// Producer settings, with Kafka's names and defaults.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// `bootstrap.servers`: brokers to learn the cluster from.
+    pub bootstrap: Vec<String>,
+    /// `acks`: 0, 1 or -1 (all).
+    pub acks: i32,
+    /// `batch.size`: bytes per batch before it is sent.
+    pub batch_size: usize,
+    /// `linger.ms`: how long a batch waits for more records.
+    pub linger: Duration,
+    /// `compression.type`.
+    pub compression: Compression,
+    /// `buffer.memory`: bytes of unsent records before `send` waits.
+    pub buffer_memory: usize,
+    /// `max.block.ms`: how long `send` may wait for buffer memory or metadata.
+    pub max_block: Duration,
+    /// `max.in.flight.requests.per.connection`.
+    pub max_in_flight: usize,
+    /// `retry.backoff.ms`.
+    pub retry_backoff: Duration,
+    /// `delivery.timeout.ms`: give up on a record after this long.
+    pub delivery_timeout: Duration,
+    /// `request.timeout.ms`.
+    pub request_timeout: Duration,
+    /// `max.request.size`: largest record and largest request.
+    pub max_request_size: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            bootstrap: vec!["127.0.0.1:9092".into()],
+            acks: -1,
+            batch_size: 16 * 1024,
+            linger: Duration::from_millis(5),
+            compression: Compression::None,
+            buffer_memory: 32 << 20,
+            max_block: Duration::from_secs(60),
+            max_in_flight: 5,
+            retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+            max_request_size: 1 << 20,
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Clone, Debug, Default)]
+pub struct ProducerRecord {
+    /// Topic.
+    pub topic: String,
+    /// Explicit partition; otherwise chosen by key.
+    pub partition: Option<i32>,
+    /// Key (same key → same partition).
+    pub key: Option<Bytes>,
+    /// Value; `None` is a tombstone.
+    pub value: Option<Bytes>,
+    /// Headers.
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Create time in ms; now when unset.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    /// A record with a value and optional key.
+    pub fn new(
+        topic: impl Into<String>,
+        key: Option<impl Into<Bytes>>,
+        value: impl Into<Bytes>,
+    ) -> Self {
+        ProducerRecord {
+            topic: topic.into(),
+            key: key.map(Into::into),
+            value: Some(value.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Where a record landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset (-1 with acks=0).
+    pub offset: i64,
+    /// The record's timestamp (the broker's under LogAppendTime).
+    pub timestamp: i64,
+}
+
+/// Why a record was not delivered.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// The cluster refused it.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Larger than `max.request.size`.
+    #[error("record of {size} bytes exceeds max.request.size = {max}")]
+    RecordTooLarge {
+        /// Size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// `delivery.timeout.ms` or `max.block.ms` passed.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The producer was closed.
+    #[error("the producer is closed")]
+    Closed,
+}
+
+type Waiter = oneshot::Sender<Result<RecordMetadata, ProducerError>>;
+
+struct OpenBatch {
+    builder: RecordBatchBuilder,
+    created: Instant,
+    waiters: Vec<(Waiter, i64)>,
+    permits: usize,
+}
+
+struct Batch {
+    bytes: Bytes,
+    waiters: Vec<(Waiter, i64)>,
+    permits: usize,
+    created: Instant,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    ready: VecDeque<Batch>,
+    in_flight: bool,
+}
+
+struct Inner {
+    config: ProducerConfig,
+    client: ClusterClient,
+    queues: Mutex<HashMap<(String, i32), PartitionQueue>>,
+    sticky: Mutex<HashMap<String, i32>>,
+    wake: Notify,
+    idle: Notify,
+    memory: Arc<Semaphore>,
+    pending: AtomicUsize,
+    flushing: AtomicUsize,
+    closed: AtomicBool,
+    broker_slots: Mutex<HashMap<i32, Arc<Semaphore>>>,
+}
+
+/// A future completing when the record is acknowledged (or fails).
+pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata, ProducerError>>);
+
+impl std::future::Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, ProducerError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ProducerError::Closed)))
+    }
+}
+
+/// The producer. Cheap to share behind an `Arc`; `send` may be called concurrently.
+pub struct Producer {
+    inner: Arc<Inner>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Producer {
+    /// Creates a producer and starts its sender task (on the current Tokio runtime).
+    pub fn new(config: ProducerConfig) -> Result<Self, ProducerError> {
+        if !matches!(config.acks, -1..=1) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequiredAcks,
+                format!("acks must be -1 (all), 0 or 1, not {}", config.acks),
+            )
+            .into());
+        }
+        let client = ClusterClient::new(&config.bootstrap, config.request_timeout)?;
+        let inner = Arc::new(Inner {
+            memory: Arc::new(Semaphore::new(
+                config.buffer_memory.min(Semaphore::MAX_PERMITS),
+            )),
+            config,
+            client,
+            queues: Mutex::new(HashMap::new()),
+            sticky: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            pending: AtomicUsize::new(0),
+            flushing: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            broker_slots: Mutex::new(HashMap::new()),
+        });
+        let sender = tokio::spawn(sender_loop(Arc::clone(&inner)));
+        Ok(Producer { inner, sender })
+    }
+
+    /// The cluster client (metadata, admin).
+    pub fn client(&self) -> &ClusterClient {
+        &self.inner.client
+    }
+
+    /// Queues a record; the returned future resolves once it is acknowledged. Waits (up to
+    /// `max.block.ms`) when `buffer.memory` is exhausted.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ProducerError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(ProducerError::Closed);
+        }
+        let headers: Vec<RecordHeader<'_>> = record
+            .headers
+            .iter()
+            .map(|(k, v)| RecordHeader {
+                key: k.as_bytes(),
+                value: v.as_deref(),
+            })
+            .collect();
+        let size = RecordBatchBuilder::record_size(
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        );
+        if size + 61 > inner.config.max_request_size {
+            return Err(ProducerError::RecordTooLarge {
+                size,
+                max: inner.config.max_request_size,
+            });
+        }
+        let partitions = tokio::time::timeout(
+            inner.config.max_block,
+            inner.client.partitions(&record.topic),
+        )
+        .await
+        .map_err(|_| {
+            ProducerError::Timeout(format!(
+                "no metadata for topic {:?} within max.block.ms",
+                record.topic
+            ))
+        })??;
+        let n = partitions.len();
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) if p >= 0 && (p as usize) < n => p,
+            (Some(p), _) => {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!(
+                        "topic {:?} has {n} partitions; {p} does not exist",
+                        record.topic
+                    ),
+                )
+                .into());
+            }
+            (None, Some(key)) => partitioner::partition_for_key(key, n),
+            (None, None) => self.sticky_partition(&record.topic, n, None),
+        };
+        let permit = tokio::time::timeout(
+            inner.config.max_block,
+            Arc::clone(&inner.memory).acquire_many_owned(size as u32),
+        )
+        .await
+        .map_err(|_| ProducerError::Timeout("buffer.memory stayed full for max.block.ms".into()))?
+        .map_err(|_| ProducerError::Closed)?;
+        permit.forget();
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let (tx, rx) = oneshot::channel();
+        inner.pending.fetch_add(1, Ordering::AcqRel);
+        let mut closed_a_batch = false;
+        {
+            let mut queues = inner.queues.lock().map_err(|_| ProducerError::Closed)?;
+            let q = queues.entry((record.topic.clone(), partition)).or_default();
+            if let Some(open) = &q.open
+                && !open.builder.is_empty()
+                && open.builder.estimated_size() + size > inner.config.batch_size
+            {
+                close_open(q, inner.config.compression);
+                closed_a_batch = true;
+            }
+            let open = q.open.get_or_insert_with(|| OpenBatch {
+                builder: RecordBatchBuilder::new(inner.config.compression),
+                created: Instant::now(),
+                waiters: Vec::new(),
+                permits: 0,
+            });
+            open.builder.append(
+                timestamp,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &headers,
+            );
+            open.waiters.push((tx, timestamp));
+            open.permits += size;
+            if open.builder.estimated_size() >= inner.config.batch_size {
+                close_open(q, inner.config.compression);
+                closed_a_batch = true;
+            }
+        }
+        if closed_a_batch {
+            if record.key.is_none() && record.partition.is_none() {
+                self.sticky_partition(&record.topic, n, Some(partition));
+            }
+            inner.wake.notify_one();
+        } else if inner.config.linger.is_zero() {
+            inner.wake.notify_one();
+        }
+        Ok(DeliveryFuture(rx))
+    }
+
+    /// KIP-480: keep using one partition for keyless records until its batch closes.
+    fn sticky_partition(&self, topic: &str, n: usize, closed: Option<i32>) -> i32 {
+        let Ok(mut sticky) = self.inner.sticky.lock() else {
+            return 0;
+        };
+        match (sticky.get(topic).copied(), closed) {
+            (Some(p), None) if (p as usize) < n => p,
+            (current, _) => {
+                let mut next = rand::random_range(0..n.max(1)) as i32;
+                if n > 1 && Some(next) == current {
+                    next = (next + 1) % n as i32;
+                }
+                sticky.insert(topic.to_owned(), next);
+                next
+            }
+        }
+    }
+
+    /// Sends everything queued now and waits until every record sent so far is acknowledged
+    /// or failed.
+    pub async fn flush(&self) {
+        self.inner.flushing.fetch_add(1, Ordering::AcqRel);
+        self.inner.wake.notify_one();
+        loop {
+            let idle = self.inner.idle.notified();
+            if self.inner.pending.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            self.inner.wake.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(50), idle).await;
+        }
+        self.inner.flushing.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Flushes, then stops the sender task.
+    pub async fn close(self) {
+        self.flush().await;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        let _ = self.sender.await;
+    }
+}
+
+fn close_open(q: &mut PartitionQueue, codec: Compression) {
+    let Some(open) = q.open.take() else { return };
+    match open.builder.build() {
+        Ok(bytes) => q.ready.push_back(Batch {
+            bytes,
+            waiters: open.waiters,
+            permits: open.permits,
+            created: open.created,
+            retry_at: None,
+        }),
+        Err(e) => {
+            for (w, _) in open.waiters {
+                let _ = w.send(Err(ApiError::new(
+                    ErrorCode::UnknownServerError,
+                    format!("{codec} compression failed: {e}"),
+                )
+                .into()));
+            }
+        }
+    }
+}
+
+/// A partition's batches on their way, with what is needed to complete or retry them.
+struct Shipment {
+    topic: String,
+    partition: i32,
+    batches: Vec<Batch>,
+}
+
+async fn sender_loop(inner: Arc<Inner>) {
+    loop {
+        let now = Instant::now();
+        let flushing =
+            inner.flushing.load(Ordering::Acquire) > 0 || inner.closed.load(Ordering::Acquire);
+        let mut next_wake: Option<Instant> = None;
+        let mut shipments: Vec<Shipment> = Vec::new();
+        if let Ok(mut queues) = inner.queues.lock() {
+            for ((topic, partition), q) in queues.iter_mut() {
+                if q.open.as_ref().is_some_and(|o| {
+                    flushing || now.duration_since(o.created) >= inner.config.linger
+                }) {
+                    close_open(q, inner.config.compression);
+                } else if let Some(o) = &q.open {
+                    let due = o.created + inner.config.linger;
+                    next_wake = Some(next_wake.map_or(due, |w| w.min(due)));
+                }
+                if q.in_flight || q.ready.is_empty() {
+                    continue;
+                }
+                if let Some(at) = q.ready.front().and_then(|b| b.retry_at)
+                    && at > now
+                {
+                    next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
+                    continue;
+                }
+                // All ready batches of the partition, up to max.request.size, in one request.
+                let mut batches = Vec::new();
+                let mut bytes = 0;
+                while let Some(b) = q.ready.front() {
+                    if !batches.is_empty() && bytes + b.bytes.len() > inner.config.max_request_size
+                    {
+                        break;
+                    }
+                    bytes += b.bytes.len();
+                    if let Some(b) = q.ready.pop_front() {
+                        batches.push(b);
+                    }
+                }
+                q.in_flight = true;
+                shipments.push(Shipment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    batches,
+                });
+            }
+        }
+        if shipments.is_empty() {
+            if inner.closed.load(Ordering::Acquire) && inner.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            let wait = next_wake.map_or(Duration::from_millis(100), |w| {
+                w.saturating_duration_since(Instant::now())
+            });
+            let _ = tokio::time::timeout(wait, inner.wake.notified()).await;
+            continue;
+        }
+        // Group by leader and send.
+        let mut by_leader: HashMap<i32, Vec<Shipment>> = HashMap::new();
+        for s in shipments {
+            let leader = match inner.client.partitions(&s.topic).await {
+                Ok(p) => p.get(s.partition as usize).map_or(-1, |l| l.leader),
+                Err(_) => -1,
+            };
+            by_leader.entry(leader).or_default().push(s);
+        }
+        for (leader, shipments) in by_leader {
+            if leader < 0 {
+                for s in shipments {
+                    let e = ApiError::new(
+                        ErrorCode::LeaderNotAvailable,
+                        format!("{}-{} has no leader right now", s.topic, s.partition),
+                    );
+                    inner.client.invalidate(&s.topic);
+                    requeue_or_fail(&inner, s, e);
+                }
+                continue;
+            }
+            let slots =
+                {
+                    let Ok(mut m) = inner.broker_slots.lock() else {
+                        continue;
+                    };
+                    Arc::clone(m.entry(leader).or_insert_with(|| {
+                        Arc::new(Semaphore::new(inner.config.max_in_flight.max(1)))
+                    }))
+                };
+            let Ok(slot) = slots.acquire_owned().await else {
+                continue;
+            };
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move {
+                send_to(&inner, leader, shipments).await;
+                drop(slot);
+                inner.wake.notify_one();
+            });
+        }
+    }
+}
+
+async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
+    let mut by_topic: HashMap<&str, Vec<PartitionProduceData>> = HashMap::new();
+    for s in &shipments {
+        let mut records = Vec::with_capacity(s.batches.iter().map(|b| b.bytes.len()).sum());
+        for b in &s.batches {
+            records.extend_from_slice(&b.bytes);
+        }
+        by_topic
+            .entry(&s.topic)
+            .or_default()
+            .push(PartitionProduceData {
+                index: s.partition,
+                records: Bytes::from(records),
+            });
+    }
+    let request = ProduceRequest {
+        acks: inner.config.acks,
+        timeout_ms: inner.config.request_timeout.as_millis() as u32,
+        topics: by_topic
+            .into_iter()
+            .map(|(name, partitions)| TopicProduceData {
+                name: name.to_owned(),
+                partitions,
+            })
+            .collect(),
+    };
+    let result = match inner.client.broker(leader) {
+        Ok(mut c) => c
+            .produce(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) => {
+            inner.client.invalidate(&shipments[0].topic);
+            for s in shipments {
+                inner.client.invalidate(&s.topic);
+                requeue_or_fail(inner, s, e.clone());
+            }
+        }
+        Ok(response) => {
+            for s in shipments {
+                let pr = response
+                    .topics
+                    .iter()
+                    .find(|t| t.name == s.topic)
+                    .and_then(|t| t.partitions.iter().find(|p| p.index == s.partition));
+                match pr {
+                    None if inner.config.acks == 0 => complete(inner, s, -1, -1),
+                    None => {
+                        let e = ApiError::new(
+                            ErrorCode::UnknownServerError,
+                            "the broker's response omitted the partition",
+                        );
+                        requeue_or_fail(inner, s, e);
+                    }
+                    Some(pr) if pr.error_code == 0 => {
+                        let (base, lat) = (pr.base_offset, pr.log_append_time_ms);
+                        complete(inner, s, base, lat);
+                    }
+                    Some(pr) => {
+                        let code = ErrorCode::try_from(pr.error_code)
+                            .unwrap_or(ErrorCode::UnknownServerError);
+                        if let Some(cl) = &pr.current_leader {
+                            inner.client.update_leader(
+                                &s.topic,
+                                s.partition,
+                                LeaderInfo {
+                                    leader: cl.leader_id,
+                                    epoch: cl.leader_epoch,
+                                },
+                            );
+                        } else if code.is_retriable() {
+                            inner.client.invalidate(&s.topic);
+                        }
+                        requeue_or_fail(inner, s, ApiError::new(code, pr.error_message.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn finish_batch(
+    inner: &Inner,
+    b: Batch,
+    outcome: impl Fn(usize, i64) -> Result<RecordMetadata, ProducerError>,
+) {
+    let n = b.waiters.len();
+    for (i, (w, ts)) in b.waiters.into_iter().enumerate() {
+        let _ = w.send(outcome(i, ts));
+    }
+    inner.memory.add_permits(b.permits);
+    if inner.pending.fetch_sub(n, Ordering::AcqRel) == n {
+        inner.idle.notify_waiters();
+    }
+}
+
+fn complete(inner: &Inner, s: Shipment, base_offset: i64, log_append_time: i64) {
+    let mut offset = base_offset;
+    for b in s.batches {
+        let count = b.waiters.len() as i64;
+        let start = offset;
+        let topic = s.topic.clone();
+        finish_batch(inner, b, |i, ts| {
+            Ok(RecordMetadata {
+                topic: topic.clone(),
+                partition: s.partition,
+                offset: if start < 0 { -1 } else { start + i as i64 },
+                timestamp: if log_append_time >= 0 {
+                    log_append_time
+                } else {
+                    ts
+                },
+            })
+        });
+        if offset >= 0 {
+            offset += count;
+        }
+    }
+    release(inner, &s.topic, s.partition);
+}
+
+fn release(inner: &Inner, topic: &str, partition: i32) {
+    if let Ok(mut queues) = inner.queues.lock()
+        && let Some(q) = queues.get_mut(&(topic.to_owned(), partition))
+    {
+        q.in_flight = false;
+    }
+}
+
+fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
+    let now = Instant::now();
+    let retriable = e.code.is_retriable() && !inner.closed.load(Ordering::Acquire);
+    let mut keep = Vec::new();
+    for b in s.batches {
+        if retriable && now.duration_since(b.created) < inner.config.delivery_timeout {
+            keep.push(b);
+        } else {
+            let err = if retriable {
+                ProducerError::Timeout(format!("delivery.timeout.ms passed; last error: {e}"))
+            } else {
+                ProducerError::Api(e.clone())
+            };
+            finish_batch(inner, b, |_, _| Err(err.clone()));
+        }
+    }
+    if let Ok(mut queues) = inner.queues.lock()
+        && let Some(q) = queues.get_mut(&(s.topic.clone(), s.partition))
+    {
+        for mut b in keep.into_iter().rev() {
+            b.retry_at = Some(now + inner.config.retry_backoff);
+            q.ready.push_front(b);
+        }
+        q.in_flight = false;
+    }
+    if retriable {
+        tracing::debug!(topic = %s.topic, partition = s.partition, error = %e, "retrying a produce");
+    }
+}
