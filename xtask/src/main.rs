@@ -6,6 +6,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod cluster;
+
 #[derive(Parser)]
 #[command(about = "rill project automation")]
 struct Cli {
@@ -17,7 +19,7 @@ struct Cli {
 enum Cmd {
     /// Everything CI checks: formatting, clippy with warnings denied, and all tests.
     Ci,
-    /// Local cluster management (arrives with the broker).
+    /// A local cluster on 127.0.0.1: `up`, `status`, `down`.
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
@@ -32,21 +34,29 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ClusterAction {
-    /// Build and start a local cluster.
-    Up,
-    /// Show what runs.
+    /// Build release binaries and start controllers (first on 9093) and brokers (first on 9092),
+    /// data and logs under `.rill/`; wait until healthy, run a short produce/consume demo.
+    Up {
+        /// Number of controllers.
+        #[arg(long, default_value_t = 3)]
+        controllers: usize,
+        /// Number of brokers.
+        #[arg(long, default_value_t = 3)]
+        brokers: usize,
+        /// Skip the produce/consume demo.
+        #[arg(long)]
+        no_demo: bool,
+    },
+    /// Show the processes `up` started and the cluster as the controllers see it.
     Status,
-    /// Stop what `up` started.
+    /// Stop exactly the processes `up` started.
     Down,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci => ci(),
-        Cmd::Cluster { .. } => bail!(
-            "rill has no broker or controller binary yet, so there is no cluster to start; \
-             today the system is the `rill-protocol` library (run `cargo xtask ci` to test it)"
-        ),
+        Cmd::Cluster { action } => cluster::run(action),
         Cmd::Fuzz { seconds } => fuzz(seconds),
     }
 }
@@ -89,7 +99,7 @@ fn fuzz(seconds: u64) -> Result<()> {
     )
 }
 
-fn run(program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {
     run_in(".", program, args)
 }
 

@@ -163,7 +163,11 @@ impl Consumer {
 
     /// All partitions of `topic`.
     pub async fn partitions_of(&self, topic: &str) -> Result<Vec<TopicPartition>, ConsumerError> {
-        let n = self.client.partitions(topic).await?.len();
+        let n = self
+            .client
+            .partitions_wait(topic, self.config.request_timeout)
+            .await?
+            .len();
         Ok((0..n as i32).map(|p| (topic.to_owned(), p)).collect())
     }
 

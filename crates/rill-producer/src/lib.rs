@@ -271,7 +271,9 @@ impl Producer {
         }
         let partitions = tokio::time::timeout(
             inner.config.max_block,
-            inner.client.partitions(&record.topic),
+            inner
+                .client
+                .partitions_wait(&record.topic, inner.config.max_block),
         )
         .await
         .map_err(|_| {

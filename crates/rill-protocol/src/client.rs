@@ -206,6 +206,24 @@ impl ClusterClient {
         }
     }
 
+    /// Like [`partitions`](Self::partitions), but waits up to `patience` for a topic that does
+    /// not exist yet (metadata reaches brokers a moment after a topic is created).
+    pub async fn partitions_wait(
+        &self,
+        topic: &str,
+        patience: Duration,
+    ) -> Result<Vec<LeaderInfo>, ApiError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.partitions(topic).await {
+                Err(e) if e.code.is_retriable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Records a newer leader learned from an error response.
     pub fn update_leader(&self, topic: &str, partition: i32, info: LeaderInfo) {
         if let Ok(mut c) = self.cache.write()

@@ -1,0 +1,288 @@
+//! Test harness: real `rill-controller` and `rill-broker` processes on 127.0.0.1 with
+//! ephemeral ports and temporary directories.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::*;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_rill-broker")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is not built; build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+pub struct Node {
+    pub id: i32,
+    pub addr: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub controllers: Vec<Node>,
+    pub brokers: Vec<Node>,
+    pub voters: String,
+    broker_overrides: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(controllers: usize, brokers: usize, broker_overrides: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let controllers: Vec<Node> = (0..controllers)
+            .map(|i| Node {
+                id: i as i32 + 1,
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("controller-{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        let voters = controllers
+            .iter()
+            .map(|c| format!("{}@{}", c.id, c.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = (0..brokers)
+            .map(|i| Node {
+                id: i as i32 + 1,
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("broker-{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        let mut c = Cluster {
+            controllers,
+            brokers,
+            voters,
+            broker_overrides: broker_overrides.iter().map(|s| s.to_string()).collect(),
+            _tmp: tmp,
+        };
+        for i in 0..c.controllers.len() {
+            c.start_controller(i);
+        }
+        for i in 0..c.brokers.len() {
+            c.start_broker(i);
+        }
+        c.wait_healthy().await;
+        c
+    }
+
+    fn start_controller(&mut self, i: usize) {
+        let n = &mut self.controllers[i];
+        std::fs::create_dir_all(&n.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.dir.join("stderr.log"))
+            .unwrap();
+        n.child = Some(
+            Command::new(sibling("rill-controller"))
+                .args([
+                    "--node-id",
+                    &n.id.to_string(),
+                    "--listeners",
+                    &n.addr,
+                    "--voters",
+                    &self.voters,
+                ])
+                .arg("--metadata-log-dir")
+                .arg(n.dir.join("metadata"))
+                .args([
+                    "--override",
+                    "controller.quorum.tick.ms=50",
+                    "--override",
+                    "controller.quorum.election.timeout.ms=500",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    pub fn start_broker(&mut self, i: usize) {
+        let n = &mut self.brokers[i];
+        std::fs::create_dir_all(&n.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.dir.join("stderr.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill-broker"));
+        cmd.args([
+            "--node-id",
+            &n.id.to_string(),
+            "--listeners",
+            &n.addr,
+            "--voters",
+            &self.voters,
+        ])
+        .arg("--log-dirs")
+        .arg(n.dir.join("logs"))
+        .args(["--override", "broker.heartbeat.interval.ms=200"])
+        .stdout(Stdio::null())
+        .stderr(log);
+        for o in &self.broker_overrides {
+            cmd.args(["--override", o]);
+        }
+        n.child = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn kill_broker(&mut self, i: usize) {
+        if let Some(mut c) = self.brokers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn stop_broker(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut c = self.brokers[i].child.take().expect("broker running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.brokers
+            .iter()
+            .filter(|b| b.child.is_some())
+            .map(|b| b.addr.clone())
+            .collect()
+    }
+
+    pub fn client(&self) -> ClusterClient {
+        ClusterClient::new(&self.bootstrap(), Duration::from_secs(10)).unwrap()
+    }
+
+    /// Waits until every running broker is registered and unfenced.
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let want = self.brokers.iter().filter(|b| b.child.is_some()).count();
+        loop {
+            let client = self.client();
+            if let Ok(c) = client
+                .admin(Duration::from_secs(2), |mut c| async move {
+                    c.describe_cluster(DescribeClusterRequest {}).await
+                })
+                .await
+            {
+                let live = c.brokers.iter().filter(|b| !b.fenced).count();
+                if live >= want {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "cluster not healthy within 30 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        rf: i32,
+        configs: &[(&str, &str)],
+    ) {
+        let topic = CreatableTopic {
+            name: name.into(),
+            num_partitions: partitions,
+            replication_factor: rf,
+            configs: configs
+                .iter()
+                .map(|(k, v)| ConfigEntry {
+                    name: (*k).into(),
+                    value: Some((*v).into()),
+                })
+                .collect(),
+        };
+        let r = self
+            .client()
+            .admin(Duration::from_secs(10), |mut c| {
+                let topic = topic.clone();
+                async move {
+                    c.create_topics(CreateTopicsRequest {
+                        topics: vec![topic],
+                        validate_only: false,
+                    })
+                    .await
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+        // Wait until every partition has a leader that knows it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let client = self.client();
+            if let Ok(parts) = client.partitions(name).await
+                && parts.len() == partitions as usize
+                && parts.iter().all(|p| p.leader >= 0)
+            {
+                let mut ready = true;
+                for (i, p) in parts.iter().enumerate() {
+                    let r = client
+                        .broker(p.leader)
+                        .unwrap()
+                        .list_offsets(ListOffsetsRequest {
+                            replica_id: -1,
+                            topics: vec![ListOffsetsTopic {
+                                name: name.into(),
+                                partitions: vec![ListOffsetsPartition {
+                                    index: i as i32,
+                                    current_leader_epoch: -1,
+                                    timestamp: -1,
+                                }],
+                            }],
+                        })
+                        .await;
+                    ready &=
+                        r.is_ok_and(|r| r.into_inner().topics[0].partitions[0].error_code == 0);
+                }
+                if ready {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "topic {name} not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.brokers.iter_mut().chain(self.controllers.iter_mut()) {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! The first end-to-end path with real processes: produce, consume, long-poll, errors,
+//! crash safety, retention and compaction through the broker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use rill_consumer::{Consumer, ConsumerConfig, OffsetReset};
+use rill_producer::{Producer, ProducerConfig, ProducerRecord};
+use rill_protocol::ErrorCode;
+use rill_protocol::proto::*;
+use rill_protocol::record_batch::{Compression, RecordBatchBuilder};
+
+/// Keys and the partition Kafka's default partitioner gives them among 6 (independent vectors).
+fn reference_keys() -> Vec<(Vec<u8>, i32)> {
+    include_str!("../../rill-producer/testdata/murmur2.tsv")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (hex::decode(c[0]).unwrap(), c[2].parse().unwrap())
+        })
+        .collect()
+}
+
+async fn consume_all(
+    bootstrap: &[String],
+    topic: &str,
+    expected: usize,
+) -> Vec<rill_consumer::ConsumerRecord> {
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: bootstrap.to_vec(),
+        auto_offset_reset: OffsetReset::Earliest,
+        ..Default::default()
+    })
+    .unwrap();
+    let tps = consumer.partitions_of(topic).await.unwrap();
+    consumer.assign(tps);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && Instant::now() < deadline {
+        out.extend(consumer.poll(Duration::from_millis(500)).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_keyed_records_round_trip_in_order_on_kafka_partitions() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("orders", 6, 1, &[]).await;
+    let keys = reference_keys();
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        linger: Duration::from_millis(10),
+        compression: Compression::Lz4,
+        ..Default::default()
+    })
+    .unwrap();
+    const N: usize = 100_000;
+    let mut pending = Vec::with_capacity(N);
+    for i in 0..N {
+        let (key, _) = &keys[i % keys.len()];
+        let record = ProducerRecord::new(
+            "orders",
+            Some(Bytes::from(key.clone())),
+            Bytes::from(i.to_string()),
+        );
+        pending.push(producer.send(record).await.unwrap());
+    }
+    for (i, f) in pending.into_iter().enumerate() {
+        let md = f.await.unwrap();
+        assert_eq!(
+            md.partition,
+            keys[i % keys.len()].1,
+            "record {i}: murmur2 partition differs from Kafka's"
+        );
+    }
+    producer.close().await;
+
+    let records = consume_all(&cluster.bootstrap(), "orders", N).await;
+    assert_eq!(records.len(), N);
+    let expected: HashMap<Vec<u8>, i32> = keys.into_iter().collect();
+    let mut last_seq: HashMap<i32, i64> = HashMap::new();
+    let mut last_offset: HashMap<i32, i64> = HashMap::new();
+    for r in &records {
+        let key = r.key.as_ref().unwrap().to_vec();
+        assert_eq!(
+            expected[&key], r.partition,
+            "same key, same (Kafka) partition"
+        );
+        let seq: i64 = std::str::from_utf8(r.value.as_ref().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            seq > *last_seq.get(&r.partition).unwrap_or(&-1),
+            "per-partition order kept"
+        );
+        assert!(r.offset > *last_offset.get(&r.partition).unwrap_or(&-1));
+        last_seq.insert(r.partition, seq);
+        last_offset.insert(r.partition, r.offset);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_fetch_returns_right_after_a_produce() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("events", 1, 1, &[]).await;
+    let client = cluster.client();
+    let mut broker = client
+        .broker(client.partitions("events").await.unwrap()[0].leader)
+        .unwrap();
+    let fetch = tokio::spawn(async move {
+        let started = Instant::now();
+        let r = broker
+            .fetch(FetchRequest {
+                replica_id: -1,
+                replica_epoch: -1,
+                max_wait_ms: 10_000,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+                topics: vec![FetchTopic {
+                    name: "events".into(),
+                    partitions: vec![FetchPartition {
+                        index: 0,
+                        current_leader_epoch: -1,
+                        fetch_offset: 0,
+                        partition_max_bytes: 1 << 20,
+                        last_fetched_epoch: -1,
+                        log_start_offset: -1,
+                    }],
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (r, Instant::now(), started)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        linger: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    producer
+        .send(ProducerRecord::new("events", None::<Bytes>, "hello"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let acked = Instant::now();
+    let (response, returned, started) = fetch.await.unwrap();
+    let p = &response.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert!(!p.records.is_empty(), "the fetch carries the new record");
+    let after_ack = returned.saturating_duration_since(acked);
+    assert!(
+        returned.duration_since(started) < Duration::from_secs(5),
+        "the fetch waited for its timeout instead of waking"
+    );
+    eprintln!("long-poll returned {after_ack:?} after the produce was acknowledged");
+    assert!(
+        after_ack < Duration::from_millis(500),
+        "woke {after_ack:?} after the produce"
+    );
+}
+
+fn fetch_req(topic: &str, partition: i32, offset: i64) -> FetchRequest {
+    FetchRequest {
+        replica_id: -1,
+        replica_epoch: -1,
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            name: topic.into(),
+            partitions: vec![FetchPartition {
+                index: partition,
+                current_leader_epoch: -1,
+                fetch_offset: offset,
+                partition_max_bytes: 1 << 20,
+                last_fetched_epoch: -1,
+                log_start_offset: -1,
+            }],
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_reported_per_partition_and_the_rest_is_served() {
+    let cluster = Cluster::start(1, 2, &["message.max.bytes=2048"]).await;
+    cluster.create_topic("t", 2, 1, &[]).await;
+    let client = cluster.client();
+    let parts = client.partitions("t").await.unwrap();
+    let leader0 = parts[0].leader;
+    let mut b = client.broker(leader0).unwrap();
+    let good = || {
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        builder.append(1, Some(b"k"), Some(b"v"), &[]);
+        builder.build().unwrap()
+    };
+    let mut corrupt = good().to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let mut big = RecordBatchBuilder::new(Compression::None);
+    big.append(1, Some(b"k"), Some(&[7u8; 4000]), &[]);
+    let big = big.build().unwrap();
+    let other = parts
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.leader != leader0)
+        .map(|(i, _)| i as i32);
+    let mut partitions = vec![PartitionProduceData {
+        index: 0,
+        records: Bytes::from(corrupt),
+    }];
+    if let Some(o) = other {
+        partitions.push(PartitionProduceData {
+            index: o,
+            records: good(),
+        });
+    }
+    let r = b
+        .produce(ProduceRequest {
+            acks: 1,
+            timeout_ms: 5000,
+            topics: vec![
+                TopicProduceData {
+                    name: "t".into(),
+                    partitions,
+                },
+                TopicProduceData {
+                    name: "nope".into(),
+                    partitions: vec![PartitionProduceData {
+                        index: 0,
+                        records: good(),
+                    }],
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let code =
+        |t: usize, p: usize| ErrorCode::try_from(r.topics[t].partitions[p].error_code).unwrap();
+    assert_eq!(
+        code(0, 0),
+        ErrorCode::CorruptMessage,
+        "{}",
+        r.topics[0].partitions[0].error_message
+    );
+    if other.is_some() {
+        assert_eq!(code(0, 1), ErrorCode::NotLeaderOrFollower);
+        assert!(r.topics[0].partitions[1].current_leader.is_some());
+    }
+    assert_eq!(code(1, 0), ErrorCode::UnknownTopicOrPartition);
+    // Too large, then a good batch in the same request still lands.
+    let r = b
+        .produce(ProduceRequest {
+            acks: 1,
+            timeout_ms: 5000,
+            topics: vec![TopicProduceData {
+                name: "t".into(),
+                partitions: vec![PartitionProduceData {
+                    index: 0,
+                    records: big,
+                }],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ErrorCode::try_from(r.topics[0].partitions[0].error_code).unwrap(),
+        ErrorCode::MessageTooLarge
+    );
+    let r = b
+        .produce(ProduceRequest {
+            acks: 1,
+            timeout_ms: 5000,
+            topics: vec![TopicProduceData {
+                name: "t".into(),
+                partitions: vec![PartitionProduceData {
+                    index: 0,
+                    records: good(),
+                }],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    assert_eq!(
+        r.topics[0].partitions[0].base_offset, 0,
+        "rejected batches wrote nothing"
+    );
+    // Fetch beyond the log.
+    let f = b.fetch(fetch_req("t", 0, 99)).await.unwrap().into_inner();
+    assert_eq!(
+        ErrorCode::try_from(f.topics[0].partitions[0].error_code).unwrap(),
+        ErrorCode::OffsetOutOfRange
+    );
+    // Bad acks.
+    let r = b
+        .produce(ProduceRequest {
+            acks: 7,
+            timeout_ms: 5000,
+            topics: vec![TopicProduceData {
+                name: "t".into(),
+                partitions: vec![PartitionProduceData {
+                    index: 0,
+                    records: good(),
+                }],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ErrorCode::try_from(r.topics[0].partitions[0].error_code).unwrap(),
+        ErrorCode::InvalidRequiredAcks
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_with_sigkill_keeps_every_acknowledged_record() {
+    let mut cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("durable", 3, 1, &[]).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut acked = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..5_000 {
+        pending.push(
+            producer
+                .send(ProducerRecord::new(
+                    "durable",
+                    Some(format!("k{i}")),
+                    format!("v{i}"),
+                ))
+                .await
+                .unwrap(),
+        );
+    }
+    for f in pending {
+        acked.push(f.await.unwrap());
+    }
+    cluster.kill_broker(0);
+    drop(producer);
+    cluster.start_broker(0);
+    cluster.wait_healthy().await;
+    let records = consume_all(&cluster.bootstrap(), "durable", acked.len()).await;
+    let got: std::collections::HashSet<(i32, i64)> =
+        records.iter().map(|r| (r.partition, r.offset)).collect();
+    for md in &acked {
+        assert!(
+            got.contains(&(md.partition, md.offset)),
+            "acknowledged record {md:?} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_a_controlled_shutdown_and_exits_zero() {
+    let mut cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("x", 1, 1, &[]).await;
+    let status = cluster.stop_broker(0);
+    assert!(status.success(), "{status}");
+    assert!(
+        cluster.brokers[0]
+            .dir
+            .join("logs/.rill_clean_shutdown")
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_compaction_are_visible_through_the_broker() {
+    let cluster = Cluster::start(
+        1,
+        1,
+        &[
+            "log.retention.check.interval.ms=300",
+            "log.cleaner.backoff.ms=300",
+        ],
+    )
+    .await;
+    cluster
+        .create_topic(
+            "short-lived",
+            1,
+            1,
+            &[("segment.bytes", "1024"), ("retention.ms", "1000")],
+        )
+        .await;
+    cluster
+        .create_topic(
+            "profiles",
+            1,
+            1,
+            &[
+                ("segment.bytes", "1024"),
+                ("cleanup.policy", "compact"),
+                ("min.cleanable.dirty.ratio", "0.01"),
+            ],
+        )
+        .await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        linger: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..60 {
+        let ts = rill_now() - 10_000; // already older than retention.ms
+        let mut r = ProducerRecord::new("short-lived", None::<Bytes>, vec![b'x'; 200]);
+        r.timestamp = Some(ts);
+        producer.send(r).await.unwrap().await.unwrap();
+        producer
+            .send(ProducerRecord::new(
+                "profiles",
+                Some(format!("user-{}", i % 5)),
+                format!("v{i}-padding-padding-padding"),
+            ))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    producer.close().await;
+    let client = cluster.client();
+    let leader = client.partitions("short-lived").await.unwrap()[0].leader;
+    let mut b = client.broker(leader).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = b
+            .list_offsets(ListOffsetsRequest {
+                replica_id: -1,
+                topics: vec![ListOffsetsTopic {
+                    name: "short-lived".into(),
+                    partitions: vec![ListOffsetsPartition {
+                        index: 0,
+                        current_leader_epoch: -1,
+                        timestamp: -2,
+                    }],
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let earliest = r.topics[0].partitions[0].offset;
+        if earliest > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old segments were never deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = consume_everything(&cluster.bootstrap(), "profiles").await;
+        let mut seen = HashMap::new();
+        for r in &records {
+            seen.insert(r.key.clone(), r.value.clone());
+        }
+        // The latest value of every key is always there.
+        for k in 0..5 {
+            let key = Some(Bytes::from(format!("user-{k}")));
+            let last = 55 + k;
+            assert_eq!(
+                seen.get(&key).cloned().flatten(),
+                Some(Bytes::from(format!("v{last}-padding-padding-padding")))
+            );
+        }
+        if records.len() < 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "compaction never removed superseded values ({} records)",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Everything currently in `topic`: polls until a poll comes back empty.
+async fn consume_everything(
+    bootstrap: &[String],
+    topic: &str,
+) -> Vec<rill_consumer::ConsumerRecord> {
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: bootstrap.to_vec(),
+        auto_offset_reset: OffsetReset::Earliest,
+        fetch_max_wait: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .unwrap();
+    let tps = consumer.partitions_of(topic).await.unwrap();
+    consumer.assign(tps.clone());
+    consumer.seek_to_beginning(&tps).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer.poll(Duration::from_millis(1000)).await.unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+fn rill_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

@@ -1,0 +1,532 @@
+//! `rill`: manage topics, inspect the cluster, produce and consume from the shell, and measure
+//! throughput and latency (`rill perf`). Errors print one line and exit non-zero.
+
+mod perf;
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use rill_consumer::{Consumer, ConsumerConfig, OffsetReset};
+use rill_producer::{Producer, ProducerConfig, ProducerRecord};
+use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::*;
+use rill_protocol::record_batch::Compression;
+
+#[derive(Parser)]
+#[command(name = "rill", version, about = "rill command-line tool")]
+struct Cli {
+    /// Broker address(es) to bootstrap from, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "RILL_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, describe, delete and configure topics.
+    #[command(subcommand)]
+    Topic(TopicCmd),
+    /// Brokers, controllers and the quorum leader.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Send lines from stdin as records.
+    Produce(ProduceArgs),
+    /// Print records.
+    Consume(ConsumeArgs),
+    /// Throughput and latency tests.
+    #[command(subcommand)]
+    Perf(perf::PerfCmd),
+}
+
+#[derive(Subcommand)]
+enum TopicCmd {
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Partitions (default: the cluster's num.partitions).
+        #[arg(long, short)]
+        partitions: Option<i32>,
+        /// Replication factor (default: the cluster's default.replication.factor).
+        #[arg(long, short = 'r')]
+        replication_factor: Option<i32>,
+        /// Topic config, name=value (repeatable).
+        #[arg(long = "config", short = 'c')]
+        configs: Vec<String>,
+    },
+    /// List topics.
+    List,
+    /// Partitions, leaders, replicas and configs of topics.
+    Describe {
+        /// Topics (all when omitted).
+        names: Vec<String>,
+    },
+    /// Delete topics.
+    Delete {
+        /// Topics.
+        names: Vec<String>,
+    },
+    /// Set or remove topic configs.
+    AlterConfig {
+        /// Topic.
+        name: String,
+        /// name=value to set (repeatable).
+        #[arg(long)]
+        set: Vec<String>,
+        /// Name to reset to the default (repeatable).
+        #[arg(long)]
+        delete: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Brokers, controllers and the active controller.
+    Describe,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Topic.
+    topic: String,
+    /// Split each line into key and value at the first occurrence of this separator.
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// acks: 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    /// Topic.
+    topic: String,
+    /// Start at the beginning of the log (default: only new records).
+    #[arg(long)]
+    from_beginning: bool,
+    /// Start at this offset (with --partition, or in every partition).
+    #[arg(long)]
+    offset: Option<i64>,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Stop after this many records.
+    #[arg(long)]
+    max_messages: Option<usize>,
+    /// Stop when nothing arrives for this long (ms); runs until interrupted when omitted.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Print keys (key<TAB>value).
+    #[arg(long)]
+    print_key: bool,
+    /// Print timestamps and partition/offset.
+    #[arg(long)]
+    print_timestamp: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn bootstrap(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn check(code: i32, message: &str, what: &str) -> Result<()> {
+    if code != 0 {
+        let name = rill_protocol::ErrorCode::try_from(code)
+            .map(|c| c.as_kafka_name())
+            .unwrap_or("UNKNOWN");
+        bail!("{what}: {name}: {message}");
+    }
+    Ok(())
+}
+
+fn parse_kv(s: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?} is not name=value"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let servers = bootstrap(&cli.bootstrap);
+    let admin = || ClusterClient::new(&servers, Duration::from_secs(30));
+    let patience = Duration::from_secs(15);
+    match cli.command {
+        Command::Topic(cmd) => {
+            let client = admin()?;
+            match cmd {
+                TopicCmd::Create {
+                    name,
+                    partitions,
+                    replication_factor,
+                    configs,
+                } => {
+                    let configs = configs
+                        .iter()
+                        .map(|c| {
+                            parse_kv(c).map(|(name, value)| ConfigEntry {
+                                name,
+                                value: Some(value),
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let topic = CreatableTopic {
+                        name: name.clone(),
+                        num_partitions: partitions.unwrap_or(-1),
+                        replication_factor: replication_factor.unwrap_or(-1),
+                        configs,
+                    };
+                    let r = client
+                        .admin(patience, |mut c| {
+                            let topic = topic.clone();
+                            async move {
+                                c.create_topics(CreateTopicsRequest {
+                                    topics: vec![topic],
+                                    validate_only: false,
+                                })
+                                .await
+                            }
+                        })
+                        .await?;
+                    let t = &r.topics[0];
+                    check(t.error_code, &t.error_message, &format!("creating {name}"))?;
+                    println!(
+                        "created topic {name} ({} partitions, replication factor {}, id {})",
+                        t.num_partitions, t.replication_factor, t.topic_id
+                    );
+                }
+                TopicCmd::List => {
+                    let r = client.refresh(&[]).await?;
+                    let mut names: Vec<_> = r.topics.iter().map(|t| t.name.clone()).collect();
+                    names.sort();
+                    for n in names {
+                        println!("{n}");
+                    }
+                }
+                TopicCmd::Describe { names } => {
+                    let r = client.refresh(&names).await?;
+                    let configs = client
+                        .admin(patience, |mut c| {
+                            let names = names.clone();
+                            async move {
+                                c.describe_configs(DescribeConfigsRequest { topics: names })
+                                    .await
+                            }
+                        })
+                        .await?;
+                    for t in &r.topics {
+                        check(
+                            t.error_code,
+                            &t.error_message,
+                            &format!("describing {}", t.name),
+                        )?;
+                        let overrides: Vec<String> = configs
+                            .results
+                            .iter()
+                            .find(|c| c.topic == t.name)
+                            .map(|c| {
+                                c.configs
+                                    .iter()
+                                    .filter(|c| !c.is_default)
+                                    .map(|c| format!("{}={}", c.name, c.value))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        println!(
+                            "Topic: {}\tTopicId: {}\tPartitions: {}\tConfigs: {}",
+                            t.name,
+                            t.topic_id,
+                            t.partitions.len(),
+                            overrides.join(",")
+                        );
+                        for p in &t.partitions {
+                            println!(
+                                "\tPartition: {}\tLeader: {}\tEpoch: {}\tReplicas: {:?}\tIsr: {:?}{}",
+                                p.index,
+                                p.leader_id,
+                                p.leader_epoch,
+                                p.replicas,
+                                p.isr,
+                                if p.offline_replicas.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("\tOffline: {:?}", p.offline_replicas)
+                                }
+                            );
+                        }
+                    }
+                }
+                TopicCmd::Delete { names } => {
+                    let r = client
+                        .admin(patience, |mut c| {
+                            let names = names.clone();
+                            async move { c.delete_topics(DeleteTopicsRequest { names }).await }
+                        })
+                        .await?;
+                    for t in &r.topics {
+                        check(
+                            t.error_code,
+                            &t.error_message,
+                            &format!("deleting {}", t.name),
+                        )?;
+                        println!("deleted topic {}", t.name);
+                    }
+                }
+                TopicCmd::AlterConfig { name, set, delete } => {
+                    let mut configs = Vec::new();
+                    for s in &set {
+                        let (k, v) = parse_kv(s)?;
+                        configs.push(AlterableConfig {
+                            name: k,
+                            operation: ConfigOperation::Set as i32,
+                            value: Some(v),
+                        });
+                    }
+                    for d in &delete {
+                        configs.push(AlterableConfig {
+                            name: d.clone(),
+                            operation: ConfigOperation::Delete as i32,
+                            value: None,
+                        });
+                    }
+                    if configs.is_empty() {
+                        bail!("nothing to change: give --set name=value or --delete name");
+                    }
+                    let resource = AlterConfigsResource {
+                        topic: name.clone(),
+                        configs,
+                    };
+                    let r = client
+                        .admin(patience, |mut c| {
+                            let resource = resource.clone();
+                            async move {
+                                c.incremental_alter_configs(IncrementalAlterConfigsRequest {
+                                    resources: vec![resource],
+                                    validate_only: false,
+                                })
+                                .await
+                            }
+                        })
+                        .await?;
+                    check(
+                        r.results[0].error_code,
+                        &r.results[0].error_message,
+                        &format!("altering {name}"),
+                    )?;
+                    println!("updated configs of {name}");
+                }
+            }
+        }
+        Command::Cluster(ClusterCmd::Describe) => {
+            let client = admin()?;
+            let c = client
+                .admin(patience, |mut c| async move {
+                    c.describe_cluster(DescribeClusterRequest {}).await
+                })
+                .await?;
+            let q = client
+                .admin(patience, |mut c| async move {
+                    c.describe_quorum(DescribeQuorumRequest {}).await
+                })
+                .await?;
+            println!("Cluster id: {}", c.cluster_id);
+            println!(
+                "Active controller: {} (term {}, commit index {})",
+                c.controller_id, q.leader_epoch, q.commit_index
+            );
+            println!("Controllers:");
+            for ctl in &c.controllers {
+                let e = ctl.endpoint.clone().unwrap_or_default();
+                let lag = q
+                    .voters
+                    .iter()
+                    .find(|v| v.node_id == ctl.node_id)
+                    .map(|v| v.lag.to_string())
+                    .unwrap_or_else(|| "?".into());
+                println!(
+                    "\t{}\t{}:{}\tlag {}{}",
+                    ctl.node_id,
+                    e.host,
+                    e.port,
+                    lag,
+                    if ctl.node_id == c.controller_id {
+                        "\t(leader)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            println!("Brokers:");
+            for b in &c.brokers {
+                let e = b.endpoints.first().cloned().unwrap_or_default();
+                println!(
+                    "\t{}\t{}:{}\t{}\tepoch {}",
+                    b.node_id,
+                    e.host,
+                    e.port,
+                    if b.fenced { "fenced" } else { "active" },
+                    b.broker_epoch
+                );
+            }
+        }
+        Command::Produce(args) => produce(&servers, args).await?,
+        Command::Consume(args) => consume(&servers, args).await?,
+        Command::Perf(cmd) => perf::run(&servers, cmd).await?,
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_acks(s: &str) -> Result<i32> {
+    Ok(match s {
+        "all" | "-1" => -1,
+        "0" => 0,
+        "1" => 1,
+        _ => bail!("--acks must be 0, 1 or all"),
+    })
+}
+
+pub(crate) fn parse_compression(s: &str) -> Result<Compression> {
+    s.parse::<Compression>().map_err(anyhow::Error::msg)
+}
+
+async fn produce(servers: &[String], args: ProduceArgs) -> Result<()> {
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: servers.to_vec(),
+        acks: parse_acks(&args.acks)?,
+        compression: parse_compression(&args.compression)?,
+        ..Default::default()
+    })?;
+    let stdin = std::io::stdin();
+    let mut pending = Vec::new();
+    let mut count = 0usize;
+    for line in stdin.lock().lines() {
+        let line = line.context("reading stdin")?;
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::from(k.to_owned())), Bytes::from(v.to_owned())),
+                None => bail!("line {} has no key separator {sep:?}: {line:?}", count + 1),
+            },
+            None => (None, Bytes::from(line)),
+        };
+        pending.push(
+            producer
+                .send(ProducerRecord::new(args.topic.clone(), key, value))
+                .await?,
+        );
+        count += 1;
+        if pending.len() >= 10_000 {
+            for f in pending.drain(..) {
+                f.await?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?;
+    }
+    producer.close().await;
+    eprintln!("produced {count} records to {}", args.topic);
+    Ok(())
+}
+
+async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: servers.to_vec(),
+        auto_offset_reset: if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        },
+        ..Default::default()
+    })?;
+    let tps = match args.partition {
+        Some(p) => vec![(args.topic.clone(), p)],
+        None => consumer.partitions_of(&args.topic).await?,
+    };
+    consumer.assign(tps.clone());
+    if let Some(offset) = args.offset {
+        for tp in &tps {
+            consumer.seek(tp, offset);
+        }
+    } else if args.from_beginning {
+        consumer.seek_to_beginning(&tps).await?;
+    }
+    let mut seen = 0usize;
+    let mut idle_since = std::time::Instant::now();
+    let stdout = std::io::stdout();
+    loop {
+        let records = consumer.poll(Duration::from_millis(500)).await?;
+        if records.is_empty() {
+            if args
+                .timeout_ms
+                .is_some_and(|t| idle_since.elapsed() >= Duration::from_millis(t))
+            {
+                break;
+            }
+            continue;
+        }
+        idle_since = std::time::Instant::now();
+        let mut out = stdout.lock();
+        for r in records {
+            if args.print_timestamp {
+                write!(
+                    out,
+                    "{}\t{}-{}@{}\t",
+                    r.timestamp, r.topic, r.partition, r.offset
+                )?;
+            }
+            if args.print_key {
+                let k = r
+                    .key
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_else(|| "null".into());
+                write!(out, "{k}\t")?;
+            }
+            let v = r
+                .value
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_else(|| "null".into());
+            writeln!(out, "{v}")?;
+            seen += 1;
+            if args.max_messages.is_some_and(|m| seen >= m) {
+                out.flush()?;
+                return Ok(());
+            }
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
