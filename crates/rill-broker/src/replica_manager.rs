@@ -318,7 +318,11 @@ impl ReplicaManager {
                 .write()
                 .map_err(|_| ApiError::new(ErrorCode::KafkaStorageError, "poisoned log lock"))?;
             let info = log.append_as_leader(&mut buf, epoch).map_err(api)?;
-            log.write_out().map_err(api)?;
+            if self.config.flush_policy == FlushPolicy::Interval {
+                // Acknowledged without fsync: at least in the page cache (survives a crash of
+                // this process). Under `commit` the fsync in `make_durable` writes it out.
+                log.write_out().map_err(api)?;
+            }
             info
         };
         if self.config.flush_policy == FlushPolicy::Interval {

@@ -97,14 +97,27 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
                 .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
                 .collect::<Vec<u8>>()
                 .into();
-            let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-                1,
-                600_000_000,
-                3,
-            )?));
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let pb = bar(num_records, quiet);
-            let (done_tx, mut done_rx) =
-                tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+            // Deliveries complete in send order per partition; check the oldest ones after each
+            // send (no task per record), then wait for the rest.
+            let mut outstanding: std::collections::VecDeque<(
+                Instant,
+                rill_producer::DeliveryFuture,
+            )> = std::collections::VecDeque::new();
+            let mut failures = 0u64;
+            let mut first_error: Option<String> = None;
+            let mut settle =
+                |sent: Instant,
+                 r: Result<rill_producer::RecordMetadata, rill_producer::ProducerError>,
+                 hist: &mut Histogram<u64>| {
+                    let _ = hist.record((sent.elapsed().as_micros() as u64).max(1));
+                    pb.inc(1);
+                    if let Err(e) = r {
+                        failures += 1;
+                        first_error.get_or_insert(e.to_string());
+                    }
+                };
             let start = Instant::now();
             for i in 0..num_records {
                 if throughput > 0 {
@@ -119,34 +132,22 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
                         payload.clone(),
                     ))
                     .await?;
-                let hist = Arc::clone(&hist);
-                let done = done_tx.clone();
-                let pb = pb.clone();
-                tokio::spawn(async move {
-                    let r = delivery.await;
-                    let micros = sent.elapsed().as_micros() as u64;
-                    if let Ok(mut h) = hist.lock() {
-                        let _ = h.record(micros.max(1));
-                    }
-                    pb.inc(1);
-                    let _ = done.send(r.map(|_| ()).map_err(|e| e.to_string()));
-                });
-            }
-            drop(done_tx);
-            let mut failures = 0u64;
-            let mut first_error = None;
-            while let Some(r) = done_rx.recv().await {
-                if let Err(e) = r {
-                    failures += 1;
-                    first_error.get_or_insert(e);
+                outstanding.push_back((sent, delivery));
+                while let Some((t, d)) = outstanding.front_mut() {
+                    let Some(r) = d.try_result() else { break };
+                    let t = *t;
+                    outstanding.pop_front();
+                    settle(t, r, &mut hist);
                 }
             }
+            for (t, d) in outstanding {
+                let r = d.await;
+                settle(t, r, &mut hist);
+            }
+            drop(settle);
             let elapsed = start.elapsed().as_secs_f64();
             pb.finish_and_clear();
-            let h = hist
-                .lock()
-                .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-                .clone();
+            let h = hist;
             let ok = num_records - failures;
             println!(
                 "{ok} records sent, {:.1} records/sec ({:.2} MB/sec), latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms{}",

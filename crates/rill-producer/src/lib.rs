@@ -183,6 +183,17 @@ struct Inner {
 /// A future completing when the record is acknowledged (or fails).
 pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata, ProducerError>>);
 
+impl DeliveryFuture {
+    /// The outcome if it is already known, without waiting.
+    pub fn try_result(&mut self) -> Option<Result<RecordMetadata, ProducerError>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(ProducerError::Closed)),
+        }
+    }
+}
+
 impl std::future::Future for DeliveryFuture {
     type Output = Result<RecordMetadata, ProducerError>;
     fn poll(

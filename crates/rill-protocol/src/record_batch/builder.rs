@@ -50,7 +50,7 @@ impl RecordBatchBuilder {
             max_timestamp: -1,
             last_offset_delta: -1,
             count: 0,
-            records: Vec::new(),
+            records: vec![0; RECORD_BATCH_OVERHEAD],
         }
     }
 
@@ -195,7 +195,7 @@ impl RecordBatchBuilder {
 
     /// Size of the batch if built uncompressed; an upper estimate for compressed batches.
     pub fn estimated_size(&self) -> usize {
-        RECORD_BATCH_OVERHEAD + self.records.len()
+        self.records.len()
     }
 
     /// Encoded size a record would add, for callers that keep batches under a size limit.
@@ -220,9 +220,19 @@ impl RecordBatchBuilder {
 
     /// Compresses the records, writes the header and CRC, and returns the batch bytes.
     pub fn build(self) -> Result<Bytes, BatchError> {
-        let mut out = Vec::with_capacity(RECORD_BATCH_OVERHEAD + self.records.len());
-        out.resize(RECORD_BATCH_OVERHEAD, 0);
-        compress(self.compression, &self.records, &mut out)?;
+        // `records` starts with room for the header: uncompressed batches are built in place.
+        let mut out = if self.compression == Compression::None {
+            self.records
+        } else {
+            let mut out = Vec::with_capacity(self.records.len() / 2 + RECORD_BATCH_OVERHEAD);
+            out.resize(RECORD_BATCH_OVERHEAD, 0);
+            compress(
+                self.compression,
+                &self.records[RECORD_BATCH_OVERHEAD..],
+                &mut out,
+            )?;
+            out
+        };
         let batch_length = i32::try_from(out.len() - super::LOG_OVERHEAD).map_err(|_| {
             BatchError::LengthOutOfRange {
                 length: (out.len() - super::LOG_OVERHEAD) as i64,
