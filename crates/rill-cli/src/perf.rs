@@ -144,7 +144,6 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
                 let r = d.await;
                 settle(t, r, &mut hist);
             }
-            drop(settle);
             let elapsed = start.elapsed().as_secs_f64();
             pb.finish_and_clear();
             let h = hist;
