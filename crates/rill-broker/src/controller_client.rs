@@ -2,15 +2,16 @@
 //! fails over when a controller is unreachable.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rill_protocol::proto::controller_client::ControllerClient as GrpcClient;
 use rill_protocol::{ApiError, ErrorCode};
+
 use tonic::transport::Channel;
 
 /// A client of the controller quorum.
 pub struct ControllerClient {
-    voters: Vec<(u64, Channel)>,
+    voters: Vec<(i64, Channel)>,
     current: Mutex<usize>,
 }
 
@@ -28,7 +29,7 @@ impl ControllerClient {
                 })?
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(Duration::from_secs(15));
-            chans.push((*id, ep.connect_lazy()));
+            chans.push((*id as i64, ep.connect_lazy()));
         }
         Ok(ControllerClient {
             voters: chans,
@@ -51,48 +52,17 @@ impl ControllerClient {
     }
 
     /// Calls the active controller, retrying on NOT_CONTROLLER and connection failures for up
-    /// to `patience`.
-    pub async fn call<T, F, Fut>(&self, patience: Duration, mut f: F) -> Result<T, ApiError>
+    /// to `patience`; remembers which controller answered.
+    pub async fn call<T, F, Fut>(&self, patience: Duration, f: F) -> Result<T, ApiError>
     where
         F: FnMut(GrpcClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let deadline = Instant::now() + patience;
-        let mut i = self.current();
-        loop {
-            match f(self.client(i)).await {
-                Ok(r) => {
-                    self.set_current(i);
-                    return Ok(r.into_inner());
-                }
-                Err(status) => {
-                    let e = ApiError::from(status);
-                    let retriable = matches!(
-                        e.code,
-                        ErrorCode::NotController
-                            | ErrorCode::BrokerNotAvailable
-                            | ErrorCode::RequestTimedOut
-                            | ErrorCode::ThrottlingQuotaExceeded
-                    );
-                    if !retriable || Instant::now() >= deadline {
-                        return Err(e);
-                    }
-                    let hinted = e
-                        .leader_hint
-                        .as_deref()
-                        .and_then(|h| h.split_once('@'))
-                        .and_then(|(id, _)| id.parse::<u64>().ok())
-                        .and_then(|id| self.voters.iter().position(|(v, _)| *v == id));
-                    match hinted {
-                        Some(h) if h != i => i = h,
-                        _ => {
-                            i = (i + 1) % self.voters.len();
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            }
-        }
+        let (r, i) =
+            rill_protocol::client::call_controller(&self.voters, self.current(), patience, f)
+                .await?;
+        self.set_current(i);
+        Ok(r)
     }
 
     /// Any controller that answers (for the metadata stream, which every controller serves).

@@ -246,65 +246,84 @@ impl ClusterClient {
 
     /// Calls the active controller (found through broker metadata), following NOT_CONTROLLER
     /// hints, for up to `patience`.
-    pub async fn admin<T, F, Fut>(&self, patience: Duration, mut f: F) -> Result<T, ApiError>
+    pub async fn admin<T, F, Fut>(&self, patience: Duration, f: F) -> Result<T, ApiError>
     where
         F: FnMut(ControllerClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let controllers = {
-            let known = self
-                .cache
+        let known = self
+            .cache
+            .read()
+            .map(|c| c.controllers.clone())
+            .unwrap_or_default();
+        let controllers = if known.is_empty() {
+            self.refresh(&[]).await?;
+            self.cache
                 .read()
                 .map(|c| c.controllers.clone())
-                .unwrap_or_default();
-            if known.is_empty() {
-                self.refresh(&[])
-                    .await?
-                    .controllers
-                    .iter()
-                    .filter_map(|d| {
-                        d.endpoint
-                            .as_ref()
-                            .map(|e| (d.node_id, format!("{}:{}", e.host, e.port)))
-                    })
-                    .collect()
-            } else {
-                known
-            }
+                .unwrap_or_default()
+        } else {
+            known
         };
         if controllers.is_empty() {
             return Err(unavailable("the brokers report no controllers".into()));
         }
-        let deadline = Instant::now() + patience;
-        let mut i = 0;
-        loop {
-            let client = ControllerClient::new(self.channel(&controllers[i].1)?)
-                .max_decoding_message_size(usize::MAX);
-            match f(client).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(status) => {
-                    let e = ApiError::from(status);
-                    let retriable = matches!(
-                        e.code,
-                        ErrorCode::NotController
-                            | ErrorCode::BrokerNotAvailable
-                            | ErrorCode::RequestTimedOut
-                    );
-                    if !retriable || Instant::now() >= deadline {
-                        return Err(e);
-                    }
-                    let hinted = e
-                        .leader_hint
-                        .as_deref()
-                        .and_then(|h| h.split_once('@'))
-                        .and_then(|(id, _)| id.parse::<i32>().ok())
-                        .and_then(|id| controllers.iter().position(|(c, _)| *c == id));
-                    match hinted {
-                        Some(h) if h != i => i = h,
-                        _ => {
-                            i = (i + 1) % controllers.len();
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+        let channels = controllers
+            .iter()
+            .map(|(id, addr)| Ok((i64::from(*id), self.channel(addr)?)))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        call_controller(&channels, 0, patience, f)
+            .await
+            .map(|(r, _)| r)
+    }
+}
+
+/// Calls the active controller among `controllers` (`(node id, channel)`), starting with
+/// `start`: follows NOT_CONTROLLER leader hints, moves on from unreachable controllers, and
+/// retries for up to `patience`. Returns the answer and the index of the controller that gave it.
+pub async fn call_controller<T, F, Fut>(
+    controllers: &[(i64, Channel)],
+    start: usize,
+    patience: Duration,
+    mut f: F,
+) -> Result<(T, usize), ApiError>
+where
+    F: FnMut(ControllerClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    if controllers.is_empty() {
+        return Err(unavailable("no controllers configured".into()));
+    }
+    let deadline = Instant::now() + patience;
+    let mut i = start % controllers.len();
+    loop {
+        let client =
+            ControllerClient::new(controllers[i].1.clone()).max_decoding_message_size(usize::MAX);
+        match f(client).await {
+            Ok(r) => return Ok((r.into_inner(), i)),
+            Err(status) => {
+                let e = ApiError::from(status);
+                let retriable = matches!(
+                    e.code,
+                    ErrorCode::NotController
+                        | ErrorCode::BrokerNotAvailable
+                        | ErrorCode::RequestTimedOut
+                        | ErrorCode::ThrottlingQuotaExceeded
+                );
+                if !retriable || Instant::now() >= deadline {
+                    return Err(e);
+                }
+                let hinted = e
+                    .leader_hint
+                    .as_deref()
+                    .and_then(|h| h.split_once('@'))
+                    .and_then(|(id, _)| id.parse::<i64>().ok())
+                    .and_then(|id| controllers.iter().position(|(c, _)| *c == id));
+                match hinted {
+                    Some(h) if h != i => i = h,
+                    _ => {
+                        i = (i + 1) % controllers.len();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             }
