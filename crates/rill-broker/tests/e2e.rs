@@ -371,6 +371,41 @@ async fn a_broker_killed_with_sigkill_keeps_every_acknowledged_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cluster = Cluster::start(1, 1, &[&format!("metrics.address={addr}")]).await;
+    cluster.create_topic("m", 2, 1, &[]).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    producer
+        .send(ProducerRecord::new("m", Some("k"), "v"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    producer.close().await;
+    let (status, body) = http_get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "rill_broker_requests_total{rpc=\"Produce\"}",
+        "rill_broker_request_duration_seconds_bucket",
+        "rill_broker_request_queue_depth",
+        "rill_broker_bytes_in_total",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from /metrics");
+    }
+    assert!(
+        !body.contains("rill_broker_bytes_in_total 0\n"),
+        "bytes in were counted"
+    );
+    assert_eq!(http_get(&addr, "/health").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_is_a_controlled_shutdown_and_exits_zero() {
     let mut cluster = Cluster::start(1, 1, &[]).await;
     cluster.create_topic("x", 1, 1, &[]).await;

@@ -31,6 +31,15 @@ pub struct ControllerConfig {
     pub cluster: ClusterSection,
     /// `queued.*`.
     pub queued: Queued,
+    /// `metrics.*`.
+    pub metrics: MetricsSection,
+}
+
+/// `metrics.address`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct MetricsSection {
+    /// host:port of the Prometheus `/metrics` and `/health` endpoint; empty turns it off.
+    pub address: String,
 }
 
 /// `node.id`.
@@ -212,6 +221,7 @@ impl Default for ControllerConfig {
             queued: Queued {
                 max: QueuedMax { requests: 500 },
             },
+            metrics: MetricsSection::default(),
         }
     }
 }
@@ -296,6 +306,15 @@ impl ControllerConfig {
             return Err(ConfigError::Invalid {
                 name: "default.replication.factor",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if !self.metrics.address.is_empty() && self.metrics.address.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                name: "metrics.address",
+                reason: format!(
+                    "{:?} is not host:port with a numeric IP",
+                    self.metrics.address
+                ),
             });
         }
         if self.queued.max.requests == 0 {

@@ -10,6 +10,7 @@
 pub mod commands;
 pub mod config;
 mod logger;
+pub mod metrics;
 pub mod quorum_controller;
 pub mod raft_log;
 pub mod server;

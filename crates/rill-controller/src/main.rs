@@ -27,6 +27,9 @@ struct Args {
     /// `metadata.log.dir`.
     #[arg(long)]
     metadata_log_dir: Option<PathBuf>,
+    /// `metrics.address` (host:port of /metrics and /health).
+    #[arg(long)]
+    metrics_address: Option<String>,
     /// Any property, as name=value (repeatable), e.g. --override broker.session.timeout.ms=6000.
     #[arg(long = "override", value_name = "NAME=VALUE")]
     overrides: Vec<String>,
@@ -55,6 +58,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = &args.voters {
         overrides.insert("controller.quorum.voters".into(), v.clone());
+    }
+    if let Some(v) = &args.metrics_address {
+        overrides.insert("metrics.address".into(), v.clone());
     }
     if let Some(v) = &args.metadata_log_dir {
         overrides.insert("metadata.log.dir".into(), v.display().to_string());

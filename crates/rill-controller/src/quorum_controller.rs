@@ -140,6 +140,7 @@ pub struct QuorumController {
     applied: u64,
     snapshot_bytes: u64,
     request_timeout: Duration,
+    metrics: Arc<crate::metrics::ControllerMetrics>,
 }
 
 impl QuorumController {
@@ -147,6 +148,7 @@ impl QuorumController {
     pub fn new(
         config: ControllerConfig,
         transport: Transport,
+        metrics: Arc<crate::metrics::ControllerMetrics>,
     ) -> Result<Self, crate::ControllerError> {
         let voters = config.voters()?;
         let ids: Vec<u64> = voters.iter().map(|v| v.id).collect();
@@ -196,6 +198,7 @@ impl QuorumController {
             updates,
             transport,
             applied,
+            metrics,
         })
     }
 
@@ -440,6 +443,15 @@ impl QuorumController {
         if self.latest.is_some() {
             self.fence_expired_brokers(now);
         }
+        let m = &self.metrics;
+        let raft = &self.node.raft;
+        m.term.set(raft.term as i64);
+        m.leader_id.set(raft.leader_id as i64);
+        m.is_leader.set(i64::from(self.latest.is_some()));
+        m.commit_index.set(raft.raft_log.committed as i64);
+        m.applied_index.set(self.applied as i64);
+        m.pending_writes.set(self.pending.len() as i64);
+        m.observe_image(&self.committed);
     }
 
     /// Fences unfenced brokers whose session expired and moves their leaderships.

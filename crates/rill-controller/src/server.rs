@@ -45,7 +45,25 @@ pub async fn run(
         handle.clone(),
         shutdown.clone(),
     );
-    let controller = QuorumController::new(config.clone(), transport)?;
+    let metrics = crate::metrics::ControllerMetrics::new();
+    if !config.metrics.address.is_empty() {
+        let addr: std::net::SocketAddr =
+            config
+                .metrics
+                .address
+                .parse()
+                .map_err(|_| ControllerError::Listener {
+                    address: config.metrics.address.clone(),
+                    reason: "not host:port".into(),
+                })?;
+        let (m, stop) = (Arc::clone(&metrics), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m, stop).await {
+                tracing::error!(address = %addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let controller = QuorumController::new(config.clone(), transport, metrics)?;
     let thread = std::thread::Builder::new()
         .name("quorum-controller".into())
         .spawn(move || controller.run(rx))

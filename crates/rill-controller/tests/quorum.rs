@@ -221,3 +221,32 @@ async fn a_voter_kept_down_gets_a_snapshot_and_converges() {
         .unwrap();
     assert_eq!(quorum.voters.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_are_served() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let q = Quorum::start(1, &[&format!("metrics.address={addr}")]);
+    q.leader(Duration::from_secs(10)).await;
+    let _b = FakeBroker::start(&q, 1).await;
+    create(&q, 0, vec![topic("m", 3, 1)]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(&addr, "/metrics").await;
+        assert_eq!(status, 200);
+        if body.contains("rill_controller_partitions 3") {
+            assert!(body.contains("rill_controller_is_leader 1"), "{body}");
+            assert!(
+                body.contains("rill_controller_brokers_unfenced 1"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the topic: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(http_get(&addr, "/health").await.0, 200);
+}
