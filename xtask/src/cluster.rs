@@ -1,7 +1,7 @@
 //! `cargo xtask cluster up|status|down`: a local rill cluster of real processes on 127.0.0.1.
 //!
-//! Ports: controller i listens on 9093 + 100·i, broker i on 9092 + 100·i (metrics on
-//! 9094 + 100·i). Everything lives under `.rill/` in the repository: data directories, one log
+//! Ports: controller i listens on 9093 + 100·i (metrics 9095 + 100·i), broker i on
+//! 9092 + 100·i (metrics 9094 + 100·i). Everything lives under `.rill/` in the repository: data directories, one log
 //! file per process, and `pids` (what `down` stops, and nothing else).
 
 use std::path::{Path, PathBuf};
@@ -95,6 +95,10 @@ fn up(controllers: usize, brokers: usize, demo: bool) -> Result<()> {
                 .args(["--voters", &voters])
                 .arg("--metadata-log-dir")
                 .arg(dir.join(&name))
+                .args([
+                    "--metrics-address",
+                    &format!("127.0.0.1:{}", 9095 + 100 * i),
+                ])
                 .stdout(Stdio::null())
                 .stderr(log),
         )?;

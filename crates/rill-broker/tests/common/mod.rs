@@ -17,7 +17,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn sibling(name: &str) -> PathBuf {
+pub fn sibling(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_rill-broker")).with_file_name(name);
     assert!(
         p.exists(),
