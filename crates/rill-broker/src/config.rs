@@ -127,6 +127,16 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "default message.timestamp.type",
     ),
     (
+        "log.message.timestamp.before.max.ms",
+        "9223372036854775807",
+        "default message.timestamp.before.max.ms",
+    ),
+    (
+        "log.message.timestamp.after.max.ms",
+        "3600000",
+        "default message.timestamp.after.max.ms",
+    ),
+    (
         "log.flush.interval.messages",
         "9223372036854775807",
         "default flush.messages",
@@ -153,6 +163,14 @@ const TOPIC_DEFAULTS: &[(&str, &str)] = &[
     ("log.index.interval.bytes", "index.interval.bytes"),
     ("log.index.size.max.bytes", "segment.index.bytes"),
     ("log.message.timestamp.type", "message.timestamp.type"),
+    (
+        "log.message.timestamp.before.max.ms",
+        "message.timestamp.before.max.ms",
+    ),
+    (
+        "log.message.timestamp.after.max.ms",
+        "message.timestamp.after.max.ms",
+    ),
     ("log.flush.interval.messages", "flush.messages"),
     ("log.flush.interval.ms", "flush.ms"),
     ("message.max.bytes", "max.message.bytes"),

@@ -68,6 +68,12 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `message.timestamp.type`: keep producer timestamps or stamp the append time.
     pub message_timestamp_type: TimestampType,
+    /// `message.timestamp.before.max.ms`: CreateTime records may be at most this much older
+    /// than the broker's clock.
+    pub message_timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: CreateTime records may be at most this much ahead of
+    /// the broker's clock.
+    pub message_timestamp_after_max_ms: i64,
     /// `flush.messages`: under `log.flush.policy=interval`, fsync after this many records.
     pub flush_messages: i64,
     /// `flush.ms`: under `log.flush.policy=interval`, fsync after this much time.
@@ -88,6 +94,8 @@ impl Default for LogConfig {
             min_cleanable_dirty_ratio: 0.5,
             max_message_bytes: 1_048_588,
             message_timestamp_type: TimestampType::CreateTime,
+            message_timestamp_before_max_ms: i64::MAX,
+            message_timestamp_after_max_ms: 3_600_000,
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
         }
@@ -108,6 +116,8 @@ impl LogConfig {
         "min.cleanable.dirty.ratio",
         "max.message.bytes",
         "message.timestamp.type",
+        "message.timestamp.before.max.ms",
+        "message.timestamp.after.max.ms",
         "flush.messages",
         "flush.ms",
     ];
@@ -156,6 +166,12 @@ impl LogConfig {
                     _ => return Err(invalid(name, v, "must be CreateTime or LogAppendTime")),
                 }
             }
+            "message.timestamp.before.max.ms" => {
+                self.message_timestamp_before_max_ms = int(name, v, 0, i64::MAX)?
+            }
+            "message.timestamp.after.max.ms" => {
+                self.message_timestamp_after_max_ms = int(name, v, 0, i64::MAX)?
+            }
             "flush.messages" => self.flush_messages = int(name, v, 1, i64::MAX)?,
             "flush.ms" => self.flush_ms = int(name, v, 0, i64::MAX)?,
             _ => {
@@ -186,6 +202,8 @@ impl LogConfig {
                 TimestampType::CreateTime => "CreateTime".into(),
                 TimestampType::LogAppendTime => "LogAppendTime".into(),
             },
+            "message.timestamp.before.max.ms" => self.message_timestamp_before_max_ms.to_string(),
+            "message.timestamp.after.max.ms" => self.message_timestamp_after_max_ms.to_string(),
             "flush.messages" => self.flush_messages.to_string(),
             "flush.ms" => self.flush_ms.to_string(),
             _ => return None,

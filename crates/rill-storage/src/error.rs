@@ -35,6 +35,22 @@ pub enum LogError {
         /// Position of the batch in the appended buffer.
         index: usize,
     },
+    /// A CreateTime record's timestamp is too far from the broker's clock.
+    #[error(
+        "batch {index} has a record timestamp {timestamp} more than {limit_ms} ms {direction} the broker's clock ({now}); fix the producer's clock or raise message.timestamp.{direction}.max.ms"
+    )]
+    InvalidTimestamp {
+        /// Position of the batch in the appended buffer.
+        index: usize,
+        /// The offending timestamp.
+        timestamp: i64,
+        /// The broker's time.
+        now: i64,
+        /// "before" or "after".
+        direction: &'static str,
+        /// The configured bound.
+        limit_ms: i64,
+    },
     /// An append brought nothing to append.
     #[error("the request holds no record batch")]
     EmptyAppend,
@@ -94,6 +110,7 @@ impl LogError {
             LogError::InvalidBatch { source, .. } => source.error_code(),
             LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             LogError::KeylessRecordInCompactedLog { .. } => ErrorCode::InvalidRecord,
+            LogError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
             LogError::EmptyAppend => ErrorCode::InvalidRequest,
             LogError::NonMonotonicOffset { .. } => ErrorCode::CorruptMessage,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

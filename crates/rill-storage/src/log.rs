@@ -173,6 +173,16 @@ impl Log {
             if self.config.cleanup_policy.compact && summary.has_null_key {
                 return Err(LogError::KeylessRecordInCompactedLog { index });
             }
+            if batch.header().timestamp_type() == TimestampType::CreateTime
+                && self.config.message_timestamp_type == TimestampType::CreateTime
+                && summary.record_count > 0
+            {
+                self.check_timestamps(
+                    index,
+                    summary.min_record_timestamp,
+                    summary.max_record_timestamp,
+                )?;
+            }
             record_count += i64::from(summary.record_count);
             infos.push(BatchInfo::of(batch.header()));
         }
@@ -264,6 +274,34 @@ impl Log {
             batch_count: infos.len(),
             size_bytes: pos,
         })
+    }
+
+    /// `message.timestamp.before.max.ms` / `after.max.ms` against the log's clock.
+    fn check_timestamps(&self, index: usize, min: i64, max: i64) -> Result<()> {
+        let now = self.clock.now_ms();
+        let (before, after) = (
+            self.config.message_timestamp_before_max_ms,
+            self.config.message_timestamp_after_max_ms,
+        );
+        if now.saturating_sub(min) > before {
+            return Err(LogError::InvalidTimestamp {
+                index,
+                timestamp: min,
+                now,
+                direction: "before",
+                limit_ms: before,
+            });
+        }
+        if max.saturating_sub(now) > after {
+            return Err(LogError::InvalidTimestamp {
+                index,
+                timestamp: max,
+                now,
+                direction: "after",
+                limit_ms: after,
+            });
+        }
+        Ok(())
     }
 
     fn append_batches(

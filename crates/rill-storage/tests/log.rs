@@ -318,3 +318,47 @@ fn group_commit_makes_appends_durable_with_shared_fsyncs() {
     let syncs = log.group_commit().sync_count();
     assert!((1..=200).contains(&syncs), "{syncs} fsyncs for 200 appends");
 }
+
+#[test]
+fn timestamps_far_from_the_clock_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(10_000_000);
+    let mut config = LogConfig::default();
+    config
+        .set("message.timestamp.before.max.ms", "60000")
+        .unwrap();
+    config
+        .set("message.timestamp.after.max.ms", "1000")
+        .unwrap();
+    let mut log = open(dir.path(), config, &clock);
+    let err = log
+        .append_as_leader(&mut numbered(0, 1, 10, 10_000_000 - 60_001), 0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::InvalidTimestamp {
+                direction: "before",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.error_code(), rill_protocol::ErrorCode::InvalidTimestamp);
+    let err = log
+        .append_as_leader(&mut numbered(0, 1, 10, 10_001_001), 0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::InvalidTimestamp {
+                direction: "after",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    log.append_as_leader(&mut numbered(0, 1, 10, 10_000_500), 0)
+        .unwrap();
+    assert_eq!(log.log_end_offset(), 1, "only the valid batch was written");
+}

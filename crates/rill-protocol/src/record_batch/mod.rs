@@ -327,6 +327,8 @@ pub struct BatchSummary {
     pub record_count: i32,
     /// Largest record timestamp seen (i64::MIN for an empty batch).
     pub max_record_timestamp: i64,
+    /// Smallest record timestamp seen (i64::MAX for an empty batch).
+    pub min_record_timestamp: i64,
     /// True when some record has a null key (not allowed in compacted topics).
     pub has_null_key: bool,
     /// Size of the records section after decompression.
@@ -425,6 +427,11 @@ impl<'a> RecordBatch<'a> {
                         } else {
                             h.base_timestamp.wrapping_add(scan.max_timestamp_delta)
                         },
+                        min_record_timestamp: if scan.count == 0 {
+                            i64::MAX
+                        } else {
+                            h.base_timestamp.wrapping_add(scan.min_timestamp_delta)
+                        },
                         has_null_key: scan.has_null_key,
                         uncompressed_bytes: records.data().len(),
                     },
@@ -435,6 +442,7 @@ impl<'a> RecordBatch<'a> {
             };
         if h.timestamp_type() == TimestampType::LogAppendTime {
             summary.max_record_timestamp = h.max_timestamp;
+            summary.min_record_timestamp = h.max_timestamp;
         }
         if opts.producer_batch && last_delta != h.last_offset_delta {
             return Err(BatchError::LastOffsetDeltaMismatch {

@@ -223,6 +223,7 @@ pub(super) struct Scan {
     pub count: i32,
     pub last_delta: i32,
     pub max_timestamp_delta: i64,
+    pub min_timestamp_delta: i64,
     pub has_null_key: bool,
 }
 
@@ -237,6 +238,7 @@ pub(super) fn scan(data: &[u8], record_count: i32, contiguous: bool) -> Option<S
         count: 0,
         last_delta: -1,
         max_timestamp_delta: i64::MIN,
+        min_timestamp_delta: i64::MAX,
         has_null_key: false,
     };
     while pos < data.len() {
@@ -274,6 +276,7 @@ pub(super) fn scan(data: &[u8], record_count: i32, contiguous: bool) -> Option<S
             return None;
         }
         out.max_timestamp_delta = out.max_timestamp_delta.max(ts);
+        out.min_timestamp_delta = out.min_timestamp_delta.min(ts);
         out.last_delta = delta;
         out.count += 1;
     }
