@@ -194,7 +194,12 @@ fn fetch_req(topic: &str, partition: i32, offset: i64) -> FetchRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_reported_per_partition_and_the_rest_is_served() {
-    let cluster = Cluster::start(1, 2, &["message.max.bytes=2048"]).await;
+    let cluster = Cluster::start(
+        1,
+        2,
+        &["message.max.bytes=2048", "socket.request.max.bytes=65536"],
+    )
+    .await;
     cluster.create_topic("t", 2, 1, &[]).await;
     let client = cluster.client();
     let parts = client.partitions("t").await.unwrap();
@@ -306,6 +311,23 @@ async fn every_error_is_reported_per_partition_and_the_rest_is_served() {
         ErrorCode::try_from(f.topics[0].partitions[0].error_code).unwrap(),
         ErrorCode::OffsetOutOfRange
     );
+    // A request larger than socket.request.max.bytes is refused as a whole, with the limit named.
+    let huge = PartitionProduceData {
+        index: 0,
+        records: Bytes::from(vec![0u8; 100_000]),
+    };
+    let status = b
+        .produce(ProduceRequest {
+            acks: 1,
+            timeout_ms: 5000,
+            topics: vec![TopicProduceData {
+                name: "t".into(),
+                partitions: vec![huge],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("65536"), "{status}");
     // Bad acks.
     let r = b
         .produce(ProduceRequest {
