@@ -71,7 +71,9 @@ fn main() {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(BrokerServer::new(Echo).max_decoding_message_size(64 << 20))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         let mut b = RecordBatchBuilder::new(Compression::None);
         for i in 0..15 {

@@ -130,7 +130,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
                 .max_encoding_message_size(usize::MAX),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Accepted sockets need TCP_NODELAY set here: the builder's tcp_nodelay only applies
+            // to listeners tonic binds itself (Nagle + delayed ACKs cost 40 ms per response).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             server_stop.clone().cancelled_owned(),
         );
     let server = tokio::spawn(server);

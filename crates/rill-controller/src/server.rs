@@ -95,7 +95,8 @@ pub async fn run(
     if let Some(bound) = bound {
         let _ = bound.send(local);
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on accepted sockets (the builder setting only covers listeners tonic binds).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)

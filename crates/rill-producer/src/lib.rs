@@ -520,15 +520,25 @@ async fn sender_loop(inner: Arc<Inner>) {
                         Arc::new(Semaphore::new(inner.config.max_in_flight.max(1)))
                     }))
                 };
-            let Ok(slot) = slots.acquire_owned().await else {
-                continue;
-            };
-            let inner = Arc::clone(&inner);
-            tokio::spawn(async move {
-                send_to(&inner, leader, shipments).await;
-                drop(slot);
-                inner.wake.notify_one();
-            });
+            // Spread the leader's partitions over up to max.in.flight requests so the broker's
+            // I/O threads append them in parallel (each partition still has one request in
+            // flight, which keeps its order).
+            let requests = inner.config.max_in_flight.max(1).min(shipments.len());
+            let mut chunks: Vec<Vec<Shipment>> = (0..requests).map(|_| Vec::new()).collect();
+            for (i, s) in shipments.into_iter().enumerate() {
+                chunks[i % requests].push(s);
+            }
+            for chunk in chunks {
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    continue;
+                };
+                let inner = Arc::clone(&inner);
+                tokio::spawn(async move {
+                    send_to(&inner, leader, chunk).await;
+                    drop(slot);
+                    inner.wake.notify_one();
+                });
+            }
         }
     }
 }
