@@ -179,8 +179,6 @@ impl QuorumController {
         )
         .map_err(|e| crate::ControllerError::Raft(e.to_string()))?;
         let (updates, _) = broadcast::channel(1024);
-        let recent_start = committed.next_offset;
-        let _ = recent_start;
         Ok(QuorumController {
             request_timeout: Duration::from_millis(q.request.timeout.ms),
             snapshot_bytes: config.metadata.log.max.record.bytes.between.snapshots,

@@ -98,6 +98,11 @@ impl RaftLog {
         log.hard_state.commit = log.snapshot.get_metadata().index;
         log.hard_state.term = log.snapshot.get_metadata().term;
         log.replay()?;
+        // A crash between writing a snapshot and rewriting the WAL leaves an older hard state in
+        // the WAL: never let it point below what the snapshot already covers.
+        let snap = log.snapshot.get_metadata();
+        log.hard_state.commit = log.hard_state.commit.max(snap.index);
+        log.hard_state.term = log.hard_state.term.max(snap.term);
         if log.conf_state.voters.is_empty() {
             let cs = ConfState {
                 voters: voters.to_vec(),
@@ -525,5 +530,29 @@ mod tests {
         assert_eq!(&log.snapshot(0, 2).unwrap().data[..], b"image");
         assert_eq!(log.term(90).unwrap(), 1);
         assert!(std::fs::metadata(dir.path().join(WAL)).unwrap().len() < 100 * 30);
+    }
+
+    #[test]
+    fn a_crash_between_snapshot_and_wal_rewrite_keeps_the_commit_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RaftLog::open(dir.path(), &[1]).unwrap();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
+        log.append(&entries).unwrap();
+        log.set_commit(4).unwrap();
+        log.sync().unwrap();
+        let old_wal = std::fs::read(dir.path().join(WAL)).unwrap();
+        log.set_commit(10).unwrap();
+        log.compact_to_snapshot(8, b"image".to_vec()).unwrap();
+        drop(log);
+        // The new snapshot survived, the WAL rewrite did not.
+        std::fs::write(dir.path().join(WAL), old_wal).unwrap();
+        let log = RaftLog::open(dir.path(), &[1]).unwrap();
+        assert_eq!(log.first_index().unwrap(), 9);
+        assert_eq!(log.last_index().unwrap(), 10);
+        assert!(
+            log.hard_state().commit >= 8,
+            "commit {} fell below the snapshot",
+            log.hard_state().commit
+        );
     }
 }
