@@ -55,6 +55,11 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "largest record batch accepted (topic default for max.message.bytes)",
     ),
     (
+        "fetch.max.bytes",
+        "57671680",
+        "most record bytes one fetch response may hold",
+    ),
+    (
         "socket.request.max.bytes",
         "104857600",
         "largest request accepted",
@@ -218,6 +223,8 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     /// `socket.request.max.bytes`.
     pub socket_request_max_bytes: usize,
+    /// `fetch.max.bytes`.
+    pub fetch_max_bytes: usize,
     /// `log.flush.policy`.
     pub flush_policy: FlushPolicy,
     /// `log.retention.check.interval.ms`.
@@ -371,6 +378,7 @@ impl BrokerConfig {
             message_max_bytes: int("message.max.bytes", 64, i32::MAX as i64)? as usize,
             socket_request_max_bytes: int("socket.request.max.bytes", 1024, i32::MAX as i64)?
                 as usize,
+            fetch_max_bytes: int("fetch.max.bytes", 1024, i32::MAX as i64)? as usize,
             flush_policy,
             retention_check_interval_ms: int("log.retention.check.interval.ms", 1, i64::MAX)?
                 as u64,

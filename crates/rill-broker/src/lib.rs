@@ -117,6 +117,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         Arc::clone(&metrics),
         Duration::from_millis(config.request_timeout_ms),
         &config.controller_voters,
+        config.fetch_max_bytes,
     );
     let server_stop = CancellationToken::new();
     tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");

@@ -24,6 +24,7 @@ pub struct BrokerService {
     metrics: Arc<Metrics>,
     request_timeout: Duration,
     controllers: Vec<ControllerDescription>,
+    fetch_max_bytes: usize,
 }
 
 impl BrokerService {
@@ -34,6 +35,7 @@ impl BrokerService {
         metrics: Arc<Metrics>,
         request_timeout: Duration,
         voters: &[(u64, String)],
+        fetch_max_bytes: usize,
     ) -> Self {
         let controllers = voters
             .iter()
@@ -55,6 +57,7 @@ impl BrokerService {
             metrics,
             request_timeout,
             controllers,
+            fetch_max_bytes,
         }
     }
 }
@@ -133,9 +136,11 @@ impl Broker for BrokerService {
             hw_changes.borrow_and_update();
             let rm = Arc::clone(&self.rm);
             let r = req.clone();
-            let (response, bytes) = tokio::task::spawn_blocking(move || read_all(&rm, &r))
-                .await
-                .map_err(blocking_err)?;
+            let fetch_max_bytes = self.fetch_max_bytes;
+            let (response, bytes) =
+                tokio::task::spawn_blocking(move || read_all(&rm, &r, fetch_max_bytes))
+                    .await
+                    .map_err(blocking_err)?;
             let min_bytes = req.min_bytes.max(1) as usize;
             let has_error = response
                 .topics
@@ -257,12 +262,17 @@ impl Broker for BrokerService {
 }
 
 /// Reads every requested partition once; returns the response and the record bytes in it.
-fn read_all(rm: &ReplicaManager, req: &FetchRequest) -> (FetchResponse, usize) {
+fn read_all(
+    rm: &ReplicaManager,
+    req: &FetchRequest,
+    fetch_max_bytes: usize,
+) -> (FetchResponse, usize) {
     let mut total = 0usize;
+    // The broker's fetch.max.bytes caps what one fetch may hold, whatever the client asks.
     let max_total = if req.max_bytes <= 0 {
-        50 << 20
+        fetch_max_bytes
     } else {
-        req.max_bytes as usize
+        (req.max_bytes as usize).min(fetch_max_bytes)
     };
     let mut response = FetchResponse::default();
     for t in &req.topics {

@@ -393,6 +393,46 @@ async fn a_broker_killed_with_sigkill_keeps_every_acknowledged_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_max_bytes_caps_what_a_fetch_returns() {
+    let cluster = Cluster::start(1, 1, &["fetch.max.bytes=2048"]).await;
+    cluster.create_topic("capped", 1, 1, &[]).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        linger: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..50 {
+        producer
+            .send(ProducerRecord::new(
+                "capped",
+                None::<Bytes>,
+                vec![b'x'; 100 + i],
+            ))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let client = cluster.client();
+    let mut b = client
+        .broker(client.partitions("capped").await.unwrap()[0].leader)
+        .unwrap();
+    let r = b
+        .fetch(fetch_req("capped", 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let records = &r.topics[0].partitions[0].records;
+    assert!(
+        !records.is_empty() && records.len() <= 2048,
+        "{} bytes despite fetch.max.bytes=2048",
+        records.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints() {
     let addr = format!("127.0.0.1:{}", free_port());
     let cluster = Cluster::start(1, 1, &[&format!("metrics.address={addr}")]).await;
