@@ -74,6 +74,8 @@ fn ci() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The multi-process tests start the workspace's binaries (broker, controller, CLI).
+    run("cargo", &["build", "--workspace", "--bins"])?;
     // Doc tests are not run by nextest; run them first so the test summary closes the output.
     run("cargo", &["test", "--workspace", "--doc"])?;
     run(

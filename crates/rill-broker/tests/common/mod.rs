@@ -17,11 +17,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A workspace binary next to the test executable (`target/<profile>/<name>`).
 pub fn sibling(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_rill-broker")).with_file_name(name);
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is not built; build the workspace first (cargo build --workspace)",
+        "{} is not built; run `cargo build --workspace --bins` (cargo xtask ci does)",
         p.display()
     );
     p
@@ -124,7 +127,7 @@ impl Cluster {
             .append(true)
             .open(n.dir.join("stderr.log"))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill-broker"));
+        let mut cmd = Command::new(sibling("rill-broker"));
         cmd.args([
             "--node-id",
             &n.id.to_string(),

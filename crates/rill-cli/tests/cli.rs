@@ -1,6 +1,7 @@
 //! The `rill` command-line tool against a real cluster: topic admin, produce/consume, cluster
 //! description, and one-line errors with a non-zero exit.
 
+#[path = "../../rill-broker/tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::process::{Command, Stdio};
 use common::*;
 
 fn rill(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(sibling("rill"))
+    let out = Command::new(env!("CARGO_BIN_EXE_rill"))
         .args(["--bootstrap", &cluster.bootstrap().join(",")])
         .args(args)
         .output()
@@ -77,7 +78,7 @@ async fn the_cli_manages_topics_and_moves_data() {
     );
     assert!(!ok && err.contains("INVALID_CONFIG"), "{err}");
 
-    let mut produce = Command::new(sibling("rill"))
+    let mut produce = Command::new(env!("CARGO_BIN_EXE_rill"))
         .args([
             "--bootstrap",
             &cluster.bootstrap().join(","),
@@ -145,7 +146,7 @@ async fn the_cli_manages_topics_and_moves_data() {
 
 #[test]
 fn errors_without_a_cluster_are_one_line_and_non_zero() {
-    let out = Command::new(sibling("rill"))
+    let out = Command::new(env!("CARGO_BIN_EXE_rill"))
         .args([
             "--bootstrap",
             &format!("127.0.0.1:{}", free_port()),
