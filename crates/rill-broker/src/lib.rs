@@ -6,6 +6,8 @@
 //! metadata image that [`lifecycle`] follows from the controllers; [`background`] runs
 //! retention and compaction; [`metrics`] exposes Prometheus metrics.
 
+#![warn(missing_docs)]
+
 pub mod background;
 pub mod config;
 pub mod controller_client;

@@ -7,6 +7,8 @@
 //! refreshing metadata; positions advance by batch headers, so compacted batches with offset
 //! gaps (or no records at all) never stall a reader.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

@@ -7,6 +7,8 @@
 //! (`rill_protocol::metadata_image`). [`commands`] holds the
 //! rules of every operation.
 
+#![warn(missing_docs)]
+
 pub mod commands;
 pub mod config;
 mod logger;

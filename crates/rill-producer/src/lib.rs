@@ -12,6 +12,8 @@
 //! that one request, and from many partitions being in flight at once (up to
 //! `max.in.flight.requests.per.connection` requests per broker).
 
+#![warn(missing_docs)]
+
 pub mod partitioner;
 
 use std::collections::{HashMap, VecDeque};

@@ -6,6 +6,8 @@
 //! brokers both build from the metadata log) and `client`, the small client-side core
 //! (bootstrap, metadata cache, admin calls) shared by the producer, consumer and CLI.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod error;
 pub mod metadata_image;

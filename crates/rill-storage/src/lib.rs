@@ -7,6 +7,8 @@
 //! [`GroupCommit`] (shared fsyncs). Everything is synchronous: callers run it on threads meant
 //! for blocking I/O.
 
+#![warn(missing_docs)]
+
 mod checkpoint;
 mod clock;
 mod config;
