@@ -282,20 +282,25 @@ impl Producer {
                 max: inner.config.max_request_size,
             });
         }
-        let partitions = tokio::time::timeout(
-            inner.config.max_block,
-            inner
-                .client
-                .partitions_wait(&record.topic, inner.config.max_block),
-        )
-        .await
-        .map_err(|_| {
-            ProducerError::Timeout(format!(
-                "no metadata for topic {:?} within max.block.ms",
-                record.topic
-            ))
-        })??;
-        let n = partitions.len();
+        // Fast path: cached metadata needs no timer.
+        let partitions = match inner.client.cached_partition_count(&record.topic) {
+            Some(n) => n,
+            None => tokio::time::timeout(
+                inner.config.max_block,
+                inner
+                    .client
+                    .partitions_wait(&record.topic, inner.config.max_block),
+            )
+            .await
+            .map_err(|_| {
+                ProducerError::Timeout(format!(
+                    "no metadata for topic {:?} within max.block.ms",
+                    record.topic
+                ))
+            })??
+            .len(),
+        };
+        let n = partitions;
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p >= 0 && (p as usize) < n => p,
             (Some(p), _) => {
@@ -311,13 +316,19 @@ impl Producer {
             (None, Some(key)) => partitioner::partition_for_key(key, n),
             (None, None) => self.sticky_partition(&record.topic, n, None),
         };
-        let permit = tokio::time::timeout(
-            inner.config.max_block,
-            Arc::clone(&inner.memory).acquire_many_owned(size as u32),
-        )
-        .await
-        .map_err(|_| ProducerError::Timeout("buffer.memory stayed full for max.block.ms".into()))?
-        .map_err(|_| ProducerError::Closed)?;
+        // Fast path: memory is available now; only a full buffer waits (up to max.block.ms).
+        let permit = match Arc::clone(&inner.memory).try_acquire_many_owned(size as u32) {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout(
+                inner.config.max_block,
+                Arc::clone(&inner.memory).acquire_many_owned(size as u32),
+            )
+            .await
+            .map_err(|_| {
+                ProducerError::Timeout("buffer.memory stayed full for max.block.ms".into())
+            })?
+            .map_err(|_| ProducerError::Closed)?,
+        };
         permit.forget();
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let (tx, rx) = oneshot::channel();

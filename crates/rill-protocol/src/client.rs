@@ -206,6 +206,11 @@ impl ClusterClient {
         }
     }
 
+    /// The cached partition count of `topic`, without any I/O.
+    pub fn cached_partition_count(&self, topic: &str) -> Option<usize> {
+        self.cache.read().ok()?.topics.get(topic).map(Vec::len)
+    }
+
     /// Like [`partitions`](Self::partitions), but waits up to `patience` for a topic that does
     /// not exist yet (metadata reaches brokers a moment after a topic is created).
     pub async fn partitions_wait(
