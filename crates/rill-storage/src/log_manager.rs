@@ -228,12 +228,7 @@ impl LogManager {
     /// Returns the number of segments deleted.
     pub fn run_retention(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut deleted = 0;
-        for (tp, log) in self
-            .read_logs()
-            .iter()
-            .map(|(tp, (_, l))| (tp.clone(), Arc::clone(l)))
-            .collect::<Vec<_>>()
-        {
+        for (tp, log) in self.logs_by_partition() {
             let mut log = log.write().unwrap_or_else(|p| p.into_inner());
             deleted += log.delete_old_segments(upper_bound(&tp))?.len();
         }
@@ -243,12 +238,7 @@ impl LogManager {
     /// Cleans every compacted log whose dirty ratio calls for it. Returns the logs cleaned.
     pub fn run_cleaner(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut cleaned = 0;
-        for (tp, log) in self
-            .read_logs()
-            .iter()
-            .map(|(tp, (_, l))| (tp.clone(), Arc::clone(l)))
-            .collect::<Vec<_>>()
-        {
+        for (tp, log) in self.logs_by_partition() {
             let mut log = log.write().unwrap_or_else(|p| p.into_inner());
             if log.needs_cleaning() && log.clean(upper_bound(&tp), &self.cleaner)?.is_some() {
                 cleaned += 1;
@@ -276,6 +266,14 @@ impl LogManager {
     /// The configured log dirs.
     pub fn log_dirs(&self) -> &[PathBuf] {
         &self.log_dirs
+    }
+
+    /// A snapshot of the logs, so passes over them hold no lock on the map.
+    fn logs_by_partition(&self) -> Vec<(TopicPartition, SharedLog)> {
+        self.read_logs()
+            .iter()
+            .map(|(tp, (_, l))| (tp.clone(), Arc::clone(l)))
+            .collect()
     }
 
     fn all_logs(&self) -> Vec<SharedLog> {
