@@ -309,8 +309,36 @@ impl ReplicaManager {
 
     /// Appends a producer's batches (blocking). Under the interval policy the high watermark
     /// moves at once; under commit the caller must [`make_durable`](Self::make_durable).
-    pub fn append(&self, partition: &Partition, records: &[u8]) -> Result<LogAppendInfo, ApiError> {
-        let epoch = partition.state().leader_epoch;
+    pub fn append(
+        &self,
+        partition: &Partition,
+        records: &[u8],
+        acks: i32,
+    ) -> Result<LogAppendInfo, ApiError> {
+        let state = partition.state();
+        if acks == -1 {
+            // As Kafka: acks=all needs at least min.insync.replicas in the ISR, checked before
+            // anything is written.
+            let min_isr = self
+                .image()
+                .topics
+                .get(&partition.tp.topic)
+                .and_then(|t| t.configs.get("min.insync.replicas"))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(1);
+            if state.isr.len() < min_isr {
+                return Err(ApiError::new(
+                    ErrorCode::NotEnoughReplicas,
+                    format!(
+                        "{} has {} in-sync replica(s) {:?}, fewer than min.insync.replicas = {min_isr}; nothing was written",
+                        partition.tp,
+                        state.isr.len(),
+                        state.isr
+                    ),
+                ));
+            }
+        }
+        let epoch = state.leader_epoch;
         let mut buf = BytesMut::from(records);
         let info = {
             let mut log = partition

@@ -135,7 +135,7 @@ fn process(
                 rm.leader_partition(&tp)
             };
             match outcome.and_then(|p| {
-                rm.append(&p, &data.records)
+                rm.append(&p, &data.records, acks)
                     .map(|info| (p, info))
                     .map_err(|e| (e, None))
             }) {

@@ -393,6 +393,40 @@ async fn a_broker_killed_with_sigkill_keeps_every_acknowledged_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_needs_min_insync_replicas() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster
+        .create_topic("strict", 1, 1, &[("min.insync.replicas", "2")])
+        .await;
+    let send = |acks: i32| {
+        let bootstrap = cluster.bootstrap();
+        async move {
+            let producer = Producer::new(ProducerConfig {
+                bootstrap,
+                acks,
+                delivery_timeout: Duration::from_secs(2),
+                ..Default::default()
+            })
+            .unwrap();
+            let r = producer
+                .send(ProducerRecord::new("strict", Some("k"), "v"))
+                .await
+                .unwrap()
+                .await;
+            producer.close().await;
+            r
+        }
+    };
+    let err = send(-1).await.unwrap_err().to_string();
+    assert!(
+        err.contains("NOT_ENOUGH_REPLICAS") && err.contains("min.insync.replicas = 2"),
+        "{err}"
+    );
+    let ok = send(1).await.unwrap();
+    assert_eq!(ok.offset, 0, "the acks=all attempts wrote nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_max_bytes_caps_what_a_fetch_returns() {
     let cluster = Cluster::start(1, 1, &["fetch.max.bytes=2048"]).await;
     cluster.create_topic("capped", 1, 1, &[]).await;
