@@ -94,6 +94,11 @@ impl std::fmt::Display for Compression {
     }
 }
 
+thread_local! {
+    static ZSTD_CONTEXT: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// snappy-java's stream header: magic, then version 1 and compatible version 1 (big-endian).
 const XERIAL_HEADER: [u8; 16] = [
     0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1,
@@ -164,15 +169,19 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
         Compression::Gzip => read_bounded(codec, flate2::read::MultiGzDecoder::new(input), limit),
         Compression::Snappy => decompress_snappy(input, limit),
         Compression::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(input), limit),
-        Compression::Zstd => {
-            let dec = zstd::stream::read::Decoder::with_buffer(input).map_err(|e| {
-                BatchError::Decompression {
-                    codec,
-                    reason: e.to_string(),
-                }
-            })?;
-            read_bounded(codec, dec, limit)
-        }
+        Compression::Zstd => ZSTD_CONTEXT.with(|cell| {
+            // One decompression context per thread: creating one per batch dominated the cost
+            // of small zstd batches.
+            let mut slot = cell.borrow_mut();
+            let ctx = slot.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+            // A previous batch may have failed mid-frame: start clean.
+            let _ = ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+            read_bounded(
+                codec,
+                zstd::stream::read::Decoder::with_context(input, ctx),
+                limit,
+            )
+        }),
     }
 }
 
