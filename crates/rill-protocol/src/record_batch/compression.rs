@@ -297,6 +297,17 @@ mod tests {
     }
 
     #[test]
+    fn the_reused_zstd_context_recovers_from_a_broken_frame() {
+        let data = b"abcabcabc".repeat(1000);
+        let mut good = Vec::new();
+        compress(Compression::Zstd, &data, &mut good).unwrap();
+        let torn = &good[..good.len() / 2];
+        assert!(decompress(Compression::Zstd, torn, 1 << 20).is_err());
+        assert!(decompress(Compression::Zstd, &good, 100).is_err(), "limit hit mid-frame");
+        assert_eq!(decompress(Compression::Zstd, &good, 1 << 20).unwrap(), data);
+    }
+
+    #[test]
     fn raw_snappy_block_is_accepted() {
         let data = b"hello hello hello hello".repeat(10);
         let raw = snap::raw::Encoder::new().compress_vec(&data).unwrap();
