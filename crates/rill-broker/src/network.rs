@@ -394,10 +394,36 @@ fn list_offset(
                 }
             }
         }
+        -3 => {
+            // MAX_TIMESTAMP: the record with the largest timestamp (the first such, as Kafka).
+            let found = partition.log.read().map_err(|_| ()).and_then(|l| {
+                let max = l
+                    .segments()
+                    .iter()
+                    .map(|s| s.max_timestamp)
+                    .max()
+                    .unwrap_or(-1);
+                if max < 0 {
+                    return Ok(None);
+                }
+                l.offset_for_timestamp(max).map_err(|_| ())
+            });
+            match found {
+                Ok(Some((offset, timestamp))) if offset < hw => {
+                    r.offset = offset;
+                    r.timestamp = timestamp;
+                }
+                Ok(_) => {}
+                Err(()) => {
+                    r.error_code = ErrorCode::KafkaStorageError as i32;
+                    r.error_message = "time index lookup failed".into();
+                }
+            }
+        }
         other => {
             r.error_code = ErrorCode::InvalidRequest as i32;
             r.error_message = format!(
-                "timestamp {other} is not supported: use -2 (earliest), -1 (latest) or a time in ms"
+                "timestamp {other} is not supported: use -2 (earliest), -1 (latest), -3 (max timestamp) or a time in ms"
             );
         }
     }

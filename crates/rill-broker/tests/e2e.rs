@@ -427,6 +427,56 @@ async fn acks_all_needs_min_insync_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("times", 1, 1, &[]).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        linger: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap();
+    let now = rill_now();
+    for ts in [now - 3000, now - 1000, now - 2000, now - 500] {
+        let mut r = ProducerRecord::new("times", None::<Bytes>, "x");
+        r.timestamp = Some(ts);
+        producer.send(r).await.unwrap().await.unwrap();
+    }
+    producer.close().await;
+    let client = cluster.client();
+    let mut b = client
+        .broker(client.partitions("times").await.unwrap()[0].leader)
+        .unwrap();
+    let lookup = |ts: i64| {
+        let req = ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: "times".into(),
+                partitions: vec![ListOffsetsPartition {
+                    index: 0,
+                    current_leader_epoch: -1,
+                    timestamp: ts,
+                }],
+            }],
+        };
+        let mut b = b.clone();
+        async move { b.list_offsets(req).await.unwrap().into_inner().topics[0].partitions[0].clone() }
+    };
+    assert_eq!(lookup(-2).await.offset, 0);
+    assert_eq!(lookup(-1).await.offset, 4);
+    let max = lookup(-3).await;
+    assert_eq!((max.offset, max.timestamp), (3, now - 500));
+    let by_time = lookup(now - 1500).await;
+    assert_eq!((by_time.offset, by_time.timestamp), (1, now - 1000));
+    assert_eq!(lookup(now).await.offset, -1, "no record that new");
+    assert_eq!(
+        lookup(-7).await.error_code,
+        ErrorCode::InvalidRequest as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_max_bytes_caps_what_a_fetch_returns() {
     let cluster = Cluster::start(1, 1, &["fetch.max.bytes=2048"]).await;
     cluster.create_topic("capped", 1, 1, &[]).await;

@@ -303,7 +303,10 @@ mod tests {
         compress(Compression::Zstd, &data, &mut good).unwrap();
         let torn = &good[..good.len() / 2];
         assert!(decompress(Compression::Zstd, torn, 1 << 20).is_err());
-        assert!(decompress(Compression::Zstd, &good, 100).is_err(), "limit hit mid-frame");
+        assert!(
+            decompress(Compression::Zstd, &good, 100).is_err(),
+            "limit hit mid-frame"
+        );
         assert_eq!(decompress(Compression::Zstd, &good, 1 << 20).unwrap(), data);
     }
 
