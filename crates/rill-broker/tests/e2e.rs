@@ -445,7 +445,7 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
     }
     producer.close().await;
     let client = cluster.client();
-    let mut b = client
+    let b = client
         .broker(client.partitions("times").await.unwrap()[0].leader)
         .unwrap();
     let lookup = |ts: i64| {
