@@ -250,3 +250,58 @@ async fn metrics_and_health_are_served() {
     }
     assert_eq!(http_get(&addr, "/health").await.0, 200);
 }
+
+/// Writes keep coming while the leader is killed: every write that was acknowledged is in the
+/// image afterwards (acknowledged means committed by the quorum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_when_the_leader_dies_mid_stream() {
+    let mut q = Quorum::start(3, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    let addrs: Vec<String> = q.procs.iter().map(|p| p.addr.clone()).collect();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let started = Instant::now();
+        let mut i = 0;
+        while started.elapsed() < Duration::from_secs(6) {
+            let name = format!("during-{i}");
+            i += 1;
+            for addr in &addrs {
+                let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .timeout(Duration::from_secs(2))
+                    .connect_lazy();
+                let r = rill_protocol::proto::controller_client::ControllerClient::new(ch)
+                    .create_topics(CreateTopicsRequest {
+                        topics: vec![topic(&name, 1, 1)],
+                        validate_only: false,
+                    })
+                    .await;
+                if let Ok(r) = r
+                    && r.get_ref().topics[0].error_code == 0
+                {
+                    acked.push(name.clone());
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    q.kill(leader);
+    let acked = writer.await.unwrap();
+    assert!(
+        acked.len() > 10,
+        "the writer made progress ({} acked)",
+        acked.len()
+    );
+    let new_leader = q.leader(Duration::from_secs(10)).await;
+    let image = image_of(&q.image(new_leader).await);
+    for name in &acked {
+        assert!(
+            image.topics.contains_key(name),
+            "acknowledged topic {name} lost after failover"
+        );
+    }
+}
