@@ -24,6 +24,13 @@ enum Cmd {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// Soak run with faults (process kills) against real processes; checks no acknowledged
+    /// record is lost.
+    Soak {
+        /// Minutes to run.
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+    },
     /// Run the record batch fuzzer (needs nightly and cargo-fuzz; installs cargo-fuzz if absent).
     Fuzz {
         /// Seconds to fuzz for.
@@ -58,6 +65,7 @@ fn main() -> Result<()> {
         Cmd::Ci => ci(),
         Cmd::Cluster { action } => cluster::run(action),
         Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Soak { minutes } => soak(minutes),
     }
 }
 
@@ -82,6 +90,35 @@ fn ci() -> Result<()> {
         "cargo",
         &["nextest", "run", "--workspace", "--no-fail-fast"],
     )
+}
+
+fn soak(minutes: u64) -> Result<()> {
+    run("cargo", &["build", "--release", "--workspace", "--bins"])?;
+    let secs = (minutes * 60).to_string();
+    eprintln!(
+        "$ RILL_SOAK_SECS={secs} cargo test --release -p rill-broker --test soak -- --ignored --nocapture"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new("cargo")
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "rill-broker",
+            "--test",
+            "soak",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("RILL_SOAK_SECS", secs)
+        .current_dir(root)
+        .status()
+        .context("failed to start cargo")?;
+    if !status.success() {
+        bail!("the soak run failed: {status}");
+    }
+    Ok(())
 }
 
 fn fuzz(seconds: u64) -> Result<()> {

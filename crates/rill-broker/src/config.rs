@@ -253,33 +253,46 @@ impl BrokerConfig {
         file: Option<&std::path::Path>,
         overrides: &BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment = figment.merge(
-            Env::prefixed("RILL_")
-                .split("_")
-                .map(|k| k.as_str().to_ascii_lowercase().into()),
-        );
-        for (k, v) in overrides {
-            figment = figment.merge(Serialized::global(k.as_str(), v.as_str()));
-        }
-        let dict: Dict = figment.extract().map_err(Box::new)?;
         let mut props: BTreeMap<String, String> = KNOWN
             .iter()
             .map(|(k, v, _)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let mut given = BTreeMap::new();
-        flatten("", &Value::from(dict), &mut given);
-        for (k, v) in given {
-            if !props.contains_key(&k) {
-                if k == "bootstrap" {
-                    continue; // RILL_BOOTSTRAP belongs to the CLI.
+        // Layers in order; the file and flags are strict (an unknown name is a typo), the
+        // environment is lenient (RILL_* is shared with the CLI and tools).
+        let layers: [(Figment, bool); 3] = [
+            (
+                match file {
+                    Some(f) => Figment::from(Toml::file_exact(f)),
+                    None => Figment::new(),
+                },
+                true,
+            ),
+            (
+                Figment::from(
+                    Env::prefixed("RILL_")
+                        .split("_")
+                        .map(|k| k.as_str().to_ascii_lowercase().into()),
+                ),
+                false,
+            ),
+            (
+                overrides.iter().fold(Figment::new(), |f, (k, v)| {
+                    f.merge(Serialized::global(k.as_str(), v.as_str()))
+                }),
+                true,
+            ),
+        ];
+        for (layer, strict) in layers {
+            let dict: Dict = layer.extract().map_err(Box::new)?;
+            let mut given = BTreeMap::new();
+            flatten("", &Value::from(dict), &mut given);
+            for (k, v) in given {
+                match props.get_mut(&k) {
+                    Some(slot) => *slot = v,
+                    None if strict => return Err(ConfigError::Unknown(k)),
+                    None => {}
                 }
-                return Err(ConfigError::Unknown(k));
             }
-            props.insert(k, v);
         }
         Self::from_properties(props)
     }
@@ -480,6 +493,14 @@ mod tests {
         assert_eq!(c.topic_defaults.retention_ms, 1000);
         assert_eq!(c.flush_policy, FlushPolicy::Commit);
         assert_eq!(c.advertised, ("127.0.0.1".to_owned(), 9092));
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_not_errors() {
+        // SAFETY: the test sets a variable no other test reads.
+        unsafe { std::env::set_var("RILL_SOME_TOOL_SETTING", "1") };
+        assert!(BrokerConfig::load(None, &BTreeMap::new()).is_ok());
+        unsafe { std::env::remove_var("RILL_SOME_TOOL_SETTING") };
     }
 
     #[test]

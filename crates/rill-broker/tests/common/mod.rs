@@ -86,7 +86,7 @@ impl Cluster {
         c
     }
 
-    fn start_controller(&mut self, i: usize) {
+    pub fn start_controller(&mut self, i: usize) {
         let n = &mut self.controllers[i];
         std::fs::create_dir_all(&n.dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -147,6 +147,13 @@ impl Cluster {
         n.child = Some(cmd.spawn().unwrap());
     }
 
+    pub fn kill_controller(&mut self, i: usize) {
+        if let Some(mut c) = self.controllers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn kill_broker(&mut self, i: usize) {
         if let Some(mut c) = self.brokers[i].child.take() {
             let _ = c.kill();
@@ -202,7 +209,18 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "cluster not healthy within 30 s");
+            if Instant::now() >= deadline {
+                for n in self.brokers.iter().chain(&self.controllers) {
+                    let log = std::fs::read_to_string(n.dir.join("stderr.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    eprintln!(
+                        "--- {} ---\n{}",
+                        n.dir.display(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+                panic!("cluster not healthy within 30 s");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
