@@ -15,6 +15,7 @@ mod config;
 mod error;
 mod group_commit;
 mod index;
+mod leader_epoch_cache;
 mod log;
 mod log_cleaner;
 mod log_manager;
@@ -27,6 +28,7 @@ pub use config::{CleanupPolicy, LogConfig};
 pub use error::{LogError, Result};
 pub use group_commit::GroupCommit;
 pub use index::{OffsetIndex, TimeIndex};
+pub use leader_epoch_cache::{EpochEntry, LEADER_EPOCH_CHECKPOINT, LeaderEpochFileCache};
 pub use log::{Log, LogAppendInfo, LogOpenOptions};
 pub use log_cleaner::{CleanerConfig, CleanerStats};
 pub use log_manager::{

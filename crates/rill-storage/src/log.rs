@@ -28,6 +28,7 @@ use crate::clock::SharedClock;
 use crate::config::LogConfig;
 use crate::error::{IoContext, LogError, Result};
 use crate::group_commit::GroupCommit;
+use crate::leader_epoch_cache::{EpochEntry, LeaderEpochFileCache};
 use crate::log_segment::{
     BatchInfo, INDEX_SUFFIX, IndexSizing, LOG_SUFFIX, LogSegment, SegmentInfo, TIME_INDEX_SUFFIX,
     remove_if_exists, segment_file,
@@ -85,6 +86,8 @@ pub struct Log {
     last_flush_ms: i64,
     /// First offset the cleaner has not cleaned yet.
     pub(crate) cleaner_checkpoint: i64,
+    /// Which leader epoch started where.
+    epochs: LeaderEpochFileCache,
 }
 
 impl Log {
@@ -125,6 +128,7 @@ impl Log {
         let log_start_offset = *segments.keys().next().unwrap_or(&0);
         let log_end_offset = segments.values().next_back().map_or(0, |s| s.next_offset());
         let now = clock.now_ms();
+        let epochs = load_epochs(&dir, &segments, log_start_offset, log_end_offset)?;
         let mut log = Log {
             dir,
             config,
@@ -137,6 +141,7 @@ impl Log {
             unflushed_records: 0,
             last_flush_ms: now,
             cleaner_checkpoint: log_start_offset,
+            epochs,
         };
         // What recovery validated is now made durable, so the recovery point can move to the end.
         log.flush()?;
@@ -210,6 +215,7 @@ impl Log {
             pos += info.size;
         }
         self.append_batches(&records[..pos], &infos, max_timestamp)?;
+        self.epochs.assign(leader_epoch, infos[0].base_offset)?;
         Ok(LogAppendInfo {
             first_offset: infos[0].base_offset,
             last_offset: next - 1,
@@ -232,6 +238,7 @@ impl Log {
         let mut record_count = 0i64;
         let mut expected = self.log_end_offset;
         let mut pos = 0;
+        let mut epoch_starts = Vec::new();
         for (index, batch) in batches(records).enumerate() {
             let batch = batch.map_err(|source| LogError::InvalidBatch { index, source })?;
             batch
@@ -257,6 +264,7 @@ impl Log {
             record_count += i64::from(h.record_count);
             expected = h.next_offset();
             pos += batch.as_bytes().len();
+            epoch_starts.push((h.partition_leader_epoch, h.base_offset));
             infos.push(BatchInfo::of(h));
         }
         let (Some(first), Some(last)) = (infos.first(), infos.last()) else {
@@ -265,6 +273,9 @@ impl Log {
         let (first_offset, last_offset) = (first.base_offset, last.last_offset);
         let max_timestamp = infos.iter().map(|i| i.max_timestamp).max().unwrap_or(-1);
         self.append_batches(&records[..pos], &infos, max_timestamp)?;
+        for (epoch, start) in epoch_starts {
+            self.epochs.assign(epoch, start)?;
+        }
         Ok(LogAppendInfo {
             first_offset,
             last_offset,
@@ -448,6 +459,7 @@ impl Log {
         self.recovery_point = self.recovery_point.min(end);
         self.cleaner_checkpoint = self.cleaner_checkpoint.min(end);
         self.group_commit.truncated(end);
+        self.epochs.truncate_from_end(end)?;
         sync_dir(&self.dir)
     }
 
@@ -469,7 +481,7 @@ impl Log {
         self.cleaner_checkpoint = offset;
         self.group_commit.truncated(offset);
         self.group_commit.flushed(offset);
-        Ok(())
+        self.epochs.clear()
     }
 
     /// Moves buffered appends to the page cache (no fsync), so they survive a process crash.
@@ -561,6 +573,7 @@ impl Log {
                 .log_start_offset
                 .max(*self.segments.keys().next().unwrap_or(&self.log_end_offset));
             self.cleaner_checkpoint = self.cleaner_checkpoint.max(self.log_start_offset);
+            self.epochs.truncate_from_start(self.log_start_offset)?;
             sync_dir(&self.dir)?;
             tracing::info!(dir = %self.dir.display(), segments = deleted.len(), log_start_offset = self.log_start_offset, "deleted segments by retention");
         }
@@ -594,6 +607,22 @@ impl Log {
     /// Everything below this offset is known to be on disk and valid.
     pub fn recovery_point(&self) -> i64 {
         self.recovery_point
+    }
+
+    /// The newest leader epoch this log has data from.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// For a follower at `epoch`: the largest epoch ≤ `epoch` in this log and where it ended
+    /// (Kafka's OffsetsForLeaderEpoch), to find where two logs diverged.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset)
+    }
+
+    /// The epoch history, oldest first.
+    pub fn leader_epochs(&self) -> &[EpochEntry] {
+        self.epochs.entries()
     }
 
     /// The group-commit handle: wait for durability without holding the log.
@@ -639,6 +668,41 @@ impl Log {
             .next_back()
             .expect("a log always has an active segment")
     }
+}
+
+/// Loads the epoch checkpoint and makes it agree with the recovered log; rebuilds it from the
+/// batch headers when it is missing (with data present) or damaged.
+fn load_epochs(
+    dir: &Path,
+    segments: &BTreeMap<i64, LogSegment>,
+    start: i64,
+    end: i64,
+) -> Result<LeaderEpochFileCache> {
+    let cache = match LeaderEpochFileCache::open(dir) {
+        Ok(c) if !(c.entries().is_empty() && end > start) => Some(c),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "rebuilding the leader epoch checkpoint from the log");
+            None
+        }
+    };
+    let mut cache = match cache {
+        Some(c) => c,
+        None => {
+            let _ =
+                std::fs::remove_file(dir.join(crate::leader_epoch_cache::LEADER_EPOCH_CHECKPOINT));
+            let mut c = LeaderEpochFileCache::open(dir)?;
+            for segment in segments.values() {
+                for (_, h) in segment.batch_positions()? {
+                    c.assign(h.partition_leader_epoch, h.base_offset)?;
+                }
+            }
+            c
+        }
+    };
+    cache.truncate_from_end(end)?;
+    cache.truncate_from_start(start)?;
+    Ok(cache)
 }
 
 pub(crate) fn sizing(config: &LogConfig) -> IndexSizing {

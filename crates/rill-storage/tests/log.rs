@@ -362,3 +362,51 @@ fn timestamps_far_from_the_clock_are_rejected() {
         .unwrap();
     assert_eq!(log.log_end_offset(), 1, "only the valid batch was written");
 }
+
+#[test]
+fn leader_epochs_are_tracked_truncated_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    for (epoch, n) in [(0, 3), (0, 2), (2, 4), (5, 1)] {
+        log.append_as_leader(&mut numbered(0, n, 10, 0), epoch)
+            .unwrap();
+    }
+    // Offsets: epoch 0 → 0..5, epoch 2 → 5..9, epoch 5 → 9.
+    assert_eq!(log.latest_epoch(), Some(5));
+    assert_eq!(log.end_offset_for_epoch(0), Some((0, 5)));
+    assert_eq!(log.end_offset_for_epoch(1), Some((0, 5)));
+    assert_eq!(log.end_offset_for_epoch(3), Some((2, 9)));
+    assert_eq!(log.end_offset_for_epoch(7), Some((5, 10)));
+
+    // A follower copying these batches learns the same history from their headers.
+    let mut follower = open(&dir.path().join("follower"), LogConfig::default(), &clock);
+    follower
+        .append_as_follower(&log.read(0, 1 << 20, None, true).unwrap().unwrap())
+        .unwrap();
+    assert_eq!(follower.leader_epochs(), log.leader_epochs());
+
+    // Truncation forgets the epochs that started after the cut.
+    log.truncate_to(9).unwrap();
+    assert_eq!(log.latest_epoch(), Some(2));
+    assert_eq!(log.end_offset_for_epoch(9), Some((2, 9)));
+    // Cutting inside epoch 2's only batch removes that batch, and the epoch with it.
+    log.truncate_to(7).unwrap();
+    assert_eq!(log.log_end_offset(), 5);
+    assert_eq!(log.latest_epoch(), Some(0));
+    log.append_as_leader(&mut numbered(0, 1, 10, 0), 6).unwrap();
+    log.write_out().unwrap();
+    drop(log);
+
+    // Reopened (crash): the checkpoint agrees with the recovered log.
+    let log = reopen(dir.path(), LogConfig::default(), &clock, false, 0);
+    assert_eq!(log.latest_epoch(), Some(6));
+    assert_eq!(log.end_offset_for_epoch(2), Some((0, 5)));
+    assert_eq!(log.end_offset_for_epoch(6), Some((6, 6)));
+    drop(log);
+    // A lost checkpoint is rebuilt from the batch headers.
+    std::fs::remove_file(dir.path().join(rill_storage::LEADER_EPOCH_CHECKPOINT)).unwrap();
+    let log = reopen(dir.path(), LogConfig::default(), &clock, false, 0);
+    assert_eq!(log.end_offset_for_epoch(0), Some((0, 5)));
+    assert_eq!(log.latest_epoch(), Some(6));
+}
