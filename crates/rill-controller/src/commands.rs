@@ -160,17 +160,34 @@ fn rack_alternated(image: &MetadataImage) -> Vec<i32> {
     out
 }
 
+/// A topic to create, as asked.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicRequest<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replicas per partition.
+    pub replication_factor: i32,
+    /// Config overrides.
+    pub configs: &'a [(String, Option<String>)],
+}
+
 /// Records creating a topic, after validating it against `image` and names already taken by this
 /// request.
 pub fn create_topic(
     image: &MetadataImage,
     taken: &BTreeSet<String>,
-    name: &str,
-    num_partitions: i32,
-    replication_factor: i32,
-    configs: &[(String, Option<String>)],
+    request: &TopicRequest<'_>,
     start: usize,
+    max_partitions: i32,
 ) -> Result<(Vec<MetadataRecord>, String), ApiError> {
+    let TopicRequest {
+        name,
+        partitions: num_partitions,
+        replication_factor,
+        configs,
+    } = *request;
     validate_topic_name(name)?;
     if image.topics.contains_key(name) || taken.contains(name) {
         return Err(ApiError::new(
@@ -184,10 +201,12 @@ pub fn create_topic(
             format!("topic {name:?}: the partition count must be at least 1, got {num_partitions}"),
         ));
     }
-    if num_partitions > 100_000 {
+    if num_partitions > max_partitions {
         return Err(ApiError::new(
             ErrorCode::InvalidPartitions,
-            format!("topic {name:?}: {num_partitions} partitions is more than the 100000 allowed"),
+            format!(
+                "topic {name:?}: {num_partitions} partitions is more than max.partitions.per.topic = {max_partitions}"
+            ),
         ));
     }
     let live = image.live_brokers().len() as i32;
@@ -248,7 +267,16 @@ pub fn create_partitions(
     name: &str,
     count: i32,
     start: usize,
+    max_partitions: i32,
 ) -> Result<Vec<MetadataRecord>, ApiError> {
+    if count > max_partitions {
+        return Err(ApiError::new(
+            ErrorCode::InvalidPartitions,
+            format!(
+                "topic {name:?}: {count} partitions is more than max.partitions.per.topic = {max_partitions}"
+            ),
+        ));
+    }
     let topic = image.topics.get(name).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownTopicOrPartition,
@@ -445,9 +473,20 @@ mod tests {
         let image = image_with_brokers(2);
         let taken = BTreeSet::new();
         let err = |name: &str, p, rf, cfg: &[(String, Option<String>)]| {
-            create_topic(&image, &taken, name, p, rf, cfg, 0)
-                .unwrap_err()
-                .code
+            create_topic(
+                &image,
+                &taken,
+                &TopicRequest {
+                    name,
+                    partitions: p,
+                    replication_factor: rf,
+                    configs: cfg,
+                },
+                0,
+                100_000,
+            )
+            .unwrap_err()
+            .code
         };
         assert_eq!(err("t", 0, 1, &[]), ErrorCode::InvalidPartitions);
         assert_eq!(err("t", 1, 3, &[]), ErrorCode::InvalidReplicationFactor);
@@ -463,11 +502,14 @@ mod tests {
         let (records, _) = create_topic(
             &image,
             &taken,
-            "t",
-            4,
-            2,
-            &[("cleanup.policy".into(), Some("compact".into()))],
+            &TopicRequest {
+                name: "t",
+                partitions: 4,
+                replication_factor: 2,
+                configs: &[("cleanup.policy".into(), Some("compact".into()))],
+            },
             0,
+            100_000,
         )
         .unwrap();
         assert_eq!(records.len(), 1 + 4 + 1);
@@ -476,7 +518,19 @@ mod tests {
     #[test]
     fn fencing_moves_leadership_to_the_next_isr_member() {
         let mut image = image_with_brokers(3);
-        let (records, _) = create_topic(&image, &BTreeSet::new(), "t", 3, 3, &[], 0).unwrap();
+        let (records, _) = create_topic(
+            &image,
+            &BTreeSet::new(),
+            &TopicRequest {
+                name: "t",
+                partitions: 3,
+                replication_factor: 3,
+                configs: &[],
+            },
+            0,
+            100_000,
+        )
+        .unwrap();
         for mut r in records {
             image.append(&mut r);
         }

@@ -33,6 +33,29 @@ pub struct ControllerConfig {
     pub queued: Queued,
     /// `metrics.*`.
     pub metrics: MetricsSection,
+    /// `max.*`.
+    pub max: MaxLimits,
+}
+
+/// `max.partitions.per.topic`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MaxLimits {
+    /// `max.partitions.*`.
+    pub partitions: MaxPartitions,
+}
+
+/// `max.partitions.per.*`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MaxPartitions {
+    /// `max.partitions.per.topic`.
+    pub per: PerTopic,
+}
+
+/// `max.partitions.per.topic`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PerTopic {
+    /// Largest partition count a topic may have (CreateTopics, CreatePartitions).
+    pub topic: i32,
 }
 
 /// `metrics.address`.
@@ -222,6 +245,11 @@ impl Default for ControllerConfig {
                 max: QueuedMax { requests: 500 },
             },
             metrics: MetricsSection::default(),
+            max: MaxLimits {
+                partitions: MaxPartitions {
+                    per: PerTopic { topic: 100_000 },
+                },
+            },
         }
     }
 }
@@ -315,6 +343,12 @@ impl ControllerConfig {
                     "{:?} is not host:port with a numeric IP",
                     self.metrics.address
                 ),
+            });
+        }
+        if self.max.partitions.per.topic < 1 {
+            return Err(ConfigError::Invalid {
+                name: "max.partitions.per.topic",
+                reason: "must be at least 1".into(),
             });
         }
         if self.queued.max.requests == 0 {

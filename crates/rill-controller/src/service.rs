@@ -186,11 +186,14 @@ impl Controller for ControllerService {
                     match commands::create_topic(
                         ctx.latest,
                         &taken,
-                        &t.name,
-                        partitions,
-                        rf,
-                        &configs,
+                        &commands::TopicRequest {
+                            name: &t.name,
+                            partitions,
+                            replication_factor: rf,
+                            configs: &configs,
+                        },
                         start + i,
+                        ctx.config.max.partitions.per.topic,
                     ) {
                         Ok((recs, id)) => {
                             taken.insert(t.name.clone());
@@ -267,7 +270,13 @@ impl Controller for ControllerService {
                         ..Default::default()
                     };
                     let outcome = if seen.insert(t.name.clone()) {
-                        commands::create_partitions(ctx.latest, &t.name, t.count, start)
+                        commands::create_partitions(
+                            ctx.latest,
+                            &t.name,
+                            t.count,
+                            start,
+                            ctx.config.max.partitions.per.topic,
+                        )
                     } else {
                         Err(err(
                             ErrorCode::InvalidRequest,

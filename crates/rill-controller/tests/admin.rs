@@ -240,3 +240,37 @@ async fn topics_partitions_and_configs_round_trip() {
     assert_eq!(r.topics[0].error_code, 0);
     assert!(!image_of(&q.image(0).await).topics.contains_key("profiles"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_limit_is_configurable_and_enforced() {
+    let q = Quorum::start(1, &["max.partitions.per.topic=10"]);
+    q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    let r = create(&q, 0, vec![topic("big", 11, 1)]).await;
+    assert_eq!(r.topics[0].error_code, ErrorCode::InvalidPartitions as i32);
+    assert!(
+        r.topics[0]
+            .error_message
+            .contains("max.partitions.per.topic = 10"),
+        "{}",
+        r.topics[0].error_message
+    );
+    assert_eq!(
+        create(&q, 0, vec![topic("ok", 10, 1)]).await.topics[0].error_code,
+        0
+    );
+    let r = q
+        .call(0, |mut c| async move {
+            c.create_partitions(CreatePartitionsRequest {
+                topics: vec![CreatePartitionsTopic {
+                    name: "ok".into(),
+                    count: 12,
+                }],
+                validate_only: false,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, ErrorCode::InvalidPartitions as i32);
+}
