@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 pub struct ControllerClient {
     voters: Vec<(i64, Channel)>,
     current: Mutex<usize>,
+    answered: std::sync::atomic::AtomicBool,
 }
 
 impl ControllerClient {
@@ -34,6 +35,7 @@ impl ControllerClient {
         Ok(ControllerClient {
             voters: chans,
             current: Mutex::new(0),
+            answered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -62,7 +64,19 @@ impl ControllerClient {
             rill_protocol::client::call_controller(&self.voters, self.current(), patience, f)
                 .await?;
         self.set_current(i);
+        self.answered
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(r)
+    }
+
+    /// Node id of the controller that last answered a call (the active one), -1 before any.
+    pub fn active_controller_id(&self) -> i32 {
+        match self.current.lock() {
+            Ok(c) if self.answered.load(std::sync::atomic::Ordering::Acquire) => {
+                self.voters[*c].0 as i32
+            }
+            _ => -1,
+        }
     }
 
     /// Any controller that answers (for the metadata stream, which every controller serves).

@@ -120,7 +120,8 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         Duration::from_millis(config.request_timeout_ms),
         &config.controller_voters,
         config.fetch_max_bytes,
-    );
+    )
+    .with_lifecycle(Arc::clone(&lifecycle));
     let server_stop = CancellationToken::new();
     tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");
     let server = tonic::transport::Server::builder()

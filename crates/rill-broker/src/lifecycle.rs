@@ -88,6 +88,11 @@ impl Lifecycle {
         }
     }
 
+    /// The active controller as last seen by this broker, -1 when unknown.
+    pub fn active_controller_id(&self) -> i32 {
+        self.cc.active_controller_id()
+    }
+
     /// Registers, then runs the metadata stream and heartbeats until `stop`; then performs a
     /// controlled shutdown.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {

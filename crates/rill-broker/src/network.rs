@@ -25,6 +25,7 @@ pub struct BrokerService {
     request_timeout: Duration,
     controllers: Vec<ControllerDescription>,
     fetch_max_bytes: usize,
+    lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 impl BrokerService {
@@ -58,7 +59,14 @@ impl BrokerService {
             request_timeout,
             controllers,
             fetch_max_bytes,
+            lifecycle: None,
         }
+    }
+
+    /// Lets Metadata answers name the active controller.
+    pub fn with_lifecycle(mut self, lifecycle: Arc<crate::lifecycle::Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
     }
 }
 
@@ -251,7 +259,10 @@ impl Broker for BrokerService {
                     broker_epoch: b.epoch,
                 })
                 .collect(),
-            controller_id: -1,
+            controller_id: self
+                .lifecycle
+                .as_ref()
+                .map_or(-1, |l| l.active_controller_id()),
             topics,
             controllers: self.controllers.clone(),
         };

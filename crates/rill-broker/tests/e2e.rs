@@ -549,6 +549,9 @@ async fn metrics_and_health_endpoints() {
         "bytes in were counted"
     );
     assert_eq!(http_get(&addr, "/health").await.0, 200);
+    let md = cluster.client().refresh(&[]).await.unwrap();
+    assert_eq!(md.controller_id, 1, "Metadata names the active controller");
+    assert_eq!(md.controllers.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
