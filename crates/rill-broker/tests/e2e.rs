@@ -784,3 +784,85 @@ async fn sigkill_during_a_produce_stream_loses_no_acknowledged_record() {
         );
     }
 }
+
+/// With a one-slot request queue, one I/O thread and a 1 ms queue wait, a burst of produce
+/// requests meets a full queue: those callers get RESOURCE_EXHAUSTED right away instead of the
+/// broker buffering without bound, and the accepted ones are all stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_request_queue_pushes_back() {
+    let cluster = Cluster::start(
+        1,
+        1,
+        &[
+            "queued.max.requests=1",
+            "num.io.threads=1",
+            "request.timeout.ms=1",
+        ],
+    )
+    .await;
+    cluster.create_topic("burst", 1, 1, &[]).await;
+    let client = cluster.client();
+    let leader = client.partitions("burst").await.unwrap()[0].leader;
+    let mut b = RecordBatchBuilder::new(Compression::None);
+    for i in 0..64 {
+        b.append(rill_now(), None, Some(&[i as u8; 1000]), &[]);
+    }
+    let batch = b.build().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut c = client.broker(leader).unwrap();
+        let records = batch.clone();
+        tasks.push(tokio::spawn(async move {
+            c.produce(ProduceRequest {
+                acks: 1,
+                timeout_ms: 1,
+                topics: vec![TopicProduceData {
+                    name: "burst".into(),
+                    partitions: vec![PartitionProduceData { index: 0, records }],
+                }],
+            })
+            .await
+        }));
+    }
+    let (mut accepted, mut pushed_back) = (0i64, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r.get_ref().topics[0].partitions[0].error_code, 0);
+                accepted += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+                assert!(status.message().contains("queued.max.requests"), "{status}");
+                pushed_back += 1;
+            }
+        }
+    }
+    assert!(
+        pushed_back > 0,
+        "no request met a full queue ({accepted} accepted)"
+    );
+    assert!(accepted > 0);
+    let r = client
+        .broker(leader)
+        .unwrap()
+        .list_offsets(ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: "burst".into(),
+                partitions: vec![ListOffsetsPartition {
+                    index: 0,
+                    current_leader_epoch: -1,
+                    timestamp: -1,
+                }],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.topics[0].partitions[0].offset,
+        accepted * 64,
+        "exactly the accepted requests were stored"
+    );
+}
