@@ -82,6 +82,12 @@ fn ci() -> Result<()> {
             "warnings",
         ],
     )?;
+    // Documentation builds without broken links or stray HTML.
+    run_with_env(
+        "cargo",
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     // The multi-process tests start the workspace's binaries (broker, controller, CLI).
     run("cargo", &["build", "--workspace", "--bins"])?;
     // Doc tests are not run by nextest; run them first so the test summary closes the output.
@@ -136,6 +142,28 @@ fn fuzz(seconds: u64) -> Result<()> {
         "cargo",
         &["+nightly", "fuzz", "run", "record_batch", "--", &secs],
     )
+}
+
+fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    eprintln!(
+        "$ {} {program} {}",
+        env.iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        args.join(" ")
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("failed to start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
 }
 
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {

@@ -128,7 +128,7 @@ struct ConsumeArgs {
     /// Stop when nothing arrives for this long (ms); runs until interrupted when omitted.
     #[arg(long)]
     timeout_ms: Option<u64>,
-    /// Print keys (key<TAB>value).
+    /// Print keys (key, a tab, then the value).
     #[arg(long)]
     print_key: bool,
     /// Print timestamps and partition/offset.
