@@ -272,6 +272,14 @@ impl Broker for BrokerService {
     }
 }
 
+/// The `current_leader` field from a known (leader id, leader epoch).
+pub(crate) fn leader_hint(current: Option<(i32, i32)>) -> Option<LeaderIdAndEpoch> {
+    current.map(|(leader_id, leader_epoch)| LeaderIdAndEpoch {
+        leader_id,
+        leader_epoch,
+    })
+}
+
 /// Reads every requested partition once; returns the response and the record bytes in it.
 fn read_all(
     rm: &ReplicaManager,
@@ -303,10 +311,7 @@ fn read_all(
                 Err((e, current)) => {
                     pr.error_code = e.code as i32;
                     pr.error_message = e.message;
-                    pr.current_leader = current.map(|(leader_id, leader_epoch)| LeaderIdAndEpoch {
-                        leader_id,
-                        leader_epoch,
-                    });
+                    pr.current_leader = leader_hint(current);
                 }
                 Ok(partition) => {
                     let state = partition.state();
@@ -384,58 +389,49 @@ fn list_offset(
     };
     let (start, hw) = rm.offsets(&partition);
     r.leader_epoch = partition.state().leader_epoch;
-    match p.timestamp {
-        -2 => r.offset = start,
-        -1 => r.offset = hw,
-        ts if ts >= 0 => {
-            let found = partition
-                .log
-                .read()
-                .map_err(|_| ())
-                .and_then(|l| l.offset_for_timestamp(ts).map_err(|_| ()));
-            match found {
-                Ok(Some((offset, timestamp))) if offset < hw => {
-                    r.offset = offset;
-                    r.timestamp = timestamp;
-                }
-                Ok(_) => {}
-                Err(()) => {
-                    r.error_code = ErrorCode::KafkaStorageError as i32;
-                    r.error_message = "time index lookup failed".into();
-                }
-            }
+    // The timestamp to look up: a time, or -3 for the largest timestamp in the log.
+    let lookup = match p.timestamp {
+        -2 => {
+            r.offset = start;
+            return r;
         }
-        -3 => {
-            // MAX_TIMESTAMP: the record with the largest timestamp (the first such, as Kafka).
-            let found = partition.log.read().map_err(|_| ()).and_then(|l| {
-                let max = l
-                    .segments()
-                    .iter()
-                    .map(|s| s.max_timestamp)
-                    .max()
-                    .unwrap_or(-1);
-                if max < 0 {
-                    return Ok(None);
-                }
-                l.offset_for_timestamp(max).map_err(|_| ())
-            });
-            match found {
-                Ok(Some((offset, timestamp))) if offset < hw => {
-                    r.offset = offset;
-                    r.timestamp = timestamp;
-                }
-                Ok(_) => {}
-                Err(()) => {
-                    r.error_code = ErrorCode::KafkaStorageError as i32;
-                    r.error_message = "time index lookup failed".into();
-                }
-            }
+        -1 => {
+            r.offset = hw;
+            return r;
         }
+        ts if ts >= 0 => Some(ts),
+        -3 => None,
         other => {
             r.error_code = ErrorCode::InvalidRequest as i32;
             r.error_message = format!(
                 "timestamp {other} is not supported: use -2 (earliest), -1 (latest), -3 (max timestamp) or a time in ms"
             );
+            return r;
+        }
+    };
+    let found = partition.log.read().map_err(|_| ()).and_then(|l| {
+        // MAX_TIMESTAMP: the record with the largest timestamp (the first such, as Kafka).
+        let ts = lookup.unwrap_or_else(|| {
+            l.segments()
+                .iter()
+                .map(|s| s.max_timestamp)
+                .max()
+                .unwrap_or(-1)
+        });
+        if ts < 0 {
+            return Ok(None);
+        }
+        l.offset_for_timestamp(ts).map_err(|_| ())
+    });
+    match found {
+        Ok(Some((offset, timestamp))) if offset < hw => {
+            r.offset = offset;
+            r.timestamp = timestamp;
+        }
+        Ok(_) => {}
+        Err(()) => {
+            r.error_code = ErrorCode::KafkaStorageError as i32;
+            r.error_message = "time index lookup failed".into();
         }
     }
     r

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rill_protocol::proto::{
-    LeaderIdAndEpoch, PartitionProduceResponse, ProduceRequest, ProduceResponse,
-    TopicProduceResponse,
+    PartitionProduceResponse, ProduceRequest, ProduceResponse, TopicProduceResponse,
 };
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::TopicPartition;
@@ -151,10 +150,7 @@ fn process(
                 Err((e, current)) => {
                     pr.error_code = e.code as i32;
                     pr.error_message = e.message;
-                    pr.current_leader = current.map(|(leader_id, leader_epoch)| LeaderIdAndEpoch {
-                        leader_id,
-                        leader_epoch,
-                    });
+                    pr.current_leader = crate::network::leader_hint(current);
                 }
             }
             tr.partitions.push(pr);
