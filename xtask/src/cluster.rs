@@ -1,8 +1,9 @@
 //! `cargo xtask cluster up|status|down`: a local rill cluster of real processes on 127.0.0.1.
 //!
 //! Ports: controller i listens on 9093 + 100·i (metrics 9095 + 100·i), broker i on
-//! 9092 + 100·i (metrics 9094 + 100·i). Everything lives under `.rill/` in the repository: data directories, one log
-//! file per process, and `pids` (what `down` stops, and nothing else).
+//! 9092 + 100·i (metrics 9094 + 100·i). Everything lives under `.rill/` in the repository: data
+//! directories, one log file per process (`.rill/logs/<name>.log`, both its stdout and its
+//! stderr), and `pids` (what `down` stops, and nothing else).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,8 +84,9 @@ fn up(controllers: usize, brokers: usize, demo: bool) -> Result<()> {
     let mut started = Vec::new();
     for i in 0..controllers {
         let name = format!("controller-{}", i + 1);
-        let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log")))?;
-        let child = detached(
+        let log = dir.join("logs").join(format!("{name}.log"));
+        let child = detached(logging_to(
+            &log,
             Command::new(bin("rill-controller"))
                 .args([
                     "--node-id",
@@ -98,16 +100,15 @@ fn up(controllers: usize, brokers: usize, demo: bool) -> Result<()> {
                 .args([
                     "--metrics-address",
                     &format!("127.0.0.1:{}", 9095 + 100 * i),
-                ])
-                .stdout(Stdio::null())
-                .stderr(log),
-        )?;
+                ]),
+        )?)?;
         started.push((name, child));
     }
     for i in 0..brokers {
         let name = format!("broker-{}", i + 1);
-        let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log")))?;
-        let child = detached(
+        let log = dir.join("logs").join(format!("{name}.log"));
+        let child = detached(logging_to(
+            &log,
             Command::new(bin("rill-broker"))
                 .args([
                     "--node-id",
@@ -122,10 +123,8 @@ fn up(controllers: usize, brokers: usize, demo: bool) -> Result<()> {
                     "--metrics-address",
                     &format!("127.0.0.1:{}", 9094 + 100 * i),
                 ])
-                .args(["--override", "log.flush.policy=commit"])
-                .stdout(Stdio::null())
-                .stderr(log),
-        )?;
+                .args(["--override", "log.flush.policy=commit"]),
+        )?)?;
         started.push((name, child));
     }
     let pid_lines: String = started.iter().map(|(n, p)| format!("{n} {p}\n")).collect();
@@ -159,6 +158,13 @@ fn up(controllers: usize, brokers: usize, demo: bool) -> Result<()> {
     }
     println!("stop it with: cargo xtask cluster down");
     Ok(())
+}
+
+/// Sends both output streams of `cmd` to a new file at `log`: the binaries log to stderr, but
+/// anything they print to stdout belongs in the same place, where the README says to look.
+fn logging_to<'a>(log: &Path, cmd: &'a mut Command) -> Result<&'a mut Command> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Ok(cmd.stdout(file.try_clone()?).stderr(file))
 }
 
 fn detached(cmd: &mut Command) -> Result<u32> {
@@ -277,4 +283,27 @@ fn down() -> Result<()> {
     let _ = std::fs::remove_file(state_dir().join("pids"));
     println!("cluster stopped (data kept in .rill/)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_log_gets_both_stdout_and_stderr() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("xtask-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("p.log");
+        let status = logging_to(
+            &log,
+            Command::new("sh").args(["-c", "echo to-stdout; echo to-stderr >&2"]),
+        )?
+        .status()?;
+        assert!(status.success());
+        let text = std::fs::read_to_string(&log)?;
+        std::fs::remove_dir_all(&dir)?;
+        assert!(text.contains("to-stdout"), "{text:?}");
+        assert!(text.contains("to-stderr"), "{text:?}");
+        Ok(())
+    }
 }

@@ -70,6 +70,7 @@ fn main() -> Result<()> {
 }
 
 fn ci() -> Result<()> {
+    install_missing_tools()?;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -96,6 +97,33 @@ fn ci() -> Result<()> {
         "cargo",
         &["nextest", "run", "--workspace", "--no-fail-fast"],
     )
+}
+
+/// `ci` is the README's test command, so it must work on a fresh machine with only a Rust
+/// toolchain: install what it uses (rustfmt, clippy, cargo-nextest) when it is missing.
+fn install_missing_tools() -> Result<()> {
+    for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        if !succeeds("cargo", &[probe, "--version"]) {
+            run("rustup", &["component", "add", component]).with_context(|| {
+                format!("`cargo {probe}` is missing and rustup could not add it")
+            })?;
+        }
+    }
+    if !succeeds("cargo", &["nextest", "--version"]) {
+        run("cargo", &["install", "cargo-nextest", "--locked"])
+            .context("cargo-nextest is missing and could not be installed")?;
+    }
+    Ok(())
+}
+
+/// True when `program args` runs and exits successfully (its output is discarded).
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn soak(minutes: u64) -> Result<()> {
@@ -128,12 +156,7 @@ fn soak(minutes: u64) -> Result<()> {
 }
 
 fn fuzz(seconds: u64) -> Result<()> {
-    if Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
+    if !succeeds("cargo", &["fuzz", "--version"]) {
         run("cargo", &["install", "cargo-fuzz", "--locked"])?;
     }
     let secs = format!("-max_total_time={seconds}");
