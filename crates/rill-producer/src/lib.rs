@@ -23,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rill_protocol::client::{ClusterClient, LeaderInfo};
-use rill_protocol::proto::{PartitionProduceData, ProduceRequest, TopicProduceData};
-use rill_protocol::record_batch::{Compression, RecordBatchBuilder, RecordHeader};
+use rill_protocol::proto::{
+    DescribeConfigsRequest, PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use rill_protocol::record_batch::{BatchError, Compression, RecordBatchBuilder, RecordHeader};
 use rill_protocol::{ApiError, ErrorCode};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
@@ -142,6 +144,10 @@ pub enum ProducerError {
     /// The producer was closed.
     #[error("the producer is closed")]
     Closed,
+    /// The batch holding the record could not be built (compression failed); nothing of it was
+    /// sent.
+    #[error("building the record batch failed: {0}")]
+    Build(String),
 }
 
 type Waiter = oneshot::Sender<Result<RecordMetadata, ProducerError>>;
@@ -180,6 +186,9 @@ struct Inner {
     flushing: AtomicUsize,
     closed: AtomicBool,
     broker_slots: Mutex<HashMap<i32, Arc<Semaphore>>>,
+    /// Makes every batch build fail, to test that failure path.
+    #[cfg(test)]
+    fail_builds: AtomicBool,
 }
 
 /// A future completing when the record is acknowledged (or fails).
@@ -246,6 +255,8 @@ impl Producer {
             flushing: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             broker_slots: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            fail_builds: AtomicBool::new(false),
         });
         let sender = tokio::spawn(sender_loop(Arc::clone(&inner)));
         Ok(Producer { inner, sender })
@@ -287,9 +298,7 @@ impl Producer {
             Some(n) => n,
             None => tokio::time::timeout(
                 inner.config.max_block,
-                inner
-                    .client
-                    .partitions_wait(&record.topic, inner.config.max_block),
+                wait_for_topic(&inner.client, &record.topic, inner.config.max_block),
             )
             .await
             .map_err(|_| {
@@ -341,7 +350,7 @@ impl Producer {
                 && !open.builder.is_empty()
                 && open.builder.estimated_size() + size > inner.config.batch_size
             {
-                close_open(q, inner.config.compression);
+                close_open(inner, q);
                 closed_a_batch = true;
             }
             let open = q.open.get_or_insert_with(|| OpenBatch {
@@ -359,7 +368,7 @@ impl Producer {
             open.waiters.push((tx, timestamp));
             open.permits += size;
             if open.builder.estimated_size() >= inner.config.batch_size {
-                close_open(q, inner.config.compression);
+                close_open(inner, q);
                 closed_a_batch = true;
             }
         }
@@ -417,9 +426,73 @@ impl Producer {
     }
 }
 
-fn close_open(q: &mut PartitionQueue, codec: Compression) {
+/// The partitions of `topic`, waiting up to `patience` while its metadata is on its way (a
+/// broker learns of a new topic a moment after the controllers create it).
+///
+/// A topic that does not exist fails at once with UNKNOWN_TOPIC_OR_PARTITION: rill creates no
+/// topics on first use, so waiting could never help. A broker's "unknown topic" can merely lag
+/// behind the controllers, so it is confirmed with the active controller before giving up; when
+/// the controllers cannot be asked, the wait goes on.
+async fn wait_for_topic(
+    client: &ClusterClient,
+    topic: &str,
+    patience: Duration,
+) -> Result<Vec<LeaderInfo>, ProducerError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let e = match client.partitions(topic).await {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if e.code == ErrorCode::UnknownTopicOrPartition
+            && controllers_know_no(client, topic, remaining.min(Duration::from_secs(5))).await
+        {
+            return Err(ApiError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {topic} does not exist"),
+            )
+            .into());
+        }
+        if !e.code.is_retriable() {
+            return Err(e.into());
+        }
+        if remaining.is_zero() {
+            return Err(ProducerError::Timeout(format!(
+                "no metadata for topic {topic:?} within max.block.ms; last error: {e}"
+            )));
+        }
+        tokio::time::sleep(remaining.min(Duration::from_millis(100))).await;
+    }
+}
+
+/// True when the active controller answers that `topic` does not exist (its answer is
+/// authoritative: it reads committed metadata); false when it knows the topic or cannot be asked.
+async fn controllers_know_no(client: &ClusterClient, topic: &str, patience: Duration) -> bool {
+    let answer = client
+        .admin(patience, |mut c| {
+            let topics = vec![topic.to_owned()];
+            async move { c.describe_configs(DescribeConfigsRequest { topics }).await }
+        })
+        .await;
+    match answer {
+        Ok(r) => r
+            .results
+            .iter()
+            .any(|t| t.topic == topic && t.error_code == ErrorCode::UnknownTopicOrPartition as i32),
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "cannot ask the controllers whether a topic exists");
+            false
+        }
+    }
+}
+
+/// Closes the partition's open batch: builds (and compresses) it and queues it for sending. A
+/// batch that cannot be built fails its records, and gives back what they hold (buffer memory,
+/// the pending count) like any finished batch: otherwise `flush` and `close` would wait forever.
+fn close_open(inner: &Inner, q: &mut PartitionQueue) {
     let Some(open) = q.open.take() else { return };
-    match open.builder.build() {
+    match build_batch(inner, open.builder) {
         Ok(bytes) => q.ready.push_back(Batch {
             bytes,
             waiters: open.waiters,
@@ -428,15 +501,33 @@ fn close_open(q: &mut PartitionQueue, codec: Compression) {
             retry_at: None,
         }),
         Err(e) => {
-            for (w, _) in open.waiters {
-                let _ = w.send(Err(ApiError::new(
-                    ErrorCode::UnknownServerError,
-                    format!("{codec} compression failed: {e}"),
-                )
-                .into()));
-            }
+            let codec = inner.config.compression;
+            let err = ProducerError::Build(format!("{codec} compression failed: {e}"));
+            let failed = Batch {
+                bytes: Bytes::new(),
+                waiters: open.waiters,
+                permits: open.permits,
+                created: open.created,
+                retry_at: None,
+            };
+            finish_batch(inner, failed, |_, _| Err(err.clone()));
         }
     }
+}
+
+/// `RecordBatchBuilder::build`, or (in tests) a forced failure: real compression into memory
+/// practically never fails, but the failure path must still release everything.
+fn build_batch(inner: &Inner, builder: RecordBatchBuilder) -> Result<Bytes, BatchError> {
+    #[cfg(test)]
+    if inner.fail_builds.load(Ordering::Acquire) {
+        return Err(BatchError::Compression {
+            codec: inner.config.compression,
+            reason: "injected by a test".into(),
+        });
+    }
+    #[cfg(not(test))]
+    let _ = inner;
+    builder.build()
 }
 
 /// A partition's batches on their way, with what is needed to complete or retry them.
@@ -458,7 +549,7 @@ async fn sender_loop(inner: Arc<Inner>) {
                 if q.open.as_ref().is_some_and(|o| {
                     flushing || now.duration_since(o.created) >= inner.config.linger
                 }) {
-                    close_open(q, inner.config.compression);
+                    close_open(&inner, q);
                 } else if let Some(o) = &q.open {
                     let due = o.created + inner.config.linger;
                     next_wake = Some(next_wake.map_or(due, |w| w.min(due)));
@@ -716,5 +807,137 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
     }
     if retriable {
         tracing::debug!(topic = %s.topic, partition = s.partition, error = %e, "retrying a produce");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_protocol::proto::broker_server::{Broker, BrokerServer};
+    use rill_protocol::proto::*;
+    use tonic::{Request, Response, Status};
+
+    /// A broker leading every partition of topic `t` (one partition) and accepting every batch.
+    struct FakeBroker {
+        port: u16,
+    }
+
+    #[tonic::async_trait]
+    impl Broker for FakeBroker {
+        async fn produce(
+            &self,
+            request: Request<ProduceRequest>,
+        ) -> Result<Response<ProduceResponse>, Status> {
+            let topics = request
+                .into_inner()
+                .topics
+                .into_iter()
+                .map(|t| TopicProduceResponse {
+                    name: t.name,
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionProduceResponse {
+                            index: p.index,
+                            base_offset: 0,
+                            log_append_time_ms: -1,
+                            ..Default::default()
+                        })
+                        .collect(),
+                })
+                .collect();
+            Ok(Response::new(ProduceResponse { topics }))
+        }
+        async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_offsets(
+            &self,
+            _: Request<ListOffsetsRequest>,
+        ) -> Result<Response<ListOffsetsResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn metadata(
+            &self,
+            _: Request<MetadataRequest>,
+        ) -> Result<Response<MetadataResponse>, Status> {
+            Ok(Response::new(MetadataResponse {
+                brokers: vec![BrokerDescription {
+                    node_id: 1,
+                    endpoints: vec![Endpoint {
+                        name: "PLAINTEXT".into(),
+                        host: "127.0.0.1".into(),
+                        port: u32::from(self.port),
+                    }],
+                    ..Default::default()
+                }],
+                topics: vec![TopicMetadata {
+                    name: "t".into(),
+                    partitions: vec![PartitionMetadata {
+                        index: 0,
+                        leader_id: 1,
+                        leader_epoch: 0,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+        }
+    }
+
+    async fn fake_broker() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(BrokerServer::new(FakeBroker { port }))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        format!("127.0.0.1:{port}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_cannot_be_built_fails_its_records_and_frees_what_it_held() {
+        let buffer_memory = 64 * 1024;
+        let producer = Producer::new(ProducerConfig {
+            bootstrap: vec![fake_broker().await],
+            buffer_memory,
+            linger: Duration::from_millis(1),
+            compression: Compression::Gzip,
+            ..Default::default()
+        })
+        .unwrap();
+        producer.inner.fail_builds.store(true, Ordering::Release);
+        let mut deliveries = Vec::new();
+        for i in 0..3 {
+            let record = ProducerRecord::new("t", None::<Bytes>, format!("value {i}"));
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+        // Before the fix, flush waited forever for records that were already failed.
+        tokio::time::timeout(Duration::from_secs(20), producer.flush())
+            .await
+            .expect("flush returns once the failed batch is released");
+        for d in deliveries {
+            let e = d.await.unwrap_err();
+            assert!(matches!(e, ProducerError::Build(_)), "{e}");
+        }
+        assert_eq!(producer.inner.pending.load(Ordering::Acquire), 0);
+        assert_eq!(producer.inner.memory.available_permits(), buffer_memory);
+
+        // The producer carries on once batches build again.
+        producer.inner.fail_builds.store(false, Ordering::Release);
+        let d = producer
+            .send(ProducerRecord::new("t", None::<Bytes>, "after"))
+            .await
+            .unwrap();
+        let sent = tokio::time::timeout(Duration::from_secs(20), d)
+            .await
+            .expect("delivered in time")
+            .unwrap();
+        assert_eq!((sent.topic.as_str(), sent.partition), ("t", 0));
+        tokio::time::timeout(Duration::from_secs(20), producer.close())
+            .await
+            .expect("close returns");
     }
 }
