@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::{
-    FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
-    ListOffsetsRequest, ListOffsetsTopic,
+    DescribeConfigsRequest, FetchPartition, FetchRequest, FetchResponse, FetchTopic,
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
-use rill_protocol::record_batch::{ValidationOptions, batches};
+use rill_protocol::record_batch::{BatchError, ValidationOptions, batches};
 use rill_protocol::{ApiError, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -54,6 +54,11 @@ pub struct ConsumerConfig {
     pub check_crcs: bool,
     /// `request.timeout.ms`.
     pub request_timeout: Duration,
+    /// `retry.backoff.ms`: the first wait before fetching a partition again after a retriable
+    /// error, so a failing broker is not hammered.
+    pub retry_backoff: Duration,
+    /// `retry.backoff.max.ms`: the wait doubles with each consecutive failure up to this.
+    pub retry_backoff_max: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -67,6 +72,8 @@ impl Default for ConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             check_crcs: true,
             request_timeout: Duration::from_secs(30),
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
         }
     }
 }
@@ -110,6 +117,23 @@ pub enum ConsumerError {
     },
 }
 
+/// Consecutive retriable failures of a partition and when it may be fetched again.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// `retry.backoff.ms` doubled for each failure after the first, capped at `retry.backoff.max.ms`
+/// (Kafka's exponential backoff, without its jitter).
+fn backoff_delay(config: &ConsumerConfig, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    config
+        .retry_backoff
+        .saturating_mul(1 << doublings)
+        .min(config.retry_backoff_max.max(config.retry_backoff))
+}
+
 type FetchResult = Result<FetchResponse, ApiError>;
 /// A running fetch and the (partition, position) pairs it asked for.
 type InFlight = (JoinHandle<()>, Vec<(TopicPartition, i64)>);
@@ -126,6 +150,7 @@ pub struct Consumer {
     results_tx: mpsc::UnboundedSender<Finished>,
     results_rx: mpsc::UnboundedReceiver<Finished>,
     generation: u64,
+    backoff: HashMap<TopicPartition, Backoff>,
 }
 
 impl Consumer {
@@ -142,6 +167,7 @@ impl Consumer {
             results_tx,
             results_rx,
             generation: 0,
+            backoff: HashMap::new(),
         })
     }
 
@@ -163,13 +189,34 @@ impl Consumer {
         self.positions = keep;
     }
 
-    /// All partitions of `topic`.
+    /// All partitions of `topic`. Waits (up to `request.timeout.ms`) for the metadata of a topic
+    /// that was just created, but fails at once with UNKNOWN_TOPIC_OR_PARTITION when the
+    /// controllers confirm that the topic does not exist: rill creates no topics on first use.
     pub async fn partitions_of(&self, topic: &str) -> Result<Vec<TopicPartition>, ConsumerError> {
-        let n = self
-            .client
-            .partitions_wait(topic, self.config.request_timeout)
-            .await?
-            .len();
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut failures = 0;
+        let n = loop {
+            let e = match self.client.partitions(topic).await {
+                Ok(p) => break p.len(),
+                Err(e) => e,
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if e.code == ErrorCode::UnknownTopicOrPartition
+                && controllers_know_no(&self.client, topic, remaining.min(Duration::from_secs(5)))
+                    .await
+            {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic {topic} does not exist"),
+                )
+                .into());
+            }
+            if !e.code.is_retriable() || remaining.is_zero() {
+                return Err(e.into());
+            }
+            failures += 1;
+            tokio::time::sleep(backoff_delay(&self.config, failures).min(remaining)).await;
+        };
         Ok((0..n as i32).map(|p| (topic.to_owned(), p)).collect())
     }
 
@@ -188,6 +235,7 @@ impl Consumer {
         self.cancel_fetches();
         self.buffered
             .retain(|r| (r.topic.as_str(), r.partition) != (tp.0.as_str(), tp.1));
+        self.backoff.remove(tp);
         self.positions.insert(tp.clone(), Some(offset));
     }
 
@@ -228,7 +276,8 @@ impl Consumer {
     ) -> Result<Vec<(TopicPartition, Option<(i64, i64)>)>, ConsumerError> {
         let mut out = Vec::new();
         for tp in tps {
-            let mut attempts = 0;
+            let deadline = Instant::now() + self.config.request_timeout;
+            let mut failures = 0;
             loop {
                 let leader = self
                     .client
@@ -251,7 +300,7 @@ impl Consumer {
                         })
                         .await
                         .map(|r| r.into_inner())
-                        .map_err(ApiError::from),
+                        .map_err(|s| request_error(leader, s)),
                     Err(e) => Err(e),
                 };
                 let p = r.and_then(|r| {
@@ -283,12 +332,14 @@ impl Consumer {
                             ),
                             Err(e) => e,
                         };
-                        attempts += 1;
-                        if !e.code.is_retriable() || attempts > 20 {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        if !e.code.is_retriable() || remaining.is_zero() {
                             return Err(e.into());
                         }
                         self.client.invalidate(&tp.0);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        failures += 1;
+                        tokio::time::sleep(backoff_delay(&self.config, failures).min(remaining))
+                            .await;
                     }
                 }
             }
@@ -319,7 +370,14 @@ impl Consumer {
                 if remaining.is_zero() {
                     return Ok(Vec::new());
                 }
-                tokio::time::sleep(remaining.min(Duration::from_millis(100))).await;
+                // Nothing to wait for but partitions backing off (or without a leader).
+                let retry_in = self
+                    .backoff
+                    .values()
+                    .map(|b| b.until.saturating_duration_since(Instant::now()))
+                    .min()
+                    .unwrap_or(Duration::from_millis(100));
+                tokio::time::sleep(remaining.min(retry_in).max(Duration::from_millis(1))).await;
                 continue;
             }
             // Wait for the first fetch to finish, or the deadline.
@@ -367,9 +425,14 @@ impl Consumer {
             .values()
             .flat_map(|(_, r)| r.iter().map(|(tp, _)| tp.clone()))
             .collect();
+        let now = Instant::now();
         let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64)>> = HashMap::new();
+        let mut leaderless = Vec::new();
         for (tp, pos) in &self.positions {
             let Some(pos) = *pos else { continue };
+            if self.backoff.get(tp).is_some_and(|b| b.until > now) {
+                continue;
+            }
             if busy.contains(tp)
                 || self
                     .buffered
@@ -386,9 +449,13 @@ impl Consumer {
                 .map_or(-1, |l| l.leader);
             if leader < 0 {
                 self.client.invalidate(&tp.0);
+                leaderless.push(tp.clone());
                 continue;
             }
             by_leader.entry(leader).or_default().push((tp.clone(), pos));
+        }
+        for tp in leaderless {
+            self.back_off(&tp);
         }
         for (leader, parts) in by_leader {
             if self.in_flight.contains_key(&leader) {
@@ -425,7 +492,7 @@ impl Consumer {
                         .fetch(request)
                         .await
                         .map(|r| r.into_inner())
-                        .map_err(ApiError::from),
+                        .map_err(|s| request_error(leader, s)),
                     Err(e) => Err(e),
                 };
                 let _ = tx.send((leader, generation, result));
@@ -433,6 +500,13 @@ impl Consumer {
             self.in_flight.insert(leader, (handle, parts));
         }
         Ok(())
+    }
+
+    /// Marks one more retriable failure of `tp`: it is not fetched again before its backoff ends.
+    fn back_off(&mut self, tp: &TopicPartition) {
+        let failures = self.backoff.get(tp).map_or(0, |b| b.failures) + 1;
+        let until = Instant::now() + backoff_delay(&self.config, failures);
+        self.backoff.insert(tp.clone(), Backoff { failures, until });
     }
 
     fn absorb(
@@ -446,7 +520,11 @@ impl Consumer {
                 for ((t, _), _) in &requested {
                     self.client.invalidate(t);
                 }
-                if e.code.is_retriable() || e.code == ErrorCode::UnknownServerError {
+                if e.code.is_retriable() {
+                    tracing::debug!(error = %e, "fetch failed; backing off");
+                    for (tp, _) in &requested {
+                        self.back_off(tp);
+                    }
                     return Ok(());
                 }
                 return Err(e.into());
@@ -468,65 +546,407 @@ impl Consumer {
                         ErrorCode::OffsetOutOfRange => {
                             self.positions.insert(tp, None);
                         }
-                        c if c.is_retriable() => self.client.invalidate(&t.name),
+                        c if c.is_retriable() => {
+                            self.client.invalidate(&t.name);
+                            self.back_off(&tp);
+                        }
                         _ => return Err(ApiError::new(code, p.error_message).into()),
                     }
                     continue;
                 }
-                let mut next = requested_at;
-                for batch in batches(&p.records) {
-                    let Ok(batch) = batch else { break }; // a partial trailing batch: fetch it again
-                    let corrupt = |reason: String| ConsumerError::Corrupt {
-                        topic: t.name.clone(),
-                        partition: p.index,
-                        offset: batch.header().base_offset,
-                        reason,
-                    };
-                    if self.config.check_crcs {
-                        batch
-                            .validate(&ValidationOptions {
-                                max_uncompressed_bytes: 256 << 20,
-                                producer_batch: false,
-                            })
-                            .map_err(|e| corrupt(e.to_string()))?;
-                    }
-                    let header = *batch.header();
-                    if header.next_offset() <= next {
-                        continue;
-                    }
-                    if !header.is_control() {
-                        let records = batch
-                            .records(256 << 20)
-                            .map_err(|e| corrupt(e.to_string()))?;
-                        for r in records.iter() {
-                            let r = r.map_err(|e| corrupt(e.to_string()))?;
-                            if r.offset < next {
-                                continue;
-                            }
-                            self.buffered.push_back(ConsumerRecord {
-                                topic: t.name.clone(),
-                                partition: p.index,
-                                offset: r.offset,
-                                timestamp: r.timestamp,
-                                key: r.key.map(Bytes::copy_from_slice),
-                                value: r.value.map(Bytes::copy_from_slice),
-                                headers: r
-                                    .headers()
-                                    .map(|h| {
-                                        (
-                                            String::from_utf8_lossy(h.key).into_owned(),
-                                            h.value.map(Bytes::copy_from_slice),
-                                        )
-                                    })
-                                    .collect(),
-                            });
-                        }
-                    }
-                    next = header.next_offset();
-                }
+                self.backoff.remove(&tp);
+                let (next, outcome) = self.take_records(&t.name, p.index, requested_at, &p.records);
                 self.positions.insert(tp, Some(next));
+                outcome?;
             }
         }
         Ok(())
+    }
+
+    /// Buffers the records of `records` (one partition's part of a Fetch response) from
+    /// `position` on. Returns the next position, and an error for a corrupt batch: its records
+    /// are not delivered and the position stays at it (as Kafka's consumer does), while the
+    /// records of the good batches before it are delivered once.
+    ///
+    /// A truncated batch after at least one whole batch is the partial tail a size limit cut
+    /// (fetched again from its start); anything else that does not parse is corrupt. A
+    /// response holding only part of a batch is corrupt too: rill's brokers always send at
+    /// least one whole batch, so fetching it again would return the same part forever.
+    fn take_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        position: i64,
+        records: &[u8],
+    ) -> (i64, Result<(), ConsumerError>) {
+        let mut next = position;
+        let corrupt = |offset: i64, reason: String| ConsumerError::Corrupt {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            reason,
+        };
+        let mut whole_batches = 0usize;
+        for batch in batches(records) {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(BatchError::Truncated { .. }) if whole_batches > 0 => break,
+                Err(e) => return (next, Err(corrupt(next, e.to_string()))),
+            };
+            whole_batches += 1;
+            let header = *batch.header();
+            if self.config.check_crcs
+                && let Err(e) = batch.validate(&ValidationOptions {
+                    max_uncompressed_bytes: 256 << 20,
+                    producer_batch: false,
+                })
+            {
+                return (
+                    next,
+                    Err(corrupt(header.base_offset.max(next), e.to_string())),
+                );
+            }
+            if header.next_offset() <= next {
+                continue;
+            }
+            if !header.is_control() {
+                let parsed = match batch.records(256 << 20) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return (
+                            next,
+                            Err(corrupt(header.base_offset.max(next), e.to_string())),
+                        );
+                    }
+                };
+                let mut taken = Vec::new();
+                for r in parsed.iter() {
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return (
+                                next,
+                                Err(corrupt(header.base_offset.max(next), e.to_string())),
+                            );
+                        }
+                    };
+                    if r.offset < next {
+                        continue;
+                    }
+                    taken.push(ConsumerRecord {
+                        topic: topic.to_owned(),
+                        partition,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key.map(Bytes::copy_from_slice),
+                        value: r.value.map(Bytes::copy_from_slice),
+                        headers: r
+                            .headers()
+                            .map(|h| {
+                                (
+                                    String::from_utf8_lossy(h.key).into_owned(),
+                                    h.value.map(Bytes::copy_from_slice),
+                                )
+                            })
+                            .collect(),
+                    });
+                }
+                self.buffered.extend(taken);
+            }
+            next = header.next_offset();
+        }
+        (next, Ok(()))
+    }
+}
+
+/// A failed request as an [`ApiError`]. A status the broker sent carries its error code; one
+/// without it is the transport failing (connection refused or reset, a broker killed
+/// mid-request), which is the retriable BROKER_NOT_AVAILABLE — never the broker's
+/// UNKNOWN_SERVER_ERROR, which is not retried.
+fn request_error(broker: i32, status: tonic::Status) -> ApiError {
+    if status
+        .metadata()
+        .get(rill_protocol::ERROR_CODE_METADATA)
+        .is_some()
+    {
+        return ApiError::from(status);
+    }
+    let e = ApiError::from(status);
+    if e.code == ErrorCode::UnknownServerError {
+        return ApiError::new(
+            ErrorCode::BrokerNotAvailable,
+            format!("request to broker {broker} failed: {}", e.message),
+        );
+    }
+    e
+}
+
+/// True when the active controller answers that `topic` does not exist (its answer is
+/// authoritative: it reads committed metadata, while a broker may not have caught up with a
+/// topic created a moment ago); false when it knows the topic or cannot be asked.
+async fn controllers_know_no(client: &ClusterClient, topic: &str, patience: Duration) -> bool {
+    let answer = client
+        .admin(patience, |mut c| {
+            let topics = vec![topic.to_owned()];
+            async move { c.describe_configs(DescribeConfigsRequest { topics }).await }
+        })
+        .await;
+    match answer {
+        Ok(r) => r
+            .results
+            .iter()
+            .any(|t| t.topic == topic && t.error_code == ErrorCode::UnknownTopicOrPartition as i32),
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "cannot ask the controllers whether a topic exists");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use rill_protocol::proto::broker_server::{Broker, BrokerServer};
+    use rill_protocol::proto::*;
+    use rill_protocol::record_batch::{Compression, RecordBatchBuilder, set_base_offset};
+    use tonic::{Request, Response, Status};
+
+    type FetchAnswer = Arc<dyn Fn(i64) -> Result<FetchPartitionResponse, Status> + Send + Sync>;
+
+    /// A broker leading topic `t` (one partition) whose Fetch answers come from `answer`
+    /// (given the fetch offset), counting fetches.
+    struct FakeBroker {
+        port: u16,
+        answer: FetchAnswer,
+        fetches: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl Broker for FakeBroker {
+        async fn produce(
+            &self,
+            _: Request<ProduceRequest>,
+        ) -> Result<Response<ProduceResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn fetch(
+            &self,
+            request: Request<FetchRequest>,
+        ) -> Result<Response<FetchResponse>, Status> {
+            self.fetches.fetch_add(1, Ordering::AcqRel);
+            let offset = request
+                .into_inner()
+                .topics
+                .first()
+                .and_then(|t| t.partitions.first())
+                .map_or(0, |p| p.fetch_offset);
+            let partition = (self.answer)(offset)?;
+            Ok(Response::new(FetchResponse {
+                topics: vec![FetchTopicResponse {
+                    name: "t".into(),
+                    partitions: vec![partition],
+                }],
+            }))
+        }
+        async fn list_offsets(
+            &self,
+            _: Request<ListOffsetsRequest>,
+        ) -> Result<Response<ListOffsetsResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn metadata(
+            &self,
+            _: Request<MetadataRequest>,
+        ) -> Result<Response<MetadataResponse>, Status> {
+            Ok(Response::new(MetadataResponse {
+                brokers: vec![BrokerDescription {
+                    node_id: 1,
+                    endpoints: vec![Endpoint {
+                        name: "PLAINTEXT".into(),
+                        host: "127.0.0.1".into(),
+                        port: u32::from(self.port),
+                    }],
+                    ..Default::default()
+                }],
+                topics: vec![TopicMetadata {
+                    name: "t".into(),
+                    partitions: vec![PartitionMetadata {
+                        index: 0,
+                        leader_id: 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+        }
+    }
+
+    /// A consumer of `t-0` from offset 0 against a fake broker; also returns its fetch count.
+    async fn consumer_of(answer: FetchAnswer) -> (Consumer, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let broker = FakeBroker {
+            port,
+            answer,
+            fetches: Arc::clone(&fetches),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(BrokerServer::new(broker))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: vec![format!("127.0.0.1:{port}")],
+            ..Default::default()
+        })
+        .unwrap();
+        let tp = ("t".to_owned(), 0);
+        consumer.assign([tp.clone()]);
+        consumer.seek(&tp, 0);
+        (consumer, fetches)
+    }
+
+    /// A batch of `values` at `base_offset`.
+    fn batch(base_offset: i64, values: &[&str]) -> Vec<u8> {
+        let mut b = RecordBatchBuilder::new(Compression::None);
+        for v in values {
+            b.append(1_000, None, Some(v.as_bytes()), &[]);
+        }
+        let mut bytes = b.build().unwrap().to_vec();
+        set_base_offset(&mut bytes, base_offset);
+        bytes
+    }
+
+    fn records(bytes: Vec<u8>) -> Result<FetchPartitionResponse, Status> {
+        Ok(FetchPartitionResponse {
+            index: 0,
+            high_watermark: 100,
+            records: bytes.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Polls until an error or `limit` passes, collecting the record values.
+    async fn poll_until_error(
+        consumer: &mut Consumer,
+        limit: Duration,
+    ) -> (Vec<String>, Option<ConsumerError>) {
+        let deadline = Instant::now() + limit;
+        let mut values = Vec::new();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)).await {
+                Ok(rs) => values
+                    .extend(rs.iter().map(|r| {
+                        String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into()
+                    })),
+                Err(e) => return (values, Some(e)),
+            }
+        }
+        (values, None)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_batch_mid_response_is_an_error_not_a_refetch_loop() {
+        let mut bad = batch(2, &["c", "d"]);
+        bad[16] = 7; // the magic byte: no batch format rill knows
+        let mut response = batch(0, &["a", "b"]);
+        response.extend_from_slice(&bad);
+        response.extend_from_slice(&batch(4, &["e"]));
+        let (mut consumer, _) = consumer_of(Arc::new(move |_| records(response.clone()))).await;
+        let (values, error) = poll_until_error(&mut consumer, Duration::from_secs(10)).await;
+        let (values_after, _) = poll_until_error(&mut consumer, Duration::from_millis(500)).await;
+        match error {
+            Some(ConsumerError::Corrupt {
+                topic,
+                partition,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((topic.as_str(), partition, offset), ("t", 0, 2), "{reason}");
+                assert!(reason.contains("magic"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?} after {values:?}"),
+        }
+        // The good records before it are delivered, once.
+        let all: Vec<String> = values.into_iter().chain(values_after).collect();
+        assert_eq!(all, ["a", "b"]);
+        assert_eq!(consumer.position(&("t".to_owned(), 0)), Some(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_last_batch_is_fetched_again() {
+        let (mut consumer, _) = consumer_of(Arc::new(|offset| {
+            if offset == 0 {
+                let mut bytes = batch(0, &["a", "b"]);
+                bytes.extend_from_slice(&batch(2, &["c"])[..30]);
+                records(bytes)
+            } else {
+                records(batch(2, &["c"]))
+            }
+        }))
+        .await;
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while values.len() < 3 && Instant::now() < deadline {
+            for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+                values
+                    .push(String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into_owned());
+            }
+        }
+        assert_eq!(values, ["a", "b", "c"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_server_error_from_the_broker_is_not_retried() {
+        let (mut consumer, fetches) = consumer_of(Arc::new(|_| {
+            Err(ApiError::new(ErrorCode::UnknownServerError, "the broker broke").into())
+        }))
+        .await;
+        let (_, error) = poll_until_error(&mut consumer, Duration::from_secs(10)).await;
+        match error {
+            Some(ConsumerError::Api(e)) => assert_eq!(e.code, ErrorCode::UnknownServerError),
+            other => panic!("expected UNKNOWN_SERVER_ERROR, got {other:?}"),
+        }
+        assert_eq!(fetches.load(Ordering::Acquire), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retriable_errors_back_off_exponentially() {
+        let (mut consumer, fetches) = consumer_of(Arc::new(|_| {
+            Ok(FetchPartitionResponse {
+                index: 0,
+                error_code: ErrorCode::NotLeaderOrFollower as i32,
+                ..Default::default()
+            })
+        }))
+        .await;
+        let started = Instant::now();
+        let (_, error) = poll_until_error(&mut consumer, Duration::from_millis(1_600)).await;
+        assert!(error.is_none(), "{error:?}");
+        // Waits of 100, 200, 400 and 800 ms fit at most 5 fetches into 1.6 s; an immediate
+        // retry makes hundreds. A busy machine only makes fewer.
+        let n = fetches.load(Ordering::Acquire);
+        assert!(
+            (1..=5).contains(&n),
+            "{n} fetches in {:?}",
+            started.elapsed()
+        );
+        let b = consumer.backoff[&("t".to_owned(), 0)];
+        assert!(b.failures >= 1);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let config = ConsumerConfig::default();
+        let ms = |n| backoff_delay(&config, n).as_millis();
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5), ms(40)],
+            [100, 200, 400, 800, 1000, 1000]
+        );
     }
 }
