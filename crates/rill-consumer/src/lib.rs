@@ -586,14 +586,12 @@ impl Consumer {
             offset,
             reason,
         };
-        let mut whole_batches = 0usize;
-        for batch in batches(records) {
+        for (whole_batches, batch) in batches(records).enumerate() {
             let batch = match batch {
                 Ok(b) => b,
                 Err(BatchError::Truncated { .. }) if whole_batches > 0 => break,
                 Err(e) => return (next, Err(corrupt(next, e.to_string()))),
             };
-            whole_batches += 1;
             let header = *batch.header();
             if self.config.check_crcs
                 && let Err(e) = batch.validate(&ValidationOptions {
