@@ -12,7 +12,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, LogError, Result};
@@ -87,11 +86,11 @@ impl OffsetCheckpointFile {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
+        let f = std::fs::File::create(&tmp).at(&tmp)?;
+        crate::fsio::write_all_at(&f, &tmp, bytes, 0).at(&tmp)?;
+        crate::fsio::sync(&f, &tmp, true).at(&tmp)?;
     }
-    std::fs::rename(&tmp, path).at(path)?;
+    crate::fsio::rename(&tmp, path).at(path)?;
     if let Some(dir) = path.parent() {
         crate::log::sync_dir(dir)?;
     }

@@ -92,6 +92,20 @@ pub enum LogError {
         /// What is wrong.
         reason: String,
     },
+    /// The log can no longer be trusted with writes: an earlier write or fsync failed. Linux
+    /// drops the dirty pages of a failed fsync ("fsyncgate"), so retrying could only pretend
+    /// that lost data is durable; the log stays failed until the broker restarts and recovers it
+    /// from what really reached the disk. The broker takes the whole log directory offline, as
+    /// Kafka's `LogDirFailureChannel` does.
+    #[error(
+        "log {dir} is offline after an I/O failure ({reason}); nothing more is written or acknowledged until the broker restarts and recovers it"
+    )]
+    LogDirOffline {
+        /// The partition directory of the failed log (its parent is the log dir).
+        dir: PathBuf,
+        /// The first failure, as reported when it happened.
+        reason: String,
+    },
     /// An I/O error on a log file.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -115,8 +129,19 @@ impl LogError {
             LogError::NonMonotonicOffset { .. } => ErrorCode::CorruptMessage,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
-            LogError::Corrupt { .. } | LogError::Io { .. } => ErrorCode::KafkaStorageError,
+            LogError::Corrupt { .. } | LogError::Io { .. } | LogError::LogDirOffline { .. } => {
+                ErrorCode::KafkaStorageError
+            }
         }
+    }
+
+    /// True when this error means the log directory can no longer be trusted and must be taken
+    /// offline (Kafka's `LogDirFailureChannel`): every I/O error of the log layer (a failed write
+    /// or fsync may have lost acknowledged-to-be data; Kafka treats any `IOException` of a log
+    /// this way) and [`LogError::LogDirOffline`]. Validation errors, out-of-range reads and
+    /// corrupt data found by a read concern one request or one batch, not the directory.
+    pub fn is_log_dir_failure(&self) -> bool {
+        matches!(self, LogError::Io { .. } | LogError::LogDirOffline { .. })
     }
 }
 

@@ -8,9 +8,22 @@
 //!
 //! Invariant: `durable` only ever covers offsets whose bytes were written before the fsync that
 //! published it started (the target is read together with the file list, under the lock).
+//!
+//! Failures are sticky ("fsyncgate"): Linux drops the dirty pages of a failed fsync and reports
+//! the error once, so a later fsync that succeeds proves nothing about the lost data. The first
+//! failed fsync (or failed write of buffered data) therefore fails the group commit for good:
+//! `durable` never advances again and every waiter, now or later, gets an error
+//! ([`LogError::LogDirOffline`]); the log refuses further writes. Only a restart, recovering
+//! from what really reached the disk, brings the log back.
+//!
+//! Truncation moves `appended` (and `durable`) back; an fsync that started before a truncation
+//! may cover bytes that were cut and re-appended after it started, so it publishes nothing
+//! (a truncation generation tells).
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use crate::error::{IoContext, LogError, Result};
 use crate::segment_file::SegmentFile;
 
 /// Shared fsync coordinator of one log. Cloned as `Arc` to appenders.
@@ -18,6 +31,8 @@ use crate::segment_file::SegmentFile;
 pub struct GroupCommit {
     state: Mutex<State>,
     cond: Condvar,
+    /// The log's directory, for errors.
+    dir: PathBuf,
 }
 
 #[derive(Debug)]
@@ -32,10 +47,16 @@ struct State {
     pending: Vec<Arc<SegmentFile>>,
     /// Number of fsync calls made, for metrics and tests.
     syncs: u64,
+    /// Appenders blocked waiting for a leader's fsync.
+    waiters: usize,
+    /// Bumped by every truncation: an fsync started in an older generation publishes nothing.
+    generation: u64,
+    /// The first write or fsync failure; once set, nothing becomes durable any more.
+    failed: Option<String>,
 }
 
 impl GroupCommit {
-    pub(crate) fn new(durable: i64) -> Self {
+    pub(crate) fn new(durable: i64, dir: &Path) -> Self {
         GroupCommit {
             state: Mutex::new(State {
                 appended: durable,
@@ -43,8 +64,12 @@ impl GroupCommit {
                 syncing: false,
                 pending: Vec::new(),
                 syncs: 0,
+                waiters: 0,
+                generation: 0,
+                failed: None,
             }),
             cond: Condvar::new(),
+            dir: dir.to_owned(),
         }
     }
 
@@ -52,6 +77,13 @@ impl GroupCommit {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn offline(&self, reason: &str) -> LogError {
+        LogError::LogDirOffline {
+            dir: self.dir.clone(),
+            reason: reason.to_owned(),
+        }
     }
 
     /// Records that `file` now holds data up to (excluding) `end`.
@@ -66,6 +98,9 @@ impl GroupCommit {
     /// Records that everything below `end` was flushed by a full log flush.
     pub(crate) fn flushed(&self, end: i64) {
         let mut s = self.lock();
+        if s.failed.is_some() {
+            return;
+        }
         s.durable = s.durable.max(end);
         if !s.syncing && s.durable >= s.appended {
             s.pending.clear();
@@ -76,38 +111,69 @@ impl GroupCommit {
     /// Records that the log was truncated to `end`.
     pub(crate) fn truncated(&self, end: i64) {
         let mut s = self.lock();
+        s.generation += 1;
         s.appended = end;
         s.durable = s.durable.min(end);
     }
 
+    /// Marks the log failed (a write or fsync failed): nothing becomes durable any more and
+    /// every waiter gets an error. The first reason is kept.
+    pub(crate) fn fail(&self, reason: String) {
+        let mut s = self.lock();
+        if s.failed.is_none() {
+            tracing::error!(dir = %self.dir.display(), %reason, durable = s.durable, "log failed: no more writes, durable offset frozen");
+            s.failed = Some(reason);
+        }
+        self.cond.notify_all();
+    }
+
+    /// `Err(LogDirOffline)` once the log failed.
+    pub(crate) fn check(&self) -> Result<()> {
+        match &self.lock().failed {
+            Some(reason) => Err(self.offline(reason)),
+            None => Ok(()),
+        }
+    }
+
     /// Blocks until every offset below `end` is on disk, fsyncing as the group's leader when no
-    /// fsync covering it is under way.
-    pub fn wait_durable(&self, end: i64) -> std::io::Result<()> {
+    /// fsync covering it is under way. Fails (for good: see the module docs) when an fsync
+    /// failed: the leader that saw the failure gets the I/O error, everyone else
+    /// [`LogError::LogDirOffline`].
+    pub fn wait_durable(&self, end: i64) -> Result<()> {
         let mut s = self.lock();
         loop {
+            if let Some(reason) = &s.failed {
+                return Err(self.offline(reason));
+            }
             if s.durable >= end {
                 return Ok(());
             }
             if s.syncing {
+                s.waiters += 1;
+                self.cond.notify_all();
                 s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner());
+                s.waiters -= 1;
                 continue;
             }
             s.syncing = true;
             let target = s.appended;
+            let generation = s.generation;
             let files = std::mem::take(&mut s.pending);
             drop(s);
-            let result = files.iter().try_for_each(|f| f.sync());
+            let result = files.iter().try_for_each(|f| f.sync().at(f.path()));
             s = self.lock();
             s.syncing = false;
             s.syncs += 1;
-            match result {
-                Ok(()) => s.durable = s.durable.max(target),
-                Err(_) => {
-                    // Keep the files so the next attempt syncs them again.
-                    for f in files {
-                        if !s.pending.iter().any(|p| Arc::ptr_eq(p, &f)) {
-                            s.pending.push(f);
-                        }
+            match &result {
+                Ok(()) if s.failed.is_none() && s.generation == generation => {
+                    s.durable = s.durable.max(target);
+                }
+                // Truncated meanwhile: the files re-appended to are pending again.
+                Ok(()) => {}
+                Err(e) => {
+                    if s.failed.is_none() {
+                        tracing::error!(dir = %self.dir.display(), error = %e, durable = s.durable, "fsync failed: log goes offline, durable offset frozen");
+                        s.failed = Some(e.to_string());
                     }
                 }
             }
@@ -125,6 +191,17 @@ impl GroupCommit {
     pub fn sync_count(&self) -> u64 {
         self.lock().syncs
     }
+
+    /// Appenders blocked right now waiting for another appender's fsync (for metrics, and for
+    /// tests that need appenders to overlap).
+    pub fn waiting(&self) -> usize {
+        self.lock().waiters
+    }
+
+    /// True once a write or fsync failed: the log is offline until it is reopened.
+    pub fn is_failed(&self) -> bool {
+        self.lock().failed.is_some()
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +217,7 @@ mod tests {
             path,
             0,
         ));
-        let gc = Arc::new(GroupCommit::new(0));
+        let gc = Arc::new(GroupCommit::new(0, dir.path()));
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let gc = Arc::clone(&gc);

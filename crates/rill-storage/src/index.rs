@@ -7,7 +7,7 @@
 //! everything after the recovery point is re-indexed on recovery anyway.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
@@ -206,10 +206,19 @@ impl<E: IndexEntry> IndexFile<E> {
             let crc = crc32fast::hash(&buf[start..start + E::SIZE]);
             buf[start + E::SIZE..].copy_from_slice(&crc.to_be_bytes());
         }
-        file.write_all_at(&buf, (self.written * Self::DISK_SIZE) as u64)
-            .at(&self.path)?;
-        file.set_len((self.entries.len() * Self::DISK_SIZE) as u64)
-            .at(&self.path)?;
+        crate::fsio::write_all_at(
+            &file,
+            &self.path,
+            &buf,
+            (self.written * Self::DISK_SIZE) as u64,
+        )
+        .at(&self.path)?;
+        crate::fsio::set_len(
+            &file,
+            &self.path,
+            (self.entries.len() * Self::DISK_SIZE) as u64,
+        )
+        .at(&self.path)?;
         self.written = self.entries.len();
         Ok(())
     }
@@ -218,7 +227,7 @@ impl<E: IndexEntry> IndexFile<E> {
     pub fn flush(&mut self) -> Result<()> {
         self.write()?;
         File::open(&self.path)
-            .and_then(|f| f.sync_all())
+            .and_then(|f| crate::fsio::sync(&f, &self.path, true))
             .at(&self.path)
     }
 

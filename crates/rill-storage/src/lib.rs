@@ -13,6 +13,9 @@ mod checkpoint;
 mod clock;
 mod config;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+mod fsio;
 mod group_commit;
 mod index;
 mod leader_epoch_cache;
@@ -22,7 +25,7 @@ mod log_manager;
 mod log_segment;
 mod segment_file;
 
-pub use checkpoint::OffsetCheckpointFile;
+pub use checkpoint::{OffsetCheckpointFile, write_atomically};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{CleanupPolicy, LogConfig};
 pub use error::{LogError, Result};

@@ -100,7 +100,12 @@ impl Log {
         clock: SharedClock,
     ) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
+        let created = !dir.exists();
         std::fs::create_dir_all(&dir).at(&dir)?;
+        if created && let Some(parent) = dir.parent() {
+            // A new partition directory must survive a machine crash with its first segment.
+            sync_dir(parent)?;
+        }
         let sizing = sizing(&config);
         complete_interrupted_operations(&dir)?;
         let bases = segment_bases(&dir)?;
@@ -124,11 +129,13 @@ impl Log {
         }
         if segments.is_empty() {
             segments.insert(0, LogSegment::create(&dir, 0, sizing)?);
+            sync_dir(&dir)?;
         }
         let log_start_offset = *segments.keys().next().unwrap_or(&0);
         let log_end_offset = segments.values().next_back().map_or(0, |s| s.next_offset());
         let now = clock.now_ms();
         let epochs = load_epochs(&dir, &segments, log_start_offset, log_end_offset)?;
+        let group_commit_dir = dir.clone();
         let mut log = Log {
             dir,
             config,
@@ -137,7 +144,7 @@ impl Log {
             log_start_offset,
             log_end_offset,
             recovery_point: options.recovery_point.min(log_end_offset),
-            group_commit: Arc::new(GroupCommit::new(0)),
+            group_commit: Arc::new(GroupCommit::new(0, &group_commit_dir)),
             unflushed_records: 0,
             last_flush_ms: now,
             cleaner_checkpoint: log_start_offset,
@@ -152,6 +159,14 @@ impl Log {
     /// and stamps `leader_epoch`, patching `records` in place. Nothing is written unless every
     /// batch is valid.
     pub fn append_as_leader(
+        &mut self,
+        records: &mut [u8],
+        leader_epoch: i32,
+    ) -> Result<LogAppendInfo> {
+        self.guarded(|log| log.append_as_leader_inner(records, leader_epoch))
+    }
+
+    fn append_as_leader_inner(
         &mut self,
         records: &mut [u8],
         leader_epoch: i32,
@@ -230,6 +245,10 @@ impl Log {
     /// Appends batches copied from the partition leader, offsets already assigned. They must
     /// continue the log (base offset ≥ log end offset, increasing) and pass CRC and framing checks.
     pub fn append_as_follower(&mut self, records: &[u8]) -> Result<LogAppendInfo> {
+        self.guarded(|log| log.append_as_follower_inner(records))
+    }
+
+    fn append_as_follower_inner(&mut self, records: &[u8]) -> Result<LogAppendInfo> {
         let opts = ValidationOptions {
             max_uncompressed_bytes: usize::MAX,
             producer_batch: false,
@@ -360,6 +379,10 @@ impl Log {
 
     /// Starts a new active segment at the log end offset (no-op if the active one is empty).
     pub fn roll(&mut self) -> Result<()> {
+        self.guarded(Log::roll_inner)
+    }
+
+    fn roll_inner(&mut self) -> Result<()> {
         if self.active_segment().size() == 0 {
             return Ok(());
         }
@@ -438,8 +461,16 @@ impl Log {
     }
 
     /// Removes every record at or after `offset` (a follower whose log diverged from the
-    /// leader's). The cut is at a batch boundary; the log end offset becomes ≤ `offset`.
+    /// leader's). The cut is at a batch boundary; the log end offset becomes ≤ `offset`. The cut
+    /// is fsynced before this returns, so truncated batches cannot come back after a machine
+    /// crash, and the recovery point drops to the cut. The recovery-point checkpoint on disk may
+    /// still be higher: persist it before anything is appended past the cut
+    /// ([`crate::LogManager::truncate_to`] does both).
     pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
+        self.guarded(|log| log.truncate_to_inner(offset))
+    }
+
+    fn truncate_to_inner(&mut self, offset: i64) -> Result<()> {
         if offset >= self.log_end_offset {
             return Ok(());
         }
@@ -465,6 +496,10 @@ impl Log {
 
     /// Deletes all data and restarts the log, empty, at `offset` (a follower too far behind).
     pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
+        self.guarded(|log| log.truncate_fully_inner(offset))
+    }
+
+    fn truncate_fully_inner(&mut self, offset: i64) -> Result<()> {
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         for base in bases {
             self.segments.remove(&base);
@@ -486,17 +521,25 @@ impl Log {
 
     /// Moves buffered appends to the page cache (no fsync), so they survive a process crash.
     pub fn write_out(&self) -> Result<()> {
+        self.group_commit.check()?;
         let segment = self.active_segment();
-        segment.file().write_out().at(segment.log_path())
+        let result = segment.file().write_out().at(segment.log_path());
+        self.note_failure(result)
     }
 
     /// fsyncs every segment with data after the recovery point, data then indexes, and moves the
-    /// recovery point to the log end offset.
+    /// recovery point to the log end offset. A failure takes the log offline (see
+    /// [`GroupCommit`]): the recovery point stays where fsyncs really got.
     pub fn flush(&mut self) -> Result<()> {
+        self.guarded(Log::flush_inner)
+    }
+
+    fn flush_inner(&mut self) -> Result<()> {
         let end = self.log_end_offset;
+        let recovery_point = self.recovery_point();
         let from = self
             .segments
-            .range(..=self.recovery_point)
+            .range(..=recovery_point)
             .next_back()
             .map_or(i64::MIN, |(b, _)| *b);
         for segment in self.segments.range_mut(from..).map(|(_, s)| s) {
@@ -520,6 +563,10 @@ impl Log {
     /// deleting whole segments, oldest first, that end at or below `upper_bound` (the high
     /// watermark: unreplicated data is never deleted). Returns the deleted segments.
     pub fn delete_old_segments(&mut self, upper_bound: i64) -> Result<Vec<SegmentInfo>> {
+        self.guarded(|log| log.delete_old_segments_inner(upper_bound))
+    }
+
+    fn delete_old_segments_inner(&mut self, upper_bound: i64) -> Result<Vec<SegmentInfo>> {
         if !self.config.cleanup_policy.delete {
             return Ok(Vec::new());
         }
@@ -583,15 +630,40 @@ impl Log {
     /// Flushes everything and records final index entries: after `close`, reopening with
     /// `clean_shutdown` needs no recovery.
     pub fn close(&mut self) -> Result<()> {
-        self.active_segment_mut().on_become_inactive()?;
-        self.flush()
+        self.guarded(|log| {
+            log.active_segment_mut().on_become_inactive()?;
+            log.flush_inner()
+        })
     }
 
-    /// Removes the log and its directory (topic deletion).
+    /// Removes the log and its directory (topic deletion), durably (the parent is fsynced).
     pub fn delete(self) -> Result<()> {
         let dir = self.dir.clone();
         drop(self);
-        std::fs::remove_dir_all(&dir).at(&dir)
+        remove_dir_durably(&dir)
+    }
+
+    /// Runs a mutation of the log: refused once the log failed; an I/O failure during it takes
+    /// the log offline (see [`GroupCommit`]).
+    pub(crate) fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.group_commit.check()?;
+        let result = f(self);
+        self.note_failure(result)
+    }
+
+    fn note_failure<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_log_dir_failure()
+        {
+            self.group_commit.fail(e.to_string());
+        }
+        result
+    }
+
+    /// True once a write or fsync of this log failed: it refuses writes and its durable offset
+    /// and recovery point are frozen until it is reopened (its directory should go offline).
+    pub fn is_offline(&self) -> bool {
+        self.group_commit.is_failed()
     }
 
     /// First offset in the log.
@@ -604,9 +676,16 @@ impl Log {
         self.log_end_offset
     }
 
-    /// Everything below this offset is known to be on disk and valid.
+    /// Everything below this offset is known to be on disk and valid: the last full flush, or
+    /// what group commit has fsynced since (its durable offset), whichever is further. This is
+    /// what `LogManager::checkpoint` records; recovery re-validates only what lies after it.
+    /// Trusting segments below it needs only their `.log` data fsynced: their indexes were
+    /// fsynced when they were rolled, and any index is checked (per-entry CRC, last entry
+    /// against the log) and rebuilt when wrong.
     pub fn recovery_point(&self) -> i64 {
         self.recovery_point
+            .max(self.group_commit.durable_offset())
+            .min(self.log_end_offset)
     }
 
     /// The newest leader epoch this log has data from.
@@ -762,7 +841,7 @@ fn complete_interrupted_operations(dir: &Path) -> Result<()> {
                 delete_segment_files(dir, old)?;
             }
         }
-        std::fs::rename(&swap, segment_file(dir, base, LOG_SUFFIX)).at(&swap)?;
+        crate::fsio::rename(&swap, &segment_file(dir, base, LOG_SUFFIX)).at(&swap)?;
         tracing::info!(dir = %dir.display(), base, "completed an interrupted compaction swap");
     }
     sync_dir(dir)
@@ -776,7 +855,16 @@ pub(crate) fn delete_segment_files(dir: &Path, base: i64) -> Result<()> {
     Ok(())
 }
 
+/// Removes a directory tree and fsyncs its parent, so the removal survives a machine crash.
+pub(crate) fn remove_dir_durably(dir: &Path) -> Result<()> {
+    crate::fsio::remove_dir_all(dir).at(dir)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// fsyncs a directory so renames and creations in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    crate::fsio::sync_dir(dir).at(dir)
 }

@@ -104,6 +104,14 @@ impl Log {
         upper_bound: i64,
         cleaner: &CleanerConfig,
     ) -> Result<Option<CleanerStats>> {
+        self.guarded(|log| log.clean_inner(upper_bound, cleaner))
+    }
+
+    fn clean_inner(
+        &mut self,
+        upper_bound: i64,
+        cleaner: &CleanerConfig,
+    ) -> Result<Option<CleanerStats>> {
         if !self.config.cleanup_policy.compact {
             return Ok(None);
         }
@@ -234,21 +242,29 @@ impl Log {
         // Swap: .cleaned → .swap, remove the old segments, .swap → final name.
         let cleaned_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"));
         let swap_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{SWAP_SUFFIX}"));
-        std::fs::rename(&cleaned_path, &swap_path).at(&cleaned_path)?;
+        crate::fsio::rename(&cleaned_path, &swap_path).at(&cleaned_path)?;
         sync_dir(&self.dir)?;
+        // From here the swap is decided on disk (a crash completes it on open). In memory the old
+        // segments stay until every step succeeded: their open files keep serving reads even
+        // after a rename, so an error (a full disk) leaves the log readable, never with a hole.
+        let mut deleted = Vec::new();
         for b in group {
-            if let Some(mut old) = self.segments.remove(b) {
-                for path in old.rename_files(DELETED_SUFFIX)? {
-                    remove_if_exists(&path)?;
-                }
+            if let Some(old) = self.segments.get_mut(b) {
+                deleted.extend(old.rename_files(DELETED_SUFFIX)?);
             }
         }
         let final_path = segment_file(&self.dir, base, LOG_SUFFIX);
-        std::fs::rename(&swap_path, &final_path).at(&swap_path)?;
+        crate::fsio::rename(&swap_path, &final_path).at(&swap_path)?;
         sync_dir(&self.dir)?;
         cleaned.rewrite_indexes()?;
+        for b in group {
+            self.segments.remove(b);
+        }
         self.segments.insert(base, cleaned);
         stats.segments_written += 1;
+        for path in deleted {
+            remove_if_exists(&path)?;
+        }
         Ok(())
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::checkpoint::{OffsetCheckpointFile, write_atomically};
 use crate::clock::SharedClock;
@@ -73,6 +73,8 @@ pub struct LogManager {
     clock: SharedClock,
     logs: RwLock<HashMap<TopicPartition, (usize, SharedLog)>>,
     cleaner: CleanerConfig,
+    /// Serialises checkpoint writes (they share a temp file name per log dir).
+    checkpoint_lock: Mutex<()>,
 }
 
 impl LogManager {
@@ -96,8 +98,14 @@ impl LogManager {
             std::fs::create_dir_all(dir).at(dir)?;
             let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
             let clean_shutdown = clean_marker.exists();
-            let recovery_points =
-                OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT)).read()?;
+            // As Kafka: a damaged recovery-point checkpoint only costs a full recovery (every
+            // log re-validated from offset 0), never a broker that cannot start.
+            let recovery_points = OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT))
+                .read()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(dir = %dir.display(), error = %e, "ignoring a damaged recovery-point checkpoint: recovering every log of this directory from offset 0");
+                    BTreeMap::new()
+                });
             let cleaner_points = OffsetCheckpointFile::new(dir.join(CLEANER_CHECKPOINT))
                 .read()
                 .unwrap_or_default();
@@ -133,9 +141,19 @@ impl LogManager {
             clock,
             logs: RwLock::new(logs),
             cleaner,
+            checkpoint_lock: Mutex::new(()),
         };
         manager.checkpoint()?;
         Ok(manager)
+    }
+
+    /// The log dir (one of `log.dirs`) holding the log of `tp`, if this broker has one: the
+    /// directory to take offline when an operation on that log fails with an error for which
+    /// [`LogError::is_log_dir_failure`] holds.
+    pub fn log_dir_of(&self, tp: &TopicPartition) -> Option<PathBuf> {
+        self.read_logs()
+            .get(tp)
+            .and_then(|(i, _)| self.log_dirs.get(*i).cloned())
     }
 
     /// The log of `tp`, if this broker has one.
@@ -185,8 +203,40 @@ impl LogManager {
             .dir()
             .to_owned();
         drop(log);
-        std::fs::remove_dir_all(&dir).at(&dir)?;
+        crate::log::remove_dir_durably(&dir)?;
         Ok(true)
+    }
+
+    /// Takes the log of `tp` out of service and renames its directory to
+    /// `<topic>-<partition>.<unique id>-<suffix>` (Kafka's `-delete` and `-stray`), so its data
+    /// leaves the partition's name free but stays on disk until it is removed on purpose.
+    /// Returns the new path, or `None` when there was no such log.
+    pub fn set_aside(&self, tp: &TopicPartition, suffix: &str) -> Result<Option<PathBuf>> {
+        let removed = self
+            .logs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tp);
+        let Some((_, log)) = removed else {
+            return Ok(None);
+        };
+        let dir = log
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .dir()
+            .to_owned();
+        drop(log);
+        // Unique per set-aside, like Kafka's UUID suffix: the same partition can be set aside twice.
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let unique = format!("{unique:x}");
+        let aside = dir.with_file_name(format!("{}.{unique}-{suffix}", tp.dir_name()));
+        std::fs::rename(&dir, &aside).at(&dir)?;
+        if let Some(parent) = aside.parent() {
+            crate::log::sync_dir(parent)?;
+        }
+        Ok(Some(aside))
     }
 
     /// Every partition with a log here.
@@ -196,32 +246,89 @@ impl LogManager {
         v
     }
 
-    /// fsyncs every log and writes the checkpoints.
+    /// fsyncs every log and writes the checkpoints. Logs that are offline (an earlier write or
+    /// fsync failed) are skipped; a log that fails now goes offline, the others are still
+    /// flushed and checkpointed, and the first error is returned.
     pub fn flush_all(&self) -> Result<()> {
-        for log in self.all_logs() {
-            log.write().unwrap_or_else(|p| p.into_inner()).flush()?;
+        let mut first_error = None;
+        for (tp, log) in self.logs_by_partition() {
+            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            if log.is_offline() {
+                continue;
+            }
+            if let Err(e) = log.flush() {
+                tracing::error!(partition = %tp, error = %e, "flush failed");
+                first_error.get_or_insert(e);
+            }
         }
-        self.checkpoint()
+        let checkpointed = self.checkpoint();
+        match first_error {
+            Some(e) => Err(e),
+            None => checkpointed,
+        }
     }
 
-    /// Writes each log dir's recovery-point and cleaner checkpoints.
+    /// Writes each log dir's recovery-point and cleaner checkpoints (the broker calls this every
+    /// `log.flush.offset.checkpoint.interval.ms`). A log's recovery point follows what group
+    /// commit fsynced, so a crash re-validates only what came after. An offline log is recorded
+    /// at the recovery point it had when it failed (never beyond what was really fsynced). A
+    /// directory whose checkpoint cannot be written does not stop the others; the first error
+    /// is returned.
     pub fn checkpoint(&self) -> Result<()> {
-        let logs = self.read_logs();
+        self.checkpoint_except(None)
+    }
+
+    /// [`Self::checkpoint`], with `except`'s recovery point and cleaner checkpoint given rather
+    /// than read from its log (whose lock the caller holds).
+    fn checkpoint_except(&self, except: Option<(&TopicPartition, i64, i64)>) -> Result<()> {
+        let _serial = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let logs = self.logs_by_dir();
+        let mut first_error = None;
         for (i, dir) in self.log_dirs.iter().enumerate() {
             let mut recovery = BTreeMap::new();
             let mut cleaner = BTreeMap::new();
-            for (tp, (d, log)) in logs.iter() {
+            for (tp, d, log) in &logs {
                 if *d != i {
+                    continue;
+                }
+                if let Some((skip, recovery_point, cleaned)) = except
+                    && skip == tp
+                {
+                    recovery.insert(tp.dir_name(), recovery_point);
+                    cleaner.insert(tp.dir_name(), cleaned);
                     continue;
                 }
                 let log = log.read().unwrap_or_else(|p| p.into_inner());
                 recovery.insert(tp.dir_name(), log.recovery_point());
                 cleaner.insert(tp.dir_name(), log.cleaner_checkpoint());
             }
-            OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT)).write(&recovery)?;
-            OffsetCheckpointFile::new(dir.join(CLEANER_CHECKPOINT)).write(&cleaner)?;
+            let written = OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT))
+                .write(&recovery)
+                .and_then(|()| {
+                    OffsetCheckpointFile::new(dir.join(CLEANER_CHECKPOINT)).write(&cleaner)
+                });
+            if let Err(e) = written {
+                tracing::error!(dir = %dir.display(), error = %e, "writing checkpoints failed");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Truncates the log of `tp` to `offset` (see [`Log::truncate_to`]) and, before anything can
+    /// be appended past the cut, writes its log dir's checkpoint with the lowered recovery
+    /// point, so that a crash cannot make recovery trust re-appended, unsynced data below an
+    /// old, higher recovery point.
+    pub fn truncate_to(&self, tp: &TopicPartition, offset: i64) -> Result<()> {
+        let Some(log) = self.get(tp) else {
+            return Ok(());
+        };
+        let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+        log.truncate_to(offset)?;
+        self.checkpoint_except(Some((tp, log.recovery_point(), log.cleaner_checkpoint())))
     }
 
     /// One retention pass over every log; `upper_bound` gives each partition's high watermark.
@@ -251,16 +358,38 @@ impl LogManager {
     }
 
     /// Closes every log (flush, final index entries), writes checkpoints and the clean-shutdown
-    /// marker, so the next start skips recovery.
+    /// marker, so the next start skips recovery. Offline logs are skipped, and a log dir with
+    /// an offline (or failing) log gets no clean-shutdown marker: its logs are recovered on the
+    /// next start. The first error is returned after doing everything else.
     pub fn shutdown(&self) -> Result<()> {
-        for log in self.all_logs() {
-            log.write().unwrap_or_else(|p| p.into_inner()).close()?;
+        let mut first_error = None;
+        let mut unclean = vec![false; self.log_dirs.len()];
+        for (tp, d, log) in self.logs_by_dir() {
+            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            if log.is_offline() {
+                unclean[d] = true;
+                continue;
+            }
+            if let Err(e) = log.close() {
+                tracing::error!(partition = %tp, error = %e, "closing the log failed");
+                unclean[d] = true;
+                first_error.get_or_insert(e);
+            }
         }
-        self.checkpoint()?;
-        for dir in &self.log_dirs {
-            write_atomically(&dir.join(CLEAN_SHUTDOWN_FILE), b"")?;
+        if let Err(e) = self.checkpoint() {
+            unclean.iter_mut().for_each(|u| *u = true);
+            first_error.get_or_insert(e);
         }
-        Ok(())
+        for (dir, unclean) in self.log_dirs.iter().zip(unclean) {
+            if unclean {
+                tracing::warn!(dir = %dir.display(), "no clean-shutdown marker: this log dir is recovered on the next start");
+                continue;
+            }
+            if let Err(e) = write_atomically(&dir.join(CLEAN_SHUTDOWN_FILE), b"") {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The configured log dirs.
@@ -276,10 +405,11 @@ impl LogManager {
             .collect()
     }
 
-    fn all_logs(&self) -> Vec<SharedLog> {
+    /// A snapshot of the logs with the index of their log dir.
+    fn logs_by_dir(&self) -> Vec<(TopicPartition, usize, SharedLog)> {
         self.read_logs()
-            .values()
-            .map(|(_, l)| Arc::clone(l))
+            .iter()
+            .map(|(tp, (d, l))| (tp.clone(), *d, Arc::clone(l)))
             .collect()
     }
 

@@ -559,10 +559,12 @@ impl LogSegment {
         self.size = pos;
         // Rebuild stats and indexes from what is left: truncation is rare (replica divergence).
         self.recover()?;
+        // The cut must be durable: truncated batches must not come back after a machine crash.
+        self.file.sync_all().at(&path)?;
         self.offset_index.mark_unwritten();
         self.time_index.mark_unwritten();
-        self.offset_index.write()?;
-        self.time_index.write()?;
+        self.offset_index.flush()?;
+        self.time_index.flush()?;
         Ok(true)
     }
 
@@ -579,7 +581,7 @@ impl LogSegment {
         for base in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             let from = segment_file(&self.dir, self.base_offset, base);
             let to = segment_file(&self.dir, self.base_offset, &format!("{base}{suffix}"));
-            match std::fs::rename(&from, &to) {
+            match crate::fsio::rename(&from, &to) {
                 Ok(()) => renamed.push(to),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).at(&from),
@@ -701,7 +703,7 @@ impl LogSegment {
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+    match crate::fsio::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).at(path),

@@ -15,6 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::fsio;
+
 /// Largest amount of appended data held in memory before it is written to the file.
 pub const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
@@ -58,7 +60,7 @@ impl SegmentFile {
             self.write_locked(&mut p)?;
         }
         if bytes.len() >= WRITE_BUFFER_BYTES {
-            self.file.write_all_at(bytes, p.file_len)?;
+            fsio::write_all_at(&self.file, &self.path, bytes, p.file_len)?;
             p.file_len += bytes.len() as u64;
         } else {
             if p.buf.capacity() == 0 {
@@ -71,7 +73,7 @@ impl SegmentFile {
 
     fn write_locked(&self, p: &mut Pending) -> std::io::Result<()> {
         if !p.buf.is_empty() {
-            self.file.write_all_at(&p.buf, p.file_len)?;
+            fsio::write_all_at(&self.file, &self.path, &p.buf, p.file_len)?;
             p.file_len += p.buf.len() as u64;
             p.buf.clear();
         }
@@ -89,13 +91,13 @@ impl SegmentFile {
     /// Writes buffered bytes and fsyncs the file's data.
     pub fn sync(&self) -> std::io::Result<()> {
         self.write_out()?;
-        self.file.sync_data()
+        fsio::sync(&self.file, &self.path, false)
     }
 
     /// fsyncs data and metadata.
     pub(crate) fn sync_all(&self) -> std::io::Result<()> {
         self.write_out()?;
-        self.file.sync_all()
+        fsio::sync(&self.file, &self.path, true)
     }
 
     /// Reads exactly `out.len()` bytes at `pos`, from the file and/or the buffer.
@@ -124,7 +126,7 @@ impl SegmentFile {
     pub(crate) fn set_len(&self, len: u64) -> std::io::Result<()> {
         let mut p = self.lock();
         self.write_locked(&mut p)?;
-        self.file.set_len(len)?;
+        fsio::set_len(&self.file, &self.path, len)?;
         p.file_len = len;
         Ok(())
     }
