@@ -1,6 +1,7 @@
 //! Prometheus metrics of a controller and its `/metrics` + `/health` HTTP endpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -34,6 +35,8 @@ pub struct ControllerMetrics {
     pub offline_partitions: Gauge,
     /// Writes proposed and not yet committed.
     pub pending_writes: Gauge,
+    /// The quorum thread stopped on an error: `/health` must say so whatever the gauges show.
+    failed: AtomicBool,
 }
 
 impl ControllerMetrics {
@@ -55,6 +58,7 @@ impl ControllerMetrics {
             partitions: g(),
             offline_partitions: g(),
             pending_writes: g(),
+            failed: AtomicBool::new(false),
         };
         for (name, help, gauge) in [
             ("raft_term", "Raft term", &m.term),
@@ -99,6 +103,16 @@ impl ControllerMetrics {
         Arc::new(ControllerMetrics { registry, ..m })
     }
 
+    /// Records that the quorum thread stopped on an error; `/health` answers 503 from now on.
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the quorum thread stopped on an error.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Refreshes the image-derived gauges.
     pub fn observe_image(&self, image: &MetadataImage) {
         self.metadata_offset.set(image.next_offset - 1);
@@ -124,7 +138,8 @@ impl ControllerMetrics {
     }
 }
 
-/// Serves `/metrics` and `/health` (200 when a quorum leader is known) until `shutdown`.
+/// Serves `/metrics` and `/health` (200 when a quorum leader is known and the quorum thread is
+/// running) until `shutdown`.
 pub async fn serve(
     addr: std::net::SocketAddr,
     metrics: Arc<ControllerMetrics>,
@@ -137,7 +152,12 @@ pub async fn serve(
         .route(
             "/health",
             get(move || async move {
-                if m2.leader_id.get() > 0 {
+                if m2.failed() {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "the quorum thread stopped on a metadata log error\n",
+                    )
+                } else if m2.leader_id.get() > 0 {
                     (axum::http::StatusCode::OK, "quorum has a leader\n")
                 } else {
                     (

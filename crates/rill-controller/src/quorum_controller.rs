@@ -67,12 +67,21 @@ pub type ReadFn = Box<dyn FnOnce(&MetadataImage, &QuorumInfo) + Send>;
 pub type ErrorFn = Box<dyn FnOnce(ApiError) + Send>;
 
 /// The start of a metadata stream: what the caller lacks now, then every later batch.
+///
+/// Only the active controller starts streams, and only after a ReadIndex proved it still leads,
+/// so `initial` is never older than the moment the request arrived. `updates` closes when this
+/// controller stops being the active controller (or stops altogether): the stream must then
+/// end so the broker follows the new active controller instead of a feed that went silent.
 pub struct MetadataStart {
     /// A snapshot (when the requested offset is too old) or the deltas since it.
     pub initial: MetadataBatch,
-    /// Batches committed after `initial`.
+    /// Batches committed after `initial`; closed on loss of leadership.
     pub updates: broadcast::Receiver<Arc<MetadataBatch>>,
 }
+
+/// Where the answer to a FetchMetadata goes: the start of the stream, or why it was refused
+/// (NOT_CONTROLLER with the leader hint on any controller that is not the active one).
+pub type MetadataReply = oneshot::Sender<Result<MetadataStart, ApiError>>;
 
 /// Raft state for DescribeQuorum and DescribeCluster.
 #[derive(Clone, Debug, Default)]
@@ -95,8 +104,8 @@ pub enum Event {
     Write(WriteFn, ErrorFn),
     /// A linearizable read.
     Read(ReadFn, ErrorFn),
-    /// Start a metadata stream from an offset.
-    FetchMetadata(i64, oneshot::Sender<MetadataStart>),
+    /// Start a metadata stream from an offset (active controller only, after a ReadIndex).
+    FetchMetadata(i64, MetadataReply),
     /// A peer could not be reached.
     Unreachable(u64),
     /// How sending a snapshot to a peer went.
@@ -117,9 +126,38 @@ struct PendingWrite {
 struct PendingRead {
     ctx: Vec<u8>,
     index: Option<u64>,
-    f: ReadFn,
-    on_error: ErrorFn,
+    action: ReadAction,
     deadline: Instant,
+}
+
+/// What a read does once its ReadIndex is applied.
+enum ReadAction {
+    /// Answer from the committed image.
+    Image(ReadFn, ErrorFn),
+    /// Start a metadata stream from an offset.
+    Metadata(i64, MetadataReply),
+}
+
+impl ReadAction {
+    fn fail(self, e: ApiError) {
+        match self {
+            ReadAction::Image(_, on_error) => on_error(e),
+            ReadAction::Metadata(_, reply) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Refuses a deferred event (one that waited for this leader to become active).
+fn fail_event(ev: Event, e: ApiError) {
+    match ev {
+        Event::Write(_, on_error) | Event::Read(_, on_error) => on_error(e),
+        Event::FetchMetadata(_, reply) => {
+            let _ = reply.send(Err(e));
+        }
+        _ => {}
+    }
 }
 
 /// The thread's state.
@@ -137,6 +175,8 @@ pub struct QuorumController {
     recent: VecDeque<MetadataRecord>,
     updates: broadcast::Sender<Arc<MetadataBatch>>,
     transport: Transport,
+    /// Messages the transport could not queue, reported to Raft after `advance`.
+    dropped: Vec<crate::transport::Dropped>,
     applied: u64,
     snapshot_bytes: u64,
     request_timeout: Duration,
@@ -195,13 +235,18 @@ impl QuorumController {
             recent: VecDeque::new(),
             updates,
             transport,
+            dropped: Vec::new(),
             applied,
             metrics,
         })
     }
 
     /// Runs until `Event::Shutdown` or until every sender is gone.
-    pub fn run(mut self, events: Receiver<Event>) {
+    ///
+    /// Returns an error when the metadata log failed: the thread cannot go on without breaking
+    /// Raft's durability promises, so the caller must take the whole controller down (a
+    /// supervisor restarts it and it recovers from its log).
+    pub fn run(mut self, events: Receiver<Event>) -> Result<(), crate::ControllerError> {
         let tick = Duration::from_millis(self.config.controller.quorum.tick.ms);
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -213,7 +258,10 @@ impl QuorumController {
                     // Take whatever else is queued before doing I/O: one fsync for all of it.
                     for _ in 0..1024 {
                         match events.try_recv() {
-                            Ok(Event::Shutdown) => return self.stop(),
+                            Ok(Event::Shutdown) => {
+                                self.stop();
+                                return Ok(());
+                            }
                             Ok(ev) => self.handle(ev),
                             Err(_) => break,
                         }
@@ -230,11 +278,13 @@ impl QuorumController {
                 self.on_tick();
             }
             if let Err(e) = self.process_ready() {
-                tracing::error!(error = %e, "metadata log failure; the controller stops");
-                break;
+                tracing::error!(error = %e, "metadata log failure; the quorum thread stops");
+                self.stop();
+                return Err(e);
             }
         }
         self.stop();
+        Ok(())
     }
 
     fn stop(&mut self) {
@@ -243,7 +293,10 @@ impl QuorumController {
             (p.on_error)(err());
         }
         for r in self.reads.drain(..) {
-            (r.on_error)(err());
+            r.action.fail(err());
+        }
+        for (ev, _) in self.deferred.drain(..) {
+            fail_event(ev, err());
         }
         let _ = self.node.mut_store().sync();
     }
@@ -299,16 +352,7 @@ impl QuorumController {
             }
             Event::Read(f, on_error) => {
                 if self.latest.is_some() {
-                    self.read_seq += 1;
-                    let ctx = self.read_seq.to_be_bytes().to_vec();
-                    self.node.read_index(ctx.clone());
-                    self.reads.push(PendingRead {
-                        ctx,
-                        index: None,
-                        f,
-                        on_error,
-                        deadline: Instant::now() + self.request_timeout,
-                    });
+                    self.read_index(ReadAction::Image(f, on_error));
                 } else if self.is_leader() {
                     self.deferred
                         .push((Event::Read(f, on_error), Instant::now()));
@@ -316,29 +360,18 @@ impl QuorumController {
                     on_error(self.not_controller());
                 }
             }
+            // The metadata stream is what brokers build their image from (and delete topics by),
+            // so only the active controller serves it, and only once a ReadIndex proved it still
+            // leads: a lagging or isolated controller must never hand out an old image.
             Event::FetchMetadata(from, reply) => {
-                let updates = self.updates.subscribe();
-                let next = self.committed.next_offset;
-                let recent_start = next - self.recent.len() as i64;
-                let initial = if from >= recent_start && from <= next {
-                    MetadataBatch {
-                        is_snapshot: false,
-                        last_offset: next - 1,
-                        records: self
-                            .recent
-                            .iter()
-                            .filter(|r| r.offset >= from)
-                            .cloned()
-                            .collect(),
-                    }
+                if self.latest.is_some() {
+                    self.read_index(ReadAction::Metadata(from, reply));
+                } else if self.is_leader() {
+                    self.deferred
+                        .push((Event::FetchMetadata(from, reply), Instant::now()));
                 } else {
-                    MetadataBatch {
-                        is_snapshot: true,
-                        last_offset: next - 1,
-                        records: self.committed.snapshot_records(),
-                    }
-                };
-                let _ = reply.send(MetadataStart { initial, updates });
+                    let _ = reply.send(Err(self.not_controller()));
+                }
             }
             Event::Unreachable(peer) => self.node.report_unreachable(peer),
             Event::SnapshotSent(peer, ok) => self.node.report_snapshot(
@@ -351,6 +384,45 @@ impl QuorumController {
             ),
             Event::Shutdown => {}
         }
+    }
+
+    fn read_index(&mut self, action: ReadAction) {
+        self.read_seq += 1;
+        let ctx = self.read_seq.to_be_bytes().to_vec();
+        self.node.read_index(ctx.clone());
+        self.reads.push(PendingRead {
+            ctx,
+            index: None,
+            action,
+            deadline: Instant::now() + self.request_timeout,
+        });
+    }
+
+    /// The start of a metadata stream from `from`, out of the committed image: the deltas since
+    /// `from` when they are still in memory, else a snapshot.
+    fn metadata_start(&self, from: i64) -> MetadataStart {
+        let updates = self.updates.subscribe();
+        let next = self.committed.next_offset;
+        let recent_start = next - self.recent.len() as i64;
+        let initial = if from >= recent_start && from <= next {
+            MetadataBatch {
+                is_snapshot: false,
+                last_offset: next - 1,
+                records: self
+                    .recent
+                    .iter()
+                    .filter(|r| r.offset >= from)
+                    .cloned()
+                    .collect(),
+            }
+        } else {
+            MetadataBatch {
+                is_snapshot: true,
+                last_offset: next - 1,
+                records: self.committed.snapshot_records(),
+            }
+        };
+        MetadataStart { initial, updates }
     }
 
     fn write(&mut self, f: WriteFn, on_error: ErrorFn) {
@@ -368,9 +440,33 @@ impl QuorumController {
             Err(e) => return on_error(e),
         };
         if plan.records.is_empty() {
-            return (plan.on_commit)(latest);
+            return self.complete_after_pending(plan.on_commit, on_error);
         }
         self.propose(plan.records, plan.on_commit, on_error);
+    }
+
+    /// Answers a write that produced no records (a heartbeat, a repeated registration) from
+    /// committed state only. It was validated against `latest`, which may hold proposals that
+    /// never commit, so it completes only once everything proposed before it has committed:
+    /// queued behind the last pending write (same index and term, so it completes or fails with
+    /// it), or at once from `committed` when nothing is pending.
+    fn complete_after_pending(
+        &mut self,
+        on_commit: Box<dyn FnOnce(&MetadataImage) + Send>,
+        on_error: ErrorFn,
+    ) {
+        let Some(last) = self.pending.back() else {
+            return on_commit(&self.committed);
+        };
+        let (index, term) = (last.index, last.term);
+        self.pending.push_back(PendingWrite {
+            index,
+            term,
+            records: Vec::new(),
+            on_commit,
+            on_error,
+            deadline: Instant::now() + self.request_timeout,
+        });
     }
 
     fn propose(
@@ -420,7 +516,7 @@ impl QuorumController {
             self.reads.drain(..).partition(|r| r.deadline < now);
         self.reads = keep;
         for r in expired {
-            (r.on_error)(ApiError::new(
+            r.action.fail(ApiError::new(
                 ErrorCode::RequestTimedOut,
                 "the read could not be confirmed by the quorum in time",
             ));
@@ -432,11 +528,7 @@ impl QuorumController {
             .partition(|(_, t)| now.duration_since(*t) > election);
         self.deferred = fresh;
         for (ev, _) in stale {
-            let err = self.not_controller();
-            match ev {
-                Event::Write(_, on_error) | Event::Read(_, on_error) => on_error(err),
-                _ => {}
-            }
+            fail_event(ev, self.not_controller());
         }
         if self.latest.is_some() {
             self.fence_expired_brokers(now);
@@ -493,7 +585,8 @@ impl QuorumController {
         }
         let mut ready = self.node.ready();
         // 2. Messages that need no persistence.
-        self.transport.send(ready.take_messages());
+        let dropped = self.transport.send(ready.take_messages());
+        self.dropped.extend(dropped);
         // 3. Snapshot from the leader.
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
@@ -514,7 +607,8 @@ impl QuorumController {
             store.sync()?;
         }
         // 6. Messages that depend on what was just persisted.
-        self.transport.send(ready.take_persisted_messages());
+        let dropped = self.transport.send(ready.take_persisted_messages());
+        self.dropped.extend(dropped);
         for rs in ready.take_read_states() {
             if let Some(r) = self.reads.iter_mut().find(|r| r.ctx == rs.request_ctx) {
                 r.index = Some(rs.index);
@@ -525,14 +619,34 @@ impl QuorumController {
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().set_commit(commit)?;
         }
-        self.transport.send(light.take_messages());
+        let dropped = self.transport.send(light.take_messages());
+        self.dropped.extend(dropped);
         let committed = light.take_committed_entries();
         self.apply_entries(committed);
         self.node.advance_apply();
+        self.report_dropped();
         self.answer_reads();
         self.maybe_snapshot()?;
         self.check_leadership();
         Ok(())
+    }
+
+    /// Tells Raft about messages the transport dropped (a peer's queue was full), so it probes
+    /// the peer again instead of assuming them delivered; a dropped snapshot is a failed one,
+    /// or the peer would stay in the snapshot state until it times out.
+    fn report_dropped(&mut self) {
+        let mut unreachable = std::collections::BTreeSet::new();
+        for d in std::mem::take(&mut self.dropped) {
+            if d.snapshot {
+                self.node
+                    .report_snapshot(d.peer, raft::SnapshotStatus::Failure);
+            } else {
+                unreachable.insert(d.peer);
+            }
+        }
+        for peer in unreachable {
+            self.node.report_unreachable(peer);
+        }
     }
 
     /// Tracks becoming (ready as) leader and losing leadership.
@@ -546,15 +660,15 @@ impl QuorumController {
                 self.liveness.clear();
                 let err = self.not_controller();
                 for r in self.reads.drain(..) {
-                    (r.on_error)(err.clone());
+                    r.action.fail(err.clone());
                 }
+                // End every open metadata stream: their receivers see the channel close and
+                // the brokers go find the new active controller.
+                self.updates = broadcast::channel(1024).0;
             }
             let deferred = std::mem::take(&mut self.deferred);
             for (ev, _) in deferred {
-                let err = self.not_controller();
-                if let Event::Write(_, on_error) | Event::Read(_, on_error) = ev {
-                    on_error(err);
-                }
+                fail_event(ev, self.not_controller());
             }
             return;
         }
@@ -684,7 +798,12 @@ impl QuorumController {
             .partition(|r| r.index.is_some_and(|i| i <= applied));
         self.reads = waiting;
         for r in ready {
-            (r.f)(&self.committed, &info);
+            match r.action {
+                ReadAction::Image(f, _) => f(&self.committed, &info),
+                ReadAction::Metadata(from, reply) => {
+                    let _ = reply.send(Ok(self.metadata_start(from)));
+                }
+            }
         }
     }
 
@@ -833,11 +952,16 @@ impl QuorumHandle {
         })
     }
 
-    /// Starts a metadata stream.
+    /// Starts a metadata stream. Fails with NOT_CONTROLLER (and the leader hint) unless this
+    /// is the active controller and a ReadIndex confirmed it.
     pub async fn fetch_metadata(&self, from: i64) -> Result<MetadataStart, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.send(Event::FetchMetadata(from, tx))?;
-        rx.await
-            .map_err(|_| ApiError::new(ErrorCode::NotController, "the controller is shutting down"))
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::NotController,
+                "the controller is shutting down",
+            ))
+        })
     }
 }

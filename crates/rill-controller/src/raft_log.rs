@@ -7,6 +7,11 @@
 //!
 //! After a snapshot the WAL is rewritten with only what follows it (temp file, fsync, rename), so
 //! the log stays bounded. The in-memory copy answers every `Storage` call.
+//!
+//! Every file created or renamed here has its directory fsynced before anything relies on it
+//! (and a newly created `metadata.log.dir` its parent): an fsynced file whose directory entry
+//! is lost in a machine crash takes the term and vote with it, and a voter that forgets its
+//! vote can vote twice in one term.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -80,15 +85,19 @@ impl std::fmt::Debug for RaftLog {
 impl RaftLog {
     /// Opens (or creates) the log in `dir`. A new log starts with `voters` as its configuration.
     pub fn open(dir: &Path, voters: &[u64]) -> Result<Self> {
-        io(dir, std::fs::create_dir_all(dir))?;
+        create_dir_durably(dir)?;
         let snapshot = read_snapshot(&dir.join(SNAPSHOT))?;
         let wal_path = dir.join(WAL);
+        let wal = io(
+            &wal_path,
+            OpenOptions::new().create(true).append(true).open(&wal_path),
+        )?;
+        // The WAL may have just been created (or created by a run that crashed before syncing
+        // its directory): make its directory entry durable before it holds a vote.
+        sync_dir(dir)?;
         let mut log = RaftLog {
             dir: dir.to_owned(),
-            wal: io(
-                &wal_path,
-                OpenOptions::new().create(true).append(true).open(&wal_path),
-            )?,
+            wal,
             hard_state: HardState::default(),
             conf_state: snapshot.get_metadata().get_conf_state().clone(),
             snapshot,
@@ -453,8 +462,28 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and any missing ancestors, fsyncing the parent of each one created.
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    io(dir, std::fs::create_dir_all(dir))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    DIR_SYNCS.with(|s| s.borrow_mut().push(dir.to_owned()));
     io(dir, File::open(dir).and_then(|d| d.sync_all()))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Directories fsynced by this thread, for tests.
+    static DIR_SYNCS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -469,6 +498,40 @@ mod tests {
             data: data.to_vec().into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn creating_the_log_fsyncs_every_directory_it_adds_an_entry_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a").join("metadata");
+        DIR_SYNCS.with(|s| s.borrow_mut().clear());
+        let mut log = RaftLog::open(&dir, &[1, 2, 3]).unwrap();
+        let synced = DIR_SYNCS.with(|s| s.borrow().clone());
+        for d in [tmp.path().to_owned(), tmp.path().join("a"), dir.clone()] {
+            assert!(
+                synced.contains(&d),
+                "{} not fsynced: {synced:?}",
+                d.display()
+            );
+        }
+        // The term and vote written after creation are durable through the WAL's fsync; a
+        // rewrite after a snapshot renames into place and fsyncs the directory again.
+        log.set_hard_state(HardState {
+            term: 3,
+            vote: 2,
+            commit: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        log.sync().unwrap();
+        DIR_SYNCS.with(|s| s.borrow_mut().clear());
+        log.append(&[entry(1, 3, b"a")]).unwrap();
+        log.set_commit(1).unwrap();
+        log.compact_to_snapshot(1, b"image".to_vec()).unwrap();
+        assert!(DIR_SYNCS.with(|s| s.borrow().iter().filter(|d| **d == dir).count()) >= 2);
+        drop(log);
+        let log = RaftLog::open(&dir, &[1, 2, 3]).unwrap();
+        assert_eq!((log.hard_state().term, log.hard_state().vote), (3, 2));
     }
 
     #[test]

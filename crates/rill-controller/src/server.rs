@@ -63,16 +63,46 @@ pub async fn run(
             }
         });
     }
-    let controller = QuorumController::new(config.clone(), transport, metrics)?;
+    let controller = QuorumController::new(config.clone(), transport, Arc::clone(&metrics))?;
+    // `true` when the thread stopped on an error (or panicked: the sender is dropped unsent).
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<bool>();
     let thread = std::thread::Builder::new()
         .name("quorum-controller".into())
-        .spawn(move || controller.run(rx))
+        .spawn(move || {
+            let result = controller.run(rx);
+            let _ = stopped_tx.send(result.is_err());
+            result
+        })
         .map_err(|e| ControllerError::Raft(format!("cannot start the quorum thread: {e}")))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
+    // A controller without its quorum thread can answer nothing correctly: report unhealthy
+    // (HTTP and gRPC health) and stop the whole process, so a supervisor restarts it and it
+    // recovers from its log, instead of lingering as a zombie that looks alive.
+    {
+        let (health, metrics, shutdown) = (health.clone(), Arc::clone(&metrics), shutdown.clone());
+        let node = config.node.id;
+        tokio::spawn(async move {
+            if let Ok(false) = stopped_rx.await {
+                return;
+            }
+            metrics.mark_failed();
+            health
+                .set_not_serving::<ControllerServer<ControllerService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            tracing::error!(
+                node,
+                "the quorum thread stopped on a metadata log error; the controller exits"
+            );
+            shutdown.cancel();
+        });
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rill_protocol::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -107,7 +137,14 @@ pub async fn run(
         .await;
     shutdown.cancel();
     let _ = handle.send(Event::Shutdown);
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let quorum = match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) | Err(_) => Err(ControllerError::Raft("the quorum thread panicked".into())),
+    };
+    if let Err(e) = quorum {
+        tracing::error!(node = config.node.id, error = %e, "controller stopped on a fatal error");
+        return Err(e);
+    }
     tracing::info!(node = config.node.id, "controller stopped");
     served.map_err(|e| ControllerError::Listener {
         address: local.to_string(),

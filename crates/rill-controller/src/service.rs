@@ -550,6 +550,9 @@ impl Controller for ControllerService {
 
     type FetchMetadataStream = Pin<Box<dyn Stream<Item = Result<MetadataBatch, Status>> + Send>>;
 
+    /// Streams the committed metadata log. Only the active controller answers, after a
+    /// ReadIndex: any other controller fails with NOT_CONTROLLER and the leader hint. The stream
+    /// ends (NOT_CONTROLLER, or "shutting down") when this controller loses leadership.
     async fn fetch_metadata(
         &self,
         request: Request<FetchMetadataRequest>,
@@ -593,8 +596,18 @@ impl Controller for ControllerService {
                             return;
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Too slow for the live feed: catch up from where we are.
+                    Err(
+                        tokio::sync::broadcast::error::RecvError::Lagged(_)
+                        | tokio::sync::broadcast::error::RecvError::Closed,
+                    ) => {
+                        // Too slow for the live feed, or the feed closed because this controller
+                        // stopped being the active one: start again from where we are. That goes
+                        // through the leadership check and a ReadIndex, so after a step-down the
+                        // stream ends with NOT_CONTROLLER and the new leader's hint (or
+                        // "shutting down"), and the broker reconnects to the active controller.
+                        if tx.is_closed() {
+                            return;
+                        }
                         match handle.fetch_metadata(next).await {
                             Ok(again) => {
                                 next = again.initial.last_offset + 1;
@@ -610,12 +623,6 @@ impl Controller for ControllerService {
                                 return;
                             }
                         }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable("the controller is shutting down")))
-                            .await;
-                        return;
                     }
                 }
             }
@@ -692,6 +699,17 @@ fn alter_one(
             format!(
                 "partition epoch {} is stale (current {}); refresh and retry",
                 p.partition_epoch, state.partition_epoch
+            ),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = p.new_isr.iter().find(|id| !seen.insert(**id)) {
+        // A repeated id would count twice towards min.insync.replicas.
+        return Err(err(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the new ISR of {topic}-{} lists broker {dup} more than once",
+                p.index
             ),
         ));
     }

@@ -3,7 +3,10 @@
 //! One task per peer owns a bounded queue and a lazily connected channel. It sends whatever is
 //! queued as one `Step` batch; on failure it reports the peer unreachable, backs off and drops
 //! the batch (Raft retransmits). A slow or dead peer only fills its own queue, never blocks the
-//! quorum thread or the other peers.
+//! quorum thread or the other peers. A message that does not fit in the queue is dropped and
+//! handed back to the quorum thread as [`Dropped`], which reports it to Raft
+//! (`report_unreachable`, or `report_snapshot(Failure)` for a snapshot): Raft must not believe
+//! a message is on its way when it was never sent.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,6 +29,15 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Outbound Raft messages, by peer.
 pub struct Transport {
     peers: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+/// A message [`Transport::send`] could not queue (the peer's queue was full or its task gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// The peer it was for.
+    pub peer: u64,
+    /// It was a `MsgSnapshot` (Raft must hear the snapshot failed, not just the peer).
+    pub snapshot: bool,
 }
 
 impl Transport {
@@ -53,15 +65,33 @@ impl Transport {
         Transport { peers }
     }
 
-    /// Queues messages for their peers (never blocks).
-    pub fn send(&self, msgs: Vec<Message>) {
+    /// Queues messages for their peers (never blocks). Returns the messages it had to drop,
+    /// which the caller must report to Raft.
+    #[must_use = "dropped messages must be reported to Raft"]
+    pub fn send(&self, msgs: Vec<Message>) -> Vec<Dropped> {
+        let mut dropped = Vec::new();
         for m in msgs {
-            if let Some(peer) = self.peers.get(&m.to)
-                && peer.try_send(m).is_err()
-            {
-                tracing::debug!("peer queue full; dropping a raft message");
+            let Some(peer) = self.peers.get(&m.to) else {
+                continue;
+            };
+            let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            if let Err(e) = peer.try_send(m) {
+                tracing::debug!(
+                    peer = to,
+                    snapshot,
+                    full = matches!(e, mpsc::error::TrySendError::Full(_)),
+                    "peer queue full or closed; dropping a raft message"
+                );
+                dropped.push(Dropped { peer: to, snapshot });
             }
         }
+        dropped
+    }
+
+    /// A transport over given queues, without sender tasks (tests).
+    #[cfg(test)]
+    fn with_queues(peers: HashMap<u64, mpsc::Sender<Message>>) -> Self {
+        Transport { peers }
     }
 }
 
@@ -138,5 +168,62 @@ async fn peer_task(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(to: u64, t: MessageType) -> Message {
+        let mut m = Message {
+            to,
+            ..Default::default()
+        };
+        m.set_msg_type(t);
+        m
+    }
+
+    #[test]
+    fn messages_that_do_not_fit_are_handed_back_for_reporting() {
+        let (tx2, _rx2) = mpsc::channel(1);
+        let (tx3, _rx3) = mpsc::channel(2);
+        let transport = Transport::with_queues(HashMap::from([(2, tx2), (3, tx3)]));
+        let dropped = transport.send(vec![
+            msg(2, MessageType::MsgAppend),
+            msg(2, MessageType::MsgAppend),
+            msg(2, MessageType::MsgSnapshot),
+            msg(3, MessageType::MsgHeartbeat),
+            msg(3, MessageType::MsgSnapshot),
+            msg(9, MessageType::MsgAppend),
+        ]);
+        assert_eq!(
+            dropped,
+            vec![
+                Dropped {
+                    peer: 2,
+                    snapshot: false
+                },
+                Dropped {
+                    peer: 2,
+                    snapshot: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gone_peer_task_counts_as_dropped() {
+        let (tx, rx) = mpsc::channel(8);
+        drop(rx);
+        let transport = Transport::with_queues(HashMap::from([(2, tx)]));
+        let dropped = transport.send(vec![msg(2, MessageType::MsgHeartbeat)]);
+        assert_eq!(
+            dropped,
+            vec![Dropped {
+                peer: 2,
+                snapshot: false
+            }]
+        );
     }
 }

@@ -224,4 +224,72 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
         without_leader.topics[0].partitions[0].error_code,
         ErrorCode::InvalidRequest as i32
     );
+    // A repeated id would count twice towards min.insync.replicas: refused, nothing changes.
+    let before = partitions(&q, leader, "t").await[0].clone();
+    let duplicated = alter(vec![lead, lead], 2).await;
+    let r = &duplicated.topics[0].partitions[0];
+    assert_eq!(r.error_code, ErrorCode::InvalidRequest as i32, "{r:?}");
+    assert!(r.error_message.contains("more than once"), "{r:?}");
+    assert_eq!((r.isr.len(), r.partition_epoch), (2, 2), "{r:?}");
+    assert!(partitions(&q, leader, "t").await[0] == before);
+}
+
+/// A write that produces no records (here a repeated registration) is validated against the
+/// leader's uncommitted proposals, so it must not be answered before they commit: its answer
+/// may only reflect committed state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_records_is_answered_from_committed_state_only() {
+    // A long election timeout keeps the leader leading for a while after its followers die.
+    let mut q = Quorum::start(3, &["controller.quorum.election.timeout.ms=4000"]);
+    let leader = q.leader(Duration::from_secs(20)).await;
+    let addr = q.procs[leader].addr.clone();
+    let register = move |incarnation: &'static str| {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        async move {
+            controller_client::ControllerClient::new(ch)
+                .broker_registration(BrokerRegistrationRequest {
+                    broker_id: 5,
+                    cluster_id: String::new(),
+                    incarnation_id: incarnation.into(),
+                    listeners: vec![],
+                    rack: None,
+                })
+                .await
+        }
+    };
+    for i in (0..3).filter(|i| *i != leader) {
+        q.kill(i);
+    }
+    // Proposed, never committed: no quorum.
+    let first = tokio::spawn(register("incarnation-a"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Same incarnation: no new records, but the broker is only registered in uncommitted state.
+    let again = tokio::time::timeout(Duration::from_secs(2), register("incarnation-a")).await;
+    assert!(
+        !matches!(again, Ok(Ok(_))),
+        "answered from uncommitted state: {again:?}"
+    );
+    first.abort();
+    for i in (0..3).filter(|i| *i != leader) {
+        q.spawn(i);
+    }
+    // Once it committed, the repeated registration gets the committed epoch.
+    let leader = q.leader(Duration::from_secs(30)).await;
+    let epoch = q
+        .call(leader, |mut c| async move {
+            c.broker_registration(BrokerRegistrationRequest {
+                broker_id: 5,
+                cluster_id: String::new(),
+                incarnation_id: "incarnation-a".into(),
+                listeners: vec![],
+                rack: None,
+            })
+            .await
+        })
+        .await
+        .unwrap()
+        .broker_epoch;
+    assert_eq!(image_of(&q.image(leader).await).brokers[&5].epoch, epoch);
 }

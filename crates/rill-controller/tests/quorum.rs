@@ -59,16 +59,116 @@ async fn three_controllers_elect_a_leader_and_admin_works_through_any() {
     assert_eq!(cluster.controller_id as usize, leader + 1);
     assert_eq!(cluster.controllers.len(), 3);
     assert!(!cluster.cluster_id.is_empty());
-    // Every controller streams the same committed metadata.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for i in 0..3 {
-        assert_eq!(
-            topic_names(&q.image(i).await),
-            ["via-0", "via-1", "via-2"],
-            "controller {}",
+    // The active controller streams every committed write, whichever controller took it.
+    assert_eq!(
+        topic_names(&q.image(leader).await),
+        ["via-0", "via-1", "via-2"]
+    );
+}
+
+/// Waits until controller `i` has replicated everything the leader committed (Raft level).
+async fn caught_up(q: &Quorum, leader: usize, i: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let quorum = q
+            .call(leader, |mut c| async move {
+                c.describe_quorum(DescribeQuorumRequest {}).await
+            })
+            .await
+            .unwrap();
+        let voter = quorum.voters.iter().find(|v| v.node_id as usize == i + 1);
+        if voter.is_some_and(|v| v.match_index >= quorum.commit_index) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller {} did not catch up: {quorum:?}",
             i + 1
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Brokers build their image from FetchMetadata and delete what it lacks, so only the active
+/// controller serves it, proven current: followers refuse with NOT_CONTROLLER and the leader's
+/// address, and an open stream ends when its controller loses leadership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_active_controller_serves_the_metadata_stream() {
+    let mut q = Quorum::start(3, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    create(&q, leader, vec![topic("t", 1, 1)]).await;
+    let hint = format!("{}@{}", leader + 1, q.procs[leader].addr);
+    for follower in (0..3).filter(|i| *i != leader) {
+        caught_up(&q, leader, follower, Duration::from_secs(10)).await;
+        let e = match q.fetch_metadata(follower, 0).await {
+            Ok(_) => panic!("follower {} served the metadata stream", follower + 1),
+            Err(status) => rill_protocol::ApiError::from(status),
+        };
+        assert_eq!(e.code, ErrorCode::NotController, "{e:?}");
+        assert_eq!(e.leader_hint.as_deref(), Some(hint.as_str()));
+    }
+    let mut stream = q.fetch_metadata(leader, 0).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(topic_names(&first), ["t"]);
+    // Without its followers the leader steps down (check quorum): the stream must end.
+    for follower in (0..3).filter(|i| *i != leader) {
+        q.kill(follower);
+    }
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the metadata stream outlived the leadership");
+    let status = end.expect("the stream ended without saying why");
+    assert_eq!(
+        rill_protocol::ApiError::from(status).code,
+        ErrorCode::NotController
+    );
+    // And the former leader refuses new streams.
+    let e = match q.fetch_metadata(leader, 0).await {
+        Ok(_) => panic!("a controller that lost its quorum served metadata"),
+        Err(status) => rill_protocol::ApiError::from(status),
+    };
+    assert_eq!(e.code, ErrorCode::NotController, "{e:?}");
+}
+
+/// A controller restarted without a quorum must not hand brokers the image it had: it may be
+/// arbitrarily old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_without_a_quorum_refuses_the_metadata_stream() {
+    let mut q = Quorum::start(3, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    create(&q, leader, vec![topic("t", 1, 1)]).await;
+    for i in 0..3 {
+        q.kill(i);
+    }
+    q.spawn(0);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        match q.fetch_metadata(0, 0).await {
+            Ok(mut s) => panic!(
+                "a controller without a quorum served metadata: {:?}",
+                s.message().await
+            ),
+            Err(status) => {
+                let e = rill_protocol::ApiError::from(status);
+                if e.code == ErrorCode::NotController {
+                    refused += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "the controller never answered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,18 +197,7 @@ async fn killing_the_leader_elects_another_and_keeps_every_commit() {
     create(&q, new_leader, vec![topic("after", 1, 1)]).await;
     // The old leader comes back as a follower and catches up.
     q.spawn(leader);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let names = topic_names(&q.image(leader).await);
-        if names.len() == 6 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old leader did not catch up: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    caught_up(&q, new_leader, leader, Duration::from_secs(10)).await;
     assert_eq!(
         q.leader(Duration::from_secs(5)).await,
         new_leader,
@@ -187,31 +276,19 @@ async fn a_voter_kept_down_gets_a_snapshot_and_converges() {
         "the leader compacted its log"
     );
     q.spawn(down);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let image = q.image(down).await;
-        if image.last_offset >= leader_image.last_offset {
-            assert!(
-                image.is_snapshot,
-                "a restarted voter serves its image as a snapshot"
-            );
-            assert!(
-                image_of(&image) == image_of(&q.image(leader).await),
-                "the caught-up voter's image differs from the leader's"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "voter {} stuck at {}",
-            down + 1,
-            image.last_offset
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    caught_up(&q, leader, down, Duration::from_secs(20)).await;
     assert!(
         q.procs[down].dir.join("metadata/raft.snapshot").exists(),
         "it caught up through a snapshot"
+    );
+    // Only the active controller serves metadata: fail over and compare what the survivors
+    // (the caught-up voter among them) serve with what the old leader served.
+    let before = image_of(&q.image(leader).await);
+    q.kill(leader);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    assert!(
+        image_of(&q.image(leader).await) == before,
+        "the image changed across the failover"
     );
     let quorum = q
         .call(leader, |mut c| async move {
@@ -220,6 +297,54 @@ async fn a_voter_kept_down_gets_a_snapshot_and_converges() {
         .await
         .unwrap();
     assert_eq!(quorum.voters.len(), 3);
+}
+
+/// A controller whose quorum thread died on a metadata log error must not linger as a zombie
+/// that answers `/health` 200: it reports unhealthy and exits non-zero so a supervisor restarts
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_log_failure_stops_the_controller_with_an_error() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut q = Quorum::start(
+        1,
+        &[
+            "metadata.log.max.record.bytes.between.snapshots=65536",
+            &format!("metrics.address={metrics}"),
+        ],
+    );
+    q.leader(Duration::from_secs(10)).await;
+    let _b1 = FakeBroker::start(&q, 1).await;
+    assert_eq!(http_get(&metrics, "/health").await.0, 200);
+    // The snapshot's temp file cannot be created: the next snapshot fails.
+    std::fs::create_dir(q.procs[0].dir.join("metadata/raft.tmp")).unwrap();
+    let mut status = None;
+    for i in 0..20 {
+        let _ = q
+            .client(0)
+            .await
+            .create_topics(CreateTopicsRequest {
+                topics: vec![topic(&format!("big-{i}"), 1000, 1)],
+                validate_only: false,
+            })
+            .await;
+        status = q.wait_exit(0, Duration::from_millis(500));
+        if status.is_some() {
+            break;
+        }
+    }
+    let status = status
+        .or_else(|| q.wait_exit(0, Duration::from_secs(10)))
+        .expect("the controller kept running without its quorum thread");
+    assert!(!status.success(), "exited with {status}");
+    let log = q.log(0);
+    assert!(
+        log.contains("the quorum thread stopped on a metadata log error"),
+        "{log}"
+    );
+    assert!(
+        log.contains("raft.tmp"),
+        "the log names the failing file: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

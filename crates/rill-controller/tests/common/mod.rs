@@ -103,6 +103,46 @@ impl Quorum {
         }
     }
 
+    /// Waits up to `within` for controller `i` to exit on its own; its exit status, if it did.
+    pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.procs[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.procs[i].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What controller `i` logged so far (stderr).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.procs[i].dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Opens a metadata stream on controller `i` only (no retries, no hints followed).
+    pub async fn fetch_metadata(
+        &self,
+        i: usize,
+        from_offset: i64,
+    ) -> Result<tonic::Streaming<MetadataBatch>, tonic::Status> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.procs[i].addr))
+            .unwrap()
+            .connect_timeout(Duration::from_millis(500))
+            .connect_lazy();
+        ControllerClient::new(ch)
+            .fetch_metadata(FetchMetadataRequest {
+                broker_id: -1,
+                from_offset,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut c) = self.procs[i].child.take() {
