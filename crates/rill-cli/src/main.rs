@@ -107,6 +107,10 @@ struct ProduceArgs {
     /// none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: String,
+    /// A key or value equal to this string is sent as null (Kafka's `null.marker`). A null value
+    /// is a tombstone: compaction removes its key.
+    #[arg(long, value_name = "STR")]
+    null_marker: Option<String>,
 }
 
 #[derive(Args)]
@@ -125,16 +129,25 @@ struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     max_messages: Option<usize>,
-    /// Stop when nothing arrives for this long (ms); runs until interrupted when omitted.
+    /// Stop once no record has arrived for this long (ms), counting from the start and then
+    /// from the last record; runs until interrupted when omitted. Every wait counts, finding the
+    /// topic's partitions and offsets included.
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// Print keys (key, a tab, then the value).
     #[arg(long)]
     print_key: bool,
+    /// How a null key or null value (a tombstone) is printed, to tell it apart from any text.
+    #[arg(long, value_name = "STR", default_value = NULL_SHOWN_AS)]
+    null_marker: String,
     /// Print timestamps and partition/offset.
     #[arg(long)]
     print_timestamp: bool,
 }
+
+/// How `rill consume` prints a null key or value unless `--null-marker` says otherwise: Kafka's
+/// console consumer prints `null`, which a record whose value is the text "null" also prints.
+const NULL_SHOWN_AS: &str = "<null>";
 
 fn main() {
     let cli = Cli::parse();
@@ -421,6 +434,35 @@ pub(crate) fn parse_compression(s: &str) -> Result<Compression> {
     s.parse::<Compression>().map_err(anyhow::Error::msg)
 }
 
+/// Adds what to do about a topic that does not exist to UNKNOWN_TOPIC_OR_PARTITION: rill
+/// creates no topics on first use.
+fn explain_topic_error(e: rill_protocol::ApiError, topic: &str) -> anyhow::Error {
+    if e.code == rill_protocol::ErrorCode::UnknownTopicOrPartition {
+        anyhow::anyhow!("{e}; create it with `rill topic create {topic}`")
+    } else {
+        e.into()
+    }
+}
+
+fn producer_error(e: rill_producer::ProducerError, topic: &str) -> anyhow::Error {
+    match e {
+        rill_producer::ProducerError::Api(e) => explain_topic_error(e, topic),
+        e => e.into(),
+    }
+}
+
+fn consumer_error(e: rill_consumer::ConsumerError, topic: &str) -> anyhow::Error {
+    match e {
+        rill_consumer::ConsumerError::Api(e) => explain_topic_error(e, topic),
+        e => e.into(),
+    }
+}
+
+/// `None` for text equal to the null marker, else the text's bytes.
+fn bytes_or_null(text: &str, null_marker: Option<&str>) -> Option<Bytes> {
+    (null_marker != Some(text)).then(|| Bytes::from(text.to_owned()))
+}
+
 async fn produce(servers: &[String], args: ProduceArgs) -> Result<()> {
     let producer = Producer::new(ProducerConfig {
         bootstrap: servers.to_vec(),
@@ -428,6 +470,12 @@ async fn produce(servers: &[String], args: ProduceArgs) -> Result<()> {
         compression: parse_compression(&args.compression)?,
         ..Default::default()
     })?;
+    // A topic that does not exist fails here, before any input is read.
+    producer
+        .partitions_for(&args.topic)
+        .await
+        .map_err(|e| producer_error(e, &args.topic))?;
+    let null_marker = args.null_marker.as_deref();
     let stdin = std::io::stdin();
     let mut pending = Vec::new();
     let mut count = 0usize;
@@ -435,15 +483,22 @@ async fn produce(servers: &[String], args: ProduceArgs) -> Result<()> {
         let line = line.context("reading stdin")?;
         let (key, value) = match &args.key_separator {
             Some(sep) => match line.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(Bytes::from(k.to_owned())), Bytes::from(v.to_owned())),
+                Some((k, v)) => (bytes_or_null(k, null_marker), bytes_or_null(v, null_marker)),
                 None => bail!("line {} has no key separator {sep:?}: {line:?}", count + 1),
             },
-            None => (None, Bytes::from(line)),
+            None => (None, bytes_or_null(&line, null_marker)),
+        };
+        let record = ProducerRecord {
+            topic: args.topic.clone(),
+            key,
+            value,
+            ..Default::default()
         };
         pending.push(
             producer
-                .send(ProducerRecord::new(args.topic.clone(), key, value))
-                .await?,
+                .send(record)
+                .await
+                .map_err(|e| producer_error(e, &args.topic))?,
         );
         count += 1;
         if pending.len() >= 10_000 {
@@ -461,39 +516,41 @@ async fn produce(servers: &[String], args: ProduceArgs) -> Result<()> {
 }
 
 async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
-    let mut consumer = Consumer::new(ConsumerConfig {
-        bootstrap: servers.to_vec(),
-        auto_offset_reset: if args.from_beginning {
-            OffsetReset::Earliest
-        } else {
-            OffsetReset::Latest
-        },
-        ..Default::default()
-    })?;
-    let tps = match args.partition {
-        Some(p) => vec![(args.topic.clone(), p)],
-        None => consumer.partitions_of(&args.topic).await?,
+    let limit = args.timeout_ms.map(Duration::from_millis);
+    let started = std::time::Instant::now();
+    let setup = start_consuming(servers, &args);
+    let mut consumer = match limit {
+        None => setup.await?,
+        Some(limit) => tokio::time::timeout(limit, setup).await.map_err(|_| {
+            anyhow::anyhow!(
+                "timed out after {} ms (--timeout-ms) finding the partitions and offsets of {}",
+                limit.as_millis(),
+                args.topic
+            )
+        })??,
     };
-    consumer.assign(tps.clone());
-    if let Some(offset) = args.offset {
-        for tp in &tps {
-            consumer.seek(tp, offset);
-        }
-    } else if args.from_beginning {
-        consumer.seek_to_beginning(&tps).await?;
-    }
     let mut seen = 0usize;
-    let mut idle_since = std::time::Instant::now();
+    let mut idle_since = started;
     let stdout = std::io::stdout();
     loop {
-        let records = consumer.poll(Duration::from_millis(500)).await?;
+        // --timeout-ms bounds every wait, whatever the consumer is waiting for.
+        let idle_left = limit.map(|l| l.saturating_sub(idle_since.elapsed()));
+        if idle_left.is_some_and(|l| l.is_zero()) {
+            break;
+        }
+        let wait = idle_left.map_or(Duration::from_millis(500), |l| {
+            l.min(Duration::from_millis(500))
+        });
+        let records = match tokio::time::timeout(
+            wait + Duration::from_millis(100),
+            consumer.poll(wait),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| consumer_error(e, &args.topic))?,
+            Err(_) => Vec::new(),
+        };
         if records.is_empty() {
-            if args
-                .timeout_ms
-                .is_some_and(|t| idle_since.elapsed() >= Duration::from_millis(t))
-            {
-                break;
-            }
             continue;
         }
         idle_since = std::time::Instant::now();
@@ -506,20 +563,16 @@ async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
                     r.timestamp, r.topic, r.partition, r.offset
                 )?;
             }
+            let show = |b: &Option<Bytes>| {
+                b.as_deref().map_or_else(
+                    || args.null_marker.clone(),
+                    |b| String::from_utf8_lossy(b).into_owned(),
+                )
+            };
             if args.print_key {
-                let k = r
-                    .key
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_else(|| "null".into());
-                write!(out, "{k}\t")?;
+                write!(out, "{}\t", show(&r.key))?;
             }
-            let v = r
-                .value
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_else(|| "null".into());
-            writeln!(out, "{v}")?;
+            writeln!(out, "{}", show(&r.value))?;
             seen += 1;
             if args.max_messages.is_some_and(|m| seen >= m) {
                 out.flush()?;
@@ -529,4 +582,43 @@ async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// A consumer assigned to the partitions `args` asks for, at the requested start positions.
+async fn start_consuming(servers: &[String], args: &ConsumeArgs) -> Result<Consumer> {
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: servers.to_vec(),
+        auto_offset_reset: if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        },
+        ..Default::default()
+    })?;
+    // Every partition of the topic: this also fails at once for a topic that does not exist.
+    let all = consumer
+        .partitions_of(&args.topic)
+        .await
+        .map_err(|e| consumer_error(e, &args.topic))?;
+    let tps = match args.partition {
+        Some(p) if p >= 0 && (p as usize) < all.len() => vec![(args.topic.clone(), p)],
+        Some(p) => bail!(
+            "topic {} has {} partitions; partition {p} does not exist",
+            args.topic,
+            all.len()
+        ),
+        None => all,
+    };
+    consumer.assign(tps.clone());
+    if let Some(offset) = args.offset {
+        for tp in &tps {
+            consumer.seek(tp, offset);
+        }
+    } else if args.from_beginning {
+        consumer
+            .seek_to_beginning(&tps)
+            .await
+            .map_err(|e| consumer_error(e, &args.topic))?;
+    }
+    Ok(consumer)
 }

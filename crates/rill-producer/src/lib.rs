@@ -267,6 +267,24 @@ impl Producer {
         &self.inner.client
     }
 
+    /// The partition count of `topic` (Kafka's `partitionsFor`), waiting up to `max.block.ms`
+    /// for the metadata of a topic just created. A topic the controllers say does not exist is
+    /// an immediate UNKNOWN_TOPIC_OR_PARTITION, so callers can check a topic before sending.
+    pub async fn partitions_for(&self, topic: &str) -> Result<usize, ProducerError> {
+        let max_block = self.inner.config.max_block;
+        tokio::time::timeout(
+            max_block,
+            wait_for_topic(&self.inner.client, topic, max_block),
+        )
+        .await
+        .map_err(|_| {
+            ProducerError::Timeout(format!(
+                "no metadata for topic {topic:?} within max.block.ms"
+            ))
+        })?
+        .map(|p| p.len())
+    }
+
     /// Queues a record; the returned future resolves once it is acknowledged. Waits (up to
     /// `max.block.ms`) when `buffer.memory` is exhausted.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ProducerError> {

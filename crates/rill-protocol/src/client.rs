@@ -112,6 +112,7 @@ impl ClusterClient {
             "no broker reachable at {}",
             self.bootstrap.join(",")
         ));
+        let mut tried: Vec<String> = Vec::new();
         for addr in candidates {
             let mut client =
                 BrokerClient::new(self.channel(&addr)?).max_decoding_message_size(usize::MAX);
@@ -126,8 +127,21 @@ impl ClusterClient {
                     self.absorb(&r);
                     return Ok(r);
                 }
-                Err(status) => last = ApiError::from(status),
+                Err(status) => {
+                    last = ApiError::from(status);
+                    if !tried.contains(&addr) {
+                        tried.push(addr);
+                    }
+                }
             }
+        }
+        // Name what was tried: "tcp connect error" alone does not say where.
+        if !tried.is_empty() {
+            last.message = format!(
+                "no broker reachable at {} ({})",
+                tried.join(", "),
+                last.message
+            );
         }
         Err(last)
     }
