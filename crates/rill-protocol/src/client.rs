@@ -137,11 +137,7 @@ impl ClusterClient {
         }
         // Name what was tried: "tcp connect error" alone does not say where.
         if !tried.is_empty() {
-            last.message = format!(
-                "no broker reachable at {} ({})",
-                tried.join(", "),
-                last.message
-            );
+            last.message = format!("{} (tried {})", last.message, tried.join(", "));
         }
         Err(last)
     }
