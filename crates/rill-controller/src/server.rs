@@ -111,9 +111,12 @@ pub async fn run(
             reason: format!("reflection: {e}"),
         })?;
     let config = Arc::new(config);
-    let controller_service =
-        ControllerServer::new(ControllerService::new(handle.clone(), Arc::clone(&config)))
-            .max_decoding_message_size(16 << 20);
+    let controller_service = ControllerServer::new(ControllerService::new(
+        handle.clone(),
+        Arc::clone(&config),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(16 << 20);
     let quorum_service = QuorumServer::new(QuorumService::new(
         handle.clone(),
         config.node.id,

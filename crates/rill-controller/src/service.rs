@@ -13,6 +13,7 @@ use rill_protocol::proto::quorum_server::Quorum;
 use rill_protocol::proto::*;
 use rill_protocol::{ApiError, ErrorCode};
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::commands::{self, record};
@@ -25,12 +26,23 @@ use rill_protocol::metadata_image::MetadataImage;
 pub struct ControllerService {
     handle: QuorumHandle,
     config: Arc<ControllerConfig>,
+    shutdown: CancellationToken,
 }
 
 impl ControllerService {
-    /// A service feeding the quorum thread behind `handle`.
-    pub fn new(handle: QuorumHandle, config: Arc<ControllerConfig>) -> Self {
-        ControllerService { handle, config }
+    /// A service feeding the quorum thread behind `handle`. Metadata streams end when
+    /// `shutdown` fires: the server's graceful shutdown waits for open streams, and brokers
+    /// hold theirs open for as long as they run.
+    pub fn new(
+        handle: QuorumHandle,
+        config: Arc<ControllerConfig>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ControllerService {
+            handle,
+            config,
+            shutdown,
+        }
     }
 }
 
@@ -559,77 +571,96 @@ impl Controller for ControllerService {
     ) -> Result<Response<Self::FetchMetadataStream>, Status> {
         let from = request.into_inner().from_offset.max(0);
         let handle = self.handle.clone();
+        let shutdown = self.shutdown.clone();
         let start = handle.fetch_metadata(from).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<MetadataBatch, Status>>(16);
         tokio::spawn(async move {
-            let mut next = start.initial.last_offset + 1;
-            if tx.send(Ok(start.initial)).await.is_err() {
-                return;
-            }
-            let mut updates = start.updates;
-            loop {
-                match updates.recv().await {
-                    Ok(batch) => {
-                        if batch.is_snapshot {
-                            next = batch.last_offset + 1;
-                            if tx.send(Ok((*batch).clone())).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        let records: Vec<MetadataRecord> = batch
-                            .records
-                            .iter()
-                            .filter(|r| r.offset >= next)
-                            .cloned()
-                            .collect();
-                        if records.is_empty() {
-                            continue;
-                        }
-                        next = batch.last_offset + 1;
-                        let out = MetadataBatch {
-                            is_snapshot: false,
-                            last_offset: batch.last_offset,
-                            records,
-                        };
-                        if tx.send(Ok(out)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(
-                        tokio::sync::broadcast::error::RecvError::Lagged(_)
-                        | tokio::sync::broadcast::error::RecvError::Closed,
-                    ) => {
-                        // Too slow for the live feed, or the feed closed because this controller
-                        // stopped being the active one: start again from where we are. That goes
-                        // through the leadership check and a ReadIndex, so after a step-down the
-                        // stream ends with NOT_CONTROLLER and the new leader's hint (or
-                        // "shutting down"), and the broker reconnects to the active controller.
-                        if tx.is_closed() {
-                            return;
-                        }
-                        match handle.fetch_metadata(next).await {
-                            Ok(again) => {
-                                next = again.initial.last_offset + 1;
-                                updates = again.updates;
-                                if !again.initial.records.is_empty()
-                                    && tx.send(Ok(again.initial)).await.is_err()
-                                {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e.into())).await;
-                                return;
-                            }
-                        }
-                    }
+            tokio::select! {
+                _ = feed_metadata(handle, start, tx.clone()) => {}
+                // The server's graceful shutdown waits for open streams: end them.
+                _ = shutdown.cancelled() => {
+                    let e = ApiError::new(ErrorCode::NotController, "the controller is shutting down");
+                    let _ = tx.try_send(Err(e.into()));
                 }
             }
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// Feeds one metadata stream: the initial batch, then every committed batch after it. Ends when
+/// the broker goes away, or when this controller stops being the active one (the feed closes and
+/// the restart from `next` is refused with NOT_CONTROLLER and the new leader's hint).
+async fn feed_metadata(
+    handle: QuorumHandle,
+    start: crate::quorum_controller::MetadataStart,
+    tx: tokio::sync::mpsc::Sender<Result<MetadataBatch, Status>>,
+) {
+    let mut next = start.initial.last_offset + 1;
+    if tx.send(Ok(start.initial)).await.is_err() {
+        return;
+    }
+    let mut updates = start.updates;
+    loop {
+        match updates.recv().await {
+            Ok(batch) => {
+                if batch.is_snapshot {
+                    next = batch.last_offset + 1;
+                    if tx.send(Ok((*batch).clone())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let records: Vec<MetadataRecord> = batch
+                    .records
+                    .iter()
+                    .filter(|r| r.offset >= next)
+                    .cloned()
+                    .collect();
+                if records.is_empty() {
+                    continue;
+                }
+                next = batch.last_offset + 1;
+                let out = MetadataBatch {
+                    is_snapshot: false,
+                    last_offset: batch.last_offset,
+                    records,
+                };
+                if tx.send(Ok(out)).await.is_err() {
+                    return;
+                }
+            }
+            Err(
+                tokio::sync::broadcast::error::RecvError::Lagged(_)
+                | tokio::sync::broadcast::error::RecvError::Closed,
+            ) => {
+                // Too slow for the live feed, or the feed closed because this controller
+                // stopped being the active one: start again from where we are. That goes
+                // through the leadership check and a ReadIndex, so after a step-down the
+                // stream ends with NOT_CONTROLLER and the new leader's hint (or
+                // "shutting down"), and the broker reconnects to the active controller.
+                if tx.is_closed() {
+                    return;
+                }
+                match handle.fetch_metadata(next).await {
+                    Ok(again) => {
+                        next = again.initial.last_offset + 1;
+                        updates = again.updates;
+                        if !again.initial.records.is_empty()
+                            && tx.send(Ok(again.initial)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 

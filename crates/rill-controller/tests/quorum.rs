@@ -430,3 +430,35 @@ async fn no_acknowledged_write_is_lost_when_the_leader_dies_mid_stream() {
         );
     }
 }
+
+/// An open metadata stream must not hold a controller's graceful shutdown hostage: the stream
+/// ends and the process exits cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_metadata_streams_and_exits_cleanly() {
+    let mut q = Quorum::start(1, &[]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let mut stream = q.fetch_metadata(leader, 0).await.unwrap();
+    stream.message().await.unwrap().unwrap();
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(rill_protocol::ApiError::from(status).code),
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || {
+        q.stop(leader);
+    })
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the stream outlived the controller")
+        .unwrap();
+    assert!(
+        matches!(end, None | Some(ErrorCode::NotController)),
+        "{end:?}"
+    );
+}
