@@ -1,6 +1,9 @@
 //! Periodic work: retention (`log.retention.check.interval.ms`), compaction
-//! (`log.cleaner.backoff.ms`), interval flushes (`flush.messages` / `flush.ms`), checkpoints and
-//! log-size metrics. Every pass runs on the blocking pool and stops with the broker.
+//! (`log.cleaner.backoff.ms`), interval flushes (`flush.messages` / `flush.ms`), recovery-point
+//! checkpoints (`log.flush.offset.checkpoint.interval.ms`), removal of deleted logs
+//! (`log.segment.delete.delay.ms`) and log-size metrics. Every pass runs on the blocking pool
+//! and stops with the broker. A pass that panics is counted and the task goes on with the next
+//! pass: retention must never silently stop for good.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
-use crate::metrics::{Metrics, PartitionLabels};
+use crate::metrics::{Metrics, PartitionLabels, TaskLabels};
 use crate::replica_manager::ReplicaManager;
 
 /// Starts the periodic tasks.
@@ -21,56 +24,66 @@ pub fn start(
 ) {
     let every = |ms: u64| Duration::from_millis(ms);
     let node = config.node_id;
-    spawn_periodic(
-        "retention",
-        every(config.retention_check_interval_ms),
-        stop.clone(),
-        {
-            let rm = Arc::clone(&rm);
-            move || {
-                let n = rm
-                    .logs()
-                    .run_retention(|tp| rm.high_watermark_of(tp))
-                    .map_err(|e| e.to_string())?;
-                if n > 0 {
-                    rm.logs().checkpoint().map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            }
-        },
-    );
-    spawn_periodic(
-        "log cleaner",
-        every(config.cleaner_backoff_ms),
-        stop.clone(),
-        {
-            let rm = Arc::clone(&rm);
-            move || {
-                rm.logs()
-                    .run_cleaner(|tp| rm.high_watermark_of(tp))
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
-    );
-    spawn_periodic("flush and checkpoint", every(1000), stop.clone(), {
+    let tasks = Tasks {
+        metrics: Arc::clone(&metrics),
+        stop: stop.clone(),
+    };
+    tasks.spawn("retention", every(config.retention_check_interval_ms), {
         let rm = Arc::clone(&rm);
-        let mut ticks = 0u64;
         move || {
-            rm.flush_due_logs().map_err(|e| e.to_string())?;
-            ticks += 1;
-            if ticks.is_multiple_of(60) {
+            let n = rm
+                .logs()
+                .run_retention(|tp| rm.high_watermark_of(tp))
+                .map_err(|e| e.to_string())?;
+            if n > 0 {
                 rm.logs().checkpoint().map_err(|e| e.to_string())?;
             }
             Ok(())
         }
     });
-    spawn_periodic("metrics", every(5000), stop, move || {
+    tasks.spawn("log cleaner", every(config.cleaner_backoff_ms), {
+        let rm = Arc::clone(&rm);
+        move || {
+            rm.logs()
+                .run_cleaner(|tp| rm.high_watermark_of(tp))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    });
+    tasks.spawn("flush", every(1000), {
+        let rm = Arc::clone(&rm);
+        move || rm.flush_due_logs().map_err(|e| e.to_string())
+    });
+    tasks.spawn(
+        "recovery point checkpoint",
+        every(config.recovery_point_checkpoint_interval_ms),
+        {
+            let rm = Arc::clone(&rm);
+            move || rm.logs().checkpoint().map_err(|e| e.to_string())
+        },
+    );
+    tasks.spawn(
+        "deleted log removal",
+        every(config.log_delete_delay_ms.clamp(100, 30_000)),
+        {
+            let rm = Arc::clone(&rm);
+            move || {
+                rm.remove_deleted_logs();
+                Ok(())
+            }
+        },
+    );
+    let m = Arc::clone(&metrics);
+    tasks.spawn("metrics", every(5000), move || {
+        let metrics = &m;
         let partitions = rm.all_partitions();
         metrics.partitions.set(partitions.len() as i64);
         let mut under = 0;
         for p in &partitions {
-            let size = p.log.read().map(|l| l.size_bytes()).unwrap_or(0);
+            // A poisoned log is reported by the request path; its size is simply not updated.
+            let Ok(size) = p.log.read().map(|l| l.size_bytes()) else {
+                continue;
+            };
             let g: Gauge = metrics
                 .log_size
                 .get_or_create(&PartitionLabels {
@@ -85,38 +98,49 @@ pub fn start(
             }
         }
         metrics.under_replicated.set(under);
+        metrics
+            .offline_log_dirs
+            .set(rm.offline_log_dirs().len() as i64);
         Ok(())
     });
 }
 
-fn spawn_periodic(
-    name: &'static str,
-    period: Duration,
+/// Spawns periodic passes that stop with `stop`, counting failures and panics in metrics.
+struct Tasks {
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
-    mut work: impl FnMut() -> Result<(), String> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-            let (w, result) = match tokio::task::spawn_blocking(move || {
-                let r = work();
-                (work, r)
-            })
-            .await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(task = name, error = %e, "background task panicked; it stops");
-                    return;
+}
+
+impl Tasks {
+    fn spawn(
+        &self,
+        name: &'static str,
+        period: Duration,
+        work: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        let work = Arc::new(work);
+        let metrics = Arc::clone(&self.metrics);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
                 }
-            };
-            work = w;
-            if let Err(e) = result {
-                tracing::warn!(task = name, error = %e, "background pass failed");
+                let pass = Arc::clone(&work);
+                let labels = TaskLabels { task: name };
+                match tokio::task::spawn_blocking(move || pass()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        metrics.background_errors.get_or_create(&labels).inc();
+                        tracing::warn!(task = name, error = %e, "background pass failed");
+                    }
+                    Err(e) => {
+                        metrics.background_panics.get_or_create(&labels).inc();
+                        tracing::error!(task = name, error = %e, "background pass panicked; the task goes on with the next pass");
+                    }
+                }
             }
-        }
-    });
+        });
+    }
 }

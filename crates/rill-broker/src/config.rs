@@ -75,6 +75,16 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "how often retention runs",
     ),
     (
+        "log.flush.offset.checkpoint.interval.ms",
+        "60000",
+        "how often each log dir's recovery-point checkpoint is written",
+    ),
+    (
+        "log.segment.delete.delay.ms",
+        "60000",
+        "how long a log set aside as <dir>-delete (deleted topic, replica moved away) stays on disk",
+    ),
+    (
         "log.cleaner.backoff.ms",
         "15000",
         "how often the cleaner looks for dirty logs",
@@ -229,6 +239,10 @@ pub struct BrokerConfig {
     pub flush_policy: FlushPolicy,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `log.flush.offset.checkpoint.interval.ms`: a crash re-validates at most this much data.
+    pub recovery_point_checkpoint_interval_ms: u64,
+    /// `log.segment.delete.delay.ms`: how long a `-delete` log waits before removal.
+    pub log_delete_delay_ms: u64,
     /// `log.cleaner.backoff.ms`.
     pub cleaner_backoff_ms: u64,
     /// `log.cleaner.dedupe.buffer.size`.
@@ -395,6 +409,12 @@ impl BrokerConfig {
             flush_policy,
             retention_check_interval_ms: int("log.retention.check.interval.ms", 1, i64::MAX)?
                 as u64,
+            recovery_point_checkpoint_interval_ms: int(
+                "log.flush.offset.checkpoint.interval.ms",
+                1,
+                i64::MAX,
+            )? as u64,
+            log_delete_delay_ms: int("log.segment.delete.delay.ms", 0, i64::MAX)? as u64,
             cleaner_backoff_ms: int("log.cleaner.backoff.ms", 1, i64::MAX)? as u64,
             cleaner_dedupe_buffer_size: int("log.cleaner.dedupe.buffer.size", 1024, i64::MAX)?
                 as usize,

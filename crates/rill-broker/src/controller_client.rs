@@ -1,12 +1,12 @@
 //! Talks to the controller quorum: finds the active controller, follows NOT_CONTROLLER hints,
 //! fails over when a controller is unreachable.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rill_protocol::proto::controller_client::ControllerClient as GrpcClient;
 use rill_protocol::{ApiError, ErrorCode};
 
+use parking_lot::Mutex;
 use tonic::transport::Channel;
 
 /// A client of the controller quorum.
@@ -44,13 +44,11 @@ impl ControllerClient {
     }
 
     fn set_current(&self, i: usize) {
-        if let Ok(mut c) = self.current.lock() {
-            *c = i;
-        }
+        *self.current.lock() = i;
     }
 
     fn current(&self) -> usize {
-        self.current.lock().map(|c| *c).unwrap_or(0)
+        *self.current.lock()
     }
 
     /// Calls the active controller, retrying on NOT_CONTROLLER and connection failures for up
@@ -71,11 +69,10 @@ impl ControllerClient {
 
     /// Node id of the controller that last answered a call (the active one), -1 before any.
     pub fn active_controller_id(&self) -> i32 {
-        match self.current.lock() {
-            Ok(c) if self.answered.load(std::sync::atomic::Ordering::Acquire) => {
-                self.voters[*c].0 as i32
-            }
-            _ => -1,
+        if self.answered.load(std::sync::atomic::Ordering::Acquire) {
+            self.voters[self.current()].0 as i32
+        } else {
+            -1
         }
     }
 

@@ -35,6 +35,10 @@ pub enum BrokerError {
     /// The controller client could not be built.
     #[error(transparent)]
     Api(#[from] rill_protocol::ApiError),
+    /// A log dir failed (a write or fsync error): the broker stopped so that its partitions'
+    /// leadership moves and a supervisor can restart it once the disk is fixed.
+    #[error("a log dir failed; the broker stopped: {0}")]
+    LogDirFailure(String),
     /// Listening failed.
     #[error("listener {address}: {reason}")]
     Listener {
@@ -98,6 +102,24 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             }
         });
     }
+    // A failed log dir stops the broker (Kafka's KRaft brokers halt too): the controlled
+    // shutdown below moves its leaderships away, and nothing more is acknowledged from that dir.
+    let mut dir_failures = rm.log_dir_failures();
+    {
+        let shutdown = shutdown.clone();
+        let stop = background_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = dir_failures.wait_for(Option::is_some) => {
+                    if let Ok(reason) = r {
+                        tracing::error!(error = reason.as_deref().unwrap_or_default(), "stopping the broker after a log dir failure");
+                    }
+                    shutdown.cancel();
+                }
+            }
+        });
+    }
     let lifecycle =
         lifecycle::Lifecycle::new(Arc::clone(&config), Arc::clone(&rm), Arc::clone(&metrics))?;
     let lifecycle_task = tokio::spawn(Arc::clone(&lifecycle).run(shutdown.clone()));
@@ -148,11 +170,18 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     // Dropping the last queue sender stops the I/O threads once they drain.
     drop(lifecycle);
     let rm2 = Arc::clone(&rm);
+    let failed = rm.offline_log_dirs();
+    let clean = failed.is_empty();
     let closed = tokio::task::spawn_blocking(move || {
         for w in workers {
             let _ = w.join();
         }
-        rm2.logs().shutdown()
+        if clean {
+            rm2.logs().shutdown()
+        } else {
+            // No clean-shutdown marker: the next start must recover what the failure left.
+            Ok(())
+        }
     })
     .await
     .map_err(|e| BrokerError::Listener {
@@ -160,6 +189,12 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         reason: format!("shutdown task failed: {e}"),
     })?;
     closed?;
+    if let Some((dir, reason)) = failed.into_iter().next() {
+        return Err(BrokerError::LogDirFailure(format!(
+            "{}: {reason}",
+            dir.display()
+        )));
+    }
     tracing::info!(broker = config.node_id, "broker stopped cleanly");
     match served {
         Ok(Ok(())) => Ok(()),

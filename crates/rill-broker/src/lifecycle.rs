@@ -156,7 +156,21 @@ impl Lifecycle {
         }
     }
 
+    /// Follows the metadata log from the active controller. The image only moves forward: a
+    /// snapshot older than what this broker already applied — in this run, or before a restart
+    /// (`metadata-offset-checkpoint`) — comes from a lagging controller and is refused, and
+    /// nothing is applied to the local logs until the image has reached that offset again.
     async fn follow_metadata(self: Arc<Self>, stop: CancellationToken) {
+        let rm = Arc::clone(&self.rm);
+        let floor = tokio::task::spawn_blocking(move || rm.persisted_metadata_offset())
+            .await
+            .unwrap_or(-1);
+        if floor >= 0 {
+            tracing::info!(
+                offset = floor,
+                "waiting for metadata at least as new as this broker applied before its restart"
+            );
+        }
         let mut image = MetadataImage::default();
         let mut attempt = 0usize;
         while !stop.is_cancelled() {
@@ -190,23 +204,56 @@ impl Lifecycle {
                         break;
                     }
                 };
+                let applied = image.next_offset - 1;
                 if batch.is_snapshot {
+                    if batch.last_offset < applied.max(floor) {
+                        tracing::warn!(
+                            snapshot = batch.last_offset,
+                            applied = applied.max(floor),
+                            "refusing a metadata snapshot older than what this broker has applied (a lagging controller); trying another controller"
+                        );
+                        attempt += 1;
+                        break;
+                    }
                     image = MetadataImage::from_snapshot(&batch.records, batch.last_offset);
                 } else {
+                    let mut gap = false;
                     for r in &batch.records {
-                        if r.offset >= image.next_offset {
+                        if r.offset > image.next_offset {
+                            gap = true;
+                            break;
+                        }
+                        if r.offset == image.next_offset {
                             image.apply(r);
                             image.next_offset = r.offset + 1;
                         }
                     }
+                    if gap {
+                        tracing::warn!(
+                            expected = image.next_offset,
+                            "metadata stream skipped records; reconnecting"
+                        );
+                        attempt += 1;
+                        break;
+                    }
                     image.next_offset = image.next_offset.max(batch.last_offset + 1);
+                }
+                let offset = image.next_offset - 1;
+                if offset < floor {
+                    // Still behind what this broker knew before: act on nothing yet.
+                    continue;
                 }
                 let snapshot = Arc::new(image.clone());
                 let rm = Arc::clone(&self.rm);
-                match tokio::task::spawn_blocking(move || rm.apply_image(snapshot)).await {
-                    Ok(Ok(())) => self.applied.store(image.next_offset - 1, Ordering::Release),
+                let persisted = tokio::task::spawn_blocking(move || {
+                    rm.apply_image(snapshot);
+                    rm.persist_metadata_offset(offset)
+                })
+                .await;
+                match persisted {
+                    Ok(Ok(())) => self.applied.store(offset, Ordering::Release),
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "applying metadata to local logs failed")
+                        tracing::error!(error = %e, "could not record the applied metadata offset")
                     }
                     Err(e) => tracing::error!(error = %e, "metadata apply task failed"),
                 }

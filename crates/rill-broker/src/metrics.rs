@@ -18,6 +18,13 @@ pub struct RpcLabels {
     pub rpc: &'static str,
 }
 
+/// Labels of per-task metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// Background task name.
+    pub task: &'static str,
+}
+
 /// Labels of per-partition metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -48,6 +55,12 @@ pub struct Metrics {
     pub under_replicated: Gauge,
     /// Partitions hosted.
     pub partitions: Gauge,
+    /// Background task passes that panicked (the task is restarted), by task.
+    pub background_panics: Family<TaskLabels, Counter>,
+    /// Background task passes that failed with an error, by task.
+    pub background_errors: Family<TaskLabels, Counter>,
+    /// Log dirs taken offline by an I/O failure.
+    pub offline_log_dirs: Gauge,
     /// Registered and unfenced.
     pub ready: AtomicBool,
 }
@@ -68,6 +81,9 @@ impl Metrics {
             log_size: Family::default(),
             under_replicated: Gauge::default(),
             partitions: Gauge::default(),
+            background_panics: Family::default(),
+            background_errors: Family::default(),
+            offline_log_dirs: Gauge::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -103,6 +119,21 @@ impl Metrics {
             "partitions",
             "Partitions hosted on this broker",
             m.partitions.clone(),
+        );
+        registry.register(
+            "background_task_panics",
+            "Background task passes that panicked and were restarted, by task",
+            m.background_panics.clone(),
+        );
+        registry.register(
+            "background_task_errors",
+            "Background task passes that failed, by task",
+            m.background_errors.clone(),
+        );
+        registry.register(
+            "offline_log_dirs",
+            "Log dirs taken offline by an I/O failure",
+            m.offline_log_dirs.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

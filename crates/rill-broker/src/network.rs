@@ -158,7 +158,7 @@ impl Broker for BrokerService {
             if bytes >= min_bytes || has_error || Instant::now() >= deadline {
                 self.metrics.bytes_out.inc_by(bytes as u64);
                 self.metrics
-                    .observe("Fetch", started.elapsed().as_secs_f64(), true);
+                    .observe("Fetch", started.elapsed().as_secs_f64(), !has_error);
                 return Ok(Response::new(response));
             }
             // Long poll: sleep until some high watermark moves or the wait is over.
@@ -189,8 +189,13 @@ impl Broker for BrokerService {
         })
         .await
         .map_err(blocking_err)?;
+        let ok = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .all(|p| p.error_code == 0);
         self.metrics
-            .observe("ListOffsets", started.elapsed().as_secs_f64(), true);
+            .observe("ListOffsets", started.elapsed().as_secs_f64(), ok);
         Ok(Response::new(response))
     }
 
@@ -315,7 +320,15 @@ fn read_all(
                 }
                 Ok(partition) => {
                     let state = partition.state();
-                    let (start, hw) = rm.offsets(&partition);
+                    let (start, hw) = match rm.offsets(&partition) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            pr.error_code = e.code as i32;
+                            pr.error_message = e.message;
+                            tr.partitions.push(pr);
+                            continue;
+                        }
+                    };
                     pr.high_watermark = hw;
                     pr.log_start_offset = start;
                     if p.current_leader_epoch >= 0 && p.current_leader_epoch != state.leader_epoch {
@@ -379,60 +392,88 @@ fn list_offset(
         leader_epoch: -1,
         ..Default::default()
     };
+    let fail = |mut r: ListOffsetsPartitionResponse, e: ApiError| {
+        r.error_code = e.code as i32;
+        r.error_message = e.message;
+        r
+    };
     let partition = match rm.leader_partition(&tp) {
         Ok(p) => p,
-        Err((e, _)) => {
-            r.error_code = e.code as i32;
-            r.error_message = e.message;
-            return r;
-        }
+        Err((e, _)) => return fail(r, e),
     };
-    let (start, hw) = rm.offsets(&partition);
-    r.leader_epoch = partition.state().leader_epoch;
-    // The timestamp to look up: a time, or -3 for the largest timestamp in the log.
-    let lookup = match p.timestamp {
-        -2 => {
-            r.offset = start;
-            return r;
+    match lookup_offset(rm, &partition, p.timestamp) {
+        Ok(Some((offset, timestamp, epoch))) => {
+            r.offset = offset;
+            r.timestamp = timestamp;
+            r.leader_epoch = epoch;
+            r
         }
-        -1 => {
-            r.offset = hw;
-            return r;
-        }
-        ts if ts >= 0 => Some(ts),
-        -3 => None,
-        other => {
-            r.error_code = ErrorCode::InvalidRequest as i32;
-            r.error_message = format!(
-                "timestamp {other} is not supported: use -2 (earliest), -1 (latest), -3 (max timestamp) or a time in ms"
-            );
-            return r;
-        }
+        Ok(None) => r,
+        Err(e) => fail(r, e),
+    }
+}
+
+/// ListOffsets for one partition: (offset, timestamp, leader epoch of the batch at that
+/// offset) — or `None` when no record matches a time lookup. `timestamp` is a time in ms, -2
+/// (earliest), -1 (latest: the high watermark) or -3 (the record with the largest timestamp).
+fn lookup_offset(
+    rm: &ReplicaManager,
+    partition: &crate::replica_manager::Partition,
+    timestamp: i64,
+) -> Result<Option<(i64, i64, i32)>, ApiError> {
+    if !(timestamp >= 0 || matches!(timestamp, -3..=-1)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "timestamp {timestamp} is not supported: use -2 (earliest), -1 (latest), -3 (max timestamp) or a time in ms"
+            ),
+        ));
+    }
+    let (start, hw) = rm.offsets(partition)?;
+    let log = partition.log.read().map_err(|_| {
+        ApiError::new(
+            ErrorCode::KafkaStorageError,
+            format!(
+                "{}: poisoned log lock; the broker must restart",
+                partition.tp
+            ),
+        )
+    })?;
+    // The epoch of the leader that wrote `offset` (Kafka answers the batch's epoch, so a client
+    // can detect truncation with OffsetForLeaderEpoch); -1 when the log has no epoch for it.
+    let epoch_at = |offset: i64| {
+        log.leader_epochs()
+            .iter()
+            .rev()
+            .find(|e| e.start_offset <= offset)
+            .map_or(-1, |e| e.epoch)
     };
-    let found = partition.log.read().map_err(|_| ()).and_then(|l| {
-        // MAX_TIMESTAMP: the record with the largest timestamp (the first such, as Kafka).
-        let ts = lookup.unwrap_or_else(|| {
-            l.segments()
+    let storage = |e: rill_storage::LogError| {
+        ApiError::new(
+            e.error_code(),
+            format!("offset lookup on {} failed: {e}", partition.tp),
+        )
+    };
+    let ts = match timestamp {
+        -2 => return Ok(Some((start, -1, epoch_at(start)))),
+        -1 => return Ok(Some((hw, -1, log.latest_epoch().unwrap_or(-1)))),
+        -3 => {
+            // MAX_TIMESTAMP: the record with the largest timestamp (the first such, as Kafka).
+            let max = log
+                .segments()
                 .iter()
                 .map(|s| s.max_timestamp)
                 .max()
-                .unwrap_or(-1)
-        });
-        if ts < 0 {
-            return Ok(None);
+                .unwrap_or(-1);
+            if max < 0 {
+                return Ok(None);
+            }
+            max
         }
-        l.offset_for_timestamp(ts).map_err(|_| ())
-    });
-    match found {
-        Ok(Some((offset, timestamp))) if offset < hw => {
-            r.offset = offset;
-            r.timestamp = timestamp;
-        }
-        Ok(_) => {}
-        Err(()) => {
-            r.error_code = ErrorCode::KafkaStorageError as i32;
-            r.error_message = "time index lookup failed".into();
-        }
+        ts => ts,
+    };
+    match log.offset_for_timestamp(ts).map_err(storage)? {
+        Some((offset, timestamp)) if offset < hw => Ok(Some((offset, timestamp, epoch_at(offset)))),
+        _ => Ok(None),
     }
-    r
 }

@@ -5,23 +5,46 @@
 //! below which data is acknowledged-durable — the group-commit durable offset under
 //! `log.flush.policy=commit`, the log end offset (in the page cache) under `interval`. Consumers
 //! never read past it, so they never see data a crash could take back.
+//!
+//! Data-safety rules for local logs (the metadata image only ever moves forward, see
+//! `lifecycle`):
+//! - a log is removed only because a committed metadata record says so — its topic was deleted,
+//!   or its replica moved to other brokers — and even then it is first renamed
+//!   `<dir>.<id>-delete` and removed after `log.segment.delete.delay.ms`;
+//! - a log whose origin is unclear (its topic is not in the image, or the image names another
+//!   topic id than the log's `partition.metadata`) is renamed `<dir>.<id>-stray` and kept;
+//! - a log directory where a write or fsync failed goes offline at once (Kafka's
+//!   `LogDirFailureChannel`): its partitions answer KAFKA_STORAGE_ERROR, nothing more is
+//!   acknowledged from it, and the broker is told to stop (see [`ReplicaManager::log_dir_failures`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::{
-    GroupCommit, LogAppendInfo, LogConfig, LogError, LogManager, SharedLog, TopicPartition,
+    GroupCommit, LogAppendInfo, LogConfig, LogError, LogManager, OffsetCheckpointFile, SharedLog,
+    TopicPartition,
 };
 use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, FlushPolicy};
 
 /// File in each partition directory naming the topic id the data belongs to.
-const PARTITION_METADATA: &str = "partition.metadata";
+pub const PARTITION_METADATA: &str = "partition.metadata";
+/// Suffix of a log set aside because a committed record removed it; removed after
+/// `log.segment.delete.delay.ms`.
+pub const DELETE_SUFFIX: &str = "delete";
+/// Suffix of a log set aside because its origin is unclear; kept until an operator removes it.
+pub const STRAY_SUFFIX: &str = "stray";
+/// File in each log dir holding the offset of the last metadata record this broker applied, so
+/// a restarted broker never accepts an older view of the cluster.
+pub const METADATA_OFFSET_CHECKPOINT: &str = "metadata-offset-checkpoint";
+const METADATA_OFFSET_KEY: &str = "__cluster_metadata-0";
 
 /// Leadership state of a hosted partition, from the metadata image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,6 +67,8 @@ pub struct Partition {
     pub topic_id: String,
     /// The log.
     pub log: SharedLog,
+    /// The log dir holding the log (a failure there takes this partition offline).
+    log_dir: PathBuf,
     group_commit: Arc<GroupCommit>,
     state: RwLock<LeaderState>,
     config: RwLock<LogConfig>,
@@ -53,7 +78,7 @@ pub struct Partition {
 impl Partition {
     /// Leadership state.
     pub fn state(&self) -> LeaderState {
-        self.state.read().map(|s| s.clone()).unwrap_or_default()
+        self.state.read().clone()
     }
 
     /// The high watermark.
@@ -71,6 +96,11 @@ pub struct ReplicaManager {
     config: Arc<BrokerConfig>,
     logs: LogManager,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// Partitions assigned here that cannot serve, and why (failed log dir, unreadable files).
+    offline: RwLock<HashMap<TopicPartition, String>>,
+    /// Log dirs taken offline by an I/O failure, and the failure.
+    offline_dirs: RwLock<BTreeMap<PathBuf, String>>,
+    dir_failures: watch::Sender<Option<String>>,
     image: RwLock<Arc<MetadataImage>>,
     hw_changed: watch::Sender<u64>,
 }
@@ -79,15 +109,52 @@ fn api(e: LogError) -> ApiError {
     ApiError::new(e.error_code(), e.to_string())
 }
 
+fn poisoned(what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::KafkaStorageError,
+        format!("{what}: a thread panicked while holding the log lock; the broker must restart"),
+    )
+}
+
+/// An error that means the log dir itself failed (Kafka's `IOException` →
+/// `LogDirFailureChannel`), as opposed to bad input.
+fn is_dir_failure(e: &LogError) -> bool {
+    e.is_log_dir_failure()
+}
+
+/// Reads `partition.metadata`: `Ok(None)` when there is none, an error naming the file when it
+/// cannot be read.
+pub fn read_partition_metadata(dir: &Path) -> Result<Option<String>, LogError> {
+    let path = dir.join(PARTITION_METADATA);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id.is_empty() || id.chars().any(char::is_control) {
+                return Err(LogError::Corrupt {
+                    path,
+                    reason: "partition.metadata does not hold a topic id".into(),
+                });
+            }
+            Ok(Some(id.to_owned()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LogError::Io { path, source }),
+    }
+}
+
 impl ReplicaManager {
     /// A replica manager over opened logs.
     pub fn new(config: Arc<BrokerConfig>, logs: LogManager) -> Self {
         let (hw_changed, _) = watch::channel(0);
+        let (dir_failures, _) = watch::channel(None);
         ReplicaManager {
             node_id: config.node_id,
             config,
             logs,
             partitions: RwLock::new(HashMap::new()),
+            offline: RwLock::new(HashMap::new()),
+            offline_dirs: RwLock::new(BTreeMap::new()),
+            dir_failures,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             hw_changed,
         }
@@ -100,10 +167,7 @@ impl ReplicaManager {
 
     /// The latest metadata image applied.
     pub fn image(&self) -> Arc<MetadataImage> {
-        self.image
-            .read()
-            .map(|i| Arc::clone(&i))
-            .unwrap_or_default()
+        Arc::clone(&self.image.read())
     }
 
     /// Wakes long-polling fetches whenever any high watermark moves.
@@ -111,23 +175,72 @@ impl ReplicaManager {
         self.hw_changed.subscribe()
     }
 
+    /// Becomes `Some(reason)` when a log dir failed; the broker then stops (as a KRaft broker
+    /// without JBOD failover does), so the controller moves its leaderships.
+    pub fn log_dir_failures(&self) -> watch::Receiver<Option<String>> {
+        self.dir_failures.subscribe()
+    }
+
+    /// Log dirs that are offline, with the failure that took each offline.
+    pub fn offline_log_dirs(&self) -> BTreeMap<PathBuf, String> {
+        self.offline_dirs.read().clone()
+    }
+
     /// A hosted partition.
     pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
-        self.partitions.read().ok()?.get(tp).cloned()
+        self.partitions.read().get(tp).cloned()
     }
 
     /// Every hosted partition.
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions
-            .read()
-            .map(|p| p.values().cloned().collect())
-            .unwrap_or_default()
+        self.partitions.read().values().cloned().collect()
     }
 
-    /// Makes the hosted partitions match `image`: creates logs for new replicas, updates
-    /// leadership and configs, deletes logs of partitions no longer assigned here (or whose topic
-    /// was deleted and re-created). Blocking (file I/O).
-    pub fn apply_image(&self, image: Arc<MetadataImage>) -> Result<(), LogError> {
+    /// The offset of the last metadata record applied before this start (from the
+    /// `metadata-offset-checkpoint` of every log dir; -1 when none). A metadata snapshot older
+    /// than this comes from a lagging controller and must be refused.
+    pub fn persisted_metadata_offset(&self) -> i64 {
+        self.logs
+            .log_dirs()
+            .iter()
+            .filter_map(|d| {
+                let file = OffsetCheckpointFile::new(d.join(METADATA_OFFSET_CHECKPOINT));
+                match file.read() {
+                    Ok(m) => m.get(METADATA_OFFSET_KEY).copied(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable metadata offset checkpoint; ignoring it");
+                        None
+                    }
+                }
+            })
+            .max()
+            .unwrap_or(-1)
+    }
+
+    /// Records (durably, in every online log dir) that metadata up to `offset` was applied.
+    pub fn persist_metadata_offset(&self, offset: i64) -> Result<(), LogError> {
+        let entries: BTreeMap<String, i64> = [(METADATA_OFFSET_KEY.to_owned(), offset)].into();
+        let offline = self.offline_dirs.read().clone();
+        for dir in self.logs.log_dirs() {
+            if offline.contains_key(dir) {
+                continue;
+            }
+            if let Err(e) =
+                OffsetCheckpointFile::new(dir.join(METADATA_OFFSET_CHECKPOINT)).write(&entries)
+            {
+                self.fail_log_dir(dir, &e.to_string());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the hosted partitions match `image`, which must be at least as new as the last one
+    /// applied (the caller guarantees it): opens logs for new replicas, updates leadership and
+    /// configs, and sets aside logs that are no longer ours (see the module's rules). A partition
+    /// that cannot be opened is reported offline; the others go on. Blocking (file I/O).
+    pub fn apply_image(&self, image: Arc<MetadataImage>) {
+        let previous = self.image();
         let mut desired: HashMap<TopicPartition, (&str, LeaderState, &BTreeMap<String, String>)> =
             HashMap::new();
         for topic in image.topics.values() {
@@ -149,62 +262,113 @@ impl ReplicaManager {
                 }
             }
         }
-        // Remove what is no longer ours, or belongs to an older incarnation of the topic.
-        let local: Vec<(TopicPartition, String)> = self
+        // Hosted partitions that are no longer ours, or belong to another incarnation of the topic.
+        let hosted: Vec<(TopicPartition, String)> = self
             .partitions
             .read()
-            .map(|p| {
-                p.values()
-                    .map(|p| (p.tp.clone(), p.topic_id.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (tp, id) in local {
-            if desired.get(&tp).is_none_or(|(want, _, _)| *want != id) {
-                if let Ok(mut p) = self.partitions.write() {
-                    p.remove(&tp);
-                }
-                self.logs.delete(&tp)?;
-                tracing::info!(partition = %tp, "deleted a partition log no longer assigned here");
+            .values()
+            .map(|p| (p.tp.clone(), p.topic_id.clone()))
+            .collect();
+        for (tp, id) in hosted {
+            if desired.get(&tp).is_some_and(|(want, _, _)| *want == id) {
+                continue;
             }
+            self.partitions.write().remove(&tp);
+            let (suffix, why) = removal(&previous, &image, &tp, Some(&id), self.node_id);
+            self.set_aside(&tp, suffix, &why);
         }
-        // Logs found on disk at start-up whose topic is gone.
+        // Logs on disk that are not hosted (found at start-up) and not assigned here.
         for tp in self.logs.partitions() {
-            if !desired.contains_key(&tp) && self.partition(&tp).is_none() {
-                self.logs.delete(&tp)?;
-                tracing::info!(partition = %tp, "deleted the log of a partition that no longer exists");
+            if desired.contains_key(&tp) || self.partitions.read().contains_key(&tp) {
+                continue;
+            }
+            let Some(dir) = self
+                .logs
+                .get(&tp)
+                .and_then(|l| l.read().ok().map(|l| l.dir().to_owned()))
+            else {
+                continue;
+            };
+            match read_partition_metadata(&dir) {
+                Ok(id) => {
+                    let (suffix, why) =
+                        removal(&previous, &image, &tp, id.as_deref(), self.node_id);
+                    self.set_aside(&tp, suffix, &why);
+                }
+                Err(e) => {
+                    // Never act on data we cannot identify: leave it where it is.
+                    if self
+                        .offline
+                        .write()
+                        .insert(tp.clone(), e.to_string())
+                        .is_none()
+                    {
+                        tracing::error!(partition = %tp, error = %e, "leaving an unidentifiable partition log untouched");
+                    }
+                }
             }
         }
         for (tp, (topic_id, state, configs)) in desired {
             let config = self.config.log_config(configs);
             match self.partition(&tp) {
                 Some(p) => {
-                    if let Ok(mut s) = p.state.write() {
-                        *s = state;
-                    }
-                    let changed = p.config.read().map(|c| *c != config).unwrap_or(true);
+                    *p.state.write() = state;
+                    let changed = *p.config.read() != config;
                     if changed {
                         if let Ok(mut log) = p.log.write() {
                             log.set_config(config.clone());
                         }
-                        if let Ok(mut c) = p.config.write() {
-                            *c = config;
+                        *p.config.write() = config;
+                    }
+                }
+                None => match self.open_partition(&tp, topic_id, state, config, &previous) {
+                    Ok(partition) => {
+                        self.offline.write().remove(&tp);
+                        self.partitions.write().insert(tp, partition);
+                    }
+                    Err(e) => {
+                        if self
+                            .offline
+                            .write()
+                            .insert(tp.clone(), e.to_string())
+                            .is_none()
+                        {
+                            tracing::error!(partition = %tp, error = %e, "cannot open this partition; it stays offline");
+                        }
+                        if is_dir_failure(&e)
+                            && let Some(dir) = self.log_dir_of(&tp)
+                        {
+                            self.fail_log_dir(&dir, &e.to_string());
                         }
                     }
-                }
-                None => {
-                    let partition = self.open_partition(&tp, topic_id, state, config)?;
-                    if let Ok(mut p) = self.partitions.write() {
-                        p.insert(tp, partition);
-                    }
-                }
+                },
             }
         }
-        if let Ok(mut i) = self.image.write() {
-            *i = image;
-        }
+        *self.image.write() = image;
         self.hw_changed.send_modify(|v| *v += 1);
-        Ok(())
+    }
+
+    fn log_dir_of(&self, tp: &TopicPartition) -> Option<PathBuf> {
+        let log = self.logs.get(tp)?;
+        let dir = log.read().ok()?.dir().parent()?.to_owned();
+        Some(dir)
+    }
+
+    /// Renames a log aside (`-delete` or `-stray`), logging what and why.
+    fn set_aside(&self, tp: &TopicPartition, suffix: &str, why: &str) {
+        match self.logs.set_aside(tp, suffix) {
+            Ok(Some(path)) if suffix == DELETE_SUFFIX => {
+                tracing::info!(partition = %tp, path = %path.display(), reason = why, "log scheduled for deletion");
+            }
+            Ok(Some(path)) => {
+                tracing::warn!(partition = %tp, path = %path.display(), reason = why, "stray log set aside (kept; remove it by hand once you know it is not needed)");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(partition = %tp, error = %e, "could not set a log aside");
+                self.offline.write().insert(tp.clone(), e.to_string());
+            }
+        }
     }
 
     fn open_partition(
@@ -213,40 +377,109 @@ impl ReplicaManager {
         topic_id: &str,
         state: LeaderState,
         config: LogConfig,
+        previous: &MetadataImage,
     ) -> Result<Arc<Partition>, LogError> {
         if let Some(existing) = self.logs.get(tp) {
             let dir = existing
                 .read()
-                .map(|l| l.dir().to_owned())
-                .unwrap_or_default();
-            let recorded =
-                std::fs::read_to_string(dir.join(PARTITION_METADATA)).unwrap_or_default();
-            if !recorded.trim().is_empty() && recorded.trim() != topic_id {
-                tracing::info!(partition = %tp, "local data belongs to an older topic with this name; deleting it");
-                self.logs.delete(tp)?;
+                .map_err(|_| LogError::Corrupt {
+                    path: Default::default(),
+                    reason: format!("poisoned log lock of {tp}"),
+                })?
+                .dir()
+                .to_owned();
+            if let Some(recorded) = read_partition_metadata(&dir)?
+                && recorded != topic_id
+            {
+                // Another incarnation of the topic: deleted and re-created while we knew it, or
+                // of unclear origin. Either way its data is kept aside, not lost.
+                let known = previous
+                    .topics
+                    .get(&tp.topic)
+                    .is_some_and(|t| t.id == recorded);
+                let (suffix, why) = if known {
+                    (
+                        DELETE_SUFFIX,
+                        format!(
+                            "topic id {recorded} was deleted and the topic re-created as {topic_id}"
+                        ),
+                    )
+                } else {
+                    (
+                        STRAY_SUFFIX,
+                        format!(
+                            "local data belongs to topic id {recorded}, the cluster knows this topic as {topic_id}"
+                        ),
+                    )
+                };
+                self.set_aside(tp, suffix, &why);
+                if self.logs.get(tp).is_some() {
+                    return Err(LogError::Corrupt {
+                        path: dir,
+                        reason: "could not set aside the log of another topic incarnation".into(),
+                    });
+                }
             }
         }
         let log = self.logs.get_or_create(tp, config.clone())?;
         let (dir, hw, group_commit) = {
             let l = log.read().map_err(|_| LogError::Corrupt {
                 path: Default::default(),
-                reason: "poisoned log lock".into(),
+                reason: format!("poisoned log lock of {tp}"),
             })?;
             (l.dir().to_owned(), l.log_end_offset(), l.group_commit())
         };
-        std::fs::write(dir.join(PARTITION_METADATA), topic_id).map_err(|source| LogError::Io {
-            path: dir.join(PARTITION_METADATA),
-            source,
-        })?;
+        if read_partition_metadata(&dir)?.is_none() {
+            rill_storage::write_atomically(&dir.join(PARTITION_METADATA), topic_id.as_bytes())?;
+        }
+        let log_dir = dir.parent().map(Path::to_owned).unwrap_or_default();
         Ok(Arc::new(Partition {
             tp: tp.clone(),
             topic_id: topic_id.to_owned(),
             log,
+            log_dir,
             group_commit,
             state: RwLock::new(state),
             config: RwLock::new(config),
             high_watermark: AtomicI64::new(hw),
         }))
+    }
+
+    /// Takes a log dir offline after an I/O failure: its partitions stop serving at once (so
+    /// nothing more from it is acknowledged) and the broker is told to stop.
+    pub fn fail_log_dir(&self, dir: &Path, reason: &str) {
+        {
+            let mut offline = self.offline_dirs.write();
+            if offline.contains_key(dir) {
+                return;
+            }
+            offline.insert(dir.to_owned(), reason.to_owned());
+        }
+        tracing::error!(log_dir = %dir.display(), error = reason, "log dir failed; its partitions are offline");
+        let doomed: Vec<Arc<Partition>> = self
+            .partitions
+            .read()
+            .values()
+            .filter(|p| p.log_dir == dir)
+            .cloned()
+            .collect();
+        for p in doomed {
+            self.partitions.write().remove(&p.tp);
+            self.offline.write().insert(
+                p.tp.clone(),
+                format!("log dir {} is offline: {reason}", dir.display()),
+            );
+        }
+        self.dir_failures
+            .send_replace(Some(format!("log dir {} failed: {reason}", dir.display())));
+        self.hw_changed.send_modify(|v| *v += 1);
+    }
+
+    fn storage_error(&self, partition: &Partition, e: LogError) -> ApiError {
+        if is_dir_failure(&e) {
+            self.fail_log_dir(&partition.log_dir, &e.to_string());
+        }
+        api(e)
     }
 
     /// The partition if this broker leads it, else the error a client should see.
@@ -292,6 +525,15 @@ impl ReplicaManager {
                         "broker {} does not lead {tp}; the leader is {}",
                         self.node_id, p.leader
                     ),
+                ),
+                current,
+            ));
+        }
+        if let Some(why) = self.offline.read().get(tp) {
+            return Err((
+                ApiError::new(
+                    ErrorCode::KafkaStorageError,
+                    format!("{tp} is offline on broker {}: {why}", self.node_id),
                 ),
                 current,
             ));
@@ -344,12 +586,15 @@ impl ReplicaManager {
             let mut log = partition
                 .log
                 .write()
-                .map_err(|_| ApiError::new(ErrorCode::KafkaStorageError, "poisoned log lock"))?;
-            let info = log.append_as_leader(&mut buf, epoch).map_err(api)?;
+                .map_err(|_| poisoned(&partition.tp.to_string()))?;
+            let info = log
+                .append_as_leader(&mut buf, epoch)
+                .map_err(|e| self.storage_error(partition, e))?;
             if self.config.flush_policy == FlushPolicy::Interval {
                 // Acknowledged without fsync: at least in the page cache (survives a crash of
                 // this process). Under `commit` the fsync in `make_durable` writes it out.
-                log.write_out().map_err(api)?;
+                log.write_out()
+                    .map_err(|e| self.storage_error(partition, e))?;
             }
             info
         };
@@ -360,13 +605,14 @@ impl ReplicaManager {
     }
 
     /// Waits (blocking) until everything below `end` is fsynced, then moves the high watermark.
+    /// A failed fsync takes the log dir offline: the data it covered may be gone from the page
+    /// cache, so nothing from that dir is acknowledged again.
     pub fn make_durable(&self, partition: &Partition, end: i64) -> Result<(), ApiError> {
-        partition.group_commit.wait_durable(end).map_err(|e| {
-            ApiError::new(
-                ErrorCode::KafkaStorageError,
-                format!("fsync failed on {}: {e}", partition.tp),
-            )
-        })?;
+        if let Err(e) = partition.group_commit.wait_durable(end) {
+            let reason = format!("fsync failed on {}: {e}", partition.tp);
+            self.fail_log_dir(&partition.log_dir, &reason);
+            return Err(ApiError::new(ErrorCode::KafkaStorageError, reason));
+        }
         self.advance_hw(partition, partition.group_commit.durable_offset());
         Ok(())
     }
@@ -382,11 +628,60 @@ impl ReplicaManager {
     pub fn flush_due_logs(&self) -> Result<(), LogError> {
         for p in self.all_partitions() {
             let due = p.log.read().map(|l| l.flush_due()).unwrap_or(false);
-            if due && let Ok(mut l) = p.log.write() {
-                l.flush()?;
+            if due
+                && let Ok(mut l) = p.log.write()
+                && let Err(e) = l.flush()
+            {
+                if is_dir_failure(&e) {
+                    self.fail_log_dir(&p.log_dir, &e.to_string());
+                }
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Removes logs set aside as `-delete` longer ago than `log.segment.delete.delay.ms`.
+    /// Returns how many were removed.
+    pub fn remove_deleted_logs(&self) -> usize {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let delay = u128::from(self.config.log_delete_delay_ms) * 1_000_000;
+        let mut removed = 0;
+        for dir in self.logs.log_dirs() {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(stamp) = name
+                    .strip_suffix(&format!("-{DELETE_SUFFIX}"))
+                    .and_then(|n| n.rsplit_once('.'))
+                    .and_then(|(_, hex)| u128::from_str_radix(hex, 16).ok())
+                else {
+                    continue;
+                };
+                if now.saturating_sub(stamp) < delay {
+                    continue;
+                }
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        removed += 1;
+                        tracing::info!(path = %entry.path().display(), "removed a deleted partition log");
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a deleted partition log")
+                    }
+                }
+            }
+            if removed > 0
+                && let Ok(d) = std::fs::File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+        }
+        removed
     }
 
     /// High watermark of a hosted partition (retention and cleaning stay below it).
@@ -406,7 +701,7 @@ impl ReplicaManager {
         let log = partition
             .log
             .read()
-            .map_err(|_| ApiError::new(ErrorCode::KafkaStorageError, "poisoned log lock"))?;
+            .map_err(|_| poisoned(&partition.tp.to_string()))?;
         if offset > hw && offset <= log.log_end_offset() {
             // Written but not yet acknowledged-durable: nothing to read yet.
             return Ok(None);
@@ -415,12 +710,140 @@ impl ReplicaManager {
     }
 
     /// (log start offset, high watermark).
-    pub fn offsets(&self, partition: &Partition) -> (i64, i64) {
+    pub fn offsets(&self, partition: &Partition) -> Result<(i64, i64), ApiError> {
         let start = partition
             .log
             .read()
-            .map(|l| l.log_start_offset())
-            .unwrap_or(0);
-        (start, partition.high_watermark())
+            .map_err(|_| poisoned(&partition.tp.to_string()))?
+            .log_start_offset();
+        Ok((start, partition.high_watermark()))
+    }
+}
+
+/// Why a local log is no longer hosted, decided only from committed metadata: `-delete` when
+/// a record removed it (its topic was deleted or re-created, or its replica moved away from
+/// `node`), `-stray` when its origin is unclear. Returns (suffix, reason).
+fn removal(
+    previous: &MetadataImage,
+    image: &MetadataImage,
+    tp: &TopicPartition,
+    local_id: Option<&str>,
+    node: i32,
+) -> (&'static str, String) {
+    let Some(local_id) = local_id else {
+        return (
+            STRAY_SUFFIX,
+            "no partition.metadata names the topic id of this data".into(),
+        );
+    };
+    if image
+        .topics
+        .get(&tp.topic)
+        .is_some_and(|t| t.id == local_id)
+    {
+        return (
+            DELETE_SUFFIX,
+            format!("its replica moved away from broker {node}"),
+        );
+    }
+    if previous
+        .topics
+        .get(&tp.topic)
+        .is_some_and(|t| t.id == local_id)
+    {
+        return (
+            DELETE_SUFFIX,
+            match image.topics.get(&tp.topic) {
+                Some(t) => format!(
+                    "topic id {local_id} was deleted and the topic re-created as {}",
+                    t.id
+                ),
+                None => format!("topic id {local_id} was deleted"),
+            },
+        );
+    }
+    (
+        STRAY_SUFFIX,
+        format!(
+            "topic id {local_id} is not in the cluster metadata at offset {}",
+            image.next_offset - 1
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_protocol::metadata_image::{PartitionInfo, TopicInfo};
+
+    fn image(offset: i64, topics: &[(&str, &str, Vec<i32>)]) -> MetadataImage {
+        let mut image = MetadataImage {
+            next_offset: offset + 1,
+            ..Default::default()
+        };
+        for (name, id, replicas) in topics {
+            image.topics.insert(
+                (*name).to_owned(),
+                TopicInfo {
+                    name: (*name).to_owned(),
+                    id: (*id).to_owned(),
+                    partitions: vec![PartitionInfo {
+                        replicas: replicas.clone(),
+                        isr: replicas.clone(),
+                        leader: replicas[0],
+                        leader_epoch: 0,
+                        partition_epoch: 0,
+                    }],
+                    configs: BTreeMap::new(),
+                },
+            );
+        }
+        image
+    }
+
+    #[test]
+    fn only_committed_removals_delete_everything_else_is_stray() {
+        let tp = TopicPartition::new("t", 0);
+        let empty = MetadataImage::default();
+        let had = image(10, &[("t", "A", vec![1])]);
+        // The topic was deleted while we watched: delete.
+        let (s, why) = removal(&had, &image(11, &[]), &tp, Some("A"), 1);
+        assert_eq!(s, DELETE_SUFFIX, "{why}");
+        // Deleted and re-created under a new id while we watched: delete the old incarnation.
+        let (s, _) = removal(&had, &image(12, &[("t", "B", vec![1])]), &tp, Some("A"), 1);
+        assert_eq!(s, DELETE_SUFFIX);
+        // The replica moved to other brokers (same topic id): delete.
+        let (s, why) = removal(&had, &image(12, &[("t", "A", vec![2])]), &tp, Some("A"), 1);
+        assert_eq!(s, DELETE_SUFFIX);
+        assert!(why.contains("moved away"), "{why}");
+        // Just restarted (no previous image) and the topic is unknown: we cannot tell why.
+        let (s, _) = removal(&empty, &image(12, &[]), &tp, Some("A"), 1);
+        assert_eq!(s, STRAY_SUFFIX);
+        // Another incarnation we never knew: stray.
+        let (s, _) = removal(
+            &empty,
+            &image(12, &[("t", "B", vec![1])]),
+            &tp,
+            Some("A"),
+            1,
+        );
+        assert_eq!(s, STRAY_SUFFIX);
+        // No partition.metadata: stray.
+        let (s, _) = removal(&had, &image(12, &[]), &tp, None, 1);
+        assert_eq!(s, STRAY_SUFFIX);
+    }
+
+    #[test]
+    fn unreadable_partition_metadata_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_partition_metadata(dir.path()).unwrap(), None);
+        std::fs::write(dir.path().join(PARTITION_METADATA), "").unwrap();
+        let e = read_partition_metadata(dir.path()).unwrap_err();
+        assert!(e.to_string().contains(PARTITION_METADATA), "{e}");
+        std::fs::write(dir.path().join(PARTITION_METADATA), "abc-123\n").unwrap();
+        assert_eq!(
+            read_partition_metadata(dir.path()).unwrap().as_deref(),
+            Some("abc-123")
+        );
     }
 }

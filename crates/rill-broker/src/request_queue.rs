@@ -7,7 +7,9 @@
 //! record framing; nothing of a rejected batch is written), then hands the durability wait to the
 //! blocking pool so it can take the next request while the fsync (shared by group commit) runs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rill_protocol::proto::{
@@ -83,10 +85,7 @@ pub fn start(
                 .name(format!("io-worker-{i}"))
                 .spawn(move || {
                     loop {
-                        let job = {
-                            let Ok(mut rx) = rx.lock() else { return };
-                            rx.blocking_recv()
-                        };
+                        let job = rx.lock().blocking_recv();
                         let Some(job) = job else { return };
                         metrics.queue_depth.dec();
                         process(&rm, policy, &metrics, &runtime, job);
@@ -142,7 +141,7 @@ fn process(
                     metrics.bytes_in.inc_by(data.records.len() as u64);
                     pr.base_offset = info.first_offset;
                     pr.log_append_time_ms = info.log_append_time.unwrap_or(-1);
-                    pr.log_start_offset = rm.offsets(&p).0;
+                    pr.log_start_offset = rm.offsets(&p).map_or(-1, |(start, _)| start);
                     if policy == FlushPolicy::Commit {
                         durable.push((ti, pi, p, info.last_offset + 1));
                     }

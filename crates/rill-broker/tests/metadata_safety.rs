@@ -1,0 +1,189 @@
+//! Brokers act on committed metadata only, and only ever move forward: a lagging controller
+//! cannot make them delete acknowledged data, a deleted topic's logs are set aside before they
+//! are removed, and data of unclear origin is kept aside (`-stray`), never deleted.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rill_consumer::{Consumer, ConsumerConfig, OffsetReset};
+use rill_producer::{Producer, ProducerConfig, ProducerRecord};
+use rill_protocol::proto::*;
+
+/// Every record of `topic` from the beginning, until `expected` arrived or 60 s passed.
+async fn consume(bootstrap: &[String], topic: &str, expected: usize) -> Vec<(i32, i64)> {
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: bootstrap.to_vec(),
+        auto_offset_reset: OffsetReset::Earliest,
+        fetch_max_wait: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .unwrap();
+    let tps = consumer.partitions_of(topic).await.unwrap();
+    consumer.assign(tps.clone());
+    consumer.seek_to_beginning(&tps).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Ok(batch) = consumer.poll(Duration::from_millis(500)).await {
+            out.extend(batch.iter().map(|r| (r.partition, r.offset)));
+        }
+    }
+    out
+}
+
+/// Names of the entries of `dir` that start with `prefix`.
+fn entries(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn produce(bootstrap: Vec<String>, topic: &str, n: usize) -> Vec<(i32, i64)> {
+    let producer = Producer::new(ProducerConfig {
+        bootstrap,
+        acks: -1,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        pending.push(
+            producer
+                .send(ProducerRecord::new(
+                    topic,
+                    Some(format!("k{i}")),
+                    format!("v{i}"),
+                ))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut acked = Vec::new();
+    for f in pending {
+        let md = f.await.unwrap();
+        acked.push((md.partition, md.offset));
+    }
+    producer.close().await;
+    acked
+}
+
+/// The reproduction: controller 1 misses a topic's creation, the other two die, and
+/// controller 1 comes back alone while every broker restarts. The brokers must not take its
+/// stale view for the truth: every acknowledged record is readable once the quorum is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_controller_cannot_make_brokers_delete_acknowledged_data() {
+    let mut cluster = Cluster::start(3, 3, &[]).await;
+    cluster.kill_controller(0);
+    // RF 1 until follower replication lands: with RF 3 a new leader has no copy of the data yet.
+    cluster.create_topic("t", 3, 1, &[]).await;
+    let acked = produce(cluster.bootstrap(), "t", 3000).await;
+    assert_eq!(acked.len(), 3000);
+    let before: Vec<Vec<String>> = cluster
+        .brokers
+        .iter()
+        .map(|b| entries(&b.dir.join("logs"), "t-"))
+        .collect();
+    assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 3, "{before:?}");
+
+    cluster.kill_controller(1);
+    cluster.kill_controller(2);
+    cluster.start_controller(0);
+    for i in 0..3 {
+        cluster.kill_broker(i);
+        cluster.start_broker(i);
+    }
+    // Give the brokers time to talk to the lagging controller (it knows no topic "t").
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (i, b) in cluster.brokers.iter().enumerate() {
+        assert_eq!(
+            entries(&b.dir.join("logs"), "t-"),
+            before[i],
+            "broker {} changed its logs of topic t on a lagging controller's word",
+            b.id
+        );
+    }
+
+    cluster.start_controller(1);
+    cluster.start_controller(2);
+    cluster.wait_healthy().await;
+    let got: HashSet<(i32, i64)> = consume(&cluster.bootstrap(), "t", acked.len())
+        .await
+        .into_iter()
+        .collect();
+    let lost = acked.iter().filter(|a| !got.contains(a)).count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} acknowledged records lost",
+        acked.len()
+    );
+}
+
+/// A deleted topic's logs are renamed `-delete` and removed after `log.segment.delete.delay.ms`;
+/// a partition directory nobody knows is set aside as `-stray` and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_logs_are_set_aside_then_removed_and_strays_are_kept() {
+    let mut cluster = Cluster::start(1, 1, &["log.segment.delete.delay.ms=1500"]).await;
+    let logs = cluster.brokers[0].dir.join("logs");
+    // A log left from some other cluster or topic incarnation: the broker cannot know.
+    cluster.kill_broker(0);
+    let stray = logs.join("ghost-0");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("partition.metadata"), "no-such-topic-id").unwrap();
+    cluster.start_broker(0);
+    cluster.wait_healthy().await;
+
+    cluster.create_topic("gone", 2, 1, &[]).await;
+    produce(cluster.bootstrap(), "gone", 100).await;
+    assert_eq!(entries(&logs, "gone-").len(), 2);
+    let client = cluster.client();
+    let r = client
+        .admin(Duration::from_secs(10), |mut c| async move {
+            c.delete_topics(DeleteTopicsRequest {
+                names: vec!["gone".into()],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+
+    // First set aside (nothing serves it any more), then removed after the delay.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut saw_delete = false;
+    loop {
+        let now = entries(&logs, "gone-");
+        saw_delete |= !now.is_empty() && now.iter().all(|n| n.ends_with("-delete"));
+        if now.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deleted logs still there: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        saw_delete,
+        "the logs were removed without being set aside first"
+    );
+
+    let ghosts = entries(&logs, "ghost-0");
+    assert_eq!(ghosts.len(), 1, "{ghosts:?}");
+    assert!(ghosts[0].ends_with("-stray"), "{ghosts:?}");
+    assert!(
+        logs.join(&ghosts[0]).join("partition.metadata").exists(),
+        "stray data must be kept"
+    );
+}
