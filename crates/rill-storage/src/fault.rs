@@ -346,10 +346,19 @@ pub(crate) mod hook {
 
     /// Applies the faults matching `op` on `path`: fails, pauses or lets it through.
     pub(crate) fn before(op: FileOp, path: &Path) -> io::Result<()> {
+        apply(op, path, true)
+    }
+
+    /// One operation is paused at most once; failures still apply after the pause.
+    fn apply(op: FileOp, path: &Path, may_pause: bool) -> io::Result<()> {
         let mut reg = registry();
         let mut pause = None;
         for rule in reg.rules.iter_mut() {
-            if rule.op != op || !path.starts_with(&rule.prefix) || rule.remaining == Some(0) {
+            if rule.op != op
+                || !path.starts_with(&rule.prefix)
+                || rule.remaining == Some(0)
+                || (!may_pause && matches!(rule.action, Action::Pause(_)))
+            {
                 continue;
             }
             if rule.skip > 0 {
@@ -382,6 +391,9 @@ pub(crate) mod hook {
                 s = gate.cond.wait(s).unwrap_or_else(|p| p.into_inner());
             }
             s.paused -= 1;
+            drop(s);
+            // Faults added while paused (or after the pause in the list) still apply.
+            return apply(op, path, false);
         }
         Ok(())
     }

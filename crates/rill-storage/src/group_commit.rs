@@ -208,8 +208,10 @@ impl GroupCommit {
 mod tests {
     use super::*;
 
+    /// Every waiter ends up durable under contention. That fsyncs are really shared is asserted
+    /// deterministically (a held fsync, queued appenders) in `tests/faults.rs`.
     #[test]
-    fn concurrent_waiters_share_fsyncs() {
+    fn concurrent_waiters_all_become_durable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = Arc::new(SegmentFile::new(
@@ -235,7 +237,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert!(gc.sync_count() <= 400, "never more fsyncs than appends");
         assert!(gc.sync_count() >= 1);
+        assert_eq!(gc.durable_offset(), 7050);
     }
 }

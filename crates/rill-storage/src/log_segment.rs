@@ -353,9 +353,12 @@ impl LogSegment {
     }
 
     /// Called when the segment stops being active (roll, close): records its final max timestamp
-    /// in the time index so retention and time lookups need no scan after a restart.
+    /// in the time index so retention and time lookups need no scan after a restart, and fsyncs
+    /// the data. Every segment but the last is therefore durable in full: a machine crash can
+    /// never leave a next segment (whose base offset says where this one ended) after a segment
+    /// that lost its tail, a hole recovery could not see.
     pub(crate) fn on_become_inactive(&mut self) -> Result<()> {
-        self.file.write_out().at(self.log_path())?;
+        self.file.sync().at(self.log_path())?;
         self.maybe_append_time_entry();
         self.offset_index.flush()?;
         self.time_index.flush()

@@ -1,0 +1,399 @@
+//! Storage under injected faults (feature `fault-injection`): failed fsyncs and writes, fsyncs
+//! held in flight, power cuts that lose everything not fsynced, failures in a compaction swap.
+//! Every wait is bounded; overlaps are made deterministic with paused operations, not sleeps.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rill_protocol::ErrorCode;
+use rill_storage::fault::{self, FileOp};
+use rill_storage::{
+    CLEAN_SHUTDOWN_FILE, CleanerConfig, CleanupPolicy, Log, LogConfig, LogError, LogManager,
+    ManualClock, OffsetCheckpointFile, RECOVERY_POINT_CHECKPOINT, TopicPartition,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it holds or [`WAIT`] passes.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Appends `n` one-record batches; returns the log end offset.
+fn append_n(log: &mut Log, start: usize, n: usize) -> i64 {
+    for i in start..start + n {
+        log.append_as_leader(&mut numbered(i, 1, 40, 1_000), 0)
+            .unwrap();
+    }
+    log.log_end_offset()
+}
+
+fn values(records: &[Rec]) -> Vec<i64> {
+    records.iter().map(|r| r.offset).collect()
+}
+
+#[test]
+fn a_failed_fsync_is_sticky_and_loses_only_unsynced_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let _tracking = fault::track_power_cuts(dir.path());
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), small_config(), &clock);
+    let gc = log.group_commit();
+    let synced_end = append_n(&mut log, 0, 5);
+    gc.wait_durable(synced_end).unwrap();
+    let synced = read_all(&log);
+    let end = append_n(&mut log, 5, 5);
+    {
+        let failing = fault::inject_fsync_failure(dir.path());
+        let err = gc.wait_durable(end).unwrap_err();
+        assert!(err.is_log_dir_failure(), "{err}");
+        assert_eq!(err.error_code(), ErrorCode::KafkaStorageError);
+        assert_eq!(failing.hits(), 1);
+    }
+    // The disk "works" again, but the pages of the failed fsync are gone: nothing more may
+    // ever be reported durable.
+    let err = gc.wait_durable(end).unwrap_err();
+    assert!(
+        matches!(err, LogError::LogDirOffline { .. }) && err.is_log_dir_failure(),
+        "{err}"
+    );
+    assert_eq!(gc.durable_offset(), synced_end);
+    assert!(gc.is_failed() && log.is_offline());
+    assert!(matches!(
+        log.append_as_leader(&mut numbered(10, 1, 40, 1_000), 0),
+        Err(LogError::LogDirOffline { .. })
+    ));
+    assert!(matches!(log.flush(), Err(LogError::LogDirOffline { .. })));
+    assert!(matches!(log.roll(), Err(LogError::LogDirOffline { .. })));
+    assert!(matches!(
+        log.write_out(),
+        Err(LogError::LogDirOffline { .. })
+    ));
+    assert!(matches!(log.close(), Err(LogError::LogDirOffline { .. })));
+    assert_eq!(gc.durable_offset(), synced_end);
+    assert_eq!(
+        log.recovery_point(),
+        synced_end,
+        "frozen at what was fsynced"
+    );
+    let recovery_point = log.recovery_point();
+    drop(log);
+
+    let report = fault::power_cut(dir.path()).unwrap();
+    assert!(report.bytes_lost > 0, "{report:?}");
+    let log = reopen(dir.path(), small_config(), &clock, false, recovery_point);
+    assert_eq!(log.log_end_offset(), synced_end);
+    assert_eq!(read_all(&log), synced);
+    assert!(!log.is_offline(), "reopening recovers the log");
+}
+
+#[test]
+fn a_failed_write_of_buffered_data_takes_the_log_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), small_config(), &clock);
+    let end = append_n(&mut log, 0, 3);
+    let failing = fault::inject_write_failure(dir.path());
+    assert!(log.write_out().unwrap_err().is_log_dir_failure());
+    drop(failing);
+    assert!(log.is_offline());
+    assert!(matches!(
+        log.group_commit().wait_durable(end),
+        Err(LogError::LogDirOffline { .. })
+    ));
+    assert_eq!(log.group_commit().durable_offset(), 0);
+}
+
+#[test]
+fn every_waiter_of_a_failed_fsync_gets_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let log = Arc::new(Mutex::new(open(dir.path(), small_config(), &clock)));
+    let gc = log.lock().unwrap().group_commit();
+    // The first append writes the leader epoch checkpoint (an fsync): not the one to hold.
+    let synced = append_n(&mut log.lock().unwrap(), 100, 1);
+    gc.wait_durable(synced).unwrap();
+    let paused = fault::pause_next(FileOp::Fsync, dir.path());
+    let _failing = fault::inject_fsync_failure(dir.path());
+    let spawn = |i: usize| {
+        let (log, gc) = (Arc::clone(&log), Arc::clone(&gc));
+        std::thread::spawn(move || {
+            let end = append_n(&mut log.lock().unwrap(), i, 1);
+            gc.wait_durable(end)
+        })
+    };
+    let leader = spawn(0);
+    assert!(paused.wait_until_paused(WAIT), "the leader's fsync is held");
+    let waiters: Vec<_> = (1..4).map(spawn).collect();
+    eventually("three queued waiters", || gc.waiting() == 3);
+    paused.release();
+    let err = leader.join().unwrap().unwrap_err();
+    assert!(matches!(err, LogError::Io { .. }), "{err}");
+    for w in waiters {
+        let err = w.join().unwrap().unwrap_err();
+        assert!(matches!(err, LogError::LogDirOffline { .. }), "{err}");
+    }
+    assert_eq!(gc.durable_offset(), synced);
+}
+
+/// Issue 10: concurrent appenders share fsyncs. One appender's fsync is held in flight while
+/// seven others append and queue; when it completes, one more fsync covers all seven.
+#[test]
+fn concurrent_appenders_share_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let log = Arc::new(Mutex::new(open(dir.path(), small_config(), &clock)));
+    let gc = log.lock().unwrap().group_commit();
+    // The first append writes the leader epoch checkpoint (an fsync): not the one to hold.
+    let synced = append_n(&mut log.lock().unwrap(), 100, 1);
+    gc.wait_durable(synced).unwrap();
+    let before = gc.sync_count();
+    let paused = fault::pause_next(FileOp::Fsync, dir.path());
+    let spawn = |i: usize| {
+        let (log, gc) = (Arc::clone(&log), Arc::clone(&gc));
+        std::thread::spawn(move || {
+            let end = append_n(&mut log.lock().unwrap(), i, 1);
+            gc.wait_durable(end).unwrap();
+            assert!(gc.durable_offset() >= end);
+        })
+    };
+    let first = spawn(0);
+    assert!(paused.wait_until_paused(WAIT));
+    let others: Vec<_> = (1..8).map(spawn).collect();
+    eventually("seven queued appenders", || gc.waiting() == 7);
+    paused.release();
+    first.join().unwrap();
+    for t in others {
+        t.join().unwrap();
+    }
+    assert_eq!(gc.durable_offset(), synced + 8);
+    assert_eq!(
+        gc.sync_count() - before,
+        2,
+        "8 appends, 2 fsyncs: the held one and one shared by the seven queued appenders"
+    );
+}
+
+/// An fsync that started before a truncation must not publish its old target over data
+/// re-appended (and not yet synced) after the cut.
+#[test]
+fn an_fsync_in_flight_across_a_truncation_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), small_config(), &clock);
+    let gc = log.group_commit();
+    let end = append_n(&mut log, 0, 5);
+    let first = fault::pause_next(FileOp::Fsync, dir.path());
+    let waiter = {
+        let gc = Arc::clone(&gc);
+        std::thread::spawn(move || gc.wait_durable(end))
+    };
+    assert!(first.wait_until_paused(WAIT));
+    log.truncate_to(2).unwrap();
+    assert_eq!(
+        append_n(&mut log, 100, 3),
+        end,
+        "re-appended up to the old end"
+    );
+    let second = fault::pause_next(FileOp::Fsync, dir.path());
+    first.release();
+    // The waiter either publishes (the bug) and returns, or fsyncs again for the new data.
+    eventually("the waiter to finish or fsync again", || {
+        second.is_paused() || waiter.is_finished()
+    });
+    assert!(
+        gc.durable_offset() <= 2,
+        "durable {} covers re-appended, unsynced data",
+        gc.durable_offset()
+    );
+    second.release();
+    waiter.join().unwrap().unwrap();
+    assert_eq!(gc.durable_offset(), end);
+}
+
+#[test]
+fn a_truncation_survives_a_power_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let _tracking = fault::track_power_cuts(dir.path());
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), small_config(), &clock);
+    let end = append_n(&mut log, 0, 10);
+    log.group_commit().wait_durable(end).unwrap();
+    log.truncate_to(4).unwrap();
+    assert!(log.recovery_point() <= 4);
+    let recovery_point = log.recovery_point();
+    drop(log);
+    fault::power_cut(dir.path()).unwrap();
+    let log = reopen(dir.path(), small_config(), &clock, false, recovery_point);
+    assert_eq!(log.log_end_offset(), 4, "truncated batches came back");
+    assert_eq!(values(&read_all(&log)), vec![0, 1, 2, 3]);
+}
+
+fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
+    LogManager::open(
+        dirs.to_vec(),
+        &small_config(),
+        CleanerConfig::default(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap()
+}
+
+fn checkpointed(dir: &Path, tp: &TopicPartition) -> Option<i64> {
+    OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT))
+        .read()
+        .unwrap()
+        .get(&tp.dir_name())
+        .copied()
+}
+
+#[test]
+fn the_recovery_point_checkpoint_follows_group_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a")];
+    let clock = ManualClock::new(1_000);
+    let m = manager(&dirs, &clock);
+    let tp = TopicPartition::new("t", 0);
+    let log = m.get_or_create(&tp, small_config()).unwrap();
+    let end = append_n(&mut log.write().unwrap(), 0, 6);
+    m.checkpoint().unwrap();
+    assert_eq!(checkpointed(&dirs[0], &tp), Some(0), "nothing fsynced yet");
+    log.read()
+        .unwrap()
+        .group_commit()
+        .wait_durable(end)
+        .unwrap();
+    m.checkpoint().unwrap();
+    assert_eq!(checkpointed(&dirs[0], &tp), Some(end));
+    // A truncation lowers the checkpoint at once.
+    m.truncate_to(&tp, 3).unwrap();
+    assert_eq!(checkpointed(&dirs[0], &tp), Some(3));
+    assert_eq!(m.log_dir_of(&tp), Some(dirs[0].clone()));
+    assert_eq!(m.log_dir_of(&TopicPartition::new("t", 9)), None);
+}
+
+#[test]
+fn a_damaged_recovery_point_checkpoint_means_full_recovery() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a")];
+    let clock = ManualClock::new(1_000);
+    let tp = TopicPartition::new("t", 0);
+    let before = {
+        let m = manager(&dirs, &clock);
+        let log = m.get_or_create(&tp, small_config()).unwrap();
+        append_n(&mut log.write().unwrap(), 0, 6);
+        m.flush_all().unwrap();
+        read_all(&log.read().unwrap())
+    };
+    std::fs::write(
+        dirs[0].join(RECOVERY_POINT_CHECKPOINT),
+        "1\n1\nt-0 6\ncrc32 0\n",
+    )
+    .unwrap();
+    let m = manager(&dirs, &clock);
+    let log = m.get(&tp).unwrap();
+    assert_eq!(read_all(&log.read().unwrap()), before);
+    assert_eq!(
+        checkpointed(&dirs[0], &tp),
+        Some(6),
+        "rewritten after recovery"
+    );
+}
+
+#[test]
+fn an_offline_log_is_skipped_by_flush_checkpoint_and_shutdown() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a"), root.path().join("b")];
+    let clock = ManualClock::new(1_000);
+    let m = manager(&dirs, &clock);
+    let (bad, good) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+    let bad_log = m.get_or_create(&bad, small_config()).unwrap();
+    let good_log = m.get_or_create(&good, small_config()).unwrap();
+    let bad_dir = m.log_dir_of(&bad).unwrap();
+    let good_dir = m.log_dir_of(&good).unwrap();
+    assert_ne!(bad_dir, good_dir, "one log per dir");
+    let synced = append_n(&mut bad_log.write().unwrap(), 0, 3);
+    bad_log
+        .read()
+        .unwrap()
+        .group_commit()
+        .wait_durable(synced)
+        .unwrap();
+    let bad_end = append_n(&mut bad_log.write().unwrap(), 3, 3);
+    let good_end = append_n(&mut good_log.write().unwrap(), 0, 4);
+    {
+        let _failing = fault::inject_fsync_failure(&bad_dir);
+        let gc = bad_log.read().unwrap().group_commit();
+        assert!(gc.wait_durable(bad_end).unwrap_err().is_log_dir_failure());
+        // The bad dir's checkpoint cannot be written either; the good dir's still is.
+        assert!(m.flush_all().is_err());
+        assert_eq!(checkpointed(&good_dir, &good), Some(good_end));
+    }
+    m.flush_all().unwrap();
+    assert_eq!(checkpointed(&good_dir, &good), Some(good_end));
+    assert_eq!(
+        checkpointed(&bad_dir, &bad),
+        Some(synced),
+        "an offline log's recovery point stays at what was fsynced"
+    );
+    m.shutdown().unwrap();
+    assert!(good_dir.join(CLEAN_SHUTDOWN_FILE).exists());
+    assert!(
+        !bad_dir.join(CLEAN_SHUTDOWN_FILE).exists(),
+        "a dir with an offline log must be recovered on the next start"
+    );
+}
+
+fn compacted_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        cleanup_policy: CleanupPolicy::COMPACT,
+        ..LogConfig::default()
+    }
+}
+
+/// A failure in the middle of a compaction swap (a full disk) must leave every offset readable.
+#[test]
+fn a_failed_cleaner_swap_leaves_no_hole() {
+    for successes in 1..4 {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000);
+        let mut log = open(dir.path(), compacted_config(), &clock);
+        for i in 0..60usize {
+            let key = format!("k{}", i % 5);
+            let value = format!("value-{i}-padding-padding-padding");
+            let mut b = batch(&[(Some(key.as_bytes()), Some(value.as_bytes()))], 1_000);
+            log.append_as_leader(&mut b, 0).unwrap();
+        }
+        log.roll().unwrap();
+        assert!(log.segments().len() > 3);
+        let before = read_all(&log);
+        let end = log.log_end_offset();
+        let failing = fault::inject_after(FileOp::Rename, dir.path(), successes);
+        let result = log.clean(end, &CleanerConfig::default());
+        assert!(failing.hits() > 0, "the swap renamed files");
+        assert!(result.unwrap_err().is_log_dir_failure());
+        drop(failing);
+        assert_eq!(read_all(&log), before, "rename #{} failed", successes + 1);
+        assert_eq!(log.log_end_offset(), end);
+        drop(log);
+        // On disk the swap is completed or rolled back on open; the latest value of every key
+        // is there either way.
+        let log = open(dir.path(), compacted_config(), &clock);
+        let after = read_all(&log);
+        for k in 0..5 {
+            let key = Some(format!("k{k}").into_bytes());
+            let want = before.iter().rfind(|r| r.key == key).unwrap();
+            assert_eq!(after.iter().rfind(|r| r.key == key), Some(want));
+        }
+    }
+}
