@@ -173,3 +173,40 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn health(addr: std::net::SocketAddr) -> String {
+        for _ in 0..50 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                s.write_all(b"GET /health HTTP/1.0\r\n\r\n").await.unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                return out;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the metrics endpoint never listened");
+    }
+
+    #[tokio::test]
+    async fn health_is_503_once_the_quorum_thread_failed() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let metrics = ControllerMetrics::new();
+        metrics.leader_id.set(1);
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(addr, Arc::clone(&metrics), stop.clone()));
+        assert!(health(addr).await.starts_with("HTTP/1.0 200"));
+        metrics.mark_failed();
+        let out = health(addr).await;
+        assert!(out.starts_with("HTTP/1.0 503"), "{out}");
+        assert!(out.contains("quorum thread stopped"), "{out}");
+        stop.cancel();
+    }
+}
