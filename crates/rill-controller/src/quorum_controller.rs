@@ -13,7 +13,10 @@
 //! Writes are validated against `latest` (the committed image plus this leader's uncommitted
 //! proposals) and only ever proposed by a leader that has applied its whole log, so a committed
 //! record is always valid. Reads go through ReadIndex, so no answer is staler than the moment the
-//! request arrived.
+//! request arrived. Writes that produce no records are answered from the committed image once
+//! every earlier proposal committed, never from `latest`. The metadata stream brokers follow
+//! is a read too: only the active controller starts one, after a ReadIndex, and every open
+//! stream is closed when it loses leadership.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
