@@ -144,3 +144,40 @@ impl Tasks {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A pass that panics is counted and the task goes on: retention must never stop for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_pass_is_counted_and_the_task_goes_on() {
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let tasks = Tasks {
+            metrics: Arc::clone(&metrics),
+            stop: stop.clone(),
+        };
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&runs);
+        tasks.spawn("flaky", Duration::from_millis(5), move || {
+            match r.fetch_add(1, Ordering::SeqCst) {
+                0 => panic!("a bug in a pass"),
+                1 => Err("disk busy".into()),
+                _ => Ok(()),
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while runs.load(Ordering::SeqCst) < 4 {
+            assert!(std::time::Instant::now() < deadline, "the task stopped");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        let labels = TaskLabels { task: "flaky" };
+        assert_eq!(metrics.background_panics.get_or_create(&labels).get(), 1);
+        assert_eq!(metrics.background_errors.get_or_create(&labels).get(), 1);
+        assert!(metrics.encode().contains("background_task_panics"));
+    }
+}

@@ -846,4 +846,68 @@ mod tests {
             Some("abc-123")
         );
     }
+
+    fn batch() -> Vec<u8> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let mut b = rill_protocol::record_batch::RecordBatchBuilder::new(
+            rill_protocol::record_batch::Compression::None,
+        );
+        b.append(now, Some(b"k"), Some(b"v"), &[]);
+        b.build().unwrap().to_vec()
+    }
+
+    /// fsyncgate: after a failed fsync nothing from that log dir is acknowledged again, the
+    /// high watermark stays where the last good fsync left it, and the broker is told to stop.
+    #[test]
+    fn a_failed_fsync_takes_the_log_dir_offline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let overrides: BTreeMap<String, String> = [
+            ("log.dirs".to_owned(), tmp.path().display().to_string()),
+            ("node.id".to_owned(), "1".to_owned()),
+        ]
+        .into();
+        let config = Arc::new(BrokerConfig::load(None, &overrides).unwrap());
+        let logs = LogManager::open(
+            config.log_dirs.clone(),
+            &config.topic_defaults,
+            rill_storage::CleanerConfig::default(),
+            Arc::new(rill_storage::SystemClock),
+        )
+        .unwrap();
+        let rm = ReplicaManager::new(Arc::clone(&config), logs);
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
+        let tp = TopicPartition::new("t", 0);
+        let p = rm.leader_partition(&tp).unwrap();
+        let info = rm.append(&p, &batch(), -1).unwrap();
+        rm.make_durable(&p, info.last_offset + 1).unwrap();
+        assert_eq!(p.high_watermark(), 1);
+        let failures = rm.log_dir_failures();
+        assert!(failures.borrow().is_none());
+
+        let guard = rill_storage::fault::inject_fsync_failure(tmp.path());
+        let info = rm.append(&p, &batch(), -1).unwrap();
+        let e = rm.make_durable(&p, info.last_offset + 1).unwrap_err();
+        assert_eq!(e.code, ErrorCode::KafkaStorageError, "{e}");
+        assert!(guard.hits() >= 1);
+        drop(guard);
+        // Even with the disk "healthy" again, nothing more is acknowledged from that dir.
+        assert_eq!(
+            p.high_watermark(),
+            1,
+            "the high watermark moved over lost data"
+        );
+        assert!(
+            failures.borrow().is_some(),
+            "the broker was not told to stop"
+        );
+        let (e, _) = rm.leader_partition(&tp).err().expect("offline");
+        assert_eq!(e.code, ErrorCode::KafkaStorageError, "{e}");
+        assert!(e.message.contains("offline"), "{e}");
+        assert!(rm.append(&p, &batch(), 1).is_err() || rm.make_durable(&p, 3).is_err());
+        assert_eq!(p.high_watermark(), 1);
+        assert_eq!(rm.offline_log_dirs().len(), 1);
+    }
 }

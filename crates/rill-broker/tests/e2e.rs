@@ -474,6 +474,41 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
         lookup(-7).await.error_code,
         ErrorCode::InvalidRequest as i32
     );
+
+    // Each answer carries the epoch of the leader that wrote the batch found, not the current
+    // one: after a restart (a new leader epoch) the old records still report the old epoch.
+    let first_epoch = lookup(-2).await.leader_epoch;
+    assert!(first_epoch >= 0);
+    let mut cluster = cluster;
+    cluster.kill_broker(0);
+    cluster.start_broker(0);
+    cluster.wait_healthy().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lookup(-1).await.error_code != 0 {
+        assert!(Instant::now() < deadline, "partition not back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    producer
+        .send(ProducerRecord::new("times", None::<Bytes>, "y"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    producer.close().await;
+    let latest = lookup(-1).await;
+    assert_eq!(latest.offset, 5);
+    assert!(
+        latest.leader_epoch > first_epoch,
+        "a restart starts a new leader epoch"
+    );
+    assert_eq!(lookup(-2).await.leader_epoch, first_epoch);
+    assert_eq!(lookup(now - 1500).await.leader_epoch, first_epoch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,6 +582,26 @@ async fn metrics_and_health_endpoints() {
     assert!(
         !body.contains("rill_broker_bytes_in_total 0\n"),
         "bytes in were counted"
+    );
+    assert!(
+        !body.contains("rill_broker_request_errors_total{rpc=\"Fetch\"} 1"),
+        "no failed fetch yet"
+    );
+    // A fetch that fails (no such partition) counts as a failed request.
+    let client = cluster.client();
+    let leader = client.partitions("m").await.unwrap()[0].leader;
+    let r = client
+        .broker(leader)
+        .unwrap()
+        .fetch(fetch_req("m", 99, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(r.topics[0].partitions[0].error_code, 0);
+    let (_, body) = http_get(&addr, "/metrics").await;
+    assert!(
+        body.contains("rill_broker_request_errors_total{rpc=\"Fetch\"} 1"),
+        "the failed fetch was counted as a success"
     );
     assert_eq!(http_get(&addr, "/health").await.0, 200);
     let md = cluster.client().refresh(&[]).await.unwrap();
