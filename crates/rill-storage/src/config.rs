@@ -78,7 +78,133 @@ pub struct LogConfig {
     pub flush_messages: i64,
     /// `flush.ms`: under `log.flush.policy=interval`, fsync after this much time.
     pub flush_ms: i64,
+    /// `message.timestamp.missing.allowed` (rill only): accept CreateTime records whose
+    /// timestamp is -1 (`NO_TIMESTAMP`). Off by default: such records cannot be found by time
+    /// and would leave retention only the segment file's modification time to go by. Kafka has
+    /// no such switch and accepts them.
+    pub message_timestamp_missing_allowed: bool,
 }
+
+/// One topic config: its Kafka name, default, and what it means and allows. [`TOPIC_CONFIGS`]
+/// is the one list of topic configs: validation ([`LogConfig::set`]), the message for an
+/// unknown name, `rill topic describe` defaults and `docs/operations.md` follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicConfigDef {
+    /// Property name, as in Kafka where Kafka has it.
+    pub name: &'static str,
+    /// Default value, as text.
+    pub default: &'static str,
+    /// Meaning and allowed values.
+    pub doc: &'static str,
+    /// True when the log itself uses it (a [`LogConfig`] field); false for replication configs
+    /// that the controller and broker apply (validated here all the same).
+    pub log_config: bool,
+}
+
+const fn def(name: &'static str, default: &'static str, doc: &'static str) -> TopicConfigDef {
+    TopicConfigDef {
+        name,
+        default,
+        doc,
+        log_config: true,
+    }
+}
+
+/// Every topic config rill accepts, in documentation order.
+pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
+    def(
+        "segment.bytes",
+        "1073741824",
+        "roll the active segment when it would grow past this size; 1024..2147483647",
+    ),
+    def(
+        "segment.ms",
+        "604800000",
+        "roll the active segment when its first batch is this old (record time); >= 1",
+    ),
+    def(
+        "segment.index.bytes",
+        "10485760",
+        "largest offset/time index of a segment (roll when full); 64..2147483647",
+    ),
+    def(
+        "index.interval.bytes",
+        "4096",
+        "log bytes between two offset index entries; 0..2147483647",
+    ),
+    def(
+        "retention.ms",
+        "604800000",
+        "delete segments whose newest record is older; -1 keeps forever",
+    ),
+    def(
+        "retention.bytes",
+        "-1",
+        "delete the oldest segments while the partition is larger; -1 = no limit",
+    ),
+    def(
+        "cleanup.policy",
+        "delete",
+        "delete, compact or compact,delete",
+    ),
+    def(
+        "delete.retention.ms",
+        "86400000",
+        "how long tombstones survive once compaction kept them; >= 0",
+    ),
+    def(
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        "compact when dirty bytes / cleanable bytes reaches this; 0..1",
+    ),
+    def(
+        "max.message.bytes",
+        "1048588",
+        "largest record batch accepted; 0..2147483647",
+    ),
+    def(
+        "message.timestamp.type",
+        "CreateTime",
+        "CreateTime (keep the producer's timestamps) or LogAppendTime (stamp the broker's time)",
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        "9223372036854775807",
+        "CreateTime records may be at most this much older than the broker's clock; >= 0",
+    ),
+    def(
+        "message.timestamp.after.max.ms",
+        "3600000",
+        "CreateTime records may be at most this much ahead of the broker's clock; >= 0",
+    ),
+    def(
+        "message.timestamp.missing.allowed",
+        "false",
+        "rill only: accept CreateTime records with timestamp -1 (NO_TIMESTAMP), which Kafka always accepts; true or false",
+    ),
+    def(
+        "flush.messages",
+        "9223372036854775807",
+        "log.flush.policy=interval: fsync after this many records; >= 1",
+    ),
+    def(
+        "flush.ms",
+        "9223372036854775807",
+        "log.flush.policy=interval: fsync after this much time; >= 0",
+    ),
+    TopicConfigDef {
+        name: "min.insync.replicas",
+        default: "1",
+        doc: "acks=all produces need at least this many in-sync replicas; >= 1",
+        log_config: false,
+    },
+    TopicConfigDef {
+        name: "unclean.leader.election.enable",
+        default: "false",
+        doc: "let an out-of-sync replica become leader (may lose acknowledged data); true or false",
+        log_config: false,
+    },
+];
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -98,12 +224,14 @@ impl Default for LogConfig {
             message_timestamp_after_max_ms: 3_600_000,
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
+            message_timestamp_missing_allowed: false,
         }
     }
 }
 
 impl LogConfig {
-    /// Every property name this config understands.
+    /// The names of the configs the log itself uses ([`TOPIC_CONFIGS`] entries with
+    /// `log_config`, in the same order; kept as a constant for existing callers).
     pub const KEYS: &'static [&'static str] = &[
         "segment.bytes",
         "segment.ms",
@@ -118,6 +246,7 @@ impl LogConfig {
         "message.timestamp.type",
         "message.timestamp.before.max.ms",
         "message.timestamp.after.max.ms",
+        "message.timestamp.missing.allowed",
         "flush.messages",
         "flush.ms",
     ];
@@ -174,11 +303,22 @@ impl LogConfig {
             }
             "flush.messages" => self.flush_messages = int(name, v, 1, i64::MAX)?,
             "flush.ms" => self.flush_ms = int(name, v, 0, i64::MAX)?,
+            "message.timestamp.missing.allowed" => {
+                self.message_timestamp_missing_allowed = boolean(name, v)?
+            }
+            // Replication configs: validated here, applied by the controller and broker.
+            "min.insync.replicas" => {
+                int(name, v, 1, i32::MAX as i64)?;
+            }
+            "unclean.leader.election.enable" => {
+                boolean(name, v)?;
+            }
             _ => {
+                let known: Vec<&str> = TOPIC_CONFIGS.iter().map(|c| c.name).collect();
                 return Err(LogError::InvalidConfig {
                     name: name.to_owned(),
                     value: value.to_owned(),
-                    reason: format!("unknown config; known: {}", Self::KEYS.join(", ")),
+                    reason: format!("unknown config; known: {}", known.join(", ")),
                 });
             }
         }
@@ -206,6 +346,9 @@ impl LogConfig {
             "message.timestamp.after.max.ms" => self.message_timestamp_after_max_ms.to_string(),
             "flush.messages" => self.flush_messages.to_string(),
             "flush.ms" => self.flush_ms.to_string(),
+            "message.timestamp.missing.allowed" => {
+                self.message_timestamp_missing_allowed.to_string()
+            }
             _ => return None,
         })
     }
@@ -231,6 +374,14 @@ fn int(name: &str, v: &str, min: i64, max: i64) -> Result<i64> {
         ));
     }
     Ok(n)
+}
+
+fn boolean(name: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(name, v, "must be true or false")),
+    }
 }
 
 fn policy(name: &str, v: &str) -> Result<CleanupPolicy> {
@@ -278,6 +429,56 @@ mod tests {
             d.set(key, &v).unwrap();
             assert_eq!(d, c, "{key}");
         }
+    }
+
+    /// The one table agrees with the defaults, with `KEYS`, with validation, and with the
+    /// operations guide.
+    #[test]
+    fn the_topic_config_table_is_the_one_list() {
+        let defaults = LogConfig::default();
+        let log_keys: Vec<&str> = TOPIC_CONFIGS
+            .iter()
+            .filter(|c| c.log_config)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(log_keys, LogConfig::KEYS);
+        let guide = include_str!("../../../docs/operations.md");
+        for c in TOPIC_CONFIGS {
+            if c.log_config {
+                assert_eq!(
+                    defaults.get(c.name).as_deref(),
+                    Some(c.default),
+                    "{}",
+                    c.name
+                );
+            }
+            let mut d = LogConfig::default();
+            d.set(c.name, c.default).unwrap();
+            assert_eq!(
+                d, defaults,
+                "{}: setting the default changes nothing",
+                c.name
+            );
+            assert!(
+                guide.contains(&format!("| `{}` | {} |", c.name, c.default)),
+                "docs/operations.md lacks the row for {} (default {})",
+                c.name,
+                c.default
+            );
+        }
+        let e = defaults
+            .clone()
+            .set("no.such", "1")
+            .unwrap_err()
+            .to_string();
+        for c in TOPIC_CONFIGS {
+            assert!(e.contains(c.name), "{e} lacks {}", c.name);
+        }
+        assert!(
+            LogConfig::default()
+                .set("min.insync.replicas", "0")
+                .is_err()
+        );
     }
 
     #[test]

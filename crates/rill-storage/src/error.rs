@@ -51,6 +51,17 @@ pub enum LogError {
         /// The configured bound.
         limit_ms: i64,
     },
+    /// A CreateTime record has no timestamp (-1, `NO_TIMESTAMP`) or a negative one, and the
+    /// topic does not allow it (`message.timestamp.missing.allowed`).
+    #[error(
+        "batch {index} has a record with timestamp {timestamp} (-1 means no timestamp was set); set record timestamps in the producer, use message.timestamp.type=LogAppendTime, or allow them with message.timestamp.missing.allowed=true"
+    )]
+    MissingTimestamp {
+        /// Position of the batch in the appended buffer.
+        index: usize,
+        /// The smallest record timestamp of the batch.
+        timestamp: i64,
+    },
     /// An append brought nothing to append.
     #[error("the request holds no record batch")]
     EmptyAppend,
@@ -124,7 +135,9 @@ impl LogError {
             LogError::InvalidBatch { source, .. } => source.error_code(),
             LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             LogError::KeylessRecordInCompactedLog { .. } => ErrorCode::InvalidRecord,
-            LogError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
+            LogError::InvalidTimestamp { .. } | LogError::MissingTimestamp { .. } => {
+                ErrorCode::InvalidTimestamp
+            }
             LogError::EmptyAppend => ErrorCode::InvalidRequest,
             LogError::NonMonotonicOffset { .. } => ErrorCode::CorruptMessage,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

@@ -27,7 +27,7 @@ mod segment_file;
 
 pub use checkpoint::{OffsetCheckpointFile, write_atomically};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use config::{CleanupPolicy, LogConfig};
+pub use config::{CleanupPolicy, LogConfig, TOPIC_CONFIGS, TopicConfigDef};
 pub use error::{LogError, Result};
 pub use group_commit::GroupCommit;
 pub use index::{OffsetIndex, TimeIndex};

@@ -197,6 +197,14 @@ impl Log {
                 && self.config.message_timestamp_type == TimestampType::CreateTime
                 && summary.record_count > 0
             {
+                if summary.min_record_timestamp < 0
+                    && !self.config.message_timestamp_missing_allowed
+                {
+                    return Err(LogError::MissingTimestamp {
+                        index,
+                        timestamp: summary.min_record_timestamp,
+                    });
+                }
                 self.check_timestamps(
                     index,
                     summary.min_record_timestamp,
@@ -593,7 +601,7 @@ impl Log {
                 break;
             }
             let expired =
-                retention_ms >= 0 && now.saturating_sub(segment.max_timestamp()) > retention_ms;
+                retention_ms >= 0 && now.saturating_sub(segment.largest_timestamp()) > retention_ms;
             let over_size = !is_active && excess > 0 && excess - segment.size() as i64 >= 0;
             if !(expired || over_size) {
                 break;

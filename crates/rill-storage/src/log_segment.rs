@@ -652,6 +652,24 @@ impl LogSegment {
         self.max_timestamp
     }
 
+    /// The segment's age for retention, as Kafka's `LogSegment.largestTimestamp`: its largest
+    /// record timestamp, or, when no record has one (-1: `NO_TIMESTAMP`), the `.log` file's
+    /// last-modified time; `i64::MAX` (never expired) when even that is unknown.
+    pub(crate) fn largest_timestamp(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            return self.max_timestamp;
+        }
+        self.file
+            .raw()
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(i64::MAX, |d| {
+                i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+            })
+    }
+
     /// Max timestamp of the first batch, which `segment.ms` counts from.
     pub(crate) fn rolling_timestamp(&self) -> Option<i64> {
         self.rolling_timestamp

@@ -140,3 +140,54 @@ fn nothing_above_the_high_watermark_or_without_delete_policy_is_deleted() {
     });
     assert!(log.delete_old_segments(i64::MAX).unwrap().is_empty());
 }
+
+/// A segment whose records carry no timestamp (-1) is aged by its file's modification time (as
+/// Kafka does), not taken for infinitely old; the active segment is not deleted at once.
+#[test]
+fn segments_without_timestamps_age_by_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let clock = ManualClock::new(now);
+    let mut log = open(dir.path(), config(), &clock);
+    // Followers copy whatever the leader stored: -1 timestamps included.
+    let b = batch(&[(Some(b"k".as_slice()), Some(b"v".as_slice()))], -1);
+    log.append_as_follower(&b).unwrap();
+    assert_eq!(log.segments()[0].max_timestamp, -1);
+    assert!(
+        log.delete_old_segments(log.log_end_offset())
+            .unwrap()
+            .is_empty()
+    );
+    clock.advance(2 * 24 * HOUR);
+    assert_eq!(
+        log.delete_old_segments(log.log_end_offset()).unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn produced_records_without_timestamp_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(100 * HOUR);
+    let mut log = open(dir.path(), config(), &clock);
+    let no_ts = || batch(&[(Some(b"k".as_slice()), Some(b"v".as_slice()))], -1);
+    let err = log.append_as_leader(&mut no_ts(), 0).unwrap_err();
+    assert!(matches!(err, LogError::MissingTimestamp { .. }), "{err}");
+    assert_eq!(err.error_code(), rill_protocol::ErrorCode::InvalidTimestamp);
+    assert!(
+        err.to_string()
+            .contains("message.timestamp.missing.allowed"),
+        "{err}"
+    );
+    assert_eq!(log.log_end_offset(), 0);
+    let mut allowing = config();
+    allowing
+        .set("message.timestamp.missing.allowed", "true")
+        .unwrap();
+    log.set_config(allowing);
+    log.append_as_leader(&mut no_ts(), 0).unwrap();
+    assert_eq!(log.log_end_offset(), 1);
+}
