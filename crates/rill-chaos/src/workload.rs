@@ -1,0 +1,389 @@
+//! The workload: writers producing unique values while faults happen, and the final read.
+//!
+//! Each writer has its own `Producer` (acks=all), so its send order per partition is an order
+//! Kafka promises to keep; values are `w<writer>-<seq>`, spread over the partitions round robin
+//! with the partition chosen explicitly (recorded in the history). Every outcome is recorded
+//! as it arrives, with its time, so the checker can also measure unavailability.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rill_consumer::{Consumer, ConsumerConfig, OffsetReset, TopicPartition};
+use rill_producer::{Producer, ProducerConfig, ProducerError, ProducerRecord};
+use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::{PartitionProduceData, ProduceRequest, TopicProduceData};
+use rill_protocol::record_batch::{Compression, RecordBatchBuilder};
+use rill_protocol::{ApiError, ErrorCode};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::ChaosError;
+use crate::history::{History, Outcome, Read};
+
+/// How the writers write.
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    /// Brokers to bootstrap from (give all of them: any may be down at times).
+    pub bootstrap: Vec<String>,
+    /// Topic written.
+    pub topic: String,
+    /// Its partition count (values go round robin over them).
+    pub partitions: i32,
+    /// Number of writers, each with its own producer; writer ids are 1..=writers.
+    pub writers: u32,
+    /// Records per second per writer (0 = as fast as `max_pending` allows).
+    pub rate_per_writer: u32,
+    /// Unanswered records per writer before it waits.
+    pub max_pending: usize,
+    /// `delivery.timeout.ms` of the producers: how long a record may be retried.
+    pub delivery_timeout: Duration,
+    /// `request.timeout.ms` of the producers.
+    pub request_timeout: Duration,
+    /// `linger.ms` of the producers.
+    pub linger: Duration,
+}
+
+impl WorkloadConfig {
+    /// 2 writers × 200 records/s on `topic`, 20 s delivery timeout, 5 s request timeout.
+    pub fn new(bootstrap: Vec<String>, topic: &str, partitions: i32) -> Self {
+        WorkloadConfig {
+            bootstrap,
+            topic: topic.to_owned(),
+            partitions: partitions.max(1),
+            writers: 2,
+            rate_per_writer: 200,
+            max_pending: 2000,
+            delivery_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(5),
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The writers, running until [`stop`](Workload::stop).
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<Result<(), ChaosError>>>,
+}
+
+/// What a producer's delivery error says about the record: definitely not written, or unknown.
+///
+/// The producer retries retriable errors until `delivery.timeout.ms`, so a timeout may follow an
+/// attempt whose answer was lost after the broker wrote it: Unknown. A non-retriable refusal
+/// (INVALID_RECORD, ...) and a record that was never sent (too large, unbuildable) are Failed.
+pub fn classify(e: &ProducerError) -> Outcome {
+    let error = e.to_string();
+    match e {
+        ProducerError::Api(a) if !a.code.is_retriable() => Outcome::Failed { error },
+        ProducerError::RecordTooLarge { .. } | ProducerError::Build(_) => Outcome::Failed { error },
+        ProducerError::Api(_) | ProducerError::Timeout(_) | ProducerError::Closed => {
+            Outcome::Unknown { error }
+        }
+    }
+}
+
+impl Workload {
+    /// Starts the writers (on the current runtime).
+    pub fn start(config: WorkloadConfig, history: Arc<History>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = (1..=config.writers)
+            .map(|w| {
+                tokio::spawn(writer(
+                    w,
+                    config.clone(),
+                    Arc::clone(&history),
+                    Arc::clone(&stop),
+                ))
+            })
+            .collect();
+        Workload { stop, writers }
+    }
+
+    /// Stops sending, then waits until every record sent has an outcome (at most
+    /// `delivery.timeout.ms` more).
+    pub async fn stop(self) -> Result<(), ChaosError> {
+        self.stop.store(true, Ordering::Release);
+        for w in self.writers {
+            w.await??;
+        }
+        Ok(())
+    }
+}
+
+async fn writer(
+    w: u32,
+    config: WorkloadConfig,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ChaosError> {
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: config.bootstrap.clone(),
+        acks: -1,
+        linger: config.linger,
+        delivery_timeout: config.delivery_timeout,
+        request_timeout: config.request_timeout,
+        max_block: config.delivery_timeout,
+        retry_backoff: Duration::from_millis(50),
+        ..Default::default()
+    })?;
+    let pending = Arc::new(Semaphore::new(config.max_pending.max(1)));
+    let mut outcomes = JoinSet::new();
+    let period = (config.rate_per_writer > 0)
+        .then(|| Duration::from_secs_f64(1.0 / f64::from(config.rate_per_writer)));
+    let mut next = Instant::now();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        if let Some(p) = period {
+            // Keep the rate; after a stall (a full buffer) catch up by at most 1 s of records.
+            let now = Instant::now();
+            if next > now {
+                tokio::time::sleep(next - now).await;
+            }
+            next = next.max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now)) + p;
+        }
+        let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
+            break;
+        };
+        let partition = ((seq + u64::from(w)) % config.partitions as u64) as i32;
+        let (id, value) = history.attempt(w, seq, &config.topic, Some(partition));
+        seq += 1;
+        let record = ProducerRecord {
+            topic: config.topic.clone(),
+            partition: Some(partition),
+            value: Some(Bytes::from(value)),
+            ..Default::default()
+        };
+        match producer.send(record).await {
+            // Nothing left the producer: definitely not written.
+            Err(e) => history.complete(
+                id,
+                Outcome::Failed {
+                    error: e.to_string(),
+                },
+            ),
+            Ok(delivery) => {
+                let history = Arc::clone(&history);
+                outcomes.spawn(async move {
+                    let outcome = match delivery.await {
+                        Ok(md) => Outcome::Ok {
+                            partition: md.partition,
+                            offset: md.offset,
+                        },
+                        Err(e) => classify(&e),
+                    };
+                    history.complete(id, outcome);
+                    drop(permit);
+                });
+            }
+        }
+    }
+    producer.close().await;
+    while let Some(r) = outcomes.join_next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Sends one record (value of attempt `seq` of `writer`) in one Produce request, acks=all, to
+/// the partition's current leader, without any retry, and records what the broker said:
+/// a refusal before appending (NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, ...) is Failed, a
+/// timeout or a lost connection is Unknown. Returns the outcome.
+pub async fn probe_produce(
+    client: &ClusterClient,
+    history: &History,
+    topic: &str,
+    partition: i32,
+    writer: u32,
+    seq: u64,
+) -> Outcome {
+    let (id, value) = history.attempt(writer, seq, topic, Some(partition));
+    let outcome = probe_once(client, topic, partition, value).await;
+    history.complete(id, outcome.clone());
+    outcome
+}
+
+async fn probe_once(client: &ClusterClient, topic: &str, partition: i32, value: String) -> Outcome {
+    let failed = |e: ApiError| Outcome::Failed {
+        error: e.to_string(),
+    };
+    let leader = match client.partitions(topic).await {
+        Ok(p) => p.get(partition as usize).map_or(-1, |l| l.leader),
+        Err(e) => return failed(e),
+    };
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    builder.append(now, None, Some(value.as_bytes()), &[]);
+    let batch = match builder.build() {
+        Ok(b) => b,
+        Err(e) => {
+            return Outcome::Failed {
+                error: e.to_string(),
+            };
+        }
+    };
+    let mut broker = match client.broker(leader) {
+        Ok(b) => b,
+        Err(e) => return failed(e),
+    };
+    let request = ProduceRequest {
+        acks: -1,
+        timeout_ms: 5000,
+        topics: vec![TopicProduceData {
+            name: topic.to_owned(),
+            partitions: vec![PartitionProduceData {
+                index: partition,
+                records: batch,
+            }],
+        }],
+    };
+    match broker.produce(request).await {
+        // The request may have arrived: unknown.
+        Err(status) => {
+            client.invalidate(topic);
+            Outcome::Unknown {
+                error: ApiError::from(status).to_string(),
+            }
+        }
+        Ok(r) => {
+            let r = r.into_inner();
+            let Some(p) = r
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .find(|p| p.index == partition)
+            else {
+                return Outcome::Unknown {
+                    error: "the response omitted the partition".into(),
+                };
+            };
+            let code = ErrorCode::try_from(p.error_code).unwrap_or(ErrorCode::UnknownServerError);
+            let error = format!("{}: {}", code.as_kafka_name(), p.error_message);
+            match code {
+                ErrorCode::None => Outcome::Ok {
+                    partition,
+                    offset: p.base_offset,
+                },
+                // Appended (or maybe appended) but not acknowledged.
+                ErrorCode::RequestTimedOut
+                | ErrorCode::NotEnoughReplicasAfterAppend
+                | ErrorCode::KafkaStorageError
+                | ErrorCode::UnknownServerError => Outcome::Unknown { error },
+                _ => {
+                    client.invalidate(topic);
+                    Outcome::Failed { error }
+                }
+            }
+        }
+    }
+}
+
+/// Reads every partition of `topic` from its log start up to the high watermark it has when
+/// the read starts, recording each record in `history`; retries through failovers for up to
+/// `patience`. Returns the high watermark of each partition.
+pub async fn read_all(
+    bootstrap: Vec<String>,
+    topic: &str,
+    history: &History,
+    patience: Duration,
+) -> Result<BTreeMap<i32, i64>, ChaosError> {
+    let deadline = Instant::now() + patience;
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap,
+        auto_offset_reset: OffsetReset::Earliest,
+        request_timeout: Duration::from_secs(5),
+        fetch_max_wait: Duration::from_millis(200),
+        ..Default::default()
+    })?;
+    let tps: Vec<TopicPartition> = retry(deadline, || consumer.partitions_of(topic)).await?;
+    consumer.assign(tps.clone());
+    loop {
+        match consumer.seek_to_end(&tps).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let ends: BTreeMap<i32, i64> = tps
+        .iter()
+        .map(|tp| (tp.1, consumer.position(tp).unwrap_or(0)))
+        .collect();
+    loop {
+        match consumer.seek_to_beginning(&tps).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    loop {
+        let done = tps
+            .iter()
+            .all(|tp| consumer.position(tp).unwrap_or(0) >= ends.get(&tp.1).copied().unwrap_or(0));
+        if done {
+            return Ok(ends);
+        }
+        if Instant::now() >= deadline {
+            let at: Vec<_> = tps.iter().map(|tp| (tp.1, consumer.position(tp))).collect();
+            return Err(ChaosError::Timeout(format!(
+                "reading {topic} back: positions {at:?}, high watermarks {ends:?}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(500)).await {
+            Ok(records) => {
+                for r in records {
+                    history.read(Read {
+                        topic: r.topic,
+                        partition: r.partition,
+                        offset: r.offset,
+                        value: r
+                            .value
+                            .map(|v| String::from_utf8_lossy(&v).into_owned())
+                            .unwrap_or_default(),
+                    });
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn retry<T, E, F, Fut>(deadline: Instant, mut f: F) -> Result<T, ChaosError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    ChaosError: From<E>,
+{
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_errors_are_failed_only_when_nothing_can_have_been_written() {
+        let refused = ProducerError::Api(ApiError::new(ErrorCode::InvalidRecord, "bad"));
+        assert!(matches!(classify(&refused), Outcome::Failed { .. }));
+        let too_large = ProducerError::RecordTooLarge { size: 10, max: 1 };
+        assert!(matches!(classify(&too_large), Outcome::Failed { .. }));
+        // Retried until the delivery timeout: an earlier attempt may have been written.
+        let timeout = ProducerError::Timeout("delivery.timeout.ms passed; last error: x".into());
+        assert!(matches!(classify(&timeout), Outcome::Unknown { .. }));
+        let retriable = ProducerError::Api(ApiError::new(ErrorCode::NotEnoughReplicas, "x"));
+        assert!(matches!(classify(&retriable), Outcome::Unknown { .. }));
+        assert!(matches!(
+            classify(&ProducerError::Closed),
+            Outcome::Unknown { .. }
+        ));
+    }
+}
