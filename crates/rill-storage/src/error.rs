@@ -75,6 +75,50 @@ pub enum LogError {
         /// The log end offset.
         log_end_offset: i64,
     },
+    /// An idempotent producer's batch does not continue its sequence: a gap (an earlier batch
+    /// was not written), a new epoch not starting at 0, or a malformed producer header. Nothing
+    /// of the append was written. The producer retries (when an earlier batch of its is still
+    /// being retried) or bumps its epoch (KIP-360).
+    #[error(
+        "out of order sequence for producer {producer_id} epoch {producer_epoch}: batch starts at sequence {first_seq}; {reason}"
+    )]
+    OutOfOrderSequence {
+        /// Producer id.
+        producer_id: i64,
+        /// The batch's producer epoch.
+        producer_epoch: i16,
+        /// The batch's first sequence.
+        first_seq: i32,
+        /// What was expected.
+        reason: String,
+    },
+    /// A batch from an older epoch than the partition knows for its producer id: a newer
+    /// producer instance fenced this one (or it bumped its epoch). Nothing was written.
+    #[error(
+        "producer {producer_id} epoch {producer_epoch} is fenced: the partition has epoch {current_epoch}"
+    )]
+    InvalidProducerEpoch {
+        /// Producer id.
+        producer_id: i64,
+        /// The batch's epoch.
+        producer_epoch: i16,
+        /// The epoch the partition knows.
+        current_epoch: i16,
+    },
+    /// The partition has no state for this producer id (never seen, expired after
+    /// `producer.id.expiration.ms`, or its batches were deleted by retention) and the batch does
+    /// not start at sequence 0. Nothing was written; the producer bumps its epoch (KIP-360).
+    #[error(
+        "unknown producer id {producer_id} (epoch {producer_epoch}, sequence {first_seq}): the partition has no state for it; start a new epoch at sequence 0"
+    )]
+    UnknownProducerId {
+        /// Producer id.
+        producer_id: i64,
+        /// The batch's epoch.
+        producer_epoch: i16,
+        /// The batch's first sequence.
+        first_seq: i32,
+    },
     /// A read or lookup outside the log.
     #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
     OffsetOutOfRange {
@@ -140,6 +184,9 @@ impl LogError {
             }
             LogError::EmptyAppend => ErrorCode::InvalidRequest,
             LogError::NonMonotonicOffset { .. } => ErrorCode::CorruptMessage,
+            LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
+            LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+            LogError::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             LogError::Corrupt { .. } | LogError::Io { .. } | LogError::LogDirOffline { .. } => {

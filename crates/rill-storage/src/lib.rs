@@ -23,6 +23,7 @@ mod log;
 mod log_cleaner;
 mod log_manager;
 mod log_segment;
+mod producer_state;
 mod segment_file;
 
 pub use checkpoint::{OffsetCheckpointFile, write_atomically};
@@ -39,4 +40,9 @@ pub use log_manager::{
     TopicPartition,
 };
 pub use log_segment::{LogSegment, SegmentInfo};
+pub use producer_state::{
+    AppendCheck, BatchMetadata, DEFAULT_PRODUCER_ID_EXPIRATION_MS, NUM_BATCHES_TO_RETAIN,
+    PRODUCER_SNAPSHOT_SUFFIX, ProducerStateEntry, ProducerStateManager, last_sequence,
+    snapshot_path,
+};
 pub use segment_file::{SegmentFile, WRITE_BUFFER_BYTES};

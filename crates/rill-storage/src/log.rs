@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rill_protocol::record_batch::{
-    TimestampType, ValidationOptions, batches, set_base_offset, set_log_append_time,
+    BatchHeader, TimestampType, ValidationOptions, batches, set_base_offset, set_log_append_time,
     set_partition_leader_epoch,
 };
 
@@ -33,6 +33,7 @@ use crate::log_segment::{
     BatchInfo, INDEX_SUFFIX, IndexSizing, LOG_SUFFIX, LogSegment, SegmentInfo, TIME_INDEX_SUFFIX,
     remove_if_exists, segment_file,
 };
+use crate::producer_state::{AppendCheck, DEFAULT_PRODUCER_ID_EXPIRATION_MS, ProducerStateManager};
 
 /// Suffix of files being deleted (crash-safe deletion: rename, then remove).
 pub(crate) const DELETED_SUFFIX: &str = ".deleted";
@@ -68,6 +69,10 @@ pub struct LogAppendInfo {
     pub batch_count: usize,
     /// Bytes appended.
     pub size_bytes: usize,
+    /// True when the append was an idempotent producer's retry of batches already in the log:
+    /// nothing was written, and the offsets and max timestamp are those of the original append.
+    /// Answer it as a success (Kafka returns the original offsets; counts here are 0).
+    pub duplicate: bool,
 }
 
 /// A partition's commit log. Not internally synchronised: the owner serialises mutations
@@ -88,6 +93,8 @@ pub struct Log {
     pub(crate) cleaner_checkpoint: i64,
     /// Which leader epoch started where.
     epochs: LeaderEpochFileCache,
+    /// Idempotent producers' sequences (`<offset>.snapshot` files beside the segments).
+    producer_state: ProducerStateManager,
 }
 
 impl Log {
@@ -136,6 +143,7 @@ impl Log {
         let now = clock.now_ms();
         let epochs = load_epochs(&dir, &segments, log_start_offset, log_end_offset)?;
         let group_commit_dir = dir.clone();
+        let producer_state = ProducerStateManager::new(&dir, DEFAULT_PRODUCER_ID_EXPIRATION_MS);
         let mut log = Log {
             dir,
             config,
@@ -149,7 +157,9 @@ impl Log {
             last_flush_ms: now,
             cleaner_checkpoint: log_start_offset,
             epochs,
+            producer_state,
         };
+        log.rebuild_producer_state()?;
         // What recovery validated is now made durable, so the recovery point can move to the end.
         log.flush()?;
         Ok(log)
@@ -176,6 +186,7 @@ impl Log {
             producer_batch: true,
         };
         let mut infos = Vec::new();
+        let mut headers: Vec<BatchHeader> = Vec::new();
         let mut record_count = 0i64;
         let mut max_timestamp = -1i64;
         for (index, batch) in batches(records).enumerate() {
@@ -213,16 +224,39 @@ impl Log {
             }
             record_count += i64::from(summary.record_count);
             infos.push(BatchInfo::of(batch.header()));
+            headers.push(*batch.header());
         }
         if infos.is_empty() {
             return Err(LogError::EmptyAppend);
         }
+        // Idempotent producers: duplicates, gaps and fenced epochs, before anything is written.
+        let now = self.clock.now_ms();
+        if let AppendCheck::Duplicate {
+            first_offset,
+            last_offset,
+            max_timestamp,
+        } = self.producer_state.check_append(&headers, now)?
+        {
+            let log_append_time = (self.config.message_timestamp_type
+                == TimestampType::LogAppendTime)
+                .then_some(max_timestamp);
+            return Ok(LogAppendInfo {
+                first_offset,
+                last_offset,
+                max_timestamp,
+                log_append_time,
+                record_count: 0,
+                batch_count: 0,
+                size_bytes: 0,
+                duplicate: true,
+            });
+        }
         // All valid: assign offsets and epochs in place.
-        let log_append_time = (self.config.message_timestamp_type == TimestampType::LogAppendTime)
-            .then(|| self.clock.now_ms());
+        let log_append_time =
+            (self.config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now);
         let mut next = self.log_end_offset;
         let mut pos = 0usize;
-        for info in &mut infos {
+        for (info, header) in infos.iter_mut().zip(headers.iter_mut()) {
             let bytes = &mut records[pos..pos + info.size];
             set_base_offset(bytes, next);
             set_partition_leader_epoch(bytes, leader_epoch);
@@ -235,9 +269,12 @@ impl Log {
             info.last_offset = next + delta;
             next = info.last_offset + 1;
             max_timestamp = max_timestamp.max(info.max_timestamp);
+            header.base_offset = info.base_offset;
+            header.max_timestamp = info.max_timestamp;
             pos += info.size;
         }
         self.append_batches(&records[..pos], &infos, max_timestamp)?;
+        self.producer_state.apply(&headers, now);
         self.epochs.assign(leader_epoch, infos[0].base_offset)?;
         Ok(LogAppendInfo {
             first_offset: infos[0].base_offset,
@@ -247,6 +284,7 @@ impl Log {
             record_count,
             batch_count: infos.len(),
             size_bytes: pos,
+            duplicate: false,
         })
     }
 
@@ -266,6 +304,7 @@ impl Log {
         let mut expected = self.log_end_offset;
         let mut pos = 0;
         let mut epoch_starts = Vec::new();
+        let mut headers = Vec::new();
         for (index, batch) in batches(records).enumerate() {
             let batch = batch.map_err(|source| LogError::InvalidBatch { index, source })?;
             batch
@@ -293,6 +332,7 @@ impl Log {
             pos += batch.as_bytes().len();
             epoch_starts.push((h.partition_leader_epoch, h.base_offset));
             infos.push(BatchInfo::of(h));
+            headers.push(*h);
         }
         let (Some(first), Some(last)) = (infos.first(), infos.last()) else {
             return Err(LogError::EmptyAppend);
@@ -300,6 +340,8 @@ impl Log {
         let (first_offset, last_offset) = (first.base_offset, last.last_offset);
         let max_timestamp = infos.iter().map(|i| i.max_timestamp).max().unwrap_or(-1);
         self.append_batches(&records[..pos], &infos, max_timestamp)?;
+        // Followers copy the leader's decisions: state updated without checks.
+        self.producer_state.apply(&headers, self.clock.now_ms());
         for (epoch, start) in epoch_starts {
             self.epochs.assign(epoch, start)?;
         }
@@ -311,6 +353,7 @@ impl Log {
             record_count,
             batch_count: infos.len(),
             size_bytes: pos,
+            duplicate: false,
         })
     }
 
@@ -408,6 +451,9 @@ impl Log {
             delete_segment_files(&self.dir, old_base)?;
         } else {
             self.active_segment_mut().on_become_inactive()?;
+            // Kafka snapshots producer state at every roll, so recovery replays one segment.
+            let (end, now) = (self.log_end_offset, self.clock.now_ms());
+            self.producer_state.take_snapshot(end, now)?;
         }
         let segment = LogSegment::create(&self.dir, base, sizing(&self.config))?;
         self.segments.insert(base, segment);
@@ -499,7 +545,9 @@ impl Log {
         self.cleaner_checkpoint = self.cleaner_checkpoint.min(end);
         self.group_commit.truncated(end);
         self.epochs.truncate_from_end(end)?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        // Snapshots past the cut go; the state is rebuilt from the newest one at or below it.
+        self.rebuild_producer_state()
     }
 
     /// Deletes all data and restarts the log, empty, at `offset` (a follower too far behind).
@@ -524,6 +572,7 @@ impl Log {
         self.cleaner_checkpoint = offset;
         self.group_commit.truncated(offset);
         self.group_commit.flushed(offset);
+        self.producer_state.clear()?;
         self.epochs.clear()
     }
 
@@ -629,6 +678,7 @@ impl Log {
                 .max(*self.segments.keys().next().unwrap_or(&self.log_end_offset));
             self.cleaner_checkpoint = self.cleaner_checkpoint.max(self.log_start_offset);
             self.epochs.truncate_from_start(self.log_start_offset)?;
+            self.producer_state.truncate_head(self.log_start_offset)?;
             sync_dir(&self.dir)?;
             tracing::info!(dir = %self.dir.display(), segments = deleted.len(), log_start_offset = self.log_start_offset, "deleted segments by retention");
         }
@@ -640,7 +690,9 @@ impl Log {
     pub fn close(&mut self) -> Result<()> {
         self.guarded(|log| {
             log.active_segment_mut().on_become_inactive()?;
-            log.flush_inner()
+            log.flush_inner()?;
+            let (end, now) = (log.log_end_offset, log.clock.now_ms());
+            log.producer_state.take_snapshot(end, now)
         })
     }
 
@@ -649,6 +701,47 @@ impl Log {
         let dir = self.dir.clone();
         drop(self);
         remove_dir_durably(&dir)
+    }
+
+    /// Loads the newest producer state snapshot at or below the log end offset (deleting newer
+    /// ones) and replays the batches after it (all of them when there is none).
+    fn rebuild_producer_state(&mut self) -> Result<()> {
+        let now = self.clock.now_ms();
+        let from = self
+            .producer_state
+            .load(self.log_end_offset, now)?
+            .map_or(self.log_start_offset, |o| o.max(self.log_start_offset));
+        for segment in self.segments.values() {
+            if segment.next_offset() <= from || segment.size() == 0 {
+                continue;
+            }
+            let headers: Vec<BatchHeader> = segment
+                .batch_positions()?
+                .into_iter()
+                .map(|(_, h)| h)
+                .filter(|h| h.base_offset >= from)
+                .collect();
+            self.producer_state.apply(&headers, now);
+        }
+        self.producer_state.truncate_head(self.log_start_offset)
+    }
+
+    /// The idempotent producers' state (epochs, last sequences and offsets).
+    pub fn producer_state(&self) -> &ProducerStateManager {
+        &self.producer_state
+    }
+
+    /// Sets `producer.id.expiration.ms`: producers idle this long are forgotten (their next batch
+    /// must start a new epoch at sequence 0). Kafka's default is [`DEFAULT_PRODUCER_ID_EXPIRATION_MS`].
+    pub fn set_producer_id_expiration_ms(&mut self, ms: i64) {
+        self.producer_state.set_expiration_ms(ms);
+    }
+
+    /// Forgets producers idle for `producer.id.expiration.ms` (also done at every snapshot); for
+    /// a periodic broker task (Kafka's `producer.id.expiration.check.interval.ms`).
+    pub fn remove_expired_producers(&mut self) {
+        let now = self.clock.now_ms();
+        self.producer_state.remove_expired_producers(now);
     }
 
     /// Runs a mutation of the log: refused once the log failed; an I/O failure during it takes

@@ -75,6 +75,8 @@ pub struct LogManager {
     cleaner: CleanerConfig,
     /// Serialises checkpoint writes (they share a temp file name per log dir).
     checkpoint_lock: Mutex<()>,
+    /// `producer.id.expiration.ms` for every log (a broker setting, as in Kafka).
+    producer_id_expiration_ms: std::sync::atomic::AtomicI64,
 }
 
 impl LogManager {
@@ -142,6 +144,9 @@ impl LogManager {
             logs: RwLock::new(logs),
             cleaner,
             checkpoint_lock: Mutex::new(()),
+            producer_id_expiration_ms: std::sync::atomic::AtomicI64::new(
+                crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            ),
         };
         manager.checkpoint()?;
         Ok(manager)
@@ -176,15 +181,41 @@ impl LogManager {
             load[*dir] += 1;
         }
         let dir = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
-        let log = Log::open(
+        let mut log = Log::open(
             self.log_dirs[dir].join(tp.dir_name()),
             config,
             LogOpenOptions::default(),
             Arc::clone(&self.clock),
         )?;
+        log.set_producer_id_expiration_ms(
+            self.producer_id_expiration_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let log = Arc::new(RwLock::new(log));
         logs.insert(tp.clone(), (dir, Arc::clone(&log)));
         Ok(log)
+    }
+
+    /// Sets `producer.id.expiration.ms` (Kafka's broker config, default one day) for every log,
+    /// present and future: an idempotent producer idle this long is forgotten by its partitions.
+    pub fn set_producer_id_expiration_ms(&self, ms: i64) {
+        self.producer_id_expiration_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        for (_, log) in self.logs_by_partition() {
+            log.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_producer_id_expiration_ms(ms);
+        }
+    }
+
+    /// Forgets expired producers in every log (Kafka runs this every
+    /// `producer.id.expiration.check.interval.ms`, 10 minutes).
+    pub fn remove_expired_producers(&self) {
+        for (_, log) in self.logs_by_partition() {
+            log.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove_expired_producers();
+        }
     }
 
     /// Deletes the log of `tp` and its data.
