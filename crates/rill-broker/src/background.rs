@@ -63,6 +63,25 @@ pub fn start(
         },
     );
     tasks.spawn(
+        "isr expiration",
+        every((config.replica_lag_time_max_ms / 2).max(1)),
+        {
+            let rm = Arc::clone(&rm);
+            move || {
+                rm.shrink_isrs();
+                Ok(())
+            }
+        },
+    );
+    tasks.spawn(
+        "high watermark checkpoint",
+        every(config.hw_checkpoint_interval_ms),
+        {
+            let rm = Arc::clone(&rm);
+            move || rm.checkpoint_high_watermarks().map_err(|e| e.to_string())
+        },
+    );
+    tasks.spawn(
         "deleted log removal",
         every(config.log_delete_delay_ms.clamp(100, 30_000)),
         {
@@ -81,9 +100,14 @@ pub fn start(
         let mut under = 0;
         for p in &partitions {
             // A poisoned log is reported by the request path; its size is simply not updated.
-            let Ok(size) = p.log.read().map(|l| l.size_bytes()) else {
+            let Ok((size, offline)) = p.log.read().map(|l| (l.size_bytes(), l.is_offline())) else {
                 continue;
             };
+            if offline {
+                // A failure seen off the request path (a follower's fsync, the cleaner).
+                rm.fail_log_dir(&p.log_dir, &format!("{} went offline", p.tp));
+                continue;
+            }
             let g: Gauge = metrics
                 .log_size
                 .get_or_create(&PartitionLabels {

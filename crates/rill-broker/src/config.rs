@@ -75,6 +75,41 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "how often retention runs",
     ),
     (
+        "replica.lag.time.max.ms",
+        "30000",
+        "a follower that has not caught up for this long leaves the ISR",
+    ),
+    (
+        "replica.fetch.wait.max.ms",
+        "500",
+        "longest a follower's fetch waits at the leader for new data",
+    ),
+    (
+        "replica.fetch.max.bytes",
+        "1048576",
+        "record bytes a follower asks for per partition and fetch",
+    ),
+    (
+        "replica.fetch.response.max.bytes",
+        "10485760",
+        "record bytes a follower asks for per fetch",
+    ),
+    (
+        "replica.fetch.backoff.ms",
+        "1000",
+        "pause after a failed replica fetch",
+    ),
+    (
+        "num.replica.fetchers",
+        "1",
+        "fetch loops per source broker (partitions are spread over them)",
+    ),
+    (
+        "replica.high.watermark.checkpoint.interval.ms",
+        "5000",
+        "how often high watermarks are written to replication-offset-checkpoint",
+    ),
+    (
         "log.flush.offset.checkpoint.interval.ms",
         "60000",
         "how often each log dir's recovery-point checkpoint is written",
@@ -239,6 +274,20 @@ pub struct BrokerConfig {
     pub flush_policy: FlushPolicy,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: u64,
+    /// `replica.fetch.wait.max.ms`.
+    pub replica_fetch_wait_max_ms: u64,
+    /// `replica.fetch.max.bytes`.
+    pub replica_fetch_max_bytes: usize,
+    /// `replica.fetch.response.max.bytes`.
+    pub replica_fetch_response_max_bytes: usize,
+    /// `replica.fetch.backoff.ms`.
+    pub replica_fetch_backoff_ms: u64,
+    /// `num.replica.fetchers`.
+    pub num_replica_fetchers: usize,
+    /// `replica.high.watermark.checkpoint.interval.ms`.
+    pub hw_checkpoint_interval_ms: u64,
     /// `log.flush.offset.checkpoint.interval.ms`: a crash re-validates at most this much data.
     pub recovery_point_checkpoint_interval_ms: u64,
     /// `log.segment.delete.delay.ms`: how long a `-delete` log waits before removal.
@@ -409,6 +458,22 @@ impl BrokerConfig {
             flush_policy,
             retention_check_interval_ms: int("log.retention.check.interval.ms", 1, i64::MAX)?
                 as u64,
+            replica_lag_time_max_ms: int("replica.lag.time.max.ms", 1, i64::MAX)? as u64,
+            replica_fetch_wait_max_ms: int("replica.fetch.wait.max.ms", 0, 60_000)? as u64,
+            replica_fetch_max_bytes: int("replica.fetch.max.bytes", 1024, i32::MAX as i64)?
+                as usize,
+            replica_fetch_response_max_bytes: int(
+                "replica.fetch.response.max.bytes",
+                1024,
+                i32::MAX as i64,
+            )? as usize,
+            replica_fetch_backoff_ms: int("replica.fetch.backoff.ms", 1, 3_600_000)? as u64,
+            num_replica_fetchers: int("num.replica.fetchers", 1, 64)? as usize,
+            hw_checkpoint_interval_ms: int(
+                "replica.high.watermark.checkpoint.interval.ms",
+                1,
+                i64::MAX,
+            )? as u64,
             recovery_point_checkpoint_interval_ms: int(
                 "log.flush.offset.checkpoint.interval.ms",
                 1,

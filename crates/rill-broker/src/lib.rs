@@ -14,6 +14,8 @@ pub mod controller_client;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
+pub mod partition;
+pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod request_queue;
 
@@ -123,6 +125,30 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     let lifecycle =
         lifecycle::Lifecycle::new(Arc::clone(&config), Arc::clone(&rm), Arc::clone(&metrics))?;
     let lifecycle_task = tokio::spawn(Arc::clone(&lifecycle).run(shutdown.clone()));
+    // ISR changes the leaders propose go to the controller one by one (AlterPartition).
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        rm.set_isr_channel(tx);
+        let lifecycle = Arc::clone(&lifecycle);
+        let rm = Arc::clone(&rm);
+        let stop = background_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    c = rx.recv() => match c { Some(c) => c, None => return },
+                };
+                let ok = match lifecycle.alter_partition(&change).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(partition = %change.tp, isr = ?change.new_isr, error = %e, "AlterPartition refused; will retry from fresh state");
+                        false
+                    }
+                };
+                rm.isr_change_done(&change.tp, ok);
+            }
+        });
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -169,6 +195,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     background_stop.cancel();
     // Dropping the last queue sender stops the I/O threads once they drain.
     drop(lifecycle);
+    rm.shutdown_fetchers();
     let rm2 = Arc::clone(&rm);
     let failed = rm.offline_log_dirs();
     let clean = failed.is_empty();
@@ -177,6 +204,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             let _ = w.join();
         }
         if clean {
+            if let Err(e) = rm2.checkpoint_high_watermarks() {
+                tracing::warn!(error = %e, "could not write the high watermark checkpoint");
+            }
             rm2.logs().shutdown()
         } else {
             // No clean-shutdown marker: the next start must recover what the failure left.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::proto::{
-    BrokerHeartbeatRequest, BrokerRegistrationRequest, Endpoint, FetchMetadataRequest,
+    AlterPartitionData, AlterPartitionRequest, AlterPartitionTopic, BrokerHeartbeatRequest,
+    BrokerRegistrationRequest, Endpoint, FetchMetadataRequest,
 };
 use rill_protocol::{ApiError, ErrorCode};
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,49 @@ impl Lifecycle {
                 _ = stop.cancelled() => return None,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+        }
+    }
+
+    /// Sends an ISR change to the controller (AlterPartition with this broker's epoch and the
+    /// partition epoch the change is based on). `Ok` when the controller accepted it.
+    pub async fn alter_partition(
+        &self,
+        change: &crate::partition::IsrChange,
+    ) -> Result<(), ApiError> {
+        let req = AlterPartitionRequest {
+            broker_id: self.config.node_id,
+            broker_epoch: self.epoch.load(Ordering::Acquire),
+            topics: vec![AlterPartitionTopic {
+                name: change.tp.topic.clone(),
+                partitions: vec![AlterPartitionData {
+                    index: change.tp.partition,
+                    leader_epoch: change.leader_epoch,
+                    new_isr: change.new_isr.clone(),
+                    partition_epoch: change.partition_epoch,
+                }],
+            }],
+        };
+        let r = self
+            .cc
+            .call(Duration::from_secs(5), |mut c| {
+                let req = req.clone();
+                async move { c.alter_partition(req).await }
+            })
+            .await?;
+        let result = r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .next()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownServerError,
+                    "empty AlterPartition response",
+                )
+            })?;
+        match ErrorCode::try_from(result.error_code).unwrap_or(ErrorCode::UnknownServerError) {
+            ErrorCode::None => Ok(()),
+            code => Err(ApiError::new(code, result.error_message.clone())),
         }
     }
 

@@ -140,8 +140,12 @@ impl Broker for BrokerService {
         let req = request.into_inner();
         let deadline = started + Duration::from_millis(req.max_wait_ms.min(60_000).into());
         let mut hw_changes = self.rm.subscribe_hw();
+        // A follower waits for new data at the leader (the high watermark waits for it).
+        let mut appended = self.rm.subscribe_appended();
+        let replica = req.replica_id >= 0;
         loop {
             hw_changes.borrow_and_update();
+            appended.borrow_and_update();
             let rm = Arc::clone(&self.rm);
             let r = req.clone();
             let fetch_max_bytes = self.fetch_max_bytes;
@@ -161,8 +165,19 @@ impl Broker for BrokerService {
                     .observe("Fetch", started.elapsed().as_secs_f64(), !has_error);
                 return Ok(Response::new(response));
             }
-            // Long poll: sleep until some high watermark moves or the wait is over.
-            let _ = tokio::time::timeout_at(deadline.into(), hw_changes.changed()).await;
+            // Long poll: sleep until some high watermark (or, for followers, log end) moves or
+            // the wait is over.
+            let _ = tokio::time::timeout_at(deadline.into(), async {
+                if replica {
+                    tokio::select! {
+                        _ = hw_changes.changed() => {}
+                        _ = appended.changed() => {}
+                    }
+                } else {
+                    let _ = hw_changes.changed().await;
+                }
+            })
+            .await;
         }
     }
 
@@ -318,6 +333,16 @@ fn read_all(
                     pr.error_message = e.message;
                     pr.current_leader = leader_hint(current);
                 }
+                Ok(partition) if req.replica_id >= 0 => {
+                    let budget =
+                        (max_total.saturating_sub(total)).min(if p.partition_max_bytes <= 0 {
+                            1 << 20
+                        } else {
+                            p.partition_max_bytes as usize
+                        });
+                    pr = rm.fetch_for_follower(&partition, req.replica_id, p, budget.max(1));
+                    total += pr.records.len();
+                }
                 Ok(partition) => {
                     let state = partition.state();
                     let (start, hw) = match rm.offsets(&partition) {
@@ -346,7 +371,11 @@ fn read_all(
                             leader_id: state.leader,
                             leader_epoch: state.leader_epoch,
                         });
-                    } else if p.fetch_offset < start || p.fetch_offset > hw {
+                    } else if p.fetch_offset < start
+                        || p.fetch_offset > partition.log_end_offset().unwrap_or(hw)
+                    {
+                        // Between the high watermark and the log end is not out of range: a
+                        // new leader's high watermark can trail what consumers already read.
                         pr.error_code = ErrorCode::OffsetOutOfRange as i32;
                         pr.error_message = format!(
                             "offset {} is outside [{start}, {hw}] of {tp}",

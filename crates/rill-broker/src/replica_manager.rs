@@ -20,19 +20,23 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::{
-    GroupCommit, LogAppendInfo, LogConfig, LogError, LogManager, OffsetCheckpointFile, SharedLog,
-    TopicPartition,
+    LogAppendInfo, LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition,
 };
 use tokio::sync::watch;
 
+use rill_protocol::proto::{
+    EpochEndOffset, FetchPartition, FetchPartitionResponse, LeaderIdAndEpoch,
+};
+
 use crate::config::{BrokerConfig, FlushPolicy};
+use crate::partition::{PartitionAppendError, Transition, poisoned};
+use crate::replica_fetcher::ReplicaFetcherManager;
 
 /// File in each partition directory naming the topic id the data belongs to.
 pub const PARTITION_METADATA: &str = "partition.metadata";
@@ -46,46 +50,11 @@ pub const STRAY_SUFFIX: &str = "stray";
 pub const METADATA_OFFSET_CHECKPOINT: &str = "metadata-offset-checkpoint";
 const METADATA_OFFSET_KEY: &str = "__cluster_metadata-0";
 
-/// Leadership state of a hosted partition, from the metadata image.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LeaderState {
-    /// Leader broker, -1 when offline.
-    pub leader: i32,
-    /// Current leader epoch.
-    pub leader_epoch: i32,
-    /// All replicas.
-    pub replicas: Vec<i32>,
-    /// In-sync replicas.
-    pub isr: Vec<i32>,
-}
+/// File in each log dir holding each partition's high watermark (Kafka's name), so a restarted
+/// replica does not serve data its ISR had not acknowledged.
+pub const REPLICATION_OFFSET_CHECKPOINT: &str = "replication-offset-checkpoint";
 
-/// A partition hosted here.
-pub struct Partition {
-    /// Topic and index.
-    pub tp: TopicPartition,
-    /// The topic id the local data belongs to.
-    pub topic_id: String,
-    /// The log.
-    pub log: SharedLog,
-    /// The log dir holding the log (a failure there takes this partition offline).
-    log_dir: PathBuf,
-    group_commit: Arc<GroupCommit>,
-    state: RwLock<LeaderState>,
-    config: RwLock<LogConfig>,
-    high_watermark: AtomicI64,
-}
-
-impl Partition {
-    /// Leadership state.
-    pub fn state(&self) -> LeaderState {
-        self.state.read().clone()
-    }
-
-    /// The high watermark.
-    pub fn high_watermark(&self) -> i64 {
-        self.high_watermark.load(Ordering::Acquire)
-    }
-}
+pub use crate::partition::{IsrChange, LeaderState, Partition};
 
 /// A client-facing error plus, when known, the current (leader id, leader epoch).
 pub type PartitionError = (ApiError, Option<(i32, i32)>);
@@ -102,18 +71,16 @@ pub struct ReplicaManager {
     offline_dirs: RwLock<BTreeMap<PathBuf, String>>,
     dir_failures: watch::Sender<Option<String>>,
     image: RwLock<Arc<MetadataImage>>,
-    hw_changed: watch::Sender<u64>,
+    hw_changed: Arc<watch::Sender<u64>>,
+    /// Wakes replica fetches parked at this leader when any log end moves.
+    appended: watch::Sender<u64>,
+    fetchers: ReplicaFetcherManager,
+    /// ISR changes for the controller (AlterPartition); unset in tests without a controller.
+    isr_changes: RwLock<Option<tokio::sync::mpsc::UnboundedSender<IsrChange>>>,
 }
 
 fn api(e: LogError) -> ApiError {
     ApiError::new(e.error_code(), e.to_string())
-}
-
-fn poisoned(what: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::KafkaStorageError,
-        format!("{what}: a thread panicked while holding the log lock; the broker must restart"),
-    )
 }
 
 /// An error that means the log dir itself failed (Kafka's `IOException` →
@@ -145,9 +112,18 @@ pub fn read_partition_metadata(dir: &Path) -> Result<Option<String>, LogError> {
 impl ReplicaManager {
     /// A replica manager over opened logs.
     pub fn new(config: Arc<BrokerConfig>, logs: LogManager) -> Self {
-        let (hw_changed, _) = watch::channel(0);
+        let hw_changed = Arc::new(watch::channel(0).0);
         let (dir_failures, _) = watch::channel(None);
+        let wake = Arc::clone(&hw_changed);
+        let fetchers = ReplicaFetcherManager::new(
+            Arc::clone(&config),
+            tokio::runtime::Handle::try_current().ok(),
+            Arc::new(move || wake.send_modify(|v| *v += 1)),
+        );
         ReplicaManager {
+            appended: watch::channel(0).0,
+            fetchers,
+            isr_changes: RwLock::new(None),
             node_id: config.node_id,
             config,
             logs,
@@ -158,6 +134,11 @@ impl ReplicaManager {
             image: RwLock::new(Arc::new(MetadataImage::default())),
             hw_changed,
         }
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
     }
 
     /// The log manager.
@@ -173,6 +154,73 @@ impl ReplicaManager {
     /// Wakes long-polling fetches whenever any high watermark moves.
     pub fn subscribe_hw(&self) -> watch::Receiver<u64> {
         self.hw_changed.subscribe()
+    }
+
+    /// Wakes replica fetches whenever any log end moves (followers wait for data, not for the
+    /// high watermark they themselves hold back).
+    pub fn subscribe_appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Where ISR changes go (the AlterPartition sender).
+    pub fn set_isr_channel(&self, tx: tokio::sync::mpsc::UnboundedSender<IsrChange>) {
+        *self.isr_changes.write() = Some(tx);
+    }
+
+    fn propose_isr(&self, partition: &Partition, change: IsrChange) {
+        let tx = self.isr_changes.read().clone();
+        if let Some(tx) = tx
+            && tx.send(change.clone()).is_ok()
+        {
+            partition.set_pending_isr(Some(&change));
+        }
+    }
+
+    /// The outcome of an AlterPartition: on failure the pending ISR is dropped so the change
+    /// can be proposed again from fresh state.
+    pub fn isr_change_done(&self, tp: &TopicPartition, ok: bool) {
+        if !ok && let Some(p) = self.partition(tp) {
+            p.set_pending_isr(None);
+        }
+    }
+
+    /// Leaders: proposes removing followers that have not caught up for
+    /// `replica.lag.time.max.ms` (Kafka's ISR expiration).
+    pub fn shrink_isrs(&self) {
+        let lag = std::time::Duration::from_millis(self.config.replica_lag_time_max_ms);
+        for p in self.all_partitions() {
+            if let Some(change) = p.isr_shrink(lag) {
+                tracing::info!(partition = %p.tp, isr = ?change.new_isr, "shrinking the ISR: followers lag");
+                self.propose_isr(&p, change);
+            }
+        }
+    }
+
+    /// Stops the replica fetchers.
+    pub fn shutdown_fetchers(&self) {
+        self.fetchers.shutdown();
+    }
+
+    /// Writes each online log dir's `replication-offset-checkpoint` (partition → high
+    /// watermark).
+    pub fn checkpoint_high_watermarks(&self) -> Result<(), LogError> {
+        let offline = self.offline_dirs.read().clone();
+        let mut by_dir: BTreeMap<PathBuf, BTreeMap<String, i64>> = self
+            .logs
+            .log_dirs()
+            .iter()
+            .filter(|d| !offline.contains_key(*d))
+            .map(|d| (d.clone(), BTreeMap::new()))
+            .collect();
+        for p in self.all_partitions() {
+            if let Some(entries) = by_dir.get_mut(&p.log_dir) {
+                entries.insert(p.tp.dir_name(), p.high_watermark());
+            }
+        }
+        for (dir, entries) in by_dir {
+            OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT)).write(&entries)?;
+        }
+        Ok(())
     }
 
     /// Becomes `Some(reason)` when a log dir failed; the broker then stops (as a KRaft broker
@@ -253,6 +301,7 @@ impl ReplicaManager {
                             LeaderState {
                                 leader: p.leader,
                                 leader_epoch: p.leader_epoch,
+                                partition_epoch: p.partition_epoch,
                                 replicas: p.replicas.clone(),
                                 isr: p.isr.clone(),
                             },
@@ -274,6 +323,7 @@ impl ReplicaManager {
                 continue;
             }
             self.partitions.write().remove(&tp);
+            self.fetchers.remove(&tp);
             let (suffix, why) = removal(&previous, &image, &tp, Some(&id), self.node_id);
             self.set_aside(&tp, suffix, &why);
         }
@@ -310,9 +360,8 @@ impl ReplicaManager {
         }
         for (tp, (topic_id, state, configs)) in desired {
             let config = self.config.log_config(configs);
-            match self.partition(&tp) {
+            let partition = match self.partition(&tp) {
                 Some(p) => {
-                    *p.state.write() = state;
                     let changed = *p.config.read() != config;
                     if changed {
                         if let Ok(mut log) = p.log.write() {
@@ -320,11 +369,15 @@ impl ReplicaManager {
                         }
                         *p.config.write() = config;
                     }
+                    p
                 }
-                None => match self.open_partition(&tp, topic_id, state, config, &previous) {
+                None => match self.open_partition(&tp, topic_id, config, &previous) {
                     Ok(partition) => {
                         self.offline.write().remove(&tp);
-                        self.partitions.write().insert(tp, partition);
+                        self.partitions
+                            .write()
+                            .insert(tp.clone(), Arc::clone(&partition));
+                        partition
                     }
                     Err(e) => {
                         if self
@@ -340,8 +393,32 @@ impl ReplicaManager {
                         {
                             self.fail_log_dir(&dir, &e.to_string());
                         }
+                        continue;
                     }
                 },
+            };
+            // Kafka's makeLeader / makeFollower.
+            match partition.update_state(state) {
+                Transition::BecameLeader => {
+                    self.fetchers.remove(&tp);
+                    tracing::info!(partition = %tp, epoch = partition.state().leader_epoch, "became leader");
+                }
+                Transition::BecameFollower {
+                    leader,
+                    leader_epoch,
+                } => match image.brokers.get(&leader).and_then(|b| b.endpoints.first()) {
+                    Some(ep) if leader >= 0 => {
+                        tracing::info!(partition = %tp, leader, epoch = leader_epoch, "became follower");
+                        self.fetchers.add(
+                            leader,
+                            format!("{}:{}", ep.host, ep.port),
+                            Arc::clone(&partition),
+                            leader_epoch,
+                        );
+                    }
+                    _ => self.fetchers.remove(&tp),
+                },
+                Transition::Unchanged => {}
             }
         }
         *self.image.write() = image;
@@ -375,7 +452,6 @@ impl ReplicaManager {
         &self,
         tp: &TopicPartition,
         topic_id: &str,
-        state: LeaderState,
         config: LogConfig,
         previous: &MetadataImage,
     ) -> Result<Arc<Partition>, LogError> {
@@ -422,27 +498,44 @@ impl ReplicaManager {
             }
         }
         let log = self.logs.get_or_create(tp, config.clone())?;
-        let (dir, hw, group_commit) = {
+        let (dir, leo) = {
             let l = log.read().map_err(|_| LogError::Corrupt {
                 path: Default::default(),
                 reason: format!("poisoned log lock of {tp}"),
             })?;
-            (l.dir().to_owned(), l.log_end_offset(), l.group_commit())
+            (l.dir().to_owned(), l.log_end_offset())
         };
         if read_partition_metadata(&dir)?.is_none() {
             rill_storage::write_atomically(&dir.join(PARTITION_METADATA), topic_id.as_bytes())?;
         }
         let log_dir = dir.parent().map(Path::to_owned).unwrap_or_default();
-        Ok(Arc::new(Partition {
-            tp: tp.clone(),
-            topic_id: topic_id.to_owned(),
+        // The high watermark from the last checkpoint (never above the log end): a replica must
+        // not expose what its ISR had not acknowledged. Logs from before checkpoints existed
+        // start at their end.
+        let checkpointed = OffsetCheckpointFile::new(log_dir.join(REPLICATION_OFFSET_CHECKPOINT))
+            .read()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unreadable high watermark checkpoint; starting high watermarks at the log end");
+                BTreeMap::new()
+            });
+        let hw = checkpointed
+            .get(&tp.dir_name())
+            .map_or(leo, |hw| (*hw).min(leo));
+        Partition::new(
+            tp.clone(),
+            topic_id.to_owned(),
             log,
             log_dir,
-            group_commit,
-            state: RwLock::new(state),
-            config: RwLock::new(config),
-            high_watermark: AtomicI64::new(hw),
-        }))
+            self.node_id,
+            self.config.flush_policy,
+            config,
+            hw,
+        )
+        .map(Arc::new)
+        .map_err(|e| LogError::Corrupt {
+            path: dir,
+            reason: e.message,
+        })
     }
 
     /// Takes a log dir offline after an I/O failure: its partitions stop serving at once (so
@@ -465,6 +558,7 @@ impl ReplicaManager {
             .collect();
         for p in doomed {
             self.partitions.write().remove(&p.tp);
+            self.fetchers.remove(&p.tp);
             self.offline.write().insert(
                 p.tp.clone(),
                 format!("log dir {} is offline: {reason}", dir.display()),
@@ -512,114 +606,145 @@ impl ReplicaManager {
                 None,
             ));
         };
-        let current = Some((p.leader, p.leader_epoch));
-        if p.leader != self.node_id {
-            return Err((
-                ApiError::new(
-                    if p.leader == -1 {
-                        ErrorCode::LeaderNotAvailable
-                    } else {
-                        ErrorCode::NotLeaderOrFollower
-                    },
-                    format!(
-                        "broker {} does not lead {tp}; the leader is {}",
-                        self.node_id, p.leader
-                    ),
-                ),
-                current,
-            ));
-        }
         if let Some(why) = self.offline.read().get(tp) {
             return Err((
                 ApiError::new(
                     ErrorCode::KafkaStorageError,
                     format!("{tp} is offline on broker {}: {why}", self.node_id),
                 ),
-                current,
+                Some((p.leader, p.leader_epoch)),
             ));
         }
-        self.partition(tp).ok_or_else(|| {
-            (
+        // Leadership is decided by the partition's own state (the one appends check under its
+        // lock), not by the image, so the two cannot disagree.
+        let partition = self.partition(tp);
+        let state = partition
+            .as_ref()
+            .map(|p| p.state())
+            .unwrap_or_else(|| LeaderState {
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                ..Default::default()
+            });
+        let current = Some((state.leader, state.leader_epoch));
+        match partition {
+            Some(partition) if state.leader == self.node_id => Ok(partition),
+            _ if state.leader == self.node_id => Err((
                 ApiError::new(
                     ErrorCode::NotLeaderOrFollower,
                     format!("broker {} has not opened {tp} yet; retry", self.node_id),
                 ),
                 current,
-            )
-        })
+            )),
+            _ => Err((
+                ApiError::new(
+                    if state.leader == -1 {
+                        ErrorCode::LeaderNotAvailable
+                    } else {
+                        ErrorCode::NotLeaderOrFollower
+                    },
+                    format!(
+                        "broker {} does not lead {tp}; the leader is {}",
+                        self.node_id, state.leader
+                    ),
+                ),
+                current,
+            )),
+        }
     }
 
-    /// Appends a producer's batches (blocking). Under the interval policy the high watermark
-    /// moves at once; under commit the caller must [`make_durable`](Self::make_durable).
+    /// `min.insync.replicas` of a topic.
+    fn min_isr(&self, topic: &str) -> usize {
+        self.image()
+            .topics
+            .get(topic)
+            .and_then(|t| t.configs.get("min.insync.replicas"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+    }
+
+    /// Appends a producer's batches as leader (blocking). Under the interval policy the high
+    /// watermark may move at once; under commit the caller must
+    /// [`make_durable`](Self::make_durable).
     pub fn append(
         &self,
         partition: &Partition,
         records: &[u8],
         acks: i32,
-    ) -> Result<LogAppendInfo, ApiError> {
-        let state = partition.state();
-        if acks == -1 {
-            // As Kafka: acks=all needs at least min.insync.replicas in the ISR, checked before
-            // anything is written.
-            let min_isr = self
-                .image()
-                .topics
-                .get(&partition.tp.topic)
-                .and_then(|t| t.configs.get("min.insync.replicas"))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(1);
-            if state.isr.len() < min_isr {
-                return Err(ApiError::new(
-                    ErrorCode::NotEnoughReplicas,
-                    format!(
-                        "{} has {} in-sync replica(s) {:?}, fewer than min.insync.replicas = {min_isr}; nothing was written",
-                        partition.tp,
-                        state.isr.len(),
-                        state.isr
-                    ),
-                ));
-            }
-        }
-        let epoch = state.leader_epoch;
-        let mut buf = BytesMut::from(records);
-        let info = {
-            let mut log = partition
-                .log
-                .write()
-                .map_err(|_| poisoned(&partition.tp.to_string()))?;
-            let info = log
-                .append_as_leader(&mut buf, epoch)
-                .map_err(|e| self.storage_error(partition, e))?;
-            if self.config.flush_policy == FlushPolicy::Interval {
-                // Acknowledged without fsync: at least in the page cache (survives a crash of
-                // this process). Under `commit` the fsync in `make_durable` writes it out.
-                log.write_out()
-                    .map_err(|e| self.storage_error(partition, e))?;
-            }
-            info
-        };
+    ) -> Result<LogAppendInfo, PartitionError> {
+        let min_isr = self.min_isr(&partition.tp.topic);
+        let info = partition
+            .append_as_leader(records, acks, min_isr)
+            .map_err(|e| match e {
+                PartitionAppendError::Api(e, current) => (e, current),
+                PartitionAppendError::Log(e) => (self.storage_error(partition, e), None),
+            })?;
+        self.appended.send_modify(|v| *v += 1);
         if self.config.flush_policy == FlushPolicy::Interval {
-            self.advance_hw(partition, info.last_offset + 1);
+            self.after_hw_change(partition.maybe_increment_hw());
         }
         Ok(info)
     }
 
-    /// Waits (blocking) until everything below `end` is fsynced, then moves the high watermark.
-    /// A failed fsync takes the log dir offline: the data it covered may be gone from the page
-    /// cache, so nothing from that dir is acknowledged again.
+    /// Waits (blocking) until everything below `end` is fsynced, then moves the high watermark
+    /// as far as the ISR allows. A failed fsync takes the log dir offline: the data it covered
+    /// may be gone from the page cache, so nothing from that dir is acknowledged again.
     pub fn make_durable(&self, partition: &Partition, end: i64) -> Result<(), ApiError> {
-        if let Err(e) = partition.group_commit.wait_durable(end) {
+        if let Err(e) = partition.group_commit().wait_durable(end) {
             let reason = format!("fsync failed on {}: {e}", partition.tp);
             self.fail_log_dir(&partition.log_dir, &reason);
             return Err(ApiError::new(ErrorCode::KafkaStorageError, reason));
         }
-        self.advance_hw(partition, partition.group_commit.durable_offset());
+        self.after_hw_change(partition.maybe_increment_hw());
         Ok(())
     }
 
-    fn advance_hw(&self, partition: &Partition, to: i64) {
-        let prev = partition.high_watermark.fetch_max(to, Ordering::AcqRel);
-        if to > prev {
+    /// acks=all: waits until the high watermark passes `end` (every in-sync replica has the
+    /// batch), at most `timeout`. Then `min.insync.replicas` must still hold, as in Kafka
+    /// (NOT_ENOUGH_REPLICAS_AFTER_APPEND otherwise).
+    pub async fn wait_replicated(
+        &self,
+        partition: &Partition,
+        end: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(), ApiError> {
+        let mut hw = partition.subscribe_hw();
+        let reached = tokio::time::timeout(timeout, hw.wait_for(|hw| *hw >= end)).await;
+        match reached {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::NotLeaderOrFollower,
+                    format!("{} is no longer hosted here", partition.tp),
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "{}: the in-sync replicas {:?} did not all have the write within {timeout:?}; it may still commit",
+                        partition.tp,
+                        partition.state().isr
+                    ),
+                ));
+            }
+        }
+        let isr = partition.state().isr;
+        let min_isr = self.min_isr(&partition.tp.topic);
+        if isr.len() < min_isr {
+            return Err(ApiError::new(
+                ErrorCode::NotEnoughReplicasAfterAppend,
+                format!(
+                    "{}: written, but the ISR {isr:?} shrank below min.insync.replicas = {min_isr} before it committed",
+                    partition.tp
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn after_hw_change(&self, moved: bool) {
+        if moved {
             self.hw_changed.send_modify(|v| *v += 1);
         }
     }
@@ -698,10 +823,7 @@ impl ReplicaManager {
         min_one: bool,
     ) -> Result<Option<Bytes>, ApiError> {
         let hw = partition.high_watermark();
-        let log = partition
-            .log
-            .read()
-            .map_err(|_| poisoned(&partition.tp.to_string()))?;
+        let log = partition.log.read().map_err(|_| poisoned(&partition.tp))?;
         if offset > hw && offset <= log.log_end_offset() {
             // Written but not yet acknowledged-durable: nothing to read yet.
             return Ok(None);
@@ -709,12 +831,128 @@ impl ReplicaManager {
         log.read(offset, max_bytes, Some(hw), min_one).map_err(api)
     }
 
+    /// The leader's side of a follower's fetch of one partition (Kafka's
+    /// `Partition.fetchRecords` for a replica): checks the epochs, tells a diverged follower
+    /// where to truncate, records the follower's position (which may move the high watermark
+    /// or add it to the ISR), and reads up to the log end.
+    pub fn fetch_for_follower(
+        &self,
+        partition: &Partition,
+        replica: i32,
+        req: &FetchPartition,
+        budget: usize,
+    ) -> FetchPartitionResponse {
+        let mut r = FetchPartitionResponse {
+            index: req.index,
+            high_watermark: -1,
+            log_start_offset: -1,
+            ..Default::default()
+        };
+        let fail = |mut r: FetchPartitionResponse, code: ErrorCode, msg: String| {
+            r.error_code = code as i32;
+            r.error_message = msg;
+            r
+        };
+        let state = partition.state();
+        r.current_leader = Some(LeaderIdAndEpoch {
+            leader_id: state.leader,
+            leader_epoch: state.leader_epoch,
+        });
+        if !state.replicas.contains(&replica) {
+            return fail(
+                r,
+                ErrorCode::NotLeaderOrFollower,
+                format!(
+                    "broker {replica} is not a replica of {} (replicas {:?})",
+                    partition.tp, state.replicas
+                ),
+            );
+        }
+        if req.current_leader_epoch != state.leader_epoch {
+            let (code, what) = if req.current_leader_epoch < state.leader_epoch {
+                (ErrorCode::FencedLeaderEpoch, "older")
+            } else {
+                (ErrorCode::UnknownLeaderEpoch, "newer")
+            };
+            return fail(
+                r,
+                code,
+                format!(
+                    "leader epoch {} is {what} than the current {}",
+                    req.current_leader_epoch, state.leader_epoch
+                ),
+            );
+        }
+        let (start, end, diverging) = {
+            let Ok(log) = partition.log.read() else {
+                return fail(
+                    r,
+                    ErrorCode::KafkaStorageError,
+                    format!("{}: poisoned log lock", partition.tp),
+                );
+            };
+            let (start, end) = (log.log_start_offset(), log.log_end_offset());
+            // KIP-320: the follower's last epoch must end at or after its fetch offset here,
+            // else its log diverged and it truncates to where ours ends for that epoch.
+            let diverging = if req.last_fetched_epoch >= 0 {
+                match log.end_offset_for_epoch(req.last_fetched_epoch) {
+                    Some((e, e_end))
+                        if e == req.last_fetched_epoch && e_end >= req.fetch_offset =>
+                    {
+                        None
+                    }
+                    Some((e, e_end)) => Some((e, e_end)),
+                    None => Some((-1, start)),
+                }
+            } else if req.fetch_offset > end {
+                Some((-1, end))
+            } else {
+                None
+            };
+            (start, end, diverging)
+        };
+        r.log_start_offset = start;
+        if let Some((epoch, end_offset)) = diverging {
+            r.high_watermark = partition.high_watermark();
+            r.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
+            return r;
+        }
+        if req.fetch_offset < start {
+            return fail(
+                r,
+                ErrorCode::OffsetOutOfRange,
+                format!(
+                    "offset {} is below the log start {start} of {}",
+                    req.fetch_offset, partition.tp
+                ),
+            );
+        }
+        let before = partition.high_watermark();
+        if let Some(change) = partition.record_follower_fetch(replica, req.fetch_offset, end) {
+            tracing::info!(partition = %partition.tp, replica, isr = ?change.new_isr, "expanding the ISR: the follower caught up");
+            self.propose_isr(partition, change);
+        }
+        self.after_hw_change(partition.high_watermark() > before);
+        r.high_watermark = partition.high_watermark();
+        let read = partition
+            .log
+            .read()
+            .map_err(|_| poisoned(&partition.tp))
+            .and_then(|log| log.read(req.fetch_offset, budget, None, true).map_err(api));
+        match read {
+            Ok(Some(bytes)) => r.records = bytes,
+            Ok(None) => {}
+            Err(e) => return fail(r, e.code, e.message),
+        }
+        r
+    }
+
     /// (log start offset, high watermark).
     pub fn offsets(&self, partition: &Partition) -> Result<(i64, i64), ApiError> {
         let start = partition
             .log
             .read()
-            .map_err(|_| poisoned(&partition.tp.to_string()))?
+            .map_err(|_| poisoned(&partition.tp))?
             .log_start_offset();
         Ok((start, partition.high_watermark()))
     }

@@ -105,8 +105,13 @@ fn process(
     job: ProduceJob,
 ) {
     let acks = job.request.acks;
+    let timeout = Duration::from_millis(if job.request.timeout_ms == 0 {
+        rm.config().request_timeout_ms
+    } else {
+        job.request.timeout_ms.into()
+    });
     let mut response = ProduceResponse::default();
-    let mut durable: Vec<(usize, usize, Arc<crate::replica_manager::Partition>, i64)> = Vec::new();
+    let mut appended: Vec<(usize, usize, Arc<crate::replica_manager::Partition>, i64)> = Vec::new();
     for (ti, topic) in job.request.topics.iter().enumerate() {
         let mut tr = TopicProduceResponse {
             name: topic.name.clone(),
@@ -132,19 +137,13 @@ fn process(
             } else {
                 rm.leader_partition(&tp)
             };
-            match outcome.and_then(|p| {
-                rm.append(&p, &data.records, acks)
-                    .map(|info| (p, info))
-                    .map_err(|e| (e, None))
-            }) {
+            match outcome.and_then(|p| rm.append(&p, &data.records, acks).map(|info| (p, info))) {
                 Ok((p, info)) => {
                     metrics.bytes_in.inc_by(data.records.len() as u64);
                     pr.base_offset = info.first_offset;
                     pr.log_append_time_ms = info.log_append_time.unwrap_or(-1);
                     pr.log_start_offset = rm.offsets(&p).map_or(-1, |(start, _)| start);
-                    if policy == FlushPolicy::Commit {
-                        durable.push((ti, pi, p, info.last_offset + 1));
-                    }
+                    appended.push((ti, pi, p, info.last_offset + 1));
                 }
                 Err((e, current)) => {
                     pr.error_code = e.code as i32;
@@ -156,23 +155,56 @@ fn process(
         }
         response.topics.push(tr);
     }
-    if durable.is_empty() {
-        if let Some(reply) = job.reply {
+    let reply = job.reply;
+    if appended.is_empty() || (acks != -1 && policy == FlushPolicy::Interval) {
+        if let Some(reply) = reply {
             let _ = reply.send(response);
         }
         return;
     }
-    // Group commit: wait for the fsync on the blocking pool; this thread takes the next request.
+    // Completion waits on the runtime, not on this I/O thread, which takes the next request:
+    // the group-commit fsync (commit policy), then for acks=all the high watermark passing the
+    // batch on every in-sync replica (Kafka's DelayedProduce).
     let rm = Arc::clone(rm);
-    let reply = job.reply;
-    runtime.spawn_blocking(move || {
-        for (ti, pi, p, end) in durable {
-            if let Err(e) = rm.make_durable(&p, end) {
+    runtime.spawn(async move {
+        if policy == FlushPolicy::Commit {
+            let rm2 = Arc::clone(&rm);
+            let parts: Vec<_> = appended
+                .iter()
+                .map(|(ti, pi, p, end)| (*ti, *pi, Arc::clone(p), *end))
+                .collect();
+            let failures = tokio::task::spawn_blocking(move || {
+                parts
+                    .into_iter()
+                    .filter_map(|(ti, pi, p, end)| {
+                        rm2.make_durable(&p, end).err().map(|e| (ti, pi, e))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (ti, pi, e) in failures {
                 let pr = &mut response.topics[ti].partitions[pi];
                 pr.error_code = e.code as i32;
                 pr.error_message = e.message;
             }
         }
+        if acks == -1 && reply.is_some() {
+            let deadline = tokio::time::Instant::now() + timeout;
+            for (ti, pi, p, end) in appended {
+                if response.topics[ti].partitions[pi].error_code != 0 {
+                    continue;
+                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if let Err(e) = rm.wait_replicated(&p, end, left).await {
+                    let pr = &mut response.topics[ti].partitions[pi];
+                    pr.error_code = e.code as i32;
+                    pr.error_message = e.message;
+                }
+            }
+        }
+        // acks=0 has no reply: its appends were still made durable above, so the high
+        // watermark moves over them.
         if let Some(reply) = reply {
             let _ = reply.send(response);
         }

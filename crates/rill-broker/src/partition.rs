@@ -1,0 +1,496 @@
+//! One partition hosted by this broker (Kafka's `Partition`): its log, its leader/ISR state
+//! from the metadata log, and its high watermark, kept together so that a leadership check and
+//! the append it guards cannot disagree (the state lock is held across the append).
+//!
+//! As leader, the partition tracks each follower's fetch position and when it was last caught
+//! up; the high watermark is the lowest log end offset over the ISR — where the leader's own end
+//! is its fsynced offset under `log.flush.policy=commit` (followers likewise report only what
+//! they fsynced), so everything below the high watermark is on disk on every in-sync replica.
+//! ISR changes go to the controller as AlterPartition with the partition epoch; while one is in
+//! flight the high watermark counts the larger of the two ISRs (Kafka's "maximal ISR"), so it
+//! never moves on the strength of a replica that is leaving.
+//!
+//! As follower, the partition is fed by a replica fetcher; its high watermark is the leader's,
+//! capped at its own log end.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::RwLock;
+use rill_protocol::{ApiError, ErrorCode};
+use rill_storage::{GroupCommit, LogAppendInfo, LogConfig, LogError, SharedLog, TopicPartition};
+use tokio::sync::watch;
+
+use crate::config::FlushPolicy;
+
+/// Leadership state of a partition, from the metadata image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaderState {
+    /// Leader broker, -1 when offline.
+    pub leader: i32,
+    /// Current leader epoch.
+    pub leader_epoch: i32,
+    /// Bumped by the controller on every change of this partition (AlterPartition checks it).
+    pub partition_epoch: i32,
+    /// All replicas.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+/// What applying new metadata to a partition means for this broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// This broker leads the partition from now on (a new leader epoch).
+    BecameLeader,
+    /// This broker follows `leader` (a new leader or leader epoch); -1 when there is none.
+    BecameFollower {
+        /// The broker to fetch from.
+        leader: i32,
+        /// Its leader epoch.
+        leader_epoch: i32,
+    },
+    /// Same role, same leader epoch.
+    Unchanged,
+}
+
+/// A follower's replication progress, as the leader sees it.
+#[derive(Clone, Debug)]
+struct FollowerState {
+    /// The offset it asked for in its last fetch (everything below is on its disk), -1 before
+    /// its first fetch in this leader epoch.
+    log_end_offset: i64,
+    /// The last time it had everything the leader had.
+    last_caught_up: Instant,
+    /// When its previous fetch came, and the leader's log end offset then.
+    last_fetch: Instant,
+    leader_end_at_last_fetch: i64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: LeaderState,
+    followers: HashMap<i32, FollowerState>,
+    /// An ISR change sent to the controller and not yet seen in the metadata.
+    pending_isr: Option<Vec<i32>>,
+}
+
+/// A partition hosted here.
+pub struct Partition {
+    /// Topic and index.
+    pub tp: TopicPartition,
+    /// The topic id the local data belongs to.
+    pub topic_id: String,
+    /// The log.
+    pub log: SharedLog,
+    /// The log dir holding the log (a failure there takes this partition offline).
+    pub(crate) log_dir: PathBuf,
+    node_id: i32,
+    flush_policy: FlushPolicy,
+    group_commit: Arc<GroupCommit>,
+    inner: RwLock<Inner>,
+    pub(crate) config: RwLock<LogConfig>,
+    high_watermark: AtomicI64,
+    /// Watchers of this partition's high watermark (acks=all waits here: Kafka's DelayedProduce,
+    /// keyed by partition).
+    hw_watch: watch::Sender<i64>,
+}
+
+/// A poisoned log lock: a thread panicked mid-operation; serving on would guess.
+pub(crate) fn poisoned(tp: &TopicPartition) -> ApiError {
+    ApiError::new(
+        ErrorCode::KafkaStorageError,
+        format!("{tp}: a thread panicked while holding the log lock; the broker must restart"),
+    )
+}
+
+impl Partition {
+    /// A partition over an opened log, starting at high watermark `hw`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        tp: TopicPartition,
+        topic_id: String,
+        log: SharedLog,
+        log_dir: PathBuf,
+        node_id: i32,
+        flush_policy: FlushPolicy,
+        config: LogConfig,
+        hw: i64,
+    ) -> Result<Self, ApiError> {
+        let group_commit = log.read().map_err(|_| poisoned(&tp))?.group_commit();
+        let (hw_watch, _) = watch::channel(hw);
+        Ok(Partition {
+            tp,
+            topic_id,
+            log,
+            log_dir,
+            node_id,
+            flush_policy,
+            group_commit,
+            inner: RwLock::new(Inner {
+                state: LeaderState {
+                    leader: -1,
+                    leader_epoch: -1,
+                    ..Default::default()
+                },
+                followers: HashMap::new(),
+                pending_isr: None,
+            }),
+            config: RwLock::new(config),
+            high_watermark: AtomicI64::new(hw),
+            hw_watch,
+        })
+    }
+
+    /// Leadership state.
+    pub fn state(&self) -> LeaderState {
+        self.inner.read().state.clone()
+    }
+
+    /// True when this broker leads the partition.
+    pub fn is_leader(&self) -> bool {
+        self.inner.read().state.leader == self.node_id
+    }
+
+    /// The high watermark.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Watches the high watermark (acks=all waits on it).
+    pub fn subscribe_hw(&self) -> watch::Receiver<i64> {
+        self.hw_watch.subscribe()
+    }
+
+    /// The group-commit handle of the log.
+    pub(crate) fn group_commit(&self) -> &Arc<GroupCommit> {
+        &self.group_commit
+    }
+
+    /// The log end offset.
+    pub fn log_end_offset(&self) -> Result<i64, ApiError> {
+        Ok(self
+            .log
+            .read()
+            .map_err(|_| poisoned(&self.tp))?
+            .log_end_offset())
+    }
+
+    /// Applies the partition's state from new metadata and says what changed for this broker
+    /// (Kafka's `makeLeader` / `makeFollower`).
+    pub fn update_state(&self, new: LeaderState) -> Transition {
+        let mut inner = self.inner.write();
+        let old = std::mem::replace(&mut inner.state, new.clone());
+        if new.partition_epoch != old.partition_epoch {
+            // Whatever ISR change was in flight was decided (accepted or superseded).
+            inner.pending_isr = None;
+        }
+        let new_epoch = new.leader_epoch != old.leader_epoch || new.leader != old.leader;
+        if new.leader == self.node_id {
+            if !new_epoch {
+                return Transition::Unchanged;
+            }
+            // A new leader epoch: follower positions are unknown until they fetch again; those
+            // in the ISR count as caught up now (they were when the controller chose them).
+            let now = Instant::now();
+            let long_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+            inner.followers = new
+                .replicas
+                .iter()
+                .filter(|r| **r != self.node_id)
+                .map(|r| {
+                    let caught_up = if new.isr.contains(r) { now } else { long_ago };
+                    (
+                        *r,
+                        FollowerState {
+                            log_end_offset: -1,
+                            last_caught_up: caught_up,
+                            last_fetch: caught_up,
+                            leader_end_at_last_fetch: -1,
+                        },
+                    )
+                })
+                .collect();
+            drop(inner);
+            // A leader alone in its ISR may move the high watermark at once.
+            self.maybe_increment_hw();
+            Transition::BecameLeader
+        } else {
+            inner.followers.clear();
+            if new_epoch || old.leader == self.node_id {
+                Transition::BecameFollower {
+                    leader: new.leader,
+                    leader_epoch: new.leader_epoch,
+                }
+            } else {
+                Transition::Unchanged
+            }
+        }
+    }
+
+    /// Appends a producer's batches as leader, holding the state lock across the append so the
+    /// epoch stamped on the batches is the one checked. acks=all needs `min.insync.replicas` in
+    /// the ISR, checked before anything is written.
+    pub fn append_as_leader(
+        &self,
+        records: &[u8],
+        acks: i32,
+        min_isr: usize,
+    ) -> Result<LogAppendInfo, PartitionAppendError> {
+        let inner = self.inner.read();
+        let state = &inner.state;
+        if state.leader != self.node_id {
+            return Err(PartitionAppendError::Api(
+                ApiError::new(
+                    ErrorCode::NotLeaderOrFollower,
+                    format!(
+                        "broker {} does not lead {} (leader {})",
+                        self.node_id, self.tp, state.leader
+                    ),
+                ),
+                Some((state.leader, state.leader_epoch)),
+            ));
+        }
+        if acks == -1 && state.isr.len() < min_isr {
+            return Err(PartitionAppendError::Api(
+                ApiError::new(
+                    ErrorCode::NotEnoughReplicas,
+                    format!(
+                        "{} has {} in-sync replica(s) {:?}, fewer than min.insync.replicas = {min_isr}; nothing was written",
+                        self.tp,
+                        state.isr.len(),
+                        state.isr
+                    ),
+                ),
+                None,
+            ));
+        }
+        let mut buf = BytesMut::from(records);
+        let mut log = self
+            .log
+            .write()
+            .map_err(|_| PartitionAppendError::Api(poisoned(&self.tp), None))?;
+        let info = log
+            .append_as_leader(&mut buf, state.leader_epoch)
+            .map_err(PartitionAppendError::Log)?;
+        if self.flush_policy == FlushPolicy::Interval {
+            // Acknowledged without fsync: at least in the page cache (survives a crash of this
+            // process). Under `commit` group commit's fsync writes it out.
+            log.write_out().map_err(PartitionAppendError::Log)?;
+        }
+        Ok(info)
+    }
+
+    /// What this broker itself holds safely: the fsynced offset under `commit`, the log end
+    /// under `interval`.
+    fn local_end(&self) -> i64 {
+        match self.flush_policy {
+            FlushPolicy::Commit => self.group_commit.durable_offset(),
+            FlushPolicy::Interval => self
+                .log
+                .read()
+                .map(|l| l.log_end_offset())
+                .unwrap_or(i64::MIN),
+        }
+    }
+
+    /// Leader: moves the high watermark to the lowest end over the (maximal) ISR, if that is
+    /// higher. Returns true when it moved.
+    pub fn maybe_increment_hw(&self) -> bool {
+        let inner = self.inner.read();
+        if inner.state.leader != self.node_id {
+            return false;
+        }
+        let mut hw = self.local_end();
+        let maximal = inner
+            .state
+            .isr
+            .iter()
+            .chain(inner.pending_isr.iter().flatten());
+        for r in maximal {
+            if *r == self.node_id {
+                continue;
+            }
+            match inner.followers.get(r) {
+                Some(f) if f.log_end_offset >= 0 => hw = hw.min(f.log_end_offset),
+                // A replica in the ISR whose position is unknown holds the high watermark.
+                _ => return false,
+            }
+        }
+        drop(inner);
+        self.advance_hw(hw)
+    }
+
+    /// Follower (or a leader alone): sets the high watermark, never above the log end.
+    pub(crate) fn advance_hw(&self, to: i64) -> bool {
+        let prev = self.high_watermark.fetch_max(to, Ordering::AcqRel);
+        if to > prev {
+            self.hw_watch.send_replace(to);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Follower: takes the leader's high watermark, capped at the own log end.
+    pub(crate) fn set_follower_hw(&self, leader_hw: i64, log_end: i64) {
+        let to = leader_hw.min(log_end);
+        let prev = self.high_watermark.swap(to, Ordering::AcqRel);
+        if prev != to {
+            self.hw_watch.send_replace(to);
+        }
+    }
+
+    /// Leader: records a follower's fetch at `fetch_offset` (everything below is on its disk).
+    /// Returns the ISR to propose when the follower caught up and is not in it (expansion).
+    pub(crate) fn record_follower_fetch(
+        &self,
+        replica: i32,
+        fetch_offset: i64,
+        leader_end: i64,
+    ) -> Option<IsrChange> {
+        let now = Instant::now();
+        {
+            let mut inner = self.inner.write();
+            let f = inner.followers.get_mut(&replica)?;
+            if fetch_offset >= leader_end {
+                f.last_caught_up = now;
+            } else if f.leader_end_at_last_fetch >= 0 && fetch_offset >= f.leader_end_at_last_fetch
+            {
+                // It has everything the leader had at its previous fetch.
+                f.last_caught_up = f.last_caught_up.max(f.last_fetch);
+            }
+            f.log_end_offset = fetch_offset;
+            f.last_fetch = now;
+            f.leader_end_at_last_fetch = leader_end;
+        }
+        self.maybe_increment_hw();
+        let inner = self.inner.read();
+        let state = &inner.state;
+        if state.leader != self.node_id
+            || inner.pending_isr.is_some()
+            || state.isr.contains(&replica)
+            || fetch_offset < self.high_watermark()
+        {
+            return None;
+        }
+        let mut isr = state.isr.clone();
+        isr.push(replica);
+        Some(IsrChange {
+            tp: self.tp.clone(),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr: isr,
+        })
+    }
+
+    /// Leader: the ISR without followers that have not caught up for `max_lag`, if any lag
+    /// (Kafka's `maybeShrinkIsr`).
+    pub(crate) fn isr_shrink(&self, max_lag: Duration) -> Option<IsrChange> {
+        let now = Instant::now();
+        let leader_end = self.log_end_offset().ok()?;
+        let inner = self.inner.read();
+        let state = &inner.state;
+        if state.leader != self.node_id || inner.pending_isr.is_some() {
+            return None;
+        }
+        let lagging: Vec<i32> = state
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| *r != self.node_id)
+            .filter(|r| {
+                inner.followers.get(r).is_none_or(|f| {
+                    f.log_end_offset < leader_end && now.duration_since(f.last_caught_up) > max_lag
+                })
+            })
+            .collect();
+        if lagging.is_empty() {
+            return None;
+        }
+        Some(IsrChange {
+            tp: self.tp.clone(),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr: state
+                .isr
+                .iter()
+                .copied()
+                .filter(|r| !lagging.contains(r))
+                .collect(),
+        })
+    }
+
+    /// Leader: an ISR change was sent to the controller (`None` when it failed).
+    pub(crate) fn set_pending_isr(&self, change: Option<&IsrChange>) {
+        let mut inner = self.inner.write();
+        match change {
+            Some(c)
+                if c.leader_epoch == inner.state.leader_epoch
+                    && c.partition_epoch == inner.state.partition_epoch =>
+            {
+                inner.pending_isr = Some(c.new_isr.clone());
+            }
+            Some(_) => {}
+            None => inner.pending_isr = None,
+        }
+    }
+
+    /// The follower's view of one fetch from the leader: appends `records`, then sets the high
+    /// watermark. Returns the new log end offset.
+    pub(crate) fn append_as_follower(&self, records: &[u8]) -> Result<i64, LogError> {
+        let mut log = self.log.write().map_err(|_| LogError::Corrupt {
+            path: self.log_dir.clone(),
+            reason: format!("{}: poisoned log lock", self.tp),
+        })?;
+        let end = log.log_end_offset();
+        // Skip whole batches the follower already has (a fetch may start before its end).
+        let mut pos = 0;
+        for batch in rill_protocol::record_batch::batches(records) {
+            let Ok(batch) = batch else { break };
+            if batch.header().next_offset() > end {
+                break;
+            }
+            pos += batch.as_bytes().len();
+        }
+        if pos < records.len() {
+            log.append_as_follower(&records[pos..])?;
+        }
+        Ok(log.log_end_offset())
+    }
+
+    /// The high watermark after a truncation: never above the log end.
+    pub(crate) fn cap_hw(&self, log_end: i64) {
+        let prev = self.high_watermark.fetch_min(log_end, Ordering::AcqRel);
+        if log_end < prev {
+            self.hw_watch.send_replace(log_end);
+        }
+    }
+}
+
+/// An ISR change the leader proposes to the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsrChange {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The leader epoch it is based on.
+    pub leader_epoch: i32,
+    /// The partition epoch it is based on (stale → rejected).
+    pub partition_epoch: i32,
+    /// The ISR wanted.
+    pub new_isr: Vec<i32>,
+}
+
+/// Why an append as leader failed: a client-facing refusal (with the current leader when
+/// known), or a log error (which may mean the log dir failed).
+#[derive(Debug)]
+pub enum PartitionAppendError {
+    /// Refused before anything was written.
+    Api(ApiError, Option<(i32, i32)>),
+    /// The log refused or failed.
+    Log(LogError),
+}
