@@ -15,6 +15,7 @@ use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::broker_client::BrokerClient;
 use rill_protocol::proto::controller_client::ControllerClient;
 use rill_protocol::proto::*;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::ChaosError;
 
@@ -392,6 +393,19 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// A Broker client talking to `name` itself (lazily connected), whatever the metadata
+    /// says: to ask a deposed leader directly.
+    pub fn broker_client(&self, name: NodeName) -> Result<BrokerClient<Channel>, ChaosError> {
+        let n = self.node(name)?;
+        let ep = Endpoint::from_shared(format!("http://{}", n.addr))
+            .map_err(|e| ChaosError::Cluster(format!("bad address {}: {e}", n.addr)))?;
+        Ok(BrokerClient::new(
+            ep.connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(5))
+                .connect_lazy(),
+        ))
+    }
+
     /// Addresses of the brokers that run and are not paused.
     pub fn bootstrap(&self) -> Vec<String> {
         let live: Vec<String> = self
@@ -520,8 +534,7 @@ impl LocalCluster {
     ) -> Vec<(NodeName, PartitionState)> {
         let mut out = Vec::new();
         for b in self.brokers.iter().filter(|b| b.is_running() && !b.paused) {
-            let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{}", b.addr))
-            else {
+            let Ok(ch) = Endpoint::from_shared(format!("http://{}", b.addr)) else {
                 continue;
             };
             let ch = ch
@@ -624,8 +637,7 @@ impl LocalCluster {
                 .iter()
                 .filter(|c| c.is_running() && !c.paused)
             {
-                let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr))
-                else {
+                let Ok(ep) = Endpoint::from_shared(format!("http://{}", c.addr)) else {
                     continue;
                 };
                 let Ok(ch) = ep

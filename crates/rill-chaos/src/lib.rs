@@ -20,7 +20,7 @@ pub mod workload;
 
 pub use cluster::{ClusterConfig, LocalCluster, NodeName, PartitionState, Role};
 pub use history::{History, Outcome, Read, Report};
-pub use workload::{Workload, WorkloadConfig, probe_produce, read_all};
+pub use workload::{Workload, WorkloadConfig, probe_produce, probe_produce_via, read_all};
 
 use std::path::PathBuf;
 

@@ -7,18 +7,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rill_consumer::{Consumer, ConsumerConfig, OffsetReset, TopicPartition};
 use rill_producer::{Producer, ProducerConfig, ProducerError, ProducerRecord};
 use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::broker_client::BrokerClient;
 use rill_protocol::proto::{PartitionProduceData, ProduceRequest, TopicProduceData};
 use rill_protocol::record_batch::{Compression, RecordBatchBuilder};
 use rill_protocol::{ApiError, ErrorCode};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tonic::transport::Channel;
 
 use crate::ChaosError;
 use crate::history::{History, Outcome, Read};
@@ -66,6 +68,8 @@ impl WorkloadConfig {
 /// The writers, running until [`stop`](Workload::stop).
 pub struct Workload {
     stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
     writers: Vec<tokio::task::JoinHandle<Result<(), ChaosError>>>,
 }
 
@@ -89,17 +93,47 @@ impl Workload {
     /// Starts the writers (on the current runtime).
     pub fn start(config: WorkloadConfig, history: Arc<History>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let writers = (1..=config.writers)
             .map(|w| {
                 tokio::spawn(writer(
                     w,
                     config.clone(),
                     Arc::clone(&history),
-                    Arc::clone(&stop),
+                    Flags {
+                        stop: Arc::clone(&stop),
+                        paused: Arc::clone(&paused),
+                        in_flight: Arc::clone(&in_flight),
+                    },
                 ))
             })
             .collect();
-        Workload { stop, writers }
+        Workload {
+            stop,
+            paused,
+            in_flight,
+            writers,
+        }
+    }
+
+    /// Stops sending new records and waits (up to `patience`) until every record sent has an
+    /// outcome: a fault injected now hits no request in flight. Returns false on timeout.
+    pub async fn quiesce(&self, patience: Duration) -> bool {
+        self.paused.store(true, Ordering::Release);
+        let deadline = Instant::now() + patience;
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Sends again after [`quiesce`](Self::quiesce).
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
     }
 
     /// Stops sending, then waits until every record sent has an outcome (at most
@@ -113,11 +147,18 @@ impl Workload {
     }
 }
 
+/// What the writers share with their [`Workload`].
+struct Flags {
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+}
+
 async fn writer(
     w: u32,
     config: WorkloadConfig,
     history: Arc<History>,
-    stop: Arc<AtomicBool>,
+    flags: Flags,
 ) -> Result<(), ChaosError> {
     let producer = Producer::new(ProducerConfig {
         bootstrap: config.bootstrap.clone(),
@@ -135,7 +176,12 @@ async fn writer(
         .then(|| Duration::from_secs_f64(1.0 / f64::from(config.rate_per_writer)));
     let mut next = Instant::now();
     let mut seq = 0u64;
-    while !stop.load(Ordering::Acquire) {
+    while !flags.stop.load(Ordering::Acquire) {
+        if flags.paused.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            next = Instant::now();
+            continue;
+        }
         if let Some(p) = period {
             // Keep the rate; after a stall (a full buffer) catch up by at most 1 s of records.
             let now = Instant::now();
@@ -148,6 +194,7 @@ async fn writer(
             break;
         };
         let partition = ((seq + u64::from(w)) % config.partitions as u64) as i32;
+        flags.in_flight.fetch_add(1, Ordering::AcqRel);
         let (id, value) = history.attempt(w, seq, &config.topic, Some(partition));
         seq += 1;
         let record = ProducerRecord {
@@ -158,14 +205,18 @@ async fn writer(
         };
         match producer.send(record).await {
             // Nothing left the producer: definitely not written.
-            Err(e) => history.complete(
-                id,
-                Outcome::Failed {
-                    error: e.to_string(),
-                },
-            ),
+            Err(e) => {
+                history.complete(
+                    id,
+                    Outcome::Failed {
+                        error: e.to_string(),
+                    },
+                );
+                flags.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
             Ok(delivery) => {
                 let history = Arc::clone(&history);
+                let in_flight = Arc::clone(&flags.in_flight);
                 outcomes.spawn(async move {
                     let outcome = match delivery.await {
                         Ok(md) => Outcome::Ok {
@@ -175,6 +226,7 @@ async fn writer(
                         Err(e) => classify(&e),
                     };
                     history.complete(id, outcome);
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
                     drop(permit);
                 });
             }
@@ -199,37 +251,63 @@ pub async fn probe_produce(
     writer: u32,
     seq: u64,
 ) -> Outcome {
-    let (id, value) = history.attempt(writer, seq, topic, Some(partition));
-    let outcome = probe_once(client, topic, partition, value).await;
-    history.complete(id, outcome.clone());
-    outcome
-}
-
-async fn probe_once(client: &ClusterClient, topic: &str, partition: i32, value: String) -> Outcome {
     let failed = |e: ApiError| Outcome::Failed {
         error: e.to_string(),
     };
     let leader = match client.partitions(topic).await {
         Ok(p) => p.get(partition as usize).map_or(-1, |l| l.leader),
-        Err(e) => return failed(e),
+        Err(e) => {
+            let (id, _) = history.attempt(writer, seq, topic, Some(partition));
+            history.complete(id, failed(e.clone()));
+            return failed(e);
+        }
     };
+    let broker = match client.broker(leader) {
+        Ok(b) => b,
+        Err(e) => {
+            let (id, _) = history.attempt(writer, seq, topic, Some(partition));
+            history.complete(id, failed(e.clone()));
+            return failed(e);
+        }
+    };
+    let outcome = probe_produce_via(broker, history, topic, partition, writer, seq).await;
+    if !matches!(outcome, Outcome::Ok { .. }) {
+        client.invalidate(topic);
+    }
+    outcome
+}
+
+/// Like [`probe_produce`], but sent to the given broker whoever leads: to ask a deposed leader.
+pub async fn probe_produce_via(
+    mut broker: BrokerClient<Channel>,
+    history: &History,
+    topic: &str,
+    partition: i32,
+    writer: u32,
+    seq: u64,
+) -> Outcome {
+    let (id, value) = history.attempt(writer, seq, topic, Some(partition));
     let mut builder = RecordBatchBuilder::new(Compression::None);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     builder.append(now, None, Some(value.as_bytes()), &[]);
-    let batch = match builder.build() {
-        Ok(b) => b,
-        Err(e) => {
-            return Outcome::Failed {
-                error: e.to_string(),
-            };
-        }
+    let outcome = match builder.build() {
+        Ok(batch) => send_probe(&mut broker, topic, partition, batch).await,
+        Err(e) => Outcome::Failed {
+            error: e.to_string(),
+        },
     };
-    let mut broker = match client.broker(leader) {
-        Ok(b) => b,
-        Err(e) => return failed(e),
-    };
+    history.complete(id, outcome.clone());
+    outcome
+}
+
+async fn send_probe(
+    broker: &mut BrokerClient<Channel>,
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+) -> Outcome {
     let request = ProduceRequest {
         acks: -1,
         timeout_ms: 5000,
@@ -243,12 +321,9 @@ async fn probe_once(client: &ClusterClient, topic: &str, partition: i32, value: 
     };
     match broker.produce(request).await {
         // The request may have arrived: unknown.
-        Err(status) => {
-            client.invalidate(topic);
-            Outcome::Unknown {
-                error: ApiError::from(status).to_string(),
-            }
-        }
+        Err(status) => Outcome::Unknown {
+            error: ApiError::from(status).to_string(),
+        },
         Ok(r) => {
             let r = r.into_inner();
             let Some(p) = r
@@ -273,10 +348,7 @@ async fn probe_once(client: &ClusterClient, topic: &str, partition: i32, value: 
                 | ErrorCode::NotEnoughReplicasAfterAppend
                 | ErrorCode::KafkaStorageError
                 | ErrorCode::UnknownServerError => Outcome::Unknown { error },
-                _ => {
-                    client.invalidate(topic);
-                    Outcome::Failed { error }
-                }
+                _ => Outcome::Failed { error },
             }
         }
     }
