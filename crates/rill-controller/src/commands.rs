@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use rill_protocol::proto::metadata_record::Record;
 use rill_protocol::proto::{
     ConfigRecord, FenceBrokerRecord, IsrList, MetadataRecord, PartitionChangeRecord,
-    PartitionRecord, TopicRecord, UnfenceBrokerRecord,
+    PartitionRecord, ProducerIdsRecord, TopicRecord, UnfenceBrokerRecord,
 };
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::LogConfig;
@@ -18,6 +18,100 @@ pub const REPLICATION_CONFIGS: &[(&str, &str)] = &[
     ("min.insync.replicas", "1"),
     ("unclean.leader.election.enable", "false"),
 ];
+
+/// Producer ids reserved per `ProducerIdsRecord` (Kafka's `ProducerIdsBlock.PRODUCER_ID_BLOCK_SIZE`).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// What InitProducerId hands out: the records to commit first (a new block, or none) and the
+/// producer id and epoch.
+#[derive(Debug, PartialEq)]
+pub struct ProducerIdGrant {
+    /// Records that must commit before the id is answered.
+    pub records: Vec<MetadataRecord>,
+    /// The producer id.
+    pub producer_id: i64,
+    /// The producer epoch.
+    pub producer_epoch: i16,
+}
+
+/// InitProducerId (KIP-98, KIP-360) for an idempotent producer: a new id with epoch 0, or, for a
+/// producer that sends the id and epoch it has, the next epoch of that id (a new id once the
+/// epoch is exhausted, as Kafka does). Transactions are not supported.
+pub fn init_producer_id(
+    latest: &MetadataImage,
+    block: &mut crate::quorum_controller::ProducerIdBlock,
+    transactional_id: Option<&str>,
+    producer_id: Option<i64>,
+    producer_epoch: Option<i32>,
+) -> Result<ProducerIdGrant, ApiError> {
+    if let Some(t) = transactional_id.filter(|t| !t.is_empty()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "transactions are not supported (transactional.id {t:?}); leave transactional.id unset for an idempotent producer"
+            ),
+        ));
+    }
+    match (producer_id, producer_epoch) {
+        (None, None) => {}
+        (Some(id), Some(epoch)) => {
+            if id < 0 || id >= latest.next_producer_id_block_start {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidProducerIdMapping,
+                    format!(
+                        "producer id {id} was never handed out by this cluster; ask for a new one (send no producer id)"
+                    ),
+                ));
+            }
+            if !(0..=i32::from(i16::MAX)).contains(&epoch) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("producer epoch {epoch} is outside 0..={}", i16::MAX),
+                ));
+            }
+            // Kafka bumps until the epoch is exhausted, then hands out a new id.
+            if epoch < i32::from(i16::MAX) - 1 {
+                return Ok(ProducerIdGrant {
+                    records: Vec::new(),
+                    producer_id: id,
+                    producer_epoch: (epoch + 1) as i16,
+                });
+            }
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "producer_id and producer_epoch go together: send both to bump an epoch, or neither for a new producer id",
+            ));
+        }
+    }
+    // The block is usable only while `latest` ends where it does (its record was proposed and
+    // not lost).
+    if block.next < block.end && block.end == latest.next_producer_id_block_start {
+        let id = block.next;
+        block.next += 1;
+        return Ok(ProducerIdGrant {
+            records: Vec::new(),
+            producer_id: id,
+            producer_epoch: 0,
+        });
+    }
+    let start = latest.next_producer_id_block_start;
+    let end = start + PRODUCER_ID_BLOCK_SIZE;
+    *block = crate::quorum_controller::ProducerIdBlock {
+        next: start + 1,
+        end,
+    };
+    Ok(ProducerIdGrant {
+        records: vec![record(Record::ProducerIds(ProducerIdsRecord {
+            broker_id: -1,
+            broker_epoch: -1,
+            next_producer_id_block_start: end,
+        }))],
+        producer_id: start,
+        producer_epoch: 0,
+    })
+}
 
 /// Wraps a record.
 pub fn record(r: Record) -> MetadataRecord {
@@ -430,6 +524,60 @@ pub fn leaderships(image: &MetadataImage, broker: i32) -> usize {
 mod tests {
     use super::*;
     use rill_protocol::proto::RegisterBrokerRecord;
+
+    #[test]
+    fn producer_ids_come_from_blocks_reserved_in_the_log() {
+        use crate::quorum_controller::ProducerIdBlock;
+        let mut latest = MetadataImage::default();
+        let mut block = ProducerIdBlock::default();
+        let grant = |latest: &mut MetadataImage, block: &mut ProducerIdBlock| {
+            let g = init_producer_id(latest, block, None, None, None).unwrap();
+            for mut r in g.records.clone() {
+                latest.append(&mut r);
+            }
+            g
+        };
+        let first = grant(&mut latest, &mut block);
+        assert_eq!((first.producer_id, first.records.len()), (0, 1));
+        assert_eq!(latest.next_producer_id_block_start, PRODUCER_ID_BLOCK_SIZE);
+        let second = grant(&mut latest, &mut block);
+        assert_eq!((second.producer_id, second.records.len()), (1, 0));
+        // A new leader (empty block) starts above every reserved id.
+        let mut fresh = ProducerIdBlock::default();
+        let third = grant(&mut latest, &mut fresh);
+        assert_eq!(third.producer_id, PRODUCER_ID_BLOCK_SIZE);
+        // A reservation that never reached the log is not used.
+        let mut lost = ProducerIdBlock::default();
+        let g = init_producer_id(&latest, &mut lost, None, None, None).unwrap();
+        assert_eq!(g.producer_id, 2 * PRODUCER_ID_BLOCK_SIZE);
+        let mut other = latest.clone();
+        other.next_producer_id_block_start = 5 * PRODUCER_ID_BLOCK_SIZE;
+        let g = init_producer_id(&other, &mut lost, None, None, None).unwrap();
+        assert_eq!(g.producer_id, 5 * PRODUCER_ID_BLOCK_SIZE);
+        // Bumps, exhausted epochs, bad ids, transactions.
+        let b = init_producer_id(&latest, &mut block, Some(""), Some(1), Some(3)).unwrap();
+        assert_eq!(
+            (b.producer_id, b.producer_epoch, b.records.len()),
+            (1, 4, 0)
+        );
+        let b = init_producer_id(
+            &latest,
+            &mut block,
+            None,
+            Some(1),
+            Some(i32::from(i16::MAX) - 1),
+        )
+        .unwrap();
+        assert_ne!(b.producer_id, 1);
+        assert_eq!(b.producer_epoch, 0);
+        let e = init_producer_id(&latest, &mut block, None, Some(1 << 40), Some(0)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidProducerIdMapping);
+        let e = init_producer_id(&latest, &mut block, Some("tx"), None, None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("transactions are not supported"), "{e}");
+        let e = init_producer_id(&latest, &mut block, None, Some(1), None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+    }
 
     fn image_with_brokers(n: i32) -> MetadataImage {
         let mut image = MetadataImage::default();

@@ -52,6 +52,21 @@ pub struct WriteContext<'a> {
     pub config: &'a ControllerConfig,
     /// Now.
     pub now: Instant,
+    /// The producer ids this active controller hands out (see [`ProducerIdBlock`]).
+    pub producer_ids: &'a mut ProducerIdBlock,
+}
+
+/// The block of producer ids the active controller hands out one by one, reserved by a
+/// `ProducerIdsRecord` (Kafka's `ProducerIdsBlock`). It is usable only while `latest` still ends
+/// where the block does — a reservation that never reached the log leaves `latest` unchanged —
+/// and it is dropped whenever leadership changes, so a new leader always starts a new block
+/// above every id ever handed out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProducerIdBlock {
+    /// The next id to hand out.
+    pub next: i64,
+    /// The first id after the block.
+    pub end: i64,
 }
 
 /// A validated write: records to commit, and what to do once they are applied.
@@ -175,6 +190,7 @@ pub struct QuorumController {
     deferred: Vec<(Event, Instant)>,
     read_seq: u64,
     liveness: BrokerLiveness,
+    producer_ids: ProducerIdBlock,
     recent: VecDeque<MetadataRecord>,
     updates: broadcast::Sender<Arc<MetadataBatch>>,
     transport: Transport,
@@ -235,6 +251,7 @@ impl QuorumController {
             deferred: Vec::new(),
             read_seq: 0,
             liveness: HashMap::new(),
+            producer_ids: ProducerIdBlock::default(),
             recent: VecDeque::new(),
             updates,
             transport,
@@ -437,6 +454,7 @@ impl QuorumController {
             liveness: &mut self.liveness,
             config: &self.config,
             now: Instant::now(),
+            producer_ids: &mut self.producer_ids,
         };
         let plan = match f(&mut ctx) {
             Ok(plan) => plan,
@@ -661,6 +679,7 @@ impl QuorumController {
                     "no longer the active controller"
                 );
                 self.liveness.clear();
+                self.producer_ids = ProducerIdBlock::default();
                 let err = self.not_controller();
                 for r in self.reads.drain(..) {
                     r.action.fail(err.clone());
@@ -693,6 +712,7 @@ impl QuorumController {
             // Every known broker gets a full session from now before it can be fenced.
             let now = Instant::now();
             self.liveness = latest.brokers.keys().map(|b| (*b, now)).collect();
+            self.producer_ids = ProducerIdBlock::default();
             let needs_cluster_id = latest.cluster_id.is_none();
             self.latest = Some(latest);
             if needs_cluster_id {

@@ -565,6 +565,58 @@ impl Controller for ControllerService {
     /// Streams the committed metadata log. Only the active controller answers, after a
     /// ReadIndex: any other controller fails with NOT_CONTROLLER and the leader hint. The stream
     /// ends (NOT_CONTROLLER, or "shutting down") when this controller loses leadership.
+    async fn init_producer_id(
+        &self,
+        request: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        let req = request.into_inner();
+        // Validation failures are answered in the body (Kafka's InitProducerId carries its error
+        // code); NOT_CONTROLLER and timeouts stay gRPC statuses, so clients follow leader hints.
+        let reply = self
+            .handle
+            .write(move |ctx| {
+                let grant = commands::init_producer_id(
+                    ctx.latest,
+                    ctx.producer_ids,
+                    req.transactional_id.as_deref(),
+                    req.producer_id,
+                    req.producer_epoch,
+                );
+                let (records, answer) = match grant {
+                    Ok(g) => (g.records, Ok((g.producer_id, g.producer_epoch))),
+                    Err(e) => (Vec::new(), Err(e)),
+                };
+                let done: DoneFn<Result<(i64, i16), ApiError>> = Box::new(move |image| {
+                    let (id, epoch) = answer?;
+                    // Only ever answer an id the committed log has reserved.
+                    if id >= image.next_producer_id_block_start {
+                        return Err(err(
+                            ErrorCode::NotController,
+                            "the producer id block was not committed; retry",
+                        ));
+                    }
+                    Ok((id, epoch))
+                });
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(match reply {
+            Ok((producer_id, epoch)) => InitProducerIdResponse {
+                error_code: ErrorCode::None as i32,
+                error_message: String::new(),
+                producer_id,
+                producer_epoch: i32::from(epoch),
+            },
+            Err(e) if e.code == ErrorCode::NotController => return Err(e.into()),
+            Err(e) => InitProducerIdResponse {
+                error_code: e.code as i32,
+                error_message: e.message,
+                producer_id: -1,
+                producer_epoch: -1,
+            },
+        }))
+    }
+
     async fn fetch_metadata(
         &self,
         request: Request<FetchMetadataRequest>,

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::proto::metadata_record::Record;
 use crate::proto::{
-    ClusterIdRecord, ConfigRecord, Endpoint, MetadataRecord, PartitionRecord, RegisterBrokerRecord,
-    TopicRecord,
+    ClusterIdRecord, ConfigRecord, Endpoint, MetadataRecord, PartitionRecord, ProducerIdsRecord,
+    RegisterBrokerRecord, TopicRecord,
 };
 
 /// A registered broker.
@@ -73,6 +73,9 @@ pub struct MetadataImage {
     pub cluster_configs: BTreeMap<String, String>,
     /// Offset the next record gets (= records applied so far).
     pub next_offset: i64,
+    /// Every producer id below this was handed out in a block (`ProducerIdsRecord`); the next
+    /// block starts here, so ids are never reused, across controller failovers included.
+    pub next_producer_id_block_start: i64,
 }
 
 impl MetadataImage {
@@ -177,6 +180,11 @@ impl MetadataImage {
                     };
                 }
             }
+            Record::ProducerIds(p) => {
+                self.next_producer_id_block_start = self
+                    .next_producer_id_block_start
+                    .max(p.next_producer_id_block_start);
+            }
             Record::RemoveTopic(r) => {
                 if let Some(name) = self.topic_names.remove(&r.topic_id) {
                     self.topics.remove(&name);
@@ -204,6 +212,13 @@ impl MetadataImage {
         if let Some(id) = &self.cluster_id {
             push(Record::ClusterId(ClusterIdRecord {
                 cluster_id: id.clone(),
+            }));
+        }
+        if self.next_producer_id_block_start > 0 {
+            push(Record::ProducerIds(ProducerIdsRecord {
+                broker_id: -1,
+                broker_epoch: -1,
+                next_producer_id_block_start: self.next_producer_id_block_start,
             }));
         }
         for b in self.brokers.values() {
@@ -329,11 +344,17 @@ mod tests {
                 name: "retention.ms".into(),
                 value: Some("1000".into()),
             }),
+            Record::ProducerIds(ProducerIdsRecord {
+                broker_id: -1,
+                broker_epoch: -1,
+                next_producer_id_block_start: 1000,
+            }),
         ];
         for r in records {
             image.append(&mut rec(r));
         }
-        assert_eq!(image.next_offset, 8);
+        assert_eq!(image.next_offset, 9);
+        assert_eq!(image.next_producer_id_block_start, 1000);
         assert_eq!(
             image.brokers[&2].epoch, 2,
             "broker epoch = registration offset"
