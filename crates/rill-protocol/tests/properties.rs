@@ -278,3 +278,22 @@ fn bad_magic_is_reported() {
         BatchError::BadMagic(1)
     );
 }
+
+#[test]
+fn producer_state_stamped_after_build_is_covered_by_the_crc() {
+    use rill_protocol::record_batch::{RecordBatch, set_producer_state};
+    let mut b = rill_protocol::record_batch::RecordBatchBuilder::new(Compression::Lz4);
+    b.append(1, Some(b"k"), Some(b"v"), &[]);
+    b.append(2, None, Some(b"w"), &[]);
+    let mut bytes = b.build().unwrap().to_vec();
+    set_producer_state(&mut bytes, 42, 3, 1000);
+    let batch = RecordBatch::parse(&bytes).unwrap();
+    batch.verify_crc().unwrap();
+    let h = batch.header();
+    assert_eq!(
+        (h.producer_id, h.producer_epoch, h.base_sequence),
+        (42, 3, 1000)
+    );
+    bytes[44] ^= 1; // the producer id is inside the CRC
+    assert!(RecordBatch::parse(&bytes).unwrap().verify_crc().is_err());
+}

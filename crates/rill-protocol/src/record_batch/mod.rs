@@ -570,6 +570,26 @@ pub fn set_log_append_time(batch: &mut [u8], timestamp: i64) {
     batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Stamps an idempotent producer's id, epoch and base sequence into a built batch and
+/// recomputes its CRC (the fields are inside it). The producer does this when a batch is first
+/// sent, and again when an epoch bump (KIP-360) renumbers batches not yet acknowledged — Kafka's
+/// `ProducerBatch.resetProducerState`. Only the header changes; records are untouched.
+pub fn set_producer_state(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) {
+    if batch.len() < RECORD_BATCH_OVERHEAD {
+        return;
+    }
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 fn array_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&buf[at..at + N]);
