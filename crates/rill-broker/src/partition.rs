@@ -240,7 +240,7 @@ impl Partition {
         records: &[u8],
         acks: i32,
         min_isr: usize,
-    ) -> Result<LogAppendInfo, PartitionAppendError> {
+    ) -> Result<LeaderAppend, PartitionAppendError> {
         let inner = self.inner.read();
         let state = &inner.state;
         if state.leader != self.node_id {
@@ -282,7 +282,10 @@ impl Partition {
             // process). Under `commit` group commit's fsync writes it out.
             log.write_out().map_err(PartitionAppendError::Log)?;
         }
-        Ok(info)
+        Ok(LeaderAppend {
+            info,
+            leader_epoch: state.leader_epoch,
+        })
     }
 
     /// What this broker itself holds safely: the fsynced offset under `commit`, the log end
@@ -470,6 +473,16 @@ impl Partition {
             self.hw_watch.send_replace(log_end);
         }
     }
+}
+
+/// What an append as leader did, and in which leader epoch: acks=all may complete only while
+/// this broker still leads in that epoch (a leader's log never loses data within its epoch).
+#[derive(Clone, Copy, Debug)]
+pub struct LeaderAppend {
+    /// Offsets and sizes.
+    pub info: LogAppendInfo,
+    /// The leader epoch stamped on the batches.
+    pub leader_epoch: i32,
 }
 
 /// An ISR change the leader proposes to the controller.

@@ -25,9 +25,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::{ApiError, ErrorCode};
-use rill_storage::{
-    LogAppendInfo, LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition,
-};
+use rill_storage::{LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition};
 use tokio::sync::watch;
 
 use rill_protocol::proto::{
@@ -54,7 +52,7 @@ const METADATA_OFFSET_KEY: &str = "__cluster_metadata-0";
 /// replica does not serve data its ISR had not acknowledged.
 pub const REPLICATION_OFFSET_CHECKPOINT: &str = "replication-offset-checkpoint";
 
-pub use crate::partition::{IsrChange, LeaderState, Partition};
+pub use crate::partition::{IsrChange, LeaderAppend, LeaderState, Partition};
 
 /// A client-facing error plus, when known, the current (leader id, leader epoch).
 pub type PartitionError = (ApiError, Option<(i32, i32)>);
@@ -671,9 +669,9 @@ impl ReplicaManager {
         partition: &Partition,
         records: &[u8],
         acks: i32,
-    ) -> Result<LogAppendInfo, PartitionError> {
+    ) -> Result<LeaderAppend, PartitionError> {
         let min_isr = self.min_isr(&partition.tp.topic);
-        let info = partition
+        let append = partition
             .append_as_leader(records, acks, min_isr)
             .map_err(|e| match e {
                 PartitionAppendError::Api(e, current) => (e, current),
@@ -683,7 +681,7 @@ impl ReplicaManager {
         if self.config.flush_policy == FlushPolicy::Interval {
             self.after_hw_change(partition.maybe_increment_hw());
         }
-        Ok(info)
+        Ok(append)
     }
 
     /// Waits (blocking) until everything below `end` is fsynced, then moves the high watermark
@@ -700,16 +698,34 @@ impl ReplicaManager {
     }
 
     /// acks=all: waits until the high watermark passes `end` (every in-sync replica has the
-    /// batch), at most `timeout`. Then `min.insync.replicas` must still hold, as in Kafka
-    /// (NOT_ENOUGH_REPLICAS_AFTER_APPEND otherwise).
+    /// batch), at most `timeout`, while this broker still leads in `leader_epoch` — after a
+    /// leadership change the offsets may hold another leader's data, so the answer is
+    /// NOT_LEADER_OR_FOLLOWER (the producer retries). Then `min.insync.replicas` must still
+    /// hold, as in Kafka (NOT_ENOUGH_REPLICAS_AFTER_APPEND otherwise).
     pub async fn wait_replicated(
         &self,
         partition: &Partition,
         end: i64,
+        leader_epoch: i32,
         timeout: std::time::Duration,
     ) -> Result<(), ApiError> {
         let mut hw = partition.subscribe_hw();
-        let reached = tokio::time::timeout(timeout, hw.wait_for(|hw| *hw >= end)).await;
+        let still_leader = || {
+            let s = partition.state();
+            s.leader == self.node_id && s.leader_epoch == leader_epoch
+        };
+        let reached =
+            tokio::time::timeout(timeout, hw.wait_for(|hw| *hw >= end || !still_leader())).await;
+        if !still_leader() {
+            let s = partition.state();
+            return Err(ApiError::new(
+                ErrorCode::NotLeaderOrFollower,
+                format!(
+                    "{}: leadership moved (now broker {} in epoch {}) before the write reached every in-sync replica; it may or may not survive",
+                    partition.tp, s.leader, s.leader_epoch
+                ),
+            ));
+        }
         match reached {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {
@@ -1120,14 +1136,14 @@ mod tests {
         let tp = TopicPartition::new("t", 0);
         let p = rm.leader_partition(&tp).unwrap();
         let info = rm.append(&p, &batch(), -1).unwrap();
-        rm.make_durable(&p, info.last_offset + 1).unwrap();
+        rm.make_durable(&p, info.info.last_offset + 1).unwrap();
         assert_eq!(p.high_watermark(), 1);
         let failures = rm.log_dir_failures();
         assert!(failures.borrow().is_none());
 
         let guard = rill_storage::fault::inject_fsync_failure(tmp.path());
         let info = rm.append(&p, &batch(), -1).unwrap();
-        let e = rm.make_durable(&p, info.last_offset + 1).unwrap_err();
+        let e = rm.make_durable(&p, info.info.last_offset + 1).unwrap_err();
         assert_eq!(e.code, ErrorCode::KafkaStorageError, "{e}");
         assert!(guard.hits() >= 1);
         drop(guard);

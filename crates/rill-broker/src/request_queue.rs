@@ -111,7 +111,15 @@ fn process(
         job.request.timeout_ms.into()
     });
     let mut response = ProduceResponse::default();
-    let mut appended: Vec<(usize, usize, Arc<crate::replica_manager::Partition>, i64)> = Vec::new();
+    // (topic index, partition index, partition, end offset, leader epoch of the append)
+    type Appended = (
+        usize,
+        usize,
+        Arc<crate::replica_manager::Partition>,
+        i64,
+        i32,
+    );
+    let mut appended: Vec<Appended> = Vec::new();
     for (ti, topic) in job.request.topics.iter().enumerate() {
         let mut tr = TopicProduceResponse {
             name: topic.name.clone(),
@@ -137,13 +145,14 @@ fn process(
             } else {
                 rm.leader_partition(&tp)
             };
-            match outcome.and_then(|p| rm.append(&p, &data.records, acks).map(|info| (p, info))) {
-                Ok((p, info)) => {
+            match outcome.and_then(|p| rm.append(&p, &data.records, acks).map(|a| (p, a))) {
+                Ok((p, append)) => {
+                    let info = append.info;
                     metrics.bytes_in.inc_by(data.records.len() as u64);
                     pr.base_offset = info.first_offset;
                     pr.log_append_time_ms = info.log_append_time.unwrap_or(-1);
                     pr.log_start_offset = rm.offsets(&p).map_or(-1, |(start, _)| start);
-                    appended.push((ti, pi, p, info.last_offset + 1));
+                    appended.push((ti, pi, p, info.last_offset + 1, append.leader_epoch));
                 }
                 Err((e, current)) => {
                     pr.error_code = e.code as i32;
@@ -171,7 +180,7 @@ fn process(
             let rm2 = Arc::clone(&rm);
             let parts: Vec<_> = appended
                 .iter()
-                .map(|(ti, pi, p, end)| (*ti, *pi, Arc::clone(p), *end))
+                .map(|(ti, pi, p, end, _)| (*ti, *pi, Arc::clone(p), *end))
                 .collect();
             let failures = tokio::task::spawn_blocking(move || {
                 parts
@@ -191,12 +200,12 @@ fn process(
         }
         if acks == -1 && reply.is_some() {
             let deadline = tokio::time::Instant::now() + timeout;
-            for (ti, pi, p, end) in appended {
+            for (ti, pi, p, end, epoch) in appended {
                 if response.topics[ti].partitions[pi].error_code != 0 {
                     continue;
                 }
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if let Err(e) = rm.wait_replicated(&p, end, left).await {
+                if let Err(e) = rm.wait_replicated(&p, end, epoch, left).await {
                     let pr = &mut response.topics[ti].partitions[pi];
                     pr.error_code = e.code as i32;
                     pr.error_message = e.message;
