@@ -19,17 +19,22 @@ struct Cli {
 enum Cmd {
     /// Everything CI checks: formatting, clippy with warnings denied, and all tests.
     Ci,
-    /// A local cluster on 127.0.0.1: `up`, `status`, `down`.
+    /// A local cluster on 127.0.0.1: `up`, `status`, `down`, and faults on one node: `kill`,
+    /// `stop`, `start`, `pause`, `resume`.
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
     },
-    /// Soak run with faults (process kills) against real processes; checks no acknowledged
-    /// record is lost.
+    /// Soak run with faults against real processes: process kills under a steady producer,
+    /// then the fault scenarios of `rill-chaos` in a loop with the history checker (no
+    /// acknowledged record lost, no duplicate).
     Soak {
-        /// Minutes to run.
+        /// Minutes to run each part.
         #[arg(long, default_value_t = 5)]
         minutes: u64,
+        /// Which scenarios to loop (1-5, comma-separated); 1, 2 and 5 need follower replication.
+        #[arg(long, default_value = "3,4")]
+        scenarios: String,
     },
     /// Run the record batch fuzzer (needs nightly and cargo-fuzz; installs cargo-fuzz if absent).
     Fuzz {
@@ -58,6 +63,31 @@ enum ClusterAction {
     Status,
     /// Stop exactly the processes `up` started.
     Down,
+    /// SIGKILL one node (a crash), e.g. `broker-2` or `controller-1`.
+    Kill {
+        /// `broker-N` or `controller-N`.
+        node: String,
+    },
+    /// SIGTERM one node and wait until it has exited (a graceful stop).
+    Stop {
+        /// `broker-N` or `controller-N`.
+        node: String,
+    },
+    /// Start a killed or stopped node again, with the ports and data `up` gave it.
+    Start {
+        /// `broker-N` or `controller-N`.
+        node: String,
+    },
+    /// SIGSTOP one node: frozen (no heartbeats, no answers) until `resume`.
+    Pause {
+        /// `broker-N` or `controller-N`.
+        node: String,
+    },
+    /// SIGCONT a paused node.
+    Resume {
+        /// `broker-N` or `controller-N`.
+        node: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -65,7 +95,7 @@ fn main() -> Result<()> {
         Cmd::Ci => ci(),
         Cmd::Cluster { action } => cluster::run(action),
         Cmd::Fuzz { seconds } => fuzz(seconds),
-        Cmd::Soak { minutes } => soak(minutes),
+        Cmd::Soak { minutes, scenarios } => soak(minutes, &scenarios),
     }
 }
 
@@ -126,31 +156,38 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn soak(minutes: u64) -> Result<()> {
+/// The long fault runs: the broker's kill-and-restart soak, then the issue-11 scenarios
+/// (`rill-chaos`) in a loop with the history checker, each for `minutes`. `scenarios` picks
+/// which (comma-separated numbers; default the ones that hold before follower replication).
+fn soak(minutes: u64, scenarios: &str) -> Result<()> {
     run("cargo", &["build", "--release", "--workspace", "--bins"])?;
     let secs = (minutes * 60).to_string();
-    eprintln!(
-        "$ RILL_SOAK_SECS={secs} cargo test --release -p rill-broker --test soak -- --ignored --nocapture"
-    );
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new("cargo")
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "rill-broker",
-            "--test",
-            "soak",
-            "--",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("RILL_SOAK_SECS", secs)
-        .current_dir(root)
-        .status()
-        .context("failed to start cargo")?;
-    if !status.success() {
-        bail!("the soak run failed: {status}");
+    let runs: [(&str, &str, &[(&str, &str)]); 2] = [
+        ("rill-broker", "soak", &[]),
+        (
+            "rill-chaos",
+            "scenarios",
+            &[("RILL_SOAK_SCENARIOS", scenarios)],
+        ),
+    ];
+    for (package, test, env) in runs {
+        let mut args = vec!["test", "--release", "-p", package, "--test", test];
+        if package == "rill-chaos" {
+            args.push("soak_scenarios");
+        }
+        args.extend(["--", "--ignored", "--nocapture"]);
+        eprintln!("$ RILL_SOAK_SECS={secs} cargo {}", args.join(" "));
+        let status = Command::new("cargo")
+            .args(&args)
+            .env("RILL_SOAK_SECS", &secs)
+            .env("RILL_SOAK_SCENARIOS", scenarios)
+            .current_dir(&root)
+            .status()
+            .context("failed to start cargo")?;
+        if !status.success() {
+            bail!("the soak run of {package} failed: {status}");
+        }
     }
     Ok(())
 }
