@@ -73,15 +73,33 @@ pub struct Workload {
     writers: Vec<tokio::task::JoinHandle<Result<(), ChaosError>>>,
 }
 
+/// True when a broker's error may follow an append: the request timed out waiting for the
+/// replicas, was cut off (a transport error surfaces as UNKNOWN_SERVER_ERROR), or the log failed
+/// mid-write. Every other error code is a refusal before anything was appended.
+pub fn maybe_written(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::RequestTimedOut
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::KafkaStorageError
+            | ErrorCode::UnknownServerError
+            | ErrorCode::BrokerNotAvailable
+    )
+}
+
 /// What a producer's delivery error says about the record: definitely not written, or unknown.
 ///
 /// The producer retries retriable errors until `delivery.timeout.ms`, so a timeout may follow an
-/// attempt whose answer was lost after the broker wrote it: Unknown. A non-retriable refusal
-/// (INVALID_RECORD, ...) and a record that was never sent (too large, unbuildable) are Failed.
+/// attempt whose answer was lost after the broker wrote it: Unknown. So is a non-retriable error
+/// that can follow an append ([`maybe_written`]: a connection cut after the request left). A
+/// refusal before appending (INVALID_RECORD, ...) and a record that was never sent (too large,
+/// unbuildable) are Failed.
 pub fn classify(e: &ProducerError) -> Outcome {
     let error = e.to_string();
     match e {
-        ProducerError::Api(a) if !a.code.is_retriable() => Outcome::Failed { error },
+        ProducerError::Api(a) if !a.code.is_retriable() && !maybe_written(a.code) => {
+            Outcome::Failed { error }
+        }
         ProducerError::RecordTooLarge { .. } | ProducerError::Build(_) => Outcome::Failed { error },
         ProducerError::Api(_) | ProducerError::Timeout(_) | ProducerError::Closed => {
             Outcome::Unknown { error }
@@ -344,10 +362,7 @@ async fn send_probe(
                     offset: p.base_offset,
                 },
                 // Appended (or maybe appended) but not acknowledged.
-                ErrorCode::RequestTimedOut
-                | ErrorCode::NotEnoughReplicasAfterAppend
-                | ErrorCode::KafkaStorageError
-                | ErrorCode::UnknownServerError => Outcome::Unknown { error },
+                code if maybe_written(code) => Outcome::Unknown { error },
                 _ => Outcome::Failed { error },
             }
         }
