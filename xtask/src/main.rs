@@ -163,19 +163,14 @@ fn soak(minutes: u64, scenarios: &str) -> Result<()> {
     run("cargo", &["build", "--release", "--workspace", "--bins"])?;
     let secs = (minutes * 60).to_string();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let runs: [(&str, &str, &[(&str, &str)]); 2] = [
-        ("rill-broker", "soak", &[]),
-        (
-            "rill-chaos",
-            "scenarios",
-            &[("RILL_SOAK_SCENARIOS", scenarios)],
-        ),
+    // (package, test target, test name filter)
+    let runs = [
+        ("rill-broker", "soak", None),
+        ("rill-chaos", "scenarios", Some("soak_scenarios")),
     ];
-    for (package, test, env) in runs {
+    for (package, test, filter) in runs {
         let mut args = vec!["test", "--release", "-p", package, "--test", test];
-        if package == "rill-chaos" {
-            args.push("soak_scenarios");
-        }
+        args.extend(filter);
         args.extend(["--", "--ignored", "--nocapture"]);
         eprintln!("$ RILL_SOAK_SECS={secs} cargo {}", args.join(" "));
         let status = Command::new("cargo")
