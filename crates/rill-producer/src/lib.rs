@@ -6,9 +6,26 @@
 //! `linger.ms` passes; the sender task then ships every ready batch of a leader in one Produce
 //! request, retrying retriable errors (after refreshing leaders) until `delivery.timeout.ms`.
 //!
-//! Ordering: a partition has at most one request in flight, and a retried batch goes back to
-//! the front of its partition's queue, so records of one partition are stored in `send` order
-//! even across retries. Throughput comes from sending all of a partition's ready batches in
+//! Idempotence (`enable.idempotence`, KIP-98, on by default as in Kafka 3): the producer gets a
+//! producer id and epoch from the controllers (InitProducerId) and stamps them, with a
+//! per-partition sequence number, into every batch when it is first sent. The partition leader
+//! answers a retried batch it already has with the original offsets, so retries never duplicate,
+//! across leader failovers included (followers keep the same producer state). Up to
+//! `max.in.flight.requests.per.connection` (≤ 5, the batches a leader remembers per producer)
+//! batches of a partition are in flight at once, one batch per partition per request. Order is
+//! kept as Kafka's `Sender` keeps it: a retried batch keeps its sequence and goes back in
+//! sequence order, and while a partition has a retry pending nothing new of it is sent until
+//! every earlier request came back; a batch refused with OUT_OF_ORDER_SEQUENCE_NUMBER because an
+//! earlier one failed is simply retried. When the leader lost the producer's state
+//! (UNKNOWN_PRODUCER_ID, or OUT_OF_ORDER_SEQUENCE_NUMBER for the oldest unacknowledged batch), or
+//! a sequenced batch failed for good, the producer bumps its epoch (KIP-360) once nothing is in
+//! flight and renumbers its unacknowledged batches from 0. Idempotence needs `acks=-1`; Kafka's
+//! rule applies: left unset (`None`) it is on unless `acks` ≠ -1 or more than 5 requests may be
+//! in flight, and explicitly enabled with those settings it is refused.
+//!
+//! Without idempotence a partition has at most one request in flight, and a retried batch goes
+//! back to the front of its partition's queue, so records of one partition are stored in `send`
+//! order even across retries. Throughput comes from sending all of a partition's ready batches in
 //! that one request, and from many partitions being in flight at once (up to
 //! `max.in.flight.requests.per.connection` requests per broker).
 
@@ -24,9 +41,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rill_protocol::client::{ClusterClient, LeaderInfo};
 use rill_protocol::proto::{
-    DescribeConfigsRequest, PartitionProduceData, ProduceRequest, TopicProduceData,
+    DescribeConfigsRequest, InitProducerIdRequest, PartitionProduceData, ProduceRequest,
+    TopicProduceData,
 };
-use rill_protocol::record_batch::{BatchError, Compression, RecordBatchBuilder, RecordHeader};
+use rill_protocol::record_batch::{
+    BatchError, Compression, RecordBatchBuilder, RecordHeader, set_producer_state,
+};
 use rill_protocol::{ApiError, ErrorCode};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
@@ -57,6 +77,42 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// `max.request.size`: largest record and largest request.
     pub max_request_size: usize,
+    /// `enable.idempotence`: `None` follows Kafka's default (on, unless `acks` ≠ -1 or
+    /// `max_in_flight` > 5 turn it off); `Some(true)` insists (those settings are then refused);
+    /// `Some(false)` turns it off.
+    pub enable_idempotence: Option<bool>,
+}
+
+/// The most requests per partition an idempotent producer may have in flight: the batches a
+/// partition leader remembers per producer for duplicate detection.
+pub const MAX_IN_FLIGHT_WITH_IDEMPOTENCE: usize = 5;
+
+impl ProducerConfig {
+    /// Whether this config produces idempotently, or why it cannot.
+    pub fn idempotence(&self) -> Result<bool, ApiError> {
+        let conflicts = if self.acks != -1 {
+            Some(format!(
+                "enable.idempotence requires acks=-1 (all), not acks={}",
+                self.acks
+            ))
+        } else if self.max_in_flight > MAX_IN_FLIGHT_WITH_IDEMPOTENCE {
+            Some(format!(
+                "enable.idempotence requires max.in.flight.requests.per.connection ≤ {MAX_IN_FLIGHT_WITH_IDEMPOTENCE}, not {}",
+                self.max_in_flight
+            ))
+        } else {
+            None
+        };
+        match (self.enable_idempotence, conflicts) {
+            (Some(false), _) => Ok(false),
+            (None, c) => Ok(c.is_none()),
+            (Some(true), None) => Ok(true),
+            (Some(true), Some(why)) => Err(ApiError::new(
+                ErrorCode::InvalidConfig,
+                format!("{why}; change it or set enable.idempotence=false"),
+            )),
+        }
+    }
 }
 
 impl Default for ProducerConfig {
@@ -74,6 +130,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
             max_request_size: 1 << 20,
+            enable_idempotence: None,
         }
     }
 }
@@ -165,13 +222,50 @@ struct Batch {
     permits: usize,
     created: Instant,
     retry_at: Option<Instant>,
+    /// Idempotence: the producer epoch and the logical (never wrapping) sequence of the first
+    /// record, set when the batch is first sent and kept across retries.
+    seq: Option<(i16, i64)>,
+    /// Idempotence: sent when every earlier batch of the partition was acknowledged. Only then
+    /// does OUT_OF_ORDER_SEQUENCE_NUMBER / UNKNOWN_PRODUCER_ID prove the leader lost this
+    /// producer's state; otherwise an earlier batch may simply not have arrived yet (requests of
+    /// one partition can overtake each other on the way to the leader's I/O threads).
+    sent_as_head: bool,
+}
+
+impl Batch {
+    fn records(&self) -> i64 {
+        self.waiters.len() as i64
+    }
 }
 
 #[derive(Default)]
 struct PartitionQueue {
     open: Option<OpenBatch>,
+    /// Batches waiting to be sent: retries (with a sequence, in sequence order) first.
     ready: VecDeque<Batch>,
-    in_flight: bool,
+    /// Requests in flight (at most one without idempotence).
+    in_flight: usize,
+    /// Idempotence: the logical sequence the next new batch gets.
+    next_seq: i64,
+    /// Idempotence: the logical sequence after the last acknowledged record; the oldest
+    /// unacknowledged batch starts here.
+    acked_seq: i64,
+}
+
+/// The producer id and epoch of an idempotent producer (Kafka's `ProducerIdAndEpoch`).
+#[derive(Clone, Copy, Debug, Default)]
+struct ProducerIdState {
+    /// `(producer id, epoch)` once InitProducerId answered.
+    id: Option<(i64, i16)>,
+    /// The epoch must be bumped (KIP-360) before anything more is sent.
+    bump: bool,
+    /// When InitProducerId may be tried again after a failure.
+    retry_at: Option<Instant>,
+}
+
+/// Wire sequence of a logical sequence: sequences wrap from `i32::MAX` to 0.
+fn wire_seq(logical: i64) -> i32 {
+    (logical % (i64::from(i32::MAX) + 1)) as i32
 }
 
 struct Inner {
@@ -186,6 +280,9 @@ struct Inner {
     flushing: AtomicUsize,
     closed: AtomicBool,
     broker_slots: Mutex<HashMap<i32, Arc<Semaphore>>>,
+    /// `enable.idempotence` as resolved from the config.
+    idempotence: bool,
+    producer_id: Mutex<ProducerIdState>,
     /// Makes every batch build fail, to test that failure path.
     #[cfg(test)]
     fail_builds: AtomicBool,
@@ -240,6 +337,7 @@ impl Producer {
             )
             .into());
         }
+        let idempotence = config.idempotence()?;
         let client = ClusterClient::new(&config.bootstrap, config.request_timeout)?;
         let inner = Arc::new(Inner {
             memory: Arc::new(Semaphore::new(
@@ -255,6 +353,8 @@ impl Producer {
             flushing: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             broker_slots: Mutex::new(HashMap::new()),
+            idempotence,
+            producer_id: Mutex::new(ProducerIdState::default()),
             #[cfg(test)]
             fail_builds: AtomicBool::new(false),
         });
@@ -265,6 +365,16 @@ impl Producer {
     /// The cluster client (metadata, admin).
     pub fn client(&self) -> &ClusterClient {
         &self.inner.client
+    }
+
+    /// True when this producer is idempotent (`enable.idempotence` resolved).
+    pub fn is_idempotent(&self) -> bool {
+        self.inner.idempotence
+    }
+
+    /// The producer id and epoch, once an idempotent producer has them.
+    pub fn producer_id_and_epoch(&self) -> Option<(i64, i16)> {
+        self.inner.producer_id.lock().ok().and_then(|p| p.id)
     }
 
     /// The partition count of `topic` (Kafka's `partitionsFor`), waiting up to `max.block.ms`
@@ -517,6 +627,8 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
             permits: open.permits,
             created: open.created,
             retry_at: None,
+            seq: None,
+            sent_as_head: false,
         }),
         Err(e) => {
             let codec = inner.config.compression;
@@ -527,6 +639,8 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
                 permits: open.permits,
                 created: open.created,
                 retry_at: None,
+                seq: None,
+                sent_as_head: false,
             };
             finish_batch(inner, failed, |_, _| Err(err.clone()));
         }
@@ -555,8 +669,189 @@ struct Shipment {
     batches: Vec<Batch>,
 }
 
+/// Idempotence: the producer id and epoch to stamp, getting one (InitProducerId) when there is
+/// none yet and something to send, or bumping the epoch (KIP-360) once nothing is in flight.
+/// `None` while batches must wait.
+async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
+    let state = *inner.producer_id.lock().ok()?;
+    if let Some(id) = state.id
+        && !state.bump
+    {
+        return Some(id);
+    }
+    if state.retry_at.is_some_and(|t| t > Instant::now())
+        || inner.pending.load(Ordering::Acquire) == 0
+        || (state.bump && in_flight_total(inner) > 0)
+    {
+        return None;
+    }
+    // A bump sends the id and epoch it has; a fresh start (or a refused bump) sends neither.
+    let (producer_id, producer_epoch) = match state.id {
+        Some((id, epoch)) if state.bump => (Some(id), Some(i32::from(epoch))),
+        _ => (None, None),
+    };
+    let request = InitProducerIdRequest {
+        transactional_id: None,
+        producer_id,
+        producer_epoch,
+    };
+    let answer = inner
+        .client
+        .admin(inner.config.request_timeout, |mut c| {
+            let request = request.clone();
+            async move { c.init_producer_id(request).await }
+        })
+        .await;
+    let granted = match answer {
+        Ok(r) if r.error_code == ErrorCode::None as i32 => i16::try_from(r.producer_epoch)
+            .ok()
+            .map(|e| (r.producer_id, e)),
+        Ok(r) => {
+            tracing::warn!(code = r.error_code, message = %r.error_message, "InitProducerId refused; asking for a new producer id");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "InitProducerId failed; retrying");
+            None
+        }
+    };
+    let Ok(mut p) = inner.producer_id.lock() else {
+        return None;
+    };
+    match granted {
+        Some(id) => {
+            tracing::debug!(producer_id = id.0, epoch = id.1, "producer id and epoch");
+            *p = ProducerIdState {
+                id: Some(id),
+                bump: false,
+                retry_at: None,
+            };
+            drop(p);
+            reset_sequences(inner);
+            Some(id)
+        }
+        None => {
+            if producer_id.is_some() {
+                // A refused bump: start over with a new producer id.
+                p.id = None;
+            }
+            p.retry_at = Some(Instant::now() + inner.config.retry_backoff);
+            None
+        }
+    }
+}
+
+/// A new producer id or epoch: every partition's sequences start again at 0, and batches not
+/// acknowledged yet are renumbered when they are sent next (Kafka's `resetProducerState`).
+fn reset_sequences(inner: &Inner) {
+    if let Ok(mut queues) = inner.queues.lock() {
+        for q in queues.values_mut() {
+            q.next_seq = 0;
+            q.acked_seq = 0;
+            for b in q.ready.iter_mut() {
+                b.seq = None;
+                b.retry_at = None;
+            }
+        }
+    }
+}
+
+fn in_flight_total(inner: &Inner) -> usize {
+    inner
+        .queues
+        .lock()
+        .map(|q| q.values().map(|q| q.in_flight).sum())
+        .unwrap_or(0)
+}
+
+/// Asks for an epoch bump (KIP-360) before anything more is sent.
+fn request_epoch_bump(inner: &Inner) {
+    if let Ok(mut p) = inner.producer_id.lock() {
+        p.bump = true;
+    }
+}
+
+/// Fails batches that waited longer than `delivery.timeout.ms` for a producer id.
+fn expire_waiting(inner: &Inner, q: &mut PartitionQueue, now: Instant) {
+    let mut bump = false;
+    while q
+        .ready
+        .front()
+        .is_some_and(|b| now.duration_since(b.created) >= inner.config.delivery_timeout)
+    {
+        if let Some(b) = q.ready.pop_front() {
+            bump |= b.seq.is_some();
+            let err = ProducerError::Timeout(
+                "delivery.timeout.ms passed while waiting for a producer id (InitProducerId)"
+                    .into(),
+            );
+            finish_batch(inner, b, |_, _| Err(err.clone()));
+        }
+    }
+    if bump {
+        request_epoch_bump(inner);
+    }
+}
+
+/// Idempotence: up to `max.in.flight` single-batch shipments of the partition, each new batch
+/// stamped with the producer id, epoch and the partition's next sequence. A retry (a batch that
+/// already has a sequence) goes alone, and only once nothing else of the partition is in flight.
+fn drain_idempotent(
+    inner: &Inner,
+    (topic, partition): (&str, i32),
+    q: &mut PartitionQueue,
+    (producer_id, epoch): (i64, i16),
+    now: Instant,
+    shipments: &mut Vec<Shipment>,
+    next_wake: &mut Option<Instant>,
+) {
+    let max = inner
+        .config
+        .max_in_flight
+        .clamp(1, MAX_IN_FLIGHT_WITH_IDEMPOTENCE);
+    while q.in_flight < max {
+        let Some(front) = q.ready.front() else { break };
+        if let Some(at) = front.retry_at
+            && at > now
+        {
+            *next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
+            break;
+        }
+        let retry = front.seq.is_some();
+        if retry && q.in_flight > 0 {
+            break;
+        }
+        let Some(mut b) = q.ready.pop_front() else {
+            break;
+        };
+        if b.seq.is_none() {
+            let seq = q.next_seq;
+            q.next_seq += b.records();
+            let mut bytes = b.bytes.to_vec();
+            set_producer_state(&mut bytes, producer_id, epoch, wire_seq(seq));
+            b.bytes = Bytes::from(bytes);
+            b.seq = Some((epoch, seq));
+        }
+        b.sent_as_head = b.seq.is_some_and(|(_, seq)| seq == q.acked_seq);
+        q.in_flight += 1;
+        shipments.push(Shipment {
+            topic: topic.to_owned(),
+            partition,
+            batches: vec![b],
+        });
+        if retry {
+            break;
+        }
+    }
+}
+
 async fn sender_loop(inner: Arc<Inner>) {
     loop {
+        let producer = if inner.idempotence {
+            producer_for_sending(&inner).await
+        } else {
+            None
+        };
         let now = Instant::now();
         let flushing =
             inner.flushing.load(Ordering::Acquire) > 0 || inner.closed.load(Ordering::Acquire);
@@ -572,7 +867,28 @@ async fn sender_loop(inner: Arc<Inner>) {
                     let due = o.created + inner.config.linger;
                     next_wake = Some(next_wake.map_or(due, |w| w.min(due)));
                 }
-                if q.in_flight || q.ready.is_empty() {
+                if inner.idempotence {
+                    match producer {
+                        Some(p) => drain_idempotent(
+                            &inner,
+                            (topic, *partition),
+                            q,
+                            p,
+                            now,
+                            &mut shipments,
+                            &mut next_wake,
+                        ),
+                        None => {
+                            expire_waiting(&inner, q, now);
+                            if !q.ready.is_empty() {
+                                let at = now + inner.config.retry_backoff;
+                                next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if q.in_flight > 0 || q.ready.is_empty() {
                     continue;
                 }
                 if let Some(at) = q.ready.front().and_then(|b| b.retry_at)
@@ -594,7 +910,7 @@ async fn sender_loop(inner: Arc<Inner>) {
                         batches.push(b);
                     }
                 }
-                q.in_flight = true;
+                q.in_flight = 1;
                 shipments.push(Shipment {
                     topic: topic.clone(),
                     partition: *partition,
@@ -766,6 +1082,11 @@ fn finish_batch(
 }
 
 fn complete(inner: &Inner, s: Shipment, base_offset: i64, log_append_time: i64) {
+    let acked = s
+        .batches
+        .iter()
+        .filter_map(|b| b.seq.map(|(_, seq)| seq + b.records()))
+        .max();
     let mut offset = base_offset;
     for b in s.batches {
         let count = b.waiters.len() as i64;
@@ -787,25 +1108,43 @@ fn complete(inner: &Inner, s: Shipment, base_offset: i64, log_append_time: i64) 
             offset += count;
         }
     }
-    release(inner, &s.topic, s.partition);
+    release(inner, &s.topic, s.partition, acked);
 }
 
-fn release(inner: &Inner, topic: &str, partition: i32) {
+/// A request of the partition came back; `acked` is the logical sequence after its last
+/// acknowledged record (idempotence).
+fn release(inner: &Inner, topic: &str, partition: i32, acked: Option<i64>) {
     if let Ok(mut queues) = inner.queues.lock()
         && let Some(q) = queues.get_mut(&(topic.to_owned(), partition))
     {
-        q.in_flight = false;
+        q.in_flight = q.in_flight.saturating_sub(1);
+        if let Some(end) = acked {
+            q.acked_seq = q.acked_seq.max(end);
+        }
     }
 }
 
 fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
     let now = Instant::now();
-    let retriable = e.code.is_retriable() && !inner.closed.load(Ordering::Acquire);
+    // Idempotence: OUT_OF_ORDER_SEQUENCE_NUMBER / UNKNOWN_PRODUCER_ID for a batch sent while
+    // earlier ones were unacknowledged may only mean an earlier batch failed or had not arrived:
+    // retry it (alone, once nothing else is in flight). For a batch sent as the oldest
+    // unacknowledged one, the leader has a gap or lost this producer's state: bump the epoch.
+    let sequence_error = matches!(
+        e.code,
+        ErrorCode::OutOfOrderSequenceNumber | ErrorCode::UnknownProducerId
+    );
+    let sequenced = s.batches.first().is_some_and(|b| b.seq.is_some());
+    let mut bump = sequence_error && s.batches.first().is_some_and(|b| b.sent_as_head);
+    let retriable = (e.code.is_retriable() || (sequence_error && sequenced))
+        && !inner.closed.load(Ordering::Acquire);
     let mut keep = Vec::new();
     for b in s.batches {
         if retriable && now.duration_since(b.created) < inner.config.delivery_timeout {
             keep.push(b);
         } else {
+            // A sequenced batch that will never be written leaves a gap: a new epoch closes it.
+            bump |= b.seq.is_some();
             let err = if retriable {
                 ProducerError::Timeout(format!("delivery.timeout.ms passed; last error: {e}"))
             } else {
@@ -818,10 +1157,21 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
         && let Some(q) = queues.get_mut(&(s.topic.clone(), s.partition))
     {
         for mut b in keep.into_iter().rev() {
-            b.retry_at = Some(now + inner.config.retry_backoff);
+            // Out of order only because an earlier batch is being retried: no back-off needed,
+            // the partition waits for every earlier request anyway.
+            b.retry_at = (!sequence_error).then(|| now + inner.config.retry_backoff);
             q.ready.push_front(b);
         }
-        q.in_flight = false;
+        if inner.idempotence {
+            // Retries go back in sequence order, ahead of batches never sent (a stable sort).
+            q.ready
+                .make_contiguous()
+                .sort_by_key(|b| b.seq.map_or(i64::MAX, |(_, seq)| seq));
+        }
+        q.in_flight = q.in_flight.saturating_sub(1);
+    }
+    if bump {
+        request_epoch_bump(inner);
     }
     if retriable {
         tracing::debug!(topic = %s.topic, partition = s.partition, error = %e, "retrying a produce");
@@ -923,6 +1273,8 @@ mod tests {
             buffer_memory,
             linger: Duration::from_millis(1),
             compression: Compression::Gzip,
+            // The fake broker has no controller to give out producer ids.
+            enable_idempotence: Some(false),
             ..Default::default()
         })
         .unwrap();

@@ -1,0 +1,460 @@
+//! The idempotent producer against a fake cluster (one broker that is also the controller) whose
+//! partition log checks sequences as a real leader does (duplicates answered with the original
+//! offset, gaps refused) and injects failures: requests refused before the append, responses lost
+//! after it, producer state lost. Every record must end up in the log exactly once, in send order.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rill_producer::{Producer, ProducerConfig, ProducerRecord};
+use rill_protocol::ErrorCode;
+use rill_protocol::proto::broker_server::{Broker, BrokerServer};
+use rill_protocol::proto::*;
+use rill_protocol::record_batch::batches;
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+struct Faults {
+    /// Request numbers (from 1) refused with NOT_LEADER_OR_FOLLOWER before anything is appended.
+    refuse: HashSet<u64>,
+    /// Request numbers appended, then answered with a timeout (the response is "lost").
+    lose_response: HashSet<u64>,
+    /// Before this request number, the leader forgets every producer (as after an unclean
+    /// failover or expiry).
+    forget_producers_before: Option<u64>,
+    /// How long each produce takes (so requests overlap).
+    delay: Duration,
+}
+
+/// A producer's last five batches: (first seq, last seq, first offset).
+type RecentBatches = VecDeque<(i32, i32, i64)>;
+
+/// One record in the fake log: value, producer id, epoch, sequence.
+type Entry = (String, i64, i16, i32);
+
+#[derive(Default)]
+struct State {
+    faults: Faults,
+    requests: u64,
+    in_flight: usize,
+    max_in_flight: usize,
+    log: Vec<Entry>,
+    /// Producer id → (epoch, last five batches as (first seq, last seq, first offset)).
+    producers: HashMap<i64, (i16, RecentBatches)>,
+    next_producer_id: i64,
+    init_requests: Vec<InitProducerIdRequest>,
+}
+
+#[derive(Clone)]
+struct FakeCluster {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+type Refusal = (ErrorCode, String);
+
+impl FakeCluster {
+    /// Appends one partition's records as a leader with idempotence checks.
+    fn append(&self, records: &[u8]) -> Result<i64, Refusal> {
+        let mut st = self.state.lock().unwrap();
+        let mut first = None;
+        for b in batches(records) {
+            let b = b.map_err(|e| (ErrorCode::CorruptMessage, e.to_string()))?;
+            b.verify_crc()
+                .map_err(|e| (ErrorCode::CorruptMessage, e.to_string()))?;
+            let h = *b.header();
+            let (last_seq, base) = (h.base_sequence + h.last_offset_delta, st.log.len() as i64);
+            if h.producer_id >= 0 {
+                match st.producers.get(&h.producer_id) {
+                    None if h.base_sequence != 0 => {
+                        return Err((ErrorCode::UnknownProducerId, "no state".into()));
+                    }
+                    Some((epoch, _)) if h.producer_epoch < *epoch => {
+                        return Err((ErrorCode::InvalidProducerEpoch, "fenced".into()));
+                    }
+                    Some((epoch, _)) if h.producer_epoch > *epoch && h.base_sequence != 0 => {
+                        return Err((ErrorCode::OutOfOrderSequenceNumber, "new epoch".into()));
+                    }
+                    Some((epoch, recent)) if h.producer_epoch == *epoch => {
+                        if let Some(d) = recent
+                            .iter()
+                            .find(|d| d.0 == h.base_sequence && d.1 == last_seq)
+                        {
+                            return Ok(d.2);
+                        }
+                        if recent.back().is_some_and(|d| d.1 + 1 != h.base_sequence) {
+                            return Err((ErrorCode::OutOfOrderSequenceNumber, "gap".into()));
+                        }
+                    }
+                    _ => {}
+                }
+                let entry = st
+                    .producers
+                    .entry(h.producer_id)
+                    .or_insert((h.producer_epoch, VecDeque::new()));
+                if entry.0 != h.producer_epoch {
+                    *entry = (h.producer_epoch, VecDeque::new());
+                }
+                entry.1.push_back((h.base_sequence, last_seq, base));
+                if entry.1.len() > 5 {
+                    entry.1.pop_front();
+                }
+            }
+            for (i, r) in b.records(usize::MAX).unwrap().iter().enumerate() {
+                let r = r.unwrap();
+                let v = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+                let seq = if h.base_sequence < 0 {
+                    -1
+                } else {
+                    h.base_sequence + i as i32
+                };
+                st.log.push((v, h.producer_id, h.producer_epoch, seq));
+            }
+            first.get_or_insert(base);
+        }
+        Ok(first.unwrap_or(-1))
+    }
+}
+
+#[tonic::async_trait]
+impl Broker for FakeCluster {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let (n, delay) = {
+            let mut st = self.state.lock().unwrap();
+            st.requests += 1;
+            st.in_flight += 1;
+            st.max_in_flight = st.max_in_flight.max(st.in_flight);
+            if st.faults.forget_producers_before == Some(st.requests) {
+                st.producers.clear();
+            }
+            (st.requests, st.faults.delay)
+        };
+        tokio::time::sleep(delay).await;
+        let (refuse, lose) = {
+            let st = self.state.lock().unwrap();
+            (
+                st.faults.refuse.contains(&n),
+                st.faults.lose_response.contains(&n),
+            )
+        };
+        let mut topics = Vec::new();
+        for t in request.into_inner().topics {
+            let mut partitions = Vec::new();
+            for p in t.partitions {
+                let mut r = PartitionProduceResponse {
+                    index: p.index,
+                    log_append_time_ms: -1,
+                    ..Default::default()
+                };
+                let outcome = if refuse {
+                    Err((ErrorCode::NotLeaderOrFollower, "injected".to_owned()))
+                } else {
+                    self.append(&p.records)
+                };
+                match outcome {
+                    Ok(base) => r.base_offset = base,
+                    Err((code, msg)) => {
+                        r.error_code = code as i32;
+                        r.error_message = msg;
+                    }
+                }
+                partitions.push(r);
+            }
+            topics.push(TopicProduceResponse {
+                name: t.name,
+                partitions,
+            });
+        }
+        self.state.lock().unwrap().in_flight -= 1;
+        if lose {
+            return Err(Status::deadline_exceeded("injected: response lost"));
+        }
+        Ok(Response::new(ProduceResponse { topics }))
+    }
+    async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn list_offsets(
+        &self,
+        _: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn metadata(
+        &self,
+        _: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataResponse>, Status> {
+        let endpoint = Endpoint {
+            name: "PLAINTEXT".into(),
+            host: "127.0.0.1".into(),
+            port: u32::from(self.port),
+        };
+        Ok(Response::new(MetadataResponse {
+            brokers: vec![BrokerDescription {
+                node_id: 1,
+                endpoints: vec![endpoint.clone()],
+                ..Default::default()
+            }],
+            controllers: vec![ControllerDescription {
+                node_id: 1,
+                endpoint: Some(endpoint),
+            }],
+            topics: vec![TopicMetadata {
+                name: "t".into(),
+                partitions: vec![PartitionMetadata {
+                    index: 0,
+                    leader_id: 1,
+                    leader_epoch: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    }
+}
+
+impl FakeCluster {
+    /// InitProducerId: a new id (from 100) with epoch 0, or the next epoch of the id sent.
+    fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
+        let mut st = self.state.lock().unwrap();
+        st.init_requests.push(req.clone());
+        let (producer_id, producer_epoch) = match (req.producer_id, req.producer_epoch) {
+            (Some(id), Some(epoch)) => (id, epoch + 1),
+            _ => {
+                st.next_producer_id += 1;
+                (st.next_producer_id + 99, 0)
+            }
+        };
+        InitProducerIdResponse {
+            producer_id,
+            producer_epoch,
+            ..Default::default()
+        }
+    }
+}
+
+/// The controller side of the fake: only `rill.v1.Controller/InitProducerId` (the one controller
+/// call an idempotent producer makes), served without implementing the whole `Controller` trait.
+#[derive(Clone)]
+struct FakeController(FakeCluster);
+
+impl tonic::server::NamedService for FakeController {
+    const NAME: &'static str = "rill.v1.Controller";
+}
+
+struct InitProducerIdSvc(FakeCluster);
+
+impl tonic::server::UnaryService<InitProducerIdRequest> for InitProducerIdSvc {
+    type Response = InitProducerIdResponse;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<InitProducerIdResponse>, Status>> + Send>>;
+    fn call(&mut self, request: Request<InitProducerIdRequest>) -> Self::Future {
+        let answer = self.0.init_producer_id(request.into_inner());
+        Box::pin(async move { Ok(Response::new(answer)) })
+    }
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for FakeController {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let cluster = self.0.clone();
+        Box::pin(async move {
+            assert_eq!(request.uri().path(), "/rill.v1.Controller/InitProducerId");
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(InitProducerIdSvc(cluster), request).await)
+        })
+    }
+}
+
+async fn start(faults: Faults) -> FakeCluster {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cluster = FakeCluster {
+        port,
+        state: Arc::new(Mutex::new(State {
+            faults,
+            ..Default::default()
+        })),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(BrokerServer::new(cluster.clone()))
+            .add_service(FakeController(cluster.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    cluster
+}
+
+fn config(cluster: &FakeCluster) -> ProducerConfig {
+    ProducerConfig {
+        bootstrap: vec![format!("127.0.0.1:{}", cluster.port)],
+        linger: Duration::ZERO,
+        // About one record per batch, so that there are many batches to keep in order.
+        batch_size: 64,
+        retry_backoff: Duration::from_millis(5),
+        delivery_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+/// Sends `n` records; returns their acknowledged offsets.
+async fn produce(producer: &Producer, n: usize) -> Vec<i64> {
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let record = ProducerRecord::new("t", None::<Bytes>, format!("v{i:04}"));
+        pending.push(producer.send(record).await.unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(60), producer.flush())
+        .await
+        .expect("flush finishes");
+    let mut offsets = Vec::new();
+    for p in pending {
+        offsets.push(p.await.expect("every record is acknowledged").offset);
+    }
+    offsets
+}
+
+fn expect_exactly_once_in_order(cluster: &FakeCluster, offsets: &[i64]) {
+    let st = cluster.state.lock().unwrap();
+    let values: Vec<&str> = st.log.iter().map(|r| r.0.as_str()).collect();
+    let expected: Vec<String> = (0..offsets.len()).map(|i| format!("v{i:04}")).collect();
+    assert_eq!(values, expected, "records lost, duplicated or reordered");
+    let positions: Vec<i64> = (0..offsets.len() as i64).collect();
+    assert_eq!(
+        offsets, positions,
+        "acknowledged offsets are where the records are"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_after_refusals_and_lost_responses_neither_duplicate_nor_reorder() {
+    let cluster = start(Faults {
+        refuse: [3, 10, 17, 30].into(),
+        lose_response: [5, 12, 25, 40].into(),
+        delay: Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await;
+    let producer = Producer::new(config(&cluster)).unwrap();
+    assert!(producer.is_idempotent(), "on by default");
+    let offsets = produce(&producer, 300).await;
+    expect_exactly_once_in_order(&cluster, &offsets);
+    let st = cluster.state.lock().unwrap();
+    assert!(
+        st.log.iter().all(|r| r.1 == 100 && r.2 == 0),
+        "every batch carries the producer id and epoch"
+    );
+    let seqs: Vec<i32> = st.log.iter().map(|r| r.3).collect();
+    assert_eq!(
+        seqs,
+        (0..300).collect::<Vec<i32>>(),
+        "sequences follow the records"
+    );
+    assert!(
+        (2..=5).contains(&st.max_in_flight),
+        "up to max.in.flight requests in flight, got {}",
+        st.max_in_flight
+    );
+    assert_eq!(st.init_requests.len(), 1, "one InitProducerId");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_producer_state_bumps_the_epoch_and_renumbers() {
+    let cluster = start(Faults {
+        forget_producers_before: Some(8),
+        delay: Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await;
+    let producer = Producer::new(config(&cluster)).unwrap();
+    let offsets = produce(&producer, 100).await;
+    expect_exactly_once_in_order(&cluster, &offsets);
+    let st = cluster.state.lock().unwrap();
+    let bumps: Vec<_> = st
+        .init_requests
+        .iter()
+        .filter(|r| r.producer_id.is_some())
+        .collect();
+    assert_eq!(
+        bumps.len(),
+        1,
+        "one epoch bump (KIP-360): {:?}",
+        st.init_requests
+    );
+    assert_eq!(producer.producer_id_and_epoch(), Some((100, 1)));
+    // After the bump the sequences start again at 0 under epoch 1.
+    let first_bumped = st.log.iter().position(|r| r.2 == 1).unwrap();
+    assert_eq!(st.log[first_bumped].3, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idempotence_one_request_per_partition_is_in_flight() {
+    let cluster = start(Faults {
+        delay: Duration::from_millis(5),
+        ..Default::default()
+    })
+    .await;
+    let producer = Producer::new(ProducerConfig {
+        enable_idempotence: Some(false),
+        ..config(&cluster)
+    })
+    .unwrap();
+    let offsets = produce(&producer, 100).await;
+    expect_exactly_once_in_order(&cluster, &offsets);
+    let st = cluster.state.lock().unwrap();
+    assert_eq!(st.max_in_flight, 1);
+    assert!(st.log.iter().all(|r| r.1 == -1 && r.3 == -1));
+    assert!(st.init_requests.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotence_settings_follow_kafka() {
+    let cluster = start(Faults::default()).await;
+    let base = config(&cluster);
+    let refused = |c: ProducerConfig| match Producer::new(c) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted"),
+    };
+    let e = refused(ProducerConfig {
+        acks: 1,
+        enable_idempotence: Some(true),
+        ..base.clone()
+    });
+    assert!(e.contains("acks=-1") && e.contains("INVALID_CONFIG"), "{e}");
+    let e = refused(ProducerConfig {
+        max_in_flight: 6,
+        enable_idempotence: Some(true),
+        ..base.clone()
+    });
+    assert!(
+        e.contains("max.in.flight.requests.per.connection ≤ 5"),
+        "{e}"
+    );
+    // Left unset, idempotence gives way to acks≠-1, as in Kafka.
+    let p = Producer::new(ProducerConfig {
+        acks: 1,
+        ..base.clone()
+    })
+    .unwrap();
+    assert!(!p.is_idempotent());
+    assert!(Producer::new(base).unwrap().is_idempotent());
+}
