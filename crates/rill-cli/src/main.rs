@@ -340,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let resource = AlterConfigsResource {
                         topic: name.clone(),
                         configs,
+                        ..Default::default()
                     };
                     let r = client
                         .admin(patience, |mut c| {

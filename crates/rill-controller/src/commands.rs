@@ -11,7 +11,9 @@ use rill_protocol::proto::{
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::LogConfig;
 
-use rill_protocol::metadata_image::{MetadataImage, PartitionInfo, TopicInfo};
+use rill_protocol::metadata_image::{
+    MetadataImage, PartitionInfo, PartitionReassignment, TopicInfo,
+};
 
 /// Topic configs handled by the controller and brokers rather than the log.
 pub const REPLICATION_CONFIGS: &[(&str, &str)] = &[
@@ -343,6 +345,7 @@ pub fn create_topic(
             replicas,
             leader_epoch: 0,
             partition_epoch: 0,
+            ..Default::default()
         })));
     }
     for (k, v) in configs {
@@ -411,6 +414,7 @@ pub fn create_partitions(
                 replicas,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                ..Default::default()
             }))
         })
         .collect())
@@ -458,7 +462,7 @@ fn without_broker(
         partition: index as i32,
         isr: (isr != p.isr).then_some(IsrList { ids: isr }),
         leader: (leader != p.leader).then_some(leader),
-        replicas: None,
+        ..Default::default()
     })
 }
 
@@ -500,9 +504,8 @@ pub fn unfence_broker(image: &MetadataImage, broker: i32) -> Vec<MetadataRecord>
                 out.push(record(Record::PartitionChange(PartitionChangeRecord {
                     topic_id: topic.id.clone(),
                     partition: i as i32,
-                    isr: None,
                     leader: Some(broker),
-                    replicas: None,
+                    ..Default::default()
                 })));
             }
         }
@@ -518,6 +521,357 @@ pub fn leaderships(image: &MetadataImage, broker: i32) -> usize {
         .flat_map(|t| &t.partitions)
         .filter(|p| p.leader == broker)
         .count()
+}
+
+/// Cluster-wide dynamic broker configs (Kafka's `--entity-type brokers --entity-default`) the
+/// controller accepts; brokers read them from `MetadataImage::cluster_configs`.
+pub const CLUSTER_CONFIGS: &[&str] = &[
+    "leader.replication.throttled.rate",
+    "follower.replication.throttled.rate",
+];
+
+/// Checks one cluster-wide broker config: a known name and, for the replication throttles, a
+/// non-negative integer in bytes/s (absent means unlimited, as Kafka's `Long.MAX_VALUE` default).
+pub fn validate_cluster_config(name: &str, value: Option<&str>) -> Result<(), ApiError> {
+    if !CLUSTER_CONFIGS.contains(&name) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "unknown cluster-level broker config {name:?}; supported: {}",
+                CLUSTER_CONFIGS.join(", ")
+            ),
+        ));
+    }
+    let Some(value) = value else { return Ok(()) };
+    match value.trim().parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "invalid config {name}={value:?}: must be a non-negative integer (bytes/s); delete it for no limit"
+            ),
+        )),
+    }
+}
+
+fn is_live(image: &MetadataImage, broker: i32) -> bool {
+    image.brokers.get(&broker).is_some_and(|b| !b.fenced)
+}
+
+fn find_partition<'a>(
+    image: &'a MetadataImage,
+    topic: &str,
+    index: i32,
+) -> Result<(&'a TopicInfo, &'a PartitionInfo), ApiError> {
+    let t = image.topics.get(topic).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic {topic:?} does not exist"),
+        )
+    })?;
+    let p = usize::try_from(index)
+        .ok()
+        .and_then(|i| t.partitions.get(i))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!(
+                    "partition {topic}-{index} does not exist ({topic} has {} partition(s))",
+                    t.partitions.len()
+                ),
+            )
+        })?;
+    Ok((t, p))
+}
+
+/// The state a reassignment ends in once every adding replica is in the ISR `isr`: replicas =
+/// the target (in target order), ISR = ISR ∩ target, and a new leader from the target's live
+/// in-sync replicas if the leader is being removed. `None` while it cannot complete yet.
+///
+/// Returns (replicas, isr, new leader if it changes).
+pub fn completed_reassignment(
+    image: &MetadataImage,
+    replicas: &[i32],
+    isr: &[i32],
+    leader: i32,
+    r: &PartitionReassignment,
+) -> Option<(Vec<i32>, Vec<i32>, Option<i32>)> {
+    if !r.adding_replicas.iter().all(|a| isr.contains(a)) {
+        return None;
+    }
+    let target = r.target(replicas);
+    let new_isr: Vec<i32> = isr.iter().copied().filter(|i| target.contains(i)).collect();
+    if new_isr.is_empty() {
+        return None;
+    }
+    let new_leader = if target.contains(&leader) {
+        None
+    } else {
+        Some(
+            target
+                .iter()
+                .copied()
+                .find(|t| new_isr.contains(t) && is_live(image, *t))?,
+        )
+    };
+    Some((target, new_isr, new_leader))
+}
+
+/// Fills `change` (a change of partition `p` that leaves ISR `isr`) with the completion of the
+/// reassignment `r` when that ISR allows it.
+fn complete_into(
+    image: &MetadataImage,
+    p: &PartitionInfo,
+    replicas: &[i32],
+    isr: &[i32],
+    r: &PartitionReassignment,
+    change: &mut PartitionChangeRecord,
+) -> bool {
+    let Some((target, new_isr, leader)) = completed_reassignment(image, replicas, isr, p.leader, r)
+    else {
+        return false;
+    };
+    change.replicas = (target != p.replicas).then_some(IsrList { ids: target });
+    change.isr = (new_isr != p.isr).then_some(IsrList { ids: new_isr });
+    change.leader = leader;
+    change.adding_replicas = Some(IsrList::default());
+    change.removing_replicas = Some(IsrList::default());
+    true
+}
+
+/// After an AlterPartition set the ISR of `topic`-`index` to `new_isr` (in `change`): completes
+/// the partition's reassignment in the same record when every adding replica is now in the ISR.
+pub fn complete_reassignment_on_isr_change(
+    image: &MetadataImage,
+    topic: &TopicInfo,
+    index: i32,
+    new_isr: &[i32],
+    change: &mut PartitionChangeRecord,
+) -> bool {
+    let Some(r) = image.reassignments.get(&(topic.id.clone(), index)) else {
+        return false;
+    };
+    let Some(p) = usize::try_from(index)
+        .ok()
+        .and_then(|i| topic.partitions.get(i))
+    else {
+        return false;
+    };
+    complete_into(image, p, &p.replicas, new_isr, r, change)
+}
+
+/// AlterPartitionReassignments for one partition (KIP-455): `Some(target)` starts (or replaces)
+/// a reassignment to `target`, `None` cancels the one in progress. Returns the change to record,
+/// or `None` when there is nothing to do (the replicas already are the target).
+///
+/// As Kafka, the replica list becomes target ++ (current − target), so the target (and its
+/// order) is the list without the removing replicas; `adding` = target − current, `removing` =
+/// current − target. A reassignment replacing one in progress starts from the full current list.
+/// A cancel drops the adding replicas (the original set, in the merged order). When the adding
+/// replicas are already in the ISR (or there are none), it completes in the same record.
+pub fn reassign_partition(
+    image: &MetadataImage,
+    topic: &str,
+    index: i32,
+    target: Option<&[i32]>,
+) -> Result<Option<PartitionChangeRecord>, ApiError> {
+    let (t, p) = find_partition(image, topic, index)?;
+    let ongoing = image.reassignments.get(&(t.id.clone(), index));
+    let mut change = PartitionChangeRecord {
+        topic_id: t.id.clone(),
+        partition: index,
+        ..Default::default()
+    };
+    let Some(target) = target else {
+        // Cancel: back to the replicas without the ones being added.
+        let Some(r) = ongoing else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("no reassignment of {topic}-{index} is in progress; nothing to cancel"),
+            ));
+        };
+        let replicas: Vec<i32> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|x| !r.adding_replicas.contains(x))
+            .collect();
+        let isr: Vec<i32> = p
+            .isr
+            .iter()
+            .copied()
+            .filter(|x| replicas.contains(x))
+            .collect();
+        if !replicas.contains(&p.leader) && p.leader != -1 {
+            let leader = replicas
+                .iter()
+                .copied()
+                .find(|x| isr.contains(x) && is_live(image, *x))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::LeaderNotAvailable,
+                        format!(
+                            "cannot cancel the reassignment of {topic}-{index}: its leader {} is a replica being added and none of the original replicas {replicas:?} is live and in the ISR {:?}",
+                            p.leader, p.isr
+                        ),
+                    )
+                })?;
+            change.leader = Some(leader);
+        }
+        if isr.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!(
+                    "cannot cancel the reassignment of {topic}-{index}: none of the original replicas {replicas:?} is in the ISR {:?}",
+                    p.isr
+                ),
+            ));
+        }
+        change.isr = (isr != p.isr).then_some(IsrList { ids: isr });
+        change.replicas = Some(IsrList { ids: replicas });
+        change.adding_replicas = Some(IsrList::default());
+        change.removing_replicas = Some(IsrList::default());
+        return Ok(Some(change));
+    };
+    let invalid = |why: String| {
+        Err(ApiError::new(
+            ErrorCode::InvalidReplicaAssignment,
+            format!("invalid replica list {target:?} for {topic}-{index}: {why}"),
+        ))
+    };
+    if target.is_empty() {
+        return invalid("it is empty; give at least one broker id".into());
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = target.iter().find(|id| !seen.insert(**id)) {
+        return invalid(format!("broker {dup} appears more than once"));
+    }
+    let unknown: Vec<i32> = target
+        .iter()
+        .copied()
+        .filter(|id| !image.brokers.contains_key(id))
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<i32> = image.brokers.keys().copied().collect();
+        return invalid(format!(
+            "broker(s) {unknown:?} are not registered (registered brokers: {known:?})"
+        ));
+    }
+    if ongoing.is_none() && target == p.replicas.as_slice() {
+        return Ok(None);
+    }
+    let current = &p.replicas;
+    let mut replicas = target.to_vec();
+    replicas.extend(current.iter().copied().filter(|x| !target.contains(x)));
+    let r = PartitionReassignment {
+        adding_replicas: target
+            .iter()
+            .copied()
+            .filter(|x| !current.contains(x))
+            .collect(),
+        removing_replicas: current
+            .iter()
+            .copied()
+            .filter(|x| !target.contains(x))
+            .collect(),
+    };
+    if !complete_into(image, p, &replicas, &p.isr, &r, &mut change) {
+        change.replicas = (replicas != p.replicas).then_some(IsrList { ids: replicas });
+        change.adding_replicas = Some(IsrList {
+            ids: r.adding_replicas,
+        });
+        change.removing_replicas = Some(IsrList {
+            ids: r.removing_replicas,
+        });
+    }
+    Ok(Some(change))
+}
+
+/// Preferred-leader election for one partition: the change that hands leadership to its first
+/// replica, `Ok(None)` when that replica already leads (Kafka's ELECTION_NOT_NEEDED), or
+/// LEADER_NOT_AVAILABLE when it is fenced or not in the ISR.
+pub fn preferred_leader_election(
+    image: &MetadataImage,
+    topic: &str,
+    index: i32,
+) -> Result<Option<PartitionChangeRecord>, ApiError> {
+    let (t, p) = find_partition(image, topic, index)?;
+    let Some(&preferred) = p.replicas.first() else {
+        return Err(ApiError::new(
+            ErrorCode::LeaderNotAvailable,
+            format!("{topic}-{index} has no replicas"),
+        ));
+    };
+    if p.leader == preferred {
+        return Ok(None);
+    }
+    if !is_live(image, preferred) {
+        return Err(ApiError::new(
+            ErrorCode::LeaderNotAvailable,
+            format!(
+                "the preferred leader {preferred} of {topic}-{index} is fenced or not registered"
+            ),
+        ));
+    }
+    if !p.isr.contains(&preferred) {
+        return Err(ApiError::new(
+            ErrorCode::LeaderNotAvailable,
+            format!(
+                "the preferred leader {preferred} of {topic}-{index} is not in the ISR {:?} yet",
+                p.isr
+            ),
+        ));
+    }
+    Ok(Some(PartitionChangeRecord {
+        topic_id: t.id.clone(),
+        partition: index,
+        leader: Some(preferred),
+        ..Default::default()
+    }))
+}
+
+/// Kafka's automatic leader rebalance (`auto.leader.rebalance.enable`): for every broker, the
+/// imbalance ratio is the share of the partitions it is the preferred replica of (first in the
+/// replica list) that some other broker leads. For each broker whose ratio exceeds
+/// `percentage`%, leadership goes back to it on those partitions where it is live and in the
+/// ISR. Partitions being reassigned are left alone, as Kafka does.
+pub fn auto_leader_rebalance(image: &MetadataImage, percentage: u32) -> Vec<MetadataRecord> {
+    use std::collections::BTreeMap;
+    // preferred broker → (partitions it is preferred for, those it does not lead)
+    let mut counts: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
+    for t in image.topics.values() {
+        for p in &t.partitions {
+            if let Some(&preferred) = p.replicas.first() {
+                let c = counts.entry(preferred).or_default();
+                c.0 += 1;
+                if p.leader != preferred {
+                    c.1 += 1;
+                }
+            }
+        }
+    }
+    let imbalanced: BTreeSet<i32> = counts
+        .iter()
+        .filter(|(_, (total, not_led))| not_led * 100 > u64::from(percentage) * total)
+        .map(|(b, _)| *b)
+        .collect();
+    let mut out = Vec::new();
+    for t in image.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let Some(&preferred) = p.replicas.first() else {
+                continue;
+            };
+            if !imbalanced.contains(&preferred)
+                || image.reassignments.contains_key(&(t.id.clone(), i as i32))
+            {
+                continue;
+            }
+            if let Ok(Some(change)) = preferred_leader_election(image, &t.name, i as i32) {
+                out.push(record(Record::PartitionChange(change)));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -708,5 +1062,236 @@ mod tests {
             image.append(&mut r);
         }
         assert_eq!(image.topics["t"].partitions[0].leader, last);
+    }
+
+    fn topic_on(image: &mut MetadataImage, name: &str, partitions: i32, rf: i32) {
+        let (records, _) = create_topic(
+            image,
+            &BTreeSet::new(),
+            &TopicRequest {
+                name,
+                partitions,
+                replication_factor: rf,
+                configs: &[],
+            },
+            0,
+            100_000,
+        )
+        .unwrap();
+        for mut r in records {
+            image.append(&mut r);
+        }
+    }
+
+    fn apply(image: &mut MetadataImage, change: PartitionChangeRecord) {
+        image.append(&mut record(Record::PartitionChange(change)));
+    }
+
+    /// Sets the ISR as the partition leader's AlterPartition would, through `alter`'s rules.
+    fn expand_isr(image: &mut MetadataImage, topic: &str, index: i32, isr: Vec<i32>) {
+        let t = image.topics[topic].clone();
+        let mut change = PartitionChangeRecord {
+            topic_id: t.id.clone(),
+            partition: index,
+            isr: Some(IsrList { ids: isr.clone() }),
+            ..Default::default()
+        };
+        complete_reassignment_on_isr_change(image, &t, index, &isr, &mut change);
+        apply(image, change);
+    }
+
+    #[test]
+    fn reassignment_adds_first_then_completes_when_the_adding_replicas_are_in_sync() {
+        let mut image = image_with_brokers(4);
+        topic_on(&mut image, "t", 1, 2);
+        let before = image.topics["t"].partitions[0].clone();
+        assert_eq!(before.replicas, [1, 2]);
+        let change = reassign_partition(&image, "t", 0, Some(&[3, 2]))
+            .unwrap()
+            .unwrap();
+        apply(&mut image, change);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!(p.replicas, [3, 2, 1], "target first, then the rest");
+        assert_eq!(p.isr, [1, 2]);
+        assert_eq!(p.leader, 1);
+        let r = image.reassignment("t", 0).unwrap();
+        assert_eq!(
+            (r.adding_replicas.clone(), r.removing_replicas.clone()),
+            (vec![3], vec![1])
+        );
+        // The leader's ISR expansion brings 3 in: the reassignment completes, the leader (1)
+        // is removed, so leadership moves to the first in-sync target replica.
+        expand_isr(&mut image, "t", 0, vec![1, 2, 3]);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!(p.replicas, [3, 2], "target order");
+        assert_eq!(p.isr, [2, 3]);
+        assert_eq!(p.leader, 3);
+        assert_eq!(p.leader_epoch, before.leader_epoch + 1);
+        assert_eq!(image.reassignment("t", 0), None);
+    }
+
+    #[test]
+    fn reassignment_completes_at_once_when_nothing_needs_to_catch_up() {
+        let mut image = image_with_brokers(3);
+        topic_on(&mut image, "t", 1, 3);
+        // Lower the replication factor: nothing to add, so it completes in one record.
+        let change = reassign_partition(&image, "t", 0, Some(&[2, 3]))
+            .unwrap()
+            .unwrap();
+        apply(&mut image, change);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![2, 3], vec![2, 3], 2)
+        );
+        assert_eq!(image.reassignment("t", 0), None);
+        // The same list again: nothing to do.
+        assert_eq!(
+            reassign_partition(&image, "t", 0, Some(&[2, 3])).unwrap(),
+            None
+        );
+        // A new order of the same set completes at once too (the leader stays).
+        let change = reassign_partition(&image, "t", 0, Some(&[3, 2]))
+            .unwrap()
+            .unwrap();
+        apply(&mut image, change);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!((p.replicas.clone(), p.leader), (vec![3, 2], 2));
+    }
+
+    #[test]
+    fn reassignment_can_be_cancelled_and_bad_requests_are_refused() {
+        let mut image = image_with_brokers(4);
+        topic_on(&mut image, "t", 1, 2);
+        let code = |image: &MetadataImage, topic: &str, index: i32, target: Option<&[i32]>| {
+            reassign_partition(image, topic, index, target)
+                .unwrap_err()
+                .code
+        };
+        assert_eq!(
+            code(&image, "nosuch", 0, Some(&[1])),
+            ErrorCode::UnknownTopicOrPartition
+        );
+        assert_eq!(
+            code(&image, "t", 1, Some(&[1])),
+            ErrorCode::UnknownTopicOrPartition
+        );
+        assert_eq!(
+            code(&image, "t", -1, Some(&[1])),
+            ErrorCode::UnknownTopicOrPartition
+        );
+        assert_eq!(
+            code(&image, "t", 0, Some(&[])),
+            ErrorCode::InvalidReplicaAssignment
+        );
+        assert_eq!(
+            code(&image, "t", 0, Some(&[1, 1])),
+            ErrorCode::InvalidReplicaAssignment
+        );
+        let e = reassign_partition(&image, "t", 0, Some(&[1, 9])).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidReplicaAssignment);
+        assert!(
+            e.message.contains("[9]") && e.message.contains("not registered"),
+            "{e}"
+        );
+        assert_eq!(
+            code(&image, "t", 0, None),
+            ErrorCode::InvalidRequest,
+            "nothing to cancel"
+        );
+        // Start, then cancel: the original replicas, nothing in progress.
+        let change = reassign_partition(&image, "t", 0, Some(&[3, 4]))
+            .unwrap()
+            .unwrap();
+        apply(&mut image, change);
+        assert_eq!(image.topics["t"].partitions[0].replicas, [3, 4, 1, 2]);
+        let change = reassign_partition(&image, "t", 0, None).unwrap().unwrap();
+        apply(&mut image, change);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![1, 2], vec![1, 2], 1)
+        );
+        assert_eq!(image.reassignment("t", 0), None);
+    }
+
+    #[test]
+    fn preferred_leaders_come_back_when_live_and_in_sync() {
+        let mut image = image_with_brokers(3);
+        topic_on(&mut image, "t", 3, 3);
+        let preferred: Vec<i32> = image.topics["t"]
+            .partitions
+            .iter()
+            .map(|p| p.replicas[0])
+            .collect();
+        assert!(auto_leader_rebalance(&image, 10).is_empty(), "balanced");
+        for mut r in fence_broker(&image, 1) {
+            image.append(&mut r);
+        }
+        assert_eq!(leaderships(&image, 1), 0);
+        // Fenced: no election.
+        assert!(auto_leader_rebalance(&image, 10).is_empty());
+        let p1 = preferred.iter().position(|b| *b == 1).unwrap() as i32;
+        assert_eq!(
+            preferred_leader_election(&image, "t", p1).unwrap_err().code,
+            ErrorCode::LeaderNotAvailable
+        );
+        for mut r in unfence_broker(&image, 1) {
+            image.append(&mut r);
+        }
+        // Live but not in the ISR yet: still no election.
+        assert!(auto_leader_rebalance(&image, 10).is_empty());
+        let mut isr = image.topics["t"].partitions[p1 as usize].isr.clone();
+        isr.push(1);
+        expand_isr(&mut image, "t", p1, isr);
+        // Broker 1 leads none of its 1 preferred partitions: 100% > 10%.
+        let epoch = image.topics["t"].partitions[p1 as usize].leader_epoch;
+        let records = auto_leader_rebalance(&image, 10);
+        assert_eq!(records.len(), 1);
+        for mut r in records {
+            image.append(&mut r);
+        }
+        let p = &image.topics["t"].partitions[p1 as usize];
+        assert_eq!((p.leader, p.leader_epoch), (1, epoch + 1));
+        assert_eq!(
+            preferred_leader_election(&image, "t", p1).unwrap(),
+            None,
+            "not needed"
+        );
+        // 100% allows any imbalance.
+        let mut other = image.clone();
+        for mut r in fence_broker(&other, 2) {
+            other.append(&mut r);
+        }
+        for mut r in unfence_broker(&other, 2) {
+            other.append(&mut r);
+        }
+        let p2 = preferred.iter().position(|b| *b == 2).unwrap() as i32;
+        let mut isr = other.topics["t"].partitions[p2 as usize].isr.clone();
+        isr.push(2);
+        expand_isr(&mut other, "t", p2, isr);
+        assert!(auto_leader_rebalance(&other, 100).is_empty());
+        assert_eq!(auto_leader_rebalance(&other, 10).len(), 1);
+    }
+
+    #[test]
+    fn cluster_configs_are_the_replication_throttles() {
+        for name in CLUSTER_CONFIGS {
+            assert!(validate_cluster_config(name, Some("1048576")).is_ok());
+            assert!(validate_cluster_config(name, Some("0")).is_ok());
+            assert!(validate_cluster_config(name, None).is_ok());
+            for bad in ["-1", "1.5", "fast", ""] {
+                assert_eq!(
+                    validate_cluster_config(name, Some(bad)).unwrap_err().code,
+                    ErrorCode::InvalidConfig,
+                    "{bad:?}"
+                );
+            }
+        }
+        let e = validate_cluster_config("replica.throttled.rate", Some("1")).unwrap_err();
+        assert!(
+            e.message.contains("leader.replication.throttled.rate"),
+            "{e}"
+        );
     }
 }

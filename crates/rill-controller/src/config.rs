@@ -35,6 +35,75 @@ pub struct ControllerConfig {
     pub metrics: MetricsSection,
     /// `max.*`.
     pub max: MaxLimits,
+    /// `auto.leader.rebalance.enable`.
+    pub auto: Auto,
+    /// `leader.imbalance.*`.
+    pub leader: LeaderSection,
+}
+
+/// `auto.leader.rebalance.enable`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Auto {
+    /// `auto.leader.*`.
+    pub leader: AutoLeader,
+}
+
+/// `auto.leader.rebalance.enable`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AutoLeader {
+    /// `auto.leader.rebalance.*`.
+    pub rebalance: Enable,
+}
+
+/// An `*.enable` switch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Enable {
+    /// On or off.
+    pub enable: bool,
+}
+
+/// `leader.imbalance.*`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LeaderSection {
+    /// `leader.imbalance.*`.
+    pub imbalance: Imbalance,
+}
+
+/// `leader.imbalance.check.interval.seconds`, `leader.imbalance.per.broker.percentage`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Imbalance {
+    /// `leader.imbalance.check.*`.
+    pub check: ImbalanceCheck,
+    /// `leader.imbalance.per.*`.
+    pub per: ImbalancePer,
+}
+
+/// `leader.imbalance.check.interval.seconds`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImbalanceCheck {
+    /// `leader.imbalance.check.interval.*`.
+    pub interval: Seconds,
+}
+
+/// A `*.seconds` value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Seconds {
+    /// Seconds.
+    pub seconds: u64,
+}
+
+/// `leader.imbalance.per.broker.percentage`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImbalancePer {
+    /// `leader.imbalance.per.broker.*`.
+    pub broker: Percentage,
+}
+
+/// A `*.percentage` value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Percentage {
+    /// Percent.
+    pub percentage: u32,
 }
 
 /// `max.partitions.per.topic`.
@@ -250,6 +319,22 @@ impl Default for ControllerConfig {
                     per: PerTopic { topic: 100_000 },
                 },
             },
+            // Kafka's defaults.
+            auto: Auto {
+                leader: AutoLeader {
+                    rebalance: Enable { enable: true },
+                },
+            },
+            leader: LeaderSection {
+                imbalance: Imbalance {
+                    check: ImbalanceCheck {
+                        interval: Seconds { seconds: 300 },
+                    },
+                    per: ImbalancePer {
+                        broker: Percentage { percentage: 10 },
+                    },
+                },
+            },
         }
     }
 }
@@ -351,6 +436,18 @@ impl ControllerConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.leader.imbalance.check.interval.seconds == 0 {
+            return Err(ConfigError::Invalid {
+                name: "leader.imbalance.check.interval.seconds",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.leader.imbalance.per.broker.percentage > 100 {
+            return Err(ConfigError::Invalid {
+                name: "leader.imbalance.per.broker.percentage",
+                reason: "must be between 0 and 100".into(),
+            });
+        }
         if self.queued.max.requests == 0 {
             return Err(ConfigError::Invalid {
                 name: "queued.max.requests",
@@ -414,6 +511,9 @@ fn parse_value(v: &str) -> figment::value::Value {
     if let Ok(n) = v.parse::<i64>() {
         return n.into();
     }
+    if let Ok(b) = v.parse::<bool>() {
+        return b.into();
+    }
     v.into()
 }
 
@@ -437,6 +537,21 @@ mod tests {
         assert_eq!(c.num.partitions, 6, "flags win over the file");
         assert_eq!(c.broker.session.timeout.ms, 9000, "defaults fill the rest");
         assert_eq!(c.voters().unwrap().len(), 2);
+        assert!(c.auto.leader.rebalance.enable, "Kafka's default");
+        assert_eq!(c.leader.imbalance.check.interval.seconds, 300);
+        assert_eq!(c.leader.imbalance.per.broker.percentage, 10);
+        let mut flags = BTreeMap::new();
+        flags.insert(
+            "auto.leader.rebalance.enable".to_owned(),
+            "false".to_owned(),
+        );
+        flags.insert(
+            "leader.imbalance.check.interval.seconds".to_owned(),
+            "2".to_owned(),
+        );
+        let c = ControllerConfig::load(None, &flags).unwrap();
+        assert!(!c.auto.leader.rebalance.enable);
+        assert_eq!(c.leader.imbalance.check.interval.seconds, 2);
     }
 
     #[test]
@@ -447,6 +562,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not one of controller.quorum.voters"), "{e}");
+        let mut flags = BTreeMap::new();
+        flags.insert(
+            "leader.imbalance.check.interval.seconds".to_owned(),
+            "0".to_owned(),
+        );
+        let e = ControllerConfig::load(None, &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("leader.imbalance.check.interval.seconds"), "{e}");
         let mut c = ControllerConfig::default();
         c.controller.quorum.voters = "1@nowhere".into();
         assert!(c.validate().unwrap_err().to_string().contains("no port"));

@@ -200,6 +200,8 @@ pub struct QuorumController {
     snapshot_bytes: u64,
     request_timeout: Duration,
     metrics: Arc<crate::metrics::ControllerMetrics>,
+    /// When the active controller next checks leader imbalance (`auto.leader.rebalance.enable`).
+    next_leader_balance: Instant,
 }
 
 impl QuorumController {
@@ -258,6 +260,7 @@ impl QuorumController {
             dropped: Vec::new(),
             applied,
             metrics,
+            next_leader_balance: Instant::now(),
         })
     }
 
@@ -553,6 +556,7 @@ impl QuorumController {
         }
         if self.latest.is_some() {
             self.fence_expired_brokers(now);
+            self.maybe_rebalance_leaders(now);
         }
         let m = &self.metrics;
         let raft = &self.node.raft;
@@ -563,6 +567,39 @@ impl QuorumController {
         m.applied_index.set(self.applied as i64);
         m.pending_writes.set(self.pending.len() as i64);
         m.observe_image(&self.committed);
+    }
+
+    fn leader_balance_interval(&self) -> Duration {
+        Duration::from_secs(self.config.leader.imbalance.check.interval.seconds)
+    }
+
+    /// Every `leader.imbalance.check.interval.seconds`, gives leadership back to preferred
+    /// replicas on brokers whose leader imbalance exceeds `leader.imbalance.per.broker.percentage`
+    /// (Kafka's automatic preferred-leader election).
+    fn maybe_rebalance_leaders(&mut self, now: Instant) {
+        if !self.config.auto.leader.rebalance.enable || now < self.next_leader_balance {
+            return;
+        }
+        self.next_leader_balance = now + self.leader_balance_interval();
+        let Some(latest) = self.latest.as_ref() else {
+            return;
+        };
+        let records = crate::commands::auto_leader_rebalance(
+            latest,
+            self.config.leader.imbalance.per.broker.percentage,
+        );
+        if records.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partitions = records.len(),
+            "leader imbalance above leader.imbalance.per.broker.percentage; moving leadership back to preferred replicas"
+        );
+        self.propose(
+            records,
+            Box::new(|_| {}),
+            Box::new(|e| tracing::warn!(error = %e, "preferred-leader election did not commit")),
+        );
     }
 
     /// Fences unfenced brokers whose session expired and moves their leaderships.
@@ -713,6 +750,7 @@ impl QuorumController {
             let now = Instant::now();
             self.liveness = latest.brokers.keys().map(|b| (*b, now)).collect();
             self.producer_ids = ProducerIdBlock::default();
+            self.next_leader_balance = now + self.leader_balance_interval();
             let needs_cluster_id = latest.cluster_id.is_none();
             self.latest = Some(latest);
             if needs_cluster_id {

@@ -329,9 +329,20 @@ impl Controller for ControllerService {
                 for res in req.resources {
                     let mut r = AlterConfigsResult {
                         topic: res.topic.clone(),
+                        resource_type: res.resource_type,
                         ..Default::default()
                     };
                     let outcome: Result<Vec<MetadataRecord>, ApiError> = (|| {
+                        match ConfigResourceType::try_from(res.resource_type) {
+                            Ok(ConfigResourceType::Topic) => {}
+                            Ok(ConfigResourceType::Broker) => return cluster_config_records(&res),
+                            Err(_) => {
+                                return Err(err(
+                                    ErrorCode::InvalidRequest,
+                                    format!("unknown config resource type {}", res.resource_type),
+                                ));
+                            }
+                        }
                         if !ctx.latest.topics.contains_key(&res.topic) {
                             return Err(err(
                                 ErrorCode::UnknownTopicOrPartition,
@@ -454,6 +465,14 @@ impl Controller for ControllerService {
                     })
                     .collect(),
                 metadata_offset: image.next_offset - 1,
+                cluster_configs: image
+                    .cluster_configs
+                    .iter()
+                    .map(|(name, value)| ConfigEntry {
+                        name: name.clone(),
+                        value: Some(value.clone()),
+                    })
+                    .collect(),
             })
             .await?;
         Ok(Response::new(reply))
@@ -554,6 +573,202 @@ impl Controller for ControllerService {
                             })
                             .collect(),
                     });
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn alter_partition_reassignments(
+        &self,
+        request: Request<AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<AlterPartitionReassignmentsResponse>, Status> {
+        let req = request.into_inner();
+        let reply = self
+            .handle
+            .write(move |ctx| {
+                if req.topics.iter().all(|t| t.partitions.is_empty()) {
+                    return Err(err(
+                        ErrorCode::InvalidRequest,
+                        "no partitions given: name at least one topic partition with its target replicas (or none to cancel)",
+                    ));
+                }
+                let mut records = Vec::new();
+                let mut first_error: Option<ApiError> = None;
+                let mut seen = BTreeSet::new();
+                let mut topics = Vec::new();
+                for t in &req.topics {
+                    let mut partitions = Vec::new();
+                    for p in &t.partitions {
+                        let outcome = if seen.insert((t.name.clone(), p.index)) {
+                            commands::reassign_partition(
+                                ctx.latest,
+                                &t.name,
+                                p.index,
+                                p.replicas.as_ref().map(|r| r.ids.as_slice()),
+                            )
+                        } else {
+                            Err(err(
+                                ErrorCode::InvalidRequest,
+                                format!("{}-{} appears twice in the request", t.name, p.index),
+                            ))
+                        };
+                        let mut result = ReassignablePartitionResult {
+                            index: p.index,
+                            ..Default::default()
+                        };
+                        match outcome {
+                            Ok(Some(change)) => {
+                                records.push(record(Record::PartitionChange(change)));
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                result.error_code = e.code as i32;
+                                result.error_message = e.message.clone();
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                        partitions.push(result);
+                    }
+                    topics.push(ReassignableTopicResult {
+                        name: t.name.clone(),
+                        partitions,
+                    });
+                }
+                let mut response = AlterPartitionReassignmentsResponse {
+                    topics,
+                    ..Default::default()
+                };
+                if let Some(e) = first_error {
+                    // All or nothing: a plan applied in part is harder to reason about.
+                    records.clear();
+                    response.error_code = e.code as i32;
+                    response.error_message = format!("nothing was changed: {}", e.message);
+                }
+                let done: DoneFn<AlterPartitionReassignmentsResponse> =
+                    Box::new(move |_| response);
+                Ok((records, done))
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_partition_reassignments(
+        &self,
+        request: Request<ListPartitionReassignmentsRequest>,
+    ) -> Result<Response<ListPartitionReassignmentsResponse>, Status> {
+        let req = request.into_inner();
+        let reply = self
+            .handle
+            .read(move |image, _| {
+                let mut topics = Vec::new();
+                for t in image.topics.values() {
+                    if !req.topics.is_empty() && !req.topics.contains(&t.name) {
+                        continue;
+                    }
+                    let partitions: Vec<OngoingPartitionReassignment> = t
+                        .partitions
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, p)| {
+                            let r = image.reassignments.get(&(t.id.clone(), i as i32))?;
+                            Some(OngoingPartitionReassignment {
+                                index: i as i32,
+                                replicas: p.replicas.clone(),
+                                adding_replicas: r.adding_replicas.clone(),
+                                removing_replicas: r.removing_replicas.clone(),
+                                isr: p.isr.clone(),
+                                leader: p.leader,
+                            })
+                        })
+                        .collect();
+                    if !partitions.is_empty() {
+                        topics.push(OngoingTopicReassignment {
+                            name: t.name.clone(),
+                            partitions,
+                        });
+                    }
+                }
+                ListPartitionReassignmentsResponse { topics }
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn elect_leaders(
+        &self,
+        request: Request<ElectLeadersRequest>,
+    ) -> Result<Response<ElectLeadersResponse>, Status> {
+        let req = request.into_inner();
+        let reply = self
+            .handle
+            .write(move |ctx| {
+                let image = ctx.latest;
+                // (topic, partitions); an empty request means everything.
+                let wanted: Vec<(String, Vec<i32>)> = if req.topics.is_empty() {
+                    image
+                        .topics
+                        .values()
+                        .map(|t| (t.name.clone(), Vec::new()))
+                        .collect()
+                } else {
+                    req.topics
+                        .iter()
+                        .map(|t| (t.name.clone(), t.partitions.clone()))
+                        .collect()
+                };
+                let mut records = Vec::new();
+                // (topic, index, error, election not needed)
+                let mut outcomes: Vec<(String, i32, Option<ApiError>, bool)> = Vec::new();
+                let mut seen = BTreeSet::new();
+                for (name, partitions) in wanted {
+                    let indexes: Vec<i32> = if partitions.is_empty() {
+                        match image.topics.get(&name) {
+                            Some(t) => (0..t.partitions.len() as i32).collect(),
+                            None => vec![-1],
+                        }
+                    } else {
+                        partitions
+                    };
+                    for index in indexes {
+                        if !seen.insert((name.clone(), index)) {
+                            continue;
+                        }
+                        match commands::preferred_leader_election(image, &name, index) {
+                            Ok(Some(change)) => {
+                                records.push(record(Record::PartitionChange(change)));
+                                outcomes.push((name.clone(), index, None, false));
+                            }
+                            Ok(None) => outcomes.push((name.clone(), index, None, true)),
+                            Err(e) => outcomes.push((name.clone(), index, Some(e), false)),
+                        }
+                    }
+                }
+                let done: DoneFn<ElectLeadersResponse> = Box::new(move |image| {
+                    let mut topics: Vec<ElectLeadersTopicResult> = Vec::new();
+                    for (name, index, error, not_needed) in outcomes {
+                        let leader = image
+                            .topics
+                            .get(&name)
+                            .and_then(|t| t.partitions.get(usize::try_from(index).ok()?))
+                            .map_or(-1, |p| p.leader);
+                        let result = ElectLeadersPartitionResult {
+                            index,
+                            error_code: error.as_ref().map_or(ErrorCode::None, |e| e.code) as i32,
+                            error_message: error.map(|e| e.message).unwrap_or_default(),
+                            leader,
+                            election_not_needed: not_needed,
+                        };
+                        match topics.iter_mut().find(|t| t.name == name) {
+                            Some(t) => t.partitions.push(result),
+                            None => topics.push(ElectLeadersTopicResult {
+                                name,
+                                partitions: vec![result],
+                            }),
+                        }
+                    }
+                    ElectLeadersResponse { topics }
+                });
                 Ok((records, done))
             })
             .await?;
@@ -716,6 +931,40 @@ async fn feed_metadata(
     }
 }
 
+/// Records for a BROKER config resource: only the cluster-wide default (empty name) exists, and
+/// only the names in `commands::CLUSTER_CONFIGS`; all of the resource's changes or none.
+fn cluster_config_records(res: &AlterConfigsResource) -> Result<Vec<MetadataRecord>, ApiError> {
+    if !res.topic.is_empty() {
+        return Err(err(
+            ErrorCode::InvalidRequest,
+            format!(
+                "per-broker configs (broker {:?}) are not supported; use the cluster-wide default (an empty name)",
+                res.topic
+            ),
+        ));
+    }
+    let mut recs = Vec::new();
+    for c in &res.configs {
+        let value = if c.operation == ConfigOperation::Delete as i32 {
+            None
+        } else {
+            Some(c.value.clone().ok_or_else(|| {
+                err(
+                    ErrorCode::InvalidConfig,
+                    format!("SET {} needs a value", c.name),
+                )
+            })?)
+        };
+        commands::validate_cluster_config(&c.name, value.as_deref())?;
+        recs.push(record(Record::Config(ConfigRecord {
+            topic: String::new(),
+            name: c.name.clone(),
+            value: value.map(|v| v.trim().to_owned()),
+        })));
+    }
+    Ok(recs)
+}
+
 fn register_record(req: &BrokerRegistrationRequest) -> MetadataRecord {
     record(Record::RegisterBroker(RegisterBrokerRecord {
         broker_id: req.broker_id,
@@ -816,15 +1065,26 @@ fn alter_one(
             ));
         }
     }
-    Ok(record(Record::PartitionChange(PartitionChangeRecord {
+    let mut change = PartitionChangeRecord {
         topic_id: t.id.clone(),
         partition: p.index,
         isr: Some(IsrList {
             ids: p.new_isr.clone(),
         }),
-        leader: None,
-        replicas: None,
-    })))
+        ..Default::default()
+    };
+    // The leader's ISR expansion is what brings an adding replica in: finish the partition's
+    // reassignment in the same record when it was the last one missing.
+    if commands::complete_reassignment_on_isr_change(image, t, p.index, &p.new_isr, &mut change) {
+        tracing::info!(
+            topic,
+            partition = p.index,
+            replicas = ?change.replicas.as_ref().map(|r| &r.ids),
+            leader = ?change.leader,
+            "reassignment complete: every adding replica is in the ISR"
+        );
+    }
+    Ok(record(Record::PartitionChange(change)))
 }
 
 /// Implements `rill.v1.Quorum`: delivers peers' Raft messages to the quorum thread.

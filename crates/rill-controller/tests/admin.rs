@@ -121,6 +121,7 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
                             operation: ConfigOperation::Set as i32,
                             value: Some(value.into()),
                         }],
+                        ..Default::default()
                     }],
                     validate_only: false,
                 })
@@ -183,6 +184,7 @@ async fn topics_partitions_and_configs_round_trip() {
                             value: None,
                         },
                     ],
+                    ..Default::default()
                 }],
                 validate_only: false,
             })

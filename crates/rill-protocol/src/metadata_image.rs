@@ -45,6 +45,29 @@ pub struct PartitionInfo {
     pub partition_epoch: i32,
 }
 
+/// A partition reassignment in progress (KIP-455), kept beside [`PartitionInfo`] in
+/// [`MetadataImage::reassignments`]. Both sets are also in the partition's `replicas`: the adding
+/// ones follow the leader and catch up; when they are all in the ISR the controller makes the
+/// target (`replicas` minus `removing_replicas`) the replica list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionReassignment {
+    /// Replicas being added (not replicas before the reassignment started).
+    pub adding_replicas: Vec<i32>,
+    /// Replicas that leave once every adding replica is in the ISR.
+    pub removing_replicas: Vec<i32>,
+}
+
+impl PartitionReassignment {
+    /// The replica list the partition ends with: `replicas` without the removing ones.
+    pub fn target(&self, replicas: &[i32]) -> Vec<i32> {
+        replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
+}
+
 /// A topic.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopicInfo {
@@ -71,6 +94,10 @@ pub struct MetadataImage {
     pub topic_names: HashMap<String, String>,
     /// Cluster-wide config overrides.
     pub cluster_configs: BTreeMap<String, String>,
+    /// Reassignments in progress by (topic id, partition). Kept beside the partitions rather
+    /// than in [`PartitionInfo`] so code building `PartitionInfo` values keeps compiling; read
+    /// it with [`MetadataImage::reassignment`].
+    pub reassignments: BTreeMap<(String, i32), PartitionReassignment>,
     /// Offset the next record gets (= records applied so far).
     pub next_offset: i64,
     /// Every producer id below this was handed out in a block (`ProducerIdsRecord`); the next
@@ -146,7 +173,17 @@ impl MetadataImage {
                         topic.partitions[idx] = info;
                     } else if idx == topic.partitions.len() {
                         topic.partitions.push(info);
+                    } else {
+                        return;
                     }
+                    self.set_reassignment(
+                        &p.topic_id,
+                        p.partition,
+                        PartitionReassignment {
+                            adding_replicas: p.adding_replicas.clone(),
+                            removing_replicas: p.removing_replicas.clone(),
+                        },
+                    );
                 }
             }
             Record::PartitionChange(c) => {
@@ -165,6 +202,17 @@ impl MetadataImage {
                         p.leader_epoch += 1;
                     }
                     p.partition_epoch += 1;
+                    if c.adding_replicas.is_some() || c.removing_replicas.is_some() {
+                        let key = (c.topic_id.clone(), c.partition);
+                        let mut r = self.reassignments.get(&key).cloned().unwrap_or_default();
+                        if let Some(adding) = &c.adding_replicas {
+                            r.adding_replicas = adding.ids.clone();
+                        }
+                        if let Some(removing) = &c.removing_replicas {
+                            r.removing_replicas = removing.ids.clone();
+                        }
+                        self.set_reassignment(&c.topic_id, c.partition, r);
+                    }
                 }
             }
             Record::Config(c) => {
@@ -189,8 +237,24 @@ impl MetadataImage {
                 if let Some(name) = self.topic_names.remove(&r.topic_id) {
                     self.topics.remove(&name);
                 }
+                self.reassignments.retain(|(id, _), _| *id != r.topic_id);
             }
         }
+    }
+
+    fn set_reassignment(&mut self, topic_id: &str, partition: i32, r: PartitionReassignment) {
+        let key = (topic_id.to_owned(), partition);
+        if r.adding_replicas.is_empty() && r.removing_replicas.is_empty() {
+            self.reassignments.remove(&key);
+        } else {
+            self.reassignments.insert(key, r);
+        }
+    }
+
+    /// The reassignment in progress for partition `partition` of topic `topic` (by name), if any.
+    pub fn reassignment(&self, topic: &str, partition: i32) -> Option<&PartitionReassignment> {
+        let id = &self.topics.get(topic)?.id;
+        self.reassignments.get(&(id.clone(), partition))
     }
 
     fn topic_by_id_mut(&mut self, id: &str) -> Option<&mut TopicInfo> {
@@ -244,6 +308,11 @@ impl MetadataImage {
                 topic_id: t.id.clone(),
             }));
             for (i, p) in t.partitions.iter().enumerate() {
+                let reassignment = self
+                    .reassignments
+                    .get(&(t.id.clone(), i as i32))
+                    .cloned()
+                    .unwrap_or_default();
                 push(Record::Partition(PartitionRecord {
                     topic_id: t.id.clone(),
                     partition: i as i32,
@@ -252,6 +321,8 @@ impl MetadataImage {
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
+                    adding_replicas: reassignment.adding_replicas,
+                    removing_replicas: reassignment.removing_replicas,
                 }));
             }
             for (name, value) in &t.configs {
@@ -334,6 +405,8 @@ mod tests {
                 isr: Some(IsrList { ids: vec![2] }),
                 leader: Some(2),
                 replicas: None,
+                adding_replicas: None,
+                removing_replicas: None,
             }),
             Record::FenceBroker(FenceBrokerRecord {
                 broker_id: 2,
@@ -367,5 +440,63 @@ mod tests {
         let rebuilt =
             MetadataImage::from_snapshot(&image.snapshot_records(), image.next_offset - 1);
         assert_eq!(rebuilt, image);
+    }
+
+    #[test]
+    fn reassignments_apply_clear_and_survive_snapshots() {
+        let mut image = MetadataImage::default();
+        for r in [
+            Record::Topic(TopicRecord {
+                name: "t".into(),
+                topic_id: "id-t".into(),
+            }),
+            Record::Partition(PartitionRecord {
+                topic_id: "id-t".into(),
+                partition: 0,
+                replicas: vec![1, 2],
+                isr: vec![1, 2],
+                leader: 1,
+                ..Default::default()
+            }),
+            Record::PartitionChange(PartitionChangeRecord {
+                topic_id: "id-t".into(),
+                partition: 0,
+                replicas: Some(IsrList { ids: vec![1, 2, 3] }),
+                adding_replicas: Some(IsrList { ids: vec![3] }),
+                removing_replicas: Some(IsrList { ids: vec![1] }),
+                ..Default::default()
+            }),
+        ] {
+            image.append(&mut rec(r));
+        }
+        let r = image.reassignment("t", 0).cloned().unwrap();
+        assert_eq!(
+            (r.adding_replicas.clone(), r.removing_replicas.clone()),
+            (vec![3], vec![1])
+        );
+        assert_eq!(r.target(&image.topics["t"].partitions[0].replicas), [2, 3]);
+        assert_eq!(image.topics["t"].partitions[0].partition_epoch, 1);
+        let rebuilt =
+            MetadataImage::from_snapshot(&image.snapshot_records(), image.next_offset - 1);
+        assert_eq!(rebuilt, image, "kept in snapshots");
+        // Completion clears both sets.
+        image.append(&mut rec(Record::PartitionChange(PartitionChangeRecord {
+            topic_id: "id-t".into(),
+            partition: 0,
+            replicas: Some(IsrList { ids: vec![2, 3] }),
+            adding_replicas: Some(IsrList { ids: vec![] }),
+            removing_replicas: Some(IsrList { ids: vec![] }),
+            ..Default::default()
+        })));
+        assert_eq!(image.reassignment("t", 0), None);
+        assert!(image.reassignments.is_empty());
+        // A deleted topic leaves nothing behind.
+        let mut other = rebuilt.clone();
+        other.append(&mut rec(Record::RemoveTopic(
+            crate::proto::RemoveTopicRecord {
+                topic_id: "id-t".into(),
+            },
+        )));
+        assert!(other.reassignments.is_empty());
     }
 }
