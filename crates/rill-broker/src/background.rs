@@ -82,6 +82,17 @@ pub fn start(
         },
     );
     tasks.spawn(
+        "producer id expiration",
+        every(config.producer_id_expiration_check_interval_ms),
+        {
+            let rm = Arc::clone(&rm);
+            move || {
+                rm.logs().remove_expired_producers();
+                Ok(())
+            }
+        },
+    );
+    tasks.spawn(
         "deleted log removal",
         every(config.log_delete_delay_ms.clamp(100, 30_000)),
         {

@@ -110,6 +110,16 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "how often high watermarks are written to replication-offset-checkpoint",
     ),
     (
+        "producer.id.expiration.ms",
+        "86400000",
+        "an idempotent producer silent this long is forgotten (its next write must start a new sequence)",
+    ),
+    (
+        "producer.id.expiration.check.interval.ms",
+        "600000",
+        "how often expired producer ids are removed",
+    ),
+    (
         "log.flush.offset.checkpoint.interval.ms",
         "60000",
         "how often each log dir's recovery-point checkpoint is written",
@@ -288,6 +298,10 @@ pub struct BrokerConfig {
     pub num_replica_fetchers: usize,
     /// `replica.high.watermark.checkpoint.interval.ms`.
     pub hw_checkpoint_interval_ms: u64,
+    /// `producer.id.expiration.ms`.
+    pub producer_id_expiration_ms: u64,
+    /// `producer.id.expiration.check.interval.ms`.
+    pub producer_id_expiration_check_interval_ms: u64,
     /// `log.flush.offset.checkpoint.interval.ms`: a crash re-validates at most this much data.
     pub recovery_point_checkpoint_interval_ms: u64,
     /// `log.segment.delete.delay.ms`: how long a `-delete` log waits before removal.
@@ -471,6 +485,12 @@ impl BrokerConfig {
             num_replica_fetchers: int("num.replica.fetchers", 1, 64)? as usize,
             hw_checkpoint_interval_ms: int(
                 "replica.high.watermark.checkpoint.interval.ms",
+                1,
+                i64::MAX,
+            )? as u64,
+            producer_id_expiration_ms: int("producer.id.expiration.ms", 1, i64::MAX)? as u64,
+            producer_id_expiration_check_interval_ms: int(
+                "producer.id.expiration.check.interval.ms",
                 1,
                 i64::MAX,
             )? as u64,

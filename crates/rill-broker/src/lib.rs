@@ -69,6 +69,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         address: String::new(),
         reason: format!("log recovery task failed: {e}"),
     })??;
+    logs.set_producer_id_expiration_ms(config.producer_id_expiration_ms as i64);
     let rm = Arc::new(replica_manager::ReplicaManager::new(
         Arc::clone(&config),
         logs,

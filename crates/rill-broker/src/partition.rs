@@ -192,6 +192,20 @@ impl Partition {
         let new_epoch = new.leader_epoch != old.leader_epoch || new.leader != old.leader;
         if new.leader == self.node_id {
             if !new_epoch {
+                // Same epoch, maybe another replica set (a reassignment adds or removes
+                // replicas): track the new followers from scratch, forget the removed ones.
+                let now = Instant::now();
+                let long_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+                let node = self.node_id;
+                inner.followers.retain(|r, _| new.replicas.contains(r));
+                for r in new.replicas.iter().filter(|r| **r != node) {
+                    inner.followers.entry(*r).or_insert(FollowerState {
+                        log_end_offset: -1,
+                        last_caught_up: long_ago,
+                        last_fetch: long_ago,
+                        leader_end_at_last_fetch: -1,
+                    });
+                }
                 return Transition::Unchanged;
             }
             // A new leader epoch: follower positions are unknown until they fetch again; those

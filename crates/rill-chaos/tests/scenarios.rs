@@ -3,9 +3,7 @@
 //! history checker. Every scenario must end with 0 lost acknowledged records and 0 duplicates,
 //! plus its own facts. Each is bounded in time and stops by itself.
 //!
-//! Scenarios 1, 2 and 5 need follower replication (today an RF 3 topic keeps one copy) and are
-//! ignored until it lands; `soak_scenarios` (ignored) runs them in a loop for
-//! `RILL_SOAK_SECS` (`cargo xtask soak`). The binaries must be built:
+//! `soak_scenarios` (ignored) runs them in a loop for `RILL_SOAK_SECS` (`cargo xtask soak`). The binaries must be built:
 //! `cargo build --workspace --bins`.
 
 use std::sync::Arc;
@@ -125,7 +123,6 @@ async fn leader_killed_repeatedly(rounds: usize) -> Result<Report> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs follower replication (issue 11)"]
 async fn scenario_1_leader_sigkilled_repeatedly() -> Result {
     let report = leader_killed_repeatedly(3).await?;
     assert_no_loss_no_duplicates(&report);
@@ -191,7 +188,6 @@ async fn paused_leader_fenced() -> Result<Report> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs follower replication (issue 11)"]
 async fn scenario_2_paused_leader_is_fenced() -> Result {
     let report = paused_leader_fenced().await?;
     assert_no_loss_no_duplicates(&report);
@@ -361,7 +357,6 @@ async fn scenario_4_two_replicas_down_refuses_writes() -> Result {
 /// All of scenario 4: once the replicas are back they rejoin the ISR and writes resume. Needs
 /// followers to catch up and the leader to expand the ISR (AlterPartition).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs follower replication (issue 11): restarted replicas must rejoin the ISR"]
 async fn scenario_4_two_replicas_down_then_back_resumes() -> Result {
     let o = two_replicas_down(true, false).await?;
     assert_refused_while_down(&o);
@@ -419,7 +414,6 @@ async fn follower_held_behind() -> Result<Report> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs follower replication (issue 11)"]
 async fn scenario_5_follower_held_behind_catches_up() -> Result {
     let report = follower_held_behind().await?;
     assert_no_loss_no_duplicates(&report);
