@@ -2,6 +2,7 @@
 //! throughput and latency (`rill perf`). Errors print one line and exit non-zero.
 
 mod perf;
+mod reassign;
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -86,12 +87,34 @@ enum TopicCmd {
         #[arg(long)]
         delete: Vec<String>,
     },
+    /// Move partitions to other brokers (Kafka's kafka-reassign-partitions.sh): prints the
+    /// plan, and starts it only with --execute.
+    Reassign(reassign::ReassignArgs),
+    /// Give leadership back to each partition's preferred (first) replica, where it is live and
+    /// in sync.
+    ElectLeaders {
+        /// Topic (every topic when omitted).
+        topic: Option<String>,
+        /// Only this partition (repeatable; all partitions of the topic when omitted).
+        #[arg(long = "partition")]
+        partitions: Vec<i32>,
+    },
 }
 
 #[derive(Subcommand)]
 enum ClusterCmd {
     /// Brokers, controllers and the active controller.
     Describe,
+    /// Set or remove cluster-wide broker configs (the replication throttles
+    /// leader.replication.throttled.rate and follower.replication.throttled.rate, bytes/s).
+    AlterConfig {
+        /// name=value to set (repeatable).
+        #[arg(long)]
+        set: Vec<String>,
+        /// Name to remove (no limit) (repeatable).
+        #[arg(long)]
+        delete: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -361,7 +384,56 @@ async fn run(cli: Cli) -> Result<()> {
                     )?;
                     println!("updated configs of {name}");
                 }
+                TopicCmd::Reassign(args) => reassign::run(&client, patience, args).await?,
+                TopicCmd::ElectLeaders { topic, partitions } => {
+                    reassign::elect_leaders(&client, patience, topic, partitions).await?
+                }
             }
+        }
+        Command::Cluster(ClusterCmd::AlterConfig { set, delete }) => {
+            let client = admin()?;
+            let mut configs = Vec::new();
+            for s in &set {
+                let (k, v) = parse_kv(s)?;
+                configs.push(AlterableConfig {
+                    name: k,
+                    operation: ConfigOperation::Set as i32,
+                    value: Some(v),
+                });
+            }
+            for d in &delete {
+                configs.push(AlterableConfig {
+                    name: d.clone(),
+                    operation: ConfigOperation::Delete as i32,
+                    value: None,
+                });
+            }
+            if configs.is_empty() {
+                bail!("nothing to change: give --set name=value or --delete name");
+            }
+            let resource = AlterConfigsResource {
+                topic: String::new(),
+                configs,
+                resource_type: ConfigResourceType::Broker as i32,
+            };
+            let r = client
+                .admin(patience, |mut c| {
+                    let resource = resource.clone();
+                    async move {
+                        c.incremental_alter_configs(IncrementalAlterConfigsRequest {
+                            resources: vec![resource],
+                            validate_only: false,
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            check(
+                r.results[0].error_code,
+                &r.results[0].error_message,
+                "altering cluster configs",
+            )?;
+            println!("updated cluster-wide broker configs");
         }
         Command::Cluster(ClusterCmd::Describe) => {
             let client = admin()?;
@@ -413,6 +485,12 @@ async fn run(cli: Cli) -> Result<()> {
                     if b.fenced { "fenced" } else { "active" },
                     b.broker_epoch
                 );
+            }
+            if !c.cluster_configs.is_empty() {
+                println!("Cluster configs:");
+                for e in &c.cluster_configs {
+                    println!("\t{}={}", e.name, e.value.as_deref().unwrap_or(""));
+                }
             }
         }
         Command::Produce(args) => produce(&servers, args).await?,
