@@ -106,7 +106,11 @@ impl From<Status> for ApiError {
                 Code::ResourceExhausted => ErrorCode::ThrottlingQuotaExceeded,
                 Code::InvalidArgument => ErrorCode::InvalidRequest,
                 Code::NotFound => ErrorCode::UnknownTopicOrPartition,
-                _ => ErrorCode::UnknownServerError,
+                // A status without rill's error code did not come from a rill handler (which
+                // always sets it): the transport failed — connection reset, a peer killed
+                // mid-request. Kafka's clients retry network errors; never take it for the
+                // server's own UNKNOWN_SERVER_ERROR, which is not retried.
+                _ => ErrorCode::BrokerNotAvailable,
             });
         let leader_hint = md
             .get(LEADER_HINT_METADATA)
@@ -176,6 +180,20 @@ mod tests {
         let err = ApiError::from(Status::unavailable("connection refused"));
         assert_eq!(err.code, ErrorCode::BrokerNotAvailable);
         assert_eq!(err.message, "connection refused");
+    }
+
+    #[test]
+    fn a_transport_failure_is_retriable_and_a_server_error_is_not() {
+        // What tonic hands a client when the connection is reset mid-request.
+        let cut = ApiError::from(Status::unknown("transport error: connection reset"));
+        assert_eq!(cut.code, ErrorCode::BrokerNotAvailable);
+        assert!(cut.code.is_retriable());
+        let server = ApiError::from(Status::from(ApiError::new(
+            ErrorCode::UnknownServerError,
+            "a bug",
+        )));
+        assert_eq!(server.code, ErrorCode::UnknownServerError);
+        assert!(!server.code.is_retriable());
     }
 
     #[test]
