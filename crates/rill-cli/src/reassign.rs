@@ -431,7 +431,12 @@ pub async fn elect_leaders(
                 let name = rill_protocol::ErrorCode::try_from(p.error_code)
                     .map(|c| c.as_kafka_name())
                     .unwrap_or("UNKNOWN");
-                println!("{}-{}\t{name}: {}", t.name, p.index, p.error_message);
+                let what = if p.index < 0 {
+                    t.name.clone()
+                } else {
+                    format!("{}-{}", t.name, p.index)
+                };
+                println!("{what}\t{name}: {}", p.error_message);
             } else if p.election_not_needed {
                 println!(
                     "{}-{}\talready led by its preferred replica {}",
