@@ -270,6 +270,14 @@ async fn reassign_prints_the_plan_and_moves_partitions_only_with_execute() {
         .await;
     let (ok, out, _) = rill(&b, &["topic", "reassign", "--list"], b"");
     assert!(ok && out.contains("No reassignment in progress"), "{out}");
+    // Completed by the leader's ISR expansion, not at once.
+    let log = std::fs::read_to_string(cluster.controllers[0].dir.join("stderr.log")).unwrap();
+    assert_eq!(
+        log.matches("reassignment complete: every adding replica is in the ISR")
+            .count(),
+        2,
+        "{log}"
+    );
     // Every record is still there, wherever its partition went.
     let (ok, out, err) = rill(
         &b,
