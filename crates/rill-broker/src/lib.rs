@@ -146,7 +146,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
                         false
                     }
                 };
-                rm.isr_change_done(&change.tp, ok);
+                rm.isr_change_done(&change, ok);
             }
         });
     }

@@ -73,6 +73,7 @@ impl Lifecycle {
             match r {
                 Ok(r) => {
                     self.epoch.store(r.broker_epoch, Ordering::Release);
+                    self.rm.set_broker_epoch(r.broker_epoch);
                     tracing::info!(
                         broker = self.config.node_id,
                         epoch = r.broker_epoch,

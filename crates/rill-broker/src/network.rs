@@ -159,7 +159,13 @@ impl Broker for BrokerService {
                 .iter()
                 .flat_map(|t| &t.partitions)
                 .any(|p| p.error_code != 0);
-            if bytes >= min_bytes || has_error || Instant::now() >= deadline {
+            // A diverged follower must truncate now, not after a long poll.
+            let diverged = response
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .any(|p| p.diverging_epoch.is_some());
+            if bytes >= min_bytes || has_error || diverged || Instant::now() >= deadline {
                 self.metrics.bytes_out.inc_by(bytes as u64);
                 self.metrics
                     .observe("Fetch", started.elapsed().as_secs_f64(), !has_error);
@@ -340,7 +346,13 @@ fn read_all(
                         } else {
                             p.partition_max_bytes as usize
                         });
-                    pr = rm.fetch_for_follower(&partition, req.replica_id, p, budget.max(1));
+                    pr = rm.fetch_for_follower(
+                        &partition,
+                        req.replica_id,
+                        req.replica_epoch,
+                        p,
+                        budget.max(1),
+                    );
                     total += pr.records.len();
                 }
                 Ok(partition) => {

@@ -77,6 +77,10 @@ struct Inner {
     followers: HashMap<i32, FollowerState>,
     /// An ISR change sent to the controller and not yet seen in the metadata.
     pending_isr: Option<Vec<i32>>,
+    /// Leader: the log end offset when this leader epoch began. A follower joins the ISR only
+    /// once it has everything up to here (KAFKA-7128: the new leader's high watermark may lag
+    /// what the previous leader acknowledged).
+    epoch_start_offset: i64,
 }
 
 /// A partition hosted here.
@@ -95,9 +99,20 @@ pub struct Partition {
     inner: RwLock<Inner>,
     pub(crate) config: RwLock<LogConfig>,
     high_watermark: AtomicI64,
+    /// (leader, leader epoch) packed, readable without the state lock (async waiters must not
+    /// queue behind an append holding it across disk writes).
+    leader_and_epoch: AtomicI64,
     /// Watchers of this partition's high watermark (acks=all waits here: Kafka's DelayedProduce,
     /// keyed by partition).
     hw_watch: watch::Sender<i64>,
+}
+
+fn pack(leader: i32, epoch: i32) -> i64 {
+    (i64::from(leader) << 32) | i64::from(epoch as u32)
+}
+
+fn unpack(v: i64) -> (i32, i32) {
+    ((v >> 32) as i32, v as i32)
 }
 
 /// A poisoned log lock: a thread panicked mid-operation; serving on would guess.
@@ -139,7 +154,9 @@ impl Partition {
                 },
                 followers: HashMap::new(),
                 pending_isr: None,
+                epoch_start_offset: -1,
             }),
+            leader_and_epoch: AtomicI64::new(pack(-1, -1)),
             config: RwLock::new(config),
             high_watermark: AtomicI64::new(hw),
             hw_watch,
@@ -153,7 +170,12 @@ impl Partition {
 
     /// True when this broker leads the partition.
     pub fn is_leader(&self) -> bool {
-        self.inner.read().state.leader == self.node_id
+        self.leader_and_epoch().0 == self.node_id
+    }
+
+    /// (leader, leader epoch) without taking the state lock.
+    pub fn leader_and_epoch(&self) -> (i32, i32) {
+        unpack(self.leader_and_epoch.load(Ordering::Acquire))
     }
 
     /// The high watermark.
@@ -185,6 +207,11 @@ impl Partition {
     pub fn update_state(&self, new: LeaderState) -> Transition {
         let mut inner = self.inner.write();
         let old = std::mem::replace(&mut inner.state, new.clone());
+        self.leader_and_epoch
+            .store(pack(new.leader, new.leader_epoch), Ordering::Release);
+        // Waiting acks=all produces re-check their leader epoch (Kafka completes delayed
+        // produces on a leadership change rather than letting them time out).
+        self.hw_watch.send_modify(|_| {});
         if new.partition_epoch != old.partition_epoch {
             // Whatever ISR change was in flight was decided (accepted or superseded).
             inner.pending_isr = None;
@@ -212,6 +239,11 @@ impl Partition {
             // in the ISR count as caught up now (they were when the controller chose them).
             let now = Instant::now();
             let long_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+            inner.epoch_start_offset = self
+                .log
+                .read()
+                .map(|l| l.log_end_offset())
+                .unwrap_or(i64::MAX);
             inner.followers = new
                 .replicas
                 .iter()
@@ -367,12 +399,19 @@ impl Partition {
     pub(crate) fn record_follower_fetch(
         &self,
         replica: i32,
+        leader_epoch: i32,
         fetch_offset: i64,
         leader_end: i64,
+        may_join_isr: bool,
     ) -> Option<IsrChange> {
         let now = Instant::now();
         {
             let mut inner = self.inner.write();
+            // A position read under another epoch (this broker re-elected meanwhile) means
+            // nothing in this one.
+            if inner.state.leader != self.node_id || inner.state.leader_epoch != leader_epoch {
+                return None;
+            }
             let f = inner.followers.get_mut(&replica)?;
             if fetch_offset >= leader_end {
                 f.last_caught_up = now;
@@ -388,10 +427,12 @@ impl Partition {
         self.maybe_increment_hw();
         let inner = self.inner.read();
         let state = &inner.state;
-        if state.leader != self.node_id
+        if !may_join_isr
+            || state.leader != self.node_id
+            || state.leader_epoch != leader_epoch
             || inner.pending_isr.is_some()
             || state.isr.contains(&replica)
-            || fetch_offset < self.high_watermark()
+            || fetch_offset < self.high_watermark().max(inner.epoch_start_offset)
         {
             return None;
         }
@@ -442,19 +483,46 @@ impl Partition {
         })
     }
 
-    /// Leader: an ISR change was sent to the controller (`None` when it failed).
-    pub(crate) fn set_pending_isr(&self, change: Option<&IsrChange>) {
+    /// Leader: an ISR change is about to be sent to the controller. Returns false when the
+    /// state moved on meanwhile (nothing to send).
+    pub(crate) fn begin_isr_change(&self, change: &IsrChange) -> bool {
         let mut inner = self.inner.write();
-        match change {
-            Some(c)
-                if c.leader_epoch == inner.state.leader_epoch
-                    && c.partition_epoch == inner.state.partition_epoch =>
-            {
-                inner.pending_isr = Some(c.new_isr.clone());
-            }
-            Some(_) => {}
-            None => inner.pending_isr = None,
+        if change.leader_epoch != inner.state.leader_epoch
+            || change.partition_epoch != inner.state.partition_epoch
+            || inner.pending_isr.is_some()
+        {
+            return false;
         }
+        inner.pending_isr = Some(change.new_isr.clone());
+        true
+    }
+
+    /// Leader: the controller refused `change` (or could not be asked): drop it so it can be
+    /// proposed again from fresh state — unless another change is pending by now.
+    pub(crate) fn abort_isr_change(&self, change: &IsrChange) {
+        let mut inner = self.inner.write();
+        if inner.state.partition_epoch == change.partition_epoch
+            && inner.pending_isr.as_ref() == Some(&change.new_isr)
+        {
+            inner.pending_isr = None;
+        }
+    }
+
+    /// Follower work fenced against role changes: runs `f` under the state lock (shared) only
+    /// while this broker follows `leader` in `leader_epoch`, so a late fetch response can never
+    /// truncate or append to a log this broker now leads (Kafka serialises fetch processing
+    /// with `makeLeader` the same way).
+    pub(crate) fn as_follower_of<T>(
+        &self,
+        leader: i32,
+        leader_epoch: i32,
+        f: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let inner = self.inner.read();
+        (inner.state.leader == leader
+            && inner.state.leader_epoch == leader_epoch
+            && leader != self.node_id)
+            .then(f)
     }
 
     /// The follower's view of one fetch from the leader: appends `records`, then sets the high
@@ -464,18 +532,13 @@ impl Partition {
             path: self.log_dir.clone(),
             reason: format!("{}: poisoned log lock", self.tp),
         })?;
-        let end = log.log_end_offset();
-        // Skip whole batches the follower already has (a fetch may start before its end).
-        let mut pos = 0;
-        for batch in rill_protocol::record_batch::batches(records) {
-            let Ok(batch) = batch else { break };
-            if batch.header().next_offset() > end {
-                break;
-            }
-            pos += batch.as_bytes().len();
-        }
-        if pos < records.len() {
-            log.append_as_follower(&records[pos..])?;
+        // The fetch was made at the log end, so the data must continue it exactly; anything
+        // else is a divergence the epoch check missed — refuse rather than guess (Kafka:
+        // "offset mismatch").
+        log.append_as_follower(records)?;
+        if self.flush_policy == FlushPolicy::Interval {
+            // Replicated means at least in this process's page cache.
+            log.write_out()?;
         }
         Ok(log.log_end_offset())
     }

@@ -12,13 +12,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rill_protocol::ErrorCode;
 use rill_protocol::proto::broker_client::BrokerClient;
 use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
-use rill_storage::TopicPartition;
+use rill_storage::{LogManager, TopicPartition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,8 @@ struct Fetcher {
 /// Hands fetching duties to one fetch loop per leader broker.
 pub struct ReplicaFetcherManager {
     config: Arc<BrokerConfig>,
+    logs: Arc<LogManager>,
+    broker_epoch: Arc<AtomicI64>,
     runtime: Option<tokio::runtime::Handle>,
     /// By (leader, bucket): `num.replica.fetchers` loops per leader, partitions hashed over them.
     fetchers: Mutex<HashMap<(i32, usize), Fetcher>>,
@@ -55,11 +58,14 @@ impl ReplicaFetcherManager {
     /// without a runtime).
     pub fn new(
         config: Arc<BrokerConfig>,
+        logs: Arc<LogManager>,
         runtime: Option<tokio::runtime::Handle>,
         on_progress: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
         ReplicaFetcherManager {
             config,
+            logs,
+            broker_epoch: Arc::new(AtomicI64::new(-1)),
             runtime,
             fetchers: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
@@ -80,6 +86,9 @@ impl ReplicaFetcherManager {
         }
         let stale = fetchers.get(&key).is_some_and(|f| f.address != address);
         if stale && let Some(f) = fetchers.remove(&key) {
+            // The leader moved to another address: this loop ends, and nothing it still
+            // holds may be appended by it.
+            f.partitions.lock().clear();
             f.stop.cancel();
         }
         let Some(runtime) = &self.runtime else {
@@ -94,6 +103,8 @@ impl ReplicaFetcherManager {
             };
             let task = FetchLoop {
                 config: Arc::clone(&self.config),
+                logs: Arc::clone(&self.logs),
+                broker_epoch: Arc::clone(&self.broker_epoch),
                 leader,
                 address,
                 partitions: Arc::clone(&f.partitions),
@@ -114,11 +125,24 @@ impl ReplicaFetcherManager {
         f.wake.notify_one();
     }
 
-    /// Stops following `tp` (it became leader, moved away or went offline).
+    /// Stops following `tp` (it became leader, moved away or went offline); a loop left with
+    /// nothing to fetch ends.
     pub fn remove(&self, tp: &TopicPartition) {
-        for f in self.fetchers.lock().values() {
-            f.partitions.lock().remove(tp);
-        }
+        self.fetchers.lock().retain(|_, f| {
+            let mut partitions = f.partitions.lock();
+            partitions.remove(tp);
+            if partitions.is_empty() {
+                f.stop.cancel();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// This broker's registration epoch, sent with every replica fetch.
+    pub fn set_broker_epoch(&self, epoch: i64) {
+        self.broker_epoch.store(epoch, Ordering::Release);
     }
 
     /// Stops every fetch loop.
@@ -137,6 +161,8 @@ fn bucket(tp: &TopicPartition, n: usize) -> usize {
 
 struct FetchLoop {
     config: Arc<BrokerConfig>,
+    logs: Arc<LogManager>,
+    broker_epoch: Arc<AtomicI64>,
     leader: i32,
     address: String,
     partitions: Arc<Mutex<HashMap<TopicPartition, Followed>>>,
@@ -180,9 +206,15 @@ impl FetchLoop {
                     _ = self.wake.notified() => continue,
                 }
             }
-            let request = match self.build_request(&followed) {
-                Some(r) => r,
-                None => {
+            let request = {
+                let followed = followed.clone();
+                let config = Arc::clone(&self.config);
+                let epoch = self.broker_epoch.load(Ordering::Acquire);
+                tokio::task::spawn_blocking(move || build_request(&config, epoch, &followed)).await
+            };
+            let request = match request {
+                Ok(Some(r)) => r,
+                _ => {
                     tokio::time::sleep(backoff).await;
                     continue;
                 }
@@ -204,10 +236,11 @@ impl FetchLoop {
                 }
             };
             let policy = self.config.flush_policy;
-            let node = self.config.node_id;
+            let leader = self.leader;
             let partitions = Arc::clone(&self.partitions);
+            let logs = Arc::clone(&self.logs);
             let outcome = tokio::task::spawn_blocking(move || {
-                process_response(node, policy, &followed, &partitions, response)
+                process_response(leader, policy, &logs, &followed, &partitions, response)
             })
             .await;
             (self.on_progress)();
@@ -223,69 +256,86 @@ impl FetchLoop {
             }
         }
     }
+}
 
-    fn build_request(&self, followed: &[(TopicPartition, Followed)]) -> Option<FetchRequest> {
-        let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
-        for (tp, f) in followed {
+/// One replica fetch for every followed partition, at its log end and with the epoch of its last
+/// batch. Under `commit` everything up to the log end is fsynced first, so the offset reported
+/// (the fetch offset) is on disk; a partition whose fsync fails (its log dir is going offline) is
+/// left out. Blocking.
+fn build_request(
+    config: &BrokerConfig,
+    broker_epoch: i64,
+    followed: &[(TopicPartition, Followed)],
+) -> Option<FetchRequest> {
+    let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
+    for (tp, f) in followed {
+        let (end, last_epoch, start) = {
             let log = f.partition.log.read().ok()?;
-            // Report only what is on disk: under `commit` the fetch offset is the fsynced end
-            // (batches the follower already has but did not sync are skipped when they come
-            // again), so a follower whose fsync failed never counts towards the high watermark.
-            let fetch_offset = match self.config.flush_policy {
-                FlushPolicy::Commit => log
-                    .log_end_offset()
-                    .min(f.partition.group_commit().durable_offset()),
-                FlushPolicy::Interval => log.log_end_offset(),
-            };
-            topics
-                .entry(tp.topic.as_str())
-                .or_default()
-                .push(FetchPartition {
-                    index: tp.partition,
-                    current_leader_epoch: f.leader_epoch,
-                    fetch_offset,
-                    partition_max_bytes: self.config.replica_fetch_max_bytes as i32,
-                    last_fetched_epoch: log.latest_epoch().unwrap_or(-1),
-                    log_start_offset: log.log_start_offset(),
-                });
+            (
+                log.log_end_offset(),
+                log.latest_epoch().unwrap_or(-1),
+                log.log_start_offset(),
+            )
+        };
+        if config.flush_policy == FlushPolicy::Commit
+            && let Err(e) = f.partition.group_commit().wait_durable(end)
+        {
+            tracing::error!(partition = %tp, error = %e, "follower fsync failed; not fetching it");
+            continue;
         }
-        Some(FetchRequest {
-            replica_id: self.config.node_id,
-            replica_epoch: -1,
-            max_wait_ms: self.config.replica_fetch_wait_max_ms as u32,
-            min_bytes: 1,
-            max_bytes: self.config.replica_fetch_response_max_bytes as i32,
-            topics: topics
-                .into_iter()
-                .map(|(name, partitions)| FetchTopic {
-                    name: name.to_owned(),
-                    partitions,
-                })
-                .collect(),
-        })
+        topics
+            .entry(tp.topic.as_str())
+            .or_default()
+            .push(FetchPartition {
+                index: tp.partition,
+                current_leader_epoch: f.leader_epoch,
+                fetch_offset: end,
+                partition_max_bytes: config.replica_fetch_max_bytes as i32,
+                last_fetched_epoch: last_epoch,
+                log_start_offset: start,
+            });
     }
+    if topics.is_empty() {
+        return None;
+    }
+    Some(FetchRequest {
+        replica_id: config.node_id,
+        replica_epoch: broker_epoch,
+        max_wait_ms: config.replica_fetch_wait_max_ms as u32,
+        min_bytes: 1,
+        max_bytes: config.replica_fetch_response_max_bytes as i32,
+        topics: topics
+            .into_iter()
+            .map(|(name, partitions)| FetchTopic {
+                name: name.to_owned(),
+                partitions,
+            })
+            .collect(),
+    })
 }
 
 struct Outcome {
     errors: usize,
 }
 
-/// Applies one fetch response (blocking: appends, truncations, fsyncs).
+/// Applies one fetch response (blocking: appends, truncations, fsyncs). Every change to a log
+/// happens under [`Partition::as_follower_of`]: only while this broker still follows `leader`
+/// in the epoch the fetch was made for.
 fn process_response(
-    node: i32,
+    leader: i32,
     policy: FlushPolicy,
+    logs: &LogManager,
     followed: &[(TopicPartition, Followed)],
     current: &Mutex<HashMap<TopicPartition, Followed>>,
     response: FetchResponse,
 ) -> Outcome {
     let mut errors = 0;
-    let mut to_sync: Vec<(Arc<Partition>, i64, i64)> = Vec::new();
+    let mut to_sync: Vec<(Arc<Partition>, i32, i64, i64)> = Vec::new();
     let by_tp: HashMap<&TopicPartition, &Followed> = followed.iter().map(|(t, f)| (t, f)).collect();
     for t in response.topics {
         for p in t.partitions {
             let tp = TopicPartition::new(t.name.clone(), p.index);
             let Some(f) = by_tp.get(&tp) else { continue };
-            // Still followed from this leader in this epoch? (Metadata may have moved on.)
             let still = current
                 .lock()
                 .get(&tp)
@@ -294,84 +344,84 @@ fn process_response(
                 continue;
             }
             let partition = &f.partition;
+            let epoch = f.leader_epoch;
             let code = ErrorCode::try_from(p.error_code).unwrap_or(ErrorCode::UnknownServerError);
-            match code {
-                ErrorCode::None => {}
-                ErrorCode::OffsetOutOfRange => {
-                    // Behind the leader's log start (retention moved on): start over there.
-                    let result = partition.log.write().map_err(|_| ()).and_then(|mut log| {
-                        if log.log_end_offset() < p.log_start_offset {
-                            tracing::info!(partition = %tp, leader_start = p.log_start_offset, "follower behind the leader's log start; restarting the log there");
-                            log.truncate_fully_and_start_at(p.log_start_offset)
-                                .map_err(|_| ())?;
-                            Ok(log.log_end_offset())
-                        } else {
-                            Err(())
+            let applied = partition.as_follower_of(leader, epoch, || -> Result<Option<i64>, String> {
+                match code {
+                    ErrorCode::None => {}
+                    ErrorCode::OffsetOutOfRange => {
+                        // Behind the leader's log start (retention moved on): start over there.
+                        let mut log = partition.log.write().map_err(|_| "poisoned log lock".to_owned())?;
+                        if log.log_end_offset() >= p.log_start_offset {
+                            return Err(format!("offset out of range at {}: {}", log.log_end_offset(), p.error_message));
                         }
-                    });
-                    match result {
-                        Ok(end) => partition.cap_hw(end),
-                        Err(()) => errors += 1,
+                        tracing::info!(partition = %tp, leader_start = p.log_start_offset, "follower behind the leader's log start; restarting the log there");
+                        log.truncate_fully_and_start_at(p.log_start_offset).map_err(|e| e.to_string())?;
+                        let end = log.log_end_offset();
+                        drop(log);
+                        logs.checkpoint().map_err(|e| e.to_string())?;
+                        partition.cap_hw(end);
+                        return Ok(None);
                     }
-                    continue;
+                    _ => return Err(p.error_message.clone()),
                 }
-                _ => {
-                    tracing::debug!(partition = %tp, error = %p.error_message, "replica fetch error");
-                    errors += 1;
-                    continue;
-                }
-            }
-            if let Some(diverging) = p.diverging_epoch {
-                let result = partition
-                    .log
-                    .write()
-                    .map_err(|_| "poisoned log lock".to_owned())
-                    .and_then(|mut log| {
-                        let mut cut = diverging.end_offset;
-                        if diverging.epoch >= 0 {
+                if let Some(diverging) = p.diverging_epoch {
+                    let (before, cut) = {
+                        let log = partition.log.read().map_err(|_| "poisoned log lock".to_owned())?;
+                        let cut = if diverging.epoch >= 0 {
                             match log.end_offset_for_epoch(diverging.epoch) {
-                                Some((_, end)) => cut = cut.min(end),
-                                None => cut = cut.min(log.log_start_offset()),
+                                Some((_, end)) => diverging.end_offset.min(end),
+                                None => diverging.end_offset.min(log.log_start_offset()),
                             }
-                        }
-                        let before = log.log_end_offset();
-                        log.truncate_to(cut).map_err(|e| e.to_string())?;
-                        tracing::info!(partition = %tp, epoch = diverging.epoch, from = before, to = log.log_end_offset(), "follower log diverged from the leader's; truncated");
-                        Ok(log.log_end_offset())
-                    });
-                match result {
-                    Ok(end) => partition.cap_hw(end),
-                    Err(e) => {
-                        tracing::error!(partition = %tp, error = %e, "truncation failed");
-                        errors += 1;
+                        } else {
+                            -1
+                        };
+                        (log.log_end_offset(), cut)
+                    };
+                    if cut >= 0 {
+                        // Persists the lowered recovery point with the cut.
+                        logs.truncate_to(&tp, cut).map_err(|e| e.to_string())?;
+                    } else {
+                        // The leader knows none of our epochs: start over where it says.
+                        let mut log = partition.log.write().map_err(|_| "poisoned log lock".to_owned())?;
+                        log.truncate_fully_and_start_at(diverging.end_offset).map_err(|e| e.to_string())?;
+                        drop(log);
+                        logs.checkpoint().map_err(|e| e.to_string())?;
                     }
+                    let end = partition.log_end_offset().map_err(|e| e.message)?;
+                    tracing::info!(partition = %tp, epoch = diverging.epoch, from = before, to = end, "follower log diverged from the leader's; truncated");
+                    partition.cap_hw(end);
+                    return Ok(None);
                 }
-                continue;
+                let end = if p.records.is_empty() {
+                    partition.log_end_offset().map_err(|e| e.message)?
+                } else {
+                    partition.append_as_follower(&p.records).map_err(|e| e.to_string())?
+                };
+                Ok(Some(end))
+            });
+            match applied {
+                None => {}
+                Some(Ok(Some(end))) => {
+                    to_sync.push((Arc::clone(partition), epoch, end, p.high_watermark))
+                }
+                Some(Ok(None)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(partition = %tp, error = %e, "replica fetch for this partition failed");
+                    errors += 1;
+                }
             }
-            let end = if p.records.is_empty() {
-                partition.log_end_offset().unwrap_or(-1)
-            } else {
-                match partition.append_as_follower(&p.records) {
-                    Ok(end) => end,
-                    Err(e) => {
-                        tracing::warn!(partition = %tp, error = %e, "appending replicated batches failed");
-                        errors += 1;
-                        continue;
-                    }
-                }
-            };
-            to_sync.push((Arc::clone(partition), end, p.high_watermark));
         }
     }
-    for (partition, end, leader_hw) in to_sync {
+    for (partition, epoch, end, leader_hw) in to_sync {
         if policy == FlushPolicy::Commit
             && let Err(e) = partition.group_commit().wait_durable(end)
         {
-            tracing::error!(partition = %partition.tp, node, error = %e, "follower fsync failed");
+            tracing::error!(partition = %partition.tp, error = %e, "follower fsync failed");
             errors += 1;
             continue;
         }
-        partition.set_follower_hw(leader_hw, end);
+        partition.as_follower_of(leader, epoch, || partition.set_follower_hw(leader_hw, end));
     }
     Outcome { errors }
 }

@@ -61,7 +61,7 @@ pub type PartitionError = (ApiError, Option<(i32, i32)>);
 pub struct ReplicaManager {
     node_id: i32,
     config: Arc<BrokerConfig>,
-    logs: LogManager,
+    logs: Arc<LogManager>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Partitions assigned here that cannot serve, and why (failed log dir, unreadable files).
     offline: RwLock<HashMap<TopicPartition, String>>,
@@ -113,8 +113,10 @@ impl ReplicaManager {
         let hw_changed = Arc::new(watch::channel(0).0);
         let (dir_failures, _) = watch::channel(None);
         let wake = Arc::clone(&hw_changed);
+        let logs = Arc::new(logs);
         let fetchers = ReplicaFetcherManager::new(
             Arc::clone(&config),
+            Arc::clone(&logs),
             tokio::runtime::Handle::try_current().ok(),
             Arc::new(move || wake.send_modify(|v| *v += 1)),
         );
@@ -167,19 +169,25 @@ impl ReplicaManager {
 
     fn propose_isr(&self, partition: &Partition, change: IsrChange) {
         let tx = self.isr_changes.read().clone();
-        if let Some(tx) = tx
-            && tx.send(change.clone()).is_ok()
-        {
-            partition.set_pending_isr(Some(&change));
+        let Some(tx) = tx else { return };
+        // Pending first, then sent: the answer can never overtake the bookkeeping.
+        if partition.begin_isr_change(&change) && tx.send(change.clone()).is_err() {
+            partition.abort_isr_change(&change);
         }
     }
 
     /// The outcome of an AlterPartition: on failure the pending ISR is dropped so the change
     /// can be proposed again from fresh state.
-    pub fn isr_change_done(&self, tp: &TopicPartition, ok: bool) {
-        if !ok && let Some(p) = self.partition(tp) {
-            p.set_pending_isr(None);
+    pub fn isr_change_done(&self, change: &IsrChange, ok: bool) {
+        if !ok && let Some(p) = self.partition(&change.tp) {
+            p.abort_isr_change(change);
         }
+    }
+
+    /// This broker's current registration epoch (sent with replica fetches, so a leader never
+    /// adds a replica to the ISR on the word of a fetch from before that replica restarted).
+    pub fn set_broker_epoch(&self, epoch: i64) {
+        self.fetchers.set_broker_epoch(epoch);
     }
 
     /// Leaders: proposes removing followers that have not caught up for
@@ -202,21 +210,36 @@ impl ReplicaManager {
     /// Writes each online log dir's `replication-offset-checkpoint` (partition → high
     /// watermark).
     pub fn checkpoint_high_watermarks(&self) -> Result<(), LogError> {
-        let offline = self.offline_dirs.read().clone();
-        let mut by_dir: BTreeMap<PathBuf, BTreeMap<String, i64>> = self
-            .logs
-            .log_dirs()
-            .iter()
-            .filter(|d| !offline.contains_key(*d))
-            .map(|d| (d.clone(), BTreeMap::new()))
-            .collect();
-        for p in self.all_partitions() {
-            if let Some(entries) = by_dir.get_mut(&p.log_dir) {
-                entries.insert(p.tp.dir_name(), p.high_watermark());
-            }
+        if self.image().next_offset == 0 {
+            // Nothing opened yet: the file on disk is still the truth.
+            return Ok(());
         }
-        for (dir, entries) in by_dir {
-            OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT)).write(&entries)?;
+        let offline = self.offline_dirs.read().clone();
+        let hosted: HashMap<TopicPartition, (PathBuf, i64)> = self
+            .all_partitions()
+            .into_iter()
+            .map(|p| (p.tp.clone(), (p.log_dir.clone(), p.high_watermark())))
+            .collect();
+        let on_disk: std::collections::HashSet<String> = self
+            .logs
+            .partitions()
+            .iter()
+            .map(|tp| tp.dir_name())
+            .collect();
+        for dir in self.logs.log_dirs() {
+            if offline.contains_key(dir) {
+                continue;
+            }
+            let file = OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT));
+            // Keep what is known of logs not (yet) hosted; drop logs that are gone.
+            let mut entries = file.read().unwrap_or_default();
+            entries.retain(|name, _| on_disk.contains(name));
+            for (tp, (log_dir, hw)) in &hosted {
+                if log_dir == dir {
+                    entries.insert(tp.dir_name(), *hw);
+                }
+            }
+            file.write(&entries)?;
         }
         Ok(())
     }
@@ -395,7 +418,11 @@ impl ReplicaManager {
                     }
                 },
             };
-            // Kafka's makeLeader / makeFollower.
+            // Kafka's makeLeader / makeFollower. A partition this broker is about to lead
+            // leaves its fetcher first (in-flight fetch work is fenced by the state lock too).
+            if state.leader == self.node_id {
+                self.fetchers.remove(&tp);
+            }
             match partition.update_state(state) {
                 Transition::BecameLeader => {
                     self.fetchers.remove(&tp);
@@ -710,10 +737,7 @@ impl ReplicaManager {
         timeout: std::time::Duration,
     ) -> Result<(), ApiError> {
         let mut hw = partition.subscribe_hw();
-        let still_leader = || {
-            let s = partition.state();
-            s.leader == self.node_id && s.leader_epoch == leader_epoch
-        };
+        let still_leader = || partition.leader_and_epoch() == (self.node_id, leader_epoch);
         let reached =
             tokio::time::timeout(timeout, hw.wait_for(|hw| *hw >= end || !still_leader())).await;
         if !still_leader() {
@@ -855,6 +879,7 @@ impl ReplicaManager {
         &self,
         partition: &Partition,
         replica: i32,
+        replica_epoch: i64,
         req: &FetchPartition,
         budget: usize,
     ) -> FetchPartitionResponse {
@@ -908,9 +933,14 @@ impl ReplicaManager {
                 );
             };
             let (start, end) = (log.log_start_offset(), log.log_end_offset());
-            // KIP-320: the follower's last epoch must end at or after its fetch offset here,
-            // else its log diverged and it truncates to where ours ends for that epoch.
-            let diverging = if req.last_fetched_epoch >= 0 {
+            // Below the log start: out of range whatever the epochs say (the follower starts
+            // over at our log start). Then KIP-320: the follower's last epoch must end at or
+            // after its fetch offset here, else its log diverged and it truncates to where ours
+            // ends for that epoch; an epoch we no longer know (retention took it) means it
+            // starts over at our log start.
+            let diverging = if req.fetch_offset < start {
+                None
+            } else if req.last_fetched_epoch >= 0 {
                 match log.end_offset_for_epoch(req.last_fetched_epoch) {
                     Some((e, e_end))
                         if e == req.last_fetched_epoch && e_end >= req.fetch_offset =>
@@ -928,11 +958,6 @@ impl ReplicaManager {
             (start, end, diverging)
         };
         r.log_start_offset = start;
-        if let Some((epoch, end_offset)) = diverging {
-            r.high_watermark = partition.high_watermark();
-            r.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
-            return r;
-        }
         if req.fetch_offset < start {
             return fail(
                 r,
@@ -943,8 +968,25 @@ impl ReplicaManager {
                 ),
             );
         }
+        if let Some((epoch, end_offset)) = diverging {
+            r.high_watermark = partition.high_watermark();
+            r.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
+            return r;
+        }
         let before = partition.high_watermark();
-        if let Some(change) = partition.record_follower_fetch(replica, req.fetch_offset, end) {
+        // KIP-903: only a fetch from the replica's current registration may add it to the ISR.
+        let may_join = self
+            .image()
+            .brokers
+            .get(&replica)
+            .is_some_and(|b| !b.fenced && b.epoch == replica_epoch);
+        if let Some(change) = partition.record_follower_fetch(
+            replica,
+            state.leader_epoch,
+            req.fetch_offset,
+            end,
+            may_join,
+        ) {
             tracing::info!(partition = %partition.tp, replica, isr = ?change.new_isr, "expanding the ISR: the follower caught up");
             self.propose_isr(partition, change);
         }

@@ -306,16 +306,18 @@ impl LogManager {
     /// directory whose checkpoint cannot be written does not stop the others; the first error
     /// is returned.
     pub fn checkpoint(&self) -> Result<()> {
-        self.checkpoint_except(None)
-    }
-
-    /// [`Self::checkpoint`], with `except`'s recovery point and cleaner checkpoint given rather
-    /// than read from its log (whose lock the caller holds).
-    fn checkpoint_except(&self, except: Option<(&TopicPartition, i64, i64)>) -> Result<()> {
         let _serial = self
             .checkpoint_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        self.checkpoint_except(None)
+    }
+
+    /// [`Self::checkpoint`], with `except`'s recovery point and cleaner checkpoint given rather
+    /// than read from its log (whose lock the caller holds). Lock order: the caller holds
+    /// `checkpoint_lock` first, then log locks — never a log lock while waiting for
+    /// `checkpoint_lock`, or two checkpointing threads could deadlock on each other's logs.
+    fn checkpoint_except(&self, except: Option<(&TopicPartition, i64, i64)>) -> Result<()> {
         let logs = self.logs_by_dir();
         let mut first_error = None;
         for (i, dir) in self.log_dirs.iter().enumerate() {
@@ -357,6 +359,10 @@ impl LogManager {
         let Some(log) = self.get(tp) else {
             return Ok(());
         };
+        let _serial = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut log = log.write().unwrap_or_else(|p| p.into_inner());
         log.truncate_to(offset)?;
         self.checkpoint_except(Some((tp, log.recovery_point(), log.cleaner_checkpoint())))
