@@ -111,8 +111,9 @@ pub fn start(
         let mut under = 0;
         for p in &partitions {
             // A poisoned log is reported by the request path; its size is simply not updated.
-            let Ok((size, offline)) = p.log.read().map(|l| (l.size_bytes(), l.is_offline())) else {
-                continue;
+            let (size, offline) = {
+                let l = p.log.read();
+                (l.size_bytes(), l.is_offline())
             };
             if offline {
                 // A failure seen off the request path (a follower's fsync, the cleaner).

@@ -383,8 +383,7 @@ fn read_all(
                             leader_id: state.leader,
                             leader_epoch: state.leader_epoch,
                         });
-                    } else if p.fetch_offset < start
-                        || p.fetch_offset > partition.log_end_offset().unwrap_or(hw)
+                    } else if p.fetch_offset < start || p.fetch_offset > partition.log_end_offset()
                     {
                         // Between the high watermark and the log end is not out of range: a
                         // new leader's high watermark can trail what consumers already read.
@@ -471,15 +470,7 @@ fn lookup_offset(
         ));
     }
     let (start, hw) = rm.offsets(partition)?;
-    let log = partition.log.read().map_err(|_| {
-        ApiError::new(
-            ErrorCode::KafkaStorageError,
-            format!(
-                "{}: poisoned log lock; the broker must restart",
-                partition.tp
-            ),
-        )
-    })?;
+    let log = partition.log.read();
     // The epoch of the leader that wrote `offset` (Kafka answers the batch's epoch, so a client
     // can detect truncation with OffsetForLeaderEpoch); -1 when the log has no epoch for it.
     let epoch_at = |offset: i64| {

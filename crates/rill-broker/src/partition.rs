@@ -115,14 +115,6 @@ fn unpack(v: i64) -> (i32, i32) {
     ((v >> 32) as i32, v as i32)
 }
 
-/// A poisoned log lock: a thread panicked mid-operation; serving on would guess.
-pub(crate) fn poisoned(tp: &TopicPartition) -> ApiError {
-    ApiError::new(
-        ErrorCode::KafkaStorageError,
-        format!("{tp}: a thread panicked while holding the log lock; the broker must restart"),
-    )
-}
-
 impl Partition {
     /// A partition over an opened log, starting at high watermark `hw`.
     #[allow(clippy::too_many_arguments)]
@@ -135,10 +127,10 @@ impl Partition {
         flush_policy: FlushPolicy,
         config: LogConfig,
         hw: i64,
-    ) -> Result<Self, ApiError> {
-        let group_commit = log.read().map_err(|_| poisoned(&tp))?.group_commit();
+    ) -> Self {
+        let group_commit = log.read().group_commit();
         let (hw_watch, _) = watch::channel(hw);
-        Ok(Partition {
+        Partition {
             tp,
             topic_id,
             log,
@@ -160,7 +152,7 @@ impl Partition {
             config: RwLock::new(config),
             high_watermark: AtomicI64::new(hw),
             hw_watch,
-        })
+        }
     }
 
     /// Leadership state.
@@ -194,12 +186,8 @@ impl Partition {
     }
 
     /// The log end offset.
-    pub fn log_end_offset(&self) -> Result<i64, ApiError> {
-        Ok(self
-            .log
-            .read()
-            .map_err(|_| poisoned(&self.tp))?
-            .log_end_offset())
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.read().log_end_offset()
     }
 
     /// Applies the partition's state from new metadata and says what changed for this broker
@@ -239,11 +227,7 @@ impl Partition {
             // in the ISR count as caught up now (they were when the controller chose them).
             let now = Instant::now();
             let long_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
-            inner.epoch_start_offset = self
-                .log
-                .read()
-                .map(|l| l.log_end_offset())
-                .unwrap_or(i64::MAX);
+            inner.epoch_start_offset = self.log.read().log_end_offset();
             inner.followers = new
                 .replicas
                 .iter()
@@ -316,10 +300,7 @@ impl Partition {
             ));
         }
         let mut buf = BytesMut::from(records);
-        let mut log = self
-            .log
-            .write()
-            .map_err(|_| PartitionAppendError::Api(poisoned(&self.tp), None))?;
+        let mut log = self.log.write();
         let info = log
             .append_as_leader(&mut buf, state.leader_epoch)
             .map_err(PartitionAppendError::Log)?;
@@ -339,11 +320,7 @@ impl Partition {
     fn local_end(&self) -> i64 {
         match self.flush_policy {
             FlushPolicy::Commit => self.group_commit.durable_offset(),
-            FlushPolicy::Interval => self
-                .log
-                .read()
-                .map(|l| l.log_end_offset())
-                .unwrap_or(i64::MIN),
+            FlushPolicy::Interval => self.log.read().log_end_offset(),
         }
     }
 
@@ -450,7 +427,7 @@ impl Partition {
     /// (Kafka's `maybeShrinkIsr`).
     pub(crate) fn isr_shrink(&self, max_lag: Duration) -> Option<IsrChange> {
         let now = Instant::now();
-        let leader_end = self.log_end_offset().ok()?;
+        let leader_end = self.log_end_offset();
         let inner = self.inner.read();
         let state = &inner.state;
         if state.leader != self.node_id || inner.pending_isr.is_some() {
@@ -528,10 +505,7 @@ impl Partition {
     /// The follower's view of one fetch from the leader: appends `records`, then sets the high
     /// watermark. Returns the new log end offset.
     pub(crate) fn append_as_follower(&self, records: &[u8]) -> Result<i64, LogError> {
-        let mut log = self.log.write().map_err(|_| LogError::Corrupt {
-            path: self.log_dir.clone(),
-            reason: format!("{}: poisoned log lock", self.tp),
-        })?;
+        let mut log = self.log.write();
         // The fetch was made at the log end, so the data must continue it exactly; anything
         // else is a divergence the epoch check missed — refuse rather than guess (Kafka:
         // "offset mismatch").

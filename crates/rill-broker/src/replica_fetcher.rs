@@ -270,7 +270,7 @@ fn build_request(
     let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
     for (tp, f) in followed {
         let (end, last_epoch, start) = {
-            let log = f.partition.log.read().ok()?;
+            let log = f.partition.log.read();
             (
                 log.log_end_offset(),
                 log.latest_epoch().unwrap_or(-1),
@@ -351,7 +351,7 @@ fn process_response(
                     ErrorCode::None => {}
                     ErrorCode::OffsetOutOfRange => {
                         // Behind the leader's log start (retention moved on): start over there.
-                        let mut log = partition.log.write().map_err(|_| "poisoned log lock".to_owned())?;
+                        let mut log = partition.log.write();
                         if log.log_end_offset() >= p.log_start_offset {
                             return Err(format!("offset out of range at {}: {}", log.log_end_offset(), p.error_message));
                         }
@@ -367,7 +367,7 @@ fn process_response(
                 }
                 if let Some(diverging) = p.diverging_epoch {
                     let (before, cut) = {
-                        let log = partition.log.read().map_err(|_| "poisoned log lock".to_owned())?;
+                        let log = partition.log.read();
                         let cut = if diverging.epoch >= 0 {
                             match log.end_offset_for_epoch(diverging.epoch) {
                                 Some((_, end)) => diverging.end_offset.min(end),
@@ -383,18 +383,18 @@ fn process_response(
                         logs.truncate_to(&tp, cut).map_err(|e| e.to_string())?;
                     } else {
                         // The leader knows none of our epochs: start over where it says.
-                        let mut log = partition.log.write().map_err(|_| "poisoned log lock".to_owned())?;
+                        let mut log = partition.log.write();
                         log.truncate_fully_and_start_at(diverging.end_offset).map_err(|e| e.to_string())?;
                         drop(log);
                         logs.checkpoint().map_err(|e| e.to_string())?;
                     }
-                    let end = partition.log_end_offset().map_err(|e| e.message)?;
+                    let end = partition.log_end_offset();
                     tracing::info!(partition = %tp, epoch = diverging.epoch, from = before, to = end, "follower log diverged from the leader's; truncated");
                     partition.cap_hw(end);
                     return Ok(None);
                 }
                 let end = if p.records.is_empty() {
-                    partition.log_end_offset().map_err(|e| e.message)?
+                    partition.log_end_offset()
                 } else {
                     partition.append_as_follower(&p.records).map_err(|e| e.to_string())?
                 };

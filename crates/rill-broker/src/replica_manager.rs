@@ -33,7 +33,7 @@ use rill_protocol::proto::{
 };
 
 use crate::config::{BrokerConfig, FlushPolicy};
-use crate::partition::{PartitionAppendError, Transition, poisoned};
+use crate::partition::{PartitionAppendError, Transition};
 use crate::replica_fetcher::ReplicaFetcherManager;
 
 /// File in each partition directory naming the topic id the data belongs to.
@@ -224,7 +224,7 @@ impl ReplicaManager {
             .logs
             .partitions()
             .iter()
-            .map(|tp| tp.dir_name())
+            .map(rill_storage::partition_dir_name)
             .collect();
         for dir in self.logs.log_dirs() {
             if offline.contains_key(dir) {
@@ -236,7 +236,7 @@ impl ReplicaManager {
             entries.retain(|name, _| on_disk.contains(name));
             for (tp, (log_dir, hw)) in &hosted {
                 if log_dir == dir {
-                    entries.insert(tp.dir_name(), *hw);
+                    entries.insert(rill_storage::partition_dir_name(tp), *hw);
                 }
             }
             file.write(&entries)?;
@@ -353,11 +353,7 @@ impl ReplicaManager {
             if desired.contains_key(&tp) || self.partitions.read().contains_key(&tp) {
                 continue;
             }
-            let Some(dir) = self
-                .logs
-                .get(&tp)
-                .and_then(|l| l.read().ok().map(|l| l.dir().to_owned()))
-            else {
+            let Some(dir) = self.logs.get(&tp).map(|l| l.read().dir().to_owned()) else {
                 continue;
             };
             match read_partition_metadata(&dir) {
@@ -385,9 +381,7 @@ impl ReplicaManager {
                 Some(p) => {
                     let changed = *p.config.read() != config;
                     if changed {
-                        if let Ok(mut log) = p.log.write() {
-                            log.set_config(config.clone());
-                        }
+                        p.log.write().set_config(config.clone());
                         *p.config.write() = config;
                     }
                     p
@@ -452,7 +446,7 @@ impl ReplicaManager {
 
     fn log_dir_of(&self, tp: &TopicPartition) -> Option<PathBuf> {
         let log = self.logs.get(tp)?;
-        let dir = log.read().ok()?.dir().parent()?.to_owned();
+        let dir = log.read().dir().parent()?.to_owned();
         Some(dir)
     }
 
@@ -481,14 +475,7 @@ impl ReplicaManager {
         previous: &MetadataImage,
     ) -> Result<Arc<Partition>, LogError> {
         if let Some(existing) = self.logs.get(tp) {
-            let dir = existing
-                .read()
-                .map_err(|_| LogError::Corrupt {
-                    path: Default::default(),
-                    reason: format!("poisoned log lock of {tp}"),
-                })?
-                .dir()
-                .to_owned();
+            let dir = existing.read().dir().to_owned();
             if let Some(recorded) = read_partition_metadata(&dir)?
                 && recorded != topic_id
             {
@@ -524,10 +511,7 @@ impl ReplicaManager {
         }
         let log = self.logs.get_or_create(tp, config.clone())?;
         let (dir, leo) = {
-            let l = log.read().map_err(|_| LogError::Corrupt {
-                path: Default::default(),
-                reason: format!("poisoned log lock of {tp}"),
-            })?;
+            let l = log.read();
             (l.dir().to_owned(), l.log_end_offset())
         };
         if read_partition_metadata(&dir)?.is_none() {
@@ -544,9 +528,9 @@ impl ReplicaManager {
                 BTreeMap::new()
             });
         let hw = checkpointed
-            .get(&tp.dir_name())
+            .get(&rill_storage::partition_dir_name(tp))
             .map_or(leo, |hw| (*hw).min(leo));
-        Partition::new(
+        Ok(Arc::new(Partition::new(
             tp.clone(),
             topic_id.to_owned(),
             log,
@@ -555,12 +539,7 @@ impl ReplicaManager {
             self.config.flush_policy,
             config,
             hw,
-        )
-        .map(Arc::new)
-        .map_err(|e| LogError::Corrupt {
-            path: dir,
-            reason: e.message,
-        })
+        )))
     }
 
     /// Takes a log dir offline after an I/O failure: its partitions stop serving at once (so
@@ -792,11 +771,8 @@ impl ReplicaManager {
     /// Flushes logs whose `flush.messages` / `flush.ms` came due (interval policy).
     pub fn flush_due_logs(&self) -> Result<(), LogError> {
         for p in self.all_partitions() {
-            let due = p.log.read().map(|l| l.flush_due()).unwrap_or(false);
-            if due
-                && let Ok(mut l) = p.log.write()
-                && let Err(e) = l.flush()
-            {
+            let due = p.log.read().flush_due();
+            if due && let Err(e) = p.log.write().flush() {
                 if is_dir_failure(&e) {
                     self.fail_log_dir(&p.log_dir, &e.to_string());
                 }
@@ -863,7 +839,7 @@ impl ReplicaManager {
         min_one: bool,
     ) -> Result<Option<Bytes>, ApiError> {
         let hw = partition.high_watermark();
-        let log = partition.log.read().map_err(|_| poisoned(&partition.tp))?;
+        let log = partition.log.read();
         if offset > hw && offset <= log.log_end_offset() {
             // Written but not yet acknowledged-durable: nothing to read yet.
             return Ok(None);
@@ -925,13 +901,7 @@ impl ReplicaManager {
             );
         }
         let (start, end, diverging) = {
-            let Ok(log) = partition.log.read() else {
-                return fail(
-                    r,
-                    ErrorCode::KafkaStorageError,
-                    format!("{}: poisoned log lock", partition.tp),
-                );
-            };
+            let log = partition.log.read();
             let (start, end) = (log.log_start_offset(), log.log_end_offset());
             // Below the log start: out of range whatever the epochs say (the follower starts
             // over at our log start). Then KIP-320: the follower's last epoch must end at or
@@ -995,8 +965,8 @@ impl ReplicaManager {
         let read = partition
             .log
             .read()
-            .map_err(|_| poisoned(&partition.tp))
-            .and_then(|log| log.read(req.fetch_offset, budget, None, true).map_err(api));
+            .read(req.fetch_offset, budget, None, true)
+            .map_err(api);
         match read {
             Ok(Some(bytes)) => r.records = bytes,
             Ok(None) => {}
@@ -1007,11 +977,7 @@ impl ReplicaManager {
 
     /// (log start offset, high watermark).
     pub fn offsets(&self, partition: &Partition) -> Result<(i64, i64), ApiError> {
-        let start = partition
-            .log
-            .read()
-            .map_err(|_| poisoned(&partition.tp))?
-            .log_start_offset();
+        let start = partition.log.read().log_start_offset();
         Ok((start, partition.high_watermark()))
     }
 }

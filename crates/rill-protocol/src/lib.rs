@@ -12,9 +12,11 @@ pub mod client;
 pub mod error;
 pub mod metadata_image;
 pub mod record_batch;
+mod topic_partition;
 
 pub use error::{ApiError, ERROR_CODE_METADATA, LEADER_HINT_METADATA};
 pub use proto::ErrorCode;
+pub use topic_partition::TopicPartition;
 
 /// Generated protobuf messages and tonic clients/servers for package `rill.v1`.
 #[allow(missing_docs, clippy::all)]

@@ -37,7 +37,7 @@ pub use log::{Log, LogAppendInfo, LogOpenOptions};
 pub use log_cleaner::{CleanerConfig, CleanerStats};
 pub use log_manager::{
     CLEAN_SHUTDOWN_FILE, CLEANER_CHECKPOINT, LogManager, RECOVERY_POINT_CHECKPOINT, SharedLog,
-    TopicPartition,
+    TopicPartition, parse_partition_dir, partition_dir_name,
 };
 pub use log_segment::{LogSegment, SegmentInfo};
 pub use producer_state::{

@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::checkpoint::{OffsetCheckpointFile, write_atomically};
 use crate::clock::SharedClock;
@@ -26,41 +28,19 @@ pub const CLEANER_CHECKPOINT: &str = "cleaner-offset-checkpoint";
 /// Marker of a clean shutdown.
 pub const CLEAN_SHUTDOWN_FILE: &str = ".rill_clean_shutdown";
 
-/// A topic partition.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    /// Topic name.
-    pub topic: String,
-    /// Partition index.
-    pub partition: i32,
+pub use rill_protocol::TopicPartition;
+
+/// The log directory name of a partition, `<topic>-<partition>` (as Kafka names it).
+pub fn partition_dir_name(tp: &TopicPartition) -> String {
+    format!("{}-{}", tp.topic, tp.partition)
 }
 
-impl TopicPartition {
-    /// A topic partition.
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition {
-            topic: topic.into(),
-            partition,
-        }
-    }
-
-    /// The log directory name, `<topic>-<partition>`.
-    pub fn dir_name(&self) -> String {
-        format!("{}-{}", self.topic, self.partition)
-    }
-
-    /// Parses a log directory name.
-    pub fn from_dir_name(name: &str) -> Option<Self> {
-        let (topic, partition) = name.rsplit_once('-')?;
-        let partition = partition.parse().ok().filter(|p: &i32| *p >= 0)?;
-        (!topic.is_empty()).then(|| TopicPartition::new(topic, partition))
-    }
-}
-
-impl std::fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
+/// The partition a log directory name stands for; `None` for other entries (`-delete` and
+/// `-stray` logs, files).
+pub fn parse_partition_dir(name: &str) -> Option<TopicPartition> {
+    let (topic, partition) = name.rsplit_once('-')?;
+    let partition = partition.parse().ok().filter(|p: &i32| *p >= 0)?;
+    (!topic.is_empty()).then(|| TopicPartition::new(topic, partition))
 }
 
 /// A log shared between the request handlers and background tasks.
@@ -117,7 +97,7 @@ impl LogManager {
                     continue;
                 }
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(tp) = TopicPartition::from_dir_name(&name) else {
+                let Some(tp) = parse_partition_dir(&name) else {
                     continue;
                 };
                 let options = LogOpenOptions {
@@ -169,11 +149,9 @@ impl LogManager {
     /// The log of `tp`, created (in the least loaded log dir) with `config` if missing; an
     /// existing log gets `config` applied.
     pub fn get_or_create(&self, tp: &TopicPartition, config: LogConfig) -> Result<SharedLog> {
-        let mut logs = self.logs.write().unwrap_or_else(|p| p.into_inner());
+        let mut logs = self.logs.write();
         if let Some((_, log)) = logs.get(tp) {
-            log.write()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_config(config);
+            log.write().set_config(config);
             return Ok(Arc::clone(log));
         }
         let mut load = vec![0usize; self.log_dirs.len()];
@@ -182,7 +160,7 @@ impl LogManager {
         }
         let dir = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
         let mut log = Log::open(
-            self.log_dirs[dir].join(tp.dir_name()),
+            self.log_dirs[dir].join(partition_dir_name(tp)),
             config,
             LogOpenOptions::default(),
             Arc::clone(&self.clock),
@@ -202,9 +180,7 @@ impl LogManager {
         self.producer_id_expiration_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);
         for (_, log) in self.logs_by_partition() {
-            log.write()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_producer_id_expiration_ms(ms);
+            log.write().set_producer_id_expiration_ms(ms);
         }
     }
 
@@ -212,27 +188,17 @@ impl LogManager {
     /// `producer.id.expiration.check.interval.ms`, 10 minutes).
     pub fn remove_expired_producers(&self) {
         for (_, log) in self.logs_by_partition() {
-            log.write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove_expired_producers();
+            log.write().remove_expired_producers();
         }
     }
 
     /// Deletes the log of `tp` and its data.
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
-        let removed = self
-            .logs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tp);
+        let removed = self.logs.write().remove(tp);
         let Some((_, log)) = removed else {
             return Ok(false);
         };
-        let dir = log
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .dir()
-            .to_owned();
+        let dir = log.read().dir().to_owned();
         drop(log);
         crate::log::remove_dir_durably(&dir)?;
         Ok(true)
@@ -243,26 +209,18 @@ impl LogManager {
     /// leaves the partition's name free but stays on disk until it is removed on purpose.
     /// Returns the new path, or `None` when there was no such log.
     pub fn set_aside(&self, tp: &TopicPartition, suffix: &str) -> Result<Option<PathBuf>> {
-        let removed = self
-            .logs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tp);
+        let removed = self.logs.write().remove(tp);
         let Some((_, log)) = removed else {
             return Ok(None);
         };
-        let dir = log
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .dir()
-            .to_owned();
+        let dir = log.read().dir().to_owned();
         drop(log);
         // Unique per set-aside, like Kafka's UUID suffix: the same partition can be set aside twice.
         let unique = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let unique = format!("{unique:x}");
-        let aside = dir.with_file_name(format!("{}.{unique}-{suffix}", tp.dir_name()));
+        let aside = dir.with_file_name(format!("{}.{unique}-{suffix}", partition_dir_name(tp)));
         std::fs::rename(&dir, &aside).at(&dir)?;
         if let Some(parent) = aside.parent() {
             crate::log::sync_dir(parent)?;
@@ -283,7 +241,7 @@ impl LogManager {
     pub fn flush_all(&self) -> Result<()> {
         let mut first_error = None;
         for (tp, log) in self.logs_by_partition() {
-            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            let mut log = log.write();
             if log.is_offline() {
                 continue;
             }
@@ -306,10 +264,7 @@ impl LogManager {
     /// directory whose checkpoint cannot be written does not stop the others; the first error
     /// is returned.
     pub fn checkpoint(&self) -> Result<()> {
-        let _serial = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _serial = self.checkpoint_lock.lock();
         self.checkpoint_except(None)
     }
 
@@ -330,13 +285,13 @@ impl LogManager {
                 if let Some((skip, recovery_point, cleaned)) = except
                     && skip == tp
                 {
-                    recovery.insert(tp.dir_name(), recovery_point);
-                    cleaner.insert(tp.dir_name(), cleaned);
+                    recovery.insert(partition_dir_name(tp), recovery_point);
+                    cleaner.insert(partition_dir_name(tp), cleaned);
                     continue;
                 }
-                let log = log.read().unwrap_or_else(|p| p.into_inner());
-                recovery.insert(tp.dir_name(), log.recovery_point());
-                cleaner.insert(tp.dir_name(), log.cleaner_checkpoint());
+                let log = log.read();
+                recovery.insert(partition_dir_name(tp), log.recovery_point());
+                cleaner.insert(partition_dir_name(tp), log.cleaner_checkpoint());
             }
             let written = OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT))
                 .write(&recovery)
@@ -359,11 +314,8 @@ impl LogManager {
         let Some(log) = self.get(tp) else {
             return Ok(());
         };
-        let _serial = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+        let _serial = self.checkpoint_lock.lock();
+        let mut log = log.write();
         log.truncate_to(offset)?;
         self.checkpoint_except(Some((tp, log.recovery_point(), log.cleaner_checkpoint())))
     }
@@ -373,7 +325,7 @@ impl LogManager {
     pub fn run_retention(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut deleted = 0;
         for (tp, log) in self.logs_by_partition() {
-            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            let mut log = log.write();
             deleted += log.delete_old_segments(upper_bound(&tp))?.len();
         }
         Ok(deleted)
@@ -383,7 +335,7 @@ impl LogManager {
     pub fn run_cleaner(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut cleaned = 0;
         for (tp, log) in self.logs_by_partition() {
-            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            let mut log = log.write();
             if log.needs_cleaning() && log.clean(upper_bound(&tp), &self.cleaner)?.is_some() {
                 cleaned += 1;
             }
@@ -402,7 +354,7 @@ impl LogManager {
         let mut first_error = None;
         let mut unclean = vec![false; self.log_dirs.len()];
         for (tp, d, log) in self.logs_by_dir() {
-            let mut log = log.write().unwrap_or_else(|p| p.into_inner());
+            let mut log = log.write();
             if log.is_offline() {
                 unclean[d] = true;
                 continue;
@@ -452,7 +404,7 @@ impl LogManager {
 
     fn read_logs(
         &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<TopicPartition, (usize, SharedLog)>> {
-        self.logs.read().unwrap_or_else(|p| p.into_inner())
+    ) -> parking_lot::RwLockReadGuard<'_, HashMap<TopicPartition, (usize, SharedLog)>> {
+        self.logs.read()
     }
 }

@@ -251,7 +251,7 @@ fn checkpointed(dir: &Path, tp: &TopicPartition) -> Option<i64> {
     OffsetCheckpointFile::new(dir.join(RECOVERY_POINT_CHECKPOINT))
         .read()
         .unwrap()
-        .get(&tp.dir_name())
+        .get(&rill_storage::partition_dir_name(tp))
         .copied()
 }
 
@@ -263,14 +263,10 @@ fn the_recovery_point_checkpoint_follows_group_commit() {
     let m = manager(&dirs, &clock);
     let tp = TopicPartition::new("t", 0);
     let log = m.get_or_create(&tp, small_config()).unwrap();
-    let end = append_n(&mut log.write().unwrap(), 0, 6);
+    let end = append_n(&mut log.write(), 0, 6);
     m.checkpoint().unwrap();
     assert_eq!(checkpointed(&dirs[0], &tp), Some(0), "nothing fsynced yet");
-    log.read()
-        .unwrap()
-        .group_commit()
-        .wait_durable(end)
-        .unwrap();
+    log.read().group_commit().wait_durable(end).unwrap();
     m.checkpoint().unwrap();
     assert_eq!(checkpointed(&dirs[0], &tp), Some(end));
     // A truncation lowers the checkpoint at once.
@@ -289,9 +285,9 @@ fn a_damaged_recovery_point_checkpoint_means_full_recovery() {
     let before = {
         let m = manager(&dirs, &clock);
         let log = m.get_or_create(&tp, small_config()).unwrap();
-        append_n(&mut log.write().unwrap(), 0, 6);
+        append_n(&mut log.write(), 0, 6);
         m.flush_all().unwrap();
-        read_all(&log.read().unwrap())
+        read_all(&log.read())
     };
     std::fs::write(
         dirs[0].join(RECOVERY_POINT_CHECKPOINT),
@@ -300,7 +296,7 @@ fn a_damaged_recovery_point_checkpoint_means_full_recovery() {
     .unwrap();
     let m = manager(&dirs, &clock);
     let log = m.get(&tp).unwrap();
-    assert_eq!(read_all(&log.read().unwrap()), before);
+    assert_eq!(read_all(&log.read()), before);
     assert_eq!(
         checkpointed(&dirs[0], &tp),
         Some(6),
@@ -320,18 +316,13 @@ fn an_offline_log_is_skipped_by_flush_checkpoint_and_shutdown() {
     let bad_dir = m.log_dir_of(&bad).unwrap();
     let good_dir = m.log_dir_of(&good).unwrap();
     assert_ne!(bad_dir, good_dir, "one log per dir");
-    let synced = append_n(&mut bad_log.write().unwrap(), 0, 3);
-    bad_log
-        .read()
-        .unwrap()
-        .group_commit()
-        .wait_durable(synced)
-        .unwrap();
-    let bad_end = append_n(&mut bad_log.write().unwrap(), 3, 3);
-    let good_end = append_n(&mut good_log.write().unwrap(), 0, 4);
+    let synced = append_n(&mut bad_log.write(), 0, 3);
+    bad_log.read().group_commit().wait_durable(synced).unwrap();
+    let bad_end = append_n(&mut bad_log.write(), 3, 3);
+    let good_end = append_n(&mut good_log.write(), 0, 4);
     {
         let _failing = fault::inject_fsync_failure(&bad_dir);
-        let gc = bad_log.read().unwrap().group_commit();
+        let gc = bad_log.read().group_commit();
         assert!(gc.wait_durable(bad_end).unwrap_err().is_log_dir_failure());
         // The bad dir's checkpoint cannot be written either; the good dir's still is.
         assert!(m.flush_all().is_err());

@@ -32,7 +32,6 @@ fn logs_spread_over_dirs_and_survive_restarts() {
     for (i, tp) in tps.iter().enumerate() {
         let log = m.get_or_create(tp, LogConfig::default()).unwrap();
         log.write()
-            .unwrap()
             .append_as_leader(&mut numbered(0, i + 1, 20, 0), 0)
             .unwrap();
     }
@@ -68,22 +67,19 @@ fn logs_spread_over_dirs_and_survive_restarts() {
     );
     assert_eq!(m.partitions(), tps);
     for (i, tp) in tps.iter().enumerate() {
-        assert_eq!(
-            m.get(tp).unwrap().read().unwrap().log_end_offset(),
-            i as i64 + 1
-        );
+        assert_eq!(m.get(tp).unwrap().read().log_end_offset(), i as i64 + 1);
     }
 
     // Crash: unflushed appends, then a torn tail in one partition.
     {
         let log = m.get(&tps[3]).unwrap();
-        let mut log = log.write().unwrap();
+        let mut log = log.write();
         log.append_as_leader(&mut numbered(10, 3, 20, 0), 0)
             .unwrap();
         // In the page cache (what a broker does before acknowledging), but never fsynced.
         log.write_out().unwrap();
     }
-    let dir3 = m.get(&tps[3]).unwrap().read().unwrap().dir().to_owned();
+    let dir3 = m.get(&tps[3]).unwrap().read().dir().to_owned();
     drop(m);
     let seg = dir3.join("00000000000000000000.log");
     let len = std::fs::metadata(&seg).unwrap().len();
@@ -96,16 +92,20 @@ fn logs_spread_over_dirs_and_survive_restarts() {
     let m = manager(&dirs, &clock);
     let log = m.get(&tps[3]).unwrap();
     assert_eq!(
-        log.read().unwrap().log_end_offset(),
+        log.read().log_end_offset(),
         4,
         "the torn batch is dropped, the flushed data kept"
     );
-    assert_eq!(read_all(&log.read().unwrap()).len(), 4);
+    assert_eq!(read_all(&log.read()).len(), 4);
 
     // Deletion removes the data.
     assert!(m.delete(&tps[0]).unwrap());
     assert!(m.get(&tps[0]).is_none());
-    assert!(!dirs.iter().any(|d| d.join(tps[0].dir_name()).exists()));
+    assert!(
+        !dirs
+            .iter()
+            .any(|d| d.join(rill_storage::partition_dir_name(&tps[0])).exists())
+    );
 }
 
 #[test]
@@ -135,26 +135,24 @@ fn retention_and_cleaner_passes_run_across_logs() {
         );
         deleting
             .write()
-            .unwrap()
             .append_as_leader(&mut numbered(i, 1, 300, 0), 0)
             .unwrap();
         compacting
             .write()
-            .unwrap()
             .append_as_leader(&mut same_key.clone(), 0)
             .unwrap();
     }
     clock.advance(10_000);
     let deleted = m.run_retention(|_| i64::MAX).unwrap();
     assert!(deleted > 3);
-    assert!(deleting.read().unwrap().log_start_offset() > 0);
+    assert!(deleting.read().log_start_offset() > 0);
     assert_eq!(
-        compacting.read().unwrap().log_start_offset(),
+        compacting.read().log_start_offset(),
         0,
         "compact-only logs keep old segments"
     );
     assert_eq!(m.run_cleaner(|_| i64::MAX).unwrap(), 1);
-    let recs = read_all(&compacting.read().unwrap());
+    let recs = read_all(&compacting.read());
     assert!(
         recs.len() < 5,
         "{} records left after compaction",
