@@ -397,7 +397,7 @@ pub async fn read_all(
     }
     let ends: BTreeMap<i32, i64> = tps
         .iter()
-        .map(|tp| (tp.1, consumer.position(tp).unwrap_or(0)))
+        .map(|tp| (tp.partition, consumer.position(tp).unwrap_or(0)))
         .collect();
     loop {
         match consumer.seek_to_beginning(&tps).await {
@@ -407,14 +407,17 @@ pub async fn read_all(
         }
     }
     loop {
-        let done = tps
-            .iter()
-            .all(|tp| consumer.position(tp).unwrap_or(0) >= ends.get(&tp.1).copied().unwrap_or(0));
+        let done = tps.iter().all(|tp| {
+            consumer.position(tp).unwrap_or(0) >= ends.get(&tp.partition).copied().unwrap_or(0)
+        });
         if done {
             return Ok(ends);
         }
         if Instant::now() >= deadline {
-            let at: Vec<_> = tps.iter().map(|tp| (tp.1, consumer.position(tp))).collect();
+            let at: Vec<_> = tps
+                .iter()
+                .map(|tp| (tp.partition, consumer.position(tp)))
+                .collect();
             return Err(ChaosError::Timeout(format!(
                 "reading {topic} back: positions {at:?}, high watermarks {ends:?}"
             )));

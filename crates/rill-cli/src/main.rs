@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use rill_consumer::{Consumer, ConsumerConfig, OffsetReset};
+use rill_consumer::{Consumer, ConsumerConfig, OffsetReset, TopicPartition};
 use rill_producer::{Producer, ProducerConfig, ProducerRecord};
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::*;
@@ -680,7 +680,9 @@ async fn start_consuming(servers: &[String], args: &ConsumeArgs) -> Result<Consu
         .await
         .map_err(|e| consumer_error(e, &args.topic))?;
     let tps = match args.partition {
-        Some(p) if p >= 0 && (p as usize) < all.len() => vec![(args.topic.clone(), p)],
+        Some(p) if p >= 0 && (p as usize) < all.len() => {
+            vec![TopicPartition::new(args.topic.clone(), p)]
+        }
         Some(p) => bail!(
             "topic {} has {} partitions; partition {p} does not exist",
             args.topic,

@@ -23,8 +23,7 @@ use rill_protocol::{ApiError, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// A topic partition.
-pub type TopicPartition = (String, i32);
+pub use rill_protocol::TopicPartition;
 
 /// Where to start when a partition has no position or its position fell out of the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +216,9 @@ impl Consumer {
             failures += 1;
             tokio::time::sleep(backoff_delay(&self.config, failures).min(remaining)).await;
         };
-        Ok((0..n as i32).map(|p| (topic.to_owned(), p)).collect())
+        Ok((0..n as i32)
+            .map(|p| TopicPartition::new(topic, p))
+            .collect())
     }
 
     /// The current assignment.
@@ -234,7 +235,7 @@ impl Consumer {
     pub fn seek(&mut self, tp: &TopicPartition, offset: i64) {
         self.cancel_fetches();
         self.buffered
-            .retain(|r| (r.topic.as_str(), r.partition) != (tp.0.as_str(), tp.1));
+            .retain(|r| r.topic != tp.topic || r.partition != tp.partition);
         self.backoff.remove(tp);
         self.positions.insert(tp.clone(), Some(offset));
     }
@@ -281,18 +282,18 @@ impl Consumer {
             loop {
                 let leader = self
                     .client
-                    .partitions(&tp.0)
+                    .partitions(&tp.topic)
                     .await?
-                    .get(tp.1 as usize)
+                    .get(tp.partition as usize)
                     .map_or(-1, |l| l.leader);
                 let r = match self.client.broker(leader) {
                     Ok(mut c) => c
                         .list_offsets(ListOffsetsRequest {
                             replica_id: -1,
                             topics: vec![ListOffsetsTopic {
-                                name: tp.0.clone(),
+                                name: tp.topic.clone(),
                                 partitions: vec![ListOffsetsPartition {
-                                    index: tp.1,
+                                    index: tp.partition,
                                     current_leader_epoch: -1,
                                     timestamp,
                                 }],
@@ -336,7 +337,7 @@ impl Consumer {
                         if !e.code.is_retriable() || remaining.is_zero() {
                             return Err(e.into());
                         }
-                        self.client.invalidate(&tp.0);
+                        self.client.invalidate(&tp.topic);
                         failures += 1;
                         tokio::time::sleep(backoff_delay(&self.config, failures).min(remaining))
                             .await;
@@ -437,18 +438,18 @@ impl Consumer {
                 || self
                     .buffered
                     .iter()
-                    .any(|r| r.topic == tp.0 && r.partition == tp.1)
+                    .any(|r| r.topic == tp.topic && r.partition == tp.partition)
             {
                 continue;
             }
             let leader = self
                 .client
-                .partitions(&tp.0)
+                .partitions(&tp.topic)
                 .await?
-                .get(tp.1 as usize)
+                .get(tp.partition as usize)
                 .map_or(-1, |l| l.leader);
             if leader < 0 {
-                self.client.invalidate(&tp.0);
+                self.client.invalidate(&tp.topic);
                 leaderless.push(tp.clone());
                 continue;
             }
@@ -462,15 +463,18 @@ impl Consumer {
                 continue;
             }
             let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
-            for ((t, p), pos) in &parts {
-                topics.entry(t.clone()).or_default().push(FetchPartition {
-                    index: *p,
-                    current_leader_epoch: -1,
-                    fetch_offset: *pos,
-                    partition_max_bytes: self.config.max_partition_fetch_bytes,
-                    last_fetched_epoch: -1,
-                    log_start_offset: -1,
-                });
+            for (tp, pos) in &parts {
+                topics
+                    .entry(tp.topic.clone())
+                    .or_default()
+                    .push(FetchPartition {
+                        index: tp.partition,
+                        current_leader_epoch: -1,
+                        fetch_offset: *pos,
+                        partition_max_bytes: self.config.max_partition_fetch_bytes,
+                        last_fetched_epoch: -1,
+                        log_start_offset: -1,
+                    });
             }
             let request = FetchRequest {
                 replica_id: -1,
@@ -517,8 +521,8 @@ impl Consumer {
         let response = match result {
             Ok(r) => r,
             Err(e) => {
-                for ((t, _), _) in &requested {
-                    self.client.invalidate(t);
+                for (tp, _) in &requested {
+                    self.client.invalidate(&tp.topic);
                 }
                 if e.code.is_retriable() {
                     tracing::debug!(error = %e, "fetch failed; backing off");
@@ -532,7 +536,7 @@ impl Consumer {
         };
         for t in response.topics {
             for p in t.partitions {
-                let tp = (t.name.clone(), p.index);
+                let tp = TopicPartition::new(t.name.clone(), p.index);
                 let Some(&(_, requested_at)) = requested.iter().find(|(r, _)| *r == tp) else {
                     continue;
                 };
@@ -803,7 +807,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let tp = ("t".to_owned(), 0);
+        let tp = TopicPartition::new("t", 0);
         consumer.assign([tp.clone()]);
         consumer.seek(&tp, 0);
         (consumer, fetches)
@@ -873,7 +877,7 @@ mod tests {
         // The good records before it are delivered, once.
         let all: Vec<String> = values.into_iter().chain(values_after).collect();
         assert_eq!(all, ["a", "b"]);
-        assert_eq!(consumer.position(&("t".to_owned(), 0)), Some(2));
+        assert_eq!(consumer.position(&TopicPartition::new("t", 0)), Some(2));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -934,7 +938,7 @@ mod tests {
             "{n} fetches in {:?}",
             started.elapsed()
         );
-        let b = consumer.backoff[&("t".to_owned(), 0)];
+        let b = consumer.backoff[&TopicPartition::new("t", 0)];
         assert!(b.failures >= 1);
     }
 
