@@ -18,6 +18,7 @@ pub mod partition;
 pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod request_queue;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -155,6 +155,11 @@ impl Partition {
         }
     }
 
+    /// This broker's id.
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
     /// Leadership state.
     pub fn state(&self) -> LeaderState {
         self.inner.read().state.clone()

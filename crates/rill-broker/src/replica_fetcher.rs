@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerConfig, FlushPolicy};
 use crate::partition::Partition;
+use crate::throttle::Throttle;
 
 /// A partition followed from one leader.
 #[derive(Clone)]
@@ -44,6 +45,7 @@ struct Fetcher {
 pub struct ReplicaFetcherManager {
     config: Arc<BrokerConfig>,
     logs: Arc<LogManager>,
+    throttle: Arc<Throttle>,
     broker_epoch: Arc<AtomicI64>,
     runtime: Option<tokio::runtime::Handle>,
     /// By (leader, bucket): `num.replica.fetchers` loops per leader, partitions hashed over them.
@@ -59,12 +61,14 @@ impl ReplicaFetcherManager {
     pub fn new(
         config: Arc<BrokerConfig>,
         logs: Arc<LogManager>,
+        throttle: Arc<Throttle>,
         runtime: Option<tokio::runtime::Handle>,
         on_progress: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
         ReplicaFetcherManager {
             config,
             logs,
+            throttle,
             broker_epoch: Arc::new(AtomicI64::new(-1)),
             runtime,
             fetchers: Mutex::new(HashMap::new()),
@@ -104,6 +108,7 @@ impl ReplicaFetcherManager {
             let task = FetchLoop {
                 config: Arc::clone(&self.config),
                 logs: Arc::clone(&self.logs),
+                throttle: Arc::clone(&self.throttle),
                 broker_epoch: Arc::clone(&self.broker_epoch),
                 leader,
                 address,
@@ -162,6 +167,7 @@ fn bucket(tp: &TopicPartition, n: usize) -> usize {
 struct FetchLoop {
     config: Arc<BrokerConfig>,
     logs: Arc<LogManager>,
+    throttle: Arc<Throttle>,
     broker_epoch: Arc<AtomicI64>,
     leader: i32,
     address: String,
@@ -210,7 +216,11 @@ impl FetchLoop {
                 let followed = followed.clone();
                 let config = Arc::clone(&self.config);
                 let epoch = self.broker_epoch.load(Ordering::Acquire);
-                tokio::task::spawn_blocking(move || build_request(&config, epoch, &followed)).await
+                let throttle = Arc::clone(&self.throttle);
+                tokio::task::spawn_blocking(move || {
+                    build_request(&config, epoch, &throttle, &followed)
+                })
+                .await
             };
             let request = match request {
                 Ok(Some(r)) => r,
@@ -239,8 +249,17 @@ impl FetchLoop {
             let leader = self.leader;
             let partitions = Arc::clone(&self.partitions);
             let logs = Arc::clone(&self.logs);
+            let throttle = Arc::clone(&self.throttle);
             let outcome = tokio::task::spawn_blocking(move || {
-                process_response(leader, policy, &logs, &followed, &partitions, response)
+                process_response(
+                    leader,
+                    policy,
+                    &logs,
+                    &throttle,
+                    &followed,
+                    &partitions,
+                    response,
+                )
             })
             .await;
             (self.on_progress)();
@@ -265,10 +284,16 @@ impl FetchLoop {
 fn build_request(
     config: &BrokerConfig,
     broker_epoch: i64,
+    throttle: &Throttle,
     followed: &[(TopicPartition, Followed)],
 ) -> Option<FetchRequest> {
     let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
+    let throttled = throttle.exceeded();
     for (tp, f) in followed {
+        // Out-of-sync partitions wait while the follower throttle's budget is spent.
+        if throttled && !f.partition.state().isr.contains(&config.node_id) {
+            continue;
+        }
         let (end, last_epoch, start) = {
             let log = f.partition.log.read();
             (
@@ -321,10 +346,12 @@ struct Outcome {
 /// Applies one fetch response (blocking: appends, truncations, fsyncs). Every change to a log
 /// happens under [`Partition::as_follower_of`]: only while this broker still follows `leader`
 /// in the epoch the fetch was made for.
+#[allow(clippy::too_many_arguments)]
 fn process_response(
     leader: i32,
     policy: FlushPolicy,
     logs: &LogManager,
+    throttle: &Throttle,
     followed: &[(TopicPartition, Followed)],
     current: &Mutex<HashMap<TopicPartition, Followed>>,
     response: FetchResponse,
@@ -396,6 +423,9 @@ fn process_response(
                 let end = if p.records.is_empty() {
                     partition.log_end_offset()
                 } else {
+                    if !partition.state().isr.contains(&partition.node_id()) {
+                        throttle.record(p.records.len());
+                    }
                     partition.append_as_follower(&p.records).map_err(|e| e.to_string())?
                 };
                 Ok(Some(end))

@@ -35,6 +35,7 @@ use rill_protocol::proto::{
 use crate::config::{BrokerConfig, FlushPolicy};
 use crate::partition::{PartitionAppendError, Transition};
 use crate::replica_fetcher::ReplicaFetcherManager;
+use crate::throttle::{Throttle, rate_from_config};
 
 /// File in each partition directory naming the topic id the data belongs to.
 pub const PARTITION_METADATA: &str = "partition.metadata";
@@ -75,6 +76,10 @@ pub struct ReplicaManager {
     fetchers: ReplicaFetcherManager,
     /// ISR changes for the controller (AlterPartition); unset in tests without a controller.
     isr_changes: RwLock<Option<tokio::sync::mpsc::UnboundedSender<IsrChange>>>,
+    /// `leader.replication.throttled.rate`: bytes/s served to out-of-sync followers.
+    leader_throttle: Arc<Throttle>,
+    /// `follower.replication.throttled.rate`: bytes/s fetched for out-of-sync partitions.
+    follower_throttle: Arc<Throttle>,
 }
 
 fn api(e: LogError) -> ApiError {
@@ -114,9 +119,11 @@ impl ReplicaManager {
         let (dir_failures, _) = watch::channel(None);
         let wake = Arc::clone(&hw_changed);
         let logs = Arc::new(logs);
+        let follower_throttle = Arc::new(Throttle::default());
         let fetchers = ReplicaFetcherManager::new(
             Arc::clone(&config),
             Arc::clone(&logs),
+            Arc::clone(&follower_throttle),
             tokio::runtime::Handle::try_current().ok(),
             Arc::new(move || wake.send_modify(|v| *v += 1)),
         );
@@ -124,6 +131,8 @@ impl ReplicaManager {
             appended: watch::channel(0).0,
             fetchers,
             isr_changes: RwLock::new(None),
+            leader_throttle: Arc::new(Throttle::default()),
+            follower_throttle,
             node_id: config.node_id,
             config,
             logs,
@@ -440,6 +449,16 @@ impl ReplicaManager {
                 Transition::Unchanged => {}
             }
         }
+        self.leader_throttle.set_rate(rate_from_config(
+            image
+                .cluster_configs
+                .get("leader.replication.throttled.rate"),
+        ));
+        self.follower_throttle.set_rate(rate_from_config(
+            image
+                .cluster_configs
+                .get("follower.replication.throttled.rate"),
+        ));
         *self.image.write() = image;
         self.hw_changed.send_modify(|v| *v += 1);
     }
@@ -962,13 +981,23 @@ impl ReplicaManager {
         }
         self.after_hw_change(partition.high_watermark() > before);
         r.high_watermark = partition.high_watermark();
+        // An out-of-sync follower catching up is throttled; one in the ISR never is.
+        let throttled = !state.isr.contains(&replica);
+        if throttled && self.leader_throttle.exceeded() {
+            return r;
+        }
         let read = partition
             .log
             .read()
             .read(req.fetch_offset, budget, None, true)
             .map_err(api);
         match read {
-            Ok(Some(bytes)) => r.records = bytes,
+            Ok(Some(bytes)) => {
+                if throttled {
+                    self.leader_throttle.record(bytes.len());
+                }
+                r.records = bytes;
+            }
             Ok(None) => {}
             Err(e) => return fail(r, e.code, e.message),
         }
@@ -1171,5 +1200,62 @@ mod tests {
         assert!(rm.append(&p, &batch(), 1).is_err() || rm.make_durable(&p, 3).is_err());
         assert_eq!(p.high_watermark(), 1);
         assert_eq!(rm.offline_log_dirs().len(), 1);
+    }
+
+    /// An out-of-sync follower is served at most `leader.replication.throttled.rate`; an
+    /// in-sync one is never throttled.
+    #[test]
+    fn the_leader_throttle_holds_back_only_out_of_sync_followers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let overrides: BTreeMap<String, String> = [
+            ("log.dirs".to_owned(), tmp.path().display().to_string()),
+            ("node.id".to_owned(), "1".to_owned()),
+            ("log.flush.policy".to_owned(), "interval".to_owned()),
+        ]
+        .into();
+        let config = Arc::new(BrokerConfig::load(None, &overrides).unwrap());
+        let logs = LogManager::open(
+            config.log_dirs.clone(),
+            &config.topic_defaults,
+            rill_storage::CleanerConfig::default(),
+            Arc::new(rill_storage::SystemClock),
+        )
+        .unwrap();
+        let rm = ReplicaManager::new(Arc::clone(&config), logs);
+        let mut img = image(5, &[("t", "A", vec![1, 2, 3])]);
+        img.topics.get_mut("t").unwrap().partitions[0].isr = vec![1, 3];
+        img.cluster_configs
+            .insert("leader.replication.throttled.rate".into(), "1000".into());
+        rm.apply_image(Arc::new(img));
+        let tp = TopicPartition::new("t", 0);
+        let p = rm.leader_partition(&tp).unwrap();
+        for _ in 0..20 {
+            rm.append(&p, &batch(), 1).unwrap();
+        }
+        let fetch = |replica: i32| {
+            let req = FetchPartition {
+                index: 0,
+                current_leader_epoch: 0,
+                fetch_offset: 0,
+                partition_max_bytes: 1 << 20,
+                last_fetched_epoch: -1,
+                log_start_offset: 0,
+            };
+            rm.fetch_for_follower(&p, replica, -1, &req, 1 << 20)
+        };
+        let first = fetch(2);
+        assert_eq!(first.error_code, 0, "{}", first.error_message);
+        assert!(
+            first.records.len() > 1000,
+            "the first second's budget is served"
+        );
+        assert!(
+            fetch(2).records.is_empty(),
+            "then the out-of-sync follower waits"
+        );
+        assert!(
+            !fetch(3).records.is_empty(),
+            "an in-sync follower is never throttled"
+        );
     }
 }
