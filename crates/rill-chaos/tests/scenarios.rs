@@ -424,6 +424,108 @@ async fn scenario_5_follower_held_behind_catches_up() -> Result {
 // The long run: the scenarios in a loop for RILL_SOAK_SECS (default 120). RILL_SOAK_SCENARIOS
 // picks them (comma-separated numbers; default the ones that hold today: 3,4).
 
+// ---------------------------------------------------------------------------------------------
+// 6. Reassignment of a partition to a new broker under load: the leader's replica moves away to
+//    a broker that joined with no data; writes go on and nothing is lost or duplicated.
+
+async fn reassigned_under_load() -> Result<Report> {
+    let topic = "s6";
+    let cluster = LocalCluster::start(ClusterConfig {
+        brokers: 4,
+        ..ClusterConfig::default()
+    })
+    .await?;
+    // Place the partition on brokers 1..3 explicitly, so broker 4 starts empty.
+    cluster
+        .create_topic(topic, 1, 3, &[("min.insync.replicas", "2")])
+        .await?;
+    cluster
+        .wait_isr(topic, 0, 3, Duration::from_secs(15))
+        .await?;
+    let before = cluster
+        .partition_state(topic, 0)
+        .await
+        .ok_or_else(|| ChaosError::Timeout("partition state".into()))?;
+    let spare = (1..=4)
+        .find(|b| !before.replicas.contains(b))
+        .ok_or_else(|| ChaosError::Timeout("a spare broker".into()))?;
+    // Move the leader's replica to the spare broker.
+    let target: Vec<i32> = before
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| *r != before.leader)
+        .chain([spare])
+        .collect();
+    let history = Arc::new(History::new());
+    let writers = Workload::start(workload(&cluster, topic, 1), Arc::clone(&history));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eprintln!(
+        "scenario 6: {:?} (leader {}) -> {target:?}",
+        before.replicas, before.leader
+    );
+    let client = cluster.client()?;
+    let request = rill_protocol::proto::AlterPartitionReassignmentsRequest {
+        topics: vec![rill_protocol::proto::ReassignableTopic {
+            name: topic.into(),
+            partitions: vec![rill_protocol::proto::ReassignablePartition {
+                index: 0,
+                replicas: Some(rill_protocol::proto::IsrList {
+                    ids: target.clone(),
+                }),
+            }],
+        }],
+    };
+    let r = client
+        .admin(Duration::from_secs(10), |mut c| {
+            let request = request.clone();
+            async move { c.alter_partition_reassignments(request).await }
+        })
+        .await
+        .map_err(|e| ChaosError::Timeout(format!("reassignment refused: {e}")))?;
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    // Done when the replica list is the target and the spare is in sync.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = cluster.partition_state(topic, 0).await {
+            let mut replicas = s.replicas.clone();
+            replicas.sort();
+            let mut want = target.clone();
+            want.sort();
+            if replicas == want && s.isr.contains(&spare) && target.contains(&s.leader) {
+                eprintln!(
+                    "scenario 6: reassigned, leader {} isr {:?}",
+                    s.leader, s.isr
+                );
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ChaosError::Timeout(format!(
+                "reassignment to {target:?} did not complete; now {:?}",
+                cluster.partition_state(topic, 0).await
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    finish(
+        "6 reassignment under load",
+        &cluster,
+        topic,
+        writers,
+        &history,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_6_reassignment_under_load() -> Result {
+    let report = reassigned_under_load().await?;
+    assert_no_loss_no_duplicates(&report);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long-running; `cargo xtask soak`"]
 async fn soak_scenarios() -> Result {
