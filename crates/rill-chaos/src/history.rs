@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// How many examples of each finding a [`Report`] keeps (counts are always exact).
 const EXAMPLES: usize = 5;
@@ -114,9 +115,10 @@ impl History {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panicking recorder leaves the data as it was: keep recording.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        // parking_lot does not poison: a panicking recorder leaves the data as it was, and
+        // recording goes on.
+        self.inner.lock()
     }
 
     /// Time since the history began (what `sent_at`/`completed_at` are measured in).

@@ -958,7 +958,7 @@ impl QuorumHandle {
         + 'static,
     ) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel::<Result<T, ApiError>>();
-        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let tx = Arc::new(parking_lot::Mutex::new(Some(tx)));
         let tx2 = Arc::clone(&tx);
         let write: WriteFn = Box::new(move |ctx| {
             let (records, done) = f(ctx)?;
@@ -966,14 +966,14 @@ impl QuorumHandle {
             Ok(WritePlan {
                 records,
                 on_commit: Box::new(move |image| {
-                    if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                    if let Some(tx) = tx.lock().take() {
                         let _ = tx.send(Ok(done(image)));
                     }
                 }),
             })
         });
         let on_error: ErrorFn = Box::new(move |e| {
-            if let Some(tx) = tx2.lock().ok().and_then(|mut t| t.take()) {
+            if let Some(tx) = tx2.lock().take() {
                 let _ = tx.send(Err(e));
             }
         });
@@ -992,15 +992,15 @@ impl QuorumHandle {
         f: impl FnOnce(&MetadataImage, &QuorumInfo) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel::<Result<T, ApiError>>();
-        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let tx = Arc::new(parking_lot::Mutex::new(Some(tx)));
         let tx2 = Arc::clone(&tx);
         let read: ReadFn = Box::new(move |image, info| {
-            if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+            if let Some(tx) = tx.lock().take() {
                 let _ = tx.send(Ok(f(image, info)));
             }
         });
         let on_error: ErrorFn = Box::new(move |e| {
-            if let Some(tx) = tx2.lock().ok().and_then(|mut t| t.take()) {
+            if let Some(tx) = tx2.lock().take() {
                 let _ = tx.send(Err(e));
             }
         });

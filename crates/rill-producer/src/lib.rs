@@ -34,11 +34,12 @@
 pub mod partitioner;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use rill_protocol::client::{ClusterClient, LeaderInfo};
 use rill_protocol::proto::{
     DescribeConfigsRequest, InitProducerIdRequest, PartitionProduceData, ProduceRequest,
@@ -47,7 +48,7 @@ use rill_protocol::proto::{
 use rill_protocol::record_batch::{
     BatchError, Compression, RecordBatchBuilder, RecordHeader, set_producer_state,
 };
-use rill_protocol::{ApiError, ErrorCode};
+use rill_protocol::{ApiError, ErrorCode, TopicPartition};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 /// Producer settings, with Kafka's names and defaults.
@@ -271,7 +272,7 @@ fn wire_seq(logical: i64) -> i32 {
 struct Inner {
     config: ProducerConfig,
     client: ClusterClient,
-    queues: Mutex<HashMap<(String, i32), PartitionQueue>>,
+    queues: Mutex<HashMap<TopicPartition, PartitionQueue>>,
     sticky: Mutex<HashMap<String, i32>>,
     wake: Notify,
     idle: Notify,
@@ -374,7 +375,7 @@ impl Producer {
 
     /// The producer id and epoch, once an idempotent producer has them.
     pub fn producer_id_and_epoch(&self) -> Option<(i64, i16)> {
-        self.inner.producer_id.lock().ok().and_then(|p| p.id)
+        self.inner.producer_id.lock().id
     }
 
     /// The partition count of `topic` (Kafka's `partitionsFor`), waiting up to `max.block.ms`
@@ -472,8 +473,10 @@ impl Producer {
         inner.pending.fetch_add(1, Ordering::AcqRel);
         let mut closed_a_batch = false;
         {
-            let mut queues = inner.queues.lock().map_err(|_| ProducerError::Closed)?;
-            let q = queues.entry((record.topic.clone(), partition)).or_default();
+            let mut queues = inner.queues.lock();
+            let q = queues
+                .entry(TopicPartition::new(record.topic.clone(), partition))
+                .or_default();
             if let Some(open) = &q.open
                 && !open.builder.is_empty()
                 && open.builder.estimated_size() + size > inner.config.batch_size
@@ -513,9 +516,7 @@ impl Producer {
 
     /// KIP-480: keep using one partition for keyless records until its batch closes.
     fn sticky_partition(&self, topic: &str, n: usize, closed: Option<i32>) -> i32 {
-        let Ok(mut sticky) = self.inner.sticky.lock() else {
-            return 0;
-        };
+        let mut sticky = self.inner.sticky.lock();
         match (sticky.get(topic).copied(), closed) {
             (Some(p), None) if (p as usize) < n => p,
             (current, _) => {
@@ -673,7 +674,7 @@ struct Shipment {
 /// none yet and something to send, or bumping the epoch (KIP-360) once nothing is in flight.
 /// `None` while batches must wait.
 async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
-    let state = *inner.producer_id.lock().ok()?;
+    let state = *inner.producer_id.lock();
     if let Some(id) = state.id
         && !state.bump
     {
@@ -715,9 +716,7 @@ async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
             None
         }
     };
-    let Ok(mut p) = inner.producer_id.lock() else {
-        return None;
-    };
+    let mut p = inner.producer_id.lock();
     match granted {
         Some(id) => {
             tracing::debug!(producer_id = id.0, epoch = id.1, "producer id and epoch");
@@ -744,31 +743,23 @@ async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
 /// A new producer id or epoch: every partition's sequences start again at 0, and batches not
 /// acknowledged yet are renumbered when they are sent next (Kafka's `resetProducerState`).
 fn reset_sequences(inner: &Inner) {
-    if let Ok(mut queues) = inner.queues.lock() {
-        for q in queues.values_mut() {
-            q.next_seq = 0;
-            q.acked_seq = 0;
-            for b in q.ready.iter_mut() {
-                b.seq = None;
-                b.retry_at = None;
-            }
+    for q in inner.queues.lock().values_mut() {
+        q.next_seq = 0;
+        q.acked_seq = 0;
+        for b in q.ready.iter_mut() {
+            b.seq = None;
+            b.retry_at = None;
         }
     }
 }
 
 fn in_flight_total(inner: &Inner) -> usize {
-    inner
-        .queues
-        .lock()
-        .map(|q| q.values().map(|q| q.in_flight).sum())
-        .unwrap_or(0)
+    inner.queues.lock().values().map(|q| q.in_flight).sum()
 }
 
 /// Asks for an epoch bump (KIP-360) before anything more is sent.
 fn request_epoch_bump(inner: &Inner) {
-    if let Ok(mut p) = inner.producer_id.lock() {
-        p.bump = true;
-    }
+    inner.producer_id.lock().bump = true;
 }
 
 /// Fails batches that waited longer than `delivery.timeout.ms` for a producer id.
@@ -857,8 +848,9 @@ async fn sender_loop(inner: Arc<Inner>) {
             inner.flushing.load(Ordering::Acquire) > 0 || inner.closed.load(Ordering::Acquire);
         let mut next_wake: Option<Instant> = None;
         let mut shipments: Vec<Shipment> = Vec::new();
-        if let Ok(mut queues) = inner.queues.lock() {
-            for ((topic, partition), q) in queues.iter_mut() {
+        {
+            let mut queues = inner.queues.lock();
+            for (TopicPartition { topic, partition }, q) in queues.iter_mut() {
                 if q.open.as_ref().is_some_and(|o| {
                     flushing || now.duration_since(o.created) >= inner.config.linger
                 }) {
@@ -951,9 +943,7 @@ async fn sender_loop(inner: Arc<Inner>) {
             }
             let slots =
                 {
-                    let Ok(mut m) = inner.broker_slots.lock() else {
-                        continue;
-                    };
+                    let mut m = inner.broker_slots.lock();
                     Arc::clone(m.entry(leader).or_insert_with(|| {
                         Arc::new(Semaphore::new(inner.config.max_in_flight.max(1)))
                     }))
@@ -1114,8 +1104,10 @@ fn complete(inner: &Inner, s: Shipment, base_offset: i64, log_append_time: i64) 
 /// A request of the partition came back; `acked` is the logical sequence after its last
 /// acknowledged record (idempotence).
 fn release(inner: &Inner, topic: &str, partition: i32, acked: Option<i64>) {
-    if let Ok(mut queues) = inner.queues.lock()
-        && let Some(q) = queues.get_mut(&(topic.to_owned(), partition))
+    if let Some(q) = inner
+        .queues
+        .lock()
+        .get_mut(&TopicPartition::new(topic, partition))
     {
         q.in_flight = q.in_flight.saturating_sub(1);
         if let Some(end) = acked {
@@ -1153,8 +1145,10 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
             finish_batch(inner, b, |_, _| Err(err.clone()));
         }
     }
-    if let Ok(mut queues) = inner.queues.lock()
-        && let Some(q) = queues.get_mut(&(s.topic.clone(), s.partition))
+    if let Some(q) = inner
+        .queues
+        .lock()
+        .get_mut(&TopicPartition::new(s.topic.clone(), s.partition))
     {
         for mut b in keep.into_iter().rev() {
             // Out of order only because an earlier batch is being retried: no back-off needed,

@@ -4,7 +4,9 @@
 //! hints. No retries of data requests here: the producer and consumer decide those.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
@@ -62,12 +64,7 @@ impl ClusterClient {
 
     /// A channel to `address`, reused across calls.
     pub fn channel(&self, address: &str) -> Result<Channel, ApiError> {
-        if let Some(c) = self
-            .cache
-            .read()
-            .ok()
-            .and_then(|c| c.channels.get(address).cloned())
-        {
+        if let Some(c) = self.cache.read().channels.get(address).cloned() {
             return Ok(c);
         }
         let ch = Endpoint::from_shared(format!("http://{address}"))
@@ -81,20 +78,19 @@ impl ClusterClient {
             .timeout(self.timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        if let Ok(mut c) = self.cache.write() {
-            c.channels.insert(address.to_owned(), ch.clone());
-        }
+        self.cache
+            .write()
+            .channels
+            .insert(address.to_owned(), ch.clone());
         Ok(ch)
     }
 
     /// A Broker client for broker `id` (from metadata).
     pub fn broker(&self, id: i32) -> Result<BrokerClient<Channel>, ApiError> {
-        let addr = self
-            .cache
-            .read()
-            .ok()
-            .and_then(|c| c.brokers.get(&id).cloned())
-            .ok_or_else(|| unavailable(format!("broker {id} is not in the cluster metadata")))?;
+        let addr =
+            self.cache.read().brokers.get(&id).cloned().ok_or_else(|| {
+                unavailable(format!("broker {id} is not in the cluster metadata"))
+            })?;
         Ok(BrokerClient::new(self.channel(&addr)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX))
@@ -102,11 +98,7 @@ impl ClusterClient {
 
     /// Fetches metadata for `topics` (all when empty) from any reachable broker and caches it.
     pub async fn refresh(&self, topics: &[String]) -> Result<MetadataResponse, ApiError> {
-        let mut candidates: Vec<String> = self
-            .cache
-            .read()
-            .map(|c| c.brokers.values().cloned().collect())
-            .unwrap_or_default();
+        let mut candidates: Vec<String> = self.cache.read().brokers.values().cloned().collect();
         candidates.extend(self.bootstrap.iter().cloned());
         let mut last = unavailable(format!(
             "no broker reachable at {}",
@@ -143,9 +135,7 @@ impl ClusterClient {
     }
 
     fn absorb(&self, r: &MetadataResponse) {
-        let Ok(mut c) = self.cache.write() else {
-            return;
-        };
+        let mut c = self.cache.write();
         for b in &r.brokers {
             if let Some(e) = b.endpoints.first() {
                 c.brokers
@@ -188,12 +178,7 @@ impl ClusterClient {
 
     /// Cached partitions of `topic`, refreshing when unknown.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<LeaderInfo>, ApiError> {
-        if let Some(p) = self
-            .cache
-            .read()
-            .ok()
-            .and_then(|c| c.topics.get(topic).cloned())
-        {
+        if let Some(p) = self.cache.read().topics.get(topic).cloned() {
             return Ok(p);
         }
         let r = self.refresh(&[topic.to_owned()]).await?;
@@ -202,23 +187,18 @@ impl ClusterClient {
                 crate::ErrorCode::try_from(t.error_code).unwrap_or(ErrorCode::UnknownServerError),
                 t.error_message.clone(),
             )),
-            _ => self
-                .cache
-                .read()
-                .ok()
-                .and_then(|c| c.topics.get(topic).cloned())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::UnknownTopicOrPartition,
-                        format!("topic {topic:?} does not exist"),
-                    )
-                }),
+            _ => self.cache.read().topics.get(topic).cloned().ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic {topic:?} does not exist"),
+                )
+            }),
         }
     }
 
     /// The cached partition count of `topic`, without any I/O.
     pub fn cached_partition_count(&self, topic: &str) -> Option<usize> {
-        self.cache.read().ok()?.topics.get(topic).map(Vec::len)
+        self.cache.read().topics.get(topic).map(Vec::len)
     }
 
     /// Like [`partitions`](Self::partitions), but waits up to `patience` for a topic that does
@@ -241,11 +221,12 @@ impl ClusterClient {
 
     /// Records a newer leader learned from an error response.
     pub fn update_leader(&self, topic: &str, partition: i32, info: LeaderInfo) {
-        if let Ok(mut c) = self.cache.write()
-            && let Some(slot) = c
-                .topics
-                .get_mut(topic)
-                .and_then(|p| p.get_mut(partition as usize))
+        if let Some(slot) = self
+            .cache
+            .write()
+            .topics
+            .get_mut(topic)
+            .and_then(|p| p.get_mut(partition as usize))
             && info.epoch >= slot.epoch
         {
             *slot = info;
@@ -254,9 +235,7 @@ impl ClusterClient {
 
     /// Forgets a topic so the next lookup refreshes it.
     pub fn invalidate(&self, topic: &str) {
-        if let Ok(mut c) = self.cache.write() {
-            c.topics.remove(topic);
-        }
+        self.cache.write().topics.remove(topic);
     }
 
     /// Calls the active controller (found through broker metadata), following NOT_CONTROLLER
@@ -266,17 +245,10 @@ impl ClusterClient {
         F: FnMut(ControllerClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let known = self
-            .cache
-            .read()
-            .map(|c| c.controllers.clone())
-            .unwrap_or_default();
+        let known = self.cache.read().controllers.clone();
         let controllers = if known.is_empty() {
             self.refresh(&[]).await?;
-            self.cache
-                .read()
-                .map(|c| c.controllers.clone())
-                .unwrap_or_default()
+            self.cache.read().controllers.clone()
         } else {
             known
         };
