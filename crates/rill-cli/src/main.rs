@@ -70,6 +70,10 @@ enum TopicCmd {
     Describe {
         /// Topics (all when omitted).
         names: Vec<String>,
+        /// Every topic config with its value, marking defaults (the controller's table of
+        /// topic configs), not only the overrides.
+        #[arg(long)]
+        all_configs: bool,
     },
     /// Delete topics.
     Delete {
@@ -271,7 +275,7 @@ async fn run(cli: Cli) -> Result<()> {
                         println!("{n}");
                     }
                 }
-                TopicCmd::Describe { names } => {
+                TopicCmd::Describe { names, all_configs } => {
                     let r = client.refresh(&names).await?;
                     let configs = client
                         .admin(patience, |mut c| {
@@ -288,18 +292,16 @@ async fn run(cli: Cli) -> Result<()> {
                             &t.error_message,
                             &format!("describing {}", t.name),
                         )?;
-                        let overrides: Vec<String> = configs
+                        let described: &[DescribedConfig] = configs
                             .results
                             .iter()
                             .find(|c| c.topic == t.name)
-                            .map(|c| {
-                                c.configs
-                                    .iter()
-                                    .filter(|c| !c.is_default)
-                                    .map(|c| format!("{}={}", c.name, c.value))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                            .map_or(&[], |c| &c.configs);
+                        let overrides: Vec<String> = described
+                            .iter()
+                            .filter(|c| !c.is_default)
+                            .map(|c| format!("{}={}", c.name, c.value))
+                            .collect();
                         println!(
                             "Topic: {}\tTopicId: {}\tPartitions: {}\tConfigs: {}",
                             t.name,
@@ -307,6 +309,16 @@ async fn run(cli: Cli) -> Result<()> {
                             t.partitions.len(),
                             overrides.join(",")
                         );
+                        if all_configs {
+                            for c in described {
+                                println!(
+                                    "\tConfig: {}={}\t{}",
+                                    c.name,
+                                    c.value,
+                                    if c.is_default { "default" } else { "override" }
+                                );
+                            }
+                        }
                         for p in &t.partitions {
                             println!(
                                 "\tPartition: {}\tLeader: {}\tEpoch: {}\tReplicas: {:?}\tIsr: {:?}{}",

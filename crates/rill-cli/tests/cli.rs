@@ -78,6 +78,36 @@ async fn the_cli_manages_topics_and_moves_data() {
         ],
     );
     assert!(!ok && err.contains("INVALID_CONFIG"), "{err}");
+    // An unknown name is refused naming every accepted one (replication configs included).
+    let (ok, _, err) = rill(
+        &cluster,
+        &[
+            "topic",
+            "alter-config",
+            "orders",
+            "--set",
+            "retention.hours=1",
+        ],
+    );
+    assert!(!ok && err.contains("INVALID_CONFIG"), "{err}");
+    for name in [
+        "retention.ms",
+        "min.insync.replicas",
+        "unclean.leader.election.enable",
+    ] {
+        assert!(err.contains(name), "{name} not listed: {err}");
+    }
+    // --all-configs shows every config, defaults from the controller's one table.
+    let (ok, out, err) = rill(&cluster, &["topic", "describe", "orders", "--all-configs"]);
+    assert!(ok, "{err}");
+    for line in [
+        "\tConfig: retention.ms=60000\toverride",
+        "\tConfig: segment.bytes=1073741824\tdefault",
+        "\tConfig: min.insync.replicas=1\tdefault",
+        "\tConfig: unclean.leader.election.enable=false\tdefault",
+    ] {
+        assert!(out.contains(line), "{line:?} missing: {out}");
+    }
 
     let mut produce = Command::new(env!("CARGO_BIN_EXE_rill"))
         .args([

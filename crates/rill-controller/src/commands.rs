@@ -9,17 +9,11 @@ use rill_protocol::proto::{
     PartitionRecord, ProducerIdsRecord, TopicRecord, UnfenceBrokerRecord,
 };
 use rill_protocol::{ApiError, ErrorCode};
-use rill_storage::LogConfig;
+use rill_storage::{LogConfig, TOPIC_CONFIGS};
 
 use rill_protocol::metadata_image::{
     MetadataImage, PartitionInfo, PartitionReassignment, TopicInfo,
 };
-
-/// Topic configs handled by the controller and brokers rather than the log.
-pub const REPLICATION_CONFIGS: &[(&str, &str)] = &[
-    ("min.insync.replicas", "1"),
-    ("unclean.leader.election.enable", "false"),
-];
 
 /// Producer ids reserved per `ProducerIdsRecord` (Kafka's `ProducerIdsBlock.PRODUCER_ID_BLOCK_SIZE`).
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
@@ -151,51 +145,43 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks one topic config entry: known key, value in range.
+/// Checks one topic config entry: a name in [`TOPIC_CONFIGS`] and a value in its range.
+/// `LogConfig::set` knows every name, the replication configs (`min.insync.replicas`,
+/// `unclean.leader.election.enable`) included, and its message for an unknown name lists them
+/// all.
 pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ApiError> {
-    let invalid = |why: String| ApiError::new(ErrorCode::InvalidConfig, why);
-    match name {
-        "min.insync.replicas" => match value.trim().parse::<i32>() {
-            Ok(n) if n >= 1 => Ok(()),
-            _ => Err(invalid(format!(
-                "invalid config min.insync.replicas={value:?}: must be an integer ≥ 1"
-            ))),
-        },
-        "unclean.leader.election.enable" => match value.trim() {
-            "true" | "false" => Ok(()),
-            _ => Err(invalid(format!(
-                "invalid config unclean.leader.election.enable={value:?}: must be true or false"
-            ))),
-        },
-        _ => LogConfig::default()
-            .set(name, value)
-            .map_err(|e| invalid(e.to_string())),
-    }
+    LogConfig::default()
+        .set(name, value)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidConfig, e.to_string()))
 }
 
-/// Every topic config key with its default value.
+/// Checks that `name` is a topic config (what removing an override needs: it has no value).
+pub fn validate_topic_config_name(name: &str) -> Result<(), ApiError> {
+    if TOPIC_CONFIGS.iter().any(|c| c.name == name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = TOPIC_CONFIGS.iter().map(|c| c.name).collect();
+    Err(ApiError::new(
+        ErrorCode::InvalidConfig,
+        format!("unknown config {name:?}; known: {}", known.join(", ")),
+    ))
+}
+
+/// Every topic config name with its default value, in [`TOPIC_CONFIGS`] order.
 pub fn topic_config_defaults() -> Vec<(String, String)> {
-    let defaults = LogConfig::default();
-    let mut out: Vec<(String, String)> = LogConfig::KEYS
+    TOPIC_CONFIGS
         .iter()
-        .filter_map(|k| defaults.get(k).map(|v| ((*k).to_owned(), v)))
-        .collect();
-    out.extend(
-        REPLICATION_CONFIGS
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    out.sort();
-    out
+        .map(|c| (c.name.to_owned(), c.default.to_owned()))
+        .collect()
 }
 
 /// The value of a topic config, override or default.
 pub fn topic_config(topic: &TopicInfo, name: &str) -> Option<String> {
     topic.configs.get(name).cloned().or_else(|| {
-        topic_config_defaults()
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+        TOPIC_CONFIGS
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.default.to_owned())
     })
 }
 
@@ -878,6 +864,49 @@ pub fn auto_leader_rebalance(image: &MetadataImage, percentage: u32) -> Vec<Meta
 mod tests {
     use super::*;
     use rill_protocol::proto::RegisterBrokerRecord;
+
+    #[test]
+    fn topic_configs_come_from_the_one_table() {
+        // An unknown name (set or removed) is refused with every accepted name listed, the
+        // replication configs included.
+        for e in [
+            validate_topic_config("retention.hours", "1").unwrap_err(),
+            validate_topic_config_name("retention.hours").unwrap_err(),
+        ] {
+            assert_eq!(e.code, ErrorCode::InvalidConfig);
+            assert!(e.message.contains("retention.hours"), "{}", e.message);
+            for c in TOPIC_CONFIGS {
+                assert!(
+                    e.message.contains(c.name),
+                    "{} missing: {}",
+                    c.name,
+                    e.message
+                );
+            }
+        }
+        // Every name in the table is accepted with its default, and has it as its default.
+        for c in TOPIC_CONFIGS {
+            validate_topic_config(c.name, c.default).unwrap();
+            validate_topic_config_name(c.name).unwrap();
+        }
+        let defaults = topic_config_defaults();
+        assert_eq!(defaults.len(), TOPIC_CONFIGS.len());
+        assert!(defaults.contains(&("min.insync.replicas".into(), "1".into())));
+        assert!(defaults.contains(&("unclean.leader.election.enable".into(), "false".into())));
+        // Ranges apply to the replication configs too.
+        for (name, value) in [
+            ("min.insync.replicas", "0"),
+            ("min.insync.replicas", "two"),
+            ("unclean.leader.election.enable", "yes"),
+            ("retention.ms", "soon"),
+        ] {
+            let e = validate_topic_config(name, value).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidConfig, "{name}={value}");
+            assert!(e.message.contains(name), "{}", e.message);
+        }
+        validate_topic_config("min.insync.replicas", "2").unwrap();
+        validate_topic_config("unclean.leader.election.enable", "true").unwrap();
+    }
 
     #[test]
     fn producer_ids_come_from_blocks_reserved_in_the_log() {

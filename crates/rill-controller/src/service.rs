@@ -320,10 +320,6 @@ impl Controller for ControllerService {
         let results = self
             .handle
             .write(move |ctx| {
-                let known: Vec<String> = commands::topic_config_defaults()
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .collect();
                 let mut records = Vec::new();
                 let mut results = Vec::new();
                 for res in req.resources {
@@ -352,12 +348,7 @@ impl Controller for ControllerService {
                         let mut recs = Vec::new();
                         for c in &res.configs {
                             let value = if c.operation == ConfigOperation::Delete as i32 {
-                                if !known.contains(&c.name) {
-                                    return Err(err(
-                                        ErrorCode::InvalidConfig,
-                                        format!("unknown config {:?}", c.name),
-                                    ));
-                                }
+                                commands::validate_topic_config_name(&c.name)?;
                                 None
                             } else {
                                 let v = c.value.clone().ok_or_else(|| {

@@ -65,6 +65,17 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
             r.topics[0].error_message
         );
         assert!(!r.topics[0].error_message.is_empty());
+        if t.name == "cfg2" {
+            // The message for an unknown config names every accepted one.
+            for c in rill_storage::TOPIC_CONFIGS {
+                assert!(
+                    r.topics[0].error_message.contains(c.name),
+                    "{} not listed: {}",
+                    c.name,
+                    r.topics[0].error_message
+                );
+            }
+        }
     }
     // Validate-only succeeds without creating anything.
     let r = q
