@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod apis;
 pub mod background;
 pub mod config;
 pub mod controller_client;

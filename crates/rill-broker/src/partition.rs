@@ -102,6 +102,8 @@ pub struct Partition {
     /// (leader, leader epoch) packed, readable without the state lock (async waiters must not
     /// queue behind an append holding it across disk writes).
     leader_and_epoch: AtomicI64,
+    /// Watchers of this partition's log end (followers' fetches long-poll on it).
+    log_end_watch: watch::Sender<i64>,
     /// Watchers of this partition's high watermark (acks=all waits here: Kafka's DelayedProduce,
     /// keyed by partition).
     hw_watch: watch::Sender<i64>,
@@ -130,6 +132,7 @@ impl Partition {
     ) -> Self {
         let group_commit = log.read().group_commit();
         let (hw_watch, _) = watch::channel(hw);
+        let (log_end_watch, _) = watch::channel(0);
         Partition {
             tp,
             topic_id,
@@ -152,6 +155,7 @@ impl Partition {
             config: RwLock::new(config),
             high_watermark: AtomicI64::new(hw),
             hw_watch,
+            log_end_watch,
         }
     }
 
@@ -178,6 +182,11 @@ impl Partition {
     /// The high watermark.
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Watches the log end: a leader's append wakes the followers' parked fetches.
+    pub fn subscribe_log_end(&self) -> watch::Receiver<i64> {
+        self.log_end_watch.subscribe()
     }
 
     /// Watches the high watermark (acks=all waits on it).
@@ -314,6 +323,7 @@ impl Partition {
             // process). Under `commit` group commit's fsync writes it out.
             log.write_out().map_err(PartitionAppendError::Log)?;
         }
+        self.log_end_watch.send_replace(info.last_offset + 1);
         Ok(LeaderAppend {
             info,
             leader_epoch: state.leader_epoch,

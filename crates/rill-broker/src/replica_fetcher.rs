@@ -51,8 +51,6 @@ pub struct ReplicaFetcherManager {
     /// By (leader, bucket): `num.replica.fetchers` loops per leader, partitions hashed over them.
     fetchers: Mutex<HashMap<(i32, usize), Fetcher>>,
     stop: CancellationToken,
-    /// Called with each leader high watermark change seen (wakes long-polls).
-    on_progress: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl ReplicaFetcherManager {
@@ -63,7 +61,6 @@ impl ReplicaFetcherManager {
         logs: Arc<LogManager>,
         throttle: Arc<Throttle>,
         runtime: Option<tokio::runtime::Handle>,
-        on_progress: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
         ReplicaFetcherManager {
             config,
@@ -73,7 +70,6 @@ impl ReplicaFetcherManager {
             runtime,
             fetchers: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
-            on_progress,
         }
     }
 
@@ -115,7 +111,6 @@ impl ReplicaFetcherManager {
                 partitions: Arc::clone(&f.partitions),
                 wake: Arc::clone(&f.wake),
                 stop: f.stop.clone(),
-                on_progress: Arc::clone(&self.on_progress),
             };
             runtime.spawn(task.run());
             f
@@ -174,7 +169,6 @@ struct FetchLoop {
     partitions: Arc<Mutex<HashMap<TopicPartition, Followed>>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
-    on_progress: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl FetchLoop {
@@ -262,7 +256,6 @@ impl FetchLoop {
                 )
             })
             .await;
-            (self.on_progress)();
             match outcome {
                 Ok(Outcome { errors, .. }) if errors > 0 => {
                     tokio::time::sleep(backoff).await;

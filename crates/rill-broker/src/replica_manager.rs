@@ -71,8 +71,6 @@ pub struct ReplicaManager {
     dir_failures: watch::Sender<Option<String>>,
     image: RwLock<Arc<MetadataImage>>,
     hw_changed: Arc<watch::Sender<u64>>,
-    /// Wakes replica fetches parked at this leader when any log end moves.
-    appended: watch::Sender<u64>,
     fetchers: ReplicaFetcherManager,
     /// ISR changes for the controller (AlterPartition); unset in tests without a controller.
     isr_changes: RwLock<Option<tokio::sync::mpsc::UnboundedSender<IsrChange>>>,
@@ -117,7 +115,6 @@ impl ReplicaManager {
     pub fn new(config: Arc<BrokerConfig>, logs: LogManager) -> Self {
         let hw_changed = Arc::new(watch::channel(0).0);
         let (dir_failures, _) = watch::channel(None);
-        let wake = Arc::clone(&hw_changed);
         let logs = Arc::new(logs);
         let follower_throttle = Arc::new(Throttle::default());
         let fetchers = ReplicaFetcherManager::new(
@@ -125,10 +122,8 @@ impl ReplicaManager {
             Arc::clone(&logs),
             Arc::clone(&follower_throttle),
             tokio::runtime::Handle::try_current().ok(),
-            Arc::new(move || wake.send_modify(|v| *v += 1)),
         );
         ReplicaManager {
-            appended: watch::channel(0).0,
             fetchers,
             isr_changes: RwLock::new(None),
             leader_throttle: Arc::new(Throttle::default()),
@@ -160,15 +155,10 @@ impl ReplicaManager {
         Arc::clone(&self.image.read())
     }
 
-    /// Wakes long-polling fetches whenever any high watermark moves.
-    pub fn subscribe_hw(&self) -> watch::Receiver<u64> {
+    /// Bumped when the metadata applied changes what this broker serves (leadership moves,
+    /// partitions opened or taken offline): parked fetches re-check their partitions.
+    pub fn subscribe_metadata(&self) -> watch::Receiver<u64> {
         self.hw_changed.subscribe()
-    }
-
-    /// Wakes replica fetches whenever any log end moves (followers wait for data, not for the
-    /// high watermark they themselves hold back).
-    pub fn subscribe_appended(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
     }
 
     /// Where ISR changes go (the AlterPartition sender).
@@ -702,9 +692,8 @@ impl ReplicaManager {
                 PartitionAppendError::Api(e, current) => (e, current),
                 PartitionAppendError::Log(e) => (self.storage_error(partition, e), None),
             })?;
-        self.appended.send_modify(|v| *v += 1);
         if self.config.flush_policy == FlushPolicy::Interval {
-            self.after_hw_change(partition.maybe_increment_hw());
+            partition.maybe_increment_hw();
         }
         Ok(append)
     }
@@ -718,7 +707,7 @@ impl ReplicaManager {
             self.fail_log_dir(&partition.log_dir, &reason);
             return Err(ApiError::new(ErrorCode::KafkaStorageError, reason));
         }
-        self.after_hw_change(partition.maybe_increment_hw());
+        partition.maybe_increment_hw();
         Ok(())
     }
 
@@ -779,12 +768,6 @@ impl ReplicaManager {
             ));
         }
         Ok(())
-    }
-
-    fn after_hw_change(&self, moved: bool) {
-        if moved {
-            self.hw_changed.send_modify(|v| *v += 1);
-        }
     }
 
     /// Flushes logs whose `flush.messages` / `flush.ms` came due (interval policy).
@@ -962,7 +945,6 @@ impl ReplicaManager {
             r.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
             return r;
         }
-        let before = partition.high_watermark();
         // KIP-903: only a fetch from the replica's current registration may add it to the ISR.
         let may_join = self
             .image()
@@ -979,7 +961,6 @@ impl ReplicaManager {
             tracing::info!(partition = %partition.tp, replica, isr = ?change.new_isr, "expanding the ISR: the follower caught up");
             self.propose_isr(partition, change);
         }
-        self.after_hw_change(partition.high_watermark() > before);
         r.high_watermark = partition.high_watermark();
         // An out-of-sync follower catching up is throttled; one in the ISR never is.
         let throttled = !state.isr.contains(&replica);

@@ -157,7 +157,7 @@ fn process(
                 Err((e, current)) => {
                     pr.error_code = e.code as i32;
                     pr.error_message = e.message;
-                    pr.current_leader = crate::network::leader_hint(current);
+                    pr.current_leader = crate::apis::leader_hint(current);
                 }
             }
             tr.partitions.push(pr);

@@ -1,0 +1,23 @@
+//! Per-request handlers (Kafka's `KafkaApis`): one module per API, each taking the decoded
+//! request and answering it. The gRPC service (`network`) only decodes, delegates and encodes;
+//! future listeners (the Kafka protocol) call the same handlers.
+
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use rill_protocol::proto::LeaderIdAndEpoch;
+
+/// The `current_leader` field from a known (leader id, leader epoch).
+pub(crate) fn leader_hint(current: Option<(i32, i32)>) -> Option<LeaderIdAndEpoch> {
+    current.map(|(leader_id, leader_epoch)| LeaderIdAndEpoch {
+        leader_id,
+        leader_epoch,
+    })
+}
+
+/// A blocking-pool task that died (a panic): the request fails as a whole.
+pub(crate) fn blocking_err(e: tokio::task::JoinError) -> tonic::Status {
+    tonic::Status::internal(format!("worker failed: {e}"))
+}
