@@ -778,6 +778,9 @@ async fn sigkill_during_a_produce_stream_loses_no_acknowledged_record() {
             acks: 1,
             delivery_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
+            // Once the broker is gone, `send` fails after this instead of waiting a minute
+            // for metadata (Kafka's max.block.ms).
+            max_block: Duration::from_secs(2),
             ..Default::default()
         })
         .unwrap();
