@@ -509,6 +509,32 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
     );
     assert_eq!(lookup(-2).await.leader_epoch, first_epoch);
     assert_eq!(lookup(now - 1500).await.leader_epoch, first_epoch);
+
+    // A client naming a stale or future leader epoch is told so.
+    let with_epoch = |epoch: i32| {
+        let req = ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: "times".into(),
+                partitions: vec![ListOffsetsPartition {
+                    index: 0,
+                    current_leader_epoch: epoch,
+                    timestamp: -1,
+                }],
+            }],
+        };
+        let mut b = b.clone();
+        async move { b.list_offsets(req).await.unwrap().into_inner().topics[0].partitions[0].clone() }
+    };
+    assert_eq!(
+        with_epoch(first_epoch).await.error_code,
+        ErrorCode::FencedLeaderEpoch as i32
+    );
+    assert_eq!(
+        with_epoch(latest.leader_epoch + 1).await.error_code,
+        ErrorCode::UnknownLeaderEpoch as i32
+    );
+    assert_eq!(with_epoch(latest.leader_epoch).await.error_code, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
