@@ -32,7 +32,7 @@ pub enum Role {
 /// the number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NodeName {
-    /// Its role.
+    #[allow(missing_docs)]
     pub role: Role,
     /// Its node id (1-based).
     pub id: i32,
@@ -155,7 +155,7 @@ impl Node {
 pub struct PartitionState {
     /// Leader broker id, -1 when offline.
     pub leader: i32,
-    /// Leader epoch.
+    /// Bumped by the controller on every leader change (-1 when unknown).
     pub leader_epoch: i32,
     /// Replicas, preferred leader first.
     pub replicas: Vec<i32>,

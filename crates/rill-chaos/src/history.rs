@@ -33,13 +33,13 @@ pub enum Outcome {
     /// Definitely not written: refused before anything was appended (NOT_ENOUGH_REPLICAS), or
     /// never sent. Such a record must never be read.
     Failed {
-        /// Why.
+        /// The producer's error, as text.
         error: String,
     },
     /// May or may not have been written: a timeout or a lost connection after the request may
     /// have left. Reading it or not are both correct.
     Unknown {
-        /// Why.
+        /// The producer's error (or why no outcome came), as text.
         error: String,
     },
 }
@@ -53,11 +53,11 @@ pub struct Attempt {
     pub writer: u32,
     /// The writer's sequence number: its send order.
     pub seq: u64,
-    /// Topic.
+    #[allow(missing_docs)]
     pub topic: String,
     /// The partition it was sent to, when chosen by the writer.
     pub partition: Option<i32>,
-    /// The outcome.
+    /// What became of it; [`Outcome::Pending`] until recorded.
     pub outcome: Outcome,
     /// When it was sent, since the history began.
     pub sent_at: Duration,
@@ -68,11 +68,11 @@ pub struct Attempt {
 /// One record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Read {
-    /// Topic.
+    #[allow(missing_docs)]
     pub topic: String,
-    /// Partition.
+    #[allow(missing_docs)]
     pub partition: i32,
-    /// Offset.
+    #[allow(missing_docs)]
     pub offset: i64,
     /// The value read (lossily decoded; values the workload writes are ASCII).
     pub value: String,
@@ -198,9 +198,9 @@ pub struct Finding {
 /// Counts and findings of one checked history. Clean means all finding counts are zero.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
-    /// Produce attempts.
+    /// Produce attempts recorded, whatever their outcome.
     pub attempted: usize,
-    /// Attempts acknowledged.
+    /// Attempts with an [`Outcome::Ok`]: each must be read exactly once.
     pub acknowledged: usize,
     /// Attempts that definitely failed.
     pub failed: usize,

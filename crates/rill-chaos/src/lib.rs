@@ -54,7 +54,7 @@ pub enum ChaosError {
     /// kill(1) failed.
     #[error("sending SIG{signal} to pid {pid} failed")]
     Signal {
-        /// The process.
+        /// The node's process id.
         pid: u32,
         /// The signal name.
         signal: String,

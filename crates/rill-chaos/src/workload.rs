@@ -30,7 +30,7 @@ use crate::history::{History, Outcome, Read};
 pub struct WorkloadConfig {
     /// Brokers to bootstrap from (give all of them: any may be down at times).
     pub bootstrap: Vec<String>,
-    /// Topic written.
+    /// The topic every writer writes and the reader reads; created beforehand.
     pub topic: String,
     /// Its partition count (values go round robin over them).
     pub partitions: i32,

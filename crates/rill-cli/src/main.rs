@@ -41,7 +41,7 @@ enum Command {
     Cluster(ClusterCmd),
     /// Send lines from stdin as records.
     Produce(ProduceArgs),
-    /// Print records.
+    /// Print the records of a topic, one per line.
     Consume(ConsumeArgs),
     /// Throughput and latency tests.
     #[command(subcommand)]
@@ -52,7 +52,7 @@ enum Command {
 enum TopicCmd {
     /// Create a topic.
     Create {
-        /// Topic name.
+        /// Topic name: ASCII letters, digits, '.', '_' and '-'.
         name: String,
         /// Partitions (default: the cluster's num.partitions).
         #[arg(long, short)]
@@ -64,7 +64,7 @@ enum TopicCmd {
         #[arg(long = "config", short = 'c')]
         configs: Vec<String>,
     },
-    /// List topics.
+    /// Names of all topics, one per line.
     List,
     /// Partitions, leaders, replicas and configs of topics.
     Describe {
@@ -75,14 +75,14 @@ enum TopicCmd {
         #[arg(long)]
         all_configs: bool,
     },
-    /// Delete topics.
+    /// Delete topics and all their data.
     Delete {
-        /// Topics.
+        /// Topics to delete.
         names: Vec<String>,
     },
     /// Set or remove topic configs.
     AlterConfig {
-        /// Topic.
+        /// Topic whose configs change.
         name: String,
         /// name=value to set (repeatable).
         #[arg(long)]
@@ -123,7 +123,7 @@ enum ClusterCmd {
 
 #[derive(Args)]
 struct ProduceArgs {
-    /// Topic.
+    /// Topic to write to (it must exist).
     topic: String,
     /// Split each line into key and value at the first occurrence of this separator.
     #[arg(long)]
@@ -142,7 +142,7 @@ struct ProduceArgs {
 
 #[derive(Args)]
 struct ConsumeArgs {
-    /// Topic.
+    /// Topic to read (it must exist).
     topic: String,
     /// Start at the beginning of the log (default: only new records).
     #[arg(long)]

@@ -31,13 +31,13 @@ pub enum PerfCmd {
         /// acks: 0, 1 or all.
         #[arg(long, default_value = "1")]
         acks: String,
-        /// Compression codec.
+        /// none, gzip, snappy, lz4 or zstd.
         #[arg(long, default_value = "none")]
         compression: String,
-        /// batch.size.
+        /// batch.size: bytes per batch before it is sent.
         #[arg(long, default_value_t = 16384)]
         batch_size: usize,
-        /// linger.ms.
+        /// linger.ms: how long a batch waits for more records.
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
         /// No progress bar (for logs and scripts).
@@ -46,7 +46,7 @@ pub enum PerfCmd {
     },
     /// Consume a topic from the beginning and report throughput.
     Consume {
-        /// Topic.
+        /// Topic to read (every partition).
         #[arg(long)]
         topic: String,
         /// Records to read before stopping.

@@ -25,7 +25,7 @@ pub struct ReassignArgs {
     #[arg(long = "replicas")]
     pub replicas: Vec<String>,
     /// A plan in kafka-reassign-partitions.sh format:
-    /// {"version":1,"partitions":[{"topic":"t","partition":0,"replicas":[1,2,3]}]}
+    /// `{"version":1,"partitions":[{"topic":"t","partition":0,"replicas":[1,2,3]}]}`
     #[arg(long, value_name = "FILE")]
     pub plan: Option<std::path::PathBuf>,
     /// Spread every partition of the topics evenly over all live brokers, moving as few replicas
@@ -55,9 +55,8 @@ pub struct Plan {
 /// One partition of a [`Plan`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanPartition {
-    /// Topic name.
     pub topic: String,
-    /// Partition index.
+    /// Partition index, from 0.
     pub partition: i32,
     /// Replicas, preferred leader first.
     pub replicas: Vec<i32>,

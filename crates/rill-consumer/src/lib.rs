@@ -37,21 +37,26 @@ pub enum OffsetReset {
 /// Consumer settings, with Kafka's names and defaults.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
-    /// `bootstrap.servers`.
+    /// `bootstrap.servers`: `host:port` of brokers to ask for metadata first (any one will do).
     pub bootstrap: Vec<String>,
-    /// `fetch.max.wait.ms`.
+    /// `fetch.max.wait.ms`: how long a broker may hold a fetch waiting for `fetch.min.bytes`
+    /// (default 500 ms).
     pub fetch_max_wait: Duration,
-    /// `fetch.min.bytes`.
+    /// `fetch.min.bytes`: the broker answers a fetch once it has this much data, or when
+    /// `fetch.max.wait.ms` passes (default 1: as soon as anything is there).
     pub fetch_min_bytes: i32,
-    /// `fetch.max.bytes`.
+    /// `fetch.max.bytes`: a soft cap on one fetch response; a batch larger than it still comes
+    /// back alone, so consuming never stalls (default 50 MiB).
     pub fetch_max_bytes: i32,
-    /// `max.partition.fetch.bytes`.
+    /// `max.partition.fetch.bytes`: the same per partition (default 1 MiB).
     pub max_partition_fetch_bytes: i32,
-    /// `auto.offset.reset`.
+    /// `auto.offset.reset`: where a partition without a position, or whose position fell out
+    /// of the log, starts (default latest).
     pub auto_offset_reset: OffsetReset,
-    /// `check.crcs`.
+    /// `check.crcs`: verify each batch's CRC-32C on receipt (default true).
     pub check_crcs: bool,
-    /// `request.timeout.ms`.
+    /// `request.timeout.ms`: how long one request may take, and how long lookups such as
+    /// [`Consumer::partitions_of`] keep retrying (default 30 s).
     pub request_timeout: Duration,
     /// `retry.backoff.ms`: the first wait before fetching a partition again after a retriable
     /// error, so a failing broker is not hammered.
@@ -80,19 +85,20 @@ impl Default for ConsumerConfig {
 /// A consumed record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic.
+    #[allow(missing_docs)]
     pub topic: String,
-    /// Partition.
+    #[allow(missing_docs)]
     pub partition: i32,
-    /// Offset.
+    #[allow(missing_docs)]
     pub offset: i64,
-    /// Timestamp (ms).
+    /// Milliseconds since the Unix epoch: the producer's time (CreateTime) or the broker's
+    /// (topics with `message.timestamp.type=LogAppendTime`).
     pub timestamp: i64,
-    /// Key.
+    /// `None` for a record sent without a key.
     pub key: Option<Bytes>,
     /// Value (`None` is a tombstone).
     pub value: Option<Bytes>,
-    /// Headers.
+    /// Header keys and values, in the order the producer added them (keys may repeat).
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
@@ -105,13 +111,14 @@ pub enum ConsumerError {
     /// A batch failed its CRC or could not be decoded.
     #[error("corrupt batch from {topic}-{partition} at offset {offset}: {reason}")]
     Corrupt {
-        /// Topic.
+        #[allow(missing_docs)]
         topic: String,
-        /// Partition.
+        #[allow(missing_docs)]
         partition: i32,
-        /// Position.
+        /// The consumer's position, or the corrupt batch's base offset when it is past the
+        /// position; consuming stays here until the caller seeks.
         offset: i64,
-        /// What failed.
+        /// What is wrong with the batch (CRC mismatch, bad framing, failed decompression).
         reason: String,
     },
 }
@@ -170,7 +177,7 @@ impl Consumer {
         })
     }
 
-    /// The cluster client.
+    /// The cluster client (metadata cache, admin calls) this consumer fetches through.
     pub fn client(&self) -> &ClusterClient {
         &self.client
     }

@@ -24,9 +24,9 @@ pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 pub struct ProducerIdGrant {
     /// Records that must commit before the id is answered.
     pub records: Vec<MetadataRecord>,
-    /// The producer id.
+    /// The id to answer: a new one, or the producer's own when its epoch was bumped.
     pub producer_id: i64,
-    /// The producer epoch.
+    /// 0 for a new id, the next epoch for a bump.
     pub producer_epoch: i16,
 }
 
@@ -245,13 +245,16 @@ fn rack_alternated(image: &MetadataImage) -> Vec<i32> {
 /// A topic to create, as asked.
 #[derive(Clone, Copy, Debug)]
 pub struct TopicRequest<'a> {
-    /// Name.
+    /// Topic name, not yet validated (length, characters, `.`/`..`).
     pub name: &'a str,
-    /// Partition count.
+    /// Partition count (the caller has already turned a request's -1 into `num.partitions`);
+    /// 1..=`max.partitions.per.topic`.
     pub partitions: i32,
-    /// Replicas per partition.
+    /// Replicas per partition (-1 already turned into `default.replication.factor`); at most
+    /// the live brokers.
     pub replication_factor: i32,
-    /// Config overrides.
+    /// Topic config overrides (name, value), validated against [`TOPIC_CONFIGS`]; a missing
+    /// value is refused.
     pub configs: &'a [(String, Option<String>)],
 }
 

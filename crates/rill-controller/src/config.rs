@@ -88,7 +88,7 @@ pub struct ImbalanceCheck {
 /// A `*.seconds` value.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Seconds {
-    /// Seconds.
+    #[allow(missing_docs)]
     pub seconds: u64,
 }
 
@@ -102,7 +102,7 @@ pub struct ImbalancePer {
 /// A `*.percentage` value.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Percentage {
-    /// Percent.
+    /// 0..=100.
     pub percentage: u32,
 }
 
@@ -165,7 +165,7 @@ pub struct Quorum {
 /// A `*.ms` value.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Ms {
-    /// Milliseconds.
+    #[allow(missing_docs)]
     pub ms: u64,
 }
 
@@ -342,7 +342,7 @@ impl Default for ControllerConfig {
 /// A voter of the quorum.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Voter {
-    /// Node id.
+    /// The voter's `node.id` (its Raft id; ≥ 1).
     pub id: u64,
     /// `host:port`.
     pub address: String,
@@ -357,7 +357,7 @@ pub enum ConfigError {
     /// A value is out of range or malformed.
     #[error("invalid {name}: {reason}")]
     Invalid {
-        /// Property name.
+        /// The property, by its config-file name.
         name: &'static str,
         /// What is wrong and what is allowed.
         reason: String,

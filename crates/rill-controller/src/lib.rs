@@ -25,7 +25,7 @@ pub use server::run;
 /// Why the controller could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    /// Bad configuration.
+    /// The configuration (file, environment, flags) is unreadable or out of range.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     /// The metadata log could not be read or written.
@@ -37,9 +37,9 @@ pub enum ControllerError {
     /// The listener could not be bound or served.
     #[error("listener {address}: {reason}")]
     Listener {
-        /// The address.
+        /// `host:port` that could not be bound or served.
         address: String,
-        /// What failed.
+        /// The error from binding or serving (e.g. address already in use).
         reason: String,
     },
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// Gauges the quorum thread refreshes every tick.
 pub struct ControllerMetrics {
     registry: Registry,
-    /// Raft term.
+    /// Raft term of this controller (increases with every election).
     pub term: Gauge,
     /// 1 on the active controller.
     pub is_leader: Gauge,
@@ -27,9 +27,9 @@ pub struct ControllerMetrics {
     pub brokers_unfenced: Gauge,
     /// Registered brokers that are fenced.
     pub brokers_fenced: Gauge,
-    /// Topics.
+    /// Topics in the applied metadata image.
     pub topics: Gauge,
-    /// Partitions.
+    /// Partitions over all topics in the applied metadata image.
     pub partitions: Gauge,
     /// Partitions without a leader.
     pub offline_partitions: Gauge,
@@ -85,8 +85,12 @@ impl ControllerMetrics {
                 "Registered fenced brokers",
                 &m.brokers_fenced,
             ),
-            ("topics", "Topics", &m.topics),
-            ("partitions", "Partitions", &m.partitions),
+            ("topics", "Topics in the metadata image", &m.topics),
+            (
+                "partitions",
+                "Partitions over all topics in the metadata image",
+                &m.partitions,
+            ),
             (
                 "offline_partitions",
                 "Partitions without a leader",

@@ -46,11 +46,11 @@ pub type BrokerLiveness = HashMap<i32, Instant>;
 pub struct WriteContext<'a> {
     /// Committed image plus this leader's proposals.
     pub latest: &'a MetadataImage,
-    /// Broker heartbeats.
+    /// When each broker last sent a heartbeat; writes that fence or unfence brokers update it.
     pub liveness: &'a mut BrokerLiveness,
-    /// Controller config.
+    /// Cluster defaults and limits (`num.partitions`, `max.partitions.per.topic`, ...).
     pub config: &'a ControllerConfig,
-    /// Now.
+    /// One clock reading for the whole write, so its checks agree with each other.
     pub now: Instant,
     /// The producer ids this active controller hands out (see [`ProducerIdBlock`]).
     pub producer_ids: &'a mut ProducerIdBlock,
@@ -106,9 +106,9 @@ pub type MetadataReply = oneshot::Sender<Result<MetadataStart, ApiError>>;
 pub struct QuorumInfo {
     /// Leader node id (0 when unknown).
     pub leader_id: u64,
-    /// Raft term.
+    /// Raft term (increases with every election).
     pub term: u64,
-    /// Commit index.
+    /// Index of the last Raft entry known committed (entries, not metadata records).
     pub commit_index: u64,
     /// (voter id, matched index) — known on the leader only.
     pub voters: Vec<(u64, u64)>,
@@ -118,9 +118,11 @@ pub struct QuorumInfo {
 pub enum Event {
     /// Messages from peers.
     Raft(Vec<Message>),
-    /// A write.
+    /// A write: validated against `latest` and proposed; the error callback runs when it is
+    /// refused or cannot commit.
     Write(WriteFn, ErrorFn),
-    /// A linearizable read.
+    /// A linearizable read (after a ReadIndex); the error callback runs when it cannot be
+    /// served here.
     Read(ReadFn, ErrorFn),
     /// Start a metadata stream from an offset (active controller only, after a ReadIndex).
     FetchMetadata(i64, MetadataReply),

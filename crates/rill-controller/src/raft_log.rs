@@ -35,14 +35,14 @@ pub enum RaftLogError {
     Io {
         /// File or directory.
         path: PathBuf,
-        /// Cause.
+        #[allow(missing_docs)]
         #[source]
         source: std::io::Error,
     },
     /// A file's contents are not what this module wrote.
     #[error("corrupt {path}: {reason}")]
     Corrupt {
-        /// File.
+        /// The WAL or snapshot file.
         path: PathBuf,
         /// What is wrong.
         reason: String,

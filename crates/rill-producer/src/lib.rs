@@ -62,19 +62,22 @@ pub struct ProducerConfig {
     pub batch_size: usize,
     /// `linger.ms`: how long a batch waits for more records.
     pub linger: Duration,
-    /// `compression.type`.
+    /// `compression.type`: codec of each batch (none, gzip, snappy, lz4, zstd).
     pub compression: Compression,
     /// `buffer.memory`: bytes of unsent records before `send` waits.
     pub buffer_memory: usize,
     /// `max.block.ms`: how long `send` may wait for buffer memory or metadata.
     pub max_block: Duration,
-    /// `max.in.flight.requests.per.connection`.
+    /// `max.in.flight.requests.per.connection`: requests outstanding per broker (at most
+    /// [`MAX_IN_FLIGHT_WITH_IDEMPOTENCE`] with idempotence); order per partition is kept either
+    /// way.
     pub max_in_flight: usize,
-    /// `retry.backoff.ms`.
+    /// `retry.backoff.ms`: wait before retrying a failed produce request.
     pub retry_backoff: Duration,
     /// `delivery.timeout.ms`: give up on a record after this long.
     pub delivery_timeout: Duration,
-    /// `request.timeout.ms`.
+    /// `request.timeout.ms`: how long one request may take before it counts as failed (and
+    /// is retried within `delivery.timeout.ms`).
     pub request_timeout: Duration,
     /// `max.request.size`: largest record and largest request.
     pub max_request_size: usize,
@@ -139,7 +142,7 @@ impl Default for ProducerConfig {
 /// A record to send.
 #[derive(Clone, Debug, Default)]
 pub struct ProducerRecord {
-    /// Topic.
+    #[allow(missing_docs)]
     pub topic: String,
     /// Explicit partition; otherwise chosen by key.
     pub partition: Option<i32>,
@@ -147,7 +150,7 @@ pub struct ProducerRecord {
     pub key: Option<Bytes>,
     /// Value; `None` is a tombstone.
     pub value: Option<Bytes>,
-    /// Headers.
+    /// Header keys and values, kept in order (keys may repeat).
     pub headers: Vec<(String, Option<Bytes>)>,
     /// Create time in ms; now when unset.
     pub timestamp: Option<i64>,
@@ -172,9 +175,9 @@ impl ProducerRecord {
 /// Where a record landed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordMetadata {
-    /// Topic.
+    #[allow(missing_docs)]
     pub topic: String,
-    /// Partition.
+    #[allow(missing_docs)]
     pub partition: i32,
     /// Offset (-1 with acks=0).
     pub offset: i64,
@@ -191,9 +194,9 @@ pub enum ProducerError {
     /// Larger than `max.request.size`.
     #[error("record of {size} bytes exceeds max.request.size = {max}")]
     RecordTooLarge {
-        /// Size.
+        /// The record's encoded size in bytes.
         size: usize,
-        /// Limit.
+        /// `max.request.size`.
         max: usize,
     },
     /// `delivery.timeout.ms` or `max.block.ms` passed.

@@ -21,7 +21,8 @@ use crate::{ApiError, ErrorCode};
 pub struct LeaderInfo {
     /// Leader broker id, -1 when offline.
     pub leader: i32,
-    /// Leader epoch.
+    /// The leader epoch this was learned at; a newer leader has a larger one (-1 when
+    /// offline), so older news never replaces newer.
     pub epoch: i32,
 }
 

@@ -22,7 +22,7 @@ pub struct BrokerInfo {
     pub incarnation_id: String,
     /// Offset of the registration record.
     pub epoch: i64,
-    /// Advertised listeners.
+    /// Where clients reach it (its advertised listeners, first one used).
     pub endpoints: Vec<Endpoint>,
     /// `broker.rack`.
     pub rack: Option<String>,
@@ -68,16 +68,16 @@ impl PartitionReassignment {
     }
 }
 
-/// A topic.
+/// A topic as the committed metadata has it: id, partitions and config overrides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopicInfo {
-    /// Name.
+    #[allow(missing_docs)]
     pub name: String,
     /// Unique id (UUID text).
     pub id: String,
     /// Partitions by index.
     pub partitions: Vec<PartitionInfo>,
-    /// Config overrides.
+    /// Topic config overrides (name → value); a config not here has its default.
     pub configs: BTreeMap<String, String>,
 }
 
@@ -86,7 +86,7 @@ pub struct TopicInfo {
 pub struct MetadataImage {
     /// Set by the first active controller.
     pub cluster_id: Option<String>,
-    /// Registered brokers.
+    /// Registered brokers by `node.id`, fenced ones included.
     pub brokers: BTreeMap<i32, BrokerInfo>,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicInfo>,

@@ -4,14 +4,14 @@
 /// batch queue to a broker's log.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
-    /// Topic name.
+    #[allow(missing_docs)]
     pub topic: String,
-    /// Partition index.
+    /// Partition index, from 0.
     pub partition: i32,
 }
 
 impl TopicPartition {
-    /// A topic partition.
+    /// Partition `partition` of `topic` (nothing is checked: a name, not a lookup).
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
         TopicPartition {
             topic: topic.into(),

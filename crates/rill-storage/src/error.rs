@@ -22,9 +22,9 @@ pub enum LogError {
         "batch of {size} bytes exceeds max.message.bytes = {max}; raise the topic's max.message.bytes or send smaller batches"
     )]
     MessageTooLarge {
-        /// Batch size.
+        /// The batch's size in bytes.
         size: usize,
-        /// The limit.
+        /// The topic's `max.message.bytes`.
         max: usize,
     },
     /// A record without key was sent to a compacted topic.
@@ -83,7 +83,7 @@ pub enum LogError {
         "out of order sequence for producer {producer_id} epoch {producer_epoch}: batch starts at sequence {first_seq}; {reason}"
     )]
     OutOfOrderSequence {
-        /// Producer id.
+        /// The producer id the batch carries.
         producer_id: i64,
         /// The batch's producer epoch.
         producer_epoch: i16,
@@ -98,7 +98,7 @@ pub enum LogError {
         "producer {producer_id} epoch {producer_epoch} is fenced: the partition has epoch {current_epoch}"
     )]
     InvalidProducerEpoch {
-        /// Producer id.
+        /// The producer id the batch carries.
         producer_id: i64,
         /// The batch's epoch.
         producer_epoch: i16,
@@ -112,7 +112,7 @@ pub enum LogError {
         "unknown producer id {producer_id} (epoch {producer_epoch}, sequence {first_seq}): the partition has no state for it; start a new epoch at sequence 0"
     )]
     UnknownProducerId {
-        /// Producer id.
+        /// The producer id the batch carries.
         producer_id: i64,
         /// The batch's epoch.
         producer_epoch: i16,
@@ -122,7 +122,7 @@ pub enum LogError {
     /// A read or lookup outside the log.
     #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
     OffsetOutOfRange {
-        /// Requested offset.
+        /// The offset asked for.
         offset: i64,
         /// First offset in the log.
         log_start_offset: i64,
@@ -132,9 +132,9 @@ pub enum LogError {
     /// A config value is unknown or out of range.
     #[error("invalid config {name}={value:?}: {reason}")]
     InvalidConfig {
-        /// Property name.
+        /// Config name, as given (known or not).
         name: String,
-        /// Offending value.
+        /// The value refused, as given.
         value: String,
         /// What is allowed.
         reason: String,
@@ -142,7 +142,7 @@ pub enum LogError {
     /// On-disk data is not what the log wrote.
     #[error("corrupt log data in {path}: {reason}")]
     Corrupt {
-        /// The file.
+        /// The file whose contents are wrong.
         path: PathBuf,
         /// What is wrong.
         reason: String,

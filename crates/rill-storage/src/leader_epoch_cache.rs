@@ -16,7 +16,7 @@ pub const LEADER_EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 /// An epoch and the first offset appended under it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpochEntry {
-    /// Leader epoch.
+    /// The leader epoch (increases with every leader change of the partition).
     pub epoch: i32,
     /// First offset of that epoch.
     pub start_offset: i64,

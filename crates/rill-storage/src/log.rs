@@ -67,7 +67,7 @@ pub struct LogAppendInfo {
     pub record_count: i64,
     /// Number of batches.
     pub batch_count: usize,
-    /// Bytes appended.
+    /// Bytes appended to the `.log` file (the batches' total size; 0 for a duplicate).
     pub size_bytes: usize,
     /// True when the append was an idempotent producer's retry of batches already in the log:
     /// nothing was written, and the offsets and max timestamp are those of the original append.

@@ -46,13 +46,13 @@ impl Default for CleanerConfig {
 /// What a cleaning pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CleanerStats {
-    /// Segments read.
+    /// Segments of the cleaned range read (the dirty ones included).
     pub segments_read: usize,
-    /// Segments written.
+    /// Cleaned segments written in their place (groups of small segments merge into one).
     pub segments_written: usize,
-    /// Bytes read.
+    /// `.log` bytes read.
     pub bytes_read: u64,
-    /// Bytes written.
+    /// `.log` bytes written; `bytes_read - bytes_written` is what the pass reclaimed.
     pub bytes_written: u64,
     /// Records dropped because a later record has the same key.
     pub records_superseded: u64,

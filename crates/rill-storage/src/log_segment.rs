@@ -690,7 +690,7 @@ impl LogSegment {
         segment_file(&self.dir, self.base_offset, LOG_SUFFIX)
     }
 
-    /// Public summary.
+    /// Offsets, times and sizes of the segment, for callers outside the log (retention, tools).
     pub fn info(&self) -> SegmentInfo {
         SegmentInfo {
             base_offset: self.base_offset,

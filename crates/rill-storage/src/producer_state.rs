@@ -71,7 +71,7 @@ pub struct BatchMetadata {
 /// What the partition knows of one producer id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerStateEntry {
-    /// Producer id.
+    /// The id InitProducerId granted (the key of this entry).
     pub producer_id: i64,
     /// Current epoch; batches of older epochs are fenced.
     pub producer_epoch: i16,

@@ -80,7 +80,7 @@ impl RecordBatchBuilder {
         self
     }
 
-    /// Transactional bit.
+    /// Sets the transactional attribute bit (rill has no transactions yet; for tests and tools).
     pub fn transactional(mut self, transactional: bool) -> Self {
         self.transactional = transactional;
         self

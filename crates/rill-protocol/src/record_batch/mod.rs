@@ -56,7 +56,7 @@ pub enum BatchError {
     Truncated {
         /// Bytes the batch needs.
         needed: usize,
-        /// Bytes present.
+        /// Bytes the buffer holds from the batch's start.
         available: usize,
     },
     /// Only magic 2 is supported.
@@ -103,9 +103,9 @@ pub enum BatchError {
         "offset deltas must be 0..{count} in a produced batch, found {delta} at record {index}"
     )]
     OffsetDeltaNotContiguous {
-        /// Record position.
+        /// Position of the record in the batch, from 0.
         index: i32,
-        /// Its delta.
+        /// The offset delta it has (it should equal `index`).
         delta: i32,
         /// Records in the batch.
         count: i32,
@@ -113,7 +113,7 @@ pub enum BatchError {
     /// The header's last_offset_delta disagrees with the records.
     #[error("last offset delta {header} in header, but the last record has delta {actual}")]
     LastOffsetDeltaMismatch {
-        /// Header value.
+        /// The header's `last_offset_delta`.
         header: i32,
         /// Last record's delta.
         actual: i32,
@@ -121,7 +121,7 @@ pub enum BatchError {
     /// The header's max timestamp is below a record's timestamp.
     #[error("max timestamp {header} in header, but records reach {actual}")]
     MaxTimestampMismatch {
-        /// Header value.
+        /// The header's `max_timestamp`.
         header: i64,
         /// Largest record timestamp.
         actual: i64,
@@ -151,7 +151,7 @@ pub enum BatchError {
     /// The compressed records section could not be decoded.
     #[error("{codec} decompression failed: {reason}")]
     Decompression {
-        /// The codec.
+        /// The codec named by the batch's attributes.
         codec: Compression,
         /// The codec's error.
         reason: String,
@@ -159,7 +159,7 @@ pub enum BatchError {
     /// Compressing failed (only on an internal error).
     #[error("{codec} compression failed: {reason}")]
     Compression {
-        /// The codec.
+        /// The codec named by the batch's attributes.
         codec: Compression,
         /// The codec's error.
         reason: String,
@@ -323,7 +323,7 @@ impl Default for ValidationOptions {
 /// What a full validation learned about a batch, so the caller need not parse it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchSummary {
-    /// Records parsed.
+    /// Records parsed (equal to the header's count, which validation checks).
     pub record_count: i32,
     /// Largest record timestamp seen (i64::MIN for an empty batch).
     pub max_record_timestamp: i64,
