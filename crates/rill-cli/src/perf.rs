@@ -121,8 +121,26 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
             let start = Instant::now();
             for i in 0..num_records {
                 if throughput > 0 {
+                    // Wait for the send time while settling deliveries as they complete, so a
+                    // latency is measured when the acknowledgement arrives, not at the next
+                    // send (which quantised every latency to the send interval).
                     let due = start + Duration::from_secs_f64(i as f64 / throughput as f64);
-                    tokio::time::sleep_until(due.into()).await;
+                    let sleep = tokio::time::sleep_until(due.into());
+                    tokio::pin!(sleep);
+                    loop {
+                        let Some((t, d)) = outstanding.front_mut() else {
+                            sleep.as_mut().await;
+                            break;
+                        };
+                        let t = *t;
+                        tokio::select! {
+                            _ = sleep.as_mut() => break,
+                            r = d => {
+                                outstanding.pop_front();
+                                settle(t, r, &mut hist);
+                            }
+                        }
+                    }
                 }
                 let sent = Instant::now();
                 let delivery = producer

@@ -475,6 +475,7 @@ impl Producer {
         let (tx, rx) = oneshot::channel();
         inner.pending.fetch_add(1, Ordering::AcqRel);
         let mut closed_a_batch = false;
+        let opened_a_batch;
         {
             let mut queues = inner.queues.lock();
             let q = queues
@@ -487,6 +488,7 @@ impl Producer {
                 close_open(inner, q);
                 closed_a_batch = true;
             }
+            opened_a_batch = q.open.is_none();
             let open = q.open.get_or_insert_with(|| OpenBatch {
                 builder: RecordBatchBuilder::new(inner.config.compression),
                 created: Instant::now(),
@@ -511,7 +513,9 @@ impl Producer {
                 self.sticky_partition(&record.topic, n, Some(partition));
             }
             inner.wake.notify_one();
-        } else if inner.config.linger.is_zero() {
+        } else if inner.config.linger.is_zero() || opened_a_batch {
+            // A new batch: the sender must learn its linger deadline now, not on its next idle
+            // wake-up (which cost up to 100 ms of latency at low rates).
             inner.wake.notify_one();
         }
         Ok(DeliveryFuture(rx))
@@ -787,9 +791,13 @@ fn expire_waiting(inner: &Inner, q: &mut PartitionQueue, now: Instant) {
     }
 }
 
-/// Idempotence: up to `max.in.flight` single-batch shipments of the partition, each new batch
-/// stamped with the producer id, epoch and the partition's next sequence. A retry (a batch that
-/// already has a sequence) goes alone, and only once nothing else of the partition is in flight.
+/// Idempotence: one request of the partition in flight at a time, carrying every ready batch
+/// up to `max.request.size`, each new batch stamped with the producer id, epoch and the
+/// partition's next sequence; a retry (batches that already have sequences) goes alone, in
+/// sequence order. Requests to one broker still pipeline, up to `max.in.flight` (Kafka's
+/// per-connection limit): rill's broker appends the requests of one connection on several I/O
+/// threads at once, so two requests of one partition in flight could be appended out of order
+/// and be refused as a sequence gap — one per partition keeps order without stalling the broker.
 fn drain_idempotent(
     inner: &Inner,
     (topic, partition): (&str, i32),
@@ -799,20 +807,23 @@ fn drain_idempotent(
     shipments: &mut Vec<Shipment>,
     next_wake: &mut Option<Instant>,
 ) {
-    let max = inner
-        .config
-        .max_in_flight
-        .clamp(1, MAX_IN_FLIGHT_WITH_IDEMPOTENCE);
-    while q.in_flight < max {
-        let Some(front) = q.ready.front() else { break };
-        if let Some(at) = front.retry_at
-            && at > now
+    if q.in_flight > 0 {
+        return;
+    }
+    let Some(front) = q.ready.front() else { return };
+    if let Some(at) = front.retry_at
+        && at > now
+    {
+        *next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
+        return;
+    }
+    let retry = front.seq.is_some();
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut bytes = 0;
+    while let Some(front) = q.ready.front() {
+        if front.seq.is_some() != retry
+            || (!batches.is_empty() && bytes + front.bytes.len() > inner.config.max_request_size)
         {
-            *next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
-            break;
-        }
-        let retry = front.seq.is_some();
-        if retry && q.in_flight > 0 {
             break;
         }
         let Some(mut b) = q.ready.pop_front() else {
@@ -821,22 +832,24 @@ fn drain_idempotent(
         if b.seq.is_none() {
             let seq = q.next_seq;
             q.next_seq += b.records();
-            let mut bytes = b.bytes.to_vec();
-            set_producer_state(&mut bytes, producer_id, epoch, wire_seq(seq));
-            b.bytes = Bytes::from(bytes);
+            let mut stamped = b.bytes.to_vec();
+            set_producer_state(&mut stamped, producer_id, epoch, wire_seq(seq));
+            b.bytes = Bytes::from(stamped);
             b.seq = Some((epoch, seq));
         }
-        b.sent_as_head = b.seq.is_some_and(|(_, seq)| seq == q.acked_seq);
-        q.in_flight += 1;
-        shipments.push(Shipment {
-            topic: topic.to_owned(),
-            partition,
-            batches: vec![b],
-        });
-        if retry {
-            break;
-        }
+        b.sent_as_head = batches.is_empty() && b.seq.is_some_and(|(_, seq)| seq == q.acked_seq);
+        bytes += b.bytes.len();
+        batches.push(b);
     }
+    if batches.is_empty() {
+        return;
+    }
+    q.in_flight = 1;
+    shipments.push(Shipment {
+        topic: topic.to_owned(),
+        partition,
+        batches,
+    });
 }
 
 async fn sender_loop(inner: Arc<Inner>) {
