@@ -248,9 +248,9 @@ pub enum ConfigError {
     /// A bad value.
     #[error("invalid {name}={value:?}: {reason}")]
     Invalid {
-        /// Property.
+        /// The property name, as Kafka spells it.
         name: String,
-        /// Value.
+        /// The value given.
         value: String,
         /// What is allowed.
         reason: String,

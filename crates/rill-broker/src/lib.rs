@@ -43,12 +43,12 @@ pub enum BrokerError {
     /// leadership moves and a supervisor can restart it once the disk is fixed.
     #[error("a log dir failed; the broker stopped: {0}")]
     LogDirFailure(String),
-    /// Listening failed.
+    /// The gRPC listener could not be bound or served, or a task it needs failed.
     #[error("listener {address}: {reason}")]
     Listener {
-        /// Address.
+        /// The `host:port` of the listener (empty for failures not tied to one).
         address: String,
-        /// What failed.
+        /// The OS or task error.
         reason: String,
     },
 }

@@ -27,10 +27,9 @@ pub struct TaskLabels {
 
 /// Labels of per-partition metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(missing_docs)]
 pub struct PartitionLabels {
-    /// Topic.
     pub topic: String,
-    /// Partition.
     pub partition: i32,
 }
 
@@ -53,7 +52,7 @@ pub struct Metrics {
     pub log_size: Family<PartitionLabels, Gauge>,
     /// Partitions led here whose ISR is smaller than their replica set.
     pub under_replicated: Gauge,
-    /// Partitions hosted.
+    /// Partitions hosted here, as leader or follower.
     pub partitions: Gauge,
     /// Background task passes that panicked (the task is restarted), by task.
     pub background_panics: Family<TaskLabels, Counter>,

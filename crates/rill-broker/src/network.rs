@@ -27,7 +27,8 @@ pub struct BrokerService {
 }
 
 impl BrokerService {
-    /// The service.
+    /// The service over `rm` and the produce `queue`; `voters` are listed in Metadata answers
+    /// so admin clients can reach the controllers.
     pub fn new(
         rm: Arc<ReplicaManager>,
         queue: RequestQueue,

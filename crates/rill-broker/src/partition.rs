@@ -36,9 +36,9 @@ pub struct LeaderState {
     pub leader_epoch: i32,
     /// Bumped by the controller on every change of this partition (AlterPartition checks it).
     pub partition_epoch: i32,
-    /// All replicas.
+    /// Every replica, preferred leader first.
     pub replicas: Vec<i32>,
-    /// In-sync replicas.
+    /// The in-sync replicas the controller committed (acks=all and leader election use them).
     pub isr: Vec<i32>,
 }
 
@@ -89,7 +89,7 @@ pub struct Partition {
     pub tp: TopicPartition,
     /// The topic id the local data belongs to.
     pub topic_id: String,
-    /// The log.
+    /// The partition's commit log (its lock is taken after the state lock, never before).
     pub log: SharedLog,
     /// The log dir holding the log (a failure there takes this partition offline).
     pub(crate) log_dir: PathBuf,
@@ -164,7 +164,7 @@ impl Partition {
         self.node_id
     }
 
-    /// Leadership state.
+    /// A copy of the leader/ISR state as last applied from the metadata.
     pub fn state(&self) -> LeaderState {
         self.inner.read().state.clone()
     }
@@ -554,7 +554,7 @@ pub struct LeaderAppend {
 /// An ISR change the leader proposes to the controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IsrChange {
-    /// The partition.
+    #[allow(missing_docs)]
     pub tp: TopicPartition,
     /// The leader epoch it is based on.
     pub leader_epoch: i32,

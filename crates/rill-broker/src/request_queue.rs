@@ -25,7 +25,7 @@ use crate::replica_manager::ReplicaManager;
 
 /// A queued produce request.
 pub struct ProduceJob {
-    /// The request.
+    /// The decoded Produce request, batches untouched.
     pub request: ProduceRequest,
     /// Where the response goes (dropped for acks=0).
     pub reply: Option<oneshot::Sender<ProduceResponse>>,
