@@ -219,6 +219,52 @@ fn parse_kv(s: &str) -> Result<(String, String)> {
     Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
+/// The IncrementalAlterConfigs operations for `--set name=value` and `--delete name`.
+fn config_changes(set: &[String], delete: &[String]) -> Result<Vec<AlterableConfig>> {
+    let mut configs = Vec::new();
+    for s in set {
+        let (k, v) = parse_kv(s)?;
+        configs.push(AlterableConfig {
+            name: k,
+            operation: ConfigOperation::Set as i32,
+            value: Some(v),
+        });
+    }
+    for d in delete {
+        configs.push(AlterableConfig {
+            name: d.clone(),
+            operation: ConfigOperation::Delete as i32,
+            value: None,
+        });
+    }
+    if configs.is_empty() {
+        bail!("nothing to change: give --set name=value or --delete name");
+    }
+    Ok(configs)
+}
+
+/// Sends one IncrementalAlterConfigs for `resource` to the active controller.
+async fn alter_configs(
+    client: &ClusterClient,
+    patience: Duration,
+    resource: AlterConfigsResource,
+    what: &str,
+) -> Result<()> {
+    let r = client
+        .admin(patience, |mut c| {
+            let resource = resource.clone();
+            async move {
+                c.incremental_alter_configs(IncrementalAlterConfigsRequest {
+                    resources: vec![resource],
+                    validate_only: false,
+                })
+                .await
+            }
+        })
+        .await?;
+    check(r.results[0].error_code, &r.results[0].error_message, what)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let servers = bootstrap(&cli.bootstrap);
     let admin = || ClusterClient::new(&servers, Duration::from_secs(30));
@@ -353,47 +399,12 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 TopicCmd::AlterConfig { name, set, delete } => {
-                    let mut configs = Vec::new();
-                    for s in &set {
-                        let (k, v) = parse_kv(s)?;
-                        configs.push(AlterableConfig {
-                            name: k,
-                            operation: ConfigOperation::Set as i32,
-                            value: Some(v),
-                        });
-                    }
-                    for d in &delete {
-                        configs.push(AlterableConfig {
-                            name: d.clone(),
-                            operation: ConfigOperation::Delete as i32,
-                            value: None,
-                        });
-                    }
-                    if configs.is_empty() {
-                        bail!("nothing to change: give --set name=value or --delete name");
-                    }
                     let resource = AlterConfigsResource {
                         topic: name.clone(),
-                        configs,
+                        configs: config_changes(&set, &delete)?,
                         ..Default::default()
                     };
-                    let r = client
-                        .admin(patience, |mut c| {
-                            let resource = resource.clone();
-                            async move {
-                                c.incremental_alter_configs(IncrementalAlterConfigsRequest {
-                                    resources: vec![resource],
-                                    validate_only: false,
-                                })
-                                .await
-                            }
-                        })
-                        .await?;
-                    check(
-                        r.results[0].error_code,
-                        &r.results[0].error_message,
-                        &format!("altering {name}"),
-                    )?;
+                    alter_configs(&client, patience, resource, &format!("altering {name}")).await?;
                     println!("updated configs of {name}");
                 }
                 TopicCmd::Reassign(args) => reassign::run(&client, patience, args).await?,
@@ -404,47 +415,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(ClusterCmd::AlterConfig { set, delete }) => {
             let client = admin()?;
-            let mut configs = Vec::new();
-            for s in &set {
-                let (k, v) = parse_kv(s)?;
-                configs.push(AlterableConfig {
-                    name: k,
-                    operation: ConfigOperation::Set as i32,
-                    value: Some(v),
-                });
-            }
-            for d in &delete {
-                configs.push(AlterableConfig {
-                    name: d.clone(),
-                    operation: ConfigOperation::Delete as i32,
-                    value: None,
-                });
-            }
-            if configs.is_empty() {
-                bail!("nothing to change: give --set name=value or --delete name");
-            }
             let resource = AlterConfigsResource {
                 topic: String::new(),
-                configs,
+                configs: config_changes(&set, &delete)?,
                 resource_type: ConfigResourceType::Broker as i32,
             };
-            let r = client
-                .admin(patience, |mut c| {
-                    let resource = resource.clone();
-                    async move {
-                        c.incremental_alter_configs(IncrementalAlterConfigsRequest {
-                            resources: vec![resource],
-                            validate_only: false,
-                        })
-                        .await
-                    }
-                })
-                .await?;
-            check(
-                r.results[0].error_code,
-                &r.results[0].error_message,
-                "altering cluster configs",
-            )?;
+            alter_configs(&client, patience, resource, "altering cluster configs").await?;
             println!("updated cluster-wide broker configs");
         }
         Command::Cluster(ClusterCmd::Describe) => {
