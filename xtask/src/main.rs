@@ -32,8 +32,8 @@ enum Cmd {
         /// Minutes to run each part.
         #[arg(long, default_value_t = 5)]
         minutes: u64,
-        /// Which scenarios to loop (1-5, comma-separated); 1, 2 and 5 need follower replication.
-        #[arg(long, default_value = "3,4")]
+        /// Which fault scenarios to loop (1-6, comma-separated; see docs/reliability.md).
+        #[arg(long, default_value = "1,2,3,4,5,6")]
         scenarios: String,
     },
     /// Run the record batch fuzzer (needs nightly and cargo-fuzz; installs cargo-fuzz if absent).

@@ -534,7 +534,7 @@ async fn soak_scenarios() -> Result {
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
     let which: Vec<u32> = std::env::var("RILL_SOAK_SCENARIOS")
-        .unwrap_or_else(|_| "3,4".into())
+        .unwrap_or_else(|_| "1,2,3,4,5,6".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
@@ -555,7 +555,8 @@ async fn soak_scenarios() -> Result {
                     o.report
                 }
                 5 => follower_held_behind().await?,
-                other => panic!("no scenario {other}"),
+                6 => reassigned_under_load().await?,
+                other => panic!("no scenario {other} (there are 1 to 6)"),
             };
             assert_no_loss_no_duplicates(&report);
             runs += 1;
