@@ -475,6 +475,29 @@ impl Partition {
         })
     }
 
+    /// Leader: whether `replica` is in the ISR or joining it (an ISR change in flight counts),
+    /// i.e. whether it already holds back the high watermark.
+    pub(crate) fn in_maximal_isr(&self, replica: i32) -> bool {
+        let inner = self.inner.read();
+        inner.state.isr.contains(&replica)
+            || inner
+                .pending_isr
+                .as_ref()
+                .is_some_and(|p| p.contains(&replica))
+    }
+
+    /// The partition is no longer hosted here (moved away, deleted, its log dir failed): no
+    /// append is accepted any more, and acks=all waiters learn it at once.
+    pub(crate) fn shut_down(&self) {
+        let mut inner = self.inner.write();
+        inner.state.leader = -1;
+        inner.followers.clear();
+        self.leader_and_epoch
+            .store(pack(-1, inner.state.leader_epoch), Ordering::Release);
+        drop(inner);
+        self.hw_watch.send_modify(|_| {});
+    }
+
     /// Leader: an ISR change is about to be sent to the controller. Returns false when the
     /// state moved on meanwhile (nothing to send).
     pub(crate) fn begin_isr_change(&self, change: &IsrChange) -> bool {

@@ -366,6 +366,8 @@ fn process_response(
             let partition = &f.partition;
             let epoch = f.leader_epoch;
             let code = ErrorCode::try_from(p.error_code).unwrap_or(ErrorCode::UnknownServerError);
+            // Read before taking the state lock below (it is not reentrant).
+            let in_isr = partition.state().isr.contains(&partition.node_id());
             let applied = partition.as_follower_of(leader, epoch, || -> Result<Option<i64>, String> {
                 match code {
                     ErrorCode::None => {}
@@ -401,6 +403,10 @@ fn process_response(
                     if cut >= 0 {
                         // Persists the lowered recovery point with the cut.
                         logs.truncate_to(&tp, cut).map_err(|e| e.to_string())?;
+                    } else if partition.log.read().latest_epoch().is_none() {
+                        // Our log has no epochs (data from before epochs were recorded) and
+                        // reaches past the leader's end: keep the prefix, cut the rest.
+                        logs.truncate_to(&tp, diverging.end_offset).map_err(|e| e.to_string())?;
                     } else {
                         // The leader knows none of our epochs: start over where it says.
                         let mut log = partition.log.write();
@@ -416,7 +422,7 @@ fn process_response(
                 let end = if p.records.is_empty() {
                     partition.log_end_offset()
                 } else {
-                    if !partition.state().isr.contains(&partition.node_id()) {
+                    if !in_isr {
                         throttle.record(p.records.len());
                     }
                     partition.append_as_follower(&p.records).map_err(|e| e.to_string())?

@@ -342,7 +342,9 @@ impl ReplicaManager {
             if desired.get(&tp).is_some_and(|(want, _, _)| *want == id) {
                 continue;
             }
-            self.partitions.write().remove(&tp);
+            if let Some(p) = self.partitions.write().remove(&tp) {
+                p.shut_down();
+            }
             self.fetchers.remove(&tp);
             let (suffix, why) = removal(&previous, &image, &tp, Some(&id), self.node_id);
             self.set_aside(&tp, suffix, &why);
@@ -571,6 +573,7 @@ impl ReplicaManager {
             .collect();
         for p in doomed {
             self.partitions.write().remove(&p.tp);
+            p.shut_down();
             self.fetchers.remove(&p.tp);
             self.offline.write().insert(
                 p.tp.clone(),
@@ -962,8 +965,9 @@ impl ReplicaManager {
             self.propose_isr(partition, change);
         }
         r.high_watermark = partition.high_watermark();
-        // An out-of-sync follower catching up is throttled; one in the ISR never is.
-        let throttled = !state.isr.contains(&replica);
+        // An out-of-sync follower catching up is throttled; one in the ISR (or joining it, so
+        // already holding back the high watermark) never is.
+        let throttled = !partition.in_maximal_isr(replica);
         if throttled && self.leader_throttle.exceeded() {
             return r;
         }

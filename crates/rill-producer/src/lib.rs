@@ -791,10 +791,17 @@ fn expire_waiting(inner: &Inner, q: &mut PartitionQueue, now: Instant) {
     }
 }
 
-/// Idempotence: one request of the partition in flight at a time, carrying every ready batch
-/// up to `max.request.size`, each new batch stamped with the producer id, epoch and the
-/// partition's next sequence; a retry (batches that already have sequences) goes alone, in
-/// sequence order. Requests to one broker still pipeline, up to `max.in.flight` (Kafka's
+/// The partition leader remembers the last 5 batches of each producer (Kafka's
+/// `ProducerStateManager`): a request never carries more new batches than that, so a retry of a
+/// request that was written after all is recognised batch by batch as duplicates.
+const MAX_BATCHES_PER_IDEMPOTENT_REQUEST: usize = 5;
+
+/// Idempotence: one request of the partition in flight at a time, carrying up to
+/// [`MAX_BATCHES_PER_IDEMPOTENT_REQUEST`] ready batches (and `max.request.size`), each new batch
+/// stamped with the producer id, epoch and the partition's next sequence. A retry sends the
+/// oldest sequenced batch alone: each is then either a duplicate the leader remembers (answered
+/// with its original offset) or the next sequence — never a mix the leader must refuse (which
+/// would force an epoch bump and write the written part again). Requests to one broker still pipeline, up to `max.in.flight` (Kafka's
 /// per-connection limit): rill's broker appends the requests of one connection on several I/O
 /// threads at once, so two requests of one partition in flight could be appended out of order
 /// and be refused as a sequence gap — one per partition keeps order without stalling the broker.
@@ -820,8 +827,14 @@ fn drain_idempotent(
     let retry = front.seq.is_some();
     let mut batches: Vec<Batch> = Vec::new();
     let mut bytes = 0;
+    let max_batches = if retry {
+        1
+    } else {
+        MAX_BATCHES_PER_IDEMPOTENT_REQUEST
+    };
     while let Some(front) = q.ready.front() {
         if front.seq.is_some() != retry
+            || batches.len() >= max_batches
             || (!batches.is_empty() && bytes + front.bytes.len() > inner.config.max_request_size)
         {
             break;

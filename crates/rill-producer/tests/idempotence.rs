@@ -463,3 +463,30 @@ async fn idempotence_settings_follow_kafka() {
     assert!(!p.is_idempotent());
     assert!(Producer::new(base).unwrap().is_idempotent());
 }
+
+/// A request of many batches is written but its answer is lost: the retry must be recognised
+/// batch by batch as duplicates (the leader remembers only the last five batches), not refused
+/// as a gap and written again under a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_a_full_request_is_not_written_twice() {
+    let cluster = start(Faults {
+        lose_response: [2, 3, 6].into(),
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await;
+    let producer = Producer::new(ProducerConfig {
+        // Many small batches queue up while a request is in flight.
+        max_request_size: 1 << 20,
+        ..config(&cluster)
+    })
+    .unwrap();
+    let offsets = produce(&producer, 300).await;
+    expect_exactly_once_in_order(&cluster, &offsets);
+    let st = cluster.state.lock().unwrap();
+    assert!(
+        st.init_requests.iter().all(|r| r.producer_id.is_none()),
+        "no epoch bump was needed: {:?}",
+        st.init_requests
+    );
+}
