@@ -791,10 +791,12 @@ fn expire_waiting(inner: &Inner, q: &mut PartitionQueue, now: Instant) {
     }
 }
 
-/// The partition leader remembers the last 5 batches of each producer (Kafka's
-/// `ProducerStateManager`): a request never carries more new batches than that, so a retry of a
-/// request that was written after all is recognised batch by batch as duplicates.
-const MAX_BATCHES_PER_IDEMPOTENT_REQUEST: usize = 5;
+/// The partition leader remembers the last 64 batches of each producer
+/// (`rill_storage::NUM_BATCHES_TO_RETAIN`; Kafka's brokers remember 5): a request never carries
+/// more new batches than that, so a retry of a request that was written after all is
+/// recognised batch by batch as duplicates. Talking to a broker that remembers fewer would make
+/// such a retry a sequence gap; rill's brokers are the only ones this producer talks to.
+const MAX_BATCHES_PER_IDEMPOTENT_REQUEST: usize = 64;
 
 /// Idempotence: one request of the partition in flight at a time, carrying up to
 /// [`MAX_BATCHES_PER_IDEMPOTENT_REQUEST`] ready batches (and `max.request.size`), each new batch

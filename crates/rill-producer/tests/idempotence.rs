@@ -30,7 +30,7 @@ struct Faults {
     delay: Duration,
 }
 
-/// A producer's last five batches: (first seq, last seq, first offset).
+/// A producer's last batches: (first seq, last seq, first offset).
 type RecentBatches = VecDeque<(i32, i32, i64)>;
 
 /// One record in the fake log: value, producer id, epoch, sequence.
@@ -100,7 +100,8 @@ impl FakeCluster {
                     *entry = (h.producer_epoch, VecDeque::new());
                 }
                 entry.1.push_back((h.base_sequence, last_seq, base));
-                if entry.1.len() > 5 {
+                // As rill's leaders (rill_storage::NUM_BATCHES_TO_RETAIN).
+                if entry.1.len() > 64 {
                     entry.1.pop_front();
                 }
             }
@@ -465,8 +466,8 @@ async fn idempotence_settings_follow_kafka() {
 }
 
 /// A request of many batches is written but its answer is lost: the retry must be recognised
-/// batch by batch as duplicates (the leader remembers only the last five batches), not refused
-/// as a gap and written again under a new epoch.
+/// batch by batch as duplicates (the leader remembers only its last 64 batches), not refused as
+/// a gap and written again under a new epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_answer_to_a_full_request_is_not_written_twice() {
     let cluster = start(Faults {
@@ -481,7 +482,7 @@ async fn a_lost_answer_to_a_full_request_is_not_written_twice() {
         ..config(&cluster)
     })
     .unwrap();
-    let offsets = produce(&producer, 300).await;
+    let offsets = produce(&producer, 600).await;
     expect_exactly_once_in_order(&cluster, &offsets);
     let st = cluster.state.lock().unwrap();
     assert!(

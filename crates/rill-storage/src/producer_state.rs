@@ -38,9 +38,12 @@ use crate::error::{IoContext, LogError, Result};
 
 /// Suffix of producer state snapshot files (`<offset:020>.snapshot`).
 pub const PRODUCER_SNAPSHOT_SUFFIX: &str = ".snapshot";
-/// Batches remembered per producer for duplicate detection: Kafka's value, which is why an
-/// idempotent producer may have at most 5 requests in flight per partition.
-pub const NUM_BATCHES_TO_RETAIN: usize = 5;
+/// Batches remembered per producer for duplicate detection. Kafka keeps 5 (its clients send at
+/// most 5 single-batch requests per partition in flight); rill's producer sends one request per
+/// partition carrying up to this many batches, so a retry of a request that was written after
+/// all is recognised batch by batch. A superset of Kafka's guarantee; the snapshot format holds
+/// up to 255.
+pub const NUM_BATCHES_TO_RETAIN: usize = 64;
 /// Kafka's default `producer.id.expiration.ms` (one day).
 pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
 /// Snapshots kept on disk (newest first); older ones are pruned. More than one, so that a
@@ -643,7 +646,8 @@ mod tests {
             m.check_append(&[header(1, 0, 5, 1, -1)], 0),
             Err(LogError::UnknownProducerId { .. })
         ));
-        for i in 0..7 {
+        let n = NUM_BATCHES_TO_RETAIN as i32 + 2;
+        for i in 0..n {
             let h = header(1, 0, i * 10, 10, i64::from(i) * 10);
             assert!(matches!(
                 m.check_append(&[h], 0).unwrap(),
@@ -651,7 +655,8 @@ mod tests {
             ));
             m.apply(&[h], 0);
         }
-        // The last five batches are duplicates with their original offsets; older ones are not.
+        // The last NUM_BATCHES_TO_RETAIN batches are duplicates with their original offsets;
+        // older ones are not.
         match m.check_append(&[header(1, 0, 30, 10, -1)], 0).unwrap() {
             AppendCheck::Duplicate {
                 first_offset,
@@ -666,19 +671,26 @@ mod tests {
         ));
         // A gap.
         assert!(matches!(
-            m.check_append(&[header(1, 0, 71, 1, -1)], 0),
+            m.check_append(&[header(1, 0, n * 10 + 1, 1, -1)], 0),
             Err(LogError::OutOfOrderSequence { .. })
         ));
         // Within one append, the second batch follows the first.
+        let next = n * 10;
         assert!(matches!(
-            m.check_append(&[header(1, 0, 70, 2, -1), header(1, 0, 72, 1, -1)], 0)
-                .unwrap(),
+            m.check_append(
+                &[header(1, 0, next, 2, -1), header(1, 0, next + 2, 1, -1)],
+                0
+            )
+            .unwrap(),
             AppendCheck::Valid
         ));
         // A duplicate mixed with new batches is refused.
         assert!(
-            m.check_append(&[header(1, 0, 60, 10, -1), header(1, 0, 70, 1, -1)], 0)
-                .is_err()
+            m.check_append(
+                &[header(1, 0, next - 10, 10, -1), header(1, 0, next, 1, -1)],
+                0
+            )
+            .is_err()
         );
         // A new epoch starts at 0; then the old epoch is fenced.
         assert!(matches!(
