@@ -983,10 +983,7 @@ async fn sender_loop(inner: Arc<Inner>) {
             // I/O threads append them in parallel (each partition still has one request in
             // flight, which keeps its order).
             let requests = inner.config.max_in_flight.max(1).min(shipments.len());
-            let mut chunks: Vec<Vec<Shipment>> = (0..requests).map(|_| Vec::new()).collect();
-            for (i, s) in shipments.into_iter().enumerate() {
-                chunks[i % requests].push(s);
-            }
+            let chunks = spread(shipments, requests, inner.config.max_request_size);
             for chunk in chunks {
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     continue;
@@ -1000,6 +997,31 @@ async fn sender_loop(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// Spreads one broker's shipments round-robin over `requests` requests, starting another
+/// request whenever one would grow past `max_request_size` (each shipment is within it alone),
+/// so no request exceeds what the broker accepts however many partitions are backlogged.
+fn spread(
+    shipments: Vec<Shipment>,
+    requests: usize,
+    max_request_size: usize,
+) -> Vec<Vec<Shipment>> {
+    let requests = requests.max(1);
+    let mut chunks: Vec<(usize, Vec<Shipment>)> = (0..requests).map(|_| (0, Vec::new())).collect();
+    let mut full: Vec<Vec<Shipment>> = Vec::new();
+    for (i, s) in shipments.into_iter().enumerate() {
+        let size: usize = s.batches.iter().map(|b| b.bytes.len()).sum();
+        let chunk = &mut chunks[i % requests];
+        if !chunk.1.is_empty() && chunk.0 + size > max_request_size {
+            full.push(std::mem::take(&mut chunk.1));
+            chunk.0 = 0;
+        }
+        chunk.0 += size;
+        chunk.1.push(s);
+    }
+    full.extend(chunks.into_iter().map(|(_, c)| c).filter(|c| !c.is_empty()));
+    full
 }
 
 async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
@@ -1206,6 +1228,46 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_to_one_broker_stay_within_max_request_size() {
+        let shipment = |partition: i32, size: usize| Shipment {
+            topic: "t".into(),
+            partition,
+            batches: vec![Batch {
+                bytes: Bytes::from(vec![0u8; size]),
+                waiters: Vec::new(),
+                permits: 0,
+                created: Instant::now(),
+                retry_at: None,
+                seq: None,
+                sent_as_head: false,
+            }],
+        };
+        // 40 backlogged partitions of 1000 bytes over 5 requests, at most 3000 bytes each.
+        let chunks = spread((0..40).map(|p| shipment(p, 1000)).collect(), 5, 3000);
+        let sizes: Vec<usize> = chunks
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .flat_map(|s| &s.batches)
+                    .map(|b| b.bytes.len())
+                    .sum()
+            })
+            .collect();
+        assert!(sizes.iter().all(|s| *s <= 3000), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 40_000, "nothing lost");
+        let mut partitions: Vec<i32> = chunks.iter().flatten().map(|s| s.partition).collect();
+        partitions.sort();
+        assert_eq!(
+            partitions,
+            (0..40).collect::<Vec<_>>(),
+            "each partition once"
+        );
+        // A shipment alone larger than the limit still goes (alone).
+        let chunks = spread(vec![shipment(0, 5000), shipment(1, 10)], 1, 3000);
+        assert_eq!(chunks.len(), 2);
+    }
     use rill_protocol::proto::broker_server::{Broker, BrokerServer};
     use rill_protocol::proto::*;
     use tonic::{Request, Response, Status};
