@@ -1135,16 +1135,16 @@ mod tests {
         b.build().unwrap().to_vec()
     }
 
-    /// fsyncgate: after a failed fsync nothing from that log dir is acknowledged again, the
-    /// high watermark stays where the last good fsync left it, and the broker is told to stop.
-    #[test]
-    fn a_failed_fsync_takes_the_log_dir_offline() {
-        let tmp = tempfile::tempdir().unwrap();
-        let overrides: BTreeMap<String, String> = [
-            ("log.dirs".to_owned(), tmp.path().display().to_string()),
+    /// Broker 1 over a fresh log dir, with extra broker properties.
+    fn replica_manager(dir: &Path, extra: &[(&str, &str)]) -> ReplicaManager {
+        let mut overrides: BTreeMap<String, String> = [
+            ("log.dirs".to_owned(), dir.display().to_string()),
             ("node.id".to_owned(), "1".to_owned()),
         ]
         .into();
+        for (k, v) in extra {
+            overrides.insert((*k).to_owned(), (*v).to_owned());
+        }
         let config = Arc::new(BrokerConfig::load(None, &overrides).unwrap());
         let logs = LogManager::open(
             config.log_dirs.clone(),
@@ -1153,7 +1153,15 @@ mod tests {
             Arc::new(rill_storage::SystemClock),
         )
         .unwrap();
-        let rm = ReplicaManager::new(Arc::clone(&config), logs);
+        ReplicaManager::new(config, logs)
+    }
+
+    /// fsyncgate: after a failed fsync nothing from that log dir is acknowledged again, the
+    /// high watermark stays where the last good fsync left it, and the broker is told to stop.
+    #[test]
+    fn a_failed_fsync_takes_the_log_dir_offline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[]);
         rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
         let tp = TopicPartition::new("t", 0);
         let p = rm.leader_partition(&tp).unwrap();
@@ -1192,21 +1200,7 @@ mod tests {
     #[test]
     fn the_leader_throttle_holds_back_only_out_of_sync_followers() {
         let tmp = tempfile::tempdir().unwrap();
-        let overrides: BTreeMap<String, String> = [
-            ("log.dirs".to_owned(), tmp.path().display().to_string()),
-            ("node.id".to_owned(), "1".to_owned()),
-            ("log.flush.policy".to_owned(), "interval".to_owned()),
-        ]
-        .into();
-        let config = Arc::new(BrokerConfig::load(None, &overrides).unwrap());
-        let logs = LogManager::open(
-            config.log_dirs.clone(),
-            &config.topic_defaults,
-            rill_storage::CleanerConfig::default(),
-            Arc::new(rill_storage::SystemClock),
-        )
-        .unwrap();
-        let rm = ReplicaManager::new(Arc::clone(&config), logs);
+        let rm = replica_manager(tmp.path(), &[("log.flush.policy", "interval")]);
         let mut img = image(5, &[("t", "A", vec![1, 2, 3])]);
         img.topics.get_mut("t").unwrap().partitions[0].isr = vec![1, 3];
         img.cluster_configs
