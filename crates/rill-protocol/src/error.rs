@@ -60,10 +60,13 @@ impl ApiError {
             | E::CorruptMessage
             | E::MessageTooLarge
             | E::RecordListTooLarge
-            | E::UnsupportedCompressionType => Code::InvalidArgument,
-            E::UnknownTopicOrPartition | E::BrokerIdNotRegistered | E::UnknownMemberId => {
-                Code::NotFound
-            }
+            | E::UnsupportedCompressionType
+            | E::OffsetMetadataTooLarge
+            | E::UnsupportedAssignor => Code::InvalidArgument,
+            E::UnknownTopicOrPartition
+            | E::BrokerIdNotRegistered
+            | E::UnknownMemberId
+            | E::GroupIdNotFound => Code::NotFound,
             E::TopicAlreadyExists | E::DuplicateBrokerRegistration => Code::AlreadyExists,
             E::RequestTimedOut => Code::DeadlineExceeded,
             E::ThrottlingQuotaExceeded => Code::ResourceExhausted,
