@@ -84,6 +84,8 @@ fn up(controllers: usize, brokers: usize, demo: bool) -> Result<()> {
     )?;
     let dir = state_dir();
     std::fs::create_dir_all(dir.join("logs"))?;
+    // Restarted brokers read it back: __consumer_offsets can have at most this many replicas.
+    std::fs::write(dir.join("brokers"), brokers.to_string())?;
     let voters = voters(controllers);
     let mut started = Vec::new();
     let names = (1..=controllers)
@@ -209,10 +211,25 @@ fn spawn(node: &Node, voters: &str) -> Result<u32> {
             "--metrics-address",
             &format!("127.0.0.1:{}", 9094 + 100 * i),
         ])
-        .args(["--override", "log.flush.policy=commit"]);
+        .args(["--override", "log.flush.policy=commit"])
+        .args([
+            "--override",
+            &format!(
+                "offsets.topic.replication.factor={}",
+                cluster_brokers().min(3)
+            ),
+        ]);
         cmd
     };
     detached(logging_to(&log, &mut cmd)?)
+}
+
+/// How many brokers `cluster up` started (3 when unknown).
+fn cluster_brokers() -> usize {
+    std::fs::read_to_string(state_dir().join("brokers"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(3)
 }
 
 /// `pids` with `name`'s pid set to `pid` (replaced, or added).

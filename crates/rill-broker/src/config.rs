@@ -155,6 +155,67 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "30000",
         "longest a request may wait in the queue",
     ),
+    // Group coordinator (consumer groups, KIP-848).
+    (
+        "offsets.topic.num.partitions",
+        "50",
+        "partitions of __consumer_offsets (fixed once the topic exists)",
+    ),
+    (
+        "offsets.topic.replication.factor",
+        "3",
+        "replicas of __consumer_offsets; its creation waits until this many brokers are registered",
+    ),
+    (
+        "offsets.topic.segment.bytes",
+        "104857600",
+        "segment size of __consumer_offsets (small segments compact sooner)",
+    ),
+    (
+        "offsets.retention.minutes",
+        "10080",
+        "committed offsets of a group without members expire this long after their commit",
+    ),
+    (
+        "offsets.retention.check.interval.ms",
+        "600000",
+        "how often expired offsets are removed",
+    ),
+    (
+        "offsets.commit.timeout.ms",
+        "5000",
+        "longest a group write waits for every in-sync replica of its __consumer_offsets partition",
+    ),
+    (
+        "offset.metadata.max.bytes",
+        "4096",
+        "longest metadata string kept with a committed offset",
+    ),
+    (
+        "group.consumer.session.timeout.ms",
+        "45000",
+        "a group member not heard from for this long is fenced and its partitions reassigned",
+    ),
+    (
+        "group.consumer.heartbeat.interval.ms",
+        "5000",
+        "how often group members heartbeat",
+    ),
+    (
+        "group.consumer.max.size",
+        "2147483647",
+        "most members one consumer group may have",
+    ),
+    (
+        "group.consumer.assignors",
+        "uniform,range",
+        "server-side assignors members may choose; the first is the default",
+    ),
+    (
+        "group.id.max.length",
+        "255",
+        "longest group id accepted, in bytes",
+    ),
     // Topic defaults, Kafka's broker-level names.
     ("log.retention.ms", "604800000", "default retention.ms"),
     ("log.retention.bytes", "-1", "default retention.bytes"),
@@ -318,10 +379,51 @@ pub struct BrokerConfig {
     pub metrics_address: Option<SocketAddr>,
     /// `request.timeout.ms`.
     pub request_timeout_ms: u64,
+    /// The group coordinator's settings (`group.consumer.*`, `offsets.*`).
+    pub group: GroupCoordinatorConfig,
     /// Topic config defaults from the broker-level `log.*` properties.
     pub topic_defaults: LogConfig,
     /// Every property, resolved, for `--print-config`.
     pub properties: BTreeMap<String, String>,
+}
+
+/// The group coordinator's settings: where groups live and how members are timed.
+#[derive(Clone, Debug)]
+pub struct GroupCoordinatorConfig {
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_num_partitions: i32,
+    /// `offsets.topic.replication.factor`.
+    pub offsets_topic_replication_factor: i16,
+    /// `offsets.topic.segment.bytes`.
+    pub offsets_topic_segment_bytes: u64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
+    /// `offsets.commit.timeout.ms`.
+    pub offsets_commit_timeout_ms: u64,
+    /// What each `__consumer_offsets` shard obeys.
+    pub shard: rill_group_coordinator::GroupConfig,
+}
+
+/// `group.consumer.assignors`: known names, at least one.
+fn assignors(value: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() {
+        return Err("name at least one assignor: uniform, range".into());
+    }
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !matches!(n.as_str(), "uniform" | "range"))
+    {
+        return Err(format!(
+            "unknown assignor {bad:?}; rill has uniform and range"
+        ));
+    }
+    Ok(names)
 }
 
 impl BrokerConfig {
@@ -511,6 +613,46 @@ impl BrokerConfig {
                 Some(addr("metrics.address")?)
             },
             request_timeout_ms: int("request.timeout.ms", 1, 3_600_000)? as u64,
+            group: GroupCoordinatorConfig {
+                offsets_topic_num_partitions: int("offsets.topic.num.partitions", 1, 10_000)?
+                    as i32,
+                offsets_topic_replication_factor: int(
+                    "offsets.topic.replication.factor",
+                    1,
+                    i16::MAX as i64,
+                )? as i16,
+                offsets_topic_segment_bytes: int(
+                    "offsets.topic.segment.bytes",
+                    1024,
+                    i32::MAX as i64,
+                )? as u64,
+                offsets_retention_check_interval_ms: int(
+                    "offsets.retention.check.interval.ms",
+                    1,
+                    i64::MAX,
+                )? as u64,
+                offsets_commit_timeout_ms: int("offsets.commit.timeout.ms", 1, 3_600_000)? as u64,
+                shard: rill_group_coordinator::GroupConfig {
+                    session_timeout_ms: int(
+                        "group.consumer.session.timeout.ms",
+                        1,
+                        i32::MAX as i64,
+                    )? as i32,
+                    heartbeat_interval_ms: int(
+                        "group.consumer.heartbeat.interval.ms",
+                        1,
+                        i32::MAX as i64,
+                    )? as i32,
+                    max_size: int("group.consumer.max.size", 1, i32::MAX as i64)? as usize,
+                    assignors: assignors(&get("group.consumer.assignors"))
+                        .map_err(|why| invalid("group.consumer.assignors", &why))?,
+                    offset_metadata_max_bytes: int("offset.metadata.max.bytes", 0, i32::MAX as i64)?
+                        as usize,
+                    offsets_retention_ms: int("offsets.retention.minutes", 1, i64::MAX / 60_000)?
+                        * 60_000,
+                    max_group_id_length: int("group.id.max.length", 1, 32_767)? as usize,
+                },
+            },
             topic_defaults,
             properties: props,
         })

@@ -12,6 +12,7 @@ pub mod apis;
 pub mod background;
 pub mod config;
 pub mod controller_client;
+pub mod group_coordinator;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
@@ -173,6 +174,10 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         config.fetch_max_bytes,
     )
     .with_lifecycle(Arc::clone(&lifecycle));
+    let coordinator = group_coordinator::GroupCoordinator::new(Arc::clone(&rm), &config)?;
+    coordinator.start(background_stop.clone());
+    let group_service =
+        network::GroupCoordinatorService::new(Arc::clone(&coordinator), Arc::clone(&metrics));
     let server_stop = CancellationToken::new();
     tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");
     let server = tonic::transport::Server::builder()
@@ -183,6 +188,13 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             BrokerServer::new(service)
                 .max_decoding_message_size(config.socket_request_max_bytes)
                 .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            rill_protocol::proto::group_coordinator_server::GroupCoordinatorServer::new(
+                group_service,
+            )
+            .max_decoding_message_size(config.socket_request_max_bytes)
+            .max_encoding_message_size(usize::MAX),
         )
         .serve_with_incoming_shutdown(
             // Accepted sockets need TCP_NODELAY set here: the builder's tcp_nodelay only applies

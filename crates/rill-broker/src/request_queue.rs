@@ -142,6 +142,19 @@ fn process(
                     ),
                     None,
                 ))
+            } else if topic.name == rill_group_coordinator::OFFSETS_TOPIC {
+                // Kafka's rule: only the group coordinator writes its internal topic, so a
+                // stray record can never corrupt a group's state.
+                Err((
+                    ApiError::new(
+                        ErrorCode::InvalidTopicException,
+                        format!(
+                            "cannot produce to the internal topic {}; commit offsets through the group coordinator",
+                            topic.name
+                        ),
+                    ),
+                    None,
+                ))
             } else {
                 rm.leader_partition(&tp)
             };

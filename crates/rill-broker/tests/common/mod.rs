@@ -139,6 +139,13 @@ impl Cluster {
         .arg("--log-dirs")
         .arg(n.dir.join("logs"))
         .args(["--override", "broker.heartbeat.interval.ms=200"])
+        .args([
+            "--override",
+            &format!(
+                "offsets.topic.replication.factor={}",
+                self.brokers.len().min(3)
+            ),
+        ])
         .stdout(Stdio::null())
         .stderr(log);
         for o in &self.broker_overrides {
