@@ -120,6 +120,7 @@ impl Cluster {
     }
 
     pub fn start_broker(&mut self, i: usize) {
+        let offsets_rf = self.brokers.len().min(3);
         let n = &mut self.brokers[i];
         std::fs::create_dir_all(&n.dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -141,10 +142,7 @@ impl Cluster {
         .args(["--override", "broker.heartbeat.interval.ms=200"])
         .args([
             "--override",
-            &format!(
-                "offsets.topic.replication.factor={}",
-                self.brokers.len().min(3)
-            ),
+            &format!("offsets.topic.replication.factor={offsets_rf}"),
         ])
         .stdout(Stdio::null())
         .stderr(log);

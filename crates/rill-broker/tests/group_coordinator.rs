@@ -1,0 +1,617 @@
+//! The group coordinator over real processes, spoken to in raw gRPC: routing and creation of
+//! `__consumer_offsets`, committed offsets and group membership surviving the SIGKILL of the
+//! coordinator's broker, and clear errors (nothing changed) for bad requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use rill_protocol::proto::group_coordinator_client::GroupCoordinatorClient;
+use rill_protocol::proto::*;
+use rill_protocol::{ErrorCode, TopicPartition};
+use tonic::transport::Channel;
+
+const OFFSETS: &str = "__consumer_offsets";
+
+async fn coordinator_client(addr: &str) -> GroupCoordinatorClient<Channel> {
+    GroupCoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// Asks brokers (in turn) for the group's coordinator until one names a live broker.
+async fn find_coordinator(cluster: &Cluster, group: &str) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        for addr in cluster.bootstrap() {
+            let Ok(mut c) = GroupCoordinatorClient::connect(format!("http://{addr}")).await else {
+                continue;
+            };
+            match c
+                .find_coordinator(FindCoordinatorRequest {
+                    keys: vec![group.into()],
+                })
+                .await
+            {
+                Ok(r) => {
+                    let c = &r.into_inner().coordinators[0];
+                    if c.error_code == 0 {
+                        let found = format!("{}:{}", c.host, c.port);
+                        if cluster.bootstrap().contains(&found) {
+                            return (c.node_id, found);
+                        }
+                        last = format!("{found} is not running");
+                    } else {
+                        last = format!("{}: {}", c.error_code, c.error_message);
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator for {group}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn commit_request(
+    group: &str,
+    member: &str,
+    epoch: i32,
+    offsets: &[(&str, i32, i64)],
+) -> OffsetCommitRequest {
+    let mut topics: Vec<OffsetCommitTopic> = Vec::new();
+    for (topic, partition, offset) in offsets {
+        let p = OffsetCommitPartition {
+            index: *partition,
+            committed_offset: *offset,
+            committed_leader_epoch: -1,
+            committed_metadata: String::new(),
+        };
+        match topics.iter_mut().find(|t| t.name == *topic) {
+            Some(t) => t.partitions.push(p),
+            None => topics.push(OffsetCommitTopic {
+                name: (*topic).into(),
+                partitions: vec![p],
+            }),
+        }
+    }
+    OffsetCommitRequest {
+        group_id: group.into(),
+        member_epoch: epoch,
+        member_id: member.into(),
+        topics,
+    }
+}
+
+fn commit_errors(r: &OffsetCommitResponse) -> Vec<(String, i32, ErrorCode, String)> {
+    r.topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.clone(),
+                    p.index,
+                    ErrorCode::try_from(p.error_code).unwrap(),
+                    p.error_message.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
+async fn committed(
+    c: &mut GroupCoordinatorClient<Channel>,
+    group: &str,
+) -> Result<Vec<(TopicPartition, i64)>, String> {
+    let r = c
+        .offset_fetch(OffsetFetchRequest {
+            group_id: group.into(),
+            topics: vec![],
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    if r.error_code != 0 {
+        return Err(format!("{}: {}", r.error_code, r.error_message));
+    }
+    let mut out: Vec<(TopicPartition, i64)> = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    TopicPartition::new(t.name.clone(), p.index),
+                    p.committed_offset,
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn join_request(group: &str, member: &str, topics: &[&str]) -> ConsumerGroupHeartbeatRequest {
+    ConsumerGroupHeartbeatRequest {
+        group_id: group.into(),
+        member_id: member.into(),
+        member_epoch: 0,
+        rebalance_timeout_ms: 30_000,
+        subscribed_topic_names: Some(TopicNames {
+            names: topics.iter().map(|t| t.to_string()).collect(),
+        }),
+        owned_partitions: Some(TopicPartitionsList { topics: vec![] }),
+        client_id: "test".into(),
+        ..Default::default()
+    }
+}
+
+fn owned(assignment: &Option<TopicPartitionsList>) -> Vec<(String, i32)> {
+    let mut out: Vec<(String, i32)> = assignment
+        .iter()
+        .flat_map(|a| &a.topics)
+        .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_coordinator_creates_the_offsets_topic_and_only_the_coordinator_serves_the_group() {
+    let cluster = Cluster::start(1, 3, &["offsets.topic.num.partitions=6"]).await;
+    let (coordinator, addr) = find_coordinator(&cluster, "orders").await;
+    // The topic: 6 compacted partitions with 3 replicas, and the group on Kafka's partition.
+    let client = cluster.client();
+    let parts = client.partitions(OFFSETS).await.unwrap();
+    assert_eq!(parts.len(), 6);
+    let md = client.refresh(&[OFFSETS.into()]).await.unwrap();
+    assert!(
+        md.topics[0]
+            .partitions
+            .iter()
+            .all(|p| p.replicas.len() == 3),
+        "{md:?}"
+    );
+    let index = rill_group_coordinator::partition_for("orders", 6);
+    assert_eq!(parts[index as usize].leader, coordinator);
+    let configs = client
+        .admin(Duration::from_secs(10), |mut c| async move {
+            c.describe_configs(DescribeConfigsRequest {
+                topics: vec![OFFSETS.into()],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    let policy = configs.results[0]
+        .configs
+        .iter()
+        .find(|c| c.name == "cleanup.policy")
+        .map(|c| c.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
+
+    // The coordinator serves the group; another broker refuses with NOT_COORDINATOR.
+    let mut c = coordinator_client(&addr).await;
+    let r = c
+        .consumer_group_heartbeat(join_request("orders", "", &["t"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert!(!r.member_id.is_empty());
+    assert!(r.member_epoch > 0);
+    assert_eq!(r.heartbeat_interval_ms, 5000);
+    let other = cluster
+        .bootstrap()
+        .into_iter()
+        .find(|a| *a != addr)
+        .unwrap();
+    let r = coordinator_client(&other)
+        .await
+        .consumer_group_heartbeat(join_request("orders", "", &["t"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ErrorCode::try_from(r.error_code).unwrap(),
+        ErrorCode::NotCoordinator,
+        "{}",
+        r.error_message
+    );
+    assert!(
+        r.error_message.contains("FindCoordinator"),
+        "{}",
+        r.error_message
+    );
+
+    // Nobody produces to the internal topic.
+    let batch = {
+        let mut b = rill_protocol::record_batch::RecordBatchBuilder::new(
+            rill_protocol::record_batch::Compression::None,
+        );
+        b.append(0, Some(b"k"), Some(b"v"), &[]);
+        b.build().unwrap()
+    };
+    let leader = parts[0].leader;
+    let r = client
+        .broker(leader)
+        .unwrap()
+        .produce(ProduceRequest {
+            acks: -1,
+            timeout_ms: 5000,
+            topics: vec![TopicProduceData {
+                name: OFFSETS.into(),
+                partitions: vec![PartitionProduceData {
+                    index: 0,
+                    records: batch,
+                }],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ErrorCode::try_from(r.topics[0].partitions[0].error_code).unwrap(),
+        ErrorCode::InvalidTopicException
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_and_members_survive_the_sigkill_of_the_coordinators_broker() {
+    let mut cluster = Cluster::start(1, 3, &["offsets.topic.num.partitions=3"]).await;
+    cluster.create_topic("events", 4, 3, &[]).await;
+    let group = "survivors";
+    let (coordinator, addr) = find_coordinator(&cluster, group).await;
+    let mut c = coordinator_client(&addr).await;
+    // A simple (memberless) commit, then a member that owns every partition and commits.
+    let r = c
+        .offset_commit(commit_request(
+            group,
+            "",
+            -1,
+            &[("events", 0, 10), ("events", 1, 11)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
+        "{:?}",
+        commit_errors(&r)
+    );
+    let joined = c
+        .consumer_group_heartbeat(join_request(group, "", &["events"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.error_code, 0, "{}", joined.error_message);
+    let assignment = owned(&joined.assignment);
+    assert_eq!(assignment.len(), 4, "{assignment:?}");
+    let r = c
+        .offset_commit(commit_request(
+            group,
+            &joined.member_id,
+            joined.member_epoch,
+            &[("events", 2, 12), ("events", 3, 13)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
+        "{:?}",
+        commit_errors(&r)
+    );
+    let before = committed(&mut c, group).await.unwrap();
+    assert_eq!(before.len(), 4);
+
+    let victim = cluster
+        .brokers
+        .iter()
+        .position(|b| b.id == coordinator)
+        .unwrap();
+    cluster.kill_broker(victim);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (new_coordinator, new_addr) = loop {
+        let found = find_coordinator(&cluster, group).await;
+        if found.0 != coordinator {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the coordinator did not move");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut c = coordinator_client(&new_addr).await;
+    let after = loop {
+        match committed(&mut c, group).await {
+            Ok(a) => break a,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "offsets unavailable: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(
+        after, before,
+        "broker {new_coordinator} lost committed offsets"
+    );
+    // The member is still known, in the same epoch, with the same partitions.
+    let r = c
+        .consumer_group_heartbeat(ConsumerGroupHeartbeatRequest {
+            group_id: group.into(),
+            member_id: joined.member_id.clone(),
+            member_epoch: joined.member_epoch,
+            rebalance_timeout_ms: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert_eq!(r.member_epoch, joined.member_epoch);
+    let described = c
+        .describe_groups(DescribeGroupsRequest {
+            group_ids: vec![group.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let g = &described.groups[0];
+    assert_eq!(g.error_code, 0, "{}", g.error_message);
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.members[0].member_id, joined.member_id);
+    let owned_now: usize = g.members[0]
+        .assignment
+        .iter()
+        .map(|t| t.partitions.len())
+        .sum();
+    assert_eq!(owned_now, 4);
+    // And it commits on the new coordinator.
+    let r = c
+        .offset_commit(commit_request(
+            group,
+            &joined.member_id,
+            joined.member_epoch,
+            &[("events", 0, 20)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
+        "{:?}",
+        commit_errors(&r)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_group_requests_get_clear_errors_and_change_nothing() {
+    let cluster = Cluster::start(1, 1, &["offsets.topic.num.partitions=2"]).await;
+    cluster.create_topic("t", 2, 1, &[]).await;
+    let group = "strict";
+    let (_, addr) = find_coordinator(&cluster, group).await;
+    let mut c = coordinator_client(&addr).await;
+    let code = |c: i32| ErrorCode::try_from(c).unwrap();
+
+    // Group ids: empty and too long.
+    for bad in [String::new(), "g".repeat(300)] {
+        let r = c
+            .consumer_group_heartbeat(join_request(&bad, "", &["t"]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            code(r.error_code),
+            ErrorCode::InvalidGroupId,
+            "{}",
+            r.error_message
+        );
+        assert!(!r.error_message.is_empty());
+        let r = c
+            .offset_commit(commit_request(&bad, "", -1, &[("t", 0, 1)]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(commit_errors(&r)[0].2, ErrorCode::InvalidGroupId);
+        let r = c
+            .find_coordinator(FindCoordinatorRequest { keys: vec![bad] })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            code(r.coordinators[0].error_code),
+            ErrorCode::InvalidGroupId
+        );
+    }
+    // Unknown group.
+    let r = c
+        .describe_groups(DescribeGroupsRequest {
+            group_ids: vec!["nobody".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(r.groups[0].error_code), ErrorCode::GroupIdNotFound);
+    let r = c
+        .delete_groups(DeleteGroupsRequest {
+            group_ids: vec!["nobody".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(r.results[0].error_code), ErrorCode::GroupIdNotFound);
+
+    // Two members share the topic's two partitions.
+    let a = c
+        .consumer_group_heartbeat(join_request(group, "", &["t"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.error_code, 0, "{}", a.error_message);
+    let b = c
+        .consumer_group_heartbeat(join_request(group, "", &["t"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.error_code, 0, "{}", b.error_message);
+    // a must give one partition up: report it released.
+    let mut a_epoch = a.member_epoch;
+    let mut a_owned = owned(&a.assignment);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .consumer_group_heartbeat(ConsumerGroupHeartbeatRequest {
+                group_id: group.into(),
+                member_id: a.member_id.clone(),
+                member_epoch: a_epoch,
+                rebalance_timeout_ms: -1,
+                owned_partitions: Some(TopicPartitionsList {
+                    topics: a_owned
+                        .iter()
+                        .map(|(t, p)| TopicPartitions {
+                            topic: t.clone(),
+                            partitions: vec![*p],
+                        })
+                        .collect(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+        if r.assignment.is_some() {
+            a_owned = owned(&r.assignment);
+        }
+        a_epoch = r.member_epoch;
+        if a_owned.len() == 1 && a_epoch > a.member_epoch {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member a never settled: {a_owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mine = a_owned[0].1;
+    let not_mine = 1 - mine;
+    let before = committed(&mut c, group).await.unwrap();
+
+    // Stale epoch, a partition a does not own, unknown member, memberless commit to a live
+    // group: each refused with its error, nothing stored.
+    for (req, want) in [
+        (
+            commit_request(group, &a.member_id, a.member_epoch, &[("t", mine, 5)]),
+            ErrorCode::StaleMemberEpoch,
+        ),
+        (
+            commit_request(group, &a.member_id, a_epoch, &[("t", not_mine, 5)]),
+            ErrorCode::StaleMemberEpoch,
+        ),
+        (
+            commit_request(group, "no-such-member", 3, &[("t", mine, 5)]),
+            ErrorCode::UnknownMemberId,
+        ),
+        (
+            commit_request(group, "", -1, &[("t", mine, 5)]),
+            ErrorCode::UnknownMemberId,
+        ),
+        (
+            commit_request(group, &a.member_id, a_epoch, &[("no-such-topic", 0, 5)]),
+            ErrorCode::UnknownTopicOrPartition,
+        ),
+    ] {
+        let r = c.offset_commit(req.clone()).await.unwrap().into_inner();
+        let errors = commit_errors(&r);
+        assert_eq!(errors[0].2, want, "{req:?}: {errors:?}");
+        assert!(!errors[0].3.is_empty());
+    }
+    let r = c
+        .offset_commit(OffsetCommitRequest {
+            topics: vec![OffsetCommitTopic {
+                name: "t".into(),
+                partitions: vec![OffsetCommitPartition {
+                    index: mine,
+                    committed_offset: 5,
+                    committed_leader_epoch: -1,
+                    committed_metadata: "m".repeat(5000),
+                }],
+            }],
+            ..commit_request(group, &a.member_id, a_epoch, &[])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(commit_errors(&r)[0].2, ErrorCode::OffsetMetadataTooLarge);
+    assert_eq!(committed(&mut c, group).await.unwrap(), before);
+
+    // Heartbeats from an unknown member, and with an epoch from the future.
+    let r = c
+        .consumer_group_heartbeat(ConsumerGroupHeartbeatRequest {
+            group_id: group.into(),
+            member_id: "no-such-member".into(),
+            member_epoch: 4,
+            rebalance_timeout_ms: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        code(r.error_code),
+        ErrorCode::UnknownMemberId,
+        "{}",
+        r.error_message
+    );
+    let r = c
+        .consumer_group_heartbeat(ConsumerGroupHeartbeatRequest {
+            group_id: group.into(),
+            member_id: a.member_id.clone(),
+            member_epoch: a_epoch + 10,
+            rebalance_timeout_ms: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        code(r.error_code),
+        ErrorCode::FencedMemberEpoch,
+        "{}",
+        r.error_message
+    );
+
+    // The group has members: it cannot be deleted.
+    let r = c
+        .delete_groups(DeleteGroupsRequest {
+            group_ids: vec![group.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(r.results[0].error_code), ErrorCode::NonEmptyGroup);
+    // A good commit still works.
+    let r = c
+        .offset_commit(commit_request(
+            group,
+            &a.member_id,
+            a_epoch,
+            &[("t", mine, 7)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        commit_errors(&r)[0].2,
+        ErrorCode::None,
+        "{:?}",
+        commit_errors(&r)
+    );
+    assert_eq!(
+        committed(&mut c, group).await.unwrap(),
+        vec![(TopicPartition::new("t", mine), 7)]
+    );
+}
