@@ -74,12 +74,15 @@ pub struct Workload {
 }
 
 /// True when a broker's error may follow an append: the request timed out waiting for the
-/// replicas, was cut off (a transport error surfaces as UNKNOWN_SERVER_ERROR), or the log failed
-/// mid-write. Every other error code is a refusal before anything was appended.
+/// replicas, was cut off (a transport error surfaces as UNKNOWN_SERVER_ERROR), the log failed
+/// mid-write, or leadership moved while an acks=all write waited for its replicas (the
+/// leader appended it; the new leader may or may not have it). Every other error code is a
+/// refusal before anything was appended.
 pub fn maybe_written(code: ErrorCode) -> bool {
     matches!(
         code,
         ErrorCode::RequestTimedOut
+            | ErrorCode::NotLeaderOrFollower
             | ErrorCode::NotEnoughReplicasAfterAppend
             | ErrorCode::KafkaStorageError
             | ErrorCode::UnknownServerError
