@@ -1,0 +1,277 @@
+//! Consumer settings with Kafka's names and defaults, and their validation.
+
+use std::time::Duration;
+
+use crate::ConsumerError;
+
+/// Where to start when a partition has no position (no committed offset either, for a group
+/// consumer) or its position fell out of the log: Kafka's `auto.offset.reset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// The log start.
+    Earliest,
+    /// The high watermark (new records only).
+    Latest,
+    /// Kafka's `none`: no guess; `poll` fails with [`ConsumerError::NoOffset`] for the
+    /// partition until the application seeks it.
+    None,
+}
+
+/// Consumer settings, with Kafka's names and defaults.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// `bootstrap.servers`: `host:port` of brokers to ask for metadata first (any one will do).
+    pub bootstrap: Vec<String>,
+    /// `fetch.max.wait.ms`: how long a broker may hold a fetch waiting for `fetch.min.bytes`
+    /// (default 500 ms).
+    pub fetch_max_wait: Duration,
+    /// `fetch.min.bytes`: the broker answers a fetch once it has this much data, or when
+    /// `fetch.max.wait.ms` passes (default 1: as soon as anything is there).
+    pub fetch_min_bytes: i32,
+    /// `fetch.max.bytes`: a soft cap on one fetch response; a batch larger than it still comes
+    /// back alone, so consuming never stalls (default 50 MiB).
+    pub fetch_max_bytes: i32,
+    /// `max.partition.fetch.bytes`: the same per partition (default 1 MiB).
+    pub max_partition_fetch_bytes: i32,
+    /// `auto.offset.reset`: where a partition without a position (and, in a group, without a
+    /// committed offset), or whose position fell out of the log, starts (default latest).
+    pub auto_offset_reset: OffsetReset,
+    /// `check.crcs`: verify each batch's CRC-32C on receipt (default true).
+    pub check_crcs: bool,
+    /// `request.timeout.ms`: how long one request may take, and how long lookups such as
+    /// [`Consumer::partitions_of`](crate::Consumer::partitions_of) and commits keep retrying
+    /// (default 30 s).
+    pub request_timeout: Duration,
+    /// `retry.backoff.ms`: the first wait before fetching a partition again after a retriable
+    /// error, so a failing broker is not hammered.
+    pub retry_backoff: Duration,
+    /// `retry.backoff.max.ms`: the wait doubles with each consecutive failure up to this.
+    pub retry_backoff_max: Duration,
+    /// `group.id`: the consumer group whose committed offsets this consumer reads and writes,
+    /// and which [`subscribe`](crate::Consumer::subscribe) joins. `None` (the default): no
+    /// group, so no subscribe and no commits.
+    pub group_id: Option<String>,
+    /// `group.instance.id`: makes the member static — a restart within the session timeout
+    /// keeps its partitions (it leaves with epoch -2 instead of -1). Needs `group_id`.
+    pub group_instance_id: Option<String>,
+    /// `client.id`: shown by `rill group describe` next to the member (default
+    /// `rill-consumer`).
+    pub client_id: String,
+    /// `client.rack`: the rack of this consumer, given to the coordinator's assignor.
+    pub client_rack: Option<String>,
+    /// `enable.auto.commit`: commit consumed positions every `auto_commit_interval` from
+    /// `poll`, before partitions are revoked, and on `close` (default true; only takes effect
+    /// with a `group_id`).
+    pub enable_auto_commit: bool,
+    /// `auto.commit.interval.ms` (default 5 s).
+    pub auto_commit_interval: Duration,
+    /// `max.poll.interval.ms`: a member whose application does not call `poll` for this long
+    /// leaves the group so its partitions go to others; also how long the coordinator waits
+    /// for it to give partitions up (the rebalance timeout). Default 300 s.
+    pub max_poll_interval: Duration,
+    /// `group.remote.assignor`: the coordinator's assignor to use (`uniform` or `range`);
+    /// `None` lets the broker choose (its first `group.consumer.assignors`).
+    pub group_remote_assignor: Option<String>,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            bootstrap: vec!["127.0.0.1:9092".into()],
+            fetch_max_wait: Duration::from_millis(500),
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 50 << 20,
+            max_partition_fetch_bytes: 1 << 20,
+            auto_offset_reset: OffsetReset::Latest,
+            check_crcs: true,
+            request_timeout: Duration::from_secs(30),
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
+            group_id: None,
+            group_instance_id: None,
+            client_id: "rill-consumer".into(),
+            client_rack: None,
+            enable_auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            max_poll_interval: Duration::from_secs(300),
+            group_remote_assignor: None,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Refuses settings that cannot work, naming the setting (Kafka's
+    /// `InvalidConfigurationException`): an empty `group.id`, a `group.instance.id` without a
+    /// group, zero intervals, a `max.poll.interval.ms` that does not fit the protocol's
+    /// milliseconds.
+    pub fn validate(&self) -> Result<(), ConsumerError> {
+        let bad = |m: String| Err(ConsumerError::Config(m));
+        if self.bootstrap.is_empty() {
+            return bad("bootstrap.servers is empty (e.g. 127.0.0.1:9092)".into());
+        }
+        if let Some(g) = &self.group_id
+            && g.trim().is_empty()
+        {
+            return bad("group.id must not be empty (leave it unset for no group)".into());
+        }
+        if let Some(i) = &self.group_instance_id {
+            if self.group_id.is_none() {
+                return bad("group.instance.id needs a group.id".into());
+            }
+            if i.trim().is_empty() {
+                return bad("group.instance.id must not be empty".into());
+            }
+        }
+        if self
+            .group_remote_assignor
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return bad(
+                "group.remote.assignor must not be empty (leave it unset for the broker's default)"
+                    .into(),
+            );
+        }
+        if self.auto_commit_interval.is_zero() {
+            return bad("auto.commit.interval.ms must be positive".into());
+        }
+        let max_poll = self.max_poll_interval.as_millis();
+        if max_poll == 0 || max_poll > i32::MAX as u128 {
+            return bad(format!(
+                "max.poll.interval.ms must be between 1 and {} (got {max_poll})",
+                i32::MAX
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request.timeout.ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// True when offsets are committed automatically: `enable.auto.commit` with a group.
+    pub(crate) fn auto_commit(&self) -> bool {
+        self.enable_auto_commit && self.group_id.is_some()
+    }
+
+    pub(crate) fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            backoff: self.retry_backoff,
+            backoff_max: self.retry_backoff_max,
+            timeout: self.request_timeout,
+        }
+    }
+}
+
+/// How retriable failures are retried: exponential backoff up to a cap, for up to `timeout`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetryPolicy {
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    pub timeout: Duration,
+}
+
+impl RetryPolicy {
+    /// `retry.backoff.ms` doubled for each failure after the first, capped at
+    /// `retry.backoff.max.ms` (Kafka's exponential backoff, without its jitter).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.backoff
+            .saturating_mul(1 << doublings)
+            .min(self.backoff_max.max(self.backoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let retry = ConsumerConfig::default().retry();
+        let ms = |n| retry.delay(n).as_millis();
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5), ms(40)],
+            [100, 200, 400, 800, 1000, 1000]
+        );
+    }
+
+    #[test]
+    fn defaults_are_valid_and_kafkas() {
+        let c = ConsumerConfig::default();
+        c.validate().unwrap();
+        assert!(
+            c.enable_auto_commit && !c.auto_commit(),
+            "no group, no auto commit"
+        );
+        assert_eq!(c.auto_commit_interval, Duration::from_secs(5));
+        assert_eq!(c.max_poll_interval, Duration::from_secs(300));
+        let g = ConsumerConfig {
+            group_id: Some("g".into()),
+            ..Default::default()
+        };
+        g.validate().unwrap();
+        assert!(g.auto_commit());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        let cases: Vec<(ConsumerConfig, &str)> = vec![
+            (
+                ConsumerConfig {
+                    group_id: Some(" ".into()),
+                    ..Default::default()
+                },
+                "group.id",
+            ),
+            (
+                ConsumerConfig {
+                    group_instance_id: Some("i".into()),
+                    ..Default::default()
+                },
+                "group.instance.id needs a group.id",
+            ),
+            (
+                ConsumerConfig {
+                    group_id: Some("g".into()),
+                    group_instance_id: Some(String::new()),
+                    ..Default::default()
+                },
+                "group.instance.id",
+            ),
+            (
+                ConsumerConfig {
+                    auto_commit_interval: Duration::ZERO,
+                    ..Default::default()
+                },
+                "auto.commit.interval.ms",
+            ),
+            (
+                ConsumerConfig {
+                    max_poll_interval: Duration::from_secs(u64::from(u32::MAX)),
+                    ..Default::default()
+                },
+                "max.poll.interval.ms",
+            ),
+            (
+                ConsumerConfig {
+                    group_remote_assignor: Some(String::new()),
+                    ..Default::default()
+                },
+                "group.remote.assignor",
+            ),
+            (
+                ConsumerConfig {
+                    bootstrap: Vec::new(),
+                    ..Default::default()
+                },
+                "bootstrap.servers",
+            ),
+        ];
+        for (config, name) in cases {
+            match config.validate() {
+                Err(ConsumerError::Config(m)) => assert!(m.contains(name), "{m} lacks {name}"),
+                other => panic!("{name}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The consumer (Kafka's `KafkaConsumer`): the application's calls, tying the subscription
+//! state, the fetcher, offset lookups and (with a `group.id`) the group coordinator together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rill_protocol::TopicPartition;
+use rill_protocol::client::ClusterClient;
+use tokio::task::JoinHandle;
+
+use crate::config::ConsumerConfig;
+use crate::consumer_coordinator::heartbeat::Event;
+use crate::consumer_coordinator::{ConsumerCoordinator, ConsumerRebalanceListener, first_error};
+use crate::fetcher::{Fetcher, Finished};
+use crate::offset_fetcher::{self, EARLIEST, Found, LATEST};
+use crate::subscription_state::{FetchState, Subscription, SubscriptionState, compile_pattern};
+use crate::{ConsumerError, ConsumerRecord, OffsetAndMetadata, OffsetReset};
+
+/// A consumer of assigned partitions, or (with a `group.id`) of the partitions its group's
+/// coordinator gives it.
+pub struct Consumer {
+    config: ConsumerConfig,
+    client: ClusterClient,
+    pub(crate) subscriptions: SubscriptionState,
+    pub(crate) fetcher: Fetcher,
+    /// Present with a `group.id`.
+    coordinator: Option<ConsumerCoordinator>,
+    /// A misuse by a call that cannot fail (`assign` while subscribed, `seek` of a partition
+    /// not assigned), returned by the next `poll`.
+    misuse: Option<String>,
+    closed: bool,
+}
+
+/// What woke `poll` up.
+enum Wake {
+    Fetch(Finished),
+    Group(Event),
+    Timeout,
+}
+
+impl Consumer {
+    /// A consumer bootstrapping from `config.bootstrap`; the config is validated first.
+    pub fn new(config: ConsumerConfig) -> Result<Self, ConsumerError> {
+        config.validate()?;
+        let client = ClusterClient::new(&config.bootstrap, config.request_timeout)?;
+        let fetcher = Fetcher::new(client.clone(), &config);
+        let coordinator = config
+            .group_id
+            .clone()
+            .map(|g| ConsumerCoordinator::new(&config, &g, client.clone()));
+        Ok(Consumer {
+            config,
+            client,
+            subscriptions: SubscriptionState::default(),
+            fetcher,
+            coordinator,
+            misuse: None,
+            closed: false,
+        })
+    }
+
+    /// The cluster client (metadata cache, admin calls) this consumer fetches through.
+    pub fn client(&self) -> &ClusterClient {
+        &self.client
+    }
+
+    /// The member id this consumer joins its group with (a UUID generated once), `None`
+    /// without a `group.id`.
+    pub fn member_id(&self) -> Option<&str> {
+        self.coordinator.as_ref().map(|c| c.member_id())
+    }
+
+    /// The member's epoch as of the last heartbeat (0 while joining), `None` without a
+    /// `group.id`.
+    pub fn member_epoch(&self) -> Option<i32> {
+        self.coordinator.as_ref().map(|c| c.identity().epoch)
+    }
+
+    fn group(&mut self, what: &str) -> Result<&mut ConsumerCoordinator, ConsumerError> {
+        self.coordinator.as_mut().ok_or_else(|| {
+            ConsumerError::IllegalState(format!(
+                "{what} needs a consumer group: set group_id (group.id) in the ConsumerConfig"
+            ))
+        })
+    }
+
+    fn check_open(&self) -> Result<(), ConsumerError> {
+        if self.closed {
+            return Err(ConsumerError::IllegalState("the consumer is closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Consumes exactly these partitions (replacing any earlier assignment). Not while
+    /// subscribed: then nothing changes and the next `poll` fails, saying so.
+    pub fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
+        self.fetcher.clear();
+        if let Err(e) = self.subscriptions.assign(partitions) {
+            self.misuse = Some(e.to_string());
+        }
+    }
+
+    /// Joins the consumer group (`group.id`) to read `topics`, with partitions handed out by
+    /// the group's coordinator; `listener` hears about partitions given and taken (inside
+    /// `poll`). Subscribing again replaces the topics and the listener. An empty list is
+    /// `unsubscribe` (Kafka's behaviour), which needs `.await`, so it is refused here.
+    pub fn subscribe<I, S>(
+        &mut self,
+        topics: I,
+        listener: impl ConsumerRebalanceListener + 'static,
+    ) -> Result<(), ConsumerError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let topics: BTreeSet<String> = topics.into_iter().map(Into::into).collect();
+        if topics.is_empty() {
+            return Err(ConsumerError::IllegalState(
+                "subscribe() with no topics: call unsubscribe() to stop consuming".into(),
+            ));
+        }
+        if let Some(t) = topics.iter().find(|t| t.trim().is_empty()) {
+            return Err(ConsumerError::IllegalState(format!(
+                "subscribe() with an empty topic name {t:?}"
+            )));
+        }
+        self.subscribe_to(Subscription::Topics(topics), Box::new(listener))
+    }
+
+    /// Joins the consumer group to read every topic whose whole name matches `pattern` (Rust
+    /// `regex` syntax; the coordinator follows topics as they are created and deleted).
+    pub fn subscribe_pattern(
+        &mut self,
+        pattern: &str,
+        listener: impl ConsumerRebalanceListener + 'static,
+    ) -> Result<(), ConsumerError> {
+        if pattern.is_empty() {
+            return Err(ConsumerError::IllegalState(
+                "subscribe_pattern() with an empty pattern".into(),
+            ));
+        }
+        compile_pattern(pattern)?;
+        self.subscribe_to(
+            Subscription::Pattern(pattern.to_owned()),
+            Box::new(listener),
+        )
+    }
+
+    fn subscribe_to(
+        &mut self,
+        subscription: Subscription,
+        listener: Box<dyn ConsumerRebalanceListener>,
+    ) -> Result<(), ConsumerError> {
+        self.check_open()?;
+        self.group("subscribe()")?;
+        self.subscriptions.subscribe(subscription.clone())?;
+        self.group("subscribe()")?.subscribe(subscription, listener)
+    }
+
+    /// Stops consuming: a group member commits (auto commit), gives its partitions up
+    /// (`on_partitions_revoked`) and leaves the group; a consumer using `assign` just drops its
+    /// partitions. Returns the commit's failure, if any (the rest happens anyway).
+    pub async fn unsubscribe(&mut self) -> Result<(), ConsumerError> {
+        let result = match &mut self.coordinator {
+            Some(c) if self.subscriptions.is_subscribed() => {
+                c.release(&mut self.subscriptions, &mut self.fetcher).await
+            }
+            _ => Ok(()),
+        };
+        self.fetcher.clear();
+        self.subscriptions.unsubscribe();
+        result
+    }
+
+    /// The partitions this consumer reads now: its assignment, or what the group gave it.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.subscriptions.assigned().into_iter().collect()
+    }
+
+    /// The current subscription, `None` when not subscribed.
+    pub fn subscription(&self) -> Option<Subscription> {
+        self.subscriptions.subscription().cloned()
+    }
+
+    /// All partitions of `topic`. Waits (up to `request.timeout.ms`) for the metadata of a topic
+    /// that was just created, but fails at once with UNKNOWN_TOPIC_OR_PARTITION when the
+    /// controllers confirm that the topic does not exist: rill creates no topics on first use.
+    pub async fn partitions_of(&self, topic: &str) -> Result<Vec<TopicPartition>, ConsumerError> {
+        Ok(offset_fetcher::partitions_of(&self.client, &self.config.retry(), topic).await?)
+    }
+
+    /// The next offset `poll` returns for `tp` (the position a commit stores), `None` when not
+    /// assigned or not known yet.
+    pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.subscriptions.position(tp)
+    }
+
+    /// Continues `tp` from `offset`. Only for assigned partitions: otherwise nothing changes
+    /// and the next `poll` fails, saying so.
+    pub fn seek(&mut self, tp: &TopicPartition, offset: i64) {
+        if !self.subscriptions.is_assigned(tp) {
+            self.misuse = Some(format!(
+                "seek() of {tp}, which is not assigned to this consumer"
+            ));
+            return;
+        }
+        self.fetcher.cancel_fetches();
+        self.fetcher.discard(tp);
+        self.subscriptions.seek(tp, offset);
+    }
+
+    /// Stops fetching `tps` (assigned ones) until [`resume`](Self::resume); the group keeps
+    /// them assigned.
+    pub fn pause(&mut self, tps: &[TopicPartition]) {
+        self.fetcher.cancel_fetches();
+        for tp in tps {
+            self.fetcher.discard(tp);
+            self.subscriptions.pause(tp);
+        }
+    }
+
+    /// Fetches paused partitions again.
+    pub fn resume(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            self.subscriptions.resume(tp);
+        }
+    }
+
+    /// The paused partitions.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.subscriptions.paused()
+    }
+
+    /// Seeks to the log start of each partition.
+    pub async fn seek_to_beginning(&mut self, tps: &[TopicPartition]) -> Result<(), ConsumerError> {
+        for (tp, off) in self.list_offsets(tps, EARLIEST).await? {
+            self.seek(&tp, off.map_or(0, |o| o.0));
+        }
+        Ok(())
+    }
+
+    /// Seeks to the high watermark of each partition.
+    pub async fn seek_to_end(&mut self, tps: &[TopicPartition]) -> Result<(), ConsumerError> {
+        for (tp, off) in self.list_offsets(tps, LATEST).await? {
+            self.seek(&tp, off.map_or(0, |o| o.0));
+        }
+        Ok(())
+    }
+
+    /// For each partition, the first offset whose timestamp is ≥ the given time (and that
+    /// record's timestamp), or `None` when every record is older.
+    pub async fn offsets_for_times(
+        &self,
+        times: &[(TopicPartition, i64)],
+    ) -> Result<Vec<(TopicPartition, Option<(i64, i64)>)>, ConsumerError> {
+        let mut out = Vec::new();
+        for (tp, ts) in times {
+            let r = self.list_offsets(std::slice::from_ref(tp), *ts).await?;
+            out.extend(r);
+        }
+        Ok(out)
+    }
+
+    async fn list_offsets(
+        &self,
+        tps: &[TopicPartition],
+        timestamp: i64,
+    ) -> Result<Vec<(TopicPartition, Found)>, ConsumerError> {
+        offset_fetcher::list_offsets(&self.client, &self.config.retry(), tps, timestamp)
+            .await
+            .into_iter()
+            .map(|(tp, r)| r.map(|f| (tp, f)).map_err(ConsumerError::from))
+            .collect()
+    }
+
+    /// The group's committed offsets of `tps` (`None` where nothing is committed).
+    pub async fn committed(
+        &mut self,
+        tps: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, Option<OffsetAndMetadata>>, ConsumerError> {
+        let timeout = self.config.request_timeout;
+        let results = self
+            .group("committed()")?
+            .fetch_committed(tps, timeout)
+            .await?;
+        if let Some(e) = first_error(&results) {
+            return Err(e.into());
+        }
+        Ok(results
+            .into_iter()
+            .filter_map(|(tp, r)| r.ok().map(|o| (tp, o)))
+            .collect())
+    }
+
+    /// What a commit of `offsets` stores: the given offsets, or (`None`) the consumed
+    /// positions of every assigned partition.
+    fn offsets_to_commit(
+        &self,
+        offsets: Option<BTreeMap<TopicPartition, OffsetAndMetadata>>,
+    ) -> BTreeMap<TopicPartition, OffsetAndMetadata> {
+        offsets.unwrap_or_else(|| {
+            crate::consumer_coordinator::consumed_offsets(&self.subscriptions, None)
+        })
+    }
+
+    /// Commits `offsets` (`None`: the consumed position of every assigned partition) for the
+    /// group and waits for the answer, after every commit made before it. A group member
+    /// commits as itself (a STALE_MEMBER_EPOCH is retried once with the next heartbeat's
+    /// epoch); a consumer using `assign` commits from outside the group (epoch -1), which the
+    /// coordinator allows only while the group has no members.
+    pub async fn commit_sync(
+        &mut self,
+        offsets: Option<BTreeMap<TopicPartition, OffsetAndMetadata>>,
+    ) -> Result<(), ConsumerError> {
+        self.check_open()?;
+        self.group("commit_sync()")?;
+        let offsets = self.offsets_to_commit(offsets);
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let as_member = self.subscriptions.is_subscribed();
+        self.group("commit_sync()")?
+            .commit_sync(offsets, as_member)
+            .await
+    }
+
+    /// Like [`commit_sync`](Self::commit_sync) without waiting: the commit is queued (in
+    /// order with other commits) and the handle resolves to its outcome; dropping the handle
+    /// does not cancel it.
+    pub fn commit_async(
+        &mut self,
+        offsets: Option<BTreeMap<TopicPartition, OffsetAndMetadata>>,
+    ) -> Result<JoinHandle<Result<(), ConsumerError>>, ConsumerError> {
+        self.check_open()?;
+        self.group("commit_async()")?;
+        let offsets = self.offsets_to_commit(offsets);
+        let as_member = self.subscriptions.is_subscribed();
+        let rx = if offsets.is_empty() {
+            None
+        } else {
+            Some(
+                self.group("commit_async()")?
+                    .commit_async(offsets, as_member)?,
+            )
+        };
+        Ok(tokio::spawn(async move {
+            match rx {
+                None => Ok(()),
+                Some(rx) => rx.await.unwrap_or_else(|_| {
+                    Err(ConsumerError::IllegalState(
+                        "the commit task stopped".into(),
+                    ))
+                }),
+            }
+        }))
+    }
+
+    /// Records from the assigned partitions, waiting up to `timeout` for some. In a group,
+    /// this is also where the assignment changes: rebalance callbacks run here, on the
+    /// caller's task, and consumed positions are committed every `auto.commit.interval.ms`.
+    /// Not calling `poll` for `max.poll.interval.ms` makes the member leave the group.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ConsumerError> {
+        self.check_open()?;
+        if let Some(m) = self.misuse.take() {
+            return Err(ConsumerError::IllegalState(m));
+        }
+        let deadline = Instant::now() + timeout;
+        if let Some(c) = &self.coordinator {
+            c.polled();
+        }
+        loop {
+            if let Some(c) = &mut self.coordinator {
+                c.process_events(&mut self.subscriptions, &mut self.fetcher)
+                    .await?;
+                c.maybe_auto_commit(&self.subscriptions);
+            }
+            if self.fetcher.has_buffered() {
+                self.fetcher.start_fetches(&self.subscriptions).await?;
+                return Ok(self.fetcher.drain(&self.subscriptions));
+            }
+            self.resolve_positions(deadline).await?;
+            self.fetcher.start_fetches(&self.subscriptions).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let wake = if self.fetcher.nothing_in_flight() {
+                if remaining.is_zero() {
+                    return Ok(Vec::new());
+                }
+                // Nothing to wait for but partitions backing off (or without a leader, or
+                // not assigned yet).
+                let nap = remaining
+                    .min(self.fetcher.retry_in())
+                    .max(Duration::from_millis(1));
+                tokio::select! {
+                    e = group_event(self.coordinator.as_mut()) => Wake::Group(e),
+                    _ = tokio::time::sleep(nap) => continue,
+                }
+            } else {
+                tokio::select! {
+                    f = self.fetcher.next_finished() => match f {
+                        Some(f) => Wake::Fetch(f),
+                        None => Wake::Timeout,
+                    },
+                    e = group_event(self.coordinator.as_mut()) => Wake::Group(e),
+                    _ = tokio::time::sleep(remaining) => Wake::Timeout,
+                }
+            };
+            match wake {
+                Wake::Fetch(f) => self.fetcher.complete(f, &mut self.subscriptions)?,
+                Wake::Group(e) => {
+                    if let Some(c) = &mut self.coordinator {
+                        c.stash(e);
+                    }
+                    continue;
+                }
+                Wake::Timeout => return Ok(Vec::new()),
+            }
+            if self.fetcher.has_buffered() || Instant::now() >= deadline {
+                self.fetcher.start_fetches(&self.subscriptions).await?;
+                return Ok(self.fetcher.drain(&self.subscriptions));
+            }
+        }
+    }
+
+    /// Gives every partition without a position one: the group's committed offset (with a
+    /// `group.id`), else `auto.offset.reset`.
+    async fn resolve_positions(&mut self, deadline: Instant) -> Result<(), ConsumerError> {
+        match &mut self.coordinator {
+            Some(c) => {
+                let patience = deadline
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(100), self.config.request_timeout);
+                c.refresh_committed(&mut self.subscriptions, patience)
+                    .await?;
+            }
+            None => {
+                for tp in self.subscriptions.in_state(FetchState::Initializing) {
+                    self.subscriptions
+                        .set_fetch_state(&tp, FetchState::AwaitReset);
+                }
+            }
+        }
+        let missing = self.subscriptions.in_state(FetchState::AwaitReset);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let ts = match self.config.auto_offset_reset {
+            OffsetReset::Earliest => EARLIEST,
+            OffsetReset::Latest => LATEST,
+            OffsetReset::None => {
+                return Err(ConsumerError::NoOffset {
+                    partitions: missing,
+                });
+            }
+        };
+        for (tp, off) in self.list_offsets(&missing, ts).await? {
+            // Still waiting (not seeked meanwhile)?
+            if self.subscriptions.fetch_state(&tp) == Some(FetchState::AwaitReset) {
+                self.subscriptions.seek(&tp, off.map_or(0, |o| o.0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the consumer: with auto commit the consumed positions are committed; a group
+    /// member gives its partitions up (`on_partitions_revoked`) and leaves the group (epoch
+    /// -1, or -2 for a static member, whose partitions then wait for it for the session
+    /// timeout); background tasks stop. Returns the commit's failure, if any (the rest happens
+    /// anyway). Calling it again does nothing; other calls fail afterwards.
+    pub async fn close(&mut self) -> Result<(), ConsumerError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let result = match &mut self.coordinator {
+            Some(c) => {
+                let r = c.release(&mut self.subscriptions, &mut self.fetcher).await;
+                c.shutdown().await;
+                r
+            }
+            None => Ok(()),
+        };
+        self.fetcher.clear();
+        self.subscriptions.unsubscribe();
+        result
+    }
+}
+
+/// The next membership event of a group consumer; never completes without a group.
+async fn group_event(coordinator: Option<&mut ConsumerCoordinator>) -> Event {
+    match coordinator {
+        Some(c) => c.next_event().await,
+        None => std::future::pending().await,
+    }
+}

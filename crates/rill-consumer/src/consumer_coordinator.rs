@@ -1,0 +1,656 @@
+//! Group membership on the application's side (Kafka's `ConsumerCoordinator` and the
+//! reconciliation part of its `ConsumerMembershipManager`), KIP-848's "consumer" protocol: the
+//! coordinator computes the assignment; this side reconciles to it inside `poll`, so the
+//! rebalance listener runs on the caller's task.
+//!
+//! A new target assignment is reconciled as Kafka does: partitions to give up stop being
+//! fetched (buffered records dropped), their consumed positions are committed (auto commit),
+//! `on_partitions_revoked` runs, and they leave the subscription state; partitions to take get
+//! their committed offsets (else `auto.offset.reset` applies), `on_partitions_assigned` runs,
+//! and fetching starts. The new owned set goes to the coordinator in a heartbeat at once.
+//! Fenced, or out after the poll timeout, the member loses everything (`on_partitions_lost`,
+//! no commit) and rejoins.
+//!
+//! The heartbeat task lives in [`heartbeat`], commits in [`commit`].
+
+pub(crate) mod commit;
+pub(crate) mod heartbeat;
+#[cfg(test)]
+mod member_tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::{OffsetFetchRequest, OffsetFetchTopic};
+use rill_protocol::{ApiError, ErrorCode, TopicPartition};
+use tokio::sync::{oneshot, watch};
+
+use self::commit::{CommitResult, Committer};
+use self::heartbeat::{
+    Command, Event, MemberIdentity, MembershipHandle, MembershipSettings, PollTimer,
+};
+use crate::config::{ConsumerConfig, RetryPolicy};
+use crate::coordinator_client::{CoordinatorClient, is_coordinator_retriable};
+use crate::error::response_error;
+use crate::fetcher::Fetcher;
+use crate::subscription_state::{FetchState, Subscription, SubscriptionState};
+use crate::{ConsumerError, OffsetAndMetadata};
+
+/// Told when the group moves partitions to or from this consumer (Kafka's
+/// `ConsumerRebalanceListener`). Called from inside `poll` (and `unsubscribe`/`close`), on the
+/// caller's task, so offsets can be saved before another member reads on. Every method does
+/// nothing unless overridden; each is called only with a non-empty list.
+pub trait ConsumerRebalanceListener: Send {
+    /// The partitions are about to be given to other members; with auto commit their consumed
+    /// positions were just committed. No record of them is returned after this.
+    fn on_partitions_revoked(&mut self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+
+    /// The partitions are this consumer's now; records from them follow.
+    fn on_partitions_assigned(&mut self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+
+    /// The partitions were already taken away (the member was fenced or left after missing
+    /// `max.poll.interval.ms`): others may be reading them, so nothing was committed.
+    fn on_partitions_lost(&mut self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+}
+
+/// A listener for consumers that need no callbacks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoOpRebalanceListener;
+
+impl ConsumerRebalanceListener for NoOpRebalanceListener {}
+
+/// What moving from one assignment to another takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReconciliationPlan {
+    /// Owned but not in the target: give up.
+    pub revoked: Vec<TopicPartition>,
+    /// In the target but not owned: take.
+    pub added: Vec<TopicPartition>,
+}
+
+/// Revoked = owned − target, added = target − owned (both sorted).
+pub(crate) fn reconcile(
+    owned: &BTreeSet<TopicPartition>,
+    target: &BTreeSet<TopicPartition>,
+) -> ReconciliationPlan {
+    ReconciliationPlan {
+        revoked: owned.difference(target).cloned().collect(),
+        added: target.difference(owned).cloned().collect(),
+    }
+}
+
+/// The group side of a consumer with a `group.id`: membership (spawned on the first
+/// subscribe), commits, committed-offset lookups and the rebalance listener.
+pub(crate) struct ConsumerCoordinator {
+    settings: MembershipSettings,
+    coordinator: CoordinatorClient,
+    retry: RetryPolicy,
+    /// The member id, generated once for the consumer's lifetime (Kafka 4.x).
+    member_id: String,
+    /// Until the membership task takes it.
+    identity_tx: Option<watch::Sender<MemberIdentity>>,
+    identity: watch::Receiver<MemberIdentity>,
+    membership: Option<MembershipHandle>,
+    committer: Option<Committer>,
+    listener: tokio::sync::Mutex<Box<dyn ConsumerRebalanceListener>>,
+    /// Events received while waiting in `poll`, handled at its next turn.
+    pending: VecDeque<Event>,
+    poll_timer: PollTimer,
+    auto_commit: bool,
+    auto_commit_interval: Duration,
+    next_auto_commit: Instant,
+    auto_commit_in_flight: Option<oneshot::Receiver<CommitResult>>,
+}
+
+impl ConsumerCoordinator {
+    /// The group side of a consumer whose config has a `group_id`; starts nothing yet.
+    pub fn new(config: &ConsumerConfig, group_id: &str, client: ClusterClient) -> Self {
+        let retry = config.retry();
+        let member_id = uuid::Uuid::new_v4().to_string();
+        let (identity_tx, identity) = watch::channel(MemberIdentity {
+            member_id: member_id.clone(),
+            epoch: 0,
+        });
+        ConsumerCoordinator {
+            settings: MembershipSettings {
+                group_id: group_id.to_owned(),
+                instance_id: config.group_instance_id.clone(),
+                rack_id: config.client_rack.clone(),
+                client_id: config.client_id.clone(),
+                rebalance_timeout_ms: config.max_poll_interval.as_millis().min(i32::MAX as u128)
+                    as i32,
+                assignor: config.group_remote_assignor.clone(),
+                retry,
+                max_poll_interval: config.max_poll_interval,
+            },
+            coordinator: CoordinatorClient::new(client, group_id, retry),
+            retry,
+            member_id,
+            identity_tx: Some(identity_tx),
+            identity,
+            membership: None,
+            committer: None,
+            listener: tokio::sync::Mutex::new(Box::new(NoOpRebalanceListener)),
+            pending: VecDeque::new(),
+            poll_timer: PollTimer::new(),
+            auto_commit: config.auto_commit(),
+            auto_commit_interval: config.auto_commit_interval,
+            next_auto_commit: Instant::now() + config.auto_commit_interval,
+            auto_commit_in_flight: None,
+        }
+    }
+
+    /// The member id this consumer joins with.
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    /// The member's current id and epoch (epoch 0 while joining).
+    pub fn identity(&self) -> MemberIdentity {
+        self.identity.borrow().clone()
+    }
+
+    /// The application called `poll`.
+    pub fn polled(&self) {
+        self.poll_timer.touch();
+    }
+
+    fn runtime() -> Result<(), ConsumerError> {
+        tokio::runtime::Handle::try_current()
+            .map(|_| ())
+            .map_err(|_| {
+                ConsumerError::IllegalState("a group consumer needs a tokio runtime".into())
+            })
+    }
+
+    /// Joins the group with `subscription` (or updates it), with `listener` for callbacks.
+    pub fn subscribe(
+        &mut self,
+        subscription: Subscription,
+        listener: Box<dyn ConsumerRebalanceListener>,
+    ) -> Result<(), ConsumerError> {
+        Self::runtime()?;
+        if self.membership.is_none() {
+            let Some(identity) = self.identity_tx.take() else {
+                return Err(ConsumerError::IllegalState("the consumer is closed".into()));
+            };
+            self.membership = Some(heartbeat::spawn(
+                self.settings.clone(),
+                self.coordinator.clone(),
+                identity,
+                self.poll_timer.clone(),
+                self.member_id.clone(),
+            ));
+        }
+        *self.listener.get_mut() = listener;
+        self.poll_timer.touch();
+        self.send(Command::Subscribe(subscription));
+        Ok(())
+    }
+
+    fn send(&self, command: Command) {
+        if let Some(m) = &self.membership {
+            let _ = m.commands.send(command);
+        }
+    }
+
+    /// The next membership event, for `poll` to wait on next to its fetches (never
+    /// completes without a membership).
+    pub async fn next_event(&mut self) -> Event {
+        match &mut self.membership {
+            Some(m) => match m.events.recv().await {
+                Some(e) => e,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Keeps an event received while waiting, for the next [`process_events`](Self::process_events).
+    pub fn stash(&mut self, event: Event) {
+        self.pending.push_back(event);
+    }
+
+    fn take_events(&mut self) -> Vec<Event> {
+        if let Some(m) = &mut self.membership {
+            while let Ok(e) = m.events.try_recv() {
+                self.pending.push_back(e);
+            }
+        }
+        self.pending.drain(..).collect()
+    }
+
+    /// Handles membership events (from `poll`): losses first-come, then the latest target
+    /// assignment. A fatal refusal loses every partition, ends the subscription and is
+    /// returned.
+    pub async fn process_events(
+        &mut self,
+        subscriptions: &mut SubscriptionState,
+        fetcher: &mut Fetcher,
+    ) -> Result<(), ConsumerError> {
+        let mut target = None;
+        let mut events = self.take_events().into_iter();
+        while let Some(event) = events.next() {
+            match event {
+                Event::Assignment(t) => target = Some(t),
+                Event::Lost(why) => {
+                    target = None;
+                    tracing::warn!(group = %self.settings.group_id, "{why}: giving up every partition");
+                    self.lose_all(subscriptions, fetcher);
+                    self.send(Command::LostHandled);
+                }
+                Event::Fatal(e) => {
+                    self.lose_all(subscriptions, fetcher);
+                    subscriptions.unsubscribe();
+                    self.pending.extend(events);
+                    return Err(e.into());
+                }
+            }
+        }
+        match target {
+            Some(t) if subscriptions.is_subscribed() => {
+                self.reconcile(t, subscriptions, fetcher).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives up every partition without committing (`on_partitions_lost`).
+    fn lose_all(&mut self, subscriptions: &mut SubscriptionState, fetcher: &mut Fetcher) {
+        let owned: Vec<TopicPartition> = subscriptions.assigned().into_iter().collect();
+        fetcher.clear();
+        subscriptions.clear_partitions();
+        if !owned.is_empty() {
+            self.listener.get_mut().on_partitions_lost(&owned);
+        }
+    }
+
+    async fn reconcile(
+        &mut self,
+        target: BTreeSet<TopicPartition>,
+        subscriptions: &mut SubscriptionState,
+        fetcher: &mut Fetcher,
+    ) -> Result<(), ConsumerError> {
+        let plan = reconcile(&subscriptions.assigned(), &target);
+        if plan.revoked.is_empty() && plan.added.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(group = %self.settings.group_id, revoked = ?plan.revoked, added = ?plan.added, "reconciling the assignment");
+        if !plan.revoked.is_empty() {
+            // Nothing of them is fetched or returned from here on.
+            fetcher.cancel_fetches();
+            for tp in &plan.revoked {
+                fetcher.discard(tp);
+            }
+            if self.auto_commit {
+                let offsets = consumed_offsets(subscriptions, Some(&plan.revoked));
+                if !offsets.is_empty()
+                    && let Err(e) = self.commit_sync(offsets, true).await
+                {
+                    tracing::warn!(group = %self.settings.group_id, error = %e, "committing partitions before giving them up failed");
+                }
+            }
+            self.listener.get_mut().on_partitions_revoked(&plan.revoked);
+            for tp in &plan.revoked {
+                subscriptions.remove(tp);
+            }
+        }
+        if !plan.added.is_empty() {
+            for tp in &plan.added {
+                subscriptions.add_owned(tp.clone());
+            }
+            // Their committed offsets now; a failure leaves the lookup to the next poll.
+            if let Err(e) = self
+                .refresh_committed(subscriptions, self.retry.timeout)
+                .await
+            {
+                tracing::debug!(group = %self.settings.group_id, error = %e, "looking up committed offsets failed");
+            }
+            self.listener.get_mut().on_partitions_assigned(&plan.added);
+        }
+        self.send(Command::Owned(subscriptions.assigned()));
+        Ok(())
+    }
+
+    /// Positions partitions that wait for their committed offset: at it, or (none committed)
+    /// awaiting `auto.offset.reset`. Coordinator trouble lasting `patience` leaves them
+    /// waiting, for the next poll; other errors are returned.
+    pub async fn refresh_committed(
+        &mut self,
+        subscriptions: &mut SubscriptionState,
+        patience: Duration,
+    ) -> Result<(), ConsumerError> {
+        let waiting = subscriptions.in_state(FetchState::Initializing);
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let committed = match self.fetch_committed(&waiting, patience).await {
+            Ok(c) => c,
+            Err(e) if is_coordinator_retriable(e.code) => {
+                tracing::debug!(group = %self.settings.group_id, error = %e, "committed offsets unavailable; trying again");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for tp in waiting {
+            match committed.get(&tp) {
+                Some(Ok(Some(o))) => {
+                    subscriptions.seek(&tp, o.offset);
+                }
+                Some(Ok(None)) => {
+                    subscriptions.set_fetch_state(&tp, FetchState::AwaitReset);
+                }
+                Some(Err(e)) if e.code.is_retriable() => {}
+                Some(Err(e)) => return Err(e.clone().into()),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets of `tps` (`None`: nothing committed), per partition.
+    pub async fn fetch_committed(
+        &self,
+        tps: &[TopicPartition],
+        patience: Duration,
+    ) -> Result<BTreeMap<TopicPartition, Result<Option<OffsetAndMetadata>, ApiError>>, ApiError>
+    {
+        fetch_committed(&self.coordinator, tps, patience).await
+    }
+
+    /// Queues a commit of `offsets` (as the group member when `as_member`, else with epoch -1),
+    /// behind earlier ones; the receiver gets the outcome.
+    pub fn commit_async(
+        &mut self,
+        offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
+        as_member: bool,
+    ) -> Result<oneshot::Receiver<CommitResult>, ConsumerError> {
+        if self.committer.is_none() {
+            Self::runtime()?;
+            self.committer = Some(Committer::spawn(
+                self.coordinator.clone(),
+                self.identity.clone(),
+                self.retry,
+            ));
+        }
+        match &self.committer {
+            Some(c) => Ok(c.enqueue(offsets, as_member)),
+            None => Err(ConsumerError::IllegalState("no commit task".into())),
+        }
+    }
+
+    /// Commits `offsets` after every commit queued before, and waits for the outcome.
+    pub async fn commit_sync(
+        &mut self,
+        offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
+        as_member: bool,
+    ) -> CommitResult {
+        let rx = self.commit_async(offsets, as_member)?;
+        rx.await.unwrap_or_else(|_| {
+            Err(ConsumerError::IllegalState(
+                "the commit task stopped (the runtime is shutting down)".into(),
+            ))
+        })
+    }
+
+    /// Every `auto.commit.interval.ms` (from `poll`): commits the consumed positions in the
+    /// background; a failure is logged (the next one commits again).
+    pub fn maybe_auto_commit(&mut self, subscriptions: &SubscriptionState) {
+        if !self.auto_commit {
+            return;
+        }
+        if let Some(rx) = &mut self.auto_commit_in_flight {
+            match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(group = %self.settings.group_id, error = %e, "auto commit failed")
+                }
+                _ => {}
+            }
+            self.auto_commit_in_flight = None;
+        }
+        let now = Instant::now();
+        if now < self.next_auto_commit {
+            return;
+        }
+        self.next_auto_commit = now + self.auto_commit_interval;
+        let offsets = consumed_offsets(subscriptions, None);
+        if offsets.is_empty() {
+            return;
+        }
+        match self.commit_async(offsets, subscriptions.is_subscribed()) {
+            Ok(rx) => self.auto_commit_in_flight = Some(rx),
+            Err(e) => tracing::warn!(error = %e, "auto commit failed"),
+        }
+    }
+
+    /// Gives the assignment up on unsubscribe or close: partitions already lost go without a
+    /// commit; otherwise (auto commit) the consumed positions are committed, then, for a
+    /// subscribed consumer, `on_partitions_revoked` runs and the member leaves the group.
+    /// Returns the commit's failure, after doing the rest anyway.
+    pub async fn release(
+        &mut self,
+        subscriptions: &mut SubscriptionState,
+        fetcher: &mut Fetcher,
+    ) -> CommitResult {
+        for event in self.take_events() {
+            if matches!(event, Event::Lost(_) | Event::Fatal(_)) {
+                self.lose_all(subscriptions, fetcher);
+            }
+        }
+        fetcher.clear();
+        let mut result = Ok(());
+        if self.auto_commit {
+            let offsets = consumed_offsets(subscriptions, None);
+            if !offsets.is_empty() {
+                result = self
+                    .commit_sync(offsets, subscriptions.is_subscribed())
+                    .await;
+            }
+        }
+        if subscriptions.is_subscribed() {
+            let owned: Vec<TopicPartition> = subscriptions.assigned().into_iter().collect();
+            if !owned.is_empty() {
+                self.listener.get_mut().on_partitions_revoked(&owned);
+            }
+            subscriptions.clear_partitions();
+            self.leave().await;
+        }
+        result
+    }
+
+    /// Leaves the group (waiting for the leave heartbeat's answer, bounded) and drops the
+    /// events of the membership that ended.
+    async fn leave(&mut self) {
+        if let Some(m) = &mut self.membership {
+            let (tx, rx) = oneshot::channel();
+            if m.commands.send(Command::Leave(tx)).is_ok() {
+                let bound = self.retry.timeout + Duration::from_secs(5);
+                let _ = tokio::time::timeout(bound, rx).await;
+            }
+            while m.events.try_recv().is_ok() {}
+        }
+        self.pending.clear();
+    }
+
+    /// Stops the membership task (after [`release`](Self::release), so it has nothing left
+    /// to do) and the commit task.
+    pub async fn shutdown(&mut self) {
+        self.committer = None;
+        if let Some(m) = self.membership.take() {
+            let MembershipHandle { commands, task, .. } = m;
+            drop(commands);
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::debug!(group = %self.settings.group_id, "the membership task did not stop in time");
+            }
+        }
+    }
+}
+
+/// The consumed positions (of `only`, when given) as offsets to commit.
+pub(crate) fn consumed_offsets(
+    subscriptions: &SubscriptionState,
+    only: Option<&[TopicPartition]>,
+) -> BTreeMap<TopicPartition, OffsetAndMetadata> {
+    subscriptions
+        .consumed()
+        .into_iter()
+        .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+        .map(|(tp, (offset, epoch))| {
+            (
+                tp,
+                OffsetAndMetadata {
+                    offset,
+                    leader_epoch: (epoch >= 0).then_some(epoch),
+                    metadata: String::new(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// OffsetFetch of `tps` (every committed partition when empty) from the group's coordinator.
+pub(crate) async fn fetch_committed(
+    coordinator: &CoordinatorClient,
+    tps: &[TopicPartition],
+    patience: Duration,
+) -> Result<BTreeMap<TopicPartition, Result<Option<OffsetAndMetadata>, ApiError>>, ApiError> {
+    let mut topics: Vec<OffsetFetchTopic> = Vec::new();
+    for tp in tps.iter().collect::<BTreeSet<_>>() {
+        match topics.last_mut() {
+            Some(t) if t.name == tp.topic => t.partition_indexes.push(tp.partition),
+            _ => topics.push(OffsetFetchTopic {
+                name: tp.topic.clone(),
+                partition_indexes: vec![tp.partition],
+            }),
+        }
+    }
+    let request = OffsetFetchRequest {
+        group_id: coordinator.group_id().to_owned(),
+        topics,
+    };
+    let response = coordinator
+        .call(patience, |mut c| {
+            let request = request.clone();
+            async move { c.offset_fetch(request).await }
+        })
+        .await?;
+    if let Some(e) = response_error(response.error_code, &response.error_message) {
+        return Err(e);
+    }
+    let mut out = BTreeMap::new();
+    for t in response.topics {
+        for p in t.partitions {
+            let tp = TopicPartition::new(t.name.as_str(), p.index);
+            let r = match response_error(p.error_code, &p.error_message) {
+                Some(e) => Err(e),
+                None if p.committed_offset < 0 => Ok(None),
+                None => Ok(Some(OffsetAndMetadata {
+                    offset: p.committed_offset,
+                    leader_epoch: (p.committed_leader_epoch >= 0)
+                        .then_some(p.committed_leader_epoch),
+                    metadata: p.metadata,
+                })),
+            };
+            out.insert(tp, r);
+        }
+    }
+    for tp in tps {
+        out.entry(tp.clone()).or_insert(Ok(None));
+    }
+    Ok(out)
+}
+
+/// A committed-offset error as the error `committed()` returns.
+pub(crate) fn first_error(
+    results: &BTreeMap<TopicPartition, Result<Option<OffsetAndMetadata>, ApiError>>,
+) -> Option<ApiError> {
+    results.iter().find_map(|(tp, r)| {
+        r.as_ref()
+            .err()
+            .map(|e| ApiError::new(e.code, format!("{tp}: {}", e.message)))
+    })
+}
+
+/// UNKNOWN_MEMBER_ID and the like mean the same to an outsider: the group has members.
+pub(crate) fn group_has_members(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::UnknownMemberId
+            | ErrorCode::IllegalGeneration
+            | ErrorCode::StaleMemberEpoch
+            | ErrorCode::FencedMemberEpoch
+            | ErrorCode::RebalanceInProgress
+            | ErrorCode::NonEmptyGroup
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(list: &[(&str, i32)]) -> BTreeSet<TopicPartition> {
+        list.iter()
+            .map(|(t, p)| TopicPartition::new(*t, *p))
+            .collect()
+    }
+
+    fn tps(list: &[(&str, i32)]) -> Vec<TopicPartition> {
+        list.iter()
+            .map(|(t, p)| TopicPartition::new(*t, *p))
+            .collect()
+    }
+
+    #[test]
+    fn reconciliation_revokes_what_is_not_targeted_and_adds_what_is_new() {
+        let owned = set(&[("a", 0), ("a", 1), ("b", 0)]);
+        let target = set(&[("a", 1), ("b", 0), ("b", 1), ("c", 0)]);
+        assert_eq!(
+            reconcile(&owned, &target),
+            ReconciliationPlan {
+                revoked: tps(&[("a", 0)]),
+                added: tps(&[("b", 1), ("c", 0)]),
+            }
+        );
+        assert_eq!(reconcile(&owned, &owned), ReconciliationPlan::default());
+        assert_eq!(
+            reconcile(&owned, &BTreeSet::new()).revoked,
+            owned.iter().cloned().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            reconcile(&BTreeSet::new(), &target).added,
+            target.iter().cloned().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn commits_take_consumed_positions_only() {
+        let mut s = SubscriptionState::default();
+        s.subscribe(Subscription::Topics(["a".to_string()].into()))
+            .unwrap();
+        for p in 0..3 {
+            s.add_owned(TopicPartition::new("a", p));
+        }
+        s.seek(&TopicPartition::new("a", 0), 10);
+        s.advance(&TopicPartition::new("a", 1), 4, 2);
+        s.seek(&TopicPartition::new("a", 1), 5);
+        s.advance(&TopicPartition::new("a", 1), 7, 3);
+        let all = consumed_offsets(&s, None);
+        assert_eq!(all.len(), 2, "a-2 has no position: {all:?}");
+        assert_eq!(all[&TopicPartition::new("a", 1)].offset, 7);
+        assert_eq!(all[&TopicPartition::new("a", 1)].leader_epoch, Some(3));
+        assert_eq!(all[&TopicPartition::new("a", 0)].leader_epoch, None);
+        let only = consumed_offsets(&s, Some(&tps(&[("a", 1)])));
+        assert_eq!(only.keys().cloned().collect::<Vec<_>>(), tps(&[("a", 1)]));
+    }
+}

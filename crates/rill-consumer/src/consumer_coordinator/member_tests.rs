@@ -1,0 +1,469 @@
+//! Group membership against the fake coordinator of `crate::testing`: joining, reconciling
+//! (commit before revoke, nothing returned after it), fencing, commits' epochs, coordinator
+//! moves, the poll timeout and close.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rill_protocol::proto::ConsumerGroupHeartbeatResponse;
+use rill_protocol::{ErrorCode, TopicPartition};
+
+use super::heartbeat::partition_set;
+use crate::testing::{Fake, assignment, numbered};
+use crate::{
+    Consumer, ConsumerConfig, ConsumerError, ConsumerRebalanceListener, ConsumerRecord,
+    OffsetAndMetadata, OffsetReset,
+};
+
+/// Writes each callback into the fake's log, next to the coordinator's entries.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+fn names(tps: &[TopicPartition]) -> String {
+    tps.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl ConsumerRebalanceListener for Recorder {
+    fn on_partitions_revoked(&mut self, p: &[TopicPartition]) {
+        self.0.lock().push(format!("revoked {}", names(p)));
+    }
+    fn on_partitions_assigned(&mut self, p: &[TopicPartition]) {
+        self.0.lock().push(format!("assigned {}", names(p)));
+    }
+    fn on_partitions_lost(&mut self, p: &[TopicPartition]) {
+        self.0.lock().push(format!("lost {}", names(p)));
+    }
+}
+
+fn config(fake: &Fake) -> ConsumerConfig {
+    ConsumerConfig {
+        bootstrap: fake.bootstrap(),
+        group_id: Some("g".into()),
+        auto_offset_reset: OffsetReset::Earliest,
+        auto_commit_interval: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
+fn tp(t: &str, p: i32) -> TopicPartition {
+    TopicPartition::new(t, p)
+}
+
+/// Polls until `done` holds for everything returned so far (or `limit` passes).
+async fn poll_until(
+    consumer: &mut Consumer,
+    limit: Duration,
+    mut done: impl FnMut(&[ConsumerRecord]) -> bool,
+) -> Vec<ConsumerRecord> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !done(&seen) {
+        seen.extend(consumer.poll(Duration::from_millis(100)).await.unwrap());
+    }
+    assert!(
+        done(&seen),
+        "not done within {limit:?}: {} records",
+        seen.len()
+    );
+    seen
+}
+
+fn logged(fake: &Fake, entry: &str) -> Option<usize> {
+    fake.log().lock().iter().position(|l| l == entry)
+}
+
+/// A coordinator giving `target` (shared, changeable by the test) with epoch `epoch`, sending
+/// the assignment only when it changed, as the real one does.
+fn scripted(fake: &Fake, target: Arc<Mutex<Vec<(&'static str, i32)>>>, epoch: Arc<AtomicI32>) {
+    let mut last_sent: Option<Vec<(&str, i32)>> = None;
+    fake.coordinator.lock().on_heartbeat = Box::new(move |r, _| {
+        if r.member_epoch < 0 {
+            return ConsumerGroupHeartbeatResponse {
+                member_id: r.member_id.clone(),
+                member_epoch: r.member_epoch,
+                ..Default::default()
+            };
+        }
+        let now = target.lock().clone();
+        let changed = r.member_epoch == 0 || last_sent.as_ref() != Some(&now);
+        last_sent = Some(now.clone());
+        ConsumerGroupHeartbeatResponse {
+            member_id: r.member_id.clone(),
+            member_epoch: epoch.load(Ordering::Acquire),
+            heartbeat_interval_ms: 100,
+            assignment: changed.then(|| assignment(&now)),
+            ..Default::default()
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_reconciles_and_leaves() {
+    let fake = Fake::start(&[("t", 2)], numbered(i64::MAX)).await;
+    fake.coordinator.lock().committed.insert(tp("t", 1), 5);
+    let target = Arc::new(Mutex::new(vec![("t", 0), ("t", 1)]));
+    let epoch = Arc::new(AtomicI32::new(1));
+    scripted(&fake, Arc::clone(&target), Arc::clone(&epoch));
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+
+    let seen = poll_until(&mut consumer, Duration::from_secs(10), |rs| {
+        rs.iter().any(|r| r.partition == 0) && rs.iter().any(|r| r.partition == 1)
+    })
+    .await;
+    // t-1 starts at its committed offset, t-0 (nothing committed) at the log start.
+    assert_eq!(seen.iter().find(|r| r.partition == 1).unwrap().offset, 5);
+    assert_eq!(seen.iter().find(|r| r.partition == 0).unwrap().offset, 0);
+    assert!(logged(&fake, "assigned t-0,t-1").is_some());
+    assert_eq!(consumer.assignment(), vec![tp("t", 0), tp("t", 1)]);
+    // The assignment is acknowledged at once: a heartbeat reports it owned.
+    let acked = |fake: &Fake| {
+        fake.coordinator
+            .lock()
+            .heartbeats
+            .iter()
+            .filter_map(|h| h.owned_partitions.as_ref())
+            .any(|o| partition_set(&o.topics) == BTreeSet::from([tp("t", 0), tp("t", 1)]))
+    };
+    poll_until(&mut consumer, Duration::from_secs(2), |_| acked(&fake)).await;
+    {
+        let c = fake.coordinator.lock();
+        let join = &c.heartbeats[0];
+        assert_eq!(join.member_epoch, 0);
+        assert_eq!(join.member_id, consumer.member_id().unwrap());
+        assert!(
+            uuid::Uuid::parse_str(&join.member_id).is_ok(),
+            "{}",
+            join.member_id
+        );
+        assert_eq!(join.subscribed_topic_names.as_ref().unwrap().names, ["t"]);
+        assert_eq!(join.owned_partitions.as_ref().unwrap().topics.len(), 0);
+        assert_eq!(join.rebalance_timeout_ms, 300_000);
+        assert_eq!(join.client_id, "rill-consumer");
+    }
+
+    // The coordinator takes t-0 away (the member keeps its epoch until it let go, as in
+    // KIP-848; then its epoch moves on).
+    *target.lock() = vec![("t", 1)];
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        logged(&fake, "revoked t-0").is_some()
+    })
+    .await;
+    let revoked_at = logged(&fake, "revoked t-0").unwrap();
+    let committed_t0 = fake.coordinator.lock().committed[&tp("t", 0)];
+    assert!(committed_t0 > 0);
+    let commit_at = logged(&fake, &format!("commit t-0@{committed_t0} epoch 1"))
+        .expect("t-0 committed with the member's epoch");
+    assert!(commit_at < revoked_at, "{:?}", fake.log().lock());
+    assert_eq!(consumer.assignment(), vec![tp("t", 1)]);
+    // Nothing of t-0 after the revocation, and t-1 goes on.
+    let after = poll_until(&mut consumer, Duration::from_secs(10), |rs| rs.len() >= 5).await;
+    assert!(after.iter().all(|r| r.partition == 1), "{after:?}");
+    let released = fake
+        .coordinator
+        .lock()
+        .heartbeats
+        .iter()
+        .filter_map(|h| h.owned_partitions.as_ref())
+        .any(|o| partition_set(&o.topics) == BTreeSet::from([tp("t", 1)]));
+    assert!(released, "the released partition was not reported");
+    epoch.store(2, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while consumer.member_epoch() != Some(2) && Instant::now() < deadline {
+        consumer.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(consumer.member_epoch(), Some(2));
+
+    // close: commit, revoke, leave.
+    consumer.close().await.unwrap();
+    let log = fake.log().lock().clone();
+    let position = log
+        .iter()
+        .rposition(|l| l.starts_with("commit t-1@") && l.ends_with("epoch 2"))
+        .expect("t-1 committed on close");
+    let revoked = log.iter().rposition(|l| l == "revoked t-1").unwrap();
+    let left = log.iter().rposition(|l| l == "heartbeat epoch -1").unwrap();
+    assert!(position < revoked && revoked < left, "{log:?}");
+    assert!(consumer.poll(Duration::ZERO).await.is_err(), "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_member_loses_its_partitions_and_rejoins_with_epoch_0() {
+    let fake = Fake::start(&[("t", 1)], numbered(i64::MAX)).await;
+    let fenced = Arc::new(AtomicI32::new(0));
+    let fenced_in = Arc::clone(&fenced);
+    fake.coordinator.lock().on_heartbeat = Box::new(move |r, n| {
+        let mut answer = ConsumerGroupHeartbeatResponse {
+            member_id: r.member_id.clone(),
+            member_epoch: if fenced_in.load(Ordering::Acquire) > 0 {
+                7
+            } else {
+                3
+            },
+            heartbeat_interval_ms: 100,
+            ..Default::default()
+        };
+        if r.member_epoch == 0 {
+            answer.assignment = Some(assignment(&[("t", 0)]));
+        } else if n == 4 && fenced_in.fetch_add(1, Ordering::AcqRel) == 0 {
+            answer.error_code = ErrorCode::FencedMemberEpoch as i32;
+            answer.error_message = "fenced".into();
+        }
+        answer
+    });
+    let mut consumer = Consumer::new(ConsumerConfig {
+        auto_commit_interval: Duration::from_millis(1),
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        logged(&fake, "lost t-0").is_some()
+            && fake
+                .log()
+                .lock()
+                .iter()
+                .filter(|l| *l == "assigned t-0")
+                .count()
+                == 2
+    })
+    .await;
+    let log = fake.log().lock().clone();
+    let lost = logged(&fake, "lost t-0").unwrap();
+    // Lost partitions are not committed: from the loss until the partition is assigned
+    // again (auto commit runs on every poll here) only a commit sent before the member
+    // learned of the fence may arrive, with the old epoch (which a coordinator refuses);
+    // the rejoin comes after the loss.
+    let again = lost
+        + log[lost..]
+            .iter()
+            .position(|l| l == "assigned t-0")
+            .unwrap();
+    assert!(
+        log[lost..again]
+            .iter()
+            .all(|l| !l.starts_with("commit") || l.ends_with("epoch 3")),
+        "{log:?}"
+    );
+    let rejoin = log[lost..].iter().position(|l| l == "heartbeat epoch 0");
+    assert!(rejoin.is_some(), "{log:?}");
+    let c = fake.coordinator.lock();
+    let rejoin = c
+        .heartbeats
+        .iter()
+        .skip(1)
+        .find(|h| h.member_epoch == 0)
+        .unwrap();
+    assert_eq!(
+        rejoin.member_id, c.heartbeats[0].member_id,
+        "the same member id"
+    );
+    assert_eq!(rejoin.subscribed_topic_names.as_ref().unwrap().names, ["t"]);
+    assert_eq!(rejoin.owned_partitions.as_ref().unwrap().topics.len(), 0);
+    assert_eq!(rejoin.rebalance_timeout_ms, 300_000);
+    drop(c);
+    assert_eq!(consumer.member_epoch(), Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_epoch_commit_is_retried_once_with_the_next_epoch() {
+    let fake = Fake::start(&[("t", 1)], numbered(0)).await;
+    fake.coordinator.lock().on_heartbeat = Box::new(|r, n| ConsumerGroupHeartbeatResponse {
+        member_id: r.member_id.clone(),
+        member_epoch: n as i32 + 1,
+        heartbeat_interval_ms: 200,
+        assignment: (r.member_epoch == 0).then(|| assignment(&[("t", 0)])),
+        ..Default::default()
+    });
+    fake.coordinator.lock().on_commit =
+        Box::new(|_, n| (n == 0).then_some(ErrorCode::StaleMemberEpoch));
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        logged(&fake, "assigned t-0").is_some()
+    })
+    .await;
+    let offsets = [(tp("t", 0), OffsetAndMetadata::new(3))].into();
+    consumer.commit_sync(Some(offsets)).await.unwrap();
+    {
+        let c = fake.coordinator.lock();
+        assert_eq!(c.commits.len(), 2);
+        assert!(c.commits[1].member_epoch > c.commits[0].member_epoch);
+        assert_eq!(c.commits[1].member_id, consumer.member_id().unwrap());
+        assert_eq!(c.committed[&tp("t", 0)], 3);
+    }
+
+    // Stale twice: the error is returned.
+    fake.coordinator.lock().on_commit = Box::new(|_, _| Some(ErrorCode::StaleMemberEpoch));
+    let offsets = [(tp("t", 0), OffsetAndMetadata::new(4))].into();
+    let handle = consumer.commit_async(Some(offsets)).unwrap();
+    match handle.await.unwrap() {
+        Err(e @ ConsumerError::Commit { .. }) => {
+            assert_eq!(e.code(), Some(ErrorCode::StaleMemberEpoch))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_consumer_commits_from_outside_the_group() {
+    let fake = Fake::start(&[("t", 1)], numbered(20)).await;
+    fake.coordinator.lock().committed.insert(tp("t", 0), 4);
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.assign([tp("t", 0)]);
+    let seen = poll_until(&mut consumer, Duration::from_secs(10), |rs| !rs.is_empty()).await;
+    assert_eq!(seen[0].offset, 4, "starts at the committed offset");
+    consumer.commit_sync(None).await.unwrap();
+    {
+        let c = fake.coordinator.lock();
+        let commit = c.commits.last().unwrap();
+        assert_eq!((commit.member_epoch, commit.member_id.as_str()), (-1, ""));
+        assert_eq!(
+            c.committed[&tp("t", 0)],
+            consumer.position(&tp("t", 0)).unwrap()
+        );
+        assert!(c.heartbeats.is_empty(), "no membership without subscribe");
+    }
+    let committed = consumer.committed(&[tp("t", 0)]).await.unwrap();
+    assert_eq!(
+        committed[&tp("t", 0)].as_ref().map(|o| o.offset),
+        consumer.position(&tp("t", 0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_offset_reset_none_fails_poll_for_partitions_without_a_committed_offset() {
+    let fake = Fake::start(&[("t", 2)], numbered(20)).await;
+    fake.coordinator.lock().committed.insert(tp("t", 1), 2);
+    let mut consumer = Consumer::new(ConsumerConfig {
+        auto_offset_reset: OffsetReset::None,
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.assign([tp("t", 0), tp("t", 1)]);
+    match consumer.poll(Duration::from_millis(500)).await {
+        Err(ConsumerError::NoOffset { partitions }) => assert_eq!(partitions, [tp("t", 0)]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(consumer.position(&tp("t", 1)), Some(2));
+    consumer.seek(&tp("t", 0), 0);
+    poll_until(&mut consumer, Duration::from_secs(10), |rs| {
+        rs.iter().any(|r| r.partition == 0) && rs.iter().any(|r| r.partition == 1)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_coordinator_is_found_again() {
+    let fake = Fake::start(&[("t", 1)], numbered(0)).await;
+    fake.coordinator.lock().not_coordinator = 2;
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        consumer_epoch_known(&fake)
+    })
+    .await;
+    assert!(fake.coordinator.lock().find_coordinator_calls >= 3);
+}
+
+fn consumer_epoch_known(fake: &Fake) -> bool {
+    !fake.coordinator.lock().heartbeats.is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_polling_leaves_and_rejoins_on_the_next_poll() {
+    let fake = Fake::start(&[("t", 1)], numbered(0)).await;
+    let target = Arc::new(Mutex::new(vec![("t", 0)]));
+    scripted(&fake, target, Arc::new(AtomicI32::new(1)));
+    let mut consumer = Consumer::new(ConsumerConfig {
+        max_poll_interval: Duration::from_millis(700),
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        logged(&fake, "assigned t-0").is_some()
+    })
+    .await;
+    // Heartbeats go on without polls until max.poll.interval.ms passes, then it leaves.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let left = logged(&fake, "heartbeat epoch -1").expect("left after the poll timeout");
+    assert!(
+        fake.log().lock()[..left]
+            .iter()
+            .filter(|l| *l == "heartbeat epoch 1")
+            .count()
+            >= 2
+    );
+    assert_eq!(
+        fake.coordinator
+            .lock()
+            .heartbeats
+            .last()
+            .unwrap()
+            .member_epoch,
+        -1,
+        "no heartbeats after leaving"
+    );
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        fake.log()
+            .lock()
+            .iter()
+            .filter(|l| *l == "assigned t-0")
+            .count()
+            == 2
+    })
+    .await;
+    let log = fake.log().lock().clone();
+    let lost = logged(&fake, "lost t-0").expect("partitions lost");
+    assert!(
+        lost > left && log[lost..].iter().any(|l| l == "heartbeat epoch 0"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn group_calls_without_a_group_id_say_what_is_missing() {
+    let mut consumer = Consumer::new(ConsumerConfig::default()).unwrap();
+    for e in [
+        consumer
+            .subscribe(["t"], crate::NoOpRebalanceListener)
+            .unwrap_err(),
+        consumer
+            .subscribe_pattern("t.*", crate::NoOpRebalanceListener)
+            .unwrap_err(),
+        consumer.commit_sync(None).await.unwrap_err(),
+        consumer.committed(&[tp("t", 0)]).await.unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("group.id"), "{e}");
+    }
+    let mut grouped = Consumer::new(ConsumerConfig {
+        group_id: Some("g".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        grouped
+            .subscribe_pattern("(", crate::NoOpRebalanceListener)
+            .is_err()
+    );
+    assert!(
+        grouped
+            .subscribe(Vec::<String>::new(), crate::NoOpRebalanceListener)
+            .is_err()
+    );
+    grouped.assign([tp("t", 0)]);
+    let e = grouped
+        .subscribe(["t"], crate::NoOpRebalanceListener)
+        .unwrap_err();
+    assert!(e.to_string().contains("unsubscribe"), "{e}");
+    grouped.unsubscribe().await.unwrap();
+    grouped.seek(&tp("t", 0), 1);
+    let e = grouped.poll(Duration::ZERO).await.unwrap_err();
+    assert!(e.to_string().contains("not assigned"), "{e}");
+}

@@ -1,0 +1,576 @@
+//! Fetching (Kafka's `Fetcher` and `FetchCollector`): one fetch per leader in flight in the
+//! background, started as soon as the previous answer is taken (pipelining), so the network
+//! wait overlaps with the application's work. Every batch is CRC-checked and decompressed on
+//! receipt; retriable failures back a partition off exponentially and refresh metadata;
+//! positions advance by batch headers, so compacted batches with offset gaps (or no records at
+//! all) never stall a reader.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
+use rill_protocol::record_batch::{BatchError, ValidationOptions, batches};
+use rill_protocol::{ApiError, ErrorCode, TopicPartition};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{ConsumerConfig, RetryPolicy};
+use crate::error::request_error;
+use crate::subscription_state::{FetchState, SubscriptionState};
+use crate::{ConsumerError, ConsumerRecord};
+
+/// Consecutive retriable failures of a partition and when it may be fetched again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backoff {
+    pub failures: u32,
+    pub until: Instant,
+}
+
+type FetchResult = Result<FetchResponse, ApiError>;
+/// A running fetch and the (partition, position) pairs it asked for.
+type InFlight = (JoinHandle<()>, Vec<(TopicPartition, i64)>);
+/// A finished fetch: leader, generation, result.
+pub(crate) type Finished = (i32, u64, FetchResult);
+
+/// The fetch settings of [`ConsumerConfig`].
+#[derive(Clone, Debug)]
+struct FetchSettings {
+    max_wait: Duration,
+    min_bytes: i32,
+    max_bytes: i32,
+    max_partition_bytes: i32,
+    check_crcs: bool,
+    retry: RetryPolicy,
+}
+
+/// Fetches in flight, records received but not yet returned, and per-partition backoff.
+pub(crate) struct Fetcher {
+    client: ClusterClient,
+    settings: FetchSettings,
+    buffered: VecDeque<ConsumerRecord>,
+    in_flight: HashMap<i32, InFlight>,
+    results_tx: mpsc::UnboundedSender<Finished>,
+    results_rx: mpsc::UnboundedReceiver<Finished>,
+    generation: u64,
+    pub(crate) backoff: HashMap<TopicPartition, Backoff>,
+}
+
+impl Fetcher {
+    pub fn new(client: ClusterClient, config: &ConsumerConfig) -> Self {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        Fetcher {
+            client,
+            settings: FetchSettings {
+                max_wait: config.fetch_max_wait,
+                min_bytes: config.fetch_min_bytes,
+                max_bytes: config.fetch_max_bytes,
+                max_partition_bytes: config.max_partition_fetch_bytes,
+                check_crcs: config.check_crcs,
+                retry: config.retry(),
+            },
+            buffered: VecDeque::new(),
+            in_flight: HashMap::new(),
+            results_tx,
+            results_rx,
+            generation: 0,
+            backoff: HashMap::new(),
+        }
+    }
+
+    /// Aborts every fetch in flight; answers still on their way are ignored when they arrive.
+    pub fn cancel_fetches(&mut self) {
+        self.generation += 1;
+        for (_, (h, _)) in self.in_flight.drain() {
+            h.abort();
+        }
+    }
+
+    /// Forgets what was received for `tp` and its backoff (after a seek, or when the
+    /// partition is revoked or lost). Callers cancel the fetches in flight first.
+    pub fn discard(&mut self, tp: &TopicPartition) {
+        self.buffered
+            .retain(|r| r.topic != tp.topic || r.partition != tp.partition);
+        self.backoff.remove(tp);
+    }
+
+    /// Forgets everything received and every backoff.
+    pub fn clear(&mut self) {
+        self.cancel_fetches();
+        self.buffered.clear();
+        self.backoff.clear();
+    }
+
+    pub fn has_buffered(&self) -> bool {
+        !self.buffered.is_empty()
+    }
+
+    /// Hands every buffered record to the application, keeping only those of partitions that
+    /// may still be returned (a partition revoked meanwhile never is).
+    pub fn drain(&mut self, subscriptions: &SubscriptionState) -> Vec<ConsumerRecord> {
+        self.buffered
+            .drain(..)
+            .filter(|r| {
+                subscriptions.is_assigned(&TopicPartition::new(r.topic.as_str(), r.partition))
+            })
+            .collect()
+    }
+
+    pub fn nothing_in_flight(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// How long until the first partition's backoff ends (100 ms when none backs off).
+    pub fn retry_in(&self) -> Duration {
+        let now = Instant::now();
+        self.backoff
+            .values()
+            .map(|b| b.until.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_millis(100))
+    }
+
+    /// The next finished fetch (never `None`: the fetcher keeps a sender).
+    pub async fn next_finished(&mut self) -> Option<Finished> {
+        self.results_rx.recv().await
+    }
+
+    /// Starts one fetch per leader for fetchable partitions not already being fetched.
+    pub async fn start_fetches(
+        &mut self,
+        subscriptions: &SubscriptionState,
+    ) -> Result<(), ConsumerError> {
+        let busy: Vec<TopicPartition> = self
+            .in_flight
+            .values()
+            .flat_map(|(_, r)| r.iter().map(|(tp, _)| tp.clone()))
+            .collect();
+        let now = Instant::now();
+        let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64)>> = HashMap::new();
+        let mut leaderless = Vec::new();
+        for (tp, pos) in subscriptions.fetchable() {
+            if self.backoff.get(&tp).is_some_and(|b| b.until > now) {
+                continue;
+            }
+            if busy.contains(&tp)
+                || self
+                    .buffered
+                    .iter()
+                    .any(|r| r.topic == tp.topic && r.partition == tp.partition)
+            {
+                continue;
+            }
+            let leader = self
+                .client
+                .partitions(&tp.topic)
+                .await?
+                .get(tp.partition as usize)
+                .map_or(-1, |l| l.leader);
+            if leader < 0 {
+                self.client.invalidate(&tp.topic);
+                leaderless.push(tp);
+                continue;
+            }
+            by_leader.entry(leader).or_default().push((tp, pos));
+        }
+        for tp in leaderless {
+            self.back_off(&tp);
+        }
+        for (leader, parts) in by_leader {
+            if self.in_flight.contains_key(&leader) {
+                continue;
+            }
+            let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+            for (tp, pos) in &parts {
+                topics
+                    .entry(tp.topic.clone())
+                    .or_default()
+                    .push(FetchPartition {
+                        index: tp.partition,
+                        current_leader_epoch: -1,
+                        fetch_offset: *pos,
+                        partition_max_bytes: self.settings.max_partition_bytes,
+                        last_fetched_epoch: -1,
+                        log_start_offset: -1,
+                    });
+            }
+            let request = FetchRequest {
+                replica_id: -1,
+                replica_epoch: -1,
+                max_wait_ms: self.settings.max_wait.as_millis() as u32,
+                min_bytes: self.settings.min_bytes,
+                max_bytes: self.settings.max_bytes,
+                topics: topics
+                    .into_iter()
+                    .map(|(name, partitions)| FetchTopic { name, partitions })
+                    .collect(),
+            };
+            let client = self.client.clone();
+            let tx = self.results_tx.clone();
+            let generation = self.generation;
+            let handle = tokio::spawn(async move {
+                let result = match client.broker(leader) {
+                    Ok(mut c) => c
+                        .fetch(request)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| request_error(leader, s)),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send((leader, generation, result));
+            });
+            self.in_flight.insert(leader, (handle, parts));
+        }
+        Ok(())
+    }
+
+    /// Marks one more retriable failure of `tp`: it is not fetched again before its backoff ends.
+    fn back_off(&mut self, tp: &TopicPartition) {
+        let failures = self.backoff.get(tp).map_or(0, |b| b.failures) + 1;
+        let until = Instant::now() + self.settings.retry.delay(failures);
+        self.backoff.insert(tp.clone(), Backoff { failures, until });
+    }
+
+    /// Takes a finished fetch: stale generations are ignored; records of partitions that are
+    /// still fetchable at the position asked for are buffered and their positions advance.
+    pub fn complete(
+        &mut self,
+        finished: Finished,
+        subscriptions: &mut SubscriptionState,
+    ) -> Result<(), ConsumerError> {
+        let (leader, generation, result) = finished;
+        if generation != self.generation {
+            return Ok(());
+        }
+        let Some((_, requested)) = self.in_flight.remove(&leader) else {
+            return Ok(());
+        };
+        self.absorb(result, requested, subscriptions)
+    }
+
+    fn absorb(
+        &mut self,
+        result: FetchResult,
+        requested: Vec<(TopicPartition, i64)>,
+        subscriptions: &mut SubscriptionState,
+    ) -> Result<(), ConsumerError> {
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                for (tp, _) in &requested {
+                    self.client.invalidate(&tp.topic);
+                }
+                if e.code.is_retriable() {
+                    tracing::debug!(error = %e, "fetch failed; backing off");
+                    for (tp, _) in &requested {
+                        self.back_off(tp);
+                    }
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
+        };
+        for t in response.topics {
+            for p in t.partitions {
+                let tp = TopicPartition::new(t.name.clone(), p.index);
+                let Some(&(_, requested_at)) = requested.iter().find(|(r, _)| *r == tp) else {
+                    continue;
+                };
+                // Seeked, paused, revoked or lost meanwhile: not this answer's to take.
+                if subscriptions.position(&tp) != Some(requested_at)
+                    || !subscriptions.is_fetchable(&tp)
+                {
+                    continue;
+                }
+                if p.error_code != 0 {
+                    let code =
+                        ErrorCode::try_from(p.error_code).unwrap_or(ErrorCode::UnknownServerError);
+                    match code {
+                        ErrorCode::OffsetOutOfRange => {
+                            subscriptions.set_fetch_state(&tp, FetchState::AwaitReset);
+                        }
+                        c if c.is_retriable() => {
+                            self.client.invalidate(&t.name);
+                            self.back_off(&tp);
+                        }
+                        _ => return Err(ApiError::new(code, p.error_message).into()),
+                    }
+                    continue;
+                }
+                self.backoff.remove(&tp);
+                let (next, last_epoch, outcome) =
+                    self.take_records(&t.name, p.index, requested_at, &p.records);
+                subscriptions.advance(&tp, next, last_epoch);
+                outcome?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Buffers the records of `records` (one partition's part of a Fetch response) from
+    /// `position` on. Returns the next position, the leader epoch of the last batch taken
+    /// (-1 when none), and an error for a corrupt batch: its records are not delivered and the
+    /// position stays at it (as Kafka's consumer does), while the records of the good batches
+    /// before it are delivered once.
+    ///
+    /// A truncated batch after at least one whole batch is the partial tail a size limit cut
+    /// (fetched again from its start); anything else that does not parse is corrupt. A
+    /// response holding only part of a batch is corrupt too: rill's brokers always send at
+    /// least one whole batch, so fetching it again would return the same part forever.
+    fn take_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        position: i64,
+        records: &[u8],
+    ) -> (i64, i32, Result<(), ConsumerError>) {
+        let mut next = position;
+        let mut last_epoch = -1;
+        let corrupt = |offset: i64, reason: String| ConsumerError::Corrupt {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            reason,
+        };
+        for (whole_batches, batch) in batches(records).enumerate() {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(BatchError::Truncated { .. }) if whole_batches > 0 => break,
+                Err(e) => return (next, last_epoch, Err(corrupt(next, e.to_string()))),
+            };
+            let header = *batch.header();
+            if self.settings.check_crcs
+                && let Err(e) = batch.validate(&ValidationOptions {
+                    max_uncompressed_bytes: 256 << 20,
+                    producer_batch: false,
+                })
+            {
+                return (
+                    next,
+                    last_epoch,
+                    Err(corrupt(header.base_offset.max(next), e.to_string())),
+                );
+            }
+            if header.next_offset() <= next {
+                continue;
+            }
+            if !header.is_control() {
+                let parsed = match batch.records(256 << 20) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return (
+                            next,
+                            last_epoch,
+                            Err(corrupt(header.base_offset.max(next), e.to_string())),
+                        );
+                    }
+                };
+                let mut taken = Vec::new();
+                for r in parsed.iter() {
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return (
+                                next,
+                                last_epoch,
+                                Err(corrupt(header.base_offset.max(next), e.to_string())),
+                            );
+                        }
+                    };
+                    if r.offset < next {
+                        continue;
+                    }
+                    taken.push(ConsumerRecord {
+                        topic: topic.to_owned(),
+                        partition,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key.map(Bytes::copy_from_slice),
+                        value: r.value.map(Bytes::copy_from_slice),
+                        headers: r
+                            .headers()
+                            .map(|h| {
+                                (
+                                    String::from_utf8_lossy(h.key).into_owned(),
+                                    h.value.map(Bytes::copy_from_slice),
+                                )
+                            })
+                            .collect(),
+                    });
+                }
+                self.buffered.extend(taken);
+            }
+            next = header.next_offset();
+            last_epoch = header.partition_leader_epoch;
+        }
+        (next, last_epoch, Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use rill_protocol::proto::FetchPartitionResponse;
+
+    use super::*;
+    use crate::testing::{Fake, batch, records};
+    use crate::{Consumer, ConsumerConfig};
+
+    /// A consumer of `t-0` from offset 0 against a fake broker whose answers come from
+    /// `answer` (given the fetch offset).
+    async fn consumer_of(
+        answer: impl Fn(i64) -> Result<FetchPartitionResponse, tonic::Status> + Send + Sync + 'static,
+    ) -> (Consumer, Fake) {
+        let fake = Fake::start(&[("t", 1)], Arc::new(move |_, offset| answer(offset))).await;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        let tp = TopicPartition::new("t", 0);
+        consumer.assign([tp.clone()]);
+        consumer.seek(&tp, 0);
+        (consumer, fake)
+    }
+
+    /// Polls until an error or `limit` passes, collecting the record values.
+    async fn poll_until_error(
+        consumer: &mut Consumer,
+        limit: Duration,
+    ) -> (Vec<String>, Option<ConsumerError>) {
+        let deadline = Instant::now() + limit;
+        let mut values = Vec::new();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)).await {
+                Ok(rs) => values
+                    .extend(rs.iter().map(|r| {
+                        String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into()
+                    })),
+                Err(e) => return (values, Some(e)),
+            }
+        }
+        (values, None)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_batch_mid_response_is_an_error_not_a_refetch_loop() {
+        let mut bad = batch(2, &["c", "d"]);
+        bad[16] = 7; // the magic byte: no batch format rill knows
+        let mut response = batch(0, &["a", "b"]);
+        response.extend_from_slice(&bad);
+        response.extend_from_slice(&batch(4, &["e"]));
+        let (mut consumer, _fake) = consumer_of(move |_| records(0, response.clone())).await;
+        let (values, error) = poll_until_error(&mut consumer, Duration::from_secs(10)).await;
+        let (values_after, _) = poll_until_error(&mut consumer, Duration::from_millis(500)).await;
+        match error {
+            Some(ConsumerError::Corrupt {
+                topic,
+                partition,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((topic.as_str(), partition, offset), ("t", 0, 2), "{reason}");
+                assert!(reason.contains("magic"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?} after {values:?}"),
+        }
+        // The good records before it are delivered, once.
+        let all: Vec<String> = values.into_iter().chain(values_after).collect();
+        assert_eq!(all, ["a", "b"]);
+        assert_eq!(consumer.position(&TopicPartition::new("t", 0)), Some(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_last_batch_is_fetched_again() {
+        let (mut consumer, _fake) = consumer_of(|offset| {
+            if offset == 0 {
+                let mut bytes = batch(0, &["a", "b"]);
+                bytes.extend_from_slice(&batch(2, &["c"])[..30]);
+                records(0, bytes)
+            } else {
+                records(0, batch(2, &["c"]))
+            }
+        })
+        .await;
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while values.len() < 3 && Instant::now() < deadline {
+            for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+                values
+                    .push(String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into_owned());
+            }
+        }
+        assert_eq!(values, ["a", "b", "c"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_server_error_from_the_broker_is_not_retried() {
+        let (mut consumer, fake) = consumer_of(|_| {
+            Err(ApiError::new(ErrorCode::UnknownServerError, "the broker broke").into())
+        })
+        .await;
+        let (_, error) = poll_until_error(&mut consumer, Duration::from_secs(10)).await;
+        match error {
+            Some(ConsumerError::Api(e)) => assert_eq!(e.code, ErrorCode::UnknownServerError),
+            other => panic!("expected UNKNOWN_SERVER_ERROR, got {other:?}"),
+        }
+        assert_eq!(fake.fetches.load(Ordering::Acquire), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retriable_errors_back_off_exponentially() {
+        let (mut consumer, fake) = consumer_of(|_| {
+            Ok(FetchPartitionResponse {
+                index: 0,
+                error_code: ErrorCode::NotLeaderOrFollower as i32,
+                ..Default::default()
+            })
+        })
+        .await;
+        let started = Instant::now();
+        let (_, error) = poll_until_error(&mut consumer, Duration::from_millis(1_600)).await;
+        assert!(error.is_none(), "{error:?}");
+        // Waits of 100, 200, 400 and 800 ms fit at most 5 fetches into 1.6 s; an immediate
+        // retry makes hundreds. A busy machine only makes fewer.
+        let n = fake.fetches.load(Ordering::Acquire);
+        assert!(
+            (1..=5).contains(&n),
+            "{n} fetches in {:?}",
+            started.elapsed()
+        );
+        let b = consumer.fetcher.backoff[&TopicPartition::new("t", 0)];
+        assert!(b.failures >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paused_partitions_are_not_returned_until_resumed() {
+        let fake = Fake::start(&[("t", 2)], crate::testing::numbered(3)).await;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        let (t0, t1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        consumer.assign([t0.clone(), t1.clone()]);
+        consumer.seek(&t0, 0);
+        consumer.seek(&t1, 0);
+        consumer.pause(std::slice::from_ref(&t1));
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            seen.extend(consumer.poll(Duration::from_millis(100)).await.unwrap());
+        }
+        assert!(seen.iter().all(|r| r.partition == 0), "{seen:?}");
+        assert_eq!(seen.len(), 3);
+        assert_eq!(consumer.position(&t1), Some(0));
+        consumer.resume(std::slice::from_ref(&t1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while consumer.position(&t1) != Some(3) && Instant::now() < deadline {
+            consumer.poll(Duration::from_millis(100)).await.unwrap();
+        }
+        assert_eq!(consumer.position(&t1), Some(3));
+    }
+}

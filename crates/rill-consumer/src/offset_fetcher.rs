@@ -1,0 +1,229 @@
+//! Offset lookups by time (Kafka's `OffsetFetcher`): ListOffsets to each partition's leader for
+//! the log start (-2), the high watermark (-1) or the first offset at or after a timestamp,
+//! with retries across leader changes; and the partitions of a topic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::{
+    DescribeConfigsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use rill_protocol::{ApiError, ErrorCode, TopicPartition};
+
+use crate::config::RetryPolicy;
+use crate::error::{request_error, response_error};
+
+/// ListOffsets `timestamp` for the log start offset.
+pub(crate) const EARLIEST: i64 = -2;
+/// ListOffsets `timestamp` for the high watermark.
+pub(crate) const LATEST: i64 = -1;
+
+/// What one partition's lookup found: the offset and the timestamp of its record, or `None`
+/// when no record is at or after the timestamp asked for.
+pub(crate) type Found = Option<(i64, i64)>;
+
+/// Looks `timestamp` up in every partition of `tps`: one request per leader, retrying
+/// retriable failures (leader moves, unreachable brokers) with backoff for up to
+/// `retry.timeout`. Each partition gets its own answer, in the order asked; a topic the
+/// metadata does not know fails at once.
+pub(crate) async fn list_offsets(
+    client: &ClusterClient,
+    retry: &RetryPolicy,
+    tps: &[TopicPartition],
+    timestamp: i64,
+) -> Vec<(TopicPartition, Result<Found, ApiError>)> {
+    let deadline = Instant::now() + retry.timeout;
+    let mut done: BTreeMap<TopicPartition, Result<Found, ApiError>> = BTreeMap::new();
+    let mut last_error: BTreeMap<TopicPartition, ApiError> = BTreeMap::new();
+    let mut pending: BTreeSet<TopicPartition> = tps.iter().cloned().collect();
+    let mut failures = 0;
+    while !pending.is_empty() {
+        let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+        for tp in &pending {
+            match client.partitions(&tp.topic).await {
+                Ok(p) => match p.get(tp.partition as usize).map(|l| l.leader) {
+                    Some(leader) if leader >= 0 => {
+                        by_leader.entry(leader).or_default().push(tp.clone())
+                    }
+                    Some(_) => {
+                        client.invalidate(&tp.topic);
+                        last_error.insert(
+                            tp.clone(),
+                            ApiError::new(
+                                ErrorCode::LeaderNotAvailable,
+                                format!("{tp} has no leader"),
+                            ),
+                        );
+                    }
+                    None => {
+                        done.insert(
+                            tp.clone(),
+                            Err(ApiError::new(
+                                ErrorCode::UnknownTopicOrPartition,
+                                format!(
+                                    "topic {} has {} partitions; {tp} does not exist",
+                                    tp.topic,
+                                    p.len()
+                                ),
+                            )),
+                        );
+                    }
+                },
+                Err(e) if e.code.is_retriable() && e.code != ErrorCode::UnknownTopicOrPartition => {
+                    last_error.insert(tp.clone(), e);
+                }
+                Err(e) => {
+                    done.insert(tp.clone(), Err(e));
+                }
+            }
+        }
+        for (leader, parts) in by_leader {
+            let mut topics: BTreeMap<String, Vec<ListOffsetsPartition>> = BTreeMap::new();
+            for tp in &parts {
+                topics
+                    .entry(tp.topic.clone())
+                    .or_default()
+                    .push(ListOffsetsPartition {
+                        index: tp.partition,
+                        current_leader_epoch: -1,
+                        timestamp,
+                    });
+            }
+            let request = ListOffsetsRequest {
+                replica_id: -1,
+                topics: topics
+                    .into_iter()
+                    .map(|(name, partitions)| ListOffsetsTopic { name, partitions })
+                    .collect(),
+            };
+            let answer = match client.broker(leader) {
+                Ok(mut c) => c
+                    .list_offsets(request)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| request_error(leader, s)),
+                Err(e) => Err(e),
+            };
+            let response = match answer {
+                Ok(r) => r,
+                Err(e) => {
+                    for tp in &parts {
+                        client.invalidate(&tp.topic);
+                        if e.code.is_retriable() {
+                            last_error.insert(tp.clone(), e.clone());
+                        } else {
+                            done.insert(tp.clone(), Err(e.clone()));
+                        }
+                    }
+                    continue;
+                }
+            };
+            for t in response.topics {
+                for p in t.partitions {
+                    let tp = TopicPartition::new(t.name.clone(), p.index);
+                    if !parts.contains(&tp) {
+                        continue;
+                    }
+                    match response_error(p.error_code, &p.error_message) {
+                        None => {
+                            done.insert(tp, Ok((p.offset >= 0).then_some((p.offset, p.timestamp))));
+                        }
+                        Some(e) if e.code.is_retriable() => {
+                            client.invalidate(&tp.topic);
+                            last_error.insert(tp, e);
+                        }
+                        Some(e) => {
+                            done.insert(tp, Err(e));
+                        }
+                    }
+                }
+            }
+        }
+        pending.retain(|tp| !done.contains_key(tp));
+        if pending.is_empty() {
+            break;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            for tp in std::mem::take(&mut pending) {
+                let e = last_error.remove(&tp).unwrap_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::RequestTimedOut,
+                        format!("no answer for {tp} within {:?}", retry.timeout),
+                    )
+                });
+                done.insert(tp, Err(e));
+            }
+            break;
+        }
+        failures += 1;
+        tokio::time::sleep(retry.delay(failures).min(remaining)).await;
+    }
+    tps.iter()
+        .map(|tp| {
+            let r = done
+                .get(tp)
+                .cloned()
+                .unwrap_or_else(|| Err(ApiError::new(ErrorCode::UnknownServerError, "no answer")));
+            (tp.clone(), r)
+        })
+        .collect()
+}
+
+/// All partitions of `topic`. Waits (up to `retry.timeout`) for the metadata of a topic that
+/// was just created, but fails at once with UNKNOWN_TOPIC_OR_PARTITION when the controllers
+/// confirm that the topic does not exist: rill creates no topics on first use.
+pub(crate) async fn partitions_of(
+    client: &ClusterClient,
+    retry: &RetryPolicy,
+    topic: &str,
+) -> Result<Vec<TopicPartition>, ApiError> {
+    let deadline = Instant::now() + retry.timeout;
+    let mut failures = 0;
+    let n = loop {
+        let e = match client.partitions(topic).await {
+            Ok(p) => break p.len(),
+            Err(e) => e,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if e.code == ErrorCode::UnknownTopicOrPartition
+            && controllers_know_no(client, topic, remaining.min(Duration::from_secs(5))).await
+        {
+            return Err(ApiError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {topic} does not exist"),
+            ));
+        }
+        if !e.code.is_retriable() || remaining.is_zero() {
+            return Err(e);
+        }
+        failures += 1;
+        tokio::time::sleep(retry.delay(failures).min(remaining)).await;
+    };
+    Ok((0..n as i32)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect())
+}
+
+/// True when the active controller answers that `topic` does not exist (its answer is
+/// authoritative: it reads committed metadata, while a broker may not have caught up with a
+/// topic created a moment ago); false when it knows the topic or cannot be asked.
+async fn controllers_know_no(client: &ClusterClient, topic: &str, patience: Duration) -> bool {
+    let answer = client
+        .admin(patience, |mut c| {
+            let topics = vec![topic.to_owned()];
+            async move { c.describe_configs(DescribeConfigsRequest { topics }).await }
+        })
+        .await;
+    match answer {
+        Ok(r) => r
+            .results
+            .iter()
+            .any(|t| t.topic == topic && t.error_code == ErrorCode::UnknownTopicOrPartition as i32),
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "cannot ask the controllers whether a topic exists");
+            false
+        }
+    }
+}
