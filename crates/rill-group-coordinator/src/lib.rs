@@ -10,13 +10,33 @@
 
 #![warn(missing_docs)]
 
+pub mod assignor;
+pub mod consumer_group;
+pub mod current_assignment_builder;
+mod group_metadata_manager;
+mod offset_metadata_manager;
+pub mod records;
+mod topic_regex;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+
 use bytes::Bytes;
+use rill_protocol::ErrorCode;
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::proto::{
     ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, DeletableGroupResult,
-    DescribedGroup, ListedGroup, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
-    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
+    DescribedGroup, ListedGroup, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetDeletePartitionResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetDeleteTopicResponse, OffsetFetchRequest, OffsetFetchResponse,
 };
+
+use crate::consumer_group::{LEAVE_GROUP_MEMBER_EPOCH, LEAVE_GROUP_STATIC_MEMBER_EPOCH};
+use crate::group_metadata_manager::GroupMetadataManager;
+use crate::offset_metadata_manager::OffsetMetadataManager;
+use crate::records::CoordinatorRecord;
 
 /// The internal topic holding group state and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -25,7 +45,15 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// `Utils.abs(groupId.hashCode()) % partitions`, with Java's `String.hashCode` over UTF-16 code
 /// units, so a group lands on the same partition number as in Kafka.
 pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
-    todo!("{group_id} {partitions}")
+    if partitions <= 0 {
+        return 0;
+    }
+    let hash = group_id.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    // Kafka's Utils.abs: MIN_VALUE maps to 0 (not to itself, as Math.abs would).
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions
 }
 
 /// Broker settings the coordinator obeys, with Kafka's names.
@@ -92,27 +120,62 @@ pub enum RecordError {
     Decode(String),
 }
 
+/// A failed request or partition: the error code and a message a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ApiErr {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
 /// The groups and offsets of one `__consumer_offsets` partition.
 pub struct GroupCoordinatorShard {
     config: GroupConfig,
+    groups: GroupMetadataManager,
+    offsets: OffsetMetadataManager,
+    /// When each group without members became empty (in memory: a loaded shard starts the
+    /// clock at load time, so offsets never expire earlier than the retention promises).
+    empty_since: HashMap<String, i64>,
 }
 
 impl GroupCoordinatorShard {
     /// An empty shard (a partition before loading).
     pub fn new(config: GroupConfig) -> Self {
-        GroupCoordinatorShard { config }
+        GroupCoordinatorShard {
+            config,
+            groups: GroupMetadataManager::default(),
+            offsets: OffsetMetadataManager::default(),
+            empty_since: HashMap::new(),
+        }
     }
 
     /// Applies one record read from the partition while loading it.
     pub fn replay(&mut self, record: &Record) -> Result<(), RecordError> {
-        todo!("{record:?}")
+        match CoordinatorRecord::decode(record)? {
+            None => Ok(()),
+            Some(r @ CoordinatorRecord::OffsetCommit(..)) => {
+                self.offsets.apply(r);
+                Ok(())
+            }
+            Some(r) => {
+                self.groups.apply(r);
+                Ok(())
+            }
+        }
     }
 
     /// Called once every record is replayed: starts every member's session timer at `now_ms`
     /// and brings target assignments up to date with `image` (topics created, deleted or grown
     /// while no one coordinated the group).
     pub fn on_loaded(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
-        todo!("{image:?} {now_ms}")
+        self.groups.start_timers(&self.config, now_ms);
+        self.empty_since.clear();
+        for id in self.known_group_ids() {
+            self.refresh_empty_since(&id, now_ms);
+        }
+        let mut out = Vec::new();
+        self.groups
+            .on_metadata_update(&self.config, image, &mut out);
+        out
     }
 
     /// ConsumerGroupHeartbeat: join, stay, reconcile or leave. `client_host` is the member's
@@ -124,7 +187,136 @@ impl GroupCoordinatorShard {
         image: &MetadataImage,
         now_ms: i64,
     ) -> CoordinatorResult<ConsumerGroupHeartbeatResponse> {
-        todo!("{request:?} {client_host} {image:?} {now_ms}")
+        let mut records = Vec::new();
+        let result = self.validate_heartbeat(&request).and_then(|()| {
+            self.groups.consumer_group_heartbeat(
+                &self.config,
+                &request,
+                client_host,
+                image,
+                now_ms,
+                &mut records,
+            )
+        });
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(group = %request.group_id, member = %request.member_id, code = ?e.code, "heartbeat refused: {}", e.message);
+                ConsumerGroupHeartbeatResponse {
+                    error_code: e.code as i32,
+                    error_message: e.message,
+                    member_id: request.member_id.clone(),
+                    member_epoch: 0,
+                    heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                    assignment: None,
+                }
+            }
+        };
+        self.refresh_empty_since(&request.group_id, now_ms);
+        CoordinatorResult { records, response }
+    }
+
+    fn validate_group_id(&self, group_id: &str) -> Result<(), ApiErr> {
+        if group_id.is_empty() {
+            return Err(ApiErr {
+                code: ErrorCode::InvalidGroupId,
+                message: "the group id is empty".into(),
+            });
+        }
+        if group_id.len() > self.config.max_group_id_length {
+            return Err(ApiErr {
+                code: ErrorCode::InvalidGroupId,
+                message: format!(
+                    "the group id is {} bytes long, longer than group.id.max.length ({})",
+                    group_id.len(),
+                    self.config.max_group_id_length
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The checks of a heartbeat that need no group state (Kafka's
+    /// `throwIfConsumerGroupHeartbeatRequestIsInvalid`).
+    fn validate_heartbeat(&self, r: &ConsumerGroupHeartbeatRequest) -> Result<(), ApiErr> {
+        let invalid = |message: String| ApiErr {
+            code: ErrorCode::InvalidRequest,
+            message,
+        };
+        self.validate_group_id(&r.group_id)?;
+        if r.instance_id.as_deref() == Some("") {
+            return Err(invalid("instance_id, when set, must not be empty".into()));
+        }
+        if r.rack_id.as_deref() == Some("") {
+            return Err(invalid("rack_id, when set, must not be empty".into()));
+        }
+        match r.member_epoch {
+            0 => {
+                if r.rebalance_timeout_ms <= 0 {
+                    return Err(invalid(format!(
+                        "rebalance_timeout_ms must be positive when joining (got {})",
+                        r.rebalance_timeout_ms
+                    )));
+                }
+                if r.owned_partitions
+                    .as_ref()
+                    .is_some_and(|o| o.topics.iter().any(|t| !t.partitions.is_empty()))
+                {
+                    return Err(invalid(
+                        "owned_partitions must be empty when joining (epoch 0): a joining member owns nothing".into(),
+                    ));
+                }
+                if r.subscribed_topic_names.is_none() && r.subscribed_topic_regex.is_none() {
+                    return Err(invalid(
+                        "subscribed_topic_names or subscribed_topic_regex must be set when joining (epoch 0)".into(),
+                    ));
+                }
+            }
+            LEAVE_GROUP_STATIC_MEMBER_EPOCH => {
+                if r.member_id.is_empty() {
+                    return Err(invalid("member_id must be set to leave".into()));
+                }
+                if r.instance_id.is_none() {
+                    return Err(invalid(
+                        "epoch -2 (leave for a restart) is for static members: instance_id must be set".into(),
+                    ));
+                }
+            }
+            e if e > 0 || e == LEAVE_GROUP_MEMBER_EPOCH => {
+                if r.member_id.is_empty() {
+                    return Err(invalid(format!(
+                        "member_id must be set with epoch {e} (only a join, epoch 0, may leave it empty)"
+                    )));
+                }
+            }
+            e => {
+                return Err(invalid(format!(
+                    "member epoch {e} is invalid: 0 joins, -1 leaves, -2 leaves for a restart, otherwise the epoch last received"
+                )));
+            }
+        }
+        if let Some(regex) = r
+            .subscribed_topic_regex
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            && let Err(e) = topic_regex::validate(regex)
+        {
+            return Err(invalid(format!(
+                "subscribed_topic_regex {regex:?} is not a valid regular expression: {e}"
+            )));
+        }
+        if let Some(assignor) = &r.server_assignor
+            && (!self.config.assignors.contains(assignor) || !assignor::is_known(assignor))
+        {
+            return Err(ApiErr {
+                code: ErrorCode::UnsupportedAssignor,
+                message: format!(
+                    "server assignor {assignor:?} is not supported; supported: {}",
+                    self.config.assignors.join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// OffsetCommit from a member (checked against its epoch and assignment) or from outside
@@ -135,22 +327,124 @@ impl GroupCoordinatorShard {
         image: &MetadataImage,
         now_ms: i64,
     ) -> CoordinatorResult<OffsetCommitResponse> {
-        todo!("{request:?} {image:?} {now_ms}")
+        let mut records = Vec::new();
+        if let Err(e) = self.validate_group_id(&request.group_id) {
+            return CoordinatorResult {
+                records,
+                response: offset_metadata_manager::offset_commit_error(&request, &e),
+            };
+        }
+        let response = self.offsets.offset_commit(
+            &self.config,
+            &request,
+            self.groups.group(&request.group_id),
+            image,
+            now_ms,
+            &mut records,
+        );
+        if !records.is_empty() {
+            self.refresh_empty_since(&request.group_id, now_ms);
+        }
+        CoordinatorResult { records, response }
     }
 
     /// OffsetFetch: committed offsets of the requested partitions (all when none are named).
     pub fn offset_fetch(&self, request: &OffsetFetchRequest) -> OffsetFetchResponse {
-        todo!("{request:?}")
+        if let Err(e) = self.validate_group_id(&request.group_id) {
+            return OffsetFetchResponse {
+                error_code: e.code as i32,
+                error_message: e.message,
+                topics: Vec::new(),
+            };
+        }
+        self.offsets.offset_fetch(request)
+    }
+
+    /// Ids of every group with state or offsets, sorted.
+    fn known_group_ids(&self) -> Vec<String> {
+        let ids: BTreeSet<&String> = self
+            .groups
+            .groups()
+            .map(|g| &g.group_id)
+            .chain(self.offsets.group_ids())
+            .collect();
+        ids.into_iter().cloned().collect()
+    }
+
+    fn group_exists(&self, group_id: &str) -> bool {
+        self.groups.group(group_id).is_some() || self.offsets.has_offsets(group_id)
+    }
+
+    fn has_members(&self, group_id: &str) -> bool {
+        self.groups
+            .group(group_id)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
+    fn state_name(&self, group_id: &str) -> &'static str {
+        self.groups
+            .group(group_id)
+            .map_or("Empty", |g| g.state().name())
+    }
+
+    /// Starts or stops the "empty since" clock of `group_id`.
+    fn refresh_empty_since(&mut self, group_id: &str, now_ms: i64) {
+        if !self.group_exists(group_id) || self.has_members(group_id) {
+            self.empty_since.remove(group_id);
+        } else {
+            self.empty_since
+                .entry(group_id.to_string())
+                .or_insert(now_ms);
+        }
     }
 
     /// ListGroups for this shard, filtered by state names (empty = all).
     pub fn list_groups(&self, states_filter: &[String]) -> Vec<ListedGroup> {
-        todo!("{states_filter:?}")
+        self.known_group_ids()
+            .into_iter()
+            .filter_map(|id| {
+                let state = self.state_name(&id);
+                let wanted = states_filter.is_empty()
+                    || states_filter.iter().any(|s| s.eq_ignore_ascii_case(state));
+                wanted.then(|| ListedGroup {
+                    group_id: id,
+                    group_state: state.to_string(),
+                    group_type: "consumer".to_string(),
+                    coordinator_id: 0,
+                })
+            })
+            .collect()
     }
 
     /// DescribeGroups for one group of this shard (GROUP_ID_NOT_FOUND when unknown).
     pub fn describe_group(&self, group_id: &str) -> DescribedGroup {
-        todo!("{group_id}")
+        if let Some(group) = self.groups.group(group_id) {
+            return self.groups.describe(&self.config, group);
+        }
+        if self.offsets.has_offsets(group_id) {
+            return DescribedGroup {
+                error_code: ErrorCode::None as i32,
+                error_message: String::new(),
+                group_id: group_id.to_string(),
+                group_state: "Empty".to_string(),
+                group_epoch: 0,
+                assignment_epoch: 0,
+                assignor_name: self
+                    .config
+                    .assignors
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| assignor::UNIFORM.to_string()),
+                members: Vec::new(),
+            };
+        }
+        DescribedGroup {
+            error_code: ErrorCode::GroupIdNotFound as i32,
+            error_message: format!("group {group_id} does not exist"),
+            group_id: group_id.to_string(),
+            group_state: "Dead".to_string(),
+            ..Default::default()
+        }
     }
 
     /// DeleteGroups: each group must exist and have no members; its offsets go with it.
@@ -158,7 +452,48 @@ impl GroupCoordinatorShard {
         &mut self,
         group_ids: &[String],
     ) -> CoordinatorResult<Vec<DeletableGroupResult>> {
-        todo!("{group_ids:?}")
+        let mut records = Vec::new();
+        let mut results = Vec::with_capacity(group_ids.len());
+        for id in group_ids {
+            let result = if let Err(e) = self.validate_group_id(id) {
+                Err(e)
+            } else if !self.group_exists(id) {
+                Err(ApiErr {
+                    code: ErrorCode::GroupIdNotFound,
+                    message: format!("group {id} does not exist"),
+                })
+            } else if self.has_members(id) {
+                let n = self.groups.group(id).map_or(0, |g| g.members.len());
+                Err(ApiErr {
+                    code: ErrorCode::NonEmptyGroup,
+                    message: format!(
+                        "group {id} still has {n} member(s): stop its consumers (or wait for their sessions to time out) first"
+                    ),
+                })
+            } else {
+                tracing::info!(group = %id, "deleting the group and its offsets");
+                self.offsets.delete_all(id, &mut records);
+                self.groups.delete_group(id, &mut records);
+                self.empty_since.remove(id);
+                Ok(())
+            };
+            results.push(match result {
+                Ok(()) => DeletableGroupResult {
+                    group_id: id.clone(),
+                    error_code: ErrorCode::None as i32,
+                    error_message: String::new(),
+                },
+                Err(e) => DeletableGroupResult {
+                    group_id: id.clone(),
+                    error_code: e.code as i32,
+                    error_message: e.message,
+                },
+            });
+        }
+        CoordinatorResult {
+            records,
+            response: results,
+        }
     }
 
     /// OffsetDelete: removes committed offsets of topics no member subscribes to.
@@ -166,36 +501,122 @@ impl GroupCoordinatorShard {
         &mut self,
         request: OffsetDeleteRequest,
     ) -> CoordinatorResult<OffsetDeleteResponse> {
-        todo!("{request:?}")
+        let mut records = Vec::new();
+        let group_id = request.group_id.as_str();
+        let whole = match self.validate_group_id(group_id) {
+            Err(e) => Some(e),
+            Ok(()) if !self.group_exists(group_id) => Some(ApiErr {
+                code: ErrorCode::GroupIdNotFound,
+                message: format!("group {group_id} does not exist"),
+            }),
+            Ok(()) => None,
+        };
+        if let Some(e) = whole {
+            return CoordinatorResult {
+                records,
+                response: OffsetDeleteResponse {
+                    error_code: e.code as i32,
+                    error_message: e.message,
+                    topics: Vec::new(),
+                },
+            };
+        }
+        let mut topics = Vec::with_capacity(request.topics.len());
+        for topic in &request.topics {
+            let subscribed = self.groups.is_subscribed(group_id, &topic.name);
+            let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
+            for &p in &topic.partition_indexes {
+                if subscribed {
+                    partitions.push(OffsetDeletePartitionResponse {
+                        index: p,
+                        error_code: ErrorCode::GroupSubscribedToTopic as i32,
+                        error_message: format!(
+                            "a member of group {group_id} still subscribes to topic {}: its offsets can be deleted once no member does",
+                            topic.name
+                        ),
+                    });
+                } else {
+                    self.offsets
+                        .delete_offset(group_id, &topic.name, p, &mut records);
+                    partitions.push(OffsetDeletePartitionResponse {
+                        index: p,
+                        error_code: ErrorCode::None as i32,
+                        error_message: String::new(),
+                    });
+                }
+            }
+            topics.push(OffsetDeleteTopicResponse {
+                name: topic.name.clone(),
+                partitions,
+            });
+        }
+        if !self.group_exists(group_id) {
+            self.empty_since.remove(group_id);
+        }
+        CoordinatorResult {
+            records,
+            response: OffsetDeleteResponse {
+                error_code: ErrorCode::None as i32,
+                error_message: String::new(),
+                topics,
+            },
+        }
     }
 
     /// Fences members whose session timeout (no heartbeat) or rebalance timeout (partitions not
     /// revoked in time) passed by `now_ms`, and lets static members that left for a restart go
     /// for good once their session timeout passed.
     pub fn expire_members(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
-        todo!("{image:?} {now_ms}")
+        let mut out = Vec::new();
+        let touched = self
+            .groups
+            .expire_members(&self.config, image, now_ms, &mut out);
+        for g in touched {
+            self.refresh_empty_since(&g, now_ms);
+        }
+        out
     }
 
     /// The earliest time [`expire_members`](Self::expire_members) has something to do, if any.
     pub fn next_deadline_ms(&self) -> Option<i64> {
-        todo!()
+        self.groups.next_deadline_ms()
     }
 
     /// Topic metadata changed (topics created, deleted, partitions added): groups subscribed
     /// to a changed topic (by name or regex) get a new group epoch and target assignment.
     pub fn on_metadata_update(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
-        todo!("{image:?} {now_ms}")
+        let _ = now_ms;
+        let mut out = Vec::new();
+        self.groups
+            .on_metadata_update(&self.config, image, &mut out);
+        out
     }
 
     /// Expires offsets of groups without members `offsets.retention.minutes` after their commit
     /// (and after the group became empty), and deletes groups left with no members and no
     /// offsets.
     pub fn cleanup_expired_offsets(&mut self, now_ms: i64) -> Vec<Record> {
-        todo!("{now_ms}")
+        let mut out = Vec::new();
+        for id in self.known_group_ids() {
+            if self.has_members(&id) {
+                continue;
+            }
+            let empty_since = *self.empty_since.entry(id.clone()).or_insert(now_ms);
+            self.offsets
+                .expire(&self.config, &id, empty_since, now_ms, &mut out);
+            if !self.offsets.has_offsets(&id) {
+                if self.groups.group(&id).is_some() {
+                    tracing::info!(group = %id, "deleting the empty group: no members and no offsets left");
+                    self.groups.delete_group(&id, &mut out);
+                }
+                self.empty_since.remove(&id);
+            }
+        }
+        out
     }
 
     /// Number of groups (for metrics).
     pub fn group_count(&self) -> usize {
-        todo!()
+        self.known_group_ids().len()
     }
 }

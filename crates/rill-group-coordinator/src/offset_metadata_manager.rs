@@ -1,0 +1,394 @@
+//! Committed offsets of one shard (Kafka's `OffsetMetadataManager`): OffsetCommit validation
+//! against the committing member, OffsetFetch, OffsetDelete and expiration.
+//!
+//! Offsets are keyed by group id alone: a group may have offsets without any consumer group
+//! state (commits from outside the group, epoch -1), and keeps them after its members left.
+
+use std::collections::BTreeMap;
+
+use rill_protocol::ErrorCode;
+use rill_protocol::metadata_image::MetadataImage;
+use rill_protocol::proto::{
+    OffsetCommitPartitionResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetCommitTopicResponse, OffsetFetchPartitionResponse, OffsetFetchRequest,
+    OffsetFetchResponse, OffsetFetchTopicResponse,
+};
+
+use crate::consumer_group::{ConsumerGroup, ConsumerGroupMember};
+use crate::records::{CoordinatorRecord, OffsetCommitKey, OffsetCommitValue};
+use crate::{ApiErr, GroupConfig, Record};
+
+/// Offsets of one group: (topic, partition) → committed offset.
+pub(crate) type GroupOffsets = BTreeMap<(String, i32), OffsetCommitValue>;
+
+/// The committed offsets of a shard.
+#[derive(Default)]
+pub(crate) struct OffsetMetadataManager {
+    offsets: BTreeMap<String, GroupOffsets>,
+}
+
+fn key(group: &str, topic: &str, partition: i32) -> OffsetCommitKey {
+    OffsetCommitKey {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition,
+    }
+}
+
+impl OffsetMetadataManager {
+    /// Groups with committed offsets.
+    pub fn group_ids(&self) -> impl Iterator<Item = &String> {
+        self.offsets.keys()
+    }
+
+    /// Whether `group_id` has committed offsets.
+    pub fn has_offsets(&self, group_id: &str) -> bool {
+        self.offsets.contains_key(group_id)
+    }
+
+    /// Applies an offset record (replay). Group records are not ours and are ignored.
+    pub fn apply(&mut self, record: CoordinatorRecord) {
+        let CoordinatorRecord::OffsetCommit(k, v) = record else {
+            return;
+        };
+        match v {
+            Some(v) => {
+                self.offsets
+                    .entry(k.group)
+                    .or_default()
+                    .insert((k.topic, k.partition), v);
+            }
+            None => {
+                if let Some(g) = self.offsets.get_mut(&k.group) {
+                    g.remove(&(k.topic, k.partition));
+                    if g.is_empty() {
+                        self.offsets.remove(&k.group);
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<Record>, record: CoordinatorRecord) {
+        let encoded = record.encode();
+        match CoordinatorRecord::decode(&encoded) {
+            Ok(Some(decoded)) => self.apply(decoded),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "a record this coordinator wrote does not decode")
+            }
+        }
+        out.push(encoded);
+    }
+
+    /// OffsetCommit of a valid group id; `group` is its consumer group state, if any.
+    pub fn offset_commit(
+        &mut self,
+        config: &GroupConfig,
+        request: &OffsetCommitRequest,
+        group: Option<&ConsumerGroup>,
+        image: &MetadataImage,
+        now_ms: i64,
+        out: &mut Vec<Record>,
+    ) -> OffsetCommitResponse {
+        let group_id = request.group_id.as_str();
+        let (whole, member) = match validate_member(request, group) {
+            Ok(member) => (None, member),
+            Err(e) => (Some(e), None),
+        };
+        let mut records = Vec::new();
+        let topics = request
+            .topics
+            .iter()
+            .map(|topic| OffsetCommitTopicResponse {
+                name: topic.name.clone(),
+                partitions: topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let result = if let Some(e) = &whole {
+                            Err(e.clone())
+                        } else {
+                            check_partition(config, group_id, member, &topic.name, p, image)
+                        };
+                        match result {
+                            Ok(()) => {
+                                records.push(CoordinatorRecord::OffsetCommit(
+                                    key(group_id, &topic.name, p.index),
+                                    Some(OffsetCommitValue {
+                                        offset: p.committed_offset,
+                                        leader_epoch: p.committed_leader_epoch,
+                                        metadata: p.committed_metadata.clone(),
+                                        commit_timestamp_ms: now_ms,
+                                    }),
+                                ));
+                                OffsetCommitPartitionResponse {
+                                    index: p.index,
+                                    error_code: ErrorCode::None as i32,
+                                    error_message: String::new(),
+                                }
+                            }
+                            Err(e) => OffsetCommitPartitionResponse {
+                                index: p.index,
+                                error_code: e.code as i32,
+                                error_message: e.message,
+                            },
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        for r in records {
+            self.emit(out, r);
+        }
+        OffsetCommitResponse { topics }
+    }
+
+    /// OffsetFetch of a valid group id.
+    pub fn offset_fetch(&self, request: &OffsetFetchRequest) -> OffsetFetchResponse {
+        let offsets = self.offsets.get(&request.group_id);
+        let entry = |topic: &str, partition: i32| {
+            let found = offsets.and_then(|o| o.get(&(topic.to_string(), partition)));
+            match found {
+                Some(v) => OffsetFetchPartitionResponse {
+                    index: partition,
+                    committed_offset: v.offset,
+                    committed_leader_epoch: v.leader_epoch,
+                    metadata: v.metadata.clone(),
+                    commit_timestamp_ms: v.commit_timestamp_ms,
+                    error_code: ErrorCode::None as i32,
+                    error_message: String::new(),
+                },
+                None => OffsetFetchPartitionResponse {
+                    index: partition,
+                    committed_offset: -1,
+                    committed_leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: -1,
+                    error_code: ErrorCode::None as i32,
+                    error_message: String::new(),
+                },
+            }
+        };
+        let topics = if request.topics.is_empty() {
+            let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+            for (t, p) in offsets.into_iter().flat_map(|o| o.keys()) {
+                by_topic.entry(t).or_default().push(*p);
+            }
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| OffsetFetchTopicResponse {
+                    name: t.to_string(),
+                    partitions: ps.into_iter().map(|p| entry(t, p)).collect(),
+                })
+                .collect()
+        } else {
+            request
+                .topics
+                .iter()
+                .map(|t| OffsetFetchTopicResponse {
+                    name: t.name.clone(),
+                    partitions: t
+                        .partition_indexes
+                        .iter()
+                        .map(|p| entry(&t.name, *p))
+                        .collect(),
+                })
+                .collect()
+        };
+        OffsetFetchResponse {
+            error_code: ErrorCode::None as i32,
+            error_message: String::new(),
+            topics,
+        }
+    }
+
+    /// Tombstones the offset of `topic`-`partition` of `group_id`, if there is one.
+    pub fn delete_offset(
+        &mut self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+        out: &mut Vec<Record>,
+    ) {
+        let exists = self
+            .offsets
+            .get(group_id)
+            .is_some_and(|o| o.contains_key(&(topic.to_string(), partition)));
+        if exists {
+            self.emit(
+                out,
+                CoordinatorRecord::OffsetCommit(key(group_id, topic, partition), None),
+            );
+        }
+    }
+
+    /// Tombstones every offset of `group_id`.
+    pub fn delete_all(&mut self, group_id: &str, out: &mut Vec<Record>) {
+        let keys: Vec<(String, i32)> = self
+            .offsets
+            .get(group_id)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        for (t, p) in keys {
+            self.emit(
+                out,
+                CoordinatorRecord::OffsetCommit(key(group_id, &t, p), None),
+            );
+        }
+    }
+
+    /// Tombstones the offsets of `group_id` (which has no members) that expired at `now_ms`:
+    /// `offsets_retention_ms` after the later of their commit and `empty_since_ms`.
+    pub fn expire(
+        &mut self,
+        config: &GroupConfig,
+        group_id: &str,
+        empty_since_ms: i64,
+        now_ms: i64,
+        out: &mut Vec<Record>,
+    ) {
+        let expired: Vec<(String, i32)> = self
+            .offsets
+            .get(group_id)
+            .map(|o| {
+                o.iter()
+                    .filter(|(_, v)| {
+                        let base = v.commit_timestamp_ms.max(empty_since_ms);
+                        now_ms.saturating_sub(base) >= config.offsets_retention_ms
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !expired.is_empty() {
+            tracing::info!(
+                group = group_id,
+                count = expired.len(),
+                "expiring committed offsets"
+            );
+        }
+        for (t, p) in expired {
+            self.emit(
+                out,
+                CoordinatorRecord::OffsetCommit(key(group_id, &t, p), None),
+            );
+        }
+    }
+}
+
+/// The answer to a commit failing as a whole: `error` for every partition.
+pub(crate) fn offset_commit_error(
+    request: &OffsetCommitRequest,
+    error: &ApiErr,
+) -> OffsetCommitResponse {
+    OffsetCommitResponse {
+        topics: request
+            .topics
+            .iter()
+            .map(|t| OffsetCommitTopicResponse {
+                name: t.name.clone(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| OffsetCommitPartitionResponse {
+                        index: p.index,
+                        error_code: error.code as i32,
+                        error_message: error.message.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The commit's member (`None` for a commit from outside the group), or why the whole commit
+/// fails.
+fn validate_member<'a>(
+    request: &OffsetCommitRequest,
+    group: Option<&'a ConsumerGroup>,
+) -> Result<Option<&'a ConsumerGroupMember>, ApiErr> {
+    let group_id = &request.group_id;
+    let member_id = &request.member_id;
+    let epoch = request.member_epoch;
+    let has_members = group.is_some_and(|g| !g.members.is_empty());
+    if epoch < 0 && !has_members {
+        // From outside the group (an admin, or a consumer using assign): allowed while empty.
+        return Ok(None);
+    }
+    let member = group.and_then(|g| g.members.get(member_id));
+    let Some(member) = member else {
+        let message = if member_id.is_empty() {
+            format!(
+                "group {group_id} has active members: offsets can be committed from outside the group (epoch -1, no member id) only while it has none"
+            )
+        } else {
+            format!("member {member_id} is not a member of group {group_id}")
+        };
+        return Err(ApiErr {
+            code: ErrorCode::UnknownMemberId,
+            message,
+        });
+    };
+    let known = member.assignment.member_epoch;
+    if epoch > known {
+        return Err(ApiErr {
+            code: ErrorCode::FencedMemberEpoch,
+            message: format!(
+                "member {member_id} of group {group_id} committed with epoch {epoch}, greater than its epoch {known} at the coordinator"
+            ),
+        });
+    }
+    if epoch < known {
+        return Err(ApiErr {
+            code: ErrorCode::StaleMemberEpoch,
+            message: format!(
+                "member {member_id} of group {group_id} committed with epoch {epoch}, but its epoch is now {known}: heartbeat, then commit with the current epoch"
+            ),
+        });
+    }
+    Ok(Some(member))
+}
+
+fn check_partition(
+    config: &GroupConfig,
+    group_id: &str,
+    member: Option<&ConsumerGroupMember>,
+    topic: &str,
+    partition: &rill_protocol::proto::OffsetCommitPartition,
+    image: &MetadataImage,
+) -> Result<(), ApiErr> {
+    let index = partition.index;
+    let exists = image
+        .topics
+        .get(topic)
+        .is_some_and(|t| index >= 0 && (index as usize) < t.partitions.len());
+    if !exists {
+        return Err(ApiErr {
+            code: ErrorCode::UnknownTopicOrPartition,
+            message: format!("partition {topic}-{index} does not exist"),
+        });
+    }
+    let len = partition.committed_metadata.len();
+    if len > config.offset_metadata_max_bytes {
+        return Err(ApiErr {
+            code: ErrorCode::OffsetMetadataTooLarge,
+            message: format!(
+                "the metadata of the offset of {topic}-{index} is {len} bytes, more than offset.metadata.max.bytes ({})",
+                config.offset_metadata_max_bytes
+            ),
+        });
+    }
+    if let Some(member) = member
+        && !member.owns(topic, index)
+    {
+        return Err(ApiErr {
+            code: ErrorCode::StaleMemberEpoch,
+            message: format!(
+                "member {} of group {group_id} does not own partition {topic}-{index} in epoch {}: commit only partitions it owns",
+                member.member_id, member.assignment.member_epoch
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+use rill_protocol::ErrorCode;
+use rill_protocol::proto::{
+    OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic, OffsetFetchRequest,
+    OffsetFetchTopic,
+};
+
+use super::harness::*;
+use crate::GroupConfig;
+
+fn code(c: ErrorCode) -> i32 {
+    c as i32
+}
+
+fn commit_request(
+    group: &str,
+    member: &str,
+    epoch: i32,
+    parts: &[(&str, i32, i64)],
+) -> OffsetCommitRequest {
+    OffsetCommitRequest {
+        group_id: group.to_string(),
+        member_epoch: epoch,
+        member_id: member.to_string(),
+        topics: parts
+            .iter()
+            .map(|(t, p, o)| OffsetCommitTopic {
+                name: t.to_string(),
+                partitions: vec![OffsetCommitPartition {
+                    index: *p,
+                    committed_offset: *o,
+                    committed_leader_epoch: 3,
+                    committed_metadata: "meta".into(),
+                }],
+            })
+            .collect(),
+    }
+}
+
+fn fetch(h: &Harness, group: &str, topics: &[(&str, &[i32])]) -> Vec<(String, i32, i64)> {
+    let r = h.shard.offset_fetch(&OffsetFetchRequest {
+        group_id: group.to_string(),
+        topics: topics
+            .iter()
+            .map(|(t, ps)| OffsetFetchTopic {
+                name: t.to_string(),
+                partition_indexes: ps.to_vec(),
+            })
+            .collect(),
+    });
+    assert_eq!(r.error_code, 0);
+    r.topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.clone(), p.index, p.committed_offset))
+        })
+        .collect()
+}
+
+#[test]
+fn commits_from_outside_the_group() {
+    let mut h = Harness::new(&[("t", 2)]);
+    let r = h.commit(commit_request("g", "", -1, &[("t", 0, 10), ("t", 1, 20)]));
+    assert!(
+        r.topics
+            .iter()
+            .all(|t| t.partitions.iter().all(|p| p.error_code == 0))
+    );
+    assert_eq!(
+        fetch(&h, "g", &[]),
+        vec![("t".into(), 0, 10), ("t".into(), 1, 20)]
+    );
+    assert_eq!(
+        fetch(&h, "g", &[("t", &[1, 5])]),
+        vec![("t".into(), 1, 20), ("t".into(), 5, -1)]
+    );
+    assert_eq!(
+        fetch(&h, "unknown", &[("t", &[0])]),
+        vec![("t".into(), 0, -1)]
+    );
+    assert!(fetch(&h, "unknown", &[]).is_empty());
+    let listed = h.shard.list_groups(&[]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].group_state, "Empty");
+    assert_eq!(listed[0].group_type, "consumer");
+    let d = h.describe("g");
+    assert_eq!(d.error_code, 0);
+    assert_eq!(d.group_state, "Empty");
+    let full = h.shard.offset_fetch(&OffsetFetchRequest {
+        group_id: "g".into(),
+        topics: vec![],
+    });
+    let p = &full.topics[0].partitions[0];
+    assert_eq!(
+        (
+            p.committed_leader_epoch,
+            p.metadata.as_str(),
+            p.commit_timestamp_ms
+        ),
+        (3, "meta", h.now)
+    );
+
+    // Once the group has members, outside commits are refused.
+    let mut a = Client::new("g", "a", &["t"]);
+    a.join(&mut h);
+    let r = h.commit(commit_request("g", "", -1, &[("t", 0, 11)]));
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, code(ErrorCode::UnknownMemberId));
+    assert!(
+        p.error_message.contains("active members"),
+        "{}",
+        p.error_message
+    );
+    h.assert_load_equals_live();
+}
+
+#[test]
+fn member_commits_are_checked_against_epoch_and_assignment() {
+    let mut h = Harness::new(&[("t", 4)]);
+    let mut a = Client::new("g", "a", &["t"]);
+    a.revoke = Revoke::WhenReleased;
+    a.join(&mut h);
+    assert_eq!(a.commit(&mut h, "t", 0, 5), 0);
+    let mut b = Client::new("g", "b", &["t"]);
+    b.join(&mut h);
+    a.heartbeat(&mut h); // 2 partitions pending revocation, still a's
+
+    // a may commit what it is revoking, at its epoch.
+    let revoking = *a.releasing.values().next().unwrap().iter().next().unwrap();
+    assert_eq!(a.commit(&mut h, "t", revoking, 7), 0);
+    // b owns nothing yet.
+    assert_eq!(
+        b.commit(&mut h, "t", revoking, 8),
+        code(ErrorCode::StaleMemberEpoch)
+    );
+    let r = h.commit(commit_request("g", "b", b.epoch, &[("t", revoking, 8)]));
+    let msg = &r.topics[0].partitions[0].error_message;
+    assert!(
+        msg.contains(&format!("t-{revoking}")) && msg.contains('b'),
+        "{msg}"
+    );
+
+    let stale = Client {
+        epoch: a.epoch - 1,
+        ..a.clone()
+    };
+    assert_eq!(
+        stale.commit(&mut h, "t", revoking, 9),
+        code(ErrorCode::StaleMemberEpoch)
+    );
+    let ahead = Client {
+        epoch: a.epoch + 5,
+        ..a.clone()
+    };
+    assert_eq!(
+        ahead.commit(&mut h, "t", revoking, 9),
+        code(ErrorCode::FencedMemberEpoch)
+    );
+    let unknown = Client {
+        epoch: 1,
+        ..Client::new("g", "zz", &["t"])
+    };
+    assert_eq!(
+        unknown.commit(&mut h, "t", 0, 9),
+        code(ErrorCode::UnknownMemberId)
+    );
+    assert_eq!(
+        a.commit(&mut h, "nope", 0, 9),
+        code(ErrorCode::UnknownTopicOrPartition)
+    );
+    assert_eq!(
+        a.commit(&mut h, "t", 99, 9),
+        code(ErrorCode::UnknownTopicOrPartition)
+    );
+    assert_eq!(
+        a.commit(&mut h, "t", -1, 9),
+        code(ErrorCode::UnknownTopicOrPartition)
+    );
+    assert_eq!(
+        fetch(&h, "g", &[("t", &[revoking])]),
+        vec![("t".into(), revoking, 7)]
+    );
+    h.assert_load_equals_live();
+}
+
+#[test]
+fn per_partition_errors_and_metadata_limit() {
+    let cfg = GroupConfig {
+        offset_metadata_max_bytes: 4,
+        ..config()
+    };
+    let mut h = Harness::with_config(cfg, &[("t", 2)]);
+    let mut req = commit_request("g", "", -1, &[("t", 0, 1), ("t", 1, 2), ("missing", 0, 3)]);
+    req.topics[1].partitions[0].committed_metadata = "too long".into();
+    let r = h.commit(req);
+    let codes: Vec<i32> = r
+        .topics
+        .iter()
+        .map(|t| t.partitions[0].error_code)
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            0,
+            code(ErrorCode::OffsetMetadataTooLarge),
+            code(ErrorCode::UnknownTopicOrPartition)
+        ]
+    );
+    assert_eq!(h.log.len(), 1, "only the accepted partition is written");
+    let r = h.commit(commit_request("", "", -1, &[("t", 0, 1), ("t", 1, 1)]));
+    assert!(
+        r.topics
+            .iter()
+            .all(|t| t.partitions[0].error_code == code(ErrorCode::InvalidGroupId))
+    );
+    let f = h.shard.offset_fetch(&OffsetFetchRequest {
+        group_id: String::new(),
+        topics: vec![],
+    });
+    assert_eq!(f.error_code, code(ErrorCode::InvalidGroupId));
+}
+
+#[test]
+fn offsets_expire_only_in_empty_groups_after_retention() {
+    let cfg = GroupConfig {
+        offsets_retention_ms: 100_000,
+        ..config()
+    };
+    let mut h = Harness::with_config(cfg, &[("t", 2)]);
+    let mut a = Client::new("g", "a", &["t"]);
+    a.join(&mut h);
+    assert_eq!(a.commit(&mut h, "t", 0, 5), 0);
+    h.now += 200_000;
+    a.heartbeat(&mut h);
+    h.log.extend(h.shard.cleanup_expired_offsets(h.now));
+    assert_eq!(
+        fetch(&h, "g", &[("t", &[0])]),
+        vec![("t".into(), 0, 5)],
+        "the group has members"
+    );
+    h.heartbeat(a.leave_request(-1));
+    let empty_at = h.now;
+    h.now = empty_at + 99_999;
+    let out = h.shard.cleanup_expired_offsets(h.now);
+    assert!(
+        out.is_empty(),
+        "retention counts from when the group became empty"
+    );
+    h.now = empty_at + 100_000;
+    let out = h.shard.cleanup_expired_offsets(h.now);
+    h.log.extend(out.clone());
+    assert!(!out.is_empty());
+    assert!(fetch(&h, "g", &[]).is_empty());
+    assert_eq!(h.shard.group_count(), 0, "no members, no offsets: deleted");
+    assert_eq!(h.describe("g").error_code, code(ErrorCode::GroupIdNotFound));
+    h.assert_load_equals_live();
+    assert_eq!(h.load().group_count(), 0);
+}
+
+#[test]
+fn loaded_shard_restarts_the_retention_clock() {
+    let cfg = GroupConfig {
+        offsets_retention_ms: 100_000,
+        ..config()
+    };
+    let mut h = Harness::with_config(cfg, &[("t", 2)]);
+    h.commit(commit_request("g", "", -1, &[("t", 0, 1)]));
+    h.now += 90_000;
+    let mut loaded = h.load();
+    loaded.on_loaded(&h.image, h.now);
+    assert!(loaded.cleanup_expired_offsets(h.now + 20_000).is_empty());
+    assert!(!loaded.cleanup_expired_offsets(h.now + 100_000).is_empty());
+    // The live shard expires it on time.
+    assert!(!h.shard.cleanup_expired_offsets(h.now + 10_000).is_empty());
+}
