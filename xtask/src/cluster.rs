@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::ClusterAction;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

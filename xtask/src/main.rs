@@ -7,6 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod compose;
+mod deploy_check;
+mod image;
 
 #[derive(Parser)]
 #[command(about = "rill project automation")]
@@ -36,11 +39,46 @@ enum Cmd {
         #[arg(long, default_value = "1,2,3,4,5,6")]
         scenarios: String,
     },
+    /// Build the container images `rill-controller`, `rill-broker` and `rill` (FROM scratch:
+    /// the release binaries, their shared libraries and a non-root user; nothing is pulled).
+    Image {
+        /// Use the release binaries already in target/release instead of building them.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// The containerized cluster of deploy/compose: `up` (builds the images if missing),
+    /// `status`, `down`.
+    Compose {
+        #[command(subcommand)]
+        action: ComposeAction,
+    },
+    /// Check deploy/: the Kubernetes overlays render with kustomize and validate against the
+    /// Kubernetes schemas offline; the compose file is valid (installs missing tools).
+    DeployCheck,
     /// Run the record batch fuzzer (needs nightly and cargo-fuzz; installs cargo-fuzz if absent).
     Fuzz {
         /// Seconds to fuzz for.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ComposeAction {
+    /// Start the 3 controllers and 3 brokers (building the images first if they are missing)
+    /// and wait until every container is healthy.
+    Up {
+        /// Rebuild the release binaries and images first, even if the images exist.
+        #[arg(long)]
+        build: bool,
+    },
+    /// The containers, their health, and the cluster as the controllers see it.
+    Status,
+    /// Stop and remove the containers and the network (brokers first, gracefully).
+    Down {
+        /// Also delete the data volumes.
+        #[arg(long)]
+        volumes: bool,
     },
 }
 
@@ -94,6 +132,9 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci => ci(),
         Cmd::Cluster { action } => cluster::run(action),
+        Cmd::Image { no_build } => image::build_all(!no_build),
+        Cmd::Compose { action } => compose::run(action),
+        Cmd::DeployCheck => deploy_check::run(),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Soak { minutes, scenarios } => soak(minutes, &scenarios),
     }
@@ -147,7 +188,7 @@ fn install_missing_tools() -> Result<()> {
 }
 
 /// True when `program args` runs and exits successfully (its output is discarded).
-fn succeeds(program: &str, args: &[&str]) -> bool {
+pub(crate) fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
         .stdout(std::process::Stdio::null())
