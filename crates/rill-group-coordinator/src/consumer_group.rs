@@ -2,7 +2,7 @@
 //! `ConsumerGroupMember`): epochs, subscribed topic metadata, members, target assignment, and
 //! which member owns each partition now.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use rill_protocol::TopicPartition;
 use rill_protocol::proto::{TopicPartitions, TopicPartitionsList};
@@ -434,12 +434,15 @@ impl ConsumerGroup {
         }
     }
 
-    /// The server assignor the group uses: the one most members ask for (ties: the earlier in
-    /// `configured`, then by name), else the first configured one.
+    /// The server assignor the group uses: the configured one most members ask for (ties: the
+    /// earlier in `configured`), else the first configured one.
     pub fn preferred_assignor(&self, configured: &[String]) -> String {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for m in self.members.values() {
-            if let Some(a) = &m.metadata.server_assignor {
+            if let Some(a) = &m.metadata.server_assignor
+                && configured.contains(a)
+                && crate::assignor::is_known(a)
+            {
                 *counts.entry(a.as_str()).or_default() += 1;
             }
         }
@@ -459,13 +462,5 @@ impl ConsumerGroup {
             .map(|(name, _)| name.to_string())
             .or_else(|| configured.first().cloned())
             .unwrap_or_else(|| crate::assignor::UNIFORM.to_string())
-    }
-
-    /// All topics any member subscribes to by name (whether the topic exists or not).
-    pub fn subscribed_topic_names(&self) -> BTreeSet<&str> {
-        self.members
-            .values()
-            .flat_map(|m| m.metadata.subscribed_topic_names.iter().map(String::as_str))
-            .collect()
     }
 }

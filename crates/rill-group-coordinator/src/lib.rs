@@ -11,8 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod assignor;
-pub mod consumer_group;
-pub mod current_assignment_builder;
+mod consumer_group;
+mod current_assignment_builder;
 mod group_metadata_manager;
 mod offset_metadata_manager;
 pub mod records;

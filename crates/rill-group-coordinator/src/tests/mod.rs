@@ -3,7 +3,9 @@
 
 mod admin;
 mod assignors;
+mod fuzz;
 mod harness;
 mod heartbeat;
+mod load;
 mod offsets;
 mod random;
