@@ -70,6 +70,7 @@ pub fn run() -> Result<()> {
             )
         })?;
     }
+    check_broker_properties()?;
     let check = root().join("deploy/k8s/check.py").display().to_string();
     let mut args = vec![check.as_str()];
     args.extend(files.iter().map(String::as_str));
@@ -80,6 +81,53 @@ pub fn run() -> Result<()> {
         kustomize.join(" ")
     );
     Ok(())
+}
+
+/// Every property the broker TOML files of `deploy/` set is one the broker knows (it refuses
+/// unknown ones at start-up), as `rill-broker --help-config` lists them.
+fn check_broker_properties() -> Result<()> {
+    let Some(broker) = ["target/debug/rill-broker", "target/release/rill-broker"]
+        .iter()
+        .map(|b| root().join(b))
+        .find(|b| b.is_file())
+    else {
+        println!(
+            "deploy-check: NOTICE: no rill-broker binary built, so the property names in deploy/**/broker.toml were not checked"
+        );
+        return Ok(());
+    };
+    let out = Command::new(&broker)
+        .arg("--help-config")
+        .output()
+        .with_context(|| format!("{} --help-config", broker.display()))?;
+    let known: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let files = [
+        "deploy/compose/broker.toml",
+        "deploy/k8s/base/broker.toml",
+        "deploy/k8s/overlays/production/broker.toml",
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(root().join(file)).with_context(|| file.to_owned())?;
+        for key in toml_keys(&text) {
+            if !known.contains(&key) {
+                bail!("{file}: `{key}` is not a broker property (rill-broker --help-config)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The keys of a flat TOML file of `dotted.key = value` lines.
+fn toml_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .collect()
 }
 
 /// `docker compose config` on the compose file: where docker is, its compose tool must be
@@ -213,6 +261,7 @@ os.chmod(sys.argv[2], 0o755)
             &dest.display().to_string(),
         ],
     )?;
+    let _ = std::fs::remove_dir_all(&download);
     match kustomize_version(&dest.display().to_string(), &["version", "--client"]) {
         Some(v) if v >= 4 => Ok(()),
         other => bail!("the installed kubectl reports kustomize {other:?}"),
@@ -253,6 +302,12 @@ fn venv_python() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_keys_are_the_dotted_names() {
+        let text = "# comment\n\nlog.flush.policy = \"commit\"\n\"num.io.threads\" = 8\n";
+        assert_eq!(toml_keys(text), vec!["log.flush.policy", "num.io.threads"]);
+    }
 
     #[test]
     fn kustomize_versions_are_read_from_kubectl_and_kustomize() {

@@ -162,6 +162,9 @@ fn ci() -> Result<()> {
     )?;
     // The multi-process tests start the workspace's binaries (broker, controller, CLI).
     run("cargo", &["build", "--workspace", "--bins"])?;
+    // deploy/: the Kubernetes overlays render and validate offline, the compose file parses,
+    // the broker knows every property the deploy files set.
+    deploy_check::run()?;
     // Doc tests are not run by nextest; run them first so the test summary closes the output.
     run("cargo", &["test", "--workspace", "--doc"])?;
     run(
