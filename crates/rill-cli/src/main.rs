@@ -1,6 +1,7 @@
 //! `rill`: manage topics, inspect the cluster, produce and consume from the shell, and measure
 //! throughput and latency (`rill perf`). Errors print one line and exit non-zero.
 
+mod group;
 mod perf;
 mod reassign;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use rill_consumer::{Consumer, ConsumerConfig, OffsetReset, TopicPartition};
+use rill_consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, NoOpRebalanceListener, OffsetReset, TopicPartition,
+};
 use rill_producer::{Producer, ProducerConfig, ProducerRecord};
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::*;
@@ -41,8 +44,11 @@ enum Command {
     Cluster(ClusterCmd),
     /// Send lines from stdin as records.
     Produce(ProduceArgs),
-    /// Print the records of a topic, one per line.
+    /// Print the records of a topic, one per line (as a consumer group member with --group).
     Consume(ConsumeArgs),
+    /// Consumer groups: list, describe (members, lag), delete, reset offsets.
+    #[command(subcommand)]
+    Group(group::GroupCmd),
     /// Throughput and latency tests.
     #[command(subcommand)]
     Perf(perf::PerfCmd),
@@ -144,15 +150,21 @@ struct ProduceArgs {
 struct ConsumeArgs {
     /// Topic to read (it must exist).
     topic: String,
-    /// Start at the beginning of the log (default: only new records).
+    /// Start at the beginning of the log (default: only new records). With --group: where
+    /// partitions without a committed offset start (auto.offset.reset=earliest).
     #[arg(long)]
     from_beginning: bool,
-    /// Start at this offset (with --partition, or in every partition).
+    /// Start at this offset (with --partition, or in every partition). Not with --group.
     #[arg(long)]
     offset: Option<i64>,
-    /// Only this partition.
+    /// Only this partition. Not with --group.
     #[arg(long)]
     partition: Option<i32>,
+    /// Consume as a member of this consumer group: the group's coordinator assigns the
+    /// partitions, each starts at the group's committed offset, and positions are committed as
+    /// records are printed and on exit (Ctrl-C included).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
     /// Stop after this many records.
     #[arg(long)]
     max_messages: Option<usize>,
@@ -483,6 +495,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Produce(args) => produce(&servers, args).await?,
         Command::Consume(args) => consume(&servers, args).await?,
+        Command::Group(cmd) => group::run(&servers, cmd).await?,
         Command::Perf(cmd) => perf::run(&servers, cmd).await?,
     }
     Ok(())
@@ -596,6 +609,38 @@ async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
             )
         })??,
     };
+    // A group member leaves its group on Ctrl-C (committing what was printed); without a
+    // group, Ctrl-C ends the process as usual.
+    let interrupted = async {
+        if args.group.is_some() {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupted);
+    let printed = print_records(&mut consumer, &args, limit, started, &mut interrupted).await;
+    // Close even after an error: a group member commits what was printed and leaves.
+    let closed = consumer.close().await;
+    printed?;
+    closed.map_err(|e| {
+        anyhow::anyhow!(
+            "committing the consumed offsets of group {}: {e}",
+            args.group.as_deref().unwrap_or("-")
+        )
+    })
+}
+
+/// Polls and prints until --max-messages, --timeout-ms, an interrupt or an error. A batch cut
+/// short by --max-messages puts the partitions back at their first record not printed, so a
+/// group commits only what was printed.
+async fn print_records(
+    consumer: &mut Consumer,
+    args: &ConsumeArgs,
+    limit: Option<Duration>,
+    started: std::time::Instant,
+    interrupted: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Result<()> {
     let mut seen = 0usize;
     let mut idle_since = started;
     let stdout = std::io::stdout();
@@ -603,17 +648,16 @@ async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
         // --timeout-ms bounds every wait, whatever the consumer is waiting for.
         let idle_left = limit.map(|l| l.saturating_sub(idle_since.elapsed()));
         if idle_left.is_some_and(|l| l.is_zero()) {
-            break;
+            return Ok(());
         }
         let wait = idle_left.map_or(Duration::from_millis(500), |l| {
             l.min(Duration::from_millis(500))
         });
-        let records = match tokio::time::timeout(
-            wait + Duration::from_millis(100),
-            consumer.poll(wait),
-        )
-        .await
-        {
+        let polled = tokio::select! {
+            r = tokio::time::timeout(wait + Duration::from_millis(100), consumer.poll(wait)) => r,
+            _ = &mut *interrupted => return Ok(()),
+        };
+        let records = match polled {
             Ok(r) => r.map_err(|e| consumer_error(e, &args.topic))?,
             Err(_) => Vec::new(),
         };
@@ -622,7 +666,7 @@ async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
         }
         idle_since = std::time::Instant::now();
         let mut out = stdout.lock();
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
             if args.print_timestamp {
                 write!(
                     out,
@@ -643,16 +687,32 @@ async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
             seen += 1;
             if args.max_messages.is_some_and(|m| seen >= m) {
                 out.flush()?;
+                rewind_unprinted(consumer, &records[i + 1..]);
                 return Ok(());
             }
         }
         out.flush()?;
     }
-    Ok(())
+}
+
+/// Seeks each partition with records in `unprinted` back to the first of them.
+fn rewind_unprinted(consumer: &mut Consumer, unprinted: &[ConsumerRecord]) {
+    let mut first: std::collections::BTreeMap<TopicPartition, i64> = Default::default();
+    for r in unprinted {
+        first
+            .entry(TopicPartition::new(r.topic.as_str(), r.partition))
+            .or_insert(r.offset);
+    }
+    for (tp, offset) in first {
+        consumer.seek(&tp, offset);
+    }
 }
 
 /// A consumer assigned to the partitions `args` asks for, at the requested start positions.
 async fn start_consuming(servers: &[String], args: &ConsumeArgs) -> Result<Consumer> {
+    if let Some(group) = &args.group {
+        return join_group(servers, args, group).await;
+    }
     let mut consumer = Consumer::new(ConsumerConfig {
         bootstrap: servers.to_vec(),
         auto_offset_reset: if args.from_beginning {
@@ -689,5 +749,36 @@ async fn start_consuming(servers: &[String], args: &ConsumeArgs) -> Result<Consu
             .await
             .map_err(|e| consumer_error(e, &args.topic))?;
     }
+    Ok(consumer)
+}
+
+/// A member of `group` subscribed to the topic (which must exist).
+async fn join_group(servers: &[String], args: &ConsumeArgs, group: &str) -> Result<Consumer> {
+    if args.partition.is_some() || args.offset.is_some() {
+        bail!(
+            "--partition and --offset cannot be used with --group: the group's coordinator assigns \
+             the partitions and the group's committed offsets say where each starts (move them \
+             with `rill group reset-offsets`)"
+        );
+    }
+    if group.trim().is_empty() {
+        bail!("--group needs a group id");
+    }
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: servers.to_vec(),
+        group_id: Some(group.to_owned()),
+        client_id: "rill-cli".into(),
+        auto_offset_reset: if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        },
+        ..Default::default()
+    })?;
+    consumer
+        .partitions_of(&args.topic)
+        .await
+        .map_err(|e| consumer_error(e, &args.topic))?;
+    consumer.subscribe([args.topic.clone()], NoOpRebalanceListener)?;
     Ok(consumer)
 }

@@ -94,6 +94,11 @@ impl Consumer {
     /// Consumes exactly these partitions (replacing any earlier assignment). Not while
     /// subscribed: then nothing changes and the next `poll` fails, saying so.
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
+        if self.subscriptions.is_subscribed() {
+            self.misuse =
+                Some("assign() while subscribed to a group: call unsubscribe() first".into());
+            return;
+        }
         self.fetcher.clear();
         if let Err(e) = self.subscriptions.assign(partitions) {
             self.misuse = Some(e.to_string());
@@ -365,11 +370,10 @@ impl Consumer {
             return Err(ConsumerError::IllegalState(m));
         }
         let deadline = Instant::now() + timeout;
-        if let Some(c) = &self.coordinator {
-            c.polled();
-        }
         loop {
             if let Some(c) = &mut self.coordinator {
+                // Inside poll the application is responsive: the poll timer restarts.
+                c.polled();
                 c.process_events(&mut self.subscriptions, &mut self.fetcher)
                     .await?;
                 c.maybe_auto_commit(&self.subscriptions);

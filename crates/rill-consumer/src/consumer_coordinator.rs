@@ -5,9 +5,10 @@
 //!
 //! A new target assignment is reconciled as Kafka does: partitions to give up stop being
 //! fetched (buffered records dropped), their consumed positions are committed (auto commit),
-//! `on_partitions_revoked` runs, and they leave the subscription state; partitions to take get
-//! their committed offsets (else `auto.offset.reset` applies), `on_partitions_assigned` runs,
-//! and fetching starts. The new owned set goes to the coordinator in a heartbeat at once.
+//! `on_partitions_revoked` runs, and they leave the subscription state; partitions to take
+//! join it, `on_partitions_assigned` runs, and the new owned set goes to the coordinator in a
+//! heartbeat at once. Before anything of a new partition is fetched, its committed offset is
+//! looked up (else `auto.offset.reset` applies) — as Kafka's consumer, after the callback.
 //! Fenced, or out after the poll timeout, the member loses everything (`on_partitions_lost`,
 //! no commit) and rejoins.
 //!
@@ -102,6 +103,9 @@ pub(crate) struct ConsumerCoordinator {
     listener: tokio::sync::Mutex<Box<dyn ConsumerRebalanceListener>>,
     /// Events received while waiting in `poll`, handled at its next turn.
     pending: VecDeque<Event>,
+    /// The target assignment being reconciled: kept until reconciled, so a `poll` cancelled
+    /// mid-way (dropped by a timeout) picks it up again.
+    target: Option<BTreeSet<TopicPartition>>,
     poll_timer: PollTimer,
     auto_commit: bool,
     auto_commit_interval: Duration,
@@ -139,6 +143,7 @@ impl ConsumerCoordinator {
             committer: None,
             listener: tokio::sync::Mutex::new(Box::new(NoOpRebalanceListener)),
             pending: VecDeque::new(),
+            target: None,
             poll_timer: PollTimer::new(),
             auto_commit: config.auto_commit(),
             auto_commit_interval: config.auto_commit_interval,
@@ -227,26 +232,27 @@ impl ConsumerCoordinator {
         self.pending.drain(..).collect()
     }
 
-    /// Handles membership events (from `poll`): losses first-come, then the latest target
+    /// Handles membership events (from `poll`): losses as they come, then the latest target
     /// assignment. A fatal refusal loses every partition, ends the subscription and is
-    /// returned.
+    /// returned. Cancel-safe: the events are taken without awaiting, and the target stays
+    /// until reconciled.
     pub async fn process_events(
         &mut self,
         subscriptions: &mut SubscriptionState,
         fetcher: &mut Fetcher,
     ) -> Result<(), ConsumerError> {
-        let mut target = None;
         let mut events = self.take_events().into_iter();
         while let Some(event) = events.next() {
             match event {
-                Event::Assignment(t) => target = Some(t),
+                Event::Assignment(t) => self.target = Some(t),
                 Event::Lost(why) => {
-                    target = None;
+                    self.target = None;
                     tracing::warn!(group = %self.settings.group_id, "{why}: giving up every partition");
                     self.lose_all(subscriptions, fetcher);
                     self.send(Command::LostHandled);
                 }
                 Event::Fatal(e) => {
+                    self.target = None;
                     self.lose_all(subscriptions, fetcher);
                     subscriptions.unsubscribe();
                     self.pending.extend(events);
@@ -254,12 +260,13 @@ impl ConsumerCoordinator {
                 }
             }
         }
-        match target {
-            Some(t) if subscriptions.is_subscribed() => {
-                self.reconcile(t, subscriptions, fetcher).await
+        if let Some(target) = self.target.clone() {
+            if subscriptions.is_subscribed() {
+                self.reconcile(target, subscriptions, fetcher).await;
             }
-            _ => Ok(()),
+            self.target = None;
         }
+        Ok(())
     }
 
     /// Gives up every partition without committing (`on_partitions_lost`).
@@ -272,15 +279,17 @@ impl ConsumerCoordinator {
         }
     }
 
+    /// Moves the owned partitions to `target` (see the module docs). Partitions taken wait
+    /// for their committed offset, which `poll` looks up next, before fetching them.
     async fn reconcile(
         &mut self,
         target: BTreeSet<TopicPartition>,
         subscriptions: &mut SubscriptionState,
         fetcher: &mut Fetcher,
-    ) -> Result<(), ConsumerError> {
+    ) {
         let plan = reconcile(&subscriptions.assigned(), &target);
         if plan.revoked.is_empty() && plan.added.is_empty() {
-            return Ok(());
+            return;
         }
         tracing::info!(group = %self.settings.group_id, revoked = ?plan.revoked, added = ?plan.added, "reconciling the assignment");
         if !plan.revoked.is_empty() {
@@ -297,6 +306,8 @@ impl ConsumerCoordinator {
                     tracing::warn!(group = %self.settings.group_id, error = %e, "committing partitions before giving them up failed");
                 }
             }
+            // From here to the report, nothing awaits: a cancelled poll never leaves a
+            // partition half given up or taken without its callback.
             self.listener.get_mut().on_partitions_revoked(&plan.revoked);
             for tp in &plan.revoked {
                 subscriptions.remove(tp);
@@ -306,17 +317,9 @@ impl ConsumerCoordinator {
             for tp in &plan.added {
                 subscriptions.add_owned(tp.clone());
             }
-            // Their committed offsets now; a failure leaves the lookup to the next poll.
-            if let Err(e) = self
-                .refresh_committed(subscriptions, self.retry.timeout)
-                .await
-            {
-                tracing::debug!(group = %self.settings.group_id, error = %e, "looking up committed offsets failed");
-            }
             self.listener.get_mut().on_partitions_assigned(&plan.added);
         }
         self.send(Command::Owned(subscriptions.assigned()));
-        Ok(())
     }
 
     /// Positions partitions that wait for their committed offset: at it, or (none committed)
