@@ -432,7 +432,13 @@ impl GroupMetadataManager {
                 || request.subscribed_topic_regex.is_some())
             && request.owned_partitions.is_some();
         let key = (group_id.to_string(), member_id.clone());
-        let send = epoch == 0 || full_request || self.last_sent.get(&key) != Some(&assigned);
+        // Sent on a join, on a full request (Kafka's rule), when it changed since the last
+        // answer, and when the member did not know its epoch (it missed an answer, which may
+        // have carried an assignment).
+        let send = epoch == 0
+            || full_request
+            || epoch != member_epoch
+            || self.last_sent.get(&key) != Some(&assigned);
         let assignment = send.then(|| TopicPartitionsList {
             topics: assignment_to_proto(&assigned),
         });

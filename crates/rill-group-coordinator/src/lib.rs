@@ -7,6 +7,19 @@
 //! on the shard, and returns both; the broker's coordinator runtime appends the records to the
 //! partition and answers once they are committed. Loading a partition on a new leader replays
 //! the same records, so a loaded shard equals the one that wrote them. Nothing here does I/O.
+//!
+//! There is no rollback: if the records of a handler cannot be appended (the broker lost
+//! leadership, the write failed), the shard already holds their effect and must be dropped and
+//! loaded again from the partition. Timers (session and rebalance deadlines), the assignments
+//! last sent to members and the time groups became empty live in memory only: [`on_loaded`]
+//! starts them afresh.
+//!
+//! Modules follow Kafka's: [`records`] (the record formats), [`assignor`] (`uniform`,
+//! `range`), and privately `group_metadata_manager` (heartbeats, timers, group records),
+//! `offset_metadata_manager` (offsets), `consumer_group` (a group and its members as replayed),
+//! `current_assignment_builder` (reconciliation of one member) and `topic_regex`.
+//!
+//! [`on_loaded`]: GroupCoordinatorShard::on_loaded
 
 #![warn(missing_docs)]
 

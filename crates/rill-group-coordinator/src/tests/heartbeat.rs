@@ -287,6 +287,11 @@ fn epochs_are_checked() {
     let r = h.heartbeat(previous.heartbeat_request());
     assert_eq!(r.error_code, 0, "{}", r.error_message);
     assert_eq!(r.member_epoch, 2);
+    assert_eq!(
+        r.assignment.map(|x| assignment_from_proto(&x)),
+        Some(a.owned.clone()),
+        "the missed answer's assignment comes again"
+    );
 
     // The previous epoch claiming partitions it does not own: fenced.
     let mut claims = previous.clone();

@@ -16,6 +16,7 @@ enum Action {
     Advance(i64),
     Grow,
     Resubscribe(usize, bool),
+    Assignor(usize, bool),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -28,6 +29,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (1_000i64..30_000).prop_map(Action::Advance),
         1 => Just(Action::Grow),
         1 => (0usize..5, any::<bool>()).prop_map(|(i, b)| Action::Resubscribe(i, b)),
+        1 => (0usize..5, any::<bool>()).prop_map(|(i, b)| Action::Assignor(i, b)),
     ]
 }
 
@@ -139,6 +141,12 @@ fn run(actions: Vec<Action>) {
                 send(&mut h, &mut cs[i], req);
             }
             Action::Resubscribe(..) => {}
+            Action::Assignor(i, range) if cs[i].joined => {
+                let mut req = cs[i].heartbeat_request();
+                req.server_assignor = Some(if range { "range" } else { "uniform" }.into());
+                send(&mut h, &mut cs[i], req);
+            }
+            Action::Assignor(..) => {}
         }
         assert_exclusive(&h, &cs);
     }
