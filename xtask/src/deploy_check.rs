@@ -6,6 +6,8 @@
 //!   `deploy/k8s/check.py` checks what schemas cannot: names that must agree (voters and
 //!   headless Services, ConfigMap references, selectors), probes, security context, budgets.
 //! - `deploy/compose/docker-compose.yml` parses (`docker compose config`) where docker is.
+//! - The broker knows every property the `broker.toml` files of `deploy/` set, and the Grafana
+//!   dashboard queries only metric names the broker and controller register.
 //!
 //! Tools come from the machine when it has them, else they are installed under
 //! `target/deploy-tools/`: `kubernetes-validate` from PyPI in a virtualenv, and — when neither
@@ -74,6 +76,16 @@ pub fn run() -> Result<()> {
     let check = root().join("deploy/k8s/check.py").display().to_string();
     let mut args = vec![check.as_str()];
     args.extend(files.iter().map(String::as_str));
+    crate::run(&python.display().to_string(), &args)?;
+    // The dashboard queries only metrics the code registers.
+    let paths = [
+        "deploy/grafana/check.py",
+        "deploy/grafana/rill-dashboard.json",
+        "crates/rill-broker/src/metrics.rs",
+        "crates/rill-controller/src/metrics.rs",
+    ]
+    .map(|p| root().join(p).display().to_string());
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
     crate::run(&python.display().to_string(), &args)?;
     println!(
         "deploy-check: {} kustomizations rendered ({}), schema-valid for Kubernetes {OLDEST_KUBERNETES} and the newest schemas, consistent",
