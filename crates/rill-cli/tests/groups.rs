@@ -31,7 +31,7 @@ fn rill(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// The value of `column` in the table row whose first cells are `key`.
+/// The number after "Total lag: " in `rill group describe` output.
 fn total_lag(describe: &str) -> i64 {
     describe
         .lines()
