@@ -124,7 +124,8 @@ fn build_image(image: &Image) -> Result<u64> {
     }
     // Debug info (line tables) is most of a release binary; the symbols stay, so a panic's
     // backtrace still names functions.
-    let stripped_dir = context.join("bin");
+    // (Outside the build context, which holds only what the Dockerfile adds.)
+    let stripped_dir = root().join("target/image/stripped").join(image.name);
     std::fs::create_dir_all(&stripped_dir)?;
     let mut stripped = Vec::new();
     for b in &binaries {
