@@ -338,6 +338,11 @@ impl Consumer {
     ) -> Result<JoinHandle<Result<(), ConsumerError>>, ConsumerError> {
         self.check_open()?;
         self.group("commit_async()")?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConsumerError::IllegalState(
+                "commit_async() needs a tokio runtime".into(),
+            ));
+        }
         let offsets = self.offsets_to_commit(offsets);
         let as_member = self.subscriptions.is_subscribed();
         let rx = if offsets.is_empty() {

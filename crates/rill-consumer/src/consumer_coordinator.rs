@@ -481,6 +481,7 @@ impl ConsumerCoordinator {
             while m.events.try_recv().is_ok() {}
         }
         self.pending.clear();
+        self.target = None;
     }
 
     /// Stops the membership task (after [`release`](Self::release), so it has nothing left

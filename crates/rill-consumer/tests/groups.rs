@@ -342,3 +342,95 @@ async fn a_frozen_member_is_fenced_loses_its_partitions_and_rejoins() {
         .unwrap();
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_follows_matching_topics() {
+    let cluster = Cluster::start(1, 1, GROUP_OVERRIDES).await;
+    for t in ["orders-eu", "orders-us", "other"] {
+        cluster.create_topic(t, 1, 1, &[]).await;
+    }
+    let mut consumer = Consumer::new(config(&cluster, "p")).unwrap();
+    consumer
+        .subscribe_pattern("orders-.*", Callbacks(Arc::default(), "p"))
+        .unwrap();
+    let tp = |t: &str| TopicPartition::new(t, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.assignment() != [tp("orders-eu"), tp("orders-us")] {
+        assert!(Instant::now() < deadline, "{:?}", consumer.assignment());
+        consumer.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    cluster.create_topic("orders-asia", 1, 1, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().len() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "a new matching topic is not assigned: {:?}",
+            consumer.assignment()
+        );
+        consumer.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    assert!(consumer.assignment().contains(&tp("orders-asia")));
+    consumer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_gets_its_partitions_back_after_a_quick_restart() {
+    let cluster = Cluster::start(1, 1, GROUP_OVERRIDES).await;
+    cluster.create_topic("t", 2, 1, &[]).await;
+    let log: Log = Arc::default();
+    let seen: Seen = Arc::default();
+    let static_config = || ConsumerConfig {
+        group_instance_id: Some("i1".into()),
+        ..config(&cluster, "s")
+    };
+    let mut a = Consumer::new(static_config()).unwrap();
+    a.subscribe(["t"], Callbacks(Arc::clone(&log), "a"))
+        .unwrap();
+    let b = spawn_member(
+        config(&cluster, "s"),
+        "t",
+        "b",
+        Arc::clone(&seen),
+        Arc::clone(&log),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(a.assignment().len() == 1 && b.assignment.lock().len() == 1) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            a.assignment(),
+            b.assignment.lock()
+        );
+        a.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    let mine = a.assignment();
+    let theirs = b.assignment.lock().clone();
+    a.close().await.unwrap(); // leaves with epoch -2: the partition waits for it
+    let mut again = Consumer::new(static_config()).unwrap();
+    again
+        .subscribe(["t"], Callbacks(Arc::clone(&log), "a2"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while again.assignment() != mine {
+        assert!(Instant::now() < deadline, "{:?}", again.assignment());
+        again.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    assert_eq!(
+        *b.assignment.lock(),
+        theirs,
+        "b never took the static member's partition"
+    );
+    let admin = GroupAdmin::new(&cluster.bootstrap(), Duration::from_secs(10)).unwrap();
+    let described = admin.describe_group("s").await.unwrap();
+    assert!(
+        described
+            .group
+            .members
+            .iter()
+            .any(|m| m.instance_id.as_deref() == Some("i1")),
+        "{:?}",
+        described.group
+    );
+    again.close().await.unwrap();
+    b.close().await;
+}

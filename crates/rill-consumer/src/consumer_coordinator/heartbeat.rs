@@ -293,9 +293,11 @@ impl Member {
                     }
                 },
                 _ = tokio::time::sleep_until(wake.into()), if active => {
-                    if Instant::now() >= poll_deadline {
+                    // The application may have polled while this task slept.
+                    let now = Instant::now();
+                    if now >= self.timer.last_poll() + self.settings.max_poll_interval {
                         self.poll_expired().await;
-                    } else {
+                    } else if now >= self.next {
                         self.heartbeat().await;
                     }
                 }

@@ -467,3 +467,38 @@ async fn group_calls_without_a_group_id_say_what_is_missing() {
     let e = grouped.poll(Duration::ZERO).await.unwrap_err();
     assert!(e.to_string().contains("not assigned"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_keeps_polling_stays_even_with_rare_heartbeats() {
+    let fake = Fake::start(&[("t", 1)], numbered(0)).await;
+    // Heartbeats every 5 s, polls needed every 700 ms: the task wakes for the poll deadline,
+    // and must see the polls made meanwhile.
+    fake.coordinator.lock().on_heartbeat = Box::new(|r, _| ConsumerGroupHeartbeatResponse {
+        member_id: r.member_id.clone(),
+        member_epoch: if r.member_epoch < 0 {
+            r.member_epoch
+        } else {
+            1
+        },
+        heartbeat_interval_ms: 5_000,
+        assignment: (r.member_epoch == 0).then(|| assignment(&[("t", 0)])),
+        ..Default::default()
+    });
+    let mut consumer = Consumer::new(ConsumerConfig {
+        max_poll_interval: Duration::from_millis(700),
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    let deadline = Instant::now() + Duration::from_millis(2_500);
+    while Instant::now() < deadline {
+        consumer.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    let log = fake.log().lock().clone();
+    assert!(
+        !log.iter()
+            .any(|l| l == "heartbeat epoch -1" || l.starts_with("lost")),
+        "{log:?}"
+    );
+    assert_eq!(consumer.assignment(), vec![tp("t", 0)]);
+}
