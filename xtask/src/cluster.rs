@@ -16,7 +16,8 @@ use anyhow::{Context, Result, bail};
 use crate::ClusterAction;
 
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
 fn state_dir() -> PathBuf {
