@@ -46,8 +46,17 @@ async fn the_cli_manages_topics_and_moves_data() {
     assert!(err.contains("TOPIC_ALREADY_EXISTS"), "{err}");
     let (ok, _, err) = rill(&cluster, &["topic", "create", "bad name"]);
     assert!(!ok && err.contains("INVALID_TOPIC_EXCEPTION"), "{err}");
-    let (ok, out, _) = rill(&cluster, &["topic", "list"]);
-    assert!(ok && out.lines().any(|l| l == "orders"), "{out}");
+    // Brokers learn of a new topic from the metadata log a moment after the controllers
+    // answered the create (as in Kafka): list until it shows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out, _) = rill(&cluster, &["topic", "list"]);
+        if ok && out.lines().any(|l| l == "orders") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "orders never listed: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (ok, out, err) = rill(&cluster, &["topic", "describe", "orders"]);
     assert!(ok, "{err}");
     assert!(
