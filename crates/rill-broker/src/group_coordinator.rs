@@ -37,6 +37,8 @@ use crate::replica_manager::ReplicaManager;
 
 /// How often each shard checks its members' deadlines.
 const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Pause before loading a partition again after a failed load.
+const LOAD_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// Records per appended batch are capped so a batch stays far below `max.message.bytes`.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
 
@@ -58,17 +60,25 @@ pub struct GroupCoordinator {
 enum Slot {
     Loading {
         leader_epoch: i32,
+        partition: Arc<Partition>,
         cancel: CancellationToken,
     },
     Active(Arc<Shard>),
 }
 
 impl Slot {
-    fn leader_epoch(&self) -> i32 {
-        match self {
-            Slot::Loading { leader_epoch, .. } => *leader_epoch,
-            Slot::Active(s) => s.leader_epoch,
-        }
+    /// True when the slot serves `partition` (the same hosted replica, not a re-created topic's)
+    /// in `leader_epoch`.
+    fn serves(&self, partition: &Arc<Partition>, leader_epoch: i32) -> bool {
+        let (p, e) = match self {
+            Slot::Loading {
+                leader_epoch,
+                partition,
+                ..
+            } => (partition, *leader_epoch),
+            Slot::Active(s) => (&s.partition, s.leader_epoch),
+        };
+        e == leader_epoch && Arc::ptr_eq(p, partition)
     }
 
     fn cancel(&self) {
@@ -249,7 +259,7 @@ impl GroupCoordinator {
                     let epoch = partition.leader_and_epoch().1;
                     if shards
                         .get(&index)
-                        .is_some_and(|s| s.leader_epoch() == epoch)
+                        .is_some_and(|s| s.serves(&partition, epoch))
                     {
                         continue;
                     }
@@ -261,6 +271,7 @@ impl GroupCoordinator {
                         index,
                         Slot::Loading {
                             leader_epoch: epoch,
+                            partition: Arc::clone(&partition),
                             cancel: cancel.clone(),
                         },
                     );
@@ -298,7 +309,8 @@ impl GroupCoordinator {
         let (mut shard, end, count) = match loaded {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(partition = index, error = %e, "could not load __consumer_offsets partition; its groups stay unavailable until leadership moves");
+                tracing::error!(partition = index, error = %e, "could not load __consumer_offsets partition; retrying");
+                self.retry_load(index, leader_epoch).await;
                 return;
             }
         };
@@ -320,7 +332,8 @@ impl GroupCoordinator {
         {
             let mut st = shard.state.lock().await;
             if let Err(e) = self.append(&shard, &mut st, &records).await {
-                tracing::warn!(partition = index, error = %e, "could not write the records of a loaded __consumer_offsets partition");
+                tracing::warn!(partition = index, error = %e, "could not write the records of a loaded __consumer_offsets partition; retrying");
+                self.retry_load(index, leader_epoch).await;
                 return;
             }
         }
@@ -343,6 +356,25 @@ impl GroupCoordinator {
             "coordinating the groups of __consumer_offsets partition"
         );
         tokio::spawn(Arc::clone(&self).run_timers(shard));
+    }
+
+    /// Gives up a failed load: frees the slot (still loading in `leader_epoch`) and, after a
+    /// pause, lets the metadata loop start over.
+    async fn retry_load(&self, index: i32, leader_epoch: i32) {
+        {
+            let mut shards = self.shards.lock();
+            if let Some(Slot::Loading {
+                leader_epoch: e, ..
+            }) = shards.get(&index)
+                && *e == leader_epoch
+            {
+                shards.remove(&index);
+            }
+        }
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(LOAD_RETRY_BACKOFF) => self.reload.notify_one(),
+        }
     }
 
     /// Fences expired members and expires old offsets of one shard until it is dropped.
@@ -408,6 +440,16 @@ impl GroupCoordinator {
                     .partitions
                     .get(index as usize)
                     .map_or(-1, |p| p.leader);
+                if leader == self.node_id {
+                    // Led here by the image; the metadata loop is about to load it.
+                    return Err(ApiError::new(
+                        ErrorCode::CoordinatorLoadInProgress,
+                        format!(
+                            "broker {} is about to load {OFFSETS_TOPIC}-{index}, which holds group {group_id:?}; retry shortly",
+                            self.node_id
+                        ),
+                    ));
+                }
                 Err(ApiError::new(
                     ErrorCode::NotCoordinator,
                     format!(
@@ -434,12 +476,15 @@ impl GroupCoordinator {
             Ok(bytes) => {
                 let rm = Arc::clone(&self.rm);
                 let partition = Arc::clone(&shard.partition);
-                tokio::task::spawn_blocking(move || rm.append(&partition, &bytes, -1))
-                    .await
-                    .map_err(|e| {
-                        ApiError::new(ErrorCode::UnknownServerError, format!("append task: {e}"))
-                    })
-                    .and_then(|r| r.map_err(|(e, _)| e))
+                let epoch = shard.leader_epoch;
+                tokio::task::spawn_blocking(move || {
+                    rm.append_in_epoch(&partition, &bytes, -1, Some(epoch))
+                })
+                .await
+                .map_err(|e| {
+                    ApiError::new(ErrorCode::UnknownServerError, format!("append task: {e}"))
+                })
+                .and_then(|r| r.map_err(|(e, _)| e))
             }
             Err(e) => Err(e),
         };
@@ -501,6 +546,24 @@ impl GroupCoordinator {
             .map_err(coordinator_error)
     }
 
+    /// Refuses to serve a shard that failed, was dropped, or whose partition moved on to
+    /// another leader or leader epoch.
+    fn check_serving(&self, shard: &Shard, st: &ShardState) -> Result<(), ApiError> {
+        if st.failed
+            || shard.cancel.is_cancelled()
+            || shard.partition.leader_and_epoch() != (self.node_id, shard.leader_epoch)
+        {
+            return Err(ApiError::new(
+                ErrorCode::NotCoordinator,
+                format!(
+                    "broker {} no longer coordinates the groups of {OFFSETS_TOPIC}-{} in leader epoch {}; ask FindCoordinator again",
+                    self.node_id, shard.index, shard.leader_epoch
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs a request that may change the shard; answers once its records are committed.
     async fn write<T>(
         &self,
@@ -508,10 +571,19 @@ impl GroupCoordinator {
         op: impl FnOnce(&mut GroupCoordinatorShard, &MetadataImage, i64) -> CoordinatorResult<T>,
     ) -> Result<T, ApiError> {
         let mut st = shard.state.lock().await;
-        if st.failed {
+        self.check_serving(shard, &st)?;
+        // A write that cannot be appended would leave records in the shard that the log does not
+        // have (a reload follows): refuse what is known to fail before anything changes.
+        let isr = shard.partition.state().isr;
+        let min_isr = self.rm.min_isr(OFFSETS_TOPIC);
+        if isr.len() < min_isr {
             return Err(ApiError::new(
-                ErrorCode::NotCoordinator,
-                "the group's shard is being reloaded; ask FindCoordinator again",
+                ErrorCode::CoordinatorNotAvailable,
+                format!(
+                    "{OFFSETS_TOPIC}-{} has {} in-sync replica(s) {isr:?}, fewer than its min.insync.replicas = {min_isr}; retry",
+                    shard.index,
+                    isr.len()
+                ),
             ));
         }
         let image = self.rm.image();
@@ -530,12 +602,7 @@ impl GroupCoordinator {
         op: impl FnOnce(&GroupCoordinatorShard) -> T,
     ) -> Result<T, ApiError> {
         let st = shard.state.lock().await;
-        if st.failed {
-            return Err(ApiError::new(
-                ErrorCode::NotCoordinator,
-                "the group's shard is being reloaded; ask FindCoordinator again",
-            ));
-        }
+        self.check_serving(shard, &st)?;
         let response = op(&st.shard);
         let end = st.written_end;
         drop(st);

@@ -278,22 +278,25 @@ impl Partition {
 
     /// Appends a producer's batches as leader, holding the state lock across the append so the
     /// epoch stamped on the batches is the one checked. acks=all needs `min.insync.replicas` in
-    /// the ISR, checked before anything is written.
+    /// the ISR, checked before anything is written. With `leader_epoch`, only a leader in that
+    /// very epoch appends (the group coordinator's shard of one epoch must not write into a
+    /// later one's log).
     pub fn append_as_leader(
         &self,
         records: &[u8],
         acks: i32,
         min_isr: usize,
+        leader_epoch: Option<i32>,
     ) -> Result<LeaderAppend, PartitionAppendError> {
         let inner = self.inner.read();
         let state = &inner.state;
-        if state.leader != self.node_id {
+        if state.leader != self.node_id || leader_epoch.is_some_and(|e| e != state.leader_epoch) {
             return Err(PartitionAppendError::Api(
                 ApiError::new(
                     ErrorCode::NotLeaderOrFollower,
                     format!(
-                        "broker {} does not lead {} (leader {})",
-                        self.node_id, self.tp, state.leader
+                        "broker {} does not lead {} (leader {} in epoch {})",
+                        self.node_id, self.tp, state.leader, state.leader_epoch
                     ),
                 ),
                 Some((state.leader, state.leader_epoch)),

@@ -670,7 +670,7 @@ impl ReplicaManager {
     }
 
     /// `min.insync.replicas` of a topic.
-    fn min_isr(&self, topic: &str) -> usize {
+    pub(crate) fn min_isr(&self, topic: &str) -> usize {
         self.image()
             .topics
             .get(topic)
@@ -688,9 +688,21 @@ impl ReplicaManager {
         records: &[u8],
         acks: i32,
     ) -> Result<LeaderAppend, PartitionError> {
+        self.append_in_epoch(partition, records, acks, None)
+    }
+
+    /// [`append`](Self::append), refused unless this broker leads in `leader_epoch` when one is
+    /// given.
+    pub fn append_in_epoch(
+        &self,
+        partition: &Partition,
+        records: &[u8],
+        acks: i32,
+        leader_epoch: Option<i32>,
+    ) -> Result<LeaderAppend, PartitionError> {
         let min_isr = self.min_isr(&partition.tp.topic);
         let append = partition
-            .append_as_leader(records, acks, min_isr)
+            .append_as_leader(records, acks, min_isr, leader_epoch)
             .map_err(|e| match e {
                 PartitionAppendError::Api(e, current) => (e, current),
                 PartitionAppendError::Log(e) => (self.storage_error(partition, e), None),

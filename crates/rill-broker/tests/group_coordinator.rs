@@ -20,7 +20,8 @@ async fn coordinator_client(addr: &str) -> GroupCoordinatorClient<Channel> {
         .unwrap()
 }
 
-/// Asks brokers (in turn) for the group's coordinator until one names a live broker.
+/// Asks brokers (in turn) for the group's coordinator until one names a live broker that
+/// serves the group.
 async fn find_coordinator(cluster: &Cluster, group: &str) -> (i32, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
@@ -39,10 +40,23 @@ async fn find_coordinator(cluster: &Cluster, group: &str) -> (i32, String) {
                     let c = &r.into_inner().coordinators[0];
                     if c.error_code == 0 {
                         let found = format!("{}:{}", c.host, c.port);
-                        if cluster.bootstrap().contains(&found) {
-                            return (c.node_id, found);
+                        if !cluster.bootstrap().contains(&found) {
+                            last = format!("{found} is not running");
+                            continue;
                         }
-                        last = format!("{found} is not running");
+                        // Ready once it serves the group (it may still be loading).
+                        match coordinator_client(&found)
+                            .await
+                            .offset_fetch(OffsetFetchRequest {
+                                group_id: group.into(),
+                                topics: vec![],
+                            })
+                            .await
+                        {
+                            Ok(r) if r.get_ref().error_code == 0 => return (c.node_id, found),
+                            Ok(r) => last = r.into_inner().error_message,
+                            Err(e) => last = e.to_string(),
+                        }
                     } else {
                         last = format!("{}: {}", c.error_code, c.error_message);
                     }
