@@ -117,6 +117,52 @@ pub fn record(r: Record) -> MetadataRecord {
     }
 }
 
+/// The group coordinators' internal topic. Groups are placed on its partitions by hash and
+/// their records must never be deleted by time, so its partition count and compaction are
+/// fixed: [`check_internal_topic_change`] refuses what would break them.
+pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Refuses deleting `__consumer_offsets`, adding partitions to it, and any `cleanup.policy`
+/// for it without `compact` (`policy` is the new value, `None` when unchanged or removed).
+pub fn check_internal_topic_change(
+    name: &str,
+    change: InternalTopicChange<'_>,
+) -> Result<(), ApiError> {
+    if name != CONSUMER_OFFSETS_TOPIC {
+        return Ok(());
+    }
+    let why = match change {
+        InternalTopicChange::Delete => {
+            "it holds every consumer group's state and committed offsets; delete groups instead (rill group delete)".to_owned()
+        }
+        InternalTopicChange::AddPartitions => {
+            "groups are placed on its partitions by hash, so a new partition count would lose every group's offsets".to_owned()
+        }
+        InternalTopicChange::CleanupPolicy(policy) if policy.is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")) => {
+            return Ok(());
+        }
+        InternalTopicChange::CleanupPolicy(policy) => format!(
+            "its cleanup.policy must keep compact (got {}), or group records would expire",
+            policy.unwrap_or("the default")
+        ),
+    };
+    Err(ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!("{CONSUMER_OFFSETS_TOPIC} is an internal topic: {why}"),
+    ))
+}
+
+/// A change to a topic that [`check_internal_topic_change`] vets.
+#[derive(Clone, Copy, Debug)]
+pub enum InternalTopicChange<'a> {
+    /// DeleteTopics.
+    Delete,
+    /// CreatePartitions.
+    AddPartitions,
+    /// A `cleanup.policy` set (Some) or removed (None), at creation or later.
+    CleanupPolicy(Option<&'a str>),
+}
+
 /// Kafka's topic name rules.
 pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
     let bad = |why: &str| {
@@ -274,6 +320,11 @@ pub fn create_topic(
         configs,
     } = *request;
     validate_topic_name(name)?;
+    let policy = configs
+        .iter()
+        .find(|(k, _)| k == "cleanup.policy")
+        .and_then(|(_, v)| v.as_deref());
+    check_internal_topic_change(name, InternalTopicChange::CleanupPolicy(policy))?;
     if image.topics.contains_key(name) || taken.contains(name) {
         return Err(ApiError::new(
             ErrorCode::TopicAlreadyExists,
@@ -355,6 +406,7 @@ pub fn create_partitions(
     start: usize,
     max_partitions: i32,
 ) -> Result<Vec<MetadataRecord>, ApiError> {
+    check_internal_topic_change(name, InternalTopicChange::AddPartitions)?;
     if count > max_partitions {
         return Err(ApiError::new(
             ErrorCode::InvalidPartitions,
@@ -1033,6 +1085,48 @@ mod tests {
             ErrorCode::InvalidConfig
         );
         assert_eq!(err("bad name", 1, 1, &[]), ErrorCode::InvalidTopicException);
+        // The internal topic exists only compacted, keeps its partition count, stays.
+        assert_eq!(
+            err(CONSUMER_OFFSETS_TOPIC, 1, 1, &[]),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            err(
+                CONSUMER_OFFSETS_TOPIC,
+                1,
+                1,
+                &[("cleanup.policy".into(), Some("delete".into()))]
+            ),
+            ErrorCode::InvalidRequest
+        );
+        for change in [
+            InternalTopicChange::Delete,
+            InternalTopicChange::AddPartitions,
+            InternalTopicChange::CleanupPolicy(None),
+            InternalTopicChange::CleanupPolicy(Some("delete")),
+        ] {
+            let e = check_internal_topic_change(CONSUMER_OFFSETS_TOPIC, change).unwrap_err();
+            assert!(e.message.contains("internal topic"), "{}", e.message);
+            check_internal_topic_change("t", change).unwrap();
+        }
+        check_internal_topic_change(
+            CONSUMER_OFFSETS_TOPIC,
+            InternalTopicChange::CleanupPolicy(Some("compact,delete")),
+        )
+        .unwrap();
+        create_topic(
+            &image,
+            &taken,
+            &TopicRequest {
+                name: CONSUMER_OFFSETS_TOPIC,
+                partitions: 3,
+                replication_factor: 1,
+                configs: &[("cleanup.policy".into(), Some("compact".into()))],
+            },
+            0,
+            100_000,
+        )
+        .unwrap();
         let (records, _) = create_topic(
             &image,
             &taken,

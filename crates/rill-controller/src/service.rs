@@ -244,7 +244,15 @@ impl Controller for ControllerService {
                         name: name.clone(),
                         ..Default::default()
                     };
+                    let internal = commands::check_internal_topic_change(
+                        &name,
+                        commands::InternalTopicChange::Delete,
+                    );
                     match ctx.latest.topics.get(&name) {
+                        Some(_) if let Err(e) = internal => {
+                            r.error_code = e.code as i32;
+                            r.error_message = e.message;
+                        }
                         Some(t) if seen.insert(name.clone()) => {
                             records.push(record(Record::RemoveTopic(RemoveTopicRecord {
                                 topic_id: t.id.clone(),
@@ -347,6 +355,15 @@ impl Controller for ControllerService {
                         }
                         let mut recs = Vec::new();
                         for c in &res.configs {
+                            if c.name == "cleanup.policy" {
+                                let policy = (c.operation != ConfigOperation::Delete as i32)
+                                    .then_some(c.value.as_deref())
+                                    .flatten();
+                                commands::check_internal_topic_change(
+                                    &res.topic,
+                                    commands::InternalTopicChange::CleanupPolicy(policy),
+                                )?;
+                            }
                             let value = if c.operation == ConfigOperation::Delete as i32 {
                                 commands::validate_topic_config_name(&c.name)?;
                                 None
