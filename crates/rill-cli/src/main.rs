@@ -182,6 +182,35 @@ struct ConsumeArgs {
     /// Print timestamps and partition/offset.
     #[arg(long)]
     print_timestamp: bool,
+    /// With --group: print every change of this member's partitions to stderr, one line each:
+    /// `rebalance<TAB>assigned|revoked|lost<TAB>unix time in µs<TAB>topic-partition,...`.
+    #[arg(long, requires = "group")]
+    print_rebalances: bool,
+}
+
+/// Prints a member's rebalance callbacks to stderr (`--print-rebalances`).
+struct PrintRebalances;
+
+impl PrintRebalances {
+    fn print(event: &str, partitions: &[TopicPartition]) {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let list: Vec<String> = partitions.iter().map(|tp| tp.to_string()).collect();
+        eprintln!("rebalance\t{event}\t{micros}\t{}", list.join(","));
+    }
+}
+
+impl rill_consumer::ConsumerRebalanceListener for PrintRebalances {
+    fn on_partitions_revoked(&mut self, partitions: &[TopicPartition]) {
+        Self::print("revoked", partitions);
+    }
+    fn on_partitions_assigned(&mut self, partitions: &[TopicPartition]) {
+        Self::print("assigned", partitions);
+    }
+    fn on_partitions_lost(&mut self, partitions: &[TopicPartition]) {
+        Self::print("lost", partitions);
+    }
 }
 
 /// How `rill consume` prints a null key or value unless `--null-marker` says otherwise: Kafka's
@@ -779,6 +808,10 @@ async fn join_group(servers: &[String], args: &ConsumeArgs, group: &str) -> Resu
         .partitions_of(&args.topic)
         .await
         .map_err(|e| consumer_error(e, &args.topic))?;
-    consumer.subscribe([args.topic.clone()], NoOpRebalanceListener)?;
+    if args.print_rebalances {
+        consumer.subscribe([args.topic.clone()], PrintRebalances)?;
+    } else {
+        consumer.subscribe([args.topic.clone()], NoOpRebalanceListener)?;
+    }
     Ok(consumer)
 }
