@@ -1,5 +1,6 @@
-//! `rill perf produce|consume`, in the spirit of kafka-producer-perf-test: a progress bar while
-//! running, then one line with records/s, MB/s and latency p50/p99/p999/max.
+//! `rill perf produce|consume|group`, in the spirit of kafka-producer-perf-test: a progress bar
+//! while running, then one line with records/s, MB/s and latency p50/p99/p999/max. `group`
+//! times consumer-group rebalances and offset commits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,23 @@ pub enum PerfCmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Start N members of a fresh consumer group on a topic: time until the assignment is
+    /// stable (every partition owned by exactly one member, shares even); then offset commit
+    /// latency (one member, one commit at a time) and throughput (every member at once).
+    Group {
+        /// Topic (must exist).
+        #[arg(long)]
+        topic: String,
+        /// Members joining at once.
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Commits for the latency run; the throughput run makes as many per member.
+        #[arg(long, default_value_t = 2000)]
+        commits: u64,
+        /// Group id (default: a fresh `rill-perf-<uuid>`, deleted afterwards).
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 fn bar(total: u64, quiet: bool) -> ProgressBar {
@@ -73,6 +91,12 @@ fn bar(total: u64, quiet: bool) -> ProgressBar {
 
 pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
     match cmd {
+        PerfCmd::Group {
+            topic,
+            members,
+            commits,
+            group,
+        } => group_perf(servers, &topic, members, commits, group).await?,
         PerfCmd::Produce {
             topic,
             num_records,
@@ -226,6 +250,184 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
                 bytes as f64 / elapsed / (1024.0 * 1024.0),
                 elapsed
             );
+        }
+    }
+    Ok(())
+}
+
+/// What the driver tells a member task to do once the group is stable.
+enum MemberCommand {
+    /// Commit one owned partition `n` times, one after another; answer with the latencies.
+    Commit(u64, tokio::sync::oneshot::Sender<Result<Histogram<u64>>>),
+    /// Leave the group and stop.
+    Close,
+}
+
+/// A group member polling in its own task: its assignment after every poll is visible to the
+/// driver, and commands run between polls.
+fn spawn_member(
+    config: ConsumerConfig,
+    topic: String,
+    assignment: Arc<parking_lot::Mutex<Vec<rill_consumer::TopicPartition>>>,
+    mut commands: tokio::sync::mpsc::Receiver<MemberCommand>,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let mut consumer = Consumer::new(config)?;
+        consumer.subscribe([topic], rill_consumer::NoOpRebalanceListener)?;
+        loop {
+            match commands.try_recv() {
+                Ok(MemberCommand::Commit(n, reply)) => {
+                    let r = commit_loop(&mut consumer, n).await;
+                    let _ = reply.send(r);
+                }
+                Ok(MemberCommand::Close)
+                | Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+            }
+            consumer.poll(Duration::from_millis(20)).await?;
+            *assignment.lock() = consumer.assignment();
+        }
+        consumer.close().await?;
+        Ok(())
+    })
+}
+
+/// `n` synchronous commits of the member's first partition: their latencies in µs.
+async fn commit_loop(consumer: &mut Consumer, n: u64) -> Result<Histogram<u64>> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let tp = consumer.assignment().into_iter().next().ok_or_else(|| {
+        anyhow::anyhow!("a member owns no partition; use more partitions than members")
+    })?;
+    for i in 0..n {
+        let offsets = [(tp.clone(), rill_consumer::OffsetAndMetadata::new(i as i64))]
+            .into_iter()
+            .collect();
+        let started = Instant::now();
+        consumer.commit_sync(Some(offsets)).await?;
+        hist.record((started.elapsed().as_micros() as u64).max(1))?;
+    }
+    Ok(hist)
+}
+
+fn latency_line(hist: &Histogram<u64>) -> String {
+    let ms = |v: u64| v as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
+        ms(hist.value_at_quantile(0.50)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.value_at_quantile(0.999)),
+        ms(hist.max())
+    )
+}
+
+async fn group_perf(
+    servers: &[String],
+    topic: &str,
+    members: usize,
+    commits: u64,
+    group: Option<String>,
+) -> Result<()> {
+    if members == 0 {
+        anyhow::bail!("--members must be at least 1");
+    }
+    let fresh = group.is_none();
+    let group = group.unwrap_or_else(|| format!("rill-perf-{}", uuid::Uuid::new_v4()));
+    let probe = Consumer::new(ConsumerConfig {
+        bootstrap: servers.to_vec(),
+        ..Default::default()
+    })?;
+    let partitions: std::collections::BTreeSet<_> = probe
+        .partitions_of(topic)
+        .await
+        .map_err(|e| anyhow::anyhow!("topic {topic}: {e}"))?
+        .into_iter()
+        .collect();
+    let config = ConsumerConfig {
+        bootstrap: servers.to_vec(),
+        group_id: Some(group.clone()),
+        client_id: "rill-perf".into(),
+        auto_offset_reset: OffsetReset::Latest,
+        enable_auto_commit: false,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..members {
+        let assignment = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let task = spawn_member(
+            config.clone(),
+            topic.to_owned(),
+            Arc::clone(&assignment),
+            rx,
+        );
+        handles.push((assignment, tx, task));
+    }
+    // Stable: every partition owned by exactly one member, shares differing by at most one.
+    let fair = partitions.len() / members;
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        let owned: Vec<Vec<_>> = handles.iter().map(|(a, _, _)| a.lock().clone()).collect();
+        let total: usize = owned.iter().map(Vec::len).sum();
+        let union: std::collections::BTreeSet<_> = owned.iter().flatten().cloned().collect();
+        if total == partitions.len()
+            && union == partitions
+            && owned.iter().all(|o| o.len() == fair || o.len() == fair + 1)
+        {
+            break;
+        }
+        if handles.iter().any(|(_, _, t)| t.is_finished()) {
+            anyhow::bail!("a member stopped before the group was stable");
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the group of {members} members was not stable within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stable_after = started.elapsed();
+    println!(
+        "join: {members} members, {} partitions: stable assignment after {:.0} ms",
+        partitions.len(),
+        stable_after.as_secs_f64() * 1000.0
+    );
+
+    // Latency: one member, one commit at a time.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    handles[0]
+        .1
+        .send(MemberCommand::Commit(commits, reply))
+        .await?;
+    let one = answer.await??;
+    println!(
+        "commit latency (1 member, sequential, {commits} commits): {}",
+        latency_line(&one)
+    );
+    // Throughput: every member at once.
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    for (_, tx, _) in &handles {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tx.send(MemberCommand::Commit(commits, reply)).await?;
+        answers.push(answer);
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for a in answers {
+        all.add(a.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "commit throughput ({members} members at once): {:.0} commits/s, {}",
+        (commits * members as u64) as f64 / elapsed,
+        latency_line(&all)
+    );
+    for (_, tx, task) in handles {
+        let _ = tx.send(MemberCommand::Close).await;
+        task.await??;
+    }
+    if fresh {
+        let admin = rill_consumer::admin::GroupAdmin::new(servers, Duration::from_secs(30))?;
+        for (_, r) in admin.delete_groups(std::slice::from_ref(&group)).await {
+            r?;
         }
     }
     Ok(())
