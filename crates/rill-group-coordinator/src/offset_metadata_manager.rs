@@ -331,19 +331,14 @@ fn validate_member<'a>(
         });
     };
     let known = member.assignment.member_epoch;
-    if epoch > known {
-        return Err(ApiErr {
-            code: ErrorCode::FencedMemberEpoch,
-            message: format!(
-                "member {member_id} of group {group_id} committed with epoch {epoch}, greater than its epoch {known} at the coordinator"
-            ),
-        });
-    }
-    if epoch < known {
+    if epoch != known {
+        // Kafka's new protocol: any other epoch is stale, ahead or behind (a commit never fences
+        // the member; its heartbeat does when the epoch is really wrong).
+        let how = if epoch > known { "ahead of" } else { "behind" };
         return Err(ApiErr {
             code: ErrorCode::StaleMemberEpoch,
             message: format!(
-                "member {member_id} of group {group_id} committed with epoch {epoch}, but its epoch is now {known}: heartbeat, then commit with the current epoch"
+                "member {member_id} of group {group_id} committed with epoch {epoch}, {how} its epoch {known} at the coordinator: heartbeat, then commit with the epoch it returns"
             ),
         });
     }

@@ -62,6 +62,7 @@ impl ApiError {
             | E::RecordListTooLarge
             | E::UnsupportedCompressionType
             | E::OffsetMetadataTooLarge
+            | E::InvalidCommitOffsetSize
             | E::UnsupportedAssignor => Code::InvalidArgument,
             E::UnknownTopicOrPartition
             | E::BrokerIdNotRegistered

@@ -153,10 +153,17 @@ fn member_commits_are_checked_against_epoch_and_assignment() {
         epoch: a.epoch + 5,
         ..a.clone()
     };
+    // Ahead of the coordinator is stale too (Kafka's new protocol): a commit never fences.
     assert_eq!(
         ahead.commit(&mut h, "t", revoking, 9),
-        code(ErrorCode::FencedMemberEpoch)
+        code(ErrorCode::StaleMemberEpoch)
     );
+    let r = h.commit(commit_request("g", "a", a.epoch + 5, &[("t", revoking, 9)]));
+    let msg = &r.topics[0].partitions[0].error_message;
+    assert!(msg.contains("ahead of"), "{msg}");
+    let r = h.commit(commit_request("g", "a", a.epoch - 1, &[("t", revoking, 9)]));
+    let msg = &r.topics[0].partitions[0].error_message;
+    assert!(msg.contains("behind"), "{msg}");
     let unknown = Client {
         epoch: 1,
         ..Client::new("g", "zz", &["t"])
