@@ -43,10 +43,47 @@ struct MemberTimers {
 enum Plan {
     /// A new member.
     Join,
-    /// A member of the group.
-    Existing,
-    /// A static member coming back under a new member id replaces the one that left (-2).
+    /// A member of the group. `rejoin`: it sent epoch 0 (see [`rejoin`]), so its request says
+    /// nothing about what it owns.
+    Existing { rejoin: bool },
+    /// A static member coming back (under a new member id, or its own) after it left with -2:
+    /// it takes over that member's subscription, target and partitions at epoch 0.
     ReplaceStatic(String),
+}
+
+/// A join (epoch 0) from `member`, which the group already has (Kafka's
+/// `throwIfMemberEpochIsInvalid`): accepted only as the repeat of a join whose answer was lost
+/// (its previous epoch is 0: it never acknowledged a later epoch, or the coordinator fenced it
+/// since, see `allow_rejoin`). Any other epoch-0 request is stale (delayed, or duplicated) and
+/// must not count as "the member gave everything up": FENCED_MEMBER_EPOCH. A static member that
+/// left for a restart (-2) comes back with its assignment.
+fn rejoin(group_id: &str, member: &ConsumerGroupMember) -> Result<Plan, ApiErr> {
+    let a = &member.assignment;
+    if a.member_epoch == LEAVE_GROUP_STATIC_MEMBER_EPOCH {
+        return Ok(Plan::ReplaceStatic(member.member_id.clone()));
+    }
+    if a.previous_member_epoch == 0 || a.member_epoch == 0 {
+        return Ok(Plan::Existing { rejoin: true });
+    }
+    Err(err(
+        ErrorCode::FencedMemberEpoch,
+        format!(
+            "member {} of group {group_id} sent epoch 0 (a join) but is at epoch {} (state {}) at the coordinator: a stale or repeated join; it must give up all its partitions and join again with epoch 0",
+            member.member_id,
+            a.member_epoch,
+            a.state.name()
+        ),
+    ))
+}
+
+/// FENCED_INSTANCE_ID: another member took over `instance`.
+fn fenced_instance(group_id: &str, member_id: &str, instance: &str, holder: &str) -> ApiErr {
+    err(
+        ErrorCode::FencedInstanceId,
+        format!(
+            "static member {member_id} with instance id {instance} was fenced in group {group_id}: member {holder} took the instance id over (a newer process with the same group.instance.id); this one must stop"
+        ),
+    )
 }
 
 /// The consumer groups of a shard, with their timers.
@@ -222,7 +259,7 @@ impl GroupMetadataManager {
                 _ => None,
             };
             match holder {
-                Some((_, h)) if h.member_id == member_id => Plan::Existing,
+                Some((_, h)) if h.member_id == member_id => rejoin(group_id, h)?,
                 Some((instance, h)) => {
                     if h.assignment.member_epoch != LEAVE_GROUP_STATIC_MEMBER_EPOCH {
                         return Err(err(
@@ -235,8 +272,10 @@ impl GroupMetadataManager {
                     }
                     Plan::ReplaceStatic(h.member_id.clone())
                 }
-                None if existing.is_some() => Plan::Existing,
-                None => Plan::Join,
+                None => match existing {
+                    Some(m) => rejoin(group_id, m)?,
+                    None => Plan::Join,
+                },
             }
         } else {
             let Some(g) = group else {
@@ -258,12 +297,7 @@ impl GroupMetadataManager {
                         ));
                     }
                     Some(holder) if holder != member_id => {
-                        return Err(err(
-                            ErrorCode::UnknownMemberId,
-                            format!(
-                                "static member {member_id} with instance id {instance} was replaced in group {group_id} by member {holder}"
-                            ),
-                        ));
+                        return Err(fenced_instance(group_id, member_id, instance, holder));
                     }
                     Some(_) => {}
                 }
@@ -299,7 +333,7 @@ impl GroupMetadataManager {
                     ));
                 }
             }
-            Plan::Existing
+            Plan::Existing { rejoin: false }
         };
         if matches!(plan, Plan::Join) {
             let size = group.map_or(0, |g| g.members.len());
@@ -314,6 +348,33 @@ impl GroupMetadataManager {
             }
         }
         Ok(plan)
+    }
+
+    /// After a FENCED_MEMBER_EPOCH answer to a member the group still has: its next join
+    /// (epoch 0, same member id) is accepted, by recording 0 as its previous epoch. The member
+    /// keeps what it owns at the coordinator until a later heartbeat reports it given up, so
+    /// answering a request that was only delayed (the client never sees the answer and still
+    /// consumes) gives nothing of it to another member.
+    fn allow_rejoin(&mut self, group_id: &str, member_id: &str, out: &mut Vec<Record>) {
+        let Some(member) = self
+            .groups
+            .get(group_id)
+            .and_then(|g| g.members.get(member_id))
+        else {
+            return;
+        };
+        if member.assignment.previous_member_epoch == 0 {
+            return;
+        }
+        let mut next = member.assignment.clone();
+        next.previous_member_epoch = 0;
+        self.emit(
+            out,
+            CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+                member_key(group_id, member_id),
+                Some(next.to_value()),
+            ),
+        );
     }
 
     fn join_or_stay(
@@ -332,14 +393,30 @@ impl GroupMetadataManager {
         } else {
             request.member_id.clone()
         };
-        // A joining member owns nothing, whatever it sent.
-        let owned: Option<Assignment> = if epoch == 0 {
+        let reported: Option<Assignment> = if epoch == 0 {
+            // A joining member owns nothing, whatever it sent.
             Some(Assignment::new())
         } else {
             request.owned_partitions.as_ref().map(assignment_from_proto)
         };
 
-        let plan = self.plan(config, request, &member_id, owned.as_ref())?;
+        let plan = match self.plan(config, request, &member_id, reported.as_ref()) {
+            Ok(plan) => plan,
+            Err(e) => {
+                if e.code == ErrorCode::FencedMemberEpoch {
+                    self.allow_rejoin(group_id, &member_id, out);
+                }
+                return Err(e);
+            }
+        };
+        // What the request says the member owns. A join of a member the group already has may
+        // be a delayed or repeated request while the member still consumes: it says nothing, so
+        // partitions it must revoke stay its own until a heartbeat at its epoch reports them
+        // given up.
+        let owned = match plan {
+            Plan::Existing { rejoin: true } => None,
+            _ => reported,
+        };
 
         // Everything below succeeds.
         let mut member = match &plan {
@@ -347,14 +424,19 @@ impl GroupMetadataManager {
                 tracing::info!(group = group_id, member = %member_id, "member joins the consumer group");
                 ConsumerGroupMember::new(member_id.clone())
             }
-            Plan::Existing => match self
-                .groups
-                .get(group_id)
-                .and_then(|g| g.members.get(&member_id))
-            {
-                Some(m) => m.clone(),
-                None => ConsumerGroupMember::new(member_id.clone()),
-            },
+            Plan::Existing { rejoin } => {
+                if *rejoin {
+                    tracing::info!(group = group_id, member = %member_id, "member joins again (a join whose answer was lost, or after being fenced); it keeps what it owns until it reports it");
+                }
+                match self
+                    .groups
+                    .get(group_id)
+                    .and_then(|g| g.members.get(&member_id))
+                {
+                    Some(m) => m.clone(),
+                    None => ConsumerGroupMember::new(member_id.clone()),
+                }
+            }
             Plan::ReplaceStatic(old) => self.replace_static_member(group_id, old, &member_id, out),
         };
         let is_new = matches!(plan, Plan::Join);
@@ -456,7 +538,8 @@ impl GroupMetadataManager {
     }
 
     /// Records replacing the static member `old_id` (which left with epoch -2) by `new_id`, with
-    /// its subscription, target and owned partitions; returns the new member.
+    /// its subscription, target and owned partitions at epoch 0 (`old_id` itself coming back
+    /// just gets epoch 0); returns the new member.
     fn replace_static_member(
         &mut self,
         group_id: &str,
@@ -482,11 +565,22 @@ impl GroupMetadataManager {
             instance = ?old.metadata.instance_id,
             "static member rejoins under a new member id and gets its assignment back"
         );
-        self.remove_member_records(group_id, old_id, out);
         let mut new = old;
         new.member_id = new_id.to_string();
         new.assignment.member_epoch = 0;
         new.assignment.previous_member_epoch = 0;
+        if old_id == new_id {
+            // The same member comes back after its own -2: only its epoch changes.
+            self.emit(
+                out,
+                CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+                    member_key(group_id, new_id),
+                    Some(new.assignment.to_value()),
+                ),
+            );
+            return new;
+        }
+        self.remove_member_records(group_id, old_id, out);
         self.emit(
             out,
             CoordinatorRecord::ConsumerGroupMemberMetadata(
@@ -759,12 +853,7 @@ impl GroupMetadataManager {
                     ));
                 }
                 Some(holder) if holder != member_id => {
-                    return Err(err(
-                        ErrorCode::UnknownMemberId,
-                        format!(
-                            "static member {member_id} with instance id {instance} was replaced in group {group_id} by member {holder}"
-                        ),
-                    ));
+                    return Err(fenced_instance(group_id, member_id, instance, holder));
                 }
                 Some(holder) => holder.clone(),
             }

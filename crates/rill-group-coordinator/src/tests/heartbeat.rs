@@ -220,11 +220,25 @@ fn static_member_restart_keeps_its_assignment() {
     );
     assert!(d.members.iter().all(|m| m.member_id != "s1"));
     assert_eq!(r.member_epoch, d.assignment_epoch);
-    // The old member id is gone.
+    // The old member id is fenced for good (Kafka's FENCED_INSTANCE_ID), heartbeat or leave.
+    let old = Client {
+        epoch: 4,
+        ..Client::new("g", "s1", &["t"]).static_member("i1")
+    };
+    let r = h.heartbeat(old.heartbeat_request());
+    assert_eq!(r.error_code, code(ErrorCode::FencedInstanceId));
+    assert!(
+        r.error_message.contains("s2") && r.error_message.contains("i1"),
+        "{}",
+        r.error_message
+    );
+    let r = h.heartbeat(old.leave_request(-2));
+    assert_eq!(r.error_code, code(ErrorCode::FencedInstanceId));
+    // Without the instance id it is simply unknown.
     let r = h.heartbeat(
         Client {
             epoch: 4,
-            ..Client::new("g", "s1", &["t"]).static_member("i1")
+            ..Client::new("g", "s1", &["t"])
         }
         .heartbeat_request(),
     );
@@ -271,14 +285,6 @@ fn epochs_are_checked() {
     let a = clients[0].clone();
     assert_eq!(a.epoch, 2);
 
-    let ahead = Client {
-        epoch: 3,
-        ..a.clone()
-    };
-    let r = h.heartbeat(ahead.heartbeat_request());
-    assert_eq!(r.error_code, code(ErrorCode::FencedMemberEpoch));
-    assert!(r.error_message.contains("greater"), "{}", r.error_message);
-
     // The previous epoch with owned partitions it still has: the bump answer was lost.
     let previous = Client {
         epoch: 1,
@@ -300,6 +306,17 @@ fn epochs_are_checked() {
     assert_eq!(r.error_code, code(ErrorCode::FencedMemberEpoch));
     assert!(r.error_message.contains("older"));
 
+    let ahead = Client {
+        epoch: 3,
+        ..a.clone()
+    };
+    let r = h.heartbeat(ahead.heartbeat_request());
+    assert_eq!(r.error_code, code(ErrorCode::FencedMemberEpoch));
+    assert!(r.error_message.contains("greater"), "{}", r.error_message);
+    // Once fenced, the member is expected to join again, not to repeat its previous epoch.
+    let r = h.heartbeat(previous.heartbeat_request());
+    assert_eq!(r.error_code, code(ErrorCode::FencedMemberEpoch));
+
     let unknown = Client {
         epoch: 2,
         ..Client::new("g", "nobody", &["t"])
@@ -313,10 +330,48 @@ fn epochs_are_checked() {
     let r = h.heartbeat(no_group.heartbeat_request());
     assert_eq!(r.error_code, code(ErrorCode::UnknownMemberId));
 
-    // A known member joining again (after it was fenced) is accepted with what it has.
+    // The fenced answers above let the member join again: with epoch 0 and its member id it
+    // gets its epoch and what it has back.
     let r = h.heartbeat(a.join_request());
     assert_eq!(r.error_code, 0, "{}", r.error_message);
-    assert!(r.assignment.is_some());
+    assert_eq!(r.member_epoch, 2);
+    assert_eq!(
+        r.assignment.map(|x| assignment_from_proto(&x)),
+        Some(a.owned.clone())
+    );
+    h.assert_load_equals_live();
+}
+
+#[test]
+fn a_stale_join_of_a_known_member_is_fenced() {
+    let mut h = Harness::new(&[("t", 2)]);
+    let mut a = Client::new("g", "a", &["t"]);
+    let mut b = Client::new("g", "b", &["t"]);
+    a.join(&mut h);
+    b.join(&mut h);
+    let mut clients = vec![a, b];
+    settle(&mut h, &mut clients);
+    let a = clients[0].clone();
+    assert!(a.epoch >= 2);
+    // A join the coordinator already answered (epoch 0 and previous epoch 0 are behind it):
+    // FENCED_MEMBER_EPOCH, Kafka's rule.
+    let r = h.heartbeat(a.join_request());
+    assert_eq!(r.error_code, code(ErrorCode::FencedMemberEpoch));
+    assert!(r.error_message.contains("epoch 0"), "{}", r.error_message);
+    // The member still owns what it had: nothing moved.
+    let d = h.describe("g");
+    let am = d.members.iter().find(|m| m.member_id == "a").unwrap();
+    assert_eq!(
+        assignment_from_proto(&TopicPartitionsList {
+            topics: am.assignment.clone()
+        }),
+        a.owned
+    );
+    assert_eq!(am.member_epoch, a.epoch);
+    // The client that really was fenced joins again with its member id: accepted.
+    let r = h.heartbeat(a.join_request());
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert_eq!(r.member_epoch, a.epoch);
     h.assert_load_equals_live();
 }
 
@@ -659,4 +714,83 @@ fn member_metadata_record_written_only_on_change() {
         .count();
     assert_eq!(metadata_records, 0);
     assert_eq!(h.log.len(), before, "a steady heartbeat writes nothing");
+}
+
+/// (member, topic, partition) for every partition a member of `group` owns at the coordinator.
+fn holders_of(h: &Harness, group: &str) -> Vec<(String, String, i32)> {
+    let mut out = Vec::new();
+    for m in h.describe(group).members {
+        for tp in m.assignment {
+            for p in tp.partitions {
+                out.push((m.member_id.clone(), tp.topic.clone(), p));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_delayed_join_never_releases_what_a_member_still_revokes() {
+    // Previous epoch 0: a's join was answered (epoch 1), then a was asked to revoke at epoch 1.
+    let mut h = Harness::new(&[("t", 4)]);
+    let mut a = Client::new("g", "a", &["t"]);
+    a.revoke = Revoke::WhenReleased;
+    let delayed = a.join_request();
+    a.join(&mut h);
+    let mut b = Client::new("g", "b", &["t"]);
+    b.join(&mut h);
+    a.heartbeat(&mut h);
+    assert_eq!(count_parts(&a.releasing), 2);
+    let before = holders_of(&h, "g");
+    // The join arrives again (delayed or duplicated on the way); the client never sees the
+    // answer and goes on consuming the partitions it was told to revoke.
+    let r = h.heartbeat(delayed.clone());
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert_eq!(r.member_epoch, 1);
+    assert_eq!(holders_of(&h, "g"), before, "nothing changes owner");
+    let d = h.describe("g");
+    let am = d.members.iter().find(|m| m.member_id == "a").unwrap();
+    assert_eq!(am.member_state, "UnrevokedPartitions");
+    b.heartbeat(&mut h);
+    assert!(b.owned.is_empty(), "b gets nothing a still holds");
+    assert_exclusive(&h, &[a.clone(), b.clone()]);
+    // Once a really gave them up, b gets them.
+    let mut clients = vec![a, b];
+    settle(&mut h, &mut clients);
+    assert_eq!(count_parts(&clients[1].owned), 2);
+    h.assert_load_equals_live();
+
+    // Previous epoch not 0: a join the coordinator answered long ago is fenced, twice delayed
+    // it is accepted as a rejoin, and neither releases anything.
+    let mut h = Harness::new(&[("t", 6)]);
+    let mut a = Client::new("g", "a", &["t"]);
+    a.revoke = Revoke::WhenReleased;
+    let delayed = a.join_request();
+    a.join(&mut h);
+    let mut b = Client::new("g", "b", &["t"]);
+    b.join(&mut h);
+    let mut clients = vec![a, b];
+    settle(&mut h, &mut clients);
+    let mut c = Client::new("g", "c", &["t"]);
+    c.join(&mut h);
+    clients[0].heartbeat(&mut h);
+    assert!(count_parts(&clients[0].releasing) > 0);
+    let d = h.describe("g");
+    let am = d.members.iter().find(|m| m.member_id == "a").unwrap();
+    assert_eq!(am.member_state, "UnrevokedPartitions");
+    let before = holders_of(&h, "g");
+    let r = h.heartbeat(delayed.clone());
+    assert_eq!(r.error_code, code(ErrorCode::FencedMemberEpoch));
+    assert_eq!(holders_of(&h, "g"), before);
+    let r = h.heartbeat(delayed);
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert_eq!(holders_of(&h, "g"), before);
+    c.heartbeat(&mut h);
+    clients[1].heartbeat(&mut h);
+    clients.push(c);
+    assert_exclusive(&h, &clients);
+    settle(&mut h, &mut clients);
+    assert_eq!(count_parts(&clients[2].owned), 2);
+    h.assert_load_equals_live();
 }

@@ -61,7 +61,8 @@ fn send(
         assert!(
             r.error_code == ErrorCode::FencedMemberEpoch as i32
                 || r.error_code == ErrorCode::UnknownMemberId as i32
-                || r.error_code == ErrorCode::UnreleasedInstanceId as i32,
+                || r.error_code == ErrorCode::UnreleasedInstanceId as i32
+                || r.error_code == ErrorCode::FencedInstanceId as i32,
             "unexpected error {}: {}",
             r.error_code,
             r.error_message
