@@ -176,16 +176,29 @@ impl GroupCoordinatorShard {
         }
     }
 
-    /// Called once every record is replayed: starts every member's session timer at `now_ms`
-    /// and brings target assignments up to date with `image` (topics created, deleted or grown
-    /// while no one coordinated the group).
+    /// Called once every record is replayed: starts every member's session timer at `now_ms`,
+    /// deletes the offsets of partitions `image` no longer has and brings target assignments up
+    /// to date with it (topics created, deleted or grown while no one coordinated the group).
+    /// `image` must be caught up with the cluster's metadata: what it lacks is taken as deleted.
     pub fn on_loaded(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
         self.groups.start_timers(&self.config, now_ms);
         self.empty_since.clear();
         for id in self.known_group_ids() {
             self.refresh_empty_since(&id, now_ms);
         }
+        self.catch_up(image, now_ms)
+    }
+
+    /// Offsets of deleted partitions go, and groups follow `image`.
+    fn catch_up(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
         let mut out = Vec::new();
+        for group in self.offsets.delete_missing(image, &mut out) {
+            if !self.group_exists(&group) {
+                self.empty_since.remove(&group);
+            } else {
+                self.refresh_empty_since(&group, now_ms);
+            }
+        }
         self.groups
             .on_metadata_update(&self.config, image, &mut out);
         out
@@ -595,14 +608,13 @@ impl GroupCoordinatorShard {
         self.groups.next_deadline_ms()
     }
 
-    /// Topic metadata changed (topics created, deleted, partitions added): groups subscribed
-    /// to a changed topic (by name or regex) get a new group epoch and target assignment.
+    /// Topic metadata changed (topics created, deleted, partitions added): committed offsets of
+    /// partitions that no longer exist are deleted (Kafka's `onPartitionsDeleted`), and groups
+    /// subscribed to a changed topic (by name or regex) get a new group epoch and target
+    /// assignment. `image` must be caught up with the cluster's metadata: what it lacks is taken
+    /// as deleted.
     pub fn on_metadata_update(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
-        let _ = now_ms;
-        let mut out = Vec::new();
-        self.groups
-            .on_metadata_update(&self.config, image, &mut out);
-        out
+        self.catch_up(image, now_ms)
     }
 
     /// Expires offsets of groups without members `offsets.retention.minutes` after their commit

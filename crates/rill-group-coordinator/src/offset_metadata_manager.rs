@@ -223,6 +223,42 @@ impl OffsetMetadataManager {
         }
     }
 
+    /// Tombstones the offsets of partitions `image` no longer has (Kafka's
+    /// `onPartitionsDeleted`): of deleted topics, and beyond a topic's partition count (a topic
+    /// deleted and created again smaller). `image` must be authoritative (caught up). Returns the
+    /// groups that lost offsets.
+    pub fn delete_missing(&mut self, image: &MetadataImage, out: &mut Vec<Record>) -> Vec<String> {
+        let mut gone: Vec<(String, String, i32)> = Vec::new();
+        for (group, offsets) in &self.offsets {
+            for (topic, partition) in offsets.keys() {
+                let exists = image
+                    .topics
+                    .get(topic)
+                    .is_some_and(|t| *partition >= 0 && (*partition as usize) < t.partitions.len());
+                if !exists {
+                    gone.push((group.clone(), topic.clone(), *partition));
+                }
+            }
+        }
+        if !gone.is_empty() {
+            tracing::info!(
+                count = gone.len(),
+                "deleting the committed offsets of partitions that no longer exist"
+            );
+        }
+        let mut groups: Vec<String> = Vec::new();
+        for (group, topic, partition) in gone {
+            self.emit(
+                out,
+                CoordinatorRecord::OffsetCommit(key(&group, &topic, partition), None),
+            );
+            if groups.last() != Some(&group) {
+                groups.push(group);
+            }
+        }
+        groups
+    }
+
     /// Tombstones every offset of `group_id`.
     pub fn delete_all(&mut self, group_id: &str, out: &mut Vec<Record>) {
         let keys: Vec<(String, i32)> = self

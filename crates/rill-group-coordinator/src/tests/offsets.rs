@@ -281,3 +281,55 @@ fn loaded_shard_restarts_the_retention_clock() {
     // The live shard expires it on time.
     assert!(!h.shard.cleanup_expired_offsets(h.now + 10_000).is_empty());
 }
+
+#[test]
+fn offsets_of_deleted_partitions_are_deleted() {
+    let mut h = Harness::new(&[("t", 4), ("u", 1), ("keep", 1)]);
+    h.commit(commit_request(
+        "g",
+        "",
+        -1,
+        &[("t", 0, 1), ("t", 3, 2), ("u", 0, 3), ("keep", 0, 4)],
+    ));
+    h.commit(commit_request("only-u", "", -1, &[("u", 0, 5)]));
+    assert_eq!(h.shard.group_count(), 2);
+
+    // u is deleted; t is deleted and created again with 2 partitions.
+    h.image.topics.remove("u");
+    h.image.topics.insert("t".into(), topic("t", 2));
+    let before = h.log.len();
+    assert_eq!(h.metadata_update(), 3);
+    assert!(
+        h.log[before..].iter().all(|r| r.value.is_none()),
+        "tombstones"
+    );
+    assert_eq!(
+        fetch(&h, "g", &[]),
+        vec![("keep".into(), 0, 4), ("t".into(), 0, 1)]
+    );
+    assert!(fetch(&h, "only-u", &[]).is_empty());
+    assert_eq!(
+        h.shard.group_count(),
+        1,
+        "a group left without offsets is gone"
+    );
+    assert_eq!(h.metadata_update(), 0, "nothing more to delete");
+    h.assert_load_equals_live();
+
+    // A shard loaded with an image that lost a topic deletes its offsets too.
+    h.commit(commit_request("g", "", -1, &[("t", 1, 6)]));
+    h.image.topics.remove("keep");
+    let mut loaded = h.load();
+    let out = loaded.on_loaded(&h.image, h.now);
+    assert_eq!(out.len(), 1, "the tombstone of keep-0 (already replayed)");
+    let f = loaded.offset_fetch(&OffsetFetchRequest {
+        group_id: "g".into(),
+        topics: vec![],
+    });
+    let left: Vec<(String, i32)> = f
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.index)))
+        .collect();
+    assert_eq!(left, vec![("t".into(), 0), ("t".into(), 1)]);
+}
