@@ -229,6 +229,20 @@ impl GroupMetadataManager {
         now_ms: i64,
         out: &mut Vec<Record>,
     ) -> Result<ConsumerGroupHeartbeatResponse, ApiErr> {
+        // Compiled once per pattern (cached), not on every heartbeat that repeats it.
+        if let Some(pattern) = request
+            .subscribed_topic_regex
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            && let Err(e) = self.regexes.check(pattern)
+        {
+            return Err(err(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "subscribed_topic_regex {pattern:?} is not a valid regular expression: {e}"
+                ),
+            ));
+        }
         if request.member_epoch == LEAVE_GROUP_MEMBER_EPOCH
             || request.member_epoch == LEAVE_GROUP_STATIC_MEMBER_EPOCH
         {
@@ -711,9 +725,11 @@ impl GroupMetadataManager {
                 .filter(|t| group.subscription_metadata.contains_key(*t))
                 .cloned()
                 .collect();
-            if let Some(regex) = &m.metadata.subscribed_topic_regex {
+            if let Some(pattern) = &m.metadata.subscribed_topic_regex
+                && let Ok(regex) = self.regexes.get(pattern)
+            {
                 for t in &topic_names {
-                    if self.regexes.matches(regex, t) {
+                    if !topic_regex::is_internal(t) && regex.is_match(t) {
                         topics.insert((*t).clone());
                     }
                 }
@@ -1164,8 +1180,11 @@ fn subscription_metadata(
         }
     }
     for p in patterns {
+        let Ok(regex) = regexes.get(p) else {
+            continue;
+        };
         for t in image.topics.keys() {
-            if !topic_regex::is_internal(t) && regexes.matches(p, t) {
+            if !topic_regex::is_internal(t) && regex.is_match(t) {
                 topics.insert(t);
             }
         }

@@ -54,6 +54,17 @@ use crate::records::CoordinatorRecord;
 /// The internal topic holding group state and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Longest member id, instance id, rack id, client id and server assignor name a heartbeat may
+/// carry (bytes). Kafka has no such limits, but they are stored in records, and a record must
+/// fit in a batch of `__consumer_offsets`.
+pub const MAX_ID_BYTES: usize = 255;
+/// Most topic names a member may subscribe to.
+pub const MAX_SUBSCRIBED_TOPICS: usize = 10_000;
+/// Longest topic name (Kafka's limit).
+pub const MAX_TOPIC_NAME_BYTES: usize = 249;
+/// Longest subscription regular expression (bytes).
+pub const MAX_TOPIC_REGEX_BYTES: usize = 1024;
+
 /// The `__consumer_offsets` partition that coordinates `group_id`: Kafka's
 /// `Utils.abs(groupId.hashCode()) % partitions`, with Java's `String.hashCode` over UTF-16 code
 /// units, so a group lands on the same partition number as in Kafka.
@@ -67,6 +78,31 @@ pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
     // Kafka's Utils.abs: MIN_VALUE maps to 0 (not to itself, as Math.abs would).
     let abs = if hash == i32::MIN { 0 } else { hash.abs() };
     abs % partitions
+}
+
+/// Why `name` cannot be a topic name (Kafka's rules), if it cannot.
+fn topic_name_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Some("\".\" and \"..\" are not topic names".into());
+    }
+    if name.len() > MAX_TOPIC_NAME_BYTES {
+        return Some(format!(
+            "it is {} bytes long; topic names have at most {MAX_TOPIC_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Some(format!(
+            "it contains {c:?}; topic names use only ASCII letters, digits, '.', '_' and '-'"
+        ));
+    }
+    None
 }
 
 /// Broker settings the coordinator obeys, with Kafka's names.
@@ -270,11 +306,54 @@ impl GroupCoordinatorShard {
             message,
         };
         self.validate_group_id(&r.group_id)?;
+        let ids = [
+            ("member_id", Some(r.member_id.as_str())),
+            ("instance_id", r.instance_id.as_deref()),
+            ("rack_id", r.rack_id.as_deref()),
+            ("client_id", Some(r.client_id.as_str())),
+            ("server_assignor", r.server_assignor.as_deref()),
+        ];
+        for (field, value) in ids {
+            if let Some(v) = value
+                && v.len() > MAX_ID_BYTES
+            {
+                return Err(invalid(format!(
+                    "{field} is {} bytes long; at most {MAX_ID_BYTES} are accepted",
+                    v.len()
+                )));
+            }
+        }
         if r.instance_id.as_deref() == Some("") {
             return Err(invalid("instance_id, when set, must not be empty".into()));
         }
         if r.rack_id.as_deref() == Some("") {
             return Err(invalid("rack_id, when set, must not be empty".into()));
+        }
+        if let Some(names) = &r.subscribed_topic_names {
+            if names.names.len() > MAX_SUBSCRIBED_TOPICS {
+                return Err(invalid(format!(
+                    "subscribed_topic_names has {} names; at most {MAX_SUBSCRIBED_TOPICS} are accepted (subscribe with a regular expression instead)",
+                    names.names.len()
+                )));
+            }
+            if let Some((name, why)) = names
+                .names
+                .iter()
+                .find_map(|n| topic_name_error(n).map(|why| (n, why)))
+            {
+                let shown: String = name.chars().take(64).collect();
+                return Err(invalid(format!(
+                    "subscribed_topic_names holds an invalid topic name {shown:?}: {why}"
+                )));
+            }
+        }
+        if let Some(regex) = &r.subscribed_topic_regex
+            && regex.len() > MAX_TOPIC_REGEX_BYTES
+        {
+            return Err(invalid(format!(
+                "subscribed_topic_regex is {} bytes long; at most {MAX_TOPIC_REGEX_BYTES} are accepted",
+                regex.len()
+            )));
         }
         match r.member_epoch {
             0 => {
@@ -320,16 +399,6 @@ impl GroupCoordinatorShard {
                     "member epoch {e} is invalid: 0 joins, -1 leaves, -2 leaves for a restart, otherwise the epoch last received"
                 )));
             }
-        }
-        if let Some(regex) = r
-            .subscribed_topic_regex
-            .as_deref()
-            .filter(|r| !r.is_empty())
-            && let Err(e) = topic_regex::validate(regex)
-        {
-            return Err(invalid(format!(
-                "subscribed_topic_regex {regex:?} is not a valid regular expression: {e}"
-            )));
         }
         if let Some(assignor) = &r.server_assignor
             && (!self.config.assignors.contains(assignor) || !assignor::is_known(assignor))

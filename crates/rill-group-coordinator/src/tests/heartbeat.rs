@@ -1,5 +1,7 @@
 use rill_protocol::ErrorCode;
-use rill_protocol::proto::{TopicNames, TopicPartitions, TopicPartitionsList};
+use rill_protocol::proto::{
+    ConsumerGroupHeartbeatRequest, TopicNames, TopicPartitions, TopicPartitionsList,
+};
 
 use super::harness::*;
 use crate::consumer_group::assignment_from_proto;
@@ -793,4 +795,105 @@ fn a_delayed_join_never_releases_what_a_member_still_revokes() {
     settle(&mut h, &mut clients);
     assert_eq!(count_parts(&clients[2].owned), 2);
     h.assert_load_equals_live();
+}
+
+#[test]
+fn a_member_regex_is_compiled_once() {
+    let mut h = Harness::new(&[("orders-eu", 2), ("orders-us", 2), ("payments", 2)]);
+    let start = crate::topic_regex::compiled_count();
+    let mut a = Client::new("g", "a", &[]);
+    a.regex = Some("orders-.*".into());
+    let mut join = a.join_request();
+    join.subscribed_topic_names = None;
+    let r = h.heartbeat(join);
+    a.apply(&r);
+    // A client that sends its pattern on every heartbeat, and metadata updates.
+    for i in 0..5 {
+        let mut req = a.heartbeat_request();
+        req.subscribed_topic_regex = Some("orders-.*".into());
+        let r = h.heartbeat(req);
+        a.apply(&r);
+        h.image
+            .topics
+            .insert(format!("orders-{i}"), topic(&format!("orders-{i}"), 1));
+        h.metadata_update();
+    }
+    a.heartbeat(&mut h);
+    assert!(a.owned.contains_key("orders-4"));
+    assert_eq!(crate::topic_regex::compiled_count() - start, 1);
+}
+
+#[test]
+fn client_strings_are_bounded() {
+    use crate::{MAX_ID_BYTES, MAX_SUBSCRIBED_TOPICS, MAX_TOPIC_REGEX_BYTES};
+    let mut h = Harness::new(&[("t", 2)]);
+    let base = Client::new("g", "a", &["t"]).join_request();
+    let long = "x".repeat(MAX_ID_BYTES + 1);
+    let mut cases: Vec<(&str, String, ConsumerGroupHeartbeatRequest)> = Vec::new();
+    let mut r = base.clone();
+    r.member_id = long.clone();
+    cases.push(("member_id", MAX_ID_BYTES.to_string(), r));
+    let mut r = base.clone();
+    r.instance_id = Some(long.clone());
+    cases.push(("instance_id", MAX_ID_BYTES.to_string(), r));
+    let mut r = base.clone();
+    r.rack_id = Some(long.clone());
+    cases.push(("rack_id", MAX_ID_BYTES.to_string(), r));
+    let mut r = base.clone();
+    r.client_id = long.clone();
+    cases.push(("client_id", MAX_ID_BYTES.to_string(), r));
+    let mut r = base.clone();
+    r.server_assignor = Some(long.clone());
+    cases.push(("server_assignor", MAX_ID_BYTES.to_string(), r));
+    let mut r = base.clone();
+    r.subscribed_topic_regex = Some("a".repeat(MAX_TOPIC_REGEX_BYTES + 1));
+    cases.push((
+        "subscribed_topic_regex",
+        MAX_TOPIC_REGEX_BYTES.to_string(),
+        r,
+    ));
+    let mut r = base.clone();
+    r.subscribed_topic_names = Some(TopicNames {
+        names: (0..=MAX_SUBSCRIBED_TOPICS)
+            .map(|i| format!("t{i}"))
+            .collect(),
+    });
+    cases.push((
+        "subscribed_topic_names",
+        MAX_SUBSCRIBED_TOPICS.to_string(),
+        r,
+    ));
+    for bad in ["a".repeat(250), String::new(), "..".into(), "a b".into()] {
+        let mut r = base.clone();
+        r.subscribed_topic_names = Some(TopicNames {
+            names: vec!["t".into(), bad],
+        });
+        cases.push(("subscribed_topic_names", String::new(), r));
+    }
+    for (field, limit, request) in cases {
+        let r = h.heartbeat(request);
+        assert_eq!(
+            r.error_code,
+            code(ErrorCode::InvalidRequest),
+            "{field}: {}",
+            r.error_message
+        );
+        assert!(
+            r.error_message.contains(field) && r.error_message.contains(&limit),
+            "{field}: {}",
+            r.error_message
+        );
+    }
+    assert_eq!(h.shard.group_count(), 0, "nothing was written");
+    // At the limits: accepted.
+    let mut r = base.clone();
+    r.member_id = "m".repeat(MAX_ID_BYTES);
+    r.client_id = "c".repeat(MAX_ID_BYTES);
+    r.rack_id = Some("r".repeat(MAX_ID_BYTES));
+    r.instance_id = Some("i".repeat(MAX_ID_BYTES));
+    r.subscribed_topic_names = Some(TopicNames {
+        names: vec!["t".into(), "a".repeat(249), "A.b_c-9".into()],
+    });
+    let r = h.heartbeat(r);
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
 }
