@@ -57,16 +57,19 @@ pub(crate) async fn list_offsets(
                         );
                     }
                     None => {
-                        done.insert(
+                        // Metadata cached before partitions were added (a group assigns them
+                        // at once): look again until the deadline.
+                        client.invalidate(&tp.topic);
+                        last_error.insert(
                             tp.clone(),
-                            Err(ApiError::new(
+                            ApiError::new(
                                 ErrorCode::UnknownTopicOrPartition,
                                 format!(
                                     "topic {} has {} partitions; {tp} does not exist",
                                     tp.topic,
                                     p.len()
                                 ),
-                            )),
+                            ),
                         );
                     }
                 },

@@ -434,3 +434,55 @@ async fn a_static_member_gets_its_partitions_back_after_a_quick_restart() {
     again.close().await.unwrap();
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_a_subscribed_topic_are_shared_out() {
+    let cluster = Cluster::start(1, 1, GROUP_OVERRIDES).await;
+    cluster.create_topic("grow", 2, 1, &[]).await;
+    let seen: Seen = Arc::default();
+    let log: Log = Arc::default();
+    let member = |name| {
+        spawn_member(
+            config(&cluster, "growing"),
+            "grow",
+            name,
+            Arc::clone(&seen),
+            Arc::clone(&log),
+        )
+    };
+    let (a, b) = (member("a"), member("b"));
+    let split = |n: usize| {
+        let (x, y) = (a.assignment.lock().clone(), b.assignment.lock().clone());
+        let union: BTreeSet<_> = x.iter().chain(&y).collect();
+        x.len() == n / 2 && y.len() == n / 2 && union.len() == n
+    };
+    wait_until(
+        "a and b own one partition each",
+        Duration::from_secs(60),
+        || split(2),
+    )
+    .await;
+    let r = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| async move {
+            c.create_partitions(rill_protocol::proto::CreatePartitionsRequest {
+                topics: vec![rill_protocol::proto::CreatePartitionsTopic {
+                    name: "grow".into(),
+                    count: 6,
+                }],
+                validate_only: false,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+    wait_until(
+        "the four new partitions are shared out, three each",
+        Duration::from_secs(60),
+        || split(6),
+    )
+    .await;
+    a.close().await;
+    b.close().await;
+}
