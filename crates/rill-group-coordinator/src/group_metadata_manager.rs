@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use prost::Message;
+use prost::encoding::encoded_len_varint;
 use rill_protocol::ErrorCode;
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::proto::{
@@ -28,7 +30,7 @@ use crate::records::{
     CoordinatorRecord, TopicMetadataValue, group_key, member_key,
 };
 use crate::topic_regex::{self, RegexCache};
-use crate::{ApiErr, GroupConfig, Record};
+use crate::{ApiErr, GroupConfig, MAX_ID_BYTES, Record, record_size};
 
 /// A member's timers (in memory only: a new coordinator starts them again on load).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +207,12 @@ impl GroupMetadataManager {
 
     /// Encodes `record`, replays it and adds it to `out`.
     fn emit(&mut self, out: &mut Vec<Record>, record: CoordinatorRecord) {
-        let encoded = record.encode();
+        self.emit_encoded(out, record.encode());
+    }
+
+    /// Replays an encoded record and adds it to `out`. Records that could exceed
+    /// `max_record_bytes` are checked by their callers first.
+    fn emit_encoded(&mut self, out: &mut Vec<Record>, encoded: Record) {
         match CoordinatorRecord::decode(&encoded) {
             Ok(Some(decoded)) => self.apply(decoded),
             Ok(None) => {}
@@ -369,7 +376,13 @@ impl GroupMetadataManager {
     /// keeps what it owns at the coordinator until a later heartbeat reports it given up, so
     /// answering a request that was only delayed (the client never sees the answer and still
     /// consumes) gives nothing of it to another member.
-    fn allow_rejoin(&mut self, group_id: &str, member_id: &str, out: &mut Vec<Record>) {
+    fn allow_rejoin(
+        &mut self,
+        config: &GroupConfig,
+        group_id: &str,
+        member_id: &str,
+        out: &mut Vec<Record>,
+    ) {
         let Some(member) = self
             .groups
             .get(group_id)
@@ -382,13 +395,15 @@ impl GroupMetadataManager {
         }
         let mut next = member.assignment.clone();
         next.previous_member_epoch = 0;
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
-                member_key(group_id, member_id),
-                Some(next.to_value()),
-            ),
-        );
+        let record = CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+            member_key(group_id, member_id),
+            Some(next.to_value()),
+        )
+        .encode();
+        // Never larger than the member's current record; checked all the same.
+        if record_size(&record) <= config.max_record_bytes {
+            self.emit_encoded(out, record);
+        }
     }
 
     fn join_or_stay(
@@ -418,7 +433,7 @@ impl GroupMetadataManager {
             Ok(plan) => plan,
             Err(e) => {
                 if e.code == ErrorCode::FencedMemberEpoch {
-                    self.allow_rejoin(group_id, &member_id, out);
+                    self.allow_rejoin(config, group_id, &member_id, out);
                 }
                 return Err(e);
             }
@@ -432,75 +447,120 @@ impl GroupMetadataManager {
             _ => reported,
         };
 
-        // Everything below succeeds.
+        // The member as it is (a new one, or the static member it takes over at epoch 0), and
+        // the records that follow from what the request carries, refused as a whole (before any
+        // is replayed) when one would not fit in a record of the partition.
+        let is_new = matches!(plan, Plan::Join);
+        let current = |id: &str| {
+            self.groups
+                .get(group_id)
+                .and_then(|g| g.members.get(id))
+                .cloned()
+        };
         let mut member = match &plan {
-            Plan::Join => {
-                tracing::info!(group = group_id, member = %member_id, "member joins the consumer group");
-                ConsumerGroupMember::new(member_id.clone())
+            Plan::Join => ConsumerGroupMember::new(member_id.clone()),
+            Plan::Existing { .. } => {
+                current(&member_id).unwrap_or_else(|| ConsumerGroupMember::new(member_id.clone()))
             }
-            Plan::Existing { rejoin } => {
-                if *rejoin {
-                    tracing::info!(group = group_id, member = %member_id, "member joins again (a join whose answer was lost, or after being fenced); it keeps what it owns until it reports it");
-                }
-                match self
+            Plan::ReplaceStatic(old) => {
+                let mut m = current(old).unwrap_or_default();
+                m.member_id = member_id.clone();
+                m.assignment.member_epoch = 0;
+                m.assignment.previous_member_epoch = 0;
+                m
+            }
+        };
+        let before = member.metadata.clone();
+        member.metadata = updated_metadata(&before, request, client_host);
+        let md = &member.metadata;
+        let bump = is_new
+            || md.subscribed_topic_names != before.subscribed_topic_names
+            || md.subscribed_topic_regex != before.subscribed_topic_regex
+            || md.server_assignor != before.server_assignor;
+        let metadata_record = || {
+            CoordinatorRecord::ConsumerGroupMemberMetadata(
+                member_key(group_id, &member_id),
+                Some(member.metadata.to_value()),
+            )
+        };
+        let mut records = Vec::new();
+        match &plan {
+            Plan::ReplaceStatic(old) if *old != member_id => {
+                let target = self
                     .groups
                     .get(group_id)
-                    .and_then(|g| g.members.get(&member_id))
-                {
-                    Some(m) => m.clone(),
-                    None => ConsumerGroupMember::new(member_id.clone()),
+                    .and_then(|g| g.target_assignment.get(old))
+                    .cloned()
+                    .unwrap_or_default();
+                records.extend(member_tombstones(group_id, old));
+                records.push(metadata_record());
+                records.push(CoordinatorRecord::ConsumerGroupTargetAssignmentMember(
+                    member_key(group_id, &member_id),
+                    Some(ConsumerGroupTargetAssignmentMemberValue {
+                        topic_partitions: assignment_to_value(&target),
+                    }),
+                ));
+                records.push(CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+                    member_key(group_id, &member_id),
+                    Some(member.assignment.to_value()),
+                ));
+            }
+            Plan::ReplaceStatic(_) => {
+                // The same member comes back after its own -2: its epoch starts again at 0.
+                records.push(CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+                    member_key(group_id, &member_id),
+                    Some(member.assignment.to_value()),
+                ));
+                if member.metadata != before {
+                    records.push(metadata_record());
                 }
             }
-            Plan::ReplaceStatic(old) => self.replace_static_member(group_id, old, &member_id, out),
-        };
-        let is_new = matches!(plan, Plan::Join);
-
-        let before = member.metadata.clone();
-        let md = &mut member.metadata;
-        if let Some(instance) = &request.instance_id {
-            md.instance_id = Some(instance.clone());
-        }
-        if let Some(rack) = &request.rack_id {
-            md.rack_id = Some(rack.clone());
-        }
-        if request.rebalance_timeout_ms > 0 {
-            md.rebalance_timeout_ms = request.rebalance_timeout_ms;
-        }
-        if let Some(assignor) = &request.server_assignor {
-            md.server_assignor = Some(assignor.clone());
-        }
-        if let Some(names) = &request.subscribed_topic_names {
-            let mut names = names.names.clone();
-            names.sort();
-            names.dedup();
-            md.subscribed_topic_names = names;
-        }
-        if let Some(regex) = &request.subscribed_topic_regex {
-            md.subscribed_topic_regex = (!regex.is_empty()).then(|| regex.clone());
-        }
-        md.client_id = request.client_id.clone();
-        md.client_host = client_host.to_string();
-
-        let mut bump = is_new;
-        if is_new || member.metadata != before {
-            let md = &member.metadata;
-            if md.subscribed_topic_names != before.subscribed_topic_names
-                || md.subscribed_topic_regex != before.subscribed_topic_regex
-                || md.server_assignor != before.server_assignor
-            {
-                bump = true;
+            _ => {
+                if is_new || member.metadata != before {
+                    records.push(metadata_record());
+                }
             }
-            self.emit(
-                out,
-                CoordinatorRecord::ConsumerGroupMemberMetadata(
-                    member_key(group_id, &member_id),
-                    Some(member.metadata.to_value()),
+        }
+        let encoded: Vec<Record> = records.iter().map(CoordinatorRecord::encode).collect();
+        if let Some(size) = encoded
+            .iter()
+            .map(record_size)
+            .find(|size| *size > config.max_record_bytes)
+        {
+            return Err(err(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "member {member_id} of group {group_id} would take {size} bytes in one record of __consumer_offsets, more than max_record_bytes ({}): subscribe to fewer topics (or with a regular expression), or use shorter names",
+                    config.max_record_bytes
                 ),
-            );
+            ));
+        }
+
+        // Everything below succeeds.
+        match &plan {
+            Plan::Join => {
+                tracing::info!(group = group_id, member = %member_id, "member joins the consumer group");
+            }
+            Plan::Existing { rejoin: true } => {
+                tracing::info!(group = group_id, member = %member_id, "member joins again (a join whose answer was lost, or after being fenced); it keeps what it owns until it reports it");
+            }
+            Plan::Existing { rejoin: false } => {}
+            Plan::ReplaceStatic(old) => {
+                tracing::info!(
+                    group = group_id,
+                    old = %old,
+                    new = %member_id,
+                    instance = ?member.metadata.instance_id,
+                    "static member rejoins and gets its assignment back"
+                );
+            }
+        }
+        for r in encoded {
+            self.emit_encoded(out, r);
         }
 
         self.maybe_bump_and_assign(config, group_id, image, bump, out);
-        self.maybe_reconcile(group_id, &member_id, owned.as_ref(), now_ms, out);
+        self.maybe_reconcile(config, group_id, &member_id, owned.as_ref(), now_ms, out);
 
         let timers = self
             .timers
@@ -551,96 +611,11 @@ impl GroupMetadataManager {
         })
     }
 
-    /// Records replacing the static member `old_id` (which left with epoch -2) by `new_id`, with
-    /// its subscription, target and owned partitions at epoch 0 (`old_id` itself coming back
-    /// just gets epoch 0); returns the new member.
-    fn replace_static_member(
-        &mut self,
-        group_id: &str,
-        old_id: &str,
-        new_id: &str,
-        out: &mut Vec<Record>,
-    ) -> ConsumerGroupMember {
-        let Some(group) = self.groups.get(group_id) else {
-            return ConsumerGroupMember::new(new_id.to_string());
-        };
-        let Some(old) = group.members.get(old_id).cloned() else {
-            return ConsumerGroupMember::new(new_id.to_string());
-        };
-        let target = group
-            .target_assignment
-            .get(old_id)
-            .cloned()
-            .unwrap_or_default();
-        tracing::info!(
-            group = group_id,
-            old = old_id,
-            new = new_id,
-            instance = ?old.metadata.instance_id,
-            "static member rejoins under a new member id and gets its assignment back"
-        );
-        let mut new = old;
-        new.member_id = new_id.to_string();
-        new.assignment.member_epoch = 0;
-        new.assignment.previous_member_epoch = 0;
-        if old_id == new_id {
-            // The same member comes back after its own -2: only its epoch changes.
-            self.emit(
-                out,
-                CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
-                    member_key(group_id, new_id),
-                    Some(new.assignment.to_value()),
-                ),
-            );
-            return new;
-        }
-        self.remove_member_records(group_id, old_id, out);
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupMemberMetadata(
-                member_key(group_id, new_id),
-                Some(new.metadata.to_value()),
-            ),
-        );
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupTargetAssignmentMember(
-                member_key(group_id, new_id),
-                Some(ConsumerGroupTargetAssignmentMemberValue {
-                    topic_partitions: assignment_to_value(&target),
-                }),
-            ),
-        );
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
-                member_key(group_id, new_id),
-                Some(new.assignment.to_value()),
-            ),
-        );
-        new
-    }
-
     /// Tombstones of a member's records, in Kafka's order.
     fn remove_member_records(&mut self, group_id: &str, member_id: &str, out: &mut Vec<Record>) {
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
-                member_key(group_id, member_id),
-                None,
-            ),
-        );
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupTargetAssignmentMember(
-                member_key(group_id, member_id),
-                None,
-            ),
-        );
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupMemberMetadata(member_key(group_id, member_id), None),
-        );
+        for r in member_tombstones(group_id, member_id) {
+            self.emit(out, r);
+        }
     }
 
     /// Refreshes the subscribed topic metadata from `image`, bumps the group epoch when it (or
@@ -657,9 +632,21 @@ impl GroupMetadataManager {
         let Some(group) = self.groups.get(group_id) else {
             return;
         };
-        let metadata = subscription_metadata(group, image, &mut self.regexes);
+        let budget = metadata_budget(config, group_id);
+        let (metadata, left_out) = subscription_metadata(group, image, &mut self.regexes, budget);
         if metadata != group.subscription_metadata {
             bump = true;
+            if !left_out.is_empty() {
+                tracing::warn!(
+                    group = group_id,
+                    subscribed = metadata.len() + left_out.len(),
+                    left_out = left_out.len(),
+                    first_left_out = %left_out[0],
+                    max_record_bytes = config.max_record_bytes,
+                    "the group subscribes to more topics and partitions than its records can hold (max_record_bytes): the topics after the first {} (by name) are not assigned",
+                    metadata.len()
+                );
+            }
             let value = ConsumerGroupPartitionMetadataValue {
                 topics: metadata
                     .iter()
@@ -774,14 +761,32 @@ impl GroupMetadataManager {
                 assignment_epoch: epoch,
             }),
         ));
-        for r in records {
-            self.emit(out, r);
+        // Targets hold subscribed partitions only, which fit (see `metadata_budget`); should one
+        // not (max_record_bytes lowered since), the group keeps its target and stays Assigning.
+        let encoded: Vec<Record> = records.iter().map(CoordinatorRecord::encode).collect();
+        if let Some(size) = encoded
+            .iter()
+            .map(record_size)
+            .find(|size| *size > config.max_record_bytes)
+        {
+            tracing::error!(
+                group = group_id,
+                epoch,
+                size,
+                max_record_bytes = config.max_record_bytes,
+                "a target assignment record would exceed max_record_bytes; the target assignment is not updated"
+            );
+            return;
+        }
+        for r in encoded {
+            self.emit_encoded(out, r);
         }
     }
 
     /// Moves the member towards its target assignment (see [`current_assignment_builder`]).
     fn maybe_reconcile(
         &mut self,
+        config: &GroupConfig,
         group_id: &str,
         member_id: &str,
         owned: Option<&Assignment>,
@@ -818,13 +823,24 @@ impl GroupMetadataManager {
             state = next.state.name(),
             "member assignment changed"
         );
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
-                member_key(group_id, member_id),
-                Some(next.to_value()),
-            ),
-        );
+        let record = CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+            member_key(group_id, member_id),
+            Some(next.to_value()),
+        )
+        .encode();
+        // Fits by construction (see `metadata_budget`) unless max_record_bytes was lowered:
+        // then the member stays as it is, owning what it owns.
+        if record_size(&record) > config.max_record_bytes {
+            tracing::error!(
+                group = group_id,
+                member = member_id,
+                size = record_size(&record),
+                max_record_bytes = config.max_record_bytes,
+                "a member's assignment record would exceed max_record_bytes; the member is not moved"
+            );
+            return;
+        }
+        self.emit_encoded(out, record);
         if let Some(t) = self
             .timers
             .get_mut(&(group_id.to_string(), member_id.to_string()))
@@ -883,7 +899,7 @@ impl GroupMetadataManager {
             member_id.to_string()
         };
         if request.member_epoch == LEAVE_GROUP_STATIC_MEMBER_EPOCH {
-            self.static_leave(config, group_id, &target, now_ms, out);
+            self.static_leave(config, group_id, &target, image, now_ms, out);
         } else {
             tracing::info!(
                 group = group_id,
@@ -908,6 +924,7 @@ impl GroupMetadataManager {
         config: &GroupConfig,
         group_id: &str,
         member_id: &str,
+        image: &MetadataImage,
         now_ms: i64,
         out: &mut Vec<Record>,
     ) {
@@ -929,13 +946,23 @@ impl GroupMetadataManager {
         if next.state == MemberState::UnrevokedPartitions {
             next.state = MemberState::Stable;
         }
-        self.emit(
-            out,
-            CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
-                member_key(group_id, member_id),
-                Some(next.to_value()),
-            ),
-        );
+        let record = CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+            member_key(group_id, member_id),
+            Some(next.to_value()),
+        )
+        .encode();
+        if record_size(&record) > config.max_record_bytes {
+            // Smaller than the member's current record, so only after max_record_bytes was
+            // lowered: the member leaves for good instead.
+            tracing::error!(
+                group = group_id,
+                member = member_id,
+                "a static member's assignment record would exceed max_record_bytes; it leaves for good instead"
+            );
+            self.fence_member(config, group_id, member_id, image, out);
+            return;
+        }
+        self.emit_encoded(out, record);
         self.timers.insert(
             (group_id.to_string(), member_id.to_string()),
             MemberTimers {
@@ -1160,13 +1187,108 @@ impl GroupMetadataManager {
     }
 }
 
+/// What the request makes of a member's metadata (`client_host`: its peer address).
+fn updated_metadata(
+    before: &MemberMetadata,
+    request: &ConsumerGroupHeartbeatRequest,
+    client_host: &str,
+) -> MemberMetadata {
+    let mut md = before.clone();
+    if let Some(instance) = &request.instance_id {
+        md.instance_id = Some(instance.clone());
+    }
+    if let Some(rack) = &request.rack_id {
+        md.rack_id = Some(rack.clone());
+    }
+    if request.rebalance_timeout_ms > 0 {
+        md.rebalance_timeout_ms = request.rebalance_timeout_ms;
+    }
+    if let Some(assignor) = &request.server_assignor {
+        md.server_assignor = Some(assignor.clone());
+    }
+    if let Some(names) = &request.subscribed_topic_names {
+        let mut names = names.names.clone();
+        names.sort();
+        names.dedup();
+        md.subscribed_topic_names = names;
+    }
+    if let Some(regex) = &request.subscribed_topic_regex {
+        md.subscribed_topic_regex = (!regex.is_empty()).then(|| regex.clone());
+    }
+    md.client_id = request.client_id.clone();
+    md.client_host = client_host.to_string();
+    md
+}
+
+/// Tombstones of a member's records, in Kafka's order.
+fn member_tombstones(group_id: &str, member_id: &str) -> [CoordinatorRecord; 3] {
+    [
+        CoordinatorRecord::ConsumerGroupCurrentMemberAssignment(
+            member_key(group_id, member_id),
+            None,
+        ),
+        CoordinatorRecord::ConsumerGroupTargetAssignmentMember(
+            member_key(group_id, member_id),
+            None,
+        ),
+        CoordinatorRecord::ConsumerGroupMemberMetadata(member_key(group_id, member_id), None),
+    ]
+}
+
+/// How many bytes of its records a group may spend on subscribed topics: `max_record_bytes`
+/// less the keys (group id, a member id of at most [`MAX_ID_BYTES`]) and the fixed fields of
+/// member-level values.
+fn metadata_budget(config: &GroupConfig, group_id: &str) -> usize {
+    config
+        .max_record_bytes
+        .saturating_sub(group_id.len() + MAX_ID_BYTES + 64)
+}
+
+/// Bytes of one topic in the records of its group, at most: its entry in the subscribed topic
+/// metadata record, or twice its entry in an assignment of every one of its partitions —
+/// whichever is larger. A target assignment lists subscribed partitions; a member's current
+/// assignment lists what it owns and what it revokes, each from a subscription that fit. So
+/// when the costs of a group's subscribed topics add up to at most [`metadata_budget`], none of
+/// its records can exceed `max_record_bytes`.
+fn topic_cost(name: &str, topic: &TopicMetadata) -> usize {
+    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let metadata = field(
+        TopicMetadataValue {
+            name: name.to_string(),
+            partitions: topic.partitions,
+            topic_id: topic.topic_id.clone(),
+        }
+        .encoded_len(),
+    );
+    let n = u64::try_from(topic.partitions.max(0)).unwrap_or(0);
+    // Partitions 0..n, packed: one varint each.
+    let packed: u64 = [
+        (0u64, 1u64 << 7),
+        (1 << 7, 1 << 14),
+        (1 << 14, 1 << 21),
+        (1 << 21, 1 << 28),
+    ]
+    .iter()
+    .zip(1u64..)
+    .map(|(&(lo, hi), bytes)| n.clamp(lo, hi).saturating_sub(lo) * bytes)
+    .sum::<u64>()
+        + n.saturating_sub(1 << 28) * 5;
+    let mut inner = field(name.len());
+    if n > 0 {
+        inner += field(packed as usize);
+    }
+    metadata.max(2 * field(inner))
+}
+
 /// The existing topics the members of `group` subscribe to (names, and regex matches among the
-/// non-internal topics), with their partition counts.
+/// non-internal topics), with their partition counts: the first ones by name whose costs (see
+/// [`topic_cost`]) fit in `budget`, and the names of the others.
 fn subscription_metadata(
     group: &ConsumerGroup,
     image: &MetadataImage,
     regexes: &mut RegexCache,
-) -> BTreeMap<String, TopicMetadata> {
+    budget: usize,
+) -> (BTreeMap<String, TopicMetadata>, Vec<String>) {
     let mut topics: BTreeSet<&str> = BTreeSet::new();
     let mut patterns: BTreeSet<&str> = BTreeSet::new();
     for m in group.members.values() {
@@ -1189,18 +1311,64 @@ fn subscription_metadata(
             }
         }
     }
-    topics
-        .into_iter()
-        .filter_map(|t| {
-            image.topics.get(t).map(|info| {
-                (
-                    t.to_string(),
-                    TopicMetadata {
-                        topic_id: info.id.clone(),
-                        partitions: i32::try_from(info.partitions.len()).unwrap_or(i32::MAX),
-                    },
-                )
-            })
-        })
-        .collect()
+    let mut metadata = BTreeMap::new();
+    let mut left_out = Vec::new();
+    let mut spent = 0usize;
+    for t in topics {
+        let Some(info) = image.topics.get(t) else {
+            continue;
+        };
+        let topic = TopicMetadata {
+            topic_id: info.id.clone(),
+            partitions: i32::try_from(info.partitions.len()).unwrap_or(i32::MAX),
+        };
+        let cost = topic_cost(t, &topic);
+        if left_out.is_empty() && spent + cost <= budget {
+            spent += cost;
+            metadata.insert(t.to_string(), topic);
+        } else {
+            left_out.push(t.to_string());
+        }
+    }
+    (metadata, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::TopicPartitionsValue;
+
+    #[test]
+    fn topic_cost_bounds_the_real_encodings() {
+        for name in ["t", &"x".repeat(249)] {
+            for n in [0, 1, 127, 128, 129, 16_383, 16_384, 20_000] {
+                let topic = TopicMetadata {
+                    topic_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+                    partitions: n,
+                };
+                let metadata = ConsumerGroupPartitionMetadataValue {
+                    topics: vec![TopicMetadataValue {
+                        name: name.to_string(),
+                        partitions: n,
+                        topic_id: topic.topic_id.clone(),
+                    }],
+                }
+                .encoded_len();
+                let full = ConsumerGroupTargetAssignmentMemberValue {
+                    topic_partitions: vec![TopicPartitionsValue {
+                        topic: name.to_string(),
+                        partitions: (0..n).collect(),
+                    }],
+                }
+                .encoded_len();
+                let cost = topic_cost(name, &topic);
+                assert_eq!(
+                    cost,
+                    metadata.max(2 * full),
+                    "{} bytes, {n} partitions",
+                    name.len()
+                );
+            }
+        }
+    }
 }

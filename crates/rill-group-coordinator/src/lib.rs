@@ -10,7 +10,10 @@
 //!
 //! There is no rollback: if the records of a handler cannot be appended (the broker lost
 //! leadership, the write failed), the shard already holds their effect and must be dropped and
-//! loaded again from the partition. Timers (session and rebalance deadlines), the assignments
+//! loaded again from the partition. So whatever could make an append fail is refused before
+//! anything is replayed: a refused request writes nothing (except a FENCED_MEMBER_EPOCH
+//! heartbeat answer, which records that the member may join again), and no record is ever
+//! larger than [`GroupConfig::max_record_bytes`]. Timers (session and rebalance deadlines), the assignments
 //! last sent to members and the time groups became empty live in memory only: [`on_loaded`]
 //! starts them afresh.
 //!
@@ -125,6 +128,15 @@ pub struct GroupConfig {
     pub offsets_retention_ms: i64,
     /// `group.id.max.length` (rill): longest group id accepted (default 255 bytes).
     pub max_group_id_length: usize,
+    /// Largest record (key and value bytes) the shard may write (default 1 000 000). The
+    /// broker sets it below the `max.message.bytes` of `__consumer_offsets` (less the batch
+    /// framing), so every record a handler returns can be appended: requests whose records
+    /// would be larger are refused before anything is replayed (INVALID_REQUEST for a heartbeat,
+    /// INVALID_COMMIT_OFFSET_SIZE for an offset), and a group's subscribed topics are capped so
+    /// the records computed from them (subscribed topic metadata, target and current
+    /// assignments) always fit: topics beyond the cap (the last ones by name) are not assigned,
+    /// with a warning in the log.
+    pub max_record_bytes: usize,
 }
 
 impl Default for GroupConfig {
@@ -137,6 +149,7 @@ impl Default for GroupConfig {
             offset_metadata_max_bytes: 4096,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             max_group_id_length: 255,
+            max_record_bytes: 1_000_000,
         }
     }
 }
@@ -159,6 +172,11 @@ pub struct CoordinatorResult<T> {
     pub records: Vec<Record>,
     /// The response for the client.
     pub response: T,
+}
+
+/// The bytes a record takes against [`GroupConfig::max_record_bytes`]: key and value.
+pub(crate) fn record_size(record: &Record) -> usize {
+    record.key.len() + record.value.as_ref().map_or(0, |v| v.len())
 }
 
 /// Why a record could not be replayed (a corrupt or unknown record in the partition).

@@ -16,7 +16,7 @@ use rill_protocol::proto::{
 
 use crate::consumer_group::{ConsumerGroup, ConsumerGroupMember};
 use crate::records::{CoordinatorRecord, OffsetCommitKey, OffsetCommitValue};
-use crate::{ApiErr, GroupConfig, Record};
+use crate::{ApiErr, GroupConfig, Record, record_size};
 
 /// Offsets of one group: (topic, partition) → committed offset.
 pub(crate) type GroupOffsets = BTreeMap<(String, i32), OffsetCommitValue>;
@@ -70,7 +70,10 @@ impl OffsetMetadataManager {
     }
 
     fn emit(&mut self, out: &mut Vec<Record>, record: CoordinatorRecord) {
-        let encoded = record.encode();
+        self.emit_encoded(out, record.encode());
+    }
+
+    fn emit_encoded(&mut self, out: &mut Vec<Record>, encoded: Record) {
         match CoordinatorRecord::decode(&encoded) {
             Ok(Some(decoded)) => self.apply(decoded),
             Ok(None) => {}
@@ -110,18 +113,33 @@ impl OffsetMetadataManager {
                             Err(e.clone())
                         } else {
                             check_partition(config, group_id, member, &topic.name, p, image)
-                        };
+                        }
+                        .and_then(|()| {
+                            let record = CoordinatorRecord::OffsetCommit(
+                                key(group_id, &topic.name, p.index),
+                                Some(OffsetCommitValue {
+                                    offset: p.committed_offset,
+                                    leader_epoch: p.committed_leader_epoch,
+                                    metadata: p.committed_metadata.clone(),
+                                    commit_timestamp_ms: now_ms,
+                                }),
+                            )
+                            .encode();
+                            let size = record_size(&record);
+                            if size > config.max_record_bytes {
+                                return Err(ApiErr {
+                                    code: ErrorCode::InvalidCommitOffsetSize,
+                                    message: format!(
+                                        "the offset of {}-{} would take {size} bytes in one record of __consumer_offsets, more than max_record_bytes ({}): commit shorter metadata",
+                                        topic.name, p.index, config.max_record_bytes
+                                    ),
+                                });
+                            }
+                            Ok(record)
+                        });
                         match result {
-                            Ok(()) => {
-                                records.push(CoordinatorRecord::OffsetCommit(
-                                    key(group_id, &topic.name, p.index),
-                                    Some(OffsetCommitValue {
-                                        offset: p.committed_offset,
-                                        leader_epoch: p.committed_leader_epoch,
-                                        metadata: p.committed_metadata.clone(),
-                                        commit_timestamp_ms: now_ms,
-                                    }),
-                                ));
+                            Ok(record) => {
+                                records.push(record);
                                 OffsetCommitPartitionResponse {
                                     index: p.index,
                                     error_code: ErrorCode::None as i32,
@@ -139,7 +157,7 @@ impl OffsetMetadataManager {
             })
             .collect();
         for r in records {
-            self.emit(out, r);
+            self.emit_encoded(out, r);
         }
         OffsetCommitResponse { topics }
     }

@@ -91,11 +91,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn arbitrary_requests_are_safe(ops in prop::collection::vec(op(), 1..40)) {
+    fn arbitrary_requests_are_safe(
+        ops in prop::collection::vec(op(), 1..40),
+        max_record_bytes in prop_oneof![Just(1_000_000usize), 330usize..420],
+    ) {
         let mut cfg = config();
         cfg.offset_metadata_max_bytes = 8;
         cfg.max_size = 3;
         cfg.offsets_retention_ms = 50_000;
+        // Often small enough that some requests' records would not fit (refused) and that
+        // the subscribed topics get capped.
+        cfg.max_record_bytes = max_record_bytes;
         let mut h = Harness::with_config(cfg, &[("t", 3), ("u", 2), ("__consumer_offsets", 2)]);
         for op in ops {
             match op {
@@ -120,14 +126,14 @@ proptest! {
                 }
                 Op::Delete(g) => {
                     let r = h.shard.delete_groups(&[g]);
-                    h.log.extend(r.records);
+                    h.append(r.records);
                 }
                 Op::OffsetDelete(g, t, p) => {
                     let r = h.shard.offset_delete(OffsetDeleteRequest {
                         group_id: g,
                         topics: vec![OffsetFetchTopic { name: t, partition_indexes: vec![p] }],
                     });
-                    h.log.extend(r.records);
+                    h.append(r.records);
                 }
                 Op::Advance(ms) => {
                     h.now += ms;
@@ -135,7 +141,7 @@ proptest! {
                 }
                 Op::Cleanup => {
                     let r = h.shard.cleanup_expired_offsets(h.now);
-                    h.log.extend(r);
+                    h.append(r);
                 }
             }
             // Reads never panic either.

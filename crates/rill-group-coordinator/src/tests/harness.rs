@@ -47,6 +47,19 @@ pub fn assignment(parts: &[(&str, &[i32])]) -> Assignment {
         .collect()
 }
 
+/// Every record fits in `config.max_record_bytes`.
+pub fn assert_fit(config: &GroupConfig, records: &[Record]) {
+    for r in records {
+        let size = crate::record_size(r);
+        assert!(
+            size <= config.max_record_bytes,
+            "a {size}-byte record (type {:?}) exceeds max_record_bytes = {}",
+            &r.key[..2],
+            config.max_record_bytes
+        );
+    }
+}
+
 pub fn config() -> GroupConfig {
     GroupConfig {
         session_timeout_ms: 45_000,
@@ -97,27 +110,33 @@ impl Harness {
                 r.response
             );
         }
-        self.log.extend(r.records);
+        self.append(r.records);
         r.response
+    }
+
+    /// Appends records a handler returned, checking each fits in a record of the partition.
+    pub fn append(&mut self, records: Vec<Record>) {
+        assert_fit(&self.config, &records);
+        self.log.extend(records);
     }
 
     pub fn commit(&mut self, request: OffsetCommitRequest) -> OffsetCommitResponse {
         let r = self.shard.offset_commit(request, &self.image, self.now);
-        self.log.extend(r.records);
+        self.append(r.records);
         r.response
     }
 
     pub fn expire(&mut self) -> usize {
         let records = self.shard.expire_members(&self.image, self.now);
         let n = records.len();
-        self.log.extend(records);
+        self.append(records);
         n
     }
 
     pub fn metadata_update(&mut self) -> usize {
         let records = self.shard.on_metadata_update(&self.image, self.now);
         let n = records.len();
-        self.log.extend(records);
+        self.append(records);
         n
     }
 
@@ -138,6 +157,7 @@ impl Harness {
     pub fn assert_load_equals_live(&self) {
         let mut loaded = self.load();
         let extra = loaded.on_loaded(&self.image, self.now);
+        assert_fit(&self.config, &extra);
         assert!(
             extra.is_empty(),
             "on_loaded wrote {} records with an unchanged image",

@@ -6,6 +6,7 @@ mod assignors;
 mod fuzz;
 mod harness;
 mod heartbeat;
+mod limits;
 mod load;
 mod offsets;
 mod random;
