@@ -651,6 +651,11 @@ impl BrokerConfig {
                     offsets_retention_ms: int("offsets.retention.minutes", 1, i64::MAX / 60_000)?
                         * 60_000,
                     max_group_id_length: int("group.id.max.length", 1, 32_767)? as usize,
+                    // A record goes in a batch of its own at worst: batch and record framing
+                    // must still fit message.max.bytes (__consumer_offsets has no override).
+                    max_record_bytes: (int("message.max.bytes", 64, i32::MAX as i64)? as usize)
+                        .saturating_sub(1024)
+                        .max(1),
                 },
             },
             topic_defaults,
