@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use prost::Message;
 use prost::encoding::encoded_len_varint;
 use rill_protocol::ErrorCode;
 use rill_protocol::metadata_image::MetadataImage;
@@ -1251,16 +1250,14 @@ fn metadata_budget(config: &GroupConfig, group_id: &str) -> usize {
 /// when the costs of a group's subscribed topics add up to at most [`metadata_budget`], none of
 /// its records can exceed `max_record_bytes`.
 fn topic_cost(name: &str, topic: &TopicMetadata) -> usize {
+    // A length-delimited field (tag, length, bytes); empty strings and zeros are not written.
     let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-    let metadata = field(
-        TopicMetadataValue {
-            name: name.to_string(),
-            partitions: topic.partitions,
-            topic_id: topic.topic_id.clone(),
-        }
-        .encoded_len(),
-    );
+    let string = |s: &str| if s.is_empty() { 0 } else { field(s.len()) };
     let n = u64::try_from(topic.partitions.max(0)).unwrap_or(0);
+    // A `TopicMetadataValue`: name, partitions, topic id.
+    let metadata = field(
+        string(name) + if n > 0 { 1 + encoded_len_varint(n) } else { 0 } + string(&topic.topic_id),
+    );
     // Partitions 0..n, packed: one varint each.
     let packed: u64 = [
         (0u64, 1u64 << 7),
@@ -1273,7 +1270,8 @@ fn topic_cost(name: &str, topic: &TopicMetadata) -> usize {
     .map(|(&(lo, hi), bytes)| n.clamp(lo, hi).saturating_sub(lo) * bytes)
     .sum::<u64>()
         + n.saturating_sub(1 << 28) * 5;
-    let mut inner = field(name.len());
+    // A `TopicPartitionsValue` of partitions 0..n.
+    let mut inner = string(name);
     if n > 0 {
         inner += field(packed as usize);
     }
@@ -1337,13 +1335,14 @@ fn subscription_metadata(
 mod tests {
     use super::*;
     use crate::records::TopicPartitionsValue;
+    use prost::Message;
 
     #[test]
     fn topic_cost_bounds_the_real_encodings() {
-        for name in ["t", &"x".repeat(249)] {
+        for (name, id) in [("t", "AAAAAAAAAAAAAAAAAAAAAA"), (&*"x".repeat(249), "")] {
             for n in [0, 1, 127, 128, 129, 16_383, 16_384, 20_000] {
                 let topic = TopicMetadata {
-                    topic_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+                    topic_id: id.into(),
                     partitions: n,
                 };
                 let metadata = ConsumerGroupPartitionMetadataValue {
