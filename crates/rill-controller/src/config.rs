@@ -362,6 +362,46 @@ pub enum ConfigError {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// A property name no controller setting has (probably a typo): refused rather than
+    /// silently ignored.
+    #[error(
+        "unknown property {name:?} in {given_in}; the known ones are listed in docs/operations.md"
+    )]
+    Unknown {
+        /// The dotted property name as given.
+        name: String,
+        /// Where it was given: the config file or the command line.
+        given_in: &'static str,
+    },
+}
+
+/// Dotted names of the leaves of `figment`'s data (`node.id`, ...).
+fn property_names(figment: &Figment) -> Result<std::collections::BTreeSet<String>, ConfigError> {
+    fn walk(
+        prefix: &str,
+        value: &figment::value::Value,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        match value {
+            figment::value::Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_owned());
+            }
+        }
+    }
+    let dict: figment::value::Dict = figment.extract().map_err(Box::new)?;
+    let mut out = std::collections::BTreeSet::new();
+    walk("", &figment::value::Value::from(dict), &mut out);
+    Ok(out)
 }
 
 impl ControllerConfig {
@@ -372,9 +412,29 @@ impl ControllerConfig {
         overrides: &BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(ControllerConfig::default()));
+        // The file and the flags are strict (an unknown name is a typo); the environment is
+        // lenient (RILL_* is shared with the broker, the CLI and tools).
+        let known = property_names(&figment)?;
+        let check = |layer: &Figment, source: &'static str| -> Result<(), ConfigError> {
+            match property_names(layer)?
+                .into_iter()
+                .find(|k| !known.contains(k))
+            {
+                Some(name) => Err(ConfigError::Unknown {
+                    name,
+                    given_in: source,
+                }),
+                None => Ok(()),
+            }
+        };
         if let Some(file) = file {
+            check(&Figment::from(Toml::file_exact(file)), "the config file")?;
             figment = figment.merge(Toml::file_exact(file));
         }
+        let flags = overrides.iter().fold(Figment::new(), |f, (k, v)| {
+            f.merge(Serialized::global(k.as_str(), parse_value(v)))
+        });
+        check(&flags, "the command line")?;
         figment = figment.merge(
             Env::prefixed("RILL_")
                 .split("_")
@@ -520,6 +580,27 @@ fn parse_value(v: &str) -> figment::value::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_names_in_the_file_or_on_the_command_line_are_errors() {
+        let mut flags = BTreeMap::new();
+        flags.insert("num.partition".to_owned(), "6".to_owned());
+        let e = ControllerConfig::load(None, &flags).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Unknown { name, .. } if name == "num.partition"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("controller.toml");
+        std::fs::write(&file, "node.id = 1\nbroker.session.timeout = 5000\n").unwrap();
+        let e = ControllerConfig::load(Some(&file), &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("broker.session.timeout"), "{e}");
+        assert!(e.to_string().contains("config file"), "{e}");
+        // Every documented name is known.
+        let mut flags = BTreeMap::new();
+        flags.insert("broker.session.timeout.ms".to_owned(), "5000".to_owned());
+        ControllerConfig::load(None, &flags).unwrap();
+    }
 
     #[test]
     fn defaults_file_env_and_flags_layer_in_order() {
