@@ -216,7 +216,7 @@ pub fn parse_datetime(s: &str) -> Result<i64, String> {
         let (c, zone) = time.split_at(i);
         let sign = if zone.starts_with('-') { -1 } else { 1 };
         let z = zone[1..].replace(':', "");
-        if z.len() != 4 {
+        if z.len() != 4 || !z.is_ascii() {
             return Err(bad("the zone is not ±HH:MM"));
         }
         let h = num(&z[..2], "zone hour", 0, 23)?;
@@ -677,6 +677,24 @@ mod tests {
             "2026-11-27T10:00:00.Z",
         ] {
             assert!(parse_datetime(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn datetimes_with_non_ascii_text_are_refused_not_a_panic() {
+        assert!(parse_datetime("2026-11-27T10:00:00+1é1").is_err());
+        let valid = "2026-11-27T11:00:00.250+01:00";
+        for c in ['é', '€', '𝟙', '\u{301}'] {
+            for i in (0..=valid.len()).filter(|i| valid.is_char_boundary(*i)) {
+                let mut s = valid.to_owned();
+                s.insert(i, c);
+                assert!(parse_datetime(&s).is_err(), "{s} accepted");
+                let mut s = valid.to_owned();
+                if i < valid.len() {
+                    s.replace_range(i..i + 1, &c.to_string());
+                    assert!(parse_datetime(&s).is_err(), "{s} accepted");
+                }
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Consumer settings with Kafka's names and defaults, and their validation.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ConsumerError;
 
@@ -16,6 +16,9 @@ pub enum OffsetReset {
     /// partition until the application seeks it.
     None,
 }
+
+/// The largest duration a setting takes, in milliseconds: Kafka's settings are `int`s.
+const MAX_MS: u128 = i32::MAX as u128;
 
 /// Consumer settings, with Kafka's names and defaults.
 #[derive(Clone, Debug)]
@@ -39,9 +42,14 @@ pub struct ConsumerConfig {
     /// `check.crcs`: verify each batch's CRC-32C on receipt (default true).
     pub check_crcs: bool,
     /// `request.timeout.ms`: how long one request may take, and how long lookups such as
-    /// [`Consumer::partitions_of`](crate::Consumer::partitions_of) and commits keep retrying
-    /// (default 30 s).
+    /// [`Consumer::partitions_of`](crate::Consumer::partitions_of) and asynchronous commits
+    /// keep retrying (default 30 s).
     pub request_timeout: Duration,
+    /// `default.api.timeout.ms`: the bound of a call that waits for the cluster without a
+    /// timeout of its own — [`commit_sync`](crate::Consumer::commit_sync), the commits of
+    /// [`close`](crate::Consumer::close) and `unsubscribe` (also waiting for the commits queued
+    /// before them) and the commit before partitions are revoked (default 60 s).
+    pub default_api_timeout: Duration,
     /// `retry.backoff.ms`: the first wait before fetching a partition again after a retriable
     /// error, so a failing broker is not hammered.
     pub retry_backoff: Duration,
@@ -85,6 +93,7 @@ impl Default for ConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             check_crcs: true,
             request_timeout: Duration::from_secs(30),
+            default_api_timeout: Duration::from_secs(60),
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             group_id: None,
@@ -102,8 +111,8 @@ impl Default for ConsumerConfig {
 impl ConsumerConfig {
     /// Refuses settings that cannot work, naming the setting (Kafka's
     /// `InvalidConfigurationException`): an empty `group.id`, a `group.instance.id` without a
-    /// group, zero intervals, a `max.poll.interval.ms` that does not fit the protocol's
-    /// milliseconds.
+    /// group, zero intervals and timeouts, and durations that do not fit Kafka's (and the
+    /// protocol's) `i32` milliseconds.
     pub fn validate(&self) -> Result<(), ConsumerError> {
         let bad = |m: String| Err(ConsumerError::Config(m));
         if self.bootstrap.is_empty() {
@@ -132,18 +141,29 @@ impl ConsumerConfig {
                     .into(),
             );
         }
-        if self.auto_commit_interval.is_zero() {
-            return bad("auto.commit.interval.ms must be positive".into());
+        for (name, value) in [
+            ("auto.commit.interval.ms", self.auto_commit_interval),
+            ("max.poll.interval.ms", self.max_poll_interval),
+            ("request.timeout.ms", self.request_timeout),
+            ("default.api.timeout.ms", self.default_api_timeout),
+        ] {
+            let ms = value.as_millis();
+            if ms == 0 || ms > MAX_MS {
+                return bad(format!(
+                    "{name} must be between 1 and {MAX_MS} ms (got {value:?})"
+                ));
+            }
         }
-        let max_poll = self.max_poll_interval.as_millis();
-        if max_poll == 0 || max_poll > i32::MAX as u128 {
-            return bad(format!(
-                "max.poll.interval.ms must be between 1 and {} (got {max_poll})",
-                i32::MAX
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            return bad("request.timeout.ms must be positive".into());
+        for (name, value) in [
+            ("retry.backoff.ms", self.retry_backoff),
+            ("retry.backoff.max.ms", self.retry_backoff_max),
+            ("fetch.max.wait.ms", self.fetch_max_wait),
+        ] {
+            if value.as_millis() > MAX_MS {
+                return bad(format!(
+                    "{name} must be at most {MAX_MS} ms (got {value:?})"
+                ));
+            }
         }
         Ok(())
     }
@@ -160,6 +180,14 @@ impl ConsumerConfig {
             timeout: self.request_timeout,
         }
     }
+}
+
+/// `timeout` from now, or (a timeout too long for the clock) a time that never comes.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 /// How retriable failures are retried: exponential backoff up to a cap, for up to `timeout`.
@@ -196,6 +224,19 @@ mod tests {
     }
 
     #[test]
+    fn small_timeouts_are_valid_and_deadlines_never_overflow() {
+        ConsumerConfig {
+            request_timeout: Duration::from_millis(1),
+            default_api_timeout: Duration::from_millis(1),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert!(deadline_after(Duration::MAX) > Instant::now() + Duration::from_secs(86_400));
+        assert!(deadline_after(Duration::ZERO) <= Instant::now());
+    }
+
+    #[test]
     fn defaults_are_valid_and_kafkas() {
         let c = ConsumerConfig::default();
         c.validate().unwrap();
@@ -205,6 +246,7 @@ mod tests {
         );
         assert_eq!(c.auto_commit_interval, Duration::from_secs(5));
         assert_eq!(c.max_poll_interval, Duration::from_secs(300));
+        assert_eq!(c.default_api_timeout, Duration::from_secs(60));
         let g = ConsumerConfig {
             group_id: Some("g".into()),
             ..Default::default()
@@ -265,6 +307,41 @@ mod tests {
                     ..Default::default()
                 },
                 "bootstrap.servers",
+            ),
+            (
+                ConsumerConfig {
+                    request_timeout: Duration::MAX,
+                    ..Default::default()
+                },
+                "request.timeout.ms",
+            ),
+            (
+                ConsumerConfig {
+                    request_timeout: Duration::from_micros(10),
+                    ..Default::default()
+                },
+                "request.timeout.ms",
+            ),
+            (
+                ConsumerConfig {
+                    default_api_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "default.api.timeout.ms",
+            ),
+            (
+                ConsumerConfig {
+                    auto_commit_interval: Duration::MAX,
+                    ..Default::default()
+                },
+                "auto.commit.interval.ms",
+            ),
+            (
+                ConsumerConfig {
+                    retry_backoff_max: Duration::from_secs(u64::MAX),
+                    ..Default::default()
+                },
+                "retry.backoff.max.ms",
             ),
         ];
         for (config, name) in cases {

@@ -8,7 +8,7 @@ use rill_protocol::TopicPartition;
 use rill_protocol::client::ClusterClient;
 use tokio::task::JoinHandle;
 
-use crate::config::ConsumerConfig;
+use crate::config::{ConsumerConfig, deadline_after};
 use crate::consumer_coordinator::heartbeat::Event;
 use crate::consumer_coordinator::{ConsumerCoordinator, ConsumerRebalanceListener, first_error};
 use crate::fetcher::{Fetcher, Finished};
@@ -374,7 +374,7 @@ impl Consumer {
         if let Some(m) = self.misuse.take() {
             return Err(ConsumerError::IllegalState(m));
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             if let Some(c) = &mut self.coordinator {
                 // Inside poll the application is responsive: the poll timer restarts.
@@ -437,7 +437,8 @@ impl Consumer {
             Some(c) => {
                 let patience = deadline
                     .saturating_duration_since(Instant::now())
-                    .clamp(Duration::from_millis(100), self.config.request_timeout);
+                    .max(Duration::from_millis(100))
+                    .min(self.config.request_timeout);
                 c.refresh_committed(&mut self.subscriptions, patience)
                     .await?;
             }

@@ -31,7 +31,7 @@ use self::commit::{CommitResult, Committer};
 use self::heartbeat::{
     Command, Event, MemberIdentity, MembershipHandle, MembershipSettings, PollTimer,
 };
-use crate::config::{ConsumerConfig, RetryPolicy};
+use crate::config::{ConsumerConfig, RetryPolicy, deadline_after};
 use crate::coordinator_client::{CoordinatorClient, is_coordinator_retriable};
 use crate::error::response_error;
 use crate::fetcher::Fetcher;
@@ -147,7 +147,7 @@ impl ConsumerCoordinator {
             poll_timer: PollTimer::new(),
             auto_commit: config.auto_commit(),
             auto_commit_interval: config.auto_commit_interval,
-            next_auto_commit: Instant::now() + config.auto_commit_interval,
+            next_auto_commit: deadline_after(config.auto_commit_interval),
             auto_commit_in_flight: None,
         }
     }
@@ -423,7 +423,7 @@ impl ConsumerCoordinator {
         if now < self.next_auto_commit {
             return;
         }
-        self.next_auto_commit = now + self.auto_commit_interval;
+        self.next_auto_commit = deadline_after(self.auto_commit_interval);
         let offsets = consumed_offsets(subscriptions, None);
         if offsets.is_empty() {
             return;
@@ -475,7 +475,7 @@ impl ConsumerCoordinator {
         if let Some(m) = &mut self.membership {
             let (tx, rx) = oneshot::channel();
             if m.commands.send(Command::Leave(tx)).is_ok() {
-                let bound = self.retry.timeout + Duration::from_secs(5);
+                let bound = self.retry.timeout.saturating_add(Duration::from_secs(5));
                 let _ = tokio::time::timeout(bound, rx).await;
             }
             while m.events.try_recv().is_ok() {}

@@ -16,7 +16,7 @@ use rill_protocol::proto::{
 use rill_protocol::{ApiError, ErrorCode};
 use tonic::transport::Channel;
 
-use crate::config::RetryPolicy;
+use crate::config::{RetryPolicy, deadline_after};
 use crate::error::{request_error, response_error};
 
 /// The internal topic whose partition leaders coordinate groups.
@@ -192,7 +192,7 @@ impl CoordinatorClient {
         F: FnMut(GroupCoordinatorClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let deadline = Instant::now() + patience;
+        let deadline = deadline_after(patience);
         let mut failures = 0;
         loop {
             match self.call_once(&mut f).await {

@@ -11,7 +11,7 @@ use rill_protocol::proto::{
 };
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
 
-use crate::config::RetryPolicy;
+use crate::config::{RetryPolicy, deadline_after};
 use crate::error::{request_error, response_error};
 
 /// ListOffsets `timestamp` for the log start offset.
@@ -33,7 +33,7 @@ pub(crate) async fn list_offsets(
     tps: &[TopicPartition],
     timestamp: i64,
 ) -> Vec<(TopicPartition, Result<Found, ApiError>)> {
-    let deadline = Instant::now() + retry.timeout;
+    let deadline = deadline_after(retry.timeout);
     let mut done: BTreeMap<TopicPartition, Result<Found, ApiError>> = BTreeMap::new();
     let mut last_error: BTreeMap<TopicPartition, ApiError> = BTreeMap::new();
     let mut pending: BTreeSet<TopicPartition> = tps.iter().cloned().collect();
@@ -182,7 +182,7 @@ pub(crate) async fn partitions_of(
     retry: &RetryPolicy,
     topic: &str,
 ) -> Result<Vec<TopicPartition>, ApiError> {
-    let deadline = Instant::now() + retry.timeout;
+    let deadline = deadline_after(retry.timeout);
     let mut failures = 0;
     let n = loop {
         let e = match client.partitions(topic).await {

@@ -13,7 +13,7 @@ use rill_protocol::{ApiError, ErrorCode, TopicPartition};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::heartbeat::MemberIdentity;
-use crate::config::RetryPolicy;
+use crate::config::{RetryPolicy, deadline_after};
 use crate::coordinator_client::CoordinatorClient;
 use crate::error::response_error;
 use crate::{ConsumerError, OffsetAndMetadata};
@@ -112,7 +112,7 @@ pub(crate) async fn commit(
     offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
     as_member: bool,
 ) -> CommitResult {
-    let deadline = Instant::now() + retry.timeout;
+    let deadline = deadline_after(retry.timeout);
     let mut pending = offsets;
     let mut failed: Vec<(TopicPartition, ApiError)> = Vec::new();
     let mut stale_retried = false;

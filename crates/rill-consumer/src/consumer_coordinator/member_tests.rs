@@ -502,3 +502,20 @@ async fn a_member_that_keeps_polling_stays_even_with_rare_heartbeats() {
     );
     assert_eq!(consumer.assignment(), vec![tp("t", 0)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_without_a_bound_and_tiny_timeouts_do_not_panic() {
+    let fake = Fake::start(&[("t", 1)], numbered(3)).await;
+    let mut consumer = Consumer::new(ConsumerConfig {
+        request_timeout: Duration::from_millis(20),
+        default_api_timeout: Duration::from_millis(20),
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.assign([tp("t", 0)]);
+    // Looks the committed offset up (patience below 100 ms), then waits without a bound
+    // until records come.
+    let records = consumer.poll(Duration::MAX).await.unwrap();
+    assert_eq!(records[0].offset, 0);
+    consumer.close().await.unwrap();
+}
