@@ -167,7 +167,10 @@ pub(crate) fn heartbeat_request(
     let known = Sent {
         names: Some(names),
         regex: Some(regex),
-        owned: Some(owned.clone()),
+        // A coordinator that already has the member takes a join (epoch 0) as a repeated or
+        // delayed one and ignores its owned_partitions: the next heartbeat reports them, or
+        // partitions pending revocation would wait for the rebalance timeout.
+        owned: (identity.epoch != 0).then(|| owned.clone()),
         rebalance_timeout: true,
         assignor: true,
     };
@@ -562,7 +565,10 @@ mod tests {
         assert_eq!(join.owned_partitions, Some(TopicPartitionsList::default()));
         assert_eq!(join.rack_id.as_deref(), Some("r1"));
 
-        // Nothing changed: only the identity.
+        // The first heartbeat after the join reports what is owned (the coordinator may have
+        // ignored the join's owned_partitions); then nothing changed: only the identity.
+        let (hb, known) = heartbeat_request(&s, &id(3), &topics, &none, &known);
+        assert_eq!(hb.owned_partitions, Some(TopicPartitionsList::default()));
         let (hb, known) = heartbeat_request(&s, &id(3), &topics, &none, &known);
         assert_eq!(hb.member_epoch, 3);
         assert_eq!(hb.rebalance_timeout_ms, -1);

@@ -519,3 +519,42 @@ async fn poll_without_a_bound_and_tiny_timeouts_do_not_panic() {
     assert_eq!(records[0].offset, 0);
     consumer.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_join_the_next_heartbeat_reports_what_the_member_owns() {
+    // A coordinator that took the join as a repeated one (it ignores owned_partitions at
+    // epoch 0) and holds t-0 back until a heartbeat at the member's epoch reports ownership,
+    // as KIP-848's UNREVOKED_PARTITIONS state does.
+    let fake = Fake::start(&[("t", 1)], numbered(0)).await;
+    fake.coordinator.lock().on_heartbeat = Box::new(|r, _| {
+        let released = r.member_epoch > 0 && r.owned_partitions.is_some();
+        ConsumerGroupHeartbeatResponse {
+            member_id: r.member_id.clone(),
+            member_epoch: match r.member_epoch {
+                e if e < 0 => e,
+                0 | 1 if !released => 1,
+                _ => 2,
+            },
+            heartbeat_interval_ms: 50,
+            assignment: match r.member_epoch {
+                0 => Some(assignment(&[])),
+                1 if released => Some(assignment(&[("t", 0)])),
+                _ => None,
+            },
+            ..Default::default()
+        }
+    });
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    poll_until(&mut consumer, Duration::from_secs(3), |_| {
+        logged(&fake, "assigned t-0").is_some()
+    })
+    .await;
+    let c = fake.coordinator.lock();
+    let after_join = c.heartbeats.iter().find(|h| h.member_epoch > 0).unwrap();
+    assert_eq!(
+        after_join.owned_partitions.as_ref().map(|o| o.topics.len()),
+        Some(0),
+        "the first heartbeat after the join reports owning nothing"
+    );
+}
