@@ -384,50 +384,67 @@ impl Consumer {
                 c.maybe_auto_commit(&self.subscriptions);
             }
             if self.fetcher.has_buffered() {
-                self.fetcher.start_fetches(&self.subscriptions).await?;
-                return Ok(self.fetcher.drain(&self.subscriptions));
+                return self.hand_over().await;
             }
             self.resolve_positions(deadline).await?;
-            self.fetcher.start_fetches(&self.subscriptions).await?;
+            self.fetcher.start_fetches(&self.subscriptions).await;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let wake = if self.fetcher.nothing_in_flight() {
-                if remaining.is_zero() {
-                    return Ok(Vec::new());
-                }
-                // Nothing to wait for but partitions backing off (or without a leader, or
-                // not assigned yet).
-                let nap = remaining
-                    .min(self.fetcher.retry_in())
-                    .max(Duration::from_millis(1));
-                tokio::select! {
-                    e = group_event(self.coordinator.as_mut()) => Wake::Group(e),
-                    _ = tokio::time::sleep(nap) => continue,
-                }
+            let in_flight = !self.fetcher.nothing_in_flight();
+            if remaining.is_zero() && !in_flight {
+                return Ok(Vec::new());
+            }
+            // With nothing in flight (partitions backing off, without a leader, or not
+            // positioned or assigned yet), nap until the first backoff ends.
+            let nap = if in_flight {
+                remaining
             } else {
-                tokio::select! {
-                    f = self.fetcher.next_finished() => match f {
-                        Some(f) => Wake::Fetch(f),
-                        None => Wake::Timeout,
-                    },
-                    e = group_event(self.coordinator.as_mut()) => Wake::Group(e),
-                    _ = tokio::time::sleep(remaining) => Wake::Timeout,
-                }
+                remaining
+                    .min(self.fetcher.retry_in())
+                    .max(Duration::from_millis(1))
+            };
+            // Membership events first: a partition lost meanwhile is given up before records
+            // are taken.
+            let wake = tokio::select! {
+                biased;
+                e = group_event(self.coordinator.as_mut()) => Wake::Group(e),
+                Some(f) = self.fetcher.next_finished(), if in_flight => Wake::Fetch(f),
+                _ = tokio::time::sleep(nap) => Wake::Timeout,
             };
             match wake {
-                Wake::Fetch(f) => self.fetcher.complete(f, &mut self.subscriptions)?,
                 Wake::Group(e) => {
                     if let Some(c) = &mut self.coordinator {
                         c.stash(e);
                     }
                     continue;
                 }
-                Wake::Timeout => return Ok(Vec::new()),
+                Wake::Fetch(f) => {
+                    // On an error, what the answer brought stays buffered (the consumed
+                    // positions do not move) for the next poll.
+                    self.fetcher.complete(f, &mut self.subscriptions)?;
+                    if self.fetcher.has_buffered() {
+                        return self.hand_over().await;
+                    }
+                }
+                Wake::Timeout => {}
             }
-            if self.fetcher.has_buffered() || Instant::now() >= deadline {
-                self.fetcher.start_fetches(&self.subscriptions).await?;
-                return Ok(self.fetcher.drain(&self.subscriptions));
+            if Instant::now() >= deadline {
+                self.fetcher.start_fetches(&self.subscriptions).await;
+                return Ok(Vec::new());
             }
         }
+    }
+
+    /// Returns the buffered records. The next fetches start first — the last await, so a poll
+    /// cancelled there loses nothing: the records stay buffered and the consumed positions
+    /// unchanged. Then the membership events that arrived meanwhile are taken (records of a
+    /// partition just lost are never returned), and the records go to the application,
+    /// moving the consumed positions past them.
+    async fn hand_over(&mut self) -> Result<Vec<ConsumerRecord>, ConsumerError> {
+        self.fetcher.start_fetches(&self.subscriptions).await;
+        if let Some(c) = &mut self.coordinator {
+            c.take_losses(&mut self.subscriptions, &mut self.fetcher)?;
+        }
+        Ok(self.fetcher.drain(&mut self.subscriptions))
     }
 
     /// Gives every partition without a position one: the group's committed offset (with a

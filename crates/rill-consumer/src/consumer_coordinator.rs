@@ -241,6 +241,24 @@ impl ConsumerCoordinator {
         subscriptions: &mut SubscriptionState,
         fetcher: &mut Fetcher,
     ) -> Result<(), ConsumerError> {
+        self.take_losses(subscriptions, fetcher)?;
+        if let Some(target) = self.target.clone() {
+            if subscriptions.is_subscribed() {
+                self.reconcile(target, subscriptions, fetcher).await;
+            }
+            self.target = None;
+        }
+        Ok(())
+    }
+
+    /// Takes the events received so far, without awaiting: losses (and a fatal refusal, which
+    /// is returned) are handled at once, so nothing of a lost partition is returned after
+    /// this; the latest target assignment is kept for [`process_events`](Self::process_events).
+    pub fn take_losses(
+        &mut self,
+        subscriptions: &mut SubscriptionState,
+        fetcher: &mut Fetcher,
+    ) -> Result<(), ConsumerError> {
         let mut events = self.take_events().into_iter();
         while let Some(event) = events.next() {
             match event {
@@ -259,12 +277,6 @@ impl ConsumerCoordinator {
                     return Err(e.into());
                 }
             }
-        }
-        if let Some(target) = self.target.clone() {
-            if subscriptions.is_subscribed() {
-                self.reconcile(target, subscriptions, fetcher).await;
-            }
-            self.target = None;
         }
         Ok(())
     }

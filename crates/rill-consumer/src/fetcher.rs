@@ -4,6 +4,15 @@
 //! receipt; retriable failures back a partition off exponentially and refresh metadata;
 //! positions advance by batch headers, so compacted batches with offset gaps (or no records at
 //! all) never stall a reader.
+//!
+//! Two positions per partition: the consumed position (in the subscription state: what `poll`
+//! returned, what commits store) and the fetch position (where the next fetch starts). The
+//! fetch position is the consumed position, or, while records of the partition are buffered,
+//! the offset after them: a partition with buffered records is not fetched again, and the
+//! consumed position moves to the fetch position only when [`Fetcher::drain`] hands the records
+//! to the application. Dropping buffered records (revocation, loss, pause, seek, assign, a
+//! poll that failed or was cancelled before returning them) so moves the fetch position back
+//! to the consumed position: nothing is skipped and nothing unseen is committed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -45,11 +54,25 @@ struct FetchSettings {
     retry: RetryPolicy,
 }
 
+/// Records of one partition received but not returned yet.
+struct Buffered {
+    tp: TopicPartition,
+    /// The consumed position they were fetched from.
+    fetched_at: i64,
+    records: Vec<ConsumerRecord>,
+    /// The partition's fetch position: the offset after them (past any batch without
+    /// records).
+    next: i64,
+    /// The leader epoch of the last batch taken (-1 when none).
+    last_epoch: i32,
+}
+
 /// Fetches in flight, records received but not yet returned, and per-partition backoff.
 pub(crate) struct Fetcher {
     client: ClusterClient,
     settings: FetchSettings,
-    buffered: VecDeque<ConsumerRecord>,
+    /// In the order received, at most one per partition.
+    buffered: VecDeque<Buffered>,
     in_flight: HashMap<i32, InFlight>,
     results_tx: mpsc::UnboundedSender<Finished>,
     results_rx: mpsc::UnboundedReceiver<Finished>,
@@ -87,15 +110,15 @@ impl Fetcher {
         }
     }
 
-    /// Forgets what was received for `tp` and its backoff (after a seek, or when the
-    /// partition is revoked or lost). Callers cancel the fetches in flight first.
+    /// Forgets what was received for `tp` (its fetch position goes back to the consumed one)
+    /// and its backoff: after a seek, a pause, or when the partition is revoked or lost.
     pub fn discard(&mut self, tp: &TopicPartition) {
-        self.buffered
-            .retain(|r| r.topic != tp.topic || r.partition != tp.partition);
+        self.buffered.retain(|b| b.tp != *tp);
         self.backoff.remove(tp);
     }
 
-    /// Forgets everything received and every backoff.
+    /// Forgets everything received (fetch positions go back to the consumed ones) and every
+    /// backoff.
     pub fn clear(&mut self) {
         self.cancel_fetches();
         self.buffered.clear();
@@ -106,15 +129,22 @@ impl Fetcher {
         !self.buffered.is_empty()
     }
 
-    /// Hands every buffered record to the application, keeping only those of partitions that
-    /// may still be returned (a partition revoked meanwhile never is).
-    pub fn drain(&mut self, subscriptions: &SubscriptionState) -> Vec<ConsumerRecord> {
-        self.buffered
-            .drain(..)
-            .filter(|r| {
-                subscriptions.is_assigned(&TopicPartition::new(r.topic.as_str(), r.partition))
-            })
-            .collect()
+    /// Hands every buffered record to the application, moving the consumed positions past
+    /// them. Records of partitions that may not be returned now (revoked, lost, paused, or
+    /// seeked meanwhile) are dropped instead: such a partition is fetched again from its
+    /// consumed position, if it is fetched at all.
+    pub fn drain(&mut self, subscriptions: &mut SubscriptionState) -> Vec<ConsumerRecord> {
+        let mut out = Vec::new();
+        for b in self.buffered.drain(..) {
+            if !subscriptions.is_fetchable(&b.tp)
+                || subscriptions.position(&b.tp) != Some(b.fetched_at)
+            {
+                continue;
+            }
+            subscriptions.advance(&b.tp, b.next, b.last_epoch);
+            out.extend(b.records);
+        }
+        out
     }
 
     pub fn nothing_in_flight(&self) -> bool {
@@ -136,11 +166,10 @@ impl Fetcher {
         self.results_rx.recv().await
     }
 
-    /// Starts one fetch per leader for fetchable partitions not already being fetched.
-    pub async fn start_fetches(
-        &mut self,
-        subscriptions: &SubscriptionState,
-    ) -> Result<(), ConsumerError> {
+    /// Starts one fetch per leader for fetchable partitions not already being fetched and
+    /// without buffered records (so each starts at its consumed position). A partition whose
+    /// leader is unknown (no leader, metadata unavailable) backs off instead.
+    pub async fn start_fetches(&mut self, subscriptions: &SubscriptionState) {
         let busy: Vec<TopicPartition> = self
             .in_flight
             .values()
@@ -153,20 +182,16 @@ impl Fetcher {
             if self.backoff.get(&tp).is_some_and(|b| b.until > now) {
                 continue;
             }
-            if busy.contains(&tp)
-                || self
-                    .buffered
-                    .iter()
-                    .any(|r| r.topic == tp.topic && r.partition == tp.partition)
-            {
+            if busy.contains(&tp) || self.buffered.iter().any(|b| b.tp == tp) {
                 continue;
             }
-            let leader = self
-                .client
-                .partitions(&tp.topic)
-                .await?
-                .get(tp.partition as usize)
-                .map_or(-1, |l| l.leader);
+            let leader = match self.client.partitions(&tp.topic).await {
+                Ok(p) => p.get(tp.partition as usize).map_or(-1, |l| l.leader),
+                Err(e) => {
+                    tracing::debug!(partition = %tp, error = %e, "no metadata for a partition; backing off");
+                    -1
+                }
+            };
             if leader < 0 {
                 self.client.invalidate(&tp.topic);
                 leaderless.push(tp);
@@ -222,7 +247,6 @@ impl Fetcher {
             });
             self.in_flight.insert(leader, (handle, parts));
         }
-        Ok(())
     }
 
     /// Marks one more retriable failure of `tp`: it is not fetched again before its backoff ends.
@@ -233,7 +257,10 @@ impl Fetcher {
     }
 
     /// Takes a finished fetch: stale generations are ignored; records of partitions that are
-    /// still fetchable at the position asked for are buffered and their positions advance.
+    /// still fetchable at the position asked for are buffered (a partition whose answer holds
+    /// no records moves its consumed position past the batches at once). Every partition of
+    /// the answer is taken before the first error (a corrupt batch, a partition error that is
+    /// not retried) is returned; records buffered stay for the next `poll`.
     pub fn complete(
         &mut self,
         finished: Finished,
@@ -271,6 +298,7 @@ impl Fetcher {
                 return Err(e.into());
             }
         };
+        let mut first_error: Option<ConsumerError> = None;
         for t in response.topics {
             for p in t.partitions {
                 let tp = TopicPartition::new(t.name.clone(), p.index);
@@ -294,37 +322,53 @@ impl Fetcher {
                             self.client.invalidate(&t.name);
                             self.back_off(&tp);
                         }
-                        _ => return Err(ApiError::new(code, p.error_message).into()),
+                        _ => {
+                            first_error.get_or_insert(ApiError::new(code, p.error_message).into());
+                        }
                     }
                     continue;
                 }
                 self.backoff.remove(&tp);
-                let (next, last_epoch, outcome) =
+                let (records, next, last_epoch, outcome) =
                     self.take_records(&t.name, p.index, requested_at, &p.records);
-                subscriptions.advance(&tp, next, last_epoch);
-                outcome?;
+                if records.is_empty() {
+                    // Nothing to hand over: the consumed position moves past the batches.
+                    subscriptions.advance(&tp, next, last_epoch);
+                } else {
+                    self.buffered.push_back(Buffered {
+                        tp,
+                        fetched_at: requested_at,
+                        records,
+                        next,
+                        last_epoch,
+                    });
+                }
+                if let Err(e) = outcome {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
-    /// Buffers the records of `records` (one partition's part of a Fetch response) from
-    /// `position` on. Returns the next position, the leader epoch of the last batch taken
-    /// (-1 when none), and an error for a corrupt batch: its records are not delivered and the
-    /// position stays at it (as Kafka's consumer does), while the records of the good batches
-    /// before it are delivered once.
+    /// The records of `records` (one partition's part of a Fetch response) from `position`
+    /// on, the next position, the leader epoch of the last batch taken (-1 when none), and an
+    /// error for a corrupt batch: its records are not delivered and the position stays at it
+    /// (as Kafka's consumer does), while the records of the good batches before it are
+    /// delivered once.
     ///
     /// A truncated batch after at least one whole batch is the partial tail a size limit cut
     /// (fetched again from its start); anything else that does not parse is corrupt. A
     /// response holding only part of a batch is corrupt too: rill's brokers always send at
     /// least one whole batch, so fetching it again would return the same part forever.
     fn take_records(
-        &mut self,
+        &self,
         topic: &str,
         partition: i32,
         position: i64,
         records: &[u8],
-    ) -> (i64, i32, Result<(), ConsumerError>) {
+    ) -> (Vec<ConsumerRecord>, i64, i32, Result<(), ConsumerError>) {
+        let mut taken = Vec::new();
         let mut next = position;
         let mut last_epoch = -1;
         let corrupt = |offset: i64, reason: String| ConsumerError::Corrupt {
@@ -337,7 +381,7 @@ impl Fetcher {
             let batch = match batch {
                 Ok(b) => b,
                 Err(BatchError::Truncated { .. }) if whole_batches > 0 => break,
-                Err(e) => return (next, last_epoch, Err(corrupt(next, e.to_string()))),
+                Err(e) => return (taken, next, last_epoch, Err(corrupt(next, e.to_string()))),
             };
             let header = *batch.header();
             if self.settings.check_crcs
@@ -347,6 +391,7 @@ impl Fetcher {
                 })
             {
                 return (
+                    taken,
                     next,
                     last_epoch,
                     Err(corrupt(header.base_offset.max(next), e.to_string())),
@@ -360,18 +405,22 @@ impl Fetcher {
                     Ok(r) => r,
                     Err(e) => {
                         return (
+                            taken,
                             next,
                             last_epoch,
                             Err(corrupt(header.base_offset.max(next), e.to_string())),
                         );
                     }
                 };
-                let mut taken = Vec::new();
+                let before = taken.len();
                 for r in parsed.iter() {
                     let r = match r {
                         Ok(r) => r,
                         Err(e) => {
+                            // Nothing of the corrupt batch is delivered.
+                            taken.truncate(before);
                             return (
+                                taken,
                                 next,
                                 last_epoch,
                                 Err(corrupt(header.base_offset.max(next), e.to_string())),
@@ -399,12 +448,11 @@ impl Fetcher {
                             .collect(),
                     });
                 }
-                self.buffered.extend(taken);
             }
             next = header.next_offset();
             last_epoch = header.partition_leader_epoch;
         }
-        (next, last_epoch, Ok(()))
+        (taken, next, last_epoch, Ok(()))
     }
 }
 
@@ -481,6 +529,92 @@ mod tests {
         let all: Vec<String> = values.into_iter().chain(values_after).collect();
         assert_eq!(all, ["a", "b"]);
         assert_eq!(consumer.position(&TopicPartition::new("t", 0)), Some(2));
+    }
+
+    /// A group consumer (auto commit) of `t-0`, whose first fetch brings `a b c`, and `t-1`,
+    /// whose batch is corrupt: its first `poll` fails after buffering the records of `t-0`.
+    async fn failed_with_records_buffered() -> (Consumer, Fake) {
+        let mut bad = batch(0, &["x"]);
+        bad[16] = 7;
+        let fake = Fake::start(
+            &[("t", 2)],
+            Arc::new(move |tp, offset| match (tp.partition, offset) {
+                (0, 0) => records(0, batch(0, &["a", "b", "c"])),
+                (0, _) => records(0, Vec::new()),
+                _ => records(1, bad.clone()),
+            }),
+        )
+        .await;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            group_id: Some("g".into()),
+            auto_offset_reset: crate::OffsetReset::Earliest,
+            ..Default::default()
+        })
+        .unwrap();
+        consumer.assign([TopicPartition::new("t", 0), TopicPartition::new("t", 1)]);
+        let (values, error) = poll_until_error(&mut consumer, Duration::from_secs(10)).await;
+        assert!(values.is_empty(), "{values:?}");
+        assert!(
+            matches!(error, Some(ConsumerError::Corrupt { partition: 1, .. })),
+            "{error:?}"
+        );
+        (consumer, fake)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_never_returned_are_not_committed() {
+        let (mut consumer, fake) = failed_with_records_buffered().await;
+        let t0 = TopicPartition::new("t", 0);
+        assert_eq!(
+            consumer.position(&t0),
+            Some(0),
+            "nothing of t-0 was returned"
+        );
+        consumer.close().await.unwrap();
+        assert_eq!(fake.coordinator.lock().committed.get(&t0), Some(&0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pause_and_resume_skip_no_buffered_record() {
+        let (mut consumer, _fake) = failed_with_records_buffered().await;
+        let (t0, t1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        consumer.pause(&[t0.clone(), t1.clone()]);
+        consumer.resume(std::slice::from_ref(&t0));
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while values.len() < 3 && Instant::now() < deadline {
+            for r in consumer.poll(Duration::from_millis(100)).await.unwrap() {
+                values.push((r.offset, r.value.unwrap()));
+            }
+        }
+        assert_eq!(
+            values,
+            [(0, "a".into()), (1, "b".into()), (2, "c".into())],
+            "t-0 from its start, once"
+        );
+        assert_eq!(consumer.position(&t0), Some(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_without_metadata_backs_off_and_does_not_fail_poll() {
+        let fake = Fake::start(&[("t", 1)], crate::testing::numbered(2)).await;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        let (t0, gone) = (TopicPartition::new("t", 0), TopicPartition::new("gone", 0));
+        consumer.assign([t0.clone(), gone.clone()]);
+        consumer.seek(&t0, 0);
+        consumer.seek(&gone, 0);
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            seen.extend(consumer.poll(Duration::from_millis(100)).await.unwrap());
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(consumer.fetcher.backoff[&gone].failures >= 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

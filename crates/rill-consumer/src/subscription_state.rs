@@ -2,9 +2,9 @@
 //! pattern, with a group) or the manual assignment, and for every assigned partition its fetch
 //! position, the leader epoch of the last record returned and whether it is paused.
 //!
-//! Positions move only when records are handed to the application (the fetcher drains its
-//! whole buffer on every `poll`), so between two polls a position is exactly what was consumed
-//! and is what a commit stores.
+//! A partition's position here is its consumed position: it moves only when `poll` hands
+//! records to the application (the fetcher keeps where its next fetch starts, past records it
+//! buffered), so it is exactly what was consumed and is what a commit stores.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -197,8 +197,9 @@ impl SubscriptionState {
         }
     }
 
-    /// Moves `tp` to `offset` after records up to it were taken, remembering the leader epoch
-    /// of the last batch (-1 keeps the one known).
+    /// Moves `tp` to `offset` once the records before it were handed to the application (or
+    /// there were none), remembering the leader epoch of the last batch (-1 keeps the one
+    /// known).
     pub fn advance(&mut self, tp: &TopicPartition, offset: i64, last_epoch: i32) {
         if let Some(s) = self.partitions.get_mut(tp) {
             s.fetch = FetchState::At(offset);
