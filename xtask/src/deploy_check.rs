@@ -159,7 +159,8 @@ fn check_compose() -> Result<()> {
         .context("deploy/compose/docker-compose.yml is not valid")
 }
 
-fn apt_install(package: &str) -> Result<()> {
+/// `apt-get install` of a Debian package (after an `apt-get update` when the first try fails).
+pub(crate) fn apt_install(package: &str) -> Result<()> {
     crate::run(
         "apt-get",
         &["install", "-y", "--no-install-recommends", package],

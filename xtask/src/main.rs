@@ -187,6 +187,11 @@ fn install_missing_tools() -> Result<()> {
         run("cargo", &["install", "cargo-nextest", "--locked"])
             .context("cargo-nextest is missing and could not be installed")?;
     }
+    // rill-broker's Kafka-listener tests run kcat (librdkafka), a Kafka client nobody here wrote.
+    if !succeeds("kcat", &["-V"]) {
+        deploy_check::apt_install("kcat")
+            .context("kcat is missing and could not be installed (Debian: apt-get install kcat)")?;
+    }
     Ok(())
 }
 

@@ -30,6 +30,16 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "host:port clients should use (default: listeners)",
     ),
     (
+        "kafka.listeners",
+        "",
+        "host:port of the Kafka-protocol listener (empty: off)",
+    ),
+    (
+        "kafka.advertised.listeners",
+        "",
+        "host:port Kafka clients should use (default: kafka.listeners)",
+    ),
+    (
         "controller.quorum.voters",
         "1@127.0.0.1:9093",
         "id@host:port of every controller",
@@ -327,6 +337,11 @@ pub struct BrokerConfig {
     pub listeners: SocketAddr,
     /// `advertised.listeners` (host, port).
     pub advertised: (String, u16),
+    /// `kafka.listeners`: where the Kafka-protocol listener binds; `None` turns it off.
+    pub kafka_listeners: Option<SocketAddr>,
+    /// `kafka.advertised.listeners` (host, port): the Kafka endpoint registered with the
+    /// controllers and named in Kafka Metadata answers; set when the Kafka listener is on.
+    pub kafka_advertised: Option<(String, u16)>,
     /// `controller.quorum.voters` as `host:port`, by id.
     pub controller_voters: Vec<(u64, String)>,
     /// `log.dirs`.
@@ -503,19 +518,35 @@ impl BrokerConfig {
             })
         };
         let listeners = addr("listeners")?;
-        let advertised_raw = get("advertised.listeners");
-        let advertised = if advertised_raw.trim().is_empty() {
-            (listeners.ip().to_string(), listeners.port())
-        } else {
-            let (h, p) = advertised_raw
+        let advertised_of = |name: &str, bound: SocketAddr| -> Result<(String, u16), ConfigError> {
+            let raw = get(name);
+            if raw.trim().is_empty() {
+                return Ok((bound.ip().to_string(), bound.port()));
+            }
+            let (h, p) = raw
                 .trim()
                 .rsplit_once(':')
-                .ok_or_else(|| invalid("advertised.listeners", "expected host:port"))?;
-            (
+                .ok_or_else(|| invalid(name, "expected host:port"))?;
+            Ok((
                 h.to_owned(),
-                p.parse()
-                    .map_err(|_| invalid("advertised.listeners", "bad port"))?,
-            )
+                p.parse().map_err(|_| invalid(name, "bad port"))?,
+            ))
+        };
+        let advertised = advertised_of("advertised.listeners", listeners)?;
+        let kafka_listeners = if get("kafka.listeners").trim().is_empty() {
+            None
+        } else {
+            Some(addr("kafka.listeners")?)
+        };
+        let kafka_advertised = match kafka_listeners {
+            Some(bound) => Some(advertised_of("kafka.advertised.listeners", bound)?),
+            None if !get("kafka.advertised.listeners").trim().is_empty() => {
+                return Err(invalid(
+                    "kafka.advertised.listeners",
+                    "needs kafka.listeners (the Kafka listener is off)",
+                ));
+            }
+            None => None,
         };
         let mut voters = Vec::new();
         for part in get("controller.quorum.voters")
@@ -563,6 +594,8 @@ impl BrokerConfig {
             node_id: int("node.id", 0, i32::MAX as i64)? as i32,
             listeners,
             advertised,
+            kafka_listeners,
+            kafka_advertised,
             controller_voters: voters,
             log_dirs,
             num_io_threads: int("num.io.threads", 1, 256)? as usize,
@@ -745,6 +778,33 @@ mod tests {
         assert_eq!(c.topic_defaults.retention_ms, 1000);
         assert_eq!(c.flush_policy, FlushPolicy::Commit);
         assert_eq!(c.advertised, ("127.0.0.1".to_owned(), 9092));
+        assert_eq!(c.kafka_listeners, None);
+        assert_eq!(c.kafka_advertised, None);
+    }
+
+    #[test]
+    fn kafka_listener_and_its_advertised_address() {
+        let mut o = BTreeMap::new();
+        o.insert("kafka.listeners".into(), "127.0.0.1:9094".into());
+        let c = BrokerConfig::load(None, &o).unwrap();
+        assert_eq!(c.kafka_listeners, Some("127.0.0.1:9094".parse().unwrap()));
+        assert_eq!(c.kafka_advertised, Some(("127.0.0.1".to_owned(), 9094)));
+        o.insert(
+            "kafka.advertised.listeners".into(),
+            "broker-1.example:19094".into(),
+        );
+        let c = BrokerConfig::load(None, &o).unwrap();
+        assert_eq!(
+            c.kafka_advertised,
+            Some(("broker-1.example".to_owned(), 19094))
+        );
+        // An advertised address without a listener is a mistake, not a silent no-op.
+        let mut o = BTreeMap::new();
+        o.insert("kafka.advertised.listeners".into(), "h:1".into());
+        assert!(BrokerConfig::load(None, &o).is_err());
+        let mut o = BTreeMap::new();
+        o.insert("kafka.listeners".into(), "localhost".into());
+        assert!(BrokerConfig::load(None, &o).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! response. Reads ([`network`]'s Fetch) long-poll on high-watermark changes and return the
 //! stored batch bytes unchanged. [`replica_manager`] keeps the hosted partitions in step with the
 //! metadata image that [`lifecycle`] follows from the controllers; [`background`] runs
-//! retention and compaction; [`metrics`] exposes Prometheus metrics.
+//! retention and compaction; [`metrics`] exposes Prometheus metrics. [`kafka`] is the second
+//! listener (`kafka.listeners`): Kafka's binary protocol in front of the same handlers.
 
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod background;
 pub mod config;
 pub mod controller_client;
 pub mod group_coordinator;
+pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
@@ -92,6 +94,16 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             address: config.listeners.to_string(),
             reason: e.to_string(),
         })?;
+    let kafka_listener =
+        match config.kafka_listeners {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                BrokerError::Listener {
+                    address: addr.to_string(),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
     let background_stop = CancellationToken::new();
     background::start(
         &config,
@@ -174,11 +186,19 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         config.fetch_max_bytes,
     )
     .with_lifecycle(Arc::clone(&lifecycle));
+    let server_stop = CancellationToken::new();
+    if let Some(listener) = kafka_listener {
+        let apis = Arc::new(kafka::KafkaApis::new(
+            service.clone(),
+            config.socket_request_max_bytes,
+        ));
+        tracing::info!(broker = config.node_id, address = ?config.kafka_listeners, "kafka listener listening");
+        tokio::spawn(kafka::serve(listener, apis, server_stop.clone()));
+    }
     let coordinator = group_coordinator::GroupCoordinator::new(Arc::clone(&rm), &config)?;
     coordinator.start(background_stop.clone());
     let group_service =
         network::GroupCoordinatorService::new(Arc::clone(&coordinator), Arc::clone(&metrics));
-    let server_stop = CancellationToken::new();
     tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -50,17 +50,31 @@ impl Lifecycle {
         }))
     }
 
+    /// The endpoints this broker registers: gRPC (`PLAINTEXT`) first — gRPC clients take the
+    /// first endpoint — then the Kafka-protocol listener (`KAFKA`) when it is on.
+    fn endpoints(&self) -> Vec<Endpoint> {
+        let mut endpoints = vec![Endpoint {
+            name: "PLAINTEXT".into(),
+            host: self.config.advertised.0.clone(),
+            port: self.config.advertised.1.into(),
+        }];
+        if let Some((host, port)) = &self.config.kafka_advertised {
+            endpoints.push(Endpoint {
+                name: crate::kafka::ENDPOINT_NAME.into(),
+                host: host.clone(),
+                port: (*port).into(),
+            });
+        }
+        endpoints
+    }
+
     async fn register(&self, stop: &CancellationToken) -> Option<i64> {
         loop {
             let req = BrokerRegistrationRequest {
                 broker_id: self.config.node_id,
                 cluster_id: self.rm.image().cluster_id.clone().unwrap_or_default(),
                 incarnation_id: self.incarnation.clone(),
-                listeners: vec![Endpoint {
-                    name: "PLAINTEXT".into(),
-                    host: self.config.advertised.0.clone(),
-                    port: self.config.advertised.1.into(),
-                }],
+                listeners: self.endpoints(),
                 rack: self.config.rack.clone(),
             };
             let r = self

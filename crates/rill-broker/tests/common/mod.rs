@@ -33,6 +33,8 @@ pub fn sibling(name: &str) -> PathBuf {
 pub struct Node {
     pub id: i32,
     pub addr: String,
+    /// The Kafka-protocol listener (`kafka.listeners`), when the cluster was started with one.
+    pub kafka_addr: Option<String>,
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -47,11 +49,30 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(controllers: usize, brokers: usize, broker_overrides: &[&str]) -> Cluster {
+        Self::start_inner(controllers, brokers, broker_overrides, false).await
+    }
+
+    /// As [`Cluster::start`], with a Kafka-protocol listener on every broker (`kafka_addr`).
+    pub async fn start_with_kafka(
+        controllers: usize,
+        brokers: usize,
+        broker_overrides: &[&str],
+    ) -> Cluster {
+        Self::start_inner(controllers, brokers, broker_overrides, true).await
+    }
+
+    async fn start_inner(
+        controllers: usize,
+        brokers: usize,
+        broker_overrides: &[&str],
+        kafka: bool,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let controllers: Vec<Node> = (0..controllers)
             .map(|i| Node {
                 id: i as i32 + 1,
                 addr: format!("127.0.0.1:{}", free_port()),
+                kafka_addr: None,
                 dir: tmp.path().join(format!("controller-{}", i + 1)),
                 child: None,
             })
@@ -65,6 +86,7 @@ impl Cluster {
             .map(|i| Node {
                 id: i as i32 + 1,
                 addr: format!("127.0.0.1:{}", free_port()),
+                kafka_addr: kafka.then(|| format!("127.0.0.1:{}", free_port())),
                 dir: tmp.path().join(format!("broker-{}", i + 1)),
                 child: None,
             })
@@ -146,6 +168,9 @@ impl Cluster {
         ])
         .stdout(Stdio::null())
         .stderr(log);
+        if let Some(k) = &n.kafka_addr {
+            cmd.args(["--override", &format!("kafka.listeners={k}")]);
+        }
         for o in &self.broker_overrides {
             cmd.args(["--override", o]);
         }

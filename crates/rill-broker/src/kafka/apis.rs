@@ -1,0 +1,533 @@
+//! Kafka requests translated to rill's (the `rill.v1` messages [`crate::apis`] answers) and
+//! the answers translated back. rill's `ErrorCode` numbers are Kafka's, so error codes pass
+//! through; record batches pass through as they are (Kafka v2 RecordBatch bytes both sides).
+
+use bytes::Bytes;
+use kafka_protocol::messages::{self as m, ApiKey, BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use rill_protocol::ApiError;
+use rill_protocol::proto as rp;
+
+use super::{KafkaApis, KafkaError, encode};
+
+/// Kafka's UNSUPPORTED_VERSION.
+pub const UNSUPPORTED_VERSION: i16 = 35;
+/// Kafka's FETCH_SESSION_ID_NOT_FOUND: rill keeps no fetch sessions (KIP-227), so a client
+/// naming one is told to start over with a full fetch.
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// Kafka's UNKNOWN_TOPIC_ID.
+pub const UNKNOWN_TOPIC_ID: i16 = 100;
+
+/// The APIs and versions this listener answers, as ApiVersions lists them.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+];
+
+/// The (min, max) versions of `key` this listener answers, `None` when it does not.
+pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+fn text(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(text(s))
+}
+
+fn error_of(e: tonic::Status) -> (i16, String) {
+    let e = ApiError::from(e);
+    (e.code as i16, e.message)
+}
+
+fn message(s: String) -> Option<StrBytes> {
+    (!s.is_empty()).then(|| StrBytes::from_string(s))
+}
+
+/// ApiVersions: the versions of [`SUPPORTED`], with `error_code`.
+pub fn api_versions(error_code: i16) -> m::ApiVersionsResponse {
+    m::ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(
+            SUPPORTED
+                .iter()
+                .map(|(k, min, max)| {
+                    m::api_versions_response::ApiVersion::default()
+                        .with_api_key(*k as i16)
+                        .with_min_version(*min)
+                        .with_max_version(*max)
+                })
+                .collect(),
+        )
+}
+
+/// Metadata: brokers with their Kafka endpoints, the active controller, topics with leaders,
+/// replicas and ISRs, topic ids.
+pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataResponse {
+    let image = apis.svc.rm.image();
+    // null: every topic; an empty list (v1+): none. A topic may be named by id (v10+).
+    let mut unknown_ids = Vec::new();
+    let names: Option<Vec<String>> = req.topics.map(|topics| {
+        topics
+            .into_iter()
+            .filter_map(|t| match t.name {
+                Some(n) => Some(n.0.to_string()),
+                None => {
+                    let name = image.topic_names.get(&t.topic_id.to_string()).cloned();
+                    if name.is_none() {
+                        unknown_ids.push(t.topic_id);
+                    }
+                    name
+                }
+            })
+            .collect()
+    });
+    let wanted_none = names.as_ref().is_some_and(Vec::is_empty) && unknown_ids.is_empty();
+    let answer = crate::apis::metadata::handle(
+        &apis.svc,
+        rp::MetadataRequest {
+            topics: names.clone().unwrap_or_default(),
+        },
+    )
+    .await;
+    let mut resp = m::MetadataResponse::default()
+        .with_controller_id(BrokerId(-1))
+        .with_cluster_authorized_operations(i32::MIN);
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            let (code, _) = error_of(e);
+            resp.error_code = code;
+            return resp;
+        }
+    };
+    resp.cluster_id = (!answer.cluster_id.is_empty()).then(|| text(&answer.cluster_id));
+    resp.controller_id = BrokerId(answer.controller_id);
+    // Kafka clients only see brokers they can reach over Kafka: live ones with a Kafka endpoint.
+    resp.brokers = answer
+        .brokers
+        .iter()
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let e = b
+                .endpoints
+                .iter()
+                .find(|e| e.name == super::ENDPOINT_NAME)?;
+            Some(
+                m::metadata_response::MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(text(&e.host))
+                    .with_port(e.port as i32)
+                    .with_rack(b.rack.as_deref().map(text)),
+            )
+        })
+        .collect();
+    if !wanted_none {
+        resp.topics = answer
+            .topics
+            .into_iter()
+            .map(|t| {
+                let id = uuid::Uuid::parse_str(&t.topic_id).unwrap_or_default();
+                m::metadata_response::MetadataResponseTopic::default()
+                    .with_error_code(t.error_code as i16)
+                    .with_is_internal(t.name.starts_with("__"))
+                    .with_name(Some(topic_name(&t.name)))
+                    .with_topic_id(id)
+                    .with_topic_authorized_operations(i32::MIN)
+                    .with_partitions(
+                        t.partitions
+                            .into_iter()
+                            .map(|p| {
+                                m::metadata_response::MetadataResponsePartition::default()
+                                    .with_error_code(p.error_code as i16)
+                                    .with_partition_index(p.index)
+                                    .with_leader_id(BrokerId(p.leader_id))
+                                    .with_leader_epoch(p.leader_epoch)
+                                    .with_replica_nodes(
+                                        p.replicas.into_iter().map(BrokerId).collect(),
+                                    )
+                                    .with_isr_nodes(p.isr.into_iter().map(BrokerId).collect())
+                                    .with_offline_replicas(
+                                        p.offline_replicas.into_iter().map(BrokerId).collect(),
+                                    )
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+    }
+    for id in unknown_ids {
+        resp.topics.push(
+            m::metadata_response::MetadataResponseTopic::default()
+                .with_error_code(UNKNOWN_TOPIC_ID)
+                .with_topic_id(id)
+                .with_topic_authorized_operations(i32::MIN),
+        );
+    }
+    resp
+}
+
+/// Metadata at a version rill does not answer: every topic asked for gets UNSUPPORTED_VERSION.
+pub fn metadata_unsupported(req: m::MetadataRequest) -> m::MetadataResponse {
+    m::MetadataResponse::default()
+        .with_controller_id(BrokerId(-1))
+        .with_error_code(UNSUPPORTED_VERSION)
+        .with_topics(
+            req.topics
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| {
+                    m::metadata_response::MetadataResponseTopic::default()
+                        .with_error_code(UNSUPPORTED_VERSION)
+                        .with_name(t.name)
+                        .with_topic_id(t.topic_id)
+                })
+                .collect(),
+        )
+}
+
+/// Produce: the rill ProduceRequest with the same acks, timeout and batch bytes.
+pub async fn produce(apis: &KafkaApis, req: m::ProduceRequest) -> m::ProduceResponse {
+    let rill = rp::ProduceRequest {
+        acks: req.acks.into(),
+        timeout_ms: req.timeout_ms.max(0) as u32,
+        topics: req
+            .topic_data
+            .iter()
+            .map(|t| rp::TopicProduceData {
+                name: t.name.0.to_string(),
+                partitions: t
+                    .partition_data
+                    .iter()
+                    .map(|p| rp::PartitionProduceData {
+                        index: p.index,
+                        records: p.records.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    match crate::apis::produce::handle(&apis.svc, rill).await {
+        Ok(answer) => m::ProduceResponse::default().with_responses(
+            answer
+                .topics
+                .into_iter()
+                .map(|t| {
+                    m::produce_response::TopicProduceResponse::default()
+                        .with_name(topic_name(&t.name))
+                        .with_partition_responses(
+                            t.partitions
+                                .into_iter()
+                                .map(|p| {
+                                    let leader = p.current_leader.unwrap_or(rp::LeaderIdAndEpoch {
+                                        leader_id: -1,
+                                        leader_epoch: -1,
+                                    });
+                                    m::produce_response::PartitionProduceResponse::default()
+                                        .with_index(p.index)
+                                        .with_error_code(p.error_code as i16)
+                                        .with_error_message(message(p.error_message))
+                                        .with_base_offset(p.base_offset)
+                                        .with_log_append_time_ms(p.log_append_time_ms)
+                                        .with_log_start_offset(p.log_start_offset)
+                                        .with_current_leader(
+                                            m::produce_response::LeaderIdAndEpoch::default()
+                                                .with_leader_id(BrokerId(leader.leader_id))
+                                                .with_leader_epoch(leader.leader_epoch),
+                                        )
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            let (code, msg) = error_of(e);
+            produce_failed(&req, code, &msg)
+        }
+    }
+}
+
+/// Every partition of `req` failed with `code`.
+fn produce_failed(req: &m::ProduceRequest, code: i16, msg: &str) -> m::ProduceResponse {
+    m::ProduceResponse::default().with_responses(
+        req.topic_data
+            .iter()
+            .map(|t| {
+                m::produce_response::TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_topic_id(t.topic_id)
+                    .with_partition_responses(
+                        t.partition_data
+                            .iter()
+                            .map(|p| {
+                                m::produce_response::PartitionProduceResponse::default()
+                                    .with_index(p.index)
+                                    .with_error_code(code)
+                                    .with_base_offset(-1)
+                                    .with_log_append_time_ms(-1)
+                                    .with_log_start_offset(-1)
+                                    .with_error_message(message(msg.to_owned()))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// Produce at a version rill does not answer.
+pub fn produce_unsupported(req: m::ProduceRequest) -> m::ProduceResponse {
+    produce_failed(
+        &req,
+        UNSUPPORTED_VERSION,
+        "this Produce version is not supported",
+    )
+}
+
+/// Fetch without fetch sessions: session id 0 with epoch 0 (a session asked for; none is
+/// created, so the client keeps sending full fetches) or epoch -1 (sessionless). A fetch that
+/// names a session gets FETCH_SESSION_ID_NOT_FOUND.
+pub async fn fetch(apis: &KafkaApis, req: m::FetchRequest, version: i16) -> m::FetchResponse {
+    let sessionless = req.session_epoch == -1 || (req.session_id == 0 && req.session_epoch == 0);
+    if version >= 7 && !sessionless {
+        return m::FetchResponse::default()
+            .with_error_code(FETCH_SESSION_ID_NOT_FOUND)
+            .with_session_id(0);
+    }
+    let rill = rp::FetchRequest {
+        // This listener serves consumers; followers fetch over gRPC.
+        replica_id: -1,
+        replica_epoch: -1,
+        max_wait_ms: req.max_wait_ms.max(0) as u32,
+        min_bytes: req.min_bytes,
+        max_bytes: req.max_bytes,
+        topics: req
+            .topics
+            .iter()
+            .map(|t| rp::FetchTopic {
+                name: t.topic.0.to_string(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| rp::FetchPartition {
+                        index: p.partition,
+                        current_leader_epoch: p.current_leader_epoch,
+                        fetch_offset: p.fetch_offset,
+                        partition_max_bytes: p.partition_max_bytes,
+                        last_fetched_epoch: -1,
+                        log_start_offset: -1,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let answer = match crate::apis::fetch::handle(&apis.svc, rill).await {
+        Ok(a) => a,
+        Err(e) => {
+            let (code, _) = error_of(e);
+            return fetch_failed(&req, code);
+        }
+    };
+    m::FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(
+            answer
+                .topics
+                .into_iter()
+                .map(|t| {
+                    m::fetch_response::FetchableTopicResponse::default()
+                        .with_topic(topic_name(&t.name))
+                        .with_partitions(
+                            t.partitions
+                                .into_iter()
+                                .map(|p| {
+                                    let leader = p.current_leader.unwrap_or(rp::LeaderIdAndEpoch {
+                                        leader_id: -1,
+                                        leader_epoch: -1,
+                                    });
+                                    m::fetch_response::PartitionData::default()
+                                        .with_partition_index(p.index)
+                                        .with_error_code(p.error_code as i16)
+                                        .with_high_watermark(p.high_watermark)
+                                        // No transactions: everything below the high watermark is
+                                        // stable.
+                                        .with_last_stable_offset(p.high_watermark)
+                                        .with_log_start_offset(p.log_start_offset)
+                                        .with_aborted_transactions(Some(Vec::new()))
+                                        .with_preferred_read_replica(BrokerId(-1))
+                                        .with_current_leader(
+                                            m::fetch_response::LeaderIdAndEpoch::default()
+                                                .with_leader_id(BrokerId(leader.leader_id))
+                                                .with_leader_epoch(leader.leader_epoch),
+                                        )
+                                        .with_records(Some(p.records))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+}
+
+/// Every partition of `req` failed with `code`.
+fn fetch_failed(req: &m::FetchRequest, code: i16) -> m::FetchResponse {
+    m::FetchResponse::default().with_responses(
+        req.topics
+            .iter()
+            .map(|t| {
+                m::fetch_response::FetchableTopicResponse::default()
+                    .with_topic(t.topic.clone())
+                    .with_topic_id(t.topic_id)
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                m::fetch_response::PartitionData::default()
+                                    .with_partition_index(p.partition)
+                                    .with_error_code(code)
+                                    .with_high_watermark(-1)
+                                    .with_last_stable_offset(-1)
+                                    .with_log_start_offset(-1)
+                                    .with_preferred_read_replica(BrokerId(-1))
+                                    .with_records(Some(Bytes::new()))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// Fetch at a version rill does not answer.
+pub fn fetch_unsupported(req: m::FetchRequest) -> m::FetchResponse {
+    fetch_failed(&req, UNSUPPORTED_VERSION).with_error_code(UNSUPPORTED_VERSION)
+}
+
+/// ListOffsets: earliest (-2), latest (-1), max timestamp (-3) or a time; the leader epoch of
+/// the batch found from v4 on (the codec refuses it below).
+pub async fn list_offsets(
+    apis: &KafkaApis,
+    req: m::ListOffsetsRequest,
+    version: i16,
+) -> m::ListOffsetsResponse {
+    let rill = rp::ListOffsetsRequest {
+        replica_id: -1,
+        topics: req
+            .topics
+            .iter()
+            .map(|t| rp::ListOffsetsTopic {
+                name: t.name.0.to_string(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| rp::ListOffsetsPartition {
+                        index: p.partition_index,
+                        current_leader_epoch: p.current_leader_epoch,
+                        timestamp: p.timestamp,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    match crate::apis::list_offsets::handle(&apis.svc, rill).await {
+        Ok(answer) => m::ListOffsetsResponse::default().with_topics(
+            answer
+                .topics
+                .into_iter()
+                .map(|t| {
+                    m::list_offsets_response::ListOffsetsTopicResponse::default()
+                        .with_name(topic_name(&t.name))
+                        .with_partitions(
+                            t.partitions
+                                .into_iter()
+                                .map(|p| {
+                                    m::list_offsets_response::ListOffsetsPartitionResponse::default(
+                                    )
+                                    .with_partition_index(p.index)
+                                    .with_error_code(p.error_code as i16)
+                                    .with_timestamp(p.timestamp)
+                                    .with_offset(p.offset)
+                                    .with_leader_epoch(
+                                        if version >= 4 { p.leader_epoch } else { -1 },
+                                    )
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+        Err(e) => list_offsets_failed(&req, error_of(e).0),
+    }
+}
+
+fn list_offsets_failed(req: &m::ListOffsetsRequest, code: i16) -> m::ListOffsetsResponse {
+    m::ListOffsetsResponse::default().with_topics(
+        req.topics
+            .iter()
+            .map(|t| {
+                m::list_offsets_response::ListOffsetsTopicResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                m::list_offsets_response::ListOffsetsPartitionResponse::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                                    .with_timestamp(-1)
+                                    .with_offset(-1)
+                                    .with_leader_epoch(-1)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// ListOffsets at a version rill does not answer.
+pub fn list_offsets_unsupported(req: m::ListOffsetsRequest) -> m::ListOffsetsResponse {
+    list_offsets_failed(&req, UNSUPPORTED_VERSION)
+}
+
+/// The UNSUPPORTED_VERSION answer of an API this listener does not implement, for the APIs
+/// whose answer carries a top-level error code; `None` for the others (the connection closes).
+pub fn unsupported_answer(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+) -> Option<Result<Bytes, KafkaError>> {
+    macro_rules! answer {
+        ($ty:ty) => {
+            Some(encode(
+                key,
+                version,
+                correlation_id,
+                &<$ty>::default().with_error_code(UNSUPPORTED_VERSION),
+            ))
+        };
+    }
+    match key {
+        ApiKey::FindCoordinator if version < 4 => answer!(m::FindCoordinatorResponse),
+        ApiKey::JoinGroup => answer!(m::JoinGroupResponse),
+        ApiKey::SyncGroup => answer!(m::SyncGroupResponse),
+        ApiKey::Heartbeat => answer!(m::HeartbeatResponse),
+        ApiKey::LeaveGroup => answer!(m::LeaveGroupResponse),
+        ApiKey::ListGroups => answer!(m::ListGroupsResponse),
+        ApiKey::SaslHandshake => answer!(m::SaslHandshakeResponse),
+        ApiKey::InitProducerId => answer!(m::InitProducerIdResponse),
+        ApiKey::DescribeCluster => answer!(m::DescribeClusterResponse),
+        ApiKey::ConsumerGroupHeartbeat => answer!(m::ConsumerGroupHeartbeatResponse),
+        ApiKey::OffsetFetch if (2..8).contains(&version) => answer!(m::OffsetFetchResponse),
+        _ => None,
+    }
+}

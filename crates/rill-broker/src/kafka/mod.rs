@@ -1,0 +1,321 @@
+//! The Kafka-protocol listener (`kafka.listeners`): Kafka's own binary protocol over TCP, so
+//! existing Kafka clients (librdkafka and its bindings, kcat, the Java client) work unchanged.
+//!
+//! One task accepts connections; one task per connection reads 4-byte length-prefixed frames
+//! (at most `socket.request.max.bytes`), decodes the request header and body with the
+//! `kafka-protocol` crate, hands the request to the same handlers the gRPC service uses
+//! ([`crate::apis`], translated by [`apis`]) and writes the answer back. Requests of one
+//! connection are answered one at a time, in order, as Kafka's broker does (it mutes a
+//! connection while its request is in flight). Record batches pass through as the bytes the
+//! client sent and the bytes on disk.
+//!
+//! Failures stay on their connection: an unsupported version of an API rill implements gets
+//! that API's UNSUPPORTED_VERSION answer (for ApiVersions, error 35 with the supported versions,
+//! as Kafka does); a frame that is too large, truncated or undecodable closes that connection
+//! with a log line. The listener itself only stops on the broker's cancellation token.
+
+pub mod apis;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::network::BrokerService;
+
+/// The name of the Kafka-protocol endpoint a broker registers with the controllers, beside its
+/// gRPC `PLAINTEXT` endpoint (which stays first: gRPC clients take the first endpoint).
+pub const ENDPOINT_NAME: &str = "KAFKA";
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The socket failed or the peer closed it mid-frame.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame longer than `socket.request.max.bytes` (or a negative length).
+    #[error("request of {size} bytes is larger than socket.request.max.bytes ({max})")]
+    FrameTooLarge {
+        /// The length the frame announced.
+        size: i64,
+        /// `socket.request.max.bytes`.
+        max: usize,
+    },
+    /// A request that could not be decoded (truncated, garbage, unknown API key).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// A response that could not be encoded (a field out of range for the version).
+    #[error("could not encode the {api:?} v{version} response: {reason}")]
+    Encode {
+        /// The API answered.
+        api: ApiKey,
+        /// Its version.
+        version: i16,
+        /// What the codec reported.
+        reason: String,
+    },
+}
+
+/// What the listener needs from the broker: the gRPC service's handlers and state.
+#[derive(Clone)]
+pub struct KafkaApis {
+    pub(crate) svc: BrokerService,
+    pub(crate) max_request_bytes: usize,
+}
+
+impl KafkaApis {
+    /// The Kafka-protocol front of `svc` (the handlers of the gRPC `Broker` service); frames
+    /// longer than `max_request_bytes` close their connection.
+    pub fn new(svc: BrokerService, max_request_bytes: usize) -> Self {
+        KafkaApis {
+            svc,
+            max_request_bytes,
+        }
+    }
+}
+
+/// Accepts Kafka-protocol connections on `listener` until `stop` fires; each connection is
+/// served by its own task, which also ends when `stop` fires.
+pub async fn serve(listener: TcpListener, apis: Arc<KafkaApis>, stop: CancellationToken) {
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "kafka listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let apis = Arc::clone(&apis);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = connection(socket, &apis) => {
+                    if let Err(e) = r {
+                        tracing::warn!(peer = %peer, error = %e, "kafka listener: closing the connection");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves one connection: frames in, answers out, in order, until the peer closes it or a frame
+/// is malformed.
+async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaError> {
+    let peer: Option<SocketAddr> = socket.peer_addr().ok();
+    let (read, mut write) = socket.into_split();
+    let mut read = BufReader::new(read);
+    loop {
+        let Some(frame) = read_frame(&mut read, apis.max_request_bytes).await? else {
+            return Ok(());
+        };
+        if let Some(answer) = handle_frame(apis, frame).await? {
+            write.write_all(&answer).await?;
+        }
+        tracing::trace!(peer = ?peer, "kafka request answered");
+    }
+}
+
+/// Reads one length-prefixed frame; `None` when the peer closed the connection between frames.
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    read: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, KafkaError> {
+    let mut len = [0u8; 4];
+    match read.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let size = i32::from_be_bytes(len);
+    if size < 0 || size as usize > max {
+        return Err(KafkaError::FrameTooLarge {
+            size: size.into(),
+            max,
+        });
+    }
+    let size = size as usize;
+    // Grow with what arrives rather than trusting the length up front.
+    let mut buf = BytesMut::with_capacity(size.min(64 * 1024));
+    while buf.len() < size {
+        let want = size - buf.len();
+        if buf.capacity() == buf.len() {
+            buf.reserve(want.min(1 << 20));
+        }
+        let n = (&mut *read).take(want as u64).read_buf(&mut buf).await?;
+        if n == 0 {
+            return Err(KafkaError::Malformed(format!(
+                "connection closed after {} of {size} request bytes",
+                buf.len()
+            )));
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// A request header read from a frame, and the body after it.
+struct Decoded {
+    key: ApiKey,
+    version: i16,
+    header: RequestHeader,
+    body: Bytes,
+}
+
+fn decode_header(mut frame: Bytes) -> Result<Decoded, KafkaError> {
+    if frame.len() < 8 {
+        return Err(KafkaError::Malformed(format!(
+            "a request header needs at least 8 bytes, the frame has {}",
+            frame.len()
+        )));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let key = ApiKey::try_from(raw_key)
+        .map_err(|_| KafkaError::Malformed(format!("unknown API key {raw_key}")))?;
+    let valid = key.valid_versions();
+    // Headers of versions the codec does not know are read as its newest version's header.
+    let header_version = key.request_header_version(version.clamp(valid.min, valid.max));
+    let header = RequestHeader::decode(&mut frame, header_version)
+        .map_err(|e| KafkaError::Malformed(format!("{key:?} v{version} header: {e}")))?;
+    Ok(Decoded {
+        key,
+        version,
+        header,
+        body: frame,
+    })
+}
+
+/// Decodes and answers one frame; `None` when the request gets no answer (acks=0 produce).
+async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, KafkaError> {
+    let Decoded {
+        key,
+        version,
+        header,
+        mut body,
+    } = decode_header(frame)?;
+    let correlation_id = header.correlation_id;
+    let supported = apis::supported_versions(key);
+    if key == ApiKey::ApiVersions {
+        return match supported {
+            Some((min, max)) if (min..=max).contains(&version) => {
+                // The body (client name and version, v3+) is informational.
+                encode(key, version, correlation_id, &apis::api_versions(0)).map(Some)
+            }
+            // Kafka answers an ApiVersions it cannot parse with a v0 answer: error 35 and the
+            // versions it supports, so the client can retry with one of them.
+            _ => encode(
+                key,
+                0,
+                correlation_id,
+                &apis::api_versions(apis::UNSUPPORTED_VERSION),
+            )
+            .map(Some),
+        };
+    }
+    let in_range = supported.is_some_and(|(min, max)| (min..=max).contains(&version));
+    let codec = key.valid_versions();
+    if !in_range && !(codec.min..=codec.max).contains(&version) {
+        return Err(KafkaError::Malformed(format!(
+            "{key:?} v{version} is not a version of this API rill can read (it supports {:?})",
+            supported
+        )));
+    }
+    macro_rules! decode_body {
+        ($ty:ty) => {
+            <$ty>::decode(&mut body, version)
+                .map_err(|e| KafkaError::Malformed(format!("{key:?} v{version} body: {e}")))?
+        };
+    }
+    use kafka_protocol::messages as m;
+    match key {
+        ApiKey::Metadata => {
+            let req = decode_body!(m::MetadataRequest);
+            let resp = if in_range {
+                apis::metadata(apis, req).await
+            } else {
+                apis::metadata_unsupported(req)
+            };
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::Produce => {
+            let req = decode_body!(m::ProduceRequest);
+            let acks = req.acks;
+            let resp = if in_range {
+                apis::produce(apis, req).await
+            } else {
+                apis::produce_unsupported(req)
+            };
+            if acks == 0 && in_range {
+                return Ok(None);
+            }
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::Fetch => {
+            let req = decode_body!(m::FetchRequest);
+            let resp = if in_range {
+                apis::fetch(apis, req, version).await
+            } else {
+                apis::fetch_unsupported(req)
+            };
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::ListOffsets => {
+            let req = decode_body!(m::ListOffsetsRequest);
+            let resp = if in_range {
+                apis::list_offsets(apis, req, version).await
+            } else {
+                apis::list_offsets_unsupported(req)
+            };
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        other => match apis::unsupported_answer(other, version, correlation_id) {
+            Some(answer) => answer.map(Some),
+            None => Err(KafkaError::Malformed(format!(
+                "{other:?} is not implemented by rill's Kafka listener"
+            ))),
+        },
+    }
+}
+
+/// Frames a response: length, header (v0, or v1 for flexible versions), body.
+pub(crate) fn encode<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Bytes, KafkaError> {
+    let fail = |e: anyhow::Error| KafkaError::Encode {
+        api: key,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, key.response_header_version(version))
+        .map_err(fail)?;
+    body.encode(&mut buf, version).map_err(fail)?;
+    let len = i32::try_from(buf.len() - 4).map_err(|_| KafkaError::Encode {
+        api: key,
+        version,
+        reason: format!("{} bytes do not fit a frame", buf.len()),
+    })?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests;
