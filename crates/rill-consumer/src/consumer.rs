@@ -4,15 +4,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rill_protocol::TopicPartition;
 use rill_protocol::client::ClusterClient;
+use rill_protocol::{ApiError, TopicPartition};
 use tokio::task::JoinHandle;
 
 use crate::config::{ConsumerConfig, deadline_after};
 use crate::consumer_coordinator::heartbeat::Event;
-use crate::consumer_coordinator::{ConsumerCoordinator, ConsumerRebalanceListener, first_error};
+use crate::consumer_coordinator::{
+    CommittedAnswer, ConsumerCoordinator, ConsumerRebalanceListener, first_error,
+};
+use crate::coordinator_client::is_coordinator_retriable;
 use crate::fetcher::{Fetcher, Finished};
-use crate::offset_fetcher::{self, EARLIEST, Found, LATEST};
+use crate::offset_fetcher::{self, Asked, EARLIEST, Found, LATEST, Lookup};
 use crate::subscription_state::{FetchState, Subscription, SubscriptionState, compile_pattern};
 use crate::{ConsumerError, ConsumerRecord, OffsetAndMetadata, OffsetReset};
 
@@ -25,6 +28,10 @@ pub struct Consumer {
     pub(crate) fetcher: Fetcher,
     /// Present with a `group.id`.
     coordinator: Option<ConsumerCoordinator>,
+    /// The lookup of committed offsets for partitions that wait for them (with a group).
+    committed: Lookup<CommittedAnswer>,
+    /// The lookup of the offsets `auto.offset.reset` moves partitions to.
+    resets: Lookup<Vec<(TopicPartition, Result<Found, ApiError>)>>,
     /// A misuse by a call that cannot fail (`assign` while subscribed, `seek` of a partition
     /// not assigned), returned by the next `poll`.
     misuse: Option<String>,
@@ -35,6 +42,8 @@ pub struct Consumer {
 enum Wake {
     Fetch(Finished),
     Group(Event),
+    /// A lookup of positions has its answer.
+    Lookup,
     Timeout,
 }
 
@@ -54,6 +63,8 @@ impl Consumer {
             subscriptions: SubscriptionState::default(),
             fetcher,
             coordinator,
+            committed: Lookup::new(),
+            resets: Lookup::new(),
             misuse: None,
             closed: false,
         })
@@ -379,14 +390,14 @@ impl Consumer {
             if let Some(c) = &mut self.coordinator {
                 // Inside poll the application is responsive: the poll timer restarts.
                 c.polled();
-                c.process_events(&mut self.subscriptions, &mut self.fetcher)
+                c.process_events(&mut self.subscriptions, &mut self.fetcher, deadline)
                     .await?;
                 c.maybe_auto_commit(&self.subscriptions);
             }
             if self.fetcher.has_buffered() {
                 return self.hand_over().await;
             }
-            self.resolve_positions(deadline).await?;
+            self.resolve_positions()?;
             self.fetcher.start_fetches(&self.subscriptions).await;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let in_flight = !self.fetcher.nothing_in_flight();
@@ -408,6 +419,8 @@ impl Consumer {
                 biased;
                 e = group_event(self.coordinator.as_mut()) => Wake::Group(e),
                 Some(f) = self.fetcher.next_finished(), if in_flight => Wake::Fetch(f),
+                _ = self.committed.ready() => Wake::Lookup,
+                _ = self.resets.ready() => Wake::Lookup,
                 _ = tokio::time::sleep(nap) => Wake::Timeout,
             };
             match wake {
@@ -417,6 +430,7 @@ impl Consumer {
                     }
                     continue;
                 }
+                Wake::Lookup => continue,
                 Wake::Fetch(f) => {
                     // On an error, what the answer brought stays buffered (the consumed
                     // positions do not move) for the next poll.
@@ -448,16 +462,64 @@ impl Consumer {
     }
 
     /// Gives every partition without a position one: the group's committed offset (with a
-    /// `group.id`), else `auto.offset.reset`.
-    async fn resolve_positions(&mut self, deadline: Instant) -> Result<(), ConsumerError> {
-        match &mut self.coordinator {
+    /// `group.id`), else `auto.offset.reset`. The lookups run in the background (see
+    /// [`Lookup`]): this takes the answers that are there and starts the lookups due, so it
+    /// never waits. Partitions a lookup could not position (coordinator or leader trouble,
+    /// metadata not there yet) wait for the next one; other errors are returned.
+    fn resolve_positions(&mut self) -> Result<(), ConsumerError> {
+        let retry = self.config.retry();
+        let mut error: Option<ConsumerError> = None;
+        if let Some((asked, answer)) = self.committed.take() {
+            let mut waiting = false;
+            match answer {
+                Some(Ok(committed)) => {
+                    for (tp, incarnation) in asked {
+                        if !self
+                            .subscriptions
+                            .still(&tp, incarnation, FetchState::Initializing)
+                        {
+                            continue;
+                        }
+                        match committed.get(&tp) {
+                            Some(Ok(Some(o))) => {
+                                self.subscriptions.seek(&tp, o.offset);
+                            }
+                            Some(Ok(None)) => {
+                                self.subscriptions
+                                    .set_fetch_state(&tp, FetchState::AwaitReset);
+                            }
+                            Some(Err(e)) if e.code.is_retriable() => waiting = true,
+                            Some(Err(e)) => {
+                                waiting = true;
+                                error.get_or_insert(
+                                    ApiError::new(e.code, format!("{tp}: {}", e.message)).into(),
+                                );
+                            }
+                            None => waiting = true,
+                        }
+                    }
+                }
+                Some(Err(e)) if is_coordinator_retriable(e.code) => {
+                    tracing::debug!(error = %e, "committed offsets unavailable; trying again");
+                    waiting = true;
+                }
+                Some(Err(e)) => {
+                    waiting = true;
+                    error.get_or_insert(e.into());
+                }
+                None => waiting = true,
+            }
+            self.committed.ended(waiting, &retry);
+        }
+        match &self.coordinator {
             Some(c) => {
-                let patience = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100))
-                    .min(self.config.request_timeout);
-                c.refresh_committed(&mut self.subscriptions, patience)
-                    .await?;
+                if self.committed.may_start() {
+                    let asked = self.waiting(FetchState::Initializing);
+                    if !asked.is_empty() {
+                        let tps = asked.iter().map(|(tp, _)| tp.clone()).collect();
+                        self.committed.start(asked, c.committed_lookup(tps));
+                    }
+                }
             }
             None => {
                 for tp in self.subscriptions.in_state(FetchState::Initializing) {
@@ -466,26 +528,68 @@ impl Consumer {
                 }
             }
         }
-        let missing = self.subscriptions.in_state(FetchState::AwaitReset);
+        if let Some((asked, answer)) = self.resets.take() {
+            let mut waiting = false;
+            let found: BTreeMap<_, _> = answer.unwrap_or_default().into_iter().collect();
+            for (tp, incarnation) in asked {
+                if !self
+                    .subscriptions
+                    .still(&tp, incarnation, FetchState::AwaitReset)
+                {
+                    continue;
+                }
+                match found.get(&tp) {
+                    Some(Ok(off)) => {
+                        self.subscriptions.seek(&tp, off.map_or(0, |o| o.0));
+                    }
+                    Some(Err(e)) if e.code.is_retriable() => {
+                        tracing::debug!(partition = %tp, error = %e, "no offset to reset to yet; trying again");
+                        waiting = true;
+                    }
+                    Some(Err(e)) => {
+                        waiting = true;
+                        error.get_or_insert(
+                            ApiError::new(e.code, format!("{tp}: {}", e.message)).into(),
+                        );
+                    }
+                    None => waiting = true,
+                }
+            }
+            self.resets.ended(waiting, &retry);
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let missing = self.waiting(FetchState::AwaitReset);
         if missing.is_empty() {
             return Ok(());
         }
-        let ts = match self.config.auto_offset_reset {
+        let timestamp = match self.config.auto_offset_reset {
             OffsetReset::Earliest => EARLIEST,
             OffsetReset::Latest => LATEST,
             OffsetReset::None => {
                 return Err(ConsumerError::NoOffset {
-                    partitions: missing,
+                    partitions: missing.into_iter().map(|(tp, _)| tp).collect(),
                 });
             }
         };
-        for (tp, off) in self.list_offsets(&missing, ts).await? {
-            // Still waiting (not seeked meanwhile)?
-            if self.subscriptions.fetch_state(&tp) == Some(FetchState::AwaitReset) {
-                self.subscriptions.seek(&tp, off.map_or(0, |o| o.0));
-            }
+        if self.resets.may_start() {
+            let client = self.client.clone();
+            let tps: Vec<TopicPartition> = missing.iter().map(|(tp, _)| tp.clone()).collect();
+            self.resets.start(missing, async move {
+                offset_fetcher::list_offsets(&client, &retry, &tps, timestamp).await
+            });
         }
         Ok(())
+    }
+
+    /// The partitions in `state`, with their incarnations.
+    fn waiting(&self, state: FetchState) -> Asked {
+        self.subscriptions
+            .in_state(state)
+            .into_iter()
+            .filter_map(|tp| self.subscriptions.incarnation(&tp).map(|i| (tp, i)))
+            .collect()
     }
 
     /// Ends the consumer: with auto commit the consumed positions are committed; a group

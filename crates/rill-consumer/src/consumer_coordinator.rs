@@ -7,8 +7,11 @@
 //! fetched (buffered records dropped), their consumed positions are committed (auto commit),
 //! `on_partitions_revoked` runs, and they leave the subscription state; partitions to take
 //! join it, `on_partitions_assigned` runs, and the new owned set goes to the coordinator in a
-//! heartbeat at once. Before anything of a new partition is fetched, its committed offset is
-//! looked up (else `auto.offset.reset` applies) — as Kafka's consumer, after the callback.
+//! heartbeat at once. `poll` waits for that commit until its own timeout at most: the
+//! partitions being given up stay unfetched and the next `poll` waits for the same commit.
+//! Before anything of a new partition is fetched, its committed offset is looked up (else
+//! `auto.offset.reset` applies) — as Kafka's consumer, after the callback; the lookups run in
+//! the background, so they never hold `poll` past its timeout either.
 //! Fenced, or out after the poll timeout, the member loses everything (`on_partitions_lost`,
 //! no commit) and rejoins.
 //!
@@ -32,10 +35,10 @@ use self::heartbeat::{
     Command, Event, MemberIdentity, MembershipHandle, MembershipSettings, PollTimer,
 };
 use crate::config::{ConsumerConfig, RetryPolicy, deadline_after};
-use crate::coordinator_client::{CoordinatorClient, is_coordinator_retriable};
+use crate::coordinator_client::CoordinatorClient;
 use crate::error::response_error;
 use crate::fetcher::Fetcher;
-use crate::subscription_state::{FetchState, Subscription, SubscriptionState};
+use crate::subscription_state::{Subscription, SubscriptionState};
 use crate::{ConsumerError, OffsetAndMetadata};
 
 /// Told when the group moves partitions to or from this consumer (Kafka's
@@ -87,6 +90,16 @@ pub(crate) fn reconcile(
     }
 }
 
+/// A commit before partitions are given up.
+struct Revoking {
+    partitions: Vec<TopicPartition>,
+    answer: oneshot::Receiver<CommitResult>,
+}
+
+/// The answer of a committed-offsets lookup.
+pub(crate) type CommittedAnswer =
+    Result<BTreeMap<TopicPartition, Result<Option<OffsetAndMetadata>, ApiError>>, ApiError>;
+
 /// The group side of a consumer with a `group.id`: membership (spawned on the first
 /// subscribe), commits, committed-offset lookups and the rebalance listener.
 pub(crate) struct ConsumerCoordinator {
@@ -104,8 +117,11 @@ pub(crate) struct ConsumerCoordinator {
     /// Events received while waiting in `poll`, handled at its next turn.
     pending: VecDeque<Event>,
     /// The target assignment being reconciled: kept until reconciled, so a `poll` cancelled
-    /// mid-way (dropped by a timeout) picks it up again.
+    /// mid-way (dropped by a timeout) or out of time picks it up again.
     target: Option<BTreeSet<TopicPartition>>,
+    /// The commit of the partitions being revoked, kept until answered: a reconciliation
+    /// that outlasts a `poll` waits for it on the next one instead of committing again.
+    revoking: Option<Revoking>,
     poll_timer: PollTimer,
     auto_commit: bool,
     auto_commit_interval: Duration,
@@ -144,6 +160,7 @@ impl ConsumerCoordinator {
             listener: tokio::sync::Mutex::new(Box::new(NoOpRebalanceListener)),
             pending: VecDeque::new(),
             target: None,
+            revoking: None,
             poll_timer: PollTimer::new(),
             auto_commit: config.auto_commit(),
             auto_commit_interval: config.auto_commit_interval,
@@ -233,18 +250,24 @@ impl ConsumerCoordinator {
     }
 
     /// Handles membership events (from `poll`): losses as they come, then the latest target
-    /// assignment. A fatal refusal loses every partition, ends the subscription and is
-    /// returned. Cancel-safe: the events are taken without awaiting, and the target stays
-    /// until reconciled.
+    /// assignment, waiting for a revocation's commit until `deadline` at most (the
+    /// reconciliation goes on in the next `poll`). A fatal refusal loses every partition, ends
+    /// the subscription and is returned. Cancel-safe: the events are taken without awaiting,
+    /// and the target and the revocation's commit stay until reconciled.
     pub async fn process_events(
         &mut self,
         subscriptions: &mut SubscriptionState,
         fetcher: &mut Fetcher,
+        deadline: Instant,
     ) -> Result<(), ConsumerError> {
         self.take_losses(subscriptions, fetcher)?;
         if let Some(target) = self.target.clone() {
-            if subscriptions.is_subscribed() {
-                self.reconcile(target, subscriptions, fetcher).await;
+            if subscriptions.is_subscribed()
+                && !self
+                    .reconcile(target, subscriptions, fetcher, deadline)
+                    .await
+            {
+                return Ok(());
             }
             self.target = None;
         }
@@ -283,6 +306,7 @@ impl ConsumerCoordinator {
 
     /// Gives up every partition without committing (`on_partitions_lost`).
     fn lose_all(&mut self, subscriptions: &mut SubscriptionState, fetcher: &mut Fetcher) {
+        self.revoking = None;
         let owned: Vec<TopicPartition> = subscriptions.assigned().into_iter().collect();
         fetcher.clear();
         subscriptions.clear_partitions();
@@ -292,29 +316,69 @@ impl ConsumerCoordinator {
     }
 
     /// Moves the owned partitions to `target` (see the module docs). Partitions taken wait
-    /// for their committed offset, which `poll` looks up next, before fetching them.
+    /// for their committed offset, which `poll` looks up next, before fetching them. False
+    /// when the commit before a revocation was not answered by `deadline`: the partitions
+    /// stay marked as being given up (not fetched, nothing returned) and the next call waits
+    /// for the same commit.
     async fn reconcile(
         &mut self,
         target: BTreeSet<TopicPartition>,
         subscriptions: &mut SubscriptionState,
         fetcher: &mut Fetcher,
-    ) {
+        deadline: Instant,
+    ) -> bool {
         let plan = reconcile(&subscriptions.assigned(), &target);
-        if plan.revoked.is_empty() && plan.added.is_empty() {
-            return;
+        subscriptions.keep_pending_revocation(&plan.revoked);
+        if self
+            .revoking
+            .as_ref()
+            .is_some_and(|r| r.partitions != plan.revoked)
+        {
+            self.revoking = None;
         }
-        tracing::info!(group = %self.settings.group_id, revoked = ?plan.revoked, added = ?plan.added, "reconciling the assignment");
+        if plan.revoked.is_empty() && plan.added.is_empty() {
+            return true;
+        }
         if !plan.revoked.is_empty() {
             // Nothing of them is fetched or returned from here on.
-            fetcher.cancel_fetches();
+            let mut newly = false;
+            for tp in &plan.revoked {
+                newly |= subscriptions.mark_pending_revocation(tp);
+            }
+            if newly {
+                tracing::info!(group = %self.settings.group_id, revoked = ?plan.revoked, added = ?plan.added, "reconciling the assignment");
+                fetcher.cancel_fetches();
+            }
             for tp in &plan.revoked {
                 fetcher.discard(tp);
             }
-            if self.auto_commit {
+            if self.auto_commit && self.revoking.is_none() {
                 let offsets = consumed_offsets(subscriptions, Some(&plan.revoked));
-                if !offsets.is_empty()
-                    && let Err(e) = self.commit_sync(offsets, true).await
-                {
+                if !offsets.is_empty() {
+                    match self.commit_async(offsets, true) {
+                        Ok(answer) => {
+                            self.revoking = Some(Revoking {
+                                partitions: plan.revoked.clone(),
+                                answer,
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(group = %self.settings.group_id, error = %e, "committing partitions before giving them up failed")
+                        }
+                    }
+                }
+            }
+            if let Some(r) = &mut self.revoking {
+                let answer = match tokio::time::timeout_at(deadline.into(), &mut r.answer).await {
+                    Err(_) => return false,
+                    Ok(a) => a,
+                };
+                self.revoking = None;
+                if let Err(e) = answer.unwrap_or_else(|_| {
+                    Err(ConsumerError::IllegalState(
+                        "the commit task stopped".into(),
+                    ))
+                }) {
                     tracing::warn!(group = %self.settings.group_id, error = %e, "committing partitions before giving them up failed");
                 }
             }
@@ -326,48 +390,27 @@ impl ConsumerCoordinator {
             }
         }
         if !plan.added.is_empty() {
+            if plan.revoked.is_empty() {
+                tracing::info!(group = %self.settings.group_id, added = ?plan.added, "reconciling the assignment");
+            }
             for tp in &plan.added {
                 subscriptions.add_owned(tp.clone());
             }
             self.listener.get_mut().on_partitions_assigned(&plan.added);
         }
         self.send(Command::Owned(subscriptions.assigned()));
+        true
     }
 
-    /// Positions partitions that wait for their committed offset: at it, or (none committed)
-    /// awaiting `auto.offset.reset`. Coordinator trouble lasting `patience` leaves them
-    /// waiting, for the next poll; other errors are returned.
-    pub async fn refresh_committed(
-        &mut self,
-        subscriptions: &mut SubscriptionState,
-        patience: Duration,
-    ) -> Result<(), ConsumerError> {
-        let waiting = subscriptions.in_state(FetchState::Initializing);
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let committed = match self.fetch_committed(&waiting, patience).await {
-            Ok(c) => c,
-            Err(e) if is_coordinator_retriable(e.code) => {
-                tracing::debug!(group = %self.settings.group_id, error = %e, "committed offsets unavailable; trying again");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        for tp in waiting {
-            match committed.get(&tp) {
-                Some(Ok(Some(o))) => {
-                    subscriptions.seek(&tp, o.offset);
-                }
-                Some(Ok(None)) => {
-                    subscriptions.set_fetch_state(&tp, FetchState::AwaitReset);
-                }
-                Some(Err(e)) if e.code.is_retriable() => {}
-                Some(Err(e)) => return Err(e.clone().into()),
-                None => {}
-            }
-        }
-        Ok(())
+    /// A lookup of the committed offsets of `tps` (for partitions that wait for them),
+    /// retrying coordinator errors for up to `request.timeout.ms`; run in the background.
+    pub fn committed_lookup(
+        &self,
+        tps: Vec<TopicPartition>,
+    ) -> impl Future<Output = CommittedAnswer> + Send + 'static {
+        let coordinator = self.coordinator.clone();
+        let patience = self.retry.timeout;
+        async move { fetch_committed(&coordinator, &tps, patience).await }
     }
 
     /// The group's committed offsets of `tps` (`None`: nothing committed), per partition.
@@ -460,6 +503,7 @@ impl ConsumerCoordinator {
                 self.lose_all(subscriptions, fetcher);
             }
         }
+        self.revoking = None;
         fetcher.clear();
         let mut result = Ok(());
         if self.auto_commit {

@@ -10,6 +10,8 @@ use rill_protocol::proto::{
     DescribeConfigsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::config::{RetryPolicy, deadline_after};
 use crate::error::{request_error, response_error};
@@ -22,6 +24,99 @@ pub(crate) const LATEST: i64 = -1;
 /// What one partition's lookup found: the offset and the timestamp of its record, or `None`
 /// when no record is at or after the timestamp asked for.
 pub(crate) type Found = Option<(i64, i64)>;
+
+/// A lookup for partitions waiting for a position (their committed offsets, or where
+/// `auto.offset.reset` puts them), run in a task of its own so `poll` never waits for it past
+/// its timeout: `poll` starts it and takes its answer on the turn it is there, for the
+/// partitions that still wait. After a lookup that left partitions waiting, the next one
+/// starts after a backoff.
+pub(crate) struct Lookup<T> {
+    running: Option<Running<T>>,
+    /// Consecutive lookups that left partitions waiting.
+    failures: u32,
+    not_before: Instant,
+}
+
+/// The partitions a lookup was started for, with their incarnations.
+pub(crate) type Asked = Vec<(TopicPartition, u64)>;
+
+struct Running<T> {
+    asked: Asked,
+    rx: oneshot::Receiver<T>,
+    /// `Some` once received (`None` inside: the task ended without an answer).
+    answer: Option<Option<T>>,
+    task: JoinHandle<()>,
+}
+
+impl<T> Drop for Running<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<T: Send + 'static> Lookup<T> {
+    pub fn new() -> Self {
+        Lookup {
+            running: None,
+            failures: 0,
+            not_before: Instant::now(),
+        }
+    }
+
+    /// True when no lookup runs and the backoff after the last one is over.
+    pub fn may_start(&self) -> bool {
+        self.running.is_none() && Instant::now() >= self.not_before
+    }
+
+    /// Runs `work` for the partitions `asked`.
+    pub fn start(&mut self, asked: Asked, work: impl Future<Output = T> + Send + 'static) {
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        self.running = Some(Running {
+            asked,
+            rx,
+            answer: None,
+            task,
+        });
+    }
+
+    /// The partitions asked and the answer (`None`: the task ended without one), once it is
+    /// there; the lookup is over then.
+    pub fn take(&mut self) -> Option<(Asked, Option<T>)> {
+        let r = self.running.as_mut()?;
+        if r.answer.is_none() {
+            match r.rx.try_recv() {
+                Ok(a) => r.answer = Some(Some(a)),
+                Err(oneshot::error::TryRecvError::Empty) => return None,
+                Err(oneshot::error::TryRecvError::Closed) => r.answer = Some(None),
+            }
+        }
+        let mut r = self.running.take()?;
+        Some((std::mem::take(&mut r.asked), r.answer.take().flatten()))
+    }
+
+    /// Completes when the running lookup's answer is there (never without one). Cancel-safe:
+    /// the answer is kept for [`take`](Self::take).
+    pub async fn ready(&mut self) {
+        match &mut self.running {
+            Some(r) if r.answer.is_none() => r.answer = Some((&mut r.rx).await.ok()),
+            Some(_) => {}
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The lookup that just ended left partitions waiting (`true`) or not.
+    pub fn ended(&mut self, left_waiting: bool, retry: &RetryPolicy) {
+        if left_waiting {
+            self.failures += 1;
+            self.not_before = deadline_after(retry.delay(self.failures));
+        } else {
+            self.failures = 0;
+        }
+    }
+}
 
 /// Looks `timestamp` up in every partition of `tps`: one request per leader, retrying
 /// retriable failures (leader moves, unreachable brokers) with backoff for up to

@@ -39,14 +39,22 @@ struct PartitionState {
     /// The leader epoch of the batch holding the last record returned, -1 when unknown.
     last_epoch: i32,
     paused: bool,
+    /// Being given up (its revocation waits for the commit before it): not fetched, nothing
+    /// of it returned.
+    pending_revocation: bool,
+    /// Tells this assignment of the partition from an earlier one (revoked and assigned
+    /// again), so a lookup started for the earlier one is not applied to it.
+    incarnation: u64,
 }
 
 impl PartitionState {
-    fn new() -> Self {
+    fn new(incarnation: u64) -> Self {
         PartitionState {
             fetch: FetchState::Initializing,
             last_epoch: -1,
             paused: false,
+            pending_revocation: false,
+            incarnation,
         }
     }
 }
@@ -70,6 +78,8 @@ enum Mode {
 pub(crate) struct SubscriptionState {
     mode: Mode,
     partitions: BTreeMap<TopicPartition, PartitionState>,
+    /// The incarnation of the next partition added.
+    next_incarnation: u64,
 }
 
 /// Compiles a subscription pattern so it matches whole topic names, as the coordinator
@@ -93,13 +103,13 @@ impl SubscriptionState {
             ));
         }
         let mut old = std::mem::take(&mut self.partitions);
-        self.partitions = partitions
-            .into_iter()
-            .map(|tp| {
-                let s = old.remove(&tp).unwrap_or_else(PartitionState::new);
-                (tp, s)
-            })
-            .collect();
+        for tp in partitions {
+            let s = match old.remove(&tp) {
+                Some(s) => s,
+                None => self.new_partition(),
+            };
+            self.partitions.insert(tp, s);
+        }
         self.mode = if self.partitions.is_empty() {
             Mode::None
         } else {
@@ -154,11 +164,44 @@ impl SubscriptionState {
         self.partitions.contains_key(tp)
     }
 
+    fn new_partition(&mut self) -> PartitionState {
+        self.next_incarnation += 1;
+        PartitionState::new(self.next_incarnation)
+    }
+
     /// Adds a partition the coordinator gave this member; its position is looked up next.
     pub fn add_owned(&mut self, tp: TopicPartition) {
-        self.partitions
-            .entry(tp)
-            .or_insert_with(PartitionState::new);
+        if !self.partitions.contains_key(&tp) {
+            let s = self.new_partition();
+            self.partitions.insert(tp, s);
+        }
+    }
+
+    /// Which assignment of `tp` this is (see `PartitionState::incarnation`).
+    pub fn incarnation(&self, tp: &TopicPartition) -> Option<u64> {
+        self.partitions.get(tp).map(|s| s.incarnation)
+    }
+
+    /// Marks `tp` as being given up: it is not fetched and nothing of it is returned any
+    /// more. True when it was not marked yet.
+    pub fn mark_pending_revocation(&mut self, tp: &TopicPartition) -> bool {
+        match self.partitions.get_mut(tp) {
+            Some(s) if !s.pending_revocation => {
+                s.pending_revocation = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the pending revocation of every partition but `keep` (the coordinator's target
+    /// changed back meanwhile).
+    pub fn keep_pending_revocation(&mut self, keep: &[TopicPartition]) {
+        for (tp, s) in &mut self.partitions {
+            if s.pending_revocation && !keep.contains(tp) {
+                s.pending_revocation = false;
+            }
+        }
     }
 
     /// Drops a partition (revoked or lost): nothing of it is fetched or returned any more.
@@ -179,6 +222,7 @@ impl SubscriptionState {
         }
     }
 
+    #[cfg(test)]
     pub fn fetch_state(&self, tp: &TopicPartition) -> Option<FetchState> {
         self.partitions.get(tp).map(|s| s.fetch)
     }
@@ -230,6 +274,14 @@ impl SubscriptionState {
             .collect()
     }
 
+    /// True when `tp` is still the assignment `incarnation` and in `state`: a lookup started
+    /// for it then may be applied.
+    pub fn still(&self, tp: &TopicPartition, incarnation: u64, state: FetchState) -> bool {
+        self.partitions
+            .get(tp)
+            .is_some_and(|s| s.incarnation == incarnation && s.fetch == state)
+    }
+
     pub fn pause(&mut self, tp: &TopicPartition) -> bool {
         self.partitions
             .get_mut(tp)
@@ -252,14 +304,15 @@ impl SubscriptionState {
             .collect()
     }
 
-    /// True when `tp` may be fetched now: assigned, positioned, not paused, and (subscribed)
+    /// True when `tp` may be fetched now: assigned, positioned, not paused, not being given
+    /// up, and (subscribed)
     /// of a topic still subscribed — partitions of topics dropped from the subscription wait
     /// for the coordinator to revoke them without being read.
     pub fn is_fetchable(&self, tp: &TopicPartition) -> bool {
         let Some(s) = self.partitions.get(tp) else {
             return false;
         };
-        if s.paused || !matches!(s.fetch, FetchState::At(_)) {
+        if s.paused || s.pending_revocation || !matches!(s.fetch, FetchState::At(_)) {
             return false;
         }
         match &self.mode {
@@ -347,6 +400,31 @@ mod tests {
         assert!(compile_pattern("orders").unwrap().is_match("orders"));
         assert!(!compile_pattern("orders").unwrap().is_match("orders-eu"));
         assert!(compile_pattern("(").is_err());
+    }
+
+    #[test]
+    fn a_partition_assigned_again_is_a_new_incarnation_and_one_being_revoked_is_not_fetched() {
+        let mut s = SubscriptionState::default();
+        s.subscribe(Subscription::Topics(["a".to_string()].into()))
+            .unwrap();
+        s.add_owned(tp("a", 0));
+        s.add_owned(tp("a", 1));
+        let first = s.incarnation(&tp("a", 0)).unwrap();
+        s.add_owned(tp("a", 0));
+        assert_eq!(s.incarnation(&tp("a", 0)), Some(first), "still the same");
+        assert!(s.still(&tp("a", 0), first, FetchState::Initializing));
+        s.remove(&tp("a", 0));
+        s.add_owned(tp("a", 0));
+        assert!(!s.still(&tp("a", 0), first, FetchState::Initializing));
+
+        s.seek(&tp("a", 0), 3);
+        s.seek(&tp("a", 1), 4);
+        assert!(s.mark_pending_revocation(&tp("a", 0)));
+        assert!(!s.mark_pending_revocation(&tp("a", 0)));
+        assert_eq!(s.fetchable(), vec![(tp("a", 1), 4)]);
+        assert_eq!(s.consumed().len(), 2, "its position is still committed");
+        s.keep_pending_revocation(&[]);
+        assert_eq!(s.fetchable().len(), 2);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Fake {
     answer: FetchAnswer,
     pub fetches: Arc<AtomicUsize>,
     pub coordinator: Arc<Mutex<CoordinatorState>>,
+    /// ListOffsets answers every partition with this error while set.
+    pub list_offsets_error: Arc<Mutex<Option<ErrorCode>>>,
 }
 
 impl Fake {
@@ -57,6 +59,7 @@ impl Fake {
             topics: topics.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
             answer,
             fetches: Arc::new(AtomicUsize::new(0)),
+            list_offsets_error: Arc::new(Mutex::new(None)),
             coordinator: Arc::new(Mutex::new(CoordinatorState {
                 heartbeats: Vec::new(),
                 commits: Vec::new(),
@@ -173,6 +176,7 @@ impl Broker for Fake {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let error = *self.list_offsets_error.lock();
         let topics = request
             .into_inner()
             .topics
@@ -187,6 +191,7 @@ impl Broker for Fake {
                         timestamp: -1,
                         offset: if p.timestamp == -2 { 0 } else { 10 },
                         leader_epoch: -1,
+                        error_code: error.map_or(0, |e| e as i32),
                         ..Default::default()
                     })
                     .collect(),

@@ -558,3 +558,72 @@ async fn after_a_join_the_next_heartbeat_reports_what_the_member_owns() {
         "the first heartbeat after the join reports owning nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_keeps_its_timeout_while_a_reset_lookup_retries() {
+    let fake = Fake::start(&[("t", 1)], numbered(3)).await;
+    *fake.list_offsets_error.lock() = Some(ErrorCode::NotLeaderOrFollower);
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.assign([tp("t", 0)]);
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert!(
+            consumer
+                .poll(Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(consumer.position(&tp("t", 0)), None);
+    *fake.list_offsets_error.lock() = None;
+    let seen = poll_until(&mut consumer, Duration::from_secs(10), |rs| rs.len() >= 3).await;
+    let offsets: Vec<i64> = seen.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, [0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_commit_before_a_revocation_does_not_hold_poll_past_its_timeout() {
+    let fake = Fake::start(&[("t", 2)], numbered(i64::MAX)).await;
+    let target = Arc::new(Mutex::new(vec![("t", 0), ("t", 1)]));
+    scripted(&fake, Arc::clone(&target), Arc::new(AtomicI32::new(1)));
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    let mut seen = poll_until(&mut consumer, Duration::from_secs(10), |rs| {
+        rs.iter().any(|r| r.partition == 0)
+    })
+    .await;
+    // The commit before t-0 is given up takes four retries (~1.5 s).
+    fake.coordinator.lock().on_commit =
+        Box::new(|_, n| (n < 4).then_some(ErrorCode::RequestTimedOut));
+    *target.lock() = vec![("t", 1)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut slowest = Duration::ZERO;
+    while logged(&fake, "revoked t-0").is_none() && Instant::now() < deadline {
+        let started = Instant::now();
+        seen.extend(consumer.poll(Duration::from_millis(100)).await.unwrap());
+        slowest = slowest.max(started.elapsed());
+    }
+    let revoked = logged(&fake, "revoked t-0").expect("t-0 revoked");
+    assert!(slowest < Duration::from_millis(600), "{slowest:?}");
+    let committed = fake.coordinator.lock().committed[&tp("t", 0)];
+    let last = seen
+        .iter()
+        .filter(|r| r.partition == 0)
+        .map(|r| r.offset)
+        .max()
+        .unwrap();
+    assert_eq!(
+        committed,
+        last + 1,
+        "exactly what was returned of t-0 is committed, and nothing after it returned"
+    );
+    let commit = logged(&fake, &format!("commit t-0@{committed} epoch 1")).unwrap();
+    assert!(commit < revoked, "{:?}", fake.log().lock());
+    assert_eq!(consumer.assignment(), vec![tp("t", 1)]);
+}
