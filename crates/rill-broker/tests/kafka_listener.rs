@@ -244,6 +244,25 @@ async fn malformed_frames_close_their_connection_and_the_broker_keeps_serving() 
     .await;
     closes(&addr, &[0x7f, 0xff, 0xff, 0xff, 0, 0], "a 2 GiB frame").await;
     closes(&addr, &[0xff, 0xff, 0xff, 0xfe], "a negative length").await;
+    // A Metadata v1 request declaring 2^31-1 topics: the codec would reserve ~150 GB up front and
+    // abort the process; the listener refuses the length first.
+    closes(
+        &addr,
+        &[
+            0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff,
+        ],
+        "2^31 Metadata topics in 4 bytes",
+    )
+    .await;
+    // The same in a flexible version (compact array, varint count).
+    closes(
+        &addr,
+        &[
+            0, 0, 0, 16, 0, 3, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0, 0xff, 0xff, 0xff, 0xff, 0x07,
+        ],
+        "2^31 Metadata v12 topics in 5 bytes",
+    )
+    .await;
     let metadata = frame(
         ApiKey::Metadata,
         12,

@@ -528,6 +528,15 @@ pub fn unsupported_answer(
         ApiKey::DescribeCluster => answer!(m::DescribeClusterResponse),
         ApiKey::ConsumerGroupHeartbeat => answer!(m::ConsumerGroupHeartbeatResponse),
         ApiKey::OffsetFetch if (2..8).contains(&version) => answer!(m::OffsetFetchResponse),
+        // Versions of the implemented APIs whose bodies the listener does not read.
+        ApiKey::Fetch if version >= 7 => answer!(m::FetchResponse),
+        ApiKey::Metadata if version >= 13 => answer!(m::MetadataResponse),
+        ApiKey::Produce => Some(encode(
+            key,
+            version,
+            correlation_id,
+            &m::ProduceResponse::default(),
+        )),
         _ => None,
     }
 }

@@ -15,6 +15,7 @@
 //! with a log line. The listener itself only stops on the broker's cancellation token.
 
 pub mod apis;
+mod guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -232,6 +233,12 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
             supported
         )));
     }
+    // Only bodies the guard can walk are decoded, and only after it found every array length
+    // possible (the codec reserves declared lengths up front).
+    let readable = guard::walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version));
+    if readable && let Err(guard::Stop::Impossible(why)) = guard::check(key, version, &body) {
+        return Err(KafkaError::Malformed(format!("{key:?} v{version}: {why}")));
+    }
     macro_rules! decode_body {
         ($ty:ty) => {
             <$ty>::decode(&mut body, version)
@@ -240,7 +247,7 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
     }
     use kafka_protocol::messages as m;
     match key {
-        ApiKey::Metadata => {
+        ApiKey::Metadata if readable => {
             let req = decode_body!(m::MetadataRequest);
             let resp = if in_range {
                 apis::metadata(apis, req).await
@@ -249,7 +256,7 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
             };
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::Produce => {
+        ApiKey::Produce if readable => {
             let req = decode_body!(m::ProduceRequest);
             let acks = req.acks;
             let resp = if in_range {
@@ -262,7 +269,7 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
             }
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::Fetch => {
+        ApiKey::Fetch if readable => {
             let req = decode_body!(m::FetchRequest);
             let resp = if in_range {
                 apis::fetch(apis, req, version).await
@@ -271,7 +278,7 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
             };
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::ListOffsets => {
+        ApiKey::ListOffsets if readable => {
             let req = decode_body!(m::ListOffsetsRequest);
             let resp = if in_range {
                 apis::list_offsets(apis, req, version).await
@@ -283,7 +290,7 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
         other => match apis::unsupported_answer(other, version, correlation_id) {
             Some(answer) => answer.map(Some),
             None => Err(KafkaError::Malformed(format!(
-                "{other:?} is not implemented by rill's Kafka listener"
+                "{other:?} v{version} is not implemented by rill's Kafka listener"
             ))),
         },
     }

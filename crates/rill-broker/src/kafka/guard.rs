@@ -1,0 +1,331 @@
+//! A walk over a request body before the codec decodes it, checking every array length against
+//! the bytes left in the frame.
+//!
+//! The `kafka-protocol` 0.18 decoders reserve an array's declared length up front
+//! (`Vec::with_capacity(n)`), so 8 bytes declaring 2^31 Metadata topics make the process ask for
+//! ~150 GB and abort (upstream kafka-protocol-rs PRs #152/#200, open). Every array element takes
+//! at least one byte on the wire, so a length larger than what is left of the frame cannot be a
+//! real request: the walk refuses it and the connection closes, the broker lives on. The walk
+//! knows the layouts of the requests the listener decodes ([`walkable`]); anything else it does
+//! not run out of — a short body is left to the codec, which reports it.
+
+use kafka_protocol::messages::ApiKey;
+
+/// Why a walk stopped early.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The body ended first: the codec will say so.
+    Short,
+    /// An array (or tagged-field count) longer than the rest of the frame.
+    Impossible(String),
+}
+
+/// The versions of `key` [`check`] can walk (and the listener may decode).
+pub(crate) fn walkable(key: ApiKey) -> Option<(i16, i16)> {
+    match key {
+        ApiKey::Produce => Some((3, 12)),
+        ApiKey::Fetch => Some((4, 12)),
+        ApiKey::ListOffsets => Some((1, 10)),
+        ApiKey::Metadata => Some((0, 13)),
+        _ => None,
+    }
+}
+
+/// Walks `body` as a `key` request of `version`: the bytes left after it, or
+/// `Err(Stop::Impossible)` for a body the codec must not see. Versions outside [`walkable`] are
+/// refused the same way.
+pub(crate) fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, Stop> {
+    let flexible = match key {
+        ApiKey::Produce => version >= 9,
+        ApiKey::Fetch => version >= 12,
+        ApiKey::ListOffsets => version >= 6,
+        ApiKey::Metadata => version >= 9,
+        _ => false,
+    };
+    if !walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version)) {
+        return Err(Stop::Impossible(format!(
+            "{key:?} v{version} bodies are not read"
+        )));
+    }
+    let mut w = Walk {
+        buf: body,
+        flexible,
+    };
+    walk(&mut w, key, version)?;
+    Ok(w.buf.len())
+}
+
+fn walk(w: &mut Walk<'_>, key: ApiKey, v: i16) -> Result<(), Stop> {
+    match key {
+        ApiKey::Produce => {
+            w.string()?; // transactional_id
+            w.skip(2 + 4)?; // acks, timeout_ms
+            w.array(|w| {
+                w.string()?; // name
+                w.array(|w| {
+                    w.skip(4)?; // index
+                    w.bytes()?; // records
+                    w.tagged()
+                })?;
+                w.tagged()
+            })?;
+            w.tagged()
+        }
+        ApiKey::Fetch => {
+            w.skip(4 + 4 + 4 + 4 + 1)?; // replica_id, max_wait, min_bytes, max_bytes, isolation
+            if v >= 7 {
+                w.skip(4 + 4)?; // session_id, session_epoch
+            }
+            w.array(|w| {
+                w.string()?; // topic
+                w.array(|w| {
+                    w.skip(4)?; // partition
+                    if v >= 9 {
+                        w.skip(4)?; // current_leader_epoch
+                    }
+                    w.skip(8)?; // fetch_offset
+                    if v >= 12 {
+                        w.skip(4)?; // last_fetched_epoch
+                    }
+                    if v >= 5 {
+                        w.skip(8)?; // log_start_offset
+                    }
+                    w.skip(4)?; // partition_max_bytes
+                    w.tagged()
+                })?;
+                w.tagged()
+            })?;
+            if v >= 7 {
+                w.array(|w| {
+                    w.string()?; // topic
+                    w.array(|w| w.skip(4))?; // partitions
+                    w.tagged()
+                })?;
+            }
+            if v >= 11 {
+                w.string()?; // rack_id
+            }
+            w.tagged()
+        }
+        ApiKey::ListOffsets => {
+            w.skip(4)?; // replica_id
+            if v >= 2 {
+                w.skip(1)?; // isolation_level
+            }
+            w.array(|w| {
+                w.string()?; // name
+                w.array(|w| {
+                    w.skip(4)?; // partition_index
+                    if v >= 4 {
+                        w.skip(4)?; // current_leader_epoch
+                    }
+                    w.skip(8)?; // timestamp
+                    w.tagged()
+                })?;
+                w.tagged()
+            })?;
+            if v >= 10 {
+                w.skip(4)?; // timeout_ms
+            }
+            w.tagged()
+        }
+        ApiKey::Metadata => {
+            w.array(|w| {
+                if v >= 10 {
+                    w.skip(16)?; // topic_id
+                }
+                w.string()?; // name
+                w.tagged()
+            })?;
+            if v >= 4 {
+                w.skip(1)?; // allow_auto_topic_creation
+            }
+            if (8..=10).contains(&v) {
+                w.skip(1)?; // include_cluster_authorized_operations
+            }
+            if v >= 8 {
+                w.skip(1)?; // include_topic_authorized_operations
+            }
+            w.tagged()
+        }
+        _ => Ok(()),
+    }
+}
+
+struct Walk<'a> {
+    buf: &'a [u8],
+    flexible: bool,
+}
+
+impl Walk<'_> {
+    fn skip(&mut self, n: usize) -> Result<(), Stop> {
+        if self.buf.len() < n {
+            return Err(Stop::Short);
+        }
+        self.buf = &self.buf[n..];
+        Ok(())
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], Stop> {
+        let Some((head, rest)) = self.buf.split_first_chunk::<N>() else {
+            return Err(Stop::Short);
+        };
+        self.buf = rest;
+        Ok(*head)
+    }
+
+    fn varint(&mut self) -> Result<u32, Stop> {
+        let mut value = 0u32;
+        for i in 0..5 {
+            let [b] = self.take::<1>()?;
+            value |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(Stop::Impossible("a varint longer than 5 bytes".into()))
+    }
+
+    /// A length-prefixed run of bytes: nullable or not, string or bytes (`wide`: i32 length).
+    fn sized(&mut self, wide: bool) -> Result<(), Stop> {
+        let len = if self.flexible {
+            i64::from(self.varint()?) - 1
+        } else if wide {
+            i32::from_be_bytes(self.take()?).into()
+        } else {
+            i16::from_be_bytes(self.take()?).into()
+        };
+        if len > 0 {
+            self.skip(len as usize)?;
+        }
+        Ok(())
+    }
+
+    fn string(&mut self) -> Result<(), Stop> {
+        self.sized(false)
+    }
+
+    fn bytes(&mut self) -> Result<(), Stop> {
+        self.sized(true)
+    }
+
+    fn count(&mut self, what: &str) -> Result<usize, Stop> {
+        let n = if self.flexible {
+            i64::from(self.varint()?) - 1
+        } else {
+            i32::from_be_bytes(self.take()?).into()
+        };
+        let n = n.max(0) as usize;
+        if n > self.buf.len() {
+            return Err(Stop::Impossible(format!(
+                "{what} of {n} entries in the {} bytes left of the request",
+                self.buf.len()
+            )));
+        }
+        Ok(n)
+    }
+
+    fn array(
+        &mut self,
+        mut element: impl FnMut(&mut Self) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        for _ in 0..self.count("an array")? {
+            element(self)?;
+        }
+        Ok(())
+    }
+
+    fn tagged(&mut self) -> Result<(), Stop> {
+        if !self.flexible {
+            return Ok(());
+        }
+        let n = self.varint()? as usize;
+        if n > self.buf.len() {
+            return Err(Stop::Impossible(format!(
+                "{n} tagged fields in the {} bytes left of the request",
+                self.buf.len()
+            )));
+        }
+        for _ in 0..n {
+            self.varint()?; // tag
+            let size = self.varint()? as usize;
+            self.skip(size)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{FetchRequest, MetadataRequest, ProduceRequest};
+    use kafka_protocol::protocol::Encodable;
+
+    #[test]
+    fn huge_array_lengths_are_refused_before_decoding() {
+        // Metadata v1: 2^31-1 topics in 0 bytes.
+        assert!(matches!(
+            check(ApiKey::Metadata, 1, &[0x7f, 0xff, 0xff, 0xff]),
+            Err(Stop::Impossible(_))
+        ));
+        // Metadata v9 (compact): a varint count of 2^28.
+        assert!(matches!(
+            check(ApiKey::Metadata, 9, &[0x80, 0x80, 0x80, 0x80, 0x01]),
+            Err(Stop::Impossible(_))
+        ));
+        assert_eq!(check(ApiKey::Metadata, 1, &[0, 0]), Err(Stop::Short));
+    }
+
+    #[test]
+    fn requests_the_codec_writes_walk_to_their_end() {
+        use bytes::BytesMut;
+        fn walks<T: Encodable>(key: ApiKey, versions: std::ops::RangeInclusive<i16>, r: &T) {
+            for v in versions {
+                let mut buf = BytesMut::new();
+                r.encode(&mut buf, v).unwrap();
+                assert_eq!(check(key, v, &buf), Ok(0), "{key:?} v{v}");
+            }
+        }
+        use kafka_protocol::messages::{TopicName, list_offsets_request};
+        use kafka_protocol::messages::{fetch_request, metadata_request, produce_request};
+        use kafka_protocol::protocol::StrBytes;
+        let name = || TopicName(StrBytes::from_static_str("t"));
+        walks(
+            ApiKey::Metadata,
+            0..=13,
+            &MetadataRequest::default().with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default().with_name(Some(name())),
+            ])),
+        );
+        walks(
+            ApiKey::Produce,
+            3..=12,
+            &ProduceRequest::default().with_topic_data(vec![
+                produce_request::TopicProduceData::default()
+                    .with_name(name())
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_records(Some(bytes::Bytes::from_static(b"batch"))),
+                    ]),
+            ]),
+        );
+        walks(
+            ApiKey::Fetch,
+            4..=12,
+            &FetchRequest::default().with_topics(vec![
+                fetch_request::FetchTopic::default()
+                    .with_topic(name())
+                    .with_partitions(vec![fetch_request::FetchPartition::default()]),
+            ]),
+        );
+        walks(
+            ApiKey::ListOffsets,
+            1..=10,
+            &kafka_protocol::messages::ListOffsetsRequest::default().with_topics(vec![
+                list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(name())
+                    .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()]),
+            ]),
+        );
+    }
+}
