@@ -20,8 +20,8 @@ use rill_protocol::{ApiError, ErrorCode, TopicPartition};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::RetryPolicy;
-use crate::consumer_coordinator::commit::commit;
+use crate::config::{RetryPolicy, deadline_after};
+use crate::consumer_coordinator::commit::{CommitBy, commit};
 use crate::consumer_coordinator::heartbeat::MemberIdentity;
 use crate::consumer_coordinator::{fetch_committed, group_has_members};
 use crate::coordinator_client::{CoordinatorClient, OFFSETS_TOPIC};
@@ -629,7 +629,18 @@ impl GroupAdmin {
             member_id: String::new(),
             epoch: -1,
         });
-        match commit(&coordinator, &mut outsider, &self.retry, offsets, false).await {
+        let deadline = deadline_after(self.retry.timeout);
+        let by = CommitBy::Outsider;
+        match commit(
+            &coordinator,
+            &mut outsider,
+            &self.retry,
+            offsets,
+            by,
+            deadline,
+        )
+        .await
+        {
             Err(ConsumerError::Commit { failed })
                 if failed.iter().any(|(_, e)| group_has_members(e.code)) =>
             {

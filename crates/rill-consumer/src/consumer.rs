@@ -88,11 +88,7 @@ impl Consumer {
     }
 
     fn group(&mut self, what: &str) -> Result<&mut ConsumerCoordinator, ConsumerError> {
-        self.coordinator.as_mut().ok_or_else(|| {
-            ConsumerError::IllegalState(format!(
-                "{what} needs a consumer group: set group_id (group.id) in the ConsumerConfig"
-            ))
-        })
+        self.coordinator.as_mut().ok_or_else(|| no_group(what))
     }
 
     fn check_open(&self) -> Result<(), ConsumerError> {
@@ -334,10 +330,10 @@ impl Consumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let as_member = self.subscriptions.is_subscribed();
-        self.group("commit_sync()")?
-            .commit_sync(offsets, as_member)
-            .await
+        let Some(c) = &mut self.coordinator else {
+            return Err(no_group("commit_sync()"));
+        };
+        c.commit_sync(offsets, &self.subscriptions).await
     }
 
     /// Like [`commit_sync`](Self::commit_sync) without waiting: the commit is queued (in
@@ -355,14 +351,12 @@ impl Consumer {
             ));
         }
         let offsets = self.offsets_to_commit(offsets);
-        let as_member = self.subscriptions.is_subscribed();
-        let rx = if offsets.is_empty() {
-            None
-        } else {
-            Some(
-                self.group("commit_async()")?
-                    .commit_async(offsets, as_member)?,
-            )
+        let rx = match &mut self.coordinator {
+            _ if offsets.is_empty() => None,
+            Some(c) => {
+                Some(c.commit_async(offsets, &self.subscriptions, self.config.request_timeout)?)
+            }
+            None => return Err(no_group("commit_async()")),
         };
         Ok(tokio::spawn(async move {
             match rx {
@@ -614,6 +608,13 @@ impl Consumer {
         self.subscriptions.unsubscribe();
         result
     }
+}
+
+/// The error of a group call without a `group.id`.
+fn no_group(what: &str) -> ConsumerError {
+    ConsumerError::IllegalState(format!(
+        "{what} needs a consumer group: set group_id (group.id) in the ConsumerConfig"
+    ))
 }
 
 /// The next membership event of a group consumer; never completes without a group.

@@ -30,7 +30,7 @@ use rill_protocol::proto::{OffsetFetchRequest, OffsetFetchTopic};
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
 use tokio::sync::{oneshot, watch};
 
-use self::commit::{CommitResult, Committer};
+use self::commit::{CommitBy, CommitResult, Committer};
 use self::heartbeat::{
     Command, Event, MemberIdentity, MembershipHandle, MembershipSettings, PollTimer,
 };
@@ -127,6 +127,8 @@ pub(crate) struct ConsumerCoordinator {
     auto_commit_interval: Duration,
     next_auto_commit: Instant,
     auto_commit_in_flight: Option<oneshot::Receiver<CommitResult>>,
+    /// `default.api.timeout.ms`: the bound of sync commits (also those before revocations).
+    api_timeout: Duration,
 }
 
 impl ConsumerCoordinator {
@@ -166,6 +168,7 @@ impl ConsumerCoordinator {
             auto_commit_interval: config.auto_commit_interval,
             next_auto_commit: deadline_after(config.auto_commit_interval),
             auto_commit_in_flight: None,
+            api_timeout: config.default_api_timeout,
         }
     }
 
@@ -355,7 +358,8 @@ impl ConsumerCoordinator {
             if self.auto_commit && self.revoking.is_none() {
                 let offsets = consumed_offsets(subscriptions, Some(&plan.revoked));
                 if !offsets.is_empty() {
-                    match self.commit_async(offsets, true) {
+                    let timeout = self.api_timeout;
+                    match self.commit_async(offsets, subscriptions, timeout) {
                         Ok(answer) => {
                             self.revoking = Some(Revoking {
                                 partitions: plan.revoked.clone(),
@@ -423,12 +427,34 @@ impl ConsumerCoordinator {
         fetch_committed(&self.coordinator, tps, patience).await
     }
 
-    /// Queues a commit of `offsets` (as the group member when `as_member`, else with epoch -1),
-    /// behind earlier ones; the receiver gets the outcome.
+    /// Queues a commit of `offsets` behind earlier ones, to be done within `timeout`; the
+    /// receiver gets the outcome. A subscribed consumer commits as the group member, one using
+    /// `assign` from outside the group (epoch -1).
     pub fn commit_async(
         &mut self,
         offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
-        as_member: bool,
+        subscriptions: &SubscriptionState,
+        timeout: Duration,
+    ) -> Result<oneshot::Receiver<CommitResult>, ConsumerError> {
+        let by = if subscriptions.is_subscribed() {
+            CommitBy::Member {
+                owned: offsets
+                    .keys()
+                    .filter(|tp| subscriptions.is_assigned(tp))
+                    .cloned()
+                    .collect(),
+            }
+        } else {
+            CommitBy::Outsider
+        };
+        self.enqueue(offsets, by, timeout)
+    }
+
+    fn enqueue(
+        &mut self,
+        offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
+        by: CommitBy,
+        timeout: Duration,
     ) -> Result<oneshot::Receiver<CommitResult>, ConsumerError> {
         if self.committer.is_none() {
             Self::runtime()?;
@@ -439,23 +465,42 @@ impl ConsumerCoordinator {
             ));
         }
         match &self.committer {
-            Some(c) => Ok(c.enqueue(offsets, as_member)),
+            Some(c) => Ok(c.enqueue(offsets, by, timeout)),
             None => Err(ConsumerError::IllegalState("no commit task".into())),
         }
     }
 
-    /// Commits `offsets` after every commit queued before, and waits for the outcome.
+    /// Commits `offsets` after every commit queued before, and waits for the outcome: for
+    /// `default.api.timeout.ms` at most, waiting behind earlier commits included.
     pub async fn commit_sync(
         &mut self,
         offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
-        as_member: bool,
+        subscriptions: &SubscriptionState,
     ) -> CommitResult {
-        let rx = self.commit_async(offsets, as_member)?;
-        rx.await.unwrap_or_else(|_| {
-            Err(ConsumerError::IllegalState(
+        let deadline = deadline_after(self.api_timeout);
+        let partitions: Vec<TopicPartition> = offsets.keys().cloned().collect();
+        let rx = self.commit_async(offsets, subscriptions, self.api_timeout)?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ConsumerError::IllegalState(
                 "the commit task stopped (the runtime is shutting down)".into(),
-            ))
-        })
+            )),
+            // Dropping the receiver tells the commit task not to send it any more.
+            Err(_) => Err(commit::timed_out(partitions)),
+        }
+    }
+
+    /// Waits until every commit queued so far is done (for `default.api.timeout.ms` at
+    /// most): a barrier through the commit task.
+    async fn flush_commits(&mut self) {
+        if self.committer.is_none() {
+            return;
+        }
+        if let Ok(rx) = self.enqueue(BTreeMap::new(), CommitBy::Outsider, self.api_timeout)
+            && tokio::time::timeout(self.api_timeout, rx).await.is_err()
+        {
+            tracing::warn!(group = %self.settings.group_id, "commits still pending after default.api.timeout.ms");
+        }
     }
 
     /// Every `auto.commit.interval.ms` (from `poll`): commits the consumed positions in the
@@ -483,16 +528,17 @@ impl ConsumerCoordinator {
         if offsets.is_empty() {
             return;
         }
-        match self.commit_async(offsets, subscriptions.is_subscribed()) {
+        match self.commit_async(offsets, subscriptions, self.retry.timeout) {
             Ok(rx) => self.auto_commit_in_flight = Some(rx),
             Err(e) => tracing::warn!(error = %e, "auto commit failed"),
         }
     }
 
     /// Gives the assignment up on unsubscribe or close: partitions already lost go without a
-    /// commit; otherwise (auto commit) the consumed positions are committed, then, for a
-    /// subscribed consumer, `on_partitions_revoked` runs and the member leaves the group.
-    /// Returns the commit's failure, after doing the rest anyway.
+    /// commit; otherwise (auto commit) the consumed positions are committed — without auto
+    /// commit, the commits made before are waited for — then, for a subscribed consumer,
+    /// `on_partitions_revoked` runs and the member leaves the group. Returns the commit's
+    /// failure, after doing the rest anyway.
     pub async fn release(
         &mut self,
         subscriptions: &mut SubscriptionState,
@@ -506,13 +552,17 @@ impl ConsumerCoordinator {
         self.revoking = None;
         fetcher.clear();
         let mut result = Ok(());
-        if self.auto_commit {
-            let offsets = consumed_offsets(subscriptions, None);
-            if !offsets.is_empty() {
-                result = self
-                    .commit_sync(offsets, subscriptions.is_subscribed())
-                    .await;
-            }
+        let offsets = if self.auto_commit {
+            consumed_offsets(subscriptions, None)
+        } else {
+            BTreeMap::new()
+        };
+        if offsets.is_empty() {
+            // Async commits still queued go out before the member leaves (they would be
+            // refused after it).
+            self.flush_commits().await;
+        } else {
+            result = self.commit_sync(offsets, subscriptions).await;
         }
         if subscriptions.is_subscribed() {
             let owned: Vec<TopicPartition> = subscriptions.assigned().into_iter().collect();

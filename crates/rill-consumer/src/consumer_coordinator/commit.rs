@@ -1,12 +1,16 @@
 //! Offset commits (Kafka's `CommitRequestManager`): one background task sends them in the order
 //! they were made — a sync commit after async ones waits for them — each carrying the member's
 //! id and epoch (or epoch -1 and no id for a consumer using `assign`); a member that is not in
-//! the group at that moment (joining, fenced) commits nothing. STALE_MEMBER_EPOCH is
-//! retried once with the epoch of the next heartbeat; coordinator errors and a partition's
-//! REQUEST_TIMED_OUT are retried until `request.timeout.ms`.
+//! the group at that moment (joining, fenced) commits nothing. STALE_MEMBER_EPOCH is retried
+//! once with the epoch of the next heartbeat, for partitions the member owned when the commit
+//! was made (for others it can never succeed); coordinator errors and a partition's
+//! REQUEST_TIMED_OUT are retried. Every commit has a deadline fixed when it is made
+//! (`request.timeout.ms` for async commits, `default.api.timeout.ms` for sync ones): one
+//! still queued then fails without being sent, so waiting behind earlier commits never adds
+//! up their timeouts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rill_protocol::proto::{OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic};
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
@@ -21,10 +25,21 @@ use crate::{ConsumerError, OffsetAndMetadata};
 /// A commit's outcome, when it is known.
 pub(crate) type CommitResult = Result<(), ConsumerError>;
 
+/// Who commits: the group member (id and epoch), or an outsider (epoch -1, a consumer using
+/// `assign`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CommitBy {
+    /// The member, which owned these of the partitions when the commit was made.
+    Member {
+        owned: BTreeSet<TopicPartition>,
+    },
+    Outsider,
+}
+
 struct CommitRequest {
     offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
-    /// Commit as the group member (id and epoch); otherwise as an outsider (epoch -1).
-    as_member: bool,
+    by: CommitBy,
+    deadline: Instant,
     reply: oneshot::Sender<CommitResult>,
 }
 
@@ -44,24 +59,47 @@ impl Committer {
         tokio::spawn(async move {
             let mut identity = identity;
             while let Some(r) = rx.recv().await {
-                let result =
-                    commit(&coordinator, &mut identity, &retry, r.offsets, r.as_member).await;
+                if r.reply.is_closed() && !r.offsets.is_empty() {
+                    // Nobody waits for it any more (a commit_sync that gave up).
+                    continue;
+                }
+                let keys: Vec<TopicPartition> = r.offsets.keys().cloned().collect();
+                if Instant::now() >= r.deadline && !keys.is_empty() {
+                    // Its time ran out while it waited in the queue: not sent.
+                    let _ = r.reply.send(Err(timed_out(keys)));
+                    continue;
+                }
+                let work = commit(
+                    &coordinator,
+                    &mut identity,
+                    &retry,
+                    r.offsets,
+                    r.by,
+                    r.deadline,
+                );
+                let result = match tokio::time::timeout_at(r.deadline.into(), work).await {
+                    Ok(result) => result,
+                    Err(_) => Err(timed_out(keys)),
+                };
                 let _ = r.reply.send(result);
             }
         });
         Committer { queue }
     }
 
-    /// Queues a commit; the receiver gets its outcome.
+    /// Queues a commit of `offsets` by `by`, to be done by `deadline`; the receiver gets its
+    /// outcome. No offsets: a barrier, answered once every commit queued before is done.
     pub fn enqueue(
         &self,
         offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
-        as_member: bool,
+        by: CommitBy,
+        timeout: Duration,
     ) -> oneshot::Receiver<CommitResult> {
         let (reply, rx) = oneshot::channel();
         let request = CommitRequest {
             offsets,
-            as_member,
+            by,
+            deadline: deadline_after(timeout),
             reply,
         };
         if let Err(mpsc::error::SendError(r)) = self.queue.send(request) {
@@ -103,16 +141,31 @@ fn commit_request(
     }
 }
 
-/// Commits `offsets`, retrying as the module docs say; the error names every partition that
-/// was not committed.
+/// The error of a commit of `partitions` that ran out of time.
+pub(crate) fn timed_out(partitions: impl IntoIterator<Item = TopicPartition>) -> ConsumerError {
+    let e = ApiError::new(
+        ErrorCode::RequestTimedOut,
+        "the commit did not complete in time (request.timeout.ms for an async commit, default.api.timeout.ms for a sync one)",
+    );
+    ConsumerError::Commit {
+        failed: partitions.into_iter().map(|tp| (tp, e.clone())).collect(),
+    }
+}
+
+/// Commits `offsets` by `deadline`, retrying as the module docs say; the error names every
+/// partition that was not committed.
 pub(crate) async fn commit(
     coordinator: &CoordinatorClient,
     identity: &mut watch::Receiver<MemberIdentity>,
     retry: &RetryPolicy,
     offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
-    as_member: bool,
+    by: CommitBy,
+    deadline: Instant,
 ) -> CommitResult {
-    let deadline = deadline_after(retry.timeout);
+    let (as_member, owned) = match by {
+        CommitBy::Member { owned } => (true, owned),
+        CommitBy::Outsider => (false, BTreeSet::new()),
+    };
     let mut pending = offsets;
     let mut failed: Vec<(TopicPartition, ApiError)> = Vec::new();
     let mut stale_retried = false;
@@ -165,7 +218,10 @@ pub(crate) async fn commit(
                         pending.remove(&tp);
                     }
                     Some(e)
-                        if e.code == ErrorCode::StaleMemberEpoch && as_member && !stale_retried =>
+                        if e.code == ErrorCode::StaleMemberEpoch
+                            && as_member
+                            && !stale_retried
+                            && owned.contains(&tp) =>
                     {
                         stale = true;
                     }
@@ -212,7 +268,7 @@ pub(crate) async fn commit(
                         tp,
                         ApiError::new(
                             ErrorCode::StaleMemberEpoch,
-                            "the member's epoch did not move on within request.timeout.ms",
+                            "the member's epoch did not move on before the commit's deadline",
                         ),
                     )
                 }));
@@ -227,7 +283,7 @@ pub(crate) async fn commit(
                     tp,
                     ApiError::new(
                         ErrorCode::RequestTimedOut,
-                        "the commit did not complete within request.timeout.ms",
+                        "the commit did not complete before its deadline",
                     ),
                 )
             }));

@@ -627,3 +627,98 @@ async fn a_slow_commit_before_a_revocation_does_not_hold_poll_past_its_timeout()
     assert!(commit < revoked, "{:?}", fake.log().lock());
     assert_eq!(consumer.assignment(), vec![tp("t", 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_queued_behind_others_keep_their_own_deadlines() {
+    let fake = Fake::start(&[("t", 1)], numbered(0)).await;
+    fake.coordinator.lock().on_commit = Box::new(|_, _| Some(ErrorCode::RequestTimedOut));
+    let mut consumer = Consumer::new(ConsumerConfig {
+        request_timeout: Duration::from_secs(1),
+        default_api_timeout: Duration::from_secs(2),
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.assign([tp("t", 0)]);
+    let at = |o: i64| Some([(tp("t", 0), OffsetAndMetadata::new(o))].into());
+    let started = Instant::now();
+    let queued: Vec<_> = (0..5)
+        .map(|o| consumer.commit_async(at(o)).unwrap())
+        .collect();
+    let e = consumer.commit_sync(at(9)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::RequestTimedOut), "{e}");
+    // The async commits end within request.timeout.ms of being made, the sync one within
+    // default.api.timeout.ms: not one timeout after another.
+    assert!(
+        started.elapsed() < Duration::from_millis(3_500),
+        "{:?}",
+        started.elapsed()
+    );
+    for q in queued {
+        let e = q.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::RequestTimedOut), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_epoch_for_a_partition_not_owned_fails_without_waiting_for_a_heartbeat() {
+    let fake = Fake::start(&[("t", 2)], numbered(0)).await;
+    fake.coordinator.lock().on_heartbeat = Box::new(|r, _| ConsumerGroupHeartbeatResponse {
+        member_id: r.member_id.clone(),
+        member_epoch: if r.member_epoch < 0 {
+            r.member_epoch
+        } else {
+            1
+        },
+        heartbeat_interval_ms: 5_000,
+        assignment: (r.member_epoch == 0).then(|| assignment(&[("t", 0)])),
+        ..Default::default()
+    });
+    fake.coordinator.lock().on_commit = Box::new(|_, _| Some(ErrorCode::StaleMemberEpoch));
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        logged(&fake, "assigned t-0").is_some()
+    })
+    .await;
+    let started = Instant::now();
+    let offsets = [(tp("t", 1), OffsetAndMetadata::new(3))].into();
+    let e = consumer.commit_sync(Some(offsets)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::StaleMemberEpoch), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.coordinator.lock().commits.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_without_auto_commit_sends_queued_commits_before_leaving() {
+    let fake = Fake::start(&[("t", 1)], numbered(0)).await;
+    scripted(
+        &fake,
+        Arc::new(Mutex::new(vec![("t", 0)])),
+        Arc::new(AtomicI32::new(1)),
+    );
+    // The commit takes three retries (~0.7 s).
+    fake.coordinator.lock().on_commit =
+        Box::new(|_, n| (n < 3).then_some(ErrorCode::RequestTimedOut));
+    let mut consumer = Consumer::new(ConsumerConfig {
+        enable_auto_commit: false,
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    poll_until(&mut consumer, Duration::from_secs(10), |_| {
+        logged(&fake, "assigned t-0").is_some()
+    })
+    .await;
+    let queued = consumer
+        .commit_async(Some([(tp("t", 0), OffsetAndMetadata::new(5))].into()))
+        .unwrap();
+    consumer.close().await.unwrap();
+    let commit = logged(&fake, "commit t-0@5 epoch 1").expect("committed as the member");
+    let left = logged(&fake, "heartbeat epoch -1").expect("left");
+    assert!(commit < left, "{:?}", fake.log().lock());
+    queued.await.unwrap().unwrap();
+}
