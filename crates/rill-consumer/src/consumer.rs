@@ -181,7 +181,14 @@ impl Consumer {
         };
         self.fetcher.clear();
         self.subscriptions.unsubscribe();
+        self.stop_lookups();
         result
+    }
+
+    /// Abandons the position lookups in flight (their partitions are gone).
+    fn stop_lookups(&mut self) {
+        self.committed = Lookup::new();
+        self.resets = Lookup::new();
     }
 
     /// The partitions this consumer reads now: its assignment, or what the group gave it.
@@ -319,7 +326,8 @@ impl Consumer {
     /// group and waits for the answer, after every commit made before it. A group member
     /// commits as itself (a STALE_MEMBER_EPOCH is retried once with the next heartbeat's
     /// epoch); a consumer using `assign` commits from outside the group (epoch -1), which the
-    /// coordinator allows only while the group has no members.
+    /// coordinator allows only while the group has no members. Waits `default.api.timeout.ms`
+    /// at most, the commits queued before it included.
     pub async fn commit_sync(
         &mut self,
         offsets: Option<BTreeMap<TopicPartition, OffsetAndMetadata>>,
@@ -338,7 +346,8 @@ impl Consumer {
 
     /// Like [`commit_sync`](Self::commit_sync) without waiting: the commit is queued (in
     /// order with other commits) and the handle resolves to its outcome; dropping the handle
-    /// does not cancel it.
+    /// does not cancel it. It fails with REQUEST_TIMED_OUT when not done within
+    /// `request.timeout.ms` of this call (waiting behind earlier commits included).
     pub fn commit_async(
         &mut self,
         offsets: Option<BTreeMap<TopicPartition, OffsetAndMetadata>>,
@@ -606,6 +615,7 @@ impl Consumer {
         };
         self.fetcher.clear();
         self.subscriptions.unsubscribe();
+        self.stop_lookups();
         result
     }
 }

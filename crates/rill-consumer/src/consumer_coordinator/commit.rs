@@ -30,9 +30,8 @@ pub(crate) type CommitResult = Result<(), ConsumerError>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum CommitBy {
     /// The member, which owned these of the partitions when the commit was made.
-    Member {
-        owned: BTreeSet<TopicPartition>,
-    },
+    Member { owned: BTreeSet<TopicPartition> },
+    /// An outsider.
     Outsider,
 }
 
@@ -87,8 +86,10 @@ impl Committer {
         Committer { queue }
     }
 
-    /// Queues a commit of `offsets` by `by`, to be done by `deadline`; the receiver gets its
-    /// outcome. No offsets: a barrier, answered once every commit queued before is done.
+    /// Queues a commit of `offsets` by `by`, to be done within `timeout` from now (waiting in
+    /// the queue included); the receiver gets its outcome — one dropped before the commit is
+    /// sent cancels it. No offsets: a barrier, answered once every commit queued before is
+    /// done.
     pub fn enqueue(
         &self,
         offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
