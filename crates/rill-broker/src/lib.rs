@@ -187,16 +187,16 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     )
     .with_lifecycle(Arc::clone(&lifecycle));
     let server_stop = CancellationToken::new();
+    let coordinator = group_coordinator::GroupCoordinator::new(Arc::clone(&rm), &config)?;
+    coordinator.start(background_stop.clone());
     if let Some(listener) = kafka_listener {
-        let apis = Arc::new(kafka::KafkaApis::new(
-            service.clone(),
-            config.socket_request_max_bytes,
-        ));
+        let apis = Arc::new(
+            kafka::KafkaApis::new(service.clone(), config.socket_request_max_bytes)
+                .with_coordinator(Arc::clone(&coordinator)),
+        );
         tracing::info!(broker = config.node_id, address = ?config.kafka_listeners, "kafka listener listening");
         tokio::spawn(kafka::serve(listener, apis, server_stop.clone()));
     }
-    let coordinator = group_coordinator::GroupCoordinator::new(Arc::clone(&rm), &config)?;
-    coordinator.start(background_stop.clone());
     let group_service =
         network::GroupCoordinatorService::new(Arc::clone(&coordinator), Arc::clone(&metrics));
     tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");

@@ -370,3 +370,71 @@ async fn malformed_frames_close_their_connection_and_the_broker_keeps_serving() 
         "{listing}"
     );
 }
+
+/// `kcat -C -o stored` as a member of `group` (librdkafka's broker offset store: FindCoordinator,
+/// OffsetFetch, OffsetCommit with generation -1), as `key:value` lines in order.
+fn kcat_consume_stored(addr: &str, topic: &str, group: &str) -> Vec<String> {
+    let group = format!("group.id={group}");
+    let out = kcat(
+        &[
+            "-C",
+            "-b",
+            addr,
+            "-t",
+            topic,
+            "-e",
+            "-o",
+            "stored",
+            "-X",
+            &group,
+            "-X",
+            "auto.offset.reset=earliest",
+            "-q",
+            "-f",
+            "%k:%s\n",
+        ],
+        "",
+    );
+    out.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_commits_offsets_that_the_next_run_and_grpc_see() {
+    use rill_protocol::proto::group_coordinator_client::GroupCoordinatorClient;
+    use rill_protocol::proto::{OffsetFetchRequest, OffsetFetchTopic};
+
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    cluster.create_topic("committed", 1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let input: String = (0..5).map(|i| format!("k{i}:first-{i}\n")).collect();
+    tokio::task::block_in_place(|| kcat(&["-P", "-b", &addr, "-t", "committed", "-K:"], &input));
+
+    let first = tokio::task::block_in_place(|| kcat_consume_stored(&addr, "committed", "kg"));
+    let want: Vec<String> = (0..5).map(|i| format!("k{i}:first-{i}")).collect();
+    assert_eq!(first, want);
+
+    // The commit is the coordinator's: the gRPC OffsetFetch sees it.
+    let mut gc = GroupCoordinatorClient::connect(format!("http://{}", cluster.brokers[0].addr))
+        .await
+        .unwrap();
+    let committed = gc
+        .offset_fetch(OffsetFetchRequest {
+            group_id: "kg".into(),
+            topics: vec![OffsetFetchTopic {
+                name: "committed".into(),
+                partition_indexes: vec![0],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(committed.error_code, 0, "{}", committed.error_message);
+    assert_eq!(committed.topics[0].partitions[0].committed_offset, 5);
+
+    // The next run starts where the first committed.
+    let input: String = (0..3).map(|i| format!("k{i}:second-{i}\n")).collect();
+    tokio::task::block_in_place(|| kcat(&["-P", "-b", &addr, "-t", "committed", "-K:"], &input));
+    let second = tokio::task::block_in_place(|| kcat_consume_stored(&addr, "committed", "kg"));
+    let want: Vec<String> = (0..3).map(|i| format!("k{i}:second-{i}")).collect();
+    assert_eq!(second, want);
+}

@@ -25,6 +25,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
 ];
 
 /// The (min, max) versions of `key` this listener answers, `None` when it does not.
@@ -517,7 +520,6 @@ pub fn unsupported_answer(
         };
     }
     match key {
-        ApiKey::FindCoordinator if version < 4 => answer!(m::FindCoordinatorResponse),
         ApiKey::JoinGroup => answer!(m::JoinGroupResponse),
         ApiKey::SyncGroup => answer!(m::SyncGroupResponse),
         ApiKey::Heartbeat => answer!(m::HeartbeatResponse),
@@ -527,7 +529,6 @@ pub fn unsupported_answer(
         ApiKey::InitProducerId => answer!(m::InitProducerIdResponse),
         ApiKey::DescribeCluster => answer!(m::DescribeClusterResponse),
         ApiKey::ConsumerGroupHeartbeat => answer!(m::ConsumerGroupHeartbeatResponse),
-        ApiKey::OffsetFetch if (2..8).contains(&version) => answer!(m::OffsetFetchResponse),
         // Versions of the implemented APIs whose bodies the listener does not read.
         ApiKey::Fetch if version >= 7 => answer!(m::FetchResponse),
         ApiKey::Metadata if version >= 13 => answer!(m::MetadataResponse),
@@ -539,4 +540,204 @@ pub fn unsupported_answer(
         )),
         _ => None,
     }
+}
+
+/// Kafka's COORDINATOR_NOT_AVAILABLE.
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+
+/// FindCoordinator (v0-3, one key): the broker leading the group's `__consumer_offsets`
+/// partition, at its Kafka endpoint. Only groups (key type 0): rill has no transactions.
+pub async fn find_coordinator(
+    apis: &KafkaApis,
+    req: m::FindCoordinatorRequest,
+    version: i16,
+) -> m::FindCoordinatorResponse {
+    let failed = |code: i16, why: String| {
+        m::FindCoordinatorResponse::default()
+            .with_error_code(code)
+            .with_error_message((version >= 1).then(|| StrBytes::from_string(why)))
+            .with_node_id(BrokerId(-1))
+            .with_host(text(""))
+            .with_port(-1)
+    };
+    if req.key_type != 0 {
+        return failed(
+            COORDINATOR_NOT_AVAILABLE,
+            format!(
+                "key type {} is not supported: rill coordinates groups only",
+                req.key_type
+            ),
+        );
+    }
+    let Some(coordinator) = &apis.coordinator else {
+        return failed(
+            COORDINATOR_NOT_AVAILABLE,
+            "no group coordinator here".into(),
+        );
+    };
+    let answer = coordinator
+        .find_coordinator(vec![req.key.as_str().to_owned()])
+        .await;
+    let Some(c) = answer.coordinators.into_iter().next() else {
+        return failed(COORDINATOR_NOT_AVAILABLE, "no answer for the group".into());
+    };
+    if c.error_code != 0 {
+        return failed(c.error_code as i16, c.error_message);
+    }
+    let image = apis.svc.rm.image();
+    let endpoint = image.brokers.get(&c.node_id).and_then(|b| {
+        b.endpoints
+            .iter()
+            .find(|e| e.name == super::ENDPOINT_NAME)
+            .cloned()
+    });
+    match endpoint {
+        Some(e) => m::FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(c.node_id))
+            .with_host(text(&e.host))
+            .with_port(e.port as i32),
+        None => failed(
+            COORDINATOR_NOT_AVAILABLE,
+            format!(
+                "the coordinator, broker {}, has no Kafka listener",
+                c.node_id
+            ),
+        ),
+    }
+}
+
+/// OffsetCommit: the generation id (or member epoch) and member id go to the coordinator as
+/// they are; a commit from outside the group (generation -1, as a client using `assign`
+/// sends) is allowed while the group has no members.
+pub async fn offset_commit(
+    apis: &KafkaApis,
+    req: m::OffsetCommitRequest,
+) -> m::OffsetCommitResponse {
+    let failed = |code: i16| {
+        m::OffsetCommitResponse::default().with_topics(
+            req.topics
+                .iter()
+                .map(|t| {
+                    m::offset_commit_response::OffsetCommitResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    m::offset_commit_response::OffsetCommitResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+    };
+    let Some(coordinator) = &apis.coordinator else {
+        return failed(COORDINATOR_NOT_AVAILABLE);
+    };
+    let rill = rp::OffsetCommitRequest {
+        group_id: req.group_id.0.to_string(),
+        member_epoch: req.generation_id_or_member_epoch,
+        member_id: req.member_id.to_string(),
+        topics: req
+            .topics
+            .iter()
+            .map(|t| rp::OffsetCommitTopic {
+                name: t.name.0.to_string(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| rp::OffsetCommitPartition {
+                        index: p.partition_index,
+                        committed_offset: p.committed_offset,
+                        committed_leader_epoch: p.committed_leader_epoch,
+                        committed_metadata: p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let answer = coordinator.offset_commit(rill).await;
+    m::OffsetCommitResponse::default().with_topics(
+        answer
+            .topics
+            .into_iter()
+            .map(|t| {
+                m::offset_commit_response::OffsetCommitResponseTopic::default()
+                    .with_name(topic_name(&t.name))
+                    .with_partitions(
+                        t.partitions
+                            .into_iter()
+                            .map(|p| {
+                                m::offset_commit_response::OffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.index)
+                                    .with_error_code(p.error_code as i16)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// OffsetFetch (v1-7, one group): committed offsets, every partition with one when no topics
+/// are named.
+pub async fn offset_fetch(
+    apis: &KafkaApis,
+    req: m::OffsetFetchRequest,
+    version: i16,
+) -> m::OffsetFetchResponse {
+    let Some(coordinator) = &apis.coordinator else {
+        return m::OffsetFetchResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
+    };
+    let rill = rp::OffsetFetchRequest {
+        group_id: req.group_id.0.to_string(),
+        topics: req
+            .topics
+            .iter()
+            .flatten()
+            .map(|t| rp::OffsetFetchTopic {
+                name: t.name.0.to_string(),
+                partition_indexes: t.partition_indexes.clone(),
+            })
+            .collect(),
+    };
+    let answer = coordinator.offset_fetch(rill).await;
+    let code = answer.error_code as i16;
+    let mut resp = m::OffsetFetchResponse::default().with_topics(
+        answer
+            .topics
+            .into_iter()
+            .map(|t| {
+                m::offset_fetch_response::OffsetFetchResponseTopic::default()
+                    .with_name(topic_name(&t.name))
+                    .with_partitions(
+                        t.partitions
+                            .into_iter()
+                            .map(|p| {
+                                m::offset_fetch_response::OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p.index)
+                                    .with_committed_offset(p.committed_offset)
+                                    .with_committed_leader_epoch(p.committed_leader_epoch)
+                                    .with_metadata(Some(StrBytes::from_string(p.metadata)))
+                                    // v1 has no group-level error: every partition carries it.
+                                    .with_error_code(if p.error_code != 0 || version >= 2 {
+                                        p.error_code as i16
+                                    } else {
+                                        code
+                                    })
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    );
+    resp.error_code = code;
+    resp
 }

@@ -27,6 +27,9 @@ pub(crate) fn walkable(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::Fetch => Some((4, 12)),
         ApiKey::ListOffsets => Some((1, 10)),
         ApiKey::Metadata => Some((0, 13)),
+        ApiKey::FindCoordinator => Some((0, 3)),
+        ApiKey::OffsetCommit => Some((2, 8)),
+        ApiKey::OffsetFetch => Some((1, 7)),
         _ => None,
     }
 }
@@ -40,6 +43,9 @@ pub(crate) fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, Sto
         ApiKey::Fetch => version >= 12,
         ApiKey::ListOffsets => version >= 6,
         ApiKey::Metadata => version >= 9,
+        ApiKey::FindCoordinator => version >= 3,
+        ApiKey::OffsetCommit => version >= 8,
+        ApiKey::OffsetFetch => version >= 6,
         _ => false,
     };
     if !walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version)) {
@@ -145,6 +151,49 @@ fn walk(w: &mut Walk<'_>, key: ApiKey, v: i16) -> Result<(), Stop> {
             }
             if v >= 8 {
                 w.skip(1)?; // include_topic_authorized_operations
+            }
+            w.tagged()
+        }
+        ApiKey::FindCoordinator => {
+            w.string()?; // key
+            if v >= 1 {
+                w.skip(1)?; // key_type
+            }
+            w.tagged()
+        }
+        ApiKey::OffsetCommit => {
+            w.string()?; // group_id
+            w.skip(4)?; // generation_id_or_member_epoch
+            w.string()?; // member_id
+            if v >= 7 {
+                w.string()?; // group_instance_id
+            }
+            if v <= 4 {
+                w.skip(8)?; // retention_time_ms
+            }
+            w.array(|w| {
+                w.string()?; // name
+                w.array(|w| {
+                    w.skip(4 + 8)?; // partition_index, committed_offset
+                    if v >= 6 {
+                        w.skip(4)?; // committed_leader_epoch
+                    }
+                    w.string()?; // committed_metadata
+                    w.tagged()
+                })?;
+                w.tagged()
+            })?;
+            w.tagged()
+        }
+        ApiKey::OffsetFetch => {
+            w.string()?; // group_id
+            w.array(|w| {
+                w.string()?; // name
+                w.array(|w| w.skip(4))?; // partition_indexes
+                w.tagged()
+            })?;
+            if v >= 7 {
+                w.skip(1)?; // require_stable
             }
             w.tagged()
         }
@@ -317,6 +366,36 @@ mod tests {
                     .with_topic(name())
                     .with_partitions(vec![fetch_request::FetchPartition::default()]),
             ]),
+        );
+        walks(
+            ApiKey::FindCoordinator,
+            0..=3,
+            &kafka_protocol::messages::FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_static_str("g")),
+        );
+        use kafka_protocol::messages::{offset_commit_request, offset_fetch_request};
+        walks(
+            ApiKey::OffsetCommit,
+            2..=8,
+            &kafka_protocol::messages::OffsetCommitRequest::default()
+                .with_member_id(StrBytes::from_static_str("m"))
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(name())
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_committed_metadata(Some(StrBytes::from_static_str("md"))),
+                        ]),
+                ]),
+        );
+        walks(
+            ApiKey::OffsetFetch,
+            1..=7,
+            &kafka_protocol::messages::OffsetFetchRequest::default().with_topics(Some(vec![
+                offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(name())
+                    .with_partition_indexes(vec![0, 1]),
+            ])),
         );
         walks(
             ApiKey::ListOffsets,

@@ -66,6 +66,7 @@ pub enum KafkaError {
 #[derive(Clone)]
 pub struct KafkaApis {
     pub(crate) svc: BrokerService,
+    pub(crate) coordinator: Option<Arc<crate::group_coordinator::GroupCoordinator>>,
     pub(crate) max_request_bytes: usize,
 }
 
@@ -75,8 +76,19 @@ impl KafkaApis {
     pub fn new(svc: BrokerService, max_request_bytes: usize) -> Self {
         KafkaApis {
             svc,
+            coordinator: None,
             max_request_bytes,
         }
+    }
+
+    /// Answers FindCoordinator, OffsetCommit and OffsetFetch with the broker's group
+    /// coordinator (the one the gRPC `GroupCoordinator` service uses).
+    pub fn with_coordinator(
+        mut self,
+        coordinator: Arc<crate::group_coordinator::GroupCoordinator>,
+    ) -> Self {
+        self.coordinator = Some(coordinator);
+        self
     }
 }
 
@@ -285,6 +297,21 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
             } else {
                 apis::list_offsets_unsupported(req)
             };
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::FindCoordinator if in_range => {
+            let req = decode_body!(m::FindCoordinatorRequest);
+            let resp = apis::find_coordinator(apis, req, version).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::OffsetCommit if in_range => {
+            let req = decode_body!(m::OffsetCommitRequest);
+            let resp = apis::offset_commit(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::OffsetFetch if in_range => {
+            let req = decode_body!(m::OffsetFetchRequest);
+            let resp = apis::offset_fetch(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
         other => match apis::unsupported_answer(other, version, correlation_id) {
