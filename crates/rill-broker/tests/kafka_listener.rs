@@ -438,3 +438,41 @@ async fn kcat_commits_offsets_that_the_next_run_and_grpc_see() {
     let want: Vec<String> = (0..3).map(|i| format!("k{i}:second-{i}")).collect();
     assert_eq!(second, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broker_advertises_its_kafka_endpoint_and_kcat_follows_the_leaders() {
+    let cluster = Cluster::start_with_kafka(1, 3, &[]).await;
+    // Six single-replica partitions: the controller spreads their leaders over the brokers.
+    cluster.create_topic("spread", 6, 1, &[]).await;
+    // Any broker's Metadata names every broker at its Kafka endpoint (gRPC stays first for
+    // gRPC clients: the harness's ClusterClient just created the topic through it).
+    for b in &cluster.brokers {
+        let addr = b.kafka_addr.clone().unwrap();
+        let listing = tokio::task::block_in_place(|| kcat(&["-L", "-b", &addr], ""));
+        for other in &cluster.brokers {
+            let want = format!(
+                "broker {} at {}",
+                other.id,
+                other.kafka_addr.as_ref().unwrap()
+            );
+            assert!(listing.contains(&want), "{want:?} missing from:\n{listing}");
+        }
+    }
+    let leaders: std::collections::BTreeSet<i32> = cluster
+        .client()
+        .partitions("spread")
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.leader)
+        .collect();
+    assert!(leaders.len() > 1, "all leaders on one broker: {leaders:?}");
+    // Bootstrapping from one broker, kcat produces to and consumes from every leader.
+    let addr = kafka_addr(&cluster);
+    let input: String = (0..60).map(|i| format!("key-{i}:v{i}\n")).collect();
+    tokio::task::block_in_place(|| kcat(&["-P", "-b", &addr, "-t", "spread", "-K:"], &input));
+    let got = tokio::task::block_in_place(|| kcat_consume_all(&addr, "spread"));
+    let mut want: Vec<String> = (0..60).map(|i| format!("key-{i}:v{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
