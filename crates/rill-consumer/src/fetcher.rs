@@ -576,6 +576,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_cancelled_after_buffering_neither_loses_nor_commits_the_records() {
+        // The answer for t-0 makes metadata slow, so the poll that took it waits in
+        // start_fetches (looking up `u`, unknown, whose 1 ms backoff is over) and is cancelled
+        // there, as the CLI's timeout or Ctrl-C does, with t-0's records buffered.
+        let delay: Arc<std::sync::OnceLock<Arc<parking_lot::Mutex<Duration>>>> = Arc::default();
+        let delay_in = Arc::clone(&delay);
+        let fake = Fake::start(
+            &[("t", 1)],
+            Arc::new(move |_, offset| {
+                if let Some(d) = delay_in.get() {
+                    *d.lock() = Duration::from_secs(2);
+                }
+                if offset == 0 {
+                    // Answered after `u`'s backoff is surely over.
+                    std::thread::sleep(Duration::from_millis(20));
+                    records(0, batch(0, &["a", "b", "c"]))
+                } else {
+                    records(0, Vec::new())
+                }
+            }),
+        )
+        .await;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            group_id: Some("g".into()),
+            retry_backoff: Duration::from_millis(1),
+            retry_backoff_max: Duration::from_millis(1),
+            ..Default::default()
+        })
+        .unwrap();
+        let (t0, u0) = (TopicPartition::new("t", 0), TopicPartition::new("u", 0));
+        consumer.assign([t0.clone(), u0.clone()]);
+        consumer.seek(&t0, 0);
+        consumer.seek(&u0, 0);
+        let _ = delay.set(Arc::clone(&fake.metadata_delay));
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(500),
+            consumer.poll(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(cancelled.is_err(), "{cancelled:?}");
+        assert!(consumer.fetcher.has_buffered());
+        assert_eq!(consumer.position(&t0), Some(0));
+        consumer.close().await.unwrap();
+        assert_eq!(fake.coordinator.lock().committed.get(&t0), Some(&0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pause_and_resume_skip_no_buffered_record() {
         let (mut consumer, _fake) = failed_with_records_buffered().await;
         let (t0, t1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));

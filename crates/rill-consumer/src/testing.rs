@@ -47,6 +47,8 @@ pub struct Fake {
     pub coordinator: Arc<Mutex<CoordinatorState>>,
     /// ListOffsets answers every partition with this error while set.
     pub list_offsets_error: Arc<Mutex<Option<ErrorCode>>>,
+    /// How long Metadata requests wait before being answered.
+    pub metadata_delay: Arc<Mutex<Duration>>,
 }
 
 impl Fake {
@@ -60,6 +62,7 @@ impl Fake {
             answer,
             fetches: Arc::new(AtomicUsize::new(0)),
             list_offsets_error: Arc::new(Mutex::new(None)),
+            metadata_delay: Arc::new(Mutex::new(Duration::ZERO)),
             coordinator: Arc::new(Mutex::new(CoordinatorState {
                 heartbeats: Vec::new(),
                 commits: Vec::new(),
@@ -204,6 +207,8 @@ impl Broker for Fake {
         &self,
         _: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
+        let delay = *self.metadata_delay.lock();
+        tokio::time::sleep(delay).await;
         Ok(Response::new(MetadataResponse {
             brokers: vec![BrokerDescription {
                 node_id: 1,
