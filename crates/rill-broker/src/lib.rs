@@ -192,7 +192,10 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     if let Some(listener) = kafka_listener {
         let apis = Arc::new(
             kafka::KafkaApis::new(service.clone(), config.socket_request_max_bytes)
-                .with_coordinator(Arc::clone(&coordinator)),
+                .with_coordinator(Arc::clone(&coordinator))
+                .with_controllers(Arc::new(controller_client::ControllerClient::new(
+                    &config.controller_voters,
+                )?)),
         );
         tracing::info!(broker = config.node_id, address = ?config.kafka_listeners, "kafka listener listening");
         tokio::spawn(kafka::serve(listener, apis, server_stop.clone()));

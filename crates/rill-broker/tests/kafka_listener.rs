@@ -476,3 +476,40 @@ async fn every_broker_advertises_its_kafka_endpoint_and_kcat_follows_the_leaders
     want.sort();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_produces_idempotently_with_every_codec() {
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    cluster.create_topic("codecs", 2, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let mut want = Vec::new();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let lines: Vec<String> = (0..20)
+            .map(|i| format!("{codec}-{i}:{codec} value {i}"))
+            .collect();
+        let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        // Idempotence: InitProducerId (forwarded to the controllers), then batches stamped with
+        // the producer id, epoch and sequences.
+        tokio::task::block_in_place(|| {
+            kcat(
+                &[
+                    "-P",
+                    "-b",
+                    &addr,
+                    "-t",
+                    "codecs",
+                    "-K:",
+                    "-z",
+                    codec,
+                    "-X",
+                    "enable.idempotence=true",
+                ],
+                &input,
+            )
+        });
+        want.extend(lines);
+    }
+    want.sort();
+    let got = tokio::task::block_in_place(|| kcat_consume_all(&addr, "codecs"));
+    assert_eq!(got, want);
+}

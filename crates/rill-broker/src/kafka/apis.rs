@@ -28,6 +28,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::FindCoordinator, 0, 3),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The (min, max) versions of `key` this listener answers, `None` when it does not.
@@ -526,7 +527,6 @@ pub fn unsupported_answer(
         ApiKey::LeaveGroup => answer!(m::LeaveGroupResponse),
         ApiKey::ListGroups => answer!(m::ListGroupsResponse),
         ApiKey::SaslHandshake => answer!(m::SaslHandshakeResponse),
-        ApiKey::InitProducerId => answer!(m::InitProducerIdResponse),
         ApiKey::DescribeCluster => answer!(m::DescribeClusterResponse),
         ApiKey::ConsumerGroupHeartbeat => answer!(m::ConsumerGroupHeartbeatResponse),
         // Versions of the implemented APIs whose bodies the listener does not read.
@@ -740,4 +740,45 @@ pub async fn offset_fetch(
     );
     resp.error_code = code;
     resp
+}
+
+/// InitProducerId (v0-4), forwarded to the controllers: a new producer id, or with the id and
+/// epoch a producer has (v3+), the next epoch of that id (KIP-360). No transactions: a
+/// transactional id is refused by the controllers.
+pub async fn init_producer_id(
+    apis: &KafkaApis,
+    req: m::InitProducerIdRequest,
+) -> m::InitProducerIdResponse {
+    let failed = |code: i16| {
+        m::InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(m::ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    let Some(controllers) = &apis.controllers else {
+        return failed(COORDINATOR_NOT_AVAILABLE);
+    };
+    let known = req.producer_id.0 >= 0;
+    let rill = rp::InitProducerIdRequest {
+        transactional_id: req.transactional_id.as_ref().map(|t| t.0.to_string()),
+        producer_id: known.then_some(req.producer_id.0),
+        producer_epoch: known.then_some(req.producer_epoch.into()),
+    };
+    let answer = controllers
+        .call(std::time::Duration::from_secs(10), |mut c| {
+            let rill = rill.clone();
+            async move { c.init_producer_id(rill).await }
+        })
+        .await;
+    match answer {
+        Ok(a) if a.error_code == 0 => match i16::try_from(a.producer_epoch) {
+            Ok(epoch) => m::InitProducerIdResponse::default()
+                .with_producer_id(m::ProducerId(a.producer_id))
+                .with_producer_epoch(epoch),
+            // Kafka's epochs are 16-bit; a producer past that needs a new id.
+            Err(_) => failed(rill_protocol::ErrorCode::InvalidRequest as i16),
+        },
+        Ok(a) => failed(a.error_code as i16),
+        Err(e) => failed(e.code as i16),
+    }
 }

@@ -30,6 +30,7 @@ pub(crate) fn walkable(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::FindCoordinator => Some((0, 3)),
         ApiKey::OffsetCommit => Some((2, 8)),
         ApiKey::OffsetFetch => Some((1, 7)),
+        ApiKey::InitProducerId => Some((0, 4)),
         _ => None,
     }
 }
@@ -46,6 +47,7 @@ pub(crate) fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, Sto
         ApiKey::FindCoordinator => version >= 3,
         ApiKey::OffsetCommit => version >= 8,
         ApiKey::OffsetFetch => version >= 6,
+        ApiKey::InitProducerId => version >= 2,
         _ => false,
     };
     if !walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version)) {
@@ -194,6 +196,14 @@ fn walk(w: &mut Walk<'_>, key: ApiKey, v: i16) -> Result<(), Stop> {
             })?;
             if v >= 7 {
                 w.skip(1)?; // require_stable
+            }
+            w.tagged()
+        }
+        ApiKey::InitProducerId => {
+            w.string()?; // transactional_id
+            w.skip(4)?; // transaction_timeout_ms
+            if v >= 3 {
+                w.skip(8 + 2)?; // producer_id, producer_epoch
             }
             w.tagged()
         }
@@ -396,6 +406,11 @@ mod tests {
                     .with_name(name())
                     .with_partition_indexes(vec![0, 1]),
             ])),
+        );
+        walks(
+            ApiKey::InitProducerId,
+            0..=4,
+            &kafka_protocol::messages::InitProducerIdRequest::default(),
         );
         walks(
             ApiKey::ListOffsets,

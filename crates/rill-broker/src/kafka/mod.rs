@@ -67,6 +67,7 @@ pub enum KafkaError {
 pub struct KafkaApis {
     pub(crate) svc: BrokerService,
     pub(crate) coordinator: Option<Arc<crate::group_coordinator::GroupCoordinator>>,
+    pub(crate) controllers: Option<Arc<crate::controller_client::ControllerClient>>,
     pub(crate) max_request_bytes: usize,
 }
 
@@ -77,6 +78,7 @@ impl KafkaApis {
         KafkaApis {
             svc,
             coordinator: None,
+            controllers: None,
             max_request_bytes,
         }
     }
@@ -88,6 +90,15 @@ impl KafkaApis {
         coordinator: Arc<crate::group_coordinator::GroupCoordinator>,
     ) -> Self {
         self.coordinator = Some(coordinator);
+        self
+    }
+
+    /// Forwards InitProducerId to the controllers (they hand out producer ids).
+    pub fn with_controllers(
+        mut self,
+        controllers: Arc<crate::controller_client::ControllerClient>,
+    ) -> Self {
+        self.controllers = Some(controllers);
         self
     }
 }
@@ -312,6 +323,11 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
         ApiKey::OffsetFetch if in_range => {
             let req = decode_body!(m::OffsetFetchRequest);
             let resp = apis::offset_fetch(apis, req, version).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::InitProducerId if in_range => {
+            let req = decode_body!(m::InitProducerIdRequest);
+            let resp = apis::init_producer_id(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
         other => match apis::unsupported_answer(other, version, correlation_id) {
