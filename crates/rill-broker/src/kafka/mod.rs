@@ -9,10 +9,21 @@
 //! connection while its request is in flight). Record batches pass through as the bytes the
 //! client sent and the bytes on disk.
 //!
-//! Failures stay on their connection: an unsupported version of an API rill implements gets
+//! APIs (the versions ApiVersions lists, [`apis::SUPPORTED`]): ApiVersions 0-3, Metadata 1-12
+//! (brokers at their `KAFKA` endpoints), Produce 3-9, Fetch 4-12 (no fetch sessions: a client
+//! asking for one gets session id 0 and keeps sending full fetches), ListOffsets 1-7,
+//! FindCoordinator 0-3, OffsetCommit 2-8 and OffsetFetch 1-7 (the broker's group coordinator),
+//! InitProducerId 0-4 (forwarded to the controllers). Not yet: the classic group protocol
+//! (JoinGroup/SyncGroup/Heartbeat/LeaveGroup), ConsumerGroupHeartbeat, admin APIs,
+//! OffsetForLeaderEpoch.
+//!
+//! Failures stay on their connection: a version outside those of an API rill implements gets
 //! that API's UNSUPPORTED_VERSION answer (for ApiVersions, error 35 with the supported versions,
-//! as Kafka does); a frame that is too large, truncated or undecodable closes that connection
-//! with a log line. The listener itself only stops on the broker's cancellation token.
+//! as Kafka does; for a few unimplemented APIs with a top-level error code, that code); a frame
+//! that is too large, truncated or undecodable, an unknown API key, or an API without such an
+//! answer closes that connection with a log line. Array lengths are checked against the frame
+//! before the codec runs (`guard`). The listener itself only stops on the broker's
+//! cancellation token.
 
 pub mod apis;
 mod guard;
