@@ -513,3 +513,91 @@ async fn kcat_produces_idempotently_with_every_codec() {
     let got = tokio::task::block_in_place(|| kcat_consume_all(&addr, "codecs"));
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_gets_no_answer_and_fetch_sessions_fall_back_to_full_fetches() {
+    use kafka_protocol::messages::{
+        FetchRequest, FetchResponse, ProduceRequest, fetch_request, produce_request,
+    };
+    use rill_protocol::record_batch::{Compression, RecordBatchBuilder};
+
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    cluster.create_topic("raw", 1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let name = || TopicName(StrBytes::from_static_str("raw"));
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+
+    // acks=0: no answer at all; the next request's answer is the next frame.
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    builder.append(1, Some(b"k"), Some(b"fire and forget"), &[]);
+    let batch = builder.build().unwrap();
+    let produce = ProduceRequest::default()
+        .with_acks(0)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(name())
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.clone())),
+                ]),
+        ]);
+    s.write_all(&frame(ApiKey::Produce, 9, 1, &produce))
+        .await
+        .unwrap();
+
+    let fetch = |session_id: i32, session_epoch: i32| {
+        FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(2000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_session_id(session_id)
+            .with_session_epoch(session_epoch)
+            .with_topics(vec![
+                fetch_request::FetchTopic::default()
+                    .with_topic(name())
+                    .with_partitions(vec![
+                        fetch_request::FetchPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(-1)
+                            .with_fetch_offset(0)
+                            .with_log_start_offset(-1)
+                            .with_partition_max_bytes(1 << 20),
+                    ]),
+            ])
+    };
+    // A client asking for a new session (id 0, epoch 0) gets a full fetch and no session.
+    s.write_all(&frame(ApiKey::Fetch, 12, 2, &fetch(0, 0)))
+        .await
+        .unwrap();
+    let mut answer = read_answer(&mut s).await.expect("a Fetch answer");
+    let header_version = ApiKey::Fetch.response_header_version(12);
+    assert_eq!(
+        ResponseHeader::decode(&mut answer, header_version)
+            .unwrap()
+            .correlation_id,
+        2,
+        "the acks=0 produce must not be answered"
+    );
+    let r = FetchResponse::decode(&mut answer, 12).unwrap();
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.session_id, 0);
+    let p = &r.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.high_watermark), (0, 1));
+    let records = p.records.clone().unwrap_or_default();
+    // The stored batch comes back as sent: only the base offset and the partition leader epoch
+    // (bytes 0..8 and 12..16, outside the CRC) are the broker's.
+    assert_eq!(records.len(), batch.len());
+    assert_eq!(records[8..12], batch[8..12]);
+    assert_eq!(records[16..], batch[16..]);
+    // A client naming a session rill never created is told to start over.
+    s.write_all(&frame(ApiKey::Fetch, 12, 3, &fetch(77, 4)))
+        .await
+        .unwrap();
+    let mut answer = read_answer(&mut s).await.expect("a Fetch answer");
+    ResponseHeader::decode(&mut answer, header_version).unwrap();
+    let r = FetchResponse::decode(&mut answer, 12).unwrap();
+    assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+}
