@@ -46,37 +46,115 @@ pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-/// Builds the release binaries (unless `build` is false), then every image.
+/// Which cargo profile's binaries go into the images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// `target/release`: the images to deploy, tagged with the version and `latest`.
+    Release,
+    /// `target/debug`: images for `rill-chaos`'s docker fault scenarios only, tagged
+    /// `test-<hash>` (see [`test_tag`]); never `latest`.
+    Dev,
+}
+
+impl Profile {
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Dev => "debug",
+        }
+    }
+}
+
+/// How the images are tagged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tagging {
+    /// The version and `latest` (what compose and the Kubernetes manifests run).
+    Deploy,
+    /// `test-<hash of the binaries' directory>`, which `rill_chaos::docker::test_images` looks
+    /// for: each checkout and profile has its own, so concurrent test runs on one Docker daemon
+    /// do not overwrite each other's images.
+    Test,
+}
+
+/// The label holding the binaries an image was built from (`name:size:mtime-ns,...`); the
+/// docker tests compare it with the binaries they were built with.
+pub const BINARIES_LABEL: &str = "org.rill.binaries";
+
+/// The tag [`Tagging::Test`] gives the images of the binaries in `bin_dir`: `test-` and the
+/// FNV-1a hash of the directory's canonical path (the same function as
+/// `rill_chaos::docker::test_image_tag`).
+pub fn test_tag(bin_dir: &Path) -> String {
+    let dir = bin_dir
+        .canonicalize()
+        .unwrap_or_else(|_| bin_dir.to_path_buf());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.to_string_lossy().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("test-{hash:016x}")
+}
+
+/// `name:size:mtime-ns` of each binary, joined by commas (as
+/// `rill_chaos::docker::binaries_fingerprint`).
+fn fingerprint(binaries: &[PathBuf]) -> Result<String> {
+    let mut parts = Vec::new();
+    for b in binaries {
+        let meta = std::fs::metadata(b).with_context(|| format!("{} is missing", b.display()))?;
+        let mtime = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = b.file_name().context("binary name")?.to_string_lossy();
+        parts.push(format!("{name}:{}:{mtime}", meta.len()));
+    }
+    Ok(parts.join(","))
+}
+
+/// Builds the release binaries (unless `build` is false), then every image, tagged for
+/// deployment.
 pub fn build_all(build: bool) -> Result<()> {
-    if build {
-        crate::run(
-            "cargo",
-            &[
-                "build",
-                "--release",
-                "-p",
-                "rill-controller",
-                "-p",
-                "rill-broker",
-                "-p",
-                "rill-cli",
-                "-p",
-                "rill-healthcheck",
-            ],
-        )?;
+    build_images(Profile::Release, Tagging::Deploy, build)
+}
+
+/// Builds the binaries of `profile` (unless `cargo_build` is false), then the images: all three
+/// for [`Tagging::Deploy`], the two servers for [`Tagging::Test`]. A test image already built
+/// from the same binaries is kept as it is.
+pub fn build_images(profile: Profile, tagging: Tagging, cargo_build: bool) -> Result<()> {
+    if cargo_build {
+        let mut args = vec!["build"];
+        if profile == Profile::Release {
+            args.push("--release");
+        }
+        args.extend([
+            "-p",
+            "rill-controller",
+            "-p",
+            "rill-broker",
+            "-p",
+            "rill-cli",
+            "-p",
+            "rill-healthcheck",
+        ]);
+        crate::run("cargo", &args)?;
     }
     require_docker()?;
+    let bin_dir = root().join("target").join(profile.dir());
+    let tags = match tagging {
+        Tagging::Deploy => vec![version().to_owned(), "latest".to_owned()],
+        Tagging::Test => vec![test_tag(&bin_dir)],
+    };
+    let images: Vec<&Image> = match tagging {
+        Tagging::Deploy => IMAGES.iter().collect(),
+        Tagging::Test => IMAGES.iter().filter(|i| i.name != "rill").collect(),
+    };
     let mut built = Vec::new();
-    for image in &IMAGES {
-        built.push((image.name, build_image(image)?));
+    for image in images {
+        built.push((image.name, build_image(image, &bin_dir, &tags)?));
     }
     println!("images (docker images):");
     for (name, size) in built {
-        println!(
-            "  {name}:{} (also :latest)  {:.1} MB",
-            version(),
-            size as f64 / 1e6
-        );
+        println!("  {name}:{}  {:.1} MB", tags.join(", :"), size as f64 / 1e6);
     }
     Ok(())
 }
@@ -103,29 +181,55 @@ pub fn exists(name: &str, tag: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Writes the build context of `image` and runs `docker build`; returns the image size in bytes.
-fn build_image(image: &Image) -> Result<u64> {
-    let release = root().join("target/release");
-    let context = root().join("target/image").join(image.name);
+/// Writes the build context of `image` from the binaries in `bin_dir` and runs `docker build`
+/// with `tags` (the first names the context directory unless it is the version); returns the
+/// image size in bytes. An image whose label says it holds these very binaries is not built
+/// again.
+fn build_image(image: &Image, bin_dir: &Path, tags: &[String]) -> Result<u64> {
+    let first = tags.first().context("no tag given")?;
+    let base = if first == version() {
+        root().join("target/image")
+    } else {
+        root().join("target/image").join(first)
+    };
+    let context = base.join(image.name);
+    let binaries: Vec<PathBuf> = image.binaries.iter().map(|b| bin_dir.join(b)).collect();
+    for b in &binaries {
+        if !b.is_file() {
+            bail!(
+                "{} is missing: build the binaries first (`cargo xtask image` without --no-build does)",
+                b.display()
+            );
+        }
+    }
+    let fingerprint = fingerprint(&binaries)?;
+    let reference = format!("{}:{first}", image.name);
+    let current = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            &format!("{{{{index .Config.Labels \"{BINARIES_LABEL}\"}}}}"),
+            &reference,
+        ])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == fingerprint
+        });
+    if current && first != version() {
+        println!("{reference} is up to date (built from these binaries)");
+        return image_size(&reference);
+    }
     std::fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
     let dockerfile = root()
         .join("deploy/images")
         .join(format!("{}.Dockerfile", image.name));
     std::fs::copy(&dockerfile, context.join("Dockerfile"))
         .with_context(|| format!("copying {}", dockerfile.display()))?;
-    let binaries: Vec<PathBuf> = image.binaries.iter().map(|b| release.join(b)).collect();
-    for b in &binaries {
-        if !b.is_file() {
-            bail!(
-                "{} is missing: build the release binaries first (`cargo xtask image` does)",
-                b.display()
-            );
-        }
-    }
     // Debug info (line tables) is most of a release binary; the symbols stay, so a panic's
     // backtrace still names functions.
     // (Outside the build context, which holds only what the Dockerfile adds.)
-    let stripped_dir = root().join("target/image/stripped").join(image.name);
+    let stripped_dir = base.join("stripped").join(image.name);
     std::fs::create_dir_all(&stripped_dir)?;
     let mut stripped = Vec::new();
     for b in &binaries {
@@ -150,29 +254,32 @@ fn build_image(image: &Image) -> Result<u64> {
     let entries = rootfs_entries(&stripped)?;
     let tar = context.join("rootfs.tar");
     write_tar(&tar, &entries)?;
-    let tag = format!("{}:{}", image.name, version());
-    let latest = format!("{}:latest", image.name);
-    crate::run(
-        "docker",
-        &[
-            "build",
-            "--tag",
-            &tag,
-            "--tag",
-            &latest,
-            "--build-arg",
-            &format!("VERSION={}", version()),
-            &context.display().to_string(),
-        ],
-    )?;
+    let mut args: Vec<String> = vec!["build".into()];
+    for tag in tags {
+        args.extend(["--tag".into(), format!("{}:{tag}", image.name)]);
+    }
+    args.extend([
+        "--build-arg".into(),
+        format!("VERSION={}", version()),
+        "--label".into(),
+        format!("{BINARIES_LABEL}={fingerprint}"),
+        context.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::run("docker", &args)?;
+    image_size(&reference)
+}
+
+/// The size of an image in bytes, as `docker images` counts it.
+fn image_size(reference: &str) -> Result<u64> {
     let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Size}}", &tag])
+        .args(["image", "inspect", "--format", "{{.Size}}", reference])
         .output()
         .context("docker image inspect")?;
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .with_context(|| format!("the size of {tag}"))
+        .with_context(|| format!("the size of {reference}"))
 }
 
 /// One entry of the root filesystem layer.

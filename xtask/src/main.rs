@@ -38,13 +38,23 @@ enum Cmd {
         /// Which fault scenarios to loop (1-6, comma-separated; see docs/reliability.md).
         #[arg(long, default_value = "1,2,3,4,5,6")]
         scenarios: String,
+        /// Loop the docker fault scenarios (`rill-chaos`'s `docker_scenarios`: containers of
+        /// the release binaries, network partitions, pause, kill, rolling restart) instead.
+        #[arg(long)]
+        docker: bool,
     },
     /// Build the container images `rill-controller`, `rill-broker` and `rill` (FROM scratch:
     /// the release binaries, their shared libraries and a non-root user; nothing is pulled).
     Image {
-        /// Use the release binaries already in target/release instead of building them.
+        /// Use the binaries already in target/release (target/debug) instead of building them.
         #[arg(long)]
         no_build: bool,
+        /// `release`: the images to deploy, tagged with the version and `latest`. `dev`: the
+        /// debug binaries of target/debug in `rill-controller` and `rill-broker` images tagged
+        /// only for the docker fault scenarios of `rill-chaos` (`test-<hash>`; kept when already
+        /// built from the same binaries).
+        #[arg(long, value_enum, default_value = "release")]
+        profile: image::Profile,
     },
     /// The containerized cluster of deploy/compose: `up` (builds the images if missing),
     /// `status`, `down`.
@@ -132,11 +142,27 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Ci => ci(),
         Cmd::Cluster { action } => cluster::run(action),
-        Cmd::Image { no_build } => image::build_all(!no_build),
+        Cmd::Image { no_build, profile } => {
+            let tagging = match profile {
+                image::Profile::Release => image::Tagging::Deploy,
+                image::Profile::Dev => image::Tagging::Test,
+            };
+            image::build_images(profile, tagging, !no_build)
+        }
         Cmd::Compose { action } => compose::run(action),
         Cmd::DeployCheck => deploy_check::run(),
         Cmd::Fuzz { seconds } => fuzz(seconds),
-        Cmd::Soak { minutes, scenarios } => soak(minutes, &scenarios),
+        Cmd::Soak {
+            minutes,
+            scenarios,
+            docker,
+        } => {
+            if docker {
+                soak_docker(minutes, &scenarios)
+            } else {
+                soak(minutes, &scenarios)
+            }
+        }
     }
 }
 
@@ -167,6 +193,12 @@ fn ci() -> Result<()> {
     deploy_check::run()?;
     // Doc tests are not run by nextest; run them first so the test summary closes the output.
     run("cargo", &["test", "--workspace", "--doc"])?;
+    // The test build links the binaries again when dev-dependencies change their features, so
+    // build it first: the images below must hold the binaries the tests run with.
+    run("cargo", &["nextest", "run", "--workspace", "--no-run"])?;
+    // The docker fault scenarios of rill-chaos run these binaries in containers of the project's
+    // images (tagged for the tests; rebuilt only when the binaries changed).
+    image::build_images(image::Profile::Dev, image::Tagging::Test, false)?;
     run(
         "cargo",
         &["nextest", "run", "--workspace", "--no-fail-fast"],
@@ -232,6 +264,52 @@ fn soak(minutes: u64, scenarios: &str) -> Result<()> {
         if !status.success() {
             bail!("the soak run of {package} failed: {status}");
         }
+    }
+    Ok(())
+}
+
+/// The docker fault scenarios in a loop for `minutes`, on images of the release binaries.
+fn soak_docker(minutes: u64, scenarios: &str) -> Result<()> {
+    run("cargo", &["build", "--release", "--workspace", "--bins"])?;
+    run(
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "-p",
+            "rill-chaos",
+            "--test",
+            "docker_scenarios",
+            "--no-run",
+        ],
+    )?;
+    image::build_images(image::Profile::Release, image::Tagging::Test, false)?;
+    let secs = (minutes * 60).to_string();
+    let args = [
+        "test",
+        "--release",
+        "-p",
+        "rill-chaos",
+        "--test",
+        "docker_scenarios",
+        "soak_docker_scenarios",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ];
+    eprintln!(
+        "$ RILL_SOAK_SECS={secs} RILL_SOAK_SCENARIOS={scenarios} cargo {}",
+        args.join(" ")
+    );
+    let status = Command::new("cargo")
+        .args(args)
+        .env("RILL_SOAK_SECS", &secs)
+        .env("RILL_SOAK_SCENARIOS", scenarios)
+        .current_dir(cluster::root())
+        .status()
+        .context("failed to start cargo")?;
+    if !status.success() {
+        bail!("the docker soak run failed: {status}");
     }
     Ok(())
 }
