@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::ChaosError;
 
 /// Controller or broker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// `rill-controller`.
     Controller,
@@ -29,8 +29,8 @@ pub enum Role {
 }
 
 /// One node, named as `cargo xtask cluster` names them: `controller-1`, `broker-2` (node id =
-/// the number).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// the number). Controllers sort before brokers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeName {
     #[allow(missing_docs)]
     pub role: Role,
@@ -181,7 +181,9 @@ fn free_port() -> Result<u16, ChaosError> {
         .port())
 }
 
-fn default_bin_dir() -> Result<PathBuf, ChaosError> {
+/// Where the harness finds `rill-broker` and `rill-controller`: `RILL_BIN_DIR`, else the
+/// directory above the running test executable (`target/<profile>`).
+pub fn default_bin_dir() -> Result<PathBuf, ChaosError> {
     if let Some(d) = std::env::var_os("RILL_BIN_DIR") {
         return Ok(PathBuf::from(d));
     }
@@ -396,71 +398,15 @@ impl LocalCluster {
     /// A Broker client talking to `name` itself (lazily connected), whatever the metadata
     /// says: to ask a deposed leader directly.
     pub fn broker_client(&self, name: NodeName) -> Result<BrokerClient<Channel>, ChaosError> {
-        let n = self.node(name)?;
-        let ep = Endpoint::from_shared(format!("http://{}", n.addr))
-            .map_err(|e| ChaosError::Cluster(format!("bad address {}: {e}", n.addr)))?;
-        Ok(BrokerClient::new(
-            ep.connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(5))
-                .connect_lazy(),
-        ))
-    }
-
-    /// Addresses of the brokers that run and are not paused.
-    pub fn bootstrap(&self) -> Vec<String> {
-        let live: Vec<String> = self
-            .brokers
-            .iter()
-            .filter(|b| b.is_running() && !b.paused)
-            .map(|b| b.addr.clone())
-            .collect();
-        if live.is_empty() {
-            self.brokers.iter().map(|b| b.addr.clone()).collect()
-        } else {
-            live
-        }
-    }
-
-    /// Addresses of every broker, running or not (a client that must survive restarts).
-    pub fn all_brokers(&self) -> Vec<String> {
-        self.brokers.iter().map(|b| b.addr.clone()).collect()
-    }
-
-    /// A fresh cluster client over [`bootstrap`](Self::bootstrap).
-    pub fn client(&self) -> Result<ClusterClient, ChaosError> {
-        Ok(ClusterClient::new(
-            &self.bootstrap(),
-            Duration::from_secs(5),
-        )?)
+        broker_client_at(&self.node(name)?.addr)
     }
 
     /// Waits until every running, unpaused broker is registered and unfenced.
     pub async fn wait_healthy(&self, patience: Duration) -> Result<(), ChaosError> {
-        let deadline = Instant::now() + patience;
-        let want = self
-            .brokers
-            .iter()
-            .filter(|b| b.is_running() && !b.paused)
-            .count();
-        loop {
-            if let Ok(client) = self.client()
-                && let Ok(c) = client
-                    .admin(Duration::from_secs(2), |mut c| async move {
-                        c.describe_cluster(DescribeClusterRequest {}).await
-                    })
-                    .await
-                && c.brokers.iter().filter(|b| !b.fenced).count() >= want
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ChaosError::Timeout(format!(
-                    "cluster not healthy within {patience:?}; logs:\n{}",
-                    self.log_tails(8)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let want = self.live_brokers().len();
+        self.wait_unfenced(want, patience)
+            .await
+            .map_err(|e| ChaosError::Timeout(format!("{e}; logs:\n{}", self.log_tails(8))))
     }
 
     /// The last `lines` lines of every node's log, for failure messages.
@@ -477,9 +423,109 @@ impl LocalCluster {
         }
         out
     }
+}
+
+impl ClusterView for LocalCluster {
+    fn live_brokers(&self) -> Vec<(NodeName, String)> {
+        self.brokers
+            .iter()
+            .filter(|b| b.is_running() && !b.paused)
+            .map(|b| (b.name, b.addr.clone()))
+            .collect()
+    }
+
+    fn live_controllers(&self) -> Vec<(NodeName, String)> {
+        self.controllers
+            .iter()
+            .filter(|c| c.is_running() && !c.paused)
+            .map(|c| (c.name, c.addr.clone()))
+            .collect()
+    }
+
+    fn all_brokers(&self) -> Vec<String> {
+        self.brokers.iter().map(|b| b.addr.clone()).collect()
+    }
+}
+
+/// A Broker client for `addr` (lazily connected; 1 s to connect, 5 s per call).
+pub fn broker_client_at(addr: &str) -> Result<BrokerClient<Channel>, ChaosError> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ChaosError::Cluster(format!("bad address {addr}: {e}")))?;
+    Ok(BrokerClient::new(
+        ep.connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+    ))
+}
+
+/// What fault scenarios ask of a cluster, whoever runs it: processes on 127.0.0.1
+/// ([`LocalCluster`]) or containers ([`DockerCluster`](crate::docker::DockerCluster)).
+///
+/// The questions go to the *live* nodes only: those running, not paused and not on the
+/// minority side of a network partition, whose answers describe the cluster as it is (a node
+/// cut off keeps an old view of leaders and terms).
+// The futures are awaited where they are made (no `Send` bound needed), so `async fn` is fine.
+#[allow(async_fn_in_trait)]
+pub trait ClusterView {
+    /// `(name, address)` of the brokers whose answers count.
+    fn live_brokers(&self) -> Vec<(NodeName, String)>;
+
+    /// `(name, address)` of the controllers whose answers count.
+    fn live_controllers(&self) -> Vec<(NodeName, String)>;
+
+    /// Addresses of every broker, running or not (a client that must survive restarts).
+    fn all_brokers(&self) -> Vec<String>;
+
+    /// Addresses of the live brokers (all of them when none is live).
+    fn bootstrap(&self) -> Vec<String> {
+        let live: Vec<String> = self.live_brokers().into_iter().map(|(_, a)| a).collect();
+        if live.is_empty() {
+            self.all_brokers()
+        } else {
+            live
+        }
+    }
+
+    /// A fresh cluster client over [`bootstrap`](Self::bootstrap).
+    fn client(&self) -> Result<ClusterClient, ChaosError> {
+        Ok(ClusterClient::new(
+            &self.bootstrap(),
+            Duration::from_secs(5),
+        )?)
+    }
+
+    /// How many brokers the active controller counts as registered and unfenced, if it
+    /// answers within 2 s.
+    async fn unfenced_brokers(&self) -> Option<usize> {
+        let client = self.client().ok()?;
+        let c = client
+            .admin(Duration::from_secs(2), |mut c| async move {
+                c.describe_cluster(DescribeClusterRequest {}).await
+            })
+            .await
+            .ok()?;
+        Some(c.brokers.iter().filter(|b| !b.fenced).count())
+    }
+
+    /// Waits until at least `want` brokers are registered and unfenced.
+    async fn wait_unfenced(&self, want: usize, patience: Duration) -> Result<(), ChaosError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let have = self.unfenced_brokers().await;
+            if have.is_some_and(|n| n >= want) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ChaosError::Timeout(format!(
+                    "{want} unfenced brokers wanted within {patience:?}, the controller counts {have:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     /// Creates a topic and waits (15 s) until every partition has a leader.
-    pub async fn create_topic(
+    async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
@@ -526,15 +572,15 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The partition as each running, unpaused broker's metadata shows it.
-    pub async fn partition_views(
+    /// The partition as each live broker's metadata shows it.
+    async fn partition_views(
         &self,
         topic: &str,
         partition: i32,
     ) -> Vec<(NodeName, PartitionState)> {
         let mut out = Vec::new();
-        for b in self.brokers.iter().filter(|b| b.is_running() && !b.paused) {
-            let Ok(ch) = Endpoint::from_shared(format!("http://{}", b.addr)) else {
+        for (name, addr) in self.live_brokers() {
+            let Ok(ch) = Endpoint::from_shared(format!("http://{addr}")) else {
                 continue;
             };
             let ch = ch
@@ -557,7 +603,7 @@ impl LocalCluster {
                 .and_then(|t| t.partitions.iter().find(|p| p.index == partition))
             {
                 out.push((
-                    b.name,
+                    name,
                     PartitionState {
                         leader: p.leader_id,
                         leader_epoch: p.leader_epoch,
@@ -571,7 +617,7 @@ impl LocalCluster {
     }
 
     /// The partition as the brokers agree on it (the newest leader epoch seen), if any answers.
-    pub async fn partition_state(&self, topic: &str, partition: i32) -> Option<PartitionState> {
+    async fn partition_state(&self, topic: &str, partition: i32) -> Option<PartitionState> {
         self.partition_views(topic, partition)
             .await
             .into_iter()
@@ -579,8 +625,8 @@ impl LocalCluster {
             .max_by_key(|s| s.leader_epoch)
     }
 
-    /// Waits until every running broker's view of the partition satisfies `ready`; returns it.
-    pub async fn wait_partition(
+    /// Waits until every live broker's view of the partition satisfies `ready`; returns it.
+    async fn wait_partition(
         &self,
         topic: &str,
         partition: i32,
@@ -603,7 +649,7 @@ impl LocalCluster {
     }
 
     /// The leader of a partition (waits up to `patience` for one).
-    pub async fn leader_of(
+    async fn leader_of(
         &self,
         topic: &str,
         partition: i32,
@@ -616,7 +662,7 @@ impl LocalCluster {
     }
 
     /// Waits until the partition's ISR has exactly `n` members; returns the state.
-    pub async fn wait_isr(
+    async fn wait_isr(
         &self,
         topic: &str,
         partition: i32,
@@ -627,44 +673,60 @@ impl LocalCluster {
             .await
     }
 
-    /// The active controller, as the running controllers' Raft reports it (waits up to
-    /// `patience` for an election).
-    pub async fn active_controller(&self, patience: Duration) -> Result<NodeName, ChaosError> {
+    /// The Raft state as each live controller that answers reports it. Only the active
+    /// controller answers (after a ReadIndex proved it still leads), so this is at most one
+    /// entry unless a deposed leader has not noticed yet.
+    async fn quorum_views(&self) -> Vec<(NodeName, DescribeQuorumResponse)> {
+        let mut out = Vec::new();
+        for (name, addr) in self.live_controllers() {
+            let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else {
+                continue;
+            };
+            let Ok(ch) = ep
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(2))
+                .connect()
+                .await
+            else {
+                continue;
+            };
+            if let Ok(r) = ControllerClient::new(ch)
+                .describe_quorum(DescribeQuorumRequest {})
+                .await
+            {
+                out.push((name, r.into_inner()));
+            }
+        }
+        out
+    }
+
+    /// The active controller: the leader named in the newest term the live controllers
+    /// report, when it is live itself (waits up to `patience` for an election).
+    async fn active_controller(&self, patience: Duration) -> Result<NodeName, ChaosError> {
         let deadline = Instant::now() + patience;
         loop {
-            for c in self
-                .controllers
+            let live: Vec<NodeName> = self
+                .live_controllers()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let views: Vec<(NodeName, i32, u64)> = self
+                .quorum_views()
+                .await
+                .into_iter()
+                .map(|(asked, q)| (asked, q.leader_id, q.leader_epoch))
+                .collect();
+            if let Some(&(_, leader, _)) = views
                 .iter()
-                .filter(|c| c.is_running() && !c.paused)
+                .filter(|(_, leader, _)| *leader > 0)
+                .max_by_key(|(_, _, term)| *term)
+                && live.contains(&NodeName::controller(leader))
             {
-                let Ok(ep) = Endpoint::from_shared(format!("http://{}", c.addr)) else {
-                    continue;
-                };
-                let Ok(ch) = ep
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(2))
-                    .connect()
-                    .await
-                else {
-                    continue;
-                };
-                if let Ok(r) = ControllerClient::new(ch)
-                    .describe_quorum(DescribeQuorumRequest {})
-                    .await
-                {
-                    let leader = r.into_inner().leader_id;
-                    if leader > 0
-                        && self
-                            .node(NodeName::controller(leader))
-                            .is_ok_and(|n| n.is_running() && !n.paused)
-                    {
-                        return Ok(NodeName::controller(leader));
-                    }
-                }
+                return Ok(NodeName::controller(leader));
             }
             if Instant::now() >= deadline {
                 return Err(ChaosError::Timeout(format!(
-                    "no active controller within {patience:?}"
+                    "no active controller within {patience:?}; the controllers report (asked, leader, term) {views:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -178,6 +178,13 @@ impl History {
         self.lock().reads.clone()
     }
 
+    /// Judges what a consumer group was given against this history and its reads (see
+    /// [`check_consumed`]).
+    pub fn check_consumed(&self, consumed: &[Read], topic: &str) -> ConsumedReport {
+        let inner = self.lock();
+        check_consumed(&inner.attempts, &inner.reads, consumed, topic)
+    }
+
     /// Judges the history (see [`Report`]); `gap` is the shortest pause between successive
     /// acknowledgements counted as unavailability.
     pub fn check(&self, gap: Duration) -> Report {
@@ -294,6 +301,133 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// What a consumer group was given while faults happened, judged against the history and the
+/// final full read of the topic. A group promises at least once: every record below the end
+/// reaches some member, possibly more than once (after a rebalance or a member's restart the
+/// next one starts at the last committed offset).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConsumedReport {
+    /// Records delivered to the members, repeats included.
+    pub delivered: usize,
+    /// Distinct (partition, offset) positions delivered.
+    pub distinct: usize,
+    /// Deliveries of a position delivered before (allowed: at least once).
+    pub redelivered: usize,
+    /// Positions the final read holds that no member was given.
+    pub skipped: usize,
+    /// Acknowledged records no member was given.
+    pub acknowledged_not_delivered: usize,
+    /// Positions delivered with another value than the final read found there.
+    pub conflicting: usize,
+    /// Examples of each finding kind, at most a few each.
+    pub examples: BTreeMap<&'static str, Vec<Finding>>,
+}
+
+impl ConsumedReport {
+    /// True when nothing was skipped, every acknowledged record was delivered, and no delivered
+    /// record disagrees with the log.
+    pub fn is_clean(&self) -> bool {
+        self.skipped == 0 && self.acknowledged_not_delivered == 0 && self.conflicting == 0
+    }
+
+    fn note(&mut self, kind: &'static str, value: &str, detail: String) {
+        let list = self.examples.entry(kind).or_default();
+        if list.len() < EXAMPLES {
+            list.push(Finding {
+                value: value.to_owned(),
+                detail,
+            });
+        }
+    }
+}
+
+impl fmt::Display for ConsumedReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "group: delivered {} ({} distinct, {} redelivered) | skipped {} | acknowledged not delivered {} | conflicting {} — {}",
+            self.delivered,
+            self.distinct,
+            self.redelivered,
+            self.skipped,
+            self.acknowledged_not_delivered,
+            self.conflicting,
+            if self.is_clean() { "CLEAN" } else { "FINDINGS" }
+        )?;
+        for (kind, list) in &self.examples {
+            for e in list {
+                write!(f, "\n  {kind}: {} — {}", e.value, e.detail)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Judges what a consumer group was given (`consumed`, from the members) against the attempts
+/// and the final full read `reads` (which covers the topic up to its end). Only records of
+/// `topic` count.
+pub fn check_consumed(
+    attempts: &[Attempt],
+    reads: &[Read],
+    consumed: &[Read],
+    topic: &str,
+) -> ConsumedReport {
+    let mut r = ConsumedReport::default();
+    let log: BTreeMap<(i32, i64), &str> = reads
+        .iter()
+        .filter(|rd| rd.topic == topic)
+        .map(|rd| ((rd.partition, rd.offset), rd.value.as_str()))
+        .collect();
+    let mut given: BTreeMap<(i32, i64), &str> = BTreeMap::new();
+    for c in consumed.iter().filter(|c| c.topic == topic) {
+        r.delivered += 1;
+        let at = (c.partition, c.offset);
+        if given.insert(at, c.value.as_str()).is_some() {
+            r.redelivered += 1;
+        }
+        if let Some(v) = log.get(&at)
+            && *v != c.value
+        {
+            r.conflicting += 1;
+            r.note(
+                "conflicting",
+                &c.value,
+                format!(
+                    "{topic}-{} offset {}: a member was given {:?}, the log holds {v:?}",
+                    c.partition, c.offset, c.value
+                ),
+            );
+        }
+    }
+    r.distinct = given.len();
+    for (&(p, o), &v) in &log {
+        if !given.contains_key(&(p, o)) {
+            r.skipped += 1;
+            r.note(
+                "skipped",
+                v,
+                format!("{topic}-{p} offset {o} was never given to a member"),
+            );
+        }
+    }
+    let values: std::collections::HashSet<&str> = given.values().copied().collect();
+    for a in attempts.iter().filter(|a| a.topic == topic) {
+        if let Outcome::Ok { partition, offset } = a.outcome
+            && !values.contains(a.value.as_str())
+        {
+            r.acknowledged_not_delivered += 1;
+            r.note(
+                "acknowledged-not-delivered",
+                &a.value,
+                format!(
+                    "acknowledged at {topic}-{partition} offset {offset}, never given to a member"
+                ),
+            );
+        }
+    }
+    r
 }
 
 /// Judges `attempts` against `reads`. Pure, so it can be tested on hand-made histories.
@@ -641,6 +775,35 @@ mod tests {
         let r = check(&[a, b], &[read(0, "w1-0"), read(1, "w1-1")], GAP);
         assert!((r.unavailable_secs - 3.1).abs() < 1e-9, "{r}");
         assert!((r.longest_gap_secs - 3.1).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn a_group_must_be_given_every_record_at_least_once() {
+        let attempts = vec![ok(1, 0, 0), ok(1, 1, 1), ok(1, 2, 2)];
+        let log = vec![read(0, "w1-0"), read(1, "w1-1"), read(2, "w1-2")];
+        // Offset 1 twice (a restart from the committed offset) is fine.
+        let given = vec![
+            read(0, "w1-0"),
+            read(1, "w1-1"),
+            read(1, "w1-1"),
+            read(2, "w1-2"),
+        ];
+        let r = check_consumed(&attempts, &log, &given, "t");
+        assert!(r.is_clean(), "{r}");
+        assert_eq!((r.delivered, r.distinct, r.redelivered), (4, 3, 1));
+        // Offset 1 never given: skipped, and an acknowledged record not delivered.
+        let r = check_consumed(&attempts, &log, &[read(0, "w1-0"), read(2, "w1-2")], "t");
+        assert_eq!((r.skipped, r.acknowledged_not_delivered), (1, 1), "{r}");
+        assert_eq!(r.examples["skipped"][0].value, "w1-1");
+        // A member given another value than the log holds.
+        let r = check_consumed(
+            &attempts,
+            &log,
+            &[read(0, "w1-0"), read(1, "w1-2"), read(2, "w1-2")],
+            "t",
+        );
+        assert_eq!(r.conflicting, 1, "{r}");
+        assert!(!r.is_clean());
     }
 
     #[test]

@@ -6,21 +6,30 @@
 //!   records nobody wrote, refused writes that became visible and records moved off their
 //!   acknowledged offset.
 //! - [`workload`]: writers producing unique values through `rill_producer::Producer` (acks=all)
-//!   while faults happen, and the final full read with `rill_consumer::Consumer`.
+//!   while faults happen, the members of a consumer group reading along ([`GroupReaders`]), and
+//!   the final full read with `rill_consumer::Consumer`.
 //! - [`cluster`]: real controller and broker processes with SIGKILL / SIGTERM / SIGSTOP /
-//!   SIGCONT per node, and the questions scenarios ask (leader, active controller, ISR).
+//!   SIGCONT per node, and the questions scenarios ask of any cluster ([`ClusterView`]:
+//!   leader, active controller, ISR).
+//! - [`docker`]: the compose cluster of `deploy/compose/` (one container and address per node)
+//!   with network partitions, `docker network disconnect`, pause, kill, stop and start.
 //!
-//! The fault scenarios themselves are this crate's integration tests (`tests/scenarios.rs`).
+//! The fault scenarios themselves are this crate's integration tests (`tests/scenarios.rs` on
+//! processes, `tests/docker_scenarios.rs` on containers).
 
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod docker;
 pub mod history;
 pub mod workload;
 
-pub use cluster::{ClusterConfig, LocalCluster, NodeName, PartitionState, Role};
-pub use history::{History, Outcome, Read, Report};
-pub use workload::{Workload, WorkloadConfig, probe_produce, probe_produce_via, read_all};
+pub use cluster::{ClusterConfig, ClusterView, LocalCluster, NodeName, PartitionState, Role};
+pub use docker::{DockerCluster, DockerConfig};
+pub use history::{ConsumedReport, History, Outcome, Read, Report};
+pub use workload::{
+    GroupReaders, MemberStats, Workload, WorkloadConfig, probe_produce, probe_produce_via, read_all,
+};
 
 use std::path::PathBuf;
 
@@ -65,6 +74,9 @@ pub enum ChaosError {
     /// The cluster refused an admin operation.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// Docker is missing, a docker command failed, or the images are missing or stale.
+    #[error("docker: {0}")]
+    Docker(String),
     /// A task of the workload panicked or was cancelled.
     #[error("workload task: {0}")]
     Task(#[from] tokio::task::JoinError),

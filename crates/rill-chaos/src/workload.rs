@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rill_consumer::{Consumer, ConsumerConfig, OffsetReset, TopicPartition};
+use rill_consumer::{Consumer, ConsumerConfig, NoOpRebalanceListener, OffsetReset, TopicPartition};
 use rill_producer::{Producer, ProducerConfig, ProducerError, ProducerRecord};
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::broker_client::BrokerClient;
@@ -159,12 +159,20 @@ impl Workload {
 
     /// Stops sending, then waits until every record sent has an outcome (at most
     /// `delivery.timeout.ms` more).
-    pub async fn stop(self) -> Result<(), ChaosError> {
+    pub async fn stop(mut self) -> Result<(), ChaosError> {
         self.stop.store(true, Ordering::Release);
-        for w in self.writers {
+        for w in std::mem::take(&mut self.writers) {
             w.await??;
         }
         Ok(())
+    }
+}
+
+impl Drop for Workload {
+    /// A workload dropped without [`stop`](Workload::stop) (a scenario that failed midway)
+    /// stops sending: its writers end on their own.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
@@ -442,6 +450,153 @@ pub async fn read_all(
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// The members of one consumer group reading a topic while faults happen (each its own
+/// `Consumer` subscribed to the topic, auto-committing every second), recording every record
+/// they are given, redeliveries included, for [`History::check_consumed`].
+///
+/// A member whose `poll` keeps failing (20 times in a row) is closed and replaced by a new one,
+/// which resumes at the group's committed offsets, as an application would restart it.
+pub struct GroupReaders {
+    stop: Arc<AtomicBool>,
+    consumed: Arc<parking_lot::Mutex<Vec<Read>>>,
+    members: Vec<tokio::task::JoinHandle<MemberStats>>,
+}
+
+/// What happened to the members of a [`GroupReaders`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    /// `poll` calls that failed.
+    pub errors: usize,
+    /// Members replaced after failing repeatedly (or failing to start).
+    pub replaced: usize,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+impl GroupReaders {
+    /// Starts `members` members of `group` reading `topic` from its beginning (no committed
+    /// offsets yet: `auto.offset.reset=earliest`), on the current runtime.
+    pub fn start(bootstrap: Vec<String>, topic: &str, group: &str, members: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let config = ConsumerConfig {
+            bootstrap,
+            group_id: Some(group.to_owned()),
+            auto_offset_reset: OffsetReset::Earliest,
+            auto_commit_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            fetch_max_wait: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let members = (0..members.max(1))
+            .map(|i| {
+                let config = ConsumerConfig {
+                    client_id: format!("chaos-member-{i}"),
+                    ..config.clone()
+                };
+                tokio::spawn(member(
+                    config,
+                    topic.to_owned(),
+                    Arc::clone(&stop),
+                    Arc::clone(&consumed),
+                ))
+            })
+            .collect();
+        GroupReaders {
+            stop,
+            consumed,
+            members,
+        }
+    }
+
+    /// A copy of the records given to the members so far.
+    pub fn consumed(&self) -> Vec<Read> {
+        self.consumed.lock().clone()
+    }
+
+    /// Stops the members (each commits what it consumed and leaves the group) and returns what
+    /// they were given and what went wrong on the way.
+    pub async fn stop(mut self) -> Result<(Vec<Read>, MemberStats), ChaosError> {
+        self.stop.store(true, Ordering::Release);
+        let mut total = MemberStats::default();
+        for m in std::mem::take(&mut self.members) {
+            let s = m.await?;
+            total.errors += s.errors;
+            total.replaced += s.replaced;
+            if s.last_error.is_some() {
+                total.last_error = s.last_error;
+            }
+        }
+        let consumed = std::mem::take(&mut *self.consumed.lock());
+        Ok((consumed, total))
+    }
+}
+
+impl Drop for GroupReaders {
+    /// Readers dropped without [`stop`](GroupReaders::stop) close their members on their own.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// One member of a [`GroupReaders`], replaced by a fresh consumer when it keeps failing.
+async fn member(
+    config: ConsumerConfig,
+    topic: String,
+    stop: Arc<AtomicBool>,
+    consumed: Arc<parking_lot::Mutex<Vec<Read>>>,
+) -> MemberStats {
+    let mut stats = MemberStats::default();
+    while !stop.load(Ordering::Acquire) {
+        let mut consumer = match Consumer::new(config.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                stats.errors += 1;
+                stats.last_error = Some(e.to_string());
+                return stats;
+            }
+        };
+        if let Err(e) = consumer.subscribe([topic.clone()], NoOpRebalanceListener) {
+            stats.errors += 1;
+            stats.last_error = Some(e.to_string());
+            return stats;
+        }
+        let mut failures = 0;
+        while !stop.load(Ordering::Acquire) && failures < 20 {
+            match consumer.poll(Duration::from_millis(500)).await {
+                Ok(records) => {
+                    failures = 0;
+                    let mut out = consumed.lock();
+                    for r in records {
+                        out.push(Read {
+                            topic: r.topic,
+                            partition: r.partition,
+                            offset: r.offset,
+                            value: r
+                                .value
+                                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                                .unwrap_or_default(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    stats.errors += 1;
+                    stats.last_error = Some(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if let Err(e) = consumer.close().await {
+            stats.last_error = Some(format!("close: {e}"));
+        }
+        if !stop.load(Ordering::Acquire) {
+            stats.replaced += 1;
+        }
+    }
+    stats
 }
 
 async fn retry<T, E, F, Fut>(deadline: Instant, mut f: F) -> Result<T, ChaosError>

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use rill_chaos::history::{History, Outcome, Report};
 use rill_chaos::{
-    ChaosError, ClusterConfig, LocalCluster, NodeName, Workload, WorkloadConfig, probe_produce,
-    probe_produce_via, read_all,
+    ChaosError, ClusterConfig, ClusterView, LocalCluster, NodeName, Workload, WorkloadConfig,
+    probe_produce, probe_produce_via, read_all,
 };
 
 /// The shortest pause between acknowledgements counted as unavailability.
