@@ -216,10 +216,12 @@ fn build_image(image: &Image, bin_dir: &Path, tags: &[String]) -> Result<u64> {
         .is_ok_and(|o| {
             o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == fingerprint
         });
-    if current && first != version() {
+    let test_image = first != version();
+    if current && test_image {
         println!("{reference} is up to date (built from these binaries)");
         return image_size(&reference);
     }
+    let previous = image_id(&reference);
     std::fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
     let dockerfile = root()
         .join("deploy/images")
@@ -267,7 +269,25 @@ fn build_image(image: &Image, bin_dir: &Path, tags: &[String]) -> Result<u64> {
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     crate::run("docker", &args)?;
+    // A test image replaced by a newer build is of no use any more: remove it rather than leave
+    // it dangling (this fails harmlessly while a container still uses it).
+    if test_image
+        && let Some(old) = previous
+        && image_id(&reference).is_some_and(|new| new != old)
+    {
+        let _ = Command::new("docker").args(["image", "rm", &old]).output();
+    }
     image_size(&reference)
+}
+
+/// The id of an image, if it exists.
+fn image_id(reference: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", reference])
+        .output()
+        .ok()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !id.is_empty()).then_some(id)
 }
 
 /// The size of an image in bytes, as `docker images` counts it.
