@@ -3,7 +3,9 @@
 
 mod group;
 mod perf;
+mod plot;
 mod reassign;
+mod workload;
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -243,7 +245,7 @@ fn bootstrap(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn check(code: i32, message: &str, what: &str) -> Result<()> {
+pub(crate) fn check(code: i32, message: &str, what: &str) -> Result<()> {
     if code != 0 {
         let name = rill_protocol::ErrorCode::try_from(code)
             .map(|c| c.as_kafka_name())
@@ -253,7 +255,7 @@ fn check(code: i32, message: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn parse_kv(s: &str) -> Result<(String, String)> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String)> {
     let (k, v) = s
         .split_once('=')
         .with_context(|| format!("{s:?} is not name=value"))?;

@@ -1,4 +1,4 @@
-//! `rill perf produce|consume|group`, in the spirit of kafka-producer-perf-test: a progress bar
+//! `rill perf produce|consume|group` (and `workload`/`plot`, in their own modules), in the spirit of kafka-producer-perf-test: a progress bar
 //! while running, then one line with records/s, MB/s and latency p50/p99/p999/max. `group`
 //! times consumer-group rebalances and offset commits.
 
@@ -74,6 +74,12 @@ pub enum PerfCmd {
         #[arg(long)]
         group: Option<String>,
     },
+    /// An OpenMessaging-Benchmark-style workload: producers on an open-loop schedule,
+    /// consumers (groups or assigned), warm-up and test phases; publish and end-to-end latency
+    /// per interval and overall; --json for the results, --sweep for several rates.
+    Workload(Box<crate::workload::WorkloadArgs>),
+    /// Latency (p50/p99/p999) against throughput, as SVG, from `perf workload --json` files.
+    Plot(crate::plot::PlotArgs),
 }
 
 fn bar(total: u64, quiet: bool) -> ProgressBar {
@@ -91,6 +97,8 @@ fn bar(total: u64, quiet: bool) -> ProgressBar {
 
 pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
     match cmd {
+        PerfCmd::Workload(args) => crate::workload::run(servers, *args).await?,
+        PerfCmd::Plot(args) => crate::plot::run(args)?,
         PerfCmd::Group {
             topic,
             members,
