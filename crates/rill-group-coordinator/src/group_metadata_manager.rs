@@ -118,7 +118,7 @@ impl GroupMetadataManager {
     /// Applies a group record (replay). Offset records are not ours and are ignored.
     pub fn apply(&mut self, record: CoordinatorRecord) {
         match record {
-            CoordinatorRecord::OffsetCommit(..) => {}
+            CoordinatorRecord::OffsetCommit(..) | CoordinatorRecord::GroupMetadata(..) => {}
             CoordinatorRecord::ConsumerGroupMetadata(k, v) => match v {
                 Some(v) => self.group_mut(&k.group).group_epoch = v.epoch,
                 None => {

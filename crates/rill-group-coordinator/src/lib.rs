@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod assignor;
+pub mod classic_group;
 mod consumer_group;
 mod current_assignment_builder;
 mod group_metadata_manager;
@@ -49,6 +50,7 @@ use rill_protocol::proto::{
     OffsetDeleteTopicResponse, OffsetFetchRequest, OffsetFetchResponse,
 };
 
+use crate::classic_group::ClassicGroupManager;
 use crate::consumer_group::{LEAVE_GROUP_MEMBER_EPOCH, LEAVE_GROUP_STATIC_MEMBER_EPOCH};
 use crate::group_metadata_manager::GroupMetadataManager;
 use crate::offset_metadata_manager::OffsetMetadataManager;
@@ -137,6 +139,19 @@ pub struct GroupConfig {
     /// assignments) always fit: topics beyond the cap (the last ones by name) are not assigned,
     /// with a warning in the log.
     pub max_record_bytes: usize,
+    /// `group.min.session.timeout.ms`: shortest session a classic member may ask for
+    /// (default 6 s; INVALID_SESSION_TIMEOUT below).
+    pub classic_min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`: longest session a classic member may ask for
+    /// (default 30 min).
+    pub classic_max_session_timeout_ms: i32,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty classic
+    /// group waits for more members, extended by as much while they keep arriving, up to the
+    /// rebalance timeout (default 3 s), so a group starting several consumers at once does not
+    /// rebalance once per consumer.
+    pub classic_initial_rebalance_delay_ms: i64,
+    /// `group.max.size`: members per classic group (default unbounded).
+    pub classic_max_size: usize,
 }
 
 impl Default for GroupConfig {
@@ -150,6 +165,10 @@ impl Default for GroupConfig {
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             max_group_id_length: 255,
             max_record_bytes: 1_000_000,
+            classic_min_session_timeout_ms: 6_000,
+            classic_max_session_timeout_ms: 1_800_000,
+            classic_initial_rebalance_delay_ms: 3_000,
+            classic_max_size: i32::MAX as usize,
         }
     }
 }
@@ -198,6 +217,7 @@ pub(crate) struct ApiErr {
 pub struct GroupCoordinatorShard {
     config: GroupConfig,
     groups: GroupMetadataManager,
+    classic: ClassicGroupManager,
     offsets: OffsetMetadataManager,
     /// When each group without members became empty (in memory: a loaded shard starts the
     /// clock at load time, so offsets never expire earlier than the retention promises).
@@ -210,6 +230,7 @@ impl GroupCoordinatorShard {
         GroupCoordinatorShard {
             config,
             groups: GroupMetadataManager::default(),
+            classic: ClassicGroupManager::default(),
             offsets: OffsetMetadataManager::default(),
             empty_since: HashMap::new(),
         }
@@ -221,6 +242,10 @@ impl GroupCoordinatorShard {
             None => Ok(()),
             Some(r @ CoordinatorRecord::OffsetCommit(..)) => {
                 self.offsets.apply(r);
+                Ok(())
+            }
+            Some(CoordinatorRecord::GroupMetadata(k, v)) => {
+                self.classic.replay(k, v);
                 Ok(())
             }
             Some(r) => {
@@ -236,6 +261,7 @@ impl GroupCoordinatorShard {
     /// `image` must be caught up with the cluster's metadata: what it lacks is taken as deleted.
     pub fn on_loaded(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
         self.groups.start_timers(&self.config, now_ms);
+        self.classic.start_timers(now_ms);
         self.empty_since.clear();
         for id in self.known_group_ids() {
             self.refresh_empty_since(&id, now_ms);
@@ -268,16 +294,19 @@ impl GroupCoordinatorShard {
         now_ms: i64,
     ) -> CoordinatorResult<ConsumerGroupHeartbeatResponse> {
         let mut records = Vec::new();
-        let result = self.validate_heartbeat(&request).and_then(|()| {
-            self.groups.consumer_group_heartbeat(
-                &self.config,
-                &request,
-                client_host,
-                image,
-                now_ms,
-                &mut records,
-            )
-        });
+        let result = self
+            .validate_heartbeat(&request)
+            .and_then(|()| self.take_over_classic(&request.group_id, &mut records))
+            .and_then(|()| {
+                self.groups.consumer_group_heartbeat(
+                    &self.config,
+                    &request,
+                    client_host,
+                    image,
+                    now_ms,
+                    &mut records,
+                )
+            });
         let response = match result {
             Ok(response) => response,
             Err(e) => {
@@ -447,14 +476,37 @@ impl GroupCoordinatorShard {
                 response: offset_metadata_manager::offset_commit_error(&request, &e),
             };
         }
-        let response = self.offsets.offset_commit(
-            &self.config,
-            &request,
-            self.groups.group(&request.group_id),
-            image,
-            now_ms,
-            &mut records,
-        );
+        let response = if let Some(classic) = self.classic.group(&request.group_id) {
+            if let Err((code, message)) =
+                classic.validate_offset_commit(&request.member_id, request.member_epoch)
+            {
+                return CoordinatorResult {
+                    records,
+                    response: offset_metadata_manager::offset_commit_error(
+                        &request,
+                        &ApiErr { code, message },
+                    ),
+                };
+            }
+            // Validated as a classic commit (generation and member id, no partition
+            // ownership: the leader's assignment is opaque here); stored as any commit is.
+            let validated = OffsetCommitRequest {
+                member_epoch: -1,
+                member_id: String::new(),
+                ..request.clone()
+            };
+            self.offsets
+                .offset_commit(&self.config, &validated, None, image, now_ms, &mut records)
+        } else {
+            self.offsets.offset_commit(
+                &self.config,
+                &request,
+                self.groups.group(&request.group_id),
+                image,
+                now_ms,
+                &mut records,
+            )
+        };
         if !records.is_empty() {
             self.refresh_empty_since(&request.group_id, now_ms);
         }
@@ -479,22 +531,29 @@ impl GroupCoordinatorShard {
             .groups
             .groups()
             .map(|g| &g.group_id)
+            .chain(self.classic.groups().map(|g| &g.group_id))
             .chain(self.offsets.group_ids())
             .collect();
         ids.into_iter().cloned().collect()
     }
 
     fn group_exists(&self, group_id: &str) -> bool {
-        self.groups.group(group_id).is_some() || self.offsets.has_offsets(group_id)
+        self.groups.group(group_id).is_some()
+            || self.classic.group(group_id).is_some()
+            || self.offsets.has_offsets(group_id)
     }
 
     fn has_members(&self, group_id: &str) -> bool {
         self.groups
             .group(group_id)
             .is_some_and(|g| !g.members.is_empty())
+            || self.classic.group(group_id).is_some_and(|g| !g.is_empty())
     }
 
     fn state_name(&self, group_id: &str) -> &'static str {
+        if let Some(g) = self.classic.group(group_id) {
+            return g.state.name();
+        }
         self.groups
             .group(group_id)
             .map_or("Empty", |g| g.state().name())
@@ -517,12 +576,17 @@ impl GroupCoordinatorShard {
             .into_iter()
             .filter_map(|id| {
                 let state = self.state_name(&id);
+                let classic = self.classic.group(&id).is_some();
                 let wanted = states_filter.is_empty()
                     || states_filter.iter().any(|s| s.eq_ignore_ascii_case(state));
                 wanted.then(|| ListedGroup {
                     group_id: id,
                     group_state: state.to_string(),
-                    group_type: "consumer".to_string(),
+                    group_type: if classic {
+                        "classic".to_string()
+                    } else {
+                        "consumer".to_string()
+                    },
                     coordinator_id: 0,
                 })
             })
@@ -533,6 +597,9 @@ impl GroupCoordinatorShard {
     pub fn describe_group(&self, group_id: &str) -> DescribedGroup {
         if let Some(group) = self.groups.group(group_id) {
             return self.groups.describe(&self.config, group);
+        }
+        if let Some(group) = self.classic.group(group_id) {
+            return group.describe();
         }
         if self.offsets.has_offsets(group_id) {
             return DescribedGroup {
@@ -576,7 +643,8 @@ impl GroupCoordinatorShard {
                     message: format!("group {id} does not exist"),
                 })
             } else if self.has_members(id) {
-                let n = self.groups.group(id).map_or(0, |g| g.members.len());
+                let n = self.groups.group(id).map_or(0, |g| g.members.len())
+                    + self.classic.group(id).map_or(0, |g| g.members.len());
                 Err(ApiErr {
                     code: ErrorCode::NonEmptyGroup,
                     message: format!(
@@ -587,6 +655,7 @@ impl GroupCoordinatorShard {
                 tracing::info!(group = %id, "deleting the group and its offsets");
                 self.offsets.delete_all(id, &mut records);
                 self.groups.delete_group(id, &mut records);
+                self.classic.delete(id, &mut records);
                 self.empty_since.remove(id);
                 Ok(())
             };
@@ -636,7 +705,10 @@ impl GroupCoordinatorShard {
         }
         let mut topics = Vec::with_capacity(request.topics.len());
         for topic in &request.topics {
-            let subscribed = self.groups.is_subscribed(group_id, &topic.name);
+            // A classic group's subscriptions are opaque protocol bytes: while it has members,
+            // every topic counts as subscribed.
+            let subscribed = self.groups.is_subscribed(group_id, &topic.name)
+                || self.classic.group(group_id).is_some_and(|g| !g.is_empty());
             let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
             for &p in &topic.partition_indexes {
                 if subscribed {
@@ -681,9 +753,10 @@ impl GroupCoordinatorShard {
     /// for good once their session timeout passed.
     pub fn expire_members(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
         let mut out = Vec::new();
-        let touched = self
+        let mut touched = self
             .groups
             .expire_members(&self.config, image, now_ms, &mut out);
+        touched.extend(self.classic.expire(&self.config, now_ms, &mut out));
         for g in touched {
             self.refresh_empty_since(&g, now_ms);
         }
@@ -692,7 +765,13 @@ impl GroupCoordinatorShard {
 
     /// The earliest time [`expire_members`](Self::expire_members) has something to do, if any.
     pub fn next_deadline_ms(&self) -> Option<i64> {
-        self.groups.next_deadline_ms()
+        match (
+            self.groups.next_deadline_ms(),
+            self.classic.next_deadline_ms(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Topic metadata changed (topics created, deleted, partitions added): committed offsets of
@@ -720,6 +799,10 @@ impl GroupCoordinatorShard {
                 if self.groups.group(&id).is_some() {
                     tracing::info!(group = %id, "deleting the empty group: no members and no offsets left");
                     self.groups.delete_group(&id, &mut out);
+                }
+                if self.classic.group(&id).is_some() {
+                    tracing::info!(group = %id, "deleting the empty classic group: no members and no offsets left");
+                    self.classic.delete(&id, &mut out);
                 }
                 self.empty_since.remove(&id);
             }

@@ -16,6 +16,9 @@ use crate::{Record, RecordError};
 pub const LEGACY_OFFSET_COMMIT: u16 = 0;
 /// A committed offset: (group, topic, partition) → offset.
 pub const OFFSET_COMMIT: u16 = 1;
+/// A classic group (JoinGroup/SyncGroup protocol): generation, protocol, leader and members
+/// with their assignments, as of its last completed rebalance (Kafka's `GroupMetadata` record).
+pub const GROUP_METADATA: u16 = 2;
 /// A consumer group's epoch: group → epoch.
 pub const CONSUMER_GROUP_METADATA: u16 = 3;
 /// The topics a consumer group subscribes to, with their partition counts.
@@ -63,7 +66,62 @@ pub struct OffsetCommitValue {
     pub commit_timestamp_ms: i64,
 }
 
-/// Key of the group-level records ([`CONSUMER_GROUP_METADATA`],
+/// One member of a classic group in [`GroupMetadataValue`].
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ClassicMemberValue {
+    /// The member id the coordinator gave it.
+    #[prost(string, tag = "1")]
+    pub member_id: String,
+    /// `group.instance.id` (always unset: static classic membership is refused).
+    #[prost(string, optional, tag = "2")]
+    pub group_instance_id: Option<String>,
+    /// `client.id`.
+    #[prost(string, tag = "3")]
+    pub client_id: String,
+    /// The member's peer address.
+    #[prost(string, tag = "4")]
+    pub client_host: String,
+    /// How long a rebalance may wait for it.
+    #[prost(int32, tag = "5")]
+    pub rebalance_timeout_ms: i32,
+    /// How long it may go without a heartbeat.
+    #[prost(int32, tag = "6")]
+    pub session_timeout_ms: i32,
+    /// Its metadata for the group's selected protocol (the consumer's subscription).
+    #[prost(bytes = "bytes", tag = "7")]
+    pub subscription: bytes::Bytes,
+    /// The assignment the leader gave it (opaque bytes of the protocol).
+    #[prost(bytes = "bytes", tag = "8")]
+    pub assignment: bytes::Bytes,
+}
+
+/// Value of [`GROUP_METADATA`]: a classic group as of its last completed rebalance (or as it
+/// became empty). The coordinator's live state is ahead of it (joins in flight are not
+/// written), so it is replayed only when loading: a loaded group with members is `Stable` in
+/// this generation, and its members carry on heartbeating or rejoin.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GroupMetadataValue {
+    /// The protocol type (`consumer` for Kafka consumers).
+    #[prost(string, tag = "1")]
+    pub protocol_type: String,
+    /// The generation.
+    #[prost(int32, tag = "2")]
+    pub generation: i32,
+    /// The selected protocol (the assignor name), unset when empty.
+    #[prost(string, optional, tag = "3")]
+    pub protocol: Option<String>,
+    /// The leader's member id, unset when empty.
+    #[prost(string, optional, tag = "4")]
+    pub leader: Option<String>,
+    /// When the record was written (ms since the epoch).
+    #[prost(int64, tag = "5")]
+    pub current_state_timestamp_ms: i64,
+    /// The members and their assignments.
+    #[prost(message, repeated, tag = "6")]
+    pub members: Vec<ClassicMemberValue>,
+}
+
+/// Key of the group-level records ([`GROUP_METADATA`], [`CONSUMER_GROUP_METADATA`],
 /// [`CONSUMER_GROUP_PARTITION_METADATA`], [`CONSUMER_GROUP_TARGET_ASSIGNMENT_METADATA`]).
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct GroupKey {
@@ -196,6 +254,8 @@ pub struct ConsumerGroupCurrentMemberAssignmentValue {
 pub enum CoordinatorRecord {
     /// A committed offset (type 1, or legacy 0 on read).
     OffsetCommit(OffsetCommitKey, Option<OffsetCommitValue>),
+    /// A classic group (type 2).
+    GroupMetadata(GroupKey, Option<GroupMetadataValue>),
     /// A consumer group's epoch (type 3).
     ConsumerGroupMetadata(GroupKey, Option<ConsumerGroupMetadataValue>),
     /// A consumer group's subscribed topic metadata (type 4).
@@ -263,6 +323,7 @@ impl CoordinatorRecord {
     pub fn record_type(&self) -> u16 {
         match self {
             CoordinatorRecord::OffsetCommit(..) => OFFSET_COMMIT,
+            CoordinatorRecord::GroupMetadata(..) => GROUP_METADATA,
             CoordinatorRecord::ConsumerGroupMetadata(..) => CONSUMER_GROUP_METADATA,
             CoordinatorRecord::ConsumerGroupPartitionMetadata(..) => {
                 CONSUMER_GROUP_PARTITION_METADATA
@@ -284,7 +345,8 @@ impl CoordinatorRecord {
     pub fn group_id(&self) -> &str {
         match self {
             CoordinatorRecord::OffsetCommit(k, _) => &k.group,
-            CoordinatorRecord::ConsumerGroupMetadata(k, _)
+            CoordinatorRecord::GroupMetadata(k, _)
+            | CoordinatorRecord::ConsumerGroupMetadata(k, _)
             | CoordinatorRecord::ConsumerGroupPartitionMetadata(k, _)
             | CoordinatorRecord::ConsumerGroupTargetAssignmentMetadata(k, _) => &k.group,
             CoordinatorRecord::ConsumerGroupMemberMetadata(k, _)
@@ -298,6 +360,7 @@ impl CoordinatorRecord {
         let t = self.record_type();
         let (key, value) = match self {
             CoordinatorRecord::OffsetCommit(k, v) => (encode_key(t, k), encode_value(v)),
+            CoordinatorRecord::GroupMetadata(k, v) => (encode_key(t, k), encode_value(v)),
             CoordinatorRecord::ConsumerGroupMetadata(k, v) => (encode_key(t, k), encode_value(v)),
             CoordinatorRecord::ConsumerGroupPartitionMetadata(k, v) => {
                 (encode_key(t, k), encode_value(v))
@@ -334,6 +397,9 @@ impl CoordinatorRecord {
         let decoded = match t {
             LEGACY_OFFSET_COMMIT | OFFSET_COMMIT => {
                 CoordinatorRecord::OffsetCommit(decode_key(t, body)?, decode_value(t, value)?)
+            }
+            GROUP_METADATA => {
+                CoordinatorRecord::GroupMetadata(decode_key(t, body)?, decode_value(t, value)?)
             }
             CONSUMER_GROUP_METADATA => CoordinatorRecord::ConsumerGroupMetadata(
                 decode_key(t, body)?,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod assignors;
+mod classic;
 mod fuzz;
 mod harness;
 mod heartbeat;
