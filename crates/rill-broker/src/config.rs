@@ -226,6 +226,26 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "255",
         "longest group id accepted, in bytes",
     ),
+    (
+        "group.initial.rebalance.delay.ms",
+        "3000",
+        "classic groups (Kafka's JoinGroup protocol): how long the first rebalance of an empty group waits for more members, extended while they keep arriving, up to the rebalance timeout",
+    ),
+    (
+        "group.min.session.timeout.ms",
+        "6000",
+        "classic groups: shortest session.timeout.ms a member may ask for",
+    ),
+    (
+        "group.max.session.timeout.ms",
+        "1800000",
+        "classic groups: longest session.timeout.ms a member may ask for",
+    ),
+    (
+        "group.max.size",
+        "2147483647",
+        "classic groups: most members one group may have",
+    ),
     // Topic defaults, Kafka's broker-level names.
     ("log.retention.ms", "604800000", "default retention.ms"),
     ("log.retention.bytes", "-1", "default retention.bytes"),
@@ -689,6 +709,22 @@ impl BrokerConfig {
                     max_record_bytes: (int("message.max.bytes", 64, i32::MAX as i64)? as usize)
                         .saturating_sub(1024)
                         .max(1),
+                    classic_initial_rebalance_delay_ms: int(
+                        "group.initial.rebalance.delay.ms",
+                        0,
+                        i32::MAX as i64,
+                    )?,
+                    classic_min_session_timeout_ms: int(
+                        "group.min.session.timeout.ms",
+                        1,
+                        i32::MAX as i64,
+                    )? as i32,
+                    classic_max_session_timeout_ms: int(
+                        "group.max.session.timeout.ms",
+                        1,
+                        i32::MAX as i64,
+                    )? as i32,
+                    classic_max_size: int("group.max.size", 1, i32::MAX as i64)? as usize,
                 },
             },
             topic_defaults,

@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rill_group_coordinator::classic_group::{
+    ClassicAnswer, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, SyncGroupRequest, SyncGroupResponse, WaiterId,
+};
 use rill_group_coordinator::{
     CoordinatorResult, GroupCoordinatorShard, OFFSETS_TOPIC, Record, partition_for,
 };
@@ -54,7 +58,28 @@ pub struct GroupCoordinator {
     /// Wakes the metadata loop to reload a shard dropped after a failed write.
     reload: tokio::sync::Notify,
     stop: CancellationToken,
+    /// JoinGroup and SyncGroup requests waiting for their answers (classic groups hold them
+    /// until the rebalance gets that far), by the id the shard knows them by.
+    waiters: parking_lot::Mutex<HashMap<WaiterId, tokio::sync::oneshot::Sender<ClassicAnswer>>>,
+    next_waiter: std::sync::atomic::AtomicU64,
 }
+
+/// Removes its waiter from the map when the request is answered, times out, or its connection
+/// goes away (the future is dropped).
+struct WaiterGuard<'a> {
+    waiters: &'a parking_lot::Mutex<HashMap<WaiterId, tokio::sync::oneshot::Sender<ClassicAnswer>>>,
+    id: WaiterId,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters.lock().remove(&self.id);
+    }
+}
+
+/// Longest a held JoinGroup or SyncGroup waits beyond the rebalance timeout it asked for,
+/// before it is answered REBALANCE_IN_PROGRESS (the client joins again).
+const CLASSIC_WAIT_SLACK: Duration = Duration::from_secs(30);
 
 /// A partition this broker leads: still loading, or serving.
 enum Slot {
@@ -177,6 +202,8 @@ impl GroupCoordinator {
             creating: tokio::sync::Mutex::new(()),
             reload: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
+            waiters: parking_lot::Mutex::new(HashMap::new()),
+            next_waiter: std::sync::atomic::AtomicU64::new(1),
         }))
     }
 
@@ -588,11 +615,161 @@ impl GroupCoordinator {
         }
         let image = self.rm.image();
         let result = op(&mut st.shard, &image, now_ms());
-        self.append(shard, &mut st, &result.records).await?;
+        let deliveries = st.shard.take_classic_deliveries();
+        let appended = self.append(shard, &mut st, &result.records).await;
         let end = st.written_end;
         drop(st);
-        self.wait_committed(shard, end).await?;
+        let committed = match appended {
+            Ok(()) => self.wait_committed(shard, end).await,
+            Err(e) => Err(e),
+        };
+        // Held classic answers go out once what decided them is committed; when it is not,
+        // their waiters are dropped and answer COORDINATOR_NOT_AVAILABLE (the clients retry).
+        let mut waiters = self.waiters.lock();
+        for (id, answer) in deliveries {
+            if let Some(tx) = waiters.remove(&id)
+                && committed.is_ok()
+            {
+                let _ = tx.send(answer);
+            }
+        }
+        drop(waiters);
+        committed?;
         Ok(result.response)
+    }
+
+    /// Runs a classic JoinGroup or SyncGroup: registers a waiter, runs `op` with its id, and
+    /// waits for the answer (held until the rebalance gets that far), the shard going away, or
+    /// `wait` passing. `Err` is what to answer instead.
+    async fn classic_wait(
+        &self,
+        group_id: &str,
+        wait: Duration,
+        op: impl FnOnce(&mut GroupCoordinatorShard, WaiterId, i64) -> CoordinatorResult<()>,
+    ) -> Result<ClassicAnswer, ApiError> {
+        self.check_group_id(group_id)?;
+        let shard = self.shard_of(group_id)?;
+        let id = self
+            .next_waiter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiters.lock().insert(id, tx);
+        let _guard = WaiterGuard {
+            waiters: &self.waiters,
+            id,
+        };
+        self.write(&shard, |s, _, now| op(s, id, now)).await?;
+        tokio::select! {
+            answer = rx => answer.map_err(|_| ApiError::new(
+                ErrorCode::CoordinatorNotAvailable,
+                "the group's state could not be written; retry",
+            )),
+            _ = shard.cancel.cancelled() => Err(ApiError::new(
+                ErrorCode::NotCoordinator,
+                format!("broker {} stopped coordinating group {group_id:?}; ask FindCoordinator again", self.node_id),
+            )),
+            _ = tokio::time::sleep(wait) => Err(ApiError::new(
+                ErrorCode::RebalanceInProgress,
+                "the rebalance did not complete in time; join again",
+            )),
+        }
+    }
+
+    /// JoinGroup (classic groups): answered when the rebalance completes.
+    pub async fn join_group(&self, request: JoinGroupRequest) -> JoinGroupResponse {
+        let group_id = request.group_id.clone();
+        let member_id = request.member_id.clone();
+        let wait = Duration::from_millis(
+            u64::try_from(request.rebalance_timeout_ms.max(request.session_timeout_ms))
+                .unwrap_or(0)
+                + self.config.shard.classic_initial_rebalance_delay_ms.max(0) as u64,
+        ) + CLASSIC_WAIT_SLACK;
+        let answer = self
+            .classic_wait(&group_id, wait, |s, id, now| {
+                s.classic_join_group(request, id, now)
+            })
+            .await;
+        match answer {
+            Ok(ClassicAnswer::Join(a)) => a,
+            Ok(ClassicAnswer::Sync(_)) => JoinGroupResponse {
+                error_code: ErrorCode::UnknownServerError as i16,
+                generation_id: -1,
+                member_id,
+                ..Default::default()
+            },
+            Err(e) => {
+                tracing::debug!(group = %group_id, error = %e.message, "JoinGroup failed");
+                JoinGroupResponse {
+                    error_code: e.code as i16,
+                    generation_id: -1,
+                    member_id,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    /// SyncGroup (classic groups): answered once the leader's assignment is in.
+    pub async fn sync_group(&self, request: SyncGroupRequest) -> SyncGroupResponse {
+        let group_id = request.group_id.clone();
+        let wait =
+            Duration::from_millis(self.config.shard.classic_max_session_timeout_ms.max(0) as u64)
+                + CLASSIC_WAIT_SLACK;
+        let answer = self
+            .classic_wait(&group_id, wait, |s, id, now| {
+                s.classic_sync_group(request, id, now)
+            })
+            .await;
+        match answer {
+            Ok(ClassicAnswer::Sync(a)) => a,
+            Ok(ClassicAnswer::Join(_)) => SyncGroupResponse {
+                error_code: ErrorCode::UnknownServerError as i16,
+                ..Default::default()
+            },
+            Err(e) => {
+                tracing::debug!(group = %group_id, error = %e.message, "SyncGroup failed");
+                SyncGroupResponse {
+                    error_code: e.code as i16,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    /// Heartbeat (classic groups): Kafka's error code.
+    pub async fn heartbeat(&self, request: HeartbeatRequest) -> i16 {
+        let result = match self
+            .check_group_id(&request.group_id)
+            .and_then(|()| self.shard_of(&request.group_id))
+        {
+            Ok(shard) => {
+                self.write(&shard, |s, _, now| CoordinatorResult {
+                    records: Vec::new(),
+                    response: s.classic_heartbeat(&request, now),
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| e.code as i16)
+    }
+
+    /// LeaveGroup (classic groups).
+    pub async fn leave_group(&self, request: LeaveGroupRequest) -> LeaveGroupResponse {
+        let result = match self
+            .check_group_id(&request.group_id)
+            .and_then(|()| self.shard_of(&request.group_id))
+        {
+            Ok(shard) => {
+                self.write(&shard, |s, _, now| s.classic_leave_group(&request, now))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| LeaveGroupResponse {
+            error_code: e.code as i16,
+            members: Vec::new(),
+        })
     }
 
     /// Runs a read of the shard; answers once what it read is committed.

@@ -26,6 +26,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::InitProducerId, 0, 4),
@@ -521,10 +525,6 @@ pub fn unsupported_answer(
         };
     }
     match key {
-        ApiKey::JoinGroup => answer!(m::JoinGroupResponse),
-        ApiKey::SyncGroup => answer!(m::SyncGroupResponse),
-        ApiKey::Heartbeat => answer!(m::HeartbeatResponse),
-        ApiKey::LeaveGroup => answer!(m::LeaveGroupResponse),
         ApiKey::ListGroups => answer!(m::ListGroupsResponse),
         ApiKey::SaslHandshake => answer!(m::SaslHandshakeResponse),
         ApiKey::DescribeCluster => answer!(m::DescribeClusterResponse),
@@ -781,4 +781,181 @@ pub async fn init_producer_id(
         Ok(a) => failed(a.error_code as i16),
         Err(e) => failed(e.code as i16),
     }
+}
+
+/// Who sent a request: the header's client id and the peer address (a classic member's
+/// `client.id` and host, as DescribeGroups shows them).
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// The request header's client id.
+    pub client_id: String,
+    /// The peer address, `/ip` as Kafka shows it.
+    pub host: String,
+}
+
+fn opt_text(s: Option<String>) -> Option<StrBytes> {
+    s.map(StrBytes::from_string)
+}
+
+/// JoinGroup (v0-9): joins a classic group; the answer is held until the rebalance completes
+/// (every known member rejoined, or the rebalance timeout passed). From v4 a first join is
+/// answered MEMBER_ID_REQUIRED with the member id to join with.
+pub async fn join_group(
+    apis: &KafkaApis,
+    req: m::JoinGroupRequest,
+    version: i16,
+    caller: &Caller,
+) -> m::JoinGroupResponse {
+    use rill_group_coordinator::classic_group as cg;
+    let Some(coordinator) = &apis.coordinator else {
+        return m::JoinGroupResponse::default()
+            .with_error_code(COORDINATOR_NOT_AVAILABLE)
+            .with_generation_id(-1)
+            .with_member_id(req.member_id);
+    };
+    let request = cg::JoinGroupRequest {
+        group_id: req.group_id.0.to_string(),
+        session_timeout_ms: req.session_timeout_ms,
+        // v0 has no rebalance timeout: the session timeout bounds the rebalance.
+        rebalance_timeout_ms: if version >= 1 {
+            req.rebalance_timeout_ms
+        } else {
+            req.session_timeout_ms
+        },
+        member_id: req.member_id.to_string(),
+        group_instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req
+            .protocols
+            .iter()
+            .map(|p| cg::Protocol {
+                name: p.name.to_string(),
+                metadata: p.metadata.clone(),
+            })
+            .collect(),
+        require_known_member_id: version >= 4,
+        client_id: caller.client_id.clone(),
+        client_host: caller.host.clone(),
+    };
+    let a = coordinator.join_group(request).await;
+    m::JoinGroupResponse::default()
+        .with_error_code(a.error_code)
+        .with_generation_id(a.generation_id)
+        .with_protocol_type(opt_text(a.protocol_type))
+        // Below v7 the name is not nullable: an error answer carries an empty one.
+        .with_protocol_name(Some(StrBytes::from_string(
+            a.protocol_name.unwrap_or_default(),
+        )))
+        .with_leader(StrBytes::from_string(a.leader))
+        .with_member_id(StrBytes::from_string(a.member_id))
+        .with_members(
+            a.members
+                .into_iter()
+                .map(|m| {
+                    m::join_group_response::JoinGroupResponseMember::default()
+                        .with_member_id(StrBytes::from_string(m.member_id))
+                        .with_group_instance_id(opt_text(m.group_instance_id))
+                        .with_metadata(m.metadata)
+                })
+                .collect(),
+        )
+}
+
+/// SyncGroup (v0-5): the leader hands in the assignment; every member gets its own, held
+/// until the leader's arrives.
+pub async fn sync_group(apis: &KafkaApis, req: m::SyncGroupRequest) -> m::SyncGroupResponse {
+    use rill_group_coordinator::classic_group as cg;
+    let Some(coordinator) = &apis.coordinator else {
+        return m::SyncGroupResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
+    };
+    let request = cg::SyncGroupRequest {
+        group_id: req.group_id.0.to_string(),
+        generation_id: req.generation_id,
+        member_id: req.member_id.to_string(),
+        group_instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
+        protocol_type: req.protocol_type.as_ref().map(|s| s.to_string()),
+        protocol_name: req.protocol_name.as_ref().map(|s| s.to_string()),
+        assignments: req
+            .assignments
+            .iter()
+            .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+            .collect(),
+    };
+    let a = coordinator.sync_group(request).await;
+    m::SyncGroupResponse::default()
+        .with_error_code(a.error_code)
+        .with_protocol_type(opt_text(a.protocol_type))
+        .with_protocol_name(opt_text(a.protocol_name))
+        .with_assignment(a.assignment)
+}
+
+/// Heartbeat (v0-4): REBALANCE_IN_PROGRESS tells the member to rejoin.
+pub async fn heartbeat(apis: &KafkaApis, req: m::HeartbeatRequest) -> m::HeartbeatResponse {
+    use rill_group_coordinator::classic_group as cg;
+    let Some(coordinator) = &apis.coordinator else {
+        return m::HeartbeatResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
+    };
+    let code = coordinator
+        .heartbeat(cg::HeartbeatRequest {
+            group_id: req.group_id.0.to_string(),
+            generation_id: req.generation_id,
+            member_id: req.member_id.to_string(),
+            group_instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
+        })
+        .await;
+    m::HeartbeatResponse::default().with_error_code(code)
+}
+
+/// LeaveGroup (v0-2: one member id; v3-5: a batch of members).
+pub async fn leave_group(
+    apis: &KafkaApis,
+    req: m::LeaveGroupRequest,
+    version: i16,
+) -> m::LeaveGroupResponse {
+    use rill_group_coordinator::classic_group as cg;
+    let Some(coordinator) = &apis.coordinator else {
+        return m::LeaveGroupResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
+    };
+    let members = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| cg::LeavingMember {
+                member_id: m.member_id.to_string(),
+                group_instance_id: m.group_instance_id.as_ref().map(|s| s.to_string()),
+            })
+            .collect()
+    } else {
+        vec![cg::LeavingMember {
+            member_id: req.member_id.to_string(),
+            group_instance_id: None,
+        }]
+    };
+    let a = coordinator
+        .leave_group(cg::LeaveGroupRequest {
+            group_id: req.group_id.0.to_string(),
+            members,
+        })
+        .await;
+    if version < 3 {
+        // One member: its error is the request's.
+        let code = if a.error_code != 0 {
+            a.error_code
+        } else {
+            a.members.first().map_or(0, |m| m.2)
+        };
+        return m::LeaveGroupResponse::default().with_error_code(code);
+    }
+    m::LeaveGroupResponse::default()
+        .with_error_code(a.error_code)
+        .with_members(
+            a.members
+                .into_iter()
+                .map(|(member_id, instance_id, code)| {
+                    m::leave_group_response::MemberResponse::default()
+                        .with_member_id(StrBytes::from_string(member_id))
+                        .with_group_instance_id(opt_text(instance_id))
+                        .with_error_code(code)
+                })
+                .collect(),
+        )
 }

@@ -31,6 +31,10 @@ pub(crate) fn walkable(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::OffsetCommit => Some((2, 8)),
         ApiKey::OffsetFetch => Some((1, 7)),
         ApiKey::InitProducerId => Some((0, 4)),
+        ApiKey::JoinGroup => Some((0, 9)),
+        ApiKey::SyncGroup => Some((0, 5)),
+        ApiKey::Heartbeat => Some((0, 4)),
+        ApiKey::LeaveGroup => Some((0, 5)),
         _ => None,
     }
 }
@@ -48,6 +52,8 @@ pub(crate) fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, Sto
         ApiKey::OffsetCommit => version >= 8,
         ApiKey::OffsetFetch => version >= 6,
         ApiKey::InitProducerId => version >= 2,
+        ApiKey::JoinGroup => version >= 6,
+        ApiKey::SyncGroup | ApiKey::Heartbeat | ApiKey::LeaveGroup => version >= 4,
         _ => false,
     };
     if !walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version)) {
@@ -196,6 +202,70 @@ fn walk(w: &mut Walk<'_>, key: ApiKey, v: i16) -> Result<(), Stop> {
             })?;
             if v >= 7 {
                 w.skip(1)?; // require_stable
+            }
+            w.tagged()
+        }
+        ApiKey::JoinGroup => {
+            w.string()?; // group_id
+            w.skip(4)?; // session_timeout_ms
+            if v >= 1 {
+                w.skip(4)?; // rebalance_timeout_ms
+            }
+            w.string()?; // member_id
+            if v >= 5 {
+                w.string()?; // group_instance_id
+            }
+            w.string()?; // protocol_type
+            w.array(|w| {
+                w.string()?; // name
+                w.bytes()?; // metadata
+                w.tagged()
+            })?;
+            if v >= 8 {
+                w.string()?; // reason
+            }
+            w.tagged()
+        }
+        ApiKey::SyncGroup => {
+            w.string()?; // group_id
+            w.skip(4)?; // generation_id
+            w.string()?; // member_id
+            if v >= 3 {
+                w.string()?; // group_instance_id
+            }
+            if v >= 5 {
+                w.string()?; // protocol_type
+                w.string()?; // protocol_name
+            }
+            w.array(|w| {
+                w.string()?; // member_id
+                w.bytes()?; // assignment
+                w.tagged()
+            })?;
+            w.tagged()
+        }
+        ApiKey::Heartbeat => {
+            w.string()?; // group_id
+            w.skip(4)?; // generation_id
+            w.string()?; // member_id
+            if v >= 3 {
+                w.string()?; // group_instance_id
+            }
+            w.tagged()
+        }
+        ApiKey::LeaveGroup => {
+            w.string()?; // group_id
+            if v <= 2 {
+                w.string()?; // member_id
+            } else {
+                w.array(|w| {
+                    w.string()?; // member_id
+                    w.string()?; // group_instance_id
+                    if v >= 5 {
+                        w.string()?; // reason
+                    }
+                    w.tagged()
+                })?;
             }
             w.tagged()
         }
@@ -407,6 +477,49 @@ mod tests {
                     .with_partition_indexes(vec![0, 1]),
             ])),
         );
+        use kafka_protocol::messages::{
+            HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
+            join_group_request, leave_group_request, sync_group_request,
+        };
+        walks(
+            ApiKey::JoinGroup,
+            0..=9,
+            &JoinGroupRequest::default()
+                .with_member_id(StrBytes::from_static_str("m"))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(bytes::Bytes::from_static(b"subscription")),
+                ]),
+        );
+        walks(
+            ApiKey::SyncGroup,
+            0..=5,
+            &SyncGroupRequest::default()
+                .with_member_id(StrBytes::from_static_str("m"))
+                .with_assignments(vec![
+                    sync_group_request::SyncGroupRequestAssignment::default()
+                        .with_member_id(StrBytes::from_static_str("m"))
+                        .with_assignment(bytes::Bytes::from_static(b"assignment")),
+                ]),
+        );
+        walks(
+            ApiKey::Heartbeat,
+            0..=4,
+            &HeartbeatRequest::default().with_member_id(StrBytes::from_static_str("m")),
+        );
+        for v in 0..=5 {
+            let r = if v >= 3 {
+                LeaveGroupRequest::default().with_members(vec![
+                    leave_group_request::MemberIdentity::default()
+                        .with_member_id(StrBytes::from_static_str("m")),
+                ])
+            } else {
+                LeaveGroupRequest::default().with_member_id(StrBytes::from_static_str("m"))
+            };
+            walks(ApiKey::LeaveGroup, v..=v, &r);
+        }
         walks(
             ApiKey::InitProducerId,
             0..=4,

@@ -13,9 +13,11 @@
 //! (brokers at their `KAFKA` endpoints), Produce 3-9, Fetch 4-12 (no fetch sessions: a client
 //! asking for one gets session id 0 and keeps sending full fetches), ListOffsets 1-7,
 //! FindCoordinator 0-3, OffsetCommit 2-8 and OffsetFetch 1-7 (the broker's group coordinator),
-//! InitProducerId 0-4 (forwarded to the controllers). Not yet: the classic group protocol
-//! (JoinGroup/SyncGroup/Heartbeat/LeaveGroup), ConsumerGroupHeartbeat, admin APIs,
-//! OffsetForLeaderEpoch.
+//! InitProducerId 0-4 (forwarded to the controllers), and the classic group protocol: JoinGroup
+//! 0-9, SyncGroup 0-5, Heartbeat 0-4, LeaveGroup 0-5 (the broker's group coordinator; JoinGroup
+//! and SyncGroup answers are held until the rebalance gets that far, which holds the
+//! connection, as Kafka's broker does). Not yet: ConsumerGroupHeartbeat, admin APIs
+//! (ListGroups, DescribeGroups, DeleteGroups among them), OffsetForLeaderEpoch.
 //!
 //! Failures stay on their connection: a version outside those of an API rill implements gets
 //! that API's UNSUPPORTED_VERSION answer (for ApiVersions, error 35 with the supported versions,
@@ -156,7 +158,7 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
         let Some(frame) = read_frame(&mut read, apis.max_request_bytes).await? else {
             return Ok(());
         };
-        if let Some(answer) = handle_frame(apis, frame).await? {
+        if let Some(answer) = handle_frame(apis, frame, peer).await? {
             write.write_all(&answer).await?;
         }
         tracing::trace!(peer = ?peer, "kafka request answered");
@@ -233,7 +235,11 @@ fn decode_header(mut frame: Bytes) -> Result<Decoded, KafkaError> {
 }
 
 /// Decodes and answers one frame; `None` when the request gets no answer (acks=0 produce).
-async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, KafkaError> {
+async fn handle_frame(
+    apis: &KafkaApis,
+    frame: Bytes,
+    peer: Option<SocketAddr>,
+) -> Result<Option<Bytes>, KafkaError> {
     let Decoded {
         key,
         version,
@@ -334,6 +340,34 @@ async fn handle_frame(apis: &KafkaApis, frame: Bytes) -> Result<Option<Bytes>, K
         ApiKey::OffsetFetch if in_range => {
             let req = decode_body!(m::OffsetFetchRequest);
             let resp = apis::offset_fetch(apis, req, version).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::JoinGroup if readable && in_range => {
+            let req = decode_body!(m::JoinGroupRequest);
+            let caller = apis::Caller {
+                client_id: header
+                    .client_id
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
+            };
+            let resp = apis::join_group(apis, req, version, &caller).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::SyncGroup if readable && in_range => {
+            let req = decode_body!(m::SyncGroupRequest);
+            let resp = apis::sync_group(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::Heartbeat if readable && in_range => {
+            let req = decode_body!(m::HeartbeatRequest);
+            let resp = apis::heartbeat(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::LeaveGroup if readable && in_range => {
+            let req = decode_body!(m::LeaveGroupRequest);
+            let resp = apis::leave_group(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
         ApiKey::InitProducerId if in_range => {
