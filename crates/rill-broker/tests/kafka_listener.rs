@@ -601,3 +601,352 @@ async fn acks_zero_gets_no_answer_and_fetch_sessions_fall_back_to_full_fetches()
     let r = FetchResponse::decode(&mut answer, 12).unwrap();
     assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
 }
+
+/// A long-running `kcat -G` balanced consumer (librdkafka's classic consumer group protocol:
+/// FindCoordinator, JoinGroup, SyncGroup, Heartbeat, OffsetCommit, LeaveGroup), its output
+/// lines (`partition:offset:value`) and the partitions of its latest assignment, read from
+/// kcat's rebalance log lines on stderr.
+struct GroupMember {
+    name: &'static str,
+    child: Option<std::process::Child>,
+    records: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl GroupMember {
+    fn start(name: &'static str, addr: &str, group: &str, topic: &str) -> GroupMember {
+        use std::io::BufRead;
+        let mut child = match Command::new("kcat")
+            .args([
+                "-b",
+                addr,
+                "-G",
+                group,
+                topic,
+                "-u",
+                "-f",
+                "%p:%o:%s\n",
+                "-X",
+                "auto.offset.reset=earliest",
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "heartbeat.interval.ms=500",
+                "-X",
+                "auto.commit.interval.ms=200",
+                "-X",
+                &format!("client.id={name}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "kcat is not installed: these tests run a real Kafka client against the broker's \
+                 Kafka listener. Install it (Debian: apt-get install kcat); `cargo xtask ci` does."
+            ),
+            Err(e) => panic!("kcat could not start: {e}"),
+        };
+        let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = std::sync::Arc::clone(&records);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        GroupMember {
+            name,
+            child: Some(child),
+            records,
+            log,
+        }
+    }
+
+    /// The partitions of the latest "assigned:" rebalance line, `None` before the first one or
+    /// after a revocation.
+    fn assignment(&self) -> Option<std::collections::BTreeSet<i32>> {
+        let log = self.log.lock().unwrap();
+        let last = log.iter().rev().find(|l| l.contains("rebalanced"))?;
+        let (_, parts) = last.split_once("assigned: ")?;
+        Some(
+            parts
+                .split(", ")
+                .filter_map(|p| {
+                    let (_, rest) = p.split_once('[')?;
+                    rest.trim_end_matches(']').trim().parse().ok()
+                })
+                .collect(),
+        )
+    }
+
+    fn records(&self) -> Vec<String> {
+        self.records.lock().unwrap().clone()
+    }
+
+    fn dump(&self) -> String {
+        format!(
+            "--- {} stderr ---\n{}\n--- {} stdout ---\n{}",
+            self.name,
+            self.log.lock().unwrap().join("\n"),
+            self.name,
+            self.records.lock().unwrap().join("\n")
+        )
+    }
+
+    /// SIGKILL: no LeaveGroup, no last commit; the coordinator finds out by the session timeout.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM: kcat commits and leaves the group.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `check` holds (polling), or fails with `what` and the members' output.
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    members: &[&GroupMember],
+    mut check: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        if Instant::now() >= deadline {
+            let dumps: Vec<String> = members.iter().map(|m| m.dump()).collect();
+            panic!("{what} within {timeout:?}\n{}", dumps.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The values (`%s`) of `partition:offset:value` lines.
+fn values(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_owned))
+        .collect()
+}
+
+/// The group's committed offsets, summed over the topic's partitions (gRPC OffsetFetch: the
+/// same coordinator and store the Kafka listener uses).
+async fn committed_total(cluster: &Cluster, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rill_protocol::proto::group_coordinator_client::GroupCoordinatorClient;
+    use rill_protocol::proto::{OffsetFetchRequest, OffsetFetchTopic};
+    let Ok(mut gc) =
+        GroupCoordinatorClient::connect(format!("http://{}", cluster.brokers[0].addr)).await
+    else {
+        return -1;
+    };
+    let Ok(r) = gc
+        .offset_fetch(OffsetFetchRequest {
+            group_id: group.into(),
+            topics: vec![OffsetFetchTopic {
+                name: topic.into(),
+                partition_indexes: (0..partitions).collect(),
+            }],
+        })
+        .await
+    else {
+        return -1;
+    };
+    let r = r.into_inner();
+    if r.error_code != 0 {
+        return -1;
+    }
+    r.topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.committed_offset.max(0))
+        .sum()
+}
+
+fn produce_numbered(addr: &str, topic: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    let values: Vec<String> = range.map(|i| format!("record-{i}")).collect();
+    let input: String = values.iter().map(|v| format!("key-{v}:{v}\n")).collect();
+    kcat(&["-P", "-b", addr, "-t", topic, "-K:"], &input);
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_balanced_consumers_split_partitions_rebalance_and_resume_from_commits() {
+    const TOPIC: &str = "balanced";
+    const GROUP: &str = "kcat-balanced";
+    const PARTITIONS: i32 = 6;
+    let mut cluster =
+        Cluster::start_with_kafka(1, 1, &["group.initial.rebalance.delay.ms=500"]).await;
+    cluster.create_topic(TOPIC, PARTITIONS, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let all: std::collections::BTreeSet<i32> = (0..PARTITIONS).collect();
+
+    // Three members form the group; the partitions are split between them.
+    let mut a = GroupMember::start("member-a", &addr, GROUP, TOPIC);
+    let mut b = GroupMember::start("member-b", &addr, GROUP, TOPIC);
+    let mut c = GroupMember::start("member-c", &addr, GROUP, TOPIC);
+    let split = |ms: &[&GroupMember]| {
+        let sets: Vec<_> = ms.iter().map(|m| m.assignment()).collect();
+        if sets.iter().any(|s| s.as_ref().is_none_or(|s| s.is_empty())) {
+            return false;
+        }
+        let sets: Vec<_> = sets.into_iter().flatten().collect();
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: std::collections::BTreeSet<i32> = sets.iter().flatten().copied().collect();
+        total == all.len() && union == all
+    };
+    wait_until(
+        "three members did not split the partitions",
+        Duration::from_secs(40),
+        &[&a, &b, &c],
+        || split(&[&a, &b, &c]),
+    )
+    .await;
+
+    // Every record is consumed exactly once, each by the member that owns its partition.
+    let first = tokio::task::block_in_place(|| produce_numbered(&addr, TOPIC, 0..60));
+    wait_until(
+        "the members did not consume the first 60 records",
+        Duration::from_secs(30),
+        &[&a, &b, &c],
+        || a.records().len() + b.records().len() + c.records().len() >= first.len(),
+    )
+    .await;
+    for m in [&a, &b, &c] {
+        let owned = m.assignment().unwrap();
+        for line in m.records() {
+            let p: i32 = line.split(':').next().unwrap().parse().unwrap();
+            assert!(
+                owned.contains(&p),
+                "{} read partition {p} it does not own ({owned:?})\n{}",
+                m.name,
+                m.dump()
+            );
+        }
+    }
+    let mut got: Vec<String> = [&a, &b, &c]
+        .iter()
+        .flat_map(|m| values(&m.records()))
+        .collect();
+    got.sort();
+    let mut want = first.clone();
+    want.sort();
+    assert_eq!(got, want, "each record exactly once across the members");
+
+    // Auto commits reach the coordinator; then member A dies without leaving.
+    let mut produced = first.len() as i64;
+    let mut committed = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while committed != produced && Instant::now() < deadline {
+        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        committed, produced,
+        "the members' commits did not all arrive"
+    );
+    let a_owned = a.assignment().unwrap();
+    a.kill();
+    // Its session expires: B and C rejoin and take its partitions over.
+    wait_until(
+        "A's partitions did not move to B and C",
+        Duration::from_secs(40),
+        &[&b, &c],
+        || split(&[&b, &c]),
+    )
+    .await;
+    let moved: Vec<i32> = a_owned.iter().copied().collect();
+    assert!(
+        moved
+            .iter()
+            .all(|p| b.assignment().unwrap().contains(p) || c.assignment().unwrap().contains(p)),
+        "A's partitions {moved:?} not reassigned"
+    );
+    let (b_before, c_before) = (b.records().len(), c.records().len());
+    let second = tokio::task::block_in_place(|| produce_numbered(&addr, TOPIC, 60..90));
+    produced += second.len() as i64;
+    wait_until(
+        "B and C did not consume the next 30 records",
+        Duration::from_secs(30),
+        &[&b, &c],
+        || b.records().len() - b_before + c.records().len() - c_before >= second.len(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got: Vec<String> = values(&b.records()[b_before..]);
+    got.extend(values(&c.records()[c_before..]));
+    got.sort();
+    let mut want = second.clone();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "after the rebalance each new record is read once, and nothing A committed is read again"
+    );
+
+    // The group stops (kcat commits and leaves), the broker — the coordinator — restarts, and
+    // a new member resumes from the committed offsets.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while committed != produced && Instant::now() < deadline {
+        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed, produced);
+    b.stop();
+    c.stop();
+    cluster.kill_broker(0);
+    cluster.start_broker(0);
+    cluster.wait_healthy().await;
+    let third = tokio::task::block_in_place(|| produce_numbered(&addr, TOPIC, 90..100));
+    let d = GroupMember::start("member-d", &addr, GROUP, TOPIC);
+    wait_until(
+        "the new member did not consume the last 10 records",
+        Duration::from_secs(40),
+        &[&d],
+        || d.records().len() >= third.len(),
+    )
+    .await;
+    assert_eq!(d.assignment(), Some(all.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = values(&d.records());
+    got.sort();
+    let mut want = third;
+    want.sort();
+    assert_eq!(
+        got,
+        want,
+        "the new member resumes where the group committed, across a coordinator restart\n{}",
+        d.dump()
+    );
+}
