@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use plotters::coord::combinators::WithKeyPoints;
 use plotters::prelude::*;
 
 use crate::workload::{Percentiles, Results};
@@ -34,6 +35,20 @@ struct Series {
 }
 
 type Pick = fn(&Percentiles) -> f64;
+
+/// Colours that read on white (matplotlib's tab10), one per file × percentile.
+const COLORS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
 
 const PERCENTILES: [(&str, Pick); 3] =
     [("p50", |p| p.p50), ("p99", |p| p.p99), ("p999", |p| p.p999)];
@@ -118,19 +133,27 @@ fn draw(series: &[Series], title: &str) -> Result<String> {
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(60)
-                .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())
+                .build_cartesian_2d(0.0..x_max, log_axis(y_min, y_max))
                 .map_err(|e| anyhow!("{e}"))?;
             chart
                 .configure_mesh()
                 .x_desc("records/s published")
                 .y_desc("latency (ms, log scale)")
+                .light_line_style(RGBColor(242, 242, 242))
                 .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| format!("{y}"))
+                .y_label_formatter(&|y| {
+                    if *y >= 1.0 {
+                        format!("{y:.0}")
+                    } else {
+                        format!("{y}")
+                    }
+                })
                 .draw()
                 .map_err(|e| anyhow!("{e}"))?;
             for (si, s) in series.iter().enumerate() {
                 for (pi, (name, get)) in PERCENTILES.iter().enumerate() {
-                    let color = Palette99::pick(si * PERCENTILES.len() + pi).to_rgba();
+                    let (r, g, b) = COLORS[(si * PERCENTILES.len() + pi) % COLORS.len()];
+                    let color = RGBColor(r, g, b);
                     let pts: Vec<(f64, f64)> = s
                         .points
                         .iter()
@@ -165,4 +188,22 @@ fn draw(series: &[Series], title: &str) -> Result<String> {
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
     Ok(svg)
+}
+
+/// A log latency axis labelled at 1, 2, 3 and 5 of every decade in range (plotters' own log key
+/// points skip most decades).
+fn log_axis(min: f64, max: f64) -> WithKeyPoints<LogCoord<f64>> {
+    let axis: LogCoord<f64> = (min..max).log_scale().into();
+    let mut keys = Vec::new();
+    let mut decade = 10f64.powf(min.log10().floor());
+    while decade <= max {
+        for m in [1.0, 2.0, 3.0, 5.0] {
+            let v = decade * m;
+            if v >= min && v <= max {
+                keys.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    axis.with_key_points(keys)
 }

@@ -72,6 +72,8 @@ pub struct Workload {
     pub batch_size: usize,
     /// none, gzip, snappy, lz4 or zstd.
     pub compression: String,
+    /// Consumers' fetch.max.wait.ms (how long the broker may hold a fetch with no new data).
+    pub fetch_max_wait_ms: u64,
 }
 
 impl Default for Workload {
@@ -96,6 +98,7 @@ impl Default for Workload {
             linger_ms: 5,
             batch_size: 16384,
             compression: "none".into(),
+            fetch_max_wait_ms: 500,
         }
     }
 }
@@ -162,6 +165,9 @@ pub struct WorkloadArgs {
     /// none, gzip, snappy, lz4 or zstd.
     #[arg(long)]
     compression: Option<String>,
+    /// Consumers' fetch.max.wait.ms.
+    #[arg(long)]
+    fetch_max_wait_ms: Option<u64>,
     /// Write the results (every run, every interval) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -198,7 +204,7 @@ impl WorkloadArgs {
             record_size => record_size, rate => producer_rate, warmup_secs => warmup_secs,
             test_secs => test_secs, interval_secs => interval_secs, drain_secs => drain_secs,
             acks => acks, linger_ms => linger_ms, batch_size => batch_size,
-            compression => compression);
+            compression => compression, fetch_max_wait_ms => fetch_max_wait_ms);
         if self.replication_factor.is_some() {
             w.replication_factor = self.replication_factor;
         }
@@ -631,6 +637,30 @@ async fn run_once(
     let topics: Vec<String> = (0..w.topics).map(|i| format!("{prefix}-{i}")).collect();
     let admin = ClusterClient::new(servers, Duration::from_secs(30))?;
     create_topics(&admin, w, &topics).await?;
+    let result = run_on_topics(
+        servers,
+        w,
+        rate,
+        percent_of_max,
+        keep_topics,
+        topics.clone(),
+    )
+    .await;
+    if result.is_err() && !keep_topics {
+        let _ = delete_topics(&admin, &topics).await;
+    }
+    result
+}
+
+async fn run_on_topics(
+    servers: &[String],
+    w: &Workload,
+    rate: f64,
+    percent_of_max: Option<f64>,
+    keep_topics: bool,
+    topics: Vec<String>,
+) -> Result<RunResult> {
+    let admin = ClusterClient::new(servers, Duration::from_secs(30))?;
     let base = Instant::now();
     let mut recorders: Vec<Shared> = Vec::new();
 
@@ -680,6 +710,7 @@ async fn run_once(
                     group_id: (w.consumer_mode == ConsumerMode::Group).then(|| group.clone()),
                     client_id: "rill-perf-workload".into(),
                     enable_auto_commit: false,
+                    fetch_max_wait: Duration::from_millis(w.fetch_max_wait_ms),
                     ..Default::default()
                 })?;
                 match w.consumer_mode {
@@ -944,7 +975,11 @@ async fn wait_for_assignments(
             bail!("a consumer stopped before its group's assignment was stable");
         }
         if Instant::now() > deadline {
-            bail!("consumer groups not stable within 120 s");
+            bail!(
+                "consumer groups not stable within 120 s (on a cluster with fewer brokers than \
+                 offsets.topic.replication.factor, 3 by default, no group coordinator can start: \
+                 set it to 1 on a one-broker cluster, or use --consumer-mode assign)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
