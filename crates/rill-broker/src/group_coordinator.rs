@@ -754,6 +754,38 @@ impl GroupCoordinator {
         result.unwrap_or_else(|e| e.code as i16)
     }
 
+    /// DescribeGroups over Kafka's classic admin API (see
+    /// [`GroupCoordinatorShard::classic_describe`]).
+    pub async fn classic_describe_groups(
+        &self,
+        group_ids: Vec<String>,
+        not_found_error: bool,
+    ) -> Vec<rill_group_coordinator::classic_group::ClassicDescription> {
+        let mut out = Vec::with_capacity(group_ids.len());
+        for group_id in group_ids {
+            let described = match self
+                .check_group_id(&group_id)
+                .and_then(|()| self.shard_of(&group_id))
+            {
+                Ok(shard) => {
+                    self.read(&shard, |s| s.classic_describe(&group_id, not_found_error))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            out.push(described.unwrap_or_else(|e| {
+                rill_group_coordinator::classic_group::ClassicDescription {
+                    error_code: e.code as i16,
+                    error_message: Some(e.message),
+                    group_id,
+                    state: "Dead".into(),
+                    ..Default::default()
+                }
+            }));
+        }
+        out
+    }
+
     /// LeaveGroup (classic groups).
     pub async fn leave_group(&self, request: LeaveGroupRequest) -> LeaveGroupResponse {
         let result = match self

@@ -950,3 +950,101 @@ async fn kcat_balanced_consumers_split_partitions_rebalance_and_resume_from_comm
         d.dump()
     );
 }
+
+/// The confluent-kafka-python side of [`confluent_kafka_python_group_and_admin_calls`].
+const PYTHON_GROUP_SCRIPT: &str = r#"
+import sys, time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+addr, topic, group, partitions = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def consumer(name):
+    c = Consumer({"bootstrap.servers": addr, "group.id": group, "client.id": name,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+    c.subscribe([topic])
+    return c
+def parts(c):
+    return {tp.partition for tp in c.assignment()}
+def wait(what, check, members, timeout=40):
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            sys.exit("timed out: " + what)
+        for c in members:
+            m = c.poll(0.1)
+            if m is not None and m.error() is None:
+                got.append((c, m))
+got = []
+a, b = consumer("py-a"), consumer("py-b")
+wait("the two members to split the partitions",
+     lambda: parts(a) and parts(b) and not (parts(a) & parts(b))
+             and (parts(a) | parts(b)) == set(range(partitions)), [a, b])
+p = Producer({"bootstrap.servers": addr})
+for i in range(40):
+    p.produce(topic, key=str(i), value="py-%d" % i)
+p.flush(30)
+wait("40 records", lambda: len(got) >= 40, [a, b])
+values = sorted(m.value().decode() for _, m in got)
+assert values == sorted("py-%d" % i for i in range(40)), values
+for c, m in got:
+    assert m.partition() in parts(c), "a record of a partition the member does not own"
+a.commit(asynchronous=False)
+b.commit(asynchronous=False)
+
+admin = AdminClient({"bootstrap.servers": addr})
+listed = admin.list_consumer_groups().result(30)
+assert group in [g.group_id for g in listed.valid], listed.valid
+described = admin.describe_consumer_groups([group])[group].result(30)
+assert str(described.state).endswith("STABLE"), described.state
+assert len(described.members) == 2, described.members
+assigned = sorted(tp.partition for mm in described.members for tp in mm.assignment.topic_partitions)
+assert assigned == list(range(partitions)), assigned
+
+# A leaves (LeaveGroup): B takes every partition.
+a.close()
+wait("B to own every partition", lambda: parts(b) == set(range(partitions)), [b])
+committed = b.committed([TopicPartition(topic, i) for i in range(partitions)], timeout=30)
+assert sum(tp.offset for tp in committed) == 40, committed
+b.close()
+deleted = admin.delete_consumer_groups([group])[group].result(30)
+listed = admin.list_consumer_groups().result(30)
+assert group not in [g.group_id for g in listed.valid], listed.valid
+print("OK")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_python_group_and_admin_calls() {
+    let importable = Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !importable {
+        eprintln!(
+            "SKIPPED: python3 with confluent-kafka is not installed (pip install confluent-kafka); \
+             this test runs it as a consumer group and admin client"
+        );
+        return;
+    }
+    let cluster = Cluster::start_with_kafka(1, 1, &["group.initial.rebalance.delay.ms=300"]).await;
+    cluster.create_topic("py-group", 4, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let script = cluster.brokers[0].dir.join("group_test.py");
+    std::fs::write(&script, PYTHON_GROUP_SCRIPT).unwrap();
+    let output = tokio::task::block_in_place(|| {
+        Command::new("timeout")
+            .arg("120")
+            .arg("python3")
+            .arg(&script)
+            .args([addr.as_str(), "py-group", "py-group-g", "4"])
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("OK"),
+        "the confluent-kafka-python group test failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

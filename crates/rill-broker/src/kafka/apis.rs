@@ -30,6 +30,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::InitProducerId, 0, 4),
@@ -525,7 +528,6 @@ pub fn unsupported_answer(
         };
     }
     match key {
-        ApiKey::ListGroups => answer!(m::ListGroupsResponse),
         ApiKey::SaslHandshake => answer!(m::SaslHandshakeResponse),
         ApiKey::DescribeCluster => answer!(m::DescribeClusterResponse),
         ApiKey::ConsumerGroupHeartbeat => answer!(m::ConsumerGroupHeartbeatResponse),
@@ -958,4 +960,120 @@ pub async fn leave_group(
                 })
                 .collect(),
         )
+}
+
+/// ListGroups (v0-5): the groups coordinated by this broker (clients ask every broker), of both
+/// kinds; `states_filter` (v4+) and `types_filter` (v5+: `classic`, `consumer`) narrow them.
+pub async fn list_groups(apis: &KafkaApis, req: m::ListGroupsRequest) -> m::ListGroupsResponse {
+    let Some(coordinator) = &apis.coordinator else {
+        return m::ListGroupsResponse::default().with_error_code(COORDINATOR_NOT_AVAILABLE);
+    };
+    let answer = coordinator
+        .list_groups(rp::ListGroupsRequest {
+            states_filter: req.states_filter.iter().map(|s| s.to_string()).collect(),
+        })
+        .await;
+    let types: Vec<String> = req.types_filter.iter().map(|t| t.to_lowercase()).collect();
+    m::ListGroupsResponse::default()
+        .with_error_code(answer.error_code as i16)
+        .with_groups(
+            answer
+                .groups
+                .into_iter()
+                .filter(|g| types.is_empty() || types.contains(&g.group_type.to_lowercase()))
+                .map(|g| {
+                    m::list_groups_response::ListedGroup::default()
+                        .with_group_id(m::GroupId(StrBytes::from_string(g.group_id)))
+                        // Both kinds hold Kafka consumers.
+                        .with_protocol_type(text("consumer"))
+                        .with_group_state(StrBytes::from_string(g.group_state))
+                        .with_group_type(StrBytes::from_string(g.group_type))
+                })
+                .collect(),
+        )
+}
+
+/// DescribeGroups (v0-5): classic groups with their members' metadata and assignments; a group
+/// that does not exist is `Dead` (no error, as Kafka answers below v6).
+pub async fn describe_groups(
+    apis: &KafkaApis,
+    req: m::DescribeGroupsRequest,
+) -> m::DescribeGroupsResponse {
+    let ids: Vec<String> = req.groups.iter().map(|g| g.0.to_string()).collect();
+    let Some(coordinator) = &apis.coordinator else {
+        return m::DescribeGroupsResponse::default().with_groups(
+            req.groups
+                .into_iter()
+                .map(|g| {
+                    m::describe_groups_response::DescribedGroup::default()
+                        .with_group_id(g)
+                        .with_error_code(COORDINATOR_NOT_AVAILABLE)
+                })
+                .collect(),
+        );
+    };
+    let described = coordinator.classic_describe_groups(ids, false).await;
+    m::DescribeGroupsResponse::default().with_groups(
+        described
+            .into_iter()
+            .map(|d| {
+                m::describe_groups_response::DescribedGroup::default()
+                    .with_error_code(d.error_code)
+                    .with_error_message(opt_text(d.error_message))
+                    .with_group_id(m::GroupId(StrBytes::from_string(d.group_id)))
+                    .with_group_state(StrBytes::from_string(d.state))
+                    .with_protocol_type(StrBytes::from_string(d.protocol_type))
+                    .with_protocol_data(StrBytes::from_string(d.protocol_data))
+                    .with_authorized_operations(i32::MIN)
+                    .with_members(
+                        d.members
+                            .into_iter()
+                            .map(|mm| {
+                                m::describe_groups_response::DescribedGroupMember::default()
+                                    .with_member_id(StrBytes::from_string(mm.member_id))
+                                    .with_client_id(StrBytes::from_string(mm.client_id))
+                                    .with_client_host(StrBytes::from_string(mm.client_host))
+                                    .with_member_metadata(mm.metadata)
+                                    .with_member_assignment(mm.assignment)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// DeleteGroups (v0-2): groups without members go, with their committed offsets.
+pub async fn delete_groups(
+    apis: &KafkaApis,
+    req: m::DeleteGroupsRequest,
+) -> m::DeleteGroupsResponse {
+    let Some(coordinator) = &apis.coordinator else {
+        return m::DeleteGroupsResponse::default().with_results(
+            req.groups_names
+                .into_iter()
+                .map(|g| {
+                    m::delete_groups_response::DeletableGroupResult::default()
+                        .with_group_id(g)
+                        .with_error_code(COORDINATOR_NOT_AVAILABLE)
+                })
+                .collect(),
+        );
+    };
+    let answer = coordinator
+        .delete_groups(rp::DeleteGroupsRequest {
+            group_ids: req.groups_names.iter().map(|g| g.0.to_string()).collect(),
+        })
+        .await;
+    m::DeleteGroupsResponse::default().with_results(
+        answer
+            .results
+            .into_iter()
+            .map(|r| {
+                m::delete_groups_response::DeletableGroupResult::default()
+                    .with_group_id(m::GroupId(StrBytes::from_string(r.group_id)))
+                    .with_error_code(r.error_code as i16)
+            })
+            .collect(),
+    )
 }

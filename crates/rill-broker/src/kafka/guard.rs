@@ -35,6 +35,9 @@ pub(crate) fn walkable(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::SyncGroup => Some((0, 5)),
         ApiKey::Heartbeat => Some((0, 4)),
         ApiKey::LeaveGroup => Some((0, 5)),
+        ApiKey::ListGroups => Some((0, 5)),
+        ApiKey::DescribeGroups => Some((0, 6)),
+        ApiKey::DeleteGroups => Some((0, 2)),
         _ => None,
     }
 }
@@ -54,6 +57,9 @@ pub(crate) fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, Sto
         ApiKey::InitProducerId => version >= 2,
         ApiKey::JoinGroup => version >= 6,
         ApiKey::SyncGroup | ApiKey::Heartbeat | ApiKey::LeaveGroup => version >= 4,
+        ApiKey::ListGroups => version >= 3,
+        ApiKey::DescribeGroups => version >= 5,
+        ApiKey::DeleteGroups => version >= 2,
         _ => false,
     };
     if !walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version)) {
@@ -267,6 +273,26 @@ fn walk(w: &mut Walk<'_>, key: ApiKey, v: i16) -> Result<(), Stop> {
                     w.tagged()
                 })?;
             }
+            w.tagged()
+        }
+        ApiKey::ListGroups => {
+            if v >= 4 {
+                w.array(|w| w.string())?; // states_filter
+            }
+            if v >= 5 {
+                w.array(|w| w.string())?; // types_filter
+            }
+            w.tagged()
+        }
+        ApiKey::DescribeGroups => {
+            w.array(|w| w.string())?; // groups
+            if v >= 3 {
+                w.skip(1)?; // include_authorized_operations
+            }
+            w.tagged()
+        }
+        ApiKey::DeleteGroups => {
+            w.array(|w| w.string())?; // groups_names
             w.tagged()
         }
         ApiKey::InitProducerId => {
@@ -520,6 +546,29 @@ mod tests {
             };
             walks(ApiKey::LeaveGroup, v..=v, &r);
         }
+        let group = || kafka_protocol::messages::GroupId(StrBytes::from_static_str("g"));
+        for v in 0..=5 {
+            let mut r = kafka_protocol::messages::ListGroupsRequest::default();
+            if v >= 4 {
+                r = r.with_states_filter(vec![StrBytes::from_static_str("Stable")]);
+            }
+            if v >= 5 {
+                r = r.with_types_filter(vec![StrBytes::from_static_str("classic")]);
+            }
+            walks(ApiKey::ListGroups, v..=v, &r);
+        }
+        walks(
+            ApiKey::DescribeGroups,
+            0..=6,
+            &kafka_protocol::messages::DescribeGroupsRequest::default()
+                .with_groups(vec![group(), group()]),
+        );
+        walks(
+            ApiKey::DeleteGroups,
+            0..=2,
+            &kafka_protocol::messages::DeleteGroupsRequest::default()
+                .with_groups_names(vec![group()]),
+        );
         walks(
             ApiKey::InitProducerId,
             0..=4,

@@ -14,10 +14,11 @@
 //! asking for one gets session id 0 and keeps sending full fetches), ListOffsets 1-7,
 //! FindCoordinator 0-3, OffsetCommit 2-8 and OffsetFetch 1-7 (the broker's group coordinator),
 //! InitProducerId 0-4 (forwarded to the controllers), and the classic group protocol: JoinGroup
-//! 0-9, SyncGroup 0-5, Heartbeat 0-4, LeaveGroup 0-5 (the broker's group coordinator; JoinGroup
+//! 0-9, SyncGroup 0-5, Heartbeat 0-4, LeaveGroup 0-5, and ListGroups 0-5, DescribeGroups 0-5, DeleteGroups 0-2 (the
+//! broker's group coordinator; JoinGroup
 //! and SyncGroup answers are held until the rebalance gets that far, which holds the
-//! connection, as Kafka's broker does). Not yet: ConsumerGroupHeartbeat, admin APIs
-//! (ListGroups, DescribeGroups, DeleteGroups among them), OffsetForLeaderEpoch.
+//! connection, as Kafka's broker does). Not yet: ConsumerGroupHeartbeat, the other admin APIs,
+//! OffsetForLeaderEpoch.
 //!
 //! Failures stay on their connection: a version outside those of an API rill implements gets
 //! that API's UNSUPPORTED_VERSION answer (for ApiVersions, error 35 with the supported versions,
@@ -368,6 +369,21 @@ async fn handle_frame(
         ApiKey::LeaveGroup if readable && in_range => {
             let req = decode_body!(m::LeaveGroupRequest);
             let resp = apis::leave_group(apis, req, version).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::ListGroups if readable && in_range => {
+            let req = decode_body!(m::ListGroupsRequest);
+            let resp = apis::list_groups(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::DescribeGroups if readable && in_range => {
+            let req = decode_body!(m::DescribeGroupsRequest);
+            let resp = apis::describe_groups(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::DeleteGroups if readable && in_range => {
+            let req = decode_body!(m::DeleteGroupsRequest);
+            let resp = apis::delete_groups(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
         ApiKey::InitProducerId if in_range => {

@@ -582,3 +582,29 @@ fn listed_and_described_as_classic_and_deleted_when_empty() {
     assert_eq!(h.state(), None);
     assert!(h.h.shard.list_groups(&[]).is_empty());
 }
+
+#[test]
+fn kafka_describe_shows_members_metadata_and_assignments_when_stable() {
+    let mut h = H::new();
+    let (leader, follower) = h.stable_pair();
+    let d = h.h.shard.classic_describe("g", true);
+    assert_eq!(d.error_code, 0);
+    assert_eq!(
+        (
+            d.state.as_str(),
+            d.protocol_type.as_str(),
+            d.protocol_data.as_str()
+        ),
+        ("Stable", "consumer", "range")
+    );
+    let f = d.members.iter().find(|m| m.member_id == follower).unwrap();
+    assert_eq!(f.metadata, Bytes::from(format!("{follower}:range")));
+    assert!(!f.assignment.is_empty());
+    assert!(d.members.iter().any(|m| m.member_id == leader));
+    assert_eq!(h.h.shard.classic_describe("nope", false).state, "Dead");
+    assert_eq!(h.h.shard.classic_describe("nope", false).error_code, 0);
+    assert_eq!(
+        h.h.shard.classic_describe("nope", true).error_code,
+        ErrorCode::GroupIdNotFound as i16
+    );
+}
