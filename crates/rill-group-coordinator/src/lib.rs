@@ -17,8 +17,13 @@
 //! last sent to members and the time groups became empty live in memory only: [`on_loaded`]
 //! starts them afresh.
 //!
+//! Classic groups ([`classic_group`]: Kafka clients' JoinGroup/SyncGroup protocol) are the one
+//! exception to "state is the replay of records", as in Kafka: their membership between
+//! rebalances lives in memory, and their record, written when a rebalance completes, is
+//! replayed only when loading.
+//!
 //! Modules follow Kafka's: [`records`] (the record formats), [`assignor`] (`uniform`,
-//! `range`), and privately `group_metadata_manager` (heartbeats, timers, group records),
+//! `range`), [`classic_group`], and privately `group_metadata_manager` (heartbeats, timers, group records),
 //! `offset_metadata_manager` (offsets), `consumer_group` (a group and its members as replayed),
 //! `current_assignment_builder` (reconciliation of one member) and `topic_regex`.
 //!
