@@ -12,8 +12,10 @@
 //!
 //! JoinGroup and SyncGroup answers are held until the rebalance gets that far: a request
 //! names a [`WaiterId`] (the broker's handle on the connection waiting), and every operation
-//! may leave answers for waiters in [`ClassicGroupManager::take_deliveries`]; the broker sends
+//! may leave answers for waiters, taken with [`take_classic_deliveries`]; the broker sends
 //! them once the records of the operation are committed.
+//!
+//! [`take_classic_deliveries`]: crate::GroupCoordinatorShard::take_classic_deliveries
 //!
 //! Unlike consumer groups, a classic group's live state is not the replay of its records
 //! (Kafka's classic groups are not either): joins in flight and timers are memory only. The
