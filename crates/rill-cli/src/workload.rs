@@ -1054,3 +1054,69 @@ pub async fn run(servers: &[String], args: WorkloadArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: WorkloadArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Workload> {
+        let cli = Cli::try_parse_from(std::iter::once("workload").chain(args.iter().copied()))?;
+        cli.args.workload()
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "name = \"w\"\ntopics = 3\nproducer_rate = 5000.0\nconsumer_mode = \"assign\"\n",
+        )
+        .unwrap();
+        let w = parse(&[file.to_str().unwrap(), "--rate", "42", "--partitions", "2"]).unwrap();
+        assert_eq!(w.name, "w");
+        assert_eq!(w.topics, 3);
+        assert_eq!(w.producer_rate, 42.0);
+        assert_eq!(w.partitions_per_topic, 2);
+        assert_eq!(w.consumer_mode, ConsumerMode::Assign);
+        assert_eq!(w.record_size, 1024);
+        assert_eq!(w.acks, "all");
+        // What --json writes reads back as a workload file would.
+        let json = serde_json::to_string(&w).unwrap();
+        let back: Workload = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.topics, 3);
+    }
+
+    #[test]
+    fn bad_workloads_are_refused() {
+        assert!(parse(&["--record-size", "7"]).is_err());
+        assert!(parse(&["--rate", "-1"]).is_err());
+        assert!(parse(&["--acks", "2"]).is_err());
+        assert!(parse(&["--test-secs", "0"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(&file, "producers = 2\n").unwrap();
+        let e = parse(&[file.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{e:#}").contains("producers"), "{e:#}");
+    }
+
+    #[test]
+    fn percentiles_of_an_empty_histogram_are_zero_and_ordered_otherwise() {
+        let mut h = histogram();
+        assert_eq!(Percentiles::of(&h).count, 0);
+        for v in 1..=10_000u64 {
+            h.record(v).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        assert!(p.p50 <= p.p99 && p.p99 <= p.p999 && p.p999 <= p.max);
+        assert!((p.p50 - 5.0).abs() < 0.01, "{p:?}");
+        assert!((p.max - 10.0).abs() < 0.01, "{p:?}");
+    }
+}
