@@ -615,6 +615,17 @@ struct GroupMember {
 
 impl GroupMember {
     fn start(name: &'static str, addr: &str, group: &str, topic: &str) -> GroupMember {
+        Self::start_with_session(name, addr, group, topic, 6000)
+    }
+
+    /// As [`start`](Self::start) with `session.timeout.ms` = `session_ms`.
+    fn start_with_session(
+        name: &'static str,
+        addr: &str,
+        group: &str,
+        topic: &str,
+        session_ms: u32,
+    ) -> GroupMember {
         use std::io::BufRead;
         let mut child = match Command::new("kcat")
             .args([
@@ -629,7 +640,7 @@ impl GroupMember {
                 "-X",
                 "auto.offset.reset=earliest",
                 "-X",
-                "session.timeout.ms=6000",
+                &format!("session.timeout.ms={session_ms}"),
                 "-X",
                 "heartbeat.interval.ms=500",
                 "-X",
@@ -767,32 +778,34 @@ fn values(lines: &[String]) -> Vec<String> {
 async fn committed_total(cluster: &Cluster, group: &str, topic: &str, partitions: i32) -> i64 {
     use rill_protocol::proto::group_coordinator_client::GroupCoordinatorClient;
     use rill_protocol::proto::{OffsetFetchRequest, OffsetFetchTopic};
-    let Ok(mut gc) =
-        GroupCoordinatorClient::connect(format!("http://{}", cluster.brokers[0].addr)).await
-    else {
-        return -1;
-    };
-    let Ok(r) = gc
-        .offset_fetch(OffsetFetchRequest {
-            group_id: group.into(),
-            topics: vec![OffsetFetchTopic {
-                name: topic.into(),
-                partition_indexes: (0..partitions).collect(),
-            }],
-        })
-        .await
-    else {
-        return -1;
-    };
-    let r = r.into_inner();
-    if r.error_code != 0 {
-        return -1;
+    // The coordinator answers; the other brokers say NOT_COORDINATOR.
+    for addr in cluster.bootstrap() {
+        let Ok(mut gc) = GroupCoordinatorClient::connect(format!("http://{addr}")).await else {
+            continue;
+        };
+        let Ok(r) = gc
+            .offset_fetch(OffsetFetchRequest {
+                group_id: group.into(),
+                topics: vec![OffsetFetchTopic {
+                    name: topic.into(),
+                    partition_indexes: (0..partitions).collect(),
+                }],
+            })
+            .await
+        else {
+            continue;
+        };
+        let r = r.into_inner();
+        if r.error_code == 0 {
+            return r
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.committed_offset.max(0))
+                .sum();
+        }
     }
-    r.topics
-        .iter()
-        .flat_map(|t| &t.partitions)
-        .map(|p| p.committed_offset.max(0))
-        .sum()
+    -1
 }
 
 fn produce_numbered(addr: &str, topic: &str, range: std::ops::Range<usize>) -> Vec<String> {
@@ -1047,4 +1060,132 @@ async fn confluent_kafka_python_group_and_admin_calls() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_group_survives_its_coordinator_failing_over() {
+    use rill_protocol::proto::FindCoordinatorRequest;
+    use rill_protocol::proto::group_coordinator_client::GroupCoordinatorClient;
+    const TOPIC: &str = "failover";
+    const GROUP: &str = "kcat-failover";
+    const PARTITIONS: i32 = 4;
+    let mut cluster =
+        Cluster::start_with_kafka(1, 3, &["group.initial.rebalance.delay.ms=500"]).await;
+    cluster.create_topic(TOPIC, PARTITIONS, 3, &[]).await;
+    let addrs: Vec<String> = cluster
+        .brokers
+        .iter()
+        .map(|b| b.kafka_addr.clone().unwrap())
+        .collect();
+    let bootstrap = addrs.join(",");
+    // Sessions longer than the failover (the controller declares the broker dead, a new leader
+    // loads the partition), so the members do not give up on their own.
+    let a = GroupMember::start_with_session("member-a", &bootstrap, GROUP, TOPIC, 30_000);
+    let b = GroupMember::start_with_session("member-b", &bootstrap, GROUP, TOPIC, 30_000);
+    let all: std::collections::BTreeSet<i32> = (0..PARTITIONS).collect();
+    let split = || {
+        let (Some(x), Some(y)) = (a.assignment(), b.assignment()) else {
+            return false;
+        };
+        !x.is_empty() && !y.is_empty() && x.is_disjoint(&y) && &x | &y == all
+    };
+    wait_until(
+        "two members did not split the partitions",
+        Duration::from_secs(40),
+        &[&a, &b],
+        split,
+    )
+    .await;
+    let first = tokio::task::block_in_place(|| produce_numbered(&bootstrap, TOPIC, 0..40));
+    wait_until(
+        "the members did not consume the first 40 records",
+        Duration::from_secs(30),
+        &[&a, &b],
+        || a.records().len() + b.records().len() >= first.len(),
+    )
+    .await;
+    let mut committed = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while committed != 40 && Instant::now() < deadline {
+        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed, 40);
+
+    // Kill the group's coordinator: another broker leads its __consumer_offsets partition,
+    // loads the group (its offsets and its last generation) and the members carry on there.
+    let mut gc = GroupCoordinatorClient::connect(format!("http://{}", cluster.brokers[0].addr))
+        .await
+        .unwrap();
+    let coordinator = gc
+        .find_coordinator(FindCoordinatorRequest {
+            keys: vec![GROUP.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .coordinators[0]
+        .node_id;
+    let index = cluster
+        .brokers
+        .iter()
+        .position(|n| n.id == coordinator)
+        .expect("a coordinator among the brokers");
+    let rebalances = |m: &GroupMember| {
+        m.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("rebalanced"))
+            .count()
+    };
+    let before = (rebalances(&a), rebalances(&b));
+    let (a_seen, b_seen) = (a.records().len(), b.records().len());
+    cluster.kill_broker(index);
+    let live: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let second = tokio::task::block_in_place(|| produce_numbered(&live.join(","), TOPIC, 40..80));
+    wait_until(
+        "the members did not consume the next 40 records after the failover",
+        Duration::from_secs(60),
+        &[&a, &b],
+        || {
+            let mut got: Vec<String> = values(&a.records()[a_seen..]);
+            got.extend(values(&b.records()[b_seen..]));
+            second.iter().all(|v| got.contains(v))
+        },
+    )
+    .await;
+    // Committed at the new coordinator, on top of what the old one had.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed != 80 && Instant::now() < deadline {
+        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        committed,
+        80,
+        "commits after the failover\n{}\n{}",
+        a.dump(),
+        b.dump()
+    );
+    let after = (rebalances(&a), rebalances(&b));
+    eprintln!("rebalance log lines (a, b): {before:?} before the failover, {after:?} after");
+    assert_eq!(
+        after,
+        before,
+        "the new coordinator loaded the group in its generation: no rebalance\n{}\n{}",
+        a.dump(),
+        b.dump()
+    );
+    let mut got: Vec<String> = values(&a.records()[a_seen..]);
+    got.extend(values(&b.records()[b_seen..]));
+    got.sort();
+    let mut want = second.clone();
+    want.sort();
+    assert_eq!(got, want, "each record once across the failover");
 }
