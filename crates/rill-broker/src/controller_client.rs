@@ -1,5 +1,12 @@
 //! Talks to the controller quorum: finds the active controller, follows NOT_CONTROLLER hints,
 //! fails over when a controller is unreachable.
+//!
+//! A controller cut off by the network does not close its connections: requests to it just go
+//! unanswered. So every attempt has its own timeout, well inside the caller's patience, so the
+//! other voters are tried in time (a heartbeat must reach the new active controller before the
+//! broker's session expires); the next call starts at another voter after a failure; and the
+//! channels send HTTP/2 keepalive pings, so a long-lived stream (the metadata log) from a
+//! silent controller fails within seconds instead of waiting forever.
 
 use std::time::Duration;
 
@@ -8,6 +15,18 @@ use rill_protocol::{ApiError, ErrorCode};
 
 use parking_lot::Mutex;
 use tonic::transport::Channel;
+
+/// How often an idle connection to a controller is pinged.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered before the connection (and every stream on it) fails.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The timeout of one attempt of a call with `patience`: half of it, so a silent controller
+/// costs at most half the patience and another voter is still tried; at least 500 ms so a busy
+/// quorum can answer, at most 5 s.
+fn attempt_timeout(patience: Duration) -> Duration {
+    (patience / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
 
 /// A client of the controller quorum.
 pub struct ControllerClient {
@@ -29,7 +48,10 @@ impl ControllerClient {
                     )
                 })?
                 .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(15));
+                .timeout(Duration::from_secs(15))
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
             chans.push((*id as i64, ep.connect_lazy()));
         }
         Ok(ControllerClient {
@@ -37,10 +59,6 @@ impl ControllerClient {
             current: Mutex::new(0),
             answered: std::sync::atomic::AtomicBool::new(false),
         })
-    }
-
-    fn client(&self, i: usize) -> GrpcClient<Channel> {
-        GrpcClient::new(self.voters[i].1.clone()).max_decoding_message_size(256 << 20)
     }
 
     fn set_current(&self, i: usize) {
@@ -51,16 +69,39 @@ impl ControllerClient {
         *self.current.lock()
     }
 
-    /// Calls the active controller, retrying on NOT_CONTROLLER and connection failures for up
-    /// to `patience`; remembers which controller answered.
-    pub async fn call<T, F, Fut>(&self, patience: Duration, f: F) -> Result<T, ApiError>
+    /// Calls the active controller, retrying on NOT_CONTROLLER, connection failures and
+    /// unanswered attempts for up to `patience`; remembers which controller answered, and after
+    /// a failure starts the next call at another voter.
+    pub async fn call<T, F, Fut>(&self, patience: Duration, mut f: F) -> Result<T, ApiError>
     where
         F: FnMut(GrpcClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let per_attempt = attempt_timeout(patience);
+        let attempt = |c| {
+            let fut = f(c);
+            async move {
+                match tokio::time::timeout(per_attempt, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "the controller did not answer within {per_attempt:?}"
+                    ))),
+                }
+            }
+        };
+        let start = self.current();
         let (r, i) =
-            rill_protocol::client::call_controller(&self.voters, self.current(), patience, f)
-                .await?;
+            match rill_protocol::client::call_controller(&self.voters, start, patience, attempt)
+                .await
+            {
+                Ok(ok) => ok,
+                Err(e) => {
+                    if is_unreachable(&e) {
+                        self.move_on_from(start);
+                    }
+                    return Err(e);
+                }
+            };
         self.set_current(i);
         self.answered
             .store(true, std::sync::atomic::Ordering::Release);
@@ -76,8 +117,76 @@ impl ControllerClient {
         }
     }
 
-    /// Any controller that answers (for the metadata stream, which every controller serves).
-    pub fn any(&self, attempt: usize) -> GrpcClient<Channel> {
-        self.client((self.current() + attempt) % self.voters.len())
+    /// After a call that started at voter `from` failed to reach an active controller: the
+    /// next call starts at the voter after it (unless another call already moved on).
+    pub fn move_on_from(&self, from: usize) {
+        let mut current = self.current.lock();
+        if *current == from && !self.voters.is_empty() {
+            *current = (from + 1) % self.voters.len();
+        }
+    }
+
+    /// The voter the next call starts at.
+    pub fn start(&self) -> usize {
+        self.current()
+    }
+}
+
+/// Whether a failed call's error says no active controller was reached (as opposed to an
+/// answer from one).
+fn is_unreachable(e: &ApiError) -> bool {
+    matches!(
+        e.code,
+        ErrorCode::NotController | ErrorCode::BrokerNotAvailable | ErrorCode::RequestTimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_leave_room_for_another_voter() {
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_millis(200)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(60)),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_controller_is_left_for_the_next() {
+        // A listener that accepts connections and never answers: a controller cut off from
+        // the quorum and the broker, whose connections the network does not close.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let cc = ControllerClient::new(&[(1, silent_addr), (2, "127.0.0.1:9".into())]).unwrap();
+        let started = std::time::Instant::now();
+        let r = cc
+            .call(Duration::from_secs(1), |mut c| async move {
+                c.describe_quorum(rill_protocol::proto::DescribeQuorumRequest {})
+                    .await
+            })
+            .await;
+        assert!(r.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a silent controller held the call for {:?}",
+            started.elapsed()
+        );
+        assert_eq!(cc.start(), 1, "the next call starts at the other voter");
     }
 }

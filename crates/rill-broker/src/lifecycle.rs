@@ -231,22 +231,24 @@ impl Lifecycle {
             );
         }
         let mut image = MetadataImage::default();
-        let mut attempt = 0usize;
         while !stop.is_cancelled() {
-            let from = image.next_offset;
-            let stream = self
-                .cc
-                .any(attempt)
-                .fetch_metadata(FetchMetadataRequest {
-                    broker_id: self.config.node_id,
-                    from_offset: from,
-                })
-                .await;
+            let req = FetchMetadataRequest {
+                broker_id: self.config.node_id,
+                from_offset: image.next_offset,
+            };
+            // Only the active controller serves the log: the call follows NOT_CONTROLLER hints
+            // and leaves silent controllers, as heartbeats do.
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                s = self.cc.call(Duration::from_secs(4), |mut c| async move {
+                    c.fetch_metadata(req).await
+                }) => s,
+            };
+            let source = self.cc.start();
             let mut stream = match stream {
-                Ok(s) => s.into_inner(),
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::debug!(error = %e, "metadata stream unavailable; trying another controller");
-                    attempt += 1;
+                    tracing::debug!(error = %e, "metadata stream unavailable; trying again");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -258,8 +260,11 @@ impl Lifecycle {
                 };
                 let batch = match batch {
                     Ok(Some(b)) => b,
-                    Ok(None) | Err(_) => {
-                        attempt += 1;
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Keepalive failed, or the controller went away: start elsewhere.
+                        tracing::info!(error = %e, "metadata stream ended; reconnecting");
+                        self.cc.move_on_from(source);
                         break;
                     }
                 };
@@ -271,7 +276,7 @@ impl Lifecycle {
                             applied = applied.max(floor),
                             "refusing a metadata snapshot older than what this broker has applied (a lagging controller); trying another controller"
                         );
-                        attempt += 1;
+                        self.cc.move_on_from(source);
                         break;
                     }
                     image = MetadataImage::from_snapshot(&batch.records, batch.last_offset);
@@ -292,7 +297,6 @@ impl Lifecycle {
                             expected = image.next_offset,
                             "metadata stream skipped records; reconnecting"
                         );
-                        attempt += 1;
                         break;
                     }
                     image.next_offset = image.next_offset.max(batch.last_offset + 1);

@@ -207,13 +207,19 @@ impl Partition {
     /// Applies the partition's state from new metadata and says what changed for this broker
     /// (Kafka's `makeLeader` / `makeFollower`).
     pub fn update_state(&self, new: LeaderState) -> Transition {
+        let transition = self.apply_state(new);
+        // Waiting acks=all produces re-check their leader epoch (Kafka completes delayed
+        // produces on a leadership change rather than letting them time out). Notified after
+        // the partition's lock is released: a waiter may hold the watch while taking it.
+        self.hw_watch.send_modify(|_| {});
+        transition
+    }
+
+    fn apply_state(&self, new: LeaderState) -> Transition {
         let mut inner = self.inner.write();
         let old = std::mem::replace(&mut inner.state, new.clone());
         self.leader_and_epoch
             .store(pack(new.leader, new.leader_epoch), Ordering::Release);
-        // Waiting acks=all produces re-check their leader epoch (Kafka completes delayed
-        // produces on a leadership change rather than letting them time out).
-        self.hw_watch.send_modify(|_| {});
         if new.partition_epoch != old.partition_epoch {
             // Whatever ISR change was in flight was decided (accepted or superseded).
             inner.pending_isr = None;

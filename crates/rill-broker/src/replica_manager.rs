@@ -740,8 +740,15 @@ impl ReplicaManager {
     ) -> Result<(), ApiError> {
         let mut hw = partition.subscribe_hw();
         let still_leader = || partition.leader_and_epoch() == (self.node_id, leader_epoch);
-        let reached =
-            tokio::time::timeout(timeout, hw.wait_for(|hw| *hw >= end || !still_leader())).await;
+        // `wait_for` answers with a borrow that holds the watch's lock: drop it at once, or a
+        // metadata update (which notifies this watch under the partition's lock) deadlocks
+        // against the `partition.state()` below.
+        let reached = tokio::time::timeout(timeout, async {
+            hw.wait_for(|hw| *hw >= end || !still_leader())
+                .await
+                .map(|_| ())
+        })
+        .await;
         if !still_leader() {
             let s = partition.state();
             return Err(ApiError::new(

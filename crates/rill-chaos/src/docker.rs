@@ -720,6 +720,24 @@ impl DockerCluster {
         Ok(pid)
     }
 
+    /// Every thread's backtrace in a node's process (gdb on the host attaches to it; needs
+    /// root and gdb): to see where a node that stopped answering is stuck.
+    pub async fn stacks(&self, node: NodeName) -> Result<String, ChaosError> {
+        let pid = self.pid(node).await?;
+        run_async(
+            "gdb",
+            &[
+                "--batch",
+                "--quiet",
+                "-p",
+                &pid,
+                "-ex",
+                "thread apply all bt 40",
+            ],
+        )
+        .await
+    }
+
     /// Removes every rule [`partition`](Self::partition) added: all nodes talk again.
     pub async fn heal(&mut self) -> Result<(), ChaosError> {
         let cuts = std::mem::take(&mut self.cuts);

@@ -1118,6 +1118,32 @@ async fn run_one(id: &str, c: &mut DockerCluster, topic: &str, tempo: Tempo) -> 
     }
 }
 
+/// Prints the threads of every live node that does not answer within 3 s (a Metadata request
+/// for a broker, DescribeQuorum for a controller): where it is stuck.
+async fn dump_unresponsive(c: &DockerCluster) {
+    let mut silent = Vec::new();
+    for (name, addr) in c.live_brokers() {
+        let answered = match broker_client_at(&addr) {
+            Ok(mut b) => tokio::time::timeout(
+                Duration::from_secs(3),
+                b.metadata(rill_protocol::proto::MetadataRequest { topics: vec![] }),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        };
+        if !answered {
+            silent.push(name);
+        }
+    }
+    for name in silent {
+        match c.stacks(name).await {
+            Ok(stacks) => eprintln!("--- {name} does not answer; its threads:\n{stacks}"),
+            Err(e) => eprintln!("--- {name} does not answer; no stacks: {e}"),
+        }
+    }
+}
+
 /// The scenario ids in `var` (comma-separated), else `default`.
 fn scenarios(var: &str, default: &str) -> Vec<String> {
     std::env::var(var)
@@ -1168,6 +1194,7 @@ async fn run_all(
                     Ok(())
                 } else {
                     eprintln!("logs:\n{}", c.log_tails(25));
+                    dump_unresponsive(c).await;
                     Err(Failure(problems.join("\n")))
                 }
             }
@@ -1177,6 +1204,7 @@ async fn run_all(
                     started.elapsed().as_secs_f64(),
                     c.log_tails(25)
                 );
+                dump_unresponsive(c).await;
                 Err(e)
             }
         };
