@@ -610,6 +610,14 @@ impl BrokerConfig {
         }
         let metrics = get("metrics.address");
         let rack = get("broker.rack");
+        if int("group.min.session.timeout.ms", 1, i32::MAX as i64)?
+            > int("group.max.session.timeout.ms", 1, i32::MAX as i64)?
+        {
+            return Err(invalid(
+                "group.min.session.timeout.ms",
+                "must not be larger than group.max.session.timeout.ms",
+            ));
+        }
         Ok(BrokerConfig {
             node_id: int("node.id", 0, i32::MAX as i64)? as i32,
             listeners,
@@ -816,6 +824,21 @@ mod tests {
         assert_eq!(c.advertised, ("127.0.0.1".to_owned(), 9092));
         assert_eq!(c.kafka_listeners, None);
         assert_eq!(c.kafka_advertised, None);
+    }
+
+    #[test]
+    fn classic_group_settings() {
+        let c = BrokerConfig::load(None, &BTreeMap::new()).unwrap();
+        assert_eq!(c.group.shard.classic_initial_rebalance_delay_ms, 3000);
+        assert_eq!(c.group.shard.classic_min_session_timeout_ms, 6000);
+        assert_eq!(c.group.shard.classic_max_session_timeout_ms, 1_800_000);
+        let mut o = BTreeMap::new();
+        o.insert("group.initial.rebalance.delay.ms".into(), "0".into());
+        let c = BrokerConfig::load(None, &o).unwrap();
+        assert_eq!(c.group.shard.classic_initial_rebalance_delay_ms, 0);
+        o.insert("group.min.session.timeout.ms".into(), "60000".into());
+        o.insert("group.max.session.timeout.ms".into(), "30000".into());
+        assert!(BrokerConfig::load(None, &o).is_err());
     }
 
     #[test]
