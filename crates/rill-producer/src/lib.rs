@@ -16,10 +16,21 @@
 //! kept as Kafka's `Sender` keeps it: a retried batch keeps its sequence and goes back in
 //! sequence order, and while a partition has a retry pending nothing new of it is sent until
 //! every earlier request came back; a batch refused with OUT_OF_ORDER_SEQUENCE_NUMBER because an
-//! earlier one failed is simply retried. When the leader lost the producer's state
-//! (UNKNOWN_PRODUCER_ID, or OUT_OF_ORDER_SEQUENCE_NUMBER for the oldest unacknowledged batch), or
-//! a sequenced batch failed for good, the producer bumps its epoch (KIP-360) once nothing is in
-//! flight and renumbers its unacknowledged batches from 0. Idempotence needs `acks=-1`; Kafka's
+//! earlier one failed is simply retried.
+//!
+//! Epoch bumps (KIP-360) follow Kafka's `TransactionManager`. A batch that was sent and then
+//! failed (past `delivery.timeout.ms`, or refused for good after an earlier attempt went
+//! unanswered) has an unknown outcome: it may be in the log. It is never sent again, and its
+//! partition's sequence stays *unresolved* — nothing new is sent there — until a later batch is
+//! acknowledged (so it was written), or the batch right after it is refused with a sequence error
+//! (so it was not), or no later batch is left: then the epoch is bumped. When the leader refuses
+//! the oldest unacknowledged batch with OUT_OF_ORDER_SEQUENCE_NUMBER or UNKNOWN_PRODUCER_ID (a gap,
+//! or lost producer state), none of the partition's batches is written, and they are renumbered
+//! from 0 under the bumped epoch. Each partition keeps the epoch its sequenced batches were sent
+//! under until none is left: only batches never sent (or proven unwritten) get sequences of the
+//! new epoch, so a batch the leader may have is never written again under another epoch.
+//!
+//! Idempotence needs `acks=-1`; Kafka's
 //! rule applies: left unset (`None`) it is on unless `acks` ≠ -1 or more than 5 requests may be
 //! in flight, and explicitly enabled with those settings it is refused.
 //!
@@ -249,11 +260,27 @@ struct PartitionQueue {
     ready: VecDeque<Batch>,
     /// Requests in flight (at most one without idempotence).
     in_flight: usize,
+    /// Idempotence: the producer id and epoch this partition's sequences belong to (Kafka's
+    /// per-partition `producerIdAndEpoch`). Batches sent under it keep it, and their sequences,
+    /// on every retry; the partition moves to a newer epoch (sequences from 0) only once none of
+    /// them is left, so a batch that may have been written is never sent again as a new one.
+    producer: Option<(i64, i16)>,
     /// Idempotence: the logical sequence the next new batch gets.
     next_seq: i64,
     /// Idempotence: the logical sequence after the last acknowledged record; the oldest
     /// unacknowledged batch starts here.
     acked_seq: i64,
+    /// Idempotence: the logical sequence after the last batch failed to its sender with its
+    /// outcome unknown (sent, never answered, then past `delivery.timeout.ms` or refused for
+    /// good; Kafka's `partitionsWithUnresolvedSequences`). Nothing new is sent until it is
+    /// resolved: a later batch acknowledged proves it written; OUT_OF_ORDER_SEQUENCE_NUMBER or
+    /// UNKNOWN_PRODUCER_ID for the batch right after it proves it missing; with no later batch
+    /// left the epoch is bumped.
+    unresolved: Option<i64>,
+    /// Idempotence: the leader refused the oldest unacknowledged batch with a sequence gap or
+    /// lost this producer's state, so none of the partition's sequenced batches is written: they
+    /// are renumbered from 0 under the next epoch (Kafka's `partitionsToRewriteSequences`).
+    rewrite: bool,
 }
 
 /// The producer id and epoch of an idempotent producer (Kafka's `ProducerIdAndEpoch`).
@@ -677,9 +704,11 @@ struct Shipment {
     batches: Vec<Batch>,
 }
 
-/// Idempotence: the producer id and epoch to stamp, getting one (InitProducerId) when there is
-/// none yet and something to send, or bumping the epoch (KIP-360) once nothing is in flight.
-/// `None` while batches must wait.
+/// Idempotence: the producer id and epoch to stamp new batches with, getting one
+/// (InitProducerId) when there is none yet and something to send, or bumping the epoch (KIP-360)
+/// when a partition asked for it. `None` while batches must wait. A bump does not wait for other
+/// partitions' requests in flight: each partition keeps the epoch its sequenced batches were sent
+/// under until none of them is left (see [`PartitionQueue::producer`]).
 async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
     let state = *inner.producer_id.lock();
     if let Some(id) = state.id
@@ -689,7 +718,6 @@ async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
     }
     if state.retry_at.is_some_and(|t| t > Instant::now())
         || inner.pending.load(Ordering::Acquire) == 0
-        || (state.bump && in_flight_total(inner) > 0)
     {
         return None;
     }
@@ -732,8 +760,6 @@ async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
                 bump: false,
                 retry_at: None,
             };
-            drop(p);
-            reset_sequences(inner);
             Some(id)
         }
         None => {
@@ -747,47 +773,43 @@ async fn producer_for_sending(inner: &Arc<Inner>) -> Option<(i64, i16)> {
     }
 }
 
-/// A new producer id or epoch: every partition's sequences start again at 0, and batches not
-/// acknowledged yet are renumbered when they are sent next (Kafka's `resetProducerState`).
-fn reset_sequences(inner: &Inner) {
-    for q in inner.queues.lock().values_mut() {
-        q.next_seq = 0;
-        q.acked_seq = 0;
-        for b in q.ready.iter_mut() {
-            b.seq = None;
-            b.retry_at = None;
-        }
+/// Asks for an epoch bump (KIP-360) before anything more is sent, unless the epoch `from` was
+/// bumped already (by another partition's request).
+fn request_epoch_bump(inner: &Inner, from: Option<(i64, i16)>) {
+    let mut p = inner.producer_id.lock();
+    if p.id.is_some() && p.id == from {
+        p.bump = true;
     }
 }
 
-fn in_flight_total(inner: &Inner) -> usize {
-    inner.queues.lock().values().map(|q| q.in_flight).sum()
+/// Idempotence: fails `b`, a batch of `q`, to its sender. A batch that was sent may have been
+/// written (its outcome is unknown): the partition's sequence is unresolved up to its end, so
+/// nothing new goes out until that is settled — it is never sent again, and never renumbered.
+fn fail_batch(inner: &Inner, q: &mut PartitionQueue, b: Batch, err: &ProducerError) {
+    if let Some((_, seq)) = b.seq
+        && !q.rewrite
+    {
+        let end = seq + b.records();
+        if end > q.acked_seq {
+            q.unresolved = Some(q.unresolved.map_or(end, |u| u.max(end)));
+        }
+    }
+    finish_batch(inner, b, |_, _| Err(err.clone()));
 }
 
-/// Asks for an epoch bump (KIP-360) before anything more is sent.
-fn request_epoch_bump(inner: &Inner) {
-    inner.producer_id.lock().bump = true;
-}
-
-/// Fails batches that waited longer than `delivery.timeout.ms` for a producer id.
-fn expire_waiting(inner: &Inner, q: &mut PartitionQueue, now: Instant) {
-    let mut bump = false;
+/// Fails the batches at the front of the partition's queue that are past `delivery.timeout.ms`
+/// (Kafka's `RecordAccumulator.expiredBatches`; retries included, which leaves their sequences
+/// unresolved).
+fn expire_waiting(inner: &Inner, q: &mut PartitionQueue, now: Instant, why: &str) {
     while q
         .ready
         .front()
         .is_some_and(|b| now.duration_since(b.created) >= inner.config.delivery_timeout)
     {
         if let Some(b) = q.ready.pop_front() {
-            bump |= b.seq.is_some();
-            let err = ProducerError::Timeout(
-                "delivery.timeout.ms passed while waiting for a producer id (InitProducerId)"
-                    .into(),
-            );
-            finish_batch(inner, b, |_, _| Err(err.clone()));
+            let err = ProducerError::Timeout(format!("delivery.timeout.ms passed {why}"));
+            fail_batch(inner, q, b, &err);
         }
-    }
-    if bump {
-        request_epoch_bump(inner);
     }
 }
 
@@ -811,7 +833,7 @@ fn drain_idempotent(
     inner: &Inner,
     (topic, partition): (&str, i32),
     q: &mut PartitionQueue,
-    (producer_id, epoch): (i64, i16),
+    current: (i64, i16),
     now: Instant,
     shipments: &mut Vec<Shipment>,
     next_wake: &mut Option<Instant>,
@@ -819,6 +841,48 @@ fn drain_idempotent(
     if q.in_flight > 0 {
         return;
     }
+    expire_waiting(inner, q, now, "before the batch could be sent (again)");
+    let sequenced = |q: &PartitionQueue| q.ready.front().is_some_and(|b| b.seq.is_some());
+    if q.producer != Some(current) {
+        if q.rewrite {
+            // The epoch bump this partition asked for: its batches were not written, so they
+            // start again at 0 (Kafka's `startSequencesAtBeginning`).
+            for b in q.ready.iter_mut() {
+                b.seq = None;
+                b.retry_at = None;
+            }
+            q.rewrite = false;
+        }
+        // Batches sent under the old epoch go on being retried under it (the leader knows no
+        // newer one for this partition) until each is acknowledged or failed; only then does the
+        // partition move to the new epoch, starting at sequence 0.
+        if !sequenced(q) {
+            q.producer = Some(current);
+            q.next_seq = 0;
+            q.acked_seq = 0;
+            q.unresolved = None;
+        }
+    }
+    if q.rewrite {
+        // Waiting for the epoch bump it asked for.
+        return;
+    }
+    if !sequenced(q)
+        && !q.ready.is_empty()
+        && let Some(end) = q.unresolved
+    {
+        if q.acked_seq >= end {
+            q.unresolved = None;
+        } else {
+            // Batches of unknown outcome and no later batch left to tell whether they were
+            // written: new batches cannot follow them in this epoch (they would be refused as a
+            // gap, or, renumbered, duplicate them). Bump the epoch; they stay failed.
+            request_epoch_bump(inner, q.producer);
+            *next_wake = Some(now);
+            return;
+        }
+    }
+    let (producer_id, epoch) = current;
     let Some(front) = q.ready.front() else { return };
     if let Some(at) = front.retry_at
         && at > now
@@ -902,7 +966,12 @@ async fn sender_loop(inner: Arc<Inner>) {
                             &mut next_wake,
                         ),
                         None => {
-                            expire_waiting(&inner, q, now);
+                            expire_waiting(
+                                &inner,
+                                q,
+                                now,
+                                "while waiting for a producer id (InitProducerId)",
+                            );
                             if !q.ready.is_empty() {
                                 let at = now + inner.config.retry_backoff;
                                 next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
@@ -1060,7 +1129,9 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
     };
     match result {
         Err(e) => {
-            inner.client.invalidate(&shipments[0].topic);
+            // No answer: ask another broker for metadata first (the leader may be cut off from
+            // the cluster and still answer with its old view).
+            inner.client.broker_failed(leader);
             for s in shipments {
                 inner.client.invalidate(&s.topic);
                 requeue_or_fail(inner, s, e.clone());
@@ -1165,61 +1236,74 @@ fn release(inner: &Inner, topic: &str, partition: i32, acked: Option<i64>) {
         q.in_flight = q.in_flight.saturating_sub(1);
         if let Some(end) = acked {
             q.acked_seq = q.acked_seq.max(end);
+            // A later batch written proves the ones of unknown outcome before it written too
+            // (the leader appends a producer's sequences only in order).
+            if q.unresolved.is_some_and(|u| q.acked_seq >= u) {
+                q.unresolved = None;
+            }
         }
     }
 }
 
 fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
     let now = Instant::now();
-    // Idempotence: OUT_OF_ORDER_SEQUENCE_NUMBER / UNKNOWN_PRODUCER_ID for a batch sent while
-    // earlier ones were unacknowledged may only mean an earlier batch failed or had not arrived:
-    // retry it (alone, once nothing else is in flight). For a batch sent as the oldest
-    // unacknowledged one, the leader has a gap or lost this producer's state: bump the epoch.
     let sequence_error = matches!(
         e.code,
         ErrorCode::OutOfOrderSequenceNumber | ErrorCode::UnknownProducerId
     );
-    let sequenced = s.batches.first().is_some_and(|b| b.seq.is_some());
-    let mut bump = sequence_error && s.batches.first().is_some_and(|b| b.sent_as_head);
-    let retriable = (e.code.is_retriable() || (sequence_error && sequenced))
+    let first_seq = s.batches.first().and_then(|b| b.seq).map(|(_, seq)| seq);
+    let retriable = (e.code.is_retriable() || (sequence_error && first_seq.is_some()))
         && !inner.closed.load(Ordering::Acquire);
+    let mut queues = inner.queues.lock();
+    let Some(q) = queues.get_mut(&TopicPartition::new(s.topic.clone(), s.partition)) else {
+        drop(queues);
+        for b in s.batches {
+            finish_batch(inner, b, |_, _| Err(ProducerError::Api(e.clone())));
+        }
+        return;
+    };
+    q.in_flight = q.in_flight.saturating_sub(1);
+    // Idempotence (Kafka's `TransactionManager.canRetry`): OUT_OF_ORDER_SEQUENCE_NUMBER or
+    // UNKNOWN_PRODUCER_ID for the oldest unacknowledged batch — or for the batch right after
+    // batches of unknown outcome — proves a gap: the leader lost this producer's state or never
+    // got the batches before, so neither this batch nor any later one of the partition is
+    // written. They are renumbered under a new epoch (KIP-360). For any other batch the error
+    // may only mean an earlier one has not arrived: it is retried as it is.
+    let gap = sequence_error
+        && first_seq.is_some()
+        && (s.batches.first().is_some_and(|b| b.sent_as_head) || q.unresolved == first_seq);
+    if gap {
+        q.rewrite = true;
+        q.unresolved = None;
+        request_epoch_bump(inner, q.producer);
+    }
     let mut keep = Vec::new();
     for b in s.batches {
         if retriable && now.duration_since(b.created) < inner.config.delivery_timeout {
             keep.push(b);
         } else {
-            // A sequenced batch that will never be written leaves a gap: a new epoch closes it.
-            bump |= b.seq.is_some();
             let err = if retriable {
                 ProducerError::Timeout(format!("delivery.timeout.ms passed; last error: {e}"))
             } else {
                 ProducerError::Api(e.clone())
             };
-            finish_batch(inner, b, |_, _| Err(err.clone()));
+            // Sent, so maybe written: its sequence stays unresolved (unless a gap proved it
+            // missing). Never renumbered, never sent again.
+            fail_batch(inner, q, b, &err);
         }
     }
-    if let Some(q) = inner
-        .queues
-        .lock()
-        .get_mut(&TopicPartition::new(s.topic.clone(), s.partition))
-    {
-        for mut b in keep.into_iter().rev() {
-            // Out of order only because an earlier batch is being retried: no back-off needed,
-            // the partition waits for every earlier request anyway.
-            b.retry_at = (!sequence_error).then(|| now + inner.config.retry_backoff);
-            q.ready.push_front(b);
-        }
-        if inner.idempotence {
-            // Retries go back in sequence order, ahead of batches never sent (a stable sort).
-            q.ready
-                .make_contiguous()
-                .sort_by_key(|b| b.seq.map_or(i64::MAX, |(_, seq)| seq));
-        }
-        q.in_flight = q.in_flight.saturating_sub(1);
+    for mut b in keep.into_iter().rev() {
+        // A gap is renumbered under the new epoch at once; anything else waits a back-off.
+        b.retry_at = (!gap).then(|| now + inner.config.retry_backoff);
+        q.ready.push_front(b);
     }
-    if bump {
-        request_epoch_bump(inner);
+    if inner.idempotence {
+        // Retries go back in sequence order, ahead of batches never sent (a stable sort).
+        q.ready
+            .make_contiguous()
+            .sort_by_key(|b| b.seq.map_or(i64::MAX, |(_, seq)| seq));
     }
+    drop(queues);
     if retriable {
         tracing::debug!(topic = %s.topic, partition = s.partition, error = %e, "retrying a produce");
     }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rill_producer::{Producer, ProducerConfig, ProducerRecord};
@@ -23,11 +23,21 @@ struct Faults {
     refuse: HashSet<u64>,
     /// Request numbers appended, then answered with a timeout (the response is "lost").
     lose_response: HashSet<u64>,
+    /// Request numbers lost on the way: answered with a timeout, nothing appended.
+    lose_request: HashSet<u64>,
+    /// Request numbers refused for good (MESSAGE_TOO_LARGE), nothing appended.
+    reject: HashSet<u64>,
     /// Before this request number, the leader forgets every producer (as after an unclean
     /// failover or expiry).
     forget_producers_before: Option<u64>,
     /// How long each produce takes (so requests overlap).
     delay: Duration,
+    /// From this request number on, for this long, every request is appended (or recognised
+    /// as a duplicate) but its answer is lost: a leader whose acks=all answers stall past
+    /// `delivery.timeout.ms` while it keeps appending.
+    stall: Option<(u64, Duration)>,
+    /// During the stall requests are lost before they reach the log (nothing is appended).
+    stall_drops: bool,
 }
 
 /// A producer's last batches: (first seq, last seq, first offset).
@@ -47,6 +57,8 @@ struct State {
     producers: HashMap<i64, (i16, RecentBatches)>,
     next_producer_id: i64,
     init_requests: Vec<InitProducerIdRequest>,
+    /// When the stall of `faults.stall` began.
+    stall_began: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -138,13 +150,26 @@ impl Broker for FakeCluster {
             (st.requests, st.faults.delay)
         };
         tokio::time::sleep(delay).await;
-        let (refuse, lose) = {
-            let st = self.state.lock().unwrap();
+        let (refuse, lose, drop) = {
+            let mut st = self.state.lock().unwrap();
+            let stalled = match st.faults.stall {
+                Some((from, _)) if n == from => {
+                    st.stall_began = Some(Instant::now());
+                    true
+                }
+                Some((_, d)) => st.stall_began.is_some_and(|t| t.elapsed() < d),
+                None => false,
+            };
             (
                 st.faults.refuse.contains(&n),
-                st.faults.lose_response.contains(&n),
+                st.faults.lose_response.contains(&n) || stalled,
+                (stalled && st.faults.stall_drops) || st.faults.lose_request.contains(&n),
             )
         };
+        if drop {
+            self.state.lock().unwrap().in_flight -= 1;
+            return Err(Status::deadline_exceeded("injected: request lost"));
+        }
         let mut topics = Vec::new();
         for t in request.into_inner().topics {
             let mut partitions = Vec::new();
@@ -156,6 +181,8 @@ impl Broker for FakeCluster {
                 };
                 let outcome = if refuse {
                     Err((ErrorCode::NotLeaderOrFollower, "injected".to_owned()))
+                } else if self.state.lock().unwrap().faults.reject.contains(&n) {
+                    Err((ErrorCode::MessageTooLarge, "injected".to_owned()))
                 } else {
                     self.append(&p.records)
                 };
@@ -489,5 +516,158 @@ async fn a_lost_answer_to_a_full_request_is_not_written_twice() {
         st.init_requests.iter().all(|r| r.producer_id.is_none()),
         "no epoch bump was needed: {:?}",
         st.init_requests
+    );
+}
+
+/// Defect 2 of docs/reliability.md: the leader appends but its answers stall past
+/// `delivery.timeout.ms`. The batches of unknown outcome fail to their senders (a timeout), and
+/// the epoch bump that follows must not renumber and send again batches already sent under the
+/// old epoch — the leader could not recognise them and would write them twice. Before the fix
+/// every unacknowledged batch was renumbered from sequence 0 under the new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_unknown_outcome_are_never_sent_again_under_a_new_epoch() {
+    stall_past_the_delivery_timeout(false).await;
+}
+
+/// As above, but the stalled requests never reach the log: the batches of unknown outcome fail,
+/// the epoch is bumped once none is left, and what follows is written once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_lost_past_the_delivery_timeout_end_in_an_epoch_bump_not_in_duplicates() {
+    stall_past_the_delivery_timeout(true).await;
+}
+
+async fn stall_past_the_delivery_timeout(drops: bool) {
+    let cluster = start(Faults {
+        stall: Some((3, Duration::from_millis(1500))),
+        stall_drops: drops,
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await;
+    let producer = Producer::new(ProducerConfig {
+        // Many one-record batches per request, so a stalled request holds many of them.
+        max_request_size: 1 << 20,
+        delivery_timeout: Duration::from_millis(800),
+        request_timeout: Duration::from_millis(500),
+        ..config(&cluster)
+    })
+    .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..400 {
+        let record = ProducerRecord::new("t", None::<Bytes>, format!("v{i:04}"));
+        pending.push(producer.send(record).await.unwrap());
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(60), producer.flush())
+        .await
+        .expect("flush finishes");
+    // After the stall the producer carries on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 400..450 {
+        let record = ProducerRecord::new("t", None::<Bytes>, format!("v{i:04}"));
+        pending.push(producer.send(record).await.unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(60), producer.flush())
+        .await
+        .expect("flush finishes");
+    let mut acked = HashMap::new();
+    let mut timed_out = 0;
+    for (i, p) in pending.into_iter().enumerate() {
+        match p.await {
+            Ok(m) => {
+                acked.insert(format!("v{i:04}"), m.offset);
+            }
+            Err(rill_producer::ProducerError::Timeout(_)) => timed_out += 1,
+            Err(e) => panic!("record {i} failed otherwise: {e}"),
+        }
+        if i >= 400 && !acked.contains_key(&format!("v{i:04}")) {
+            panic!("record {i}, sent after the stall, is not acknowledged");
+        }
+    }
+    let st = cluster.state.lock().unwrap();
+    let mut seen = HashMap::new();
+    for (offset, r) in st.log.iter().enumerate() {
+        if let Some(first) = seen.insert(r.0.clone(), (offset, r.2, r.3)) {
+            panic!(
+                "{} written twice: at offset {} (epoch {}, sequence {}) and at {offset} (epoch {}, sequence {})",
+                r.0, first.0, first.1, first.2, r.2, r.3
+            );
+        }
+    }
+    for (value, offset) in &acked {
+        assert_eq!(
+            st.log.get(*offset as usize).map(|r| r.0.as_str()),
+            Some(value.as_str()),
+            "an acknowledged record is where its offset says"
+        );
+    }
+    let values: Vec<&str> = st.log.iter().map(|r| r.0.as_str()).collect();
+    assert!(values.is_sorted(), "records reordered: {values:?}");
+    assert!(timed_out > 0, "the stall outlasted delivery.timeout.ms");
+    assert!(
+        st.init_requests.iter().any(|r| r.producer_id.is_some()),
+        "the epoch was bumped: {:?}",
+        st.init_requests
+    );
+}
+
+/// A request of many batches is lost with its outcome unknown; the retry of its first batch is
+/// then refused for good. That batch fails (its outcome unknown to the producer), and the next
+/// one, refused as a sequence gap, proves it missing: the rest of the request is renumbered under
+/// a new epoch and written once — not retried as it is until `delivery.timeout.ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failed_for_good_is_followed_by_an_epoch_bump_not_a_retry_loop() {
+    let cluster = start(Faults {
+        lose_request: [3].into(),
+        reject: [4].into(),
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .await;
+    let producer = Producer::new(ProducerConfig {
+        max_request_size: 1 << 20,
+        ..config(&cluster)
+    })
+    .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..300 {
+        let record = ProducerRecord::new("t", None::<Bytes>, format!("v{i:04}"));
+        pending.push(producer.send(record).await.unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(20), producer.flush())
+        .await
+        .expect("flush finishes well before delivery.timeout.ms");
+    let mut failed = Vec::new();
+    let mut acked = Vec::new();
+    for (i, p) in pending.into_iter().enumerate() {
+        match p.await {
+            Ok(m) => acked.push((format!("v{i:04}"), m.offset)),
+            Err(e) => {
+                assert!(e.to_string().contains("MESSAGE_TOO_LARGE"), "{e}");
+                failed.push(i);
+            }
+        }
+    }
+    assert_eq!(
+        failed.len(),
+        1,
+        "one batch of one record refused: {failed:?}"
+    );
+    let st = cluster.state.lock().unwrap();
+    let values: Vec<String> = st.log.iter().map(|r| r.0.clone()).collect();
+    let expected: Vec<String> = acked.iter().map(|a| a.0.clone()).collect();
+    assert_eq!(values, expected, "every other record once, in order");
+    for (value, offset) in &acked {
+        assert_eq!(&st.log[*offset as usize].0, value);
+    }
+    let bumps = st.init_requests.iter().filter(|r| r.producer_id.is_some());
+    assert_eq!(bumps.count(), 1, "{:?}", st.init_requests);
+    let first_bumped = st.log.iter().position(|r| r.2 == 1).unwrap();
+    assert_eq!(st.log[first_bumped].3, 0, "the new epoch starts at 0");
+    assert!(
+        values[first_bumped] > format!("v{:04}", failed[0]),
+        "only batches after the refused one are renumbered"
     );
 }

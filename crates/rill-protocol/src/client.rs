@@ -2,9 +2,16 @@
 //! from any broker, a metadata cache (partition leaders and epochs), one lazily connected
 //! channel per broker, and admin calls to the controller quorum that follow NOT_CONTROLLER
 //! hints. No retries of data requests here: the producer and consumer decide those.
+//!
+//! Metadata never goes backwards (KIP-320, Kafka's `Metadata.updateLatestMetadata`): a
+//! partition's cached leader is replaced only by an answer with the same or a newer leader
+//! epoch, so a broker with an old view (one cut off from the controllers, say) cannot send the
+//! client back to a deposed leader. Refreshes ask the known brokers in turn, starting at a
+//! different one each time and asking the one that failed last only when the others did too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 use std::time::{Duration, Instant};
@@ -26,13 +33,71 @@ pub struct LeaderInfo {
     pub epoch: i32,
 }
 
+/// A topic's cached metadata.
+#[derive(Clone, Debug)]
+struct TopicEntry {
+    /// The topic id: a topic deleted and created again has a new one, and its leader epochs
+    /// start again.
+    id: String,
+    partitions: Vec<LeaderInfo>,
+    /// Invalidated: the next lookup asks the brokers again (the leader epochs are kept, so an
+    /// older answer still cannot replace them).
+    stale: bool,
+}
+
 #[derive(Default)]
 struct Cache {
     brokers: HashMap<i32, String>,
     controllers: Vec<(i32, String)>,
-    topics: HashMap<String, Vec<LeaderInfo>>,
+    topics: HashMap<String, TopicEntry>,
     channels: HashMap<String, Channel>,
     refreshed: Option<Instant>,
+    /// The broker address that failed last (a metadata request, or a request the caller
+    /// reported with [`ClusterClient::broker_failed`]): asked for metadata last.
+    failed: Option<String>,
+}
+
+impl Cache {
+    /// Takes the metadata of topic `t`: per partition, only a leader epoch at least as new as
+    /// the cached one replaces it; a different topic id (the topic was re-created) replaces all.
+    fn absorb_topic(&mut self, t: &crate::proto::TopicMetadata) {
+        let len = t
+            .partitions
+            .iter()
+            .map(|p| p.index as usize + 1)
+            .max()
+            .unwrap_or(0)
+            .max(t.partitions.len());
+        let offline = LeaderInfo {
+            leader: -1,
+            epoch: -1,
+        };
+        let mut parts = match self.topics.get(&t.name) {
+            Some(e) if e.id == t.topic_id => e.partitions.clone(),
+            _ => Vec::new(),
+        };
+        if parts.len() < len {
+            parts.resize(len, offline);
+        }
+        for p in &t.partitions {
+            if let Some(slot) = parts.get_mut(p.index as usize)
+                && p.leader_epoch >= slot.epoch
+            {
+                *slot = LeaderInfo {
+                    leader: p.leader_id,
+                    epoch: p.leader_epoch,
+                };
+            }
+        }
+        self.topics.insert(
+            t.name.clone(),
+            TopicEntry {
+                id: t.topic_id.clone(),
+                partitions: parts,
+                stale: false,
+            },
+        );
+    }
 }
 
 /// A connection to a rill cluster.
@@ -41,6 +106,8 @@ pub struct ClusterClient {
     bootstrap: Vec<String>,
     cache: Arc<RwLock<Cache>>,
     timeout: Duration,
+    /// Where the next refresh starts among the known brokers.
+    rotation: Arc<AtomicUsize>,
 }
 
 fn unavailable(msg: String) -> ApiError {
@@ -60,6 +127,12 @@ impl ClusterClient {
             bootstrap: bootstrap.to_vec(),
             cache: Arc::new(RwLock::new(Cache::default())),
             timeout: request_timeout,
+            // Clients start at different brokers (std's per-instance random hash keys).
+            rotation: Arc::new(AtomicUsize::new(
+                std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0)
+                    as usize
+                    % 1024,
+            )),
         })
     }
 
@@ -97,10 +170,50 @@ impl ClusterClient {
             .max_encoding_message_size(usize::MAX))
     }
 
-    /// Fetches metadata for `topics` (all when empty) from any reachable broker and caches it.
+    /// Notes that a request to broker `id` failed without an answer (unreachable, timed out):
+    /// the next metadata refreshes ask the other brokers first, since a broker cut off from the
+    /// cluster may still answer with its old view.
+    pub fn broker_failed(&self, id: i32) {
+        let mut c = self.cache.write();
+        if let Some(addr) = c.brokers.get(&id).cloned() {
+            c.failed = Some(addr);
+        }
+    }
+
+    /// The addresses a refresh asks, in order: the known brokers starting at the next one in
+    /// turn, then the bootstrap addresses not among them, and the one that failed last at the
+    /// end.
+    fn candidates(&self) -> Vec<String> {
+        let (mut brokers, failed) = {
+            let c = self.cache.read();
+            let b: Vec<String> = c.brokers.values().cloned().collect();
+            (b, c.failed.clone())
+        };
+        brokers.sort();
+        brokers.dedup();
+        if !brokers.is_empty() {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) % brokers.len();
+            brokers.rotate_left(start);
+        }
+        for b in &self.bootstrap {
+            if !brokers.contains(b) {
+                brokers.push(b.clone());
+            }
+        }
+        if let Some(f) = failed
+            && brokers.len() > 1
+            && let Some(i) = brokers.iter().position(|b| *b == f)
+        {
+            let f = brokers.remove(i);
+            brokers.push(f);
+        }
+        brokers
+    }
+
+    /// Fetches metadata for `topics` (all when empty) from any reachable broker and caches it
+    /// (never going back to an older leader epoch). The answer is returned as the broker gave it.
     pub async fn refresh(&self, topics: &[String]) -> Result<MetadataResponse, ApiError> {
-        let mut candidates: Vec<String> = self.cache.read().brokers.values().cloned().collect();
-        candidates.extend(self.bootstrap.iter().cloned());
+        let candidates = self.candidates();
         let mut last = unavailable(format!(
             "no broker reachable at {}",
             self.bootstrap.join(",")
@@ -118,10 +231,15 @@ impl ClusterClient {
                 Ok(r) => {
                     let r = r.into_inner();
                     self.absorb(&r);
+                    let mut c = self.cache.write();
+                    if c.failed.as_ref() == Some(&addr) {
+                        c.failed = None;
+                    }
                     return Ok(r);
                 }
                 Err(status) => {
                     last = ApiError::from(status);
+                    self.cache.write().failed = Some(addr.clone());
                     if !tried.contains(&addr) {
                         tried.push(addr);
                     }
@@ -154,22 +272,7 @@ impl ClusterClient {
             .collect();
         for t in &r.topics {
             if t.error_code == 0 {
-                let mut parts = vec![
-                    LeaderInfo {
-                        leader: -1,
-                        epoch: -1
-                    };
-                    t.partitions.len()
-                ];
-                for p in &t.partitions {
-                    if let Some(slot) = parts.get_mut(p.index as usize) {
-                        *slot = LeaderInfo {
-                            leader: p.leader_id,
-                            epoch: p.leader_epoch,
-                        };
-                    }
-                }
-                c.topics.insert(t.name.clone(), parts);
+                c.absorb_topic(t);
             } else {
                 c.topics.remove(&t.name);
             }
@@ -179,8 +282,10 @@ impl ClusterClient {
 
     /// Cached partitions of `topic`, refreshing when unknown.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<LeaderInfo>, ApiError> {
-        if let Some(p) = self.cache.read().topics.get(topic).cloned() {
-            return Ok(p);
+        if let Some(t) = self.cache.read().topics.get(topic)
+            && !t.stale
+        {
+            return Ok(t.partitions.clone());
         }
         let r = self.refresh(&[topic.to_owned()]).await?;
         match r.topics.iter().find(|t| t.name == topic) {
@@ -188,7 +293,7 @@ impl ClusterClient {
                 crate::ErrorCode::try_from(t.error_code).unwrap_or(ErrorCode::UnknownServerError),
                 t.error_message.clone(),
             )),
-            _ => self.cache.read().topics.get(topic).cloned().ok_or_else(|| {
+            _ => self.cached_partitions(topic).ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::UnknownTopicOrPartition,
                     format!("topic {topic:?} does not exist"),
@@ -199,7 +304,20 @@ impl ClusterClient {
 
     /// The cached partition count of `topic`, without any I/O.
     pub fn cached_partition_count(&self, topic: &str) -> Option<usize> {
-        self.cache.read().topics.get(topic).map(Vec::len)
+        self.cache
+            .read()
+            .topics
+            .get(topic)
+            .map(|t| t.partitions.len())
+    }
+
+    /// The cached partitions of `topic` (invalidated or not), without any I/O.
+    pub fn cached_partitions(&self, topic: &str) -> Option<Vec<LeaderInfo>> {
+        self.cache
+            .read()
+            .topics
+            .get(topic)
+            .map(|t| t.partitions.clone())
     }
 
     /// Like [`partitions`](Self::partitions), but waits up to `patience` for a topic that does
@@ -227,16 +345,19 @@ impl ClusterClient {
             .write()
             .topics
             .get_mut(topic)
-            .and_then(|p| p.get_mut(partition as usize))
+            .and_then(|t| t.partitions.get_mut(partition as usize))
             && info.epoch >= slot.epoch
         {
             *slot = info;
         }
     }
 
-    /// Forgets a topic so the next lookup refreshes it.
+    /// Marks a topic's metadata stale so the next lookup refreshes it. Its leader epochs are
+    /// kept: the refresh cannot take an older leader over a newer one.
     pub fn invalidate(&self, topic: &str) {
-        self.cache.write().topics.remove(topic);
+        if let Some(t) = self.cache.write().topics.get_mut(topic) {
+            t.stale = true;
+        }
     }
 
     /// Calls the active controller (found through broker metadata), following NOT_CONTROLLER
@@ -315,6 +436,161 @@ where
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{BrokerDescription, Endpoint, PartitionMetadata, TopicMetadata};
+
+    /// A metadata answer for topic `t` (id `topic_id`): `(leader, leader epoch)` per partition,
+    /// and brokers 1..=3 on ports 9001..=9003.
+    fn answer(topic_id: &str, leaders: &[(i32, i32)]) -> MetadataResponse {
+        MetadataResponse {
+            brokers: (1..=3)
+                .map(|id| BrokerDescription {
+                    node_id: id,
+                    endpoints: vec![Endpoint {
+                        name: "PLAINTEXT".into(),
+                        host: "127.0.0.1".into(),
+                        port: 9000 + id as u32,
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            topics: vec![TopicMetadata {
+                name: "t".into(),
+                topic_id: topic_id.into(),
+                partitions: leaders
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (leader, epoch))| PartitionMetadata {
+                        index: i as i32,
+                        leader_id: *leader,
+                        leader_epoch: *epoch,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn client() -> ClusterClient {
+        ClusterClient::new(&["127.0.0.1:9001".into()], Duration::from_secs(1)).unwrap()
+    }
+
+    fn leaders(c: &ClusterClient) -> Vec<(i32, i32)> {
+        c.cached_partitions("t")
+            .unwrap()
+            .iter()
+            .map(|l| (l.leader, l.epoch))
+            .collect()
+    }
+
+    /// Defect 3 of docs/reliability.md: `absorb` took whatever a broker answered, so a broker
+    /// with an old view (a leader cut off from the controllers) sent the client back to it.
+    #[test]
+    fn an_older_leader_epoch_never_replaces_a_newer_one() {
+        let c = client();
+        c.absorb(&answer("id-1", &[(2, 5), (1, 3)]));
+        // A stale broker: partition 0 at an older epoch (ignored), partition 1 at a newer one
+        // (taken).
+        c.absorb(&answer("id-1", &[(1, 4), (3, 4)]));
+        assert_eq!(leaders(&c), [(2, 5), (3, 4)]);
+        // The same epoch is accepted (the leader may come back online at it), a newer one too.
+        c.absorb(&answer("id-1", &[(-1, 5), (2, 6)]));
+        assert_eq!(leaders(&c), [(-1, 5), (2, 6)]);
+        c.absorb(&answer("id-1", &[(2, 5), (3, 6)]));
+        assert_eq!(leaders(&c), [(2, 5), (3, 6)]);
+        // Invalidating keeps the epochs: the refresh that follows cannot go back either.
+        c.invalidate("t");
+        assert_eq!(c.cached_partition_count("t"), Some(2));
+        c.absorb(&answer("id-1", &[(1, 0), (1, 0)]));
+        assert_eq!(leaders(&c), [(2, 5), (3, 6)]);
+        // update_leader (from an error response's current leader) follows the same rule.
+        c.update_leader(
+            "t",
+            0,
+            LeaderInfo {
+                leader: 1,
+                epoch: 4,
+            },
+        );
+        c.update_leader(
+            "t",
+            1,
+            LeaderInfo {
+                leader: 1,
+                epoch: 7,
+            },
+        );
+        assert_eq!(leaders(&c), [(2, 5), (1, 7)]);
+    }
+
+    #[test]
+    fn an_invalidated_topic_is_asked_for_again() {
+        let c = client();
+        c.absorb(&answer("id-1", &[(2, 5)]));
+        assert!(!c.cache.read().topics["t"].stale);
+        c.invalidate("t");
+        assert!(
+            c.cache.read().topics["t"].stale,
+            "the next lookup refreshes"
+        );
+        c.absorb(&answer("id-1", &[(2, 5)]));
+        assert!(!c.cache.read().topics["t"].stale);
+    }
+
+    #[test]
+    fn a_recreated_topic_takes_the_new_metadata() {
+        let c = client();
+        c.absorb(&answer("id-1", &[(2, 5), (1, 3), (3, 9)]));
+        // Deleted and created again with fewer partitions: a new id, epochs from 0.
+        c.absorb(&answer("id-2", &[(1, 0), (3, 0)]));
+        assert_eq!(leaders(&c), [(1, 0), (3, 0)]);
+        // Deleted: forgotten.
+        let mut gone = answer("id-2", &[]);
+        gone.topics[0].error_code = ErrorCode::UnknownTopicOrPartition as i32;
+        c.absorb(&gone);
+        assert!(c.cached_partitions("t").is_none());
+    }
+
+    #[test]
+    fn partitions_added_keep_the_known_ones() {
+        let c = client();
+        c.absorb(&answer("id-1", &[(2, 5)]));
+        c.absorb(&answer("id-1", &[(1, 4), (3, 0), (1, 0)]));
+        assert_eq!(leaders(&c), [(2, 5), (3, 0), (1, 0)]);
+        // An answer from before the partitions were added does not drop them.
+        c.absorb(&answer("id-1", &[(2, 6)]));
+        assert_eq!(leaders(&c), [(2, 6), (3, 0), (1, 0)]);
+    }
+
+    #[test]
+    fn refreshes_rotate_over_the_brokers_and_ask_the_failed_one_last() {
+        let c = client();
+        c.absorb(&answer("id-1", &[(2, 5)]));
+        let firsts: std::collections::HashSet<String> =
+            (0..3).map(|_| c.candidates()[0].clone()).collect();
+        assert_eq!(firsts.len(), 3, "each broker is asked first in turn");
+        let all = c.candidates();
+        assert_eq!(
+            all.len(),
+            3,
+            "bootstrap addresses already known are not repeated"
+        );
+        c.broker_failed(2);
+        for _ in 0..3 {
+            let order = c.candidates();
+            assert_eq!(order.len(), 3);
+            assert_eq!(
+                order[2], "127.0.0.1:9002",
+                "the failed broker last: {order:?}"
+            );
         }
     }
 }

@@ -1,0 +1,422 @@
+//! Defect 2 of docs/reliability.md against real `rill-controller` and `rill-broker` processes:
+//! the follower of a partition is paused (SIGSTOP), so the leader keeps appending but its
+//! acks=all answers stall past `delivery.timeout.ms`; the producer fails those batches as
+//! timeouts and bumps its epoch. Once the follower resumes (SIGCONT) every value must be in the
+//! log at most once, and every acknowledged one exactly where its offset says. Before the fix the
+//! bump renumbered batches already sent (and appended) under the old epoch from sequence 0, and
+//! the leader wrote them again.
+//!
+//! The binaries are found in `RILL_BIN_DIR`, else next to the test executable
+//! (`cargo build --workspace --bins`, as `cargo xtask ci` does).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rill_producer::{Producer, ProducerConfig, ProducerError, ProducerRecord};
+use rill_protocol::client::ClusterClient;
+use rill_protocol::proto::*;
+use rill_protocol::record_batch::batches;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("RILL_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().and_then(|deps| deps.parent()).unwrap().into()
+        }
+    };
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace --bins` or set RILL_BIN_DIR",
+        p.display()
+    );
+    p
+}
+
+/// One controller and two brokers; the processes are killed on drop.
+struct Cluster {
+    brokers: Vec<(i32, String, Child)>,
+    controller: Child,
+    dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p =
+            std::env::temp_dir().join(format!("rill-producer-test-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self
+            .brokers
+            .iter_mut()
+            .map(|b| &mut b.2)
+            .chain(std::iter::once(&mut self.controller))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn stderr_to(dir: &std::path::Path) -> std::fs::File {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::File::create(dir.join("stderr.log")).unwrap()
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = TempDir::new();
+        let caddr = format!("127.0.0.1:{}", free_port());
+        let voters = format!("1@{caddr}");
+        let cdir = dir.path().join("controller-1");
+        let controller = Command::new(binary("rill-controller"))
+            .args(["--node-id", "1", "--listeners", &caddr, "--voters", &voters])
+            .arg("--metadata-log-dir")
+            .arg(cdir.join("metadata"))
+            .args(["--override", "controller.quorum.tick.ms=50"])
+            .args(["--override", "controller.quorum.election.timeout.ms=500"])
+            .stdout(Stdio::null())
+            .stderr(stderr_to(&cdir))
+            .spawn()
+            .unwrap();
+        let mut brokers = Vec::new();
+        for id in 1..=2 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let bdir = dir.path().join(format!("broker-{id}"));
+            let child = Command::new(binary("rill-broker"))
+                .args(["--node-id", &id.to_string(), "--listeners", &addr])
+                .args(["--voters", &voters])
+                .arg("--log-dirs")
+                .arg(bdir.join("logs"))
+                .args(["--override", "broker.heartbeat.interval.ms=200"])
+                .args(["--override", "offsets.topic.replication.factor=2"])
+                // The paused follower stays in the ISR: acks=all stalls for the whole pause.
+                .args(["--override", "replica.lag.time.max.ms=60000"])
+                .stdout(Stdio::null())
+                .stderr(stderr_to(&bdir))
+                .spawn()
+                .unwrap();
+            brokers.push((id, addr, child));
+        }
+        let cluster = Cluster {
+            brokers,
+            controller,
+            dir,
+        };
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    fn bootstrap(&self) -> Vec<String> {
+        self.brokers.iter().map(|b| b.1.clone()).collect()
+    }
+
+    fn client(&self) -> ClusterClient {
+        ClusterClient::new(&self.bootstrap(), Duration::from_secs(5)).unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["controller-1", "broker-1", "broker-2"] {
+            let log = std::fs::read_to_string(self.dir.path().join(name).join("stderr.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            out += &format!("--- {name} ---\n");
+            out += &tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            out += "\n";
+        }
+        out
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self
+                .client()
+                .admin(Duration::from_secs(2), |mut c| async move {
+                    c.describe_cluster(DescribeClusterRequest {}).await
+                })
+                .await;
+            if answer.is_ok_and(|c| c.brokers.iter().filter(|b| !b.fenced).count() >= 2) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not healthy within 30 s\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Creates `topic` (one partition on both brokers) and returns its leader once it answers.
+    async fn create_topic(&self, topic: &str) -> i32 {
+        let request = CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: topic.into(),
+                num_partitions: 1,
+                replication_factor: 2,
+                configs: vec![ConfigEntry {
+                    name: "min.insync.replicas".into(),
+                    value: Some("2".into()),
+                }],
+            }],
+            validate_only: false,
+        };
+        let r = self
+            .client()
+            .admin(Duration::from_secs(10), |mut c| {
+                let request = request.clone();
+                async move { c.create_topics(request).await }
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let client = self.client();
+            if let Ok(p) = client.partitions(topic).await
+                && p[0].leader >= 0
+                && fetch(&client, p[0].leader, topic, 0).await.is_ok()
+            {
+                return p[0].leader;
+            }
+            assert!(Instant::now() < deadline, "topic {topic} not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn signal(&self, broker: i32, signal: &str) {
+        let pid = self.brokers.iter().find(|b| b.0 == broker).unwrap().2.id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// One consumer fetch of partition 0 of `topic` from `offset`: (high watermark, batches).
+async fn fetch(
+    client: &ClusterClient,
+    leader: i32,
+    topic: &str,
+    offset: i64,
+) -> Result<(i64, Bytes), String> {
+    let r = client
+        .broker(leader)
+        .map_err(|e| e.to_string())?
+        .fetch(FetchRequest {
+            replica_id: -1,
+            replica_epoch: -1,
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 4 << 20,
+            topics: vec![FetchTopic {
+                name: topic.into(),
+                partitions: vec![FetchPartition {
+                    index: 0,
+                    current_leader_epoch: -1,
+                    fetch_offset: offset,
+                    partition_max_bytes: 4 << 20,
+                    last_fetched_epoch: -1,
+                    log_start_offset: -1,
+                }],
+            }],
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let p = &r.topics[0].partitions[0];
+    if p.error_code != 0 {
+        return Err(p.error_message.clone());
+    }
+    Ok((p.high_watermark, p.records.clone()))
+}
+
+/// Every record of the partition below the high watermark: (offset, value, producer epoch,
+/// sequence).
+async fn read_all(
+    client: &ClusterClient,
+    leader: i32,
+    topic: &str,
+) -> Vec<(i64, String, i16, i32)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (hw, bytes) = fetch(client, leader, topic, offset).await.unwrap();
+        if offset >= hw {
+            return out;
+        }
+        let mut progressed = false;
+        for b in batches(&bytes) {
+            let b = b.unwrap();
+            let h = *b.header();
+            for (i, r) in b.records(usize::MAX).unwrap().iter().enumerate() {
+                let r = r.unwrap();
+                if r.offset < offset || r.offset >= hw {
+                    continue;
+                }
+                let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+                out.push((
+                    r.offset,
+                    value,
+                    h.producer_epoch,
+                    h.base_sequence + i as i32,
+                ));
+                offset = r.offset + 1;
+                progressed = true;
+            }
+        }
+        assert!(
+            progressed,
+            "no progress reading at offset {offset} (hw {hw})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_stalled_past_the_delivery_timeout_write_no_value_twice() {
+    let cluster = Cluster::start().await;
+    let topic = "stalled";
+    let leader = cluster.create_topic(topic).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        // One record per batch.
+        batch_size: 64,
+        linger: Duration::from_millis(2),
+        retry_backoff: Duration::from_millis(50),
+        request_timeout: Duration::from_millis(1000),
+        delivery_timeout: Duration::from_millis(2500),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(producer.is_idempotent());
+
+    let mut pending = Vec::new();
+    let started = Instant::now();
+    let mut paused = false;
+    let mut resumed = false;
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(9) {
+        let at = started.elapsed();
+        if !paused && at >= Duration::from_secs(1) {
+            cluster.signal(follower, "STOP");
+            paused = true;
+        }
+        if paused && !resumed && at >= Duration::from_millis(5500) {
+            cluster.signal(follower, "CONT");
+            resumed = true;
+        }
+        // Several one-record batches per request: the request stalled holds many of them.
+        for _ in 0..4 {
+            let record = ProducerRecord::new(topic, None::<Bytes>, format!("v{i:06}"));
+            pending.push(producer.send(record).await.unwrap());
+            i += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(60), producer.flush())
+        .await
+        .expect("flush finishes");
+    let mut acked = HashMap::new();
+    let mut timed_out = 0;
+    for (i, p) in pending.into_iter().enumerate() {
+        match p.await {
+            Ok(m) => {
+                acked.insert(format!("v{i:06}"), m.offset);
+            }
+            Err(ProducerError::Timeout(_)) => timed_out += 1,
+            Err(e) => panic!("record {i} failed otherwise: {e}"),
+        }
+    }
+    let epoch = producer.producer_id_and_epoch().map(|p| p.1);
+
+    let client = cluster.client();
+    assert_eq!(client.partitions(topic).await.unwrap()[0].leader, leader);
+    // Everything the leader appended is committed once the follower has caught up: wait for the
+    // high watermark to settle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = -1;
+    loop {
+        let (hw, _) = fetch(&client, leader, topic, 0).await.unwrap();
+        if hw == last || Instant::now() >= deadline {
+            break;
+        }
+        last = hw;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let log = read_all(&client, leader, topic).await;
+    eprintln!(
+        "{} records sent: {} acknowledged, {timed_out} timed out; producer epoch {epoch:?}; {} records in the log",
+        i,
+        acked.len(),
+        log.len()
+    );
+    let mut seen: HashMap<&str, (i64, i16, i32)> = HashMap::new();
+    let mut twice = Vec::new();
+    for (offset, value, epoch, seq) in &log {
+        if let Some(first) = seen.insert(value, (*offset, *epoch, *seq)) {
+            twice.push(format!(
+                "{value} at {} (epoch {}, sequence {}) and at {offset} (epoch {epoch}, sequence {seq})",
+                first.0, first.1, first.2
+            ));
+        }
+    }
+    assert!(
+        twice.is_empty(),
+        "{} values written twice, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(3)]
+    );
+    for (value, offset) in &acked {
+        assert_eq!(
+            seen.get(value.as_str()).map(|s| s.0),
+            Some(*offset),
+            "{value} acknowledged at {offset}"
+        );
+    }
+    // The fault did what it is meant to.
+    assert!(timed_out > 0, "the stall outlasted delivery.timeout.ms");
+    assert!(epoch >= Some(1), "the epoch was bumped: {epoch:?}");
+    assert!(
+        acked.len() > 100,
+        "records were acknowledged: {}",
+        acked.len()
+    );
+}
