@@ -626,6 +626,18 @@ impl GroupMember {
         topic: &str,
         session_ms: u32,
     ) -> GroupMember {
+        Self::start_with(name, addr, group, topic, session_ms, &[])
+    }
+
+    /// As [`start_with_session`](Self::start_with_session), with more kcat arguments.
+    fn start_with(
+        name: &'static str,
+        addr: &str,
+        group: &str,
+        topic: &str,
+        session_ms: u32,
+        extra: &[&str],
+    ) -> GroupMember {
         use std::io::BufRead;
         let mut child = match Command::new("kcat")
             .args([
@@ -648,6 +660,7 @@ impl GroupMember {
                 "-X",
                 &format!("client.id={name}"),
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -684,21 +697,47 @@ impl GroupMember {
         }
     }
 
-    /// The partitions of the latest "assigned:" rebalance line, `None` before the first one or
-    /// after a revocation.
+    /// The partitions the member owns, from kcat's rebalance lines: an eager "assigned:"
+    /// replaces the assignment and "revoked:" clears it; a cooperative ("incremental") line
+    /// adds or removes its partitions. `None` before the first assignment or after an eager
+    /// revocation.
     fn assignment(&self) -> Option<std::collections::BTreeSet<i32>> {
         let log = self.log.lock().unwrap();
-        let last = log.iter().rev().find(|l| l.contains("rebalanced"))?;
-        let (_, parts) = last.split_once("assigned: ")?;
-        Some(
-            parts
-                .split(", ")
-                .filter_map(|p| {
-                    let (_, rest) = p.split_once('[')?;
-                    rest.trim_end_matches(']').trim().parse().ok()
-                })
-                .collect(),
-        )
+        let mut owned: Option<std::collections::BTreeSet<i32>> = None;
+        for line in log.iter().filter(|l| l.contains("rebalanced")) {
+            // Eager: "... (memberid M): assigned: t [0], t [1]" (or "revoked: ...");
+            // cooperative: "... incremental assignment of 2 partition(s) (memberid M,
+            // COOPERATIVE rebalance protocol): t [0], t [1]" (or "incremental revoke ...").
+            let incremental = line.contains("incremental");
+            let (assign, parts) = if incremental {
+                let Some((_, p)) = line.split_once("protocol): ") else {
+                    continue;
+                };
+                (line.contains("incremental assign"), p)
+            } else if let Some((_, p)) = line.split_once("assigned: ") {
+                (true, p)
+            } else if let Some((_, p)) = line.split_once("revoked: ") {
+                (false, p)
+            } else {
+                continue;
+            };
+            let parts = parts.split(", ").filter_map(|p| {
+                let (_, rest) = p.split_once('[')?;
+                rest.trim_end_matches(']').trim().parse::<i32>().ok()
+            });
+            match (incremental, assign) {
+                (false, true) => owned = Some(parts.collect()),
+                (false, false) => owned = None,
+                (true, true) => owned.get_or_insert_with(Default::default).extend(parts),
+                (true, false) => {
+                    let gone: Vec<i32> = parts.collect();
+                    if let Some(o) = owned.as_mut() {
+                        o.retain(|p| !gone.contains(p));
+                    }
+                }
+            }
+        }
+        owned
     }
 
     fn records(&self) -> Vec<String> {
@@ -1188,4 +1227,67 @@ async fn kcat_group_survives_its_coordinator_failing_over() {
     let mut want = second.clone();
     want.sort();
     assert_eq!(got, want, "each record once across the failover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_cooperative_sticky_members_rebalance_incrementally() {
+    const TOPIC: &str = "cooperative";
+    const GROUP: &str = "kcat-cooperative";
+    const PARTITIONS: i32 = 6;
+    let cluster = Cluster::start_with_kafka(1, 1, &["group.initial.rebalance.delay.ms=300"]).await;
+    cluster.create_topic(TOPIC, PARTITIONS, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let all: std::collections::BTreeSet<i32> = (0..PARTITIONS).collect();
+    let coop = ["-X", "partition.assignment.strategy=cooperative-sticky"];
+    let a = GroupMember::start_with("coop-a", &addr, GROUP, TOPIC, 6000, &coop);
+    let split = |ms: &[&GroupMember]| {
+        let sets: Vec<_> = ms
+            .iter()
+            .map(|m| m.assignment().unwrap_or_default())
+            .collect();
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: std::collections::BTreeSet<i32> = sets.iter().flatten().copied().collect();
+        sets.iter().all(|s| !s.is_empty()) && total == all.len() && union == all
+    };
+    wait_until(
+        "the first member did not get every partition",
+        Duration::from_secs(30),
+        &[&a],
+        || split(&[&a]),
+    )
+    .await;
+    // A second member joins: the leader revokes only what moves (an incremental rebalance,
+    // then a second join), and A keeps the rest throughout.
+    let b = GroupMember::start_with("coop-b", &addr, GROUP, TOPIC, 6000, &coop);
+    wait_until(
+        "the two cooperative members did not split the partitions",
+        Duration::from_secs(40),
+        &[&a, &b],
+        || split(&[&a, &b]),
+    )
+    .await;
+    let a_log = a.log.lock().unwrap().join("\n");
+    assert!(
+        a_log.contains("incremental") && a_log.contains("COOPERATIVE"),
+        "A did not rebalance cooperatively:\n{a_log}"
+    );
+    assert!(
+        !a_log.contains("rebalanced (memberid"),
+        "an eager rebalance line in a cooperative group:\n{a_log}"
+    );
+    let values_in = tokio::task::block_in_place(|| produce_numbered(&addr, TOPIC, 0..40));
+    wait_until(
+        "the members did not consume 40 records",
+        Duration::from_secs(30),
+        &[&a, &b],
+        || a.records().len() + b.records().len() >= values_in.len(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got: Vec<String> = values(&a.records());
+    got.extend(values(&b.records()));
+    got.sort();
+    let mut want = values_in;
+    want.sort();
+    assert_eq!(got, want, "each record once");
 }
