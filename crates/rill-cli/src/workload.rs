@@ -292,6 +292,8 @@ pub struct RunResult {
     pub percent_of_max: Option<f64>,
     pub topics: Vec<String>,
     pub intervals: Vec<Interval>,
+    /// Length of the test phase as measured (the rates below are over it).
+    pub test_secs: f64,
     /// Test phase: records acknowledged per second.
     pub publish_rate: f64,
     pub publish_mb_s: f64,
@@ -788,6 +790,7 @@ async fn run_on_topics(
     let mut intervals = Vec::new();
     let mut total = Counts::default();
     let mut test = Counts::default();
+    let mut test_secs = 0.0f64;
     let mut publish = histogram();
     let mut e2e = histogram();
     let mut first_error = None;
@@ -845,13 +848,16 @@ async fn run_on_topics(
         } else {
             "test"
         };
-        let c = record_interval(phase, now_tick, last, collect(&recorders), &mut total);
+        // The reporter may wake late on a busy machine: rates use the real interval.
+        let now = Instant::now().max(now_tick);
+        let c = record_interval(phase, now, last, collect(&recorders), &mut total);
         if phase == "test" {
             test.add(&c.counts);
+            test_secs += now.saturating_duration_since(last).as_secs_f64();
             let _ = publish.add(&c.publish);
             let _ = e2e.add(&c.e2e);
         }
-        last = now_tick;
+        last = now;
     }
     // Drain: the producers settle what is in flight, the consumers catch up.
     let drain_deadline = Instant::now() + Duration::from_secs_f64(w.drain_secs);
@@ -911,12 +917,13 @@ async fn run_on_topics(
             eprintln!("{e:#}");
         }
     }
-    let secs = w.test_secs;
+    let secs = test_secs.max(1e-9);
     let result = RunResult {
         target_rate: rate,
         percent_of_max,
         topics,
         intervals,
+        test_secs,
         publish_rate: test.acked as f64 / secs,
         publish_mb_s: test.acked_bytes as f64 / secs / 1e6,
         consume_rate: test.consumed as f64 / secs,
