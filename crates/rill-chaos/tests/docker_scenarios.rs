@@ -27,11 +27,10 @@
 //! to the new leader; `1s` is `1` also requiring the writers to move while they still reach the
 //! old leader.
 //!
-//! `docker_fault_scenarios` runs 1, 1d, 4 and 5 in sequence on one cluster (about a minute
-//! and a half; `RILL_DOCKER_SCENARIOS=1,4` picks others). 1s, 5c, 6, 2 and 3 fail today, always
-//! or at times, and are in the ignored `docker_scenarios_failing_today` (docs/reliability.md
-//! says why). After a scenario that failed, or a cluster that does not come back healthy, the
-//! next scenario gets a fresh cluster.
+//! `docker_fault_scenarios` runs them all in sequence on one cluster (about five minutes;
+//! `RILL_DOCKER_SCENARIOS=1,4` picks some). After a scenario that failed, or a cluster that does
+//! not come back healthy, the next scenario gets a fresh cluster; a node that stops answering
+//! gets its threads printed (gdb).
 //!
 //! Needs Docker, root (nsenter) and the test images: `cargo xtask image --profile dev
 //! --no-build` after building the workspace (`cargo xtask ci` does both). Without Docker the
@@ -1233,27 +1232,15 @@ fn assert_all_passed(results: &[(String, Result)]) {
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
-/// The scenarios that hold today (1, 1d, 4, 5), short, in sequence on one cluster (`cargo xtask
-/// ci`); `RILL_DOCKER_SCENARIOS` picks others.
+/// Every scenario, short, in sequence on one cluster (`cargo xtask ci`, about five minutes);
+/// `RILL_DOCKER_SCENARIOS` picks others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "failed once in CI (scenario 5: writes not acknowledged on every partition within 60 s after the active controller restarted, defect 1 of docs/reliability.md); run with --run-ignored until the defects are fixed"]
 async fn docker_fault_scenarios() -> Result {
-    run_short(&scenarios("RILL_DOCKER_SCENARIOS", "1,1d,4,5")).await
-}
-
-/// The expectations that fail today, always or at times (docs/reliability.md, "Defects
-/// found"): 6, a broker that stops heartbeating and answering during the rolling restart; 1s,
-/// the writers reaching the new leader while they still reach the cut-off one (a
-/// client takes metadata from whichever broker answers first, and an older leader epoch
-/// replaces a newer one); 5c, 2 and 3, a broker does not leave an active controller that went
-/// silent (killed container, cut network) — its heartbeats and its metadata stream wait on it —
-/// so the new active controller fences every broker and the brokers learn no metadata; and in
-/// the stall that follows the producer sends batches again under a bumped epoch, which
-/// duplicates them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the defects in docs/reliability.md are fixed"]
-async fn docker_scenarios_failing_today() -> Result {
-    run_short(&scenarios("RILL_DOCKER_SCENARIOS", "1s,5c,6,2,3")).await
+    run_short(&scenarios(
+        "RILL_DOCKER_SCENARIOS",
+        "1,1d,1s,2,3,4,5,5c,6",
+    ))
+    .await
 }
 
 async fn run_short(which: &[String]) -> Result {
