@@ -1236,11 +1236,7 @@ fn assert_all_passed(results: &[(String, Result)]) {
 /// `RILL_DOCKER_SCENARIOS` picks others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_fault_scenarios() -> Result {
-    run_short(&scenarios(
-        "RILL_DOCKER_SCENARIOS",
-        "1,1d,1s,2,3,4,5,5c,6",
-    ))
-    .await
+    run_short(&scenarios("RILL_DOCKER_SCENARIOS", "1,1d,1s,2,3,4,5,5c,6")).await
 }
 
 async fn run_short(which: &[String]) -> Result {
