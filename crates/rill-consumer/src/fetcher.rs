@@ -273,6 +273,11 @@ impl Fetcher {
         let Some((_, requested)) = self.in_flight.remove(&leader) else {
             return Ok(());
         };
+        if result.is_err() {
+            // No answer from the leader: the next metadata refreshes ask the other brokers
+            // first (a leader cut off from the cluster still answers with its old view).
+            self.client.broker_failed(leader);
+        }
         self.absorb(result, requested, subscriptions)
     }
 
