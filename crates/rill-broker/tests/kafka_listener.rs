@@ -1291,3 +1291,302 @@ async fn kcat_cooperative_sticky_members_rebalance_incrementally() {
     want.sort();
     assert_eq!(got, want, "each record once");
 }
+
+/// Whether `python3` can import `module` (the Python client tests skip, with a message, when
+/// it cannot; `cargo xtask ci` installs the modules).
+fn python_has(module: &str) -> bool {
+    Command::new(python3())
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The Python that runs the client tests: `$RILL_TEST_PYTHON` (set by `cargo xtask ci` to the
+/// venv it installs the Kafka client modules into) or `python3`.
+fn python3() -> String {
+    std::env::var("RILL_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs `script` with `args` under [`python3`] (120 s at most); fails the test unless it exits
+/// 0 and prints `OK`.
+fn run_python(cluster: &Cluster, name: &str, script: &str, args: &[&str]) {
+    let path = cluster.brokers[0].dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    let output = Command::new("timeout")
+        .arg("120")
+        .arg(python3())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("OK"),
+        "{name} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// confluent-kafka-python's AdminClient against the Kafka listener: the topic and config
+/// admin APIs, forwarded to the controllers.
+const PYTHON_ADMIN_SCRIPT: &str = r#"
+import sys
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                   ConfigSource, NewPartitions, NewTopic, ResourceType)
+
+addr = sys.argv[1]
+admin = AdminClient({"bootstrap.servers": addr})
+
+def error(future):
+    try:
+        future.result(30)
+        return None
+    except KafkaException as e:
+        return e.args[0]
+
+def expect(future, code, what):
+    e = error(future)
+    assert e is not None and e.code() == code, (what, e)
+    assert e.str(), (what, "no message")
+    return e
+
+def topics():
+    return admin.list_topics(timeout=10).topics
+
+def describe(kind, name):
+    r = ConfigResource(kind, name)
+    return admin.describe_configs([r])[r].result(30)
+
+# validate_only creates nothing.
+fs = admin.create_topics([NewTopic("adm-a", 3, 1, config={"retention.ms": "60000"})],
+                         validate_only=True)
+assert error(fs["adm-a"]) is None
+assert "adm-a" not in topics()
+
+# Configs, and the broker defaults (-1 partitions, -1 replication factor).
+fs = admin.create_topics([
+    NewTopic("adm-a", 3, 1, config={"retention.ms": "60000", "cleanup.policy": "compact"}),
+    NewTopic("adm-b"),
+])
+for name, f in fs.items():
+    assert error(f) is None, (name, error(f))
+t = topics()
+assert len(t["adm-a"].partitions) == 3, t["adm-a"].partitions
+assert len(t["adm-b"].partitions) >= 1
+
+expect(admin.create_topics([NewTopic("adm-a", 1, 1)])["adm-a"],
+       KafkaError.TOPIC_ALREADY_EXISTS, "an existing topic")
+e = expect(admin.create_topics([NewTopic("adm-c", 1, 5)])["adm-c"],
+           KafkaError.INVALID_REPLICATION_FACTOR, "5 replicas on 1 broker")
+expect(admin.create_topics([NewTopic("adm-d", 1, 1, config={"retention.ms": "soon"})])["adm-d"],
+       KafkaError.INVALID_CONFIG, "a bad config value")
+expect(admin.create_topics([NewTopic("adm-e", 1, 1, config={"no.such.config": "1"})])["adm-e"],
+       KafkaError.INVALID_CONFIG, "an unknown config")
+assert "adm-c" not in topics() and "adm-d" not in topics()
+
+configs = describe(ResourceType.TOPIC, "adm-a")
+assert configs["retention.ms"].value == "60000", configs["retention.ms"]
+assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, configs["retention.ms"].source
+assert configs["cleanup.policy"].value == "compact"
+assert configs["segment.bytes"].is_default, configs["segment.bytes"]
+expect(admin.describe_configs([ConfigResource(ResourceType.TOPIC, "adm-zzz")])[
+           ConfigResource(ResourceType.TOPIC, "adm-zzz")],
+       KafkaError.UNKNOWN_TOPIC_OR_PART, "describing a missing topic")
+
+broker = describe(ResourceType.BROKER, "1")
+assert broker["node.id"].value == "1", broker["node.id"]
+assert broker["node.id"].is_read_only
+assert "message.max.bytes" in broker
+
+# IncrementalAlterConfigs: SET one, DELETE another (back to its default).
+r = ConfigResource(ResourceType.TOPIC, "adm-a", incremental_configs=[
+    ConfigEntry("retention.ms", "120000", incremental_operation=AlterConfigOpType.SET),
+    ConfigEntry("cleanup.policy", None, incremental_operation=AlterConfigOpType.DELETE),
+])
+admin.incremental_alter_configs([r])[r].result(30)
+configs = describe(ResourceType.TOPIC, "adm-a")
+assert configs["retention.ms"].value == "120000", configs["retention.ms"]
+assert configs["cleanup.policy"].value == "delete" and configs["cleanup.policy"].is_default
+r = ConfigResource(ResourceType.TOPIC, "adm-a", incremental_configs=[
+    ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET)])
+expect(admin.incremental_alter_configs([r])[r], KafkaError.INVALID_CONFIG, "a bad value")
+
+# CreatePartitions: grow, and refuse to shrink.
+assert error(admin.create_partitions([NewPartitions("adm-a", 5)])["adm-a"]) is None
+assert len(topics()["adm-a"].partitions) == 5
+expect(admin.create_partitions([NewPartitions("adm-a", 2)])["adm-a"],
+       KafkaError.INVALID_PARTITIONS, "fewer partitions")
+
+cluster = admin.describe_cluster().result(30)
+assert cluster.cluster_id, cluster
+assert [n.id for n in cluster.nodes] == [1], cluster.nodes
+assert cluster.nodes[0].port == int(addr.rsplit(":", 1)[1]), cluster.nodes
+
+fs = admin.delete_topics(["adm-a", "adm-b"])
+for name, f in fs.items():
+    assert error(f) is None, (name, error(f))
+t = topics()
+assert "adm-a" not in t and "adm-b" not in t, list(t)
+expect(admin.delete_topics(["adm-zzz"])["adm-zzz"], KafkaError.UNKNOWN_TOPIC_OR_PART,
+       "deleting a missing topic")
+print("OK")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_python_admin_creates_describes_alters_and_deletes_topics() {
+    if !python_has("confluent_kafka") {
+        eprintln!(
+            "SKIPPED: python3 with confluent-kafka is not installed (pip install confluent-kafka); \
+             this test runs its AdminClient against the Kafka listener"
+        );
+        return;
+    }
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    tokio::task::block_in_place(|| {
+        run_python(&cluster, "admin_test.py", PYTHON_ADMIN_SCRIPT, &[&addr])
+    });
+}
+
+/// Sends one request on `s` and decodes its answer.
+async fn call<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+) -> Resp {
+    s.write_all(&frame(key, version, 1, req)).await.unwrap();
+    let mut answer = read_answer(s).await.expect("an answer");
+    ResponseHeader::decode(&mut answer, key.response_header_version(version)).unwrap();
+    Resp::decode(&mut answer, version).unwrap()
+}
+
+/// The leader and leader epoch of `topic`'s partition 0, as Kafka Metadata tells them.
+async fn leader_of(addr: &str, topic: &str) -> (i32, i32) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let md: MetadataResponse = call(
+        &mut s,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(topic.to_owned())),
+            ))])),
+    )
+    .await;
+    let p = &md.topics[0].partitions[0];
+    (p.leader_id.0, p.leader_epoch)
+}
+
+/// OffsetForLeaderEpoch of partition 0 of `topic` at `addr`: (error, epoch, end offset).
+async fn epoch_end(
+    addr: &str,
+    version: i16,
+    topic: &str,
+    current_leader_epoch: i32,
+    leader_epoch: i32,
+) -> (i16, i32, i64) {
+    use kafka_protocol::messages::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, offset_for_leader_epoch_request,
+    };
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let r: OffsetForLeaderEpochResponse = call(
+        &mut s,
+        ApiKey::OffsetForLeaderEpoch,
+        version,
+        &OffsetForLeaderEpochRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(current_leader_epoch)
+                            .with_leader_epoch(leader_epoch),
+                    ]),
+            ]),
+    )
+    .await;
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.leader_epoch, p.end_offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_finds_where_each_epoch_ended_across_a_leader_change() {
+    let mut cluster = Cluster::start_with_kafka(1, 2, &[]).await;
+    cluster
+        .create_topic("epochs", 1, 2, &[("min.insync.replicas", "1")])
+        .await;
+    let addrs: Vec<String> = cluster
+        .brokers
+        .iter()
+        .map(|b| b.kafka_addr.clone().unwrap())
+        .collect();
+    let (leader, first) = leader_of(&addrs[0], "epochs").await;
+    let leader_addr = addrs[(leader - 1) as usize].clone();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let follower_addr = addrs[(follower - 1) as usize].clone();
+    tokio::task::block_in_place(|| produce_numbered(&leader_addr, "epochs", 0..5));
+
+    for v in 2..=4 {
+        assert_eq!(
+            epoch_end(&leader_addr, v, "epochs", first, first).await,
+            (0, first, 5),
+            "v{v}: the current epoch ends at the log end"
+        );
+    }
+    // -1: no current epoch to check (v2 clients that do not know it).
+    assert_eq!(
+        epoch_end(&leader_addr, 4, "epochs", -1, first).await,
+        (0, first, 5)
+    );
+    assert_eq!(
+        epoch_end(&leader_addr, 4, "epochs", first + 1, first)
+            .await
+            .0,
+        75,
+        "a newer current epoch than the leader's: UNKNOWN_LEADER_EPOCH"
+    );
+    assert_eq!(
+        epoch_end(&follower_addr, 4, "epochs", first, first).await.0,
+        6,
+        "a follower: NOT_LEADER_OR_FOLLOWER"
+    );
+    assert_eq!(
+        epoch_end(&leader_addr, 4, "no-such-topic", -1, 0).await.0,
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+
+    // The leader dies; the follower (in the ISR) takes over in a newer epoch and gets 3 more.
+    cluster.kill_broker((leader - 1) as usize);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let (l, e) = leader_of(&follower_addr, "epochs").await;
+        if l == follower {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no new leader within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(second > first);
+    tokio::task::block_in_place(|| produce_numbered(&follower_addr, "epochs", 5..8));
+    // A consumer that read in the first epoch learns where it ended; the current one ends at
+    // the log end; the old epoch is now fenced as a current epoch.
+    assert_eq!(
+        epoch_end(&follower_addr, 4, "epochs", second, first).await,
+        (0, first, 5)
+    );
+    assert_eq!(
+        epoch_end(&follower_addr, 4, "epochs", second, second).await,
+        (0, second, 8)
+    );
+    assert_eq!(
+        epoch_end(&follower_addr, 4, "epochs", first, first).await.0,
+        74,
+        "an older current epoch: FENCED_LEADER_EPOCH"
+    );
+}

@@ -36,6 +36,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 /// The (min, max) versions of `key` this listener answers, `None` when it does not.
@@ -1076,4 +1083,62 @@ pub async fn delete_groups(
             })
             .collect(),
     )
+}
+
+/// OffsetForLeaderEpoch (v2-4, KIP-101/320): per partition, the largest leader epoch ≤ the one
+/// asked for in the leader's log and the offset where it ended (the log end for the latest
+/// epoch), so a consumer that read under an older leader finds whether the log was truncated
+/// under it. Answered by the leader only; `current_leader_epoch` (unless -1) must be the
+/// leader's: older is FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH. An epoch older than
+/// the log's history gets (-1, -1), Kafka's UNDEFINED.
+pub fn offset_for_leader_epoch(
+    apis: &KafkaApis,
+    req: m::OffsetForLeaderEpochRequest,
+) -> m::OffsetForLeaderEpochResponse {
+    use m::offset_for_leader_epoch_response::OffsetForLeaderTopicResult;
+    m::OffsetForLeaderEpochResponse::default().with_topics(
+        req.topics
+            .iter()
+            .map(|t| {
+                OffsetForLeaderTopicResult::default()
+                    .with_topic(t.topic.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| end_offset_for_epoch(apis, t.topic.as_str(), p))
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+fn end_offset_for_epoch(
+    apis: &KafkaApis,
+    topic: &str,
+    p: &m::offset_for_leader_epoch_request::OffsetForLeaderPartition,
+) -> m::offset_for_leader_epoch_response::EpochEndOffset {
+    use rill_protocol::ErrorCode;
+    let answer = m::offset_for_leader_epoch_response::EpochEndOffset::default()
+        .with_partition(p.partition)
+        .with_leader_epoch(-1)
+        .with_end_offset(-1);
+    let tp = rill_storage::TopicPartition::new(topic, p.partition);
+    let partition = match apis.svc.rm.leader_partition(&tp) {
+        Ok(partition) => partition,
+        Err((e, _)) => return answer.with_error_code(e.code as i16),
+    };
+    let leader_epoch = partition.state().leader_epoch;
+    if p.current_leader_epoch >= 0 && p.current_leader_epoch != leader_epoch {
+        let code = if p.current_leader_epoch < leader_epoch {
+            ErrorCode::FencedLeaderEpoch
+        } else {
+            ErrorCode::UnknownLeaderEpoch
+        };
+        return answer.with_error_code(code as i16);
+    }
+    match partition.log.read().end_offset_for_epoch(p.leader_epoch) {
+        Some((epoch, end)) => answer.with_leader_epoch(epoch).with_end_offset(end),
+        None => answer,
+    }
 }

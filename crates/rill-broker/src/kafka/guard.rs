@@ -38,6 +38,13 @@ pub(crate) fn walkable(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::ListGroups => Some((0, 5)),
         ApiKey::DescribeGroups => Some((0, 6)),
         ApiKey::DeleteGroups => Some((0, 2)),
+        ApiKey::OffsetForLeaderEpoch => Some((2, 4)),
+        ApiKey::CreateTopics => Some((2, 7)),
+        ApiKey::DeleteTopics => Some((1, 6)),
+        ApiKey::CreatePartitions => Some((0, 3)),
+        ApiKey::DescribeConfigs => Some((1, 4)),
+        ApiKey::IncrementalAlterConfigs => Some((0, 1)),
+        ApiKey::DescribeCluster => Some((0, 2)),
         _ => None,
     }
 }
@@ -60,6 +67,13 @@ pub(crate) fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, Sto
         ApiKey::ListGroups => version >= 3,
         ApiKey::DescribeGroups => version >= 5,
         ApiKey::DeleteGroups => version >= 2,
+        ApiKey::OffsetForLeaderEpoch => version >= 4,
+        ApiKey::CreateTopics => version >= 5,
+        ApiKey::DeleteTopics => version >= 4,
+        ApiKey::CreatePartitions => version >= 2,
+        ApiKey::DescribeConfigs => version >= 4,
+        ApiKey::IncrementalAlterConfigs => version >= 1,
+        ApiKey::DescribeCluster => true,
         _ => false,
     };
     if !walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version)) {
@@ -293,6 +307,103 @@ fn walk(w: &mut Walk<'_>, key: ApiKey, v: i16) -> Result<(), Stop> {
         }
         ApiKey::DeleteGroups => {
             w.array(|w| w.string())?; // groups_names
+            w.tagged()
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            if v >= 3 {
+                w.skip(4)?; // replica_id
+            }
+            w.array(|w| {
+                w.string()?; // topic
+                w.array(|w| {
+                    w.skip(4 + 4 + 4)?; // partition, current_leader_epoch, leader_epoch
+                    w.tagged()
+                })?;
+                w.tagged()
+            })?;
+            w.tagged()
+        }
+        ApiKey::CreateTopics => {
+            w.array(|w| {
+                w.string()?; // name
+                w.skip(4 + 2)?; // num_partitions, replication_factor
+                w.array(|w| {
+                    w.skip(4)?; // partition_index
+                    w.array(|w| w.skip(4))?; // broker_ids
+                    w.tagged()
+                })?;
+                w.array(|w| {
+                    w.string()?; // name
+                    w.string()?; // value
+                    w.tagged()
+                })?;
+                w.tagged()
+            })?;
+            w.skip(4 + 1)?; // timeout_ms, validate_only
+            w.tagged()
+        }
+        ApiKey::DeleteTopics => {
+            if v >= 6 {
+                w.array(|w| {
+                    w.string()?; // name
+                    w.skip(16)?; // topic_id
+                    w.tagged()
+                })?;
+            } else {
+                w.array(|w| w.string())?; // topic_names
+            }
+            w.skip(4)?; // timeout_ms
+            w.tagged()
+        }
+        ApiKey::CreatePartitions => {
+            w.array(|w| {
+                w.string()?; // name
+                w.skip(4)?; // count
+                w.array(|w| {
+                    w.array(|w| w.skip(4))?; // broker_ids
+                    w.tagged()
+                })?; // assignments (nullable)
+                w.tagged()
+            })?;
+            w.skip(4 + 1)?; // timeout_ms, validate_only
+            w.tagged()
+        }
+        ApiKey::DescribeConfigs => {
+            w.array(|w| {
+                w.skip(1)?; // resource_type
+                w.string()?; // resource_name
+                w.array(|w| w.string())?; // configuration_keys (nullable)
+                w.tagged()
+            })?;
+            w.skip(1)?; // include_synonyms
+            if v >= 3 {
+                w.skip(1)?; // include_documentation
+            }
+            w.tagged()
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            w.array(|w| {
+                w.skip(1)?; // resource_type
+                w.string()?; // resource_name
+                w.array(|w| {
+                    w.string()?; // name
+                    w.skip(1)?; // config_operation
+                    w.string()?; // value
+                    w.tagged()
+                })?;
+                w.tagged()
+            })?;
+            w.skip(1)?; // validate_only
+            w.tagged()
+        }
+        ApiKey::DescribeCluster => {
+            w.skip(1)?; // include_cluster_authorized_operations
+            if v >= 1 {
+                w.skip(1)?; // endpoint_type
+            }
+            if v >= 2 {
+                w.skip(1)?; // include_fenced_brokers
+            }
             w.tagged()
         }
         ApiKey::InitProducerId => {
@@ -573,6 +684,87 @@ mod tests {
             ApiKey::InitProducerId,
             0..=4,
             &kafka_protocol::messages::InitProducerIdRequest::default(),
+        );
+        use kafka_protocol::messages as m;
+        walks(
+            ApiKey::OffsetForLeaderEpoch,
+            2..=4,
+            &m::OffsetForLeaderEpochRequest::default().with_topics(vec![
+                m::offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(name())
+                    .with_partitions(vec![
+                        m::offset_for_leader_epoch_request::OffsetForLeaderPartition::default(),
+                    ]),
+            ]),
+        );
+        walks(
+            ApiKey::CreateTopics,
+            2..=7,
+            &m::CreateTopicsRequest::default().with_topics(vec![
+                m::create_topics_request::CreatableTopic::default()
+                    .with_name(name())
+                    .with_assignments(vec![
+                        m::create_topics_request::CreatableReplicaAssignment::default()
+                            .with_broker_ids(vec![m::BrokerId(1), m::BrokerId(2)]),
+                    ])
+                    .with_configs(vec![
+                        m::create_topics_request::CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_static_str("retention.ms"))
+                            .with_value(Some(StrBytes::from_static_str("1000"))),
+                    ]),
+            ]),
+        );
+        for v in 1..=6 {
+            let r = if v >= 6 {
+                m::DeleteTopicsRequest::default().with_topics(vec![
+                    m::delete_topics_request::DeleteTopicState::default().with_name(Some(name())),
+                ])
+            } else {
+                m::DeleteTopicsRequest::default().with_topic_names(vec![name(), name()])
+            };
+            walks(ApiKey::DeleteTopics, v..=v, &r);
+        }
+        walks(
+            ApiKey::CreatePartitions,
+            0..=3,
+            &m::CreatePartitionsRequest::default().with_topics(vec![
+                m::create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(name())
+                    .with_assignments(Some(vec![
+                        m::create_partitions_request::CreatePartitionsAssignment::default()
+                            .with_broker_ids(vec![m::BrokerId(1)]),
+                    ])),
+                m::create_partitions_request::CreatePartitionsTopic::default().with_name(name()),
+            ]),
+        );
+        walks(
+            ApiKey::DescribeConfigs,
+            1..=4,
+            &m::DescribeConfigsRequest::default().with_resources(vec![
+                m::describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("t"))
+                    .with_configuration_keys(Some(vec![StrBytes::from_static_str("a")])),
+                m::describe_configs_request::DescribeConfigsResource::default(),
+            ]),
+        );
+        walks(
+            ApiKey::IncrementalAlterConfigs,
+            0..=1,
+            &m::IncrementalAlterConfigsRequest::default().with_resources(vec![
+                m::incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_name(StrBytes::from_static_str("t"))
+                    .with_configs(vec![
+                        m::incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(StrBytes::from_static_str("retention.ms"))
+                            .with_value(Some(StrBytes::from_static_str("1"))),
+                    ]),
+            ]),
+        );
+        walks(
+            ApiKey::DescribeCluster,
+            0..=2,
+            &m::DescribeClusterRequest::default(),
         );
         walks(
             ApiKey::ListOffsets,

@@ -17,8 +17,11 @@
 //! 0-9, SyncGroup 0-5, Heartbeat 0-4, LeaveGroup 0-5, and ListGroups 0-5, DescribeGroups 0-5, DeleteGroups 0-2 (the
 //! broker's group coordinator; JoinGroup
 //! and SyncGroup answers are held until the rebalance gets that far, which holds the
-//! connection, as Kafka's broker does). Not yet: ConsumerGroupHeartbeat, the other admin APIs,
-//! OffsetForLeaderEpoch.
+//! connection, as Kafka's broker does); OffsetForLeaderEpoch 2-4 (the leader's epoch cache); the
+//! admin APIs ([`admin`]): CreateTopics 2-7, DeleteTopics 1-6, CreatePartitions 0-3,
+//! IncrementalAlterConfigs 0-1 and DescribeConfigs 1-4 of topics (forwarded to the
+//! controllers), DescribeConfigs of this broker and of the cluster-wide broker default, and
+//! DescribeCluster 0-2 (from the metadata image). Not yet: ConsumerGroupHeartbeat.
 //!
 //! Failures stay on their connection: a version outside those of an API rill implements gets
 //! that API's UNSUPPORTED_VERSION answer (for ApiVersions, error 35 with the supported versions,
@@ -28,6 +31,7 @@
 //! before the codec runs (`guard`). The listener itself only stops on the broker's
 //! cancellation token.
 
+pub mod admin;
 pub mod apis;
 mod guard;
 
@@ -107,7 +111,8 @@ impl KafkaApis {
         self
     }
 
-    /// Forwards InitProducerId to the controllers (they hand out producer ids).
+    /// Forwards InitProducerId and the admin APIs to the controllers (they hand out producer
+    /// ids and own topics and configs).
     pub fn with_controllers(
         mut self,
         controllers: Arc<crate::controller_client::ControllerClient>,
@@ -384,6 +389,41 @@ async fn handle_frame(
         ApiKey::DeleteGroups if readable && in_range => {
             let req = decode_body!(m::DeleteGroupsRequest);
             let resp = apis::delete_groups(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::OffsetForLeaderEpoch if readable && in_range => {
+            let req = decode_body!(m::OffsetForLeaderEpochRequest);
+            let resp = apis::offset_for_leader_epoch(apis, req);
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::CreateTopics if readable && in_range => {
+            let req = decode_body!(m::CreateTopicsRequest);
+            let resp = admin::create_topics(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::DeleteTopics if readable && in_range => {
+            let req = decode_body!(m::DeleteTopicsRequest);
+            let resp = admin::delete_topics(apis, req, version).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::CreatePartitions if readable && in_range => {
+            let req = decode_body!(m::CreatePartitionsRequest);
+            let resp = admin::create_partitions(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::DescribeConfigs if readable && in_range => {
+            let req = decode_body!(m::DescribeConfigsRequest);
+            let resp = admin::describe_configs(apis, req, version).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::IncrementalAlterConfigs if readable && in_range => {
+            let req = decode_body!(m::IncrementalAlterConfigsRequest);
+            let resp = admin::incremental_alter_configs(apis, req).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        ApiKey::DescribeCluster if readable && in_range => {
+            let req = decode_body!(m::DescribeClusterRequest);
+            let resp = admin::describe_cluster(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
         ApiKey::InitProducerId if in_range => {
