@@ -65,6 +65,11 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "largest record batch accepted (topic default for max.message.bytes)",
     ),
     (
+        "rill.decompressed.batch.max.bytes",
+        "67108864",
+        "largest records section a compressed produced batch may decompress to (at least max.message.bytes, which bounds the batch as sent)",
+    ),
+    (
         "fetch.max.bytes",
         "57671680",
         "most record bytes one fetch response may hold",
@@ -608,6 +613,8 @@ impl BrokerConfig {
                 .set(topic_key, &get(broker_key))
                 .map_err(|e| invalid(broker_key, &e.to_string()))?;
         }
+        topic_defaults.decompressed_batch_max_bytes =
+            int("rill.decompressed.batch.max.bytes", 1024, i32::MAX as i64)? as usize;
         let metrics = get("metrics.address");
         let rack = get("broker.rack");
         if int("group.min.session.timeout.ms", 1, i32::MAX as i64)?

@@ -1590,3 +1590,98 @@ async fn offset_for_leader_epoch_finds_where_each_epoch_ended_across_a_leader_ch
         "an older current epoch: FENCED_LEADER_EPOCH"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_over_message_max_bytes_decompressed_are_accepted_up_to_the_decompression_bound()
+ {
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, produce_request};
+    use rill_protocol::record_batch::{Compression, RecordBatchBuilder};
+
+    let cluster = Cluster::start_with_kafka(
+        1,
+        1,
+        &[
+            "message.max.bytes=100000",
+            "rill.decompressed.batch.max.bytes=2000000",
+        ],
+    )
+    .await;
+    cluster.create_topic("squeezed", 1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+
+    // kcat (librdkafka, zstd): a 600 kB record, six times message.max.bytes, compresses to a
+    // batch far below it, and is stored and read back whole.
+    let value = "z".repeat(600_000);
+    tokio::task::block_in_place(|| {
+        kcat(
+            &[
+                "-P",
+                "-b",
+                &addr,
+                "-t",
+                "squeezed",
+                "-K:",
+                "-z",
+                "zstd",
+                "-X",
+                "message.max.bytes=1000000",
+            ],
+            &format!("big:{value}\n"),
+        )
+    });
+    let out = tokio::task::block_in_place(|| {
+        kcat(
+            &[
+                "-C",
+                "-b",
+                &addr,
+                "-t",
+                "squeezed",
+                "-e",
+                "-o",
+                "beginning",
+                "-q",
+                "-f",
+                "%k:%S\n",
+            ],
+            "",
+        )
+    });
+    assert_eq!(out.trim(), "big:600000", "kcat reads the record back whole");
+
+    // Over the decompression bound: MESSAGE_TOO_LARGE with a message naming the property.
+    let produce = |value: &[u8]| {
+        let mut builder = RecordBatchBuilder::new(Compression::Zstd);
+        builder.append(1, Some(b"k"), Some(value), &[]);
+        let batch = builder.build().unwrap();
+        assert!(
+            batch.len() < 100_000,
+            "the batch as sent fits message.max.bytes"
+        );
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                produce_request::TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("squeezed")))
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch)),
+                    ]),
+            ])
+    };
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let ok: ProduceResponse = call(&mut s, ApiKey::Produce, 9, &produce(&[0u8; 1_500_000])).await;
+    let p = &ok.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0, "{:?}", p.error_message);
+    let refused: ProduceResponse =
+        call(&mut s, ApiKey::Produce, 9, &produce(&[0u8; 3_000_000])).await;
+    let p = &refused.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 10, "MESSAGE_TOO_LARGE");
+    let message = p.error_message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("rill.decompressed.batch.max.bytes"),
+        "the refusal names the bound: {message:?}"
+    );
+}

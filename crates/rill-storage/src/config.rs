@@ -83,6 +83,11 @@ pub struct LogConfig {
     /// and would leave retention only the segment file's modification time to go by. Kafka has
     /// no such switch and accepts them.
     pub message_timestamp_missing_allowed: bool,
+    /// The largest records section a compressed batch may decompress to when a producer's
+    /// batch is validated (the broker's `rill.decompressed.batch.max.bytes`; never below
+    /// `max_message_bytes`). Not a topic config: it bounds the broker's memory against
+    /// decompression bombs, while `max.message.bytes` bounds the batch as sent, as in Kafka.
+    pub decompressed_batch_max_bytes: usize,
 }
 
 /// One topic config: its Kafka name, default, and what it means and allows. [`TOPIC_CONFIGS`]
@@ -225,9 +230,13 @@ impl Default for LogConfig {
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
             message_timestamp_missing_allowed: false,
+            decompressed_batch_max_bytes: DEFAULT_DECOMPRESSED_BATCH_MAX_BYTES,
         }
     }
 }
+
+/// The default of [`LogConfig::decompressed_batch_max_bytes`]: 64 MiB.
+pub const DEFAULT_DECOMPRESSED_BATCH_MAX_BYTES: usize = 64 << 20;
 
 impl LogConfig {
     /// The names of the configs the log itself uses ([`TOPIC_CONFIGS`] entries with

@@ -27,6 +27,16 @@ pub enum LogError {
         /// The topic's `max.message.bytes`.
         max: usize,
     },
+    /// A compressed batch whose records decompress to more than the broker allows.
+    #[error(
+        "batch {index} decompresses to more than {max} bytes (rill.decompressed.batch.max.bytes); send smaller batches or raise rill.decompressed.batch.max.bytes on the broker"
+    )]
+    DecompressedTooLarge {
+        /// Position of the batch in the appended buffer.
+        index: usize,
+        /// The bound: `rill.decompressed.batch.max.bytes` (at least `max.message.bytes`).
+        max: usize,
+    },
     /// A record without key was sent to a compacted topic.
     #[error(
         "compacted topics need a key on every record (batch {index} has a record with a null key); set a key or use cleanup.policy=delete"
@@ -177,7 +187,9 @@ impl LogError {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             LogError::InvalidBatch { source, .. } => source.error_code(),
-            LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            LogError::MessageTooLarge { .. } | LogError::DecompressedTooLarge { .. } => {
+                ErrorCode::MessageTooLarge
+            }
             LogError::KeylessRecordInCompactedLog { .. } => ErrorCode::InvalidRecord,
             LogError::InvalidTimestamp { .. } | LogError::MissingTimestamp { .. } => {
                 ErrorCode::InvalidTimestamp

@@ -28,7 +28,9 @@ mod segment_file;
 
 pub use checkpoint::{OffsetCheckpointFile, write_atomically};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use config::{CleanupPolicy, LogConfig, TOPIC_CONFIGS, TopicConfigDef};
+pub use config::{
+    CleanupPolicy, DEFAULT_DECOMPRESSED_BATCH_MAX_BYTES, LogConfig, TOPIC_CONFIGS, TopicConfigDef,
+};
 pub use error::{LogError, Result};
 pub use group_commit::GroupCommit;
 pub use index::{OffsetIndex, TimeIndex};

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rill_protocol::record_batch::{
-    BatchHeader, TimestampType, ValidationOptions, batches, set_base_offset, set_log_append_time,
-    set_partition_leader_epoch,
+    BatchError, BatchHeader, TimestampType, ValidationOptions, batches, set_base_offset,
+    set_log_append_time, set_partition_leader_epoch,
 };
 
 use crate::clock::SharedClock;
@@ -181,8 +181,15 @@ impl Log {
         records: &mut [u8],
         leader_epoch: i32,
     ) -> Result<LogAppendInfo> {
+        // Kafka bounds the batch as sent (`max.message.bytes`, checked below), not what it
+        // decompresses to: a compressed batch that fits may hold more. Decompression has its
+        // own, larger bound against decompression bombs.
+        let max_decompressed = self
+            .config
+            .decompressed_batch_max_bytes
+            .max(self.config.max_message_bytes);
         let opts = ValidationOptions {
-            max_uncompressed_bytes: self.config.max_message_bytes,
+            max_uncompressed_bytes: max_decompressed,
             producer_batch: true,
         };
         let mut infos = Vec::new();
@@ -198,9 +205,13 @@ impl Log {
                     max: self.config.max_message_bytes,
                 });
             }
-            let summary = batch
-                .validate(&opts)
-                .map_err(|source| LogError::InvalidBatch { index, source })?;
+            let summary = batch.validate(&opts).map_err(|source| match source {
+                BatchError::DecompressedTooLarge { .. } => LogError::DecompressedTooLarge {
+                    index,
+                    max: max_decompressed,
+                },
+                source => LogError::InvalidBatch { index, source },
+            })?;
             if self.config.cleanup_policy.compact && summary.has_null_key {
                 return Err(LogError::KeylessRecordInCompactedLog { index });
             }

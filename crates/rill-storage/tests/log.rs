@@ -181,11 +181,32 @@ fn bad_input_is_rejected_and_nothing_is_written() {
     );
     assert_eq!(err.error_code(), rill_protocol::ErrorCode::MessageTooLarge);
 
-    // A decompression bomb (tiny compressed, huge uncompressed) is stopped at max.message.bytes.
+    // A decompression bomb (tiny compressed, huge uncompressed) is stopped at
+    // decompressed_batch_max_bytes (rill.decompressed.batch.max.bytes), named in the error.
     let zeros = vec![0u8; 100_000];
+    log.set_config(LogConfig {
+        max_message_bytes: 200,
+        decompressed_batch_max_bytes: 50_000,
+        ..LogConfig::default()
+    });
     let mut bomb = batch_with(Compression::Zstd, &[(Some(b"k"), Some(&zeros))], 0);
     assert!(bomb.len() < 200);
     let err = log.append_as_leader(&mut bomb, 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::DecompressedTooLarge {
+                index: 0,
+                max: 50_000
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("rill.decompressed.batch.max.bytes"),
+        "{err}"
+    );
     assert_eq!(
         err.error_code(),
         rill_protocol::ErrorCode::MessageTooLarge,
@@ -218,6 +239,49 @@ fn bad_input_is_rejected_and_nothing_is_written() {
 
     assert_eq!((log.log_end_offset(), log.size_bytes()), before);
     assert_eq!(read_all(&log).len(), 2);
+}
+
+#[test]
+fn compressed_batches_are_bounded_as_sent_and_decompressed_separately() {
+    // As in Kafka, max.message.bytes bounds the batch as sent: a compressed batch that fits is
+    // accepted however much larger it is decompressed, up to the decompression bound.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let config = LogConfig {
+        max_message_bytes: 200,
+        ..LogConfig::default()
+    };
+    let mut log = open(dir.path(), config, &clock);
+    let zeros = vec![0u8; 100_000];
+    for codec in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let mut large = batch_with(codec, &[(Some(b"k"), Some(&zeros))], 0);
+        if large.len() > 200 {
+            continue; // this codec does not squeeze 100 kB of zeros under 200 bytes
+        }
+        let end = log.log_end_offset();
+        log.append_as_leader(&mut large, 0)
+            .unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+        assert_eq!(log.log_end_offset(), end + 1, "{codec:?}");
+    }
+    assert!(
+        log.log_end_offset() >= 1,
+        "no codec made a batch under 200 bytes"
+    );
+    let stored = read_all(&log);
+    assert_eq!(stored[0].value.as_deref().map(<[u8]>::len), Some(100_000));
+    // The bound is never below max.message.bytes.
+    log.set_config(LogConfig {
+        max_message_bytes: 200_000,
+        decompressed_batch_max_bytes: 1_000,
+        ..LogConfig::default()
+    });
+    let mut large = batch_with(Compression::Zstd, &[(Some(b"k"), Some(&zeros))], 0);
+    log.append_as_leader(&mut large, 0).unwrap();
 }
 
 #[test]
