@@ -206,7 +206,8 @@ fn ci() -> Result<()> {
 }
 
 /// `ci` is the README's test command, so it must work on a fresh machine with only a Rust
-/// toolchain: install what it uses (rustfmt, clippy, cargo-nextest) when it is missing.
+/// toolchain: install what it uses (rustfmt, clippy, cargo-nextest, kcat, the Python Kafka
+/// clients) when it is missing.
 fn install_missing_tools() -> Result<()> {
     for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
         if !succeeds("cargo", &[probe, "--version"]) {
@@ -223,6 +224,36 @@ fn install_missing_tools() -> Result<()> {
     if !succeeds("kcat", &["-V"]) {
         deploy_check::apt_install("kcat")
             .context("kcat is missing and could not be installed (Debian: apt-get install kcat)")?;
+    }
+    // ... and two Python Kafka clients, confluent-kafka-python (librdkafka) and kafka-python
+    // (pure Python), in a venv of their own that the tests find at this path (Debian's python3
+    // refuses system-wide pip installs, PEP 668).
+    let venv = cluster::root().join("target/python-clients");
+    let python = venv.join("bin/python3");
+    let python = python.to_str().context("the venv path is not UTF-8")?;
+    if !succeeds(python, &["-c", "import confluent_kafka, kafka"]) {
+        if !succeeds("python3", &["-c", "import ensurepip, venv"]) {
+            for package in ["python3-venv", "python3-pip"] {
+                deploy_check::apt_install(package)
+                    .with_context(|| format!("{package} is missing and could not be installed"))?;
+            }
+        }
+        let venv = venv.to_str().context("the venv path is not UTF-8")?;
+        run("python3", &["-m", "venv", venv])
+            .context("could not create the Python clients' venv")?;
+        run(
+            python,
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "confluent-kafka>=2.3,<3",
+                "kafka-python>=2.0.2,<3",
+            ],
+        )
+        .context("could not install confluent-kafka and kafka-python into target/python-clients")?;
     }
     Ok(())
 }

@@ -1067,11 +1067,7 @@ print("OK")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_kafka_python_group_and_admin_calls() {
-    let importable = Command::new("python3")
-        .args(["-c", "import confluent_kafka"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !importable {
+    if !python_has("confluent_kafka") {
         eprintln!(
             "SKIPPED: python3 with confluent-kafka is not installed (pip install confluent-kafka); \
              this test runs it as a consumer group and admin client"
@@ -1081,24 +1077,14 @@ async fn confluent_kafka_python_group_and_admin_calls() {
     let cluster = Cluster::start_with_kafka(1, 1, &["group.initial.rebalance.delay.ms=300"]).await;
     cluster.create_topic("py-group", 4, 1, &[]).await;
     let addr = kafka_addr(&cluster);
-    let script = cluster.brokers[0].dir.join("group_test.py");
-    std::fs::write(&script, PYTHON_GROUP_SCRIPT).unwrap();
-    let output = tokio::task::block_in_place(|| {
-        Command::new("timeout")
-            .arg("120")
-            .arg("python3")
-            .arg(&script)
-            .args([addr.as_str(), "py-group", "py-group-g", "4"])
-            .output()
-            .unwrap()
+    tokio::task::block_in_place(|| {
+        run_python(
+            &cluster,
+            "group_test.py",
+            PYTHON_GROUP_SCRIPT,
+            &[&addr, "py-group", "py-group-g", "4"],
+        )
     });
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("OK"),
-        "the confluent-kafka-python group test failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1301,10 +1287,20 @@ fn python_has(module: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The Python that runs the client tests: `$RILL_TEST_PYTHON` (set by `cargo xtask ci` to the
-/// venv it installs the Kafka client modules into) or `python3`.
+/// The Python that runs the client tests: `$RILL_TEST_PYTHON`, else the venv `cargo xtask ci`
+/// installs the Kafka client modules into (`target/python-clients`), else `python3`.
 fn python3() -> String {
-    std::env::var("RILL_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+    if let Ok(p) = std::env::var("RILL_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/python-clients/bin/python3"
+    );
+    if std::path::Path::new(venv).exists() {
+        return venv.into();
+    }
+    "python3".into()
 }
 
 /// Runs `script` with `args` under [`python3`] (120 s at most); fails the test unless it exits
@@ -1684,4 +1680,112 @@ async fn compressed_batches_over_message_max_bytes_decompressed_are_accepted_up_
         message.contains("rill.decompressed.batch.max.bytes"),
         "the refusal names the bound: {message:?}"
     );
+}
+
+/// kafka-python (a pure-Python client, its own protocol code) against the Kafka listener:
+/// admin calls, produce and consume, a group of two.
+const KAFKA_PYTHON_SCRIPT: &str = r#"import sys, time
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+addr, topic, group = sys.argv[1], sys.argv[2], sys.argv[3]
+admin = KafkaAdminClient(bootstrap_servers=addr, client_id="kp-admin")
+
+# Admin: create (with a config), refuse a second create, describe, grow, and later delete.
+admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1,
+                              topic_configs={"retention.ms": "3600000"})])
+try:
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    sys.exit("a second create of the topic succeeded")
+except TopicAlreadyExistsError:
+    pass
+assert topic in admin.list_topics(), admin.list_topics()
+described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+entries = {}
+for response in described:
+    for resource in response.resources:
+        assert resource[0] == 0, resource
+        for entry in resource[4]:
+            entries[entry[0]] = entry[1]
+assert entries.get("retention.ms") == "3600000", entries
+admin.create_partitions({topic: NewPartitions(4)})
+parts = [t for t in admin.describe_topics([topic]) if t["topic"] == topic][0]["partitions"]
+assert len(parts) == 4, parts
+
+# Produce (gzip, acks=all), then read everything back without a group.
+producer = KafkaProducer(bootstrap_servers=addr, acks="all", compression_type="gzip")
+for i in range(40):
+    producer.send(topic, key=str(i).encode(), value=("kp-%d" % i).encode())
+producer.flush(30)
+producer.close()
+reader = KafkaConsumer(bootstrap_servers=addr, auto_offset_reset="earliest",
+                       enable_auto_commit=False, consumer_timeout_ms=10000)
+reader.assign([TopicPartition(topic, p) for p in range(4)])
+values = sorted(m.value.decode() for m in reader)
+reader.close()
+assert values == sorted("kp-%d" % i for i in range(40)), values
+
+# A group of two: the partitions are split, every record read once, offsets committed; when
+# one leaves, the other takes every partition and starts at the commits (nothing more to read).
+def member(name):
+    return KafkaConsumer(topic, bootstrap_servers=addr, group_id=group, client_id=name,
+                         auto_offset_reset="earliest", enable_auto_commit=False,
+                         session_timeout_ms=6000, heartbeat_interval_ms=500)
+a, b = member("kp-a"), member("kp-b")
+got = {a: [], b: []}
+def pump(members, until, what, timeout=60):
+    deadline = time.time() + timeout
+    while not until():
+        if time.time() > deadline:
+            sys.exit("timed out: " + what)
+        for c in members:
+            for tp, records in c.poll(timeout_ms=100).items():
+                got[c].extend((tp.partition, r.value.decode()) for r in records)
+owned = lambda c: {tp.partition for tp in c.assignment()}
+pump([a, b], lambda: len(got[a]) + len(got[b]) >= 40 and owned(a) and owned(b)
+     and not (owned(a) & owned(b)) and (owned(a) | owned(b)) == set(range(4)),
+     "the two members to split the partitions and read 40 records")
+values = sorted(v for c in (a, b) for _, v in got[c])
+assert values == sorted("kp-%d" % i for i in range(40)), values
+for c in (a, b):
+    assert all(p in owned(c) for p, _ in got[c]), "a record of a partition the member does not own"
+    c.commit()
+a.close()
+pump([b], lambda: owned(b) == set(range(4)), "b to own every partition")
+committed = sum(b.committed(TopicPartition(topic, p)) or 0 for p in range(4))
+assert committed == 40, committed
+b.close()
+
+admin.delete_topics([topic])
+assert topic not in admin.list_topics(), admin.list_topics()
+try:
+    admin.delete_topics([topic])
+    sys.exit("deleting a missing topic succeeded")
+except UnknownTopicOrPartitionError:
+    pass
+admin.close()
+print("OK")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_admin_produce_consume_and_a_group_of_two() {
+    if !python_has("kafka") {
+        eprintln!(
+            "SKIPPED: python3 with kafka-python is not installed (pip install kafka-python; \
+             `cargo xtask ci` installs it into target/python-clients); this test runs it as \
+             producer, consumers of a group and admin client"
+        );
+        return;
+    }
+    let cluster = Cluster::start_with_kafka(1, 1, &["group.initial.rebalance.delay.ms=300"]).await;
+    let addr = kafka_addr(&cluster);
+    tokio::task::block_in_place(|| {
+        run_python(
+            &cluster,
+            "kafka_python_test.py",
+            KAFKA_PYTHON_SCRIPT,
+            &[&addr, "kp-topic", "kp-group"],
+        )
+    });
 }

@@ -658,7 +658,8 @@ pub async fn incremental_alter_configs(
     m::IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
-/// DescribeCluster (v0-2): the cluster id, the active controller and the brokers at their
+/// DescribeCluster (v0-2): the cluster id, this broker as the controller (admin requests sent
+/// to it are forwarded to the active controller) and the brokers at their
 /// Kafka endpoints (fenced ones too when asked, v2). Controllers are not reachable over the
 /// Kafka protocol, so the CONTROLLERS endpoint type is refused.
 pub async fn describe_cluster(
@@ -669,7 +670,11 @@ pub async fn describe_cluster(
     let resp = m::DescribeClusterResponse::default()
         .with_endpoint_type(1)
         .with_controller_id(BrokerId(-1))
-        .with_cluster_authorized_operations(i32::MIN);
+        .with_cluster_authorized_operations(if req.include_cluster_authorized_operations {
+            super::apis::CLUSTER_OPERATIONS
+        } else {
+            i32::MIN
+        });
     if version >= 1 && req.endpoint_type != 1 {
         return resp
             .with_endpoint_type(req.endpoint_type)
@@ -692,7 +697,8 @@ pub async fn describe_cluster(
     };
     let with_fenced = version >= 2 && req.include_fenced_brokers;
     resp.with_cluster_id(text(answer.cluster_id))
-        .with_controller_id(BrokerId(answer.controller_id))
+        // As in Metadata: a broker that forwards admin requests (this one), not a controller.
+        .with_controller_id(BrokerId(apis.svc.rm.config().node_id))
         .with_brokers(
             answer
                 .brokers

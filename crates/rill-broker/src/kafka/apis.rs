@@ -18,6 +18,14 @@ pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 /// Kafka's UNKNOWN_TOPIC_ID.
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
 
+/// The operations on a topic (Kafka's `AclOperation` bits: READ, WRITE, CREATE, DELETE, ALTER,
+/// DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS), all allowed: rill has no authorization.
+pub const TOPIC_OPERATIONS: i32 =
+    1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11;
+/// The operations on the cluster (CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS,
+/// ALTER_CONFIGS, IDEMPOTENT_WRITE), all allowed.
+pub const CLUSTER_OPERATIONS: i32 = 1 << 5 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12;
+
 /// The APIs and versions this listener answers, as ApiVersions lists them.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
@@ -87,12 +95,23 @@ pub fn api_versions(error_code: i16) -> m::ApiVersionsResponse {
         )
 }
 
-/// Metadata: brokers with their Kafka endpoints, the active controller, topics with leaders,
-/// replicas and ISRs, topic ids.
+/// Metadata: brokers with their Kafka endpoints, this broker as the controller (it forwards
+/// admin requests), topics with leaders, replicas and ISRs, topic ids.
 pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataResponse {
     let image = apis.svc.rm.image();
     // null: every topic; an empty list (v1+): none. A topic may be named by id (v10+).
     let mut unknown_ids = Vec::new();
+    // rill has no authorization: asked for (v8+), every operation is allowed.
+    let topic_ops = if req.include_topic_authorized_operations {
+        TOPIC_OPERATIONS
+    } else {
+        i32::MIN
+    };
+    let cluster_ops = if req.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        i32::MIN
+    };
     let names: Option<Vec<String>> = req.topics.map(|topics| {
         topics
             .into_iter()
@@ -118,7 +137,7 @@ pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataR
     .await;
     let mut resp = m::MetadataResponse::default()
         .with_controller_id(BrokerId(-1))
-        .with_cluster_authorized_operations(i32::MIN);
+        .with_cluster_authorized_operations(cluster_ops);
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -128,7 +147,10 @@ pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataR
         }
     };
     resp.cluster_id = (!answer.cluster_id.is_empty()).then(|| text(&answer.cluster_id));
-    resp.controller_id = BrokerId(answer.controller_id);
+    // Kafka clients send admin requests to the "controller" of Metadata. rill's controllers do
+    // not speak Kafka (and their ids may be no broker's), so, as a KRaft broker of Kafka does,
+    // name a broker: this one, which forwards admin requests to the controllers.
+    resp.controller_id = BrokerId(apis.svc.rm.config().node_id);
     // Kafka clients only see brokers they can reach over Kafka: live ones with a Kafka endpoint.
     resp.brokers = answer
         .brokers
@@ -159,7 +181,7 @@ pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataR
                     .with_is_internal(t.name.starts_with("__"))
                     .with_name(Some(topic_name(&t.name)))
                     .with_topic_id(id)
-                    .with_topic_authorized_operations(i32::MIN)
+                    .with_topic_authorized_operations(topic_ops)
                     .with_partitions(
                         t.partitions
                             .into_iter()
