@@ -1789,3 +1789,106 @@ async fn kafka_python_admin_produce_consume_and_a_group_of_two() {
         )
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_by_topic_id_and_what_rill_refuses() {
+    use kafka_protocol::messages::{
+        BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+        DeleteTopicsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+        create_topics_request, delete_topics_request, incremental_alter_configs_request,
+    };
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    cluster.create_topic("by-id", 2, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let name = |n: &str| TopicName(StrBytes::from_string(n.to_owned()));
+
+    // Manual replica assignments: refused, with a message.
+    let r: CreateTopicsResponse = call(
+        &mut s,
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![
+                create_topics_request::CreatableTopic::default()
+                    .with_name(name("placed"))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+                    .with_assignments(vec![
+                        create_topics_request::CreatableReplicaAssignment::default()
+                            .with_broker_ids(vec![BrokerId(1)]),
+                    ]),
+            ]),
+    )
+    .await;
+    assert_eq!(r.topics[0].error_code, 39, "INVALID_REPLICA_ASSIGNMENT");
+    assert!(r.topics[0].error_message.is_some());
+
+    // APPEND is not one of rill's operations: INVALID_REQUEST saying so.
+    let r: IncrementalAlterConfigsResponse = call(
+        &mut s,
+        ApiKey::IncrementalAlterConfigs,
+        1,
+        &IncrementalAlterConfigsRequest::default().with_resources(vec![
+            incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("by-id"))
+                .with_configs(vec![
+                    incremental_alter_configs_request::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("cleanup.policy"))
+                        .with_config_operation(2)
+                        .with_value(Some(StrBytes::from_static_str("compact"))),
+                ]),
+        ]),
+    )
+    .await;
+    assert_eq!(r.responses[0].error_code, 42, "INVALID_REQUEST");
+    let why = r.responses[0].error_message.as_deref().unwrap_or_default();
+    assert!(why.contains("APPEND"), "{why}");
+
+    // DeleteTopics v6 by topic id: the id is resolved to the name; an unknown id is
+    // UNKNOWN_TOPIC_ID.
+    let md: MetadataResponse = call(
+        &mut s,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name("by-id"))),
+        ])),
+    )
+    .await;
+    let id = md.topics[0].topic_id;
+    assert!(!id.is_nil());
+    let unknown = uuid::Uuid::from_u128(7);
+    let r: DeleteTopicsResponse = call(
+        &mut s,
+        ApiKey::DeleteTopics,
+        6,
+        &DeleteTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![
+                delete_topics_request::DeleteTopicState::default().with_topic_id(id),
+                delete_topics_request::DeleteTopicState::default().with_topic_id(unknown),
+            ]),
+    )
+    .await;
+    assert_eq!(r.responses[0].error_code, 0, "{:?}", r.responses[0]);
+    assert_eq!(
+        r.responses[0].name.as_ref().map(|n| n.as_str()),
+        Some("by-id")
+    );
+    assert_eq!(r.responses[0].topic_id, id);
+    assert_eq!(r.responses[1].error_code, 100, "UNKNOWN_TOPIC_ID");
+    // Gone from this broker's metadata by the time the answer came.
+    let md: MetadataResponse = call(
+        &mut s,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name("by-id"))),
+        ])),
+    )
+    .await;
+    assert_eq!(md.topics[0].error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+}
