@@ -17,9 +17,10 @@ use parking_lot::Mutex;
 use tonic::transport::Channel;
 
 /// How often an idle connection to a controller is pinged.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a ping may go unanswered before the connection (and every stream on it) fails.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a ping may go unanswered before the connection (and every stream on it) fails:
+/// generous, since a busy but healthy controller's in-flight requests die with it.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The timeout of one attempt of a call with `patience`: half of it, so a silent controller
 /// costs at most half the patience and another voter is still tried; at least 500 ms so a busy
@@ -108,6 +109,59 @@ impl ControllerClient {
         Ok(r)
     }
 
+    /// As [`call`](Self::call), but a request the controller did not answer in time is not
+    /// sent again: for requests that are not idempotent (creating or deleting topics, adding
+    /// partitions), where a second attempt could answer TOPIC_ALREADY_EXISTS to the request
+    /// that created the topic. The caller gets REQUEST_TIMED_OUT saying the outcome is unknown,
+    /// as Kafka's brokers answer when the controller does not. Requests refused without being
+    /// processed (NOT_CONTROLLER, no connection) are still sent to the next controller.
+    pub async fn call_at_most_once<T, F, Fut>(
+        &self,
+        patience: Duration,
+        mut f: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnMut(GrpcClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let per_attempt = attempt_timeout(patience);
+        let timed_out = std::sync::atomic::AtomicBool::new(false);
+        let timed_out_ref = &timed_out;
+        let r = self
+            .call(patience, |c| {
+                let fut = f(c);
+                async move {
+                    let r = match tokio::time::timeout(per_attempt, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Err(tonic::Status::deadline_exceeded("")),
+                    };
+                    match r {
+                        Err(s)
+                            if matches!(
+                                s.code(),
+                                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                            ) =>
+                        {
+                            // Stop the retries: the request may have been processed.
+                            timed_out_ref.store(true, std::sync::atomic::Ordering::Release);
+                            Err(ApiError::new(ErrorCode::UnknownServerError, "timed out").into())
+                        }
+                        other => other,
+                    }
+                }
+            })
+            .await;
+        match r {
+            Err(_) if timed_out.load(std::sync::atomic::Ordering::Acquire) => Err(ApiError::new(
+                ErrorCode::RequestTimedOut,
+                format!(
+                    "the controller did not answer within {per_attempt:?}; the operation may or may not have been applied"
+                ),
+            )),
+            other => other,
+        }
+    }
+
     /// Node id of the controller that last answered a call (the active one), -1 before any.
     pub fn active_controller_id(&self) -> i32 {
         if self.answered.load(std::sync::atomic::Ordering::Acquire) {
@@ -188,5 +242,32 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(cc.start(), 1, "the next call starts at the other voter");
+    }
+
+    #[tokio::test]
+    async fn a_request_unanswered_in_time_is_not_sent_again_when_at_most_once() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let cc = ControllerClient::new(&[(1, silent_addr.clone()), (2, silent_addr)]).unwrap();
+        let sent = std::sync::atomic::AtomicUsize::new(0);
+        let r = cc
+            .call_at_most_once(Duration::from_secs(2), |mut c| {
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    c.describe_quorum(rill_protocol::proto::DescribeQuorumRequest {})
+                        .await
+                }
+            })
+            .await;
+        let e = r.expect_err("no controller answers");
+        assert_eq!(e.code, ErrorCode::RequestTimedOut, "{e}");
+        assert!(e.message.contains("may or may not"), "{e}");
+        assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

@@ -154,14 +154,15 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
                     _ = stop.cancelled() => return,
                     c = rx.recv() => match c { Some(c) => c, None => return },
                 };
-                let ok = match lifecycle.alter_partition(&change).await {
-                    Ok(()) => true,
+                let outcome = match lifecycle.alter_partition(&change).await {
+                    Ok(()) => replica_manager::IsrChangeOutcome::Accepted,
                     Err(e) => {
-                        tracing::warn!(partition = %change.tp, isr = ?change.new_isr, error = %e, "AlterPartition refused; will retry from fresh state");
-                        false
+                        let outcome = replica_manager::IsrChangeOutcome::of_error(e.code);
+                        tracing::warn!(partition = %change.tp, isr = ?change.new_isr, error = %e, ?outcome, "AlterPartition failed");
+                        outcome
                     }
                 };
-                rm.isr_change_done(&change, ok);
+                rm.isr_change_done(&change, outcome);
             }
         });
     }

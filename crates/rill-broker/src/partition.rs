@@ -523,6 +523,15 @@ impl Partition {
 
     /// Leader: the controller refused `change` (or could not be asked): drop it so it can be
     /// proposed again from fresh state — unless another change is pending by now.
+    /// Leader: whether `change` is still the ISR change in flight (nothing decided it yet).
+    pub(crate) fn isr_change_pending(&self, change: &IsrChange) -> bool {
+        let inner = self.inner.read();
+        inner.state.partition_epoch == change.partition_epoch
+            && inner.state.leader_epoch == change.leader_epoch
+            && inner.state.leader == self.node_id
+            && inner.pending_isr.as_ref() == Some(&change.new_isr)
+    }
+
     pub(crate) fn abort_isr_change(&self, change: &IsrChange) {
         let mut inner = self.inner.write();
         if inner.state.partition_epoch == change.partition_epoch

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use rill_protocol::ErrorCode;
 use rill_protocol::proto::broker_client::BrokerClient;
 use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
-use rill_storage::{LogManager, TopicPartition};
+use rill_storage::{LogError, LogManager, TopicPartition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -298,7 +298,9 @@ fn build_request(
         if config.flush_policy == FlushPolicy::Commit
             && let Err(e) = f.partition.group_commit().wait_durable(end)
         {
-            tracing::error!(partition = %tp, error = %e, "follower fsync failed; not fetching it");
+            if !matches!(e, LogError::Truncated { .. }) {
+                tracing::error!(partition = %tp, error = %e, "follower fsync failed; not fetching it");
+            }
             continue;
         }
         topics
@@ -446,8 +448,10 @@ fn process_response(
         if policy == FlushPolicy::Commit
             && let Err(e) = partition.group_commit().wait_durable(end)
         {
-            tracing::error!(partition = %partition.tp, error = %e, "follower fsync failed");
-            errors += 1;
+            if !matches!(e, LogError::Truncated { .. }) {
+                tracing::error!(partition = %partition.tp, error = %e, "follower fsync failed");
+                errors += 1;
+            }
             continue;
         }
         partition.as_follower_of(leader, epoch, || partition.set_follower_hw(leader_hw, end));

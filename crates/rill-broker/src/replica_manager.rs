@@ -58,6 +58,37 @@ pub use crate::partition::{IsrChange, LeaderAppend, LeaderState, Partition};
 /// A client-facing error plus, when known, the current (leader id, leader epoch).
 pub type PartitionError = (ApiError, Option<(i32, i32)>);
 
+/// What an AlterPartition came to, for the pending ISR change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsrChangeOutcome {
+    /// The controller committed it; the metadata brings it.
+    Accepted,
+    /// The controller answered that nothing was applied.
+    Refused,
+    /// The partition's epoch moved on at the controller (maybe through this change): wait for
+    /// the metadata.
+    Superseded,
+    /// No answer (timeout, unreachable, no active controller): it may have been applied.
+    Unknown,
+}
+
+impl IsrChangeOutcome {
+    /// The outcome a failed AlterPartition's error code means.
+    pub fn of_error(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::InvalidUpdateVersion => IsrChangeOutcome::Superseded,
+            ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::NotLeaderOrFollower
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::InvalidRequest
+            | ErrorCode::StaleBrokerEpoch
+            | ErrorCode::BrokerIdNotRegistered => IsrChangeOutcome::Refused,
+            _ => IsrChangeOutcome::Unknown,
+        }
+    }
+}
+
 /// The hosted partitions and the local metadata image.
 pub struct ReplicaManager {
     node_id: i32,
@@ -175,11 +206,33 @@ impl ReplicaManager {
         }
     }
 
-    /// The outcome of an AlterPartition: on failure the pending ISR is dropped so the change
-    /// can be proposed again from fresh state.
-    pub fn isr_change_done(&self, change: &IsrChange, ok: bool) {
-        if !ok && let Some(p) = self.partition(&change.tp) {
-            p.abort_isr_change(change);
+    /// The outcome of an AlterPartition. Only a refusal that proves nothing was applied drops
+    /// the pending ISR (so the change can be proposed again from fresh state). An ISR the
+    /// controller may have committed must keep holding back the high watermark — it may elect
+    /// any of its replicas — so after an unknown outcome the same change is sent again, and
+    /// after INVALID_UPDATE_VERSION (the partition moved on, maybe by this very change) it stays
+    /// pending until the metadata with the new partition epoch clears it (Kafka's
+    /// `PendingExpandIsr` handling).
+    pub fn isr_change_done(&self, change: &IsrChange, outcome: IsrChangeOutcome) {
+        let Some(p) = self.partition(&change.tp) else {
+            return;
+        };
+        match outcome {
+            IsrChangeOutcome::Accepted | IsrChangeOutcome::Superseded => {}
+            IsrChangeOutcome::Refused => p.abort_isr_change(change),
+            IsrChangeOutcome::Unknown => {
+                let tx = self.isr_changes.read().clone();
+                let change = change.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    if p.isr_change_pending(&change)
+                        && let Some(tx) = tx
+                        && tx.send(change.clone()).is_err()
+                    {
+                        p.abort_isr_change(&change);
+                    }
+                });
+            }
         }
     }
 
@@ -718,6 +771,13 @@ impl ReplicaManager {
     /// may be gone from the page cache, so nothing from that dir is acknowledged again.
     pub fn make_durable(&self, partition: &Partition, end: i64) -> Result<(), ApiError> {
         if let Err(e) = partition.group_commit().wait_durable(end) {
+            if let LogError::Truncated { .. } = e {
+                // Leadership moved and the log took another leader's: not a disk failure.
+                return Err(ApiError::new(
+                    ErrorCode::NotLeaderOrFollower,
+                    format!("{}: {e}; the write may not survive", partition.tp),
+                ));
+            }
             let reason = format!("fsync failed on {}: {e}", partition.tp);
             self.fail_log_dir(&partition.log_dir, &reason);
             return Err(ApiError::new(ErrorCode::KafkaStorageError, reason));
@@ -796,7 +856,10 @@ impl ReplicaManager {
     pub fn flush_due_logs(&self) -> Result<(), LogError> {
         for p in self.all_partitions() {
             let due = p.log.read().flush_due();
-            if due && let Err(e) = p.log.write().flush() {
+            // The log's lock is released before a failure takes the directory offline (which
+            // takes every partition's state lock: lock order is state, then log).
+            let flushed = if due { p.log.write().flush() } else { Ok(()) };
+            if let Err(e) = flushed {
                 if is_dir_failure(&e) {
                     self.fail_log_dir(&p.log_dir, &e.to_string());
                 }

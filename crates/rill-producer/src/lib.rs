@@ -245,6 +245,8 @@ struct Batch {
     /// producer's state; otherwise an earlier batch may simply not have arrived yet (requests of
     /// one partition can overtake each other on the way to the leader's I/O threads).
     sent_as_head: bool,
+    /// Why the last attempt failed, for the error when the delivery timeout ends the retries.
+    last_error: Option<String>,
 }
 
 impl Batch {
@@ -664,6 +666,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
             retry_at: None,
             seq: None,
             sent_as_head: false,
+            last_error: None,
         }),
         Err(e) => {
             let codec = inner.config.compression;
@@ -676,6 +679,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
                 retry_at: None,
                 seq: None,
                 sent_as_head: false,
+                last_error: None,
             };
             finish_batch(inner, failed, |_, _| Err(err.clone()));
         }
@@ -807,7 +811,10 @@ fn expire_waiting(inner: &Inner, q: &mut PartitionQueue, now: Instant, why: &str
         .is_some_and(|b| now.duration_since(b.created) >= inner.config.delivery_timeout)
     {
         if let Some(b) = q.ready.pop_front() {
-            let err = ProducerError::Timeout(format!("delivery.timeout.ms passed {why}"));
+            let err = ProducerError::Timeout(match &b.last_error {
+                Some(e) => format!("delivery.timeout.ms passed {why}; last error: {e}"),
+                None => format!("delivery.timeout.ms passed {why}"),
+            });
             fail_batch(inner, q, b, &err);
         }
     }
@@ -1160,7 +1167,7 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
                     Some(pr) => {
                         let code = ErrorCode::try_from(pr.error_code)
                             .unwrap_or(ErrorCode::UnknownServerError);
-                        if let Some(cl) = &pr.current_leader {
+                        let hint_taken = pr.current_leader.as_ref().is_some_and(|cl| {
                             inner.client.update_leader(
                                 &s.topic,
                                 s.partition,
@@ -1168,8 +1175,11 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
                                     leader: cl.leader_id,
                                     epoch: cl.leader_epoch,
                                 },
-                            );
-                        } else if code.is_retriable() {
+                            )
+                        });
+                        if !hint_taken && code.is_retriable() {
+                            // No usable hint (none, or an older leader epoch: maybe the topic
+                            // was created again): refresh the metadata.
                             inner.client.invalidate(&s.topic);
                         }
                         requeue_or_fail(inner, s, ApiError::new(code, pr.error_message.clone()));
@@ -1280,6 +1290,8 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
     let mut keep = Vec::new();
     for b in s.batches {
         if retriable && now.duration_since(b.created) < inner.config.delivery_timeout {
+            let mut b = b;
+            b.last_error = Some(e.to_string());
             keep.push(b);
         } else {
             let err = if retriable {
@@ -1326,6 +1338,7 @@ mod tests {
                 retry_at: None,
                 seq: None,
                 sent_as_head: false,
+                last_error: None,
             }],
         };
         // 40 backlogged partitions of 1000 bytes over 5 requests, at most 3000 bytes each.

@@ -339,7 +339,11 @@ impl ClusterClient {
     }
 
     /// Records a newer leader learned from an error response.
-    pub fn update_leader(&self, topic: &str, partition: i32, info: LeaderInfo) {
+    ///
+    /// Returns whether the hint was taken. One with an older leader epoch is not — but it may
+    /// come from a topic deleted and created again (epochs start over), so a caller that gets
+    /// `false` should refresh the topic's metadata, which compares topic ids.
+    pub fn update_leader(&self, topic: &str, partition: i32, info: LeaderInfo) -> bool {
         if let Some(slot) = self
             .cache
             .write()
@@ -349,6 +353,9 @@ impl ClusterClient {
             && info.epoch >= slot.epoch
         {
             *slot = info;
+            true
+        } else {
+            false
         }
     }
 
@@ -512,22 +519,19 @@ mod tests {
         c.absorb(&answer("id-1", &[(1, 0), (1, 0)]));
         assert_eq!(leaders(&c), [(2, 5), (3, 6)]);
         // update_leader (from an error response's current leader) follows the same rule.
-        c.update_leader(
-            "t",
-            0,
-            LeaderInfo {
-                leader: 1,
-                epoch: 4,
-            },
+        let older = LeaderInfo {
+            leader: 1,
+            epoch: 4,
+        };
+        assert!(
+            !c.update_leader("t", 0, older),
+            "an older hint is not taken"
         );
-        c.update_leader(
-            "t",
-            1,
-            LeaderInfo {
-                leader: 1,
-                epoch: 7,
-            },
-        );
+        let newer = LeaderInfo {
+            leader: 1,
+            epoch: 7,
+        };
+        assert!(c.update_leader("t", 1, newer));
         assert_eq!(leaders(&c), [(2, 5), (1, 7)]);
     }
 

@@ -171,6 +171,17 @@ pub enum LogError {
         /// The first failure, as reported when it happened.
         reason: String,
     },
+    /// The offsets waited for were truncated away (this replica stopped leading and took
+    /// another leader's log) before they became durable: they will never be.
+    #[error(
+        "offsets up to {end} were truncated (the log now ends at {log_end}) before they were on disk"
+    )]
+    Truncated {
+        /// The end offset waited for.
+        end: i64,
+        /// The log end after the truncation.
+        log_end: i64,
+    },
     /// An I/O error on a log file.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -200,6 +211,7 @@ impl LogError {
             LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
             LogError::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::Truncated { .. } => ErrorCode::NotLeaderOrFollower,
             LogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             LogError::Corrupt { .. } | LogError::Io { .. } | LogError::LogDirOffline { .. } => {
                 ErrorCode::KafkaStorageError

@@ -138,7 +138,8 @@ impl GroupCommit {
     /// Blocks until every offset below `end` is on disk, fsyncing as the group's leader when no
     /// fsync covering it is under way. Fails (for good: see the module docs) when an fsync
     /// failed: the leader that saw the failure gets the I/O error, everyone else
-    /// [`LogError::LogDirOffline`].
+    /// [`LogError::LogDirOffline`]. Fails with [`LogError::Truncated`] when the log was
+    /// truncated below `end` meanwhile (those offsets will never be durable).
     pub fn wait_durable(&self, end: i64) -> Result<()> {
         let mut s = self.lock();
         loop {
@@ -147,6 +148,13 @@ impl GroupCommit {
             }
             if s.durable >= end {
                 return Ok(());
+            }
+            if s.appended < end {
+                // Only a truncation moves `appended` below an offset that was appended.
+                return Err(LogError::Truncated {
+                    end,
+                    log_end: s.appended,
+                });
             }
             if s.syncing {
                 s.waiters += 1;
@@ -239,5 +247,27 @@ mod tests {
         }
         assert!(gc.sync_count() >= 1);
         assert_eq!(gc.durable_offset(), 7050);
+    }
+
+    /// A waiter whose offsets were truncated away is told so at once (it used to loop,
+    /// "fsyncing" nothing, until the log grew past its offset again).
+    #[test]
+    fn offsets_truncated_away_are_never_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = Arc::new(SegmentFile::new(
+            std::fs::File::create(&path).unwrap(),
+            path,
+            0,
+        ));
+        let gc = GroupCommit::new(0, dir.path());
+        gc.appended(&file, 10);
+        gc.truncated(5);
+        match gc.wait_durable(10) {
+            Err(LogError::Truncated { end, log_end }) => assert_eq!((end, log_end), (10, 5)),
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+        gc.wait_durable(5).unwrap();
+        assert!(!gc.is_failed(), "a truncation is no failure");
     }
 }

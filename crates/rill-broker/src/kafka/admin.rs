@@ -58,8 +58,22 @@ fn patience(timeout_ms: i32) -> Duration {
     Duration::from_millis(timeout_ms.clamp(1_000, 30_000) as u64)
 }
 
+/// Whether a request may be sent again after the controller did not answer it in time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Idempotent (describing, setting configs): sent again.
+    Yes,
+    /// Creating or deleting: answered REQUEST_TIMED_OUT instead, as Kafka's brokers do.
+    No,
+}
+
 /// Calls the active controller (following NOT_CONTROLLER hints, failing over).
-async fn controller<T, F, Fut>(apis: &KafkaApis, patience: Duration, f: F) -> Result<T, ApiError>
+async fn controller<T, F, Fut>(
+    apis: &KafkaApis,
+    patience: Duration,
+    resend: Resend,
+    f: F,
+) -> Result<T, ApiError>
 where
     F: FnMut(GrpcClient<Channel>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -70,7 +84,10 @@ where
             "this broker has no connection to the controllers",
         ));
     };
-    controllers.call(patience, f).await
+    match resend {
+        Resend::Yes => controllers.call(patience, f).await,
+        Resend::No => controllers.call_at_most_once(patience, f).await,
+    }
 }
 
 /// Waits (up to `patience`) until this broker's metadata image satisfies `done`, so a client's
@@ -140,7 +157,7 @@ pub async fn create_topics(
         topics: forwarded,
         validate_only: req.validate_only,
     };
-    let answer = controller(apis, patience, |mut c| {
+    let answer = controller(apis, patience, Resend::No, |mut c| {
         let rill = rill.clone();
         async move { c.create_topics(rill).await }
     })
@@ -246,7 +263,7 @@ pub async fn delete_topics(
         let rill = rp::DeleteTopicsRequest {
             names: names.clone(),
         };
-        controller(apis, patience, |mut c| {
+        controller(apis, patience, Resend::No, |mut c| {
             let rill = rill.clone();
             async move { c.delete_topics(rill).await }
         })
@@ -331,7 +348,7 @@ pub async fn create_partitions(
             topics: forwarded,
             validate_only: req.validate_only,
         };
-        controller(apis, patience, |mut c| {
+        controller(apis, patience, Resend::No, |mut c| {
             let rill = rill.clone();
             async move { c.create_partitions(rill).await }
         })
@@ -417,7 +434,7 @@ pub async fn describe_configs(
         Ok(rp::DescribeConfigsResponse::default())
     } else {
         let rill = rp::DescribeConfigsRequest { topics };
-        controller(apis, patience(10_000), |mut c| {
+        controller(apis, patience(10_000), Resend::Yes, |mut c| {
             let rill = rill.clone();
             async move { c.describe_configs(rill).await }
         })
@@ -621,7 +638,7 @@ pub async fn incremental_alter_configs(
             resources: forwarded,
             validate_only: req.validate_only,
         };
-        controller(apis, patience(10_000), |mut c| {
+        controller(apis, patience(10_000), Resend::Yes, |mut c| {
             let rill = rill.clone();
             async move { c.incremental_alter_configs(rill).await }
         })
