@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -240,38 +240,45 @@ fn decode_header(mut frame: Bytes) -> Result<Decoded, KafkaError> {
     })
 }
 
-/// Decodes and answers one frame; `None` when the request gets no answer (acks=0 produce).
-async fn handle_frame(
-    apis: &KafkaApis,
-    frame: Bytes,
-    peer: Option<SocketAddr>,
-) -> Result<Option<Bytes>, KafkaError> {
+/// A request frame as the listener reads it ([`decode_request`]).
+#[derive(Debug)]
+pub struct Request {
+    /// The API called.
+    pub key: ApiKey,
+    /// Its version, as the client sent it.
+    pub version: i16,
+    /// The request header (correlation id, client id).
+    pub header: RequestHeader,
+    /// Whether rill answers `key` at `version` ([`apis::SUPPORTED`]); if not, the answer is that
+    /// API's UNSUPPORTED_VERSION one.
+    pub in_range: bool,
+    /// The decoded body, for the APIs and versions whose bodies the listener reads; `None` for
+    /// ApiVersions (its body is informational) and for requests answered without a body.
+    pub body: Option<RequestKind>,
+}
+
+/// Decodes one request frame (header and body, without the 4-byte length): the header, the
+/// version checks, the array-length walk of [`guard`], then the codec. Pure (no I/O, no
+/// broker state), so the fuzzer and the decode tests run exactly what a connection runs; a
+/// frame it refuses closes its connection.
+pub fn decode_request(frame: Bytes) -> Result<Request, KafkaError> {
     let Decoded {
         key,
         version,
         header,
         mut body,
     } = decode_header(frame)?;
-    let correlation_id = header.correlation_id;
     let supported = apis::supported_versions(key);
-    if key == ApiKey::ApiVersions {
-        return match supported {
-            Some((min, max)) if (min..=max).contains(&version) => {
-                // The body (client name and version, v3+) is informational.
-                encode(key, version, correlation_id, &apis::api_versions(0)).map(Some)
-            }
-            // Kafka answers an ApiVersions it cannot parse with a v0 answer: error 35 and the
-            // versions it supports, so the client can retry with one of them.
-            _ => encode(
-                key,
-                0,
-                correlation_id,
-                &apis::api_versions(apis::UNSUPPORTED_VERSION),
-            )
-            .map(Some),
-        };
-    }
     let in_range = supported.is_some_and(|(min, max)| (min..=max).contains(&version));
+    if key == ApiKey::ApiVersions {
+        return Ok(Request {
+            key,
+            version,
+            header,
+            in_range,
+            body: None,
+        });
+    }
     let codec = key.valid_versions();
     if !in_range && !(codec.min..=codec.max).contains(&version) {
         return Err(KafkaError::Malformed(format!(
@@ -285,16 +292,79 @@ async fn handle_frame(
     if readable && let Err(guard::Stop::Impossible(why)) = guard::check(key, version, &body) {
         return Err(KafkaError::Malformed(format!("{key:?} v{version}: {why}")));
     }
-    macro_rules! decode_body {
-        ($ty:ty) => {
-            <$ty>::decode(&mut body, version)
-                .map_err(|e| KafkaError::Malformed(format!("{key:?} v{version} body: {e}")))?
+    let decoded = match key {
+        // Answered UNSUPPORTED_VERSION per topic/partition, so read at any version they walk.
+        ApiKey::Metadata | ApiKey::Produce | ApiKey::Fetch | ApiKey::ListOffsets => readable,
+        ApiKey::FindCoordinator
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::InitProducerId => in_range,
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::ListGroups
+        | ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups
+        | ApiKey::OffsetForLeaderEpoch
+        | ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::CreatePartitions
+        | ApiKey::DescribeConfigs
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::DescribeCluster => readable && in_range,
+        _ => false,
+    };
+    let body = if decoded {
+        Some(
+            RequestKind::decode(key, &mut body, version)
+                .map_err(|e| KafkaError::Malformed(format!("{key:?} v{version} body: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Ok(Request {
+        key,
+        version,
+        header,
+        in_range,
+        body,
+    })
+}
+
+/// Decodes and answers one frame; `None` when the request gets no answer (acks=0 produce).
+async fn handle_frame(
+    apis: &KafkaApis,
+    frame: Bytes,
+    peer: Option<SocketAddr>,
+) -> Result<Option<Bytes>, KafkaError> {
+    let Request {
+        key,
+        version,
+        header,
+        in_range,
+        body,
+    } = decode_request(frame)?;
+    let correlation_id = header.correlation_id;
+    if key == ApiKey::ApiVersions {
+        return if in_range {
+            // The body (client name and version, v3+) is informational.
+            encode(key, version, correlation_id, &apis::api_versions(0)).map(Some)
+        } else {
+            // Kafka answers an ApiVersions it cannot parse with a v0 answer: error 35 and the
+            // versions it supports, so the client can retry with one of them.
+            encode(
+                key,
+                0,
+                correlation_id,
+                &apis::api_versions(apis::UNSUPPORTED_VERSION),
+            )
+            .map(Some)
         };
     }
-    use kafka_protocol::messages as m;
-    match key {
-        ApiKey::Metadata if readable => {
-            let req = decode_body!(m::MetadataRequest);
+    use RequestKind as R;
+    match body {
+        Some(R::Metadata(req)) => {
             let resp = if in_range {
                 apis::metadata(apis, req).await
             } else {
@@ -302,8 +372,7 @@ async fn handle_frame(
             };
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::Produce if readable => {
-            let req = decode_body!(m::ProduceRequest);
+        Some(R::Produce(req)) => {
             let acks = req.acks;
             let resp = if in_range {
                 apis::produce(apis, req).await
@@ -315,8 +384,7 @@ async fn handle_frame(
             }
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::Fetch if readable => {
-            let req = decode_body!(m::FetchRequest);
+        Some(R::Fetch(req)) => {
             let resp = if in_range {
                 apis::fetch(apis, req, version).await
             } else {
@@ -324,8 +392,7 @@ async fn handle_frame(
             };
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::ListOffsets if readable => {
-            let req = decode_body!(m::ListOffsetsRequest);
+        Some(R::ListOffsets(req)) => {
             let resp = if in_range {
                 apis::list_offsets(apis, req, version).await
             } else {
@@ -333,23 +400,19 @@ async fn handle_frame(
             };
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::FindCoordinator if in_range => {
-            let req = decode_body!(m::FindCoordinatorRequest);
+        Some(R::FindCoordinator(req)) => {
             let resp = apis::find_coordinator(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::OffsetCommit if in_range => {
-            let req = decode_body!(m::OffsetCommitRequest);
+        Some(R::OffsetCommit(req)) => {
             let resp = apis::offset_commit(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::OffsetFetch if in_range => {
-            let req = decode_body!(m::OffsetFetchRequest);
+        Some(R::OffsetFetch(req)) => {
             let resp = apis::offset_fetch(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::JoinGroup if readable && in_range => {
-            let req = decode_body!(m::JoinGroupRequest);
+        Some(R::JoinGroup(req)) => {
             let caller = apis::Caller {
                 client_id: header
                     .client_id
@@ -361,80 +424,66 @@ async fn handle_frame(
             let resp = apis::join_group(apis, req, version, &caller).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::SyncGroup if readable && in_range => {
-            let req = decode_body!(m::SyncGroupRequest);
+        Some(R::SyncGroup(req)) => {
             let resp = apis::sync_group(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::Heartbeat if readable && in_range => {
-            let req = decode_body!(m::HeartbeatRequest);
+        Some(R::Heartbeat(req)) => {
             let resp = apis::heartbeat(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::LeaveGroup if readable && in_range => {
-            let req = decode_body!(m::LeaveGroupRequest);
+        Some(R::LeaveGroup(req)) => {
             let resp = apis::leave_group(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::ListGroups if readable && in_range => {
-            let req = decode_body!(m::ListGroupsRequest);
+        Some(R::ListGroups(req)) => {
             let resp = apis::list_groups(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::DescribeGroups if readable && in_range => {
-            let req = decode_body!(m::DescribeGroupsRequest);
+        Some(R::DescribeGroups(req)) => {
             let resp = apis::describe_groups(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::DeleteGroups if readable && in_range => {
-            let req = decode_body!(m::DeleteGroupsRequest);
+        Some(R::DeleteGroups(req)) => {
             let resp = apis::delete_groups(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::OffsetForLeaderEpoch if readable && in_range => {
-            let req = decode_body!(m::OffsetForLeaderEpochRequest);
+        Some(R::OffsetForLeaderEpoch(req)) => {
             let resp = apis::offset_for_leader_epoch(apis, req);
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::CreateTopics if readable && in_range => {
-            let req = decode_body!(m::CreateTopicsRequest);
+        Some(R::CreateTopics(req)) => {
             let resp = admin::create_topics(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::DeleteTopics if readable && in_range => {
-            let req = decode_body!(m::DeleteTopicsRequest);
+        Some(R::DeleteTopics(req)) => {
             let resp = admin::delete_topics(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::CreatePartitions if readable && in_range => {
-            let req = decode_body!(m::CreatePartitionsRequest);
+        Some(R::CreatePartitions(req)) => {
             let resp = admin::create_partitions(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::DescribeConfigs if readable && in_range => {
-            let req = decode_body!(m::DescribeConfigsRequest);
+        Some(R::DescribeConfigs(req)) => {
             let resp = admin::describe_configs(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::IncrementalAlterConfigs if readable && in_range => {
-            let req = decode_body!(m::IncrementalAlterConfigsRequest);
+        Some(R::IncrementalAlterConfigs(req)) => {
             let resp = admin::incremental_alter_configs(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::DescribeCluster if readable && in_range => {
-            let req = decode_body!(m::DescribeClusterRequest);
+        Some(R::DescribeCluster(req)) => {
             let resp = admin::describe_cluster(apis, req, version).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        ApiKey::InitProducerId if in_range => {
-            let req = decode_body!(m::InitProducerIdRequest);
+        Some(R::InitProducerId(req)) => {
             let resp = apis::init_producer_id(apis, req).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
-        other => match apis::unsupported_answer(other, version, correlation_id) {
+        _ => match apis::unsupported_answer(key, version, correlation_id) {
             Some(answer) => answer.map(Some),
             None => Err(KafkaError::Malformed(format!(
-                "{other:?} v{version} is not implemented by rill's Kafka listener"
+                "{key:?} v{version} is not implemented by rill's Kafka listener"
             ))),
         },
     }
