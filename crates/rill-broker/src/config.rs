@@ -75,6 +75,11 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "most record bytes one fetch response may hold",
     ),
     (
+        "max.incremental.fetch.session.cache.slots",
+        "1000",
+        "fetch sessions (KIP-227) the Kafka listener keeps; a new one evicts the least recently used (0: none)",
+    ),
+    (
         "socket.request.max.bytes",
         "104857600",
         "largest request accepted",
@@ -381,6 +386,8 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     /// `fetch.max.bytes`.
     pub fetch_max_bytes: usize,
+    /// `max.incremental.fetch.session.cache.slots`: the Kafka listener's fetch sessions.
+    pub max_incremental_fetch_session_cache_slots: usize,
     /// `log.flush.policy`.
     pub flush_policy: FlushPolicy,
     /// `log.retention.check.interval.ms`.
@@ -639,6 +646,11 @@ impl BrokerConfig {
             socket_request_max_bytes: int("socket.request.max.bytes", 1024, i32::MAX as i64)?
                 as usize,
             fetch_max_bytes: int("fetch.max.bytes", 1024, i32::MAX as i64)? as usize,
+            max_incremental_fetch_session_cache_slots: int(
+                "max.incremental.fetch.session.cache.slots",
+                0,
+                i32::MAX as i64,
+            )? as usize,
             flush_policy,
             retention_check_interval_ms: int("log.retention.check.interval.ms", 1, i64::MAX)?
                 as u64,

@@ -515,7 +515,7 @@ async fn kcat_produces_idempotently_with_every_codec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acks_zero_gets_no_answer_and_fetch_sessions_fall_back_to_full_fetches() {
+async fn acks_zero_gets_no_answer_and_an_unknown_fetch_session_is_refused() {
     use kafka_protocol::messages::{
         FetchRequest, FetchResponse, ProduceRequest, fetch_request, produce_request,
     };
@@ -583,7 +583,10 @@ async fn acks_zero_gets_no_answer_and_fetch_sessions_fall_back_to_full_fetches()
     );
     let r = FetchResponse::decode(&mut answer, 12).unwrap();
     assert_eq!(r.error_code, 0);
-    assert_eq!(r.session_id, 0);
+    assert_ne!(
+        r.session_id, 0,
+        "a full fetch with epoch 0 creates a fetch session"
+    );
     let p = &r.responses[0].partitions[0];
     assert_eq!((p.error_code, p.high_watermark), (0, 1));
     let records = p.records.clone().unwrap_or_default();
@@ -592,7 +595,7 @@ async fn acks_zero_gets_no_answer_and_fetch_sessions_fall_back_to_full_fetches()
     assert_eq!(records.len(), batch.len());
     assert_eq!(records[8..12], batch[8..12]);
     assert_eq!(records[16..], batch[16..]);
-    // A client naming a session rill never created is told to start over.
+    // A client naming a session the broker does not have is told to start over.
     s.write_all(&frame(ApiKey::Fetch, 12, 3, &fetch(77, 4)))
         .await
         .unwrap();
@@ -1891,4 +1894,201 @@ async fn admin_requests_by_topic_id_and_what_rill_refuses() {
     )
     .await;
     assert_eq!(md.topics[0].error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+}
+
+/// Fetch sessions (KIP-227) driven by hand: a full fetch creates one, incremental fetches name
+/// only what changed and are answered only with what changed (nothing: after max_wait), new
+/// records show up, forgotten partitions stop showing up, a wrong epoch and a closed session
+/// are refused. librdkafka (kcat, confluent-kafka-python) never asks for a session (its
+/// fetches are session 0, epoch -1: the sessionless path the kcat tests use); kafka-python's
+/// consumer does (its test goes through incremental fetches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_fetch_sessions_answer_only_what_changed() {
+    use kafka_protocol::messages::{
+        FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, fetch_request,
+        produce_request,
+    };
+    use rill_protocol::record_batch::{Compression, RecordBatchBuilder};
+
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    cluster.create_topic("sess", 2, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let name = || TopicName(StrBytes::from_static_str("sess"));
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let produce_to = async |s: &mut TcpStream, partition: i32, value: &str| {
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        builder.append(1, None, Some(value.as_bytes()), &[]);
+        let r: ProduceResponse = call(
+            s,
+            ApiKey::Produce,
+            9,
+            &ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![
+                    produce_request::TopicProduceData::default()
+                        .with_name(name())
+                        .with_partition_data(vec![
+                            produce_request::PartitionProduceData::default()
+                                .with_index(partition)
+                                .with_records(Some(builder.build().unwrap())),
+                        ]),
+                ]),
+        )
+        .await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    };
+    let part = |partition: i32, offset: i64| {
+        fetch_request::FetchPartition::default()
+            .with_partition(partition)
+            .with_current_leader_epoch(-1)
+            .with_fetch_offset(offset)
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let fetch =
+        |id: i32, epoch: i32, parts: Vec<fetch_request::FetchPartition>, forget: Vec<i32>| {
+            FetchRequest::default()
+                .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                .with_max_wait_ms(400)
+                .with_min_bytes(1)
+                .with_max_bytes(1 << 20)
+                .with_session_id(id)
+                .with_session_epoch(epoch)
+                .with_topics(if parts.is_empty() {
+                    vec![]
+                } else {
+                    vec![
+                        fetch_request::FetchTopic::default()
+                            .with_topic(name())
+                            .with_partitions(parts),
+                    ]
+                })
+                .with_forgotten_topics_data(if forget.is_empty() {
+                    vec![]
+                } else {
+                    vec![
+                        fetch_request::ForgottenTopic::default()
+                            .with_topic(name())
+                            .with_partitions(forget),
+                    ]
+                })
+        };
+    // (partition, high watermark, record bytes) of an answer.
+    let seen = |r: &FetchResponse| -> Vec<(i32, i64, usize)> {
+        r.responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| {
+                assert_eq!(p.error_code, 0);
+                (
+                    p.partition_index,
+                    p.high_watermark,
+                    p.records.as_ref().map_or(0, |r| r.len()),
+                )
+            })
+            .collect()
+    };
+
+    produce_to(&mut s, 0, "first").await;
+    // Full fetch, epoch 0: a session, and every partition answered.
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &fetch(0, 0, vec![part(0, 0), part(1, 0)], vec![]),
+    )
+    .await;
+    assert_eq!(r.error_code, 0);
+    let id = r.session_id;
+    assert_ne!(id, 0, "a session was created");
+    let got = seen(&r);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].0 == 0 && got[0].1 == 1 && got[0].2 > 0, "{got:?}");
+    assert_eq!(got[1], (1, 0, 0));
+
+    // Epoch 1: partition 0 moved on, nothing new anywhere: an empty answer after max_wait.
+    let started = Instant::now();
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &fetch(id, 1, vec![part(0, 1)], vec![]),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!((r.error_code, r.session_id), (0, id));
+    assert!(seen(&r).is_empty(), "nothing changed: {:?}", seen(&r));
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "an empty incremental fetch waits max_wait (400 ms), took {waited:?}"
+    );
+
+    // New records on partition 1: only it is answered, though the fetch names nothing.
+    produce_to(&mut s, 1, "second").await;
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &fetch(id, 2, vec![], vec![])).await;
+    let got = seen(&r);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].0 == 1 && got[0].1 == 1 && got[0].2 > 0, "{got:?}");
+
+    // Partition 1 forgotten: new records there no longer show up; partition 0's do.
+    produce_to(&mut s, 1, "third").await;
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &fetch(id, 3, vec![], vec![1])).await;
+    assert!(
+        seen(&r).is_empty(),
+        "a forgotten partition is not read: {:?}",
+        seen(&r)
+    );
+    produce_to(&mut s, 0, "fourth").await;
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &fetch(id, 4, vec![], vec![])).await;
+    let got = seen(&r);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].0 == 0 && got[0].1 == 2 && got[0].2 > 0, "{got:?}");
+
+    // A repeated epoch is refused (the session stays); so is a session that does not exist.
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &fetch(id, 4, vec![], vec![])).await;
+    assert_eq!(
+        (r.error_code, r.session_id),
+        (71, 0),
+        "INVALID_FETCH_SESSION_EPOCH"
+    );
+    assert!(r.responses.is_empty());
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &fetch(id, 5, vec![part(0, 2)], vec![]),
+    )
+    .await;
+    assert_eq!(
+        (r.error_code, r.session_id),
+        (0, id),
+        "the right epoch still works"
+    );
+    // Epoch -1 closes the session and fetches without one; the session is gone after.
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &fetch(id, -1, vec![part(1, 0)], vec![]),
+    )
+    .await;
+    assert_eq!((r.error_code, r.session_id), (0, 0));
+    assert_eq!(
+        seen(&r).len(),
+        1,
+        "a sessionless fetch answers every partition it names"
+    );
+    let r: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &fetch(id, 6, vec![], vec![])).await;
+    assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+    // Sessionless fetches (librdkafka's) keep working, with no session.
+    let r: FetchResponse = call(
+        &mut s,
+        ApiKey::Fetch,
+        12,
+        &fetch(0, -1, vec![part(0, 0), part(1, 0)], vec![]),
+    )
+    .await;
+    assert_eq!((r.error_code, r.session_id), (0, 0));
+    assert_eq!(seen(&r).len(), 2);
 }

@@ -12,9 +12,6 @@ use super::{KafkaApis, KafkaError, encode};
 
 /// Kafka's UNSUPPORTED_VERSION.
 pub const UNSUPPORTED_VERSION: i16 = 35;
-/// Kafka's FETCH_SESSION_ID_NOT_FOUND: rill keeps no fetch sessions (KIP-227), so a client
-/// naming one is told to start over with a full fetch.
-pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 /// Kafka's UNKNOWN_TOPIC_ID.
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
 
@@ -333,15 +330,72 @@ pub fn produce_unsupported(req: m::ProduceRequest) -> m::ProduceResponse {
     )
 }
 
-/// Fetch without fetch sessions: session id 0 with epoch 0 (a session asked for; none is
-/// created, so the client keeps sending full fetches) or epoch -1 (sessionless). A fetch that
-/// names a session gets FETCH_SESSION_ID_NOT_FOUND.
+/// Fetch (v4-12) with fetch sessions from v7 ([`super::fetch_session`]): a full fetch (epoch 0)
+/// creates a session, an incremental one (its id and epoch) reads every partition of the
+/// session and answers only those with something new; epoch -1 (and v4-6) fetches without one.
 pub async fn fetch(apis: &KafkaApis, req: m::FetchRequest, version: i16) -> m::FetchResponse {
-    let sessionless = req.session_epoch == -1 || (req.session_id == 0 && req.session_epoch == 0);
-    if version >= 7 && !sessionless {
-        return m::FetchResponse::default()
-            .with_error_code(FETCH_SESSION_ID_NOT_FOUND)
-            .with_session_id(0);
+    use super::fetch_session::{Cached, Context, Key};
+    let wanted: Vec<(Key, Cached)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    (t.topic.0.to_string(), p.partition),
+                    Cached::requested(
+                        t.topic_id,
+                        p.fetch_offset,
+                        p.partition_max_bytes,
+                        p.current_leader_epoch,
+                    ),
+                )
+            })
+        })
+        .collect();
+    let context = if version >= 7 {
+        let forgotten: Vec<Key> = req
+            .forgotten_topics_data
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.to_string(), *p)))
+            .collect();
+        apis.fetch_sessions.context(
+            req.session_id,
+            req.session_epoch,
+            version >= 13,
+            wanted.clone(),
+            &forgotten,
+        )
+    } else {
+        Context::Sessionless
+    };
+    let (read, session_id) = match &context {
+        Context::Error(code) => {
+            return m::FetchResponse::default()
+                .with_error_code(*code)
+                .with_session_id(0);
+        }
+        Context::Sessionless | Context::Full => (wanted.clone(), 0),
+        Context::Incremental { id, partitions } => (partitions.clone(), *id),
+    };
+    // Consecutive partitions of one topic go together (a topic may come again later in a
+    // session's order, as in Kafka's answers).
+    let mut topics: Vec<rp::FetchTopic> = Vec::new();
+    for ((topic, index), c) in &read {
+        let p = rp::FetchPartition {
+            index: *index,
+            current_leader_epoch: c.current_leader_epoch,
+            fetch_offset: c.fetch_offset,
+            partition_max_bytes: c.partition_max_bytes,
+            last_fetched_epoch: -1,
+            log_start_offset: -1,
+        };
+        match topics.last_mut() {
+            Some(t) if t.name == *topic => t.partitions.push(p),
+            _ => topics.push(rp::FetchTopic {
+                name: topic.clone(),
+                partitions: vec![p],
+            }),
+        }
     }
     let rill = rp::FetchRequest {
         // This listener serves consumers; followers fetch over gRPC.
@@ -350,72 +404,86 @@ pub async fn fetch(apis: &KafkaApis, req: m::FetchRequest, version: i16) -> m::F
         max_wait_ms: req.max_wait_ms.max(0) as u32,
         min_bytes: req.min_bytes,
         max_bytes: req.max_bytes,
-        topics: req
-            .topics
-            .iter()
-            .map(|t| rp::FetchTopic {
-                name: t.topic.0.to_string(),
-                partitions: t
-                    .partitions
-                    .iter()
-                    .map(|p| rp::FetchPartition {
-                        index: p.partition,
-                        current_leader_epoch: p.current_leader_epoch,
-                        fetch_offset: p.fetch_offset,
-                        partition_max_bytes: p.partition_max_bytes,
-                        last_fetched_epoch: -1,
-                        log_start_offset: -1,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        topics,
     };
-    let answer = match crate::apis::fetch::handle(&apis.svc, rill).await {
+    let mut answer = match crate::apis::fetch::handle(&apis.svc, rill.clone()).await {
         Ok(a) => a,
         Err(e) => {
-            let (code, _) = error_of(e);
-            return fetch_failed(&req, code);
+            // The whole fetch failed: every partition read carries the error.
+            let (code, message) = error_of(e);
+            rp::FetchResponse {
+                topics: rill
+                    .topics
+                    .iter()
+                    .map(|t| rp::FetchTopicResponse {
+                        name: t.name.clone(),
+                        partitions: t
+                            .partitions
+                            .iter()
+                            .map(|p| rp::FetchPartitionResponse {
+                                index: p.index,
+                                error_code: code.into(),
+                                error_message: message.clone(),
+                                high_watermark: -1,
+                                log_start_offset: -1,
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }
         }
     };
+    let session_id = match context {
+        Context::Full => apis.fetch_sessions.create(read, version >= 13, &answer),
+        Context::Incremental { .. } => {
+            apis.fetch_sessions.answered(session_id, &mut answer);
+            session_id
+        }
+        _ => 0,
+    };
     m::FetchResponse::default()
-        .with_session_id(0)
-        .with_responses(
-            answer
-                .topics
-                .into_iter()
-                .map(|t| {
-                    m::fetch_response::FetchableTopicResponse::default()
-                        .with_topic(topic_name(&t.name))
-                        .with_partitions(
-                            t.partitions
-                                .into_iter()
-                                .map(|p| {
-                                    let leader = p.current_leader.unwrap_or(rp::LeaderIdAndEpoch {
-                                        leader_id: -1,
-                                        leader_epoch: -1,
-                                    });
-                                    m::fetch_response::PartitionData::default()
-                                        .with_partition_index(p.index)
-                                        .with_error_code(p.error_code as i16)
-                                        .with_high_watermark(p.high_watermark)
-                                        // No transactions: everything below the high watermark is
-                                        // stable.
-                                        .with_last_stable_offset(p.high_watermark)
-                                        .with_log_start_offset(p.log_start_offset)
-                                        .with_aborted_transactions(Some(Vec::new()))
-                                        .with_preferred_read_replica(BrokerId(-1))
-                                        .with_current_leader(
-                                            m::fetch_response::LeaderIdAndEpoch::default()
-                                                .with_leader_id(BrokerId(leader.leader_id))
-                                                .with_leader_epoch(leader.leader_epoch),
-                                        )
-                                        .with_records(Some(p.records))
-                                })
-                                .collect(),
-                        )
-                })
-                .collect(),
-        )
+        .with_session_id(session_id)
+        .with_responses(fetch_answer(answer))
+}
+
+/// rill's Fetch answer as Kafka's topics.
+fn fetch_answer(answer: rp::FetchResponse) -> Vec<m::fetch_response::FetchableTopicResponse> {
+    answer
+        .topics
+        .into_iter()
+        .map(|t| {
+            m::fetch_response::FetchableTopicResponse::default()
+                .with_topic(topic_name(&t.name))
+                .with_partitions(
+                    t.partitions
+                        .into_iter()
+                        .map(|p| {
+                            let leader = p.current_leader.unwrap_or(rp::LeaderIdAndEpoch {
+                                leader_id: -1,
+                                leader_epoch: -1,
+                            });
+                            m::fetch_response::PartitionData::default()
+                                .with_partition_index(p.index)
+                                .with_error_code(p.error_code as i16)
+                                .with_high_watermark(p.high_watermark)
+                                // No transactions: everything below the high watermark is
+                                // stable.
+                                .with_last_stable_offset(p.high_watermark)
+                                .with_log_start_offset(p.log_start_offset)
+                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_preferred_read_replica(BrokerId(-1))
+                                .with_current_leader(
+                                    m::fetch_response::LeaderIdAndEpoch::default()
+                                        .with_leader_id(BrokerId(leader.leader_id))
+                                        .with_leader_epoch(leader.leader_epoch),
+                                )
+                                .with_records(Some(p.records))
+                        })
+                        .collect(),
+                )
+        })
+        .collect()
 }
 
 /// Every partition of `req` failed with `code`.

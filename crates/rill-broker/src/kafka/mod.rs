@@ -10,8 +10,8 @@
 //! client sent and the bytes on disk.
 //!
 //! APIs (the versions ApiVersions lists, [`apis::SUPPORTED`]): ApiVersions 0-3, Metadata 1-12
-//! (brokers at their `KAFKA` endpoints), Produce 3-9, Fetch 4-12 (no fetch sessions: a client
-//! asking for one gets session id 0 and keeps sending full fetches), ListOffsets 1-7,
+//! (brokers at their `KAFKA` endpoints), Produce 3-9, Fetch 4-12 (with the fetch sessions of
+//! KIP-227 from v7, [`fetch_session`]; v13+, topics by id, not yet), ListOffsets 1-7,
 //! FindCoordinator 0-3, OffsetCommit 2-8 and OffsetFetch 1-7 (the broker's group coordinator),
 //! InitProducerId 0-4 (forwarded to the controllers), and the classic group protocol: JoinGroup
 //! 0-9, SyncGroup 0-5, Heartbeat 0-4, LeaveGroup 0-5, and ListGroups 0-5, DescribeGroups 0-5, DeleteGroups 0-2 (the
@@ -33,6 +33,7 @@
 
 pub mod admin;
 pub mod apis;
+pub mod fetch_session;
 mod guard;
 
 use std::net::SocketAddr;
@@ -87,13 +88,17 @@ pub struct KafkaApis {
     pub(crate) coordinator: Option<Arc<crate::group_coordinator::GroupCoordinator>>,
     pub(crate) controllers: Option<Arc<crate::controller_client::ControllerClient>>,
     pub(crate) max_request_bytes: usize,
+    /// Fetch sessions (KIP-227), `max.incremental.fetch.session.cache.slots` of them.
+    pub(crate) fetch_sessions: Arc<fetch_session::FetchSessions>,
 }
 
 impl KafkaApis {
     /// The Kafka-protocol front of `svc` (the handlers of the gRPC `Broker` service); frames
     /// longer than `max_request_bytes` close their connection.
     pub fn new(svc: BrokerService, max_request_bytes: usize) -> Self {
+        let slots = svc.rm.config().max_incremental_fetch_session_cache_slots;
         KafkaApis {
+            fetch_sessions: Arc::new(fetch_session::FetchSessions::new(slots)),
             svc,
             coordinator: None,
             controllers: None,
