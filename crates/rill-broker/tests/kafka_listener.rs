@@ -2092,3 +2092,244 @@ async fn incremental_fetch_sessions_answer_only_what_changed() {
     assert_eq!((r.error_code, r.session_id), (0, 0));
     assert_eq!(seen(&r).len(), 2);
 }
+
+/// The confluent-kafka-python side of [`a_kafka_consumer_protocol_member_and_a_rill_consumer_share_a_group`]:
+/// a `group.protocol=consumer` member (KIP-848 ConsumerGroupHeartbeat over the Kafka listener)
+/// printing its assignments (`ASSIGN p,p`) and records (`REC partition value`) until the stop
+/// file appears, then leaving the group.
+const PYTHON_CONSUMER_PROTOCOL_SCRIPT: &str = r#"
+import os, sys
+from confluent_kafka import Consumer
+
+addr, topic, group, stop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+c = Consumer({"bootstrap.servers": addr, "group.id": group, "client.id": "py-848",
+              "group.protocol": "consumer", "auto.offset.reset": "earliest",
+              "enable.auto.commit": False})
+c.subscribe([topic])
+last = None
+while not os.path.exists(stop):
+    m = c.poll(0.1)
+    now = sorted(tp.partition for tp in c.assignment())
+    if now != last:
+        print("ASSIGN " + ",".join(str(p) for p in now), flush=True)
+        last = now
+    if m is not None:
+        if m.error() is not None:
+            print("ERROR %s" % m.error(), flush=True)
+        else:
+            print("REC %d %s" % (m.partition(), m.value().decode()), flush=True)
+c.close()
+print("OK", flush=True)
+"#;
+
+/// KIP-848 over the Kafka listener: a confluent-kafka-python consumer with
+/// `group.protocol=consumer` (ConsumerGroupHeartbeat) and a rill consumer (gRPC
+/// ConsumerGroupHeartbeat) in one group: the partitions are split between them, every record
+/// is read exactly once, by the member owning its partition, and when the Kafka member leaves
+/// the rill consumer takes every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_consumer_protocol_member_and_a_rill_consumer_share_a_group() {
+    use std::collections::BTreeSet;
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+
+    if !python_has("confluent_kafka") {
+        eprintln!(
+            "SKIPPED: python3 with confluent-kafka is not installed (pip install confluent-kafka); \
+             this test runs it as a group.protocol=consumer member"
+        );
+        return;
+    }
+    let cluster =
+        Cluster::start_with_kafka(1, 1, &["group.consumer.heartbeat.interval.ms=500"]).await;
+    cluster.create_topic("mixed", 4, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let (topic, group) = ("mixed", "mixed-g");
+
+    let script = cluster.brokers[0].dir.join("consumer_protocol.py");
+    std::fs::write(&script, PYTHON_CONSUMER_PROTOCOL_SCRIPT).unwrap();
+    let stop = cluster.brokers[0].dir.join("stop-python-consumer");
+    let mut child = Command::new("timeout")
+        .arg("120")
+        .arg(python3())
+        .arg(&script)
+        .args([&addr, topic, group, stop.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The Python member's output lines, as they come.
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = Arc::clone(&lines);
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let py_assignment = |lines: &[String]| -> BTreeSet<i32> {
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("ASSIGN "))
+            .map(|s| s.split(',').filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let py_records = |lines: &[String]| -> Vec<(i32, String)> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("REC "))
+            .map(|r| {
+                let (p, v) = r.split_once(' ').unwrap();
+                (p.parse().unwrap(), v.to_owned())
+            })
+            .collect()
+    };
+
+    let mut rill = Consumer::new(ConsumerConfig {
+        bootstrap: cluster.bootstrap(),
+        group_id: Some(group.into()),
+        client_id: "rill-848".into(),
+        auto_offset_reset: OffsetReset::Earliest,
+        enable_auto_commit: false,
+        ..Default::default()
+    })
+    .unwrap();
+    rill.subscribe([topic], rill_consumer::NoOpRebalanceListener)
+        .unwrap();
+    let rill_assignment =
+        |c: &Consumer| -> BTreeSet<i32> { c.assignment().iter().map(|tp| tp.partition).collect() };
+    let mut rill_records: Vec<(i32, String)> = Vec::new();
+    let fail = |what: &str, lines: &Arc<Mutex<Vec<String>>>| -> ! {
+        panic!(
+            "timed out waiting for {what}; the Python member said:\n{}",
+            lines.lock().unwrap().join("\n")
+        )
+    };
+
+    // Both members join; the four partitions end up split between them.
+    let all: BTreeSet<i32> = (0..4).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for r in rill.poll(Duration::from_millis(200)).await.unwrap() {
+            rill_records.push((
+                r.partition,
+                String::from_utf8_lossy(&r.value.unwrap_or_default()).into(),
+            ));
+        }
+        let (mine, theirs) = (
+            rill_assignment(&rill),
+            py_assignment(&lines.lock().unwrap()),
+        );
+        if !mine.is_empty()
+            && !theirs.is_empty()
+            && mine.is_disjoint(&theirs)
+            && mine.union(&theirs).copied().collect::<BTreeSet<_>>() == all
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(
+                &format!("the split (rill has {mine:?}, python {theirs:?})"),
+                &lines,
+            );
+        }
+    }
+    assert!(rill_records.is_empty(), "nothing was produced yet");
+
+    // 40 records over the four partitions: each read once, by the member owning its partition.
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: -1,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..40 {
+        pending.push(
+            producer
+                .send(ProducerRecord {
+                    partition: Some(i % 4),
+                    ..ProducerRecord::new(topic, None::<Bytes>, Bytes::from(format!("v{i}")))
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for r in rill.poll(Duration::from_millis(200)).await.unwrap() {
+            rill_records.push((
+                r.partition,
+                String::from_utf8_lossy(&r.value.unwrap_or_default()).into(),
+            ));
+        }
+        let theirs = py_records(&lines.lock().unwrap());
+        if rill_records.len() + theirs.len() >= 40 {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(
+                &format!(
+                    "40 records (rill read {}, python {})",
+                    rill_records.len(),
+                    theirs.len()
+                ),
+                &lines,
+            );
+        }
+    }
+    let (mine, theirs) = (
+        rill_assignment(&rill),
+        py_assignment(&lines.lock().unwrap()),
+    );
+    let py_read = py_records(&lines.lock().unwrap());
+    assert!(
+        !py_read.is_empty() && !rill_records.is_empty(),
+        "both members read"
+    );
+    for (p, v) in &rill_records {
+        assert!(
+            mine.contains(p),
+            "rill read {v} of partition {p}, not its own ({mine:?})"
+        );
+    }
+    for (p, v) in &py_read {
+        assert!(
+            theirs.contains(p),
+            "python read {v} of partition {p}, not its own ({theirs:?})"
+        );
+    }
+    let mut values: Vec<String> = rill_records
+        .iter()
+        .chain(py_read.iter())
+        .map(|(_, v)| v.clone())
+        .collect();
+    values.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(values, expected, "every record read exactly once");
+
+    // The Kafka member leaves (epoch -1): the rill consumer gets every partition.
+    std::fs::write(&stop, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rill_assignment(&rill) != all {
+        rill.poll(Duration::from_millis(200)).await.unwrap();
+        if Instant::now() > deadline {
+            fail("the rill consumer to own every partition", &lines);
+        }
+    }
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    reader.join().unwrap();
+    let said = lines.lock().unwrap().join("\n");
+    assert!(
+        status.success() && said.contains("OK") && !said.contains("ERROR"),
+        "the Python member failed ({status}):\n{said}"
+    );
+    rill.close().await.unwrap();
+}

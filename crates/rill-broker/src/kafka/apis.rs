@@ -48,6 +48,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
 ];
 
 /// The (min, max) versions of `key` this listener answers, `None` when it does not.
@@ -1231,4 +1232,81 @@ fn end_offset_for_epoch(
         Some((epoch, end)) => answer.with_leader_epoch(epoch).with_end_offset(end),
         None => answer,
     }
+}
+
+/// ConsumerGroupHeartbeat (v0-1, KIP-848): the consumer group protocol of rill's own consumers
+/// (the same coordinator and groups as the gRPC `ConsumerGroupHeartbeat`), so a Kafka client
+/// with `group.protocol=consumer` and a rill consumer can share a group. Kafka names topics by
+/// id in owned partitions and assignments, rill by name: ids are translated through the
+/// metadata image (an id it does not know is dropped from what the member says it owns).
+pub async fn consumer_group_heartbeat(
+    apis: &KafkaApis,
+    req: m::ConsumerGroupHeartbeatRequest,
+    caller: &Caller,
+) -> m::ConsumerGroupHeartbeatResponse {
+    use m::consumer_group_heartbeat_response as r;
+    let Some(coordinator) = &apis.coordinator else {
+        return m::ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(COORDINATOR_NOT_AVAILABLE)
+            .with_member_epoch(-1);
+    };
+    let image = apis.svc.rm.image();
+    let rill = rp::ConsumerGroupHeartbeatRequest {
+        group_id: req.group_id.0.to_string(),
+        member_id: req.member_id.to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: req.instance_id.as_ref().map(|s| s.to_string()),
+        rack_id: req.rack_id.as_ref().map(|s| s.to_string()),
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        subscribed_topic_names: req
+            .subscribed_topic_names
+            .as_ref()
+            .map(|names| rp::TopicNames {
+                names: names.iter().map(|n| n.0.to_string()).collect(),
+            }),
+        subscribed_topic_regex: req.subscribed_topic_regex.as_ref().map(|s| s.to_string()),
+        server_assignor: req.server_assignor.as_ref().map(|s| s.to_string()),
+        owned_partitions: req
+            .topic_partitions
+            .as_ref()
+            .map(|owned| rp::TopicPartitionsList {
+                topics: owned
+                    .iter()
+                    .filter_map(|t| {
+                        Some(rp::TopicPartitions {
+                            topic: image.topic_names.get(&t.topic_id.to_string())?.clone(),
+                            partitions: t.partitions.clone(),
+                        })
+                    })
+                    .collect(),
+            }),
+        client_id: caller.client_id.clone(),
+    };
+    // The gRPC side records the bare address.
+    let host = caller.host.trim_start_matches('/').to_owned();
+    let a = coordinator.consumer_group_heartbeat(rill, host).await;
+    // The image may have moved on while the heartbeat ran (a topic created): read it again.
+    let image = apis.svc.rm.image();
+    m::ConsumerGroupHeartbeatResponse::default()
+        .with_error_code(a.error_code as i16)
+        .with_error_message(message(a.error_message))
+        .with_member_id((!a.member_id.is_empty()).then(|| StrBytes::from_string(a.member_id)))
+        .with_member_epoch(a.member_epoch)
+        .with_heartbeat_interval_ms(a.heartbeat_interval_ms)
+        .with_assignment(a.assignment.map(|assigned| {
+            r::Assignment::default().with_topic_partitions(
+                assigned
+                    .topics
+                    .into_iter()
+                    .filter_map(|t| {
+                        let id = image.topics.get(&t.topic)?.id.parse().ok()?;
+                        Some(
+                            r::TopicPartitions::default()
+                                .with_topic_id(id)
+                                .with_partitions(t.partitions),
+                        )
+                    })
+                    .collect(),
+            )
+        }))
 }

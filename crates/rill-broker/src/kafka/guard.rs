@@ -45,6 +45,7 @@ pub(crate) fn walkable(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeConfigs => Some((1, 4)),
         ApiKey::IncrementalAlterConfigs => Some((0, 1)),
         ApiKey::DescribeCluster => Some((0, 2)),
+        ApiKey::ConsumerGroupHeartbeat => Some((0, 1)),
         _ => None,
     }
 }
@@ -73,7 +74,7 @@ pub(crate) fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<usize, Sto
         ApiKey::CreatePartitions => version >= 2,
         ApiKey::DescribeConfigs => version >= 4,
         ApiKey::IncrementalAlterConfigs => version >= 1,
-        ApiKey::DescribeCluster => true,
+        ApiKey::DescribeCluster | ApiKey::ConsumerGroupHeartbeat => true,
         _ => false,
     };
     if !walkable(key).is_some_and(|(min, max)| (min..=max).contains(&version)) {
@@ -404,6 +405,25 @@ fn walk(w: &mut Walk<'_>, key: ApiKey, v: i16) -> Result<(), Stop> {
             if v >= 2 {
                 w.skip(1)?; // include_fenced_brokers
             }
+            w.tagged()
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            w.string()?; // group_id
+            w.string()?; // member_id
+            w.skip(4)?; // member_epoch
+            w.string()?; // instance_id
+            w.string()?; // rack_id
+            w.skip(4)?; // rebalance_timeout_ms
+            w.array(|w| w.string())?; // subscribed_topic_names
+            if v >= 1 {
+                w.string()?; // subscribed_topic_regex
+            }
+            w.string()?; // server_assignor
+            w.array(|w| {
+                w.skip(16)?; // topic_id
+                w.array(|w| w.skip(4))?; // partitions
+                w.tagged()
+            })?; // topic_partitions
             w.tagged()
         }
         ApiKey::InitProducerId => {
@@ -765,6 +785,21 @@ mod tests {
             ApiKey::DescribeCluster,
             0..=2,
             &m::DescribeClusterRequest::default(),
+        );
+        let heartbeat = m::ConsumerGroupHeartbeatRequest::default()
+            .with_member_id(StrBytes::from_static_str("m"))
+            .with_rack_id(Some(StrBytes::from_static_str("r")))
+            .with_subscribed_topic_names(Some(vec![name(), name()]))
+            .with_server_assignor(Some(StrBytes::from_static_str("uniform")))
+            .with_topic_partitions(Some(vec![
+                m::consumer_group_heartbeat_request::TopicPartitions::default()
+                    .with_partitions(vec![0, 1, 2]),
+            ]));
+        walks(ApiKey::ConsumerGroupHeartbeat, 0..=0, &heartbeat);
+        walks(
+            ApiKey::ConsumerGroupHeartbeat,
+            1..=1,
+            &heartbeat.with_subscribed_topic_regex(Some(StrBytes::from_static_str("^t.*"))),
         );
         walks(
             ApiKey::ListOffsets,

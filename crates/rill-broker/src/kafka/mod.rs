@@ -21,7 +21,9 @@
 //! admin APIs ([`admin`]): CreateTopics 2-7, DeleteTopics 1-6, CreatePartitions 0-3,
 //! IncrementalAlterConfigs 0-1 and DescribeConfigs 1-4 of topics (forwarded to the
 //! controllers), DescribeConfigs of this broker and of the cluster-wide broker default, and
-//! DescribeCluster 0-2 (from the metadata image). Not yet: ConsumerGroupHeartbeat.
+//! DescribeCluster 0-2 (from the metadata image); ConsumerGroupHeartbeat 0-1 (KIP-848, the
+//! group protocol of rill's own consumers, so `group.protocol=consumer` Kafka clients and rill
+//! consumers share groups; topic ids translated to names through the metadata image).
 //!
 //! Failures stay on their connection: a version outside those of an API rill implements gets
 //! that API's UNSUPPORTED_VERSION answer (for ApiVersions, error 35 with the supported versions,
@@ -317,7 +319,8 @@ pub fn decode_request(frame: Bytes) -> Result<Request, KafkaError> {
         | ApiKey::CreatePartitions
         | ApiKey::DescribeConfigs
         | ApiKey::IncrementalAlterConfigs
-        | ApiKey::DescribeCluster => readable && in_range,
+        | ApiKey::DescribeCluster
+        | ApiKey::ConsumerGroupHeartbeat => readable && in_range,
         _ => false,
     };
     let body = if decoded {
@@ -418,15 +421,11 @@ async fn handle_frame(
             encode(key, version, correlation_id, &resp).map(Some)
         }
         Some(R::JoinGroup(req)) => {
-            let caller = apis::Caller {
-                client_id: header
-                    .client_id
-                    .as_ref()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
-            };
-            let resp = apis::join_group(apis, req, version, &caller).await;
+            let resp = apis::join_group(apis, req, version, &caller(&header, peer)).await;
+            encode(key, version, correlation_id, &resp).map(Some)
+        }
+        Some(R::ConsumerGroupHeartbeat(req)) => {
+            let resp = apis::consumer_group_heartbeat(apis, req, &caller(&header, peer)).await;
             encode(key, version, correlation_id, &resp).map(Some)
         }
         Some(R::SyncGroup(req)) => {
@@ -491,6 +490,18 @@ async fn handle_frame(
                 "{key:?} v{version} is not implemented by rill's Kafka listener"
             ))),
         },
+    }
+}
+
+/// Who sent a request: its header's client id and the peer's address.
+fn caller(header: &RequestHeader, peer: Option<SocketAddr>) -> apis::Caller {
+    apis::Caller {
+        client_id: header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
     }
 }
 
