@@ -2333,3 +2333,168 @@ async fn a_kafka_consumer_protocol_member_and_a_rill_consumer_share_a_group() {
     );
     rill.close().await.unwrap();
 }
+
+/// ConsumerGroupHeartbeat driven by hand (kafka-protocol codecs, v0 and v1): a join gets a
+/// member id and epoch, then the assignment by topic id (Kafka's) of every partition; a second
+/// member joining splits them; leaving (epoch -1) is answered with epoch -1; a stale epoch is
+/// fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_group_heartbeat_joins_gets_an_assignment_by_topic_id_and_leaves() {
+    use kafka_protocol::messages::{
+        ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, GroupId,
+    };
+    use std::collections::BTreeSet;
+
+    let cluster =
+        Cluster::start_with_kafka(1, 1, &["group.consumer.heartbeat.interval.ms=300"]).await;
+    cluster.create_topic("hb", 4, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let topic_id = {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let md: MetadataResponse = call(
+            &mut s,
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(Some(vec![
+                MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_static_str("hb")))),
+            ])),
+        )
+        .await;
+        md.topics[0].topic_id
+    };
+    let heartbeat = |member_id: &str, epoch: i32| {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("hb-g")))
+            .with_member_id(StrBytes::from_string(member_id.to_owned()))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(if epoch == 0 { 30_000 } else { -1 })
+            .with_subscribed_topic_names(
+                (epoch == 0).then(|| vec![TopicName(StrBytes::from_static_str("hb"))]),
+            )
+            .with_topic_partitions((epoch == 0).then(Vec::new))
+    };
+    // (member id, epoch, partitions once assigned) after heartbeats until `done` holds.
+    async fn beat_until(
+        s: &mut TcpStream,
+        version: i16,
+        mut req: ConsumerGroupHeartbeatRequest,
+        topic_id: uuid::Uuid,
+        done: impl Fn(&BTreeSet<i32>) -> bool,
+    ) -> (String, i32, BTreeSet<i32>) {
+        let mut owned = BTreeSet::new();
+        for _ in 0..100 {
+            let r: ConsumerGroupHeartbeatResponse =
+                call(s, ApiKey::ConsumerGroupHeartbeat, version, &req).await;
+            if r.error_code == 14 {
+                // COORDINATOR_LOAD_IN_PROGRESS: retriable.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+            assert!(r.heartbeat_interval_ms > 0);
+            let member = r.member_id.expect("a member id").to_string();
+            if let Some(a) = r.assignment {
+                owned = a
+                    .topic_partitions
+                    .iter()
+                    .inspect(|t| assert_eq!(t.topic_id, topic_id, "assignments name topic ids"))
+                    .flat_map(|t| t.partitions.iter().copied())
+                    .collect();
+            }
+            if done(&owned) {
+                return (member, r.member_epoch, owned);
+            }
+            // Report what is owned now, as clients do after an assignment changes.
+            req = req
+                .with_member_id(StrBytes::from_string(member))
+                .with_member_epoch(r.member_epoch)
+                .with_subscribed_topic_names(None)
+                .with_rebalance_timeout_ms(-1)
+                .with_topic_partitions(Some(vec![
+                    kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions::default()
+                        .with_topic_id(topic_id)
+                        .with_partitions(owned.iter().copied().collect()),
+                ]));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no assignment satisfying the test after 100 heartbeats (owned {owned:?})");
+    }
+
+    let mut a = TcpStream::connect(&addr).await.unwrap();
+    // Clients find the coordinator first (which creates __consumer_offsets).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+        let r: FindCoordinatorResponse = call(
+            &mut a,
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("hb-g")),
+        )
+        .await;
+        if r.error_code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator: {}",
+            r.error_code
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (a_id, a_epoch, a_owned) =
+        beat_until(&mut a, 0, heartbeat("", 0), topic_id, |o| o.len() == 4).await;
+    assert!(a_epoch >= 1, "a joined member has an epoch");
+    assert_eq!(a_owned, (0..4).collect());
+
+    // A second member (v1, a client-generated member id, as Kafka 4 clients send): the
+    // partitions are split once a gives some up.
+    let mut b = TcpStream::connect(&addr).await.unwrap();
+    let b_member = "b-member-0000000000000000000";
+    let b_join = tokio::spawn(async move {
+        let r = beat_until(&mut b, 1, heartbeat(b_member, 0), topic_id, |o| {
+            o.len() == 2
+        })
+        .await;
+        (b, r)
+    });
+    let (a_id, a_epoch, a_owned) = beat_until(
+        &mut a,
+        0,
+        heartbeat(&a_id, a_epoch).with_topic_partitions(Some(vec![
+            kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions::default()
+                .with_topic_id(topic_id)
+                .with_partitions((0..4).collect()),
+        ])),
+        topic_id,
+        |o| o.len() == 2,
+    )
+    .await;
+    let (mut b, (b_id, _, b_owned)) = b_join.await.unwrap();
+    assert_eq!(b_id, b_member, "the client's member id is kept");
+    assert!(a_owned.is_disjoint(&b_owned), "{a_owned:?} {b_owned:?}");
+    assert_eq!(a_owned.union(&b_owned).count(), 4);
+
+    // A stale epoch is fenced (FENCED_MEMBER_EPOCH); leaving answers epoch -1.
+    let r: ConsumerGroupHeartbeatResponse = call(
+        &mut a,
+        ApiKey::ConsumerGroupHeartbeat,
+        0,
+        &heartbeat(&a_id, a_epoch + 100),
+    )
+    .await;
+    assert_eq!(
+        r.error_code, 110,
+        "FENCED_MEMBER_EPOCH: {:?}",
+        r.error_message
+    );
+    let r: ConsumerGroupHeartbeatResponse = call(
+        &mut b,
+        ApiKey::ConsumerGroupHeartbeat,
+        1,
+        &heartbeat(&b_id, -1),
+    )
+    .await;
+    assert_eq!((r.error_code, r.member_epoch), (0, -1));
+}

@@ -10,7 +10,7 @@
 //! `max.incremental.fetch.session.cache.slots` sessions are kept; a new one evicts the least
 //! recently used.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use parking_lot::Mutex;
 use rill_protocol::proto as rp;
@@ -231,12 +231,12 @@ impl FetchSessions {
                 }
             }
         }
-        let mut order = Vec::with_capacity(partitions.len());
-        for (k, _) in partitions {
-            if !order.contains(&k) {
-                order.push(k);
-            }
-        }
+        let mut seen = HashSet::with_capacity(partitions.len());
+        let order: Vec<Key> = partitions
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| seen.insert(k.clone()))
+            .collect();
         let mut inner = self.inner.lock();
         while inner.sessions.len() >= self.slots {
             let Some(lru) = inner
@@ -281,7 +281,7 @@ impl FetchSessions {
         let Some(session) = inner.sessions.get_mut(&id) else {
             return;
         };
-        let mut moved = Vec::new();
+        let mut moved: Vec<Key> = Vec::new();
         for t in &mut answer.topics {
             t.partitions.retain(|p| {
                 let key = (t.name.clone(), p.index);
@@ -307,7 +307,8 @@ impl FetchSessions {
         }
         answer.topics.retain(|t| !t.partitions.is_empty());
         if !moved.is_empty() {
-            session.order.retain(|k| !moved.contains(k));
+            let gone: HashSet<&Key> = moved.iter().collect();
+            session.order.retain(|k| !gone.contains(k));
             session.order.extend(moved);
         }
     }
