@@ -358,3 +358,57 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The Python that runs the Kafka client tests: `$RILL_TEST_PYTHON`, else the venv
+/// `cargo xtask ci` installs the client modules into (`target/python-clients`), else `python3`.
+pub fn python3() -> String {
+    if let Ok(p) = std::env::var("RILL_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/python-clients/bin/python3"
+    );
+    if std::path::Path::new(venv).exists() {
+        return venv.into();
+    }
+    "python3".into()
+}
+
+/// Whether [`python3`] can import `module` (the Python client tests skip, with a message, when
+/// it cannot; `cargo xtask ci` installs the modules).
+pub fn python_has(module: &str) -> bool {
+    Command::new(python3())
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `script` with `args` under [`python3`] (`timeout_secs` at most), from a file named
+/// `name` in the first broker's directory; fails the test unless it exits 0 and prints `OK`.
+/// Returns what it printed.
+pub fn run_python_for(
+    cluster: &Cluster,
+    name: &str,
+    script: &str,
+    args: &[&str],
+    timeout_secs: u32,
+) -> String {
+    let path = cluster.brokers[0].dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    let output = Command::new("timeout")
+        .arg(timeout_secs.to_string())
+        .arg(python3())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && stdout.contains("OK"),
+        "{name} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
