@@ -460,3 +460,180 @@ async fn keys_headers_and_timestamps_cross_between_grpc_and_kafka_clients() {
     }
     assert_eq!(seen.len(), 10, "each record once: {seen:?}");
 }
+
+/// Forwards Kafka connections from `listener` to `upstream`, keeping every request frame the
+/// clients send (without its length).
+async fn recording_proxy(
+    listener: tokio::net::TcpListener,
+    upstream: String,
+    frames: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            return;
+        };
+        let upstream = upstream.clone();
+        let frames = frames.clone();
+        tokio::spawn(async move {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+            loop {
+                let mut len = [0u8; 4];
+                if cr.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut frame = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+                if cr.read_exact(&mut frame).await.is_err() {
+                    return;
+                }
+                if sw.write_all(&len).await.is_err() || sw.write_all(&frame).await.is_err() {
+                    return;
+                }
+                frames.lock().unwrap().push(frame);
+            }
+        });
+    }
+}
+
+/// Refreshes the captured seeds of the `kafka_request` fuzz target: runs kcat and the three
+/// Python clients through a recording proxy (the broker advertises the proxy as its Kafka
+/// endpoint, so every connection passes it) and writes up to two frames per API and version,
+/// under 64 KiB, to `fuzz/seeds/kafka_request/captured-*`. Run by hand:
+/// `cargo test -p rill-broker --test kafka_clients -- --ignored capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes fuzz/seeds/kafka_request; run by hand to refresh the captured seeds"]
+async fn capture_fuzz_seeds_from_real_clients() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap().to_string();
+    let advertised = format!("kafka.advertised.listeners={proxy_addr}");
+    let cluster =
+        Cluster::start_with_kafka(1, 1, &[&advertised, "group.initial.rebalance.delay.ms=100"])
+            .await;
+    let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(recording_proxy(proxy, kafka_addr(&cluster), frames.clone()));
+    cluster.create_topic("py-codecs", 3, 1, &[]).await;
+    cluster.create_topic("py-restart", 1, 1, &[]).await;
+    cluster.create_topic("aio", 4, 1, &[]).await;
+    cluster.create_topic("crossover", 2, 1, &[]).await;
+    let a = proxy_addr.as_str();
+    tokio::task::block_in_place(|| {
+        let kcat = |args: &[&str], input: &str| {
+            use std::io::Write;
+            let mut child = std::process::Command::new("timeout")
+                .args(["30", "kcat"])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            child.wait().unwrap();
+        };
+        kcat(&["-L", "-b", a], "");
+        for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            kcat(
+                &[
+                    "-P",
+                    "-b",
+                    a,
+                    "-t",
+                    "py-codecs",
+                    "-K:",
+                    "-z",
+                    codec,
+                    "-H",
+                    "h=v",
+                ],
+                "k1:v1\nk2:v2\n",
+            );
+        }
+        kcat(
+            &["-C", "-b", a, "-t", "py-codecs", "-e", "-o", "beginning"],
+            "",
+        );
+        kcat(
+            &[
+                "-b",
+                a,
+                "-G",
+                "kcat-g",
+                "py-codecs",
+                "-e",
+                "-o",
+                "beginning",
+                "-X",
+                "enable.partition.eof=true",
+            ],
+            "",
+        );
+        let scripts: [(&str, &str, Vec<&str>); 4] = [
+            (
+                "codecs.py",
+                CONFLUENT_CODECS_SCRIPT,
+                vec![a, "py-codecs", "3"],
+            ),
+            (
+                "restart.py",
+                KAFKA_PYTHON_RESTART_SCRIPT,
+                vec![a, "py-restart", "py-restart-g"],
+            ),
+            ("aio.py", AIOKAFKA_SCRIPT, vec![a, "aio", "aio-g", "4"]),
+            (
+                "cross.py",
+                CROSSOVER_SCRIPT,
+                vec![a, "crossover", "2", "produce"],
+            ),
+        ];
+        for (name, script, args) in scripts {
+            // A script that fails here (the records of kcat's runs above) still sent its frames.
+            let path = cluster.brokers[0].dir.join(name);
+            std::fs::write(&path, script).unwrap();
+            let _ = std::process::Command::new("timeout")
+                .arg("120")
+                .arg(python3())
+                .arg(&path)
+                .args(&args)
+                .output();
+        }
+    });
+    let frames = frames.lock().unwrap().clone();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/kafka_request");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut kept = std::collections::BTreeMap::<(i16, i16), usize>::new();
+    for frame in &frames {
+        if frame.len() < 8 || frame.len() > 64 * 1024 {
+            continue;
+        }
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let n = kept.entry((key, version)).or_default();
+        if *n >= 2 {
+            continue;
+        }
+        *n += 1;
+        let api = kafka_protocol::messages::ApiKey::try_from(key)
+            .map(|k| format!("{k:?}"))
+            .unwrap_or_else(|_| key.to_string());
+        std::fs::write(dir.join(format!("captured-{api}-v{version}-{n}")), frame).unwrap();
+    }
+    eprintln!(
+        "{} frames captured, {} kept: {:?}",
+        frames.len(),
+        kept.values().sum::<usize>(),
+        kept.keys().collect::<Vec<_>>()
+    );
+    assert!(kept.len() > 10);
+}
