@@ -182,9 +182,20 @@ impl Fetcher {
             if self.backoff.get(&tp).is_some_and(|b| b.until > now) {
                 continue;
             }
-            if busy.contains(&tp) || self.buffered.iter().any(|b| b.tp == tp) {
+            if busy.contains(&tp) {
                 continue;
             }
+            // A partition with records buffered is fetched from after them: `poll` starts the
+            // next fetches just before it hands the buffer over, so leaving such partitions out
+            // made their new records wait until another partition of the same leader had data
+            // or `fetch.max.wait.ms` passed (one fetch per leader is in flight). Kafka's poll
+            // collects first and then fetches, which comes to the same. The answer is taken
+            // only if the consumed position has reached where it was fetched from by then.
+            let pos = self
+                .buffered
+                .iter()
+                .find(|b| b.tp == tp)
+                .map_or(pos, |b| b.next);
             let leader = match self.client.partitions(&tp.topic).await {
                 Ok(p) => p.get(tp.partition as usize).map_or(-1, |l| l.leader),
                 Err(e) => {
