@@ -65,11 +65,15 @@ enum Cmd {
     /// Check deploy/: the Kubernetes overlays render with kustomize and validate against the
     /// Kubernetes schemas offline; the compose file is valid (installs missing tools).
     DeployCheck,
-    /// Run the record batch fuzzer (needs nightly and cargo-fuzz; installs cargo-fuzz if absent).
+    /// Run a fuzzer (needs nightly and cargo-fuzz; installs cargo-fuzz if absent): by default
+    /// the Kafka listener's request decoder (`fuzz/`), or rill-protocol's record batch reader.
     Fuzz {
         /// Seconds to fuzz for.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Which fuzz target: `kafka_request` or `record_batch`.
+        #[arg(long, default_value = "kafka_request")]
+        target: String,
     },
 }
 
@@ -151,7 +155,7 @@ fn main() -> Result<()> {
         }
         Cmd::Compose { action } => compose::run(action),
         Cmd::DeployCheck => deploy_check::run(),
-        Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Fuzz { seconds, target } => fuzz(seconds, &target),
         Cmd::Soak {
             minutes,
             scenarios,
@@ -225,13 +229,13 @@ fn install_missing_tools() -> Result<()> {
         deploy_check::apt_install("kcat")
             .context("kcat is missing and could not be installed (Debian: apt-get install kcat)")?;
     }
-    // ... and two Python Kafka clients, confluent-kafka-python (librdkafka) and kafka-python
-    // (pure Python), in a venv of their own that the tests find at this path (Debian's python3
+    // ... and three Python Kafka clients, confluent-kafka-python (librdkafka), kafka-python
+    // (pure Python) and aiokafka (asyncio, its own protocol code), in a venv of their own that the tests find at this path (Debian's python3
     // refuses system-wide pip installs, PEP 668).
     let venv = cluster::root().join("target/python-clients");
     let python = venv.join("bin/python3");
     let python = python.to_str().context("the venv path is not UTF-8")?;
-    if !succeeds(python, &["-c", "import confluent_kafka, kafka"]) {
+    if !succeeds(python, &["-c", "import confluent_kafka, kafka, aiokafka"]) {
         if !succeeds("python3", &["-c", "import ensurepip, venv"]) {
             for package in ["python3-venv", "python3-pip"] {
                 deploy_check::apt_install(package)
@@ -251,9 +255,12 @@ fn install_missing_tools() -> Result<()> {
                 "--disable-pip-version-check",
                 "confluent-kafka>=2.3,<3",
                 "kafka-python>=2.0.2,<3",
+                "aiokafka>=0.10,<1",
             ],
         )
-        .context("could not install confluent-kafka and kafka-python into target/python-clients")?;
+        .context(
+            "could not install confluent-kafka, kafka-python and aiokafka into target/python-clients",
+        )?;
     }
     Ok(())
 }
@@ -345,16 +352,49 @@ fn soak_docker(minutes: u64, scenarios: &str) -> Result<()> {
     Ok(())
 }
 
-fn fuzz(seconds: u64) -> Result<()> {
+fn fuzz(seconds: u64, target: &str) -> Result<()> {
     if !succeeds("cargo", &["fuzz", "--version"]) {
         run("cargo", &["install", "cargo-fuzz", "--locked"])?;
     }
     let secs = format!("-max_total_time={seconds}");
-    run_in(
-        "crates/rill-protocol",
-        "cargo",
-        &["+nightly", "fuzz", "run", "record_batch", "--", &secs],
-    )
+    match target {
+        "record_batch" => run_in(
+            "crates/rill-protocol",
+            "cargo",
+            &["+nightly", "fuzz", "run", "record_batch", "--", &secs],
+        ),
+        // New inputs go to fuzz/corpus (ignored by git), read with the committed seeds; a crash
+        // is written to fuzz/artifacts. A single allocation over 64 MiB counts as a crash (a
+        // frame is at most socket.request.max.bytes, and these inputs are at most 64 KiB).
+        "kafka_request" => {
+            for dir in ["corpus", "regressions"] {
+                std::fs::create_dir_all(
+                    cluster::root().join("fuzz").join(dir).join("kafka_request"),
+                )?;
+            }
+            run_in(
+                ".",
+                "cargo",
+                &[
+                    "+nightly",
+                    "fuzz",
+                    "run",
+                    "--fuzz-dir",
+                    "fuzz",
+                    "kafka_request",
+                    "fuzz/corpus/kafka_request",
+                    "fuzz/seeds/kafka_request",
+                    "fuzz/regressions/kafka_request",
+                    "--",
+                    &secs,
+                    "-max_len=65536",
+                    "-malloc_limit_mb=64",
+                    "-rss_limit_mb=2048",
+                ],
+            )
+        }
+        other => bail!("no fuzz target {other:?} (kafka_request, record_batch)"),
+    }
 }
 
 fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
