@@ -265,7 +265,7 @@ pub struct Request {
 }
 
 /// Decodes one request frame (header and body, without the 4-byte length): the header, the
-/// version checks, the array-length walk of [`guard`], then the codec. Pure (no I/O, no
+/// version checks, the array-length walk of `guard`, then the codec. Pure (no I/O, no
 /// broker state), so the fuzzer and the decode tests run exactly what a connection runs; a
 /// frame it refuses closes its connection.
 pub fn decode_request(frame: Bytes) -> Result<Request, KafkaError> {
