@@ -10,13 +10,14 @@
 //! producer id and epoch from the controllers (InitProducerId) and stamps them, with a
 //! per-partition sequence number, into every batch when it is first sent. The partition leader
 //! answers a retried batch it already has with the original offsets, so retries never duplicate,
-//! across leader failovers included (followers keep the same producer state). Up to
-//! `max.in.flight.requests.per.connection` (≤ 5, the batches a leader remembers per producer)
-//! batches of a partition are in flight at once, one batch per partition per request. Order is
-//! kept as Kafka's `Sender` keeps it: a retried batch keeps its sequence and goes back in
-//! sequence order, and while a partition has a retry pending nothing new of it is sent until
-//! every earlier request came back; a batch refused with OUT_OF_ORDER_SEQUENCE_NUMBER because an
-//! earlier one failed is simply retried.
+//! across leader failovers included (followers keep the same producer state). A partition has
+//! one request in flight at a time, carrying up to 64 ready batches (the batches a rill leader
+//! remembers per producer); requests to one broker pipeline up to
+//! `max.in.flight.requests.per.connection`. (Kafka allows 5 requests of a partition in flight;
+//! rill's broker appends one connection's requests on several I/O threads, which could reorder
+//! two of a partition.) A retried batch keeps its sequence and is sent alone, in sequence order;
+//! a batch refused with OUT_OF_ORDER_SEQUENCE_NUMBER because an earlier one failed is simply
+//! retried.
 //!
 //! Epoch bumps (KIP-360) follow Kafka's `TransactionManager`. A batch that was sent and then
 //! failed (past `delivery.timeout.ms`, or refused for good after an earlier attempt went
