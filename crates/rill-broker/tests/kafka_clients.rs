@@ -9,29 +9,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use common::*;
-use rill_consumer::{Consumer, ConsumerConfig, OffsetReset};
-use rill_producer::{Producer, ProducerConfig, ProducerRecord};
-
-fn kafka_addr(cluster: &Cluster) -> String {
-    cluster.brokers[0].kafka_addr.clone().unwrap()
-}
-
-/// False (after a SKIPPED line) when `module` cannot be imported.
-fn have(module: &str, pip: &str, what: &str) -> bool {
-    if python_has(module) {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED: {} cannot import {module} (pip install {pip}; `cargo xtask ci` installs it into \
-         target/python-clients); this test runs it {what}",
-        python3()
-    );
-    false
-}
+use rill_producer::ProducerRecord;
 
 /// confluent-kafka-python: one idempotent producer per codec, then a consumer reading every
 /// partition from the start: each record exactly once, in the order it was produced.
@@ -365,31 +345,24 @@ async fn keys_headers_and_timestamps_cross_between_grpc_and_kafka_clients() {
     let addr = kafka_addr(&cluster);
 
     // rill's gRPC producer → confluent-kafka-python.
-    let producer = Producer::new(ProducerConfig {
-        bootstrap: cluster.bootstrap(),
-        acks: -1,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut pending = Vec::new();
-    for i in 0..5 {
-        let mut record = ProducerRecord::new(
-            "crossover",
-            Some(Bytes::from(format!("grpc-{i}"))),
-            Bytes::from(format!("from-grpc-{i}")),
-        );
-        record.headers = vec![
-            ("trace".into(), Some(Bytes::from(format!("grpc-{i}")))),
-            ("dup".into(), Some(Bytes::from_static(b"a"))),
-            ("dup".into(), Some(Bytes::from_static(b"b"))),
-            ("none".into(), None),
-        ];
-        record.timestamp = Some(1_600_000_000_000 + i);
-        pending.push(producer.send(record).await.unwrap());
-    }
-    for p in pending {
-        p.await.unwrap();
-    }
+    let records = (0..5)
+        .map(|i| {
+            let mut record = ProducerRecord::new(
+                "crossover",
+                Some(Bytes::from(format!("grpc-{i}"))),
+                Bytes::from(format!("from-grpc-{i}")),
+            );
+            record.headers = vec![
+                ("trace".into(), Some(Bytes::from(format!("grpc-{i}")))),
+                ("dup".into(), Some(Bytes::from_static(b"a"))),
+                ("dup".into(), Some(Bytes::from_static(b"b"))),
+                ("none".into(), None),
+            ];
+            record.timestamp = Some(1_600_000_000_000 + i);
+            record
+        })
+        .collect();
+    produce_grpc(&cluster, records).await;
     let out = tokio::task::block_in_place(|| {
         run_python_for(
             &cluster,
@@ -422,19 +395,7 @@ async fn keys_headers_and_timestamps_cross_between_grpc_and_kafka_clients() {
             60,
         )
     });
-    let mut consumer = Consumer::new(ConsumerConfig {
-        bootstrap: cluster.bootstrap(),
-        auto_offset_reset: OffsetReset::Earliest,
-        ..Default::default()
-    })
-    .unwrap();
-    let tps = consumer.partitions_of("crossover").await.unwrap();
-    consumer.assign(tps);
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < 10 && Instant::now() < deadline {
-        seen.extend(consumer.poll(Duration::from_millis(500)).await.unwrap());
-    }
+    let seen = consume_grpc(&cluster, "crossover", 10).await;
     let mut from_kafka: Vec<_> = seen
         .iter()
         .filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"py-")))

@@ -17,27 +17,33 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rill_consumer::{Consumer, ConsumerConfig, OffsetReset};
-use rill_producer::{Producer, ProducerConfig, ProducerRecord};
+use rill_producer::ProducerRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Runs kcat with `args` and `stdin`; its stdout. Fails the test when kcat is not installed
-/// (`cargo xtask ci` installs it) or exits with an error.
-fn kcat(args: &[&str], stdin: &str) -> String {
-    let mut child = match Command::new("kcat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
+/// Starts `cmd` (a kcat command). Fails the test when kcat is not installed (`cargo xtask ci`
+/// installs it) or cannot start.
+fn spawn_kcat(cmd: &mut Command) -> std::process::Child {
+    match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
             "kcat is not installed: these tests run a real Kafka client against the broker's \
              Kafka listener. Install it (Debian: apt-get install kcat); `cargo xtask ci` does."
         ),
         Err(e) => panic!("kcat could not start: {e}"),
-    };
+    }
+}
+
+/// Runs kcat with `args` and `stdin`; its stdout. Fails the test when kcat is not installed
+/// (`cargo xtask ci` installs it) or exits with an error.
+fn kcat(args: &[&str], stdin: &str) -> String {
+    let mut child = spawn_kcat(
+        Command::new("kcat")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     if let Some(mut input) = child.stdin.take() {
         input.write_all(stdin.as_bytes()).unwrap();
     }
@@ -65,10 +71,6 @@ fn kcat(args: &[&str], stdin: &str) -> String {
     stdout
 }
 
-fn kafka_addr(cluster: &Cluster) -> String {
-    cluster.brokers[0].kafka_addr.clone().unwrap()
-}
-
 /// `kcat -C` from the beginning to the end of every partition, as `key:value` lines, sorted.
 fn kcat_consume_all(addr: &str, topic: &str) -> Vec<String> {
     let out = kcat(
@@ -90,6 +92,11 @@ fn kcat_consume_all(addr: &str, topic: &str) -> Vec<String> {
     let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
     lines.sort();
     lines
+}
+
+/// `kcat -P` of `input`'s `key:value` lines to `topic`.
+fn kcat_produce(addr: &str, topic: &str, input: &str) {
+    kcat(&["-P", "-b", addr, "-t", topic, "-K:"], input);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,28 +134,16 @@ async fn records_cross_between_the_grpc_and_kafka_listeners() {
     let addr = kafka_addr(&cluster);
 
     // gRPC produce (rill's producer) → Kafka consume (kcat).
-    let producer = Producer::new(ProducerConfig {
-        bootstrap: cluster.bootstrap(),
-        acks: -1,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut pending = Vec::new();
-    for i in 0..10 {
-        pending.push(
-            producer
-                .send(ProducerRecord::new(
-                    "crossing",
-                    Some(Bytes::from(format!("g{i}"))),
-                    Bytes::from(format!("from-grpc-{i}")),
-                ))
-                .await
-                .unwrap(),
-        );
-    }
-    for p in pending {
-        p.await.unwrap();
-    }
+    let records = (0..10)
+        .map(|i| {
+            ProducerRecord::new(
+                "crossing",
+                Some(Bytes::from(format!("g{i}"))),
+                Bytes::from(format!("from-grpc-{i}")),
+            )
+        })
+        .collect();
+    produce_grpc(&cluster, records).await;
     let mut from_grpc: Vec<String> = (0..10).map(|i| format!("g{i}:from-grpc-{i}")).collect();
     from_grpc.sort();
     let got = tokio::task::block_in_place(|| kcat_consume_all(&addr, "crossing"));
@@ -156,26 +151,18 @@ async fn records_cross_between_the_grpc_and_kafka_listeners() {
 
     // Kafka produce (kcat) → gRPC consume (rill's consumer).
     let input: String = (0..10).map(|i| format!("k{i}:from-kafka-{i}\n")).collect();
-    tokio::task::block_in_place(|| kcat(&["-P", "-b", &addr, "-t", "crossing", "-K:"], &input));
-    let mut consumer = Consumer::new(ConsumerConfig {
-        bootstrap: cluster.bootstrap(),
-        auto_offset_reset: OffsetReset::Earliest,
-        ..Default::default()
-    })
-    .unwrap();
-    let tps = consumer.partitions_of("crossing").await.unwrap();
-    consumer.assign(tps);
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < 20 && Instant::now() < deadline {
-        for r in consumer.poll(Duration::from_millis(500)).await.unwrap() {
-            seen.push(format!(
+    tokio::task::block_in_place(|| kcat_produce(&addr, "crossing", &input));
+    let mut seen: Vec<String> = consume_grpc(&cluster, "crossing", 20)
+        .await
+        .iter()
+        .map(|r| {
+            format!(
                 "{}:{}",
                 String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()),
                 String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     seen.sort();
     let mut expected: Vec<String> = from_grpc;
     expected.extend((0..10).map(|i| format!("k{i}:from-kafka-{i}")));
@@ -407,7 +394,7 @@ async fn kcat_commits_offsets_that_the_next_run_and_grpc_see() {
     cluster.create_topic("committed", 1, 1, &[]).await;
     let addr = kafka_addr(&cluster);
     let input: String = (0..5).map(|i| format!("k{i}:first-{i}\n")).collect();
-    tokio::task::block_in_place(|| kcat(&["-P", "-b", &addr, "-t", "committed", "-K:"], &input));
+    tokio::task::block_in_place(|| kcat_produce(&addr, "committed", &input));
 
     let first = tokio::task::block_in_place(|| kcat_consume_stored(&addr, "committed", "kg"));
     let want: Vec<String> = (0..5).map(|i| format!("k{i}:first-{i}")).collect();
@@ -433,7 +420,7 @@ async fn kcat_commits_offsets_that_the_next_run_and_grpc_see() {
 
     // The next run starts where the first committed.
     let input: String = (0..3).map(|i| format!("k{i}:second-{i}\n")).collect();
-    tokio::task::block_in_place(|| kcat(&["-P", "-b", &addr, "-t", "committed", "-K:"], &input));
+    tokio::task::block_in_place(|| kcat_produce(&addr, "committed", &input));
     let second = tokio::task::block_in_place(|| kcat_consume_stored(&addr, "committed", "kg"));
     let want: Vec<String> = (0..3).map(|i| format!("k{i}:second-{i}")).collect();
     assert_eq!(second, want);
@@ -470,7 +457,7 @@ async fn every_broker_advertises_its_kafka_endpoint_and_kcat_follows_the_leaders
     // Bootstrapping from one broker, kcat produces to and consumes from every leader.
     let addr = kafka_addr(&cluster);
     let input: String = (0..60).map(|i| format!("key-{i}:v{i}\n")).collect();
-    tokio::task::block_in_place(|| kcat(&["-P", "-b", &addr, "-t", "spread", "-K:"], &input));
+    tokio::task::block_in_place(|| kcat_produce(&addr, "spread", &input));
     let got = tokio::task::block_in_place(|| kcat_consume_all(&addr, "spread"));
     let mut want: Vec<String> = (0..60).map(|i| format!("key-{i}:v{i}")).collect();
     want.sort();
@@ -642,40 +629,33 @@ impl GroupMember {
         extra: &[&str],
     ) -> GroupMember {
         use std::io::BufRead;
-        let mut child = match Command::new("kcat")
-            .args([
-                "-b",
-                addr,
-                "-G",
-                group,
-                topic,
-                "-u",
-                "-f",
-                "%p:%o:%s\n",
-                "-X",
-                "auto.offset.reset=earliest",
-                "-X",
-                &format!("session.timeout.ms={session_ms}"),
-                "-X",
-                "heartbeat.interval.ms=500",
-                "-X",
-                "auto.commit.interval.ms=200",
-                "-X",
-                &format!("client.id={name}"),
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "kcat is not installed: these tests run a real Kafka client against the broker's \
-                 Kafka listener. Install it (Debian: apt-get install kcat); `cargo xtask ci` does."
-            ),
-            Err(e) => panic!("kcat could not start: {e}"),
-        };
+        let mut child = spawn_kcat(
+            Command::new("kcat")
+                .args([
+                    "-b",
+                    addr,
+                    "-G",
+                    group,
+                    topic,
+                    "-u",
+                    "-f",
+                    "%p:%o:%s\n",
+                    "-X",
+                    "auto.offset.reset=earliest",
+                    "-X",
+                    &format!("session.timeout.ms={session_ms}"),
+                    "-X",
+                    "heartbeat.interval.ms=500",
+                    "-X",
+                    "auto.commit.interval.ms=200",
+                    "-X",
+                    &format!("client.id={name}"),
+                ])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
@@ -850,10 +830,29 @@ async fn committed_total(cluster: &Cluster, group: &str, topic: &str, partitions
     -1
 }
 
+/// Polls [`committed_total`] until it is `want` or `timeout` passed; the last total.
+async fn committed_reaches(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    want: i64,
+    timeout: Duration,
+) -> i64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let committed = committed_total(cluster, group, topic, partitions).await;
+        if committed == want || Instant::now() >= deadline {
+            return committed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn produce_numbered(addr: &str, topic: &str, range: std::ops::Range<usize>) -> Vec<String> {
     let values: Vec<String> = range.map(|i| format!("record-{i}")).collect();
     let input: String = values.iter().map(|v| format!("key-{v}:{v}\n")).collect();
-    kcat(&["-P", "-b", addr, "-t", topic, "-K:"], &input);
+    kcat_produce(addr, topic, &input);
     values
 }
 
@@ -922,12 +921,15 @@ async fn kcat_balanced_consumers_split_partitions_rebalance_and_resume_from_comm
 
     // Auto commits reach the coordinator; then member A dies without leaving.
     let mut produced = first.len() as i64;
-    let mut committed = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while committed != produced && Instant::now() < deadline {
-        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = committed_reaches(
+        &cluster,
+        GROUP,
+        TOPIC,
+        PARTITIONS,
+        produced,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(
         committed, produced,
         "the members' commits did not all arrive"
@@ -972,11 +974,15 @@ async fn kcat_balanced_consumers_split_partitions_rebalance_and_resume_from_comm
 
     // The group stops (kcat commits and leaves), the broker — the coordinator — restarts, and
     // a new member resumes from the committed offsets.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while committed != produced && Instant::now() < deadline {
-        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = committed_reaches(
+        &cluster,
+        GROUP,
+        TOPIC,
+        PARTITIONS,
+        produced,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(committed, produced);
     b.stop();
     c.stop();
@@ -1070,22 +1076,23 @@ print("OK")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_kafka_python_group_and_admin_calls() {
-    if !python_has("confluent_kafka") {
-        eprintln!(
-            "SKIPPED: python3 with confluent-kafka is not installed (pip install confluent-kafka); \
-             this test runs it as a consumer group and admin client"
-        );
+    if !have(
+        "confluent_kafka",
+        "confluent-kafka",
+        "as a consumer group and admin client",
+    ) {
         return;
     }
     let cluster = Cluster::start_with_kafka(1, 1, &["group.initial.rebalance.delay.ms=300"]).await;
     cluster.create_topic("py-group", 4, 1, &[]).await;
     let addr = kafka_addr(&cluster);
     tokio::task::block_in_place(|| {
-        run_python(
+        run_python_for(
             &cluster,
             "group_test.py",
             PYTHON_GROUP_SCRIPT,
             &[&addr, "py-group", "py-group-g", "4"],
+            120,
         )
     });
 }
@@ -1132,12 +1139,15 @@ async fn kcat_group_survives_its_coordinator_failing_over() {
         || a.records().len() + b.records().len() >= first.len(),
     )
     .await;
-    let mut committed = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while committed != 40 && Instant::now() < deadline {
-        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = committed_reaches(
+        &cluster,
+        GROUP,
+        TOPIC,
+        PARTITIONS,
+        40,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(committed, 40);
 
     // Kill the group's coordinator: another broker leads its __consumer_offsets partition,
@@ -1189,11 +1199,15 @@ async fn kcat_group_survives_its_coordinator_failing_over() {
     )
     .await;
     // Committed at the new coordinator, on top of what the old one had.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while committed != 80 && Instant::now() < deadline {
-        committed = committed_total(&cluster, GROUP, TOPIC, PARTITIONS).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let committed = committed_reaches(
+        &cluster,
+        GROUP,
+        TOPIC,
+        PARTITIONS,
+        80,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         committed,
         80,
@@ -1279,52 +1293,6 @@ async fn kcat_cooperative_sticky_members_rebalance_incrementally() {
     let mut want = values_in;
     want.sort();
     assert_eq!(got, want, "each record once");
-}
-
-/// Whether `python3` can import `module` (the Python client tests skip, with a message, when
-/// it cannot; `cargo xtask ci` installs the modules).
-fn python_has(module: &str) -> bool {
-    Command::new(python3())
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// The Python that runs the client tests: `$RILL_TEST_PYTHON`, else the venv `cargo xtask ci`
-/// installs the Kafka client modules into (`target/python-clients`), else `python3`.
-fn python3() -> String {
-    if let Ok(p) = std::env::var("RILL_TEST_PYTHON") {
-        return p;
-    }
-    let venv = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/python-clients/bin/python3"
-    );
-    if std::path::Path::new(venv).exists() {
-        return venv.into();
-    }
-    "python3".into()
-}
-
-/// Runs `script` with `args` under [`python3`] (120 s at most); fails the test unless it exits
-/// 0 and prints `OK`.
-fn run_python(cluster: &Cluster, name: &str, script: &str, args: &[&str]) {
-    let path = cluster.brokers[0].dir.join(name);
-    std::fs::write(&path, script).unwrap();
-    let output = Command::new("timeout")
-        .arg("120")
-        .arg(python3())
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("OK"),
-        "{name} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// confluent-kafka-python's AdminClient against the Kafka listener: the topic and config
@@ -1435,17 +1403,23 @@ print("OK")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_kafka_python_admin_creates_describes_alters_and_deletes_topics() {
-    if !python_has("confluent_kafka") {
-        eprintln!(
-            "SKIPPED: python3 with confluent-kafka is not installed (pip install confluent-kafka); \
-             this test runs its AdminClient against the Kafka listener"
-        );
+    if !have(
+        "confluent_kafka",
+        "confluent-kafka",
+        "as an AdminClient against the Kafka listener",
+    ) {
         return;
     }
     let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
     let addr = kafka_addr(&cluster);
     tokio::task::block_in_place(|| {
-        run_python(&cluster, "admin_test.py", PYTHON_ADMIN_SCRIPT, &[&addr])
+        run_python_for(
+            &cluster,
+            "admin_test.py",
+            PYTHON_ADMIN_SCRIPT,
+            &[&addr],
+            120,
+        )
     });
 }
 
@@ -1773,22 +1747,22 @@ print("OK")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_python_admin_produce_consume_and_a_group_of_two() {
-    if !python_has("kafka") {
-        eprintln!(
-            "SKIPPED: python3 with kafka-python is not installed (pip install kafka-python; \
-             `cargo xtask ci` installs it into target/python-clients); this test runs it as \
-             producer, consumers of a group and admin client"
-        );
+    if !have(
+        "kafka",
+        "kafka-python",
+        "as producer, consumers of a group and admin client",
+    ) {
         return;
     }
     let cluster = Cluster::start_with_kafka(1, 1, &["group.initial.rebalance.delay.ms=300"]).await;
     let addr = kafka_addr(&cluster);
     tokio::task::block_in_place(|| {
-        run_python(
+        run_python_for(
             &cluster,
             "kafka_python_test.py",
             KAFKA_PYTHON_SCRIPT,
             &[&addr, "kp-topic", "kp-group"],
+            120,
         )
     });
 }
@@ -2133,11 +2107,11 @@ async fn a_kafka_consumer_protocol_member_and_a_rill_consumer_share_a_group() {
     use std::io::BufRead;
     use std::sync::{Arc, Mutex};
 
-    if !python_has("confluent_kafka") {
-        eprintln!(
-            "SKIPPED: python3 with confluent-kafka is not installed (pip install confluent-kafka); \
-             this test runs it as a group.protocol=consumer member"
-        );
+    if !have(
+        "confluent_kafka",
+        "confluent-kafka",
+        "as a group.protocol=consumer member",
+    ) {
         return;
     }
     let cluster =
@@ -2240,27 +2214,13 @@ async fn a_kafka_consumer_protocol_member_and_a_rill_consumer_share_a_group() {
     assert!(rill_records.is_empty(), "nothing was produced yet");
 
     // 40 records over the four partitions: each read once, by the member owning its partition.
-    let producer = Producer::new(ProducerConfig {
-        bootstrap: cluster.bootstrap(),
-        acks: -1,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut pending = Vec::new();
-    for i in 0..40 {
-        pending.push(
-            producer
-                .send(ProducerRecord {
-                    partition: Some(i % 4),
-                    ..ProducerRecord::new(topic, None::<Bytes>, Bytes::from(format!("v{i}")))
-                })
-                .await
-                .unwrap(),
-        );
-    }
-    for p in pending {
-        p.await.unwrap();
-    }
+    let records = (0..40)
+        .map(|i| ProducerRecord {
+            partition: Some(i % 4),
+            ..ProducerRecord::new(topic, None::<Bytes>, Bytes::from(format!("v{i}")))
+        })
+        .collect();
+    produce_grpc(&cluster, records).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         for r in rill.poll(Duration::from_millis(200)).await.unwrap() {

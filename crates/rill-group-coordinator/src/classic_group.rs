@@ -159,6 +159,20 @@ pub struct SyncGroupResponse {
 }
 
 impl SyncGroupResponse {
+    /// A member's assignment (no error), in the group's protocol.
+    fn assigned(
+        protocol_type: &Option<String>,
+        protocol_name: &Option<String>,
+        assignment: &Bytes,
+    ) -> Self {
+        SyncGroupResponse {
+            error_code: 0,
+            protocol_type: protocol_type.clone(),
+            protocol_name: protocol_name.clone(),
+            assignment: assignment.clone(),
+        }
+    }
+
     fn error(error_code: i16) -> Self {
         SyncGroupResponse {
             error_code,
@@ -261,6 +275,11 @@ pub(crate) struct ClassicMember {
 }
 
 impl ClassicMember {
+    /// Starts the member's session timeout again at `now_ms` (it was heard from).
+    fn restart_session(&mut self, now_ms: i64) {
+        self.session_deadline_ms = now_ms + i64::from(self.session_timeout_ms);
+    }
+
     /// The member's metadata for `protocol` (empty when it does not support it).
     pub fn metadata(&self, protocol: &str) -> Bytes {
         self.protocols
@@ -553,7 +572,7 @@ impl ClassicGroupManager {
     pub fn start_timers(&mut self, now_ms: i64) {
         for g in self.groups.values_mut() {
             for m in g.members.values_mut() {
-                m.session_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
+                m.restart_session(now_ms);
             }
         }
     }
@@ -949,7 +968,7 @@ impl ClassicGroupManager {
         for id in ids {
             let answer = join_answer(g, &id);
             if let Some(m) = g.members.get_mut(&id) {
-                m.session_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
+                m.restart_session(now_ms);
                 if let Some(w) = m.awaiting_join.take() {
                     answers.push((w, answer));
                 }
@@ -1014,13 +1033,8 @@ impl ClassicGroupManager {
             ClassicGroupState::Stable => {
                 g.pending_sync.remove(&member_id);
                 let answer = g.members.get_mut(&member_id).map(|m| {
-                    m.session_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
-                    SyncGroupResponse {
-                        error_code: 0,
-                        protocol_type: g.protocol_type.clone(),
-                        protocol_name: g.protocol_name.clone(),
-                        assignment: m.assignment.clone(),
-                    }
+                    m.restart_session(now_ms);
+                    SyncGroupResponse::assigned(&g.protocol_type, &g.protocol_name, &m.assignment)
                 });
                 if g.pending_sync.is_empty() {
                     g.sync_deadline_ms = None;
@@ -1033,7 +1047,7 @@ impl ClassicGroupManager {
                 g.pending_sync.remove(&member_id);
                 let mut replaced = None;
                 if let Some(m) = g.members.get_mut(&member_id) {
-                    m.session_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
+                    m.restart_session(now_ms);
                     replaced = m.awaiting_sync.replace(waiter);
                 }
                 if let Some(old) = replaced {
@@ -1065,12 +1079,11 @@ impl ClassicGroupManager {
                     if let Some(w) = m.awaiting_sync.take() {
                         answers.push((
                             w,
-                            SyncGroupResponse {
-                                error_code: 0,
-                                protocol_type: g.protocol_type.clone(),
-                                protocol_name: g.protocol_name.clone(),
-                                assignment: m.assignment.clone(),
-                            },
+                            SyncGroupResponse::assigned(
+                                &g.protocol_type,
+                                &g.protocol_name,
+                                &m.assignment,
+                            ),
                         ));
                     }
                 }
@@ -1125,7 +1138,7 @@ impl ClassicGroupManager {
         };
         let state = g.state;
         if let Some(m) = g.members.get_mut(&request.member_id) {
-            m.session_deadline_ms = now_ms + i64::from(m.session_timeout_ms);
+            m.restart_session(now_ms);
         }
         match state {
             ClassicGroupState::PreparingRebalance => code(ErrorCode::RebalanceInProgress),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rill_producer::{Producer, ProducerConfig, ProducerRecord};
+use rill_producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 use rill_protocol::ErrorCode;
 use rill_protocol::proto::broker_server::{Broker, BrokerServer};
 use rill_protocol::proto::*;
@@ -346,16 +346,36 @@ fn config(cluster: &FakeCluster) -> ProducerConfig {
     }
 }
 
-/// Sends `n` records; returns their acknowledged offsets.
-async fn produce(producer: &Producer, n: usize) -> Vec<i64> {
+/// Sends the records `v{i:04}` of `range` to `t`; their delivery futures.
+async fn send_numbered(producer: &Producer, range: std::ops::Range<usize>) -> Vec<DeliveryFuture> {
     let mut pending = Vec::new();
-    for i in 0..n {
+    for i in range {
         let record = ProducerRecord::new("t", None::<Bytes>, format!("v{i:04}"));
         pending.push(producer.send(record).await.unwrap());
     }
-    tokio::time::timeout(Duration::from_secs(60), producer.flush())
+    pending
+}
+
+/// Flushes `producer`, failing the test unless it finishes within `secs`.
+async fn flush_within(producer: &Producer, secs: u64) {
+    tokio::time::timeout(Duration::from_secs(secs), producer.flush())
         .await
-        .expect("flush finishes");
+        .unwrap_or_else(|_| panic!("flush finishes within {secs} s"));
+}
+
+/// A producer of `config` sending many batches per request (up to 1 MiB).
+fn many_batches_per_request(cluster: &FakeCluster) -> Producer {
+    Producer::new(ProducerConfig {
+        max_request_size: 1 << 20,
+        ..config(cluster)
+    })
+    .unwrap()
+}
+
+/// Sends `n` records; returns their acknowledged offsets.
+async fn produce(producer: &Producer, n: usize) -> Vec<i64> {
+    let pending = send_numbered(producer, 0..n).await;
+    flush_within(producer, 60).await;
     let mut offsets = Vec::new();
     for p in pending {
         offsets.push(p.await.expect("every record is acknowledged").offset);
@@ -503,12 +523,8 @@ async fn a_lost_answer_to_a_full_request_is_not_written_twice() {
         ..Default::default()
     })
     .await;
-    let producer = Producer::new(ProducerConfig {
-        // Many small batches queue up while a request is in flight.
-        max_request_size: 1 << 20,
-        ..config(&cluster)
-    })
-    .unwrap();
+    // Many small batches queue up while a request is in flight.
+    let producer = many_batches_per_request(&cluster);
     let offsets = produce(&producer, 600).await;
     expect_exactly_once_in_order(&cluster, &offsets);
     let st = cluster.state.lock().unwrap();
@@ -560,18 +576,11 @@ async fn stall_past_the_delivery_timeout(drops: bool) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    tokio::time::timeout(Duration::from_secs(60), producer.flush())
-        .await
-        .expect("flush finishes");
+    flush_within(&producer, 60).await;
     // After the stall the producer carries on.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    for i in 400..450 {
-        let record = ProducerRecord::new("t", None::<Bytes>, format!("v{i:04}"));
-        pending.push(producer.send(record).await.unwrap());
-    }
-    tokio::time::timeout(Duration::from_secs(60), producer.flush())
-        .await
-        .expect("flush finishes");
+    pending.extend(send_numbered(&producer, 400..450).await);
+    flush_within(&producer, 60).await;
     let mut acked = HashMap::new();
     let mut timed_out = 0;
     for (i, p) in pending.into_iter().enumerate() {
@@ -626,19 +635,10 @@ async fn a_batch_failed_for_good_is_followed_by_an_epoch_bump_not_a_retry_loop()
         ..Default::default()
     })
     .await;
-    let producer = Producer::new(ProducerConfig {
-        max_request_size: 1 << 20,
-        ..config(&cluster)
-    })
-    .unwrap();
-    let mut pending = Vec::new();
-    for i in 0..300 {
-        let record = ProducerRecord::new("t", None::<Bytes>, format!("v{i:04}"));
-        pending.push(producer.send(record).await.unwrap());
-    }
-    tokio::time::timeout(Duration::from_secs(20), producer.flush())
-        .await
-        .expect("flush finishes well before delivery.timeout.ms");
+    let producer = many_batches_per_request(&cluster);
+    let pending = send_numbered(&producer, 0..300).await;
+    // Well before delivery.timeout.ms.
+    flush_within(&producer, 20).await;
     let mut failed = Vec::new();
     let mut acked = Vec::new();
     for (i, p) in pending.into_iter().enumerate() {

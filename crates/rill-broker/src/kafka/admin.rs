@@ -67,26 +67,53 @@ enum Resend {
     No,
 }
 
-/// Calls the active controller (following NOT_CONTROLLER hints, failing over).
-async fn controller<T, F, Fut>(
+/// Calls the active controller (following NOT_CONTROLLER hints, failing over) with `call` and
+/// `rill`, the request to forward; `None` (nothing to forward) answers the empty answer at once.
+async fn controller<Req, T, F, Fut>(
     apis: &KafkaApis,
     patience: Duration,
     resend: Resend,
-    f: F,
+    rill: Option<Req>,
+    mut call: F,
 ) -> Result<T, ApiError>
 where
-    F: FnMut(GrpcClient<Channel>) -> Fut,
+    Req: Clone,
+    T: Default,
+    F: FnMut(GrpcClient<Channel>, Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    let Some(rill) = rill else {
+        return Ok(T::default());
+    };
     let Some(controllers) = &apis.controllers else {
         return Err(ApiError::new(
             ErrorCode::NotController,
             "this broker has no connection to the controllers",
         ));
     };
+    let f = |c| call(c, rill.clone());
     match resend {
         Resend::Yes => controllers.call(patience, f).await,
         Resend::No => controllers.call_at_most_once(patience, f).await,
+    }
+}
+
+/// A forwarded topic's error code and message: the one decided here (`local`), else the
+/// controllers' failure (`answer`), else the controllers' result for it (`result`: code and
+/// message), else UNKNOWN_SERVER_ERROR for a topic they did not answer for.
+fn topic_outcome<T>(
+    local: Option<LocalError>,
+    answer: &Result<T, ApiError>,
+    result: Option<(i32, &str)>,
+) -> LocalError {
+    match (local, answer, result) {
+        (Some(e), _, _) => e,
+        (None, Err(e), _) => (e.code as i16, e.message.clone()),
+        (None, Ok(_), Some((c, message))) => (code(c), message.to_owned()),
+        (None, Ok(_), None) => (
+            ErrorCode::UnknownServerError as i16,
+            "the controller did not answer for this topic".to_owned(),
+        ),
     }
 }
 
@@ -157,10 +184,13 @@ pub async fn create_topics(
         topics: forwarded,
         validate_only: req.validate_only,
     };
-    let answer = controller(apis, patience, Resend::No, |mut c| {
-        let rill = rill.clone();
-        async move { c.create_topics(rill).await }
-    })
+    let answer = controller(
+        apis,
+        patience,
+        Resend::No,
+        Some(rill),
+        |mut c, r| async move { c.create_topics(r).await },
+    )
     .await;
     let answer = match answer {
         Ok(a) => a,
@@ -257,18 +287,11 @@ pub async fn delete_topics(
         .filter(|(_, _, e)| e.is_none())
         .filter_map(|(n, _, _)| n.clone())
         .collect();
-    let answer = if names.is_empty() {
-        Ok(rp::DeleteTopicsResponse::default())
-    } else {
-        let rill = rp::DeleteTopicsRequest {
-            names: names.clone(),
-        };
-        controller(apis, patience, Resend::No, |mut c| {
-            let rill = rill.clone();
-            async move { c.delete_topics(rill).await }
-        })
-        .await
-    };
+    let rill = (!names.is_empty()).then_some(rp::DeleteTopicsRequest { names });
+    let answer = controller(apis, patience, Resend::No, rill, |mut c, r| async move {
+        c.delete_topics(r).await
+    })
+    .await;
     let by_name: BTreeMap<String, rp::DeletableTopicResult> = match &answer {
         Ok(a) => a
             .topics
@@ -286,16 +309,12 @@ pub async fn delete_topics(
                 .and_then(|n| image.topics.get(n))
                 .and_then(|t| uuid::Uuid::parse_str(&t.id).ok())
                 .unwrap_or(id);
-            let (error, message) =
-                match (local, &answer, name.as_ref().and_then(|n| by_name.get(n))) {
-                    (Some(e), _, _) => e,
-                    (None, Err(e), _) => (e.code as i16, e.message.clone()),
-                    (None, Ok(_), Some(r)) => (code(r.error_code), r.error_message.clone()),
-                    (None, Ok(_), None) => (
-                        ErrorCode::UnknownServerError as i16,
-                        "the controller did not answer for this topic".to_owned(),
-                    ),
-                };
+            let result = name.as_ref().and_then(|n| by_name.get(n));
+            let (error, message) = topic_outcome(
+                local,
+                &answer,
+                result.map(|r| (r.error_code, r.error_message.as_str())),
+            );
             if error == 0
                 && let Some(n) = &name
             {
@@ -341,19 +360,14 @@ pub async fn create_partitions(
             });
         }
     }
-    let answer = if forwarded.is_empty() {
-        Ok(rp::CreatePartitionsResponse::default())
-    } else {
-        let rill = rp::CreatePartitionsRequest {
-            topics: forwarded,
-            validate_only: req.validate_only,
-        };
-        controller(apis, patience, Resend::No, |mut c| {
-            let rill = rill.clone();
-            async move { c.create_partitions(rill).await }
-        })
-        .await
-    };
+    let rill = (!forwarded.is_empty()).then_some(rp::CreatePartitionsRequest {
+        topics: forwarded,
+        validate_only: req.validate_only,
+    });
+    let answer = controller(apis, patience, Resend::No, rill, |mut c, r| async move {
+        c.create_partitions(r).await
+    })
+    .await;
     let by_name: BTreeMap<String, rp::CreatePartitionsTopicResult> = match &answer {
         Ok(a) => a
             .topics
@@ -368,15 +382,12 @@ pub async fn create_partitions(
         .iter()
         .zip(local)
         .map(|(t, local)| {
-            let (error, message) = match (local, &answer, by_name.get(t.name.as_str())) {
-                (Some(e), _, _) => e,
-                (None, Err(e), _) => (e.code as i16, e.message.clone()),
-                (None, Ok(_), Some(r)) => (code(r.error_code), r.error_message.clone()),
-                (None, Ok(_), None) => (
-                    ErrorCode::UnknownServerError as i16,
-                    "the controller did not answer for this topic".to_owned(),
-                ),
-            };
+            let result = by_name.get(t.name.as_str());
+            let (error, message) = topic_outcome(
+                local,
+                &answer,
+                result.map(|r| (r.error_code, r.error_message.as_str())),
+            );
             if error == 0 && !req.validate_only {
                 grown.push((t.name.0.to_string(), t.count));
             }
@@ -430,16 +441,15 @@ pub async fn describe_configs(
         .filter(|r| r.resource_type == RESOURCE_TOPIC && !r.resource_name.is_empty())
         .map(|r| r.resource_name.to_string())
         .collect();
-    let answer = if topics.is_empty() {
-        Ok(rp::DescribeConfigsResponse::default())
-    } else {
-        let rill = rp::DescribeConfigsRequest { topics };
-        controller(apis, patience(10_000), Resend::Yes, |mut c| {
-            let rill = rill.clone();
-            async move { c.describe_configs(rill).await }
-        })
-        .await
-    };
+    let rill = (!topics.is_empty()).then_some(rp::DescribeConfigsRequest { topics });
+    let answer = controller(
+        apis,
+        patience(10_000),
+        Resend::Yes,
+        rill,
+        |mut c, r| async move { c.describe_configs(r).await },
+    )
+    .await;
     let by_topic: BTreeMap<String, rp::DescribeConfigsResult> = match &answer {
         Ok(a) => a
             .results
@@ -631,19 +641,18 @@ pub async fn incremental_alter_configs(
             resource_type: resource_type as i32,
         });
     }
-    let answer = if forwarded.is_empty() {
-        Ok(rp::IncrementalAlterConfigsResponse::default())
-    } else {
-        let rill = rp::IncrementalAlterConfigsRequest {
-            resources: forwarded,
-            validate_only: req.validate_only,
-        };
-        controller(apis, patience(10_000), Resend::Yes, |mut c| {
-            let rill = rill.clone();
-            async move { c.incremental_alter_configs(rill).await }
-        })
-        .await
-    };
+    let rill = (!forwarded.is_empty()).then_some(rp::IncrementalAlterConfigsRequest {
+        resources: forwarded,
+        validate_only: req.validate_only,
+    });
+    let answer = controller(
+        apis,
+        patience(10_000),
+        Resend::Yes,
+        rill,
+        |mut c, r| async move { c.incremental_alter_configs(r).await },
+    )
+    .await;
     // The controller answers every resource, in order.
     let mut answered = match &answer {
         Ok(a) => a.results.clone().into_iter(),
@@ -722,10 +731,7 @@ pub async fn describe_cluster(
                 .iter()
                 .filter(|b| with_fenced || !b.fenced)
                 .filter_map(|b| {
-                    let e = b
-                        .endpoints
-                        .iter()
-                        .find(|e| e.name == super::ENDPOINT_NAME)?;
+                    let e = super::apis::kafka_endpoint(&b.endpoints)?;
                     Some(
                         m::describe_cluster_response::DescribeClusterBroker::default()
                             .with_broker_id(BrokerId(b.node_id))

@@ -155,10 +155,7 @@ pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataR
         .iter()
         .filter(|b| !b.fenced)
         .filter_map(|b| {
-            let e = b
-                .endpoints
-                .iter()
-                .find(|e| e.name == super::ENDPOINT_NAME)?;
+            let e = kafka_endpoint(&b.endpoints)?;
             Some(
                 m::metadata_response::MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.node_id))
@@ -265,10 +262,7 @@ pub async fn produce(apis: &KafkaApis, req: m::ProduceRequest) -> m::ProduceResp
                             t.partitions
                                 .into_iter()
                                 .map(|p| {
-                                    let leader = p.current_leader.unwrap_or(rp::LeaderIdAndEpoch {
-                                        leader_id: -1,
-                                        leader_epoch: -1,
-                                    });
+                                    let leader = current_leader(p.current_leader);
                                     m::produce_response::PartitionProduceResponse::default()
                                         .with_index(p.index)
                                         .with_error_code(p.error_code as i16)
@@ -448,6 +442,19 @@ pub async fn fetch(apis: &KafkaApis, req: m::FetchRequest, version: i16) -> m::F
         .with_responses(fetch_answer(answer))
 }
 
+/// A partition's current leader as rill answered it; unknown (-1, -1) when it did not.
+fn current_leader(leader: Option<rp::LeaderIdAndEpoch>) -> rp::LeaderIdAndEpoch {
+    leader.unwrap_or(rp::LeaderIdAndEpoch {
+        leader_id: -1,
+        leader_epoch: -1,
+    })
+}
+
+/// The Kafka listener's endpoint among a broker's endpoints (`None`: it has no Kafka listener).
+pub(super) fn kafka_endpoint(endpoints: &[rp::Endpoint]) -> Option<&rp::Endpoint> {
+    endpoints.iter().find(|e| e.name == super::ENDPOINT_NAME)
+}
+
 /// rill's Fetch answer as Kafka's topics.
 fn fetch_answer(answer: rp::FetchResponse) -> Vec<m::fetch_response::FetchableTopicResponse> {
     answer
@@ -460,10 +467,7 @@ fn fetch_answer(answer: rp::FetchResponse) -> Vec<m::fetch_response::FetchableTo
                     t.partitions
                         .into_iter()
                         .map(|p| {
-                            let leader = p.current_leader.unwrap_or(rp::LeaderIdAndEpoch {
-                                leader_id: -1,
-                                leader_epoch: -1,
-                            });
+                            let leader = current_leader(p.current_leader);
                             m::fetch_response::PartitionData::default()
                                 .with_partition_index(p.index)
                                 .with_error_code(p.error_code as i16)
@@ -685,12 +689,10 @@ pub async fn find_coordinator(
         return failed(c.error_code as i16, c.error_message);
     }
     let image = apis.svc.rm.image();
-    let endpoint = image.brokers.get(&c.node_id).and_then(|b| {
-        b.endpoints
-            .iter()
-            .find(|e| e.name == super::ENDPOINT_NAME)
-            .cloned()
-    });
+    let endpoint = image
+        .brokers
+        .get(&c.node_id)
+        .and_then(|b| kafka_endpoint(&b.endpoints).cloned());
     match endpoint {
         Some(e) => m::FindCoordinatorResponse::default()
             .with_node_id(BrokerId(c.node_id))

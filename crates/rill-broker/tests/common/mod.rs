@@ -412,3 +412,62 @@ pub fn run_python_for(
     );
     stdout
 }
+
+/// False (after a SKIPPED line) when [`python3`] cannot import `module`: the Python client
+/// tests skip; `pip` names its package, `what` says what the test runs it as.
+pub fn have(module: &str, pip: &str, what: &str) -> bool {
+    if python_has(module) {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: {} cannot import {module} (pip install {pip}; `cargo xtask ci` installs it into \
+         target/python-clients); this test runs it {what}",
+        python3()
+    );
+    false
+}
+
+/// The first broker's Kafka listener (a cluster started with [`Cluster::start_with_kafka`]).
+pub fn kafka_addr(cluster: &Cluster) -> String {
+    cluster.brokers[0].kafka_addr.clone().unwrap()
+}
+
+/// Sends `records` with rill's gRPC producer (acks=all) and waits until every one is written.
+pub async fn produce_grpc(cluster: &Cluster, records: Vec<rill_producer::ProducerRecord>) {
+    let producer = rill_producer::Producer::new(rill_producer::ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: -1,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut pending = Vec::new();
+    for record in records {
+        pending.push(producer.send(record).await.unwrap());
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+}
+
+/// Reads `topic` from the earliest offset with rill's gRPC consumer (every partition assigned)
+/// until `n` records came or 30 s passed; the records read.
+pub async fn consume_grpc(
+    cluster: &Cluster,
+    topic: &str,
+    n: usize,
+) -> Vec<rill_consumer::ConsumerRecord> {
+    let mut consumer = rill_consumer::Consumer::new(rill_consumer::ConsumerConfig {
+        bootstrap: cluster.bootstrap(),
+        auto_offset_reset: rill_consumer::OffsetReset::Earliest,
+        ..Default::default()
+    })
+    .unwrap();
+    let tps = consumer.partitions_of(topic).await.unwrap();
+    consumer.assign(tps);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < n && Instant::now() < deadline {
+        seen.extend(consumer.poll(Duration::from_millis(500)).await.unwrap());
+    }
+    seen
+}
