@@ -276,7 +276,7 @@ pub struct Interval {
     pub publish_mb_s: f64,
     pub consume_rate: f64,
     pub consume_mb_s: f64,
-    /// Records acknowledged × subscriptions − records consumed, at the end of the interval.
+    /// (Records sent − failed) × subscriptions − records consumed, at the end of the interval.
     pub backlog: i64,
     pub publish_errors: u64,
     pub publish_latency_ms: Percentiles,
@@ -507,6 +507,11 @@ async fn produce_loop(
             settle(t, r);
         }
         i += 1;
+    }
+    if rate > 0.0 {
+        // Records the schedule had due before the end that a late producer never reached.
+        let due = ((end - start).as_secs_f64() * rate - phase).ceil().max(0.0) as u64;
+        rec.lock().counts.scheduled += due.saturating_sub(i);
     }
     for (t, d) in outstanding {
         let r = d.await;
@@ -813,7 +818,12 @@ async fn run_on_topics(
             publish_mb_s: c.counts.acked_bytes as f64 / secs / 1e6,
             consume_rate: c.counts.consumed as f64 / secs,
             consume_mb_s: c.counts.consumed_bytes as f64 / secs / 1e6,
-            backlog: (total.acked * subs) as i64 - total.consumed as i64,
+            // Records handed to the producers (less failures) not consumed yet: counting
+            // acknowledged records instead goes negative, as a consumer can receive a record
+            // before its producer task has seen the acknowledgement.
+            backlog: ((total.sent.saturating_sub(total.failed) * subs) as i64
+                - total.consumed as i64)
+                .max(0),
             publish_errors: c.counts.failed,
             publish_latency_ms: Percentiles::of(&c.publish),
             e2e_latency_ms: Percentiles::of(&c.e2e),

@@ -67,7 +67,13 @@ fn check_runs(results: &Value, subscriptions: u64, test_intervals: usize) {
         assert!(run["consume_rate"].as_f64().unwrap() > 0.0);
         ordered_latencies("publish", &run["publish_latency_ms"]);
         ordered_latencies("end-to-end", &run["e2e_latency_ms"]);
+        assert!(n("records_scheduled") >= n("records_sent"));
         let intervals = run["intervals"].as_array().unwrap();
+        assert!(
+            intervals
+                .iter()
+                .all(|i| i["backlog"].as_i64().unwrap() >= 0)
+        );
         let phase = |p: &str| intervals.iter().filter(|i| i["phase"] == p).count();
         assert_eq!(phase("warmup"), 1, "{intervals:?}");
         assert_eq!(phase("test"), test_intervals, "{intervals:?}");
