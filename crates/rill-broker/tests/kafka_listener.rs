@@ -2362,12 +2362,9 @@ async fn consumer_group_heartbeat_joins_gets_an_assignment_by_topic_id_and_leave
                     .flat_map(|t| t.partitions.iter().copied())
                     .collect();
             }
-            if done(&owned) {
-                return (member, r.member_epoch, owned);
-            }
             // Report what is owned now, as clients do after an assignment changes.
             req = req
-                .with_member_id(StrBytes::from_string(member))
+                .with_member_id(StrBytes::from_string(member.clone()))
                 .with_member_epoch(r.member_epoch)
                 .with_subscribed_topic_names(None)
                 .with_rebalance_timeout_ms(-1)
@@ -2376,6 +2373,14 @@ async fn consumer_group_heartbeat_joins_gets_an_assignment_by_topic_id_and_leave
                         .with_topic_id(topic_id)
                         .with_partitions(owned.iter().copied().collect()),
                 ]));
+            if done(&owned) {
+                // Acknowledge it (a revocation completes only when the member reports it gave
+                // the partitions up: until then the other member cannot get them).
+                let ack: ConsumerGroupHeartbeatResponse =
+                    call(s, ApiKey::ConsumerGroupHeartbeat, version, &req).await;
+                assert_eq!(ack.error_code, 0, "{:?}", ack.error_message);
+                return (member, ack.member_epoch, owned);
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no assignment satisfying the test after 100 heartbeats (owned {owned:?})");
