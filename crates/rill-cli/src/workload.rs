@@ -8,7 +8,6 @@
 //! Reports per interval and overall; `--json` writes every run; `--sweep` runs several rates.
 //! `rill perf plot` (in [`crate::plot`]) draws the JSON as latency-vs-throughput SVG.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -425,26 +424,10 @@ async fn produce_loop(
     let template: Vec<u8> = (0..record_size)
         .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
         .collect();
-    let settle =
-        |intended: Instant,
-         r: Result<rill_producer::RecordMetadata, rill_producer::ProducerError>| {
-            let latency = Instant::now()
-                .saturating_duration_since(intended)
-                .as_micros() as u64;
-            let mut g = rec.lock();
-            match r {
-                Ok(_) => {
-                    g.publish.saturating_record(latency.max(1));
-                    g.counts.acked += 1;
-                    g.counts.acked_bytes += record_size as u64;
-                }
-                Err(e) => {
-                    g.counts.failed += 1;
-                    g.first_error.get_or_insert_with(|| e.to_string());
-                }
-            }
-        };
-    let mut outstanding: VecDeque<(Instant, DeliveryFuture)> = VecDeque::new();
+    // Each delivery is awaited by its own small task, so an acknowledgement is timestamped when
+    // it arrives: not behind an earlier record of another partition, nor while `send` waits
+    // for buffer.memory.
+    let mut outstanding: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut i = 0u64;
     loop {
         let now = Instant::now();
@@ -457,23 +440,7 @@ async fn produce_loop(
                 break;
             }
             if due > now {
-                // Wait for the due time, settling acknowledgements as they arrive.
-                let sleep = tokio::time::sleep_until(due.into());
-                tokio::pin!(sleep);
-                loop {
-                    let Some((t, d)) = outstanding.front_mut() else {
-                        sleep.as_mut().await;
-                        break;
-                    };
-                    let t = *t;
-                    tokio::select! {
-                        _ = sleep.as_mut() => break,
-                        r = d => {
-                            outstanding.pop_front();
-                            settle(t, r);
-                        }
-                    }
-                }
+                tokio::time::sleep_until(due.into()).await;
             }
             due
         } else {
@@ -492,7 +459,7 @@ async fn produce_loop(
         {
             Ok(d) => {
                 rec.lock().counts.sent += 1;
-                outstanding.push_back((intended, d));
+                outstanding.spawn(settle(d, intended, record_size, Arc::clone(&rec)));
             }
             Err(e) => {
                 let mut g = rec.lock();
@@ -500,12 +467,7 @@ async fn produce_loop(
                 g.first_error.get_or_insert_with(|| e.to_string());
             }
         }
-        while let Some((t, d)) = outstanding.front_mut() {
-            let Some(r) = d.try_result() else { break };
-            let t = *t;
-            outstanding.pop_front();
-            settle(t, r);
-        }
+        while outstanding.try_join_next().is_some() {}
         i += 1;
     }
     if rate > 0.0 {
@@ -513,12 +475,29 @@ async fn produce_loop(
         let due = ((end - start).as_secs_f64() * rate - phase).ceil().max(0.0) as u64;
         rec.lock().counts.scheduled += due.saturating_sub(i);
     }
-    for (t, d) in outstanding {
-        let r = d.await;
-        settle(t, r);
-    }
+    while outstanding.join_next().await.is_some() {}
     producer.close().await;
     Ok(())
+}
+
+/// Waits for one record's acknowledgement and records its latency from the intended send time.
+async fn settle(delivery: DeliveryFuture, intended: Instant, record_size: usize, rec: Shared) {
+    let r = delivery.await;
+    let latency = Instant::now()
+        .saturating_duration_since(intended)
+        .as_micros() as u64;
+    let mut g = rec.lock();
+    match r {
+        Ok(_) => {
+            g.publish.saturating_record(latency.max(1));
+            g.counts.acked += 1;
+            g.counts.acked_bytes += record_size as u64;
+        }
+        Err(e) => {
+            g.counts.failed += 1;
+            g.first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
 }
 
 /// One consumer: polls until `stop`, recording end-to-end latency from the send time in each
