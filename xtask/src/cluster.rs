@@ -3,7 +3,7 @@
 //! SIGTERM, start again on the same ports and data, SIGSTOP, SIGCONT), to try failover by hand.
 //!
 //! Ports: controller i listens on 9093 + 100·i (metrics 9095 + 100·i), broker i on
-//! 9092 + 100·i (metrics 9094 + 100·i). Everything lives under `.rill/` in the repository: data
+//! 9092 + 100·i (metrics 9094 + 100·i, Kafka protocol 9096 + 100·i). Everything lives under `.rill/` in the repository: data
 //! directories, one log file per process (`.rill/logs/<name>.log`, both its stdout and its
 //! stderr), and `pids` (what `down` stops, and nothing else).
 
@@ -121,7 +121,7 @@ fn up(controllers: usize, brokers: usize, demo: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
     }
     println!(
-        "rill is up: bootstrap 127.0.0.1:9092 ({controllers} controllers, {brokers} brokers); data and logs in .rill/"
+        "rill is up: bootstrap 127.0.0.1:9092 (Kafka clients: 127.0.0.1:9096) ({controllers} controllers, {brokers} brokers); data and logs in .rill/"
     );
     if demo {
         run_demo(brokers)?;
@@ -213,6 +213,10 @@ fn spawn(node: &Node, voters: &str) -> Result<u32> {
             &format!("127.0.0.1:{}", 9094 + 100 * i),
         ])
         .args(["--override", "log.flush.policy=commit"])
+        .args([
+            "--override",
+            &format!("kafka.listeners=127.0.0.1:{}", 9096 + 100 * i),
+        ])
         .args([
             "--override",
             &format!(
