@@ -215,18 +215,24 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_silent_controller_is_left_for_the_next() {
-        // A listener that accepts connections and never answers: a controller cut off from
-        // the quorum and the broker, whose connections the network does not close.
+    /// A listener that accepts connections and never answers: a controller cut off from the
+    /// quorum and the broker, whose connections the network does not close. Its address, and
+    /// the task holding the connections (it ends with the test's runtime).
+    async fn silent_controller() -> (String, tokio::task::JoinHandle<()>) {
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent_addr = silent.local_addr().unwrap().to_string();
-        let _hold = tokio::spawn(async move {
+        let addr = silent.local_addr().unwrap().to_string();
+        let hold = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((s, _)) = silent.accept().await {
                 held.push(s);
             }
         });
+        (addr, hold)
+    }
+
+    #[tokio::test]
+    async fn a_silent_controller_is_left_for_the_next() {
+        let (silent_addr, _hold) = silent_controller().await;
         let cc = ControllerClient::new(&[(1, silent_addr), (2, "127.0.0.1:9".into())]).unwrap();
         let started = std::time::Instant::now();
         let r = cc
@@ -246,14 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_unanswered_in_time_is_not_sent_again_when_at_most_once() {
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent_addr = silent.local_addr().unwrap().to_string();
-        let _hold = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = silent.accept().await {
-                held.push(s);
-            }
-        });
+        let (silent_addr, _hold) = silent_controller().await;
         let cc = ControllerClient::new(&[(1, silent_addr.clone()), (2, silent_addr)]).unwrap();
         let sent = std::sync::atomic::AtomicUsize::new(0);
         let r = cc
