@@ -9,7 +9,8 @@ Per file (one rendered kustomization):
   before readiness;
 - controller.quorum.voters in both TOML files of the ConfigMap names exactly the controller
   pods <statefulset>-<ordinal>.<headless service>:<grpc port>, ids = ordinals;
-- brokers advertise $(POD_NAME).<headless service>.$(POD_NAMESPACE).svc:<grpc port>;
+- brokers advertise $(POD_NAME).<headless service>.$(POD_NAMESPACE).svc:<grpc port> (and on the
+  Kafka listener's port when broker.toml sets kafka.listeners);
 - every ConfigMap a pod mounts is in the output (generated names with their hash);
 - containers have startup, liveness (gRPC on the listener port) and readiness probes, requests
   and limits, run as non-root with a read-only root filesystem, no privilege escalation, all
@@ -113,7 +114,8 @@ def check(path):
         env = env_of(c)
         node_id = env.get("RILL_NODE_ID", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         need(node_id == POD_INDEX, f"{name}: RILL_NODE_ID must come from the pod-index label")
-        need(not [e for e in env if e.startswith("RILL_") and e not in ("RILL_NODE_ID", "RILL_ADVERTISED_LISTENERS")],
+        per_pod = ("RILL_NODE_ID", "RILL_ADVERTISED_LISTENERS", "RILL_KAFKA_ADVERTISED_LISTENERS")
+        need(not [e for e in env if e.startswith("RILL_") and e not in per_pod],
              f"{name}: shared settings belong in the ConfigMap, not in RILL_* variables")
         matching = [p for p in pdbs if selects(p["spec"]["selector"].get("matchLabels"), labels)]
         need(len(matching) == 1 and matching[0]["spec"].get("maxUnavailable") == 1,
@@ -140,6 +142,14 @@ def check(path):
     advertised = env_of(brk["spec"]["template"]["spec"]["containers"][0]).get("RILL_ADVERTISED_LISTENERS", {})
     want = f"$(POD_NAME).{brk['spec']['serviceName']}.$(POD_NAMESPACE).svc:{ports['rill-broker']}"
     need(advertised.get("value") == want, f"rill-broker: RILL_ADVERTISED_LISTENERS should be {want}")
+    # The Kafka listener, when the ConfigMap turns it on: the same stable name on its port.
+    broker_conf = tomllib.loads(cm.get("broker.toml", ""))
+    kafka_listener = broker_conf.get("kafka", {}).get("listeners")
+    if kafka_listener:
+        kafka_port = kafka_listener.rsplit(":", 1)[-1]
+        kafka_adv = env_of(brk["spec"]["template"]["spec"]["containers"][0]).get("RILL_KAFKA_ADVERTISED_LISTENERS", {})
+        want = f"$(POD_NAME).{brk['spec']['serviceName']}.$(POD_NAMESPACE).svc:{kafka_port}"
+        need(kafka_adv.get("value") == want, f"rill-broker: RILL_KAFKA_ADVERTISED_LISTENERS should be {want}")
     need(brk["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30) >= 60,
          "rill-broker: terminationGracePeriodSeconds below 60 cuts controlled shutdown short")
 
