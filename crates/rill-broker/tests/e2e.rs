@@ -950,3 +950,62 @@ async fn a_full_request_queue_pushes_back() {
         "exactly the accepted requests were stored"
     );
 }
+
+/// Partitions added to a topic are used by a producer that knew the topic before, once its
+/// metadata is older than `metadata.max.age.ms` (as Kafka's clients refresh periodically),
+/// without any error telling it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_uses_partitions_added_to_its_topic_after_metadata_max_age() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("grow", 1, 1, &[]).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        linger: Duration::ZERO,
+        metadata_max_age: Duration::from_millis(300),
+        // Keyless records move to another partition every 100 bytes (KIP-794).
+        batch_size: 100,
+        ..Default::default()
+    })
+    .unwrap();
+    let send = |i: usize| {
+        let producer = &producer;
+        async move {
+            producer
+                .send(ProducerRecord::new("grow", None::<String>, format!("v{i}")))
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(send(0).await.partition, 0);
+    let created = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| async move {
+            c.create_partitions(CreatePartitionsRequest {
+                topics: vec![CreatePartitionsTopic {
+                    name: "grow".into(),
+                    count: 3,
+                }],
+                validate_only: false,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0]);
+    let mut used = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut i = 1;
+    while used.len() < 3 && Instant::now() < until {
+        used.insert(send(i).await.partition);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        used,
+        (0..3).collect(),
+        "keyless records after {i} sends went to {used:?}"
+    );
+    producer.close().await;
+}

@@ -93,6 +93,10 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// `max.request.size`: largest record and largest request.
     pub max_request_size: usize,
+    /// `metadata.max.age.ms`: a topic's metadata is asked for again after this long, so
+    /// partitions added to it are used (keyless records spread to them) without waiting for
+    /// an error.
+    pub metadata_max_age: Duration,
     /// `enable.idempotence`: `None` follows Kafka's default (on, unless `acks` ≠ -1 or
     /// `max_in_flight` > 5 turn it off); `Some(true)` insists (those settings are then refused);
     /// `Some(false)` turns it off.
@@ -146,6 +150,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
             max_request_size: 1 << 20,
+            metadata_max_age: rill_protocol::client::DEFAULT_METADATA_MAX_AGE,
             enable_idempotence: None,
         }
     }
@@ -306,7 +311,9 @@ struct Inner {
     config: ProducerConfig,
     client: ClusterClient,
     queues: Mutex<HashMap<TopicPartition, PartitionQueue>>,
-    sticky: Mutex<HashMap<String, i32>>,
+    /// Keyless records' current partition per topic, and the bytes sent to it since it was
+    /// chosen (KIP-794).
+    sticky: Mutex<HashMap<String, (i32, usize)>>,
     wake: Notify,
     idle: Notify,
     memory: Arc<Semaphore>,
@@ -372,7 +379,8 @@ impl Producer {
             .into());
         }
         let idempotence = config.idempotence()?;
-        let client = ClusterClient::new(&config.bootstrap, config.request_timeout)?;
+        let client = ClusterClient::new(&config.bootstrap, config.request_timeout)?
+            .with_metadata_max_age(config.metadata_max_age);
         let inner = Arc::new(Inner {
             memory: Arc::new(Semaphore::new(
                 config.buffer_memory.min(Semaphore::MAX_PERMITS),
@@ -485,7 +493,7 @@ impl Producer {
                 .into());
             }
             (None, Some(key)) => partitioner::partition_for_key(key, n),
-            (None, None) => self.sticky_partition(&record.topic, n, None),
+            (None, None) => self.sticky_partition(&record.topic, n, size),
         };
         // Fast path: memory is available now; only a full buffer waits (up to max.block.ms).
         let permit = match Arc::clone(&inner.memory).try_acquire_many_owned(size as u32) {
@@ -539,9 +547,6 @@ impl Producer {
             }
         }
         if closed_a_batch {
-            if record.key.is_none() && record.partition.is_none() {
-                self.sticky_partition(&record.topic, n, Some(partition));
-            }
             inner.wake.notify_one();
         } else if inner.config.linger.is_zero() || opened_a_batch {
             // A new batch: the sender must learn its linger deadline now, not on its next idle
@@ -551,20 +556,29 @@ impl Producer {
         Ok(DeliveryFuture(rx))
     }
 
-    /// KIP-480: keep using one partition for keyless records until its batch closes.
-    fn sticky_partition(&self, topic: &str, n: usize, closed: Option<i32>) -> i32 {
+    /// The partition of a keyless record of `size` bytes (KIP-794, Kafka's built-in
+    /// partitioner since 3.3): one partition is used until `batch.size` bytes went to it, then
+    /// another one at random — so keyless records spread over the partitions at any rate, also
+    /// when `linger.ms` sends every batch long before it fills (switching only when a batch
+    /// closed full kept a slow producer on one partition for ever).
+    fn sticky_partition(&self, topic: &str, n: usize, size: usize) -> i32 {
         let mut sticky = self.inner.sticky.lock();
-        match (sticky.get(topic).copied(), closed) {
-            (Some(p), None) if (p as usize) < n => p,
-            (current, _) => {
+        let current = sticky.get(topic).copied();
+        let partition = match current {
+            Some((p, sent)) if (p as usize) < n && sent < self.inner.config.batch_size => p,
+            _ => {
                 let mut next = rand::random_range(0..n.max(1)) as i32;
-                if n > 1 && Some(next) == current {
+                if n > 1 && current.map(|(p, _)| p) == Some(next) {
                     next = (next + 1) % n as i32;
                 }
-                sticky.insert(topic.to_owned(), next);
+                sticky.insert(topic.to_owned(), (next, 0));
                 next
             }
+        };
+        if let Some((_, sent)) = sticky.get_mut(topic) {
+            *sent += size;
         }
+        partition
     }
 
     /// Sends everything queued now and waits until every record sent so far is acknowledged

@@ -43,6 +43,9 @@ struct TopicEntry {
     /// Invalidated: the next lookup asks the brokers again (the leader epochs are kept, so an
     /// older answer still cannot replace them).
     stale: bool,
+    /// When it was last taken from an answer: older than `metadata.max.age.ms`, the next lookup
+    /// asks again, so partitions added meanwhile are found without an error first.
+    fetched: Instant,
 }
 
 #[derive(Default)]
@@ -95,6 +98,7 @@ impl Cache {
                 id: t.topic_id.clone(),
                 partitions: parts,
                 stale: false,
+                fetched: Instant::now(),
             },
         );
     }
@@ -108,7 +112,13 @@ pub struct ClusterClient {
     timeout: Duration,
     /// Where the next refresh starts among the known brokers.
     rotation: Arc<AtomicUsize>,
+    /// `metadata.max.age.ms`: how long a topic's cached metadata is used before a lookup asks
+    /// the brokers again.
+    max_age: Duration,
 }
+
+/// Kafka's default `metadata.max.age.ms`: five minutes.
+pub const DEFAULT_METADATA_MAX_AGE: Duration = Duration::from_secs(300);
 
 fn unavailable(msg: String) -> ApiError {
     ApiError::new(ErrorCode::BrokerNotAvailable, msg)
@@ -133,7 +143,16 @@ impl ClusterClient {
                     as usize
                     % 1024,
             )),
+            max_age: DEFAULT_METADATA_MAX_AGE,
         })
+    }
+
+    /// Sets `metadata.max.age.ms` (default [`DEFAULT_METADATA_MAX_AGE`]): a topic's metadata
+    /// older than this is asked for again at the next lookup, as Kafka's clients refresh
+    /// periodically, so a producer finds partitions added to a topic without an error first.
+    pub fn with_metadata_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     /// A channel to `address`, reused across calls.
@@ -284,6 +303,7 @@ impl ClusterClient {
     pub async fn partitions(&self, topic: &str) -> Result<Vec<LeaderInfo>, ApiError> {
         if let Some(t) = self.cache.read().topics.get(topic)
             && !t.stale
+            && t.fetched.elapsed() < self.max_age
         {
             return Ok(t.partitions.clone());
         }
