@@ -301,13 +301,20 @@ impl ClusterClient {
 
     /// Cached partitions of `topic`, refreshing when unknown.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<LeaderInfo>, ApiError> {
-        if let Some(t) = self.cache.read().topics.get(topic)
-            && !t.stale
-            && t.fetched.elapsed() < self.max_age
-        {
-            return Ok(t.partitions.clone());
-        }
-        let r = self.refresh(&[topic.to_owned()]).await?;
+        let aged = match self.cache.read().topics.get(topic) {
+            Some(t) if !t.stale && t.fetched.elapsed() < self.max_age => {
+                return Ok(t.partitions.clone());
+            }
+            // Only old, not known wrong: if no broker answers now, what is cached still serves
+            // (a periodic refresh must not fail sends the cache could have routed).
+            Some(t) if !t.stale => Some(t.partitions.clone()),
+            _ => None,
+        };
+        let r = match (self.refresh(&[topic.to_owned()]).await, aged) {
+            (Ok(r), _) => r,
+            (Err(_), Some(cached)) => return Ok(cached),
+            (Err(e), None) => return Err(e),
+        };
         match r.topics.iter().find(|t| t.name == topic) {
             Some(t) if t.error_code != 0 => Err(ApiError::new(
                 crate::ErrorCode::try_from(t.error_code).unwrap_or(ErrorCode::UnknownServerError),
@@ -553,6 +560,24 @@ mod tests {
         };
         assert!(c.update_leader("t", 1, newer));
         assert_eq!(leaders(&c), [(2, 5), (1, 7)]);
+    }
+
+    /// Metadata older than `metadata.max.age.ms` is asked for again; when no broker answers,
+    /// the cached leaders still serve (an invalidated topic's do not).
+    #[tokio::test]
+    async fn aged_metadata_is_asked_for_again_and_serves_when_nobody_answers() {
+        let c = client().with_metadata_max_age(Duration::ZERO);
+        c.absorb(&answer("id-1", &[(2, 5)]));
+        // Nobody listens at the bootstrap address: the refresh fails, the cache answers.
+        assert_eq!(
+            c.partitions("t").await.unwrap(),
+            vec![LeaderInfo {
+                leader: 2,
+                epoch: 5
+            }]
+        );
+        c.invalidate("t");
+        assert!(c.partitions("t").await.is_err(), "invalidated: known wrong");
     }
 
     #[test]
