@@ -254,13 +254,23 @@ impl Report {
     }
 
     fn note(&mut self, kind: &'static str, value: &str, detail: String) {
-        let list = self.examples.entry(kind).or_default();
-        if list.len() < EXAMPLES {
-            list.push(Finding {
-                value: value.to_owned(),
-                detail,
-            });
-        }
+        note(&mut self.examples, kind, value, detail);
+    }
+}
+
+/// Keeps up to [`EXAMPLES`] findings of each kind, for a report to show.
+fn note(
+    examples: &mut BTreeMap<&'static str, Vec<Finding>>,
+    kind: &'static str,
+    value: &str,
+    detail: String,
+) {
+    let list = examples.entry(kind).or_default();
+    if list.len() < EXAMPLES {
+        list.push(Finding {
+            value: value.to_owned(),
+            detail,
+        });
     }
 }
 
@@ -333,13 +343,7 @@ impl ConsumedReport {
     }
 
     fn note(&mut self, kind: &'static str, value: &str, detail: String) {
-        let list = self.examples.entry(kind).or_default();
-        if list.len() < EXAMPLES {
-            list.push(Finding {
-                value: value.to_owned(),
-                detail,
-            });
-        }
+        note(&mut self.examples, kind, value, detail);
     }
 }
 
