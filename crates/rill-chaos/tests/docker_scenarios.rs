@@ -1258,7 +1258,7 @@ async fn soak_docker_scenarios() -> Result {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
     let config = DockerConfig::for_tests()?;
-    let which = scenarios("RILL_SOAK_SCENARIOS", "1,1d,4,5");
+    let which = scenarios("RILL_SOAK_SCENARIOS", "1,1d,1s,2,3,4,5,5c,6");
     let stop_at = Instant::now() + Duration::from_secs(secs);
     let mut cluster = None;
     let mut round = 0;
