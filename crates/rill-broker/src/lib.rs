@@ -204,7 +204,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     let group_service =
         network::GroupCoordinatorService::new(Arc::clone(&coordinator), Arc::clone(&metrics));
     tracing::info!(broker = config.node_id, address = %config.listeners, "broker listening");
-    let server = tonic::transport::Server::builder()
+    let server = rill_protocol::transport::tune_server(tonic::transport::Server::builder())
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)

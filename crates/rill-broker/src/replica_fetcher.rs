@@ -177,7 +177,7 @@ impl FetchLoop {
             "http://{}",
             self.address
         )) {
-            Ok(e) => e
+            Ok(e) => rill_protocol::transport::tune(e)
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true),
             Err(e) => {

@@ -397,8 +397,10 @@ impl Consumer {
                     .await?;
                 c.maybe_auto_commit(&self.subscriptions);
             }
-            if self.fetcher.has_buffered() {
-                return self.hand_over().await;
+            if self.fetcher.has_buffered()
+                && let Some(records) = self.hand_over().await?
+            {
+                return Ok(records);
             }
             self.resolve_positions()?;
             self.fetcher.start_fetches(&self.subscriptions).await;
@@ -438,8 +440,10 @@ impl Consumer {
                     // On an error, what the answer brought stays buffered (the consumed
                     // positions do not move) for the next poll.
                     self.fetcher.complete(f, &mut self.subscriptions)?;
-                    if self.fetcher.has_buffered() {
-                        return self.hand_over().await;
+                    if self.fetcher.has_buffered()
+                        && let Some(records) = self.hand_over().await?
+                    {
+                        return Ok(records);
                     }
                 }
                 Wake::Timeout => {}
@@ -453,15 +457,21 @@ impl Consumer {
 
     /// Returns the buffered records. The next fetches start first — the last await, so a poll
     /// cancelled there loses nothing: the records stay buffered and the consumed positions
-    /// unchanged. Then the membership events that arrived meanwhile are taken (records of a
-    /// partition just lost are never returned), and the records go to the application,
-    /// moving the consumed positions past them.
-    async fn hand_over(&mut self) -> Result<Vec<ConsumerRecord>, ConsumerError> {
+    /// unchanged. Then what was received is CRC-checked and parsed while the brokers read
+    /// the next fetches (Kafka's poll sends its next fetches before handing records over too),
+    /// the membership events that arrived meanwhile are taken (records of a partition just
+    /// lost are never returned), and the records go to the application, moving the consumed
+    /// positions past them. `None` when the batches received held no records.
+    async fn hand_over(&mut self) -> Result<Option<Vec<ConsumerRecord>>, ConsumerError> {
         self.fetcher.start_fetches(&self.subscriptions).await;
+        self.fetcher.parse_buffered(&mut self.subscriptions)?;
+        if !self.fetcher.has_buffered() {
+            return Ok(None);
+        }
         if let Some(c) = &mut self.coordinator {
             c.take_losses(&mut self.subscriptions, &mut self.fetcher)?;
         }
-        Ok(self.fetcher.drain(&mut self.subscriptions))
+        Ok(Some(self.fetcher.drain(&mut self.subscriptions)))
     }
 
     /// Gives every partition without a position one: the group's committed offset (with a

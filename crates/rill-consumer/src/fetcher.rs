@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
-use rill_protocol::record_batch::{BatchError, ValidationOptions, batches};
+use rill_protocol::record_batch::{BatchError, Records, ValidationOptions, batches};
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -61,10 +61,13 @@ struct Buffered {
     fetched_at: i64,
     records: Vec<ConsumerRecord>,
     /// The partition's fetch position: the offset after them (past any batch without
-    /// records).
+    /// records). Before parsing, the offset after the last whole batch received.
     next: i64,
     /// The leader epoch of the last batch taken (-1 when none).
     last_epoch: i32,
+    /// The partition's part of the answer while not parsed yet: the next fetch is sent from
+    /// `next` first, so the broker reads it while these are CRC-checked and parsed.
+    unparsed: Option<Bytes>,
 }
 
 /// Fetches in flight, records received but not yet returned, and per-partition backoff.
@@ -127,6 +130,42 @@ impl Fetcher {
 
     pub fn has_buffered(&self) -> bool {
         !self.buffered.is_empty()
+    }
+
+    /// CRC-checks and parses what [`Fetcher::complete`] buffered unparsed. A partition whose
+    /// batches hold no records (control batches, compacted ranges) moves its consumed position
+    /// past them at once and buffers nothing. Every partition is parsed before the first error
+    /// (a corrupt batch) is returned; the records of its good batches before the corrupt one
+    /// stay buffered, and its position stops at the corrupt batch.
+    pub fn parse_buffered(
+        &mut self,
+        subscriptions: &mut SubscriptionState,
+    ) -> Result<(), ConsumerError> {
+        let mut first_error = None;
+        let check_crcs = self.settings.check_crcs;
+        self.buffered.retain_mut(|b| {
+            let Some(raw) = b.unparsed.take() else {
+                return true;
+            };
+            let (records, next, last_epoch, outcome) =
+                take_records(check_crcs, &b.tp.topic, b.tp.partition, b.fetched_at, &raw);
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+            (b.records, b.next, b.last_epoch) = (records, next, last_epoch);
+            if !b.records.is_empty() {
+                return true;
+            }
+            // Nothing to hand over: the consumed position moves past the batches (unless the
+            // partition was seeked, paused, revoked or lost meanwhile).
+            if subscriptions.position(&b.tp) == Some(b.fetched_at)
+                && subscriptions.is_fetchable(&b.tp)
+            {
+                subscriptions.advance(&b.tp, b.next, b.last_epoch);
+            }
+            false
+        });
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Hands every buffered record to the application, moving the consumed positions past
@@ -345,81 +384,110 @@ impl Fetcher {
                     continue;
                 }
                 self.backoff.remove(&tp);
-                let (records, next, last_epoch, outcome) =
-                    self.take_records(&t.name, p.index, requested_at, &p.records);
-                if records.is_empty() {
-                    // Nothing to hand over: the consumed position moves past the batches.
-                    subscriptions.advance(&tp, next, last_epoch);
-                } else {
-                    self.buffered.push_back(Buffered {
+                if p.records.is_empty() {
+                    continue;
+                }
+                // Parsed later (`parse_buffered`); the next fetch goes from after the whole
+                // batches received. A partial batch alone is parsed now: there is no next
+                // fetch position to pipeline from, and it is an error.
+                match next_after_whole_batches(&p.records) {
+                    Some(next) => self.buffered.push_back(Buffered {
                         tp,
                         fetched_at: requested_at,
-                        records,
+                        records: Vec::new(),
                         next,
-                        last_epoch,
-                    });
-                }
-                if let Err(e) = outcome {
-                    first_error.get_or_insert(e);
+                        last_epoch: -1,
+                        unparsed: Some(p.records),
+                    }),
+                    None => {
+                        let (_, _, _, outcome) = take_records(
+                            self.settings.check_crcs,
+                            &t.name,
+                            p.index,
+                            requested_at,
+                            &p.records,
+                        );
+                        if let Err(e) = outcome {
+                            first_error.get_or_insert(e);
+                        }
+                    }
                 }
             }
         }
         first_error.map_or(Ok(()), Err)
     }
+}
 
-    /// The records of `records` (one partition's part of a Fetch response) from `position`
-    /// on, the next position, the leader epoch of the last batch taken (-1 when none), and an
-    /// error for a corrupt batch: its records are not delivered and the position stays at it
-    /// (as Kafka's consumer does), while the records of the good batches before it are
-    /// delivered once.
-    ///
-    /// A truncated batch after at least one whole batch is the partial tail a size limit cut
-    /// (fetched again from its start); anything else that does not parse is corrupt. A
-    /// response holding only part of a batch is corrupt too: rill's brokers always send at
-    /// least one whole batch, so fetching it again would return the same part forever.
-    fn take_records(
-        &self,
-        topic: &str,
-        partition: i32,
-        position: i64,
-        records: &[u8],
-    ) -> (Vec<ConsumerRecord>, i64, i32, Result<(), ConsumerError>) {
-        let mut taken = Vec::new();
-        let mut next = position;
-        let mut last_epoch = -1;
-        let corrupt = |offset: i64, reason: String| ConsumerError::Corrupt {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            reason,
+/// The records of `records` (one partition's part of a Fetch response) from `position`
+/// on, the next position, the leader epoch of the last batch taken (-1 when none), and an
+/// error for a corrupt batch: its records are not delivered and the position stays at it
+/// (as Kafka's consumer does), while the records of the good batches before it are
+/// delivered once.
+///
+/// A truncated batch after at least one whole batch is the partial tail a size limit cut
+/// (fetched again from its start); anything else that does not parse is corrupt. A
+/// response holding only part of a batch is corrupt too: rill's brokers always send at
+/// least one whole batch, so fetching it again would return the same part forever.
+fn take_records(
+    check_crcs: bool,
+    topic: &str,
+    partition: i32,
+    position: i64,
+    records: &Bytes,
+) -> (Vec<ConsumerRecord>, i64, i32, Result<(), ConsumerError>) {
+    let mut taken = Vec::new();
+    let mut next = position;
+    let mut last_epoch = -1;
+    let corrupt = |offset: i64, reason: String| ConsumerError::Corrupt {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        reason,
+    };
+    for (whole_batches, batch) in batches(records).enumerate() {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(BatchError::Truncated { .. }) if whole_batches > 0 => break,
+            Err(e) => return (taken, next, last_epoch, Err(corrupt(next, e.to_string()))),
         };
-        for (whole_batches, batch) in batches(records).enumerate() {
-            let batch = match batch {
-                Ok(b) => b,
-                Err(BatchError::Truncated { .. }) if whole_batches > 0 => break,
-                Err(e) => return (taken, next, last_epoch, Err(corrupt(next, e.to_string()))),
+        let header = *batch.header();
+        if check_crcs
+            && let Err(e) = batch.validate(&ValidationOptions {
+                max_uncompressed_bytes: 256 << 20,
+                producer_batch: false,
+            })
+        {
+            return (
+                taken,
+                next,
+                last_epoch,
+                Err(corrupt(header.base_offset.max(next), e.to_string())),
+            );
+        }
+        if header.next_offset() <= next {
+            continue;
+        }
+        if !header.is_control() {
+            // Keys and values are slices of the fetched (or decompressed) buffer, not
+            // copies: the records of a batch share it.
+            let section = match batch.records(256 << 20) {
+                Ok(r) => r.into_shared(records),
+                Err(e) => {
+                    return (
+                        taken,
+                        next,
+                        last_epoch,
+                        Err(corrupt(header.base_offset.max(next), e.to_string())),
+                    );
+                }
             };
-            let header = *batch.header();
-            if self.settings.check_crcs
-                && let Err(e) = batch.validate(&ValidationOptions {
-                    max_uncompressed_bytes: 256 << 20,
-                    producer_batch: false,
-                })
-            {
-                return (
-                    taken,
-                    next,
-                    last_epoch,
-                    Err(corrupt(header.base_offset.max(next), e.to_string())),
-                );
-            }
-            if header.next_offset() <= next {
-                continue;
-            }
-            if !header.is_control() {
-                let parsed = match batch.records(256 << 20) {
+            let before = taken.len();
+            for r in Records::over(&section, header).iter() {
+                let r = match r {
                     Ok(r) => r,
                     Err(e) => {
+                        // Nothing of the corrupt batch is delivered.
+                        taken.truncate(before);
                         return (
                             taken,
                             next,
@@ -428,48 +496,45 @@ impl Fetcher {
                         );
                     }
                 };
-                let before = taken.len();
-                for r in parsed.iter() {
-                    let r = match r {
-                        Ok(r) => r,
-                        Err(e) => {
-                            // Nothing of the corrupt batch is delivered.
-                            taken.truncate(before);
-                            return (
-                                taken,
-                                next,
-                                last_epoch,
-                                Err(corrupt(header.base_offset.max(next), e.to_string())),
-                            );
-                        }
-                    };
-                    if r.offset < next {
-                        continue;
-                    }
-                    taken.push(ConsumerRecord {
-                        topic: topic.to_owned(),
-                        partition,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: r.key.map(Bytes::copy_from_slice),
-                        value: r.value.map(Bytes::copy_from_slice),
-                        headers: r
-                            .headers()
-                            .map(|h| {
-                                (
-                                    String::from_utf8_lossy(h.key).into_owned(),
-                                    h.value.map(Bytes::copy_from_slice),
-                                )
-                            })
-                            .collect(),
-                    });
+                if r.offset < next {
+                    continue;
                 }
+                taken.push(ConsumerRecord {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key.map(|k| section.slice_ref(k)),
+                    value: r.value.map(|v| section.slice_ref(v)),
+                    headers: r
+                        .headers()
+                        .map(|h| {
+                            (
+                                String::from_utf8_lossy(h.key).into_owned(),
+                                h.value.map(|v| section.slice_ref(v)),
+                            )
+                        })
+                        .collect(),
+                });
             }
-            next = header.next_offset();
-            last_epoch = header.partition_leader_epoch;
         }
-        (taken, next, last_epoch, Ok(()))
+        next = header.next_offset();
+        last_epoch = header.partition_leader_epoch;
     }
+    (taken, next, last_epoch, Ok(()))
+}
+
+/// The offset after the last whole batch of `records` (a partial batch a size limit cut off
+/// ends them), or `None` when not even one batch is whole. Reads only the batch headers.
+fn next_after_whole_batches(records: &[u8]) -> Option<i64> {
+    let mut next = None;
+    for batch in batches(records) {
+        match batch {
+            Ok(b) => next = Some(b.header().next_offset()),
+            Err(_) => break,
+        }
+    }
+    next
 }
 
 #[cfg(test)]

@@ -161,6 +161,7 @@ impl ClusterClient {
             return Ok(c);
         }
         let ch = Endpoint::from_shared(format!("http://{address}"))
+            .map(crate::transport::tune)
             .map_err(|e| {
                 ApiError::new(
                     ErrorCode::InvalidConfig,

@@ -419,8 +419,7 @@ impl LogSegment {
         if want < first_size {
             return Ok(None);
         }
-        let mut buf = vec![0u8; want];
-        self.file.read_exact_at(&mut buf, pos).at(self.log_path())?;
+        let mut buf = self.file.read_vec_at(pos, want).at(self.log_path())?;
         let mut end = 0;
         while end + LOG_OVERHEAD + 5 <= buf.len() {
             let Ok(h) = BatchHeader::decode(&buf[end..]) else {
@@ -458,8 +457,7 @@ impl LogSegment {
         if want < RECORD_BATCH_OVERHEAD {
             return Ok(None);
         }
-        let mut buf = vec![0u8; want];
-        self.file.read_exact_at(&mut buf, pos).at(self.log_path())?;
+        let buf = self.file.read_vec_at(pos, want).at(self.log_path())?;
         let mut at = 0;
         let mut start = None;
         let mut end = 0;
@@ -717,9 +715,7 @@ impl LogSegment {
 
     /// Reads `len` bytes at `pos`.
     pub(crate) fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, pos).at(self.log_path())?;
-        Ok(buf)
+        self.file.read_vec_at(pos, len).at(self.log_path())
     }
 }
 

@@ -122,6 +122,43 @@ impl SegmentFile {
         Ok(())
     }
 
+    /// `len` bytes at `pos`, from the file and/or the buffer, in a new buffer that is not zeroed
+    /// first: fetches read megabytes at a time, and zeroing them cost about as much as the read.
+    pub(crate) fn read_vec_at(&self, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let p = self.lock();
+        let end = pos + len as u64;
+        if end > p.file_len + p.buf.len() as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the segment",
+            ));
+        }
+        let from_file = p.file_len.saturating_sub(pos).min(len as u64) as usize;
+        let mut out = Vec::with_capacity(len);
+        // The file holds exactly `file_len` bytes (appended bytes past it are in `buf`), so
+        // these reads stop at `from_file` however large the spare capacity is.
+        while out.len() < from_file {
+            let at = pos + out.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut out), at) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "segment file shorter than its recorded length",
+                    ));
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.truncate(from_file);
+        if from_file < len {
+            let start = (pos + from_file as u64 - p.file_len) as usize;
+            out.extend_from_slice(&p.buf[start..start + (len - from_file)]);
+        }
+        Ok(out)
+    }
+
     /// Cuts the file to `len` bytes (writing buffered bytes first).
     pub(crate) fn set_len(&self, len: u64) -> std::io::Result<()> {
         let mut p = self.lock();

@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
+
 use super::varint::{read_varint, read_varlong};
 use super::{BatchError, BatchHeader, TimestampType};
 
@@ -20,6 +22,25 @@ impl<'a> Records<'a> {
     /// The uncompressed records section.
     pub fn data(&self) -> &[u8] {
         &self.data
+    }
+
+    /// The records section as shared bytes, so keys and values can be handed out as
+    /// [`Bytes::slice_ref`]s instead of copies (as librdkafka's messages point into their fetch
+    /// buffer): a slice of `source`, the buffer the batch was parsed from, when uncompressed;
+    /// the decompressed buffer, moved, otherwise. Iterate the result with [`Records::over`].
+    ///
+    /// # Panics
+    /// When the batch is uncompressed and was not parsed from `source`.
+    pub fn into_shared(self, source: &Bytes) -> Bytes {
+        match self.data {
+            Cow::Borrowed(section) => source.slice_ref(section),
+            Cow::Owned(section) => Bytes::from(section),
+        }
+    }
+
+    /// The records of `section` (from [`Records::into_shared`]) under `header`, the batch's.
+    pub fn over(section: &'a [u8], header: BatchHeader) -> Records<'a> {
+        Records::new(Cow::Borrowed(section), header)
     }
 
     /// Iterates the records; each item is checked as it is parsed, and the iteration fails if
