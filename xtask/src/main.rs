@@ -75,6 +75,18 @@ enum Cmd {
         #[arg(long, default_value = "kafka_request")]
         target: String,
     },
+    /// Benchmark a Kafka-protocol broker (rill's Kafka listener or any other) with librdkafka
+    /// (confluent-kafka-python, installed in target/python-clients): unthrottled produce,
+    /// produce at a fixed rate with p50/p99/p999 latency, then consume everything back.
+    KafkaBench {
+        /// Kafka bootstrap address, e.g. 127.0.0.1:9096 (`cargo xtask cluster up`'s first broker).
+        #[arg(long, default_value = "127.0.0.1:9096")]
+        bootstrap: String,
+        /// Further options of xtask/kafka_bench.py (`--records`, `--rate`, `--acks`,
+        /// `--name`, ...), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +168,16 @@ fn main() -> Result<()> {
         Cmd::Compose { action } => compose::run(action),
         Cmd::DeployCheck => deploy_check::run(),
         Cmd::Fuzz { seconds, target } => fuzz(seconds, &target),
+        Cmd::KafkaBench { bootstrap, args } => {
+            let python = python_clients()?;
+            let script = cluster::root().join("xtask/kafka_bench.py");
+            let script = script
+                .to_str()
+                .context("the repository path is not UTF-8")?;
+            let mut all = vec![script, "--bootstrap", &bootstrap];
+            all.extend(args.iter().map(String::as_str));
+            run(&python, &all)
+        }
         Cmd::Soak {
             minutes,
             scenarios,
@@ -229,9 +251,15 @@ fn install_missing_tools() -> Result<()> {
         deploy_check::apt_install("kcat")
             .context("kcat is missing and could not be installed (Debian: apt-get install kcat)")?;
     }
-    // ... and three Python Kafka clients, confluent-kafka-python (librdkafka), kafka-python
-    // (pure Python) and aiokafka (asyncio, its own protocol code), in a venv of their own that the tests find at this path (Debian's python3
-    // refuses system-wide pip installs, PEP 668).
+    python_clients()?;
+    Ok(())
+}
+
+/// Three Python Kafka clients, confluent-kafka-python (librdkafka), kafka-python (pure Python)
+/// and aiokafka (asyncio, its own protocol code), in a venv of their own that the tests find at
+/// target/python-clients (Debian's python3 refuses system-wide pip installs, PEP 668); created
+/// when missing. Returns its python.
+fn python_clients() -> Result<String> {
     let venv = cluster::root().join("target/python-clients");
     let python = venv.join("bin/python3");
     let python = python.to_str().context("the venv path is not UTF-8")?;
@@ -262,7 +290,7 @@ fn install_missing_tools() -> Result<()> {
             "could not install confluent-kafka, kafka-python and aiokafka into target/python-clients",
         )?;
     }
-    Ok(())
+    Ok(python.to_owned())
 }
 
 /// True when `program args` runs and exits successfully (its output is discarded).
