@@ -75,6 +75,10 @@ enum Cmd {
         #[arg(long, default_value = "kafka_request")]
         target: String,
     },
+    /// Instruction counts of the per-batch hot paths (build, validate, read; rill-protocol's
+    /// `hot_paths` bench) under valgrind's callgrind: figures that do not move with machine
+    /// load. Installs valgrind and gungraun-runner when missing.
+    Callgrind,
     /// Benchmark a Kafka-protocol broker (rill's Kafka listener or any other) with librdkafka
     /// (confluent-kafka-python, installed in target/python-clients): unthrottled produce,
     /// produce at a fixed rate with p50/p99/p999 latency, then consume everything back.
@@ -168,6 +172,7 @@ fn main() -> Result<()> {
         Cmd::Compose { action } => compose::run(action),
         Cmd::DeployCheck => deploy_check::run(),
         Cmd::Fuzz { seconds, target } => fuzz(seconds, &target),
+        Cmd::Callgrind => callgrind(),
         Cmd::KafkaBench { bootstrap, args } => {
             let python = python_clients()?;
             let script = cluster::root().join("xtask/kafka_bench.py");
@@ -228,6 +233,44 @@ fn ci() -> Result<()> {
     run(
         "cargo",
         &["nextest", "run", "--workspace", "--no-fail-fast"],
+    )
+}
+
+/// The `hot_paths` bench under callgrind, with its tools installed first.
+fn callgrind() -> Result<()> {
+    if !succeeds("valgrind", &["--version"]) {
+        deploy_check::apt_install("valgrind")
+            .context("valgrind is missing and could not be installed")?;
+    }
+    // The runner must be the version of the gungraun library the bench links (the workspace
+    // pins it exactly).
+    let manifest = std::fs::read_to_string(cluster::root().join("Cargo.toml"))?;
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("gungraun = \"="))
+        .and_then(|v| v.strip_suffix('"'))
+        .context("Cargo.toml pins no gungraun version (gungraun = \"=X.Y.Z\")")?;
+    let installed = Command::new("gungraun-runner")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+        .unwrap_or(false);
+    if !installed {
+        run(
+            "cargo",
+            &[
+                "install",
+                "gungraun-runner",
+                "--locked",
+                "--version",
+                version,
+            ],
+        )
+        .context("could not install gungraun-runner")?;
+    }
+    run(
+        "cargo",
+        &["bench", "-p", "rill-protocol", "--bench", "hot_paths"],
     )
 }
 

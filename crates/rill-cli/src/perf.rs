@@ -53,6 +53,13 @@ pub enum PerfCmd {
         /// Records to read before stopping.
         #[arg(long)]
         messages: u64,
+        /// The consumer's `max.partition.fetch.bytes` (kafka-consumer-perf-test's
+        /// `--fetch-size`).
+        #[arg(long, default_value_t = ConsumerConfig::default().max_partition_fetch_bytes)]
+        max_partition_fetch_bytes: i32,
+        /// The consumer's `fetch.max.bytes`.
+        #[arg(long, default_value_t = ConsumerConfig::default().fetch_max_bytes)]
+        fetch_max_bytes: i32,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -220,11 +227,15 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
         PerfCmd::Consume {
             topic,
             messages,
+            max_partition_fetch_bytes,
+            fetch_max_bytes,
             quiet,
         } => {
             let mut consumer = Consumer::new(ConsumerConfig {
                 bootstrap: servers.to_vec(),
                 auto_offset_reset: OffsetReset::Earliest,
+                max_partition_fetch_bytes,
+                fetch_max_bytes,
                 ..Default::default()
             })?;
             let tps = consumer.partitions_of(&topic).await?;
