@@ -80,6 +80,11 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "fetch sessions (KIP-227) the Kafka listener keeps; a new one evicts the least recently used (0: none)",
     ),
     (
+        "kafka.max.in.flight.produce.requests.per.connection",
+        "5",
+        "Produce requests of one Kafka-listener connection waiting for durability at once, each appended before the next is read (1: one request at a time, as Kafka's broker)",
+    ),
+    (
         "socket.request.max.bytes",
         "104857600",
         "largest request accepted",
@@ -388,6 +393,9 @@ pub struct BrokerConfig {
     pub fetch_max_bytes: usize,
     /// `max.incremental.fetch.session.cache.slots`: the Kafka listener's fetch sessions.
     pub max_incremental_fetch_session_cache_slots: usize,
+    /// `kafka.max.in.flight.produce.requests.per.connection`: how many Produce requests of
+    /// one Kafka-listener connection overlap their wait for durability.
+    pub kafka_max_in_flight_produce: usize,
     /// `log.flush.policy`.
     pub flush_policy: FlushPolicy,
     /// `log.retention.check.interval.ms`.
@@ -650,6 +658,11 @@ impl BrokerConfig {
                 "max.incremental.fetch.session.cache.slots",
                 0,
                 i32::MAX as i64,
+            )? as usize,
+            kafka_max_in_flight_produce: int(
+                "kafka.max.in.flight.produce.requests.per.connection",
+                1,
+                100,
             )? as usize,
             flush_policy,
             retention_check_interval_ms: int("log.retention.check.interval.ms", 1, i64::MAX)?

@@ -29,6 +29,10 @@ pub struct ProduceJob {
     pub request: ProduceRequest,
     /// Where the response goes (dropped for acks=0).
     pub reply: Option<oneshot::Sender<ProduceResponse>>,
+    /// Told (or dropped) once the batches are appended, before the wait for durability: a
+    /// connection that pipelines requests submits the next one only then, so appends keep the
+    /// order the client sent them in.
+    pub appended: Option<oneshot::Sender<()>>,
 }
 
 /// The sending side of the queue.
@@ -176,6 +180,9 @@ fn process(
             tr.partitions.push(pr);
         }
         response.topics.push(tr);
+    }
+    if let Some(appended) = job.appended {
+        let _ = appended.send(());
     }
     let reply = job.reply;
     if appended.is_empty() || (acks != -1 && policy == FlushPolicy::Interval) {

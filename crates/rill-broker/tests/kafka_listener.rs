@@ -2463,3 +2463,98 @@ async fn consumer_group_heartbeat_joins_gets_an_assignment_by_topic_id_and_leave
     .await;
     assert_eq!((r.error_code, r.member_epoch), (0, -1));
 }
+
+/// Produce requests pipelined on one connection (as librdkafka and the Java client send up to
+/// five) overlap their wait for durability, yet are appended in the order sent and answered
+/// in that order; an acks=0 produce gets no answer and a request of another kind between them
+/// is answered in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produce_requests_are_appended_and_answered_in_order() {
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, produce_request};
+    use rill_protocol::record_batch::{Compression, RecordBatchBuilder};
+
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    cluster.create_topic("pipe", 1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let produce = |i: usize, acks: i16| {
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        builder.append(1, Some(format!("k{i}").as_bytes()), Some(b"v"), &[]);
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                produce_request::TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("pipe")))
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(builder.build().unwrap())),
+                    ]),
+            ])
+    };
+    // 12 records, more than the 5 produce requests a connection may have waiting: request i
+    // carries record i; request 5 is acks=0; an ApiVersions sits between requests 7 and 8.
+    let mut sent = BytesMut::new();
+    let mut expected = Vec::new(); // correlation id, base offset (-1: ApiVersions)
+    for i in 0..12 {
+        let acks = match i {
+            5 => 0,
+            i if i % 2 == 0 => -1,
+            _ => 1,
+        };
+        let correlation = 100 + i as i32;
+        sent.put(frame(ApiKey::Produce, 9, correlation, &produce(i, acks)));
+        if acks != 0 {
+            expected.push((correlation, i as i64));
+        }
+        if i == 7 {
+            sent.put(frame(
+                ApiKey::ApiVersions,
+                3,
+                999,
+                &ApiVersionsRequest::default(),
+            ));
+            expected.push((999, -1));
+        }
+    }
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&sent).await.unwrap();
+    for (correlation, base_offset) in expected {
+        let mut answer = read_answer(&mut s).await.expect("an answer");
+        let key = if base_offset < 0 {
+            ApiKey::ApiVersions
+        } else {
+            ApiKey::Produce
+        };
+        let version = if base_offset < 0 { 3 } else { 9 };
+        let header =
+            ResponseHeader::decode(&mut answer, key.response_header_version(version)).unwrap();
+        assert_eq!(
+            header.correlation_id, correlation,
+            "answers in request order"
+        );
+        if base_offset < 0 {
+            assert_eq!(
+                ApiVersionsResponse::decode(&mut answer, 3)
+                    .unwrap()
+                    .error_code,
+                0
+            );
+            continue;
+        }
+        let r = ProduceResponse::decode(&mut answer, 9).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(
+            p.error_code, 0,
+            "request {correlation}: {:?}",
+            p.error_message
+        );
+        assert_eq!(
+            p.base_offset, base_offset,
+            "request {correlation} is appended in the order sent"
+        );
+    }
+    let mut want: Vec<String> = (0..12).map(|i| format!("k{i}:v")).collect();
+    want.sort();
+    assert_eq!(kcat_consume_all(&addr, "pipe"), want);
+}

@@ -231,6 +231,16 @@ pub fn metadata_unsupported(req: m::MetadataRequest) -> m::MetadataResponse {
 
 /// Produce: the rill ProduceRequest with the same acks, timeout and batch bytes.
 pub async fn produce(apis: &KafkaApis, req: m::ProduceRequest) -> m::ProduceResponse {
+    produce_start(apis, req).await.await
+}
+
+/// [`produce`] in two steps: returns once the batches are appended, with the answer still to
+/// come (the fsync, and for acks=all the replication), so a connection can read and append its
+/// next Produce while this one becomes durable.
+pub async fn produce_start(
+    apis: &KafkaApis,
+    req: m::ProduceRequest,
+) -> impl Future<Output = m::ProduceResponse> + Send + 'static {
     let rill = rp::ProduceRequest {
         acks: req.acks.into(),
         timeout_ms: req.timeout_ms.max(0) as u32,
@@ -250,7 +260,15 @@ pub async fn produce(apis: &KafkaApis, req: m::ProduceRequest) -> m::ProduceResp
             })
             .collect(),
     };
-    match crate::apis::produce::handle(&apis.svc, rill).await {
+    let answer = crate::apis::produce::start(&apis.svc, rill).await;
+    async move { produce_answer(&req, answer.await) }
+}
+
+fn produce_answer(
+    req: &m::ProduceRequest,
+    answer: Result<rp::ProduceResponse, ApiError>,
+) -> m::ProduceResponse {
+    match answer {
         Ok(answer) => m::ProduceResponse::default().with_responses(
             answer
                 .topics
@@ -281,10 +299,7 @@ pub async fn produce(apis: &KafkaApis, req: m::ProduceRequest) -> m::ProduceResp
                 })
                 .collect(),
         ),
-        Err(e) => {
-            let (code, msg) = error_of(e);
-            produce_failed(&req, code, &msg)
-        }
+        Err(e) => produce_failed(req, e.code as i16, &e.message),
     }
 }
 

@@ -38,7 +38,9 @@ pub mod apis;
 pub mod fetch_session;
 mod guard;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -92,6 +94,8 @@ pub struct KafkaApis {
     pub(crate) max_request_bytes: usize,
     /// Fetch sessions (KIP-227), `max.incremental.fetch.session.cache.slots` of them.
     pub(crate) fetch_sessions: Arc<fetch_session::FetchSessions>,
+    /// `kafka.max.in.flight.produce.requests.per.connection` (see [`connection`]).
+    pub(crate) max_in_flight_produce: usize,
 }
 
 impl KafkaApis {
@@ -99,7 +103,9 @@ impl KafkaApis {
     /// longer than `max_request_bytes` close their connection.
     pub fn new(svc: BrokerService, max_request_bytes: usize) -> Self {
         let slots = svc.rm.config().max_incremental_fetch_session_cache_slots;
+        let max_in_flight_produce = svc.rm.config().kafka_max_in_flight_produce;
         KafkaApis {
+            max_in_flight_produce,
             fetch_sessions: Arc::new(fetch_session::FetchSessions::new(slots)),
             svc,
             coordinator: None,
@@ -161,21 +167,98 @@ pub async fn serve(listener: TcpListener, apis: Arc<KafkaApis>, stop: Cancellati
     }
 }
 
+/// An answer being completed: `None` for a request that gets none (acks=0).
+type Answer = Pin<Box<dyn Future<Output = Result<Option<Bytes>, KafkaError>> + Send>>;
+
 /// Serves one connection: frames in, answers out, in order, until the peer closes it or a frame
 /// is malformed.
+///
+/// Kafka's broker takes one request of a connection at a time, which with fsync before ack
+/// would cost an fsync per request in flight. Here consecutive Produce requests overlap:
+/// each is appended before the next is read (so appends keep the client's order and
+/// idempotent sequences stay in order), and up to
+/// `kafka.max.in.flight.produce.requests.per.connection` of them wait for durability at once.
+/// Any other request first waits for the answers before it, then is handled alone, as in
+/// Kafka; answers always go out in request order.
 async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaError> {
     let peer: Option<SocketAddr> = socket.peer_addr().ok();
     let (read, mut write) = socket.into_split();
-    let mut read = BufReader::new(read);
+    let max_request_bytes = apis.max_request_bytes;
+    // Frames are read by a task of their own, so a partly read frame is never lost while
+    // this task writes an answer; one frame waits at most.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(1);
+    let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut read = BufReader::new(read);
+        loop {
+            let frame = read_frame(&mut read, max_request_bytes).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    }));
+    let max_in_flight = apis.max_in_flight_produce.max(1);
+    let mut pending: VecDeque<Answer> = VecDeque::new();
     loop {
-        let Some(frame) = read_frame(&mut read, apis.max_request_bytes).await? else {
-            return Ok(());
-        };
-        if let Some(answer) = handle_frame(apis, frame, peer).await? {
-            write.write_all(&answer).await?;
+        tokio::select! {
+            biased;
+            answer = async { pending.front_mut().expect("checked non-empty").await },
+                if !pending.is_empty() =>
+            {
+                pending.pop_front();
+                if let Some(answer) = answer? {
+                    write.write_all(&answer).await?;
+                }
+            }
+            frame = frames.recv(), if pending.len() < max_in_flight => {
+                let Some(frame) = frame.transpose()?.flatten() else {
+                    // The peer closed the connection: what it asked for is still answered.
+                    while let Some(answer) = pending.pop_front() {
+                        if let Some(answer) = answer.await? {
+                            write.write_all(&answer).await?;
+                        }
+                    }
+                    return Ok(());
+                };
+                let request = decode_request(frame)?;
+                if request.key == ApiKey::Produce
+                    && request.in_range
+                    && matches!(&request.body, Some(RequestKind::Produce(r)) if r.acks != 0)
+                {
+                    pending.push_back(start_produce(apis, request).await);
+                    continue;
+                }
+                while let Some(answer) = pending.pop_front() {
+                    if let Some(answer) = answer.await? {
+                        write.write_all(&answer).await?;
+                    }
+                }
+                if let Some(answer) = handle_request(apis, request, peer).await? {
+                    write.write_all(&answer).await?;
+                }
+            }
         }
         tracing::trace!(peer = ?peer, "kafka request answered");
     }
+}
+
+/// Appends a Produce request's batches and returns its answer to await (see [`connection`]).
+async fn start_produce(apis: &KafkaApis, request: Request) -> Answer {
+    let Request {
+        key,
+        version,
+        header,
+        body: Some(RequestKind::Produce(req)),
+        ..
+    } = request
+    else {
+        unreachable!("start_produce is only called with a Produce request");
+    };
+    let answer = apis::produce_start(apis, req).await;
+    Box::pin(async move {
+        let resp = answer.await;
+        encode(key, version, header.correlation_id, &resp).map(Some)
+    })
 }
 
 /// Reads one length-prefixed frame; `None` when the peer closed the connection between frames.
@@ -340,10 +423,10 @@ pub fn decode_request(frame: Bytes) -> Result<Request, KafkaError> {
     })
 }
 
-/// Decodes and answers one frame; `None` when the request gets no answer (acks=0 produce).
-async fn handle_frame(
+/// Answers one request; `None` when it gets no answer (acks=0 produce).
+async fn handle_request(
     apis: &KafkaApis,
-    frame: Bytes,
+    request: Request,
     peer: Option<SocketAddr>,
 ) -> Result<Option<Bytes>, KafkaError> {
     let Request {
@@ -352,7 +435,7 @@ async fn handle_frame(
         header,
         in_range,
         body,
-    } = decode_request(frame)?;
+    } = request;
     let correlation_id = header.correlation_id;
     if key == ApiKey::ApiVersions {
         return if in_range {
