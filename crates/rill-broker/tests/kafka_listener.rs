@@ -2467,7 +2467,8 @@ async fn consumer_group_heartbeat_joins_gets_an_assignment_by_topic_id_and_leave
 /// Produce requests pipelined on one connection (as librdkafka and the Java client send up to
 /// five) overlap their wait for durability, yet are appended in the order sent and answered
 /// in that order; an acks=0 produce gets no answer and a request of another kind between them
-/// is answered in its place.
+/// is answered in its place. A malformed frame after them closes the connection only once
+/// every produce before it is answered (a client left without answers would retry them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_produce_requests_are_appended_and_answered_in_order() {
     use kafka_protocol::messages::{ProduceRequest, ProduceResponse, produce_request};
@@ -2517,6 +2518,10 @@ async fn pipelined_produce_requests_are_appended_and_answered_in_order() {
             expected.push((999, -1));
         }
     }
+    // Then a frame with an API key that does not exist.
+    sent.put_i32(10);
+    sent.put_i16(999);
+    sent.put_slice(&[0u8; 8]);
     let mut s = TcpStream::connect(&addr).await.unwrap();
     s.write_all(&sent).await.unwrap();
     for (correlation, base_offset) in expected {
@@ -2554,6 +2559,10 @@ async fn pipelined_produce_requests_are_appended_and_answered_in_order() {
             "request {correlation} is appended in the order sent"
         );
     }
+    assert!(
+        read_answer(&mut s).await.is_none(),
+        "the malformed frame closes the connection"
+    );
     let mut want: Vec<String> = (0..12).map(|i| format!("k{i}:v")).collect();
     want.sort();
     assert_eq!(kcat_consume_all(&addr, "pipe"), want);

@@ -1,7 +1,10 @@
 //! Fetching (Kafka's `Fetcher` and `FetchCollector`): one fetch per leader in flight in the
 //! background, started as soon as the previous answer is taken (pipelining), so the network
-//! wait overlaps with the application's work. Every batch is CRC-checked and decompressed on
-//! receipt; retriable failures back a partition off exponentially and refresh metadata;
+//! wait overlaps with the application's work. An answer is buffered as received; the next
+//! fetch is sent from after its whole batches (read from their headers), and only then are the
+//! batches CRC-checked, decompressed and parsed ([`Fetcher::parse_buffered`]), while the broker
+//! reads the next answer. Keys and values are slices of the received buffer, not copies.
+//! Retriable failures back a partition off exponentially and refresh metadata;
 //! positions advance by batch headers, so compacted batches with offset gaps (or no records at
 //! all) never stall a reader.
 //!
@@ -306,11 +309,11 @@ impl Fetcher {
         self.backoff.insert(tp.clone(), Backoff { failures, until });
     }
 
-    /// Takes a finished fetch: stale generations are ignored; records of partitions that are
-    /// still fetchable at the position asked for are buffered (a partition whose answer holds
-    /// no records moves its consumed position past the batches at once). Every partition of
-    /// the answer is taken before the first error (a corrupt batch, a partition error that is
-    /// not retried) is returned; records buffered stay for the next `poll`.
+    /// Takes a finished fetch: stale generations are ignored; the batches of partitions that
+    /// are still fetchable at the position asked for are buffered unparsed, for
+    /// [`Fetcher::parse_buffered`]. Every partition of the answer is taken before the first
+    /// error (a partition error that is not retried, an answer holding only part of a batch)
+    /// is returned; what was buffered stays for the next `poll`.
     pub fn complete(
         &mut self,
         finished: Finished,

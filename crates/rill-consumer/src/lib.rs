@@ -40,6 +40,11 @@ pub use rill_protocol::TopicPartition;
 pub use subscription_state::Subscription;
 
 /// A consumed record.
+///
+/// Its key, value and header values are slices of the fetch answer they came in (as
+/// librdkafka's messages point into their fetch buffer), not copies: a record kept keeps that
+/// whole answer (up to `max.partition.fetch.bytes` per partition) in memory. An application
+/// that keeps a few records for long should copy what it keeps (`Bytes::copy_from_slice`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerRecord {
     #[allow(missing_docs)]

@@ -32,8 +32,9 @@ pub mod proto {
 ///
 /// The HTTP/2 defaults (16 KiB frames, 64 KiB–2 MiB flow-control windows) cut a 6 MiB fetch
 /// response into ~400 frames and stall it on window updates; fetch and produce carry megabytes
-/// per call, so both sides advertise larger frames and windows. Servers and clients of rill apply
-/// the same values (brokers, controllers, replica fetchers, producers, consumers).
+/// per call, so both sides advertise larger frames and windows: the broker's gRPC server, the
+/// replica fetchers, and the clients (producers, consumers, the CLI). The controllers' small
+/// metadata calls keep the defaults.
 pub mod transport {
     /// Largest HTTP/2 frame this side accepts (`SETTINGS_MAX_FRAME_SIZE`; the protocol's own
     /// limit is 16 MiB − 1).

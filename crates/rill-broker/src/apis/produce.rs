@@ -19,8 +19,8 @@ pub async fn handle(
     Ok(start(svc, request).await.await?)
 }
 
-/// Queues one Produce request and returns once its batches are appended (acks=0: once queued),
-/// with the answer still to come (after the fsync, and for acks=all the replication). Callers
+/// Queues one Produce request and returns once its batches are appended, with the answer still
+/// to come (after the fsync, and for acks=all the replication). Callers
 /// that pipeline a connection's requests start the next one only then, so its appends follow
 /// this one's.
 pub async fn start(
@@ -38,59 +38,56 @@ pub async fn start(
         Done(Result<ProduceResponse, ApiError>),
         Waiting(tokio::sync::oneshot::Receiver<ProduceResponse>),
     }
-    let queued = if request.acks == 0 {
-        let submitted = svc
-            .queue
-            .submit(
-                ProduceJob {
-                    request,
-                    reply: None,
-                    appended: None,
-                },
-                timeout,
-            )
-            .await;
-        Queued::Done(submitted.map(|_| ProduceResponse::default()))
+    // acks=0 gets no answer, but its appends too must come before the next request's.
+    let (reply, rx) = if request.acks == 0 {
+        (None, None)
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (appended_tx, appended) = tokio::sync::oneshot::channel();
-        let submitted = svc
-            .queue
-            .submit(
-                ProduceJob {
-                    request,
-                    reply: Some(tx),
-                    appended: Some(appended_tx),
-                },
-                timeout,
-            )
-            .await;
-        match submitted {
-            Ok(()) => {
-                // Told after the append, or dropped when the broker shut down first; either
-                // way nothing of this request is appended after this point.
-                let _ = appended.await;
-                Queued::Waiting(rx)
-            }
-            Err(e) => Queued::Done(Err(e)),
-        }
+        (Some(tx), Some(rx))
     };
+    let (appended_tx, appended) = tokio::sync::oneshot::channel();
+    let submitted = svc
+        .queue
+        .submit(
+            ProduceJob {
+                request,
+                reply,
+                appended: Some(appended_tx),
+            },
+            timeout,
+        )
+        .await;
+    let limit = timeout.max(Duration::from_secs(1)) * 2;
+    let queued = match submitted {
+        // Told after the append, or dropped when the broker shut down first; either way
+        // nothing of this request is appended after this point.
+        Ok(()) => match tokio::time::timeout(limit, appended).await {
+            Ok(_) => match rx {
+                Some(rx) => Queued::Waiting(rx),
+                None => Queued::Done(Ok(ProduceResponse::default())),
+            },
+            Err(_) => Queued::Done(Err(ApiError::new(
+                ErrorCode::RequestTimedOut,
+                "the produce was not appended in time (the broker's I/O threads are stalled)",
+            ))),
+        },
+        Err(e) => Queued::Done(Err(e)),
+    };
+    let deadline = tokio::time::Instant::now() + limit;
     async move {
         let result = match queued {
             Queued::Done(r) => r,
-            Queued::Waiting(rx) => {
-                match tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 2, rx).await {
-                    Ok(Ok(r)) => Ok(r),
-                    Ok(Err(_)) => Err(ApiError::new(
-                        ErrorCode::BrokerNotAvailable,
-                        "the broker is shutting down",
-                    )),
-                    Err(_) => Err(ApiError::new(
-                        ErrorCode::RequestTimedOut,
-                        "the produce did not complete in time",
-                    )),
-                }
-            }
+            Queued::Waiting(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(_)) => Err(ApiError::new(
+                    ErrorCode::BrokerNotAvailable,
+                    "the broker is shutting down",
+                )),
+                Err(_) => Err(ApiError::new(
+                    ErrorCode::RequestTimedOut,
+                    "the produce did not complete in time",
+                )),
+            },
         };
         metrics.observe("Produce", started.elapsed().as_secs_f64(), result.is_ok());
         result

@@ -261,6 +261,15 @@ pub async fn produce_start(
             .collect(),
     };
     let answer = crate::apis::produce::start(&apis.svc, rill).await;
+    // The answer needs the request's topics and partitions, not its record bytes.
+    let mut req = req;
+    for p in req
+        .topic_data
+        .iter_mut()
+        .flat_map(|t| t.partition_data.iter_mut())
+    {
+        p.records = None;
+    }
     async move { produce_answer(&req, answer.await) }
 }
 

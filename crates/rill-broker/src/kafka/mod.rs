@@ -199,33 +199,44 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
     }));
     let max_in_flight = apis.max_in_flight_produce.max(1);
     let mut pending: VecDeque<Answer> = VecDeque::new();
-    loop {
+    // A Produce being queued and appended: nothing more is read meanwhile, but answers that
+    // are due still go out.
+    let mut starting: Option<Pin<Box<dyn Future<Output = Answer> + Send + '_>>> = None;
+    let ended = loop {
         tokio::select! {
             biased;
             answer = async { pending.front_mut().expect("checked non-empty").await },
                 if !pending.is_empty() =>
             {
                 pending.pop_front();
-                if let Some(answer) = answer? {
-                    write.write_all(&answer).await?;
+                match answer {
+                    Ok(Some(answer)) => write.write_all(&answer).await?,
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
                 }
             }
-            frame = frames.recv(), if pending.len() < max_in_flight => {
-                let Some(frame) = frame.transpose()?.flatten() else {
-                    // The peer closed the connection: what it asked for is still answered.
-                    while let Some(answer) = pending.pop_front() {
-                        if let Some(answer) = answer.await? {
-                            write.write_all(&answer).await?;
-                        }
-                    }
-                    return Ok(());
+            started = async { starting.as_mut().expect("checked some").await },
+                if starting.is_some() =>
+            {
+                starting = None;
+                pending.push_back(started);
+            }
+            frame = frames.recv(), if starting.is_none() && pending.len() < max_in_flight => {
+                let frame = match frame.transpose() {
+                    Ok(Some(Some(frame))) => frame,
+                    // The peer closed the connection.
+                    Ok(_) => break Ok(()),
+                    Err(e) => break Err(e),
                 };
-                let request = decode_request(frame)?;
+                let request = match decode_request(frame) {
+                    Ok(r) => r,
+                    Err(e) => break Err(e),
+                };
                 if request.key == ApiKey::Produce
                     && request.in_range
                     && matches!(&request.body, Some(RequestKind::Produce(r)) if r.acks != 0)
                 {
-                    pending.push_back(start_produce(apis, request).await);
+                    starting = Some(Box::pin(start_produce(apis, request)));
                     continue;
                 }
                 while let Some(answer) = pending.pop_front() {
@@ -239,7 +250,19 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
             }
         }
         tracing::trace!(peer = ?peer, "kafka request answered");
+    };
+    // However the connection ends, the produces before that point are appended: answer them
+    // (as Kafka, which reads one request at a time, would have before reading further), or
+    // their client retries, and a retry that is not idempotent duplicates.
+    if let Some(started) = starting.take() {
+        pending.push_back(started.await);
     }
+    while let Some(answer) = pending.pop_front() {
+        if let Some(answer) = answer.await? {
+            write.write_all(&answer).await?;
+        }
+    }
+    ended
 }
 
 /// Appends a Produce request's batches and returns its answer to await (see [`connection`]).
