@@ -170,6 +170,9 @@ pub async fn serve(listener: TcpListener, apis: Arc<KafkaApis>, stop: Cancellati
 /// An answer being completed: `None` for a request that gets none (acks=0).
 type Answer = Pin<Box<dyn Future<Output = Result<Option<Bytes>, KafkaError>> + Send>>;
 
+/// A Produce appended, with its answer to come.
+struct Started(Answer);
+
 /// Serves one connection: frames in, answers out, in order, until the peer closes it or a frame
 /// is malformed.
 ///
@@ -201,7 +204,7 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
     let mut pending: VecDeque<Answer> = VecDeque::new();
     // A Produce being queued and appended: nothing more is read meanwhile, but answers that
     // are due still go out.
-    let mut starting: Option<Pin<Box<dyn Future<Output = Answer> + Send + '_>>> = None;
+    let mut starting: Option<Pin<Box<dyn Future<Output = Started> + Send + '_>>> = None;
     let ended = loop {
         tokio::select! {
             biased;
@@ -215,7 +218,9 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
                     Err(e) => break Err(e),
                 }
             }
-            started = async { starting.as_mut().expect("checked some").await },
+            // Disabled branches' expressions are still evaluated: the `expect`s run only when
+            // polled, inside the async blocks.
+            Started(started) = async { starting.as_mut().expect("checked some").await },
                 if starting.is_some() =>
             {
                 starting = None;
@@ -236,7 +241,9 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
                     && request.in_range
                     && matches!(&request.body, Some(RequestKind::Produce(r)) if r.acks != 0)
                 {
-                    starting = Some(Box::pin(start_produce(apis, request)));
+                    starting = Some(Box::pin(async move {
+                        Started(start_produce(apis, request).await)
+                    }));
                     continue;
                 }
                 while let Some(answer) = pending.pop_front() {
@@ -255,7 +262,7 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
     // (as Kafka, which reads one request at a time, would have before reading further), or
     // their client retries, and a retry that is not idempotent duplicates.
     if let Some(started) = starting.take() {
-        pending.push_back(started.await);
+        pending.push_back(started.await.0);
     }
     while let Some(answer) = pending.pop_front() {
         if let Some(answer) = answer.await? {
