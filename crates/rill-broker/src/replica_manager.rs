@@ -1238,6 +1238,75 @@ mod tests {
         ReplicaManager::new(config, logs)
     }
 
+    /// A produce whose client gave up while it was queued is not appended; one whose client
+    /// still waits is, and acks=0 always is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_produces_abandoned_by_their_client_are_not_appended() {
+        use crate::request_queue::ProduceJob;
+        use rill_protocol::proto::{PartitionProduceData, ProduceRequest, TopicProduceData};
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = Arc::new(replica_manager(tmp.path(), &[]));
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
+        let p = rm.leader_partition(&TopicPartition::new("t", 0)).unwrap();
+        let (queue, _threads) = crate::request_queue::start(
+            1,
+            16,
+            Arc::clone(&rm),
+            crate::config::FlushPolicy::Commit,
+            crate::metrics::Metrics::new(),
+            tokio::runtime::Handle::current(),
+        );
+        let request = |acks: i32| ProduceRequest {
+            acks,
+            timeout_ms: 5000,
+            topics: vec![TopicProduceData {
+                name: "t".into(),
+                partitions: vec![PartitionProduceData {
+                    index: 0,
+                    records: batch().into(),
+                }],
+            }],
+        };
+        let submit = |acks: i32, keep: bool| {
+            let (reply, reply_rx) = tokio::sync::oneshot::channel();
+            let (appended, appended_rx) = tokio::sync::oneshot::channel();
+            let kept = keep.then_some((reply_rx, appended_rx));
+            let queue = queue.clone();
+            async move {
+                let job = ProduceJob {
+                    request: request(acks),
+                    reply: (acks != 0).then_some(reply),
+                    appended: Some(appended),
+                };
+                queue.submit(job, Duration::from_secs(5)).await.unwrap();
+                kept
+            }
+        };
+        // Abandoned: both receivers dropped before an I/O thread takes the job.
+        assert!(submit(1, false).await.is_none());
+        // Waited for: appended and answered.
+        let (reply, appended) = submit(-1, true).await.unwrap();
+        appended.await.unwrap();
+        let answer = reply.await.unwrap();
+        assert_eq!(answer.topics[0].partitions[0].error_code, 0);
+        assert_eq!(
+            answer.topics[0].partitions[0].base_offset, 0,
+            "the abandoned one took no offset"
+        );
+        // acks=0 has no answer to wait for: appended even with nobody listening.
+        assert!(submit(0, false).await.is_none());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while p.log_end_offset() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the acks=0 batch was not appended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(p.log_end_offset(), 2);
+    }
+
     /// fsyncgate: after a failed fsync nothing from that log dir is acknowledged again, the
     /// high watermark stays where the last good fsync left it, and the broker is told to stop.
     #[test]

@@ -108,6 +108,17 @@ fn process(
     runtime: &tokio::runtime::Handle,
     job: ProduceJob,
 ) {
+    // The client stopped waiting while the request sat in the queue (its call was cancelled or
+    // timed out, its connection closed): nobody will read the answer, and appending now only
+    // adds work behind a backlog. Its outcome is unknown to the client either way; an
+    // idempotent producer's retry is appended then (or deduplicated had this one been). An
+    // acks=0 request has no answer to wait for and is always appended.
+    if job.reply.as_ref().is_some_and(|r| r.is_closed())
+        && job.appended.as_ref().is_none_or(|a| a.is_closed())
+    {
+        tracing::debug!("produce request abandoned by its client while queued; not appended");
+        return;
+    }
     let acks = job.request.acks;
     let timeout = Duration::from_millis(if job.request.timeout_ms == 0 {
         rm.config().request_timeout_ms
