@@ -1,6 +1,6 @@
 //! Produce (Kafka's `handleProduceRequest`): the request goes to the bounded request queue; an
 //! I/O thread appends and the completion (fsync, then for acks=all the high watermark) answers
-//! it. acks=0 is answered once queued.
+//! it. acks=0 is answered once appended.
 
 use std::time::{Duration, Instant};
 

@@ -182,7 +182,10 @@ struct Started(Answer);
 /// idempotent sequences stay in order), and up to
 /// `kafka.max.in.flight.produce.requests.per.connection` of them wait for durability at once.
 /// Any other request first waits for the answers before it, then is handled alone, as in
-/// Kafka; answers always go out in request order.
+/// Kafka; answers always go out in request order. One limit: a Produce whose append outlasts
+/// twice its timeout (a stalled disk) is answered REQUEST_TIMED_OUT and the next one is read,
+/// so the two may be appended in either order — an idempotent producer's sequence check
+/// catches that, as it catches a client's own retries.
 async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaError> {
     let peer: Option<SocketAddr> = socket.peer_addr().ok();
     let (read, mut write) = socket.into_split();
@@ -212,10 +215,10 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
                 if !pending.is_empty() =>
             {
                 pending.pop_front();
-                match answer {
-                    Ok(Some(answer)) => write.write_all(&answer).await?,
-                    Ok(None) => {}
-                    Err(e) => break Err(e),
+                // An answer that cannot be encoded breaks the stream of answers: stop here,
+                // as the drains below do (`?`), rather than answer later requests without it.
+                if let Some(answer) = answer? {
+                    write.write_all(&answer).await?;
                 }
             }
             // Disabled branches' expressions are still evaluated: the `expect`s run only when
