@@ -58,6 +58,10 @@ struct Cache {
     /// The broker address that failed last (a metadata request, or a request the caller
     /// reported with [`ClusterClient::broker_failed`]): asked for metadata last.
     failed: Option<String>,
+    /// Leader epochs of topics dropped from `topics` by a topic-level error (topic id, epoch
+    /// per partition), as Kafka's `lastSeenLeaderEpochs`: a broker whose view is older may
+    /// answer with an error first and another with old leaders next, and those must not win.
+    seen_epochs: HashMap<String, (String, Vec<i32>)>,
 }
 
 impl Cache {
@@ -75,9 +79,17 @@ impl Cache {
             leader: -1,
             epoch: -1,
         };
+        let seen = self.seen_epochs.remove(&t.name);
         let mut parts = match self.topics.get(&t.name) {
             Some(e) if e.id == t.topic_id => e.partitions.clone(),
-            _ => Vec::new(),
+            // Dropped after an error: the leaders are unknown, the epochs still bind.
+            _ => match seen {
+                Some((id, epochs)) if id == t.topic_id => epochs
+                    .into_iter()
+                    .map(|epoch| LeaderInfo { leader: -1, epoch })
+                    .collect(),
+                _ => Vec::new(),
+            },
         };
         if parts.len() < len {
             parts.resize(len, offline);
@@ -293,8 +305,9 @@ impl ClusterClient {
         for t in &r.topics {
             if t.error_code == 0 {
                 c.absorb_topic(t);
-            } else {
-                c.topics.remove(&t.name);
+            } else if let Some(e) = c.topics.remove(&t.name) {
+                let epochs = e.partitions.iter().map(|p| p.epoch).collect();
+                c.seen_epochs.insert(t.name.clone(), (e.id, epochs));
             }
         }
         c.refreshed = Some(Instant::now());
@@ -561,6 +574,29 @@ mod tests {
         };
         assert!(c.update_leader("t", 1, newer));
         assert_eq!(leaders(&c), [(2, 5), (1, 7)]);
+    }
+
+    /// A topic-level error drops the topic from the cache, not its leader epochs: an older
+    /// view answered next by another broker cannot bring back an older leader (Kafka keeps
+    /// `lastSeenLeaderEpochs` the same way); a re-created topic (new id) starts over.
+    #[test]
+    fn a_topic_error_does_not_let_an_older_leader_epoch_back_in() {
+        let c = client();
+        c.absorb(&answer("id-1", &[(2, 5), (1, 3)]));
+        let mut failed = answer("id-1", &[]);
+        failed.topics[0].error_code = ErrorCode::UnknownTopicOrPartition as i32;
+        c.absorb(&failed);
+        assert!(c.cached_partitions("t").is_none(), "the topic is dropped");
+        // A broker with an older view: partition 0 at epoch 4 (older: its leader stays
+        // unknown), partition 1 at epoch 3 (the same: taken).
+        c.absorb(&answer("id-1", &[(1, 4), (3, 3)]));
+        assert_eq!(leaders(&c), [(-1, 5), (3, 3)]);
+        c.absorb(&answer("id-1", &[(2, 5), (3, 3)]));
+        assert_eq!(leaders(&c), [(2, 5), (3, 3)]);
+        // Deleted and created again (a new id): its epochs start over.
+        c.absorb(&failed);
+        c.absorb(&answer("id-2", &[(1, 0), (2, 0)]));
+        assert_eq!(leaders(&c), [(1, 0), (2, 0)]);
     }
 
     /// Metadata older than `metadata.max.age.ms` is asked for again; when no broker answers,
