@@ -155,6 +155,14 @@ impl ConsumerConfig {
             }
         }
         for (name, value) in [
+            ("fetch.max.bytes", self.fetch_max_bytes),
+            ("max.partition.fetch.bytes", self.max_partition_fetch_bytes),
+        ] {
+            if value < 1 {
+                return bad(format!("{name} must be at least 1 byte (got {value})"));
+            }
+        }
+        for (name, value) in [
             ("retry.backoff.ms", self.retry_backoff),
             ("retry.backoff.max.ms", self.retry_backoff_max),
             ("fetch.max.wait.ms", self.fetch_max_wait),
@@ -279,6 +287,20 @@ mod tests {
                     ..Default::default()
                 },
                 "group.instance.id",
+            ),
+            (
+                ConsumerConfig {
+                    max_partition_fetch_bytes: 0,
+                    ..Default::default()
+                },
+                "max.partition.fetch.bytes",
+            ),
+            (
+                ConsumerConfig {
+                    fetch_max_bytes: -1,
+                    ..Default::default()
+                },
+                "fetch.max.bytes",
             ),
             (
                 ConsumerConfig {
