@@ -249,11 +249,7 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
                     }));
                     continue;
                 }
-                while let Some(answer) = pending.pop_front() {
-                    if let Some(answer) = answer.await? {
-                        write.write_all(&answer).await?;
-                    }
-                }
+                write_answers(&mut pending, &mut write).await?;
                 if let Some(answer) = handle_request(apis, request, peer).await? {
                     write.write_all(&answer).await?;
                 }
@@ -267,12 +263,22 @@ async fn connection(socket: TcpStream, apis: &KafkaApis) -> Result<(), KafkaErro
     if let Some(started) = starting.take() {
         pending.push_back(started.await.0);
     }
+    write_answers(&mut pending, &mut write).await?;
+    ended
+}
+
+/// Awaits and writes every pending answer, in order; stops at the first that cannot be
+/// encoded or written.
+async fn write_answers(
+    pending: &mut VecDeque<Answer>,
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> Result<(), KafkaError> {
     while let Some(answer) = pending.pop_front() {
         if let Some(answer) = answer.await? {
             write.write_all(&answer).await?;
         }
     }
-    ended
+    Ok(())
 }
 
 /// Appends a Produce request's batches and returns its answer to await (see [`connection`]).
