@@ -425,6 +425,11 @@ pub(crate) mod hook {
             return Ok(());
         };
         let key = (meta.dev(), meta.ino());
+        if meta.nlink() == 0 {
+            // Removed while still open: its inode may be handed to a new file once closed.
+            reg.files.remove(&key);
+            return Ok(());
+        }
         if let Some(state) = reg.files.get_mut(&key) {
             state.path = path.to_owned();
         } else if let Some(synced) = content(file, path) {
@@ -452,6 +457,13 @@ pub(crate) mod hook {
             return;
         }
         let key = (meta.dev(), meta.ino());
+        if meta.nlink() == 0 {
+            // An fsync of a file removed while open (a truncated log's segment still in group
+            // commit's list): nothing of it survives a crash, and recording it would hand its
+            // content to the next file that gets the inode.
+            reg.files.remove(&key);
+            return;
+        }
         if let Some(synced) = content(file, path) {
             let path = reg
                 .files
@@ -461,14 +473,138 @@ pub(crate) mod hook {
         }
     }
 
-    /// Before removing a file or tree: faults, then forgets recorded state below it.
-    pub(crate) fn before_remove(path: &Path) -> io::Result<()> {
+    /// Removes a file or tree (`remove`): faults first, then the removal and forgetting the
+    /// recorded state below `path` under the registry's lock, so no fsync of a handle still open
+    /// elsewhere records the doomed inode in between.
+    pub(crate) fn remove(
+        path: &Path,
+        remove: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
         before(FileOp::Remove, path)?;
         let mut reg = registry();
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             reg.files.remove(&(meta.dev(), meta.ino()));
         }
         reg.files.retain(|_, f| !f.path.starts_with(path));
+        remove(path)
+    }
+
+    /// Renames `from` to `to`: faults (on `from`) first, then under the registry's lock the
+    /// rename, forgetting the file it replaced (whose inode is free for reuse) and recording the
+    /// new name.
+    pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
+        before(FileOp::Rename, from)?;
+        let mut reg = registry();
+        let replaced = std::fs::symlink_metadata(to).ok();
+        let moved = std::fs::symlink_metadata(from).ok();
+        std::fs::rename(from, to)?;
+        if let Some(meta) = replaced
+            && moved
+                .as_ref()
+                .is_none_or(|m| (m.dev(), m.ino()) != (meta.dev(), meta.ino()))
+        {
+            reg.files.remove(&(meta.dev(), meta.ino()));
+        }
+        if let Some(state) = moved.and_then(|m| reg.files.get_mut(&(m.dev(), m.ino()))) {
+            state.path = to.to_owned();
+        }
+        // A renamed directory (a partition set aside for deletion) takes its files along.
+        for state in reg.files.values_mut() {
+            if let Ok(rest) = state.path.strip_prefix(from) {
+                state.path = to.join(rest);
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsio;
+
+    fn key(meta: &std::fs::Metadata) -> (u64, u64) {
+        (meta.dev(), meta.ino())
+    }
+
+    fn open(path: &Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    }
+
+    /// A truncated log's segment stays in group commit's list and is fsynced after its removal:
+    /// recording it then left a stale "synced" content that the next file given the inode
+    /// inherited, and a power cut wrote the removed batches into it.
+    #[test]
+    fn removed_files_are_never_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = track_power_cuts(dir.path());
+        let path = dir.path().join("00000000000000000013.log");
+        let f = open(&path);
+        fsio::write_all_at(&f, &path, b"batches 13..20", 0).unwrap();
+        fsio::sync(&f, &path, false).unwrap();
+        let inode = key(&f.metadata().unwrap());
+        assert!(registry().files.contains_key(&inode));
+        fsio::remove_file(&path).unwrap();
+        assert!(!registry().files.contains_key(&inode));
+        fsio::sync(&f, &path, false).unwrap();
+        fsio::write_all_at(&f, &path, b"more", 14).unwrap();
+        assert!(
+            !registry().files.contains_key(&inode),
+            "an unlinked file must not be recorded"
+        );
+    }
+
+    /// A rename over a file frees the replaced inode: its record goes with it; the moved file's
+    /// record follows it to the new name.
+    #[test]
+    fn rename_forgets_the_replaced_file_and_follows_the_moved_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = track_power_cuts(dir.path());
+        let target = dir.path().join("leader-epoch-checkpoint");
+        let tmp = dir.path().join("leader-epoch-checkpoint.tmp");
+        let old = open(&target);
+        fsio::write_all_at(&old, &target, b"old", 0).unwrap();
+        fsio::sync(&old, &target, true).unwrap();
+        let old_inode = key(&old.metadata().unwrap());
+        drop(old);
+        let new = open(&tmp);
+        fsio::write_all_at(&new, &tmp, b"new", 0).unwrap();
+        fsio::sync(&new, &tmp, true).unwrap();
+        let new_inode = key(&new.metadata().unwrap());
+        fsio::rename(&tmp, &target).unwrap();
+        let reg = registry();
+        assert!(!reg.files.contains_key(&old_inode));
+        assert_eq!(reg.files[&new_inode].path, target);
+        assert_eq!(reg.files[&new_inode].synced, b"new");
+    }
+
+    /// A directory renamed (a partition set aside for deletion) takes its files' records along,
+    /// so removing it under the new name forgets them.
+    #[test]
+    fn renamed_directories_take_their_records_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = track_power_cuts(dir.path());
+        let part = dir.path().join("t-0");
+        std::fs::create_dir(&part).unwrap();
+        let path = part.join("00000000000000000000.log");
+        let f = open(&path);
+        fsio::write_all_at(&f, &path, b"data", 0).unwrap();
+        fsio::sync(&f, &path, false).unwrap();
+        drop(f);
+        let aside = dir.path().join("t-0.1-delete");
+        fsio::rename(&part, &aside).unwrap();
+        fsio::remove_dir_all(&aside).unwrap();
+        assert!(
+            !registry()
+                .files
+                .values()
+                .any(|s| s.path.starts_with(dir.path()))
+        );
     }
 }

@@ -55,7 +55,8 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 #[inline]
 pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    hook::before(FileOp::Rename, from)?;
+    return hook::rename(from, to);
+    #[cfg(not(feature = "fault-injection"))]
     std::fs::rename(from, to)
 }
 
@@ -63,7 +64,8 @@ pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
 #[inline]
 pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    hook::before_remove(path)?;
+    return hook::remove(path, |p| std::fs::remove_file(p));
+    #[cfg(not(feature = "fault-injection"))]
     std::fs::remove_file(path)
 }
 
@@ -71,6 +73,7 @@ pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
 #[inline]
 pub(crate) fn remove_dir_all(dir: &Path) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    hook::before_remove(dir)?;
+    return hook::remove(dir, |p| std::fs::remove_dir_all(p));
+    #[cfg(not(feature = "fault-injection"))]
     std::fs::remove_dir_all(dir)
 }

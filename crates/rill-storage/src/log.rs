@@ -880,8 +880,9 @@ fn load_epochs(
     let mut cache = match cache {
         Some(c) => c,
         None => {
-            let _ =
-                std::fs::remove_file(dir.join(crate::leader_epoch_cache::LEADER_EPOCH_CHECKPOINT));
+            crate::log_segment::remove_if_exists(
+                &dir.join(crate::leader_epoch_cache::LEADER_EPOCH_CHECKPOINT),
+            )?;
             let mut c = LeaderEpochFileCache::open(dir)?;
             for segment in segments.values() {
                 for (_, h) in segment.batch_positions()? {

@@ -221,7 +221,7 @@ impl LogManager {
             .map_or(0, |d| d.as_nanos());
         let unique = format!("{unique:x}");
         let aside = dir.with_file_name(format!("{}.{unique}-{suffix}", partition_dir_name(tp)));
-        std::fs::rename(&dir, &aside).at(&dir)?;
+        crate::fsio::rename(&dir, &aside).at(&dir)?;
         if let Some(parent) = aside.parent() {
             crate::log::sync_dir(parent)?;
         }
