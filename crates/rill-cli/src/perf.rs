@@ -60,6 +60,9 @@ pub enum PerfCmd {
         /// The consumer's `fetch.max.bytes`.
         #[arg(long, default_value_t = ConsumerConfig::default().fetch_max_bytes)]
         fetch_max_bytes: i32,
+        /// The consumer's `max.in.flight.fetches.per.broker` (1 = Kafka's consumer).
+        #[arg(long, default_value_t = ConsumerConfig::default().max_in_flight_fetches_per_broker)]
+        max_in_flight_fetches_per_broker: usize,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -229,6 +232,7 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
             messages,
             max_partition_fetch_bytes,
             fetch_max_bytes,
+            max_in_flight_fetches_per_broker,
             quiet,
         } => {
             let mut consumer = Consumer::new(ConsumerConfig {
@@ -236,6 +240,7 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
                 auto_offset_reset: OffsetReset::Earliest,
                 max_partition_fetch_bytes,
                 fetch_max_bytes,
+                max_in_flight_fetches_per_broker,
                 ..Default::default()
             })?;
             let tps = consumer.partitions_of(&topic).await?;

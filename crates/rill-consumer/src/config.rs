@@ -20,6 +20,9 @@ pub enum OffsetReset {
 /// The largest duration a setting takes, in milliseconds: Kafka's settings are `int`s.
 const MAX_MS: u128 = i32::MAX as u128;
 
+/// The most fetches a consumer keeps in flight to one broker.
+pub(crate) const MAX_IN_FLIGHT_FETCHES: usize = 16;
+
 /// Consumer settings, with Kafka's names and defaults.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
@@ -36,6 +39,11 @@ pub struct ConsumerConfig {
     pub fetch_max_bytes: i32,
     /// `max.partition.fetch.bytes`: the same per partition (default 1 MiB).
     pub max_partition_fetch_bytes: i32,
+    /// `max.in.flight.fetches.per.broker` (rill's; Kafka's consumer has one fetch per broker
+    /// in flight, which this is at 1): fetches in flight to one broker at a time, over
+    /// disjoint sets of its partitions, so the broker prepares one answer while the client
+    /// takes in another. Each may bring up to `fetch.max.bytes` (default 2, 1 to 16).
+    pub max_in_flight_fetches_per_broker: usize,
     /// `auto.offset.reset`: where a partition without a position (and, in a group, without a
     /// committed offset), or whose position fell out of the log, starts (default latest).
     pub auto_offset_reset: OffsetReset,
@@ -90,6 +98,7 @@ impl Default for ConsumerConfig {
             fetch_min_bytes: 1,
             fetch_max_bytes: 50 << 20,
             max_partition_fetch_bytes: 1 << 20,
+            max_in_flight_fetches_per_broker: 2,
             auto_offset_reset: OffsetReset::Latest,
             check_crcs: true,
             request_timeout: Duration::from_secs(30),
@@ -161,6 +170,12 @@ impl ConsumerConfig {
             if value < 1 {
                 return bad(format!("{name} must be at least 1 byte (got {value})"));
             }
+        }
+        if !(1..=MAX_IN_FLIGHT_FETCHES).contains(&self.max_in_flight_fetches_per_broker) {
+            return bad(format!(
+                "max.in.flight.fetches.per.broker must be between 1 and {MAX_IN_FLIGHT_FETCHES} (got {})",
+                self.max_in_flight_fetches_per_broker
+            ));
         }
         for (name, value) in [
             ("retry.backoff.ms", self.retry_backoff),
@@ -329,6 +344,20 @@ mod tests {
                     ..Default::default()
                 },
                 "bootstrap.servers",
+            ),
+            (
+                ConsumerConfig {
+                    max_in_flight_fetches_per_broker: 0,
+                    ..Default::default()
+                },
+                "max.in.flight.fetches.per.broker",
+            ),
+            (
+                ConsumerConfig {
+                    max_in_flight_fetches_per_broker: 17,
+                    ..Default::default()
+                },
+                "max.in.flight.fetches.per.broker",
             ),
             (
                 ConsumerConfig {

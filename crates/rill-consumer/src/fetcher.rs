@@ -1,6 +1,9 @@
-//! Fetching (Kafka's `Fetcher` and `FetchCollector`): one fetch per leader in flight in the
-//! background, started as soon as the previous answer is taken (pipelining), so the network
-//! wait overlaps with the application's work. An answer is buffered as received; the next
+//! Fetching (Kafka's `Fetcher` and `FetchCollector`): fetches in flight in the background,
+//! started as soon as the previous answer is taken (pipelining), so the network wait overlaps
+//! with the application's work. Up to `max.in.flight.fetches.per.broker` fetches go to one
+//! leader at a time, over disjoint sets of its partitions, so the broker reads and sends one
+//! answer while the client receives and parses another (a partition is in one fetch at most,
+//! which keeps its records in order). An answer is buffered as received; the next
 //! fetch is sent from after its whole batches (read from their headers), and only then are the
 //! batches CRC-checked, decompressed and parsed ([`Fetcher::parse_buffered`]), while the broker
 //! reads the next answer. Keys and values are slices of the received buffer, not copies.
@@ -11,9 +14,10 @@
 //! Two positions per partition: the consumed position (in the subscription state: what `poll`
 //! returned, what commits store) and the fetch position (where the next fetch starts). The
 //! fetch position is the consumed position, or, while records of the partition are buffered,
-//! the offset after them: a partition with buffered records is not fetched again, and the
-//! consumed position moves to the fetch position only when [`Fetcher::drain`] hands the records
-//! to the application. Dropping buffered records (revocation, loss, pause, seek, assign, a
+//! the offset after them: a partition with buffered records is fetched from after them, and
+//! that answer is taken only if the consumed position has reached it by then; the consumed
+//! position moves to the fetch position only when [`Fetcher::drain`] hands the records to the
+//! application. Dropping buffered records (revocation, loss, pause, seek, assign, a
 //! poll that failed or was cancelled before returning them) so moves the fetch position back
 //! to the consumed position: nothing is skipped and nothing unseen is committed.
 
@@ -41,10 +45,14 @@ pub(crate) struct Backoff {
 }
 
 type FetchResult = Result<FetchResponse, ApiError>;
-/// A running fetch and the (partition, position) pairs it asked for.
-type InFlight = (JoinHandle<()>, Vec<(TopicPartition, i64)>);
-/// A finished fetch: leader, generation, result.
-pub(crate) type Finished = (i32, u64, FetchResult);
+/// A running fetch: its task, its leader and the (partition, position) pairs it asked for.
+struct InFlight {
+    task: JoinHandle<()>,
+    leader: i32,
+    requested: Vec<(TopicPartition, i64)>,
+}
+/// A finished fetch: its id, generation, result.
+pub(crate) type Finished = (u64, u64, FetchResult);
 
 /// The fetch settings of [`ConsumerConfig`].
 #[derive(Clone, Debug)]
@@ -53,6 +61,7 @@ struct FetchSettings {
     min_bytes: i32,
     max_bytes: i32,
     max_partition_bytes: i32,
+    max_in_flight_per_broker: usize,
     check_crcs: bool,
     retry: RetryPolicy,
 }
@@ -79,7 +88,9 @@ pub(crate) struct Fetcher {
     settings: FetchSettings,
     /// In the order received, at most one per partition.
     buffered: VecDeque<Buffered>,
-    in_flight: HashMap<i32, InFlight>,
+    /// By fetch id.
+    in_flight: HashMap<u64, InFlight>,
+    next_fetch_id: u64,
     results_tx: mpsc::UnboundedSender<Finished>,
     results_rx: mpsc::UnboundedReceiver<Finished>,
     generation: u64,
@@ -96,11 +107,13 @@ impl Fetcher {
                 min_bytes: config.fetch_min_bytes,
                 max_bytes: config.fetch_max_bytes,
                 max_partition_bytes: config.max_partition_fetch_bytes,
+                max_in_flight_per_broker: config.max_in_flight_fetches_per_broker.max(1),
                 check_crcs: config.check_crcs,
                 retry: config.retry(),
             },
             buffered: VecDeque::new(),
             in_flight: HashMap::new(),
+            next_fetch_id: 0,
             results_tx,
             results_rx,
             generation: 0,
@@ -111,8 +124,8 @@ impl Fetcher {
     /// Aborts every fetch in flight; answers still on their way are ignored when they arrive.
     pub fn cancel_fetches(&mut self) {
         self.generation += 1;
-        for (_, (h, _)) in self.in_flight.drain() {
-            h.abort();
+        for (_, f) in self.in_flight.drain() {
+            f.task.abort();
         }
     }
 
@@ -208,14 +221,15 @@ impl Fetcher {
         self.results_rx.recv().await
     }
 
-    /// Starts one fetch per leader for fetchable partitions not already being fetched and
-    /// without buffered records (so each starts at its consumed position). A partition whose
-    /// leader is unknown (no leader, metadata unavailable) backs off instead.
+    /// Starts fetches for fetchable partitions not already being fetched (from their fetch
+    /// positions): for each leader as many as it has free slots of
+    /// `max.in.flight.fetches.per.broker`, the partitions dealt round-robin between them. A
+    /// partition whose leader is unknown (no leader, metadata unavailable) backs off instead.
     pub async fn start_fetches(&mut self, subscriptions: &SubscriptionState) {
         let busy: Vec<TopicPartition> = self
             .in_flight
             .values()
-            .flat_map(|(_, r)| r.iter().map(|(tp, _)| tp.clone()))
+            .flat_map(|f| f.requested.iter().map(|(tp, _)| tp.clone()))
             .collect();
         let now = Instant::now();
         let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64)>> = HashMap::new();
@@ -230,7 +244,7 @@ impl Fetcher {
             // A partition with records buffered is fetched from after them: `poll` starts the
             // next fetches just before it hands the buffer over, so leaving such partitions out
             // made their new records wait until another partition of the same leader had data
-            // or `fetch.max.wait.ms` passed (one fetch per leader is in flight). Kafka's poll
+            // or `fetch.max.wait.ms` passed (a fetch covering it was in flight). Kafka's poll
             // collects first and then fetches, which comes to the same. The answer is taken
             // only if the consumed position has reached where it was fetched from by then.
             let pos = self
@@ -256,50 +270,81 @@ impl Fetcher {
             self.back_off(&tp);
         }
         for (leader, parts) in by_leader {
-            if self.in_flight.contains_key(&leader) {
+            let running = self
+                .in_flight
+                .values()
+                .filter(|f| f.leader == leader)
+                .count();
+            let fetches = self
+                .settings
+                .max_in_flight_per_broker
+                .saturating_sub(running)
+                .min(parts.len());
+            if fetches == 0 {
+                // Its partitions wait for one of the leader's fetches to come back.
                 continue;
             }
-            let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
-            for (tp, pos) in &parts {
-                topics
-                    .entry(tp.topic.clone())
-                    .or_default()
-                    .push(FetchPartition {
-                        index: tp.partition,
-                        current_leader_epoch: -1,
-                        fetch_offset: *pos,
-                        partition_max_bytes: self.settings.max_partition_bytes,
-                        last_fetched_epoch: -1,
-                        log_start_offset: -1,
-                    });
+            let mut groups = vec![Vec::new(); fetches];
+            for (i, part) in parts.into_iter().enumerate() {
+                groups[i % fetches].push(part);
             }
-            let request = FetchRequest {
-                replica_id: -1,
-                replica_epoch: -1,
-                max_wait_ms: self.settings.max_wait.as_millis() as u32,
-                min_bytes: self.settings.min_bytes,
-                max_bytes: self.settings.max_bytes,
-                topics: topics
-                    .into_iter()
-                    .map(|(name, partitions)| FetchTopic { name, partitions })
-                    .collect(),
-            };
-            let client = self.client.clone();
-            let tx = self.results_tx.clone();
-            let generation = self.generation;
-            let handle = tokio::spawn(async move {
-                let result = match client.broker(leader) {
-                    Ok(mut c) => c
-                        .fetch(request)
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| request_error(leader, s)),
-                    Err(e) => Err(e),
-                };
-                let _ = tx.send((leader, generation, result));
-            });
-            self.in_flight.insert(leader, (handle, parts));
+            for parts in groups {
+                self.send_fetch(leader, parts);
+            }
         }
+    }
+
+    /// Sends one fetch for `parts` (partition, fetch position) to `leader` in the background.
+    fn send_fetch(&mut self, leader: i32, parts: Vec<(TopicPartition, i64)>) {
+        let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+        for (tp, pos) in &parts {
+            topics
+                .entry(tp.topic.clone())
+                .or_default()
+                .push(FetchPartition {
+                    index: tp.partition,
+                    current_leader_epoch: -1,
+                    fetch_offset: *pos,
+                    partition_max_bytes: self.settings.max_partition_bytes,
+                    last_fetched_epoch: -1,
+                    log_start_offset: -1,
+                });
+        }
+        let request = FetchRequest {
+            replica_id: -1,
+            replica_epoch: -1,
+            max_wait_ms: self.settings.max_wait.as_millis() as u32,
+            min_bytes: self.settings.min_bytes,
+            max_bytes: self.settings.max_bytes,
+            topics: topics
+                .into_iter()
+                .map(|(name, partitions)| FetchTopic { name, partitions })
+                .collect(),
+        };
+        let client = self.client.clone();
+        let tx = self.results_tx.clone();
+        let generation = self.generation;
+        let id = self.next_fetch_id;
+        self.next_fetch_id += 1;
+        let task = tokio::spawn(async move {
+            let result = match client.broker(leader) {
+                Ok(mut c) => c
+                    .fetch(request)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| request_error(leader, s)),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send((id, generation, result));
+        });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                task,
+                leader,
+                requested: parts,
+            },
+        );
     }
 
     /// Marks one more retriable failure of `tp`: it is not fetched again before its backoff ends.
@@ -319,19 +364,19 @@ impl Fetcher {
         finished: Finished,
         subscriptions: &mut SubscriptionState,
     ) -> Result<(), ConsumerError> {
-        let (leader, generation, result) = finished;
+        let (id, generation, result) = finished;
         if generation != self.generation {
             return Ok(());
         }
-        let Some((_, requested)) = self.in_flight.remove(&leader) else {
+        let Some(fetch) = self.in_flight.remove(&id) else {
             return Ok(());
         };
         if result.is_err() {
             // No answer from the leader: the next metadata refreshes ask the other brokers
             // first (a leader cut off from the cluster still answers with its old view).
-            self.client.broker_failed(leader);
+            self.client.broker_failed(fetch.leader);
         }
-        self.absorb(result, requested, subscriptions)
+        self.absorb(result, fetch.requested, subscriptions)
     }
 
     fn absorb(
@@ -613,7 +658,8 @@ mod tests {
     }
 
     /// A group consumer (auto commit) of `t-0`, whose first fetch brings `a b c`, and `t-1`,
-    /// whose batch is corrupt: its first `poll` fails after buffering the records of `t-0`.
+    /// whose batch is corrupt: its first `poll` fails after buffering the records of `t-0`
+    /// (one fetch in flight, so both partitions come in one answer).
     async fn failed_with_records_buffered() -> (Consumer, Fake) {
         let mut bad = batch(0, &["x"]);
         bad[16] = 7;
@@ -630,6 +676,7 @@ mod tests {
             bootstrap: fake.bootstrap(),
             group_id: Some("g".into()),
             auto_offset_reset: crate::OffsetReset::Earliest,
+            max_in_flight_fetches_per_broker: 1,
             ..Default::default()
         })
         .unwrap();
@@ -641,6 +688,54 @@ mod tests {
             "{error:?}"
         );
         (consumer, fake)
+    }
+
+    /// `t-0`'s first answer takes 1.5 s, `t-1`'s comes at once: with two fetches in flight
+    /// the partitions are in different fetches, so `t-1`'s records are returned while `t-0`'s
+    /// fetch is still out; with one (Kafka's consumer) they come back together.
+    async fn first_poll_with(in_flight: usize) -> Vec<String> {
+        let fake = Fake::start(
+            &[("t", 2)],
+            Arc::new(|tp, offset| match (tp.partition, offset) {
+                (0, 0) => {
+                    std::thread::sleep(Duration::from_millis(1_500));
+                    records(0, batch(0, &["slow"]))
+                }
+                (1, 0) => records(1, batch(0, &["fast"])),
+                (p, _) => records(p, Vec::new()),
+            }),
+        )
+        .await;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            max_in_flight_fetches_per_broker: in_flight,
+            ..Default::default()
+        })
+        .unwrap();
+        let tps = [TopicPartition::new("t", 0), TopicPartition::new("t", 1)];
+        consumer.assign(tps.clone());
+        for tp in &tps {
+            consumer.seek(tp, 0);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let got = consumer.poll(Duration::from_millis(200)).await.unwrap();
+            if !got.is_empty() {
+                let mut values: Vec<String> = got
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into())
+                    .collect();
+                values.sort();
+                return values;
+            }
+        }
+        Vec::new()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_fetches_in_flight_split_a_brokers_partitions() {
+        assert_eq!(first_poll_with(2).await, ["fast"]);
+        assert_eq!(first_poll_with(1).await, ["fast", "slow"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
