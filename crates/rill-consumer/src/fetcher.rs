@@ -127,6 +127,9 @@ impl Fetcher {
         for (_, f) in self.in_flight.drain() {
             f.task.abort();
         }
+        // Answers that arrived before the abort would hold their buffers until the next fetch
+        // is taken (up to `fetch.max.bytes` each).
+        while self.results_rx.try_recv().is_ok() {}
     }
 
     /// Forgets what was received for `tp` (its fetch position goes back to the consumed one)
