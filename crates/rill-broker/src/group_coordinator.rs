@@ -553,9 +553,13 @@ impl GroupCoordinator {
             return Ok(());
         }
         if self.flush_policy == FlushPolicy::Commit {
-            self.rm
-                .make_durable_async(&shard.partition, end)
+            let rm = Arc::clone(&self.rm);
+            let partition = Arc::clone(&shard.partition);
+            tokio::task::spawn_blocking(move || rm.make_durable(&partition, end))
                 .await
+                .map_err(|e| {
+                    ApiError::new(ErrorCode::UnknownServerError, format!("fsync task: {e}"))
+                })?
                 .map_err(coordinator_error)?;
         }
         self.rm

@@ -25,9 +25,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::{ApiError, ErrorCode};
-use rill_storage::{
-    Durability, LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition,
-};
+use rill_storage::{LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition};
 use tokio::sync::watch;
 
 use rill_protocol::proto::{
@@ -786,43 +784,6 @@ impl ReplicaManager {
         }
         partition.maybe_increment_hw();
         Ok(())
-    }
-
-    /// [`Self::make_durable`] without holding a thread while another request's fsync covers
-    /// `end`: only a request that must lead an fsync takes a blocking thread for it, so a burst
-    /// of produce requests waiting on one group commit costs one thread hop, not one each.
-    pub async fn make_durable_async(
-        self: &Arc<Self>,
-        partition: &Arc<Partition>,
-        end: i64,
-    ) -> Result<(), ApiError> {
-        let gc = Arc::clone(partition.group_commit());
-        loop {
-            let changed = gc.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            match gc.durability(end) {
-                Ok(Durability::Durable) => {
-                    partition.maybe_increment_hw();
-                    return Ok(());
-                }
-                Ok(Durability::Syncing) => changed.await,
-                Ok(Durability::NeedsSync) | Err(_) => {
-                    // Lead the fsync, or turn the error into the answer (and the log dir's
-                    // failure) exactly as the blocking path does.
-                    let rm = Arc::clone(self);
-                    let partition = Arc::clone(partition);
-                    return tokio::task::spawn_blocking(move || rm.make_durable(&partition, end))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(ApiError::new(
-                                ErrorCode::KafkaStorageError,
-                                format!("the fsync task failed: {e}"),
-                            ))
-                        });
-                }
-            }
-        }
     }
 
     /// acks=all: waits until the high watermark passes `end` (every in-sync replica has the

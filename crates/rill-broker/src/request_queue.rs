@@ -208,12 +208,25 @@ fn process(
     let rm = Arc::clone(rm);
     runtime.spawn(async move {
         if policy == FlushPolicy::Commit {
-            for (ti, pi, p, end, _) in &appended {
-                if let Err(e) = rm.make_durable_async(p, *end).await {
-                    let pr = &mut response.topics[*ti].partitions[*pi];
-                    pr.error_code = e.code as i32;
-                    pr.error_message = e.message;
-                }
+            let rm2 = Arc::clone(&rm);
+            let parts: Vec<_> = appended
+                .iter()
+                .map(|(ti, pi, p, end, _)| (*ti, *pi, Arc::clone(p), *end))
+                .collect();
+            let failures = tokio::task::spawn_blocking(move || {
+                parts
+                    .into_iter()
+                    .filter_map(|(ti, pi, p, end)| {
+                        rm2.make_durable(&p, end).err().map(|e| (ti, pi, e))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (ti, pi, e) in failures {
+                let pr = &mut response.topics[ti].partitions[pi];
+                pr.error_code = e.code as i32;
+                pr.error_message = e.message;
             }
         }
         if acks == -1 && reply.is_some() {

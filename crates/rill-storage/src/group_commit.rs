@@ -16,11 +16,6 @@
 //! ([`LogError::LogDirOffline`]); the log refuses further writes. Only a restart, recovering
 //! from what really reached the disk, brings the log back.
 //!
-//! Async callers (the broker's produce path) need not hold a thread per waiting request:
-//! [`GroupCommit::durability`] tells whether an offset is durable, covered by an fsync under way,
-//! or needs one, and [`GroupCommit::changed`] wakes them when that may have changed, so only the
-//! caller that must lead an fsync calls the blocking [`GroupCommit::wait_durable`].
-//!
 //! Truncation moves `appended` (and `durable`) back; an fsync that started before a truncation
 //! may cover bytes that were cut and re-appended after it started, so it publishes nothing
 //! (a truncation generation tells).
@@ -36,8 +31,6 @@ use crate::segment_file::SegmentFile;
 pub struct GroupCommit {
     state: Mutex<State>,
     cond: Condvar,
-    /// Async waiters: notified with `cond`.
-    changed: tokio::sync::Notify,
     /// The log's directory, for errors.
     dir: PathBuf,
 }
@@ -62,17 +55,6 @@ struct State {
     failed: Option<String>,
 }
 
-/// Where an offset stands with group commit ([`GroupCommit::durability`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Everything below it is on disk.
-    Durable,
-    /// An fsync is under way: wait for [`GroupCommit::changed`] and ask again.
-    Syncing,
-    /// Nobody is fsyncing: call [`GroupCommit::wait_durable`] (blocking) to lead one.
-    NeedsSync,
-}
-
 impl GroupCommit {
     pub(crate) fn new(durable: i64, dir: &Path) -> Self {
         GroupCommit {
@@ -87,15 +69,8 @@ impl GroupCommit {
                 failed: None,
             }),
             cond: Condvar::new(),
-            changed: tokio::sync::Notify::new(),
             dir: dir.to_owned(),
         }
-    }
-
-    /// Wakes blocked and async waiters: `durable`, `syncing` or `failed` changed.
-    fn wake_all(&self) {
-        self.cond.notify_all();
-        self.changed.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -130,7 +105,7 @@ impl GroupCommit {
         if !s.syncing && s.durable >= s.appended {
             s.pending.clear();
         }
-        self.wake_all();
+        self.cond.notify_all();
     }
 
     /// Records that the log was truncated to `end`.
@@ -139,8 +114,6 @@ impl GroupCommit {
         s.generation += 1;
         s.appended = end;
         s.durable = s.durable.min(end);
-        drop(s);
-        self.wake_all();
     }
 
     /// Marks the log failed (a write or fsync failed): nothing becomes durable any more and
@@ -151,7 +124,7 @@ impl GroupCommit {
             tracing::error!(dir = %self.dir.display(), %reason, durable = s.durable, "log failed: no more writes, durable offset frozen");
             s.failed = Some(reason);
         }
-        self.wake_all();
+        self.cond.notify_all();
     }
 
     /// `Err(LogDirOffline)` once the log failed.
@@ -185,7 +158,6 @@ impl GroupCommit {
             }
             if s.syncing {
                 s.waiters += 1;
-                // Only for `waiting()` (tests watch appenders queue up).
                 self.cond.notify_all();
                 s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner());
                 s.waiters -= 1;
@@ -213,40 +185,9 @@ impl GroupCommit {
                     }
                 }
             }
-            self.wake_all();
+            self.cond.notify_all();
             result?;
         }
-    }
-
-    /// Where `end` stands, without blocking: durable, covered by waiting for the fsync under way
-    /// to end (then check again), or in need of an fsync nobody is making ([`Self::wait_durable`]
-    /// makes it). The errors are those of `wait_durable`.
-    pub fn durability(&self, end: i64) -> Result<Durability> {
-        let s = self.lock();
-        if let Some(reason) = &s.failed {
-            return Err(self.offline(reason));
-        }
-        if s.durable >= end {
-            return Ok(Durability::Durable);
-        }
-        if s.appended < end {
-            return Err(LogError::Truncated {
-                end,
-                log_end: s.appended,
-            });
-        }
-        Ok(if s.syncing {
-            Durability::Syncing
-        } else {
-            Durability::NeedsSync
-        })
-    }
-
-    /// Completes after the next change of durability (an fsync ended, the log was flushed,
-    /// truncated or failed). Create it and [`Notified::enable`](tokio::sync::futures::Notified)
-    /// it *before* calling [`Self::durability`], so a change in between is not missed.
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
     }
 
     /// Offset below which everything is on disk.
@@ -328,89 +269,5 @@ mod tests {
         }
         gc.wait_durable(5).unwrap();
         assert!(!gc.is_failed(), "a truncation is no failure");
-    }
-
-    /// What the broker's async produce path does with `durability` and `changed`.
-    async fn wait_async(gc: &Arc<GroupCommit>, end: i64) -> Result<Durability> {
-        loop {
-            let changed = gc.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            match gc.durability(end)? {
-                Durability::Syncing => changed.await,
-                d => return Ok(d),
-            }
-        }
-    }
-
-    /// An async waiter covered by an fsync under way waits without a thread and is woken when
-    /// it ends; one whose offsets are truncated away is woken with the error.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn async_waiters_are_woken_by_the_fsync_they_wait_for_and_by_truncation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = Arc::new(SegmentFile::new(
-            std::fs::File::create(&path).unwrap(),
-            path,
-            0,
-        ));
-        let gc = Arc::new(GroupCommit::new(0, dir.path()));
-        assert_eq!(gc.durability(0).unwrap(), Durability::Durable);
-        file.append(b"0123456789").unwrap();
-        gc.appended(&file, 10);
-        assert_eq!(gc.durability(10).unwrap(), Durability::NeedsSync);
-        assert!(matches!(
-            gc.durability(11),
-            Err(LogError::Truncated { end: 11, .. })
-        ));
-
-        // A leader's fsync, held: the offset is covered by it.
-        let paused = crate::fault::pause_next(crate::fault::FileOp::Fsync, dir.path());
-        let leader = {
-            let gc = Arc::clone(&gc);
-            std::thread::spawn(move || gc.wait_durable(10))
-        };
-        assert!(paused.wait_until_paused(std::time::Duration::from_secs(10)));
-        assert_eq!(gc.durability(10).unwrap(), Durability::Syncing);
-        let waiter = {
-            let gc = Arc::clone(&gc);
-            tokio::spawn(async move { wait_async(&gc, 10).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "waits while the fsync is held");
-        paused.release();
-        assert_eq!(waiter.await.unwrap().unwrap(), Durability::Durable);
-        leader.join().unwrap().unwrap();
-
-        // Appended past the durable offset, an fsync under way, then a truncation below it.
-        file.append(b"abcdefghij").unwrap();
-        gc.appended(&file, 20);
-        let paused = crate::fault::pause_next(crate::fault::FileOp::Fsync, dir.path());
-        let leader = {
-            let gc = Arc::clone(&gc);
-            std::thread::spawn(move || gc.wait_durable(20))
-        };
-        assert!(paused.wait_until_paused(std::time::Duration::from_secs(10)));
-        let waiter = {
-            let gc = Arc::clone(&gc);
-            tokio::spawn(async move { wait_async(&gc, 20).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        gc.truncated(15);
-        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("the truncation wakes the waiter while the fsync is still held");
-        assert!(matches!(
-            woken.unwrap(),
-            Err(LogError::Truncated {
-                end: 20,
-                log_end: 15
-            })
-        ));
-        paused.release();
-        assert!(
-            leader.join().unwrap().is_err(),
-            "the leader's offsets were cut too"
-        );
     }
 }

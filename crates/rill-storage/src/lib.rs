@@ -32,7 +32,7 @@ pub use config::{
     CleanupPolicy, DEFAULT_DECOMPRESSED_BATCH_MAX_BYTES, LogConfig, TOPIC_CONFIGS, TopicConfigDef,
 };
 pub use error::{LogError, Result};
-pub use group_commit::{Durability, GroupCommit};
+pub use group_commit::GroupCommit;
 pub use index::{OffsetIndex, TimeIndex};
 pub use leader_epoch_cache::{EpochEntry, LEADER_EPOCH_CHECKPOINT, LeaderEpochFileCache};
 pub use log::{Log, LogAppendInfo, LogOpenOptions};
