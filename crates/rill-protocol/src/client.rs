@@ -61,7 +61,9 @@ struct Cache {
     /// Leader epochs of topics dropped from `topics` by a topic-level error (topic id, epoch
     /// per partition), as Kafka's `lastSeenLeaderEpochs`: a broker whose view is older may
     /// answer with an error first and another with old leaders next, and those must not win.
-    seen_epochs: HashMap<String, (String, Vec<i32>)>,
+    /// Kept for `metadata.max.age.ms` from the error (by then every broker's view has moved
+    /// past it), so topics deleted for good do not pile up in a long-lived client.
+    seen_epochs: HashMap<String, (String, Vec<i32>, Instant)>,
 }
 
 impl Cache {
@@ -84,7 +86,7 @@ impl Cache {
             Some(e) if e.id == t.topic_id => e.partitions.clone(),
             // Dropped after an error: the leaders are unknown, the epochs still bind.
             _ => match seen {
-                Some((id, epochs)) if id == t.topic_id => epochs
+                Some((id, epochs, _)) if id == t.topic_id => epochs
                     .into_iter()
                     .map(|epoch| LeaderInfo { leader: -1, epoch })
                     .collect(),
@@ -287,6 +289,9 @@ impl ClusterClient {
 
     fn absorb(&self, r: &MetadataResponse) {
         let mut c = self.cache.write();
+        let max_age = self.max_age;
+        c.seen_epochs
+            .retain(|_, (_, _, dropped)| dropped.elapsed() < max_age);
         for b in &r.brokers {
             if let Some(e) = b.endpoints.first() {
                 c.brokers
@@ -307,7 +312,8 @@ impl ClusterClient {
                 c.absorb_topic(t);
             } else if let Some(e) = c.topics.remove(&t.name) {
                 let epochs = e.partitions.iter().map(|p| p.epoch).collect();
-                c.seen_epochs.insert(t.name.clone(), (e.id, epochs));
+                c.seen_epochs
+                    .insert(t.name.clone(), (e.id, epochs, Instant::now()));
             }
         }
         c.refreshed = Some(Instant::now());
@@ -597,6 +603,32 @@ mod tests {
         c.absorb(&failed);
         c.absorb(&answer("id-2", &[(1, 0), (2, 0)]));
         assert_eq!(leaders(&c), [(1, 0), (2, 0)]);
+    }
+
+    /// The epochs of a topic dropped by an error are kept for `metadata.max.age.ms`, then
+    /// forgotten (a topic deleted for good must not stay in the client for ever).
+    #[test]
+    fn the_epochs_of_a_dropped_topic_are_forgotten_after_the_metadata_max_age() {
+        let c = client().with_metadata_max_age(Duration::from_millis(200));
+        c.absorb(&answer("id-1", &[(2, 5)]));
+        let mut failed = answer("id-1", &[]);
+        failed.topics[0].error_code = ErrorCode::UnknownTopicOrPartition as i32;
+        c.absorb(&failed);
+        assert_eq!(c.cache.read().seen_epochs.len(), 1);
+        let mut brokers_only = answer("id-1", &[]);
+        brokers_only.topics.clear();
+        c.absorb(&brokers_only);
+        assert_eq!(
+            c.cache.read().seen_epochs.len(),
+            1,
+            "within the max age: kept"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        c.absorb(&brokers_only);
+        assert!(
+            c.cache.read().seen_epochs.is_empty(),
+            "past the max age: gone"
+        );
     }
 
     /// Metadata older than `metadata.max.age.ms` is asked for again; when no broker answers,
