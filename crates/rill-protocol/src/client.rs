@@ -61,8 +61,9 @@ struct Cache {
     /// Leader epochs of topics dropped from `topics` by a topic-level error (topic id, epoch
     /// per partition), as Kafka's `lastSeenLeaderEpochs`: a broker whose view is older may
     /// answer with an error first and another with old leaders next, and those must not win.
-    /// Kept for `metadata.max.age.ms` from the error (by then every broker's view has moved
-    /// past it), so topics deleted for good do not pile up in a long-lived client.
+    /// Kept for `metadata.max.age.ms` (at least [`SEEN_EPOCHS_MIN_KEEP`]) from the error — by
+    /// then every broker's view has moved past it — so topics deleted for good do not pile up
+    /// in a long-lived client.
     seen_epochs: HashMap<String, (String, Vec<i32>, Instant)>,
 }
 
@@ -117,6 +118,10 @@ impl Cache {
         );
     }
 }
+
+/// The shortest time the leader epochs of a topic dropped by an error are kept, however short
+/// `metadata.max.age.ms` is: the window in which brokers' views of it may still differ.
+const SEEN_EPOCHS_MIN_KEEP: Duration = Duration::from_secs(60);
 
 /// A connection to a rill cluster.
 #[derive(Clone)]
@@ -289,9 +294,9 @@ impl ClusterClient {
 
     fn absorb(&self, r: &MetadataResponse) {
         let mut c = self.cache.write();
-        let max_age = self.max_age;
+        let keep = self.max_age.max(SEEN_EPOCHS_MIN_KEEP);
         c.seen_epochs
-            .retain(|_, (_, _, dropped)| dropped.elapsed() < max_age);
+            .retain(|_, (_, _, dropped)| dropped.elapsed() < keep);
         for b in &r.brokers {
             if let Some(e) = b.endpoints.first() {
                 c.brokers
@@ -605,11 +610,12 @@ mod tests {
         assert_eq!(leaders(&c), [(1, 0), (2, 0)]);
     }
 
-    /// The epochs of a topic dropped by an error are kept for `metadata.max.age.ms`, then
-    /// forgotten (a topic deleted for good must not stay in the client for ever).
+    /// The epochs of a topic dropped by an error are kept for `metadata.max.age.ms` (at least
+    /// a minute), then forgotten (a topic deleted for good must not stay in the client for
+    /// ever).
     #[test]
     fn the_epochs_of_a_dropped_topic_are_forgotten_after_the_metadata_max_age() {
-        let c = client().with_metadata_max_age(Duration::from_millis(200));
+        let c = client().with_metadata_max_age(Duration::ZERO);
         c.absorb(&answer("id-1", &[(2, 5)]));
         let mut failed = answer("id-1", &[]);
         failed.topics[0].error_code = ErrorCode::UnknownTopicOrPartition as i32;
@@ -621,9 +627,13 @@ mod tests {
         assert_eq!(
             c.cache.read().seen_epochs.len(),
             1,
-            "within the max age: kept"
+            "within the minimum: kept"
         );
-        std::thread::sleep(Duration::from_millis(250));
+        // Recorded long enough ago.
+        let Some(long_ago) = Instant::now().checked_sub(SEEN_EPOCHS_MIN_KEEP) else {
+            return; // the machine has been up for less than that
+        };
+        c.cache.write().seen_epochs.get_mut("t").unwrap().2 = long_ago;
         c.absorb(&brokers_only);
         assert!(
             c.cache.read().seen_epochs.is_empty(),
