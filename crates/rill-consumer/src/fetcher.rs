@@ -51,8 +51,9 @@ struct InFlight {
     leader: i32,
     requested: Vec<(TopicPartition, i64)>,
 }
-/// A finished fetch: its id, generation, result.
-pub(crate) type Finished = (u64, u64, FetchResult);
+/// A finished fetch: its id (never reused, so an answer to a cancelled fetch finds no
+/// entry in `in_flight` and is ignored), its result.
+pub(crate) type Finished = (u64, FetchResult);
 
 /// The fetch settings of [`ConsumerConfig`].
 #[derive(Clone, Debug)]
@@ -93,7 +94,6 @@ pub(crate) struct Fetcher {
     next_fetch_id: u64,
     results_tx: mpsc::UnboundedSender<Finished>,
     results_rx: mpsc::UnboundedReceiver<Finished>,
-    generation: u64,
     pub(crate) backoff: HashMap<TopicPartition, Backoff>,
 }
 
@@ -116,14 +116,12 @@ impl Fetcher {
             next_fetch_id: 0,
             results_tx,
             results_rx,
-            generation: 0,
             backoff: HashMap::new(),
         }
     }
 
     /// Aborts every fetch in flight; answers still on their way are ignored when they arrive.
     pub fn cancel_fetches(&mut self) {
-        self.generation += 1;
         for (_, f) in self.in_flight.drain() {
             f.task.abort();
         }
@@ -326,7 +324,6 @@ impl Fetcher {
         };
         let client = self.client.clone();
         let tx = self.results_tx.clone();
-        let generation = self.generation;
         let id = self.next_fetch_id;
         self.next_fetch_id += 1;
         let task = tokio::spawn(async move {
@@ -338,7 +335,7 @@ impl Fetcher {
                     .map_err(|s| request_error(leader, s)),
                 Err(e) => Err(e),
             };
-            let _ = tx.send((id, generation, result));
+            let _ = tx.send((id, result));
         });
         self.in_flight.insert(
             id,
@@ -357,7 +354,7 @@ impl Fetcher {
         self.backoff.insert(tp.clone(), Backoff { failures, until });
     }
 
-    /// Takes a finished fetch: stale generations are ignored; the batches of partitions that
+    /// Takes a finished fetch: answers to cancelled fetches are ignored; the batches of partitions that
     /// are still fetchable at the position asked for are buffered unparsed, for
     /// [`Fetcher::parse_buffered`]. Every partition of the answer is taken before the first
     /// error (a partition error that is not retried, an answer holding only part of a batch)
@@ -367,10 +364,7 @@ impl Fetcher {
         finished: Finished,
         subscriptions: &mut SubscriptionState,
     ) -> Result<(), ConsumerError> {
-        let (id, generation, result) = finished;
-        if generation != self.generation {
-            return Ok(());
-        }
+        let (id, result) = finished;
         let Some(fetch) = self.in_flight.remove(&id) else {
             return Ok(());
         };
