@@ -13,6 +13,7 @@ pub mod apis;
 pub mod background;
 pub mod config;
 pub mod controller_client;
+pub mod fetch_route;
 pub mod group_coordinator;
 pub mod kafka;
 pub mod lifecycle;
@@ -208,11 +209,10 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
-            BrokerServer::new(service)
-                .max_decoding_message_size(config.socket_request_max_bytes)
-                .max_encoding_message_size(usize::MAX),
-        )
+        .add_service(fetch_route::BrokerRoutes::new(
+            service,
+            config.socket_request_max_bytes,
+        ))
         .add_service(
             rill_protocol::proto::group_coordinator_server::GroupCoordinatorServer::new(
                 group_service,

@@ -328,6 +328,11 @@ async fn every_error_is_reported_per_partition_and_the_rest_is_served() {
         .await
         .unwrap_err();
     assert!(status.message().contains("65536"), "{status}");
+    // So is a Fetch that large (Fetch has its own route, `fetch_route`, with the same limit).
+    let mut huge = fetch_req("t", 0, 0);
+    huge.topics[0].name = "t".repeat(100_000);
+    let status = b.fetch(huge).await.unwrap_err();
+    assert!(status.message().contains("65536"), "{status}");
     // Bad acks.
     let r = b
         .produce(ProduceRequest {
