@@ -22,6 +22,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::{BoxFuture, Service, http};
+use tonic::metadata::MetadataValue;
 use tonic::server::NamedService;
 
 use crate::apis;
@@ -47,6 +48,8 @@ pub struct BrokerRoutes {
 
 impl BrokerRoutes {
     /// Requests larger than `max_request_bytes` are refused, as the generated server does.
+    /// Settings given to the generated server here (compression, limits) must also be given to
+    /// the Fetch route, which does not go through it.
     pub fn new(service: BrokerService, max_request_bytes: usize) -> Self {
         BrokerRoutes {
             generated: BrokerServer::new(service.clone())
@@ -91,22 +94,30 @@ impl Service<http::Request<Body>> for BrokerRoutes {
 }
 
 /// One unary request message, decoded by tonic's decoder with the generated server's limits
-/// (no request compression is accepted there either).
+/// and read to the end of the stream as tonic's unary handler does (no request compression is
+/// accepted there either; the refusal names what is accepted, as gRPC asks).
 async fn decode_request(req: http::Request<Body>, max: usize) -> Result<FetchRequest, Status> {
     if let Some(encoding) = req.headers().get("grpc-encoding")
         && encoding != "identity"
     {
-        return Err(Status::unimplemented(format!(
+        let mut status = Status::unimplemented(format!(
             "Content is compressed with `{}` which isn't supported",
-            encoding.to_str().unwrap_or("?")
-        )));
+            String::from_utf8_lossy(encoding.as_bytes())
+        ));
+        status.metadata_mut().insert(
+            "grpc-accept-encoding",
+            MetadataValue::from_static("identity"),
+        );
+        return Err(status);
     }
     let decoder = tonic_prost::ProstCodec::<FetchResponse, FetchRequest>::default().decoder();
     let mut stream = Streaming::new_request(decoder, req.into_body(), None, Some(max));
-    stream
+    let request = stream
         .message()
         .await?
-        .ok_or_else(|| Status::internal("Missing request message."))
+        .ok_or_else(|| Status::internal("Missing request message."))?;
+    stream.trailers().await?;
+    Ok(request)
 }
 
 /// The gRPC-framed encoding of `answer` as chunks whose concatenation is the length prefix

@@ -105,12 +105,17 @@ async fn wait_for_signal() {
 /// Fetch answers hold their segment reads (up to `max.partition.fetch.bytes` each) until the
 /// socket has taken them, and another thread frees them. With glibc's defaults those buffers
 /// went back to the kernel (`munmap`, heap trim) and the next reads page-faulted zeroed pages
-/// back in: a quarter of the broker's CPU while serving consumers (docs/benchmarks.md). Serving
-/// allocations below 32 MiB from the heap and keeping up to 128 MiB of freed memory avoids that.
-/// An operator's own malloc settings in `GLIBC_TUNABLES` win.
+/// back in (docs/benchmarks.md, "Fetch answers without tonic's copy"). Serving allocations
+/// below 32 MiB from the heap and keeping up to 128 MiB of freed memory avoids that. An
+/// operator's own settings of these two (`GLIBC_TUNABLES`, `MALLOC_*_THRESHOLD_`) win.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
-    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables.contains("glibc.malloc.mmap_threshold")
+        || tunables.contains("glibc.malloc.trim_threshold")
+        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+    {
         return;
     }
     // SAFETY: mallopt only sets allocator parameters; no other thread exists yet.

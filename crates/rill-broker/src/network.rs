@@ -83,6 +83,8 @@ impl Broker for BrokerService {
             .map(Response::new)
     }
 
+    /// Served through the generated server only in in-process uses of `BrokerServer`: the
+    /// broker's listener answers Fetch in [`crate::fetch_route`], which calls the same handler.
     async fn fetch(
         &self,
         request: Request<FetchRequest>,
