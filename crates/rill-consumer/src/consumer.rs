@@ -412,7 +412,11 @@ impl Consumer {
             // With nothing in flight (partitions backing off, without a leader, or not
             // positioned or assigned yet), nap until the first backoff ends.
             let nap = if in_flight {
-                remaining
+                // A partition whose fetch failed goes out again when its backoff ends, not
+                // when another fetch to its broker comes back (up to fetch.max.wait.ms).
+                self.fetcher
+                    .backoff_ends_in()
+                    .map_or(remaining, |b| remaining.min(b))
             } else {
                 remaining
                     .min(self.fetcher.retry_in())

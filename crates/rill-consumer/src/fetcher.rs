@@ -217,6 +217,16 @@ impl Fetcher {
             .unwrap_or(Duration::from_millis(100))
     }
 
+    /// How long until the first backoff that is still running ends (`None` when none is).
+    pub fn backoff_ends_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.backoff
+            .values()
+            .filter(|b| b.until > now)
+            .map(|b| b.until - now)
+            .min()
+    }
+
     /// The next finished fetch (never `None`: the fetcher keeps a sender).
     pub async fn next_finished(&mut self) -> Option<Finished> {
         self.results_rx.recv().await
@@ -582,9 +592,10 @@ fn next_after_whole_batches(records: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use rill_protocol::proto::FetchPartitionResponse;
+    use tonic::Status;
 
     use super::*;
     use crate::testing::{Fake, batch, records};
@@ -750,23 +761,26 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_poll_cancelled_after_buffering_neither_loses_nor_commits_the_records() {
-        // The answer for t-0 makes metadata slow, so the poll that took it waits in
-        // start_fetches (looking up `u`, unknown, whose 1 ms backoff is over) and is cancelled
-        // there, as the CLI's timeout or Ctrl-C does, with t-0's records buffered.
+        // One answer brings t-0's records and a retriable error for t-1, which makes the
+        // consumer look t's metadata up again; metadata has become slow, so the poll that took
+        // the answer waits in start_fetches with t-0's records buffered and is cancelled there,
+        // as the CLI's timeout or Ctrl-C does.
         let delay: Arc<std::sync::OnceLock<Arc<parking_lot::Mutex<Duration>>>> = Arc::default();
         let delay_in = Arc::clone(&delay);
         let fake = Fake::start(
-            &[("t", 1)],
-            Arc::new(move |_, offset| {
+            &[("t", 2)],
+            Arc::new(move |tp, offset| {
                 if let Some(d) = delay_in.get() {
                     *d.lock() = Duration::from_secs(2);
                 }
-                if offset == 0 {
-                    // Answered after `u`'s backoff is surely over.
-                    std::thread::sleep(Duration::from_millis(20));
-                    records(0, batch(0, &["a", "b", "c"]))
-                } else {
-                    records(0, Vec::new())
+                match (tp.partition, offset) {
+                    (0, 0) => records(0, batch(0, &["a", "b", "c"])),
+                    (0, _) => records(0, Vec::new()),
+                    (p, _) => Ok(FetchPartitionResponse {
+                        index: p,
+                        error_code: ErrorCode::NotLeaderOrFollower as i32,
+                        ..Default::default()
+                    }),
                 }
             }),
         )
@@ -774,15 +788,14 @@ mod tests {
         let mut consumer = Consumer::new(ConsumerConfig {
             bootstrap: fake.bootstrap(),
             group_id: Some("g".into()),
-            retry_backoff: Duration::from_millis(1),
-            retry_backoff_max: Duration::from_millis(1),
+            max_in_flight_fetches_per_broker: 1,
             ..Default::default()
         })
         .unwrap();
-        let (t0, u0) = (TopicPartition::new("t", 0), TopicPartition::new("u", 0));
-        consumer.assign([t0.clone(), u0.clone()]);
+        let (t0, t1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        consumer.assign([t0.clone(), t1.clone()]);
         consumer.seek(&t0, 0);
-        consumer.seek(&u0, 0);
+        consumer.seek(&t1, 0);
         let _ = delay.set(Arc::clone(&fake.metadata_delay));
         let cancelled = tokio::time::timeout(
             Duration::from_millis(500),
@@ -794,6 +807,50 @@ mod tests {
         assert_eq!(consumer.position(&t0), Some(0));
         consumer.close().await.unwrap();
         assert_eq!(fake.coordinator.lock().committed.get(&t0), Some(&0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failed_fetch_is_retried_after_its_backoff_while_another_fetch_is_out() {
+        // Two fetches: t-0's takes 1.5 s; t-1's first one fails as a whole. t-1 is fetched
+        // again when its backoff (100 ms) ends, not when t-0's fetch comes back.
+        let t1_fetches = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&t1_fetches);
+        let fake = Fake::start(
+            &[("t", 2)],
+            Arc::new(move |tp, offset| match (tp.partition, offset) {
+                (0, 0) => {
+                    std::thread::sleep(Duration::from_millis(1_500));
+                    records(0, batch(0, &["slow"]))
+                }
+                (1, 0) if seen.fetch_add(1, Ordering::AcqRel) == 0 => {
+                    Err(Status::unavailable("broker busy"))
+                }
+                (1, 0) => records(1, batch(0, &["retried"])),
+                (p, _) => records(p, Vec::new()),
+            }),
+        )
+        .await;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        let tps = [TopicPartition::new("t", 0), TopicPartition::new("t", 1)];
+        consumer.assign(tps.clone());
+        for tp in &tps {
+            consumer.seek(tp, 0);
+        }
+        // One long poll: a new poll would start the fetch itself.
+        let started = Instant::now();
+        let got = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        let values: Vec<_> = got.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values, ["retried"]);
+        assert!(t1_fetches.load(Ordering::Acquire) >= 2);
+        assert!(
+            started.elapsed() < Duration::from_millis(1_200),
+            "t-1 waited {:?}, as long as t-0's fetch",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
