@@ -698,6 +698,22 @@ mod tests {
         (consumer, fake)
     }
 
+    /// A consumer of `t-0` and `t-1` from offset 0 with `in_flight` fetches per broker.
+    fn reading_t0_t1(fake: &Fake, in_flight: usize) -> Consumer {
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            max_in_flight_fetches_per_broker: in_flight,
+            ..Default::default()
+        })
+        .unwrap();
+        let tps = [TopicPartition::new("t", 0), TopicPartition::new("t", 1)];
+        consumer.assign(tps.clone());
+        for tp in &tps {
+            consumer.seek(tp, 0);
+        }
+        consumer
+    }
+
     /// `t-0`'s first answer takes 1.5 s, `t-1`'s comes at once: with two fetches in flight
     /// the partitions are in different fetches, so `t-1`'s records are returned while `t-0`'s
     /// fetch is still out; with one (Kafka's consumer) they come back together.
@@ -714,17 +730,7 @@ mod tests {
             }),
         )
         .await;
-        let mut consumer = Consumer::new(ConsumerConfig {
-            bootstrap: fake.bootstrap(),
-            max_in_flight_fetches_per_broker: in_flight,
-            ..Default::default()
-        })
-        .unwrap();
-        let tps = [TopicPartition::new("t", 0), TopicPartition::new("t", 1)];
-        consumer.assign(tps.clone());
-        for tp in &tps {
-            consumer.seek(tp, 0);
-        }
+        let mut consumer = reading_t0_t1(&fake, in_flight);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let got = consumer.poll(Duration::from_millis(200)).await.unwrap();
@@ -830,16 +836,7 @@ mod tests {
             }),
         )
         .await;
-        let mut consumer = Consumer::new(ConsumerConfig {
-            bootstrap: fake.bootstrap(),
-            ..Default::default()
-        })
-        .unwrap();
-        let tps = [TopicPartition::new("t", 0), TopicPartition::new("t", 1)];
-        consumer.assign(tps.clone());
-        for tp in &tps {
-            consumer.seek(tp, 0);
-        }
+        let mut consumer = reading_t0_t1(&fake, 2);
         // One long poll: a new poll would start the fetch itself.
         let started = Instant::now();
         let got = consumer.poll(Duration::from_secs(5)).await.unwrap();
