@@ -409,17 +409,16 @@ impl Consumer {
             if remaining.is_zero() && !in_flight {
                 return Ok(Vec::new());
             }
-            // With nothing in flight (partitions backing off, without a leader, or not
-            // positioned or assigned yet), nap until the first backoff ends.
+            // A partition whose fetch failed goes out again when its backoff ends, not when
+            // another fetch to its broker comes back (up to fetch.max.wait.ms). With nothing
+            // in flight (partitions backing off, without a leader, or not positioned or
+            // assigned yet), look again at least every 100 ms.
+            let backoff = self.fetcher.backoff_ends_in();
             let nap = if in_flight {
-                // A partition whose fetch failed goes out again when its backoff ends, not
-                // when another fetch to its broker comes back (up to fetch.max.wait.ms).
-                self.fetcher
-                    .backoff_ends_in()
-                    .map_or(remaining, |b| remaining.min(b))
+                backoff.map_or(remaining, |b| remaining.min(b))
             } else {
                 remaining
-                    .min(self.fetcher.retry_in())
+                    .min(backoff.unwrap_or(Duration::from_millis(100)))
                     .max(Duration::from_millis(1))
             };
             // Membership events first: a partition lost meanwhile is given up before records

@@ -95,6 +95,9 @@ pub(crate) struct Fetcher {
     results_tx: mpsc::UnboundedSender<Finished>,
     results_rx: mpsc::UnboundedReceiver<Finished>,
     pub(crate) backoff: HashMap<TopicPartition, Backoff>,
+    /// When the last `start_fetches` looked at the backoffs: one that ended after this was not
+    /// seen ended by it (the scan waits for metadata on the way).
+    last_scan: Instant,
 }
 
 impl Fetcher {
@@ -117,6 +120,7 @@ impl Fetcher {
             results_tx,
             results_rx,
             backoff: HashMap::new(),
+            last_scan: Instant::now(),
         }
     }
 
@@ -207,23 +211,17 @@ impl Fetcher {
         self.in_flight.is_empty()
     }
 
-    /// How long until the first partition's backoff ends (100 ms when none backs off).
-    pub fn retry_in(&self) -> Duration {
-        let now = Instant::now();
-        self.backoff
-            .values()
-            .map(|b| b.until.saturating_duration_since(now))
-            .min()
-            .unwrap_or(Duration::from_millis(100))
-    }
-
-    /// How long until the first backoff that is still running ends (`None` when none is).
+    /// How long until a partition waiting out its backoff may be fetched again: a backoff still
+    /// running when the last `start_fetches` looked, or started since. Zero when that moment
+    /// has passed (the scan missed it); `None` when no partition waits. A backoff that had
+    /// ended before the scan does not count: the scan saw it, and the partition went out or
+    /// waits for a free fetch slot.
     pub fn backoff_ends_in(&self) -> Option<Duration> {
         let now = Instant::now();
         self.backoff
             .values()
-            .filter(|b| b.until > now)
-            .map(|b| b.until - now)
+            .filter(|b| b.until > self.last_scan)
+            .map(|b| b.until.saturating_duration_since(now))
             .min()
     }
 
@@ -243,6 +241,7 @@ impl Fetcher {
             .flat_map(|f| f.requested.iter().map(|(tp, _)| tp.clone()))
             .collect();
         let now = Instant::now();
+        self.last_scan = now;
         let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64)>> = HashMap::new();
         let mut leaderless = Vec::new();
         for (tp, pos) in subscriptions.fetchable() {
@@ -278,7 +277,7 @@ impl Fetcher {
             by_leader.entry(leader).or_default().push((tp, pos));
         }
         for tp in leaderless {
-            self.back_off(&tp);
+            self.back_off(&tp, now);
         }
         for (leader, parts) in by_leader {
             let running = self
@@ -358,9 +357,10 @@ impl Fetcher {
     }
 
     /// Marks one more retriable failure of `tp`: it is not fetched again before its backoff ends.
-    fn back_off(&mut self, tp: &TopicPartition) {
+    /// Partitions that fail together share `now`, so they are retried together.
+    fn back_off(&mut self, tp: &TopicPartition, now: Instant) {
         let failures = self.backoff.get(tp).map_or(0, |b| b.failures) + 1;
-        let until = Instant::now() + self.settings.retry.delay(failures);
+        let until = now + self.settings.retry.delay(failures);
         self.backoff.insert(tp.clone(), Backoff { failures, until });
     }
 
@@ -392,6 +392,7 @@ impl Fetcher {
         requested: Vec<(TopicPartition, i64)>,
         subscriptions: &mut SubscriptionState,
     ) -> Result<(), ConsumerError> {
+        let now = Instant::now();
         let response = match result {
             Ok(r) => r,
             Err(e) => {
@@ -401,7 +402,7 @@ impl Fetcher {
                 if e.code.is_retriable() {
                     tracing::debug!(error = %e, "fetch failed; backing off");
                     for (tp, _) in &requested {
-                        self.back_off(tp);
+                        self.back_off(tp, now);
                     }
                     return Ok(());
                 }
@@ -430,7 +431,7 @@ impl Fetcher {
                         }
                         c if c.is_retriable() => {
                             self.client.invalidate(&t.name);
-                            self.back_off(&tp);
+                            self.back_off(&tp, now);
                         }
                         _ => {
                             first_error.get_or_insert(ApiError::new(code, p.error_message).into());
