@@ -38,7 +38,7 @@ const FETCH_PARTITION_RECORDS: u32 = 8;
 /// costs more than copying a few KiB.
 const COPY_BELOW: usize = 4096;
 
-/// `rill.v1.Broker` with Fetch answered by [`fetch`]; everything else by the generated server.
+/// `rill.v1.Broker` with Fetch answered by this module; everything else by the generated server.
 #[derive(Clone)]
 pub struct BrokerRoutes {
     generated: BrokerServer<BrokerService>,

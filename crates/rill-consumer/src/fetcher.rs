@@ -276,8 +276,10 @@ impl Fetcher {
             }
             by_leader.entry(leader).or_default().push((tp, pos));
         }
+        // From now, not from the scan's start: the lookups may have taken a while.
+        let failed_at = Instant::now();
         for tp in leaderless {
-            self.back_off(&tp, now);
+            self.back_off(&tp, failed_at);
         }
         for (leader, parts) in by_leader {
             let running = self
