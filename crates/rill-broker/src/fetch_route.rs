@@ -7,13 +7,12 @@
 //! payloads instead of copying them). The bytes on the wire are exactly prost's encoding, so
 //! clients see no difference. Every other Broker method goes to the generated server.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
+use http_body_util::StreamBody;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use rill_protocol::proto::broker_server::BrokerServer;
@@ -122,7 +121,7 @@ async fn decode_request(req: http::Request<Body>, max: usize) -> Result<FetchReq
 
 /// The gRPC-framed encoding of `answer` as chunks whose concatenation is the length prefix
 /// followed by `answer.encode_to_vec()`; large `records` are their own chunks, not copies.
-fn encode_response(mut answer: FetchResponse) -> Result<VecDeque<Bytes>, Status> {
+fn encode_response(mut answer: FetchResponse) -> Result<Vec<Bytes>, Status> {
     let mut topics = std::mem::take(&mut answer.topics);
     let mut records = Vec::new();
     let mut topic_lens = Vec::with_capacity(topics.len());
@@ -152,7 +151,7 @@ fn encode_response(mut answer: FetchResponse) -> Result<VecDeque<Bytes>, Status>
             "the fetch answer is {len} bytes, more than a gRPC message can carry: lower max_bytes"
         ))
     })?;
-    let mut chunks = VecDeque::new();
+    let mut chunks = Vec::new();
     let mut buf = BytesMut::with_capacity(1024);
     buf.put_u8(0);
     buf.put_u32(len);
@@ -179,59 +178,33 @@ fn encode_response(mut answer: FetchResponse) -> Result<VecDeque<Bytes>, Status>
             if r.len() < COPY_BELOW {
                 buf.put_slice(&r);
             } else {
-                chunks.push_back(buf.split().freeze());
-                chunks.push_back(r);
+                chunks.push(buf.split().freeze());
+                chunks.push(r);
             }
         }
     }
     if !buf.is_empty() {
-        chunks.push_back(buf.freeze());
+        chunks.push(buf.freeze());
     }
     Ok(chunks)
 }
 
-/// A successful unary gRPC answer: the message chunks, then `grpc-status: 0` in the trailers.
-fn grpc_response(chunks: VecDeque<Bytes>) -> http::Response<Body> {
-    let mut response = http::Response::new(Body::new(Chunks {
-        chunks,
-        trailers_sent: false,
-    }));
+/// A successful unary gRPC answer: the message chunks as DATA frames, then `grpc-status: 0`
+/// in the trailers.
+fn grpc_response(chunks: Vec<Bytes>) -> http::Response<Body> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = chunks
+        .into_iter()
+        .map(Frame::data)
+        .chain(std::iter::once(Frame::trailers(trailers)))
+        .map(Ok::<_, Infallible>);
+    let mut response = http::Response::new(Body::new(StreamBody::new(tokio_stream::iter(frames))));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
     );
     response
-}
-
-/// The answer's body: its chunks as DATA frames, then the trailers.
-struct Chunks {
-    chunks: VecDeque<Bytes>,
-    trailers_sent: bool,
-}
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(chunk) = self.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if self.trailers_sent {
-            return Poll::Ready(None);
-        }
-        self.trailers_sent = true;
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && self.trailers_sent
-    }
 }
 
 #[cfg(test)]
