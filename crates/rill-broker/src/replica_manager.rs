@@ -798,6 +798,9 @@ impl ReplicaManager {
         leader_epoch: i32,
         timeout: std::time::Duration,
     ) -> Result<(), ApiError> {
+        if let Some(outcome) = self.replicated_now(partition, end, leader_epoch) {
+            return outcome;
+        }
         let mut hw = partition.subscribe_hw();
         let still_leader = || partition.leader_and_epoch() == (self.node_id, leader_epoch);
         // `wait_for` answers with a borrow that holds the watch's lock: drop it at once, or a
@@ -809,15 +812,8 @@ impl ReplicaManager {
                 .map(|_| ())
         })
         .await;
-        if !still_leader() {
-            let s = partition.state();
-            return Err(ApiError::new(
-                ErrorCode::NotLeaderOrFollower,
-                format!(
-                    "{}: leadership moved (now broker {} in epoch {}) before the write reached every in-sync replica; it may or may not survive",
-                    partition.tp, s.leader, s.leader_epoch
-                ),
-            ));
+        if let Some(moved) = self.leadership_moved(partition, leader_epoch) {
+            return Err(moved);
         }
         match reached {
             Ok(Ok(_)) => {}
@@ -838,6 +834,46 @@ impl ReplicaManager {
                 ));
             }
         }
+        self.min_isr_after_append(partition)
+    }
+
+    /// acks=all decided without waiting: `Some` once leadership moved (NOT_LEADER_OR_FOLLOWER)
+    /// or the high watermark passed `end` (then `min.insync.replicas` decides); `None` while
+    /// the in-sync replicas still have to catch up. With RF 1, or followers already there, the
+    /// answer leaves on the thread that made the write durable — no hop to the runtime.
+    pub fn replicated_now(
+        &self,
+        partition: &Partition,
+        end: i64,
+        leader_epoch: i32,
+    ) -> Option<Result<(), ApiError>> {
+        if let Some(moved) = self.leadership_moved(partition, leader_epoch) {
+            return Some(Err(moved));
+        }
+        if partition.high_watermark() < end {
+            return None;
+        }
+        Some(self.min_isr_after_append(partition))
+    }
+
+    /// After a leadership change the offsets may hold another leader's data.
+    fn leadership_moved(&self, partition: &Partition, leader_epoch: i32) -> Option<ApiError> {
+        if partition.leader_and_epoch() == (self.node_id, leader_epoch) {
+            return None;
+        }
+        let s = partition.state();
+        Some(ApiError::new(
+            ErrorCode::NotLeaderOrFollower,
+            format!(
+                "{}: leadership moved (now broker {} in epoch {}) before the write reached every in-sync replica; it may or may not survive",
+                partition.tp, s.leader, s.leader_epoch
+            ),
+        ))
+    }
+
+    /// Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: committed, but by fewer replicas than
+    /// `min.insync.replicas` asks for.
+    fn min_isr_after_append(&self, partition: &Partition) -> Result<(), ApiError> {
         let isr = partition.state().isr;
         let min_isr = self.min_isr(&partition.tp.topic);
         if isr.len() < min_isr {

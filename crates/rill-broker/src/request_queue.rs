@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use std::time::Duration;
 
 use rill_protocol::proto::{
@@ -17,7 +16,7 @@ use rill_protocol::proto::{
 };
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::TopicPartition;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::FlushPolicy;
 use crate::metrics::Metrics;
@@ -38,7 +37,7 @@ pub struct ProduceJob {
 /// The sending side of the queue.
 #[derive(Clone)]
 pub struct RequestQueue {
-    tx: mpsc::Sender<ProduceJob>,
+    tx: async_channel::Sender<ProduceJob>,
     metrics: Arc<Metrics>,
 }
 
@@ -46,9 +45,9 @@ impl RequestQueue {
     /// Queues a job, waiting at most `timeout` for room.
     pub async fn submit(&self, job: ProduceJob, timeout: Duration) -> Result<(), ApiError> {
         self.metrics.queue_depth.inc();
-        match self.tx.send_timeout(job, timeout).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+        match tokio::time::timeout(timeout, self.tx.send(job)).await {
+            Ok(Ok(())) => Ok(()),
+            Err(_) => {
                 self.metrics.queue_depth.dec();
                 Err(ApiError::new(
                     ErrorCode::ThrottlingQuotaExceeded,
@@ -57,7 +56,7 @@ impl RequestQueue {
                     ),
                 ))
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+            Ok(Err(_)) => {
                 self.metrics.queue_depth.dec();
                 Err(ApiError::new(
                     ErrorCode::BrokerNotAvailable,
@@ -77,11 +76,11 @@ pub fn start(
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
 ) -> (RequestQueue, Vec<std::thread::JoinHandle<()>>) {
-    let (tx, rx) = mpsc::channel::<ProduceJob>(capacity);
-    let rx = Arc::new(Mutex::new(rx));
+    // Every I/O thread waits on the queue itself; a job wakes one of them.
+    let (tx, rx) = async_channel::bounded::<ProduceJob>(capacity.max(1));
     let handles = (0..threads)
         .map(|i| {
-            let rx = Arc::clone(&rx);
+            let rx = rx.clone();
             let rm = Arc::clone(&rm);
             let metrics = Arc::clone(&metrics);
             let runtime = runtime.clone();
@@ -89,8 +88,7 @@ pub fn start(
                 .name(format!("io-worker-{i}"))
                 .spawn(move || {
                     loop {
-                        let job = rx.lock().blocking_recv();
-                        let Some(job) = job else { return };
+                        let Ok(job) = rx.recv_blocking() else { return };
                         metrics.queue_depth.dec();
                         process(&rm, policy, &metrics, &runtime, job);
                     }
@@ -202,39 +200,50 @@ fn process(
         }
         return;
     }
-    // Completion waits on the runtime, not on this I/O thread, which takes the next request:
-    // the group-commit fsync (commit policy), then for acks=all the high watermark passing the
-    // batch on every in-sync replica (Kafka's DelayedProduce).
+    // Completion does not wait on this I/O thread, which takes the next request: the
+    // group-commit fsync (commit policy) waits on a blocking-pool thread, which answers at once
+    // when the high watermark already covers the write (acks=1, RF 1, or followers already
+    // there); only acks=all still waiting for followers moves to the runtime (Kafka's
+    // DelayedProduce). Each hop between threads is a context switch per request.
     let rm = Arc::clone(rm);
-    runtime.spawn(async move {
+    let runtime2 = runtime.clone();
+    let complete = move || {
         if policy == FlushPolicy::Commit {
-            let rm2 = Arc::clone(&rm);
-            let parts: Vec<_> = appended
-                .iter()
-                .map(|(ti, pi, p, end, _)| (*ti, *pi, Arc::clone(p), *end))
-                .collect();
-            let failures = tokio::task::spawn_blocking(move || {
-                parts
-                    .into_iter()
-                    .filter_map(|(ti, pi, p, end)| {
-                        rm2.make_durable(&p, end).err().map(|e| (ti, pi, e))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            for (ti, pi, e) in failures {
-                let pr = &mut response.topics[ti].partitions[pi];
-                pr.error_code = e.code as i32;
-                pr.error_message = e.message;
+            for (ti, pi, p, end, _) in &appended {
+                if let Err(e) = rm.make_durable(p, *end) {
+                    let pr = &mut response.topics[*ti].partitions[*pi];
+                    pr.error_code = e.code as i32;
+                    pr.error_message = e.message;
+                }
             }
         }
+        let mut waiting = Vec::new();
         if acks == -1 && reply.is_some() {
-            let deadline = tokio::time::Instant::now() + timeout;
             for (ti, pi, p, end, epoch) in appended {
                 if response.topics[ti].partitions[pi].error_code != 0 {
                     continue;
                 }
+                match rm.replicated_now(&p, end, epoch) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        let pr = &mut response.topics[ti].partitions[pi];
+                        pr.error_code = e.code as i32;
+                        pr.error_message = e.message;
+                    }
+                    None => waiting.push((ti, pi, p, end, epoch)),
+                }
+            }
+        }
+        // acks=0 has no reply: its appends were still made durable above, so the high
+        // watermark moves over them.
+        let Some(reply) = reply else { return };
+        if waiting.is_empty() {
+            let _ = reply.send(response);
+            return;
+        }
+        runtime2.spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            for (ti, pi, p, end, epoch) in waiting {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if let Err(e) = rm.wait_replicated(&p, end, epoch, left).await {
                     let pr = &mut response.topics[ti].partitions[pi];
@@ -242,11 +251,14 @@ fn process(
                     pr.error_message = e.message;
                 }
             }
-        }
-        // acks=0 has no reply: its appends were still made durable above, so the high
-        // watermark moves over them.
-        if let Some(reply) = reply {
             let _ = reply.send(response);
-        }
-    });
+        });
+    };
+    if policy == FlushPolicy::Commit {
+        // Dropped unrun only when the runtime shuts down: the reply is dropped with it, which
+        // the handler answers as "shutting down".
+        drop(runtime.spawn_blocking(complete));
+    } else {
+        complete();
+    }
 }

@@ -11,12 +11,58 @@ use tonic::Status;
 use crate::network::BrokerService;
 use crate::request_queue::ProduceJob;
 
-/// Handles one Produce request.
+/// Handles one Produce request (a gRPC call: nothing else of the client waits on its append).
+///
+/// acks=0 is answered once appended; otherwise the handler sleeps until the answer is ready —
+/// one wake-up, where waiting for the append first (as a pipelining caller must, see
+/// [`start`]) cost another thread hop per request.
 pub async fn handle(
     svc: &BrokerService,
     request: ProduceRequest,
 ) -> Result<ProduceResponse, Status> {
-    Ok(start(svc, request).await.await?)
+    if request.acks == 0 {
+        return Ok(start(svc, request).await.await?);
+    }
+    let started = Instant::now();
+    let timeout = timeout_of(svc, &request);
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let job = ProduceJob {
+        request,
+        reply: Some(reply),
+        appended: None,
+    };
+    let result = match svc.queue.submit(job, timeout).await {
+        // Bounded like `start`'s two waits together: an I/O thread that never takes the job,
+        // or a completion that never comes, still ends in an answer.
+        Ok(()) => match tokio::time::timeout(answer_limit(timeout) * 2, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(ApiError::new(
+                ErrorCode::BrokerNotAvailable,
+                "the broker is shutting down",
+            )),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::RequestTimedOut,
+                "the produce did not complete in time (the broker's I/O threads or disk are stalled)",
+            )),
+        },
+        Err(e) => Err(e),
+    };
+    svc.metrics
+        .observe("Produce", started.elapsed().as_secs_f64(), result.is_ok());
+    Ok(result?)
+}
+
+fn timeout_of(svc: &BrokerService, request: &ProduceRequest) -> Duration {
+    if request.timeout_ms == 0 {
+        svc.request_timeout
+    } else {
+        Duration::from_millis(request.timeout_ms.into())
+    }
+}
+
+/// How long each wait for the I/O threads may take before the request fails.
+fn answer_limit(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(1)) * 2
 }
 
 /// Queues one Produce request and returns once its batches are appended, with the answer still
@@ -29,11 +75,7 @@ pub async fn start(
 ) -> impl Future<Output = Result<ProduceResponse, ApiError>> + Send + 'static {
     let started = Instant::now();
     let metrics = std::sync::Arc::clone(&svc.metrics);
-    let timeout = if request.timeout_ms == 0 {
-        svc.request_timeout
-    } else {
-        Duration::from_millis(request.timeout_ms.into())
-    };
+    let timeout = timeout_of(svc, &request);
     enum Queued {
         Done(Result<ProduceResponse, ApiError>),
         Waiting(tokio::sync::oneshot::Receiver<ProduceResponse>),
@@ -57,7 +99,7 @@ pub async fn start(
             timeout,
         )
         .await;
-    let limit = timeout.max(Duration::from_secs(1)) * 2;
+    let limit = answer_limit(timeout);
     let queued = match submitted {
         // Told after the append, or dropped when the broker shut down first; either way
         // nothing of this request is appended after this point.
