@@ -410,10 +410,18 @@ impl Consumer {
                 return Ok(Vec::new());
             }
             // A partition whose fetch failed goes out again when its backoff ends, not when
-            // another fetch to its broker comes back (up to fetch.max.wait.ms). With nothing
+            // another fetch to its broker comes back (up to fetch.max.wait.ms); so does the
+            // lookup of positions that could not be found (committed offsets, resets). With nothing
             // in flight (partitions backing off, without a leader, or not positioned or
             // assigned yet), look again at least every 100 ms.
-            let backoff = self.fetcher.backoff_ends_in();
+            let backoff = [
+                self.fetcher.backoff_ends_in(),
+                self.committed.backoff_ends_in(),
+                self.resets.backoff_ends_in(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let nap = if in_flight {
                 backoff.map_or(remaining, |b| remaining.min(b))
             } else {

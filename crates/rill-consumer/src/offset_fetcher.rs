@@ -68,6 +68,16 @@ impl<T: Send + 'static> Lookup<T> {
         self.running.is_none() && Instant::now() >= self.not_before
     }
 
+    /// How long until the backoff after a lookup that left partitions waiting ends, while it
+    /// runs: `poll` wakes then to start the next lookup, instead of when some fetch comes back
+    /// (up to `fetch.max.wait.ms` later).
+    pub fn backoff_ends_in(&self) -> Option<Duration> {
+        if self.running.is_some() || self.failures == 0 {
+            return None;
+        }
+        self.not_before.checked_duration_since(Instant::now())
+    }
+
     /// Runs `work` for the partitions `asked`.
     pub fn start(&mut self, asked: Asked, work: impl Future<Output = T> + Send + 'static) {
         let (tx, rx) = oneshot::channel();

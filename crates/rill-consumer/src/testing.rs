@@ -32,6 +32,9 @@ pub struct CoordinatorState {
     pub find_coordinator_calls: usize,
     /// Answers NOT_COORDINATOR to this many heartbeats first.
     pub not_coordinator: usize,
+    /// Answers this many OffsetFetch requests first with COORDINATOR_LOAD_IN_PROGRESS for
+    /// every partition (a retriable per-partition error).
+    pub offsets_loading: usize,
     pub on_heartbeat: HeartbeatAnswer,
     pub on_commit: CommitAnswer,
     /// Everything in order, with what the test's listener records.
@@ -69,6 +72,7 @@ impl Fake {
                 committed: BTreeMap::new(),
                 find_coordinator_calls: 0,
                 not_coordinator: 0,
+                offsets_loading: 0,
                 on_heartbeat: Box::new(|r, _| ConsumerGroupHeartbeatResponse {
                     member_id: r.member_id.clone(),
                     member_epoch: r.member_epoch.max(1),
@@ -321,7 +325,9 @@ impl GroupCoordinator for Fake {
         &self,
         request: Request<OffsetFetchRequest>,
     ) -> Result<Response<OffsetFetchResponse>, Status> {
-        let s = self.coordinator.lock();
+        let mut s = self.coordinator.lock();
+        let loading = s.offsets_loading > 0;
+        s.offsets_loading = s.offsets_loading.saturating_sub(1);
         let topics = request
             .into_inner()
             .topics
@@ -338,6 +344,11 @@ impl GroupCoordinator for Fake {
                             .copied()
                             .unwrap_or(-1),
                         committed_leader_epoch: -1,
+                        error_code: if loading {
+                            ErrorCode::CoordinatorLoadInProgress as i32
+                        } else {
+                            0
+                        },
                         ..Default::default()
                     })
                     .collect(),

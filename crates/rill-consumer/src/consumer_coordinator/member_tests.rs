@@ -722,3 +722,52 @@ async fn close_without_auto_commit_sends_queued_commits_before_leaving() {
     assert!(commit < left, "{:?}", fake.log().lock());
     queued.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_offset_lookup_is_retried_after_its_backoff_while_a_fetch_is_out() {
+    // t-0 is positioned and its fetch takes 1.5 s; t-1's committed offset (4) is "loading" at
+    // the first lookup. The lookup is tried again when its backoff (100 ms) ends, so t-1's
+    // record comes back while t-0's fetch is still out — not after it.
+    let fake = Fake::start(
+        &[("t", 2)],
+        Arc::new(|tp, offset| match (tp.partition, offset) {
+            (0, _) => {
+                std::thread::sleep(Duration::from_millis(1_500));
+                crate::testing::records(0, Vec::new())
+            }
+            (1, 4) => crate::testing::records(1, crate::testing::batch(4, &["committed"])),
+            (p, _) => crate::testing::records(p, Vec::new()),
+        }),
+    )
+    .await;
+    {
+        let mut c = fake.coordinator.lock();
+        c.committed.insert(tp("t", 1), 4);
+        c.offsets_loading = 1;
+    }
+    let mut consumer = Consumer::new(ConsumerConfig {
+        max_in_flight_fetches_per_broker: 2,
+        ..config(&fake)
+    })
+    .unwrap();
+    consumer.assign([tp("t", 0), tp("t", 1)]);
+    consumer.seek(&tp("t", 0), 0);
+    let started = Instant::now();
+    // One long poll: a new poll would look the offsets up again itself.
+    let got = consumer.poll(Duration::from_secs(5)).await.unwrap();
+    let values: Vec<_> = got
+        .iter()
+        .map(|r| (r.offset, r.value.clone().unwrap()))
+        .collect();
+    assert_eq!(values, [(4, "committed".into())]);
+    assert_eq!(
+        fake.coordinator.lock().offsets_loading,
+        0,
+        "the first lookup was refused"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_200),
+        "t-1 waited {:?}, as long as t-0's fetch",
+        started.elapsed()
+    );
+}
