@@ -379,7 +379,13 @@ impl Partition {
     pub(crate) fn advance_hw(&self, to: i64) -> bool {
         let prev = self.high_watermark.fetch_max(to, Ordering::AcqRel);
         if to > prev {
-            self.hw_watch.send_replace(to);
+            // Only ever up: two advances racing must not leave the watch on the lower value
+            // (a waiter for the higher one would sleep until the next move).
+            self.hw_watch.send_if_modified(|hw| {
+                let moved = to > *hw;
+                *hw = (*hw).max(to);
+                moved
+            });
             true
         } else {
             false

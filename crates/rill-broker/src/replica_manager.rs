@@ -847,10 +847,14 @@ impl ReplicaManager {
         end: i64,
         leader_epoch: i32,
     ) -> Option<Result<(), ApiError>> {
+        // The high watermark first: a broker that lost leadership may already hold a
+        // follower's high watermark over other data at these offsets, but that is set only
+        // after the new leader and epoch are, so the check after it sees the change.
+        let hw = partition.high_watermark();
         if let Some(moved) = self.leadership_moved(partition, leader_epoch) {
             return Some(Err(moved));
         }
-        if partition.high_watermark() < end {
+        if hw < end {
             return None;
         }
         Some(self.min_isr_after_append(partition))

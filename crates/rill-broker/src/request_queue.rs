@@ -44,25 +44,33 @@ pub struct RequestQueue {
 impl RequestQueue {
     /// Queues a job, waiting at most `timeout` for room.
     pub async fn submit(&self, job: ProduceJob, timeout: Duration) -> Result<(), ApiError> {
+        // Counted while queued; taken back if the job never gets in (refused, or the caller
+        // gave up while waiting for room), or by the I/O thread that takes it.
+        struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge, bool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.dec();
+                }
+            }
+        }
         self.metrics.queue_depth.inc();
-        match tokio::time::timeout(timeout, self.tx.send(job)).await {
+        let mut waiting = Waiting(&self.metrics.queue_depth, true);
+        let sent = tokio::time::timeout(timeout, self.tx.send(job)).await;
+        waiting.1 = !matches!(sent, Ok(Ok(())));
+        drop(waiting);
+        match sent {
             Ok(Ok(())) => Ok(()),
-            Err(_) => {
-                self.metrics.queue_depth.dec();
-                Err(ApiError::new(
-                    ErrorCode::ThrottlingQuotaExceeded,
-                    format!(
-                        "the broker's request queue (queued.max.requests) stayed full for {timeout:?}; retry with backoff"
-                    ),
-                ))
-            }
-            Ok(Err(_)) => {
-                self.metrics.queue_depth.dec();
-                Err(ApiError::new(
-                    ErrorCode::BrokerNotAvailable,
-                    "the broker is shutting down",
-                ))
-            }
+            Err(_) => Err(ApiError::new(
+                ErrorCode::ThrottlingQuotaExceeded,
+                format!(
+                    "the broker's request queue (queued.max.requests) stayed full for {timeout:?}; retry with backoff"
+                ),
+            )),
+            Ok(Err(_)) => Err(ApiError::new(
+                ErrorCode::BrokerNotAvailable,
+                "the broker is shutting down",
+            )),
         }
     }
 }
