@@ -371,25 +371,16 @@ impl Partition {
                 _ => return false,
             }
         }
+        // Raised under the state lock: a broker that stops leading (`apply_state` takes it for
+        // writing) and then truncates never sees this value land after its truncation.
+        let moved = self.high_watermark.fetch_max(hw, Ordering::AcqRel) < hw;
         drop(inner);
-        self.advance_hw(hw)
-    }
-
-    /// Follower (or a leader alone): sets the high watermark, never above the log end.
-    pub(crate) fn advance_hw(&self, to: i64) -> bool {
-        let prev = self.high_watermark.fetch_max(to, Ordering::AcqRel);
-        if to > prev {
-            // Only ever up: two advances racing must not leave the watch on the lower value
-            // (a waiter for the higher one would sleep until the next move).
-            self.hw_watch.send_if_modified(|hw| {
-                let moved = to > *hw;
-                *hw = (*hw).max(to);
-                moved
-            });
-            true
-        } else {
-            false
+        if moved {
+            // Notified outside the lock (a waiter may hold the watch while taking it). The
+            // watch only wakes waiters: they read the high watermark itself.
+            self.hw_watch.send_modify(|v| *v = (*v).max(hw));
         }
+        moved
     }
 
     /// Follower: takes the leader's high watermark, capped at the own log end.

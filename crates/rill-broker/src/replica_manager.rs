@@ -807,7 +807,7 @@ impl ReplicaManager {
         // metadata update (which notifies this watch under the partition's lock) deadlocks
         // against the `partition.state()` below.
         let reached = tokio::time::timeout(timeout, async {
-            hw.wait_for(|hw| *hw >= end || !still_leader())
+            hw.wait_for(|_| partition.high_watermark() >= end || !still_leader())
                 .await
                 .map(|_| ())
         })
