@@ -804,8 +804,9 @@ impl ReplicaManager {
         let mut hw = partition.subscribe_hw();
         let still_leader = || partition.leader_and_epoch() == (self.node_id, leader_epoch);
         // `wait_for` answers with a borrow that holds the watch's lock: drop it at once, or a
-        // metadata update (which notifies this watch under the partition's lock) deadlocks
-        // against the `partition.state()` below.
+        // follower's high-watermark update (which notifies this watch under the partition's
+        // lock) deadlocks against the `partition.state()` below. The predicate reads atomics
+        // only, for the same reason.
         let reached = tokio::time::timeout(timeout, async {
             hw.wait_for(|_| partition.high_watermark() >= end || !still_leader())
                 .await

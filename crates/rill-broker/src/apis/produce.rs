@@ -34,17 +34,7 @@ pub async fn handle(
     let result = match svc.queue.submit(job, timeout).await {
         // Bounded like `start`'s two waits together: an I/O thread that never takes the job,
         // or a completion that never comes, still ends in an answer.
-        Ok(()) => match tokio::time::timeout(answer_limit(timeout) * 2, rx).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(ApiError::new(
-                ErrorCode::BrokerNotAvailable,
-                "the broker is shutting down",
-            )),
-            Err(_) => Err(ApiError::new(
-                ErrorCode::RequestTimedOut,
-                "the produce did not complete in time (the broker's I/O threads or disk are stalled)",
-            )),
-        },
+        Ok(()) => answer(tokio::time::timeout(answer_limit(timeout) * 2, rx).await),
         Err(e) => Err(e),
     };
     svc.metrics
@@ -57,6 +47,27 @@ fn timeout_of(svc: &BrokerService, request: &ProduceRequest) -> Duration {
         svc.request_timeout
     } else {
         Duration::from_millis(request.timeout_ms.into())
+    }
+}
+
+/// The answer the I/O threads gave, or why there is none: the completion was dropped (the
+/// broker shut down) or never came in time.
+fn answer(
+    waited: Result<
+        Result<ProduceResponse, tokio::sync::oneshot::error::RecvError>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Result<ProduceResponse, ApiError> {
+    match waited {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(_)) => Err(ApiError::new(
+            ErrorCode::BrokerNotAvailable,
+            "the broker is shutting down",
+        )),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimedOut,
+            "the produce did not complete in time (the broker's I/O threads or disk are stalled)",
+        )),
     }
 }
 
@@ -119,17 +130,7 @@ pub async fn start(
     async move {
         let result = match queued {
             Queued::Done(r) => r,
-            Queued::Waiting(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(_)) => Err(ApiError::new(
-                    ErrorCode::BrokerNotAvailable,
-                    "the broker is shutting down",
-                )),
-                Err(_) => Err(ApiError::new(
-                    ErrorCode::RequestTimedOut,
-                    "the produce did not complete in time",
-                )),
-            },
+            Queued::Waiting(rx) => answer(tokio::time::timeout_at(deadline, rx).await),
         };
         metrics.observe("Produce", started.elapsed().as_secs_f64(), result.is_ok());
         result
