@@ -517,7 +517,12 @@ async fn poll_without_a_bound_and_tiny_timeouts_do_not_panic() {
     // until records come.
     let records = consumer.poll(Duration::MAX).await.unwrap();
     assert_eq!(records[0].offset, 0);
-    consumer.close().await.unwrap();
+    // Closing commits with the same 20 ms patience: on a loaded machine (a CI run of the
+    // whole suite) the commit may time out, which is an answer, not a panic.
+    match consumer.close().await {
+        Ok(()) | Err(ConsumerError::Commit { .. }) => {}
+        Err(e) => panic!("close failed: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
