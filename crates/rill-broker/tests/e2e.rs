@@ -106,6 +106,100 @@ async fn hundred_thousand_keyed_records_round_trip_in_order_on_kafka_partitions(
     }
 }
 
+/// `send_with_callback` (Kafka's `send(record, callback)`): every callback runs exactly once,
+/// in send order within a partition, with the offset the record really has; a panicking
+/// callback does not stop the others; `flush` returns only after the callbacks ran; a record
+/// refused by `send_with_callback` itself never calls its callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_report_each_record_once_in_partition_order_with_its_offset() {
+    use std::sync::{Arc, Mutex};
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("callbacks", 3, 1, &[]).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: -1,
+        max_request_size: 64 << 10,
+        ..Default::default()
+    })
+    .unwrap();
+    const N: usize = 3_000;
+    // (value, partition, offset) in the order the callbacks ran.
+    let seen: Arc<Mutex<Vec<(usize, i32, i64)>>> = Arc::default();
+    for i in 0..N {
+        let key = Bytes::from(format!("key-{}", i % 17));
+        let seen = Arc::clone(&seen);
+        producer
+            .send_with_callback(
+                ProducerRecord::new("callbacks", Some(key), Bytes::from(i.to_string())),
+                move |r| {
+                    let md = r.expect("every record is acknowledged");
+                    seen.lock().unwrap().push((i, md.partition, md.offset));
+                    if i == 10 {
+                        panic!("a callback that panics (on purpose)");
+                    }
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let called = Arc::new(Mutex::new(false));
+    let c = Arc::clone(&called);
+    let too_large = producer
+        .send_with_callback(
+            ProducerRecord::new(
+                "callbacks",
+                None::<Bytes>,
+                Bytes::from(vec![0u8; 128 << 10]),
+            ),
+            move |_| *c.lock().unwrap() = true,
+        )
+        .await;
+    assert!(
+        too_large.is_err(),
+        "a record over max.request.size is refused"
+    );
+    producer.flush().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        N,
+        "flush returns after every callback ran, each once"
+    );
+    assert!(
+        !*called.lock().unwrap(),
+        "a refused record's callback is never called"
+    );
+    let mut values: Vec<usize> = seen.iter().map(|s| s.0).collect();
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(values.len(), N);
+    let mut last: HashMap<i32, (usize, i64)> = HashMap::new();
+    for &(i, p, offset) in &seen {
+        if let Some(&(pi, po)) = last.get(&p) {
+            assert!(
+                i > pi && offset > po,
+                "partition {p}: callbacks in send order"
+            );
+        }
+        last.insert(p, (i, offset));
+    }
+    producer.close().await;
+    let at: HashMap<(i32, i64), usize> = seen.iter().map(|&(i, p, o)| ((p, o), i)).collect();
+    let records = consume_all(&cluster.bootstrap(), "callbacks", N).await;
+    assert_eq!(records.len(), N);
+    for r in &records {
+        let value: usize = std::str::from_utf8(r.value.as_ref().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            at.get(&(r.partition, r.offset)),
+            Some(&value),
+            "the callback's offset is where the record is"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_fetch_returns_right_after_a_produce() {
     let cluster = Cluster::start(1, 1, &[]).await;

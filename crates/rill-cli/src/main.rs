@@ -1,6 +1,7 @@
 //! `rill`: manage topics, inspect the cluster, produce and consume from the shell, and measure
 //! throughput and latency (`rill perf`). Errors print one line and exit non-zero.
 
+mod fsync_limit;
 mod group;
 mod perf;
 mod plot;

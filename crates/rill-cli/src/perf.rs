@@ -1,4 +1,4 @@
-//! `rill perf produce|consume|group` (and `workload`/`plot`, in their own modules), in the spirit of kafka-producer-perf-test: a progress bar
+//! `rill perf produce|consume|group` (and `workload`/`plot`/`fsync`, in their own modules), in the spirit of kafka-producer-perf-test: a progress bar
 //! while running, then one line with records/s, MB/s and latency p50/p99/p999/max. `group`
 //! times consumer-group rebalances and offset commits.
 
@@ -90,6 +90,9 @@ pub enum PerfCmd {
     Workload(Box<crate::workload::WorkloadArgs>),
     /// Latency (p50/p99/p999) against throughput, as SVG, from `perf workload --json` files.
     Plot(crate::plot::PlotArgs),
+    /// The disk's floor for fsync-before-ack latency: files appended at a rate and
+    /// group-committed as fast as the disk allows, with no broker (no cluster needed).
+    Fsync(crate::fsync_limit::FsyncArgs),
 }
 
 fn bar(total: u64, quiet: bool) -> ProgressBar {
@@ -109,6 +112,9 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
     match cmd {
         PerfCmd::Workload(args) => crate::workload::run(servers, *args).await?,
         PerfCmd::Plot(args) => crate::plot::run(args)?,
+        PerfCmd::Fsync(args) => {
+            tokio::task::spawn_blocking(move || crate::fsync_limit::run(args)).await??
+        }
         PerfCmd::Group {
             topic,
             members,
@@ -139,74 +145,51 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
                 .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
                 .collect::<Vec<u8>>()
                 .into();
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let pb = bar(num_records, quiet);
-            // Deliveries complete in send order per partition; check the oldest ones after each
-            // send (no task per record), then wait for the rest.
-            let mut outstanding: std::collections::VecDeque<(
-                Instant,
-                rill_producer::DeliveryFuture,
-            )> = std::collections::VecDeque::new();
-            let mut failures = 0u64;
-            let mut first_error: Option<String> = None;
-            let mut settle =
-                |sent: Instant,
-                 r: Result<rill_producer::RecordMetadata, rill_producer::ProducerError>,
-                 hist: &mut Histogram<u64>| {
-                    let _ = hist.record((sent.elapsed().as_micros() as u64).max(1));
-                    pb.inc(1);
-                    if let Err(e) = r {
-                        failures += 1;
-                        first_error.get_or_insert(e.to_string());
-                    }
-                };
+            // Each acknowledgement is counted by its callback when it arrives (no future or task
+            // per record); `close` returns after the last callback ran.
+            struct Tally {
+                hist: Histogram<u64>,
+                failures: u64,
+                first_error: Option<String>,
+            }
+            let tally = Arc::new(parking_lot::Mutex::new(Tally {
+                hist: Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?,
+                failures: 0,
+                first_error: None,
+            }));
             let start = Instant::now();
             for i in 0..num_records {
                 if throughput > 0 {
-                    // Wait for the send time while settling deliveries as they complete, so a
-                    // latency is measured when the acknowledgement arrives, not at the next
-                    // send (which quantised every latency to the send interval).
                     let due = start + Duration::from_secs_f64(i as f64 / throughput as f64);
-                    let sleep = tokio::time::sleep_until(due.into());
-                    tokio::pin!(sleep);
-                    loop {
-                        let Some((t, d)) = outstanding.front_mut() else {
-                            sleep.as_mut().await;
-                            break;
-                        };
-                        let t = *t;
-                        tokio::select! {
-                            _ = sleep.as_mut() => break,
-                            r = d => {
-                                outstanding.pop_front();
-                                settle(t, r, &mut hist);
-                            }
-                        }
-                    }
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let sent = Instant::now();
-                let delivery = producer
-                    .send(ProducerRecord::new(
-                        topic.clone(),
-                        None::<Bytes>,
-                        payload.clone(),
-                    ))
+                let (tally, pb) = (Arc::clone(&tally), pb.clone());
+                producer
+                    .send_with_callback(
+                        ProducerRecord::new(topic.clone(), None::<Bytes>, payload.clone()),
+                        move |r| {
+                            let mut t = tally.lock();
+                            let _ = t.hist.record((sent.elapsed().as_micros() as u64).max(1));
+                            if let Err(e) = r {
+                                t.failures += 1;
+                                t.first_error.get_or_insert(e.to_string());
+                            }
+                            pb.inc(1);
+                        },
+                    )
                     .await?;
-                outstanding.push_back((sent, delivery));
-                while let Some((t, d)) = outstanding.front_mut() {
-                    let Some(r) = d.try_result() else { break };
-                    let t = *t;
-                    outstanding.pop_front();
-                    settle(t, r, &mut hist);
-                }
             }
-            for (t, d) in outstanding {
-                let r = d.await;
-                settle(t, r, &mut hist);
+            match Arc::try_unwrap(producer) {
+                Ok(p) => p.close().await,
+                Err(p) => p.flush().await,
             }
             let elapsed = start.elapsed().as_secs_f64();
             pb.finish_and_clear();
-            let h = hist;
+            let mut t = tally.lock();
+            let first_error = t.first_error.take();
+            let (h, failures) = (&t.hist, t.failures);
             let ok = num_records - failures;
             println!(
                 "{ok} records sent, {:.1} records/sec ({:.2} MB/sec), latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms{}",
@@ -220,9 +203,6 @@ pub async fn run(servers: &[String], cmd: PerfCmd) -> Result<()> {
                     .map(|e| format!(", {failures} failed (first: {e})"))
                     .unwrap_or_default()
             );
-            if let Ok(p) = Arc::try_unwrap(producer) {
-                p.close().await;
-            }
             if failures > 0 {
                 anyhow::bail!("{failures} records were not delivered");
             }

@@ -19,7 +19,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rill_consumer::{Consumer, ConsumerConfig, NoOpRebalanceListener, OffsetReset, TopicPartition};
-use rill_producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
+use rill_producer::{Producer, ProducerConfig, ProducerError, ProducerRecord, RecordMetadata};
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::*;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,9 @@ pub struct Workload {
     pub acks: String,
     pub linger_ms: u64,
     pub batch_size: usize,
+    /// max.in.flight.requests.per.connection: produce requests a producer keeps open to one
+    /// broker (each carries a share of that broker's ready partitions).
+    pub max_in_flight: usize,
     /// none, gzip, snappy, lz4 or zstd.
     pub compression: String,
     /// Consumers' fetch.max.wait.ms (how long the broker may hold a fetch with no new data).
@@ -96,6 +99,7 @@ impl Default for Workload {
             acks: "all".into(),
             linger_ms: 5,
             batch_size: 16384,
+            max_in_flight: ProducerConfig::default().max_in_flight,
             compression: "none".into(),
             fetch_max_wait_ms: 500,
         }
@@ -161,6 +165,9 @@ pub struct WorkloadArgs {
     /// batch.size.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// max.in.flight.requests.per.connection.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// none, gzip, snappy, lz4 or zstd.
     #[arg(long)]
     compression: Option<String>,
@@ -203,7 +210,7 @@ impl WorkloadArgs {
             record_size => record_size, rate => producer_rate, warmup_secs => warmup_secs,
             test_secs => test_secs, interval_secs => interval_secs, drain_secs => drain_secs,
             acks => acks, linger_ms => linger_ms, batch_size => batch_size,
-            compression => compression, fetch_max_wait_ms => fetch_max_wait_ms);
+            max_in_flight => max_in_flight, compression => compression, fetch_max_wait_ms => fetch_max_wait_ms);
         if self.replication_factor.is_some() {
             w.replication_factor = self.replication_factor;
         }
@@ -221,6 +228,9 @@ impl WorkloadArgs {
         }
         if w.producer_rate < 0.0 || !w.producer_rate.is_finite() {
             bail!("producer_rate must be ≥ 0 (0: unthrottled)");
+        }
+        if w.max_in_flight == 0 {
+            bail!("max_in_flight must be at least 1");
         }
         crate::parse_acks(&w.acks)?;
         crate::parse_compression(&w.compression)?;
@@ -325,7 +335,7 @@ pub struct Results {
     pub runs: Vec<RunResult>,
 }
 
-const MAX_LATENCY_US: u64 = 3_600_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
@@ -424,10 +434,9 @@ async fn produce_loop(
     let template: Vec<u8> = (0..record_size)
         .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
         .collect();
-    // Each delivery is awaited by its own small task, so an acknowledgement is timestamped when
-    // it arrives: not behind an earlier record of another partition, nor while `send` waits
-    // for buffer.memory.
-    let mut outstanding: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    // Each acknowledgement is timestamped by its callback when it arrives (not behind an earlier
+    // record of another partition, nor while `send` waits for buffer.memory), with no task or
+    // future per record: the runner's own cost shares the machine with the cluster.
     let mut i = 0u64;
     loop {
         let now = Instant::now();
@@ -449,17 +458,16 @@ async fn produce_loop(
         rec.lock().counts.scheduled += 1;
         let mut value = template.clone();
         value[..8].copy_from_slice(&micros_since(base, intended).to_le_bytes());
+        let settled = Arc::clone(&rec);
         match producer
-            .send(ProducerRecord::new(
-                topic.clone(),
-                None::<Bytes>,
-                Bytes::from(value),
-            ))
+            .send_with_callback(
+                ProducerRecord::new(topic.clone(), None::<Bytes>, Bytes::from(value)),
+                move |r| settle(r, intended, record_size, &settled),
+            )
             .await
         {
-            Ok(d) => {
+            Ok(()) => {
                 rec.lock().counts.sent += 1;
-                outstanding.spawn(settle(d, intended, record_size, Arc::clone(&rec)));
             }
             Err(e) => {
                 let mut g = rec.lock();
@@ -467,7 +475,6 @@ async fn produce_loop(
                 g.first_error.get_or_insert_with(|| e.to_string());
             }
         }
-        while outstanding.try_join_next().is_some() {}
         i += 1;
     }
     if rate > 0.0 {
@@ -475,14 +482,18 @@ async fn produce_loop(
         let due = ((end - start).as_secs_f64() * rate - phase).ceil().max(0.0) as u64;
         rec.lock().counts.scheduled += due.saturating_sub(i);
     }
-    while outstanding.join_next().await.is_some() {}
+    // Returns after every callback ran.
     producer.close().await;
     Ok(())
 }
 
-/// Waits for one record's acknowledgement and records its latency from the intended send time.
-async fn settle(delivery: DeliveryFuture, intended: Instant, record_size: usize, rec: Shared) {
-    let r = delivery.await;
+/// Records one record's outcome, with its latency from the intended send time.
+fn settle(
+    r: Result<RecordMetadata, ProducerError>,
+    intended: Instant,
+    record_size: usize,
+    rec: &Shared,
+) {
     let latency = Instant::now()
         .saturating_duration_since(intended)
         .as_micros() as u64;
@@ -657,6 +668,7 @@ async fn run_on_topics(
         compression: crate::parse_compression(&w.compression)?,
         batch_size: w.batch_size,
         linger: Duration::from_millis(w.linger_ms),
+        max_in_flight: w.max_in_flight,
         buffer_memory: 64 << 20,
         ..Default::default()
     };

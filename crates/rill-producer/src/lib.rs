@@ -61,7 +61,7 @@ use rill_protocol::record_batch::{
     BatchError, Compression, RecordBatchBuilder, RecordHeader, set_producer_state,
 };
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 /// Producer settings, with Kafka's names and defaults.
 #[derive(Clone, Debug)]
@@ -228,7 +228,23 @@ pub enum ProducerError {
     Build(String),
 }
 
-type Waiter = oneshot::Sender<Result<RecordMetadata, ProducerError>>;
+/// Called once with a record's outcome (Kafka's `Callback`): see [`Producer::send_with_callback`].
+pub type Callback = Box<dyn FnOnce(Result<RecordMetadata, ProducerError>) + Send + 'static>;
+
+/// Who learns a record's outcome.
+enum Waiter {
+    Future(oneshot::Sender<Result<RecordMetadata, ProducerError>>),
+    Callback(Callback),
+}
+
+/// The callbacks of one finished batch, in record order, and what the batch holds until they
+/// have run (so slow callbacks hold `buffer.memory` and slow `send` down, as in Kafka, where
+/// they run on the sender thread).
+struct Completions {
+    calls: Vec<(Callback, Result<RecordMetadata, ProducerError>)>,
+    permits: usize,
+    records: usize,
+}
 
 struct OpenBatch {
     builder: RecordBatchBuilder,
@@ -324,6 +340,8 @@ struct Inner {
     /// `enable.idempotence` as resolved from the config.
     idempotence: bool,
     producer_id: Mutex<ProducerIdState>,
+    /// To the task that runs callbacks, one batch at a time in completion order.
+    callbacks: mpsc::UnboundedSender<Completions>,
     /// Makes every batch build fail, to test that failure path.
     #[cfg(test)]
     fail_builds: AtomicBool,
@@ -381,6 +399,7 @@ impl Producer {
         let idempotence = config.idempotence()?;
         let client = ClusterClient::new(&config.bootstrap, config.request_timeout)?
             .with_metadata_max_age(config.metadata_max_age);
+        let (callbacks, callbacks_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             memory: Arc::new(Semaphore::new(
                 config.buffer_memory.min(Semaphore::MAX_PERMITS),
@@ -397,9 +416,11 @@ impl Producer {
             broker_slots: Mutex::new(HashMap::new()),
             idempotence,
             producer_id: Mutex::new(ProducerIdState::default()),
+            callbacks,
             #[cfg(test)]
             fail_builds: AtomicBool::new(false),
         });
+        tokio::spawn(callback_loop(callbacks_rx, Arc::downgrade(&inner)));
         let sender = tokio::spawn(sender_loop(Arc::clone(&inner)));
         Ok(Producer { inner, sender })
     }
@@ -440,6 +461,30 @@ impl Producer {
     /// Queues a record; the returned future resolves once it is acknowledged. Waits (up to
     /// `max.block.ms`) when `buffer.memory` is exhausted.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ProducerError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(record, Waiter::Future(tx)).await?;
+        Ok(DeliveryFuture(rx))
+    }
+
+    /// Queues a record like [`send`](Self::send); `callback` is called once with its outcome
+    /// (Kafka's `send(record, callback)`), without a future or a task per record to await. When
+    /// this returns an error the record was not queued and `callback` is never called.
+    ///
+    /// Callbacks run one after another on one producer task, in the order their batches
+    /// finished (so in send order within a partition); a panicking callback is logged and the
+    /// others still run. Keep them short: a batch's `buffer.memory` is given back only after its
+    /// callbacks ran, so slow callbacks slow `send` down. `flush` and `close` return after the
+    /// callbacks of what they waited for.
+    pub async fn send_with_callback(
+        &self,
+        record: ProducerRecord,
+        callback: impl FnOnce(Result<RecordMetadata, ProducerError>) + Send + 'static,
+    ) -> Result<(), ProducerError> {
+        self.enqueue(record, Waiter::Callback(Box::new(callback)))
+            .await
+    }
+
+    async fn enqueue(&self, record: ProducerRecord, waiter: Waiter) -> Result<(), ProducerError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(ProducerError::Closed);
@@ -510,7 +555,6 @@ impl Producer {
         };
         permit.forget();
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let (tx, rx) = oneshot::channel();
         inner.pending.fetch_add(1, Ordering::AcqRel);
         let mut closed_a_batch = false;
         let opened_a_batch;
@@ -539,7 +583,7 @@ impl Producer {
                 record.value.as_deref(),
                 &headers,
             );
-            open.waiters.push((tx, timestamp));
+            open.waiters.push((waiter, timestamp));
             open.permits += size;
             if open.builder.estimated_size() >= inner.config.batch_size {
                 close_open(inner, q);
@@ -553,7 +597,7 @@ impl Producer {
             // wake-up (which cost up to 100 ms of latency at low rates).
             inner.wake.notify_one();
         }
-        Ok(DeliveryFuture(rx))
+        Ok(())
     }
 
     /// The partition of a keyless record of `size` bytes (KIP-794, Kafka's built-in
@@ -1211,12 +1255,55 @@ fn finish_batch(
     outcome: impl Fn(usize, i64) -> Result<RecordMetadata, ProducerError>,
 ) {
     let n = b.waiters.len();
+    let mut calls = Vec::new();
     for (i, (w, ts)) in b.waiters.into_iter().enumerate() {
-        let _ = w.send(outcome(i, ts));
+        match w {
+            Waiter::Future(tx) => {
+                let _ = tx.send(outcome(i, ts));
+            }
+            Waiter::Callback(f) => calls.push((f, outcome(i, ts))),
+        }
     }
-    inner.memory.add_permits(b.permits);
-    if inner.pending.fetch_sub(n, Ordering::AcqRel) == n {
+    let done = Completions {
+        calls,
+        permits: b.permits,
+        records: n,
+    };
+    if done.calls.is_empty() {
+        release_memory(inner, &done);
+        return;
+    }
+    // Callbacks never run here: callers may hold the accumulator's lock, and a callback may
+    // call `send`. The callback task ends only after the producer is gone, so this cannot fail
+    // while `inner` is alive.
+    if let Err(mpsc::error::SendError(done)) = inner.callbacks.send(done) {
+        release_memory(inner, &done);
+    }
+}
+
+/// Gives back a finished batch's `buffer.memory` and pending count.
+fn release_memory(inner: &Inner, done: &Completions) {
+    inner.memory.add_permits(done.permits);
+    if inner.pending.fetch_sub(done.records, Ordering::AcqRel) == done.records {
         inner.idle.notify_waiters();
+    }
+}
+
+/// Runs callbacks ([`Producer::send_with_callback`]), a batch at a time, then gives back what
+/// the batch held. Ends when the producer is dropped (its `Inner` holds the sender).
+async fn callback_loop(
+    mut rx: mpsc::UnboundedReceiver<Completions>,
+    inner: std::sync::Weak<Inner>,
+) {
+    while let Some(mut done) = rx.recv().await {
+        for (f, outcome) in done.calls.drain(..) {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(outcome))).is_err() {
+                tracing::error!("a producer callback panicked; the other callbacks still run");
+            }
+        }
+        if let Some(inner) = inner.upgrade() {
+            release_memory(&inner, &done);
+        }
     }
 }
 

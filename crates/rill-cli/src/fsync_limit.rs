@@ -1,0 +1,153 @@
+//! `rill perf fsync`: the disk's own limit for "fsync before acknowledging", measured the way
+//! the workload runner measures rill, so a publish latency has a floor to be compared with.
+//!
+//! One file per partition, each appended by its own thread on an open-loop schedule (record `i`
+//! of a partition is due at `i / rate`): a thread writes every record that is due in one
+//! `write`, `fdatasync`s the file, and counts each of those records' latency from its due time
+//! to the end of that fsync — group commit with no network, no protocol and no other work, as
+//! fast as the disk allows. What rill adds on top of this floor is rill's cost.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+
+/// `rill perf fsync` flags.
+#[derive(Args, Debug)]
+pub struct FsyncArgs {
+    /// Directory to write in (a temporary directory is made inside it and removed after); put
+    /// it on the disk that holds `log.dirs`.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Files written at once (one per partition).
+    #[arg(long, default_value_t = 6)]
+    partitions: usize,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Records/s over all files.
+    #[arg(long, default_value_t = 80_000.0)]
+    rate: f64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 15.0)]
+    secs: f64,
+}
+
+struct Outcome {
+    latency: Histogram<u64>,
+    records: u64,
+    fsyncs: u64,
+}
+
+pub fn run(args: FsyncArgs) -> Result<()> {
+    if args.partitions == 0 || args.record_size == 0 {
+        bail!("--partitions and --record-size must be at least 1");
+    }
+    let positive = |x: f64| x > 0.0 && x.is_finite();
+    if !positive(args.rate) || !positive(args.secs) {
+        bail!("--rate and --secs must be positive");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("rill-perf-fsync-")
+        .tempdir_in(&args.dir)
+        .with_context(|| format!("making a directory in {}", args.dir.display()))?;
+    let per_partition = args.rate / args.partitions as f64;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.secs);
+    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.partitions)
+            .map(|p| {
+                let path = dir.path().join(format!("{p}.log"));
+                let record_size = args.record_size;
+                s.spawn(move || append_loop(path, record_size, per_partition, start, end))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a writer thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, crate::workload::MAX_LATENCY_US, 3)?;
+    let (mut records, mut fsyncs) = (0u64, 0u64);
+    for o in outcomes {
+        let o = o?;
+        latency.add(&o.latency)?;
+        records += o.records;
+        fsyncs += o.fsyncs;
+    }
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "fsync limit in {}: {} files, {:.1} rec/s {:.2} MB/s, {:.0} fsyncs/s",
+        args.dir.display(),
+        args.partitions,
+        records as f64 / elapsed,
+        records as f64 * args.record_size as f64 / elapsed / 1e6,
+        fsyncs as f64 / elapsed,
+    );
+    println!(
+        "  latency (due → fsynced) p50 {:.2} p99 {:.2} p999 {:.2} max {:.2} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latency.max() as f64 / 1000.0
+    );
+    Ok(())
+}
+
+/// One partition: write what is due, fsync, count; sleep while nothing is due.
+fn append_loop(
+    path: PathBuf,
+    record_size: usize,
+    rate: f64,
+    start: Instant,
+    end: Instant,
+) -> Result<Outcome> {
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let chunk = vec![b'r'; record_size * 1024];
+    let mut latency = Histogram::<u64>::new_with_bounds(1, crate::workload::MAX_LATENCY_US, 3)?;
+    let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    let (mut written, mut fsyncs) = (0u64, 0u64);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let due_now = ((now - start).as_secs_f64() * rate).floor() as u64 + 1;
+        if due_now <= written {
+            std::thread::sleep(due(written).saturating_duration_since(now));
+            continue;
+        }
+        let mut left = (due_now - written) as usize * record_size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            file.write_all(&chunk[..n])
+                .with_context(|| format!("writing {}", path.display()))?;
+            left -= n;
+        }
+        file.sync_data()
+            .with_context(|| format!("fsync of {}", path.display()))?;
+        fsyncs += 1;
+        let done = Instant::now();
+        for i in written..due_now {
+            let us = done.saturating_duration_since(due(i)).as_micros() as u64;
+            latency.saturating_record(us.max(1));
+        }
+        written = due_now;
+    }
+    Ok(Outcome {
+        latency,
+        records: written,
+        fsyncs,
+    })
+}
