@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rill_protocol::client::{ClusterClient, LeaderInfo};
 use rill_protocol::proto::{
@@ -977,9 +977,12 @@ fn drain_idempotent(
         if b.seq.is_none() {
             let seq = q.next_seq;
             q.next_seq += b.records();
-            let mut stamped = b.bytes.to_vec();
+            // The batch is not shared yet (it was never sent), so it is stamped in place.
+            let mut stamped = std::mem::take(&mut b.bytes)
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
             set_producer_state(&mut stamped, producer_id, epoch, wire_seq(seq));
-            b.bytes = Bytes::from(stamped);
+            b.bytes = stamped.freeze();
             b.seq = Some((epoch, seq));
         }
         b.sent_as_head = batches.is_empty() && b.seq.is_some_and(|(_, seq)| seq == q.acked_seq);
@@ -1162,16 +1165,22 @@ fn spread(
 async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
     let mut by_topic: HashMap<&str, Vec<PartitionProduceData>> = HashMap::new();
     for s in &shipments {
-        let mut records = Vec::with_capacity(s.batches.iter().map(|b| b.bytes.len()).sum());
-        for b in &s.batches {
-            records.extend_from_slice(&b.bytes);
-        }
+        let records = match s.batches.as_slice() {
+            [one] => one.bytes.clone(),
+            batches => {
+                let mut records = Vec::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
+                for b in batches {
+                    records.extend_from_slice(&b.bytes);
+                }
+                Bytes::from(records)
+            }
+        };
         by_topic
             .entry(&s.topic)
             .or_default()
             .push(PartitionProduceData {
                 index: s.partition,
-                records: Bytes::from(records),
+                records,
             });
     }
     let request = ProduceRequest {
