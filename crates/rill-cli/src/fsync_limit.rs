@@ -55,14 +55,25 @@ pub fn run(args: FsyncArgs) -> Result<()> {
         .tempdir_in(&args.dir)
         .with_context(|| format!("making a directory in {}", args.dir.display()))?;
     let per_partition = args.rate / args.partitions as f64;
+    let mut files = Vec::with_capacity(args.partitions);
+    for p in 0..args.partitions {
+        let path = dir.path().join(format!("{p}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        files.push((path, file));
+    }
+    // The schedule starts once the files exist.
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.secs);
     let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..args.partitions)
-            .map(|p| {
-                let path = dir.path().join(format!("{p}.log"));
+        let handles: Vec<_> = files
+            .into_iter()
+            .map(|(path, file)| {
                 let record_size = args.record_size;
-                s.spawn(move || append_loop(path, record_size, per_partition, start, end))
+                s.spawn(move || append_loop(path, file, record_size, per_partition, start, end))
             })
             .collect();
         handles
@@ -104,17 +115,13 @@ pub fn run(args: FsyncArgs) -> Result<()> {
 /// One partition: write what is due, fsync, count; sleep while nothing is due.
 fn append_loop(
     path: PathBuf,
+    mut file: std::fs::File,
     record_size: usize,
     rate: f64,
     start: Instant,
     end: Instant,
 ) -> Result<Outcome> {
-    let mut file = std::fs::OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let chunk = vec![b'r'; record_size * 1024];
+    let chunk = vec![b'r'; 1 << 20];
     let mut latency = Histogram::<u64>::new_with_bounds(1, crate::workload::MAX_LATENCY_US, 3)?;
     let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
     let (mut written, mut fsyncs) = (0u64, 0u64);

@@ -471,10 +471,14 @@ impl Producer {
     /// this returns an error the record was not queued and `callback` is never called.
     ///
     /// Callbacks run one after another on one producer task, in the order their batches
-    /// finished (so in send order within a partition); a panicking callback is logged and the
-    /// others still run. Keep them short: a batch's `buffer.memory` is given back only after its
-    /// callbacks ran, so slow callbacks slow `send` down. `flush` and `close` return after the
-    /// callbacks of what they waited for.
+    /// finished: within a partition that is send order, except for a batch that fails before it
+    /// is sent (its build failed, or it expired waiting for a producer id), which can finish
+    /// ahead of an earlier one still in flight — as with futures. A panicking callback is
+    /// logged and the others still run. Keep them short: a batch's `buffer.memory` is given
+    /// back only after its callbacks ran, so slow callbacks slow `send` down. `flush` and
+    /// `close` return after the callbacks of what they waited for. If the Tokio runtime the
+    /// producer runs on shuts down first, callbacks still queued are dropped uncalled (where a
+    /// future would report `Closed`).
     pub async fn send_with_callback(
         &self,
         record: ProducerRecord,
