@@ -193,34 +193,37 @@ impl FetchLoop {
             self.config.replica_fetch_wait_max_ms + self.config.request_timeout_ms,
         );
         tracing::info!(leader = self.leader, address = %self.address, "replica fetcher started");
+        // The next round's request, built on the blocking thread that applied the last answer
+        // (one hop per round instead of two: the round time is part of every acks=all write).
+        let mut next: Option<(Vec<(TopicPartition, Followed)>, FetchRequest)> = None;
         while !self.stop.is_cancelled() {
-            let followed: Vec<(TopicPartition, Followed)> = self
-                .partitions
-                .lock()
-                .iter()
-                .map(|(tp, f)| (tp.clone(), f.clone()))
-                .collect();
-            if followed.is_empty() {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    _ = self.wake.notified() => continue,
-                }
-            }
-            let request = {
-                let followed = followed.clone();
-                let config = Arc::clone(&self.config);
-                let epoch = self.broker_epoch.load(Ordering::Acquire);
-                let throttle = Arc::clone(&self.throttle);
-                tokio::task::spawn_blocking(move || {
-                    build_request(&config, epoch, &throttle, &followed)
-                })
-                .await
-            };
-            let request = match request {
-                Ok(Some(r)) => r,
-                _ => {
-                    tokio::time::sleep(backoff).await;
-                    continue;
+            let (followed, request) = match next.take() {
+                Some(prepared) => prepared,
+                None => {
+                    let followed = snapshot(&self.partitions);
+                    if followed.is_empty() {
+                        tokio::select! {
+                            _ = self.stop.cancelled() => return,
+                            _ = self.wake.notified() => continue,
+                        }
+                    }
+                    let request = {
+                        let followed = followed.clone();
+                        let config = Arc::clone(&self.config);
+                        let epoch = Arc::clone(&self.broker_epoch);
+                        let throttle = Arc::clone(&self.throttle);
+                        tokio::task::spawn_blocking(move || {
+                            build_request(&config, &epoch, &throttle, &followed)
+                        })
+                        .await
+                    };
+                    match request {
+                        Ok(Some(r)) => (followed, r),
+                        _ => {
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                    }
                 }
             };
             let response = tokio::select! {
@@ -239,28 +242,36 @@ impl FetchLoop {
                     continue;
                 }
             };
-            let policy = self.config.flush_policy;
+            let config = Arc::clone(&self.config);
+            let epoch = Arc::clone(&self.broker_epoch);
             let leader = self.leader;
             let partitions = Arc::clone(&self.partitions);
             let logs = Arc::clone(&self.logs);
             let throttle = Arc::clone(&self.throttle);
             let outcome = tokio::task::spawn_blocking(move || {
-                process_response(
+                let outcome = process_response(
                     leader,
-                    policy,
+                    config.flush_policy,
                     &logs,
                     &throttle,
                     &followed,
                     &partitions,
                     response,
-                )
+                );
+                if outcome.errors > 0 {
+                    return (outcome, None);
+                }
+                // What is followed now (partitions may have come or gone meanwhile).
+                let followed = snapshot(&partitions);
+                let request = build_request(&config, &epoch, &throttle, &followed);
+                (outcome, request.map(|r| (followed, r)))
             })
             .await;
             match outcome {
-                Ok(Outcome { errors, .. }) if errors > 0 => {
+                Ok((Outcome { errors, .. }, _)) if errors > 0 => {
                     tokio::time::sleep(backoff).await;
                 }
-                Ok(_) => {}
+                Ok((_, prepared)) => next = prepared,
                 Err(e) => {
                     tracing::error!(leader = self.leader, error = %e, "replica fetch processing failed");
                     tokio::time::sleep(backoff).await;
@@ -270,16 +281,28 @@ impl FetchLoop {
     }
 }
 
+/// The partitions a fetch loop follows right now.
+fn snapshot(
+    partitions: &Mutex<HashMap<TopicPartition, Followed>>,
+) -> Vec<(TopicPartition, Followed)> {
+    partitions
+        .lock()
+        .iter()
+        .map(|(tp, f)| (tp.clone(), f.clone()))
+        .collect()
+}
+
 /// One replica fetch for every followed partition, at its log end and with the epoch of its last
 /// batch. Under `commit` everything up to the log end is fsynced first, so the offset reported
 /// (the fetch offset) is on disk; a partition whose fsync fails (its log dir is going offline) is
-/// left out. Blocking.
+/// left out. `None` when nothing is left to fetch. Blocking.
 fn build_request(
     config: &BrokerConfig,
-    broker_epoch: i64,
+    broker_epoch: &AtomicI64,
     throttle: &Throttle,
     followed: &[(TopicPartition, Followed)],
 ) -> Option<FetchRequest> {
+    let broker_epoch = broker_epoch.load(Ordering::Acquire);
     let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
     let throttled = throttle.exceeded();
     for (tp, f) in followed {
