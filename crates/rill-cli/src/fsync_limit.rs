@@ -42,7 +42,42 @@ struct Outcome {
     fsyncs: u64,
 }
 
+/// What a run measured.
+struct Summary {
+    latency: Histogram<u64>,
+    records: u64,
+    fsyncs: u64,
+    elapsed: f64,
+}
+
 pub fn run(args: FsyncArgs) -> Result<()> {
+    let m = measure(&args)?;
+    let Summary {
+        latency,
+        records,
+        fsyncs,
+        elapsed,
+    } = m;
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "fsync limit in {}: {} files, {:.1} rec/s {:.2} MB/s, {:.0} fsyncs/s",
+        args.dir.display(),
+        args.partitions,
+        records as f64 / elapsed,
+        records as f64 * args.record_size as f64 / elapsed / 1e6,
+        fsyncs as f64 / elapsed,
+    );
+    println!(
+        "  latency (due → fsynced) p50 {:.2} p99 {:.2} p999 {:.2} max {:.2} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latency.max() as f64 / 1000.0
+    );
+    Ok(())
+}
+
+fn measure(args: &FsyncArgs) -> Result<Summary> {
     if args.partitions == 0 || args.record_size == 0 {
         bail!("--partitions and --record-size must be at least 1");
     }
@@ -93,23 +128,12 @@ pub fn run(args: FsyncArgs) -> Result<()> {
         records += o.records;
         fsyncs += o.fsyncs;
     }
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "fsync limit in {}: {} files, {:.1} rec/s {:.2} MB/s, {:.0} fsyncs/s",
-        args.dir.display(),
-        args.partitions,
-        records as f64 / elapsed,
-        records as f64 * args.record_size as f64 / elapsed / 1e6,
-        fsyncs as f64 / elapsed,
-    );
-    println!(
-        "  latency (due → fsynced) p50 {:.2} p99 {:.2} p999 {:.2} max {:.2} ms",
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        latency.max() as f64 / 1000.0
-    );
-    Ok(())
+    Ok(Summary {
+        latency,
+        records,
+        fsyncs,
+        elapsed,
+    })
 }
 
 /// One partition: write what is due, fsync, count; sleep while nothing is due.
@@ -157,4 +181,39 @@ fn append_loop(
         records: written,
         fsyncs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_due_record_is_written_fsynced_and_timed_and_nothing_is_left_behind() {
+        let parent = tempfile::tempdir().unwrap();
+        let args = FsyncArgs {
+            dir: parent.path().to_path_buf(),
+            partitions: 2,
+            record_size: 100,
+            rate: 2_000.0,
+            secs: 0.5,
+        };
+        let m = measure(&args).unwrap();
+        // 1,000 records are due in 0.5 s (+1 per file for the one due at the start); those due
+        // during a file's last fsync before the end are not written (a slow disk: many).
+        assert!((500..=1_002).contains(&m.records), "{} records", m.records);
+        assert_eq!(m.latency.len(), m.records, "each record timed once");
+        assert!(
+            m.fsyncs >= 2 && m.fsyncs <= m.records,
+            "{} fsyncs",
+            m.fsyncs
+        );
+        assert!(m.latency.min() >= 1);
+        assert_eq!(
+            std::fs::read_dir(parent.path()).unwrap().count(),
+            0,
+            "the files are removed"
+        );
+        let refused = FsyncArgs { rate: 0.0, ..args };
+        assert!(measure(&refused).is_err());
+    }
 }

@@ -1088,7 +1088,17 @@ mod tests {
             "name = \"w\"\ntopics = 3\nproducer_rate = 5000.0\nconsumer_mode = \"assign\"\n",
         )
         .unwrap();
-        let w = parse(&[file.to_str().unwrap(), "--rate", "42", "--partitions", "2"]).unwrap();
+        let w = parse(&[
+            file.to_str().unwrap(),
+            "--rate",
+            "42",
+            "--partitions",
+            "2",
+            "--max-in-flight",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(w.max_in_flight, 1);
         assert_eq!(w.name, "w");
         assert_eq!(w.topics, 3);
         assert_eq!(w.producer_rate, 42.0);
@@ -1108,6 +1118,7 @@ mod tests {
         assert!(parse(&["--rate", "-1"]).is_err());
         assert!(parse(&["--acks", "2"]).is_err());
         assert!(parse(&["--test-secs", "0"]).is_err());
+        assert!(parse(&["--max-in-flight", "0"]).is_err());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("w.toml");
         std::fs::write(&file, "producers = 2\n").unwrap();
