@@ -36,28 +36,28 @@ pub struct FsyncArgs {
     secs: f64,
 }
 
+/// What one file's writer measured, or (summed) a whole run.
 struct Outcome {
     latency: Histogram<u64>,
     records: u64,
     fsyncs: u64,
 }
 
-/// What a run measured.
+/// What a run measured, and in how many seconds.
 struct Summary {
-    latency: Histogram<u64>,
-    records: u64,
-    fsyncs: u64,
+    total: Outcome,
     elapsed: f64,
 }
 
 pub fn run(args: FsyncArgs) -> Result<()> {
-    let m = measure(&args)?;
     let Summary {
-        latency,
-        records,
-        fsyncs,
+        total: Outcome {
+            latency,
+            records,
+            fsyncs,
+        },
         elapsed,
-    } = m;
+    } = measure(&args)?;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "fsync limit in {}: {} files, {:.1} rec/s {:.2} MB/s, {:.0} fsyncs/s",
@@ -120,20 +120,18 @@ fn measure(args: &FsyncArgs) -> Result<Summary> {
             .collect()
     });
     let elapsed = start.elapsed().as_secs_f64();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, crate::workload::MAX_LATENCY_US, 3)?;
-    let (mut records, mut fsyncs) = (0u64, 0u64);
+    let mut total = Outcome {
+        latency: crate::workload::histogram(),
+        records: 0,
+        fsyncs: 0,
+    };
     for o in outcomes {
         let o = o?;
-        latency.add(&o.latency)?;
-        records += o.records;
-        fsyncs += o.fsyncs;
+        total.latency.add(&o.latency)?;
+        total.records += o.records;
+        total.fsyncs += o.fsyncs;
     }
-    Ok(Summary {
-        latency,
-        records,
-        fsyncs,
-        elapsed,
-    })
+    Ok(Summary { total, elapsed })
 }
 
 /// One partition: write what is due, fsync, count; sleep while nothing is due.
@@ -146,7 +144,7 @@ fn append_loop(
     end: Instant,
 ) -> Result<Outcome> {
     let chunk = vec![b'r'; 1 << 20];
-    let mut latency = Histogram::<u64>::new_with_bounds(1, crate::workload::MAX_LATENCY_US, 3)?;
+    let mut latency = crate::workload::histogram();
     let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
     let (mut written, mut fsyncs) = (0u64, 0u64);
     loop {
@@ -197,7 +195,7 @@ mod tests {
             rate: 2_000.0,
             secs: 0.5,
         };
-        let m = measure(&args).unwrap();
+        let m = measure(&args).unwrap().total;
         // 1,000 records are due in 0.5 s (+1 per file for the one due at the start); those due
         // during a file's last fsync before the end are not written (a slow disk: many).
         assert!((500..=1_002).contains(&m.records), "{} records", m.records);

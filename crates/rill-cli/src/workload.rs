@@ -335,9 +335,10 @@ pub struct Results {
     pub runs: Vec<RunResult>,
 }
 
-pub(crate) const MAX_LATENCY_US: u64 = 3_600_000_000;
+const MAX_LATENCY_US: u64 = 3_600_000_000;
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram in microseconds, up to an hour (also for `perf fsync`).
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
