@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rill_protocol::ErrorCode;
-use rill_protocol::proto::broker_client::BrokerClient;
+use rill_protocol::fetch_call;
 use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
 use rill_storage::{LogError, LogManager, TopicPartition};
 use tokio::sync::Notify;
@@ -185,9 +185,7 @@ impl FetchLoop {
                 return;
             }
         };
-        let mut client = BrokerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let mut channel = endpoint.connect_lazy();
         let backoff = Duration::from_millis(self.config.replica_fetch_backoff_ms);
         let timeout = Duration::from_millis(
             self.config.replica_fetch_wait_max_ms + self.config.request_timeout_ms,
@@ -228,10 +226,10 @@ impl FetchLoop {
             };
             let response = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = tokio::time::timeout(timeout, client.fetch(request)) => r,
+                r = tokio::time::timeout(timeout, fetch_call::fetch(&mut channel, &request)) => r,
             };
             let response = match response {
-                Ok(Ok(r)) => r.into_inner(),
+                Ok(Ok(r)) => r,
                 Ok(Err(status)) => {
                     tracing::debug!(leader = self.leader, error = %status, "replica fetch failed; backing off");
                     tokio::time::sleep(backoff).await;

@@ -286,6 +286,96 @@ fn fetch_req(topic: &str, partition: i32, offset: i64) -> FetchRequest {
     }
 }
 
+/// `fetch_call::fetch` (the consumer's and the follower's Fetch, which reads the answer's DATA
+/// frames without gathering them) decodes exactly what the generated client decodes: answers
+/// whose records fit one frame, span several frames or are empty, partition errors, and an
+/// error status for the whole call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetch_call_reads_what_the_generated_client_reads() {
+    let cluster = Cluster::start(1, 1, &["socket.request.max.bytes=1048576"]).await;
+    cluster.create_topic("f", 3, 1, &[]).await;
+    let client = cluster.client();
+    let leader = client.partitions("f").await.unwrap()[0].leader;
+    let mut generated = client.broker(leader).unwrap();
+    let mut channel = client.broker_channel(leader).unwrap();
+    // Partition p holds (p + 1) × 1.5 MiB in batches of 64 records of 2–6 KiB.
+    for p in 0..3i32 {
+        let mut written = 0;
+        let mut n = 0usize;
+        while written < ((p as usize + 1) * 3) << 19 {
+            let mut builder = RecordBatchBuilder::new(Compression::None);
+            for _ in 0..64 {
+                n += 1;
+                let value = vec![(n % 251) as u8; 2048 + (n * 37) % 4096];
+                written += value.len();
+                builder.append(1, Some(format!("k{n}").as_bytes()), Some(&value), &[]);
+            }
+            let r = generated
+                .produce(ProduceRequest {
+                    acks: 1,
+                    timeout_ms: 5000,
+                    topics: vec![TopicProduceData {
+                        name: "f".into(),
+                        partitions: vec![PartitionProduceData {
+                            index: p,
+                            records: builder.build().unwrap(),
+                        }],
+                    }],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.topics[0].partitions[0].error_code, 0);
+        }
+    }
+    let request = |partition_max_bytes: i32, offset: i64| {
+        let mut r = fetch_req("f", 0, offset);
+        r.max_bytes = 64 << 20;
+        r.topics[0].partitions = (0..4)
+            .map(|index| FetchPartition {
+                index,
+                current_leader_epoch: -1,
+                fetch_offset: offset,
+                partition_max_bytes,
+                last_fetched_epoch: -1,
+                log_start_offset: -1,
+            })
+            .collect();
+        r
+    };
+    // 1 KiB (one batch each), 1 MiB (one frame), 8 MiB (several frames), and an offset past
+    // the end of partitions 0 and 1 (errors next to data); partition 3 does not exist.
+    for (max, offset) in [(1 << 10, 0), (1 << 20, 0), (8 << 20, 0), (8 << 20, 800)] {
+        let want = generated
+            .fetch(request(max, offset))
+            .await
+            .unwrap()
+            .into_inner();
+        let got = rill_protocol::fetch_call::fetch(&mut channel, &request(max, offset))
+            .await
+            .unwrap();
+        assert_eq!(got, want, "partition_max_bytes {max}, offset {offset}");
+        let sizes: Vec<usize> = got.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.len())
+            .collect();
+        assert!(sizes[..3].iter().any(|s| *s > 0), "no records: {sizes:?}");
+        if max == 8 << 20 && offset == 0 {
+            assert!(sizes[2] > 4 << 20, "not several frames: {sizes:?}");
+        }
+    }
+    // A request over socket.request.max.bytes: the same refusal, with the limit named.
+    let mut huge = request(1 << 20, 0);
+    huge.topics[0].name = "f".repeat(2 << 20);
+    let want = generated.fetch(huge.clone()).await.unwrap_err();
+    let got = rill_protocol::fetch_call::fetch(&mut channel, &huge)
+        .await
+        .unwrap_err();
+    assert_eq!((got.code(), got.message()), (want.code(), want.message()));
+    assert!(got.message().contains("1048576"), "{got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_reported_per_partition_and_the_rest_is_served() {
     let cluster = Cluster::start(

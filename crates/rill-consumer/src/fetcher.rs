@@ -338,11 +338,9 @@ impl Fetcher {
         let id = self.next_fetch_id;
         self.next_fetch_id += 1;
         let task = tokio::spawn(async move {
-            let result = match client.broker(leader) {
-                Ok(mut c) => c
-                    .fetch(request)
+            let result = match client.broker_channel(leader) {
+                Ok(mut c) => rill_protocol::fetch_call::fetch(&mut c, &request)
                     .await
-                    .map(|r| r.into_inner())
                     .map_err(|s| request_error(leader, s)),
                 Err(e) => Err(e),
             };

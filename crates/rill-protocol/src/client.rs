@@ -200,13 +200,19 @@ impl ClusterClient {
 
     /// A Broker client for broker `id` (from metadata).
     pub fn broker(&self, id: i32) -> Result<BrokerClient<Channel>, ApiError> {
+        Ok(BrokerClient::new(self.broker_channel(id)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// The channel to broker `id` (from metadata), for calls made without the generated client
+    /// ([`crate::fetch_call::fetch`]).
+    pub fn broker_channel(&self, id: i32) -> Result<Channel, ApiError> {
         let addr =
             self.cache.read().brokers.get(&id).cloned().ok_or_else(|| {
                 unavailable(format!("broker {id} is not in the cluster metadata"))
             })?;
-        Ok(BrokerClient::new(self.channel(&addr)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+        self.channel(&addr)
     }
 
     /// Notes that a request to broker `id` failed without an answer (unreachable, timed out):

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod error;
+pub mod fetch_call;
 pub mod metadata_image;
 pub mod record_batch;
 mod topic_partition;
