@@ -9,8 +9,11 @@
 //! `max.partition.fetch.bytes`), so in the common case no record byte is copied; a field that
 //! spans frames (another server, a larger partition answer) is copied, and is still correct.
 //!
-//! Errors are tonic's: a transport failure, a timeout and an error status read the same as from
-//! the generated client.
+//! Errors read as from the generated client: the same status for a transport failure, a
+//! timeout, an error status in the headers or trailers, and an answer without one (mapped from
+//! its HTTP status). Two differences: `grpc-status-details-bin` is dropped (tonic panics on one
+//! that is not base64; rill's details travel in metadata), and bytes past the one message are
+//! an error (tonic's unary client ignores them), raised as soon as they arrive.
 
 use std::collections::VecDeque;
 
@@ -62,7 +65,7 @@ pub async fn fetch(channel: &mut Channel, request: &FetchRequest) -> Result<Fetc
 /// The one message of a unary answer and its final status, as tonic's unary client reads them.
 async fn read_answer(response: http::Response<Body>) -> Result<FetchResponse, Status> {
     // A trailers-only answer carries its status in the headers.
-    if let Some(status) = Status::from_header_map(response.headers()) {
+    if let Some(status) = status_in(response.headers()) {
         if status.code() != tonic::Code::Ok {
             return Err(status);
         }
@@ -82,7 +85,18 @@ async fn read_answer(response: http::Response<Body>) -> Result<FetchResponse, St
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         match frame?.into_data() {
-            Ok(data) => payloads.push(data),
+            Ok(data) => {
+                payloads.push(data);
+                // Fail at the first byte past the one message, as tonic's decoder would,
+                // instead of buffering whatever else the server sends.
+                if let Some(len) = payloads.message_len()
+                    && payloads.remaining() > GRPC_HEADER + len
+                {
+                    return Err(Status::internal(format!(
+                        "the fetch answer holds more than its one {len}-byte message"
+                    )));
+                }
+            }
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
                     trailers = Some(t);
@@ -90,21 +104,47 @@ async fn read_answer(response: http::Response<Body>) -> Result<FetchResponse, St
             }
         }
     }
-    match trailers.as_ref().and_then(Status::from_header_map) {
+    match trailers.as_ref().and_then(status_in) {
         Some(status) if status.code() != tonic::Code::Ok => return Err(status),
         Some(_) => {}
-        None if http_status != http::StatusCode::OK => {
-            return Err(Status::unavailable(format!(
-                "the fetch answer has HTTP status {http_status} and no gRPC status"
-            )));
-        }
-        None => {
-            return Err(Status::unknown(
-                "the fetch answer ended without a gRPC status",
-            ));
-        }
+        None => return Err(status_without_grpc_status(http_status)),
     }
+    payloads.finish();
     decode_message(payloads)
+}
+
+/// The gRPC status in `headers`, if any. `grpc-status-details-bin` is left out: tonic panics on
+/// a value that is not base64, and rill carries its error details in metadata instead.
+fn status_in(headers: &http::HeaderMap) -> Option<Status> {
+    if headers.contains_key(Status::GRPC_STATUS_DETAILS) {
+        let mut headers = headers.clone();
+        headers.remove(Status::GRPC_STATUS_DETAILS);
+        return Status::from_header_map(&headers);
+    }
+    Status::from_header_map(headers)
+}
+
+/// The status of an answer that ended without `grpc-status`, from its HTTP status as gRPC maps
+/// them (and tonic's client does).
+fn status_without_grpc_status(http_status: http::StatusCode) -> Status {
+    use http::StatusCode as H;
+    let code = match http_status {
+        H::OK => {
+            return Status::unknown("the fetch answer ended without a gRPC status");
+        }
+        H::BAD_REQUEST => tonic::Code::Internal,
+        H::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        H::FORBIDDEN => tonic::Code::PermissionDenied,
+        H::NOT_FOUND => tonic::Code::Unimplemented,
+        H::TOO_MANY_REQUESTS | H::BAD_GATEWAY | H::SERVICE_UNAVAILABLE | H::GATEWAY_TIMEOUT => {
+            tonic::Code::Unavailable
+        }
+        _ => tonic::Code::Unknown,
+    };
+    Status::new(
+        code,
+        format!("the fetch answer has HTTP status {http_status} and no gRPC status"),
+    )
 }
 
 /// The length-prefixed message that `payloads` hold, decoded from them without gathering them.
@@ -134,15 +174,53 @@ fn decode_message(mut payloads: Payloads) -> Result<FetchResponse, Status> {
 struct Payloads {
     /// Never holds an empty payload (`chunk` must be non-empty while bytes remain).
     chunks: VecDeque<Bytes>,
+    /// Consecutive small payloads, gathered (a server sending tiny frames must not cost a queue
+    /// entry per byte); moved to `chunks` before a large one and by `finish`.
+    small: BytesMut,
     remaining: usize,
 }
 
+/// Payloads smaller than this are gathered into one chunk rather than kept apart.
+const GATHER_BELOW: usize = 4096;
+
 impl Payloads {
     fn push(&mut self, data: Bytes) {
-        if !data.is_empty() {
-            self.remaining += data.len();
-            self.chunks.push_back(data);
+        self.remaining += data.len();
+        if data.len() < GATHER_BELOW {
+            self.small.extend_from_slice(&data);
+            return;
         }
+        self.gathered();
+        self.chunks.push_back(data);
+    }
+
+    /// Moves the gathered small payloads to the chunks, in order.
+    fn gathered(&mut self) {
+        if !self.small.is_empty() {
+            let small = self.small.split().freeze();
+            self.chunks.push_back(small);
+        }
+    }
+
+    /// Makes every pushed byte readable through `Buf`.
+    fn finish(&mut self) {
+        self.gathered();
+    }
+
+    /// The message length the gRPC prefix declares, once its 5 bytes arrived.
+    fn message_len(&self) -> Option<usize> {
+        let mut prefix = [0u8; GRPC_HEADER];
+        let mut filled = 0;
+        for part in self.chunks.iter().map(|c| &c[..]).chain([&self.small[..]]) {
+            let n = part.len().min(GRPC_HEADER - filled);
+            prefix[filled..filled + n].copy_from_slice(&part[..n]);
+            filled += n;
+            if filled == GRPC_HEADER {
+                let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
+                return Some(len as usize);
+            }
+        }
+        None
     }
 }
 
@@ -152,6 +230,7 @@ impl Buf for Payloads {
     }
 
     fn chunk(&self) -> &[u8] {
+        debug_assert!(self.small.is_empty(), "read before finish");
         self.chunks.front().map_or(&[], |c| c)
     }
 
@@ -225,6 +304,7 @@ mod tests {
             p.push(Bytes::copy_from_slice(&wire[start..end]));
             start = end;
         }
+        p.finish();
         p
     }
 
@@ -253,6 +333,7 @@ mod tests {
         let wire = Bytes::from(framed(&message));
         let mut p = Payloads::default();
         p.push(wire.clone());
+        p.finish();
         let decoded = decode_message(p).unwrap();
         let range = wire.as_ptr_range();
         for part in &decoded.topics[0].partitions {
@@ -262,6 +343,114 @@ mod tests {
                 part.index
             );
         }
+    }
+
+    /// An HTTP answer with `headers`, then `frames` (data or trailers, or a body error).
+    fn answer_of(
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+        frames: Vec<Result<http_body::Frame<Bytes>, Status>>,
+    ) -> http::Response<Body> {
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+        let mut response = http::Response::new(Body::new(body));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            response
+                .headers_mut()
+                .insert(*k, http::HeaderValue::from_static(v));
+        }
+        response
+    }
+
+    fn trailers(pairs: &[(&'static str, &'static str)]) -> Result<http_body::Frame<Bytes>, Status> {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, http::HeaderValue::from_static(v));
+        }
+        Ok(http_body::Frame::trailers(map))
+    }
+
+    fn data(b: &[u8]) -> Result<http_body::Frame<Bytes>, Status> {
+        Ok(http_body::Frame::data(Bytes::copy_from_slice(b)))
+    }
+
+    #[tokio::test]
+    async fn answers_read_as_tonics_client_reads_them() {
+        let message = answer();
+        let wire = framed(&message);
+        let ok = || trailers(&[("grpc-status", "0")]);
+        // Data in pieces, then status 0.
+        let (a, b) = wire.split_at(7);
+        let got = read_answer(answer_of(200, &[], vec![data(a), data(b), ok()])).await;
+        assert_eq!(got.unwrap(), message);
+        // Trailers-only: the error in the headers, even with undecodable status details.
+        let err = read_answer(answer_of(
+            200,
+            &[
+                ("grpc-status", "14"),
+                ("grpc-message", "going%20away"),
+                ("grpc-status-details-bin", "!!not base64!!"),
+            ],
+            vec![],
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (tonic::Code::Unavailable, "going away")
+        );
+        // An error in the trailers after the data wins over the data.
+        let err = read_answer(answer_of(
+            200,
+            &[],
+            vec![
+                data(&wire),
+                trailers(&[("grpc-status", "8"), ("grpc-message", "slow")]),
+            ],
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        // No gRPC status at all: from the HTTP status, as gRPC maps it.
+        for (http, code) in [
+            (200, tonic::Code::Unknown),
+            (404, tonic::Code::Unimplemented),
+            (503, tonic::Code::Unavailable),
+            (500, tonic::Code::Unknown),
+        ] {
+            let err = read_answer(answer_of(http, &[], vec![data(&wire)]))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), code, "HTTP {http}");
+        }
+        // A compressed answer (never asked for), a body that fails, and bytes past the message.
+        let err = read_answer(answer_of(
+            200,
+            &[("grpc-encoding", "gzip")],
+            vec![data(&wire)],
+        ))
+        .await
+        .unwrap_err();
+        assert!(err.message().contains("gzip"), "{err}");
+        let err = read_answer(answer_of(
+            200,
+            &[],
+            vec![data(a), Err(Status::cancelled("reset")), ok()],
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Cancelled);
+        let mut longer = wire.clone();
+        longer.extend_from_slice(&[0; 10]);
+        let err = read_answer(answer_of(200, &[], vec![data(&longer), ok()]))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("more than"), "{err}");
+        // A successful status with no message.
+        let err = read_answer(answer_of(200, &[], vec![ok()]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal);
     }
 
     #[test]
