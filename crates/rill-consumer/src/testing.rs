@@ -157,18 +157,27 @@ impl Broker for Fake {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         self.fetches.fetch_add(1, Ordering::AcqRel);
-        let mut topics = Vec::new();
-        for t in request.into_inner().topics {
-            let mut partitions = Vec::new();
-            for p in t.partitions {
-                let tp = TopicPartition::new(t.name.as_str(), p.index);
-                partitions.push((self.answer)(&tp, p.fetch_offset)?);
+        // Answers may block (tests make a broker slow with a sleep): they run on the blocking
+        // pool, as a real broker's reads do, so they never stall the runtime the client shares.
+        let answer = Arc::clone(&self.answer);
+        let request = request.into_inner();
+        let topics = tokio::task::spawn_blocking(move || {
+            let mut topics = Vec::new();
+            for t in request.topics {
+                let mut partitions = Vec::new();
+                for p in t.partitions {
+                    let tp = TopicPartition::new(t.name.as_str(), p.index);
+                    partitions.push(answer(&tp, p.fetch_offset)?);
+                }
+                topics.push(FetchTopicResponse {
+                    name: t.name,
+                    partitions,
+                });
             }
-            topics.push(FetchTopicResponse {
-                name: t.name,
-                partitions,
-            });
-        }
+            Ok::<_, Status>(topics)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         let empty = topics
             .iter()
             .flat_map(|t| &t.partitions)
