@@ -15,6 +15,7 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use rill_protocol::fetch_call::FETCH_PATH;
 use rill_protocol::proto::broker_server::BrokerServer;
 use rill_protocol::proto::{FetchRequest, FetchResponse};
 use tonic::Status;
@@ -27,7 +28,6 @@ use tonic::server::NamedService;
 use crate::apis;
 use crate::network::BrokerService;
 
-const FETCH_PATH: &str = "/rill.v1.Broker/Fetch";
 /// Field numbers in `broker.proto`: each is the last field of its message, which is what lets
 /// the records go last and the encoding stay byte-for-byte prost's.
 const FETCH_RESPONSE_TOPICS: u32 = 1;

@@ -27,7 +27,8 @@ use tonic::transport::Channel;
 
 use crate::proto::{FetchRequest, FetchResponse};
 
-const FETCH_PATH: &str = "/rill.v1.Broker/Fetch";
+/// The Fetch method's HTTP/2 path (the broker's own Fetch route answers it too).
+pub const FETCH_PATH: &str = "/rill.v1.Broker/Fetch";
 /// gRPC's message prefix: a compressed flag and a big-endian u32 length.
 const GRPC_HEADER: usize = 5;
 
