@@ -175,12 +175,6 @@ pub struct LocalCluster {
     _tmp: tempfile::TempDir,
 }
 
-fn free_port() -> Result<u16, ChaosError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Where the harness finds `rill-broker` and `rill-controller`: `RILL_BIN_DIR`, else the
 /// directory above the running test executable (`target/<profile>`).
 pub fn default_bin_dir() -> Result<PathBuf, ChaosError> {
@@ -231,7 +225,7 @@ impl LocalCluster {
             let name = NodeName::controller(i as i32 + 1);
             controllers.push(Node {
                 name,
-                addr: format!("127.0.0.1:{}", free_port()?),
+                addr: format!("127.0.0.1:{}", rill_testkit::free_port()),
                 dir: tmp.path().join(name.to_string()),
                 child: None,
                 paused: false,
@@ -247,7 +241,7 @@ impl LocalCluster {
             let name = NodeName::broker(i as i32 + 1);
             brokers.push(Node {
                 name,
-                addr: format!("127.0.0.1:{}", free_port()?),
+                addr: format!("127.0.0.1:{}", rill_testkit::free_port()),
                 dir: tmp.path().join(name.to_string()),
                 child: None,
                 paused: false,

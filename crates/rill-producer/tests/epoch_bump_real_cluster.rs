@@ -20,13 +20,7 @@ use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::*;
 use rill_protocol::record_batch::batches;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use rill_testkit::free_port;
 
 fn binary(name: &str) -> PathBuf {
     let dir = match std::env::var_os("RILL_BIN_DIR") {

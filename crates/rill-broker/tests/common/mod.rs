@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::*;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+pub use rill_testkit::free_port;
+
+/// A line of a Rust backtrace (`  12: frame` or `      at file:line`).
+fn is_backtrace_line(line: &str) -> bool {
+    let t = line.trim_start();
+    t.starts_with("at ")
+        || t == "Stack backtrace:"
+        || t.split_once(':')
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A workspace binary next to the test executable (`target/<profile>/<name>`).
@@ -242,7 +245,14 @@ impl Cluster {
             if Instant::now() >= deadline {
                 for n in self.brokers.iter().chain(&self.controllers) {
                     let log = std::fs::read_to_string(n.dir.join("stderr.log")).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    // A process that exited with an error ends its log with a backtrace; the
+                    // lines worth showing are the ones before it.
+                    let tail: Vec<&str> = log
+                        .lines()
+                        .rev()
+                        .filter(|l| !is_backtrace_line(l))
+                        .take(8)
+                        .collect();
                     eprintln!(
                         "--- {} ---\n{}",
                         n.dir.display(),

@@ -10,13 +10,7 @@ use std::time::{Duration, Instant};
 use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::*;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use rill_testkit::free_port;
 
 /// A workspace binary next to the test executable (`target/<profile>/<name>`).
 pub fn sibling(name: &str) -> PathBuf {

@@ -25,13 +25,7 @@ pub struct Quorum {
     _tmp: tempfile::TempDir,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use rill_testkit::free_port;
 
 impl Quorum {
     pub fn start(n: usize, overrides: &[&str]) -> Quorum {
