@@ -265,6 +265,7 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ("log.retention.ms", "604800000", "default retention.ms"),
     ("log.retention.bytes", "-1", "default retention.bytes"),
     ("log.segment.bytes", "1073741824", "default segment.bytes"),
+    ("log.preallocate", "true", "default preallocate"),
     ("log.roll.ms", "604800000", "default segment.ms"),
     ("log.cleanup.policy", "delete", "default cleanup.policy"),
     (
@@ -319,6 +320,7 @@ const TOPIC_DEFAULTS: &[(&str, &str)] = &[
     ("log.retention.ms", "retention.ms"),
     ("log.retention.bytes", "retention.bytes"),
     ("log.segment.bytes", "segment.bytes"),
+    ("log.preallocate", "preallocate"),
     ("log.roll.ms", "segment.ms"),
     ("log.cleanup.policy", "cleanup.policy"),
     ("log.cleaner.delete.retention.ms", "delete.retention.ms"),

@@ -6,8 +6,12 @@
 //! `write`, `fdatasync`s the file, and counts each of those records' latency from its due time
 //! to the end of that fsync — group commit with no network, no protocol and no other work, as
 //! fast as the disk allows. What rill adds on top of this floor is rill's cost.
+//!
+//! `--zero-ahead BYTES` measures the other way to lay out a file: a helper thread per file
+//! keeps up to two chunks of BYTES written with zeros and fdatasync'd ahead of the writer, which
+//! then overwrites them in place. An fdatasync after an append must also write the inode (the
+//! size changed, blocks were allocated); one after an overwrite of written blocks need not.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,7 +20,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 
 /// `rill perf fsync` flags.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct FsyncArgs {
     /// Directory to write in (a temporary directory is made inside it and removed after); put
     /// it on the disk that holds `log.dirs`.
@@ -34,6 +38,10 @@ pub struct FsyncArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 15.0)]
     secs: f64,
+    /// Overwrite files zero-filled ahead in chunks of this many bytes instead of appending
+    /// (0: append).
+    #[arg(long, default_value_t = 0)]
+    zero_ahead: u64,
 }
 
 /// What one file's writer measured, or (summed) a whole run.
@@ -89,13 +97,16 @@ fn measure(args: &FsyncArgs) -> Result<Summary> {
         .prefix("rill-perf-fsync-")
         .tempdir_in(&args.dir)
         .with_context(|| format!("making a directory in {}", args.dir.display()))?;
+    if !args.zero_ahead.is_multiple_of(4096) {
+        bail!("--zero-ahead must be a multiple of 4096 (whole pages)");
+    }
     let per_partition = args.rate / args.partitions as f64;
     let mut files = Vec::with_capacity(args.partitions);
     for p in 0..args.partitions {
         let path = dir.path().join(format!("{p}.log"));
         let file = std::fs::OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
         files.push((path, file));
@@ -108,7 +119,26 @@ fn measure(args: &FsyncArgs) -> Result<Summary> {
             .into_iter()
             .map(|(path, file)| {
                 let record_size = args.record_size;
-                s.spawn(move || append_loop(path, file, record_size, per_partition, start, end))
+                let zero_ahead = args.zero_ahead;
+                s.spawn(move || {
+                    if zero_ahead == 0 {
+                        append_loop(path, file, record_size, per_partition, start, end, None)
+                    } else {
+                        let file = std::sync::Arc::new(file);
+                        let zeroer = ZeroAhead::start(file.clone(), path.clone(), zero_ahead)?;
+                        let out = append_loop(
+                            path,
+                            &*file,
+                            record_size,
+                            per_partition,
+                            start,
+                            end,
+                            Some(&zeroer),
+                        );
+                        zeroer.stop()?;
+                        out
+                    }
+                })
             })
             .collect();
         handles
@@ -134,19 +164,100 @@ fn measure(args: &FsyncArgs) -> Result<Summary> {
     Ok(Summary { total, elapsed })
 }
 
+/// A thread that keeps a file written with zeros (and fdatasync'd) up to two chunks past the
+/// writer's end. The writer never waits for it: when it outruns the zeros it appends, as a
+/// broker would, and the zeros resume past its end. One lock orders the two threads' writes
+/// (into the page cache, not the fsyncs), so zeros never land on data.
+struct ZeroAhead {
+    state: std::sync::Arc<ZeroState>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+struct ZeroState {
+    /// (end of the writer's data, end of the zeros written), under the lock both threads take
+    /// to write.
+    ends: std::sync::Mutex<(u64, u64)>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl ZeroAhead {
+    fn start(file: std::sync::Arc<std::fs::File>, path: PathBuf, chunk: u64) -> Result<Self> {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::Ordering::Acquire;
+        let zeros = vec![0u8; chunk as usize];
+        // The first two chunks before the clock starts, as a segment made ahead of time would be.
+        for i in 0..2 {
+            file.write_all_at(&zeros, i * chunk)
+                .with_context(|| format!("zero-filling {}", path.display()))?;
+        }
+        file.sync_data()
+            .with_context(|| format!("fsync of {}", path.display()))?;
+        let state = std::sync::Arc::new(ZeroState {
+            ends: std::sync::Mutex::new((0, 2 * chunk)),
+            stop: false.into(),
+        });
+        let st = state.clone();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            while !st.stop.load(Acquire) {
+                {
+                    let mut ends = st.ends.lock().unwrap_or_else(|p| p.into_inner());
+                    let (data_end, zero_end) = *ends;
+                    if zero_end.saturating_sub(data_end) >= 2 * chunk {
+                        drop(ends);
+                        std::thread::park_timeout(Duration::from_millis(5));
+                        continue;
+                    }
+                    let at = zero_end.max(data_end);
+                    file.write_all_at(&zeros, at)
+                        .with_context(|| format!("zero-filling {}", path.display()))?;
+                    ends.1 = at + chunk;
+                }
+                file.sync_data()
+                    .with_context(|| format!("fsync of {}", path.display()))?;
+            }
+            Ok(())
+        });
+        Ok(ZeroAhead { state, thread })
+    }
+
+    /// Writes `bytes` at the end of the writer's data.
+    fn write(&self, file: &std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut ends = self.state.ends.lock().unwrap_or_else(|p| p.into_inner());
+        file.write_all_at(bytes, ends.0)?;
+        ends.0 += bytes.len() as u64;
+        drop(ends);
+        self.thread.thread().unpark();
+        Ok(())
+    }
+
+    fn stop(self) -> Result<()> {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.thread.thread().unpark();
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a zero-fill thread panicked")))
+    }
+}
+
 /// One partition: write what is due, fsync, count; sleep while nothing is due.
 fn append_loop(
     path: PathBuf,
-    mut file: std::fs::File,
+    file: impl std::borrow::Borrow<std::fs::File>,
     record_size: usize,
     rate: f64,
     start: Instant,
     end: Instant,
+    zero_ahead: Option<&ZeroAhead>,
 ) -> Result<Outcome> {
+    use std::os::unix::fs::FileExt;
+    let file = file.borrow();
     let chunk = vec![b'r'; 1 << 20];
     let mut latency = crate::workload::histogram();
     let due = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
-    let (mut written, mut fsyncs) = (0u64, 0u64);
+    let (mut written, mut fsyncs, mut pos) = (0u64, 0u64, 0u64);
     loop {
         let now = Instant::now();
         if now >= end {
@@ -160,8 +271,12 @@ fn append_loop(
         let mut left = (due_now - written) as usize * record_size;
         while left > 0 {
             let n = left.min(chunk.len());
-            file.write_all(&chunk[..n])
-                .with_context(|| format!("writing {}", path.display()))?;
+            match zero_ahead {
+                Some(z) => z.write(file, &chunk[..n]),
+                None => file.write_all_at(&chunk[..n], pos),
+            }
+            .with_context(|| format!("writing {}", path.display()))?;
+            pos += n as u64;
             left -= n;
         }
         file.sync_data()
@@ -194,6 +309,7 @@ mod tests {
             record_size: 100,
             rate: 2_000.0,
             secs: 0.5,
+            zero_ahead: 0,
         };
         let m = measure(&args).unwrap().total;
         // 1,000 records are due in 0.5 s (+1 per file for the one due at the start); those due
@@ -211,6 +327,20 @@ mod tests {
             0,
             "the files are removed"
         );
+        // Overwriting zeros written ahead: the same accounting, the zero-fill thread included.
+        let zeroed = FsyncArgs {
+            zero_ahead: 64 << 10,
+            ..args.clone()
+        };
+        let z = measure(&zeroed).unwrap().total;
+        assert!((500..=1_002).contains(&z.records), "{} records", z.records);
+        assert_eq!(z.latency.len(), z.records, "each record timed once");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+        let unaligned = FsyncArgs {
+            zero_ahead: 1000,
+            ..args.clone()
+        };
+        assert!(measure(&unaligned).is_err());
         let refused = FsyncArgs { rate: 0.0, ..args };
         assert!(measure(&refused).is_err());
     }

@@ -129,7 +129,9 @@ impl Log {
             let recover =
                 !options.clean_shutdown && next_base.is_none_or(|n| n > options.recovery_point);
             let (segment, truncated) = LogSegment::open(&dir, base, sizing, recover)?;
-            if truncated > 0 && next_base.is_some() {
+            // Cut bytes leave a hole unless the segment still ends where the next one begins
+            // (zeros written ahead and not cut before a crash, say).
+            if truncated > 0 && next_base.is_some_and(|n| n != segment.next_offset()) {
                 truncated_at = Some(base);
             }
             segments.insert(base, segment);
@@ -160,6 +162,7 @@ impl Log {
             producer_state,
         };
         log.rebuild_producer_state()?;
+        log.apply_preallocation();
         // What recovery validated is now made durable, so the recovery point can move to the end.
         log.flush()?;
         Ok(log)
@@ -469,6 +472,7 @@ impl Log {
         let segment = LogSegment::create(&self.dir, base, sizing(&self.config))?;
         self.segments.insert(base, segment);
         sync_dir(&self.dir)?;
+        self.apply_preallocation();
         Ok(())
     }
 
@@ -551,6 +555,8 @@ impl Log {
         seg.truncate_to(offset)?;
         let end = seg.next_offset().min(offset);
         seg.set_next_offset(end);
+        // The new active segment may be one that `trim` turned it off for.
+        self.apply_preallocation();
         self.log_end_offset = end;
         self.recovery_point = self.recovery_point.min(end);
         self.cleaner_checkpoint = self.cleaner_checkpoint.min(end);
@@ -577,6 +583,7 @@ impl Log {
             LogSegment::create(&self.dir, offset, sizing(&self.config))?,
         );
         sync_dir(&self.dir)?;
+        self.apply_preallocation();
         self.log_start_offset = offset;
         self.log_end_offset = offset;
         self.recovery_point = offset;
@@ -844,6 +851,13 @@ impl Log {
     /// Replaces the config (topic config change); takes effect on the next append or cleanup.
     pub fn set_config(&mut self, config: LogConfig) {
         self.config = config;
+        self.apply_preallocation();
+    }
+
+    /// Starts or stops writing zeros ahead of the active segment, as `preallocate` says.
+    fn apply_preallocation(&self) {
+        self.active_segment()
+            .set_preallocation(self.config.preallocate, self.config.segment_bytes);
     }
 
     pub(crate) fn active_segment(&self) -> &LogSegment {

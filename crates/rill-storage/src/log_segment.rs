@@ -89,6 +89,14 @@ pub(crate) struct IndexSizing {
     pub interval_bytes: u64,
 }
 
+impl Drop for LogSegment {
+    /// A log dropped without `close` (a crash in tests, a log set aside) must not have zeros
+    /// written into its file afterwards, where a reopened log may already have appended.
+    fn drop(&mut self) {
+        self.file.set_preallocation(false, 0);
+    }
+}
+
 impl LogSegment {
     /// Creates a new, empty segment (fails if its `.log` file exists).
     pub(crate) fn create(dir: &Path, base_offset: i64, sizing: IndexSizing) -> Result<Self> {
@@ -220,6 +228,19 @@ impl LogSegment {
             self.note_batch(&BatchInfo::of(&h));
             pos += total;
         }
+        if pos < self.size && self.only_zeros_after(pos)? {
+            // Zeros written ahead (`preallocate`) that a close did not cut: the next append
+            // must land right after the last batch.
+            tracing::info!(
+                segment = %self.log_path().display(),
+                valid_bytes = pos,
+                cut_bytes = self.size - pos,
+                "cutting the zeros written ahead of the data (preallocate)"
+            );
+            self.file.set_len(pos).at(self.log_path())?;
+            self.file.sync_all().at(self.log_path())?;
+            self.size = pos;
+        }
         self.bytes_since_last_index_entry = pos
             - self
                 .offset_index
@@ -275,17 +296,39 @@ impl LogSegment {
         };
         let truncated = self.size - valid_end;
         if truncated > 0 {
-            tracing::warn!(
-                segment = %path.display(),
-                valid_bytes = valid_end,
-                truncated_bytes = truncated,
-                "truncating invalid or torn data at the end of the segment"
-            );
+            if self.only_zeros_after(valid_end)? {
+                tracing::info!(
+                    segment = %path.display(),
+                    valid_bytes = valid_end,
+                    cut_bytes = truncated,
+                    "cutting the zeros written ahead of the data (preallocate)"
+                );
+            } else {
+                tracing::warn!(
+                    segment = %path.display(),
+                    valid_bytes = valid_end,
+                    truncated_bytes = truncated,
+                    "truncating invalid or torn data at the end of the segment"
+                );
+            }
             self.file.set_len(valid_end).at(&path)?;
             self.file.sync_all().at(&path)?;
             self.size = valid_end;
         }
         Ok(truncated)
+    }
+
+    /// True when every byte from `pos` to the end is zero, as preallocation leaves them (only
+    /// looked at when they are few enough to be its zeros).
+    fn only_zeros_after(&self, pos: u64) -> Result<bool> {
+        let len = self.size - pos;
+        if len > 2 * crate::segment_file::PREALLOCATE_AHEAD_BYTES {
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(self.file.raw(), &mut buf, pos)
+            .at(self.log_path())?;
+        Ok(buf.iter().all(|&b| b == 0))
     }
 
     /// Reads and sanity-checks the batch header at `pos`; `None` if there is no whole header.
@@ -358,10 +401,17 @@ impl LogSegment {
     /// never leave a next segment (whose base offset says where this one ended) after a segment
     /// that lost its tail, a hole recovery could not see.
     pub(crate) fn on_become_inactive(&mut self) -> Result<()> {
+        self.file.trim().at(self.log_path())?;
         self.file.sync().at(self.log_path())?;
         self.maybe_append_time_entry();
         self.offset_index.flush()?;
         self.time_index.flush()
+    }
+
+    /// Whether the `.log` file is kept written with zeros ahead of the data (`preallocate`; the
+    /// active segment only, see [`SegmentFile`]).
+    pub(crate) fn set_preallocation(&self, on: bool, limit: u64) {
+        self.file.set_preallocation(on, limit);
     }
 
     /// Position and header of the first batch whose last offset is ≥ `offset`.

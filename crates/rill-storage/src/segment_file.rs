@@ -9,16 +9,33 @@
 //! Durability contract: an append is safe against a process crash once [`SegmentFile::write_out`]
 //! ran after it (the log's `write_out`), and against a machine crash once an fsync covering it
 //! completed (`GroupCommit::wait_durable` or `Log::flush`). Acknowledge only after one of them.
+//!
+//! Preallocation (`preallocate`): an fdatasync after appends that grew the file must also write
+//! the inode (the new size and the newly allocated blocks), about half of its time on ext4. The
+//! active segment's file is therefore kept written with zeros, and fsynced, up to
+//! [`PREALLOCATE_AHEAD_BYTES`] past the data, by one process-wide background thread; appends then
+//! overwrite blocks the file already has. It is only an optimisation: appends never wait for it
+//! (a writer that outruns it simply grows the file), and zeros are only ever written past the
+//! data, under the same lock as appends. The zeros are cut by [`SegmentFile::trim`] when the
+//! segment stops being active, and by recovery after a crash (a zero header is not a batch).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::fsio;
 
 /// Largest amount of appended data held in memory before it is written to the file.
 pub const WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+/// Zeros are written in chunks of this size (`rill perf fsync --zero-ahead`: 256 KiB and 1 MiB
+/// chunks gave the same latency; 8 MiB ones held other fsyncs up behind them).
+const PREALLOCATE_CHUNK_BYTES: u64 = 1 << 20;
+
+/// How far past the data the zeros reach when the background thread has kept up.
+pub const PREALLOCATE_AHEAD_BYTES: u64 = 2 * PREALLOCATE_CHUNK_BYTES;
 
 /// The `.log` file of a segment.
 #[derive(Debug)]
@@ -26,14 +43,27 @@ pub struct SegmentFile {
     file: File,
     path: PathBuf,
     pending: Mutex<Pending>,
+    /// Whether zeros are kept ahead of the data (see the module docs); turned off for good by
+    /// [`SegmentFile::trim`] or a failed zero write.
+    preallocate: AtomicBool,
+    /// A request to the preallocation thread is queued and not yet served.
+    preallocate_queued: AtomicBool,
+    /// Zeros never reach past this (`segment.bytes`: the segment rolls before its data does).
+    preallocate_limit: AtomicU64,
+    /// The preallocation thread's own descriptor of the file, opened on first use. Its own, so
+    /// that a write-back error its fsync consumes is still reported to the fsyncs that
+    /// acknowledge appends (Linux reports such an error once per open file description).
+    zero_file: Mutex<Option<File>>,
 }
 
 #[derive(Debug)]
 struct Pending {
     /// Bytes appended but not yet written to the file; they start at `file_len`.
     buf: Vec<u8>,
-    /// Bytes in the file itself.
+    /// Bytes of data in the file itself.
     file_len: u64,
+    /// Where the file ends: past `file_len` (and the buffer) when zeros were written ahead.
+    zero_end: u64,
 }
 
 impl SegmentFile {
@@ -45,8 +75,127 @@ impl SegmentFile {
             pending: Mutex::new(Pending {
                 buf: Vec::new(),
                 file_len,
+                zero_end: file_len,
             }),
+            preallocate: AtomicBool::new(false),
+            preallocate_queued: AtomicBool::new(false),
+            preallocate_limit: AtomicU64::new(0),
+            zero_file: Mutex::new(None),
         }
+    }
+
+    /// Starts (the active segment) or stops keeping zeros ahead of the data; the zeros follow
+    /// appends, so an idle log writes none. Zeros already written stay until
+    /// [`SegmentFile::trim`] or recovery.
+    pub(crate) fn set_preallocation(&self, on: bool, limit: u64) {
+        // Under the lock the zero writes take: once this returns off, none is in progress.
+        let _p = self.lock();
+        self.preallocate_limit.store(limit, Ordering::Release);
+        self.preallocate.store(on, Ordering::Release);
+    }
+
+    /// Asks the preallocation thread for more zeros when they run short.
+    fn request_preallocation(self: &Arc<Self>) {
+        if self.zeros_short() && !self.preallocate_queued.swap(true, Ordering::AcqRel) {
+            preallocator::request(Arc::downgrade(self));
+        }
+    }
+
+    /// True when preallocating and the zeros reach less than a chunk past the data (and not
+    /// yet the limit).
+    fn zeros_short(&self) -> bool {
+        if !self.preallocate.load(Ordering::Acquire) {
+            return false;
+        }
+        let p = self.lock();
+        let data_end = p.file_len + p.buf.len() as u64;
+        p.zero_end.saturating_sub(data_end) < PREALLOCATE_CHUNK_BYTES
+            && p.zero_end.max(data_end) < self.preallocate_limit.load(Ordering::Acquire)
+    }
+
+    /// Writes one chunk of zeros past the data and fsyncs it, unless the zeros already reach
+    /// [`PREALLOCATE_AHEAD_BYTES`] ahead. Returns whether it wrote.
+    fn preallocate_chunk(&self) -> std::io::Result<bool> {
+        static ZEROS: [u8; PREALLOCATE_CHUNK_BYTES as usize] =
+            [0; PREALLOCATE_CHUNK_BYTES as usize];
+        if !self.preallocate.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        // Only this thread uses it, so holding it across the fsync blocks nobody.
+        let mut zero_file = self.zero_file.lock().unwrap_or_else(|p| p.into_inner());
+        if zero_file.is_none() {
+            use std::os::unix::fs::MetadataExt;
+            let f = File::options().write(true).open(&self.path)?;
+            let (ours, theirs) = (self.file.metadata()?, f.metadata()?);
+            if (ours.dev(), ours.ino()) != (theirs.dev(), theirs.ino()) {
+                // Renamed or replaced since it was opened: the name is not this file any more.
+                return Err(std::io::Error::other(
+                    "the segment's file was renamed or replaced",
+                ));
+            }
+            *zero_file = Some(f);
+        }
+        {
+            let mut p = self.lock();
+            // Checked under the lock that `trim` and `set_preallocation` take: no zeros after
+            // either turned it off.
+            if !self.preallocate.load(Ordering::Acquire) {
+                // `trim` may have closed the descriptor before it was (re)opened above.
+                zero_file.take();
+                return Ok(false);
+            }
+            let Some(f) = zero_file.as_ref() else {
+                return Ok(false);
+            };
+            let data_end = p.file_len + p.buf.len() as u64;
+            let at = p.zero_end.max(data_end);
+            let limit = self.preallocate_limit.load(Ordering::Acquire);
+            if p.zero_end.saturating_sub(data_end) >= PREALLOCATE_AHEAD_BYTES || at >= limit {
+                return Ok(false);
+            }
+            let len = PREALLOCATE_CHUNK_BYTES.min(limit - at) as usize;
+            if let Err(e) = fsio::write_all_at(f, &self.path, &ZEROS[..len], at) {
+                // Part of the chunk may be in the file: learn where it really ends, so that
+                // `trim` cuts it.
+                if let Ok(m) = self.file.metadata() {
+                    p.zero_end = p.zero_end.max(m.len());
+                }
+                return Err(e);
+            }
+            p.zero_end = at + len as u64;
+        }
+        // Outside the lock: appends go on while the zeros reach the disk.
+        if let Some(f) = zero_file.as_ref() {
+            fsio::sync(f, &self.path, false)?;
+        }
+        Ok(true)
+    }
+
+    /// Stops preallocating and cuts the zeros past the data, durably (the segment is no longer
+    /// active: a later segment must never follow zeros).
+    pub(crate) fn trim(&self) -> std::io::Result<()> {
+        self.preallocate.store(false, Ordering::Release);
+        // The preallocation thread's descriptor is closed with it (waits for a chunk in flight).
+        self.zero_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut p = self.lock();
+        self.write_locked(&mut p)?;
+        // The file's own length, not `zero_end` alone: nothing past the data may survive.
+        let meta = self.file.metadata()?;
+        if p.zero_end > p.file_len || meta.len() > p.file_len {
+            fsio::set_len(&self.file, &self.path, p.file_len)?;
+            p.zero_end = p.file_len;
+            drop(p);
+            // Cutting sets the modification time, which retention reads for segments without
+            // timestamps: keep the time of the last append.
+            if let Ok(modified) = meta.modified() {
+                let _ = self.file.set_modified(modified);
+            }
+            fsio::sync(&self.file, &self.path, true)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -54,7 +203,13 @@ impl SegmentFile {
     }
 
     /// Appends `bytes` at the end (buffered when small).
-    pub(crate) fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn append(self: &Arc<Self>, bytes: &[u8]) -> std::io::Result<()> {
+        self.append_locked(bytes)?;
+        self.request_preallocation();
+        Ok(())
+    }
+
+    fn append_locked(&self, bytes: &[u8]) -> std::io::Result<()> {
         let mut p = self.lock();
         if p.buf.len() + bytes.len() > WRITE_BUFFER_BYTES {
             self.write_locked(&mut p)?;
@@ -62,6 +217,7 @@ impl SegmentFile {
         if bytes.len() >= WRITE_BUFFER_BYTES {
             fsio::write_all_at(&self.file, &self.path, bytes, p.file_len)?;
             p.file_len += bytes.len() as u64;
+            p.zero_end = p.zero_end.max(p.file_len);
         } else {
             if p.buf.capacity() == 0 {
                 p.buf.reserve_exact(WRITE_BUFFER_BYTES);
@@ -75,6 +231,7 @@ impl SegmentFile {
         if !p.buf.is_empty() {
             fsio::write_all_at(&self.file, &self.path, &p.buf, p.file_len)?;
             p.file_len += p.buf.len() as u64;
+            p.zero_end = p.zero_end.max(p.file_len);
             p.buf.clear();
         }
         Ok(())
@@ -135,18 +292,20 @@ impl SegmentFile {
         }
         let from_file = p.file_len.saturating_sub(pos).min(len as u64) as usize;
         let mut out = Vec::with_capacity(len);
-        // The file holds exactly `file_len` bytes (appended bytes past it are in `buf`), so
-        // these reads stop at `from_file` however large the spare capacity is.
+        // Reads stop at `from_file`: past it the file has preallocated zeros, or nothing.
         while out.len() < from_file {
             let at = pos + out.len() as u64;
-            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut out), at) {
+            let want = from_file - out.len();
+            let spare = &mut out.spare_capacity_mut()[..want];
+            match rustix::io::pread(&self.file, spare, at).map(|(init, _)| init.len()) {
                 Ok(0) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "segment file shorter than its recorded length",
                     ));
                 }
-                Ok(_) => {}
+                // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+                Ok(n) => unsafe { out.set_len(out.len() + n) },
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -165,6 +324,7 @@ impl SegmentFile {
         self.write_locked(&mut p)?;
         fsio::set_len(&self.file, &self.path, len)?;
         p.file_len = len;
+        p.zero_end = len;
         Ok(())
     }
 
@@ -190,6 +350,74 @@ impl SegmentFile {
     }
 }
 
+/// The one thread that writes zeros ahead of every active segment with `preallocate` on. One
+/// is enough: a chunk costs a page-cache copy and an fsync off the append path, and a writer
+/// that outruns it loses nothing but the optimisation.
+mod preallocator {
+    use std::sync::mpsc::{Sender, channel};
+    use std::sync::{Mutex, OnceLock, Weak};
+
+    use super::SegmentFile;
+
+    /// The queue of files whose zeros run short (weak: a closed segment is simply skipped).
+    static QUEUE: OnceLock<Mutex<Sender<Weak<SegmentFile>>>> = OnceLock::new();
+
+    pub(super) fn request(file: Weak<SegmentFile>) {
+        let queue = QUEUE.get_or_init(|| {
+            let (tx, rx) = channel::<Weak<SegmentFile>>();
+            let spawned = std::thread::Builder::new()
+                .name("rill-preallocate".into())
+                .spawn(move || {
+                    while let Ok(file) = rx.recv() {
+                        if let Some(file) = file.upgrade() {
+                            serve(&file);
+                        }
+                        // (`file` dropped here, before waiting: a dropped segment is freed.)
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the preallocation thread; appends grow their files");
+            }
+            Mutex::new(tx)
+        });
+        let sent = queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(file.clone());
+        if sent.is_err()
+            && let Some(file) = file.upgrade()
+        {
+            // No thread: never ask again for this file.
+            file.preallocate
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Writes up to [`PREALLOCATE_AHEAD_BYTES`] of zeros for one file, then lets the others
+    /// have their turn (a file written faster than zeros are would otherwise keep the thread).
+    fn serve(file: &std::sync::Arc<SegmentFile>) {
+        use std::sync::atomic::Ordering;
+        for _ in 0..super::PREALLOCATE_AHEAD_BYTES / super::PREALLOCATE_CHUNK_BYTES {
+            match file.preallocate_chunk() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    // A full disk, say: the appends themselves will tell. Zeros already written
+                    // past the data are harmless and cut at roll, close or recovery.
+                    tracing::warn!(segment = %file.path.display(), error = %e,
+                        "writing zeros ahead of the segment failed; it grows as it is appended to");
+                    file.preallocate.store(false, Ordering::Release);
+                }
+            }
+            break;
+        }
+        file.preallocate_queued.store(false, Ordering::Release);
+        // Still short (it was outrun, or an append found it short while this request was being
+        // served and did not queue another): to the back of the queue.
+        file.request_preallocation();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +426,7 @@ mod tests {
     fn reads_span_file_and_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let f = SegmentFile::new(
+        let f = Arc::new(SegmentFile::new(
             File::options()
                 .create(true)
                 .truncate(true)
@@ -208,7 +436,7 @@ mod tests {
                 .unwrap(),
             path.clone(),
             0,
-        );
+        ));
         f.append(b"hello ").unwrap();
         f.write_out().unwrap();
         f.append(b"world").unwrap();

@@ -29,6 +29,8 @@ fn ten_batches() -> (tempfile::TempDir, Vec<Rec>, u64) {
     }
     log.flush().unwrap();
     let records = read_all(&log);
+    // Closed, so the file ends at the last batch (no zeros written ahead, see `preallocate`).
+    log.close().unwrap();
     (dir, records, last_start)
 }
 

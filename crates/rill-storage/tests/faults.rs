@@ -40,12 +40,23 @@ fn values(records: &[Rec]) -> Vec<i64> {
     records.iter().map(|r| r.offset).collect()
 }
 
+/// `small_config` without `preallocate`: the fault hits and the bytes a power cut loses that
+/// these tests count must come from the log's own operations, not from the preallocation
+/// thread's fsyncs (which also make appended data durable). Preallocation's own crash
+/// behaviour is tested in tests/log.rs.
+fn config() -> LogConfig {
+    LogConfig {
+        preallocate: false,
+        ..small_config()
+    }
+}
+
 #[test]
 fn a_failed_fsync_is_sticky_and_loses_only_unsynced_data() {
     let dir = tempfile::tempdir().unwrap();
     let _tracking = fault::track_power_cuts(dir.path());
     let clock = ManualClock::new(1_000);
-    let mut log = open(dir.path(), small_config(), &clock);
+    let mut log = open(dir.path(), config(), &clock);
     let gc = log.group_commit();
     let synced_end = append_n(&mut log, 0, 5);
     gc.wait_durable(synced_end).unwrap();
@@ -89,7 +100,7 @@ fn a_failed_fsync_is_sticky_and_loses_only_unsynced_data() {
 
     let report = fault::power_cut(dir.path()).unwrap();
     assert!(report.bytes_lost > 0, "{report:?}");
-    let log = reopen(dir.path(), small_config(), &clock, false, recovery_point);
+    let log = reopen(dir.path(), config(), &clock, false, recovery_point);
     assert_eq!(log.log_end_offset(), synced_end);
     assert_eq!(read_all(&log), synced);
     assert!(!log.is_offline(), "reopening recovers the log");
@@ -99,7 +110,7 @@ fn a_failed_fsync_is_sticky_and_loses_only_unsynced_data() {
 fn a_failed_write_of_buffered_data_takes_the_log_offline() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
-    let mut log = open(dir.path(), small_config(), &clock);
+    let mut log = open(dir.path(), config(), &clock);
     let end = append_n(&mut log, 0, 3);
     let failing = fault::inject_write_failure(dir.path());
     assert!(log.write_out().unwrap_err().is_log_dir_failure());
@@ -116,7 +127,7 @@ fn a_failed_write_of_buffered_data_takes_the_log_offline() {
 fn every_waiter_of_a_failed_fsync_gets_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
-    let log = Arc::new(Mutex::new(open(dir.path(), small_config(), &clock)));
+    let log = Arc::new(Mutex::new(open(dir.path(), config(), &clock)));
     let gc = log.lock().unwrap().group_commit();
     // The first append writes the leader epoch checkpoint (an fsync): not the one to hold.
     let synced = append_n(&mut log.lock().unwrap(), 100, 1);
@@ -150,7 +161,7 @@ fn every_waiter_of_a_failed_fsync_gets_an_error() {
 fn concurrent_appenders_share_one_fsync() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
-    let log = Arc::new(Mutex::new(open(dir.path(), small_config(), &clock)));
+    let log = Arc::new(Mutex::new(open(dir.path(), config(), &clock)));
     let gc = log.lock().unwrap().group_commit();
     // The first append writes the leader epoch checkpoint (an fsync): not the one to hold.
     let synced = append_n(&mut log.lock().unwrap(), 100, 1);
@@ -188,7 +199,7 @@ fn concurrent_appenders_share_one_fsync() {
 fn an_fsync_in_flight_across_a_truncation_publishes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
-    let mut log = open(dir.path(), small_config(), &clock);
+    let mut log = open(dir.path(), config(), &clock);
     let gc = log.group_commit();
     let end = append_n(&mut log, 0, 5);
     let first = fault::pause_next(FileOp::Fsync, dir.path());
@@ -224,7 +235,7 @@ fn a_truncation_survives_a_power_cut() {
     let dir = tempfile::tempdir().unwrap();
     let _tracking = fault::track_power_cuts(dir.path());
     let clock = ManualClock::new(1_000);
-    let mut log = open(dir.path(), small_config(), &clock);
+    let mut log = open(dir.path(), config(), &clock);
     let end = append_n(&mut log, 0, 10);
     log.group_commit().wait_durable(end).unwrap();
     log.truncate_to(4).unwrap();
@@ -232,7 +243,7 @@ fn a_truncation_survives_a_power_cut() {
     let recovery_point = log.recovery_point();
     drop(log);
     fault::power_cut(dir.path()).unwrap();
-    let log = reopen(dir.path(), small_config(), &clock, false, recovery_point);
+    let log = reopen(dir.path(), config(), &clock, false, recovery_point);
     assert_eq!(log.log_end_offset(), 4, "truncated batches came back");
     assert_eq!(values(&read_all(&log)), vec![0, 1, 2, 3]);
 }
@@ -240,7 +251,7 @@ fn a_truncation_survives_a_power_cut() {
 fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
     LogManager::open(
         dirs.to_vec(),
-        &small_config(),
+        &config(),
         CleanerConfig::default(),
         Arc::new(clock.clone()),
     )
@@ -262,7 +273,7 @@ fn the_recovery_point_checkpoint_follows_group_commit() {
     let clock = ManualClock::new(1_000);
     let m = manager(&dirs, &clock);
     let tp = TopicPartition::new("t", 0);
-    let log = m.get_or_create(&tp, small_config()).unwrap();
+    let log = m.get_or_create(&tp, config()).unwrap();
     let end = append_n(&mut log.write(), 0, 6);
     m.checkpoint().unwrap();
     assert_eq!(checkpointed(&dirs[0], &tp), Some(0), "nothing fsynced yet");
@@ -284,7 +295,7 @@ fn a_damaged_recovery_point_checkpoint_means_full_recovery() {
     let tp = TopicPartition::new("t", 0);
     let before = {
         let m = manager(&dirs, &clock);
-        let log = m.get_or_create(&tp, small_config()).unwrap();
+        let log = m.get_or_create(&tp, config()).unwrap();
         append_n(&mut log.write(), 0, 6);
         m.flush_all().unwrap();
         read_all(&log.read())
@@ -311,8 +322,8 @@ fn an_offline_log_is_skipped_by_flush_checkpoint_and_shutdown() {
     let clock = ManualClock::new(1_000);
     let m = manager(&dirs, &clock);
     let (bad, good) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
-    let bad_log = m.get_or_create(&bad, small_config()).unwrap();
-    let good_log = m.get_or_create(&good, small_config()).unwrap();
+    let bad_log = m.get_or_create(&bad, config()).unwrap();
+    let good_log = m.get_or_create(&good, config()).unwrap();
     let bad_dir = m.log_dir_of(&bad).unwrap();
     let good_dir = m.log_dir_of(&good).unwrap();
     assert_ne!(bad_dir, good_dir, "one log per dir");

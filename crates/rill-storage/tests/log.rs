@@ -474,3 +474,117 @@ fn leader_epochs_are_tracked_truncated_and_survive_restarts() {
     assert_eq!(log.end_offset_for_epoch(0), Some((0, 5)));
     assert_eq!(log.latest_epoch(), Some(6));
 }
+
+/// Length of a segment's `.log` file on disk.
+fn file_len(dir: &std::path::Path, base: i64) -> u64 {
+    std::fs::metadata(dir.join(format!("{base:020}.log")))
+        .unwrap()
+        .len()
+}
+
+/// Waits (up to 10 s) for the preallocation thread to have written zeros past the data.
+fn wait_for_zeros(dir: &std::path::Path, base: i64, data: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let len = file_len(dir, base);
+        if len > data {
+            return len;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no zeros were written ahead of {data} bytes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn preallocation_writes_zeros_ahead_and_cuts_them_at_roll_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    assert_eq!(file_len(dir.path(), 0), 0, "an idle log writes no zeros");
+    log.append_as_leader(&mut numbered(0, 10, 100, 1_000), 0)
+        .unwrap();
+    log.flush().unwrap();
+    let data = log.size_bytes();
+    let len = wait_for_zeros(dir.path(), 0, data);
+    let bytes = std::fs::read(dir.path().join(format!("{:020}.log", 0))).unwrap();
+    assert!(
+        bytes[data as usize..].iter().all(|&b| b == 0),
+        "only zeros past the data"
+    );
+    assert!(len - data <= 2 << 20, "{} bytes ahead", len - data);
+    // Appends overwrite the zeros and read back as usual.
+    log.append_as_leader(&mut numbered(10, 10, 100, 1_000), 0)
+        .unwrap();
+    assert_eq!(read_all(&log).len(), 20);
+    // A rolled segment ends at its last batch.
+    let first_size = log.size_bytes();
+    log.roll().unwrap();
+    assert_eq!(file_len(dir.path(), 0), first_size);
+    log.append_as_leader(&mut numbered(20, 5, 100, 1_000), 0)
+        .unwrap();
+    log.flush().unwrap();
+    wait_for_zeros(dir.path(), 20, log.size_bytes() - first_size);
+    // So does the active one after close; a clean reopen finds exactly the data.
+    log.close().unwrap();
+    let active = log.size_bytes() - first_size;
+    assert_eq!(file_len(dir.path(), 20), active);
+    drop(log);
+    let mut log = reopen(dir.path(), LogConfig::default(), &clock, true, 25);
+    assert_eq!(read_all(&log).len(), 25);
+    log.append_as_leader(&mut numbered(25, 1, 100, 1_000), 0)
+        .unwrap();
+    assert_eq!(log.log_end_offset(), 26);
+}
+
+#[test]
+fn a_crash_with_zeros_ahead_loses_nothing_and_cuts_the_zeros() {
+    for clean in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000);
+        let mut log = open(dir.path(), LogConfig::default(), &clock);
+        log.append_as_leader(&mut numbered(0, 10, 100, 1_000), 0)
+            .unwrap();
+        log.flush().unwrap();
+        let data = log.size_bytes();
+        let records = read_all(&log);
+        wait_for_zeros(dir.path(), 0, data);
+        // A crash: no close. (`clean`: reopened as if the shutdown had been clean, which must
+        // not let the next append land after the zeros either.)
+        drop(log);
+        let mut log = reopen(dir.path(), LogConfig::default(), &clock, clean, 0);
+        assert_eq!(read_all(&log), records, "clean={clean}");
+        assert_eq!(log.size_bytes(), data);
+        assert_eq!(file_len(dir.path(), 0), data, "clean={clean}");
+        log.append_as_leader(&mut numbered(10, 3, 100, 1_000), 0)
+            .unwrap();
+        log.close().unwrap();
+        drop(log);
+        let log = reopen(dir.path(), LogConfig::default(), &clock, true, 13);
+        assert_eq!(read_all(&log).len(), 13, "clean={clean}");
+    }
+}
+
+#[test]
+fn preallocate_false_writes_no_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let config = LogConfig::from_entries([("preallocate", "false")]).unwrap();
+    let mut log = open(dir.path(), config.clone(), &clock);
+    for i in 0..20 {
+        log.append_as_leader(&mut numbered(i * 10, 10, 100, 1_000), 0)
+            .unwrap();
+        log.flush().unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(file_len(dir.path(), 0), log.size_bytes());
+    // Turned on by a config change, it starts with the next append.
+    log.set_config(LogConfig::default());
+    log.append_as_leader(&mut numbered(200, 1, 100, 1_000), 0)
+        .unwrap();
+    log.flush().unwrap();
+    wait_for_zeros(dir.path(), 0, log.size_bytes());
+    assert!(LogConfig::from_entries([("preallocate", "maybe")]).is_err());
+}
