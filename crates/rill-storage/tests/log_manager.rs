@@ -71,18 +71,19 @@ fn logs_spread_over_dirs_and_survive_restarts() {
     }
 
     // Crash: unflushed appends, then a torn tail in one partition.
-    {
+    let len = {
         let log = m.get(&tps[3]).unwrap();
         let mut log = log.write();
         log.append_as_leader(&mut numbered(10, 3, 20, 0), 0)
             .unwrap();
         // In the page cache (what a broker does before acknowledging), but never fsynced.
         log.write_out().unwrap();
-    }
+        // Where the data ends (the file may go on with zeros written ahead, `preallocate`).
+        log.size_bytes()
+    };
     let dir3 = m.get(&tps[3]).unwrap().read().dir().to_owned();
     drop(m);
     let seg = dir3.join("00000000000000000000.log");
-    let len = std::fs::metadata(&seg).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)
