@@ -231,15 +231,7 @@ impl LogSegment {
         if pos < self.size && self.only_zeros_after(pos)? {
             // Zeros written ahead (`preallocate`) that a close did not cut: the next append
             // must land right after the last batch.
-            tracing::info!(
-                segment = %self.log_path().display(),
-                valid_bytes = pos,
-                cut_bytes = self.size - pos,
-                "cutting the zeros written ahead of the data (preallocate)"
-            );
-            self.file.set_len(pos).at(self.log_path())?;
-            self.file.sync_all().at(self.log_path())?;
-            self.size = pos;
+            self.cut_tail(pos)?;
         }
         self.bytes_since_last_index_entry = pos
             - self
@@ -296,26 +288,27 @@ impl LogSegment {
         };
         let truncated = self.size - valid_end;
         if truncated > 0 {
-            if self.only_zeros_after(valid_end)? {
-                tracing::info!(
-                    segment = %path.display(),
-                    valid_bytes = valid_end,
-                    cut_bytes = truncated,
-                    "cutting the zeros written ahead of the data (preallocate)"
-                );
-            } else {
-                tracing::warn!(
-                    segment = %path.display(),
-                    valid_bytes = valid_end,
-                    truncated_bytes = truncated,
-                    "truncating invalid or torn data at the end of the segment"
-                );
-            }
-            self.file.set_len(valid_end).at(&path)?;
-            self.file.sync_all().at(&path)?;
-            self.size = valid_end;
+            self.cut_tail(valid_end)?;
         }
         Ok(truncated)
+    }
+
+    /// Durably cuts the `.log` file at `end`, saying whether it cut zeros written ahead
+    /// (`preallocate`) or invalid or torn data.
+    fn cut_tail(&mut self, end: u64) -> Result<()> {
+        let path = self.log_path();
+        let cut = self.size - end;
+        if self.only_zeros_after(end)? {
+            tracing::info!(segment = %path.display(), valid_bytes = end, cut_bytes = cut,
+                "cutting the zeros written ahead of the data (preallocate)");
+        } else {
+            tracing::warn!(segment = %path.display(), valid_bytes = end, truncated_bytes = cut,
+                "truncating invalid or torn data at the end of the segment");
+        }
+        self.file.set_len(end).at(&path)?;
+        self.file.sync_all().at(&path)?;
+        self.size = end;
+        Ok(())
     }
 
     /// True when every byte from `pos` to the end is zero, as preallocation leaves them (only

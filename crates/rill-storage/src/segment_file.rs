@@ -96,18 +96,23 @@ impl SegmentFile {
 
     /// Asks the preallocation thread for more zeros when they run short.
     fn request_preallocation(self: &Arc<Self>) {
-        if self.zeros_short() && !self.preallocate_queued.swap(true, Ordering::AcqRel) {
+        let short = self.zeros_short(&self.lock());
+        self.request_if(short);
+    }
+
+    /// Queues a request to the preallocation thread when `short` and none is queued yet.
+    fn request_if(self: &Arc<Self>, short: bool) {
+        if short && !self.preallocate_queued.swap(true, Ordering::AcqRel) {
             preallocator::request(Arc::downgrade(self));
         }
     }
 
     /// True when preallocating and the zeros reach less than a chunk past the data (and not
     /// yet the limit).
-    fn zeros_short(&self) -> bool {
+    fn zeros_short(&self, p: &Pending) -> bool {
         if !self.preallocate.load(Ordering::Acquire) {
             return false;
         }
-        let p = self.lock();
         let data_end = p.file_len + p.buf.len() as u64;
         p.zero_end.saturating_sub(data_end) < PREALLOCATE_CHUNK_BYTES
             && p.zero_end.max(data_end) < self.preallocate_limit.load(Ordering::Acquire)
@@ -204,12 +209,14 @@ impl SegmentFile {
 
     /// Appends `bytes` at the end (buffered when small).
     pub(crate) fn append(self: &Arc<Self>, bytes: &[u8]) -> std::io::Result<()> {
-        self.append_locked(bytes)?;
-        self.request_preallocation();
+        let short = self.append_locked(bytes)?;
+        self.request_if(short);
         Ok(())
     }
 
-    fn append_locked(&self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Appends under the lock; returns whether the zeros ahead now run short (checked under
+    /// the same lock, so an append takes it once).
+    fn append_locked(&self, bytes: &[u8]) -> std::io::Result<bool> {
         let mut p = self.lock();
         if p.buf.len() + bytes.len() > WRITE_BUFFER_BYTES {
             self.write_locked(&mut p)?;
@@ -224,7 +231,7 @@ impl SegmentFile {
             }
             p.buf.extend_from_slice(bytes);
         }
-        Ok(())
+        Ok(self.zeros_short(&p))
     }
 
     fn write_locked(&self, p: &mut Pending) -> std::io::Result<()> {
