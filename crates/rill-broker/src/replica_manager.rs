@@ -25,7 +25,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::{ApiError, ErrorCode};
-use rill_storage::{LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition};
+use rill_storage::{Log, LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition};
 use tokio::sync::watch;
 
 use rill_protocol::proto::{
@@ -958,35 +958,67 @@ impl ReplicaManager {
         self.partition(tp).map_or(0, |p| p.high_watermark())
     }
 
-    /// Reads batches from `offset` up to the high watermark (blocking).
+    /// Reads batches from `offset` up to `hw` (the high watermark the answer reports). Blocking,
+    /// unless `cached_only`: then `Err(LogError::WouldBlock)` instead of waiting for the disk or
+    /// for a write holding the log (see [`rill_storage::Log::read_cached`]).
     pub fn read(
         &self,
         partition: &Partition,
         offset: i64,
         max_bytes: usize,
         min_one: bool,
-    ) -> Result<Option<Bytes>, ApiError> {
-        let hw = partition.high_watermark();
-        let log = partition.log.read();
-        if offset > hw && offset <= log.log_end_offset() {
-            // Written but not yet acknowledged-durable: nothing to read yet.
-            return Ok(None);
+        hw: i64,
+        cached_only: bool,
+    ) -> Result<Option<Bytes>, LogError> {
+        read_log(partition, cached_only, |log, cached_only| {
+            if offset > hw && offset <= log.log_end_offset() {
+                // Written but not yet acknowledged-durable: nothing to read yet.
+                return Ok(None);
+            }
+            if cached_only {
+                log.read_cached(offset, max_bytes, Some(hw), min_one)
+            } else {
+                log.read(offset, max_bytes, Some(hw), min_one)
+            }
+        })
+    }
+
+    /// Reads a follower's records after [`ReplicaManager::fetch_for_follower`] found it may
+    /// have them (`throttled` as it said), up to the log end; `cached_only` as in
+    /// [`ReplicaManager::read`].
+    pub fn read_for_follower(
+        &self,
+        partition: &Partition,
+        offset: i64,
+        budget: usize,
+        throttled: bool,
+        cached_only: bool,
+    ) -> Result<Option<Bytes>, LogError> {
+        let read = read_log(partition, cached_only, |log, cached_only| {
+            if cached_only {
+                log.read_cached(offset, budget, None, true)
+            } else {
+                log.read(offset, budget, None, true)
+            }
+        })?;
+        if throttled && let Some(bytes) = &read {
+            self.leader_throttle.record(bytes.len());
         }
-        log.read(offset, max_bytes, Some(hw), min_one).map_err(api)
+        Ok(read)
     }
 
     /// The leader's side of a follower's fetch of one partition (Kafka's
     /// `Partition.fetchRecords` for a replica): checks the epochs, tells a diverged follower
-    /// where to truncate, records the follower's position (which may move the high watermark
-    /// or add it to the ISR), and reads up to the log end.
+    /// where to truncate and records the follower's position (which may move the high watermark
+    /// or add it to the ISR). The records are read after it, with
+    /// [`ReplicaManager::read_for_follower`], when the second value says so (`Some(throttled)`).
     pub fn fetch_for_follower(
         &self,
         partition: &Partition,
         replica: i32,
         replica_epoch: i64,
         req: &FetchPartition,
-        budget: usize,
-    ) -> FetchPartitionResponse {
+    ) -> (FetchPartitionResponse, Option<bool>) {
         let mut r = FetchPartitionResponse {
             index: req.index,
             high_watermark: -1,
@@ -996,7 +1028,7 @@ impl ReplicaManager {
         let fail = |mut r: FetchPartitionResponse, code: ErrorCode, msg: String| {
             r.error_code = code as i32;
             r.error_message = msg;
-            r
+            (r, None)
         };
         let state = partition.state();
         r.current_leader = Some(LeaderIdAndEpoch {
@@ -1069,7 +1101,7 @@ impl ReplicaManager {
         if let Some((epoch, end_offset)) = diverging {
             r.high_watermark = partition.high_watermark();
             r.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
-            return r;
+            return (r, None);
         }
         // KIP-903: only a fetch from the replica's current registration may add it to the ISR.
         let may_join = self
@@ -1092,30 +1124,30 @@ impl ReplicaManager {
         // already holding back the high watermark) never is.
         let throttled = !partition.in_maximal_isr(replica);
         if throttled && self.leader_throttle.exceeded() {
-            return r;
+            return (r, None);
         }
-        let read = partition
-            .log
-            .read()
-            .read(req.fetch_offset, budget, None, true)
-            .map_err(api);
-        match read {
-            Ok(Some(bytes)) => {
-                if throttled {
-                    self.leader_throttle.record(bytes.len());
-                }
-                r.records = bytes;
-            }
-            Ok(None) => {}
-            Err(e) => return fail(r, e.code, e.message),
-        }
-        r
+        (r, Some(throttled))
     }
 
     /// (log start offset, high watermark).
     pub fn offsets(&self, partition: &Partition) -> Result<(i64, i64), ApiError> {
         let start = partition.log.read().log_start_offset();
         Ok((start, partition.high_watermark()))
+    }
+}
+
+/// Runs `read` under the partition's log lock; with `cached_only` only if the lock is free
+/// (`Err(LogError::WouldBlock)` if not: a roll or truncation may hold it for milliseconds).
+fn read_log<T>(
+    partition: &Partition,
+    cached_only: bool,
+    read: impl FnOnce(&Log, bool) -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    if cached_only {
+        let log = partition.log.try_read().ok_or(LogError::WouldBlock)?;
+        read(&log, true)
+    } else {
+        read(&partition.log.read(), false)
     }
 }
 
@@ -1412,7 +1444,15 @@ mod tests {
                 last_fetched_epoch: -1,
                 log_start_offset: 0,
             };
-            rm.fetch_for_follower(&p, replica, -1, &req, 1 << 20)
+            let (mut r, read) = rm.fetch_for_follower(&p, replica, -1, &req);
+            if let Some(throttled) = read
+                && let Some(bytes) = rm
+                    .read_for_follower(&p, 0, 1 << 20, throttled, false)
+                    .unwrap()
+            {
+                r.records = bytes;
+            }
+            r
         };
         let first = fetch(2);
         assert_eq!(first.error_code, 0, "{}", first.error_message);

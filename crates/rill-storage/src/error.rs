@@ -182,6 +182,10 @@ pub enum LogError {
         /// The log end after the truncation.
         log_end: i64,
     },
+    /// A read made with [`crate::Log::read_cached`] would have waited (for the disk, or for a
+    /// write holding the segment); nothing was read. Read again with [`crate::Log::read`].
+    #[error("the read would wait for the disk or for a write")]
+    WouldBlock,
     /// An I/O error on a log file.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -216,6 +220,8 @@ impl LogError {
             LogError::Corrupt { .. } | LogError::Io { .. } | LogError::LogDirOffline { .. } => {
                 ErrorCode::KafkaStorageError
             }
+            // Answered by reading again where waiting is fine; never meant for a client.
+            LogError::WouldBlock => ErrorCode::UnknownServerError,
         }
     }
 
@@ -239,9 +245,15 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| LogError::Io {
-            path: path.into(),
-            source,
+        self.map_err(|source| {
+            // Only reads under `segment_file::without_waiting` fail this way.
+            if source.kind() == std::io::ErrorKind::WouldBlock {
+                return LogError::WouldBlock;
+            }
+            LogError::Io {
+                path: path.into(),
+                source,
+            }
         })
     }
 }

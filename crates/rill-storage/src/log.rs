@@ -516,6 +516,20 @@ impl Log {
         Ok(None)
     }
 
+    /// [`Log::read`] from the page cache only: `Err(LogError::WouldBlock)`, having read nothing,
+    /// when it would wait for the disk or for a write holding the segment. For async callers:
+    /// data just written is read in microseconds on the calling thread, and only the rest goes
+    /// to a thread that may block.
+    pub fn read_cached(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: Option<i64>,
+        min_one: bool,
+    ) -> Result<Option<Bytes>> {
+        crate::segment_file::without_waiting(|| self.read(offset, max_bytes, max_offset, min_one))
+    }
+
     /// Offset and timestamp of the first record whose timestamp is ≥ `timestamp`, or `None` when
     /// every record is older.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {

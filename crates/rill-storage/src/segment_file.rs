@@ -18,9 +18,18 @@
 //! (a writer that outruns it simply grows the file), and zeros are only ever written past the
 //! data, under the same lock as appends. The zeros are cut by [`SegmentFile::trim`] when the
 //! segment stops being active, and by recovery after a crash (a zero header is not a batch).
+//!
+//! Reads that must not wait ([`without_waiting`]): a fetch of data just written is answered
+//! from the page cache in microseconds, and handing it to a blocking thread costs more than the
+//! read (two thread wake-ups). Inside `without_waiting` a read that would wait — for the disk
+//! (`preadv2` with `RWF_NOWAIT` finds the pages not cached) or for this file's lock (held by a
+//! write) — fails with [`std::io::ErrorKind::WouldBlock`] instead, and the caller reads again
+//! where waiting is fine.
 
+use std::cell::Cell;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +45,67 @@ const PREALLOCATE_CHUNK_BYTES: u64 = 1 << 20;
 
 /// How far past the data the zeros reach when the background thread has kept up.
 pub const PREALLOCATE_AHEAD_BYTES: u64 = 2 * PREALLOCATE_CHUNK_BYTES;
+
+thread_local! {
+    /// Set while this thread runs [`without_waiting`].
+    static NO_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every segment read on this thread refusing to wait (see the module docs): a
+/// read that would wait fails with `WouldBlock` (as [`crate::LogError::WouldBlock`] above this
+/// module) and has no effect.
+pub(crate) fn without_waiting<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_WAIT.with(|n| n.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_WAIT.with(|n| n.replace(true)));
+    f()
+}
+
+fn would_block() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::WouldBlock)
+}
+
+/// One `pread` into `buf`; under [`without_waiting`] one that fails rather than wait for the disk.
+/// Returns how many bytes it read (0 at the file's end).
+fn pread_once(file: &File, buf: &mut [MaybeUninit<u8>], at: u64) -> std::io::Result<usize> {
+    loop {
+        let read = if NO_WAIT.with(Cell::get) {
+            let iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let Ok(offset) = libc::off_t::try_from(at) else {
+                return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+            };
+            // SAFETY: one iovec over `buf`, which the kernel only writes into (uninitialised
+            // memory is fine for that); the descriptor is open for as long as `file` lives.
+            let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+            if n >= 0 {
+                Ok(n as usize)
+            } else {
+                Err(
+                    rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
+                        .unwrap_or(rustix::io::Errno::IO),
+                )
+            }
+        } else {
+            rustix::io::pread(file, &mut *buf, at).map(|(init, _)| init.len())
+        };
+        match read {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            // Not cached (or this file system cannot tell without waiting).
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP) => {
+                return Err(would_block());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 /// The `.log` file of a segment.
 #[derive(Debug)]
@@ -207,6 +277,38 @@ impl SegmentFile {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lock for a read: under [`without_waiting`] only if it is free.
+    fn lock_for_read(&self) -> std::io::Result<MutexGuard<'_, Pending>> {
+        if !NO_WAIT.with(Cell::get) {
+            return Ok(self.lock());
+        }
+        match self.pending.try_lock() {
+            Ok(p) => Ok(p),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(would_block()),
+        }
+    }
+
+    /// Fills `out` from the file at `pos` (all of it lies within the file's data).
+    fn read_file_exact(&self, out: &mut [u8], pos: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            // SAFETY: viewing initialised bytes as `MaybeUninit` is always sound.
+            let rest =
+                unsafe { &mut *(std::ptr::from_mut(&mut out[done..]) as *mut [MaybeUninit<u8>]) };
+            match pread_once(&self.file, rest, pos + done as u64)? {
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "segment file shorter than its recorded length",
+                    ));
+                }
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+
     /// Appends `bytes` at the end (buffered when small).
     pub(crate) fn append(self: &Arc<Self>, bytes: &[u8]) -> std::io::Result<()> {
         let short = self.append_locked(bytes)?;
@@ -266,7 +368,7 @@ impl SegmentFile {
 
     /// Reads exactly `out.len()` bytes at `pos`, from the file and/or the buffer.
     pub(crate) fn read_exact_at(&self, out: &mut [u8], pos: u64) -> std::io::Result<()> {
-        let p = self.lock();
+        let p = self.lock_for_read()?;
         let end = pos + out.len() as u64;
         if end > p.file_len + p.buf.len() as u64 {
             return Err(std::io::Error::new(
@@ -276,7 +378,7 @@ impl SegmentFile {
         }
         let from_file = p.file_len.saturating_sub(pos).min(out.len() as u64) as usize;
         if from_file > 0 {
-            self.file.read_exact_at(&mut out[..from_file], pos)?;
+            self.read_file_exact(&mut out[..from_file], pos)?;
         }
         if from_file < out.len() {
             let start = (pos + from_file as u64 - p.file_len) as usize;
@@ -289,7 +391,7 @@ impl SegmentFile {
     /// `len` bytes at `pos`, from the file and/or the buffer, in a new buffer that is not zeroed
     /// first: fetches read megabytes at a time, and zeroing them cost about as much as the read.
     pub(crate) fn read_vec_at(&self, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let p = self.lock();
+        let p = self.lock_for_read()?;
         let end = pos + len as u64;
         if end > p.file_len + p.buf.len() as u64 {
             return Err(std::io::Error::new(
@@ -304,17 +406,15 @@ impl SegmentFile {
             let at = pos + out.len() as u64;
             let want = from_file - out.len();
             let spare = &mut out.spare_capacity_mut()[..want];
-            match rustix::io::pread(&self.file, spare, at).map(|(init, _)| init.len()) {
-                Ok(0) => {
+            match pread_once(&self.file, spare, at)? {
+                0 => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "segment file shorter than its recorded length",
                     ));
                 }
-                // SAFETY: pread initialised the first `n` bytes of the spare capacity.
-                Ok(n) => unsafe { out.set_len(out.len() + n) },
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+                // SAFETY: the read initialised the first `n` bytes of the spare capacity.
+                n => unsafe { out.set_len(out.len() + n) },
             }
         }
         out.truncate(from_file);
@@ -428,6 +528,43 @@ mod preallocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_that_must_not_wait_refuse_a_held_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = Arc::new(SegmentFile::new(
+            File::options()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+            path.clone(),
+            0,
+        ));
+        f.append(b"hello world").unwrap();
+        f.write_out().unwrap();
+        assert_eq!(
+            without_waiting(|| f.read_vec_at(0, 5)).unwrap(),
+            b"hello",
+            "cached data is read"
+        );
+        let held = f.lock();
+        let refused = without_waiting(|| f.read_vec_at(0, 5)).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
+        let mut out = [0u8; 5];
+        let refused = without_waiting(|| f.read_exact_at(&mut out, 6)).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
+        drop(held);
+        f.read_exact_at(&mut out, 6).unwrap();
+        assert_eq!(
+            &out, b"world",
+            "outside without_waiting reads wait as before"
+        );
+        assert!(!NO_WAIT.with(Cell::get), "the flag is restored");
+    }
 
     #[test]
     fn reads_span_file_and_buffer() {

@@ -588,3 +588,45 @@ fn preallocate_false_writes_no_zeros() {
     wait_for_zeros(dir.path(), 0, log.size_bytes());
     assert!(LogConfig::from_entries([("preallocate", "maybe")]).is_err());
 }
+
+/// `read_cached` answers from the page cache and refuses, having read nothing, when the data
+/// is not there; `read` then reads it (and brings it back into the cache).
+#[test]
+fn read_cached_reads_only_what_the_page_cache_holds() {
+    use std::os::fd::AsRawFd;
+    // Not tmpfs: the data must be able to leave the page cache.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), LogConfig::default(), &clock);
+    for i in 0..20 {
+        log.append_as_leader(&mut numbered(i * 10, 10, 1_000, 0), 0)
+            .unwrap();
+    }
+    log.flush().unwrap();
+    let cached = log.read_cached(50, 1 << 20, None, true).unwrap().unwrap();
+    assert_eq!(cached, log.read(50, 1 << 20, None, true).unwrap().unwrap());
+    assert!(log.read_cached(200, 1 << 20, None, true).unwrap().is_none());
+    // Drop the segment's (clean, fsynced) pages from the page cache.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let f = std::fs::File::open(&path).unwrap();
+            let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0);
+        }
+    }
+    assert!(
+        matches!(
+            log.read_cached(50, 1 << 20, None, true),
+            Err(LogError::WouldBlock)
+        ),
+        "data not in the page cache is not waited for"
+    );
+    let read = log.read(50, 1 << 20, None, true).unwrap().unwrap();
+    assert_eq!(read, cached);
+    assert_eq!(
+        log.read_cached(50, 1 << 20, None, true).unwrap().unwrap(),
+        cached,
+        "read back into the cache"
+    );
+}

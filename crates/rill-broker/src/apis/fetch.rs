@@ -13,11 +13,12 @@ use tonic::Status;
 use crate::apis::blocking_err;
 use crate::network::BrokerService;
 use bytes::Bytes;
-use rill_storage::TopicPartition;
+use rill_storage::{LogError, TopicPartition};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 
 use crate::apis::leader_hint;
+use crate::partition::Partition;
 use crate::replica_manager::ReplicaManager;
 
 /// Handles one Fetch request.
@@ -46,13 +47,27 @@ pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchRespo
     }
     loop {
         metadata.borrow_and_update();
-        let rm = Arc::clone(&svc.rm);
-        let r = req.clone();
-        let fetch_max_bytes = svc.fetch_max_bytes;
-        let (response, bytes) =
-            tokio::task::spawn_blocking(move || read_all(&rm, &r, fetch_max_bytes))
-                .await
-                .map_err(blocking_err)?;
+        // The checks and the reads of data still in the page cache (most fetches: consumers
+        // and followers near the log end) here; reads that would wait for the disk, or for a
+        // write holding a log, on a blocking thread.
+        let (mut response, reads) = check_all(&svc.rm, &req);
+        let mut progress = ReadProgress {
+            next: 0,
+            total: 0,
+            max_total: max_total(&req, svc.fetch_max_bytes),
+        };
+        read_planned(&svc.rm, &mut response, &reads, &mut progress, true);
+        let (response, bytes) = if progress.next < reads.len() {
+            let rm = Arc::clone(&svc.rm);
+            tokio::task::spawn_blocking(move || {
+                read_planned(&rm, &mut response, &reads, &mut progress, false);
+                (response, progress.total)
+            })
+            .await
+            .map_err(blocking_err)?
+        } else {
+            (response, progress.total)
+        };
         let min_bytes = req.min_bytes.max(1) as usize;
         let has_error = response
             .topics
@@ -83,27 +98,62 @@ pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchRespo
     }
 }
 
-/// Reads every requested partition once; returns the response and the record bytes in it.
-fn read_all(
-    rm: &ReplicaManager,
-    req: &FetchRequest,
-    fetch_max_bytes: usize,
-) -> (FetchResponse, usize) {
-    let mut total = 0usize;
-    // The broker's fetch.max.bytes caps what one fetch may hold, whatever the client asks.
-    let max_total = if req.max_bytes <= 0 {
+/// The broker's fetch.max.bytes caps what one fetch may hold, whatever the client asks.
+fn max_total(req: &FetchRequest, fetch_max_bytes: usize) -> usize {
+    if req.max_bytes <= 0 {
         fetch_max_bytes
     } else {
         (req.max_bytes as usize).min(fetch_max_bytes)
+    }
+}
+
+/// A partition's read, found due by the checks and done after them, in request order: each
+/// read's budget depends on the bytes read before it.
+struct PlannedRead {
+    /// Where its answer is: topic and partition index in the response.
+    at: (usize, usize),
+    partition: Arc<Partition>,
+    offset: i64,
+    /// The request's `partition_max_bytes` (1 MiB when unset).
+    partition_max: usize,
+    kind: ReadKind,
+}
+
+enum ReadKind {
+    /// Up to the high watermark the answer reports.
+    Consumer { hw: i64 },
+    /// Up to the log end; `throttled` as `fetch_for_follower` said.
+    Follower { throttled: bool },
+}
+
+/// How far the planned reads got.
+struct ReadProgress {
+    /// The first read not done yet.
+    next: usize,
+    /// Record bytes read so far.
+    total: usize,
+    max_total: usize,
+}
+
+/// Checks every requested partition (leadership, epochs, offsets; a follower's position is
+/// recorded here) without reading records; returns the answer so far and the reads to do.
+fn check_all(rm: &ReplicaManager, req: &FetchRequest) -> (FetchResponse, Vec<PlannedRead>) {
+    let mut reads = Vec::new();
+    let mut response = FetchResponse {
+        topics: Vec::with_capacity(req.topics.len()),
     };
-    let mut response = FetchResponse::default();
-    for t in &req.topics {
+    for (ti, t) in req.topics.iter().enumerate() {
         let mut tr = FetchTopicResponse {
             name: t.name.clone(),
             partitions: Vec::with_capacity(t.partitions.len()),
         };
-        for p in &t.partitions {
+        for (pi, p) in t.partitions.iter().enumerate() {
             let tp = TopicPartition::new(t.name.clone(), p.index);
+            let partition_max = if p.partition_max_bytes <= 0 {
+                1 << 20
+            } else {
+                p.partition_max_bytes as usize
+            };
             let mut pr = FetchPartitionResponse {
                 index: p.index,
                 high_watermark: -1,
@@ -117,20 +167,18 @@ fn read_all(
                     pr.current_leader = leader_hint(current);
                 }
                 Ok(partition) if req.replica_id >= 0 => {
-                    let budget =
-                        (max_total.saturating_sub(total)).min(if p.partition_max_bytes <= 0 {
-                            1 << 20
-                        } else {
-                            p.partition_max_bytes as usize
+                    let (checked, read) =
+                        rm.fetch_for_follower(&partition, req.replica_id, req.replica_epoch, p);
+                    pr = checked;
+                    if let Some(throttled) = read {
+                        reads.push(PlannedRead {
+                            at: (ti, pi),
+                            partition,
+                            offset: p.fetch_offset,
+                            partition_max,
+                            kind: ReadKind::Follower { throttled },
                         });
-                    pr = rm.fetch_for_follower(
-                        &partition,
-                        req.replica_id,
-                        req.replica_epoch,
-                        p,
-                        budget.max(1),
-                    );
-                    total += pr.records.len();
+                    }
                 }
                 Ok(partition) => {
                     let state = partition.state();
@@ -169,23 +217,14 @@ fn read_all(
                             "offset {} is outside [{start}, {hw}] of {tp}",
                             p.fetch_offset
                         );
-                    } else if total < max_total {
-                        let budget = (max_total - total).min(if p.partition_max_bytes <= 0 {
-                            1 << 20
-                        } else {
-                            p.partition_max_bytes as usize
+                    } else {
+                        reads.push(PlannedRead {
+                            at: (ti, pi),
+                            partition,
+                            offset: p.fetch_offset,
+                            partition_max,
+                            kind: ReadKind::Consumer { hw },
                         });
-                        match rm.read(&partition, p.fetch_offset, budget, total == 0) {
-                            Ok(Some(bytes)) => {
-                                total += bytes.len();
-                                pr.records = bytes;
-                            }
-                            Ok(None) => pr.records = Bytes::new(),
-                            Err(e) => {
-                                pr.error_code = e.code as i32;
-                                pr.error_message = e.message;
-                            }
-                        }
                     }
                 }
             }
@@ -193,5 +232,55 @@ fn read_all(
         }
         response.topics.push(tr);
     }
-    (response, total)
+    (response, reads)
+}
+
+/// Does the planned reads from `progress.next` on, in order, into `response`. With
+/// `cached_only` it stops at the first read that would wait (for the disk, or for a write
+/// holding the log), leaving `progress.next` there for a blocking thread to go on from.
+fn read_planned(
+    rm: &ReplicaManager,
+    response: &mut FetchResponse,
+    reads: &[PlannedRead],
+    progress: &mut ReadProgress,
+    cached_only: bool,
+) {
+    while let Some(read) = reads.get(progress.next) {
+        let remaining = progress.max_total.saturating_sub(progress.total);
+        let result = match read.kind {
+            // A follower always gets at least one batch, so a large one never stalls it.
+            ReadKind::Follower { throttled } => rm.read_for_follower(
+                &read.partition,
+                read.offset,
+                remaining.min(read.partition_max).max(1),
+                throttled,
+                cached_only,
+            ),
+            ReadKind::Consumer { .. } if remaining == 0 => Ok(None),
+            ReadKind::Consumer { hw } => rm.read(
+                &read.partition,
+                read.offset,
+                remaining.min(read.partition_max),
+                progress.total == 0,
+                hw,
+                cached_only,
+            ),
+        };
+        if cached_only && matches!(result, Err(LogError::WouldBlock)) {
+            return;
+        }
+        let pr = &mut response.topics[read.at.0].partitions[read.at.1];
+        match result {
+            Ok(Some(bytes)) => {
+                progress.total += bytes.len();
+                pr.records = bytes;
+            }
+            Ok(None) => pr.records = Bytes::new(),
+            Err(e) => {
+                pr.error_code = e.error_code() as i32;
+                pr.error_message = e.to_string();
+            }
+        }
+        progress.next += 1;
+    }
 }
