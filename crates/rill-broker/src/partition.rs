@@ -20,9 +20,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rill_protocol::{ApiError, ErrorCode};
-use rill_storage::{GroupCommit, LogAppendInfo, LogConfig, LogError, SharedLog, TopicPartition};
+use rill_storage::{
+    GroupCommit, Log, LogAppendInfo, LogConfig, LogError, SharedLog, TopicPartition,
+};
 use tokio::sync::watch;
 
 use crate::config::FlushPolicy;
@@ -83,6 +85,22 @@ struct Inner {
     epoch_start_offset: i64,
 }
 
+/// A lock that a caller which must not wait (an async task: writers hold these locks across
+/// disk writes, a segment roll's fsyncs, compaction) found taken; it did nothing and should go
+/// on where waiting is fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// What [`Partition::record_follower_fetch`] found.
+#[derive(Debug)]
+pub(crate) struct FollowerFetchRecorded {
+    /// The ISR to propose: the follower caught up and is not in it (expansion).
+    pub isr_change: Option<IsrChange>,
+    /// Whether the follower is in the ISR or joining it (it then holds back the high
+    /// watermark, and is never throttled).
+    pub in_maximal_isr: bool,
+}
+
 /// A partition hosted here.
 pub struct Partition {
     /// Topic and index.
@@ -107,6 +125,15 @@ pub struct Partition {
     /// Watchers of this partition's high watermark (acks=all waits here: Kafka's DelayedProduce,
     /// keyed by partition).
     hw_watch: watch::Sender<i64>,
+}
+
+/// Whether `replica` is in the ISR or in the one being proposed (Kafka's maximal ISR).
+fn maximal_isr_contains(inner: &Inner, replica: i32) -> bool {
+    inner.state.isr.contains(&replica)
+        || inner
+            .pending_isr
+            .as_ref()
+            .is_some_and(|p| p.contains(&replica))
 }
 
 fn pack(leader: i32, epoch: i32) -> i64 {
@@ -167,6 +194,36 @@ impl Partition {
     /// A copy of the leader/ISR state as last applied from the metadata.
     pub fn state(&self) -> LeaderState {
         self.inner.read().state.clone()
+    }
+
+    /// [`Partition::state`], or with `no_wait` `Err(Busy)` when an append holds the state.
+    pub fn state_no_wait(&self, no_wait: bool) -> Result<LeaderState, Busy> {
+        Ok(self.inner_read(no_wait)?.state.clone())
+    }
+
+    fn inner_read(&self, no_wait: bool) -> Result<RwLockReadGuard<'_, Inner>, Busy> {
+        if no_wait {
+            self.inner.try_read().ok_or(Busy)
+        } else {
+            Ok(self.inner.read())
+        }
+    }
+
+    fn inner_write(&self, no_wait: bool) -> Result<RwLockWriteGuard<'_, Inner>, Busy> {
+        if no_wait {
+            self.inner.try_write().ok_or(Busy)
+        } else {
+            Ok(self.inner.write())
+        }
+    }
+
+    /// The log for reading; with `no_wait` only if no writer holds it.
+    pub fn log_read(&self, no_wait: bool) -> Result<RwLockReadGuard<'_, Log>, Busy> {
+        if no_wait {
+            self.log.try_read().ok_or(Busy)
+        } else {
+            Ok(self.log.read())
+        }
     }
 
     /// True when this broker leads the partition.
@@ -342,20 +399,37 @@ impl Partition {
     /// What this broker itself holds safely: the fsynced offset under `commit`, the log end
     /// under `interval`.
     fn local_end(&self) -> i64 {
-        match self.flush_policy {
-            FlushPolicy::Commit => self.group_commit.durable_offset(),
-            FlushPolicy::Interval => self.log.read().log_end_offset(),
+        match self.local_end_no_wait(false) {
+            Ok(end) => end,
+            Err(Busy) => unreachable!("a waiting read is never busy"),
         }
+    }
+
+    fn local_end_no_wait(&self, no_wait: bool) -> Result<i64, Busy> {
+        Ok(match self.flush_policy {
+            // Group commit's lock is never held across an fsync.
+            FlushPolicy::Commit => self.group_commit.durable_offset(),
+            FlushPolicy::Interval => self.log_read(no_wait)?.log_end_offset(),
+        })
     }
 
     /// Leader: moves the high watermark to the lowest end over the (maximal) ISR, if that is
     /// higher. Returns true when it moved.
     pub fn maybe_increment_hw(&self) -> bool {
         let inner = self.inner.read();
+        let moved = self.increment_hw_locked(&inner, self.local_end());
+        drop(inner);
+        self.notify_hw(moved)
+    }
+
+    /// The high watermark raise of [`Partition::maybe_increment_hw`], under the state lock the
+    /// caller holds (read or write) with the leader's own end read under it. Returns the new
+    /// high watermark when it moved; [`Partition::notify_hw`] it after the lock is released.
+    fn increment_hw_locked(&self, inner: &Inner, local_end: i64) -> Option<i64> {
         if inner.state.leader != self.node_id {
-            return false;
+            return None;
         }
-        let mut hw = self.local_end();
+        let mut hw = local_end;
         let maximal = inner
             .state
             .isr
@@ -368,19 +442,22 @@ impl Partition {
             match inner.followers.get(r) {
                 Some(f) if f.log_end_offset >= 0 => hw = hw.min(f.log_end_offset),
                 // A replica in the ISR whose position is unknown holds the high watermark.
-                _ => return false,
+                _ => return None,
             }
         }
         // Raised under the state lock: a broker that stops leading (`apply_state` takes it for
         // writing) and then truncates never sees this value land after its truncation.
-        let moved = self.high_watermark.fetch_max(hw, Ordering::AcqRel) < hw;
-        drop(inner);
-        if moved {
-            // Notified outside the lock (a waiter may hold the watch while taking it). The
-            // watch only wakes waiters: they read the high watermark itself.
+        (self.high_watermark.fetch_max(hw, Ordering::AcqRel) < hw).then_some(hw)
+    }
+
+    /// Wakes the high watermark's waiters after a raise (outside the state lock: a waiter may
+    /// hold the watch while taking it). The watch only wakes them: they read the high
+    /// watermark itself. Returns whether it moved.
+    fn notify_hw(&self, moved: Option<i64>) -> bool {
+        if let Some(hw) = moved {
             self.hw_watch.send_modify(|v| *v = (*v).max(hw));
         }
-        moved
+        moved.is_some()
     }
 
     /// Follower: takes the leader's high watermark, capped at the own log end.
@@ -392,8 +469,10 @@ impl Partition {
         }
     }
 
-    /// Leader: records a follower's fetch at `fetch_offset` (everything below is on its disk).
-    /// Returns the ISR to propose when the follower caught up and is not in it (expansion).
+    /// Leader: records a follower's fetch at `fetch_offset` (everything below is on its disk),
+    /// raises the high watermark if that allows, and says whether the ISR should grow. All under
+    /// one hold of the state lock, so with `no_wait` it either happens whole or (`Err(Busy)`,
+    /// the lock or the log being held) not at all.
     pub(crate) fn record_follower_fetch(
         &self,
         replica: i32,
@@ -401,47 +480,54 @@ impl Partition {
         fetch_offset: i64,
         leader_end: i64,
         may_join_isr: bool,
-    ) -> Option<IsrChange> {
+        no_wait: bool,
+    ) -> Result<FollowerFetchRecorded, Busy> {
         let now = Instant::now();
-        {
-            let mut inner = self.inner.write();
-            // A position read under another epoch (this broker re-elected meanwhile) means
-            // nothing in this one.
-            if inner.state.leader != self.node_id || inner.state.leader_epoch != leader_epoch {
-                return None;
-            }
-            let f = inner.followers.get_mut(&replica)?;
-            if fetch_offset >= leader_end {
-                f.last_caught_up = now;
-            } else if f.leader_end_at_last_fetch >= 0 && fetch_offset >= f.leader_end_at_last_fetch
-            {
-                // It has everything the leader had at its previous fetch.
-                f.last_caught_up = f.last_caught_up.max(f.last_fetch);
-            }
-            f.log_end_offset = fetch_offset;
-            f.last_fetch = now;
-            f.leader_end_at_last_fetch = leader_end;
+        let mut inner = self.inner_write(no_wait)?;
+        let local_end = self.local_end_no_wait(no_wait)?;
+        let mut recorded = FollowerFetchRecorded {
+            isr_change: None,
+            in_maximal_isr: false,
+        };
+        // A position read under another epoch (this broker re-elected meanwhile) means
+        // nothing in this one.
+        if inner.state.leader != self.node_id || inner.state.leader_epoch != leader_epoch {
+            recorded.in_maximal_isr = maximal_isr_contains(&inner, replica);
+            return Ok(recorded);
         }
-        self.maybe_increment_hw();
-        let inner = self.inner.read();
+        let Some(f) = inner.followers.get_mut(&replica) else {
+            recorded.in_maximal_isr = maximal_isr_contains(&inner, replica);
+            return Ok(recorded);
+        };
+        if fetch_offset >= leader_end {
+            f.last_caught_up = now;
+        } else if f.leader_end_at_last_fetch >= 0 && fetch_offset >= f.leader_end_at_last_fetch {
+            // It has everything the leader had at its previous fetch.
+            f.last_caught_up = f.last_caught_up.max(f.last_fetch);
+        }
+        f.log_end_offset = fetch_offset;
+        f.last_fetch = now;
+        f.leader_end_at_last_fetch = leader_end;
+        let moved = self.increment_hw_locked(&inner, local_end);
         let state = &inner.state;
-        if !may_join_isr
-            || state.leader != self.node_id
-            || state.leader_epoch != leader_epoch
-            || inner.pending_isr.is_some()
-            || state.isr.contains(&replica)
-            || fetch_offset < self.high_watermark().max(inner.epoch_start_offset)
+        recorded.in_maximal_isr = maximal_isr_contains(&inner, replica);
+        if may_join_isr
+            && inner.pending_isr.is_none()
+            && !state.isr.contains(&replica)
+            && fetch_offset >= self.high_watermark().max(inner.epoch_start_offset)
         {
-            return None;
+            let mut isr = state.isr.clone();
+            isr.push(replica);
+            recorded.isr_change = Some(IsrChange {
+                tp: self.tp.clone(),
+                leader_epoch: state.leader_epoch,
+                partition_epoch: state.partition_epoch,
+                new_isr: isr,
+            });
         }
-        let mut isr = state.isr.clone();
-        isr.push(replica);
-        Some(IsrChange {
-            tp: self.tp.clone(),
-            leader_epoch: state.leader_epoch,
-            partition_epoch: state.partition_epoch,
-            new_isr: isr,
-        })
+        drop(inner);
+        self.notify_hw(moved);
+        Ok(recorded)
     }
 
     /// Leader: the ISR without followers that have not caught up for `max_lag`, if any lag
@@ -481,17 +567,6 @@ impl Partition {
         })
     }
 
-    /// Leader: whether `replica` is in the ISR or joining it (an ISR change in flight counts),
-    /// i.e. whether it already holds back the high watermark.
-    pub(crate) fn in_maximal_isr(&self, replica: i32) -> bool {
-        let inner = self.inner.read();
-        inner.state.isr.contains(&replica)
-            || inner
-                .pending_isr
-                .as_ref()
-                .is_some_and(|p| p.contains(&replica))
-    }
-
     /// The partition is no longer hosted here (moved away, deleted, its log dir failed): no
     /// append is accepted any more, and acks=all waiters learn it at once.
     pub(crate) fn shut_down(&self) {
@@ -505,17 +580,18 @@ impl Partition {
     }
 
     /// Leader: an ISR change is about to be sent to the controller. Returns false when the
-    /// state moved on meanwhile (nothing to send).
-    pub(crate) fn begin_isr_change(&self, change: &IsrChange) -> bool {
-        let mut inner = self.inner.write();
+    /// state moved on meanwhile (nothing to send); with `no_wait`, `Err(Busy)` (nothing begun)
+    /// when an append holds the state.
+    pub(crate) fn begin_isr_change(&self, change: &IsrChange, no_wait: bool) -> Result<bool, Busy> {
+        let mut inner = self.inner_write(no_wait)?;
         if change.leader_epoch != inner.state.leader_epoch
             || change.partition_epoch != inner.state.partition_epoch
             || inner.pending_isr.is_some()
         {
-            return false;
+            return Ok(false);
         }
         inner.pending_isr = Some(change.new_isr.clone());
-        true
+        Ok(true)
     }
 
     /// Leader: the controller refused `change` (or could not be asked): drop it so it can be

@@ -33,7 +33,7 @@ use rill_protocol::proto::{
 };
 
 use crate::config::{BrokerConfig, FlushPolicy};
-use crate::partition::{PartitionAppendError, Transition};
+use crate::partition::{Busy, PartitionAppendError, Transition};
 use crate::replica_fetcher::ReplicaFetcherManager;
 use crate::throttle::{Throttle, rate_from_config};
 
@@ -198,12 +198,24 @@ impl ReplicaManager {
     }
 
     fn propose_isr(&self, partition: &Partition, change: IsrChange) {
+        self.propose_isr_no_wait(partition, change, false);
+    }
+
+    /// Proposes an ISR change; returns whether it is now pending. With `no_wait` a change
+    /// whose bookkeeping would wait for the state lock is not proposed (the next fetch finds
+    /// it again).
+    fn propose_isr_no_wait(&self, partition: &Partition, change: IsrChange, no_wait: bool) -> bool {
         let tx = self.isr_changes.read().clone();
-        let Some(tx) = tx else { return };
+        let Some(tx) = tx else { return false };
         // Pending first, then sent: the answer can never overtake the bookkeeping.
-        if partition.begin_isr_change(&change) && tx.send(change.clone()).is_err() {
-            partition.abort_isr_change(&change);
+        if partition.begin_isr_change(&change, no_wait) != Ok(true) {
+            return false;
         }
+        if tx.send(change.clone()).is_err() {
+            partition.abort_isr_change(&change);
+            return false;
+        }
+        true
     }
 
     /// The outcome of an AlterPartition. Only a refusal that proves nothing was applied drops
@@ -686,15 +698,17 @@ impl ReplicaManager {
         }
         // Leadership is decided by the partition's own state (the one appends check under its
         // lock), not by the image, so the two cannot disagree.
+        // Read without the state lock (`leader_and_epoch`): async callers must not queue behind
+        // an append holding it.
         let partition = self.partition(tp);
-        let state = partition
+        let (leader, leader_epoch) = partition
             .as_ref()
-            .map(|p| p.state())
-            .unwrap_or_else(|| LeaderState {
-                leader: p.leader,
-                leader_epoch: p.leader_epoch,
-                ..Default::default()
-            });
+            .map_or((p.leader, p.leader_epoch), |p| p.leader_and_epoch());
+        let state = LeaderState {
+            leader,
+            leader_epoch,
+            ..Default::default()
+        };
         let current = Some((state.leader, state.leader_epoch));
         match partition {
             Some(partition) if state.leader == self.node_id => Ok(partition),
@@ -994,6 +1008,11 @@ impl ReplicaManager {
         throttled: bool,
         cached_only: bool,
     ) -> Result<Option<Bytes>, LogError> {
+        // Checked again here: the reads of one fetch come after all its checks, and the
+        // budget is for all of them.
+        if throttled && self.leader_throttle.exceeded() {
+            return Ok(None);
+        }
         let read = read_log(partition, cached_only, |log, cached_only| {
             if cached_only {
                 log.read_cached(offset, budget, None, true)
@@ -1012,13 +1031,17 @@ impl ReplicaManager {
     /// where to truncate and records the follower's position (which may move the high watermark
     /// or add it to the ISR). The records are read after it, with
     /// [`ReplicaManager::read_for_follower`], when the second value says so (`Some(throttled)`).
+    /// With `no_wait`, `Err(Busy)` — nothing recorded — when a lock it needs is held (an
+    /// append, a roll); an ISR expansion it finds is then proposed by a later fetch if the
+    /// proposal itself would wait.
     pub fn fetch_for_follower(
         &self,
         partition: &Partition,
         replica: i32,
         replica_epoch: i64,
         req: &FetchPartition,
-    ) -> (FetchPartitionResponse, Option<bool>) {
+        no_wait: bool,
+    ) -> Result<(FetchPartitionResponse, Option<bool>), Busy> {
         let mut r = FetchPartitionResponse {
             index: req.index,
             high_watermark: -1,
@@ -1028,9 +1051,9 @@ impl ReplicaManager {
         let fail = |mut r: FetchPartitionResponse, code: ErrorCode, msg: String| {
             r.error_code = code as i32;
             r.error_message = msg;
-            (r, None)
+            Ok((r, None))
         };
-        let state = partition.state();
+        let state = partition.state_no_wait(no_wait)?;
         r.current_leader = Some(LeaderIdAndEpoch {
             leader_id: state.leader,
             leader_epoch: state.leader_epoch,
@@ -1061,7 +1084,7 @@ impl ReplicaManager {
             );
         }
         let (start, end, diverging) = {
-            let log = partition.log.read();
+            let log = partition.log_read(no_wait)?;
             let (start, end) = (log.log_start_offset(), log.log_end_offset());
             // Below the log start: out of range whatever the epochs say (the follower starts
             // over at our log start). Then KIP-320: the follower's last epoch must end at or
@@ -1101,7 +1124,7 @@ impl ReplicaManager {
         if let Some((epoch, end_offset)) = diverging {
             r.high_watermark = partition.high_watermark();
             r.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
-            return (r, None);
+            return Ok((r, None));
         }
         // KIP-903: only a fetch from the replica's current registration may add it to the ISR.
         let may_join = self
@@ -1109,24 +1132,28 @@ impl ReplicaManager {
             .brokers
             .get(&replica)
             .is_some_and(|b| !b.fenced && b.epoch == replica_epoch);
-        if let Some(change) = partition.record_follower_fetch(
+        let recorded = partition.record_follower_fetch(
             replica,
             state.leader_epoch,
             req.fetch_offset,
             end,
             may_join,
-        ) {
+            no_wait,
+        )?;
+        let mut in_maximal_isr = recorded.in_maximal_isr;
+        if let Some(change) = recorded.isr_change {
             tracing::info!(partition = %partition.tp, replica, isr = ?change.new_isr, "expanding the ISR: the follower caught up");
-            self.propose_isr(partition, change);
+            // Joining now holds back the high watermark, so it is not throttled either.
+            in_maximal_isr |= self.propose_isr_no_wait(partition, change, no_wait);
         }
         r.high_watermark = partition.high_watermark();
         // An out-of-sync follower catching up is throttled; one in the ISR (or joining it, so
         // already holding back the high watermark) never is.
-        let throttled = !partition.in_maximal_isr(replica);
+        let throttled = !in_maximal_isr;
         if throttled && self.leader_throttle.exceeded() {
-            return (r, None);
+            return Ok((r, None));
         }
-        (r, Some(throttled))
+        Ok((r, Some(throttled)))
     }
 
     /// (log start offset, high watermark).
@@ -1143,12 +1170,10 @@ fn read_log<T>(
     cached_only: bool,
     read: impl FnOnce(&Log, bool) -> Result<T, LogError>,
 ) -> Result<T, LogError> {
-    if cached_only {
-        let log = partition.log.try_read().ok_or(LogError::WouldBlock)?;
-        read(&log, true)
-    } else {
-        read(&partition.log.read(), false)
-    }
+    let log = partition
+        .log_read(cached_only)
+        .map_err(|Busy| LogError::WouldBlock)?;
+    read(&log, cached_only)
 }
 
 /// Why a local log is no longer hosted, decided only from committed metadata: `-delete` when
@@ -1444,7 +1469,7 @@ mod tests {
                 last_fetched_epoch: -1,
                 log_start_offset: 0,
             };
-            let (mut r, read) = rm.fetch_for_follower(&p, replica, -1, &req);
+            let (mut r, read) = rm.fetch_for_follower(&p, replica, -1, &req, false).unwrap();
             if let Some(throttled) = read
                 && let Some(bytes) = rm
                     .read_for_follower(&p, 0, 1 << 20, throttled, false)
@@ -1468,5 +1493,55 @@ mod tests {
             !fetch(3).records.is_empty(),
             "an in-sync follower is never throttled"
         );
+    }
+
+    /// A follower's fetch checked on an async task (`no_wait`) while a write holds the log
+    /// (a roll, say) does nothing and says so; once the log is free it records the position
+    /// and moves the high watermark.
+    #[test]
+    fn a_follower_fetch_that_must_not_wait_does_nothing_while_a_write_holds_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[("log.flush.policy", "interval")]);
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1, 2, 3])])));
+        let tp = TopicPartition::new("t", 0);
+        let p = rm.leader_partition(&tp).unwrap();
+        for _ in 0..5 {
+            rm.append(&p, &batch(), 1).unwrap();
+        }
+        let end = p.log_end_offset();
+        let req = FetchPartition {
+            index: 0,
+            current_leader_epoch: 0,
+            fetch_offset: end,
+            partition_max_bytes: 1 << 20,
+            last_fetched_epoch: 0,
+            log_start_offset: 0,
+        };
+        rm.fetch_for_follower(&p, 3, -1, &req, false).unwrap();
+        assert_eq!(
+            p.high_watermark(),
+            0,
+            "replica 2's position is still unknown"
+        );
+        let held = p.log.write();
+        assert_eq!(
+            rm.fetch_for_follower(&p, 2, -1, &req, true).unwrap_err(),
+            Busy
+        );
+        assert!(matches!(
+            rm.read_for_follower(&p, 0, 1 << 20, false, true),
+            Err(LogError::WouldBlock)
+        ));
+        assert!(matches!(
+            rm.read(&p, 0, 1 << 20, true, end, true),
+            Err(LogError::WouldBlock)
+        ));
+        drop(held);
+        assert_eq!(p.high_watermark(), 0, "nothing was recorded");
+        let (answer, read) = rm.fetch_for_follower(&p, 2, -1, &req, true).unwrap();
+        assert_eq!(answer.error_code, 0, "{}", answer.error_message);
+        assert_eq!(read, Some(false), "in the ISR: read, not throttled");
+        assert_eq!(p.high_watermark(), end, "both followers have everything");
+        assert_eq!(answer.high_watermark, end);
     }
 }

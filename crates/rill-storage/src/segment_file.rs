@@ -69,44 +69,6 @@ fn would_block() -> std::io::Error {
     std::io::Error::from(std::io::ErrorKind::WouldBlock)
 }
 
-/// One `pread` into `buf`; under [`without_waiting`] one that fails rather than wait for the disk.
-/// Returns how many bytes it read (0 at the file's end).
-fn pread_once(file: &File, buf: &mut [MaybeUninit<u8>], at: u64) -> std::io::Result<usize> {
-    loop {
-        let read = if NO_WAIT.with(Cell::get) {
-            let iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            let Ok(offset) = libc::off_t::try_from(at) else {
-                return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-            };
-            // SAFETY: one iovec over `buf`, which the kernel only writes into (uninitialised
-            // memory is fine for that); the descriptor is open for as long as `file` lives.
-            let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-            if n >= 0 {
-                Ok(n as usize)
-            } else {
-                Err(
-                    rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
-                        .unwrap_or(rustix::io::Errno::IO),
-                )
-            }
-        } else {
-            rustix::io::pread(file, &mut *buf, at).map(|(init, _)| init.len())
-        };
-        match read {
-            Ok(n) => return Ok(n),
-            Err(rustix::io::Errno::INTR) => {}
-            // Not cached (or this file system cannot tell without waiting).
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP) => {
-                return Err(would_block());
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// The `.log` file of a segment.
 #[derive(Debug)]
 pub struct SegmentFile {
@@ -124,6 +86,10 @@ pub struct SegmentFile {
     /// that a write-back error its fsync consumes is still reported to the fsyncs that
     /// acknowledge appends (Linux reports such an error once per open file description).
     zero_file: Mutex<Option<File>>,
+    /// Reads of this file cannot refuse to wait (its file system answers `RWF_NOWAIT` with
+    /// EOPNOTSUPP, as tmpfs does, or the kernel lacks it): under [`without_waiting`] they fail
+    /// at once, before any system call.
+    nowait_unsupported: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -151,6 +117,7 @@ impl SegmentFile {
             preallocate_queued: AtomicBool::new(false),
             preallocate_limit: AtomicU64::new(0),
             zero_file: Mutex::new(None),
+            nowait_unsupported: AtomicBool::new(false),
         }
     }
 
@@ -277,15 +244,65 @@ impl SegmentFile {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lock for a read: under [`without_waiting`] only if it is free.
+    /// The lock for a read: under [`without_waiting`] only if it is free (and the file can be
+    /// read without waiting at all).
     fn lock_for_read(&self) -> std::io::Result<MutexGuard<'_, Pending>> {
         if !NO_WAIT.with(Cell::get) {
             return Ok(self.lock());
+        }
+        if self.nowait_unsupported.load(Ordering::Relaxed) {
+            return Err(would_block());
         }
         match self.pending.try_lock() {
             Ok(p) => Ok(p),
             Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => Err(would_block()),
+        }
+    }
+
+    /// One read into `buf` at `at`; returns how many bytes it read (0 at the file's end). Under
+    /// [`without_waiting`] a read that would wait for the disk fails with `WouldBlock`, and so
+    /// does any other failure there (a read that waits reports the real error).
+    fn pread_once(&self, buf: &mut [MaybeUninit<u8>], at: u64) -> std::io::Result<usize> {
+        if !NO_WAIT.with(Cell::get) {
+            loop {
+                match rustix::io::pread(&self.file, &mut *buf, at) {
+                    Ok((init, _)) => return Ok(init.len()),
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let Ok(offset) = libc::off_t::try_from(at) else {
+            return Err(would_block());
+        };
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        loop {
+            // SAFETY: one iovec over `buf`, which the kernel only writes into (uninitialised
+            // memory is fine for that); the descriptor is open for as long as `self` lives.
+            let n =
+                unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+            if n > 0 || (n == 0 && buf.is_empty()) {
+                return Ok(n as usize);
+            }
+            if n == 0 {
+                // The data is there (the caller checked the length): let a waiting read say.
+                return Err(would_block());
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => {}
+                // Not in the page cache.
+                Some(libc::EAGAIN) => return Err(would_block()),
+                _ => {
+                    // EOPNOTSUPP (tmpfs), ENOSYS (old kernel), EPERM (a seccomp filter), an I/O
+                    // error: stop trying on this file; the waiting read reports real errors.
+                    self.nowait_unsupported.store(true, Ordering::Relaxed);
+                    return Err(would_block());
+                }
+            }
         }
     }
 
@@ -296,7 +313,7 @@ impl SegmentFile {
             // SAFETY: viewing initialised bytes as `MaybeUninit` is always sound.
             let rest =
                 unsafe { &mut *(std::ptr::from_mut(&mut out[done..]) as *mut [MaybeUninit<u8>]) };
-            match pread_once(&self.file, rest, pos + done as u64)? {
+            match self.pread_once(rest, pos + done as u64)? {
                 0 => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -406,7 +423,7 @@ impl SegmentFile {
             let at = pos + out.len() as u64;
             let want = from_file - out.len();
             let spare = &mut out.spare_capacity_mut()[..want];
-            match pread_once(&self.file, spare, at)? {
+            match self.pread_once(spare, at)? {
                 0 => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -544,18 +561,19 @@ mod tests {
             path.clone(),
             0,
         ));
-        f.append(b"hello world").unwrap();
+        f.append(b"hello ").unwrap();
         f.write_out().unwrap();
+        f.append(b"world").unwrap();
         assert_eq!(
-            without_waiting(|| f.read_vec_at(0, 5)).unwrap(),
-            b"hello",
-            "cached data is read"
+            without_waiting(|| f.read_vec_at(6, 5)).unwrap(),
+            b"world",
+            "buffered bytes are read without waiting"
         );
         let held = f.lock();
-        let refused = without_waiting(|| f.read_vec_at(0, 5)).unwrap_err();
+        let refused = without_waiting(|| f.read_vec_at(6, 5)).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
         let mut out = [0u8; 5];
-        let refused = without_waiting(|| f.read_exact_at(&mut out, 6)).unwrap_err();
+        let refused = without_waiting(|| f.read_exact_at(&mut out, 0)).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
         drop(held);
         f.read_exact_at(&mut out, 6).unwrap();

@@ -18,11 +18,12 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 
 use crate::apis::leader_hint;
-use crate::partition::Partition;
+use crate::partition::{Busy, Partition};
 use crate::replica_manager::ReplicaManager;
 
 /// Handles one Fetch request.
 pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchResponse, Status> {
+    let req = Arc::new(req);
     let started = Instant::now();
     let deadline = started + Duration::from_millis(req.max_wait_ms.min(60_000).into());
     let replica = req.replica_id >= 0;
@@ -48,26 +49,28 @@ pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchRespo
     loop {
         metadata.borrow_and_update();
         // The checks and the reads of data still in the page cache (most fetches: consumers
-        // and followers near the log end) here; reads that would wait for the disk, or for a
-        // write holding a log, on a blocking thread.
-        let (mut response, reads) = check_all(&svc.rm, &req);
-        let mut progress = ReadProgress {
-            next: 0,
-            total: 0,
-            max_total: max_total(&req, svc.fetch_max_bytes),
-        };
-        read_planned(&svc.rm, &mut response, &reads, &mut progress, true);
-        let (response, bytes) = if progress.next < reads.len() {
+        // and followers near the log end) here; whatever would wait — for the disk, or for a
+        // lock a write holds (an append, a segment roll's fsyncs, compaction) — on a blocking
+        // thread, from where it stopped.
+        let mut plan = Plan::new(&req, svc.fetch_max_bytes);
+        plan.check(&svc.rm, &req, true);
+        if plan.checked_all(&req) {
+            plan.read(&svc.rm, true);
+        }
+        let plan = if plan.checked_all(&req) && plan.read_all() {
+            plan
+        } else {
             let rm = Arc::clone(&svc.rm);
+            let r = Arc::clone(&req);
             tokio::task::spawn_blocking(move || {
-                read_planned(&rm, &mut response, &reads, &mut progress, false);
-                (response, progress.total)
+                plan.check(&rm, &r, false);
+                plan.read(&rm, false);
+                plan
             })
             .await
             .map_err(blocking_err)?
-        } else {
-            (response, progress.total)
         };
+        let (response, bytes) = (plan.response, plan.progress.total);
         let min_bytes = req.min_bytes.max(1) as usize;
         let has_error = response
             .topics
@@ -107,6 +110,10 @@ fn max_total(req: &FetchRequest, fetch_max_bytes: usize) -> usize {
     }
 }
 
+/// Record bytes a fetch reads on its own task before the rest goes to a blocking thread
+/// (the page-cache copy of 1 MiB takes ~0.1–0.2 ms; a runtime thread must not copy 50).
+const INLINE_READ_MAX_BYTES: usize = 1 << 20;
+
 /// A partition's read, found due by the checks and done after them, in request order: each
 /// read's budget depends on the bytes read before it.
 struct PlannedRead {
@@ -135,104 +142,164 @@ struct ReadProgress {
     max_total: usize,
 }
 
-/// Checks every requested partition (leadership, epochs, offsets; a follower's position is
-/// recorded here) without reading records; returns the answer so far and the reads to do.
-fn check_all(rm: &ReplicaManager, req: &FetchRequest) -> (FetchResponse, Vec<PlannedRead>) {
-    let mut reads = Vec::new();
-    let mut response = FetchResponse {
-        topics: Vec::with_capacity(req.topics.len()),
-    };
-    for (ti, t) in req.topics.iter().enumerate() {
-        let mut tr = FetchTopicResponse {
-            name: t.name.clone(),
-            partitions: Vec::with_capacity(t.partitions.len()),
-        };
-        for (pi, p) in t.partitions.iter().enumerate() {
-            let tp = TopicPartition::new(t.name.clone(), p.index);
-            let partition_max = if p.partition_max_bytes <= 0 {
-                1 << 20
-            } else {
-                p.partition_max_bytes as usize
-            };
-            let mut pr = FetchPartitionResponse {
-                index: p.index,
-                high_watermark: -1,
-                log_start_offset: -1,
-                ..Default::default()
-            };
-            match rm.leader_partition(&tp) {
-                Err((e, current)) => {
-                    pr.error_code = e.code as i32;
-                    pr.error_message = e.message;
-                    pr.current_leader = leader_hint(current);
-                }
-                Ok(partition) if req.replica_id >= 0 => {
-                    let (checked, read) =
-                        rm.fetch_for_follower(&partition, req.replica_id, req.replica_epoch, p);
-                    pr = checked;
-                    if let Some(throttled) = read {
-                        reads.push(PlannedRead {
-                            at: (ti, pi),
-                            partition,
-                            offset: p.fetch_offset,
-                            partition_max,
-                            kind: ReadKind::Follower { throttled },
-                        });
-                    }
-                }
-                Ok(partition) => {
-                    let state = partition.state();
-                    let (start, hw) = match rm.offsets(&partition) {
-                        Ok(o) => o,
-                        Err(e) => {
-                            pr.error_code = e.code as i32;
-                            pr.error_message = e.message;
-                            tr.partitions.push(pr);
-                            continue;
-                        }
-                    };
-                    pr.high_watermark = hw;
-                    pr.log_start_offset = start;
-                    if p.current_leader_epoch >= 0 && p.current_leader_epoch != state.leader_epoch {
-                        let (code, what) = if p.current_leader_epoch < state.leader_epoch {
-                            (ErrorCode::FencedLeaderEpoch, "older")
-                        } else {
-                            (ErrorCode::UnknownLeaderEpoch, "newer")
-                        };
-                        pr.error_code = code as i32;
-                        pr.error_message = format!(
-                            "leader epoch {} is {what} than the current {}",
-                            p.current_leader_epoch, state.leader_epoch
-                        );
-                        pr.current_leader = Some(LeaderIdAndEpoch {
-                            leader_id: state.leader,
-                            leader_epoch: state.leader_epoch,
-                        });
-                    } else if p.fetch_offset < start || p.fetch_offset > partition.log_end_offset()
-                    {
-                        // Between the high watermark and the log end is not out of range: a
-                        // new leader's high watermark can trail what consumers already read.
-                        pr.error_code = ErrorCode::OffsetOutOfRange as i32;
-                        pr.error_message = format!(
-                            "offset {} is outside [{start}, {hw}] of {tp}",
-                            p.fetch_offset
-                        );
-                    } else {
-                        reads.push(PlannedRead {
-                            at: (ti, pi),
-                            partition,
-                            offset: p.fetch_offset,
-                            partition_max,
-                            kind: ReadKind::Consumer { hw },
-                        });
-                    }
-                }
-            }
-            tr.partitions.push(pr);
+/// One pass over a fetch: the answer being built, the reads the checks found due, and how far
+/// checks and reads got (both resume where a pass that must not wait stopped).
+struct Plan {
+    response: FetchResponse,
+    reads: Vec<PlannedRead>,
+    /// The next partition to check: topic and partition index in the request.
+    checked: (usize, usize),
+    progress: ReadProgress,
+}
+
+impl Plan {
+    fn new(req: &FetchRequest, fetch_max_bytes: usize) -> Self {
+        Plan {
+            response: FetchResponse {
+                topics: req
+                    .topics
+                    .iter()
+                    .map(|t| FetchTopicResponse {
+                        name: t.name.clone(),
+                        partitions: Vec::with_capacity(t.partitions.len()),
+                    })
+                    .collect(),
+            },
+            reads: Vec::new(),
+            checked: (0, 0),
+            progress: ReadProgress {
+                next: 0,
+                total: 0,
+                max_total: max_total(req, fetch_max_bytes),
+            },
         }
-        response.topics.push(tr);
     }
-    (response, reads)
+
+    fn checked_all(&self, req: &FetchRequest) -> bool {
+        self.checked.0 >= req.topics.len()
+    }
+
+    fn read_all(&self) -> bool {
+        self.progress.next >= self.reads.len()
+    }
+
+    /// Checks the requested partitions from where the last pass stopped (leadership, epochs,
+    /// offsets; a follower's position is recorded here) without reading records. With
+    /// `no_wait` it stops at the first partition whose check would wait for a lock, having
+    /// done nothing for it.
+    fn check(&mut self, rm: &ReplicaManager, req: &FetchRequest, no_wait: bool) {
+        while let Some(t) = req.topics.get(self.checked.0) {
+            while let Some(p) = t.partitions.get(self.checked.1) {
+                let at = self.checked;
+                match check_one(rm, req, &t.name, p, no_wait) {
+                    Ok((pr, read)) => {
+                        if let Some((partition, kind)) = read {
+                            self.reads.push(PlannedRead {
+                                at,
+                                partition,
+                                offset: p.fetch_offset,
+                                partition_max: if p.partition_max_bytes <= 0 {
+                                    1 << 20
+                                } else {
+                                    p.partition_max_bytes as usize
+                                },
+                                kind,
+                            });
+                        }
+                        self.response.topics[at.0].partitions.push(pr);
+                    }
+                    Err(Busy) => return,
+                }
+                self.checked.1 += 1;
+            }
+            self.checked = (self.checked.0 + 1, 0);
+        }
+    }
+
+    /// Does the planned reads from where the last pass stopped, in order. With `cached_only`
+    /// it stops at the first read that would wait (for the disk, or for a write holding the
+    /// log), or that would copy more than [`INLINE_READ_MAX_BYTES`] on the caller's thread.
+    fn read(&mut self, rm: &ReplicaManager, cached_only: bool) {
+        read_planned(
+            rm,
+            &mut self.response,
+            &self.reads,
+            &mut self.progress,
+            cached_only,
+        );
+    }
+}
+
+/// Checks one partition; returns its answer so far and the read to do, if any. `Err(Busy)`
+/// (with `no_wait`, nothing done) when a lock it needs is held.
+#[allow(clippy::type_complexity)]
+fn check_one(
+    rm: &ReplicaManager,
+    req: &FetchRequest,
+    topic: &str,
+    p: &FetchPartition,
+    no_wait: bool,
+) -> Result<(FetchPartitionResponse, Option<(Arc<Partition>, ReadKind)>), Busy> {
+    let tp = TopicPartition::new(topic.to_owned(), p.index);
+    let mut pr = FetchPartitionResponse {
+        index: p.index,
+        high_watermark: -1,
+        log_start_offset: -1,
+        ..Default::default()
+    };
+    let partition = match rm.leader_partition(&tp) {
+        Err((e, current)) => {
+            pr.error_code = e.code as i32;
+            pr.error_message = e.message;
+            pr.current_leader = leader_hint(current);
+            return Ok((pr, None));
+        }
+        Ok(partition) => partition,
+    };
+    if req.replica_id >= 0 {
+        let (checked, read) =
+            rm.fetch_for_follower(&partition, req.replica_id, req.replica_epoch, p, no_wait)?;
+        return Ok((
+            checked,
+            read.map(|throttled| (partition, ReadKind::Follower { throttled })),
+        ));
+    }
+    let state = partition.state_no_wait(no_wait)?;
+    let (start, end) = {
+        let log = partition.log_read(no_wait)?;
+        (log.log_start_offset(), log.log_end_offset())
+    };
+    let hw = partition.high_watermark();
+    pr.high_watermark = hw;
+    pr.log_start_offset = start;
+    if p.current_leader_epoch >= 0 && p.current_leader_epoch != state.leader_epoch {
+        let (code, what) = if p.current_leader_epoch < state.leader_epoch {
+            (ErrorCode::FencedLeaderEpoch, "older")
+        } else {
+            (ErrorCode::UnknownLeaderEpoch, "newer")
+        };
+        pr.error_code = code as i32;
+        pr.error_message = format!(
+            "leader epoch {} is {what} than the current {}",
+            p.current_leader_epoch, state.leader_epoch
+        );
+        pr.current_leader = Some(LeaderIdAndEpoch {
+            leader_id: state.leader,
+            leader_epoch: state.leader_epoch,
+        });
+        return Ok((pr, None));
+    }
+    if p.fetch_offset < start || p.fetch_offset > end {
+        // Between the high watermark and the log end is not out of range: a new leader's high
+        // watermark can trail what consumers already read.
+        pr.error_code = ErrorCode::OffsetOutOfRange as i32;
+        pr.error_message = format!(
+            "offset {} is outside [{start}, {hw}] of {tp}",
+            p.fetch_offset
+        );
+        return Ok((pr, None));
+    }
+    Ok((pr, Some((partition, ReadKind::Consumer { hw }))))
 }
 
 /// Does the planned reads from `progress.next` on, in order, into `response`. With
@@ -247,6 +314,13 @@ fn read_planned(
 ) {
     while let Some(read) = reads.get(progress.next) {
         let remaining = progress.max_total.saturating_sub(progress.total);
+        // Copies of megabytes stay off the runtime's threads, cached or not.
+        if cached_only
+            && (progress.total >= INLINE_READ_MAX_BYTES
+                || remaining.min(read.partition_max) > INLINE_READ_MAX_BYTES)
+        {
+            return;
+        }
         let result = match read.kind {
             // A follower always gets at least one batch, so a large one never stalls it.
             ReadKind::Follower { throttled } => rm.read_for_follower(
