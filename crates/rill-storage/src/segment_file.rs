@@ -546,21 +546,25 @@ mod preallocator {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_that_must_not_wait_refuse_a_held_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let f = Arc::new(SegmentFile::new(
+    fn new_file(path: &Path) -> Arc<SegmentFile> {
+        Arc::new(SegmentFile::new(
             File::options()
                 .create(true)
                 .truncate(true)
                 .read(true)
                 .write(true)
-                .open(&path)
+                .open(path)
                 .unwrap(),
-            path.clone(),
+            path.to_owned(),
             0,
-        ));
+        ))
+    }
+
+    #[test]
+    fn reads_that_must_not_wait_refuse_a_held_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = new_file(&path);
         f.append(b"hello ").unwrap();
         f.write_out().unwrap();
         f.append(b"world").unwrap();
@@ -588,17 +592,7 @@ mod tests {
     fn reads_span_file_and_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let f = Arc::new(SegmentFile::new(
-            File::options()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap(),
-            path.clone(),
-            0,
-        ));
+        let f = new_file(&path);
         f.append(b"hello ").unwrap();
         f.write_out().unwrap();
         f.append(b"world").unwrap();
