@@ -483,8 +483,10 @@ impl Partition {
         no_wait: bool,
     ) -> Result<FollowerFetchRecorded, Busy> {
         let now = Instant::now();
-        let mut inner = self.inner_write(no_wait)?;
+        // Read first, outside the state lock (not held while waiting for the log); an end
+        // read a moment early only raises the high watermark less.
         let local_end = self.local_end_no_wait(no_wait)?;
+        let mut inner = self.inner_write(no_wait)?;
         let mut recorded = FollowerFetchRecorded {
             isr_change: None,
             in_maximal_isr: false,
@@ -579,14 +581,22 @@ impl Partition {
         self.hw_watch.send_modify(|_| {});
     }
 
-    /// Leader: an ISR change is about to be sent to the controller. Returns false when the
-    /// state moved on meanwhile (nothing to send); with `no_wait`, `Err(Busy)` (nothing begun)
-    /// when an append holds the state.
-    pub(crate) fn begin_isr_change(&self, change: &IsrChange, no_wait: bool) -> Result<bool, Busy> {
+    /// Leader: records `change` as pending and sends it with `send` (to the controller's
+    /// AlterPartition task; it must not wait), under the state lock, so the answer can never
+    /// overtake the bookkeeping. Returns false when the state moved on meanwhile or the send
+    /// failed (nothing pending); with `no_wait`, `Err(Busy)` (nothing done) when an append
+    /// holds the state.
+    pub(crate) fn begin_isr_change(
+        &self,
+        change: &IsrChange,
+        no_wait: bool,
+        send: impl FnOnce() -> bool,
+    ) -> Result<bool, Busy> {
         let mut inner = self.inner_write(no_wait)?;
         if change.leader_epoch != inner.state.leader_epoch
             || change.partition_epoch != inner.state.partition_epoch
             || inner.pending_isr.is_some()
+            || !send()
         {
             return Ok(false);
         }

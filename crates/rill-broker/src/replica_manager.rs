@@ -207,15 +207,7 @@ impl ReplicaManager {
     fn propose_isr_no_wait(&self, partition: &Partition, change: IsrChange, no_wait: bool) -> bool {
         let tx = self.isr_changes.read().clone();
         let Some(tx) = tx else { return false };
-        // Pending first, then sent: the answer can never overtake the bookkeeping.
-        if partition.begin_isr_change(&change, no_wait) != Ok(true) {
-            return false;
-        }
-        if tx.send(change.clone()).is_err() {
-            partition.abort_isr_change(&change);
-            return false;
-        }
-        true
+        partition.begin_isr_change(&change, no_wait, || tx.send(change.clone()).is_ok()) == Ok(true)
     }
 
     /// The outcome of an AlterPartition. Only a refusal that proves nothing was applied drops
@@ -407,7 +399,9 @@ impl ReplicaManager {
             if desired.get(&tp).is_some_and(|(want, _, _)| *want == id) {
                 continue;
             }
-            if let Some(p) = self.partitions.write().remove(&tp) {
+            // The map's lock is released before `shut_down` waits for the partition's own.
+            let removed = self.partitions.write().remove(&tp);
+            if let Some(p) = removed {
                 p.shut_down();
             }
             self.fetchers.remove(&tp);
@@ -972,9 +966,12 @@ impl ReplicaManager {
         self.partition(tp).map_or(0, |p| p.high_watermark())
     }
 
-    /// Reads batches from `offset` up to `hw` (the high watermark the answer reports). Blocking,
-    /// unless `cached_only`: then `Err(LogError::WouldBlock)` instead of waiting for the disk or
-    /// for a write holding the log (see [`rill_storage::Log::read_cached`]).
+    /// Reads batches from `offset` up to `hw` (the high watermark the answer reports), if this
+    /// broker still leads in `leader_epoch` (the epoch the read was checked in). Blocking, unless
+    /// `cached_only` is `Some(copy_limit)`: then `Err(ReadError::WouldBlock)` instead of waiting
+    /// for the disk or for a write holding the log, or copying more than `copy_limit` bytes (see
+    /// [`rill_storage::Log::read_cached`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn read(
         &self,
         partition: &Partition,
@@ -982,44 +979,47 @@ impl ReplicaManager {
         max_bytes: usize,
         min_one: bool,
         hw: i64,
-        cached_only: bool,
-    ) -> Result<Option<Bytes>, LogError> {
-        read_log(partition, cached_only, |log, cached_only| {
+        leader_epoch: i32,
+        cached_only: Option<usize>,
+    ) -> Result<Option<Bytes>, ReadError> {
+        read_log(partition, leader_epoch, cached_only, |log| {
             if offset > hw && offset <= log.log_end_offset() {
                 // Written but not yet acknowledged-durable: nothing to read yet.
                 return Ok(None);
             }
-            if cached_only {
-                log.read_cached(offset, max_bytes, Some(hw), min_one)
-            } else {
-                log.read(offset, max_bytes, Some(hw), min_one)
+            match cached_only {
+                Some(limit) => log.read_cached(offset, max_bytes, Some(hw), min_one, limit),
+                None => log.read(offset, max_bytes, Some(hw), min_one),
             }
         })
     }
 
     /// Reads a follower's records after [`ReplicaManager::fetch_for_follower`] found it may
-    /// have them (`throttled` as it said), up to the log end; `cached_only` as in
-    /// [`ReplicaManager::read`].
+    /// have them (`throttled` as it said, in `leader_epoch`), up to the log end; `leader_epoch`
+    /// and `cached_only` as in [`ReplicaManager::read`].
     pub fn read_for_follower(
         &self,
         partition: &Partition,
         offset: i64,
         budget: usize,
         throttled: bool,
-        cached_only: bool,
-    ) -> Result<Option<Bytes>, LogError> {
+        leader_epoch: i32,
+        cached_only: Option<usize>,
+    ) -> Result<Option<Bytes>, ReadError> {
         // Checked again here: the reads of one fetch come after all its checks, and the
         // budget is for all of them.
         if throttled && self.leader_throttle.exceeded() {
             return Ok(None);
         }
-        let read = read_log(partition, cached_only, |log, cached_only| {
-            if cached_only {
-                log.read_cached(offset, budget, None, true)
-            } else {
-                log.read(offset, budget, None, true)
-            }
-        })?;
+        let read = read_log(
+            partition,
+            leader_epoch,
+            cached_only,
+            |log| match cached_only {
+                Some(limit) => log.read_cached(offset, budget, None, true, limit),
+                None => log.read(offset, budget, None, true),
+            },
+        )?;
         if throttled && let Some(bytes) = &read {
             self.leader_throttle.record(bytes.len());
         }
@@ -1163,17 +1163,45 @@ impl ReplicaManager {
     }
 }
 
-/// Runs `read` under the partition's log lock; with `cached_only` only if the lock is free
-/// (`Err(LogError::WouldBlock)` if not: a roll or truncation may hold it for milliseconds).
+/// Why a read for a fetch gave no records.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The read would have waited (`cached_only`); nothing was read. Read again on a thread
+    /// that may block.
+    WouldBlock,
+    /// The answer for this partition.
+    Failed(ApiError),
+}
+
+/// Runs `read` under the partition's log lock — with `cached_only` only if the lock is free
+/// (a roll or truncation may hold it for milliseconds) — once the log is known to be still
+/// this leader's in `leader_epoch`. Checked under the lock: a broker that loses leadership
+/// publishes the new epoch before it truncates, and truncation takes the lock for writing,
+/// so a read that passes cannot see a truncated and re-filled log.
 fn read_log<T>(
     partition: &Partition,
-    cached_only: bool,
-    read: impl FnOnce(&Log, bool) -> Result<T, LogError>,
-) -> Result<T, LogError> {
+    leader_epoch: i32,
+    cached_only: Option<usize>,
+    read: impl FnOnce(&Log) -> Result<T, LogError>,
+) -> Result<T, ReadError> {
     let log = partition
-        .log_read(cached_only)
-        .map_err(|Busy| LogError::WouldBlock)?;
-    read(&log, cached_only)
+        .log_read(cached_only.is_some())
+        .map_err(|Busy| ReadError::WouldBlock)?;
+    let (leader, epoch) = partition.leader_and_epoch();
+    if leader != partition.node_id() || epoch != leader_epoch {
+        return Err(ReadError::Failed(ApiError::new(
+            ErrorCode::NotLeaderOrFollower,
+            format!(
+                "broker {} no longer leads {} in epoch {leader_epoch} (leader {leader}, epoch {epoch})",
+                partition.node_id(),
+                partition.tp
+            ),
+        )));
+    }
+    read(&log).map_err(|e| match e {
+        LogError::WouldBlock => ReadError::WouldBlock,
+        e => ReadError::Failed(api(e)),
+    })
 }
 
 /// Why a local log is no longer hosted, decided only from committed metadata: `-delete` when
@@ -1472,7 +1500,7 @@ mod tests {
             let (mut r, read) = rm.fetch_for_follower(&p, replica, -1, &req, false).unwrap();
             if let Some(throttled) = read
                 && let Some(bytes) = rm
-                    .read_for_follower(&p, 0, 1 << 20, throttled, false)
+                    .read_for_follower(&p, 0, 1 << 20, throttled, 0, None)
                     .unwrap()
             {
                 r.records = bytes;
@@ -1529,12 +1557,12 @@ mod tests {
             Busy
         );
         assert!(matches!(
-            rm.read_for_follower(&p, 0, 1 << 20, false, true),
-            Err(LogError::WouldBlock)
+            rm.read_for_follower(&p, 0, 1 << 20, false, 0, Some(usize::MAX)),
+            Err(ReadError::WouldBlock)
         ));
         assert!(matches!(
-            rm.read(&p, 0, 1 << 20, true, end, true),
-            Err(LogError::WouldBlock)
+            rm.read(&p, 0, 1 << 20, true, end, 0, Some(usize::MAX)),
+            Err(ReadError::WouldBlock)
         ));
         drop(held);
         assert_eq!(p.high_watermark(), 0, "nothing was recorded");
@@ -1543,5 +1571,10 @@ mod tests {
         assert_eq!(read, Some(false), "in the ISR: read, not throttled");
         assert_eq!(p.high_watermark(), end, "both followers have everything");
         assert_eq!(answer.high_watermark, end);
+        // A read checked in an epoch this broker no longer leads in reads nothing.
+        match rm.read_for_follower(&p, 0, 1 << 20, false, 1, None) {
+            Err(ReadError::Failed(e)) => assert_eq!(e.code, ErrorCode::NotLeaderOrFollower),
+            other => panic!("read in a stale epoch: {other:?}"),
+        }
     }
 }

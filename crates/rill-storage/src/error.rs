@@ -246,8 +246,10 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|source| {
-            // Only reads under `segment_file::without_waiting` fail this way.
-            if source.kind() == std::io::ErrorKind::WouldBlock {
+            // Reads under `segment_file::without_waiting` that refused to wait.
+            if source.kind() == std::io::ErrorKind::WouldBlock
+                && crate::segment_file::refusing_to_wait()
+            {
                 return LogError::WouldBlock;
             }
             LogError::Io {

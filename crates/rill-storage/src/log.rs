@@ -517,17 +517,22 @@ impl Log {
     }
 
     /// [`Log::read`] from the page cache only: `Err(LogError::WouldBlock)`, having read nothing,
-    /// when it would wait for the disk or for a write holding the segment. For async callers:
-    /// data just written is read in microseconds on the calling thread, and only the rest goes
-    /// to a thread that may block.
+    /// when it would wait for the disk or for a write holding the segment, or copy more than
+    /// `copy_limit` bytes (a first batch larger than `max_bytes` is still read whole, and the
+    /// read starts at an index entry up to `index.interval.bytes` before `offset`). For async
+    /// callers: data just written is read in microseconds on the calling thread, and only the
+    /// rest goes to a thread that may block.
     pub fn read_cached(
         &self,
         offset: i64,
         max_bytes: usize,
         max_offset: Option<i64>,
         min_one: bool,
+        copy_limit: usize,
     ) -> Result<Option<Bytes>> {
-        crate::segment_file::without_waiting(|| self.read(offset, max_bytes, max_offset, min_one))
+        crate::segment_file::without_waiting(copy_limit, || {
+            self.read(offset, max_bytes, max_offset, min_one)
+        })
     }
 
     /// Offset and timestamp of the first record whose timestamp is ≥ `timestamp`, or `None` when

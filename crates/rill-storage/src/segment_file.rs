@@ -47,22 +47,28 @@ const PREALLOCATE_CHUNK_BYTES: u64 = 1 << 20;
 pub const PREALLOCATE_AHEAD_BYTES: u64 = 2 * PREALLOCATE_CHUNK_BYTES;
 
 thread_local! {
-    /// Set while this thread runs [`without_waiting`].
-    static NO_WAIT: Cell<bool> = const { Cell::new(false) };
+    /// While this thread runs [`without_waiting`]: the bytes its reads may still copy.
+    static NO_WAIT: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// Runs `f` with every segment read on this thread refusing to wait (see the module docs): a
 /// read that would wait fails with `WouldBlock` (as [`crate::LogError::WouldBlock`] above this
-/// module) and has no effect.
-pub(crate) fn without_waiting<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
+/// module) and has no effect. So does a read that would take the bytes copied past
+/// `copy_limit` (large copies belong on threads that may block, too).
+pub(crate) fn without_waiting<T>(copy_limit: usize, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<usize>);
     impl Drop for Restore {
         fn drop(&mut self) {
             NO_WAIT.with(|n| n.set(self.0));
         }
     }
-    let _restore = Restore(NO_WAIT.with(|n| n.replace(true)));
+    let _restore = Restore(NO_WAIT.with(|n| n.replace(Some(copy_limit))));
     f()
+}
+
+/// True inside [`without_waiting`].
+pub(crate) fn refusing_to_wait() -> bool {
+    NO_WAIT.with(Cell::get).is_some()
 }
 
 fn would_block() -> std::io::Error {
@@ -244,27 +250,29 @@ impl SegmentFile {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lock for a read: under [`without_waiting`] only if it is free (and the file can be
-    /// read without waiting at all).
-    fn lock_for_read(&self) -> std::io::Result<MutexGuard<'_, Pending>> {
-        if !NO_WAIT.with(Cell::get) {
+    /// The lock for a read of `len` bytes: under [`without_waiting`] only if it is free and the
+    /// copy fits what is left of the limit (which it then takes).
+    fn lock_for_read(&self, len: usize) -> std::io::Result<MutexGuard<'_, Pending>> {
+        let Some(budget) = NO_WAIT.with(Cell::get) else {
             return Ok(self.lock());
-        }
-        if self.nowait_unsupported.load(Ordering::Relaxed) {
+        };
+        if len > budget {
             return Err(would_block());
         }
-        match self.pending.try_lock() {
-            Ok(p) => Ok(p),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(would_block()),
-        }
+        let p = match self.pending.try_lock() {
+            Ok(p) => p,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(would_block()),
+        };
+        NO_WAIT.with(|n| n.set(Some(budget - len)));
+        Ok(p)
     }
 
     /// One read into `buf` at `at`; returns how many bytes it read (0 at the file's end). Under
     /// [`without_waiting`] a read that would wait for the disk fails with `WouldBlock`, and so
     /// does any other failure there (a read that waits reports the real error).
     fn pread_once(&self, buf: &mut [MaybeUninit<u8>], at: u64) -> std::io::Result<usize> {
-        if !NO_WAIT.with(Cell::get) {
+        if !refusing_to_wait() {
             loop {
                 match rustix::io::pread(&self.file, &mut *buf, at) {
                     Ok((init, _)) => return Ok(init.len()),
@@ -272,6 +280,9 @@ impl SegmentFile {
                     Err(e) => return Err(e.into()),
                 }
             }
+        }
+        if self.nowait_unsupported.load(Ordering::Relaxed) {
+            return Err(would_block());
         }
         let Ok(offset) = libc::off_t::try_from(at) else {
             return Err(would_block());
@@ -296,12 +307,14 @@ impl SegmentFile {
                 Some(libc::EINTR) => {}
                 // Not in the page cache.
                 Some(libc::EAGAIN) => return Err(would_block()),
-                _ => {
-                    // EOPNOTSUPP (tmpfs), ENOSYS (old kernel), EPERM (a seccomp filter), an I/O
-                    // error: stop trying on this file; the waiting read reports real errors.
+                Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EPERM | libc::EINVAL) => {
+                    // tmpfs, an old kernel, a seccomp filter: this file cannot be read without
+                    // waiting; stop trying.
                     self.nowait_unsupported.store(true, Ordering::Relaxed);
                     return Err(would_block());
                 }
+                // Anything else (an I/O error, no memory): the waiting read reports it.
+                _ => return Err(would_block()),
             }
         }
     }
@@ -385,7 +398,7 @@ impl SegmentFile {
 
     /// Reads exactly `out.len()` bytes at `pos`, from the file and/or the buffer.
     pub(crate) fn read_exact_at(&self, out: &mut [u8], pos: u64) -> std::io::Result<()> {
-        let p = self.lock_for_read()?;
+        let p = self.lock_for_read(out.len())?;
         let end = pos + out.len() as u64;
         if end > p.file_len + p.buf.len() as u64 {
             return Err(std::io::Error::new(
@@ -408,7 +421,7 @@ impl SegmentFile {
     /// `len` bytes at `pos`, from the file and/or the buffer, in a new buffer that is not zeroed
     /// first: fetches read megabytes at a time, and zeroing them cost about as much as the read.
     pub(crate) fn read_vec_at(&self, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let p = self.lock_for_read()?;
+        let p = self.lock_for_read(len)?;
         let end = pos + len as u64;
         if end > p.file_len + p.buf.len() as u64 {
             return Err(std::io::Error::new(
@@ -569,15 +582,15 @@ mod tests {
         f.write_out().unwrap();
         f.append(b"world").unwrap();
         assert_eq!(
-            without_waiting(|| f.read_vec_at(6, 5)).unwrap(),
+            without_waiting(usize::MAX, || f.read_vec_at(6, 5)).unwrap(),
             b"world",
             "buffered bytes are read without waiting"
         );
         let held = f.lock();
-        let refused = without_waiting(|| f.read_vec_at(6, 5)).unwrap_err();
+        let refused = without_waiting(usize::MAX, || f.read_vec_at(6, 5)).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
         let mut out = [0u8; 5];
-        let refused = without_waiting(|| f.read_exact_at(&mut out, 0)).unwrap_err();
+        let refused = without_waiting(usize::MAX, || f.read_exact_at(&mut out, 0)).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
         drop(held);
         f.read_exact_at(&mut out, 6).unwrap();
@@ -585,7 +598,7 @@ mod tests {
             &out, b"world",
             "outside without_waiting reads wait as before"
         );
-        assert!(!NO_WAIT.with(Cell::get), "the flag is restored");
+        assert!(!refusing_to_wait(), "the flag is restored");
     }
 
     #[test]

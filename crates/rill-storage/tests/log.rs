@@ -630,9 +630,16 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
             .unwrap();
     }
     log.flush().unwrap();
-    let cached = log.read_cached(50, 1 << 20, None, true).unwrap().unwrap();
+    let cached = log
+        .read_cached(50, 1 << 20, None, true, usize::MAX)
+        .unwrap()
+        .unwrap();
     assert_eq!(cached, log.read(50, 1 << 20, None, true).unwrap().unwrap());
-    assert!(log.read_cached(200, 1 << 20, None, true).unwrap().is_none());
+    assert!(
+        log.read_cached(200, 1 << 20, None, true, usize::MAX)
+            .unwrap()
+            .is_none()
+    );
     // Drop the segment's (clean, fsynced) pages from the page cache.
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
@@ -644,7 +651,7 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
     }
     assert!(
         matches!(
-            log.read_cached(50, 1 << 20, None, true),
+            log.read_cached(50, 1 << 20, None, true, usize::MAX),
             Err(LogError::WouldBlock)
         ),
         "data not in the page cache is not waited for"
@@ -652,8 +659,17 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
     let read = log.read(50, 1 << 20, None, true).unwrap().unwrap();
     assert_eq!(read, cached);
     assert_eq!(
-        log.read_cached(50, 1 << 20, None, true).unwrap().unwrap(),
+        log.read_cached(50, 1 << 20, None, true, usize::MAX)
+            .unwrap()
+            .unwrap(),
         cached,
         "read back into the cache"
+    );
+    assert!(
+        matches!(
+            log.read_cached(50, 1 << 20, None, true, 1_000),
+            Err(LogError::WouldBlock)
+        ),
+        "a copy over the limit is left to a read that may wait"
     );
 }

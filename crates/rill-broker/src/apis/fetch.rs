@@ -13,13 +13,13 @@ use tonic::Status;
 use crate::apis::blocking_err;
 use crate::network::BrokerService;
 use bytes::Bytes;
-use rill_storage::{LogError, TopicPartition};
+use rill_storage::TopicPartition;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 
 use crate::apis::leader_hint;
 use crate::partition::{Busy, Partition};
-use crate::replica_manager::ReplicaManager;
+use crate::replica_manager::{ReadError, ReplicaManager};
 
 /// Handles one Fetch request.
 pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchResponse, Status> {
@@ -110,9 +110,14 @@ fn max_total(req: &FetchRequest, fetch_max_bytes: usize) -> usize {
     }
 }
 
-/// Record bytes a fetch reads on its own task before the rest goes to a blocking thread
-/// (the page-cache copy of 1 MiB takes ~0.1–0.2 ms; a runtime thread must not copy 50).
-const INLINE_READ_MAX_BYTES: usize = 1 << 20;
+/// Bytes a fetch may copy from the page cache on its own task before the rest goes to a
+/// blocking thread (a copy of 1 MiB takes ~0.1–0.2 ms; a runtime thread must not copy 50): one
+/// default-sized partition read and its index gap fit.
+const INLINE_COPY_MAX_BYTES: usize = 2 << 20;
+
+/// Partitions a fetch checks on its own task before the rest goes to a blocking thread (a
+/// fetch of thousands of partitions must not hold a runtime thread for milliseconds).
+const INLINE_CHECKS_MAX: usize = 256;
 
 /// A partition's read, found due by the checks and done after them, in request order: each
 /// read's budget depends on the bytes read before it.
@@ -127,10 +132,10 @@ struct PlannedRead {
 }
 
 enum ReadKind {
-    /// Up to the high watermark the answer reports.
-    Consumer { hw: i64 },
-    /// Up to the log end; `throttled` as `fetch_for_follower` said.
-    Follower { throttled: bool },
+    /// Up to the high watermark the answer reports, checked in `leader_epoch`.
+    Consumer { hw: i64, leader_epoch: i32 },
+    /// Up to the log end; `throttled` as `fetch_for_follower` said in `leader_epoch`.
+    Follower { throttled: bool, leader_epoch: i32 },
 }
 
 /// How far the planned reads got.
@@ -186,10 +191,15 @@ impl Plan {
     /// Checks the requested partitions from where the last pass stopped (leadership, epochs,
     /// offsets; a follower's position is recorded here) without reading records. With
     /// `no_wait` it stops at the first partition whose check would wait for a lock, having
-    /// done nothing for it.
+    /// done nothing for it, or after [`INLINE_CHECKS_MAX`] partitions.
     fn check(&mut self, rm: &ReplicaManager, req: &FetchRequest, no_wait: bool) {
+        let mut checks = 0;
         while let Some(t) = req.topics.get(self.checked.0) {
             while let Some(p) = t.partitions.get(self.checked.1) {
+                if no_wait && checks == INLINE_CHECKS_MAX {
+                    return;
+                }
+                checks += 1;
                 let at = self.checked;
                 match check_one(rm, req, &t.name, p, no_wait) {
                     Ok((pr, read)) => {
@@ -218,7 +228,7 @@ impl Plan {
 
     /// Does the planned reads from where the last pass stopped, in order. With `cached_only`
     /// it stops at the first read that would wait (for the disk, or for a write holding the
-    /// log), or that would copy more than [`INLINE_READ_MAX_BYTES`] on the caller's thread.
+    /// log), or that would copy more than [`INLINE_COPY_MAX_BYTES`] on the caller's thread.
     fn read(&mut self, rm: &ReplicaManager, cached_only: bool) {
         read_planned(
             rm,
@@ -261,7 +271,14 @@ fn check_one(
             rm.fetch_for_follower(&partition, req.replica_id, req.replica_epoch, p, no_wait)?;
         return Ok((
             checked,
-            read.map(|throttled| (partition, ReadKind::Follower { throttled })),
+            read.map(|throttled| {
+                let kind = ReadKind::Follower {
+                    throttled,
+                    // `fetch_for_follower` answered only in this very epoch.
+                    leader_epoch: p.current_leader_epoch,
+                };
+                (partition, kind)
+            }),
         ));
     }
     let state = partition.state_no_wait(no_wait)?;
@@ -299,7 +316,11 @@ fn check_one(
         );
         return Ok((pr, None));
     }
-    Ok((pr, Some((partition, ReadKind::Consumer { hw }))))
+    let kind = ReadKind::Consumer {
+        hw,
+        leader_epoch: state.leader_epoch,
+    };
+    Ok((pr, Some((partition, kind))))
 }
 
 /// Does the planned reads from `progress.next` on, in order, into `response`. With
@@ -314,33 +335,33 @@ fn read_planned(
 ) {
     while let Some(read) = reads.get(progress.next) {
         let remaining = progress.max_total.saturating_sub(progress.total);
-        // Copies of megabytes stay off the runtime's threads, cached or not.
-        if cached_only
-            && (progress.total >= INLINE_READ_MAX_BYTES
-                || remaining.min(read.partition_max) > INLINE_READ_MAX_BYTES)
-        {
-            return;
-        }
+        // In place, this fetch's reads together copy at most INLINE_COPY_MAX_BYTES.
+        let copy_limit = cached_only.then(|| INLINE_COPY_MAX_BYTES.saturating_sub(progress.total));
         let result = match read.kind {
             // A follower always gets at least one batch, so a large one never stalls it.
-            ReadKind::Follower { throttled } => rm.read_for_follower(
+            ReadKind::Follower {
+                throttled,
+                leader_epoch,
+            } => rm.read_for_follower(
                 &read.partition,
                 read.offset,
                 remaining.min(read.partition_max).max(1),
                 throttled,
-                cached_only,
+                leader_epoch,
+                copy_limit,
             ),
             ReadKind::Consumer { .. } if remaining == 0 => Ok(None),
-            ReadKind::Consumer { hw } => rm.read(
+            ReadKind::Consumer { hw, leader_epoch } => rm.read(
                 &read.partition,
                 read.offset,
                 remaining.min(read.partition_max),
                 progress.total == 0,
                 hw,
-                cached_only,
+                leader_epoch,
+                copy_limit,
             ),
         };
-        if cached_only && matches!(result, Err(LogError::WouldBlock)) {
+        if cached_only && matches!(result, Err(ReadError::WouldBlock)) {
             return;
         }
         let pr = &mut response.topics[read.at.0].partitions[read.at.1];
@@ -350,9 +371,14 @@ fn read_planned(
                 pr.records = bytes;
             }
             Ok(None) => pr.records = Bytes::new(),
-            Err(e) => {
-                pr.error_code = e.error_code() as i32;
-                pr.error_message = e.to_string();
+            Err(ReadError::Failed(e)) => {
+                pr.error_code = e.code as i32;
+                pr.error_message = e.message;
+            }
+            Err(ReadError::WouldBlock) => {
+                // Only a read that may wait gets here, and it never answers this.
+                pr.error_code = ErrorCode::UnknownServerError as i32;
+                pr.error_message = "a read that may wait refused to".into();
             }
         }
         progress.next += 1;
