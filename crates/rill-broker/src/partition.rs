@@ -423,8 +423,10 @@ impl Partition {
     }
 
     /// The high watermark raise of [`Partition::maybe_increment_hw`], under the state lock the
-    /// caller holds (read or write) with the leader's own end read under it. Returns the new
-    /// high watermark when it moved; [`Partition::notify_hw`] it after the lock is released.
+    /// caller holds (read or write), with `local_end` the leader's own end read in the epoch the
+    /// lock shows (under it, or just before it in that same epoch: a leader never truncates its
+    /// own log, so an end read earlier is only lower). Returns the new high watermark when it
+    /// moved; [`Partition::notify_hw`] it after the lock is released.
     fn increment_hw_locked(&self, inner: &Inner, local_end: i64) -> Option<i64> {
         if inner.state.leader != self.node_id {
             return None;

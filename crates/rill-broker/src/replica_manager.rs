@@ -968,9 +968,9 @@ impl ReplicaManager {
 
     /// Reads batches from `offset` up to `hw` (the high watermark the answer reports), if this
     /// broker still leads in `leader_epoch` (the epoch the read was checked in). Blocking, unless
-    /// `cached_only` is `Some(copy_limit)`: then `Err(ReadError::WouldBlock)` instead of waiting
-    /// for the disk or for a write holding the log, or copying more than `copy_limit` bytes (see
-    /// [`rill_storage::Log::read_cached`]).
+    /// `cached_only` is `Some(copy_budget)`: then `Err(ReadError::WouldBlock)` instead of waiting
+    /// for the disk or for a write holding the log, or copying more than is left of the budget
+    /// (see [`rill_storage::Log::read_cached`]).
     #[allow(clippy::too_many_arguments)]
     pub fn read(
         &self,
@@ -980,15 +980,15 @@ impl ReplicaManager {
         min_one: bool,
         hw: i64,
         leader_epoch: i32,
-        cached_only: Option<usize>,
+        cached_only: Option<&mut usize>,
     ) -> Result<Option<Bytes>, ReadError> {
-        read_log(partition, leader_epoch, cached_only, |log| {
+        read_log(partition, leader_epoch, cached_only, |log, cached_only| {
             if offset > hw && offset <= log.log_end_offset() {
                 // Written but not yet acknowledged-durable: nothing to read yet.
                 return Ok(None);
             }
             match cached_only {
-                Some(limit) => log.read_cached(offset, max_bytes, Some(hw), min_one, limit),
+                Some(budget) => log.read_cached(offset, max_bytes, Some(hw), min_one, budget),
                 None => log.read(offset, max_bytes, Some(hw), min_one),
             }
         })
@@ -1004,22 +1004,23 @@ impl ReplicaManager {
         budget: usize,
         throttled: bool,
         leader_epoch: i32,
-        cached_only: Option<usize>,
+        cached_only: Option<&mut usize>,
     ) -> Result<Option<Bytes>, ReadError> {
         // Checked again here: the reads of one fetch come after all its checks, and the
         // budget is for all of them.
         if throttled && self.leader_throttle.exceeded() {
             return Ok(None);
         }
-        let read = read_log(
-            partition,
-            leader_epoch,
-            cached_only,
-            |log| match cached_only {
-                Some(limit) => log.read_cached(offset, budget, None, true, limit),
-                None => log.read(offset, budget, None, true),
-            },
-        )?;
+        let read =
+            read_log(
+                partition,
+                leader_epoch,
+                cached_only,
+                |log, cached_only| match cached_only {
+                    Some(copy_budget) => log.read_cached(offset, budget, None, true, copy_budget),
+                    None => log.read(offset, budget, None, true),
+                },
+            )?;
         if throttled && let Some(bytes) = &read {
             self.leader_throttle.record(bytes.len());
         }
@@ -1178,11 +1179,11 @@ pub enum ReadError {
 /// this leader's in `leader_epoch`. Checked under the lock: a broker that loses leadership
 /// publishes the new epoch before it truncates, and truncation takes the lock for writing,
 /// so a read that passes cannot see a truncated and re-filled log.
-fn read_log<T>(
+fn read_log<'b, T>(
     partition: &Partition,
     leader_epoch: i32,
-    cached_only: Option<usize>,
-    read: impl FnOnce(&Log) -> Result<T, LogError>,
+    cached_only: Option<&'b mut usize>,
+    read: impl FnOnce(&Log, Option<&'b mut usize>) -> Result<T, LogError>,
 ) -> Result<T, ReadError> {
     let log = partition
         .log_read(cached_only.is_some())
@@ -1198,7 +1199,7 @@ fn read_log<T>(
             ),
         )));
     }
-    read(&log).map_err(|e| match e {
+    read(&log, cached_only).map_err(|e| match e {
         LogError::WouldBlock => ReadError::WouldBlock,
         e => ReadError::Failed(api(e)),
     })
@@ -1557,11 +1558,11 @@ mod tests {
             Busy
         );
         assert!(matches!(
-            rm.read_for_follower(&p, 0, 1 << 20, false, 0, Some(usize::MAX)),
+            rm.read_for_follower(&p, 0, 1 << 20, false, 0, Some(&mut { usize::MAX })),
             Err(ReadError::WouldBlock)
         ));
         assert!(matches!(
-            rm.read(&p, 0, 1 << 20, true, end, 0, Some(usize::MAX)),
+            rm.read(&p, 0, 1 << 20, true, end, 0, Some(&mut { usize::MAX })),
             Err(ReadError::WouldBlock)
         ));
         drop(held);

@@ -517,9 +517,10 @@ impl Log {
     }
 
     /// [`Log::read`] from the page cache only: `Err(LogError::WouldBlock)`, having read nothing,
-    /// when it would wait for the disk or for a write holding the segment, or copy more than
-    /// `copy_limit` bytes (a first batch larger than `max_bytes` is still read whole, and the
-    /// read starts at an index entry up to `index.interval.bytes` before `offset`). For async
+    /// when it would wait for the disk or for a write holding the segment, or copy more than is
+    /// left of `copy_budget` (which it takes the bytes it copies from: a first batch larger than
+    /// `max_bytes` is still read whole, and the read starts at an index entry up to
+    /// `index.interval.bytes` before `offset` and may reach past `max_offset`). For async
     /// callers: data just written is read in microseconds on the calling thread, and only the
     /// rest goes to a thread that may block.
     pub fn read_cached(
@@ -528,9 +529,9 @@ impl Log {
         max_bytes: usize,
         max_offset: Option<i64>,
         min_one: bool,
-        copy_limit: usize,
+        copy_budget: &mut usize,
     ) -> Result<Option<Bytes>> {
-        crate::segment_file::without_waiting(copy_limit, || {
+        crate::segment_file::without_waiting(copy_budget, || {
             self.read(offset, max_bytes, max_offset, min_one)
         })
     }

@@ -53,16 +53,19 @@ thread_local! {
 
 /// Runs `f` with every segment read on this thread refusing to wait (see the module docs): a
 /// read that would wait fails with `WouldBlock` (as [`crate::LogError::WouldBlock`] above this
-/// module) and has no effect. So does a read that would take the bytes copied past
-/// `copy_limit` (large copies belong on threads that may block, too).
-pub(crate) fn without_waiting<T>(copy_limit: usize, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<usize>);
-    impl Drop for Restore {
+/// module) and has no effect. So does a read that would copy more than is left of
+/// `copy_budget`, which every read takes its bytes from (large copies belong on threads that
+/// may block, too).
+pub(crate) fn without_waiting<T>(copy_budget: &mut usize, f: impl FnOnce() -> T) -> T {
+    struct Restore<'a>(Option<usize>, &'a mut usize);
+    impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            NO_WAIT.with(|n| n.set(self.0));
+            if let Some(left) = NO_WAIT.with(|n| n.replace(self.0)) {
+                *self.1 = left;
+            }
         }
     }
-    let _restore = Restore(NO_WAIT.with(|n| n.replace(Some(copy_limit))));
+    let _restore = Restore(NO_WAIT.with(|n| n.replace(Some(*copy_budget))), copy_budget);
     f()
 }
 
@@ -582,15 +585,16 @@ mod tests {
         f.write_out().unwrap();
         f.append(b"world").unwrap();
         assert_eq!(
-            without_waiting(usize::MAX, || f.read_vec_at(6, 5)).unwrap(),
+            without_waiting(&mut { usize::MAX }, || f.read_vec_at(6, 5)).unwrap(),
             b"world",
             "buffered bytes are read without waiting"
         );
         let held = f.lock();
-        let refused = without_waiting(usize::MAX, || f.read_vec_at(6, 5)).unwrap_err();
+        let refused = without_waiting(&mut { usize::MAX }, || f.read_vec_at(6, 5)).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
         let mut out = [0u8; 5];
-        let refused = without_waiting(usize::MAX, || f.read_exact_at(&mut out, 0)).unwrap_err();
+        let refused =
+            without_waiting(&mut { usize::MAX }, || f.read_exact_at(&mut out, 0)).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
         drop(held);
         f.read_exact_at(&mut out, 6).unwrap();
@@ -599,6 +603,18 @@ mod tests {
             "outside without_waiting reads wait as before"
         );
         assert!(!refusing_to_wait(), "the flag is restored");
+        let mut budget = 8;
+        let refused = without_waiting(&mut budget, || f.read_vec_at(0, 11)).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "over the budget"
+        );
+        assert_eq!(
+            without_waiting(&mut budget, || f.read_vec_at(6, 5)).unwrap(),
+            b"world"
+        );
+        assert_eq!(budget, 3, "the copy is taken from the budget");
     }
 
     #[test]

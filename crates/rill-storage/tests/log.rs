@@ -631,12 +631,12 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
     }
     log.flush().unwrap();
     let cached = log
-        .read_cached(50, 1 << 20, None, true, usize::MAX)
+        .read_cached(50, 1 << 20, None, true, &mut { usize::MAX })
         .unwrap()
         .unwrap();
     assert_eq!(cached, log.read(50, 1 << 20, None, true).unwrap().unwrap());
     assert!(
-        log.read_cached(200, 1 << 20, None, true, usize::MAX)
+        log.read_cached(200, 1 << 20, None, true, &mut { usize::MAX })
             .unwrap()
             .is_none()
     );
@@ -651,7 +651,7 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
     }
     assert!(
         matches!(
-            log.read_cached(50, 1 << 20, None, true, usize::MAX),
+            log.read_cached(50, 1 << 20, None, true, &mut { usize::MAX }),
             Err(LogError::WouldBlock)
         ),
         "data not in the page cache is not waited for"
@@ -659,7 +659,7 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
     let read = log.read(50, 1 << 20, None, true).unwrap().unwrap();
     assert_eq!(read, cached);
     assert_eq!(
-        log.read_cached(50, 1 << 20, None, true, usize::MAX)
+        log.read_cached(50, 1 << 20, None, true, &mut { usize::MAX })
             .unwrap()
             .unwrap(),
         cached,
@@ -667,9 +667,19 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
     );
     assert!(
         matches!(
-            log.read_cached(50, 1 << 20, None, true, 1_000),
+            log.read_cached(50, 1 << 20, None, true, &mut 1_000),
             Err(LogError::WouldBlock)
         ),
-        "a copy over the limit is left to a read that may wait"
+        "a copy over the budget is left to a read that may wait"
+    );
+    let mut budget = 1 << 20;
+    let read = log
+        .read_cached(50, 5_000, None, true, &mut budget)
+        .unwrap()
+        .unwrap();
+    assert!(
+        budget <= (1 << 20) - read.len(),
+        "the bytes copied are taken from the budget: {budget} left after {}",
+        read.len()
     );
 }

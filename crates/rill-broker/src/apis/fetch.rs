@@ -144,6 +144,9 @@ struct ReadProgress {
     next: usize,
     /// Record bytes read so far.
     total: usize,
+    /// What reads in place may still copy (bytes copied, not returned: a read copies from an
+    /// index entry before its offset, and past the high watermark).
+    inline_copy_budget: usize,
     max_total: usize,
 }
 
@@ -175,6 +178,7 @@ impl Plan {
             progress: ReadProgress {
                 next: 0,
                 total: 0,
+                inline_copy_budget: INLINE_COPY_MAX_BYTES,
                 max_total: max_total(req, fetch_max_bytes),
             },
         }
@@ -336,7 +340,11 @@ fn read_planned(
     while let Some(read) = reads.get(progress.next) {
         let remaining = progress.max_total.saturating_sub(progress.total);
         // In place, this fetch's reads together copy at most INLINE_COPY_MAX_BYTES.
-        let copy_limit = cached_only.then(|| INLINE_COPY_MAX_BYTES.saturating_sub(progress.total));
+        let copy_budget = if cached_only {
+            Some(&mut progress.inline_copy_budget)
+        } else {
+            None
+        };
         let result = match read.kind {
             // A follower always gets at least one batch, so a large one never stalls it.
             ReadKind::Follower {
@@ -348,7 +356,7 @@ fn read_planned(
                 remaining.min(read.partition_max).max(1),
                 throttled,
                 leader_epoch,
-                copy_limit,
+                copy_budget,
             ),
             ReadKind::Consumer { .. } if remaining == 0 => Ok(None),
             ReadKind::Consumer { hw, leader_epoch } => rm.read(
@@ -358,7 +366,7 @@ fn read_planned(
                 progress.total == 0,
                 hw,
                 leader_epoch,
-                copy_limit,
+                copy_budget,
             ),
         };
         if cached_only && matches!(result, Err(ReadError::WouldBlock)) {
