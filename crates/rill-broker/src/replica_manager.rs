@@ -691,22 +691,16 @@ impl ReplicaManager {
             ));
         }
         // Leadership is decided by the partition's own state (the one appends check under its
-        // lock), not by the image, so the two cannot disagree.
-        // Read without the state lock (`leader_and_epoch`): async callers must not queue behind
-        // an append holding it.
+        // lock), not by the image, so the two cannot disagree. Read without the state lock
+        // (`leader_and_epoch`): async callers must not queue behind an append holding it.
         let partition = self.partition(tp);
         let (leader, leader_epoch) = partition
             .as_ref()
             .map_or((p.leader, p.leader_epoch), |p| p.leader_and_epoch());
-        let state = LeaderState {
-            leader,
-            leader_epoch,
-            ..Default::default()
-        };
-        let current = Some((state.leader, state.leader_epoch));
+        let current = Some((leader, leader_epoch));
         match partition {
-            Some(partition) if state.leader == self.node_id => Ok(partition),
-            _ if state.leader == self.node_id => Err((
+            Some(partition) if leader == self.node_id => Ok(partition),
+            _ if leader == self.node_id => Err((
                 ApiError::new(
                     ErrorCode::NotLeaderOrFollower,
                     format!("broker {} has not opened {tp} yet; retry", self.node_id),
@@ -715,14 +709,14 @@ impl ReplicaManager {
             )),
             _ => Err((
                 ApiError::new(
-                    if state.leader == -1 {
+                    if leader == -1 {
                         ErrorCode::LeaderNotAvailable
                     } else {
                         ErrorCode::NotLeaderOrFollower
                     },
                     format!(
-                        "broker {} does not lead {tp}; the leader is {}",
-                        self.node_id, state.leader
+                        "broker {} does not lead {tp}; the leader is {leader}",
+                        self.node_id
                     ),
                 ),
                 current,
@@ -987,10 +981,7 @@ impl ReplicaManager {
                 // Written but not yet acknowledged-durable: nothing to read yet.
                 return Ok(None);
             }
-            match cached_only {
-                Some(budget) => log.read_cached(offset, max_bytes, Some(hw), min_one, budget),
-                None => log.read(offset, max_bytes, Some(hw), min_one),
-            }
+            read_maybe_cached(log, offset, max_bytes, Some(hw), min_one, cached_only)
         })
     }
 
@@ -1011,16 +1002,9 @@ impl ReplicaManager {
         if throttled && self.leader_throttle.exceeded() {
             return Ok(None);
         }
-        let read =
-            read_log(
-                partition,
-                leader_epoch,
-                cached_only,
-                |log, cached_only| match cached_only {
-                    Some(copy_budget) => log.read_cached(offset, budget, None, true, copy_budget),
-                    None => log.read(offset, budget, None, true),
-                },
-            )?;
+        let read = read_log(partition, leader_epoch, cached_only, |log, cached_only| {
+            read_maybe_cached(log, offset, budget, None, true, cached_only)
+        })?;
         if throttled && let Some(bytes) = &read {
             self.leader_throttle.record(bytes.len());
         }
@@ -1203,6 +1187,21 @@ fn read_log<'b, T>(
         LogError::WouldBlock => ReadError::WouldBlock,
         e => ReadError::Failed(api(e)),
     })
+}
+
+/// [`Log::read_cached`] with a copy budget, else [`Log::read`].
+fn read_maybe_cached(
+    log: &Log,
+    offset: i64,
+    max_bytes: usize,
+    max_offset: Option<i64>,
+    min_one: bool,
+    cached_only: Option<&mut usize>,
+) -> Result<Option<Bytes>, LogError> {
+    match cached_only {
+        Some(budget) => log.read_cached(offset, max_bytes, max_offset, min_one, budget),
+        None => log.read(offset, max_bytes, max_offset, min_one),
+    }
 }
 
 /// Why a local log is no longer hosted, decided only from committed metadata: `-delete` when

@@ -576,14 +576,20 @@ mod tests {
         ))
     }
 
+    /// "hello " in the file, "world" still in the write buffer.
+    fn hello_world(path: &Path) -> Arc<SegmentFile> {
+        let f = new_file(path);
+        f.append(b"hello ").unwrap();
+        f.write_out().unwrap();
+        f.append(b"world").unwrap();
+        f
+    }
+
     #[test]
     fn reads_that_must_not_wait_refuse_a_held_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let f = new_file(&path);
-        f.append(b"hello ").unwrap();
-        f.write_out().unwrap();
-        f.append(b"world").unwrap();
+        let f = hello_world(&path);
         assert_eq!(
             without_waiting(&mut { usize::MAX }, || f.read_vec_at(6, 5)).unwrap(),
             b"world",
@@ -621,10 +627,7 @@ mod tests {
     fn reads_span_file_and_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let f = new_file(&path);
-        f.append(b"hello ").unwrap();
-        f.write_out().unwrap();
-        f.append(b"world").unwrap();
+        let f = hello_world(&path);
         assert_eq!(
             std::fs::read(&path).unwrap(),
             b"hello ",

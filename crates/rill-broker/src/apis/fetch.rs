@@ -232,15 +232,63 @@ impl Plan {
 
     /// Does the planned reads from where the last pass stopped, in order. With `cached_only`
     /// it stops at the first read that would wait (for the disk, or for a write holding the
-    /// log), or that would copy more than [`INLINE_COPY_MAX_BYTES`] on the caller's thread.
+    /// log), or that would copy more than [`INLINE_COPY_MAX_BYTES`] on the caller's thread,
+    /// leaving the cursor there for a blocking thread to go on from.
     fn read(&mut self, rm: &ReplicaManager, cached_only: bool) {
-        read_planned(
-            rm,
-            &mut self.response,
-            &self.reads,
-            &mut self.progress,
-            cached_only,
-        );
+        while let Some(read) = self.reads.get(self.progress.next) {
+            let remaining = self.progress.max_total.saturating_sub(self.progress.total);
+            // In place, this fetch's reads together copy at most INLINE_COPY_MAX_BYTES.
+            let copy_budget = if cached_only {
+                Some(&mut self.progress.inline_copy_budget)
+            } else {
+                None
+            };
+            let result = match read.kind {
+                // A follower always gets at least one batch, so a large one never stalls it.
+                ReadKind::Follower {
+                    throttled,
+                    leader_epoch,
+                } => rm.read_for_follower(
+                    &read.partition,
+                    read.offset,
+                    remaining.min(read.partition_max).max(1),
+                    throttled,
+                    leader_epoch,
+                    copy_budget,
+                ),
+                ReadKind::Consumer { .. } if remaining == 0 => Ok(None),
+                ReadKind::Consumer { hw, leader_epoch } => rm.read(
+                    &read.partition,
+                    read.offset,
+                    remaining.min(read.partition_max),
+                    self.progress.total == 0,
+                    hw,
+                    leader_epoch,
+                    copy_budget,
+                ),
+            };
+            if cached_only && matches!(result, Err(ReadError::WouldBlock)) {
+                return;
+            }
+            let pr = &mut self.response.topics[read.at.0].partitions[read.at.1];
+            match result {
+                Ok(Some(bytes)) => {
+                    self.progress.total += bytes.len();
+                    pr.records = bytes;
+                }
+                Ok(None) => pr.records = Bytes::new(),
+                Err(ReadError::Failed(e)) => {
+                    pr.error_code = e.code as i32;
+                    pr.error_message = e.message;
+                }
+                Err(ReadError::WouldBlock) => {
+                    // Only a read that may wait gets here, and it never answers this.
+                    pr.error_code = ErrorCode::UnknownServerError as i32;
+                    pr.error_message = "a read that may wait refused to".into();
+                }
+            }
+            self.progress.next += 1;
+        }
     }
 }
 
@@ -285,7 +333,7 @@ fn check_one(
             }),
         ));
     }
-    let state = partition.state_no_wait(no_wait)?;
+    let (leader, leader_epoch) = partition.leader_and_epoch();
     let (start, end) = {
         let log = partition.log_read(no_wait)?;
         (log.log_start_offset(), log.log_end_offset())
@@ -293,20 +341,20 @@ fn check_one(
     let hw = partition.high_watermark();
     pr.high_watermark = hw;
     pr.log_start_offset = start;
-    if p.current_leader_epoch >= 0 && p.current_leader_epoch != state.leader_epoch {
-        let (code, what) = if p.current_leader_epoch < state.leader_epoch {
+    if p.current_leader_epoch >= 0 && p.current_leader_epoch != leader_epoch {
+        let (code, what) = if p.current_leader_epoch < leader_epoch {
             (ErrorCode::FencedLeaderEpoch, "older")
         } else {
             (ErrorCode::UnknownLeaderEpoch, "newer")
         };
         pr.error_code = code as i32;
         pr.error_message = format!(
-            "leader epoch {} is {what} than the current {}",
-            p.current_leader_epoch, state.leader_epoch
+            "leader epoch {} is {what} than the current {leader_epoch}",
+            p.current_leader_epoch
         );
         pr.current_leader = Some(LeaderIdAndEpoch {
-            leader_id: state.leader,
-            leader_epoch: state.leader_epoch,
+            leader_id: leader,
+            leader_epoch,
         });
         return Ok((pr, None));
     }
@@ -320,75 +368,6 @@ fn check_one(
         );
         return Ok((pr, None));
     }
-    let kind = ReadKind::Consumer {
-        hw,
-        leader_epoch: state.leader_epoch,
-    };
+    let kind = ReadKind::Consumer { hw, leader_epoch };
     Ok((pr, Some((partition, kind))))
-}
-
-/// Does the planned reads from `progress.next` on, in order, into `response`. With
-/// `cached_only` it stops at the first read that would wait (for the disk, or for a write
-/// holding the log), leaving `progress.next` there for a blocking thread to go on from.
-fn read_planned(
-    rm: &ReplicaManager,
-    response: &mut FetchResponse,
-    reads: &[PlannedRead],
-    progress: &mut ReadProgress,
-    cached_only: bool,
-) {
-    while let Some(read) = reads.get(progress.next) {
-        let remaining = progress.max_total.saturating_sub(progress.total);
-        // In place, this fetch's reads together copy at most INLINE_COPY_MAX_BYTES.
-        let copy_budget = if cached_only {
-            Some(&mut progress.inline_copy_budget)
-        } else {
-            None
-        };
-        let result = match read.kind {
-            // A follower always gets at least one batch, so a large one never stalls it.
-            ReadKind::Follower {
-                throttled,
-                leader_epoch,
-            } => rm.read_for_follower(
-                &read.partition,
-                read.offset,
-                remaining.min(read.partition_max).max(1),
-                throttled,
-                leader_epoch,
-                copy_budget,
-            ),
-            ReadKind::Consumer { .. } if remaining == 0 => Ok(None),
-            ReadKind::Consumer { hw, leader_epoch } => rm.read(
-                &read.partition,
-                read.offset,
-                remaining.min(read.partition_max),
-                progress.total == 0,
-                hw,
-                leader_epoch,
-                copy_budget,
-            ),
-        };
-        if cached_only && matches!(result, Err(ReadError::WouldBlock)) {
-            return;
-        }
-        let pr = &mut response.topics[read.at.0].partitions[read.at.1];
-        match result {
-            Ok(Some(bytes)) => {
-                progress.total += bytes.len();
-                pr.records = bytes;
-            }
-            Ok(None) => pr.records = Bytes::new(),
-            Err(ReadError::Failed(e)) => {
-                pr.error_code = e.code as i32;
-                pr.error_message = e.message;
-            }
-            Err(ReadError::WouldBlock) => {
-                // Only a read that may wait gets here, and it never answers this.
-                pr.error_code = ErrorCode::UnknownServerError as i32;
-                pr.error_message = "a read that may wait refused to".into();
-            }
-        }
-        progress.next += 1;
-    }
 }
