@@ -91,6 +91,9 @@ pub struct Log {
     last_flush_ms: i64,
     /// First offset the cleaner has not cleaned yet.
     pub(crate) cleaner_checkpoint: i64,
+    /// Counts truncations: a cleaning pass planned before one is not swapped in (the segments
+    /// it read may since hold other data under the same names).
+    pub(crate) truncations: u64,
     /// Which leader epoch started where.
     epochs: LeaderEpochFileCache,
     /// Idempotent producers' sequences (`<offset>.snapshot` files beside the segments).
@@ -158,6 +161,7 @@ impl Log {
             unflushed_records: 0,
             last_flush_ms: now,
             cleaner_checkpoint: log_start_offset,
+            truncations: 0,
             epochs,
             producer_state,
         };
@@ -566,6 +570,7 @@ impl Log {
         if offset <= self.log_start_offset {
             return self.truncate_fully_and_start_at(offset);
         }
+        self.truncations += 1;
         let doomed: Vec<i64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
         for base in doomed {
             self.segments.remove(&base);
@@ -593,6 +598,7 @@ impl Log {
     }
 
     fn truncate_fully_inner(&mut self, offset: i64) -> Result<()> {
+        self.truncations += 1;
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         for base in bases {
             self.segments.remove(&base);
@@ -658,12 +664,29 @@ impl Log {
     /// deleting whole segments, oldest first, that end at or below `upper_bound` (the high
     /// watermark: unreplicated data is never deleted). Returns the deleted segments.
     pub fn delete_old_segments(&mut self, upper_bound: i64) -> Result<Vec<SegmentInfo>> {
+        let (deleted, doomed) = self.delete_old_segments_deferred(upper_bound)?;
+        for path in doomed {
+            remove_if_exists(&path)?;
+        }
+        Ok(deleted)
+    }
+
+    /// [`Log::delete_old_segments`], leaving the deleted segments' files (renamed `.deleted`,
+    /// which the log no longer uses and [`Log::open`] removes) for the caller to remove once it
+    /// released the log: unlinking a large file takes a while, and appends wait for the log.
+    pub(crate) fn delete_old_segments_deferred(
+        &mut self,
+        upper_bound: i64,
+    ) -> Result<(Vec<SegmentInfo>, Vec<PathBuf>)> {
         self.guarded(|log| log.delete_old_segments_inner(upper_bound))
     }
 
-    fn delete_old_segments_inner(&mut self, upper_bound: i64) -> Result<Vec<SegmentInfo>> {
+    fn delete_old_segments_inner(
+        &mut self,
+        upper_bound: i64,
+    ) -> Result<(Vec<SegmentInfo>, Vec<PathBuf>)> {
         if !self.config.cleanup_policy.delete {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let now = self.clock.now_ms();
         let retention_ms = self.config.retention_ms;
@@ -700,14 +723,11 @@ impl Log {
             self.roll()?;
         }
         let mut deleted = Vec::new();
+        let mut renamed = Vec::new();
         for base in doomed {
             if let Some(mut segment) = self.segments.remove(&base) {
                 deleted.push(segment.info());
-                let renamed = segment.rename_files(DELETED_SUFFIX)?;
-                drop(segment);
-                for path in renamed {
-                    remove_if_exists(&path)?;
-                }
+                renamed.extend(segment.rename_files(DELETED_SUFFIX)?);
             }
         }
         if !deleted.is_empty() {
@@ -720,7 +740,7 @@ impl Log {
             sync_dir(&self.dir)?;
             tracing::info!(dir = %self.dir.display(), segments = deleted.len(), log_start_offset = self.log_start_offset, "deleted segments by retention");
         }
-        Ok(deleted)
+        Ok((deleted, renamed))
     }
 
     /// Flushes everything and records final index entries: after `close`, reopening with

@@ -12,10 +12,16 @@
 //!    `<base>.log.swap`, remove the replaced segments, rename the swap to `<base>.log`. On open,
 //!    `.cleaned` files are discarded and `.swap` files completed (`Log::open`).
 //!
+//! As in Kafka, the log's lock is held only to plan a pass ([`Log::plan_cleaning`]: which
+//! sealed segments it reads) and to swap its output in ([`Log::finish_cleaning`]). Steps 1–3
+//! and the fsync run without it ([`CleaningPass::build`]), on the segments' open files, while
+//! the log goes on appending and serving reads. A group whose segments retention deleted
+//! meanwhile, and a pass planned before a truncation, are thrown away.
+//!
 //! Keys are compared by a 128-bit hash (xxh3), as Kafka's cleaner compares MD5 digests.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rill_protocol::record_batch::{
     BatchHeader, RECORD_BATCH_OVERHEAD, RecordBatch, RecordBatchBuilder, RecordHeader,
@@ -23,7 +29,9 @@ use rill_protocol::record_batch::{
 
 use crate::error::{IoContext, LogError, Result};
 use crate::log::{CLEANED_SUFFIX, DELETED_SUFFIX, Log, SWAP_SUFFIX, sizing, sync_dir};
-use crate::log_segment::{BatchInfo, LOG_SUFFIX, LogSegment, remove_if_exists, segment_file};
+use crate::log_segment::{
+    BatchInfo, IndexSizing, LOG_SUFFIX, LogSegment, SegmentView, remove_if_exists, segment_file,
+};
 
 /// Bytes one offset map entry costs (hash, offset, table overhead).
 const MAP_ENTRY_BYTES: usize = 40;
@@ -99,40 +107,241 @@ impl Log {
 
     /// Runs one cleaning pass over the segments before the active one that end at or below
     /// `upper_bound` (the high watermark). Returns `None` when there is nothing to clean.
+    /// Holds the log throughout; [`LogManager`](crate::LogManager) instead holds the log's
+    /// lock only to plan the pass and to swap its output in, so appends and reads go on while
+    /// it reads and writes segments.
     pub fn clean(
         &mut self,
         upper_bound: i64,
         cleaner: &CleanerConfig,
     ) -> Result<Option<CleanerStats>> {
-        self.guarded(|log| log.clean_inner(upper_bound, cleaner))
+        let Some(pass) = self.plan_cleaning(upper_bound, cleaner) else {
+            return Ok(None);
+        };
+        let (stats, doomed) = self.finish_cleaning(pass.build())?;
+        for path in doomed {
+            remove_if_exists(&path)?;
+        }
+        Ok(stats)
     }
 
-    fn clean_inner(
-        &mut self,
-        upper_bound: i64,
-        cleaner: &CleanerConfig,
-    ) -> Result<Option<CleanerStats>> {
-        if !self.config.cleanup_policy.compact {
-            return Ok(None);
+    /// Plans a cleaning pass: the sealed segments it reads (as views that stay readable
+    /// without the log) and the settings it cleans with. `None` when the log is not compacted
+    /// or nothing below `upper_bound` is cleanable.
+    pub fn plan_cleaning(&self, upper_bound: i64, cleaner: &CleanerConfig) -> Option<CleaningPass> {
+        if !self.config.cleanup_policy.compact || self.is_offline() {
+            return None;
         }
         let active = self.active_segment().base_offset();
-        let cleanable: Vec<i64> = self
+        let cleanable: Vec<SegmentView> = self
             .segments
             .range(..active)
             .filter(|(_, s)| s.next_offset() <= upper_bound)
-            .map(|(b, _)| *b)
+            .map(|(_, s)| s.view())
             .collect();
         if cleanable.is_empty() {
-            return Ok(None);
+            return None;
         }
+        Some(CleaningPass {
+            dir: self.dir.clone(),
+            sizing: sizing(&self.config),
+            segment_bytes: self.config.segment_bytes,
+            now: self.clock.now_ms(),
+            delete_retention_ms: self.config.delete_retention_ms,
+            checkpoint: self.cleaner_checkpoint,
+            max_entries: (cleaner.dedupe_buffer_size / MAP_ENTRY_BYTES).max(1),
+            truncations: self.truncations,
+            cleanable,
+        })
+    }
+
+    /// Swaps in what a pass built. A group goes in only if nothing was truncated since the pass
+    /// was planned and the segments it replaces are all still there, unchanged and sealed
+    /// (retention may have deleted some meanwhile); otherwise its output is removed and what
+    /// is left is cleaned by a later pass. A failed pass is an error only if the log did not
+    /// change under it (a truncation may cut a file it was reading). Returns the stats of the
+    /// swapped groups and the replaced files to remove (after the log's lock is released:
+    /// their contents are no longer needed, and unlinking a large file takes a while).
+    pub fn finish_cleaning(
+        &mut self,
+        built: BuiltPass,
+    ) -> Result<(Option<CleanerStats>, Vec<PathBuf>)> {
+        let changed = self.truncations != built.truncations
+            || built.read.iter().any(|v| {
+                self.segments
+                    .get(&v.base_offset)
+                    .is_none_or(|s| !v.is_view_of(s))
+            });
+        let groups = match built.outcome {
+            Err(e) => {
+                built.groups.into_iter().for_each(CleanedGroup::discard);
+                if changed {
+                    tracing::info!(dir = %self.dir.display(), error = %e, "the log changed under a cleaning pass; its work is thrown away");
+                    return Ok((None, Vec::new()));
+                }
+                return self.guarded(|_| Err(e));
+            }
+            Ok(_) if self.truncations != built.truncations => {
+                built.groups.into_iter().for_each(CleanedGroup::discard);
+                return Ok((None, Vec::new()));
+            }
+            Ok(()) => built.groups,
+        };
+        self.guarded(|log| {
+            let mut stats = CleanerStats::default();
+            let mut doomed = Vec::new();
+            let mut groups = groups.into_iter();
+            while let Some(group) = groups.next() {
+                let active = log.active_segment().base_offset();
+                let unchanged = group.replaces.iter().all(|v| {
+                    v.base_offset != active
+                        && log
+                            .segments
+                            .get(&v.base_offset)
+                            .is_some_and(|s| v.is_view_of(s))
+                });
+                if !unchanged {
+                    group.discard();
+                    continue;
+                }
+                match log.swap_in(group, &mut stats) {
+                    Ok(d) => doomed.extend(d),
+                    Err(e) => {
+                        groups.for_each(CleanedGroup::discard);
+                        return Err(e);
+                    }
+                }
+            }
+            log.cleaner_checkpoint = log.cleaner_checkpoint.max(built.clean_end);
+            stats.cleaned_up_to = log.cleaner_checkpoint;
+            tracing::info!(dir = %log.dir.display(), ?stats, "cleaned log");
+            Ok((Some(stats), doomed))
+        })
+    }
+
+    /// Swaps one group's cleaned segment (written and fsynced) in for the segments it
+    /// replaces, crash-safely: `.cleaned` → `.swap`, the old segments → `.deleted`, `.swap` →
+    /// `.log`, the directory fsynced between steps. Returns the old segments' files.
+    fn swap_in(&mut self, group: CleanedGroup, stats: &mut CleanerStats) -> Result<Vec<PathBuf>> {
+        let CleanedGroup {
+            replaces,
+            mut cleaned,
+            stats: group_stats,
+        } = group;
+        let base = cleaned.base_offset();
+        let cleaned_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"));
+        let swap_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{SWAP_SUFFIX}"));
+        if let Err(e) = crate::fsio::rename(&cleaned_path, &swap_path).at(&cleaned_path) {
+            CleanedGroup::discard(CleanedGroup {
+                replaces,
+                cleaned,
+                stats: group_stats,
+            });
+            return Err(e);
+        }
+        sync_dir(&self.dir)?;
+        // From here the swap is decided on disk (a crash completes it on open). In memory the old
+        // segments stay until every step succeeded: their open files keep serving reads even
+        // after a rename, so an error (a full disk) leaves the log readable, never with a hole.
+        let mut deleted = Vec::new();
+        for v in &replaces {
+            if let Some(old) = self.segments.get_mut(&v.base_offset) {
+                deleted.extend(old.rename_files(DELETED_SUFFIX)?);
+            }
+        }
+        let final_path = segment_file(&self.dir, base, LOG_SUFFIX);
+        crate::fsio::rename(&swap_path, &final_path).at(&swap_path)?;
+        sync_dir(&self.dir)?;
+        cleaned.rewrite_indexes()?;
+        for v in &replaces {
+            self.segments.remove(&v.base_offset);
+        }
+        self.segments.insert(base, cleaned);
+        stats.segments_read += group_stats.segments_read;
+        stats.bytes_read += group_stats.bytes_read;
+        stats.bytes_written += group_stats.bytes_written;
+        stats.records_superseded += group_stats.records_superseded;
+        stats.tombstones_removed += group_stats.tombstones_removed;
+        stats.segments_written += 1;
+        Ok(deleted)
+    }
+}
+
+/// A cleaning pass planned under the log's lock ([`Log::plan_cleaning`]) and built without it
+/// ([`CleaningPass::build`]): nothing in it refers to the log.
+pub struct CleaningPass {
+    dir: PathBuf,
+    sizing: IndexSizing,
+    segment_bytes: u64,
+    now: i64,
+    delete_retention_ms: i64,
+    checkpoint: i64,
+    max_entries: usize,
+    truncations: u64,
+    /// The sealed segments below the upper bound, in offset order.
+    cleanable: Vec<SegmentView>,
+}
+
+/// What [`CleaningPass::build`] made, for [`Log::finish_cleaning`] to swap in.
+pub struct BuiltPass {
+    truncations: u64,
+    /// Every segment the pass read (its offset map and its groups).
+    read: Vec<SegmentView>,
+    /// The groups written and fsynced, in order (on failure: those written before it).
+    groups: Vec<CleanedGroup>,
+    clean_end: i64,
+    outcome: Result<()>,
+}
+
+/// One group's cleaned segment, written as `<base>.log.cleaned` and fsynced.
+struct CleanedGroup {
+    replaces: Vec<SegmentView>,
+    cleaned: LogSegment,
+    stats: CleanerStats,
+}
+
+impl CleanedGroup {
+    /// Removes the group's output (best effort: a `.cleaned` file left behind is removed when
+    /// the log is next opened).
+    fn discard(self) {
+        let path = self.cleaned.log_path();
+        let cleaned = segment_file(
+            path.parent().unwrap_or(Path::new(".")),
+            self.cleaned.base_offset(),
+            &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"),
+        );
+        drop(self.cleaned);
+        if let Err(e) = remove_if_exists(&cleaned) {
+            tracing::warn!(path = %cleaned.display(), error = %e, "could not remove a cleaner's output");
+        }
+    }
+}
+
+impl CleaningPass {
+    /// Builds the offset map over the dirty section and writes each group's cleaned segment.
+    /// Reads and writes files only; the log goes on serving appends and reads meanwhile.
+    pub fn build(self) -> BuiltPass {
+        let mut built = BuiltPass {
+            truncations: self.truncations,
+            read: Vec::new(),
+            groups: Vec::new(),
+            clean_end: self.checkpoint,
+            outcome: Ok(()),
+        };
+        built.outcome = self.build_into(&mut built);
+        built
+    }
+
+    fn build_into(&self, built: &mut BuiltPass) -> Result<()> {
         // 1. The offset map over the dirty section, whole segments at a time.
-        let max_entries = (cleaner.dedupe_buffer_size / MAP_ENTRY_BYTES).max(1);
         let mut map: HashMap<u128, i64> = HashMap::new();
-        let checkpoint = self.cleaner_checkpoint;
-        let mut clean_end = checkpoint;
-        let mut stats = CleanerStats::default();
-        for base in cleanable.iter().filter(|b| **b >= checkpoint) {
-            let segment = &self.segments[base];
+        let mut clean_end = self.checkpoint;
+        for segment in self
+            .cleanable
+            .iter()
+            .filter(|s| s.base_offset >= self.checkpoint)
+        {
+            built.read.push(segment.clone());
             let mut segment_map = Vec::new();
             for_each_record(segment, |record| {
                 if let Some(key) = record.key {
@@ -141,72 +350,90 @@ impl Log {
                 Ok(())
             })?;
             // Always map at least one segment so every pass makes progress.
-            if !map.is_empty() && map.len() + segment_map.len() > max_entries {
+            if !map.is_empty() && map.len() + segment_map.len() > self.max_entries {
                 break;
             }
             map.extend(segment_map);
-            clean_end = segment.next_offset();
+            clean_end = segment.next_offset;
         }
+        built.clean_end = clean_end;
         // 2-4. Rewrite the clean section and the mapped dirty section, group by group.
-        let now = self.clock.now_ms();
-        let to_clean: Vec<i64> = cleanable
-            .into_iter()
-            .filter(|b| self.segments[b].next_offset() <= clean_end)
+        let to_clean: Vec<&SegmentView> = self
+            .cleanable
+            .iter()
+            .filter(|s| s.next_offset <= clean_end)
             .collect();
         for group in self.group_segments(&to_clean) {
-            self.clean_group(&group, &map, now, &mut stats)?;
+            built.read.extend(group.iter().cloned());
+            let cleaned = self.clean_group(&group, &map)?;
+            built.groups.push(cleaned);
         }
-        self.cleaner_checkpoint = self.cleaner_checkpoint.max(clean_end);
-        stats.cleaned_up_to = self.cleaner_checkpoint;
-        tracing::info!(dir = %self.dir.display(), ?stats, "cleaned log");
-        Ok(Some(stats))
+        Ok(())
     }
 
     /// Consecutive segments whose combined size fits one segment and whose offsets fit 32-bit
     /// relative offsets from the first.
-    fn group_segments(&self, bases: &[i64]) -> Vec<Vec<i64>> {
-        let mut groups: Vec<Vec<i64>> = Vec::new();
+    fn group_segments(&self, segments: &[&SegmentView]) -> Vec<Vec<SegmentView>> {
+        let mut groups: Vec<Vec<SegmentView>> = Vec::new();
         let mut size = 0u64;
-        for &base in bases {
-            let s = &self.segments[&base];
+        for &s in segments {
             let fits = groups.last().is_some_and(|g| {
-                size + s.size() <= self.config.segment_bytes
-                    && s.next_offset() - g[0] <= i32::MAX as i64
+                size + s.size <= self.segment_bytes
+                    && s.next_offset - g[0].base_offset <= i32::MAX as i64
             });
             if fits {
-                size += s.size();
+                size += s.size;
                 if let Some(g) = groups.last_mut() {
-                    g.push(base);
+                    g.push(s.clone());
                 }
             } else {
-                size = s.size();
-                groups.push(vec![base]);
+                size = s.size;
+                groups.push(vec![s.clone()]);
             }
         }
         groups
     }
 
-    fn clean_group(
-        &mut self,
-        group: &[i64],
-        map: &HashMap<u128, i64>,
-        now: i64,
-        stats: &mut CleanerStats,
-    ) -> Result<()> {
-        let base = group[0];
+    fn clean_group(&self, group: &[SegmentView], map: &HashMap<u128, i64>) -> Result<CleanedGroup> {
+        let base = group[0].base_offset;
         let mut cleaned =
-            LogSegment::create_with_suffix(&self.dir, base, sizing(&self.config), CLEANED_SUFFIX)?;
-        let horizon = now.saturating_add(self.config.delete_retention_ms);
+            LogSegment::create_with_suffix(&self.dir, base, self.sizing, CLEANED_SUFFIX)?;
+        let written = self.write_group(group, map, &mut cleaned);
+        let mut out = CleanedGroup {
+            replaces: group.to_vec(),
+            cleaned,
+            stats: CleanerStats::default(),
+        };
+        match written {
+            Ok(stats) => {
+                out.stats = stats;
+                Ok(out)
+            }
+            Err(e) => {
+                out.discard();
+                Err(e)
+            }
+        }
+    }
+
+    fn write_group(
+        &self,
+        group: &[SegmentView],
+        map: &HashMap<u128, i64>,
+        cleaned: &mut LogSegment,
+    ) -> Result<CleanerStats> {
+        let mut stats = CleanerStats::default();
+        let now = self.now;
+        let horizon = now.saturating_add(self.delete_retention_ms);
         let mut last_header = None;
-        for b in group {
-            let segment = &self.segments[b];
+        for segment in group {
             stats.segments_read += 1;
-            stats.bytes_read += segment.size();
+            stats.bytes_read += segment.size;
             for (pos, header) in segment.batch_positions()? {
                 last_header = Some(header);
                 let bytes = segment.read_at(pos, header.total_size())?;
                 if let Some(out) =
-                    filter_batch(segment, pos, &header, &bytes, map, now, horizon, stats)?
+                    filter_batch(segment, pos, &header, &bytes, map, now, horizon, &mut stats)?
                 {
                     let out_header =
                         BatchHeader::decode(&out).map_err(|e| corrupt(segment, pos, e))?;
@@ -236,36 +463,10 @@ impl Log {
         }
         cleaned.file().sync().at(segment_file(
             &self.dir,
-            base,
+            cleaned.base_offset(),
             &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"),
         ))?;
-        // Swap: .cleaned → .swap, remove the old segments, .swap → final name.
-        let cleaned_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"));
-        let swap_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{SWAP_SUFFIX}"));
-        crate::fsio::rename(&cleaned_path, &swap_path).at(&cleaned_path)?;
-        sync_dir(&self.dir)?;
-        // From here the swap is decided on disk (a crash completes it on open). In memory the old
-        // segments stay until every step succeeded: their open files keep serving reads even
-        // after a rename, so an error (a full disk) leaves the log readable, never with a hole.
-        let mut deleted = Vec::new();
-        for b in group {
-            if let Some(old) = self.segments.get_mut(b) {
-                deleted.extend(old.rename_files(DELETED_SUFFIX)?);
-            }
-        }
-        let final_path = segment_file(&self.dir, base, LOG_SUFFIX);
-        crate::fsio::rename(&swap_path, &final_path).at(&swap_path)?;
-        sync_dir(&self.dir)?;
-        cleaned.rewrite_indexes()?;
-        for b in group {
-            self.segments.remove(b);
-        }
-        self.segments.insert(base, cleaned);
-        stats.segments_written += 1;
-        for path in deleted {
-            remove_if_exists(&path)?;
-        }
-        Ok(())
+        Ok(stats)
     }
 }
 
@@ -273,7 +474,7 @@ impl Log {
 /// whole and needs no delete horizon is returned byte for byte.
 #[allow(clippy::too_many_arguments)]
 fn filter_batch(
-    segment: &LogSegment,
+    segment: &SegmentView,
     pos: u64,
     header: &BatchHeader,
     bytes: &[u8],
@@ -356,7 +557,7 @@ fn filter_batch(
 
 /// Calls `f` for every record of every batch in `segment`.
 fn for_each_record(
-    segment: &LogSegment,
+    segment: &SegmentView,
     mut f: impl FnMut(rill_protocol::record_batch::Record<'_>) -> Result<()>,
 ) -> Result<()> {
     for (pos, header) in segment.batch_positions()? {
@@ -379,9 +580,9 @@ fn key_hash(key: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(key)
 }
 
-fn corrupt(segment: &LogSegment, pos: u64, e: impl std::fmt::Display) -> LogError {
+fn corrupt(segment: &SegmentView, pos: u64, e: impl std::fmt::Display) -> LogError {
     LogError::Corrupt {
-        path: segment.log_path(),
+        path: segment.log_path().to_owned(),
         reason: format!("batch at position {pos}: {e}"),
     }
 }

@@ -55,6 +55,9 @@ pub struct LogManager {
     cleaner: CleanerConfig,
     /// Serialises checkpoint writes (they share a temp file name per log dir).
     checkpoint_lock: Mutex<()>,
+    /// Held by a cleaning pass from its plan to its swap (it works without the log's lock), and
+    /// by whatever removes a log's directory: no pass writes into a directory being removed.
+    cleaning: Mutex<()>,
     /// `producer.id.expiration.ms` for every log (a broker setting, as in Kafka).
     producer_id_expiration_ms: std::sync::atomic::AtomicI64,
 }
@@ -124,6 +127,7 @@ impl LogManager {
             logs: RwLock::new(logs),
             cleaner,
             checkpoint_lock: Mutex::new(()),
+            cleaning: Mutex::new(()),
             producer_id_expiration_ms: std::sync::atomic::AtomicI64::new(
                 crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             ),
@@ -194,6 +198,7 @@ impl LogManager {
 
     /// Deletes the log of `tp` and its data.
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
+        let _cleaning = self.cleaning.lock();
         let removed = self.logs.write().remove(tp);
         let Some((_, log)) = removed else {
             return Ok(false);
@@ -209,6 +214,7 @@ impl LogManager {
     /// leaves the partition's name free but stays on disk until it is removed on purpose.
     /// Returns the new path, or `None` when there was no such log.
     pub fn set_aside(&self, tp: &TopicPartition, suffix: &str) -> Result<Option<PathBuf>> {
+        let _cleaning = self.cleaning.lock();
         let removed = self.logs.write().remove(tp);
         let Some((_, log)) = removed else {
             return Ok(None);
@@ -321,22 +327,48 @@ impl LogManager {
     }
 
     /// One retention pass over every log; `upper_bound` gives each partition's high watermark.
-    /// Returns the number of segments deleted.
+    /// Returns the number of segments deleted. Each log is held only to take its segments out;
+    /// their files are unlinked after.
     pub fn run_retention(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut deleted = 0;
         for (tp, log) in self.logs_by_partition() {
-            let mut log = log.write();
-            deleted += log.delete_old_segments(upper_bound(&tp))?.len();
+            let bound = upper_bound(&tp);
+            let (segments, doomed) = log.write().delete_old_segments_deferred(bound)?;
+            deleted += segments.len();
+            remove_all(doomed)?;
         }
         Ok(deleted)
     }
 
     /// Cleans every compacted log whose dirty ratio calls for it. Returns the logs cleaned.
+    /// Like Kafka's cleaner, a pass holds the log's lock only to plan and to swap its output
+    /// in: reading the log and writing the cleaned segments (seconds for a large log) leave
+    /// the log's appends and reads alone.
     pub fn run_cleaner(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut cleaned = 0;
         for (tp, log) in self.logs_by_partition() {
-            let mut log = log.write();
-            if log.needs_cleaning() && log.clean(upper_bound(&tp), &self.cleaner)?.is_some() {
+            let _cleaning = self.cleaning.lock();
+            if !self
+                .read_logs()
+                .get(&tp)
+                .is_some_and(|(_, l)| Arc::ptr_eq(l, &log))
+            {
+                // Deleted or set aside since the list was taken.
+                continue;
+            }
+            let bound = upper_bound(&tp);
+            let pass = {
+                let log = log.read();
+                if !log.needs_cleaning() {
+                    continue;
+                }
+                log.plan_cleaning(bound, &self.cleaner)
+            };
+            let Some(pass) = pass else { continue };
+            let built = pass.build();
+            let (stats, doomed) = log.write().finish_cleaning(built)?;
+            remove_all(doomed)?;
+            if stats.is_some() {
                 cleaned += 1;
             }
         }
@@ -351,6 +383,8 @@ impl LogManager {
     /// an offline (or failing) log gets no clean-shutdown marker: its logs are recovered on the
     /// next start. The first error is returned after doing everything else.
     pub fn shutdown(&self) -> Result<()> {
+        // No cleaning pass swaps segments into a log after it was closed.
+        let _cleaning = self.cleaning.lock();
         let mut first_error = None;
         let mut unclean = vec![false; self.log_dirs.len()];
         for (tp, d, log) in self.logs_by_dir() {
@@ -407,4 +441,13 @@ impl LogManager {
     ) -> parking_lot::RwLockReadGuard<'_, HashMap<TopicPartition, (usize, SharedLog)>> {
         self.logs.read()
     }
+}
+
+/// Removes files a log no longer uses (renamed `.deleted`; a crash before this leaves them to
+/// [`Log::open`]).
+fn remove_all(paths: Vec<PathBuf>) -> Result<()> {
+    for path in paths {
+        crate::log_segment::remove_if_exists(&path)?;
+    }
+    Ok(())
 }

@@ -326,14 +326,7 @@ impl LogSegment {
 
     /// Reads and sanity-checks the batch header at `pos`; `None` if there is no whole header.
     pub(crate) fn read_header_at(&self, pos: u64) -> Result<Option<BatchHeader>> {
-        if pos + RECORD_BATCH_OVERHEAD as u64 > self.size {
-            return Ok(None);
-        }
-        let mut buf = [0u8; RECORD_BATCH_OVERHEAD];
-        self.file.read_exact_at(&mut buf, pos).at(self.log_path())?;
-        Ok(BatchHeader::decode(&buf)
-            .ok()
-            .filter(|h| h.magic == MAGIC_V2 && h.total_size() >= RECORD_BATCH_OVERHEAD))
+        header_at(&self.file, self.size, pos, || self.log_path())
     }
 
     /// Appends whole, already validated batches (`bytes` holds them back to back).
@@ -741,11 +734,55 @@ impl LogSegment {
         }
     }
 
-    /// Every batch header with its position, in order (the cleaner's and tests' view).
+    /// Every batch header with its position, in order (recovery's and tests' view).
     pub(crate) fn batch_positions(&self) -> Result<Vec<(u64, BatchHeader)>> {
+        self.view().batch_positions()
+    }
+
+    /// The segment's data as it is now, readable without the log (see [`SegmentView`]).
+    pub(crate) fn view(&self) -> SegmentView {
+        SegmentView {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            size: self.size,
+            file: Arc::clone(&self.file),
+            path: self.log_path(),
+        }
+    }
+}
+
+/// A sealed segment's `.log` as the cleaner reads it without holding the log's lock (appends
+/// and reads go on meanwhile). The open file keeps answering even if retention deletes the
+/// segment or a truncation cuts it in the meantime; the cleaner then finds the segment changed
+/// ([`SegmentView::is_view_of`]) and throws away what it built from it.
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentView {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size: u64,
+    file: Arc<SegmentFile>,
+    path: PathBuf,
+}
+
+impl SegmentView {
+    /// True while `segment` is still the one this view was taken of, unchanged.
+    pub fn is_view_of(&self, segment: &LogSegment) -> bool {
+        Arc::ptr_eq(&self.file, &segment.file)
+            && segment.base_offset == self.base_offset
+            && segment.size == self.size
+            && segment.next_offset == self.next_offset
+    }
+
+    /// Path of the `.log` file (for errors).
+    pub fn log_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every batch header with its position, in order.
+    pub fn batch_positions(&self) -> Result<Vec<(u64, BatchHeader)>> {
         let mut out = Vec::new();
         let mut pos = 0;
-        while let Some(h) = self.read_header_at(pos)? {
+        while let Some(h) = header_at(&self.file, self.size, pos, || self.path.clone())? {
             let total = h.total_size() as u64;
             if pos + total > self.size {
                 break;
@@ -757,9 +794,27 @@ impl LogSegment {
     }
 
     /// Reads `len` bytes at `pos`.
-    pub(crate) fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
-        self.file.read_vec_at(pos, len).at(self.log_path())
+    pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
+        self.file.read_vec_at(pos, len).at(&self.path)
     }
+}
+
+/// Reads and sanity-checks the batch header at `pos` of a `.log` holding `size` bytes; `None`
+/// if there is no whole header.
+fn header_at(
+    file: &SegmentFile,
+    size: u64,
+    pos: u64,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<Option<BatchHeader>> {
+    if pos + RECORD_BATCH_OVERHEAD as u64 > size {
+        return Ok(None);
+    }
+    let mut buf = [0u8; RECORD_BATCH_OVERHEAD];
+    file.read_exact_at(&mut buf, pos).at(path())?;
+    Ok(BatchHeader::decode(&buf)
+        .ok()
+        .filter(|h| h.magic == MAGIC_V2 && h.total_size() >= RECORD_BATCH_OVERHEAD))
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {

@@ -364,3 +364,163 @@ fn a_crash_in_each_phase_of_the_swap_recovers_consistently() {
     }
     assert!(stats.records_superseded > 0);
 }
+
+/// Files of the cleaner's output left in `dir` (a pass thrown away must leave none).
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap") || n.ends_with(".deleted"))
+        .collect()
+}
+
+/// Swaps in a pass's output and removes the files it replaced, as `LogManager` does.
+fn finish(log: &mut Log, built: rill_storage::BuiltPass) -> Option<rill_storage::CleanerStats> {
+    let (stats, doomed) = log.finish_cleaning(built).unwrap();
+    for path in doomed {
+        std::fs::remove_file(path).unwrap();
+    }
+    stats
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// A pass is built without the log (appends and reads go on meanwhile): the records
+    /// appended while it ran are all there after the swap, untouched, and the cleaned range
+    /// matches the model.
+    #[test]
+    fn a_pass_built_while_the_log_appends_swaps_in_and_keeps_the_new_records(
+        ops in ops(),
+        during in ops(),
+        per_batch in 1usize..8,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(0);
+        let mut log = open(dir.path(), config(), &clock);
+        append_ops(&mut log, &ops, per_batch);
+        let Some(pass) = log.plan_cleaning(log.log_end_offset(), &CleanerConfig::default()) else {
+            return Ok(());
+        };
+        // The log goes on while the pass is built: new records, new segments.
+        append_ops(&mut log, &during[..during.len() / 2], per_batch);
+        let built = pass.build();
+        append_ops(&mut log, &during[during.len() / 2..], per_batch);
+        let before = read_all(&log);
+        let end = log.log_end_offset();
+        let stats = finish(&mut log, built).unwrap();
+        let after = read_all(&log);
+        check(&before, &after, stats.cleaned_up_to, false);
+        prop_assert_eq!(log.log_end_offset(), end);
+        prop_assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        log.close().unwrap();
+        drop(log);
+        prop_assert_eq!(read_all(&reopen(dir.path(), config(), &clock, false, 0)), after);
+    }
+}
+
+/// A truncation while a pass runs (a follower cutting a diverged tail) may cut the files the
+/// pass reads: its work is thrown away, without an error and without taking the log offline,
+/// and the next pass cleans what is there.
+#[test]
+fn a_pass_planned_before_a_truncation_is_thrown_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut log = open(dir.path(), config(), &clock);
+    let ops: Vec<Op> = (0..300).map(|i| ((i % 7) as u8, Some(i as u16))).collect();
+    append_ops(&mut log, &ops, 3);
+    assert!(log.segments().len() > 4);
+    for cut_before_build in [false, true] {
+        let pass = log
+            .plan_cleaning(log.log_end_offset(), &CleanerConfig::default())
+            .unwrap();
+        // Into the middle of the second segment: later segments go, that one's file shrinks.
+        let segments = log.segments();
+        let second = &segments[1];
+        let cut = (second.base_offset + second.next_offset) / 2;
+        let built = if cut_before_build {
+            log.truncate_to(cut).unwrap();
+            pass.build()
+        } else {
+            let built = pass.build();
+            log.truncate_to(cut).unwrap();
+            built
+        };
+        let truncated = read_all(&log);
+        assert_eq!(finish(&mut log, built), None);
+        assert!(!log.is_offline());
+        assert_eq!(read_all(&log), truncated);
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        append_ops(&mut log, &ops, 3);
+    }
+    let before = read_all(&log);
+    let stats = log
+        .clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    check(&before, &read_all(&log), stats.cleaned_up_to, false);
+}
+
+/// Retention deleting the oldest segments while a pass runs (`cleanup.policy=compact,delete`):
+/// the groups that would bring them back are thrown away, the others swap in.
+#[test]
+fn groups_whose_segments_retention_deleted_meanwhile_are_not_swapped_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut cfg = config();
+    cfg.cleanup_policy.delete = true;
+    let mut log = open(dir.path(), cfg.clone(), &clock);
+    // Keys written once at the start (their only value is in the oldest segments, which a
+    // cleaned group would keep), then 50 keys over and over.
+    let ops: Vec<Op> = (0..400)
+        .map(|i| {
+            (
+                if i < 100 {
+                    100 + i as u8
+                } else {
+                    (i % 50) as u8
+                },
+                Some(i as u16),
+            )
+        })
+        .collect();
+    append_ops(&mut log, &ops, 2);
+    let segments = log.segments().len();
+    assert!(segments > 8);
+    let pass = log
+        .plan_cleaning(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap();
+    let built = pass.build();
+    // Keep about the newest half: the oldest segments go.
+    log.set_config(LogConfig {
+        retention_bytes: (log.size_bytes() / 2) as i64,
+        ..cfg
+    });
+    let deleted = log.delete_old_segments(log.log_end_offset()).unwrap();
+    assert!(!deleted.is_empty());
+    let start = log.log_start_offset();
+    let before = read_all(&log);
+    let stats = finish(&mut log, built).unwrap();
+    assert!(stats.segments_written > 0, "{stats:?}");
+    let after = read_all(&log);
+    assert!(
+        after.iter().all(|r| r.offset >= start),
+        "a deleted segment came back"
+    );
+    assert_eq!(
+        log.segments()[0].base_offset,
+        start,
+        "a deleted segment came back"
+    );
+    assert_eq!(log.log_start_offset(), start);
+    check(&before, &after, stats.cleaned_up_to, false);
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
