@@ -94,6 +94,9 @@ pub struct Log {
     /// Counts truncations: a cleaning pass planned before one is not swapped in (the segments
     /// it read may since hold other data under the same names).
     pub(crate) truncations: u64,
+    /// Held by a cleaning pass from its plan to its end (it works without the log's lock), and
+    /// by whatever takes the log out of service: no pass writes into a directory being removed.
+    cleaning: Arc<parking_lot::Mutex<()>>,
     /// Which leader epoch started where.
     epochs: LeaderEpochFileCache,
     /// Idempotent producers' sequences (`<offset>.snapshot` files beside the segments).
@@ -162,6 +165,7 @@ impl Log {
             last_flush_ms: now,
             cleaner_checkpoint: log_start_offset,
             truncations: 0,
+            cleaning: Arc::default(),
             epochs,
             producer_state,
         };
@@ -823,6 +827,11 @@ impl Log {
     /// and recovery point are frozen until it is reopened (its directory should go offline).
     pub fn is_offline(&self) -> bool {
         self.group_commit.is_failed()
+    }
+
+    /// The lock a cleaning pass of this log holds from its plan to its end.
+    pub(crate) fn cleaning_lock(&self) -> Arc<parking_lot::Mutex<()>> {
+        Arc::clone(&self.cleaning)
     }
 
     /// First offset in the log.

@@ -20,7 +20,7 @@
 //!
 //! Keys are compared by a 128-bit hash (xxh3), as Kafka's cleaner compares MD5 digests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use rill_protocol::record_batch::{
@@ -107,27 +107,39 @@ impl Log {
 
     /// Runs one cleaning pass over the segments before the active one that end at or below
     /// `upper_bound` (the high watermark). Returns `None` when there is nothing to clean.
-    /// Holds the log throughout; [`LogManager`](crate::LogManager) instead holds the log's
-    /// lock only to plan the pass and to swap its output in, so appends and reads go on while
-    /// it reads and writes segments.
+    /// Holds the log throughout; [`LogManager`](crate::LogManager) runs the same steps holding
+    /// the log's lock only to plan the pass and to swap each group in, so appends and reads go
+    /// on while it reads and writes segments.
     pub fn clean(
         &mut self,
         upper_bound: i64,
         cleaner: &CleanerConfig,
     ) -> Result<Option<CleanerStats>> {
-        let Some(pass) = self.plan_cleaning(upper_bound, cleaner) else {
+        let Some(mut pass) = self.plan_cleaning(upper_bound, cleaner) else {
             return Ok(None);
         };
-        let (stats, doomed) = self.finish_cleaning(pass.build())?;
-        for path in doomed {
-            remove_if_exists(&path)?;
+        if let Err(e) = pass.build_map() {
+            return self.abandon_cleaning(&pass, e).map(|()| None);
         }
-        Ok(stats)
+        while let Some(group) = pass.build_next_group() {
+            match group {
+                Ok(group) => {
+                    for path in self.swap_cleaned_group(&mut pass, group)? {
+                        remove_if_exists(&path)?;
+                    }
+                }
+                Err(e) => return self.abandon_cleaning(&pass, e).map(|()| None),
+            }
+        }
+        Ok(self.finish_cleaning(&pass))
     }
 
     /// Plans a cleaning pass: the sealed segments it reads (as views that stay readable
     /// without the log) and the settings it cleans with. `None` when the log is not compacted
-    /// or nothing below `upper_bound` is cleanable.
+    /// or nothing below `upper_bound` is cleanable. The pass is then built without the log
+    /// ([`CleaningPass::build_map`], [`CleaningPass::build_next_group`]), each group swapped
+    /// in as soon as it is built ([`Log::swap_cleaned_group`]), and the pass ended with
+    /// [`Log::finish_cleaning`] (or [`Log::abandon_cleaning`] when building failed).
     pub fn plan_cleaning(&self, upper_bound: i64, cleaner: &CleanerConfig) -> Option<CleaningPass> {
         if !self.config.cleanup_policy.compact || self.is_offline() {
             return None;
@@ -152,93 +164,113 @@ impl Log {
             max_entries: (cleaner.dedupe_buffer_size / MAP_ENTRY_BYTES).max(1),
             truncations: self.truncations,
             cleanable,
+            map: HashMap::new(),
+            clean_end: self.cleaner_checkpoint,
+            groups: VecDeque::new(),
+            reading: Vec::new(),
+            stats: CleanerStats::default(),
+            truncated: false,
         })
     }
 
-    /// Swaps in what a pass built. A group goes in only if nothing was truncated since the pass
-    /// was planned and the segments it replaces are all still there, unchanged and sealed
-    /// (retention may have deleted some meanwhile); otherwise its output is removed and what
-    /// is left is cleaned by a later pass. A failed pass is an error only if the log did not
-    /// change under it (a truncation may cut a file it was reading). Returns the stats of the
-    /// swapped groups and the replaced files to remove (after the log's lock is released:
-    /// their contents are no longer needed, and unlinking a large file takes a while).
-    pub fn finish_cleaning(
+    /// Swaps one built group in, if nothing was truncated since the pass was planned and the
+    /// segments it replaces are all still there, unchanged and sealed (retention may have
+    /// deleted some meanwhile); otherwise its output is removed and the cleaner checkpoint
+    /// will not pass its start, so a later pass cleans what is left. Crash-safe: `.cleaned` →
+    /// `.swap`, the old segments → `.deleted`, `.swap` → `.log`, the directory fsynced between
+    /// steps. Returns the replaced files, to unlink once the log's lock is released (their
+    /// contents are no longer needed, and unlinking a large file takes a while).
+    pub fn swap_cleaned_group(
         &mut self,
-        built: BuiltPass,
-    ) -> Result<(Option<CleanerStats>, Vec<PathBuf>)> {
-        let changed = self.truncations != built.truncations
-            || built.read.iter().any(|v| {
+        pass: &mut CleaningPass,
+        group: CleanedGroup,
+    ) -> Result<Vec<PathBuf>> {
+        if self.is_offline() {
+            group.discard();
+            return self.guarded(|_| Ok(Vec::new()));
+        }
+        if self.truncations != pass.truncations {
+            // The data under these offsets may have changed: nothing of this pass goes in,
+            // and the checkpoint stays as the truncation left it.
+            pass.truncated = true;
+            group.discard();
+            return Ok(Vec::new());
+        }
+        let active = self.active_segment().base_offset();
+        let unchanged = group.replaces.iter().all(|v| {
+            v.base_offset != active
+                && self
+                    .segments
+                    .get(&v.base_offset)
+                    .is_some_and(|s| v.is_view_of(s))
+        });
+        if !unchanged {
+            pass.clean_end = pass.clean_end.min(group.cleaned.base_offset());
+            group.discard();
+            return Ok(Vec::new());
+        }
+        let stats = group.stats;
+        let doomed = self.guarded(|log| log.swap_in(group))?;
+        pass.stats.segments_read += stats.segments_read;
+        pass.stats.bytes_read += stats.bytes_read;
+        pass.stats.bytes_written += stats.bytes_written;
+        pass.stats.records_superseded += stats.records_superseded;
+        pass.stats.tombstones_removed += stats.tombstones_removed;
+        pass.stats.segments_written += 1;
+        Ok(doomed)
+    }
+
+    /// Ends a pass whose groups were all built: moves the cleaner checkpoint past what it
+    /// cleaned. `None` when a truncation came in between (nothing of the pass went in after
+    /// it) and nothing had been swapped in before.
+    pub fn finish_cleaning(&mut self, pass: &CleaningPass) -> Option<CleanerStats> {
+        let mut stats = pass.stats;
+        if pass.truncated || self.truncations != pass.truncations {
+            if stats.segments_written == 0 {
+                return None;
+            }
+        } else {
+            self.cleaner_checkpoint = self
+                .cleaner_checkpoint
+                .max(pass.clean_end.min(self.log_end_offset()));
+        }
+        stats.cleaned_up_to = self.cleaner_checkpoint;
+        tracing::info!(dir = %self.dir.display(), ?stats, "cleaned log");
+        Some(stats)
+    }
+
+    /// Ends a pass whose building failed with `e`. An error only if the segments it was
+    /// reading did not change under it: a truncation may cut a file the pass was reading, and
+    /// that is no fault of the disk.
+    pub fn abandon_cleaning(&mut self, pass: &CleaningPass, e: LogError) -> Result<()> {
+        let changed = self.truncations != pass.truncations
+            || pass.reading.iter().any(|v| {
                 self.segments
                     .get(&v.base_offset)
                     .is_none_or(|s| !v.is_view_of(s))
             });
-        let groups = match built.outcome {
-            Err(e) => {
-                built.groups.into_iter().for_each(CleanedGroup::discard);
-                if changed {
-                    tracing::info!(dir = %self.dir.display(), error = %e, "the log changed under a cleaning pass; its work is thrown away");
-                    return Ok((None, Vec::new()));
-                }
-                return self.guarded(|_| Err(e));
-            }
-            Ok(_) if self.truncations != built.truncations => {
-                built.groups.into_iter().for_each(CleanedGroup::discard);
-                return Ok((None, Vec::new()));
-            }
-            Ok(()) => built.groups,
-        };
-        self.guarded(|log| {
-            let mut stats = CleanerStats::default();
-            let mut doomed = Vec::new();
-            let mut groups = groups.into_iter();
-            while let Some(group) = groups.next() {
-                let active = log.active_segment().base_offset();
-                let unchanged = group.replaces.iter().all(|v| {
-                    v.base_offset != active
-                        && log
-                            .segments
-                            .get(&v.base_offset)
-                            .is_some_and(|s| v.is_view_of(s))
-                });
-                if !unchanged {
-                    group.discard();
-                    continue;
-                }
-                match log.swap_in(group, &mut stats) {
-                    Ok(d) => doomed.extend(d),
-                    Err(e) => {
-                        groups.for_each(CleanedGroup::discard);
-                        return Err(e);
-                    }
-                }
-            }
-            log.cleaner_checkpoint = log.cleaner_checkpoint.max(built.clean_end);
-            stats.cleaned_up_to = log.cleaner_checkpoint;
-            tracing::info!(dir = %log.dir.display(), ?stats, "cleaned log");
-            Ok((Some(stats), doomed))
-        })
+        if changed {
+            tracing::info!(dir = %self.dir.display(), error = %e, "the log changed under a cleaning pass; its work is thrown away");
+            return Ok(());
+        }
+        self.guarded(|_| Err(e))
     }
 
     /// Swaps one group's cleaned segment (written and fsynced) in for the segments it
-    /// replaces, crash-safely: `.cleaned` → `.swap`, the old segments → `.deleted`, `.swap` →
-    /// `.log`, the directory fsynced between steps. Returns the old segments' files.
-    fn swap_in(&mut self, group: CleanedGroup, stats: &mut CleanerStats) -> Result<Vec<PathBuf>> {
-        let CleanedGroup {
-            replaces,
-            mut cleaned,
-            stats: group_stats,
-        } = group;
-        let base = cleaned.base_offset();
+    /// replaces. Returns the old segments' files.
+    fn swap_in(&mut self, group: CleanedGroup) -> Result<Vec<PathBuf>> {
+        let base = group.cleaned.base_offset();
         let cleaned_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"));
         let swap_path = segment_file(&self.dir, base, &format!("{LOG_SUFFIX}{SWAP_SUFFIX}"));
         if let Err(e) = crate::fsio::rename(&cleaned_path, &swap_path).at(&cleaned_path) {
-            CleanedGroup::discard(CleanedGroup {
-                replaces,
-                cleaned,
-                stats: group_stats,
-            });
+            group.discard();
             return Err(e);
         }
+        let CleanedGroup {
+            replaces,
+            mut cleaned,
+            ..
+        } = group;
         sync_dir(&self.dir)?;
         // From here the swap is decided on disk (a crash completes it on open). In memory the old
         // segments stay until every step succeeded: their open files keep serving reads even
@@ -257,18 +289,12 @@ impl Log {
             self.segments.remove(&v.base_offset);
         }
         self.segments.insert(base, cleaned);
-        stats.segments_read += group_stats.segments_read;
-        stats.bytes_read += group_stats.bytes_read;
-        stats.bytes_written += group_stats.bytes_written;
-        stats.records_superseded += group_stats.records_superseded;
-        stats.tombstones_removed += group_stats.tombstones_removed;
-        stats.segments_written += 1;
         Ok(deleted)
     }
 }
 
-/// A cleaning pass planned under the log's lock ([`Log::plan_cleaning`]) and built without it
-/// ([`CleaningPass::build`]): nothing in it refers to the log.
+/// A cleaning pass: planned under the log's lock ([`Log::plan_cleaning`]), built without it
+/// (nothing in it refers to the log), swapped in group by group under it.
 pub struct CleaningPass {
     dir: PathBuf,
     sizing: IndexSizing,
@@ -278,23 +304,27 @@ pub struct CleaningPass {
     checkpoint: i64,
     max_entries: usize,
     truncations: u64,
-    /// The sealed segments below the upper bound, in offset order.
+    /// The sealed segments below the upper bound, in offset order. Held to the end of the
+    /// pass, so the last handle of a segment retention deleted meanwhile closes (and frees its
+    /// blocks) when the pass is dropped, not under the log's lock.
     cleanable: Vec<SegmentView>,
-}
-
-/// What [`CleaningPass::build`] made, for [`Log::finish_cleaning`] to swap in.
-pub struct BuiltPass {
-    truncations: u64,
-    /// Every segment the pass read (its offset map and its groups).
-    read: Vec<SegmentView>,
-    /// The groups written and fsynced, in order (on failure: those written before it).
-    groups: Vec<CleanedGroup>,
+    /// Key hash → latest offset over the dirty section.
+    map: HashMap<u128, i64>,
+    /// First offset the pass does not clean (lowered to the start of a group thrown away).
     clean_end: i64,
-    outcome: Result<()>,
+    /// Groups still to build.
+    groups: VecDeque<Vec<SegmentView>>,
+    /// The segments the step in progress reads (for [`Log::abandon_cleaning`]).
+    reading: Vec<SegmentView>,
+    /// Of the groups swapped in.
+    stats: CleanerStats,
+    /// A truncation came after the plan: nothing more of this pass goes in.
+    truncated: bool,
 }
 
-/// One group's cleaned segment, written as `<base>.log.cleaned` and fsynced.
-struct CleanedGroup {
+/// One group's cleaned segment, written as `<base>.log.cleaned` and fsynced, for
+/// [`Log::swap_cleaned_group`].
+pub struct CleanedGroup {
     replaces: Vec<SegmentView>,
     cleaned: LogSegment,
     stats: CleanerStats,
@@ -304,44 +334,32 @@ impl CleanedGroup {
     /// Removes the group's output (best effort: a `.cleaned` file left behind is removed when
     /// the log is next opened).
     fn discard(self) {
-        let path = self.cleaned.log_path();
-        let cleaned = segment_file(
-            path.parent().unwrap_or(Path::new(".")),
-            self.cleaned.base_offset(),
-            &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"),
-        );
+        // (Not the file's own path: a cleaned segment is created under its final name's
+        // data, `<base>.log`, which belongs to the live segment until the swap.)
+        let mut path = self.cleaned.log_path().into_os_string();
+        path.push(CLEANED_SUFFIX);
+        let path = PathBuf::from(path);
         drop(self.cleaned);
-        if let Err(e) = remove_if_exists(&cleaned) {
-            tracing::warn!(path = %cleaned.display(), error = %e, "could not remove a cleaner's output");
+        if let Err(e) = remove_if_exists(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a cleaner's output");
         }
     }
 }
 
 impl CleaningPass {
-    /// Builds the offset map over the dirty section and writes each group's cleaned segment.
-    /// Reads and writes files only; the log goes on serving appends and reads meanwhile.
-    pub fn build(self) -> BuiltPass {
-        let mut built = BuiltPass {
-            truncations: self.truncations,
-            read: Vec::new(),
-            groups: Vec::new(),
-            clean_end: self.checkpoint,
-            outcome: Ok(()),
-        };
-        built.outcome = self.build_into(&mut built);
-        built
-    }
-
-    fn build_into(&self, built: &mut BuiltPass) -> Result<()> {
-        // 1. The offset map over the dirty section, whole segments at a time.
+    /// Builds the offset map over the dirty section (whole segments, as many as
+    /// `log.cleaner.dedupe.buffer.size` allows, at least one) and groups the segments to
+    /// rewrite. Reads files only.
+    pub fn build_map(&mut self) -> Result<()> {
         let mut map: HashMap<u128, i64> = HashMap::new();
         let mut clean_end = self.checkpoint;
-        for segment in self
+        self.reading = self
             .cleanable
             .iter()
             .filter(|s| s.base_offset >= self.checkpoint)
-        {
-            built.read.push(segment.clone());
+            .cloned()
+            .collect();
+        for segment in &self.reading {
             let mut segment_map = Vec::new();
             for_each_record(segment, |record| {
                 if let Some(key) = record.key {
@@ -356,51 +374,35 @@ impl CleaningPass {
             map.extend(segment_map);
             clean_end = segment.next_offset;
         }
-        built.clean_end = clean_end;
-        // 2-4. Rewrite the clean section and the mapped dirty section, group by group.
+        self.map = map;
+        self.clean_end = clean_end;
         let to_clean: Vec<&SegmentView> = self
             .cleanable
             .iter()
             .filter(|s| s.next_offset <= clean_end)
             .collect();
-        for group in self.group_segments(&to_clean) {
-            built.read.extend(group.iter().cloned());
-            let cleaned = self.clean_group(&group, &map)?;
-            built.groups.push(cleaned);
-        }
+        self.groups = group_segments(&to_clean, self.segment_bytes).into();
         Ok(())
     }
 
-    /// Consecutive segments whose combined size fits one segment and whose offsets fit 32-bit
-    /// relative offsets from the first.
-    fn group_segments(&self, segments: &[&SegmentView]) -> Vec<Vec<SegmentView>> {
-        let mut groups: Vec<Vec<SegmentView>> = Vec::new();
-        let mut size = 0u64;
-        for &s in segments {
-            let fits = groups.last().is_some_and(|g| {
-                size + s.size <= self.segment_bytes
-                    && s.next_offset - g[0].base_offset <= i32::MAX as i64
-            });
-            if fits {
-                size += s.size;
-                if let Some(g) = groups.last_mut() {
-                    g.push(s.clone());
-                }
-            } else {
-                size = s.size;
-                groups.push(vec![s.clone()]);
-            }
+    /// Writes and fsyncs the next group's cleaned segment; `None` when every group is done
+    /// (or a truncation ended the pass). Reads and writes files only.
+    pub fn build_next_group(&mut self) -> Option<Result<CleanedGroup>> {
+        if self.truncated {
+            return None;
         }
-        groups
+        let group = self.groups.pop_front()?;
+        self.reading.clone_from(&group);
+        Some(self.clean_group(group))
     }
 
-    fn clean_group(&self, group: &[SegmentView], map: &HashMap<u128, i64>) -> Result<CleanedGroup> {
+    fn clean_group(&self, group: Vec<SegmentView>) -> Result<CleanedGroup> {
         let base = group[0].base_offset;
         let mut cleaned =
             LogSegment::create_with_suffix(&self.dir, base, self.sizing, CLEANED_SUFFIX)?;
-        let written = self.write_group(group, map, &mut cleaned);
+        let written = self.write_group(&group, &mut cleaned);
         let mut out = CleanedGroup {
-            replaces: group.to_vec(),
+            replaces: group,
             cleaned,
             stats: CleanerStats::default(),
         };
@@ -416,12 +418,7 @@ impl CleaningPass {
         }
     }
 
-    fn write_group(
-        &self,
-        group: &[SegmentView],
-        map: &HashMap<u128, i64>,
-        cleaned: &mut LogSegment,
-    ) -> Result<CleanerStats> {
+    fn write_group(&self, group: &[SegmentView], cleaned: &mut LogSegment) -> Result<CleanerStats> {
         let mut stats = CleanerStats::default();
         let now = self.now;
         let horizon = now.saturating_add(self.delete_retention_ms);
@@ -432,9 +429,9 @@ impl CleaningPass {
             for (pos, header) in segment.batch_positions()? {
                 last_header = Some(header);
                 let bytes = segment.read_at(pos, header.total_size())?;
-                if let Some(out) =
-                    filter_batch(segment, pos, &header, &bytes, map, now, horizon, &mut stats)?
-                {
+                if let Some(out) = filter_batch(
+                    segment, pos, &header, &bytes, &self.map, now, horizon, &mut stats,
+                )? {
                     let out_header =
                         BatchHeader::decode(&out).map_err(|e| corrupt(segment, pos, e))?;
                     cleaned.append(&out, &[BatchInfo::of(&out_header)])?;
@@ -468,6 +465,28 @@ impl CleaningPass {
         ))?;
         Ok(stats)
     }
+}
+
+/// Consecutive segments whose combined size fits one segment (`segment_bytes`) and whose
+/// offsets fit 32-bit relative offsets from the first.
+fn group_segments(segments: &[&SegmentView], segment_bytes: u64) -> Vec<Vec<SegmentView>> {
+    let mut groups: Vec<Vec<SegmentView>> = Vec::new();
+    let mut size = 0u64;
+    for &s in segments {
+        let fits = groups.last().is_some_and(|g| {
+            size + s.size <= segment_bytes && s.next_offset - g[0].base_offset <= i32::MAX as i64
+        });
+        if fits {
+            size += s.size;
+            if let Some(g) = groups.last_mut() {
+                g.push(s.clone());
+            }
+        } else {
+            size = s.size;
+            groups.push(vec![s.clone()]);
+        }
+    }
+    groups
 }
 
 /// Keeps the records of one batch that survive; `None` when none do. A batch that survives

@@ -19,7 +19,7 @@ use crate::clock::SharedClock;
 use crate::config::LogConfig;
 use crate::error::{IoContext, LogError, Result};
 use crate::log::{Log, LogOpenOptions};
-use crate::log_cleaner::CleanerConfig;
+use crate::log_cleaner::{CleanerConfig, CleanerStats, CleaningPass};
 
 /// File name of the recovery point checkpoint in each log dir.
 pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
@@ -55,9 +55,8 @@ pub struct LogManager {
     cleaner: CleanerConfig,
     /// Serialises checkpoint writes (they share a temp file name per log dir).
     checkpoint_lock: Mutex<()>,
-    /// Held by a cleaning pass from its plan to its swap (it works without the log's lock), and
-    /// by whatever removes a log's directory: no pass writes into a directory being removed.
-    cleaning: Mutex<()>,
+    /// Set by [`LogManager::shutdown`]: no cleaning pass starts on a closed log.
+    shut_down: std::sync::atomic::AtomicBool,
     /// `producer.id.expiration.ms` for every log (a broker setting, as in Kafka).
     producer_id_expiration_ms: std::sync::atomic::AtomicI64,
 }
@@ -127,7 +126,7 @@ impl LogManager {
             logs: RwLock::new(logs),
             cleaner,
             checkpoint_lock: Mutex::new(()),
-            cleaning: Mutex::new(()),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
             producer_id_expiration_ms: std::sync::atomic::AtomicI64::new(
                 crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             ),
@@ -155,8 +154,12 @@ impl LogManager {
     pub fn get_or_create(&self, tp: &TopicPartition, config: LogConfig) -> Result<SharedLog> {
         let mut logs = self.logs.write();
         if let Some((_, log)) = logs.get(tp) {
+            let log = Arc::clone(log);
+            // Not under the map's lock: a truncation holds its log while it checkpoints, which
+            // reads the map.
+            drop(logs);
             log.write().set_config(config);
-            return Ok(Arc::clone(log));
+            return Ok(log);
         }
         let mut load = vec![0usize; self.log_dirs.len()];
         for (dir, _) in logs.values() {
@@ -198,9 +201,7 @@ impl LogManager {
 
     /// Deletes the log of `tp` and its data.
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
-        let _cleaning = self.cleaning.lock();
-        let removed = self.logs.write().remove(tp);
-        let Some((_, log)) = removed else {
+        let Some(log) = self.take_out_of_service(tp) else {
             return Ok(false);
         };
         let dir = log.read().dir().to_owned();
@@ -214,9 +215,7 @@ impl LogManager {
     /// leaves the partition's name free but stays on disk until it is removed on purpose.
     /// Returns the new path, or `None` when there was no such log.
     pub fn set_aside(&self, tp: &TopicPartition, suffix: &str) -> Result<Option<PathBuf>> {
-        let _cleaning = self.cleaning.lock();
-        let removed = self.logs.write().remove(tp);
-        let Some((_, log)) = removed else {
+        let Some(log) = self.take_out_of_service(tp) else {
             return Ok(None);
         };
         let dir = log.read().dir().to_owned();
@@ -232,6 +231,22 @@ impl LogManager {
             crate::log::sync_dir(parent)?;
         }
         Ok(Some(aside))
+    }
+
+    /// Removes the log of `tp` from service once no cleaning pass runs on it (one that runs is
+    /// waited for; none starts after), so its directory can go.
+    fn take_out_of_service(&self, tp: &TopicPartition) -> Option<SharedLog> {
+        loop {
+            let log = self.get(tp)?;
+            let cleaning = log.read().cleaning_lock();
+            let _cleaning = cleaning.lock();
+            let mut logs = self.logs.write();
+            if logs.get(tp).is_some_and(|(_, l)| Arc::ptr_eq(l, &log)) {
+                logs.remove(tp);
+                return Some(log);
+            }
+            // Replaced meanwhile: take out the one there now.
+        }
     }
 
     /// Every partition with a log here.
@@ -346,14 +361,16 @@ impl LogManager {
     /// the log's appends and reads alone.
     pub fn run_cleaner(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut cleaned = 0;
+        let mut first_error = None;
         for (tp, log) in self.logs_by_partition() {
-            let _cleaning = self.cleaning.lock();
-            if !self
+            let cleaning = log.read().cleaning_lock();
+            let _cleaning = cleaning.lock();
+            let in_service = self
                 .read_logs()
                 .get(&tp)
-                .is_some_and(|(_, l)| Arc::ptr_eq(l, &log))
-            {
-                // Deleted or set aside since the list was taken.
+                .is_some_and(|(_, l)| Arc::ptr_eq(l, &log));
+            if !in_service || self.shut_down.load(std::sync::atomic::Ordering::Acquire) {
+                // Deleted, set aside or closed since the list was taken.
                 continue;
             }
             let bound = upper_bound(&tp);
@@ -364,18 +381,22 @@ impl LogManager {
                 }
                 log.plan_cleaning(bound, &self.cleaner)
             };
-            let Some(pass) = pass else { continue };
-            let built = pass.build();
-            let (stats, doomed) = log.write().finish_cleaning(built)?;
-            remove_all(doomed)?;
-            if stats.is_some() {
-                cleaned += 1;
+            let Some(mut pass) = pass else { continue };
+            match clean_with_lock(&log, &mut pass) {
+                Ok(Some(_)) => cleaned += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(partition = %tp, error = %e, "cleaning failed");
+                    first_error.get_or_insert(e);
+                }
             }
+            // The pass's last handles of deleted segments close here, not under the log's lock.
+            drop(pass);
         }
         if cleaned > 0 {
             self.checkpoint()?;
         }
-        Ok(cleaned)
+        first_error.map_or(Ok(cleaned), Err)
     }
 
     /// Closes every log (flush, final index entries), writes checkpoints and the clean-shutdown
@@ -383,11 +404,14 @@ impl LogManager {
     /// an offline (or failing) log gets no clean-shutdown marker: its logs are recovered on the
     /// next start. The first error is returned after doing everything else.
     pub fn shutdown(&self) -> Result<()> {
-        // No cleaning pass swaps segments into a log after it was closed.
-        let _cleaning = self.cleaning.lock();
+        self.shut_down
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut first_error = None;
         let mut unclean = vec![false; self.log_dirs.len()];
         for (tp, d, log) in self.logs_by_dir() {
+            // A pass running on it ends first; none starts after.
+            let cleaning = log.read().cleaning_lock();
+            let _cleaning = cleaning.lock();
             let mut log = log.write();
             if log.is_offline() {
                 unclean[d] = true;
@@ -450,4 +474,21 @@ fn remove_all(paths: Vec<PathBuf>) -> Result<()> {
         crate::log_segment::remove_if_exists(&path)?;
     }
     Ok(())
+}
+
+/// Runs a planned pass (see [`Log::plan_cleaning`]) holding `log`'s lock only for each group's
+/// swap and the pass's end.
+fn clean_with_lock(log: &SharedLog, pass: &mut CleaningPass) -> Result<Option<CleanerStats>> {
+    if let Err(e) = pass.build_map() {
+        return log.write().abandon_cleaning(pass, e).map(|()| None);
+    }
+    while let Some(group) = pass.build_next_group() {
+        let group = match group {
+            Ok(group) => group,
+            Err(e) => return log.write().abandon_cleaning(pass, e).map(|()| None),
+        };
+        let doomed = log.write().swap_cleaned_group(pass, group)?;
+        remove_all(doomed)?;
+    }
+    Ok(log.write().finish_cleaning(pass))
 }

@@ -374,23 +374,50 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Swaps in a pass's output and removes the files it replaced, as `LogManager` does.
-fn finish(log: &mut Log, built: rill_storage::BuiltPass) -> Option<rill_storage::CleanerStats> {
-    let (stats, doomed) = log.finish_cleaning(built).unwrap();
-    for path in doomed {
-        std::fs::remove_file(path).unwrap();
+/// Runs a planned pass as `LogManager` does (building without the log, each group swapped in
+/// as soon as it is built, the replaced files removed after), calling `meanwhile` with the
+/// log between the steps: 0 before the offset map, then 1 before the first group is built, 2
+/// before it is swapped in, 3 before the second group is built, and so on.
+fn run_pass(
+    log: &mut Log,
+    mut pass: rill_storage::CleaningPass,
+    mut meanwhile: impl FnMut(&mut Log, usize),
+) -> Option<rill_storage::CleanerStats> {
+    meanwhile(log, 0);
+    if let Err(e) = pass.build_map() {
+        log.abandon_cleaning(&pass, e).unwrap();
+        return None;
     }
-    stats
+    let mut step = 1;
+    loop {
+        meanwhile(log, step);
+        step += 1;
+        match pass.build_next_group() {
+            None => break,
+            Some(Ok(group)) => {
+                meanwhile(log, step);
+                step += 1;
+                for path in log.swap_cleaned_group(&mut pass, group).unwrap() {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            Some(Err(e)) => {
+                log.abandon_cleaning(&pass, e).unwrap();
+                return None;
+            }
+        }
+    }
+    log.finish_cleaning(&pass)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
 
-    /// A pass is built without the log (appends and reads go on meanwhile): the records
-    /// appended while it ran are all there after the swap, untouched, and the cleaned range
-    /// matches the model.
+    /// A pass is built without the log, so the log appends (and rolls) between its steps: the
+    /// records appended meanwhile are all there after the swaps, untouched, and the cleaned
+    /// range matches the model.
     #[test]
-    fn a_pass_built_while_the_log_appends_swaps_in_and_keeps_the_new_records(
+    fn a_pass_built_between_appends_swaps_in_and_keeps_the_new_records(
         ops in ops(),
         during in ops(),
         per_batch in 1usize..8,
@@ -402,16 +429,20 @@ proptest! {
         let Some(pass) = log.plan_cleaning(log.log_end_offset(), &CleanerConfig::default()) else {
             return Ok(());
         };
-        // The log goes on while the pass is built: new records, new segments.
-        append_ops(&mut log, &during[..during.len() / 2], per_batch);
-        let built = pass.build();
-        append_ops(&mut log, &during[during.len() / 2..], per_batch);
-        let before = read_all(&log);
+        let mut uncleaned = read_all(&log);
+        let mut chunks = during.chunks(during.len() / 4 + 1);
+        let stats = run_pass(&mut log, pass, |log, _| {
+            if let Some(chunk) = chunks.next() {
+                let end = log.log_end_offset();
+                append_ops(log, chunk, per_batch);
+                uncleaned.extend(read_all(log).into_iter().filter(|r| r.offset >= end));
+            }
+        })
+        .unwrap();
         let end = log.log_end_offset();
-        let stats = finish(&mut log, built).unwrap();
         let after = read_all(&log);
-        check(&before, &after, stats.cleaned_up_to, false);
-        prop_assert_eq!(log.log_end_offset(), end);
+        check(&uncleaned, &after, stats.cleaned_up_to, false);
+        prop_assert!(after.iter().any(|r| r.offset >= end - 1));
         prop_assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
         log.close().unwrap();
         drop(log);
@@ -420,44 +451,136 @@ proptest! {
 }
 
 /// A truncation while a pass runs (a follower cutting a diverged tail) may cut the files the
-/// pass reads: its work is thrown away, without an error and without taking the log offline,
-/// and the next pass cleans what is there.
+/// pass reads: nothing of the pass goes in after it, without an error and without taking the
+/// log offline, its output is removed, and the cleaner checkpoint does not cover the new data.
 #[test]
-fn a_pass_planned_before_a_truncation_is_thrown_away() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_pass_is_thrown_away_from_a_truncation_on() {
     let clock = ManualClock::new(0);
-    let mut log = open(dir.path(), config(), &clock);
     let ops: Vec<Op> = (0..300).map(|i| ((i % 7) as u8, Some(i as u16))).collect();
-    append_ops(&mut log, &ops, 3);
-    assert!(log.segments().len() > 4);
-    for cut_before_build in [false, true] {
+    // Before the offset map, before the first group is built, before it is swapped in, before
+    // the second is built.
+    for truncate_at_step in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), config(), &clock);
+        append_ops(&mut log, &ops, 3);
+        // Small cleaned segments first, so that the pass below has groups of several.
+        log.clean(log.log_end_offset(), &CleanerConfig::default())
+            .unwrap()
+            .unwrap();
+        append_ops(&mut log, &ops, 3);
         let pass = log
             .plan_cleaning(log.log_end_offset(), &CleanerConfig::default())
             .unwrap();
-        // Into the middle of the second segment: later segments go, that one's file shrinks.
-        let segments = log.segments();
-        let second = &segments[1];
-        let cut = (second.base_offset + second.next_offset) / 2;
-        let built = if cut_before_build {
-            log.truncate_to(cut).unwrap();
-            pass.build()
-        } else {
-            let built = pass.build();
-            log.truncate_to(cut).unwrap();
-            built
-        };
-        let truncated = read_all(&log);
-        assert_eq!(finish(&mut log, built), None);
-        assert!(!log.is_offline());
-        assert_eq!(read_all(&log), truncated);
+        let mut truncated = None;
+        let stats = run_pass(&mut log, pass, |log, step| {
+            if step == truncate_at_step {
+                // Into the middle of the third segment: later segments go, that one's file
+                // shrinks, and new data is appended past the cut.
+                let segments = log.segments();
+                let cut = (segments[2].base_offset + segments[2].next_offset) / 2;
+                log.truncate_to(cut).unwrap();
+                append_ops(log, &ops[..20], 3);
+                truncated = Some((read_all(log), cut));
+            }
+        });
+        let (expected, cut) = truncated.unwrap();
+        assert!(!log.is_offline(), "step {truncate_at_step}");
+        if truncate_at_step < 3 {
+            assert_eq!(stats, None, "step {truncate_at_step}");
+            assert_eq!(read_all(&log), expected, "step {truncate_at_step}");
+        }
+        assert!(
+            log.cleaner_checkpoint() <= cut,
+            "step {truncate_at_step}: checkpoint {} past the cut {cut}",
+            log.cleaner_checkpoint()
+        );
         assert!(
             leftovers(dir.path()).is_empty(),
             "{:?}",
             leftovers(dir.path())
         );
-        append_ops(&mut log, &ops, 3);
+        // The next pass cleans what is there.
+        let before = read_all(&log);
+        let stats = log
+            .clean(log.log_end_offset(), &CleanerConfig::default())
+            .unwrap()
+            .unwrap();
+        check(&before, &read_all(&log), stats.cleaned_up_to, false);
     }
-    let before = read_all(&log);
+}
+
+/// Retention deleting the oldest segment while a pass runs (`cleanup.policy=compact,delete`):
+/// the group that would bring it back is thrown away, the others swap in, and the segments of
+/// the thrown-away group stay dirty for the next pass.
+#[test]
+fn a_group_whose_segment_retention_deleted_meanwhile_is_not_swapped_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let mut cfg = config();
+    cfg.cleanup_policy.delete = true;
+    let mut log = open(dir.path(), cfg.clone(), &clock);
+    // Keys written once at the start (their only value is in the oldest segments, which a
+    // cleaned group would keep), then keys repeated within each segment.
+    let ops: Vec<Op> = (0..400)
+        .map(|i| {
+            let key = if i < 100 {
+                100 + i as u8
+            } else {
+                (i % 10) as u8
+            };
+            (key, Some(i as u16))
+        })
+        .collect();
+    append_ops(&mut log, &ops, 2);
+    assert!(log.segments().len() > 8);
+    let pass = log
+        .plan_cleaning(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap();
+    let mut retained = None;
+    let stats = run_pass(&mut log, pass, |log, step| {
+        if step == 1 {
+            // The oldest segment goes.
+            let first = log.segments()[0].size_bytes;
+            log.set_config(LogConfig {
+                retention_bytes: (log.size_bytes() - first) as i64,
+                ..cfg.clone()
+            });
+            assert_eq!(
+                log.delete_old_segments(log.log_end_offset()).unwrap().len(),
+                1
+            );
+            retained = Some(read_all(log));
+        }
+    })
+    .unwrap();
+    let before = retained.unwrap();
+    let start = log.log_start_offset();
+    assert!(stats.segments_written > 0, "{stats:?}");
+    assert_eq!(
+        log.segments()[0].base_offset,
+        start,
+        "a deleted segment came back"
+    );
+    let after = read_all(&log);
+    assert!(after.iter().all(|r| r.offset >= start));
+    // The groups after the thrown-away one were cleaned (past the checkpoint, which stays at
+    // the thrown-away group): every record left is an original, and every key's latest stays.
+    assert!(after.iter().all(|r| before.contains(r)));
+    let mut latest = HashMap::new();
+    for r in &before {
+        latest.insert(&r.key, r);
+    }
+    for r in latest.values() {
+        assert!(after.contains(r), "latest record of {:?} lost", r.key);
+    }
+    assert!(after.len() < before.len(), "nothing was cleaned");
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+    // What the thrown-away group held is cleaned by the next pass.
+    assert!(log.cleaner_checkpoint() <= log.segments()[1].base_offset);
     let stats = log
         .clean(log.log_end_offset(), &CleanerConfig::default())
         .unwrap()
@@ -465,59 +588,42 @@ fn a_pass_planned_before_a_truncation_is_thrown_away() {
     check(&before, &read_all(&log), stats.cleaned_up_to, false);
 }
 
-/// Retention deleting the oldest segments while a pass runs (`cleanup.policy=compact,delete`):
-/// the groups that would bring them back are thrown away, the others swap in.
+/// A segment truncated and refilled to the same size and end between a group's build and its
+/// swap (a follower truncating a diverged tail and fetching again) holds other data under the
+/// same name and file: the group built from the old data must not go in.
 #[test]
-fn groups_whose_segments_retention_deleted_meanwhile_are_not_swapped_in() {
+fn a_segment_refilled_to_the_same_size_is_not_replaced_by_output_built_from_its_old_data() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(0);
-    let mut cfg = config();
-    cfg.cleanup_policy.delete = true;
-    let mut log = open(dir.path(), cfg.clone(), &clock);
-    // Keys written once at the start (their only value is in the oldest segments, which a
-    // cleaned group would keep), then 50 keys over and over.
-    let ops: Vec<Op> = (0..400)
-        .map(|i| {
-            (
-                if i < 100 {
-                    100 + i as u8
-                } else {
-                    (i % 50) as u8
-                },
-                Some(i as u16),
-            )
-        })
+    let mut log = open(dir.path(), config(), &clock);
+    // Values of one length, so that rewritten batches have the same sizes.
+    let ops: Vec<Op> = (0..300)
+        .map(|i| ((i % 7) as u8, Some(1000 + i as u16)))
         .collect();
-    append_ops(&mut log, &ops, 2);
-    let segments = log.segments().len();
-    assert!(segments > 8);
+    append_ops(&mut log, &ops, 3);
+    let first = log.segments()[0].clone();
     let pass = log
         .plan_cleaning(log.log_end_offset(), &CleanerConfig::default())
         .unwrap();
-    let built = pass.build();
-    // Keep about the newest half: the oldest segments go.
-    log.set_config(LogConfig {
-        retention_bytes: (log.size_bytes() / 2) as i64,
-        ..cfg
+    let mut refilled = None;
+    let stats = run_pass(&mut log, pass, |log, step| {
+        if step == 2 {
+            // After the first group (the first segment alone) was built from the old data.
+            let cut = (first.base_offset + first.next_offset) / 2 / 3 * 3;
+            log.truncate_to(cut).unwrap();
+            let other: Vec<Op> = ops[cut as usize..first.next_offset as usize]
+                .iter()
+                .map(|(k, v)| (*k, v.map(|v| v + 1000)))
+                .collect();
+            append_ops(log, &other, 3);
+            log.roll().unwrap();
+            assert_eq!(log.segments()[0], first.clone(), "same name, size and end");
+            append_ops(log, &ops[first.next_offset as usize..], 3);
+            refilled = Some(read_all(log));
+        }
     });
-    let deleted = log.delete_old_segments(log.log_end_offset()).unwrap();
-    assert!(!deleted.is_empty());
-    let start = log.log_start_offset();
-    let before = read_all(&log);
-    let stats = finish(&mut log, built).unwrap();
-    assert!(stats.segments_written > 0, "{stats:?}");
-    let after = read_all(&log);
-    assert!(
-        after.iter().all(|r| r.offset >= start),
-        "a deleted segment came back"
-    );
-    assert_eq!(
-        log.segments()[0].base_offset,
-        start,
-        "a deleted segment came back"
-    );
-    assert_eq!(log.log_start_offset(), start);
-    check(&before, &after, stats.cleaned_up_to, false);
+    assert_eq!(stats, None);
+    assert_eq!(Some(read_all(&log)), refilled);
     assert!(
         leftovers(dir.path()).is_empty(),
         "{:?}",
