@@ -57,6 +57,10 @@ pub struct Workload {
     pub consumer_mode: ConsumerMode,
     /// Bytes per record value (at least 8: the send time travels in the first 8).
     pub record_size: usize,
+    /// Keys: 0 sends keyless records (the sticky partitioner spreads them); N cycles each
+    /// producer through N keys, `key-<i mod N>` (OMB's round-robin key distributor), so records
+    /// go to their key's partition and a compacted topic has something to compact.
+    pub key_count: u64,
     /// Records/s over all producers; 0 sends as fast as the producers accept records.
     pub producer_rate: f64,
     pub warmup_secs: f64,
@@ -91,6 +95,7 @@ impl Default for Workload {
             consumers_per_subscription: 1,
             consumer_mode: ConsumerMode::Group,
             record_size: 1024,
+            key_count: 0,
             producer_rate: 10_000.0,
             warmup_secs: 5.0,
             test_secs: 60.0,
@@ -141,6 +146,9 @@ pub struct WorkloadArgs {
     /// Bytes per record value (≥ 8).
     #[arg(long)]
     record_size: Option<usize>,
+    /// Keys per producer, cycled (0: keyless records).
+    #[arg(long)]
+    key_count: Option<u64>,
     /// Target records/s over all producers (0: as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
@@ -207,7 +215,7 @@ impl WorkloadArgs {
         set!(name => name, topics => topics, partitions => partitions_per_topic,
             producers => producers_per_topic, subscriptions => subscriptions_per_topic,
             consumers => consumers_per_subscription, consumer_mode => consumer_mode,
-            record_size => record_size, rate => producer_rate, warmup_secs => warmup_secs,
+            record_size => record_size, key_count => key_count, rate => producer_rate, warmup_secs => warmup_secs,
             test_secs => test_secs, interval_secs => interval_secs, drain_secs => drain_secs,
             acks => acks, linger_ms => linger_ms, batch_size => batch_size,
             max_in_flight => max_in_flight, compression => compression, fetch_max_wait_ms => fetch_max_wait_ms);
@@ -427,6 +435,7 @@ async fn produce_loop(
     rate: f64,
     phase: f64,
     record_size: usize,
+    key_count: u64,
     base: Instant,
     start: Instant,
     end: Instant,
@@ -460,9 +469,10 @@ async fn produce_loop(
         let mut value = template.clone();
         value[..8].copy_from_slice(&micros_since(base, intended).to_le_bytes());
         let settled = Arc::clone(&rec);
+        let key = (key_count > 0).then(|| Bytes::from(format!("key-{}", i % key_count)));
         match producer
             .send_with_callback(
-                ProducerRecord::new(topic.clone(), None::<Bytes>, Bytes::from(value)),
+                ProducerRecord::new(topic.clone(), key, Bytes::from(value)),
                 move |r| settle(r, intended, record_size, &settled),
             )
             .await
@@ -776,6 +786,7 @@ async fn run_on_topics(
             rate / n as f64,
             k as f64 / n as f64,
             w.record_size,
+            w.key_count,
             base,
             start,
             end,
