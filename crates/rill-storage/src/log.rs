@@ -75,6 +75,18 @@ pub struct LogAppendInfo {
     pub duplicate: bool,
 }
 
+/// Keeps a log's background work (a cleaning pass, a retention round) and its removal apart:
+/// no pass or round writes into, or unlinks in, a directory being removed or a closed log.
+#[derive(Debug, Default)]
+pub(crate) struct MaintenanceGate {
+    /// Held by a cleaning pass from its plan to its end, by a retention round, and by whatever
+    /// takes the log out of service (delete, set aside, shutdown).
+    pub lock: parking_lot::Mutex<()>,
+    /// Set before taking the log out of service: a running pass stops before its next group
+    /// instead of being waited for to the end.
+    pub retiring: std::sync::atomic::AtomicBool,
+}
+
 /// A partition's commit log. Not internally synchronised: the owner serialises mutations
 /// (appends, rolls, retention, cleaning); reads take `&self`.
 #[derive(Debug)]
@@ -94,9 +106,9 @@ pub struct Log {
     /// Counts truncations: a cleaning pass planned before one is not swapped in (the segments
     /// it read may since hold other data under the same names).
     pub(crate) truncations: u64,
-    /// Held by a cleaning pass from its plan to its end (it works without the log's lock), and
-    /// by whatever takes the log out of service: no pass writes into a directory being removed.
-    cleaning: Arc<parking_lot::Mutex<()>>,
+    /// Coordinates cleaning passes and retention rounds (which work without the log's lock for
+    /// a while) with taking the log out of service.
+    maintenance: Arc<MaintenanceGate>,
     /// Which leader epoch started where.
     epochs: LeaderEpochFileCache,
     /// Idempotent producers' sequences (`<offset>.snapshot` files beside the segments).
@@ -165,7 +177,7 @@ impl Log {
             last_flush_ms: now,
             cleaner_checkpoint: log_start_offset,
             truncations: 0,
-            cleaning: Arc::default(),
+            maintenance: Arc::default(),
             epochs,
             producer_state,
         };
@@ -829,9 +841,9 @@ impl Log {
         self.group_commit.is_failed()
     }
 
-    /// The lock a cleaning pass of this log holds from its plan to its end.
-    pub(crate) fn cleaning_lock(&self) -> Arc<parking_lot::Mutex<()>> {
-        Arc::clone(&self.cleaning)
+    /// The gate between this log's background work and taking it out of service.
+    pub(crate) fn maintenance(&self) -> Arc<MaintenanceGate> {
+        Arc::clone(&self.maintenance)
     }
 
     /// First offset in the log.

@@ -13,10 +13,11 @@
 //!    `.cleaned` files are discarded and `.swap` files completed (`Log::open`).
 //!
 //! As in Kafka, the log's lock is held only to plan a pass ([`Log::plan_cleaning`]: which
-//! sealed segments it reads) and to swap its output in ([`Log::finish_cleaning`]). Steps 1–3
-//! and the fsync run without it ([`CleaningPass::build`]), on the segments' open files, while
-//! the log goes on appending and serving reads. A group whose segments retention deleted
-//! meanwhile, and a pass planned before a truncation, are thrown away.
+//! sealed segments it reads) and to swap each group in as soon as it is built
+//! ([`Log::swap_cleaned_group`]). Steps 1–3 and the fsync run without it
+//! ([`CleaningPass::build_map`], [`CleaningPass::build_next_group`]), on the segments' open
+//! files, while the log goes on appending and serving reads. A group whose segments retention
+//! deleted meanwhile is thrown away, and so is every group after a truncation.
 //!
 //! Keys are compared by a 128-bit hash (xxh3), as Kafka's cleaner compares MD5 digests.
 
@@ -221,18 +222,17 @@ impl Log {
     }
 
     /// Ends a pass whose groups were all built: moves the cleaner checkpoint past what it
-    /// cleaned. `None` when a truncation came in between (nothing of the pass went in after
-    /// it) and nothing had been swapped in before.
+    /// cleaned (not after a truncation: nothing of the pass went in after it). `None` when no
+    /// group was swapped in.
     pub fn finish_cleaning(&mut self, pass: &CleaningPass) -> Option<CleanerStats> {
         let mut stats = pass.stats;
-        if pass.truncated || self.truncations != pass.truncations {
-            if stats.segments_written == 0 {
-                return None;
-            }
-        } else {
+        if !pass.truncated && self.truncations == pass.truncations {
             self.cleaner_checkpoint = self
                 .cleaner_checkpoint
                 .max(pass.clean_end.min(self.log_end_offset()));
+        }
+        if stats.segments_written == 0 {
+            return None;
         }
         stats.cleaned_up_to = self.cleaner_checkpoint;
         tracing::info!(dir = %self.dir.display(), ?stats, "cleaned log");
@@ -304,9 +304,9 @@ pub struct CleaningPass {
     checkpoint: i64,
     max_entries: usize,
     truncations: u64,
-    /// The sealed segments below the upper bound, in offset order. Held to the end of the
-    /// pass, so the last handle of a segment retention deleted meanwhile closes (and frees its
-    /// blocks) when the pass is dropped, not under the log's lock.
+    /// The sealed segments below the upper bound, in offset order (until the map is built).
+    /// The last handle of a replaced or deleted segment is dropped by the pass (in
+    /// `build_map` or when the next group is built), not under the log's lock.
     cleanable: Vec<SegmentView>,
     /// Key hash → latest offset over the dirty section.
     map: HashMap<u128, i64>,
@@ -382,6 +382,10 @@ impl CleaningPass {
             .filter(|s| s.next_offset <= clean_end)
             .collect();
         self.groups = group_segments(&to_clean, self.segment_bytes).into();
+        // From here the groups (and `reading`) hold what is still needed: a replaced segment's
+        // file closes once its group is done, so its blocks are freed as the pass goes, not at
+        // its end (each group needs one segment of extra disk, not the whole log).
+        self.cleanable = Vec::new();
         Ok(())
     }
 

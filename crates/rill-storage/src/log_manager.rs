@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -56,7 +57,7 @@ pub struct LogManager {
     /// Serialises checkpoint writes (they share a temp file name per log dir).
     checkpoint_lock: Mutex<()>,
     /// Set by [`LogManager::shutdown`]: no cleaning pass starts on a closed log.
-    shut_down: std::sync::atomic::AtomicBool,
+    shut_down: AtomicBool,
     /// `producer.id.expiration.ms` for every log (a broker setting, as in Kafka).
     producer_id_expiration_ms: std::sync::atomic::AtomicI64,
 }
@@ -126,7 +127,7 @@ impl LogManager {
             logs: RwLock::new(logs),
             cleaner,
             checkpoint_lock: Mutex::new(()),
-            shut_down: std::sync::atomic::AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
             producer_id_expiration_ms: std::sync::atomic::AtomicI64::new(
                 crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             ),
@@ -238,8 +239,9 @@ impl LogManager {
     fn take_out_of_service(&self, tp: &TopicPartition) -> Option<SharedLog> {
         loop {
             let log = self.get(tp)?;
-            let cleaning = log.read().cleaning_lock();
-            let _cleaning = cleaning.lock();
+            let gate = log.read().maintenance();
+            gate.retiring.store(true, Ordering::Release);
+            let _gate = gate.lock.lock();
             let mut logs = self.logs.write();
             if logs.get(tp).is_some_and(|(_, l)| Arc::ptr_eq(l, &log)) {
                 logs.remove(tp);
@@ -342,17 +344,45 @@ impl LogManager {
     }
 
     /// One retention pass over every log; `upper_bound` gives each partition's high watermark.
-    /// Returns the number of segments deleted. Each log is held only to take its segments out;
-    /// their files are unlinked after.
+    /// Returns the number of segments deleted (a failure on one log does not stop the others;
+    /// the first is returned). Each log is held only to take its segments out; their files are
+    /// unlinked after.
     pub fn run_retention(&self, upper_bound: impl Fn(&TopicPartition) -> i64) -> Result<usize> {
         let mut deleted = 0;
+        let mut first_error = None;
         for (tp, log) in self.logs_by_partition() {
+            let gate = log.read().maintenance();
+            // A log a cleaning pass works on waits for the next round.
+            let Some(_gate) = gate.lock.try_lock() else {
+                continue;
+            };
+            if !self.in_service(&tp, &log) {
+                continue;
+            }
             let bound = upper_bound(&tp);
-            let (segments, doomed) = log.write().delete_old_segments_deferred(bound)?;
-            deleted += segments.len();
-            remove_all(doomed)?;
+            let round =
+                log.write()
+                    .delete_old_segments_deferred(bound)
+                    .and_then(|(segments, doomed)| {
+                        deleted += segments.len();
+                        remove_all(doomed)
+                    });
+            if let Err(e) = round {
+                tracing::error!(partition = %tp, error = %e, "retention failed");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(deleted)
+        first_error.map_or(Ok(deleted), Err)
+    }
+
+    /// True while `log` is the log of `tp` here and the manager is not shut down (checked under
+    /// the log's maintenance gate: it stays so until the gate is released).
+    fn in_service(&self, tp: &TopicPartition, log: &SharedLog) -> bool {
+        !self.shut_down.load(Ordering::Acquire)
+            && self
+                .read_logs()
+                .get(tp)
+                .is_some_and(|(_, l)| Arc::ptr_eq(l, log))
     }
 
     /// Cleans every compacted log whose dirty ratio calls for it. Returns the logs cleaned.
@@ -363,14 +393,9 @@ impl LogManager {
         let mut cleaned = 0;
         let mut first_error = None;
         for (tp, log) in self.logs_by_partition() {
-            let cleaning = log.read().cleaning_lock();
-            let _cleaning = cleaning.lock();
-            let in_service = self
-                .read_logs()
-                .get(&tp)
-                .is_some_and(|(_, l)| Arc::ptr_eq(l, &log));
-            if !in_service || self.shut_down.load(std::sync::atomic::Ordering::Acquire) {
-                // Deleted, set aside or closed since the list was taken.
+            let gate = log.read().maintenance();
+            let _gate = gate.lock.lock();
+            if !self.in_service(&tp, &log) {
                 continue;
             }
             let bound = upper_bound(&tp);
@@ -382,7 +407,9 @@ impl LogManager {
                 log.plan_cleaning(bound, &self.cleaner)
             };
             let Some(mut pass) = pass else { continue };
-            match clean_with_lock(&log, &mut pass) {
+            let stop =
+                || gate.retiring.load(Ordering::Acquire) || self.shut_down.load(Ordering::Acquire);
+            match clean_with_lock(&log, &mut pass, stop) {
                 Ok(Some(_)) => cleaned += 1,
                 Ok(None) => {}
                 Err(e) => {
@@ -404,14 +431,14 @@ impl LogManager {
     /// an offline (or failing) log gets no clean-shutdown marker: its logs are recovered on the
     /// next start. The first error is returned after doing everything else.
     pub fn shutdown(&self) -> Result<()> {
-        self.shut_down
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shut_down.store(true, Ordering::Release);
         let mut first_error = None;
         let mut unclean = vec![false; self.log_dirs.len()];
         for (tp, d, log) in self.logs_by_dir() {
-            // A pass running on it ends first; none starts after.
-            let cleaning = log.read().cleaning_lock();
-            let _cleaning = cleaning.lock();
+            // A pass running on it stops at its next group; none starts after.
+            let gate = log.read().maintenance();
+            gate.retiring.store(true, Ordering::Release);
+            let _gate = gate.lock.lock();
             let mut log = log.write();
             if log.is_offline() {
                 unclean[d] = true;
@@ -477,12 +504,23 @@ fn remove_all(paths: Vec<PathBuf>) -> Result<()> {
 }
 
 /// Runs a planned pass (see [`Log::plan_cleaning`]) holding `log`'s lock only for each group's
-/// swap and the pass's end.
-fn clean_with_lock(log: &SharedLog, pass: &mut CleaningPass) -> Result<Option<CleanerStats>> {
+/// swap and the pass's end. Stops before the next group once `stop` says so (the groups
+/// swapped in stay; the cleaner checkpoint does not move).
+fn clean_with_lock(
+    log: &SharedLog,
+    pass: &mut CleaningPass,
+    stop: impl Fn() -> bool,
+) -> Result<Option<CleanerStats>> {
     if let Err(e) = pass.build_map() {
         return log.write().abandon_cleaning(pass, e).map(|()| None);
     }
-    while let Some(group) = pass.build_next_group() {
+    loop {
+        if stop() {
+            return Ok(None);
+        }
+        let Some(group) = pass.build_next_group() else {
+            break;
+        };
         let group = match group {
             Ok(group) => group,
             Err(e) => return log.write().abandon_cleaning(pass, e).map(|()| None),

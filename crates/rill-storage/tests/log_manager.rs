@@ -167,29 +167,34 @@ fn retention_and_cleaner_passes_run_across_logs() {
 
 /// The cleaner and retention run on their own threads while producers append, logs are set
 /// aside and deleted, and the manager shuts down (each holds a log only to plan, swap or
-/// delete): nothing deadlocks, no acknowledged record's latest value is lost, and the logs
-/// reopen to what they held.
+/// delete): nothing deadlocks, retention deletes only whole old segments, no key's latest value
+/// is lost, and the logs reopen to what they held.
 #[test]
 fn cleaning_and_retention_run_beside_appends_deletions_and_shutdown() {
     let root = tempfile::tempdir().unwrap();
     let dirs = vec![root.path().join("a")];
     let clock = ManualClock::new(0);
     let m = Arc::new(manager(&dirs, &clock));
-    let compacted = LogConfig {
+    let small = LogConfig {
         segment_bytes: 4096,
         index_interval_bytes: 256,
-        cleanup_policy: CleanupPolicy {
-            compact: true,
-            delete: true,
-        },
-        retention_bytes: 64 << 10,
-        min_cleanable_dirty_ratio: 0.01,
         ..LogConfig::default()
+    };
+    let compacted = LogConfig {
+        cleanup_policy: CleanupPolicy::COMPACT,
+        min_cleanable_dirty_ratio: 0.01,
+        ..small.clone()
+    };
+    let deleting = LogConfig {
+        retention_bytes: 16 << 10,
+        ..small.clone()
     };
     let tps: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new("profiles", p)).collect();
     for tp in &tps {
         m.get_or_create(tp, compacted.clone()).unwrap();
     }
+    let events = TopicPartition::new("events", 0);
+    m.get_or_create(&events, deleting).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let background: Vec<_> = (0..2)
         .map(|which| {
@@ -208,26 +213,32 @@ fn cleaning_and_retention_run_beside_appends_deletions_and_shutdown() {
             })
         })
         .collect();
-    // Latest value written per (partition, key), and a log set aside and one deleted meanwhile.
+    // Latest value written per (partition, key); a log set aside and one deleted meanwhile.
     let mut latest = std::collections::HashMap::new();
-    for round in 0..400usize {
-        let tp = &tps[round % 2];
+    for round in 0..600usize {
+        let tp = &tps[round % 3];
         let key = format!("user-{}", round % 17);
         let value = format!("v{round}-").repeat(20);
-        m.get(tp)
+        if let Some(log) = m.get(tp) {
+            log.write()
+                .append_as_leader(
+                    &mut batch(&[(Some(key.as_bytes()), Some(value.as_bytes()))], 0),
+                    0,
+                )
+                .unwrap();
+            latest.insert((tp.clone(), key), value);
+        }
+        m.get(&events)
             .unwrap()
             .write()
-            .append_as_leader(
-                &mut batch(&[(Some(key.as_bytes()), Some(value.as_bytes()))], 0),
-                0,
-            )
+            .append_as_leader(&mut numbered(round, 1, 200, 0), 0)
             .unwrap();
-        latest.insert((tp.clone(), key), value);
-        if round == 150 {
+        if round == 300 {
             let aside = m.set_aside(&tps[2], "stray").unwrap().unwrap();
             assert!(aside.exists());
+            latest.retain(|(t, _), _| *t != tps[2]);
         }
-        if round == 250 {
+        if round == 400 {
             let tp = TopicPartition::new("to-delete", 0);
             let log = m.get_or_create(&tp, compacted.clone()).unwrap();
             for i in 0..50 {
@@ -239,28 +250,30 @@ fn cleaning_and_retention_run_beside_appends_deletions_and_shutdown() {
             assert!(m.delete(&tp).unwrap());
         }
     }
+    // Shut down while the cleaner and retention still run: they stop touching the logs.
+    m.shutdown().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Release);
     for t in background {
         assert!(t.join().unwrap() > 0);
     }
-    // A last pass of each, then a clean shutdown while nothing runs.
-    m.run_cleaner(|_| i64::MAX).unwrap();
-    let check = |m: &LogManager| {
-        for ((tp, key), value) in &latest {
-            let recs = read_all(&m.get(tp).unwrap().read());
-            let last = recs
-                .iter()
-                .rfind(|r| r.key.as_deref() == Some(key.as_bytes()))
-                .unwrap_or_else(|| panic!("{tp} {key} lost"));
-            assert_eq!(last.value.as_deref(), Some(value.as_bytes()), "{tp} {key}");
-        }
-    };
-    check(&m);
-    m.shutdown().unwrap();
     drop(m);
     let m = manager(&dirs, &clock);
-    check(&m);
+    for ((tp, key), value) in &latest {
+        let recs = read_all(&m.get(tp).unwrap().read());
+        let last = recs
+            .iter()
+            .rfind(|r| r.key.as_deref() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("{tp} {key} lost"));
+        assert_eq!(last.value.as_deref(), Some(value.as_bytes()), "{tp} {key}");
+    }
+    let events = m.get(&events).unwrap();
+    let events = events.read();
+    assert!(events.log_start_offset() > 0, "retention deleted nothing");
+    let kept: Vec<i64> = read_all(&events).iter().map(|r| r.offset).collect();
+    let expected: Vec<i64> = (events.log_start_offset()..600).collect();
+    assert_eq!(kept, expected, "retention left a hole");
     assert!(m.get(&TopicPartition::new("to-delete", 0)).is_none());
+    assert!(m.get(&tps[2]).is_none());
     for entry in std::fs::read_dir(&dirs[0]).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!name.starts_with("to-delete"), "{name} left behind");
