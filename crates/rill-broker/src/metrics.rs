@@ -25,6 +25,14 @@ pub struct TaskLabels {
     pub task: &'static str,
 }
 
+/// Where a fetch's checks and reads ran.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchPassLabels {
+    /// `request_task` (everything it needed was in the page cache and no write held a lock) or
+    /// `blocking_thread` (it read from the disk, waited for a lock, or had more to copy).
+    pub on: &'static str,
+}
+
 /// Labels of per-partition metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[allow(missing_docs)]
@@ -60,6 +68,9 @@ pub struct Metrics {
     pub background_errors: Family<TaskLabels, Counter>,
     /// Log dirs taken offline by an I/O failure.
     pub offline_log_dirs: Gauge,
+    /// Fetch passes (a fetch's checks and reads, once per long-poll wake-up) by where they ran:
+    /// a consumer or follower reading from the disk shows here as `blocking_thread`.
+    pub fetch_passes: Family<FetchPassLabels, Counter>,
     /// Registered and unfenced.
     pub ready: AtomicBool,
 }
@@ -83,6 +94,7 @@ impl Metrics {
             background_panics: Family::default(),
             background_errors: Family::default(),
             offline_log_dirs: Gauge::default(),
+            fetch_passes: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -133,6 +145,16 @@ impl Metrics {
             "offline_log_dirs",
             "Log dirs taken offline by an I/O failure",
             m.offline_log_dirs.clone(),
+        );
+        // Both series from the start, so a dashboard sees a zero rather than nothing.
+        for on in ["request_task", "blocking_thread"] {
+            let _ = m.fetch_passes.get_or_create(&FetchPassLabels { on });
+        }
+        registry.register(
+            "fetch_passes",
+            "Fetch passes (checks and reads) by where they ran: the request's task, or a blocking \
+             thread (disk reads, a lock a write held, more to copy)",
+            m.fetch_passes.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -818,6 +818,33 @@ async fn metrics_and_health_endpoints() {
         body.contains("rill_broker_request_errors_total{rpc=\"Fetch\"} 1"),
         "the failed fetch was counted as a success"
     );
+    // Every fetch pass counts where it ran (both series are there from the start).
+    let passes = |body: &str| -> u64 {
+        ["request_task", "blocking_thread"]
+            .iter()
+            .map(|on| {
+                let name = format!("rill_broker_fetch_passes_total{{on=\"{on}\"}} ");
+                body.lines()
+                    .find_map(|l| l.strip_prefix(name.as_str()))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+            })
+            .sum()
+    };
+    let (_, before) = http_get(&addr, "/metrics").await;
+    for p in 0..2 {
+        client
+            .broker(leader)
+            .unwrap()
+            .fetch(fetch_req("m", p, 0))
+            .await
+            .unwrap();
+    }
+    let (_, after) = http_get(&addr, "/metrics").await;
+    assert!(
+        passes(&after) >= passes(&before) + 2,
+        "fetch passes not counted"
+    );
     assert_eq!(http_get(&addr, "/health").await.0, 200);
     let md = cluster.client().refresh(&[]).await.unwrap();
     assert_eq!(md.controller_id, 1, "Metadata names the active controller");

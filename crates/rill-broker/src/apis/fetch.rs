@@ -11,6 +11,7 @@ use rill_protocol::proto::*;
 use tonic::Status;
 
 use crate::apis::blocking_err;
+use crate::metrics::FetchPassLabels;
 use crate::network::BrokerService;
 use bytes::Bytes;
 use rill_storage::TopicPartition;
@@ -57,7 +58,18 @@ pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchRespo
         if plan.checked_all(&req) {
             plan.read(&svc.rm, true);
         }
-        let plan = if plan.checked_all(&req) && plan.read_all() {
+        let in_place = plan.checked_all(&req) && plan.read_all();
+        svc.metrics
+            .fetch_passes
+            .get_or_create(&FetchPassLabels {
+                on: if in_place {
+                    "request_task"
+                } else {
+                    "blocking_thread"
+                },
+            })
+            .inc();
+        let plan = if in_place {
             plan
         } else {
             let rm = Arc::clone(&svc.rm);
