@@ -223,17 +223,27 @@ impl ReplicaManager {
         };
         match outcome {
             IsrChangeOutcome::Accepted | IsrChangeOutcome::Superseded => {}
-            IsrChangeOutcome::Refused => p.abort_isr_change(change),
+            // The partition's state lock is held across appends (a segment roll's fsyncs
+            // included): taken on a blocking thread, not on the runtime's.
+            IsrChangeOutcome::Refused => {
+                let change = change.clone();
+                tokio::task::spawn_blocking(move || p.abort_isr_change(&change));
+            }
             IsrChangeOutcome::Unknown => {
                 let tx = self.isr_changes.read().clone();
                 let change = change.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    if p.isr_change_pending(&change)
+                    let p2 = Arc::clone(&p);
+                    let c2 = change.clone();
+                    let pending = tokio::task::spawn_blocking(move || p2.isr_change_pending(&c2))
+                        .await
+                        .unwrap_or(false);
+                    if pending
                         && let Some(tx) = tx
                         && tx.send(change.clone()).is_err()
                     {
-                        p.abort_isr_change(&change);
+                        tokio::task::spawn_blocking(move || p.abort_isr_change(&change));
                     }
                 });
             }
