@@ -501,11 +501,7 @@ fn a_pass_is_thrown_away_from_a_truncation_on() {
         );
         // The next pass cleans what is there.
         let before = read_all(&log);
-        let stats = log
-            .clean(log.log_end_offset(), &CleanerConfig::default())
-            .unwrap()
-            .unwrap();
-        check(&before, &read_all(&log), stats.cleaned_up_to, false);
+        clean_to_the_model(&mut log, &before);
     }
 }
 
@@ -581,11 +577,16 @@ fn a_group_whose_segment_retention_deleted_meanwhile_is_not_swapped_in() {
     );
     // What the thrown-away group held is cleaned by the next pass.
     assert!(log.cleaner_checkpoint() <= log.segments()[1].base_offset);
+    clean_to_the_model(&mut log, &before);
+}
+
+/// A full pass over `log` cleans it as the model says, `before` being what it held uncleaned.
+fn clean_to_the_model(log: &mut Log, before: &[Rec]) {
     let stats = log
         .clean(log.log_end_offset(), &CleanerConfig::default())
         .unwrap()
         .unwrap();
-    check(&before, &read_all(&log), stats.cleaned_up_to, false);
+    check(before, &read_all(log), stats.cleaned_up_to, false);
 }
 
 /// A segment truncated and refilled to the same size and end between a group's build and its
