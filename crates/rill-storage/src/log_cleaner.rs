@@ -31,7 +31,8 @@ use rill_protocol::record_batch::{
 use crate::error::{IoContext, LogError, Result};
 use crate::log::{CLEANED_SUFFIX, DELETED_SUFFIX, Log, SWAP_SUFFIX, sizing, sync_dir};
 use crate::log_segment::{
-    BatchInfo, IndexSizing, LOG_SUFFIX, LogSegment, SegmentView, remove_if_exists, segment_file,
+    BatchInfo, INDEX_SUFFIX, IndexSizing, LOG_SUFFIX, LogSegment, SegmentView, TIME_INDEX_SUFFIX,
+    remove_if_exists, segment_file,
 };
 
 /// Bytes one offset map entry costs (hash, offset, table overhead).
@@ -283,8 +284,8 @@ impl Log {
         }
         let final_path = segment_file(&self.dir, base, LOG_SUFFIX);
         crate::fsio::rename(&swap_path, &final_path).at(&swap_path)?;
+        cleaned.rename_indexes_to_final()?;
         sync_dir(&self.dir)?;
-        cleaned.rewrite_indexes()?;
         for v in &replaces {
             self.segments.remove(&v.base_offset);
         }
@@ -334,14 +335,17 @@ impl CleanedGroup {
     /// Removes the group's output (best effort: a `.cleaned` file left behind is removed when
     /// the log is next opened).
     fn discard(self) {
-        // (Not the file's own path: a cleaned segment is created under its final name's
-        // data, `<base>.log`, which belongs to the live segment until the swap.)
-        let mut path = self.cleaned.log_path().into_os_string();
-        path.push(CLEANED_SUFFIX);
-        let path = PathBuf::from(path);
+        // (Named from the directory and base offset: a cleaned segment's file is created under
+        // the suffixed name, but its final name belongs to the live segment until the swap.)
+        let log_path = self.cleaned.log_path();
+        let dir = log_path.parent().unwrap_or(Path::new("."));
+        let base = self.cleaned.base_offset();
         drop(self.cleaned);
-        if let Err(e) = remove_if_exists(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove a cleaner's output");
+        for name in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let path = segment_file(dir, base, &format!("{name}{CLEANED_SUFFIX}"));
+            if let Err(e) = remove_if_exists(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a cleaner's output");
+            }
         }
     }
 }
@@ -467,6 +471,8 @@ impl CleaningPass {
             cleaned.base_offset(),
             &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"),
         ))?;
+        // The indexes too, so that the swap (under the log's lock) only renames files.
+        cleaned.write_indexes()?;
         Ok(stats)
     }
 }

@@ -627,17 +627,25 @@ impl LogSegment {
         Ok(renamed)
     }
 
-    /// Points the in-memory indexes at fresh final-name files (after a cleaned segment's swap).
-    pub(crate) fn rewrite_indexes(&mut self) -> Result<()> {
-        self.offset_index
-            .set_path(segment_file(&self.dir, self.base_offset, INDEX_SUFFIX));
-        self.time_index
-            .set_path(segment_file(&self.dir, self.base_offset, TIME_INDEX_SUFFIX));
-        self.offset_index.mark_unwritten();
-        self.time_index.mark_unwritten();
+    /// Writes a cleaned segment's indexes to their suffixed files and fsyncs them: done while
+    /// the segment is built, so its swap only renames them.
+    pub(crate) fn write_indexes(&mut self) -> Result<()> {
         self.maybe_append_time_entry();
         self.offset_index.flush()?;
         self.time_index.flush()
+    }
+
+    /// Renames the indexes [`Self::write_indexes`] wrote to their final names (in a cleaned
+    /// segment's swap, before the directory is fsynced). Indexes are caches: a crash before
+    /// the rename is durable leaves them missing, and they are rebuilt on open.
+    pub(crate) fn rename_indexes_to_final(&mut self) -> Result<()> {
+        let offsets = segment_file(&self.dir, self.base_offset, INDEX_SUFFIX);
+        crate::fsio::rename(self.offset_index.path(), &offsets).at(self.offset_index.path())?;
+        self.offset_index.set_path(offsets);
+        let times = segment_file(&self.dir, self.base_offset, TIME_INDEX_SUFFIX);
+        crate::fsio::rename(self.time_index.path(), &times).at(self.time_index.path())?;
+        self.time_index.set_path(times);
+        Ok(())
     }
 
     /// Creates a segment writing to `<base>.log<suffix>` (the cleaner's `.cleaned` output).

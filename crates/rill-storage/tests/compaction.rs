@@ -444,6 +444,14 @@ proptest! {
         check(&uncleaned, &after, stats.cleaned_up_to, false);
         prop_assert!(after.iter().any(|r| r.offset >= end - 1));
         prop_assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        let segments = log.segments();
+        // (The active segment's indexes are written when it is flushed or rolled.)
+        for s in &segments[..segments.len() - 1] {
+            for suffix in ["index", "timeindex"] {
+                let index = dir.path().join(format!("{:020}.{suffix}", s.base_offset));
+                prop_assert!(index.exists(), "{} missing", index.display());
+            }
+        }
         log.close().unwrap();
         drop(log);
         prop_assert_eq!(read_all(&reopen(dir.path(), config(), &clock, false, 0)), after);
