@@ -29,7 +29,8 @@ pub struct TaskLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchPassLabels {
     /// `request_task` (everything it needed was in the page cache and no write held a lock) or
-    /// `blocking_thread` (it read from the disk, waited for a lock, or had more to copy).
+    /// `blocking_thread` (it read from the disk, waited for a lock, or had more to copy or more
+    /// than 256 partitions to check).
     pub on: &'static str,
 }
 

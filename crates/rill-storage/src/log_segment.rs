@@ -613,9 +613,11 @@ impl LogSegment {
     }
 
     /// Renames the segment's files to `<name><suffix>` (e.g. `.deleted`) and returns the new paths.
+    /// The indexes go first: a crash between the renames must never leave a segment's old
+    /// indexes beside a `.log` that a cleaner's swap puts under the same name on open.
     pub(crate) fn rename_files(&mut self, suffix: &str) -> Result<Vec<PathBuf>> {
         let mut renamed = Vec::new();
-        for base in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for base in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
             let from = segment_file(&self.dir, self.base_offset, base);
             let to = segment_file(&self.dir, self.base_offset, &format!("{base}{suffix}"));
             match crate::fsio::rename(&from, &to) {
