@@ -360,13 +360,12 @@ impl LogManager {
                 continue;
             }
             let bound = upper_bound(&tp);
-            let round =
-                log.write()
-                    .delete_old_segments_deferred(bound)
-                    .and_then(|(segments, doomed)| {
-                        deleted += segments.len();
-                        remove_all(doomed)
-                    });
+            // Its own statement: the log's lock is released before the files are unlinked.
+            let taken = log.write().delete_old_segments_deferred(bound);
+            let round = taken.and_then(|(segments, doomed)| {
+                deleted += segments.len();
+                remove_all(doomed)
+            });
             if let Err(e) = round {
                 tracing::error!(partition = %tp, error = %e, "retention failed");
                 first_error.get_or_insert(e);
