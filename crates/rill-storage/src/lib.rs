@@ -36,7 +36,7 @@ pub use group_commit::GroupCommit;
 pub use index::{OffsetIndex, TimeIndex};
 pub use leader_epoch_cache::{EpochEntry, LEADER_EPOCH_CHECKPOINT, LeaderEpochFileCache};
 pub use log::{Log, LogAppendInfo, LogOpenOptions};
-pub use log_cleaner::{CleanedGroup, CleanerConfig, CleanerStats, CleaningPass};
+pub use log_cleaner::{CleanedGroup, CleanerConfig, CleanerStats, CleaningPass, Swapped};
 pub use log_manager::{
     CLEAN_SHUTDOWN_FILE, CLEANER_CHECKPOINT, LogManager, RECOVERY_POINT_CHECKPOINT, SharedLog,
     TopicPartition, parse_partition_dir, partition_dir_name,

@@ -16,7 +16,8 @@
 //! sealed segments it reads) and to swap each group in as soon as it is built
 //! ([`Log::swap_cleaned_group`]). Steps 1–3 and the fsync run without it
 //! ([`CleaningPass::build_map`], [`CleaningPass::build_next_group`]), on the segments' open
-//! files, while the log goes on appending and serving reads. A group whose segments retention
+//! files, while the log goes on appending and serving reads; so do the directory fsync that
+//! makes a swap's last renames durable and the replaced files' unlinks ([`Swapped::finish`]). A group whose segments retention
 //! deleted meanwhile is thrown away, and so is every group after a truncation.
 //!
 //! Keys are compared by a 128-bit hash (xxh3), as Kafka's cleaner compares MD5 digests.
@@ -126,9 +127,8 @@ impl Log {
         while let Some(group) = pass.build_next_group() {
             match group {
                 Ok(group) => {
-                    for path in self.swap_cleaned_group(&mut pass, group)? {
-                        remove_if_exists(&path)?;
-                    }
+                    let swapped = self.swap_cleaned_group(&mut pass, group)?;
+                    self.guarded(|_| swapped.finish())?;
                 }
                 Err(e) => return self.abandon_cleaning(&pass, e).map(|()| None),
             }
@@ -179,24 +179,30 @@ impl Log {
     /// segments it replaces are all still there, unchanged and sealed (retention may have
     /// deleted some meanwhile); otherwise its output is removed and the cleaner checkpoint
     /// will not pass its start, so a later pass cleans what is left. Crash-safe: `.cleaned` →
-    /// `.swap`, the old segments → `.deleted`, `.swap` → `.log`, the directory fsynced between
-    /// steps. Returns the replaced files, to unlink once the log's lock is released (their
-    /// contents are no longer needed, and unlinking a large file takes a while).
+    /// `.swap` and the directory fsynced (from here a crash completes the swap on open), then
+    /// the old segments → `.deleted` and `.swap` → `.log`. What is left — the fsync that makes
+    /// those renames durable, and unlinking the replaced files — is [`Swapped::finish`], for
+    /// once the log's lock is released: appends to the log need not wait for a directory fsync
+    /// (which on a busy disk waits for the journal) nor for a large file's unlink.
     pub fn swap_cleaned_group(
         &mut self,
         pass: &mut CleaningPass,
         group: CleanedGroup,
-    ) -> Result<Vec<PathBuf>> {
+    ) -> Result<Swapped> {
+        let nothing = Swapped {
+            dir: self.dir.clone(),
+            doomed: Vec::new(),
+        };
         if self.is_offline() {
             group.discard();
-            return self.guarded(|_| Ok(Vec::new()));
+            return self.guarded(|_| Ok(nothing));
         }
         if self.truncations != pass.truncations {
             // The data under these offsets may have changed: nothing of this pass goes in,
             // and the checkpoint stays as the truncation left it.
             pass.truncated = true;
             group.discard();
-            return Ok(Vec::new());
+            return Ok(nothing);
         }
         let active = self.active_segment().base_offset();
         let unchanged = group.replaces.iter().all(|v| {
@@ -209,7 +215,7 @@ impl Log {
         if !unchanged {
             pass.clean_end = pass.clean_end.min(group.cleaned.base_offset());
             group.discard();
-            return Ok(Vec::new());
+            return Ok(nothing);
         }
         let stats = group.stats;
         let doomed = self.guarded(|log| log.swap_in(group))?;
@@ -219,7 +225,10 @@ impl Log {
         pass.stats.records_superseded += stats.records_superseded;
         pass.stats.tombstones_removed += stats.tombstones_removed;
         pass.stats.segments_written += 1;
-        Ok(doomed)
+        Ok(Swapped {
+            dir: self.dir.clone(),
+            doomed,
+        })
     }
 
     /// Ends a pass whose groups were all built: moves the cleaner checkpoint past what it
@@ -285,12 +294,36 @@ impl Log {
         let final_path = segment_file(&self.dir, base, LOG_SUFFIX);
         crate::fsio::rename(&swap_path, &final_path).at(&swap_path)?;
         cleaned.rename_indexes_to_final()?;
-        sync_dir(&self.dir)?;
         for v in &replaces {
             self.segments.remove(&v.base_offset);
         }
         self.segments.insert(base, cleaned);
         Ok(deleted)
+    }
+}
+
+/// A group swapped in under the log's lock, to finish without it ([`Log::swap_cleaned_group`]).
+#[must_use = "the swap's renames are durable, and the replaced files gone, only once finished"]
+pub struct Swapped {
+    dir: PathBuf,
+    /// The replaced segments' files, renamed `.deleted`.
+    doomed: Vec<PathBuf>,
+}
+
+impl Swapped {
+    /// fsyncs the log's directory, so the swap's renames survive a crash (until then a crash
+    /// completes the swap on open, from its `.swap` file), and unlinks the replaced files.
+    /// A change the log made meanwhile (a truncation removing the new segment) is made durable
+    /// by its own directory fsync, which covers these renames too.
+    pub fn finish(self) -> Result<()> {
+        if self.doomed.is_empty() {
+            return Ok(());
+        }
+        sync_dir(&self.dir)?;
+        for path in &self.doomed {
+            remove_if_exists(path)?;
+        }
+        Ok(())
     }
 }
 

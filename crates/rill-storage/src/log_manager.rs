@@ -524,8 +524,11 @@ fn clean_with_lock(
             Ok(group) => group,
             Err(e) => return log.write().abandon_cleaning(pass, e).map(|()| None),
         };
-        let doomed = log.write().swap_cleaned_group(pass, group)?;
-        remove_all(doomed)?;
+        let swapped = log.write().swap_cleaned_group(pass, group)?;
+        if let Err(e) = swapped.finish() {
+            // The directory's fsync failed: the log dir is failing, as if under the lock.
+            return log.write().guarded(|_| Err(e));
+        }
     }
     Ok(log.write().finish_cleaning(pass))
 }

@@ -375,9 +375,9 @@ fn leftovers(dir: &Path) -> Vec<String> {
 }
 
 /// Runs a planned pass as `LogManager` does (building without the log, each group swapped in
-/// as soon as it is built, the replaced files removed after), calling `meanwhile` with the
-/// log between the steps: 0 before the offset map, then 1 before the first group is built, 2
-/// before it is swapped in, 3 before the second group is built, and so on.
+/// as soon as it is built, the swap finished after), calling `meanwhile` with the log between
+/// the steps: 0 before the offset map, then 1 before the first group is built, 2 before it is
+/// swapped in, 3 before its swap is finished, 4 before the second group is built, and so on.
 fn run_pass(
     log: &mut Log,
     mut pass: rill_storage::CleaningPass,
@@ -397,9 +397,10 @@ fn run_pass(
             Some(Ok(group)) => {
                 meanwhile(log, step);
                 step += 1;
-                for path in log.swap_cleaned_group(&mut pass, group).unwrap() {
-                    std::fs::remove_file(path).unwrap();
-                }
+                let swapped = log.swap_cleaned_group(&mut pass, group).unwrap();
+                meanwhile(log, step);
+                step += 1;
+                swapped.finish().unwrap();
             }
             Some(Err(e)) => {
                 log.abandon_cleaning(&pass, e).unwrap();
@@ -466,8 +467,8 @@ fn a_pass_is_thrown_away_from_a_truncation_on() {
     let clock = ManualClock::new(0);
     let ops: Vec<Op> = (0..300).map(|i| ((i % 7) as u8, Some(i as u16))).collect();
     // Before the offset map, before the first group is built, before it is swapped in, before
-    // the second is built.
-    for truncate_at_step in 0..4 {
+    // its swap is finished (the directory not yet fsynced), before the second is built.
+    for truncate_at_step in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path(), config(), &clock);
         append_ops(&mut log, &ops, 3);
@@ -507,9 +508,17 @@ fn a_pass_is_thrown_away_from_a_truncation_on() {
             "{:?}",
             leftovers(dir.path())
         );
-        // The next pass cleans what is there.
+        // The next pass cleans what is there, and the files hold what the log served.
         let before = read_all(&log);
         clean_to_the_model(&mut log, &before);
+        let served = read_all(&log);
+        log.close().unwrap();
+        drop(log);
+        assert_eq!(
+            read_all(&reopen(dir.path(), config(), &clock, false, 0)),
+            served,
+            "step {truncate_at_step}"
+        );
     }
 }
 
