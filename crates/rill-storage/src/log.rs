@@ -592,6 +592,11 @@ impl Log {
             self.segments.remove(&base);
             delete_segment_files(&self.dir, base)?;
         }
+        // Every directory change so far made durable before the cut is: after a crash the log
+        // is then a prefix of what it was, never with a hole — the later segments' unlinks,
+        // and a cleaner swap's renames not yet fsynced (`Swapped::finish`), cannot be lost
+        // while the cut survives.
+        sync_dir(&self.dir)?;
         let seg = self.active_segment_mut();
         seg.truncate_to(offset)?;
         let end = seg.next_offset().min(offset);

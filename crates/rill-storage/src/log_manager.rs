@@ -526,7 +526,8 @@ fn clean_with_lock(
         };
         let swapped = log.write().swap_cleaned_group(pass, group)?;
         if let Err(e) = swapped.finish() {
-            // The directory's fsync failed: the log dir is failing, as if under the lock.
+            // The directory's fsync or an unlink failed: the log dir is failing, as if it had
+            // under the lock.
             return log.write().guarded(|_| Err(e));
         }
     }
