@@ -625,6 +625,9 @@ impl Log {
             self.segments.remove(&base);
             delete_segment_files(&self.dir, base)?;
         }
+        // The old segments are gone for good before the new one exists: a crash in between
+        // can leave the log empty, never old segments beside the new one (a gap below it).
+        sync_dir(&self.dir)?;
         self.segments.insert(
             offset,
             LogSegment::create(&self.dir, offset, sizing(&self.config))?,
