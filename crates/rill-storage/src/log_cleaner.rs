@@ -17,8 +17,9 @@
 //! ([`Log::swap_cleaned_group`]). Steps 1–3 and the fsync run without it
 //! ([`CleaningPass::build_map`], [`CleaningPass::build_next_group`]), on the segments' open
 //! files, while the log goes on appending and serving reads; so do the directory fsync that
-//! makes a swap's last renames durable and the replaced files' unlinks ([`Swapped::finish`]). A group whose segments retention
-//! deleted meanwhile is thrown away, and so is every group after a truncation.
+//! makes a swap's last renames durable and the replaced files' unlinks ([`Swapped::finish`]).
+//! A group whose segments retention deleted meanwhile is thrown away, and so is every group
+//! after a truncation.
 //!
 //! Keys are compared by a 128-bit hash (xxh3), as Kafka's cleaner compares MD5 digests.
 

@@ -495,9 +495,11 @@ fn a_pass_is_thrown_away_from_a_truncation_on() {
         let (expected, cut) = truncated.unwrap();
         assert!(!log.is_offline(), "step {truncate_at_step}");
         if truncate_at_step < 3 {
+            // Before the first swap: nothing of the pass went in.
             assert_eq!(stats, None, "step {truncate_at_step}");
-            assert_eq!(read_all(&log), expected, "step {truncate_at_step}");
         }
+        // Nothing of the pass goes in after the truncation.
+        assert_eq!(read_all(&log), expected, "step {truncate_at_step}");
         assert!(
             log.cleaner_checkpoint() <= cut,
             "step {truncate_at_step}: checkpoint {} past the cut {cut}",
