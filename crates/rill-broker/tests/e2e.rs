@@ -1167,6 +1167,77 @@ async fn a_full_request_queue_pushes_back() {
     );
 }
 
+/// Keyless records move to another partition at a batch boundary (KIP-794 with Kafka's
+/// `allBatchesFull`): a burst fills whole batches, one partition after another, and leaves no
+/// batch of one or two records behind at each switch (those waited `linger.ms` and went out in
+/// requests of their own). Every batch on the brokers is as full as `batch.size` allows, but
+/// the last one the final flush sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_switch_partitions_at_batch_boundaries() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("aligned", 4, 1, &[]).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        // Nothing ships by linger during the burst: batches ship when they are full.
+        linger: Duration::from_secs(30),
+        batch_size: 16384,
+        ..Default::default()
+    })
+    .unwrap();
+    let value = vec![7u8; 1000];
+    let total = 400;
+    let mut pending = Vec::new();
+    for _ in 0..total {
+        pending.push(
+            producer
+                .send(ProducerRecord::new("aligned", None::<Bytes>, value.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await;
+    for p in pending {
+        p.await.unwrap();
+    }
+    let client = cluster.client();
+    let mut broker = client
+        .broker(client.partitions("aligned").await.unwrap()[0].leader)
+        .unwrap();
+    let mut counts = Vec::new();
+    for partition in 0..4 {
+        let mut offset = 0;
+        loop {
+            let r = broker
+                .fetch(fetch_req("aligned", partition, offset))
+                .await
+                .unwrap()
+                .into_inner();
+            let records = &r.topics[0].partitions[0].records;
+            if records.is_empty() {
+                break;
+            }
+            for b in rill_protocol::record_batch::batches(records) {
+                let b = b.unwrap();
+                counts.push(b.header().record_count);
+                offset = b.header().next_offset();
+            }
+        }
+    }
+    assert_eq!(
+        counts.iter().sum::<i32>(),
+        total,
+        "every record is stored once"
+    );
+    let full = *counts.iter().max().unwrap();
+    let short = counts.iter().filter(|c| **c < full).count();
+    assert!(
+        full > 1 && short <= 1,
+        "batches (records each) {counts:?}: all but the last should hold {full}"
+    );
+    producer.close().await;
+}
+
 /// Partitions added to a topic are used by a producer that knew the topic before, once its
 /// metadata is older than `metadata.max.age.ms` (as Kafka's clients refresh periodically),
 /// without any error telling it first.

@@ -529,8 +529,9 @@ impl Producer {
             .len(),
         };
         let n = partitions;
-        let partition = match (record.partition, &record.key) {
-            (Some(p), _) if p >= 0 && (p as usize) < n => p,
+        // Keyless records (`None`) get their partition below, with the open batches in view.
+        let chosen = match (record.partition, &record.key) {
+            (Some(p), _) if p >= 0 && (p as usize) < n => Some(p),
             (Some(p), _) => {
                 return Err(ApiError::new(
                     ErrorCode::UnknownTopicOrPartition,
@@ -541,8 +542,8 @@ impl Producer {
                 )
                 .into());
             }
-            (None, Some(key)) => partitioner::partition_for_key(key, n),
-            (None, None) => self.sticky_partition(&record.topic, n, size),
+            (None, Some(key)) => Some(partitioner::partition_for_key(key, n)),
+            (None, None) => None,
         };
         // Fast path: memory is available now; only a full buffer waits (up to max.block.ms).
         let permit = match Arc::clone(&inner.memory).try_acquire_many_owned(size as u32) {
@@ -564,9 +565,15 @@ impl Producer {
         let opened_a_batch;
         {
             let mut queues = inner.queues.lock();
-            let q = queues
-                .entry(TopicPartition::new(record.topic.clone(), partition))
-                .or_default();
+            let tp = match chosen {
+                Some(p) => TopicPartition::new(record.topic.clone(), p),
+                None => {
+                    let (tp, closed) = self.sticky_partition(&mut queues, &record.topic, n, size);
+                    closed_a_batch = closed;
+                    tp
+                }
+            };
+            let q = queues.entry(tp).or_default();
             if let Some(open) = &q.open
                 && !open.builder.is_empty()
                 && open.builder.estimated_size() + size > inner.config.batch_size
@@ -608,25 +615,54 @@ impl Producer {
     /// partitioner since 3.3): one partition is used until `batch.size` bytes went to it, then
     /// another one at random — so keyless records spread over the partitions at any rate, also
     /// when `linger.ms` sends every batch long before it fills (switching only when a batch
-    /// closed full kept a slow producer on one partition for ever).
-    fn sticky_partition(&self, topic: &str, n: usize, size: usize) -> i32 {
-        let mut sticky = self.inner.sticky.lock();
+    /// closed full kept a slow producer on one partition for ever). As in Kafka (its
+    /// `allBatchesFull` check), the switch waits for a batch boundary: a partition is left when
+    /// this record would not fit its open batch (that batch is closed and ships now), when
+    /// `batch.size` went to it and it has no open batch, or at twice `batch.size`. Switching
+    /// on the byte count alone left a batch of one or two records behind at every switch, to
+    /// wait `linger.ms` and go out in a request of its own. Returns the partition and whether
+    /// a batch was closed.
+    fn sticky_partition(
+        &self,
+        queues: &mut HashMap<TopicPartition, PartitionQueue>,
+        topic: &str,
+        n: usize,
+        size: usize,
+    ) -> (TopicPartition, bool) {
+        let inner = &self.inner;
+        let batch_size = inner.config.batch_size;
+        let mut sticky = inner.sticky.lock();
+        let mut closed = false;
         let current = sticky.get(topic).copied();
-        let partition = match current {
-            Some((p, sent)) if (p as usize) < n && sent < self.inner.config.batch_size => p,
-            _ => {
-                let mut next = rand::random_range(0..n.max(1)) as i32;
-                if n > 1 && current.map(|(p, _)| p) == Some(next) {
-                    next = (next + 1) % n as i32;
+        if let Some((p, sent)) = current
+            && (p as usize) < n
+        {
+            let tp = TopicPartition::new(topic.to_owned(), p);
+            let open = queues
+                .get(&tp)
+                .and_then(|q| q.open.as_ref())
+                .filter(|o| !o.builder.is_empty());
+            let full = open.is_some_and(|o| o.builder.estimated_size() + size > batch_size);
+            let stay = !full
+                && (sent < batch_size || open.is_some())
+                && sent < batch_size.saturating_mul(2);
+            if stay {
+                if let Some(e) = sticky.get_mut(topic) {
+                    e.1 = sent + size;
                 }
-                sticky.insert(topic.to_owned(), (next, 0));
-                next
+                return (tp, false);
             }
-        };
-        if let Some((_, sent)) = sticky.get_mut(topic) {
-            *sent += size;
+            if full && let Some(q) = queues.get_mut(&tp) {
+                close_open(inner, q);
+                closed = true;
+            }
         }
-        partition
+        let mut next = rand::random_range(0..n.max(1)) as i32;
+        if n > 1 && current.map(|(p, _)| p) == Some(next) {
+            next = (next + 1) % n as i32;
+        }
+        sticky.insert(topic.to_owned(), (next, size));
+        (TopicPartition::new(topic.to_owned(), next), closed)
     }
 
     /// Sends everything queued now and waits until every record sent so far is acknowledged
