@@ -1,8 +1,8 @@
 //! rill's producer: the client side of Produce, as Kafka's Java producer works.
 //!
-//! `send` picks the partition ([`partitioner`]: murmur2 of the key, or sticky for keyless
-//! records), reserves `buffer.memory` (waiting when full), and appends the record to the
-//! partition's open batch in the accumulator. A batch closes when it reaches `batch.size` or
+//! `send` picks the partition of a keyed record ([`partitioner`]: murmur2 of the key), reserves
+//! `buffer.memory` (waiting when full), picks a keyless record's partition (sticky, looking at
+//! the open batches), and appends the record to the partition's open batch in the accumulator. A batch closes when it reaches `batch.size` or
 //! `linger.ms` passes; the sender task then ships every ready batch of a leader in one Produce
 //! request, retrying retriable errors (after refreshing leaders) until `delivery.timeout.ms`.
 //!
@@ -615,8 +615,9 @@ impl Producer {
     /// partitioner since 3.3): one partition is used until `batch.size` bytes went to it, then
     /// another one at random — so keyless records spread over the partitions at any rate, also
     /// when `linger.ms` sends every batch long before it fills (switching only when a batch
-    /// closed full kept a slow producer on one partition for ever). As in Kafka (its
-    /// `allBatchesFull` check), the switch waits for a batch boundary: a partition is left when
+    /// closed full kept a slow producer on one partition for ever). Like Kafka's
+    /// `allBatchesFull` check, but decided before the append, the switch waits for a batch
+    /// boundary: a partition is left when
     /// this record would not fit its open batch (that batch is closed and ships now), when
     /// `batch.size` went to it and it has no open batch, or at twice `batch.size`. Switching
     /// on the byte count alone left a batch of one or two records behind at every switch, to

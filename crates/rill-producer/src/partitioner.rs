@@ -1,6 +1,7 @@
 //! Kafka's default partitioning: keyed records by murmur2(key) (so the same key lands on the same
 //! partition number as with Kafka's Java client), keyless records by the sticky partitioner
-//! (KIP-480): all keyless records go to one partition until its batch is sent, then another.
+//! (KIP-794, in the producer's `sticky_partition`): keyless records go to one partition for
+//! about `batch.size` bytes, then move to another at a batch boundary.
 
 /// Kafka's murmur2 hash (the variant in `org.apache.kafka.common.utils.Utils.murmur2`).
 pub fn murmur2(data: &[u8]) -> i32 {
