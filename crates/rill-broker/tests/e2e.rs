@@ -1175,67 +1175,80 @@ async fn a_full_request_queue_pushes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_records_switch_partitions_at_batch_boundaries() {
     let cluster = Cluster::start(1, 1, &[]).await;
-    cluster.create_topic("aligned", 4, 1, &[]).await;
-    let producer = Producer::new(ProducerConfig {
-        bootstrap: cluster.bootstrap(),
-        acks: 1,
-        // Nothing ships by linger during the burst: batches ship when they are full.
-        linger: Duration::from_secs(30),
-        batch_size: 16384,
-        ..Default::default()
-    })
-    .unwrap();
-    let value = vec![7u8; 1000];
-    let total = 400;
-    let mut pending = Vec::new();
-    for _ in 0..total {
-        pending.push(
-            producer
-                .send(ProducerRecord::new("aligned", None::<Bytes>, value.clone()))
-                .await
-                .unwrap(),
-        );
-    }
-    producer.flush().await;
-    for p in pending {
-        p.await.unwrap();
-    }
-    let client = cluster.client();
-    let mut broker = client
-        .broker(client.partitions("aligned").await.unwrap()[0].leader)
+    // 1,000-byte records, and 1-byte ones: the partitioner's byte count must be the bytes
+    // really appended (a record's size bound is twice the real size of a tiny record).
+    for (topic, value_len, total) in [("aligned", 1000, 400), ("tiny", 1, 12_000)] {
+        cluster.create_topic(topic, 4, 1, &[]).await;
+        let batch_size = 16384;
+        let producer = Producer::new(ProducerConfig {
+            bootstrap: cluster.bootstrap(),
+            // Nothing ships by linger during the test: batches ship when they are full.
+            linger: Duration::from_secs(30),
+            batch_size,
+            ..Default::default()
+        })
         .unwrap();
-    let mut counts = Vec::new();
-    for partition in 0..4 {
-        let mut offset = 0;
-        loop {
-            let r = broker
-                .fetch(fetch_req("aligned", partition, offset))
-                .await
-                .unwrap()
-                .into_inner();
-            let records = &r.topics[0].partitions[0].records;
-            if records.is_empty() {
-                break;
-            }
-            for b in rill_protocol::record_batch::batches(records) {
-                let b = b.unwrap();
-                counts.push(b.header().record_count);
-                offset = b.header().next_offset();
+        let value = vec![7u8; value_len];
+        let mut pending = Vec::new();
+        for _ in 0..total {
+            pending.push(
+                producer
+                    .send(ProducerRecord::new(topic, None::<Bytes>, value.clone()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut pending = pending.into_iter();
+        // The first batch filled and shipped without waiting for linger or a flush.
+        tokio::time::timeout(Duration::from_secs(5), pending.next().unwrap())
+            .await
+            .expect("a full batch ships at once, not after linger.ms")
+            .unwrap();
+        producer.flush().await;
+        for p in pending {
+            p.await.unwrap();
+        }
+        let client = cluster.client();
+        let mut broker = client
+            .broker(client.partitions(topic).await.unwrap()[0].leader)
+            .unwrap();
+        // (bytes, records) of every stored batch.
+        let mut batches = Vec::new();
+        for partition in 0..4 {
+            let mut offset = 0;
+            loop {
+                let r = broker
+                    .fetch(fetch_req(topic, partition, offset))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let records = &r.topics[0].partitions[0].records;
+                if records.is_empty() {
+                    break;
+                }
+                for b in rill_protocol::record_batch::batches(records) {
+                    let b = b.unwrap();
+                    batches.push((b.as_bytes().len(), b.header().record_count));
+                    offset = b.header().next_offset();
+                }
             }
         }
+        assert_eq!(
+            batches.iter().map(|b| b.1).sum::<i32>(),
+            total,
+            "{topic}: every record is stored once"
+        );
+        // Full: the next record would not have fit (a record adds at most value + 30 bytes).
+        let short = batches
+            .iter()
+            .filter(|(bytes, _)| bytes + value_len + 30 <= batch_size)
+            .count();
+        assert!(
+            batches.len() > 2 && short <= 1,
+            "{topic}: batches (bytes, records) {batches:?}: all but the last should be full"
+        );
+        producer.close().await;
     }
-    assert_eq!(
-        counts.iter().sum::<i32>(),
-        total,
-        "every record is stored once"
-    );
-    let full = *counts.iter().max().unwrap();
-    let short = counts.iter().filter(|c| **c < full).count();
-    assert!(
-        full > 1 && short <= 1,
-        "batches (records each) {counts:?}: all but the last should hold {full}"
-    );
-    producer.close().await;
 }
 
 /// Partitions added to a topic are used by a producer that knew the topic before, once its

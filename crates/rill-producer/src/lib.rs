@@ -327,8 +327,8 @@ struct Inner {
     config: ProducerConfig,
     client: ClusterClient,
     queues: Mutex<HashMap<TopicPartition, PartitionQueue>>,
-    /// Keyless records' current partition per topic, and the bytes sent to it since it was
-    /// chosen (KIP-794).
+    /// Keyless records' current partition per topic, and the record bytes appended to it since
+    /// it was chosen (KIP-794).
     sticky: Mutex<HashMap<String, (i32, usize)>>,
     wake: Notify,
     idle: Notify,
@@ -588,12 +588,21 @@ impl Producer {
                 waiters: Vec::new(),
                 permits: 0,
             });
+            let before = open.builder.estimated_size();
             open.builder.append(
                 timestamp,
                 record.key.as_deref(),
                 record.value.as_deref(),
                 &headers,
             );
+            if chosen.is_none() {
+                // The bytes the record really added (Kafka's `updatePartitionInfo` after the
+                // append): `size` is an upper bound, twice the real size for tiny records.
+                let grown = open.builder.estimated_size() - before;
+                if let Some(e) = inner.sticky.lock().get_mut(record.topic.as_str()) {
+                    e.1 += grown;
+                }
+            }
             open.waiters.push((waiter, timestamp));
             open.permits += size;
             if open.builder.estimated_size() >= inner.config.batch_size {
@@ -622,7 +631,7 @@ impl Producer {
     /// `batch.size` went to it and it has no open batch, or at twice `batch.size`. Switching
     /// on the byte count alone left a batch of one or two records behind at every switch, to
     /// wait `linger.ms` and go out in a request of its own. Returns the partition and whether
-    /// a batch was closed.
+    /// a batch was closed; the caller counts the bytes the record really added once appended.
     fn sticky_partition(
         &self,
         queues: &mut HashMap<TopicPartition, PartitionQueue>,
@@ -648,9 +657,6 @@ impl Producer {
                 && (sent < batch_size || open.is_some())
                 && sent < batch_size.saturating_mul(2);
             if stay {
-                if let Some(e) = sticky.get_mut(topic) {
-                    e.1 = sent + size;
-                }
                 return (tp, false);
             }
             if full && let Some(q) = queues.get_mut(&tp) {
@@ -662,7 +668,7 @@ impl Producer {
         if n > 1 && current.map(|(p, _)| p) == Some(next) {
             next = (next + 1) % n as i32;
         }
-        sticky.insert(topic.to_owned(), (next, size));
+        sticky.insert(topic.to_owned(), (next, 0));
         (TopicPartition::new(topic.to_owned(), next), closed)
     }
 
