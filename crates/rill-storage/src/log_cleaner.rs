@@ -181,7 +181,7 @@ impl Log {
     /// deleted some meanwhile); otherwise its output is removed and the cleaner checkpoint
     /// will not pass its start, so a later pass cleans what is left. Crash-safe: `.cleaned` →
     /// `.swap` and the directory fsynced (from here a crash completes the swap on open), then
-    /// the old segments → `.deleted` and `.swap` → `.log`. What is left — the fsync that makes
+    /// the old segments → `.deleted`, the directory fsynced, and `.swap` → `.log`. What is left — the fsync that makes
     /// those renames durable, and unlinking the replaced files — is [`Swapped::finish`], for
     /// once the log's lock is released: appends to the log need not wait for a directory fsync
     /// (which on a busy disk waits for the journal) nor for a large file's unlink.
@@ -291,6 +291,12 @@ impl Log {
             if let Some(old) = self.segments.get_mut(&v.base_offset) {
                 deleted.extend(old.rename_files(DELETED_SUFFIX)?);
             }
+        }
+        // The old segments' renames are durable before the swap takes its final name: a crash
+        // must never leave the new `.log` beside an old one whose records it also holds (open
+        // would read both). POSIX does not order two renames' durability without this fsync.
+        if !deleted.is_empty() {
+            sync_dir(&self.dir)?;
         }
         let final_path = segment_file(&self.dir, base, LOG_SUFFIX);
         crate::fsio::rename(&swap_path, &final_path).at(&swap_path)?;
