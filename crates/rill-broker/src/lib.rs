@@ -242,6 +242,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         for w in workers {
             let _ = w.join();
         }
+        rm2.join_fetchers();
         if clean {
             if let Err(e) = rm2.checkpoint_high_watermarks() {
                 tracing::warn!(error = %e, "could not write the high watermark checkpoint");

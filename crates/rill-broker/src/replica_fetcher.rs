@@ -1,5 +1,6 @@
 //! Follower replication (Kafka's `ReplicaFetcherManager` / `ReplicaFetcherThread`): one fetch
-//! loop per source broker, carrying every partition this broker follows from it.
+//! loop per source broker (`num.replica.fetchers` per broker), carrying every partition this
+//! broker follows from it, each on a thread of its own.
 //!
 //! Each round sends one long-polling Fetch (`replica.fetch.wait.max.ms`) with, per partition,
 //! the follower's log end offset and the epoch of its last batch. The leader answers with the
@@ -47,28 +48,32 @@ pub struct ReplicaFetcherManager {
     logs: Arc<LogManager>,
     throttle: Arc<Throttle>,
     broker_epoch: Arc<AtomicI64>,
-    runtime: Option<tokio::runtime::Handle>,
+    /// Whether fetch loops start at all (not in tests that exercise the bookkeeping only).
+    start: bool,
     /// By (leader, bucket): `num.replica.fetchers` loops per leader, partitions hashed over them.
     fetchers: Mutex<HashMap<(i32, usize), Fetcher>>,
+    /// The loops' threads, joined on shutdown.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stop: CancellationToken,
 }
 
 impl ReplicaFetcherManager {
-    /// A manager that spawns its loops on `runtime` (none: fetchers never start, for tests
-    /// without a runtime).
+    /// A manager whose fetch loops each run on a thread of their own (`start` false: they never
+    /// start, for tests of the bookkeeping without a runtime).
     pub fn new(
         config: Arc<BrokerConfig>,
         logs: Arc<LogManager>,
         throttle: Arc<Throttle>,
-        runtime: Option<tokio::runtime::Handle>,
+        start: bool,
     ) -> Self {
         ReplicaFetcherManager {
             config,
             logs,
             throttle,
             broker_epoch: Arc::new(AtomicI64::new(-1)),
-            runtime,
+            start,
             fetchers: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
             stop: CancellationToken::new(),
         }
     }
@@ -91,9 +96,9 @@ impl ReplicaFetcherManager {
             f.partitions.lock().clear();
             f.stop.cancel();
         }
-        let Some(runtime) = &self.runtime else {
+        if !self.start {
             return;
-        };
+        }
         let f = fetchers.entry(key).or_insert_with(|| {
             let f = Fetcher {
                 address: address.clone(),
@@ -112,7 +117,32 @@ impl ReplicaFetcherManager {
                 wake: Arc::clone(&f.wake),
                 stop: f.stop.clone(),
             };
-            runtime.spawn(task.run());
+            // A thread of its own, as Kafka's `ReplicaFetcherThread`: the answer is applied
+            // (appended and fsynced) on the thread that received it, and the next fetch sent from
+            // there — no hop to a blocking thread and back in every round, which every acks=all
+            // write waits for.
+            let name = format!("replica-fetcher-{leader}-{}", key.1);
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(task.run()),
+                    Err(e) => {
+                        tracing::error!(leader = task.leader, error = %e, "replica fetcher runtime failed to start; not fetching");
+                    }
+                }
+            });
+            match spawned {
+                Ok(t) => {
+                    let mut threads = self.threads.lock();
+                    threads.retain(|t| !t.is_finished());
+                    threads.push(t);
+                }
+                Err(e) => {
+                    tracing::error!(leader, error = %e, "replica fetcher thread failed to start; not fetching")
+                }
+            }
             f
         });
         f.partitions.lock().insert(
@@ -148,6 +178,15 @@ impl ReplicaFetcherManager {
     /// Stops every fetch loop.
     pub fn shutdown(&self) {
         self.stop.cancel();
+    }
+
+    /// Waits until every fetch loop's thread has ended (after [`Self::shutdown`]), so nothing
+    /// appends to a log once the logs are closed. Blocking: a loop may be in an fsync.
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            let _ = t.join();
+        }
     }
 }
 
@@ -191,8 +230,7 @@ impl FetchLoop {
             self.config.replica_fetch_wait_max_ms + self.config.request_timeout_ms,
         );
         tracing::info!(leader = self.leader, address = %self.address, "replica fetcher started");
-        // The next round's request, built on the blocking thread that applied the last answer
-        // (one hop per round instead of two: the round time is part of every acks=all write).
+        // The next round's request, built right after the last answer was applied.
         let mut next: Option<(Vec<(TopicPartition, Followed)>, FetchRequest)> = None;
         while !self.stop.is_cancelled() {
             let (followed, request) = match next.take() {
@@ -205,19 +243,11 @@ impl FetchLoop {
                             _ = self.wake.notified() => continue,
                         }
                     }
-                    let request = {
-                        let followed = followed.clone();
-                        let config = Arc::clone(&self.config);
-                        let epoch = Arc::clone(&self.broker_epoch);
-                        let throttle = Arc::clone(&self.throttle);
-                        tokio::task::spawn_blocking(move || {
-                            build_request(&config, &epoch, &throttle, &followed)
-                        })
-                        .await
-                    };
+                    let request =
+                        build_request(&self.config, &self.broker_epoch, &self.throttle, &followed);
                     match request {
-                        Ok(Some(r)) => (followed, r),
-                        _ => {
+                        Some(r) => (followed, r),
+                        None => {
                             tokio::time::sleep(backoff).await;
                             continue;
                         }
@@ -240,41 +270,23 @@ impl FetchLoop {
                     continue;
                 }
             };
-            let config = Arc::clone(&self.config);
-            let epoch = Arc::clone(&self.broker_epoch);
-            let leader = self.leader;
-            let partitions = Arc::clone(&self.partitions);
-            let logs = Arc::clone(&self.logs);
-            let throttle = Arc::clone(&self.throttle);
-            let outcome = tokio::task::spawn_blocking(move || {
-                let outcome = process_response(
-                    leader,
-                    config.flush_policy,
-                    &logs,
-                    &throttle,
-                    &followed,
-                    &partitions,
-                    response,
-                );
-                if outcome.errors > 0 {
-                    return (outcome, None);
-                }
-                // What is followed now (partitions may have come or gone meanwhile).
-                let followed = snapshot(&partitions);
-                let request = build_request(&config, &epoch, &throttle, &followed);
-                (outcome, request.map(|r| (followed, r)))
-            })
-            .await;
-            match outcome {
-                Ok((Outcome { errors, .. }, _)) if errors > 0 => {
-                    tokio::time::sleep(backoff).await;
-                }
-                Ok((_, prepared)) => next = prepared,
-                Err(e) => {
-                    tracing::error!(leader = self.leader, error = %e, "replica fetch processing failed");
-                    tokio::time::sleep(backoff).await;
-                }
+            let outcome = process_response(
+                self.leader,
+                self.config.flush_policy,
+                &self.logs,
+                &self.throttle,
+                &followed,
+                &self.partitions,
+                response,
+            );
+            if outcome.errors > 0 {
+                tokio::time::sleep(backoff).await;
+                continue;
             }
+            // What is followed now (partitions may have come or gone meanwhile).
+            let followed = snapshot(&self.partitions);
+            next = build_request(&self.config, &self.broker_epoch, &self.throttle, &followed)
+                .map(|r| (followed, r));
         }
     }
 }

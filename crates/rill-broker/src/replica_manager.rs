@@ -152,7 +152,7 @@ impl ReplicaManager {
             Arc::clone(&config),
             Arc::clone(&logs),
             Arc::clone(&follower_throttle),
-            tokio::runtime::Handle::try_current().ok(),
+            tokio::runtime::Handle::try_current().is_ok(),
         );
         ReplicaManager {
             fetchers,
@@ -271,6 +271,11 @@ impl ReplicaManager {
     /// Stops the replica fetchers.
     pub fn shutdown_fetchers(&self) {
         self.fetchers.shutdown();
+    }
+
+    /// Waits for the stopped replica fetchers' threads to end. Blocking.
+    pub fn join_fetchers(&self) {
+        self.fetchers.join();
     }
 
     /// Writes each online log dir's `replication-offset-checkpoint` (partition → high
