@@ -33,7 +33,8 @@
 //! file's content as of its last fsync (or as found on disk before the first write seen). A
 //! [`power_cut`] rewinds each such file to that content. Directory entries are not modelled:
 //! creations, renames and removals survive a cut whether or not the directory was fsynced, so
-//! missing directory fsyncs are not caught by it (they are tested by inspection of the calls).
+//! missing directory fsyncs are not caught by it: tests check the order of the calls instead, with
+//! [`record`] (which directory fsyncs came between which renames).
 //! Files written by other code (not through rill-storage) are left alone.
 
 use std::collections::BTreeMap;
@@ -86,10 +87,25 @@ struct FileState {
     synced: Vec<u8>,
 }
 
+/// One file operation seen by a [`Recording`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedOp {
+    /// What was done.
+    pub op: FileOp,
+    /// The file or directory it was done to (a rename's source).
+    pub path: PathBuf,
+    /// A rename's destination.
+    pub to: Option<PathBuf>,
+}
+
+type Ops = Arc<Mutex<Vec<RecordedOp>>>;
+
 #[derive(Debug, Default)]
 struct Registry {
     next_id: u64,
     rules: Vec<Rule>,
+    /// (id, prefix, operations seen under it), for [`record`].
+    recordings: Vec<(u64, PathBuf, Ops)>,
     tracked: Vec<(u64, PathBuf)>,
     /// (device, inode) → durable state, for files under tracked directories.
     files: BTreeMap<(u64, u64), FileState>,
@@ -98,6 +114,7 @@ struct Registry {
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     next_id: 0,
     rules: Vec::new(),
+    recordings: Vec::new(),
     tracked: Vec::new(),
     files: BTreeMap::new(),
 });
@@ -254,6 +271,40 @@ pub fn pause_next(op: FileOp, prefix: impl AsRef<Path>) -> PausedOp {
     }
 }
 
+/// Records, in order, every file operation under a prefix until dropped: for tests of the
+/// order of operations the power-cut model does not cover (directory entries are not modelled,
+/// so a rename made durable too late is caught by checking which directory fsyncs came between).
+#[derive(Debug)]
+#[must_use = "recording stops when the guard is dropped"]
+pub struct Recording {
+    id: u64,
+    ops: Ops,
+}
+
+impl Recording {
+    /// The operations recorded so far, oldest first.
+    pub fn ops(&self) -> Vec<RecordedOp> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        registry().recordings.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+/// Starts recording every write, truncation, fsync, rename and removal under `prefix`.
+pub fn record(prefix: impl AsRef<Path>) -> Recording {
+    let ops = Ops::default();
+    let mut reg = registry();
+    reg.next_id += 1;
+    let id = reg.next_id;
+    reg.recordings
+        .push((id, prefix.as_ref().to_owned(), Arc::clone(&ops)));
+    Recording { id, ops }
+}
+
 /// Keeps power-cut tracking of a directory on; dropping it stops tracking and forgets the
 /// recorded state.
 #[derive(Debug)]
@@ -346,7 +397,24 @@ pub(crate) mod hook {
 
     /// Applies the faults matching `op` on `path`: fails, pauses or lets it through.
     pub(crate) fn before(op: FileOp, path: &Path) -> io::Result<()> {
+        note(op, path, None);
         apply(op, path, true)
+    }
+
+    /// Adds the operation to the recordings whose prefix it falls under.
+    fn note(op: FileOp, path: &Path, to: Option<&Path>) {
+        let reg = registry();
+        for (_, prefix, ops) in &reg.recordings {
+            if path.starts_with(prefix) {
+                ops.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(RecordedOp {
+                        op,
+                        path: path.to_owned(),
+                        to: to.map(Path::to_owned),
+                    });
+            }
+        }
     }
 
     /// One operation is paused at most once; failures still apply after the pause.
@@ -493,7 +561,8 @@ pub(crate) mod hook {
     /// rename, forgetting the file it replaced (whose inode is free for reuse) and recording the
     /// new name.
     pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
-        before(FileOp::Rename, from)?;
+        note(FileOp::Rename, from, Some(to));
+        apply(FileOp::Rename, from, true)?;
         let mut reg = registry();
         let replaced = std::fs::symlink_metadata(to).ok();
         let moved = std::fs::symlink_metadata(from).ok();

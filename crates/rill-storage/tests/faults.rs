@@ -363,6 +363,57 @@ fn compacted_config() -> LogConfig {
     }
 }
 
+/// A compaction swap makes its directory changes durable in order: the old segments' renames
+/// to `.deleted` before the `.swap` takes its final name (else a crash could leave the new `.log`
+/// beside old ones holding the same offsets), and that last rename before the pass ends.
+#[test]
+fn a_cleaner_swap_fsyncs_its_directory_between_renames() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), compacted_config(), &clock);
+    for i in 0..60usize {
+        let key = format!("k{}", i % 5);
+        let value = format!("value-{i}-padding-padding-padding");
+        let mut b = batch(&[(Some(key.as_bytes()), Some(value.as_bytes()))], 1_000);
+        log.append_as_leader(&mut b, 0).unwrap();
+    }
+    log.roll().unwrap();
+    assert!(log.segments().len() > 3);
+    let end = log.log_end_offset();
+    let recording = fault::record(dir.path());
+    log.clean(end, &CleanerConfig::default()).unwrap();
+    let ops = recording.ops();
+    drop(recording);
+    let ends = |p: &Option<std::path::PathBuf>, suffix: &str| {
+        p.as_ref()
+            .is_some_and(|p| p.to_string_lossy().ends_with(suffix))
+    };
+    let dir_fsync = |op: &fault::RecordedOp| op.op == FileOp::Fsync && op.path == dir.path();
+    let finals: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.op == FileOp::Rename && o.path.to_string_lossy().ends_with(".log.swap"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!finals.is_empty(), "the pass swapped a group in: {ops:#?}");
+    for &f in &finals {
+        let last_deleted = ops[..f]
+            .iter()
+            .rposition(|o| o.op == FileOp::Rename && ends(&o.to, ".deleted"))
+            .unwrap_or_else(|| panic!("old segments renamed .deleted before {:?}", ops[f]));
+        assert!(
+            ops[last_deleted..f].iter().any(dir_fsync),
+            "no directory fsync between the old segments' renames and the swap's final one: {:#?}",
+            &ops[last_deleted..=f]
+        );
+        assert!(
+            ops[f..].iter().any(dir_fsync),
+            "the final rename is made durable: {:#?}",
+            &ops[f..]
+        );
+    }
+}
+
 /// A failure in the middle of a compaction swap (a full disk) must leave every offset readable.
 #[test]
 fn a_failed_cleaner_swap_leaves_no_hole() {
