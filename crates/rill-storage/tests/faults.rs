@@ -363,14 +363,9 @@ fn compacted_config() -> LogConfig {
     }
 }
 
-/// A compaction swap makes its directory changes durable in order: the old segments' renames
-/// to `.deleted` before the `.swap` takes its final name (else a crash could leave the new `.log`
-/// beside old ones holding the same offsets), and that last rename before the pass ends.
-#[test]
-fn a_cleaner_swap_fsyncs_its_directory_between_renames() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(1_000);
-    let mut log = open(dir.path(), compacted_config(), &clock);
+/// A compacted log of several sealed segments, 60 records over 5 keys: a pass rewrites them.
+fn compactable_log(dir: &Path, clock: &ManualClock) -> Log {
+    let mut log = open(dir, compacted_config(), clock);
     for i in 0..60usize {
         let key = format!("k{}", i % 5);
         let value = format!("value-{i}-padding-padding-padding");
@@ -379,6 +374,17 @@ fn a_cleaner_swap_fsyncs_its_directory_between_renames() {
     }
     log.roll().unwrap();
     assert!(log.segments().len() > 3);
+    log
+}
+
+/// A compaction swap makes its directory changes durable in order: the old segments' renames
+/// to `.deleted` before the `.swap` takes its final name (else a crash could leave the new `.log`
+/// beside old ones holding the same offsets), and that last rename before the pass ends.
+#[test]
+fn a_cleaner_swap_fsyncs_its_directory_between_renames() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = compactable_log(dir.path(), &clock);
     let end = log.log_end_offset();
     let recording = fault::record(dir.path());
     log.clean(end, &CleanerConfig::default()).unwrap();
@@ -420,15 +426,7 @@ fn a_failed_cleaner_swap_leaves_no_hole() {
     for successes in 1..4 {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(1_000);
-        let mut log = open(dir.path(), compacted_config(), &clock);
-        for i in 0..60usize {
-            let key = format!("k{}", i % 5);
-            let value = format!("value-{i}-padding-padding-padding");
-            let mut b = batch(&[(Some(key.as_bytes()), Some(value.as_bytes()))], 1_000);
-            log.append_as_leader(&mut b, 0).unwrap();
-        }
-        log.roll().unwrap();
-        assert!(log.segments().len() > 3);
+        let mut log = compactable_log(dir.path(), &clock);
         let before = read_all(&log);
         let end = log.log_end_offset();
         let failing = fault::inject_after(FileOp::Rename, dir.path(), successes);
