@@ -211,6 +211,14 @@ struct FetchLoop {
 }
 
 impl FetchLoop {
+    /// Waits `backoff`, or less when the loop is stopped (shutdown joins its thread).
+    async fn back_off(&self, backoff: Duration) {
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+
     async fn run(self) {
         let endpoint = match tonic::transport::Endpoint::from_shared(format!(
             "http://{}",
@@ -248,7 +256,7 @@ impl FetchLoop {
                     match request {
                         Some(r) => (followed, r),
                         None => {
-                            tokio::time::sleep(backoff).await;
+                            self.back_off(backoff).await;
                             continue;
                         }
                     }
@@ -262,7 +270,7 @@ impl FetchLoop {
                 Ok(Ok(r)) => r,
                 Ok(Err(status)) => {
                     tracing::debug!(leader = self.leader, error = %status, "replica fetch failed; backing off");
-                    tokio::time::sleep(backoff).await;
+                    self.back_off(backoff).await;
                     continue;
                 }
                 Err(_) => {
@@ -280,7 +288,7 @@ impl FetchLoop {
                 response,
             );
             if outcome.errors > 0 {
-                tokio::time::sleep(backoff).await;
+                self.back_off(backoff).await;
                 continue;
             }
             // What is followed now (partitions may have come or gone meanwhile).
