@@ -236,14 +236,25 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     drop(lifecycle);
     rm.shutdown_fetchers();
     let rm2 = Arc::clone(&rm);
-    let failed = rm.offline_log_dirs();
-    let clean = failed.is_empty();
     let closed = tokio::task::spawn_blocking(move || {
         for w in workers {
             let _ = w.join();
         }
         rm2.join_fetchers();
-        if clean {
+        // Decided once nothing appends any more: a log a fetcher's last round took offline
+        // (after the background watcher stopped) counts too.
+        let mut failed = rm2.offline_log_dirs();
+        for p in rm2.all_partitions() {
+            if p.log.read().is_offline()
+                && let Some(dir) = rm2.logs().log_dir_of(&p.tp)
+            {
+                failed
+                    .entry(dir)
+                    .or_insert_with(|| format!("log of {} went offline", p.tp));
+            }
+        }
+        let clean = failed.is_empty();
+        let closed = if clean {
             if let Err(e) = rm2.checkpoint_high_watermarks() {
                 tracing::warn!(error = %e, "could not write the high watermark checkpoint");
             }
@@ -251,13 +262,15 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         } else {
             // No clean-shutdown marker: the next start must recover what the failure left.
             Ok(())
-        }
+        };
+        (closed, failed)
     })
     .await
     .map_err(|e| BrokerError::Listener {
         address: String::new(),
         reason: format!("shutdown task failed: {e}"),
-    })?;
+    });
+    let (closed, failed) = closed?;
     closed?;
     if let Some((dir, reason)) = failed.into_iter().next() {
         return Err(BrokerError::LogDirFailure(format!(

@@ -99,52 +99,16 @@ impl ReplicaFetcherManager {
         if !self.start {
             return;
         }
-        let f = fetchers.entry(key).or_insert_with(|| {
-            let f = Fetcher {
-                address: address.clone(),
-                partitions: Arc::new(Mutex::new(HashMap::new())),
-                wake: Arc::new(Notify::new()),
-                stop: self.stop.child_token(),
-            };
-            let task = FetchLoop {
-                config: Arc::clone(&self.config),
-                logs: Arc::clone(&self.logs),
-                throttle: Arc::clone(&self.throttle),
-                broker_epoch: Arc::clone(&self.broker_epoch),
-                leader,
-                address,
-                partitions: Arc::clone(&f.partitions),
-                wake: Arc::clone(&f.wake),
-                stop: f.stop.clone(),
-            };
-            // A thread of its own, as Kafka's `ReplicaFetcherThread`: the answer is applied
-            // (appended and fsynced) on the thread that received it, and the next fetch sent from
-            // there — no hop to a blocking thread and back in every round, which every acks=all
-            // write waits for.
-            let name = format!("replica-fetcher-{leader}-{}", key.1);
-            let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(task.run()),
-                    Err(e) => {
-                        tracing::error!(leader = task.leader, error = %e, "replica fetcher runtime failed to start; not fetching");
-                    }
-                }
-            });
-            match spawned {
-                Ok(t) => {
-                    let mut threads = self.threads.lock();
-                    threads.retain(|t| !t.is_finished());
-                    threads.push(t);
-                }
-                Err(e) => {
-                    tracing::error!(leader, error = %e, "replica fetcher thread failed to start; not fetching")
+        let f = match fetchers.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                match self.spawn_loop(leader, key.1, address) {
+                    Some(f) => e.insert(f),
+                    // Not followed yet: the next `add` for a partition of this leader tries again.
+                    None => return,
                 }
             }
-            f
-        });
+        };
         f.partitions.lock().insert(
             tp,
             Followed {
@@ -153,6 +117,45 @@ impl ReplicaFetcherManager {
             },
         );
         f.wake.notify_one();
+    }
+
+    /// Starts the fetch loop for bucket `bucket` of `leader` on a thread of its own, as Kafka's
+    /// `ReplicaFetcherThread`: an answer is applied (appended and fsynced) on the thread that
+    /// received it, and the next fetch sent from there — no hop to a blocking thread and back in
+    /// every round, which every acks=all write waits for. `None` when no thread could start.
+    fn spawn_loop(&self, leader: i32, bucket: usize, address: String) -> Option<Fetcher> {
+        let f = Fetcher {
+            address: address.clone(),
+            partitions: Arc::new(Mutex::new(HashMap::new())),
+            wake: Arc::new(Notify::new()),
+            stop: self.stop.child_token(),
+        };
+        let task = FetchLoop {
+            config: Arc::clone(&self.config),
+            logs: Arc::clone(&self.logs),
+            throttle: Arc::clone(&self.throttle),
+            broker_epoch: Arc::clone(&self.broker_epoch),
+            leader,
+            address,
+            partitions: Arc::clone(&f.partitions),
+            wake: Arc::clone(&f.wake),
+            stop: f.stop.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("replica-fetcher-{leader}-{bucket}"))
+            .spawn(move || task.run_on_this_thread());
+        match spawned {
+            Ok(t) => {
+                let mut threads = self.threads.lock();
+                threads.retain(|t| !t.is_finished());
+                threads.push(t);
+                Some(f)
+            }
+            Err(e) => {
+                tracing::error!(leader, error = %e, "replica fetcher thread failed to start; not fetching");
+                None
+            }
+        }
     }
 
     /// Stops following `tp` (it became leader, moved away or went offline); a loop left with
@@ -190,6 +193,13 @@ impl ReplicaFetcherManager {
     }
 }
 
+impl Drop for ReplicaFetcherManager {
+    /// The loops' threads outlive no manager (a test's broker dropped without a shutdown).
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Which of a leader's `n` fetch loops carries `tp`.
 fn bucket(tp: &TopicPartition, n: usize) -> usize {
     use std::hash::{Hash, Hasher};
@@ -211,6 +221,36 @@ struct FetchLoop {
 }
 
 impl FetchLoop {
+    /// Runs the loop on the calling thread until it is stopped. A panic in a round (a defect)
+    /// is logged and the loop starts over from the logs after a back-off, as a failed round
+    /// does: a follower must not stop fetching from a leader for good.
+    fn run_on_this_thread(self) {
+        let backoff = Duration::from_millis(self.config.replica_fetch_backoff_ms);
+        while !self.stop.is_cancelled() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(leader = self.leader, error = %e, "replica fetcher runtime failed to start; retrying");
+                    std::thread::sleep(backoff);
+                    continue;
+                }
+            };
+            let run =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(self.run())));
+            if run.is_ok() {
+                return;
+            }
+            tracing::error!(
+                leader = self.leader,
+                "replica fetcher panicked; starting over"
+            );
+            rt.block_on(self.back_off(backoff));
+        }
+    }
+
     /// Waits `backoff`, or less when the loop is stopped (shutdown joins its thread).
     async fn back_off(&self, backoff: Duration) {
         tokio::select! {
@@ -219,7 +259,7 @@ impl FetchLoop {
         }
     }
 
-    async fn run(self) {
+    async fn run(&self) {
         let endpoint = match tonic::transport::Endpoint::from_shared(format!(
             "http://{}",
             self.address
