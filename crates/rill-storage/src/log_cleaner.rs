@@ -181,10 +181,11 @@ impl Log {
     /// deleted some meanwhile); otherwise its output is removed and the cleaner checkpoint
     /// will not pass its start, so a later pass cleans what is left. Crash-safe: `.cleaned` →
     /// `.swap` and the directory fsynced (from here a crash completes the swap on open), then
-    /// the old segments → `.deleted`, the directory fsynced, and `.swap` → `.log`. What is left — the fsync that makes
-    /// those renames durable, and unlinking the replaced files — is [`Swapped::finish`], for
-    /// once the log's lock is released: appends to the log need not wait for a directory fsync
-    /// (which on a busy disk waits for the journal) nor for a large file's unlink.
+    /// the old segments → `.deleted`, the directory fsynced again, and `.swap` → `.log`. What is
+    /// left — the fsync that makes that last rename durable, and unlinking the replaced files —
+    /// is [`Swapped::finish`], for once the log's lock is released: appends to the log need not
+    /// wait for a third directory fsync (which on a busy disk waits for the journal) nor for a
+    /// large file's unlink.
     pub fn swap_cleaned_group(
         &mut self,
         pass: &mut CleaningPass,
