@@ -30,14 +30,20 @@
 //! ```
 //!
 //! The power-cut model: for every file written under a tracked directory, the layer keeps the
-//! file's content as of its last fsync (or as found on disk before the first write seen). A
-//! [`power_cut`] rewinds each such file to that content. Directory entries are not modelled:
-//! creations, renames and removals survive a cut whether or not the directory was fsynced, so
-//! missing directory fsyncs are not caught by it: tests check the order of the calls instead, with
-//! [`record`] (which directory fsyncs came between which renames).
-//! Files written by other code (not through rill-storage) are left alone.
+//! file's content as of its last fsync (or as found on disk before the first write seen), and
+//! for every directory its entries as of its last fsync (as found when tracking began, for
+//! directories that existed then; none, for directories made since and never fsynced). A
+//! [`power_cut`] puts back what was durable: each directory gets its fsynced entries again —
+//! files and directories created or renamed into it since go, entries removed or renamed away
+//! since come back — and each file its fsynced content. So a missing directory fsync (a segment
+//! rolled, a checkpoint renamed into place, a partition set aside for deletion) loses what it
+//! would lose on a filesystem without a journal. Tests that need the order of the calls as well
+//! use [`record`] (which directory fsyncs came between which renames).
+//! A file written only by other code (not through rill-storage) keeps the content it had when
+//! a directory fsync first saw it.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -79,12 +85,32 @@ struct Rule {
     hits: Arc<Mutex<u64>>,
 }
 
+/// A file or directory: (device, inode).
+type Key = (u64, u64);
+
 #[derive(Debug)]
 struct FileState {
     /// Last path the file was seen under.
     path: PathBuf,
     /// Content as of the last fsync.
     synced: Vec<u8>,
+}
+
+/// A directory's durable entries.
+#[derive(Debug)]
+struct DirState {
+    /// Last path the directory was seen under.
+    path: PathBuf,
+    /// Entries as of the directory's last fsync; `None` for a directory made after tracking
+    /// began and not fsynced since (empty after a cut).
+    durable: Option<BTreeMap<OsString, Node>>,
+}
+
+/// What a durable directory entry names: a record in `file_states` or `dir_states`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Node {
+    File(u64),
+    Dir(u64),
 }
 
 /// One file operation seen by a [`Recording`].
@@ -107,8 +133,15 @@ struct Registry {
     /// (id, prefix, operations seen under it), for [`record`].
     recordings: Vec<(u64, PathBuf, Ops)>,
     tracked: Vec<(u64, PathBuf)>,
-    /// (device, inode) → durable state, for files under tracked directories.
-    files: BTreeMap<(u64, u64), FileState>,
+    /// Live files under tracked directories → their records in `file_states`.
+    files: BTreeMap<Key, u64>,
+    /// Records of files, live or not: a removed file's record stays, as a durable directory
+    /// entry may still name it until its directory is fsynced.
+    file_states: BTreeMap<u64, FileState>,
+    /// Live directories under tracked directories → their records in `dir_states`.
+    dirs: BTreeMap<Key, u64>,
+    dir_states: BTreeMap<u64, DirState>,
+    next_node: u64,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -117,6 +150,10 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     recordings: Vec::new(),
     tracked: Vec::new(),
     files: BTreeMap::new(),
+    file_states: BTreeMap::new(),
+    dirs: BTreeMap::new(),
+    dir_states: BTreeMap::new(),
+    next_node: 0,
 });
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -318,19 +355,22 @@ impl Drop for PowerCutTracking {
     fn drop(&mut self) {
         let mut reg = registry();
         reg.tracked.retain(|(id, _)| *id != self.id);
-        let dir = self.dir.clone();
-        reg.files.retain(|_, f| !f.path.starts_with(&dir));
+        reg.forget_under(&self.dir);
     }
 }
 
 /// Starts recording, for every file written under `dir`, what content an fsync made durable,
-/// so that [`power_cut`] can throw away the rest. Call it before the log is opened.
+/// and for every directory under it which entries an fsync made durable, so that
+/// [`power_cut`] can throw away the rest. Call it before the log is opened: what is under
+/// `dir` now counts as durable.
 pub fn track_power_cuts(dir: impl AsRef<Path>) -> PowerCutTracking {
     let dir = dir.as_ref().to_owned();
     let mut reg = registry();
     reg.next_id += 1;
     let id = reg.next_id;
     reg.tracked.push((id, dir.clone()));
+    // A directory that cannot be read now (not made yet) is found at its first fsync.
+    let _ = reg.snapshot_tree(&dir);
     PowerCutTracking { id, dir }
 }
 
@@ -341,12 +381,16 @@ pub struct PowerCutReport {
     pub files_rewound: usize,
     /// Bytes of file length lost (written but never fsynced).
     pub bytes_lost: u64,
+    /// Directory entries put back as of their directory's last fsync: entries made since
+    /// (created or renamed in) removed, entries removed or renamed away since restored.
+    pub entries_undone: usize,
 }
 
 /// Simulates a machine crash under `dir` (which must be tracked by [`track_power_cuts`]):
-/// every file written through rill-storage is rewound to its content at its last fsync (to its
-/// content before its first write, when never fsynced). Drop the logs of `dir` first (without
-/// closing them: closing flushes), as the process dies with the machine.
+/// every directory below it gets back its entries as of its last fsync, and every file written
+/// through rill-storage its content at its last fsync (its content before its first write,
+/// when never fsynced). Drop the logs of `dir` first (without closing them: closing flushes),
+/// as the process dies with the machine. Afterwards everything under `dir` counts as durable.
 pub fn power_cut(dir: impl AsRef<Path>) -> io::Result<PowerCutReport> {
     let dir = dir.as_ref();
     let mut reg = registry();
@@ -356,39 +400,257 @@ pub fn power_cut(dir: impl AsRef<Path>) -> io::Result<PowerCutReport> {
             dir.display()
         )));
     }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let Some(&root) = reg.dirs.get(&key_of(&meta)) else {
+        return Err(io::Error::other(format!(
+            "power_cut({}): the directory did not exist when tracking began and was never fsynced",
+            dir.display()
+        )));
+    };
+    // Everything that survives is computed before anything is changed: a directory renamed
+    // away and not fsynced may hold files that must come back under the old name.
+    let survivors = reg.durable_entries(root);
     let mut report = PowerCutReport::default();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
+    reg.restore(dir, &survivors, &mut report)?;
+    // What is on disk now is what the restarted machine finds: all of it durable.
+    reg.forget_under(dir);
+    reg.snapshot_tree(dir)?;
+    Ok(report)
+}
+
+/// What a directory holds after a cut.
+enum Survivor {
+    /// A file: its record and its durable content.
+    File(u64, Vec<u8>),
+    /// A directory, with its record and its entries.
+    Dir(u64, BTreeMap<OsString, Survivor>),
+}
+
+fn key_of(meta: &std::fs::Metadata) -> Key {
+    (meta.dev(), meta.ino())
+}
+
+impl Registry {
+    fn new_node(&mut self) -> u64 {
+        self.next_node += 1;
+        self.next_node
+    }
+
+    /// The record of the live file `key`, made with `content` (read lazily) if it has none.
+    fn file_record(
+        &mut self,
+        key: Key,
+        path: &Path,
+        content: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Option<u64> {
+        if let Some(&id) = self.files.get(&key) {
+            if let Some(state) = self.file_states.get_mut(&id) {
+                state.path = path.to_owned();
+            }
+            return Some(id);
+        }
+        let synced = content()?;
+        let id = self.new_node();
+        self.file_states.insert(
+            id,
+            FileState {
+                path: path.to_owned(),
+                synced,
+            },
+        );
+        self.files.insert(key, id);
+        Some(id)
+    }
+
+    /// The record of the live directory `key` (one with no durable entries if new).
+    fn dir_record(&mut self, key: Key, path: &Path) -> u64 {
+        if let Some(&id) = self.dirs.get(&key) {
+            if let Some(state) = self.dir_states.get_mut(&id) {
+                state.path = path.to_owned();
+            }
+            return id;
+        }
+        let id = self.new_node();
+        self.dir_states.insert(
+            id,
+            DirState {
+                path: path.to_owned(),
+                durable: None,
+            },
+        );
+        self.dirs.insert(key, id);
+        id
+    }
+
+    /// Records `dir`'s entries as durable (after an fsync of it).
+    fn snapshot_dir(&mut self, dir: &Path) -> io::Result<()> {
+        let dir_key = key_of(&std::fs::symlink_metadata(dir)?);
+        let mut entries = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path)?;
-            if meta.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if !meta.is_file() {
-                continue;
-            }
-            let key = (meta.dev(), meta.ino());
-            let Some(state) = reg.files.remove(&key) else {
+            // Removed since `read_dir` listed it: not durable either way, leave it out.
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
-            let current = std::fs::read(&path)?;
-            if current != state.synced {
-                report.files_rewound += 1;
-                report.bytes_lost +=
-                    (current.len() as u64).saturating_sub(state.synced.len() as u64);
-                let f = File::options().write(true).open(&path)?;
-                f.set_len(state.synced.len() as u64)?;
-                f.write_all_at(&state.synced, 0)?;
-                f.sync_all()?;
+            let node = if meta.is_dir() {
+                Node::Dir(self.dir_record(key_of(&meta), &path))
+            } else if meta.is_file() {
+                match self.file_record(key_of(&meta), &path, || std::fs::read(&path).ok()) {
+                    Some(id) => Node::File(id),
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
+            entries.insert(entry.file_name(), node);
+        }
+        let id = self.dir_record(dir_key, dir);
+        if let Some(state) = self.dir_states.get_mut(&id) {
+            state.durable = Some(entries);
+        }
+        Ok(())
+    }
+
+    /// Records `dir` and every directory below it as durable as they are.
+    fn snapshot_tree(&mut self, dir: &Path) -> io::Result<()> {
+        self.snapshot_dir(dir)?;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                self.snapshot_tree(&path)?;
             }
         }
+        Ok(())
     }
-    // Anything still recorded under `dir` is gone from it (removed by other code).
-    reg.files.retain(|_, f| !f.path.starts_with(dir));
-    Ok(report)
+
+    /// Forgets the live files and directories at and below `path` (about to be removed, or
+    /// replaced): their inodes may be handed to new files. Their records stay for the durable
+    /// entries that name them.
+    fn forget_live(&mut self, path: &Path) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(path) {
+                for entry in entries.flatten() {
+                    self.forget_live(&entry.path());
+                }
+            }
+            self.dirs.remove(&key_of(&meta));
+        } else {
+            self.files.remove(&key_of(&meta));
+        }
+    }
+
+    /// Drops every record under `dir` (tracking ends, or a cut made the disk the new truth).
+    fn forget_under(&mut self, dir: &Path) {
+        let files: Vec<u64> = (self.file_states.iter())
+            .filter(|(_, f)| f.path.starts_with(dir))
+            .map(|(id, _)| *id)
+            .collect();
+        let dirs: Vec<u64> = (self.dir_states.iter())
+            .filter(|(_, d)| d.path.starts_with(dir))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &files {
+            self.file_states.remove(id);
+        }
+        for id in &dirs {
+            self.dir_states.remove(id);
+        }
+        self.files.retain(|_, id| !files.contains(id));
+        self.dirs.retain(|_, id| !dirs.contains(id));
+    }
+
+    /// The durable entries of the directory record `id`.
+    fn durable_entries(&self, id: u64) -> BTreeMap<OsString, Survivor> {
+        let mut out = BTreeMap::new();
+        let Some(entries) = self.dir_states.get(&id).and_then(|d| d.durable.as_ref()) else {
+            return out;
+        };
+        for (name, node) in entries {
+            let survivor = match *node {
+                Node::File(f) => match self.file_states.get(&f) {
+                    Some(state) => Survivor::File(f, state.synced.clone()),
+                    None => continue,
+                },
+                Node::Dir(d) => Survivor::Dir(d, self.durable_entries(d)),
+            };
+            out.insert(name.clone(), survivor);
+        }
+        out
+    }
+
+    /// Makes `dir` hold exactly `survivors`, keeping files and directories that are still the
+    /// same ones (rewinding files' content) and remaking the others.
+    fn restore(
+        &mut self,
+        dir: &Path,
+        survivors: &BTreeMap<OsString, Survivor>,
+        report: &mut PowerCutReport,
+    ) -> io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if !survivors.contains_key(&entry.file_name()) {
+                self.remove_any(&entry.path())?;
+                report.entries_undone += 1;
+            }
+        }
+        for (name, survivor) in survivors {
+            let path = dir.join(name);
+            let current = std::fs::symlink_metadata(&path).ok();
+            match survivor {
+                Survivor::File(id, synced) => {
+                    let same = current
+                        .as_ref()
+                        .is_some_and(|m| m.is_file() && self.files.get(&key_of(m)) == Some(id));
+                    if same {
+                        let now = std::fs::read(&path)?;
+                        if now != *synced {
+                            report.files_rewound += 1;
+                            report.bytes_lost +=
+                                (now.len() as u64).saturating_sub(synced.len() as u64);
+                            let f = File::options().write(true).open(&path)?;
+                            f.set_len(synced.len() as u64)?;
+                            f.write_all_at(synced, 0)?;
+                            f.sync_all()?;
+                        }
+                    } else {
+                        if current.is_some() {
+                            self.remove_any(&path)?;
+                        }
+                        std::fs::write(&path, synced)?;
+                        report.entries_undone += 1;
+                    }
+                }
+                Survivor::Dir(id, entries) => {
+                    let same = current
+                        .as_ref()
+                        .is_some_and(|m| m.is_dir() && self.dirs.get(&key_of(m)) == Some(id));
+                    if !same {
+                        if current.is_some() {
+                            self.remove_any(&path)?;
+                        }
+                        std::fs::create_dir(&path)?;
+                        report.entries_undone += 1;
+                    }
+                    self.restore(&path, entries, report)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a file or a directory tree (the power cut's own removals, not hooked).
+    fn remove_any(&mut self, path: &Path) -> io::Result<()> {
+        self.forget_live(path);
+        if std::fs::symlink_metadata(path)?.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        }
+    }
 }
 
 /// The hooks the storage layer's file operations call (see `fsio`).
@@ -492,23 +754,13 @@ pub(crate) mod hook {
         let Ok(meta) = file.metadata() else {
             return Ok(());
         };
-        let key = (meta.dev(), meta.ino());
+        let key = key_of(&meta);
         if meta.nlink() == 0 {
             // Removed while still open: its inode may be handed to a new file once closed.
             reg.files.remove(&key);
             return Ok(());
         }
-        if let Some(state) = reg.files.get_mut(&key) {
-            state.path = path.to_owned();
-        } else if let Some(synced) = content(file, path) {
-            reg.files.insert(
-                key,
-                FileState {
-                    path: path.to_owned(),
-                    synced,
-                },
-            );
-        }
+        reg.file_record(key, path, || content(file, path));
         Ok(())
     }
 
@@ -524,7 +776,7 @@ pub(crate) mod hook {
         if !meta.is_file() {
             return;
         }
-        let key = (meta.dev(), meta.ino());
+        let key = key_of(&meta);
         if meta.nlink() == 0 {
             // An fsync of a file removed while open (a truncated log's segment still in group
             // commit's list): nothing of it survives a crash, and recording it would hand its
@@ -532,34 +784,44 @@ pub(crate) mod hook {
             reg.files.remove(&key);
             return;
         }
-        if let Some(synced) = content(file, path) {
-            let path = reg
-                .files
-                .get(&key)
-                .map_or_else(|| path.to_owned(), |s| s.path.clone());
-            reg.files.insert(key, FileState { path, synced });
+        let Some(synced) = content(file, path) else {
+            return;
+        };
+        if let Some(id) = reg.file_record(key, path, || Some(Vec::new()))
+            && let Some(state) = reg.file_states.get_mut(&id)
+        {
+            state.synced = synced;
+        }
+    }
+
+    /// After a successful fsync of a directory: its entries now are durable.
+    pub(crate) fn after_sync_dir(dir: &Path) {
+        let mut reg = registry();
+        if tracked(&reg, dir) {
+            // A directory that cannot be listed now has nothing to record.
+            let _ = reg.snapshot_dir(dir);
         }
     }
 
     /// Removes a file or tree (`remove`): faults first, then the removal and forgetting the
-    /// recorded state below `path` under the registry's lock, so no fsync of a handle still open
-    /// elsewhere records the doomed inode in between.
+    /// live files below `path` under the registry's lock, so no fsync of a handle still open
+    /// elsewhere records the doomed inode in between. Their records stay: until the directory
+    /// is fsynced, a power cut brings them back.
     pub(crate) fn remove(
         path: &Path,
         remove: impl FnOnce(&Path) -> io::Result<()>,
     ) -> io::Result<()> {
         before(FileOp::Remove, path)?;
         let mut reg = registry();
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            reg.files.remove(&(meta.dev(), meta.ino()));
+        if tracked(&reg, path) {
+            reg.forget_live(path);
         }
-        reg.files.retain(|_, f| !f.path.starts_with(path));
         remove(path)
     }
 
     /// Renames `from` to `to`: faults (on `from`) first, then under the registry's lock the
-    /// rename, forgetting the file it replaced (whose inode is free for reuse) and recording the
-    /// new name.
+    /// rename, forgetting the live file it replaced (whose inode is free for reuse) and
+    /// recording the new name.
     pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
         note(FileOp::Rename, from, Some(to));
         apply(FileOp::Rename, from, true)?;
@@ -568,21 +830,27 @@ pub(crate) mod hook {
         let moved = std::fs::symlink_metadata(from).ok();
         std::fs::rename(from, to)?;
         if let Some(meta) = replaced
-            && moved
-                .as_ref()
-                .is_none_or(|m| (m.dev(), m.ino()) != (meta.dev(), meta.ino()))
+            && moved.as_ref().is_none_or(|m| key_of(m) != key_of(&meta))
         {
-            reg.files.remove(&(meta.dev(), meta.ino()));
-        }
-        if let Some(state) = moved.and_then(|m| reg.files.get_mut(&(m.dev(), m.ino()))) {
-            state.path = to.to_owned();
+            reg.files.remove(&key_of(&meta));
+            reg.dirs.remove(&key_of(&meta));
         }
         // A renamed directory (a partition set aside for deletion) takes its files along.
-        for state in reg.files.values_mut() {
-            if let Ok(rest) = state.path.strip_prefix(from) {
-                state.path = to.join(rest);
+        let moved_path = |path: &mut PathBuf| {
+            if let Ok(rest) = path.strip_prefix(from) {
+                *path = if rest.as_os_str().is_empty() {
+                    to.to_owned()
+                } else {
+                    to.join(rest)
+                };
             }
-        }
+        };
+        reg.file_states
+            .values_mut()
+            .for_each(|s| moved_path(&mut s.path));
+        reg.dir_states
+            .values_mut()
+            .for_each(|s| moved_path(&mut s.path));
         Ok(())
     }
 }
@@ -649,8 +917,9 @@ mod tests {
         fsio::rename(&tmp, &target).unwrap();
         let reg = registry();
         assert!(!reg.files.contains_key(&old_inode));
-        assert_eq!(reg.files[&new_inode].path, target);
-        assert_eq!(reg.files[&new_inode].synced, b"new");
+        let state = &reg.file_states[&reg.files[&new_inode]];
+        assert_eq!(state.path, target);
+        assert_eq!(state.synced, b"new");
     }
 
     /// A directory renamed (a partition set aside for deletion) takes its files' records along,
@@ -665,15 +934,141 @@ mod tests {
         let f = open(&path);
         fsio::write_all_at(&f, &path, b"data", 0).unwrap();
         fsio::sync(&f, &path, false).unwrap();
+        let inode = key(&f.metadata().unwrap());
+        drop(f);
+        let aside = dir.path().join("t-0.1-delete");
+        fsio::rename(&part, &aside).unwrap();
+        {
+            let reg = registry();
+            let state = &reg.file_states[&reg.files[&inode]];
+            assert_eq!(state.path, aside.join("00000000000000000000.log"));
+        }
+        fsio::remove_dir_all(&aside).unwrap();
+        assert!(!registry().files.contains_key(&inode));
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A file fsynced in a directory that was not: the file is gone after a cut; after the
+    /// directory's fsync it stays.
+    #[test]
+    fn a_new_file_survives_a_cut_only_once_its_directory_is_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = track_power_cuts(dir.path());
+        let a = dir.path().join("00000000000000000000.log");
+        let f = open(&a);
+        fsio::write_all_at(&f, &a, b"batch", 0).unwrap();
+        fsio::sync(&f, &a, false).unwrap();
+        drop(f);
+        let report = power_cut(dir.path()).unwrap();
+        assert_eq!(report.entries_undone, 1, "{report:?}");
+        assert!(names(dir.path()).is_empty());
+
+        let f = open(&a);
+        fsio::write_all_at(&f, &a, b"batch", 0).unwrap();
+        fsio::sync(&f, &a, false).unwrap();
+        fsio::sync_dir(dir.path()).unwrap();
+        fsio::write_all_at(&f, &a, b" and more", 5).unwrap();
+        drop(f);
+        let report = power_cut(dir.path()).unwrap();
+        assert_eq!(report.entries_undone, 0, "{report:?}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"batch");
+    }
+
+    /// Renames and removals not followed by a directory fsync are undone: the checkpoint
+    /// renamed over comes back, the removed segment comes back with its fsynced content.
+    #[test]
+    fn renames_and_removals_are_undone_until_the_directory_is_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = track_power_cuts(dir.path());
+        let target = dir.path().join("checkpoint");
+        let tmp = dir.path().join("checkpoint.tmp");
+        let seg = dir.path().join("00000000000000000000.log");
+        for (path, data) in [(&target, &b"old"[..]), (&seg, b"batches")] {
+            let f = open(path);
+            fsio::write_all_at(&f, path, data, 0).unwrap();
+            fsio::sync(&f, path, false).unwrap();
+        }
+        fsio::sync_dir(dir.path()).unwrap();
+        let f = open(&tmp);
+        fsio::write_all_at(&f, &tmp, b"new", 0).unwrap();
+        fsio::sync(&f, &tmp, false).unwrap();
+        drop(f);
+        fsio::rename(&tmp, &target).unwrap();
+        fsio::remove_file(&seg).unwrap();
+        let report = power_cut(dir.path()).unwrap();
+        assert_eq!(report.entries_undone, 2, "{report:?}");
+        assert_eq!(
+            names(dir.path()),
+            ["00000000000000000000.log", "checkpoint"]
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(std::fs::read(&seg).unwrap(), b"batches");
+
+        // Done right: the same steps, the directory fsynced after them.
+        let f = open(&tmp);
+        fsio::write_all_at(&f, &tmp, b"new", 0).unwrap();
+        fsio::sync(&f, &tmp, false).unwrap();
+        drop(f);
+        fsio::rename(&tmp, &target).unwrap();
+        fsio::remove_file(&seg).unwrap();
+        fsio::sync_dir(dir.path()).unwrap();
+        let report = power_cut(dir.path()).unwrap();
+        assert_eq!(report, PowerCutReport::default());
+        assert_eq!(names(dir.path()), ["checkpoint"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    /// A partition directory renamed aside (for deletion) and removed, its parent never
+    /// fsynced: it comes back under its old name with its files' fsynced content.
+    #[test]
+    fn a_directory_removed_without_its_parents_fsync_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("t-0");
+        std::fs::create_dir(&part).unwrap();
+        let seg = part.join("00000000000000000000.log");
+        std::fs::write(&seg, b"before tracking").unwrap();
+        let _tracking = track_power_cuts(dir.path());
+        let f = open(&seg);
+        fsio::write_all_at(&f, &seg, b"BEFORE", 0).unwrap();
+        fsio::sync(&f, &seg, false).unwrap();
         drop(f);
         let aside = dir.path().join("t-0.1-delete");
         fsio::rename(&part, &aside).unwrap();
         fsio::remove_dir_all(&aside).unwrap();
-        assert!(
-            !registry()
-                .files
-                .values()
-                .any(|s| s.path.starts_with(dir.path()))
+        power_cut(dir.path()).unwrap();
+        assert_eq!(names(dir.path()), ["t-0"]);
+        assert_eq!(std::fs::read(&seg).unwrap(), b"BEFORE tracking");
+    }
+
+    /// A directory made since tracking began comes back only if its parent was fsynced after,
+    /// and then with the entries of its own last fsync (none if it never was).
+    #[test]
+    fn new_directories_come_back_as_their_last_fsyncs_saw_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = track_power_cuts(dir.path());
+        std::fs::create_dir(dir.path().join("t-1")).unwrap();
+        std::fs::write(dir.path().join("t-1").join("y"), b"y").unwrap();
+        std::fs::create_dir(dir.path().join("t-2")).unwrap();
+        std::fs::write(dir.path().join("t-2").join("x"), b"x").unwrap();
+        fsio::sync_dir(&dir.path().join("t-2")).unwrap();
+        fsio::sync_dir(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("t-3")).unwrap();
+        let report = power_cut(dir.path()).unwrap();
+        assert_eq!(report.entries_undone, 2, "{report:?}");
+        assert_eq!(names(dir.path()), ["t-1", "t-2"]);
+        assert!(names(&dir.path().join("t-1")).is_empty());
+        assert_eq!(names(&dir.path().join("t-2")), ["x"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("t-2").join("x")).unwrap(),
+            b"x"
         );
     }
 }

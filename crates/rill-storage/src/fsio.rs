@@ -48,7 +48,10 @@ pub(crate) fn sync(file: &File, path: &Path, all: bool) -> io::Result<()> {
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
     hook::before(FileOp::Fsync, dir)?;
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    #[cfg(feature = "fault-injection")]
+    hook::after_sync_dir(dir);
+    Ok(())
 }
 
 /// Renames a file.
