@@ -125,12 +125,8 @@ impl Log {
         clock: SharedClock,
     ) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
-        let created = !dir.exists();
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        if created && let Some(parent) = dir.parent() {
-            // A new partition directory must survive a machine crash with its first segment.
-            sync_dir(parent)?;
-        }
+        // A new partition directory must survive a machine crash with its first segment.
+        create_dir_durably(&dir)?;
         let sizing = sizing(&config);
         complete_interrupted_operations(&dir)?;
         let bases = segment_bases(&dir)?;
@@ -1047,6 +1043,23 @@ fn complete_interrupted_operations(dir: &Path) -> Result<()> {
 pub(crate) fn delete_segment_files(dir: &Path, base: i64) -> Result<()> {
     for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         remove_if_exists(&segment_file(dir, base, suffix))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents, fsyncing the parent of each directory it creates,
+/// so the new directories survive a machine crash with what is then written into them (as
+/// Kafka flushes a new log dir's parent).
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).at(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
     }
     Ok(())
 }

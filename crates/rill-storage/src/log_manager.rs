@@ -80,7 +80,7 @@ impl LogManager {
         }
         let mut logs = HashMap::new();
         for (i, dir) in log_dirs.iter().enumerate() {
-            std::fs::create_dir_all(dir).at(dir)?;
+            crate::log::create_dir_durably(dir)?;
             let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
             let clean_shutdown = clean_marker.exists();
             // As Kafka: a damaged recovery-point checkpoint only costs a full recovery (every
