@@ -37,8 +37,10 @@
 //! files and directories created or renamed into it since go, entries removed or renamed away
 //! since come back — and each file its fsynced content. So a missing directory fsync (a segment
 //! rolled, a checkpoint renamed into place, a partition set aside for deletion) loses what it
-//! would lose on a filesystem without a journal. Tests that need the order of the calls as well
-//! use [`record`] (which directory fsyncs came between which renames).
+//! would lose on a filesystem without a journal. A cut loses all of a directory's changes since
+//! its last fsync, never some of them: tests of the order of changes between two fsyncs use
+//! [`record`] (which directory fsyncs came between which renames). [`crash_after`] stops the
+//! storage layer's file operations at a chosen step, to cut power there.
 //! A file written only by other code (not through rill-storage) keeps the content it had when
 //! a directory fsync first saw it.
 
@@ -75,7 +77,8 @@ enum Action {
 #[derive(Debug)]
 struct Rule {
     id: u64,
-    op: FileOp,
+    /// The kind of operation matched; `None` matches every kind (a crash).
+    op: Option<FileOp>,
     prefix: PathBuf,
     /// Matching operations still let through before the fault applies.
     skip: u64,
@@ -182,7 +185,7 @@ impl Drop for FaultGuard {
 }
 
 fn add_rule(
-    op: FileOp,
+    op: Option<FileOp>,
     prefix: &Path,
     skip: u64,
     remaining: Option<u64>,
@@ -206,13 +209,21 @@ fn add_rule(
 
 /// Every `op` on a path under `prefix` fails with `EIO` until the guard is dropped.
 pub fn inject(op: FileOp, prefix: impl AsRef<Path>) -> FaultGuard {
-    add_rule(op, prefix.as_ref(), 0, None, Action::Fail)
+    add_rule(Some(op), prefix.as_ref(), 0, None, Action::Fail)
 }
 
 /// The first `successes` matching operations succeed, then every later one fails with `EIO`
 /// until the guard is dropped (e.g. fail the second rename of a compaction swap).
 pub fn inject_after(op: FileOp, prefix: impl AsRef<Path>, successes: u64) -> FaultGuard {
-    add_rule(op, prefix.as_ref(), successes, None, Action::Fail)
+    add_rule(Some(op), prefix.as_ref(), successes, None, Action::Fail)
+}
+
+/// The process dies after `successes` more file operations under `prefix` (of any kind): every
+/// later write, truncation, fsync, rename and removal fails with `EIO` until the guard is
+/// dropped, so nothing more the storage layer does reaches the disk. With [`power_cut`], a test
+/// can crash an operation at each of its steps in turn.
+pub fn crash_after(prefix: impl AsRef<Path>, successes: u64) -> FaultGuard {
+    add_rule(None, prefix.as_ref(), successes, None, Action::Fail)
 }
 
 /// Every fsync of a file or directory under `prefix` fails with `EIO` (as a failing disk or a
@@ -296,7 +307,7 @@ impl Drop for PausedOp {
 pub fn pause_next(op: FileOp, prefix: impl AsRef<Path>) -> PausedOp {
     let gate = Arc::new(Gate::default());
     let guard = add_rule(
-        op,
+        Some(op),
         prefix.as_ref(),
         0,
         Some(1),
@@ -684,7 +695,7 @@ pub(crate) mod hook {
         let mut reg = registry();
         let mut pause = None;
         for rule in reg.rules.iter_mut() {
-            if rule.op != op
+            if rule.op.is_some_and(|o| o != op)
                 || !path.starts_with(&rule.prefix)
                 || rule.remaining == Some(0)
                 || (!may_pause && matches!(rule.action, Action::Pause(_)))
