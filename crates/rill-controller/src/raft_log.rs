@@ -467,11 +467,30 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
     let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
     io(dir, std::fs::create_dir_all(dir))?;
     for created in missing.iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = parent_dir(created) {
             sync_dir(parent)?;
         }
     }
+    // Also when `dir` existed: an earlier run (or a `mkdir -p` before the first start) may have
+    // made it without this fsync, and the WAL with its votes lives under it.
+    if missing.is_empty()
+        && let Some(parent) = parent_dir(dir)
+    {
+        sync_dir(parent)?;
+    }
     Ok(())
+}
+
+/// The directory holding `path`'s entry: `.` for a relative single name (whose `parent()` is
+/// empty), `None` for a root.
+fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -530,7 +549,11 @@ mod tests {
         log.compact_to_snapshot(1, b"image".to_vec()).unwrap();
         assert!(DIR_SYNCS.with(|s| s.borrow().iter().filter(|d| **d == dir).count()) >= 2);
         drop(log);
+        // Reopened, the directory's own entry is made durable again (an earlier run may have
+        // crashed before its fsync, or a `mkdir -p` made it).
+        DIR_SYNCS.with(|s| s.borrow_mut().clear());
         let log = RaftLog::open(&dir, &[1, 2, 3]).unwrap();
+        assert!(DIR_SYNCS.with(|s| s.borrow().contains(&tmp.path().join("a"))));
         assert_eq!((log.hard_state().term, log.hard_state().vote), (3, 2));
     }
 

@@ -153,6 +153,9 @@ impl Log {
         if segments.is_empty() {
             segments.insert(0, LogSegment::create(&dir, 0, sizing)?);
             sync_dir(&dir)?;
+        } else if truncated_at.is_some() {
+            // The segments removed after the hole stay removed: appends go on from the cut.
+            sync_dir(&dir)?;
         }
         let log_start_offset = *segments.keys().next().unwrap_or(&0);
         let log_end_offset = segments.values().next_back().map_or(0, |s| s.next_offset());
@@ -1033,6 +1036,9 @@ fn complete_interrupted_operations(dir: &Path) -> Result<()> {
                 delete_segment_files(dir, old)?;
             }
         }
+        // As in the live swap: the old segments are gone for good before the new one takes
+        // their place, or a crash could leave both, holding the same offsets.
+        sync_dir(dir)?;
         crate::fsio::rename(&swap, &segment_file(dir, base, LOG_SUFFIX)).at(&swap)?;
         tracing::info!(dir = %dir.display(), base, "completed an interrupted compaction swap");
     }
@@ -1057,17 +1063,29 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(dir).at(dir)?;
     for created in missing.iter().rev() {
-        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = parent_dir(created) {
             sync_dir(parent)?;
         }
     }
     Ok(())
 }
 
+/// The directory holding `path`'s entry: `.` for a relative single name (whose `parent()` is
+/// empty), `None` for a root.
+pub(crate) fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    })
+}
+
 /// Removes a directory tree and fsyncs its parent, so the removal survives a machine crash.
 pub(crate) fn remove_dir_durably(dir: &Path) -> Result<()> {
     crate::fsio::remove_dir_all(dir).at(dir)?;
-    if let Some(parent) = dir.parent() {
+    if let Some(parent) = parent_dir(dir) {
         sync_dir(parent)?;
     }
     Ok(())

@@ -81,6 +81,11 @@ impl LogManager {
         let mut logs = HashMap::new();
         for (i, dir) in log_dirs.iter().enumerate() {
             crate::log::create_dir_durably(dir)?;
+            // Also when it exists: an earlier run (or a `mkdir -p` before the first start) may
+            // have made it without this fsync, and every acknowledged record lives under it.
+            if let Some(parent) = crate::log::parent_dir(dir) {
+                crate::log::sync_dir(parent)?;
+            }
             let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
             let clean_shutdown = clean_marker.exists();
             // As Kafka: a damaged recovery-point checkpoint only costs a full recovery (every

@@ -588,3 +588,56 @@ fn a_power_cut_at_any_step_of_a_roll_loses_nothing() {
     }
     assert!(step > 2, "the roll took {step} file operations");
 }
+
+/// Opening a log that a crash left with a compaction `.swap` finishes the swap in the live
+/// swap's order: the old segments' removal is durable (a directory fsync) before the `.swap`
+/// takes its final name, so a crash during open cannot leave both holding the same offsets.
+#[test]
+fn finishing_an_interrupted_swap_on_open_fsyncs_between_removal_and_rename() {
+    let mut found = false;
+    for step in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = fault::track_power_cuts(dir.path());
+        let clock = ManualClock::new(1_000);
+        let mut log = compactable_log(dir.path(), &clock);
+        log.flush().unwrap();
+        let end = log.log_end_offset();
+        let crash = fault::crash_after(dir.path(), step);
+        let _ = log.clean(end, &CleanerConfig::default());
+        let crashed = crash.hits() > 0;
+        drop(log);
+        drop(crash);
+        fault::power_cut(dir.path()).unwrap();
+        assert!(crashed, "no crash point left a .swap behind");
+        let swap = std::fs::read_dir(dir.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log.swap")
+        });
+        if !swap {
+            continue;
+        }
+        let recording = fault::record(dir.path());
+        let log = reopen(dir.path(), compacted_config(), &clock, false, 0);
+        let ops = recording.ops();
+        let rename = ops
+            .iter()
+            .position(|o| o.op == FileOp::Rename && o.path.to_string_lossy().ends_with(".log.swap"))
+            .unwrap_or_else(|| panic!("the swap is finished on open: {ops:#?}"));
+        let last_removal = ops[..rename]
+            .iter()
+            .rposition(|o| o.op == FileOp::Remove && o.path.to_string_lossy().ends_with(".log"))
+            .unwrap_or_else(|| panic!("old segments removed before the rename: {ops:#?}"));
+        assert!(
+            ops[last_removal..rename]
+                .iter()
+                .any(|o| o.op == FileOp::Fsync && o.path == dir.path()),
+            "no directory fsync between the removals and the rename: {ops:#?}"
+        );
+        assert_eq!(log.log_end_offset(), end);
+        found = true;
+        break;
+    }
+    assert!(found);
+}

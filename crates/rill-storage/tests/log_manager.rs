@@ -368,3 +368,31 @@ fn new_and_deleted_partitions_survive_a_power_cut_as_acknowledged() {
         assert_eq!(read_all(&log.read()).len(), i + 1, "{tp}");
     }
 }
+
+/// A log dir that exists at start but whose own entry was never made durable (a `mkdir -p`
+/// before the first start, or a run killed before its fsync): the records acknowledged in it
+/// survive a power cut.
+#[test]
+fn an_existing_log_dir_is_made_durable_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let _tracking = rill_storage::fault::track_power_cuts(root.path());
+    let dirs = vec![root.path().join("logs")];
+    std::fs::create_dir(&dirs[0]).unwrap();
+    let clock = ManualClock::new(0);
+    let m = manager(&dirs, &clock);
+    let tp = TopicPartition::new("orders", 0);
+    let log = m.get_or_create(&tp, LogConfig::default()).unwrap();
+    let end = {
+        let mut log = log.write();
+        log.append_as_leader(&mut numbered(0, 3, 20, 0), 0).unwrap();
+        log.log_end_offset()
+    };
+    let commit = log.read().group_commit();
+    commit.wait_durable(end).unwrap();
+    drop(log);
+    drop(m);
+    rill_storage::fault::power_cut(root.path()).unwrap();
+
+    let m = manager(&dirs, &clock);
+    assert_eq!(read_all(&m.get(&tp).unwrap().read()).len(), 3);
+}
