@@ -182,6 +182,12 @@ pub enum LogError {
         /// The log end after the truncation.
         log_end: i64,
     },
+    /// The log was closed (the broker is shutting down): nothing more is written to it.
+    #[error("log {dir} is closed: the broker is shutting down")]
+    Closed {
+        /// The partition directory.
+        dir: PathBuf,
+    },
     /// A read made with [`crate::Log::read_cached`] would have waited (for the disk, or for a
     /// write holding the segment); nothing was read. Read again with [`crate::Log::read`].
     #[error("the read would wait for the disk or for a write")]
@@ -215,7 +221,7 @@ impl LogError {
             LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
             LogError::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-            LogError::Truncated { .. } => ErrorCode::NotLeaderOrFollower,
+            LogError::Truncated { .. } | LogError::Closed { .. } => ErrorCode::NotLeaderOrFollower,
             LogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             LogError::Corrupt { .. } | LogError::Io { .. } | LogError::LogDirOffline { .. } => {
                 ErrorCode::KafkaStorageError

@@ -106,6 +106,9 @@ pub struct Log {
     /// Counts truncations: a cleaning pass planned before one is not swapped in (the segments
     /// it read may since hold other data under the same names).
     pub(crate) truncations: u64,
+    /// Set by [`Log::close`]: later writes are refused, so nothing reaches the files after the
+    /// clean-shutdown marker says they are closed.
+    closed: bool,
     /// Coordinates cleaning passes and retention rounds (which work without the log's lock for
     /// a while) with taking the log out of service.
     maintenance: Arc<MaintenanceGate>,
@@ -176,6 +179,7 @@ impl Log {
             last_flush_ms: now,
             cleaner_checkpoint: log_start_offset,
             truncations: 0,
+            closed: false,
             maintenance: Arc::default(),
             epochs,
             producer_state,
@@ -195,6 +199,7 @@ impl Log {
         records: &mut [u8],
         leader_epoch: i32,
     ) -> Result<LogAppendInfo> {
+        self.check_open()?;
         self.guarded(|log| log.append_as_leader_inner(records, leader_epoch))
     }
 
@@ -324,6 +329,7 @@ impl Log {
     /// Appends batches copied from the partition leader, offsets already assigned. They must
     /// continue the log (base offset ≥ log end offset, increasing) and pass CRC and framing checks.
     pub fn append_as_follower(&mut self, records: &[u8]) -> Result<LogAppendInfo> {
+        self.check_open()?;
         self.guarded(|log| log.append_as_follower_inner(records))
     }
 
@@ -463,6 +469,7 @@ impl Log {
 
     /// Starts a new active segment at the log end offset (no-op if the active one is empty).
     pub fn roll(&mut self) -> Result<()> {
+        self.check_open()?;
         self.guarded(Log::roll_inner)
     }
 
@@ -575,6 +582,7 @@ impl Log {
     /// still be higher: persist it before anything is appended past the cut
     /// ([`crate::LogManager::truncate_to`] does both).
     pub fn truncate_to(&mut self, offset: i64) -> Result<()> {
+        self.check_open()?;
         self.guarded(|log| log.truncate_to_inner(offset))
     }
 
@@ -614,6 +622,7 @@ impl Log {
 
     /// Deletes all data and restarts the log, empty, at `offset` (a follower too far behind).
     pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<()> {
+        self.check_open()?;
         self.guarded(|log| log.truncate_fully_inner(offset))
     }
 
@@ -767,9 +776,10 @@ impl Log {
     }
 
     /// Flushes everything and records final index entries: after `close`, reopening with
-    /// `clean_shutdown` needs no recovery.
+    /// `clean_shutdown` needs no recovery. Writes after it are refused (`LogError::Closed`).
     pub fn close(&mut self) -> Result<()> {
         self.guarded(|log| {
+            log.closed = true;
             log.active_segment_mut().on_become_inactive()?;
             log.flush_inner()?;
             let (end, now) = (log.log_end_offset, log.clock.now_ms());
@@ -831,6 +841,16 @@ impl Log {
         self.group_commit.check()?;
         let result = f(self);
         self.note_failure(result)
+    }
+
+    /// `Err(Closed)` after [`Log::close`].
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            return Err(LogError::Closed {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn note_failure<T>(&self, result: Result<T>) -> Result<T> {

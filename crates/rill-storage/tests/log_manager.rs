@@ -396,3 +396,34 @@ fn an_existing_log_dir_is_made_durable_at_start() {
     let m = manager(&dirs, &clock);
     assert_eq!(read_all(&m.get(&tp).unwrap().read()).len(), 3);
 }
+
+/// After shutdown (logs closed, clean-shutdown marker written) a late write — a request that
+/// was already on its way — is refused, so the marker never vouches for data written after it.
+#[test]
+fn writes_after_shutdown_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a")];
+    let clock = ManualClock::new(0);
+    let m = manager(&dirs, &clock);
+    let tp = TopicPartition::new("orders", 0);
+    let log = m.get_or_create(&tp, LogConfig::default()).unwrap();
+    log.write()
+        .append_as_leader(&mut numbered(0, 2, 20, 0), 0)
+        .unwrap();
+    m.shutdown().unwrap();
+    let late = log.write().append_as_leader(&mut numbered(2, 1, 20, 0), 0);
+    let err = late.unwrap_err();
+    assert!(
+        matches!(err, rill_storage::LogError::Closed { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.error_code(),
+        rill_protocol::ErrorCode::NotLeaderOrFollower
+    );
+    assert!(log.write().roll().is_err());
+    drop(log);
+    drop(m);
+    let m = manager(&dirs, &clock);
+    assert_eq!(m.get(&tp).unwrap().read().log_end_offset(), 2);
+}
