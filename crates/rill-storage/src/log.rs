@@ -311,9 +311,12 @@ impl Log {
             header.max_timestamp = info.max_timestamp;
             pos += info.size;
         }
+        // The epoch's start is checkpointed before its records are written (as Kafka assigns
+        // it first): group commit may fsync the records at any moment after they are written,
+        // and after a crash a record on disk must never belong to an epoch the cache lacks.
+        self.epochs.assign(leader_epoch, infos[0].base_offset)?;
         self.append_batches(&records[..pos], &infos, max_timestamp)?;
         self.producer_state.apply(&headers, now);
-        self.epochs.assign(leader_epoch, infos[0].base_offset)?;
         Ok(LogAppendInfo {
             first_offset: infos[0].base_offset,
             last_offset: next - 1,
@@ -378,12 +381,13 @@ impl Log {
         };
         let (first_offset, last_offset) = (first.base_offset, last.last_offset);
         let max_timestamp = infos.iter().map(|i| i.max_timestamp).max().unwrap_or(-1);
-        self.append_batches(&records[..pos], &infos, max_timestamp)?;
-        // Followers copy the leader's decisions: state updated without checks.
-        self.producer_state.apply(&headers, self.clock.now_ms());
+        // Epoch starts first, as for the leader's appends.
         for (epoch, start) in epoch_starts {
             self.epochs.assign(epoch, start)?;
         }
+        self.append_batches(&records[..pos], &infos, max_timestamp)?;
+        // Followers copy the leader's decisions: state updated without checks.
+        self.producer_state.apply(&headers, self.clock.now_ms());
         Ok(LogAppendInfo {
             first_offset,
             last_offset,
