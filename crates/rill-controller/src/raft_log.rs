@@ -473,10 +473,12 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
     }
     // Also when `dir` existed: an earlier run (or a `mkdir -p` before the first start) may have
     // made it without this fsync, and the WAL with its votes lives under it.
+    // Best effort: a parent this process cannot open must not stop the controller.
     if missing.is_empty()
         && let Some(parent) = parent_dir(dir)
+        && let Err(e) = sync_dir(parent)
     {
-        sync_dir(parent)?;
+        tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the parent of the metadata dir: its entry may not survive a power cut if it was made without one");
     }
     Ok(())
 }

@@ -97,6 +97,8 @@ struct FileState {
     path: PathBuf,
     /// Content as of the last fsync.
     synced: Vec<u8>,
+    /// When `synced` was captured (a later capture wins, whichever fsync ends first).
+    seq: u64,
 }
 
 /// A directory's durable entries.
@@ -107,11 +109,29 @@ struct DirState {
     /// Entries as of the directory's last fsync; `None` for a directory made after tracking
     /// began and not fsynced since (empty after a cut).
     durable: Option<BTreeMap<OsString, Node>>,
+    /// When `durable` was captured.
+    seq: u64,
+}
+
+/// What an fsync is about to make durable, captured just before it starts (so nothing done
+/// while it runs counts), and recorded once it succeeded.
+#[derive(Debug)]
+pub(crate) enum SyncCapture {
+    File {
+        id: u64,
+        content: Vec<u8>,
+        seq: u64,
+    },
+    Dir {
+        id: u64,
+        entries: BTreeMap<OsString, Node>,
+        seq: u64,
+    },
 }
 
 /// What a durable directory entry names: a record in `file_states` or `dir_states`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Node {
+pub(crate) enum Node {
     File(u64),
     Dir(u64),
 }
@@ -405,9 +425,9 @@ pub struct PowerCutReport {
 pub fn power_cut(dir: impl AsRef<Path>) -> io::Result<PowerCutReport> {
     let dir = dir.as_ref();
     let mut reg = registry();
-    if !reg.tracked.iter().any(|(_, d)| dir.starts_with(d)) {
+    if !reg.tracked.iter().any(|(_, d)| d == dir) {
         return Err(io::Error::other(format!(
-            "power_cut({}): the directory is not tracked; call track_power_cuts first",
+            "power_cut({}): not a tracked directory; call track_power_cuts on it first",
             dir.display()
         )));
     }
@@ -467,6 +487,7 @@ impl Registry {
             FileState {
                 path: path.to_owned(),
                 synced,
+                seq: 0,
             },
         );
         self.files.insert(key, id);
@@ -487,14 +508,17 @@ impl Registry {
             DirState {
                 path: path.to_owned(),
                 durable: None,
+                seq: 0,
             },
         );
         self.dirs.insert(key, id);
         id
     }
 
-    /// Records `dir`'s entries as durable (after an fsync of it).
-    fn snapshot_dir(&mut self, dir: &Path) -> io::Result<()> {
+    /// `dir`'s entries now, for an fsync of it about to start. A file first seen here was
+    /// never written through the storage layer: what it holds is durable only if it was there
+    /// when tracking began (`initial`), else it counts as empty.
+    fn capture_dir(&mut self, dir: &Path, initial: bool) -> io::Result<SyncCapture> {
         let dir_key = key_of(&std::fs::symlink_metadata(dir)?);
         let mut entries = BTreeMap::new();
         for entry in std::fs::read_dir(dir)? {
@@ -507,7 +531,14 @@ impl Registry {
             let node = if meta.is_dir() {
                 Node::Dir(self.dir_record(key_of(&meta), &path))
             } else if meta.is_file() {
-                match self.file_record(key_of(&meta), &path, || std::fs::read(&path).ok()) {
+                let found = || {
+                    if initial {
+                        std::fs::read(&path).ok()
+                    } else {
+                        Some(Vec::new())
+                    }
+                };
+                match self.file_record(key_of(&meta), &path, found) {
                     Some(id) => Node::File(id),
                     None => continue,
                 }
@@ -517,9 +548,39 @@ impl Registry {
             entries.insert(entry.file_name(), node);
         }
         let id = self.dir_record(dir_key, dir);
-        if let Some(state) = self.dir_states.get_mut(&id) {
-            state.durable = Some(entries);
+        Ok(SyncCapture::Dir {
+            id,
+            entries,
+            seq: self.new_node(),
+        })
+    }
+
+    /// Records what a successful fsync made durable, unless a later capture already was.
+    fn commit(&mut self, capture: SyncCapture) {
+        match capture {
+            SyncCapture::File { id, content, seq } => {
+                if let Some(state) = self.file_states.get_mut(&id)
+                    && state.seq < seq
+                {
+                    state.synced = content;
+                    state.seq = seq;
+                }
+            }
+            SyncCapture::Dir { id, entries, seq } => {
+                if let Some(state) = self.dir_states.get_mut(&id)
+                    && state.seq < seq
+                {
+                    state.durable = Some(entries);
+                    state.seq = seq;
+                }
+            }
         }
+    }
+
+    /// Records `dir`'s entries as durable as they are (when tracking begins, after a cut).
+    fn snapshot_dir(&mut self, dir: &Path) -> io::Result<()> {
+        let capture = self.capture_dir(dir, true)?;
+        self.commit(capture);
         Ok(())
     }
 
@@ -746,11 +807,15 @@ pub(crate) mod hook {
     /// Reads a file's whole content through its handle, or by name when the handle is
     /// write-only.
     fn content(file: &File, path: &Path) -> Option<Vec<u8>> {
-        let len = file.metadata().ok()?.len() as usize;
-        let mut buf = vec![0u8; len];
+        let meta = file.metadata().ok()?;
+        let mut buf = vec![0u8; meta.len() as usize];
         match file.read_exact_at(&mut buf, 0) {
             Ok(()) => Some(buf),
-            Err(_) => std::fs::read(path).ok(),
+            // By name only while the name is still this file (not one made in its place).
+            Err(_) => std::fs::symlink_metadata(path)
+                .ok()
+                .filter(|m| key_of(m) == key_of(&meta))
+                .and_then(|_| std::fs::read(path).ok()),
         }
     }
 
@@ -775,42 +840,55 @@ pub(crate) mod hook {
         Ok(())
     }
 
-    /// After a successful fsync: the file's current content is durable.
-    pub(crate) fn after_sync(file: &File, path: &Path) {
+    /// Before an fsync of a file: faults, then what it is about to make durable (the file's
+    /// content now: what is written while the fsync runs may or may not be covered by it).
+    pub(crate) fn before_sync(file: &File, path: &Path) -> io::Result<Option<SyncCapture>> {
+        before(FileOp::Fsync, path)?;
         let mut reg = registry();
         if !tracked(&reg, path) {
-            return;
+            return Ok(None);
         }
         let Ok(meta) = file.metadata() else {
-            return;
+            return Ok(None);
         };
         if !meta.is_file() {
-            return;
+            return Ok(None);
         }
         let key = key_of(&meta);
         if meta.nlink() == 0 {
             // An fsync of a file removed while open (a truncated log's segment still in group
-            // commit's list): nothing of it survives a crash, and recording it would hand its
-            // content to the next file that gets the inode.
+            // commit's list): its name is gone, and its inode may be handed to a new file.
             reg.files.remove(&key);
-            return;
+            return Ok(None);
         }
-        let Some(synced) = content(file, path) else {
-            return;
+        let Some(content) = content(file, path) else {
+            return Ok(None);
         };
-        if let Some(id) = reg.file_record(key, path, || Some(Vec::new()))
-            && let Some(state) = reg.file_states.get_mut(&id)
-        {
-            state.synced = synced;
-        }
+        let Some(id) = reg.file_record(key, path, || Some(Vec::new())) else {
+            return Ok(None);
+        };
+        Ok(Some(SyncCapture::File {
+            id,
+            content,
+            seq: reg.new_node(),
+        }))
     }
 
-    /// After a successful fsync of a directory: its entries now are durable.
-    pub(crate) fn after_sync_dir(dir: &Path) {
+    /// Before an fsync of a directory: faults, then its entries now.
+    pub(crate) fn before_sync_dir(dir: &Path) -> io::Result<Option<SyncCapture>> {
+        before(FileOp::Fsync, dir)?;
         let mut reg = registry();
-        if tracked(&reg, dir) {
-            // A directory that cannot be listed now has nothing to record.
-            let _ = reg.snapshot_dir(dir);
+        if !tracked(&reg, dir) {
+            return Ok(None);
+        }
+        // A directory that cannot be listed now has nothing to record.
+        Ok(reg.capture_dir(dir, false).ok())
+    }
+
+    /// After a successful fsync: what it captured is durable.
+    pub(crate) fn after_sync(capture: Option<SyncCapture>) {
+        if let Some(capture) = capture {
+            registry().commit(capture);
         }
     }
 
@@ -1068,7 +1146,12 @@ mod tests {
         std::fs::create_dir(dir.path().join("t-1")).unwrap();
         std::fs::write(dir.path().join("t-1").join("y"), b"y").unwrap();
         std::fs::create_dir(dir.path().join("t-2")).unwrap();
-        std::fs::write(dir.path().join("t-2").join("x"), b"x").unwrap();
+        let x = dir.path().join("t-2").join("x");
+        let f = open(&x);
+        fsio::write_all_at(&f, &x, b"x", 0).unwrap();
+        fsio::sync(&f, &x, false).unwrap();
+        // Written, never through the storage layer, never fsynced: there, but empty.
+        std::fs::write(dir.path().join("t-2").join("z"), b"z").unwrap();
         fsio::sync_dir(&dir.path().join("t-2")).unwrap();
         fsio::sync_dir(dir.path()).unwrap();
         std::fs::create_dir(dir.path().join("t-3")).unwrap();
@@ -1076,10 +1159,12 @@ mod tests {
         assert_eq!(report.entries_undone, 2, "{report:?}");
         assert_eq!(names(dir.path()), ["t-1", "t-2"]);
         assert!(names(&dir.path().join("t-1")).is_empty());
-        assert_eq!(names(&dir.path().join("t-2")), ["x"]);
-        assert_eq!(
-            std::fs::read(dir.path().join("t-2").join("x")).unwrap(),
-            b"x"
+        assert_eq!(names(&dir.path().join("t-2")), ["x", "z"]);
+        assert_eq!(std::fs::read(&x).unwrap(), b"x");
+        assert!(
+            std::fs::read(dir.path().join("t-2").join("z"))
+                .unwrap()
+                .is_empty()
         );
     }
 }

@@ -32,14 +32,14 @@ pub(crate) fn set_len(file: &File, path: &Path, len: u64) -> io::Result<()> {
 #[inline]
 pub(crate) fn sync(file: &File, path: &Path, all: bool) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    hook::before(FileOp::Fsync, path)?;
+    let capture = hook::before_sync(file, path)?;
     if all {
         file.sync_all()?;
     } else {
         file.sync_data()?;
     }
     #[cfg(feature = "fault-injection")]
-    hook::after_sync(file, path);
+    hook::after_sync(capture);
     Ok(())
 }
 
@@ -47,10 +47,10 @@ pub(crate) fn sync(file: &File, path: &Path, all: bool) -> io::Result<()> {
 #[inline]
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    hook::before(FileOp::Fsync, dir)?;
+    let capture = hook::before_sync_dir(dir)?;
     File::open(dir)?.sync_all()?;
     #[cfg(feature = "fault-injection")]
-    hook::after_sync_dir(dir);
+    hook::after_sync(capture);
     Ok(())
 }
 

@@ -1119,3 +1119,18 @@ pub(crate) fn remove_dir_durably(dir: &Path) -> Result<()> {
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     crate::fsio::sync_dir(dir).at(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relative single-name log dir (`log.dirs=data`) lives in the working directory: that is
+    /// the directory to fsync for its entry, not none.
+    #[test]
+    fn the_parent_of_a_single_name_is_the_working_directory() {
+        assert_eq!(parent_dir(Path::new("data")), Some(Path::new(".")));
+        assert_eq!(parent_dir(Path::new("a/data")), Some(Path::new("a")));
+        assert_eq!(parent_dir(Path::new("/var/rill")), Some(Path::new("/var")));
+        assert_eq!(parent_dir(Path::new("/")), None);
+    }
+}

@@ -80,11 +80,16 @@ impl LogManager {
         }
         let mut logs = HashMap::new();
         for (i, dir) in log_dirs.iter().enumerate() {
+            let existed = dir.exists();
             crate::log::create_dir_durably(dir)?;
-            // Also when it exists: an earlier run (or a `mkdir -p` before the first start) may
+            // Also when it existed: an earlier run (or a `mkdir -p` before the first start) may
             // have made it without this fsync, and every acknowledged record lives under it.
-            if let Some(parent) = crate::log::parent_dir(dir) {
-                crate::log::sync_dir(parent)?;
+            // Best effort: a parent this process cannot open must not stop the broker.
+            if existed
+                && let Some(parent) = crate::log::parent_dir(dir)
+                && let Err(e) = crate::log::sync_dir(parent)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the parent of a log dir: its entry may not survive a power cut if it was made without one");
             }
             let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
             let clean_shutdown = clean_marker.exists();

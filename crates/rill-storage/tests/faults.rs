@@ -449,60 +449,83 @@ fn a_failed_cleaner_swap_leaves_no_hole() {
     }
 }
 
-/// A machine crash at any step of a compaction pass — the process stopped at each of the
-/// pass's file operations in turn, then a power cut — loses nothing: the log reopens with the
+/// Crashes `op` at each of its file operations in turn: for step 0, 1, 2, … a fresh log from
+/// `setup` (everything in it made durable first, as acknowledged records are), `op` with every
+/// file operation after the first `step` failing (the process stopped there), a power cut, and
+/// `check(step, crashed, records before, log end before, reopened log)`. The last round is the
+/// one `op` finishes without reaching its crash point (`crashed` false; `op` must succeed).
+/// Returns how many crash points there were.
+fn crash_at_every_step(
+    setup: impl Fn(&Path, &ManualClock) -> Log,
+    config: impl Fn() -> LogConfig,
+    op: impl Fn(&mut Log) -> rill_storage::Result<()>,
+    check: impl Fn(u64, bool, &[Rec], i64, &mut Log),
+) -> u64 {
+    for step in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let _tracking = fault::track_power_cuts(dir.path());
+        let clock = ManualClock::new(1_000);
+        let mut log = setup(dir.path(), &clock);
+        log.flush().unwrap();
+        let before = read_all(&log);
+        let end = log.log_end_offset();
+        let crash = fault::crash_after(dir.path(), step);
+        let result = op(&mut log);
+        let crashed = crash.hits() > 0;
+        drop(log);
+        drop(crash);
+        fault::power_cut(dir.path()).unwrap();
+        let mut log = reopen(dir.path(), config(), &clock, false, 0);
+        check(step, crashed, &before, end, &mut log);
+        if !crashed {
+            result.unwrap();
+            return step;
+        }
+    }
+    unreachable!()
+}
+
+/// A machine crash at any step of a compaction pass loses nothing: the log reopens with the
 /// same end, every record in it is one written at that offset, and every key keeps its latest
 /// value. (A cut keeps a directory as its last fsync saw it; that the swap's renames between
 /// two fsyncs cannot be kept out of order is `a_cleaner_swap_fsyncs_its_directory_between_renames`.)
 #[test]
 fn a_power_cut_at_any_step_of_a_cleaner_pass_loses_nothing() {
-    let mut step = 0;
-    loop {
-        let dir = tempfile::tempdir().unwrap();
-        let _tracking = fault::track_power_cuts(dir.path());
-        let clock = ManualClock::new(1_000);
-        let mut log = compactable_log(dir.path(), &clock);
-        // Durable before the pass, as a broker's acknowledged records are.
-        log.flush().unwrap();
-        let before = read_all(&log);
-        let end = log.log_end_offset();
-        let crash = fault::crash_after(dir.path(), step);
-        let result = log.clean(end, &CleanerConfig::default());
-        let crashed = crash.hits() > 0;
-        drop(log);
-        drop(crash);
-        fault::power_cut(dir.path()).unwrap();
-
-        let log = reopen(dir.path(), compacted_config(), &clock, false, 0);
-        let after = read_all(&log);
-        assert_eq!(log.log_end_offset(), end, "crash at step {step}");
-        assert!(
-            after.windows(2).all(|w| w[0].offset < w[1].offset),
-            "crash at step {step}: offsets out of order"
-        );
-        for r in &after {
+    let steps = crash_at_every_step(
+        compactable_log,
+        compacted_config,
+        |log| {
+            let end = log.log_end_offset();
+            log.clean(end, &CleanerConfig::default()).map(drop)
+        },
+        |step, crashed, before, end, log| {
+            let after = read_all(log);
+            assert_eq!(log.log_end_offset(), end, "crash at step {step}");
             assert!(
-                before.contains(r),
-                "crash at step {step}: {r:?} was never written"
+                after.windows(2).all(|w| w[0].offset < w[1].offset),
+                "crash at step {step}: offsets out of order"
             );
-        }
-        for k in 0..5 {
-            let key = Some(format!("k{k}").into_bytes());
-            let want = before.iter().rfind(|r| r.key == key).unwrap();
-            assert_eq!(
-                after.iter().rfind(|r| r.key == key),
-                Some(want),
-                "crash at step {step}"
-            );
-        }
-        if !crashed {
-            result.unwrap();
-            assert!(after.len() < before.len(), "the pass compacted");
-            break;
-        }
-        step += 1;
-    }
-    assert!(step > 10, "the pass took {step} file operations");
+            for r in &after {
+                assert!(
+                    before.contains(r),
+                    "crash at step {step}: {r:?} was never written"
+                );
+            }
+            for k in 0..5 {
+                let key = Some(format!("k{k}").into_bytes());
+                let want = before.iter().rfind(|r| r.key == key).unwrap();
+                assert_eq!(
+                    after.iter().rfind(|r| r.key == key),
+                    Some(want),
+                    "crash at step {step}"
+                );
+            }
+            if !crashed {
+                assert!(after.len() < before.len(), "the pass compacted");
+            }
+        },
+    );
+    assert!(steps > 10, "the pass took {steps} file operations");
 }
 
 /// A machine crash at any step of a truncation across segments (a follower cutting its
@@ -510,83 +533,73 @@ fn a_power_cut_at_any_step_of_a_cleaner_pass_loses_nothing() {
 /// record the one written at its offset.
 #[test]
 fn a_power_cut_at_any_step_of_a_truncation_leaves_a_prefix() {
-    let mut step = 0;
-    loop {
-        let dir = tempfile::tempdir().unwrap();
-        let _tracking = fault::track_power_cuts(dir.path());
-        let clock = ManualClock::new(1_000);
-        let mut log = open(dir.path(), small_config(), &clock);
-        for i in 0..40 {
-            log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
-                .unwrap();
-        }
-        log.flush().unwrap();
-        assert!(log.segments().len() > 3);
-        let before = read_all(&log);
-        let cut = 7;
-        let crash = fault::crash_after(dir.path(), step);
-        let result = log.truncate_to(cut);
-        let crashed = crash.hits() > 0;
-        drop(log);
-        drop(crash);
-        fault::power_cut(dir.path()).unwrap();
-
-        let log = reopen(dir.path(), small_config(), &clock, false, 0);
-        let after = read_all(&log);
-        let end = log.log_end_offset();
-        assert!(end >= cut, "crash at step {step}: end {end} below the cut");
-        assert_eq!(
-            after,
-            before[..end as usize],
-            "crash at step {step}: not a prefix"
-        );
-        if !crashed {
-            result.unwrap();
-            assert_eq!(end, cut);
-            break;
-        }
-        step += 1;
-    }
-    assert!(step > 3, "the truncation took {step} file operations");
+    const CUT: i64 = 7;
+    let steps = crash_at_every_step(
+        |dir, clock| {
+            let mut log = open(dir, small_config(), clock);
+            for i in 0..40 {
+                log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
+                    .unwrap();
+            }
+            assert!(log.segments().len() > 3);
+            log
+        },
+        small_config,
+        |log| log.truncate_to(CUT),
+        |step, crashed, before, _, log| {
+            let end = log.log_end_offset();
+            assert!(end >= CUT, "crash at step {step}: end {end} below the cut");
+            assert_eq!(
+                read_all(log),
+                before[..end as usize],
+                "crash at step {step}: not a prefix"
+            );
+            if !crashed {
+                assert_eq!(end, CUT);
+            }
+        },
+    );
+    assert!(steps > 3, "the truncation took {steps} file operations");
 }
 
-/// A machine crash at any step of a segment roll, then more appends once restarted: nothing
-/// fsynced before the roll is lost, and the log goes on from its end.
+/// A machine crash at any step of a segment roll and of the first acknowledged append into
+/// the new segment: nothing durable before is lost, the append is there once acknowledged (the
+/// new segment's name is durable before it holds anything), and the log goes on from its end.
 #[test]
 fn a_power_cut_at_any_step_of_a_roll_loses_nothing() {
-    let mut step = 0;
-    loop {
-        let dir = tempfile::tempdir().unwrap();
-        let _tracking = fault::track_power_cuts(dir.path());
-        let clock = ManualClock::new(1_000);
-        let mut log = open(dir.path(), small_config(), &clock);
-        for i in 0..5 {
-            log.append_as_leader(&mut numbered(i, 1, 100, 1_000), 0)
+    let steps = crash_at_every_step(
+        |dir, clock| {
+            let mut log = open(dir, small_config(), clock);
+            for i in 0..5 {
+                log.append_as_leader(&mut numbered(i, 1, 100, 1_000), 0)
+                    .unwrap();
+            }
+            log
+        },
+        small_config,
+        |log| {
+            log.roll()?;
+            log.append_as_leader(&mut numbered(5, 1, 100, 1_000), 0)?;
+            let end = log.log_end_offset();
+            log.group_commit().wait_durable(end)
+        },
+        |step, crashed, before, end, log| {
+            let now = log.log_end_offset();
+            assert!(
+                now == end || now == end + 1,
+                "crash at step {step}: end {now}"
+            );
+            let after = read_all(log);
+            assert_eq!(after[..before.len()], *before, "crash at step {step}");
+            if !crashed {
+                assert_eq!(now, end + 1, "the acknowledged append was lost");
+            }
+            log.append_as_leader(&mut numbered(6, 1, 100, 1_000), 0)
                 .unwrap();
-        }
-        let end = log.log_end_offset();
-        log.group_commit().wait_durable(end).unwrap();
-        let before = read_all(&log);
-        let crash = fault::crash_after(dir.path(), step);
-        let result = log.roll();
-        let crashed = crash.hits() > 0;
-        drop(log);
-        drop(crash);
-        fault::power_cut(dir.path()).unwrap();
-
-        let mut log = reopen(dir.path(), small_config(), &clock, false, 0);
-        assert_eq!(log.log_end_offset(), end, "crash at step {step}");
-        assert_eq!(read_all(&log), before, "crash at step {step}");
-        log.append_as_leader(&mut numbered(5, 1, 100, 1_000), 0)
-            .unwrap();
-        assert_eq!(read_all(&log).len(), 6, "crash at step {step}");
-        if !crashed {
-            result.unwrap();
-            break;
-        }
-        step += 1;
-    }
-    assert!(step > 2, "the roll took {step} file operations");
+            assert_eq!(read_all(log).len() as i64, now + 1, "crash at step {step}");
+        },
+    );
+    assert!(steps > 2, "the roll took {steps} file operations");
 }
 
 /// Opening a log that a crash left with a compaction `.swap` finishes the swap in the live

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::*;
 use rill_storage::{
     CLEAN_SHUTDOWN_FILE, CleanerConfig, CleanupPolicy, LogConfig, LogManager, ManualClock,
-    OffsetCheckpointFile, RECOVERY_POINT_CHECKPOINT, TopicPartition,
+    OffsetCheckpointFile, RECOVERY_POINT_CHECKPOINT, SharedLog, TopicPartition,
 };
 
 fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
@@ -18,6 +18,17 @@ fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
         Arc::new(clock.clone()),
     )
     .unwrap()
+}
+
+/// Appends `batch` and waits for group commit's fsync, as an acknowledged produce does.
+fn append_acknowledged(log: &SharedLog, mut batch: Vec<u8>) {
+    let end = {
+        let mut log = log.write();
+        log.append_as_leader(&mut batch, 0).unwrap();
+        log.log_end_offset()
+    };
+    let commit = log.read().group_commit();
+    commit.wait_durable(end).unwrap();
 }
 
 #[test]
@@ -302,14 +313,8 @@ fn a_power_cut_after_a_clean_restart_is_recovered_as_a_crash() {
 
     let m = manager(&dirs, &clock);
     let log = m.get(&tp).unwrap();
-    let end = {
-        let mut log = log.write();
-        log.append_as_leader(&mut numbered(3, 2, 20, 0), 0).unwrap();
-        log.log_end_offset()
-    };
     // Acknowledged as a produce is: after group commit's fsync.
-    let commit = log.read().group_commit();
-    commit.wait_durable(end).unwrap();
+    append_acknowledged(&log, numbered(3, 2, 20, 0));
     drop(log);
     drop(m);
     rill_storage::fault::power_cut(root.path()).unwrap();
@@ -347,14 +352,7 @@ fn new_and_deleted_partitions_survive_a_power_cut_as_acknowledged() {
     let tps: Vec<TopicPartition> = (0..4).map(|p| TopicPartition::new("events", p)).collect();
     for (i, tp) in tps.iter().enumerate() {
         let log = m.get_or_create(tp, LogConfig::default()).unwrap();
-        let end = {
-            let mut log = log.write();
-            log.append_as_leader(&mut numbered(0, i + 1, 20, 0), 0)
-                .unwrap();
-            log.log_end_offset()
-        };
-        let commit = log.read().group_commit();
-        commit.wait_durable(end).unwrap();
+        append_acknowledged(&log, numbered(0, i + 1, 20, 0));
     }
     let aside = m.set_aside(&tps[0], "delete").unwrap().unwrap();
     drop(m);
@@ -382,13 +380,7 @@ fn an_existing_log_dir_is_made_durable_at_start() {
     let m = manager(&dirs, &clock);
     let tp = TopicPartition::new("orders", 0);
     let log = m.get_or_create(&tp, LogConfig::default()).unwrap();
-    let end = {
-        let mut log = log.write();
-        log.append_as_leader(&mut numbered(0, 3, 20, 0), 0).unwrap();
-        log.log_end_offset()
-    };
-    let commit = log.read().group_commit();
-    commit.wait_durable(end).unwrap();
+    append_acknowledged(&log, numbered(0, 3, 20, 0));
     drop(log);
     drop(m);
     rill_storage::fault::power_cut(root.path()).unwrap();
