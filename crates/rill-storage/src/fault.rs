@@ -41,8 +41,9 @@
 //! its last fsync, never some of them: tests of the order of changes between two fsyncs use
 //! [`record`] (which directory fsyncs came between which renames). [`crash_after`] stops the
 //! storage layer's file operations at a chosen step, to cut power there.
-//! A file written only by other code (not through rill-storage) keeps the content it had when
-//! a directory fsync first saw it.
+//! What an fsync makes durable is captured just before it starts: what is written, created or
+//! renamed while it runs does not count. A file written only by other code (not through
+//! rill-storage) is durable as it was when tracking began, or empty if it was made since.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
