@@ -954,6 +954,14 @@ mod tests {
         (meta.dev(), meta.ino())
     }
 
+    /// A file written with `data` through the storage layer and fsynced.
+    fn synced(path: &Path, data: &[u8]) -> File {
+        let f = open(path);
+        fsio::write_all_at(&f, path, data, 0).unwrap();
+        fsio::sync(&f, path, false).unwrap();
+        f
+    }
+
     fn open(path: &Path) -> File {
         File::options()
             .read(true)
@@ -972,9 +980,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _tracking = track_power_cuts(dir.path());
         let path = dir.path().join("00000000000000000013.log");
-        let f = open(&path);
-        fsio::write_all_at(&f, &path, b"batches 13..20", 0).unwrap();
-        fsio::sync(&f, &path, false).unwrap();
+        let f = synced(&path, b"batches 13..20");
         let inode = key(&f.metadata().unwrap());
         assert!(registry().files.contains_key(&inode));
         fsio::remove_file(&path).unwrap();
@@ -1021,9 +1027,7 @@ mod tests {
         let part = dir.path().join("t-0");
         std::fs::create_dir(&part).unwrap();
         let path = part.join("00000000000000000000.log");
-        let f = open(&path);
-        fsio::write_all_at(&f, &path, b"data", 0).unwrap();
-        fsio::sync(&f, &path, false).unwrap();
+        let f = synced(&path, b"data");
         let inode = key(&f.metadata().unwrap());
         drop(f);
         let aside = dir.path().join("t-0.1-delete");
@@ -1053,17 +1057,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _tracking = track_power_cuts(dir.path());
         let a = dir.path().join("00000000000000000000.log");
-        let f = open(&a);
-        fsio::write_all_at(&f, &a, b"batch", 0).unwrap();
-        fsio::sync(&f, &a, false).unwrap();
+        let f = synced(&a, b"batch");
         drop(f);
         let report = power_cut(dir.path()).unwrap();
         assert_eq!(report.entries_undone, 1, "{report:?}");
         assert!(names(dir.path()).is_empty());
 
-        let f = open(&a);
-        fsio::write_all_at(&f, &a, b"batch", 0).unwrap();
-        fsio::sync(&f, &a, false).unwrap();
+        let f = synced(&a, b"batch");
         fsio::sync_dir(dir.path()).unwrap();
         fsio::write_all_at(&f, &a, b" and more", 5).unwrap();
         drop(f);
@@ -1082,14 +1082,10 @@ mod tests {
         let tmp = dir.path().join("checkpoint.tmp");
         let seg = dir.path().join("00000000000000000000.log");
         for (path, data) in [(&target, &b"old"[..]), (&seg, b"batches")] {
-            let f = open(path);
-            fsio::write_all_at(&f, path, data, 0).unwrap();
-            fsio::sync(&f, path, false).unwrap();
+            synced(path, data);
         }
         fsio::sync_dir(dir.path()).unwrap();
-        let f = open(&tmp);
-        fsio::write_all_at(&f, &tmp, b"new", 0).unwrap();
-        fsio::sync(&f, &tmp, false).unwrap();
+        let f = synced(&tmp, b"new");
         drop(f);
         fsio::rename(&tmp, &target).unwrap();
         fsio::remove_file(&seg).unwrap();
@@ -1103,9 +1099,7 @@ mod tests {
         assert_eq!(std::fs::read(&seg).unwrap(), b"batches");
 
         // Done right: the same steps, the directory fsynced after them.
-        let f = open(&tmp);
-        fsio::write_all_at(&f, &tmp, b"new", 0).unwrap();
-        fsio::sync(&f, &tmp, false).unwrap();
+        let f = synced(&tmp, b"new");
         drop(f);
         fsio::rename(&tmp, &target).unwrap();
         fsio::remove_file(&seg).unwrap();
@@ -1126,9 +1120,7 @@ mod tests {
         let seg = part.join("00000000000000000000.log");
         std::fs::write(&seg, b"before tracking").unwrap();
         let _tracking = track_power_cuts(dir.path());
-        let f = open(&seg);
-        fsio::write_all_at(&f, &seg, b"BEFORE", 0).unwrap();
-        fsio::sync(&f, &seg, false).unwrap();
+        let f = synced(&seg, b"BEFORE");
         drop(f);
         let aside = dir.path().join("t-0.1-delete");
         fsio::rename(&part, &aside).unwrap();
@@ -1148,9 +1140,7 @@ mod tests {
         std::fs::write(dir.path().join("t-1").join("y"), b"y").unwrap();
         std::fs::create_dir(dir.path().join("t-2")).unwrap();
         let x = dir.path().join("t-2").join("x");
-        let f = open(&x);
-        fsio::write_all_at(&f, &x, b"x", 0).unwrap();
-        fsio::sync(&f, &x, false).unwrap();
+        synced(&x, b"x");
         // Written, never through the storage layer, never fsynced: there, but empty.
         std::fs::write(dir.path().join("t-2").join("z"), b"z").unwrap();
         fsio::sync_dir(&dir.path().join("t-2")).unwrap();
