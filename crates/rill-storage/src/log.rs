@@ -135,6 +135,7 @@ impl Log {
         let bases = segment_bases(&dir)?;
         let mut segments = BTreeMap::new();
         let mut truncated_at = None;
+        let mut cut = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             if truncated_at.is_some() {
                 // Data after a truncated segment follows a hole: it cannot be trusted.
@@ -146,6 +147,9 @@ impl Log {
             let recover =
                 !options.clean_shutdown && next_base.is_none_or(|n| n > options.recovery_point);
             let (segment, truncated) = LogSegment::open(&dir, base, sizing, recover)?;
+            if truncated > 0 {
+                cut.push(base);
+            }
             // Cut bytes leave a hole unless the segment still ends where the next one begins
             // (zeros written ahead and not cut before a crash, say).
             if truncated > 0 && next_base.is_some_and(|n| n != segment.next_offset()) {
@@ -159,6 +163,13 @@ impl Log {
         } else if truncated_at.is_some() {
             // The segments removed after the hole stay removed: appends go on from the cut.
             sync_dir(&dir)?;
+        }
+        // Only now is a cut made durable: were it durable while segments after a hole still
+        // existed, a crash would leave a clean segment followed by data after the hole.
+        for base in cut {
+            if let Some(segment) = segments.get_mut(&base) {
+                segment.flush()?;
+            }
         }
         let log_start_offset = *segments.keys().next().unwrap_or(&0);
         let log_end_offset = segments.values().next_back().map_or(0, |s| s.next_offset());

@@ -144,7 +144,8 @@ impl LogSegment {
     /// Opens an existing segment. With `recover`, every batch is re-validated (CRC and offsets),
     /// the file is truncated at the first bad one and the indexes rebuilt; otherwise the indexes
     /// are loaded (and rebuilt only if missing or corrupt) and only the tail is scanned.
-    /// Returns the segment and the number of bytes truncated.
+    /// Returns the segment and the number of bytes truncated; a cut is not yet durable (see
+    /// [`Self::flush`]).
     pub(crate) fn open(
         dir: &Path,
         base_offset: i64,
@@ -231,7 +232,7 @@ impl LogSegment {
         if pos < self.size && self.only_zeros_after(pos)? {
             // Zeros written ahead (`preallocate`) that a close did not cut: the next append
             // must land right after the last batch.
-            self.cut_tail(pos)?;
+            self.cut_tail(pos, true)?;
         }
         self.bytes_since_last_index_entry = pos
             - self
@@ -242,6 +243,8 @@ impl LogSegment {
     }
 
     /// Re-validates every batch, truncates at the first invalid one, rebuilds the indexes.
+    /// The cut is not fsynced: the caller makes it durable once whatever must go with it (the
+    /// segments after a hole) is gone, so a crash in between finds the torn data again.
     fn recover(&mut self) -> Result<u64> {
         self.offset_index.clear();
         self.time_index.clear();
@@ -288,14 +291,14 @@ impl LogSegment {
         };
         let truncated = self.size - valid_end;
         if truncated > 0 {
-            self.cut_tail(valid_end)?;
+            self.cut_tail(valid_end, false)?;
         }
         Ok(truncated)
     }
 
-    /// Durably cuts the `.log` file at `end`, saying whether it cut zeros written ahead
-    /// (`preallocate`) or invalid or torn data.
-    fn cut_tail(&mut self, end: u64) -> Result<()> {
+    /// Cuts the `.log` file at `end` (fsynced when `durable`), saying whether it cut zeros
+    /// written ahead (`preallocate`) or invalid or torn data.
+    fn cut_tail(&mut self, end: u64, durable: bool) -> Result<()> {
         let path = self.log_path();
         let cut = self.size - end;
         if self.only_zeros_after(end)? {
@@ -306,7 +309,9 @@ impl LogSegment {
                 "truncating invalid or torn data at the end of the segment");
         }
         self.file.set_len(end).at(&path)?;
-        self.file.sync_all().at(&path)?;
+        if durable {
+            self.file.sync_all().at(&path)?;
+        }
         self.size = end;
         Ok(())
     }

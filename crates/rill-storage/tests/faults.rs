@@ -654,3 +654,61 @@ fn finishing_an_interrupted_swap_on_open_fsyncs_between_removal_and_rename() {
     }
     assert!(found);
 }
+
+/// Recovering a segment torn in the middle of the log (a bad batch with segments after it)
+/// cuts the segment and removes the segments after the hole. A machine crash at any step of
+/// that recovery must not leave the cut durable while the later segments survive: the next
+/// open would find a clean segment followed by data after a hole and keep both.
+#[test]
+fn a_power_cut_while_recovering_a_torn_middle_segment_leaves_a_prefix() {
+    for step in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000);
+        let mut log = open(dir.path(), config(), &clock);
+        for i in 0..40 {
+            log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
+                .unwrap();
+        }
+        log.flush().unwrap();
+        let before = read_all(&log);
+        let segments = log.segments();
+        assert!(segments.len() > 3, "{segments:?}");
+        drop(log);
+        // Damage the second segment in its middle, as a bad sector would.
+        let torn = &segments[1];
+        let path = dir.path().join(format!("{:020}.log", torn.base_offset));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let _tracking = fault::track_power_cuts(dir.path());
+        let crash = fault::crash_after(dir.path(), step);
+        let opened = Log::open(
+            dir.path(),
+            config(),
+            rill_storage::LogOpenOptions::default(),
+            Arc::new(clock.clone()),
+        );
+        let crashed = crash.hits() > 0;
+        drop(opened);
+        drop(crash);
+        fault::power_cut(dir.path()).unwrap();
+        let log = reopen(dir.path(), config(), &clock, false, 0);
+        let end = log.log_end_offset();
+        assert!(
+            end > torn.base_offset && end < torn.next_offset,
+            "crash at step {step}: end {end}, torn segment {torn:?}"
+        );
+        assert_eq!(
+            read_all(&log),
+            before[..end as usize],
+            "crash at step {step}: not a prefix"
+        );
+        assert_eq!(log.segments().len(), 2, "crash at step {step}");
+        if !crashed {
+            assert!(step > 2, "recovery took {step} file operations");
+            return;
+        }
+    }
+}
