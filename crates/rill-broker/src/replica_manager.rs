@@ -595,26 +595,27 @@ impl ReplicaManager {
             }
         }
         let log = self.logs.get_or_create(tp, config.clone())?;
-        let (dir, leo) = {
+        let (dir, log_start, leo) = {
             let l = log.read();
-            (l.dir().to_owned(), l.log_end_offset())
+            (l.dir().to_owned(), l.log_start_offset(), l.log_end_offset())
         };
         if read_partition_metadata(&dir)?.is_none() {
             rill_storage::write_atomically(&dir.join(PARTITION_METADATA), topic_id.as_bytes())?;
         }
         let log_dir = dir.parent().map(Path::to_owned).unwrap_or_default();
-        // The high watermark from the last checkpoint (never above the log end): a replica must
-        // not expose what its ISR had not acknowledged. Logs from before checkpoints existed
-        // start at their end.
+        // The high watermark from the last checkpoint (within the log): a replica must not expose
+        // what its ISR had not acknowledged. Without one (a crash before the first checkpoint,
+        // a lost file) it starts at the log start, as Kafka's does; a leader raises it once its
+        // ISR reports, a follower takes its leader's.
         let checkpointed = OffsetCheckpointFile::new(log_dir.join(REPLICATION_OFFSET_CHECKPOINT))
             .read()
             .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "unreadable high watermark checkpoint; starting high watermarks at the log end");
+                tracing::warn!(error = %e, "unreadable high watermark checkpoint; starting high watermarks at the log start");
                 BTreeMap::new()
             });
         let hw = checkpointed
             .get(&rill_storage::partition_dir_name(tp))
-            .map_or(leo, |hw| (*hw).min(leo));
+            .map_or(log_start, |hw| (*hw).clamp(log_start, leo.max(log_start)));
         Ok(Arc::new(Partition::new(
             tp.clone(),
             topic_id.to_owned(),
@@ -1377,6 +1378,43 @@ mod tests {
         )
         .unwrap();
         ReplicaManager::new(config, logs)
+    }
+
+    /// A log opened without a checkpointed high watermark starts it at the log start, as
+    /// Kafka's does: its tail may hold records its ISR never had, and a leader must not expose
+    /// them before its followers report them. A checkpointed value is kept, capped at the end.
+    #[test]
+    fn a_high_watermark_without_checkpoint_starts_at_the_log_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let hw_after_restart = |checkpoint: Option<i64>| {
+            let rm = replica_manager(tmp.path(), &[]);
+            let file = OffsetCheckpointFile::new(tmp.path().join(REPLICATION_OFFSET_CHECKPOINT));
+            let entries: BTreeMap<String, i64> = checkpoint
+                .map(|hw| (rill_storage::partition_dir_name(&tp), hw))
+                .into_iter()
+                .collect();
+            file.write(&entries).unwrap();
+            // Leader 1 with broker 2 in its ISR, whose position is unknown until it fetches.
+            rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1, 2])])));
+            let p = rm.leader_partition(&tp).unwrap();
+            let hw = p.high_watermark();
+            rm.logs().shutdown().unwrap();
+            hw
+        };
+        {
+            let rm = replica_manager(tmp.path(), &[]);
+            rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
+            let p = rm.leader_partition(&tp).unwrap();
+            for _ in 0..10 {
+                rm.append(&p, &batch(), 1).unwrap();
+            }
+            assert_eq!(p.log_end_offset(), 10);
+            rm.logs().shutdown().unwrap();
+        }
+        assert_eq!(hw_after_restart(None), 0);
+        assert_eq!(hw_after_restart(Some(4)), 4);
+        assert_eq!(hw_after_restart(Some(50)), 10);
     }
 
     /// A produce whose client gave up while it was queued is not appended; one whose client
