@@ -424,7 +424,20 @@ pub struct PowerCutReport {
 /// when never fsynced). Drop the logs of `dir` first (without closing them: closing flushes),
 /// as the process dies with the machine. Afterwards everything under `dir` counts as durable.
 pub fn power_cut(dir: impl AsRef<Path>) -> io::Result<PowerCutReport> {
-    let dir = dir.as_ref();
+    cut(dir.as_ref(), None)
+}
+
+/// [`power_cut`] on a filesystem that writes directory blocks in any order (ext4 without a
+/// journal, as this project's machines run): each change to a directory's entries since its
+/// last fsync — a creation, a removal, a rename (atomic: the file is under its old name or
+/// its new one, and a file it replaced comes back with the old name) — independently stays
+/// or is undone, chosen by `seed`. Files keep their fsynced content either way. Code that needs one change durable before another must
+/// fsync the directory between them; this finds where it does not.
+pub fn power_cut_reordered(dir: impl AsRef<Path>, seed: u64) -> io::Result<PowerCutReport> {
+    cut(dir.as_ref(), Some(seed))
+}
+
+fn cut(dir: &Path, reorder_seed: Option<u64>) -> io::Result<PowerCutReport> {
     let mut reg = registry();
     if !reg.tracked.iter().any(|(_, d)| d == dir) {
         return Err(io::Error::other(format!(
@@ -441,13 +454,30 @@ pub fn power_cut(dir: impl AsRef<Path>) -> io::Result<PowerCutReport> {
     };
     // Everything that survives is computed before anything is changed: a directory renamed
     // away and not fsynced may hold files that must come back under the old name.
-    let survivors = reg.durable_entries(root);
+    let survivors = match reorder_seed {
+        None => reg.durable_entries(root),
+        Some(seed) => reg.reordered_entries(dir, &mut SplitMix64(seed))?,
+    };
     let mut report = PowerCutReport::default();
     reg.restore(dir, &survivors, &mut report)?;
     // What is on disk now is what the restarted machine finds: all of it durable.
     reg.forget_under(dir);
     reg.snapshot_tree(dir)?;
     Ok(report)
+}
+
+/// The coin of [`power_cut_reordered`]: SplitMix64, enough for choosing which changes a cut
+/// keeps, reproducibly from a seed.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn coin(&mut self) -> bool {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) & 1 == 1
+    }
 }
 
 /// What a directory holds after a cut.
@@ -653,6 +683,86 @@ impl Registry {
             out.insert(name.clone(), survivor);
         }
         out
+    }
+
+    /// What the live directory `dir` holds after a cut that keeps each change to its entries
+    /// since its last fsync, or undoes it, at random (see [`power_cut_reordered`]).
+    fn reordered_entries(
+        &mut self,
+        dir: &Path,
+        rng: &mut SplitMix64,
+    ) -> io::Result<BTreeMap<OsString, Survivor>> {
+        let id = self.dir_record(key_of(&std::fs::symlink_metadata(dir)?), dir);
+        let mut durable = self.durable_entries(id);
+        let mut live = BTreeMap::new();
+        let mut names: Vec<OsString> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            let survivor = if meta.is_dir() {
+                let id = self.dir_record(key_of(&meta), &path);
+                Survivor::Dir(id, self.reordered_entries(&path, rng)?)
+            } else if meta.is_file() {
+                // Never written through the storage layer nor there when tracking began:
+                // nothing of it is durable.
+                let Some(id) = self.file_record(key_of(&meta), &path, || Some(Vec::new())) else {
+                    continue;
+                };
+                let synced =
+                    (self.file_states.get(&id)).map_or_else(Vec::new, |f| f.synced.clone());
+                Survivor::File(id, synced)
+            } else {
+                continue;
+            };
+            names.push(entry.file_name());
+            live.insert(entry.file_name(), survivor);
+        }
+        names.extend(durable.keys().filter(|n| !live.contains_key(*n)).cloned());
+        names.sort();
+        // A rename is atomic (one directory's entries, as ext4 commits them): names that a
+        // node moved between — from, to, and what a rename replaced — change together.
+        let node_of = |s: &Survivor| match s {
+            Survivor::File(id, _) | Survivor::Dir(id, _) => *id,
+        };
+        let mut group: Vec<usize> = (0..names.len()).collect();
+        fn root(group: &mut [usize], mut i: usize) -> usize {
+            while group[i] != i {
+                group[i] = group[group[i]];
+                i = group[i];
+            }
+            i
+        }
+        let mut first_name_of: BTreeMap<u64, usize> = BTreeMap::new();
+        for (i, name) in names.iter().enumerate() {
+            for node in [live.get(name), durable.get(name)].into_iter().flatten() {
+                let j = *first_name_of.entry(node_of(node)).or_insert(i);
+                let (a, b) = (root(&mut group, i), root(&mut group, j));
+                group[a] = b;
+            }
+        }
+        let mut keep_new: BTreeMap<usize, bool> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for (i, name) in names.into_iter().enumerate() {
+            let new = live.remove(&name);
+            let old = durable.remove(&name);
+            let unchanged = match (&new, &old) {
+                (Some(a), Some(b)) => node_of(a) == node_of(b),
+                _ => false,
+            };
+            // An unchanged entry is the live one (a directory's own entries are reordered
+            // inside it); a changed one takes its group's state, new or old.
+            let r = root(&mut group, i);
+            let kept = if unchanged || *keep_new.entry(r).or_insert_with(|| rng.coin()) {
+                new
+            } else {
+                old
+            };
+            if let Some(survivor) = kept {
+                out.insert(name, survivor);
+            }
+        }
+        Ok(out)
     }
 
     /// Makes `dir` hold exactly `survivors`, keeping files and directories that are still the
@@ -1108,6 +1218,52 @@ mod tests {
         assert_eq!(report, PowerCutReport::default());
         assert_eq!(names(dir.path()), ["checkpoint"]);
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    /// A reordered cut keeps or undoes each unsynced change on its own: over many seeds a file
+    /// renamed aside is under its old name or its new one (never both, never neither), a file
+    /// renamed over another is the new one or the old one, and a new file is there or not;
+    /// what is there always has its fsynced content, and fsynced changes always stay.
+    #[test]
+    fn a_reordered_cut_keeps_any_subset_of_the_unsynced_changes() {
+        use std::collections::BTreeSet;
+        let mut outcomes = BTreeSet::new();
+        for seed in 0..64 {
+            let dir = tempfile::tempdir().unwrap();
+            let _tracking = track_power_cuts(dir.path());
+            let path = |name: &str| dir.path().join(name);
+            synced(&path("kept"), b"kept");
+            synced(&path("a"), b"batch");
+            synced(&path("checkpoint"), b"old");
+            fsio::sync_dir(dir.path()).unwrap();
+            fsio::rename(&path("a"), &path("b")).unwrap();
+            synced(&path("checkpoint.tmp"), b"new");
+            fsio::rename(&path("checkpoint.tmp"), &path("checkpoint")).unwrap();
+            synced(&path("c"), b"c");
+            power_cut_reordered(dir.path(), seed).unwrap();
+            let now = names(dir.path());
+            for name in &now {
+                let content = std::fs::read(path(name)).unwrap();
+                match name.as_str() {
+                    "kept" => assert_eq!(content, b"kept"),
+                    "a" | "b" => assert_eq!(content, b"batch"),
+                    "c" => assert_eq!(content, b"c"),
+                    "checkpoint" => assert!(content == b"old" || content == b"new"),
+                    other => panic!("seed {seed}: {other} should not be there"),
+                }
+            }
+            let renamed: Vec<&str> = (now.iter().map(String::as_str))
+                .filter(|n| *n == "a" || *n == "b")
+                .collect();
+            assert_eq!(renamed.len(), 1, "seed {seed}: {now:?}");
+            assert!(now.contains(&"kept".to_owned()) && now.contains(&"checkpoint".to_owned()));
+            let checkpoint = std::fs::read(path("checkpoint")).unwrap();
+            outcomes.insert((now, checkpoint));
+            // After the cut everything there is durable: a plain cut changes nothing.
+            assert_eq!(power_cut(dir.path()).unwrap(), PowerCutReport::default());
+        }
+        // Every combination of the three independent changes came up.
+        assert_eq!(outcomes.len(), 8, "{outcomes:?}");
     }
 
     /// A partition directory renamed aside (for deletion) and removed, its parent never

@@ -610,9 +610,12 @@ impl Log {
         }
         self.truncations += 1;
         let doomed: Vec<i64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
-        for base in doomed {
+        // Newest first, each removal durable before the next: whatever a crash keeps of them
+        // is the oldest ones, never one behind a hole.
+        for base in doomed.into_iter().rev() {
             self.segments.remove(&base);
             delete_segment_files(&self.dir, base)?;
+            sync_dir(&self.dir)?;
         }
         // Every directory change so far made durable before the cut is: after a crash the log
         // is then a prefix of what it was, never with a hole — the later segments' unlinks,
@@ -644,9 +647,11 @@ impl Log {
     fn truncate_fully_inner(&mut self, offset: i64) -> Result<()> {
         self.truncations += 1;
         let bases: Vec<i64> = self.segments.keys().copied().collect();
-        for base in bases {
+        // Newest first, each removal durable before the next, as in `truncate_to`.
+        for base in bases.into_iter().rev() {
             self.segments.remove(&base);
             delete_segment_files(&self.dir, base)?;
+            sync_dir(&self.dir)?;
         }
         // The old segments are gone for good before the new one exists: a crash in between
         // can leave the log empty, never old segments beside the new one (a gap below it).
@@ -771,10 +776,13 @@ impl Log {
         }
         let mut deleted = Vec::new();
         let mut renamed = Vec::new();
+        // Oldest first, each rename durable before the next: whatever a crash keeps of them
+        // is the newest ones, never a segment behind a hole.
         for base in doomed {
             if let Some(mut segment) = self.segments.remove(&base) {
                 deleted.push(segment.info());
                 renamed.extend(segment.rename_files(DELETED_SUFFIX)?);
+                sync_dir(&self.dir)?;
             }
         }
         if !deleted.is_empty() {

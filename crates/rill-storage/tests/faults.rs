@@ -449,36 +449,53 @@ fn a_failed_cleaner_swap_leaves_no_hole() {
     }
 }
 
+/// Power cuts tried at each crash point of [`crash_at_every_step`] besides the plain one: cuts
+/// that keep a random subset of the directory changes made since the last fsyncs.
+const REORDERED_CUTS: u64 = 4;
+
 /// Crashes `op` at each of its file operations in turn: for step 0, 1, 2, … a fresh log from
 /// `setup` (everything in it made durable first, as acknowledged records are), `op` with every
-/// file operation after the first `step` failing (the process stopped there), a power cut, and
-/// `check(step, crashed, records before, log end before, reopened log)`. The last round is the
+/// file operation after the first `step` failing (the process stopped there), a power cut —
+/// the plain one, then [`REORDERED_CUTS`] reordered ones, each on a fresh run — and
+/// `check(where, crashed, records before, log end before, reopened log)`. The last round is the
 /// one `op` finishes without reaching its crash point (`crashed` false; `op` must succeed).
 /// Returns how many crash points there were.
 fn crash_at_every_step(
     setup: impl Fn(&Path, &ManualClock) -> Log,
     config: impl Fn() -> LogConfig,
     op: impl Fn(&mut Log) -> rill_storage::Result<()>,
-    check: impl Fn(u64, bool, &[Rec], i64, &mut Log),
+    check: impl Fn(&str, bool, &[Rec], i64, &mut Log),
 ) -> u64 {
     for step in 0.. {
-        let dir = tempfile::tempdir().unwrap();
-        let _tracking = fault::track_power_cuts(dir.path());
-        let clock = ManualClock::new(1_000);
-        let mut log = setup(dir.path(), &clock);
-        log.flush().unwrap();
-        let before = read_all(&log);
-        let end = log.log_end_offset();
-        let crash = fault::crash_after(dir.path(), step);
-        let result = op(&mut log);
-        let crashed = crash.hits() > 0;
-        drop(log);
-        drop(crash);
-        fault::power_cut(dir.path()).unwrap();
-        let mut log = reopen(dir.path(), config(), &clock, false, 0);
-        check(step, crashed, &before, end, &mut log);
+        let mut crashed = false;
+        for cut in 0..=REORDERED_CUTS {
+            let dir = tempfile::tempdir().unwrap();
+            let _tracking = fault::track_power_cuts(dir.path());
+            let clock = ManualClock::new(1_000);
+            let mut log = setup(dir.path(), &clock);
+            log.flush().unwrap();
+            let before = read_all(&log);
+            let end = log.log_end_offset();
+            let crash = fault::crash_after(dir.path(), step);
+            let result = op(&mut log);
+            crashed = crash.hits() > 0;
+            drop(log);
+            drop(crash);
+            let at = if cut == 0 {
+                fault::power_cut(dir.path()).unwrap();
+                format!("step {step}")
+            } else {
+                let seed = step * 1_000 + cut;
+                fault::power_cut_reordered(dir.path(), seed).unwrap();
+                format!("step {step}, reordered cut {seed}")
+            };
+            let mut log = reopen(dir.path(), config(), &clock, false, 0);
+            check(&at, crashed, &before, end, &mut log);
+            if !crashed {
+                result.unwrap();
+            }
+        }
         if !crashed {
-            result.unwrap();
             return step;
         }
     }
@@ -500,15 +517,15 @@ fn a_power_cut_at_any_step_of_a_cleaner_pass_loses_nothing() {
         },
         |step, crashed, before, end, log| {
             let after = read_all(log);
-            assert_eq!(log.log_end_offset(), end, "crash at step {step}");
+            assert_eq!(log.log_end_offset(), end, "crash at {step}");
             assert!(
                 after.windows(2).all(|w| w[0].offset < w[1].offset),
-                "crash at step {step}: offsets out of order"
+                "crash at {step}: offsets out of order"
             );
             for r in &after {
                 assert!(
                     before.contains(r),
-                    "crash at step {step}: {r:?} was never written"
+                    "crash at {step}: {r:?} was never written"
                 );
             }
             for k in 0..5 {
@@ -517,7 +534,7 @@ fn a_power_cut_at_any_step_of_a_cleaner_pass_loses_nothing() {
                 assert_eq!(
                     after.iter().rfind(|r| r.key == key),
                     Some(want),
-                    "crash at step {step}"
+                    "crash at {step}"
                 );
             }
             if !crashed {
@@ -548,11 +565,11 @@ fn a_power_cut_at_any_step_of_a_truncation_leaves_a_prefix() {
         |log| log.truncate_to(CUT),
         |step, crashed, before, _, log| {
             let end = log.log_end_offset();
-            assert!(end >= CUT, "crash at step {step}: end {end} below the cut");
+            assert!(end >= CUT, "crash at {step}: end {end} below the cut");
             assert_eq!(
                 read_all(log),
                 before[..end as usize],
-                "crash at step {step}: not a prefix"
+                "crash at {step}: not a prefix"
             );
             if !crashed {
                 assert_eq!(end, CUT);
@@ -585,18 +602,15 @@ fn a_power_cut_at_any_step_of_a_roll_loses_nothing() {
         },
         |step, crashed, before, end, log| {
             let now = log.log_end_offset();
-            assert!(
-                now == end || now == end + 1,
-                "crash at step {step}: end {now}"
-            );
+            assert!(now == end || now == end + 1, "crash at {step}: end {now}");
             let after = read_all(log);
-            assert_eq!(after[..before.len()], *before, "crash at step {step}");
+            assert_eq!(after[..before.len()], *before, "crash at {step}");
             if !crashed {
                 assert_eq!(now, end + 1, "the acknowledged append was lost");
             }
             log.append_as_leader(&mut numbered(6, 1, 100, 1_000), 0)
                 .unwrap();
-            assert_eq!(read_all(log).len() as i64, now + 1, "crash at step {step}");
+            assert_eq!(read_all(log).len() as i64, now + 1, "crash at {step}");
         },
     );
     assert!(steps > 2, "the roll took {steps} file operations");
@@ -698,14 +712,14 @@ fn a_power_cut_while_recovering_a_torn_middle_segment_leaves_a_prefix() {
         let end = log.log_end_offset();
         assert!(
             end > torn.base_offset && end < torn.next_offset,
-            "crash at step {step}: end {end}, torn segment {torn:?}"
+            "crash at {step}: end {end}, torn segment {torn:?}"
         );
         assert_eq!(
             read_all(&log),
             before[..end as usize],
-            "crash at step {step}: not a prefix"
+            "crash at {step}: not a prefix"
         );
-        assert_eq!(log.segments().len(), 2, "crash at step {step}");
+        assert_eq!(log.segments().len(), 2, "crash at {step}");
         if !crashed {
             assert!(step > 2, "recovery took {step} file operations");
             return;
