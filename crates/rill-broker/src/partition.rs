@@ -298,6 +298,10 @@ impl Partition {
                         leader_end_at_last_fetch: -1,
                     });
                 }
+                drop(inner);
+                // A smaller ISR (a follower removed, in the same epoch) may let the high
+                // watermark move with no write or fetch to trigger it.
+                self.maybe_increment_hw();
                 return Transition::Unchanged;
             }
             // A new leader epoch: follower positions are unknown until they fetch again; those

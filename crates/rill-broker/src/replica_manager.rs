@@ -1406,15 +1406,37 @@ mod tests {
             let rm = replica_manager(tmp.path(), &[]);
             rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
             let p = rm.leader_partition(&tp).unwrap();
+            // The log starts at 5 (a follower that started over at its leader's log start).
+            let log = rm.logs().get(&tp).unwrap();
+            log.write().truncate_fully_and_start_at(5).unwrap();
             for _ in 0..10 {
                 rm.append(&p, &batch(), 1).unwrap();
             }
-            assert_eq!(p.log_end_offset(), 10);
+            assert_eq!(p.log_end_offset(), 15);
             rm.logs().shutdown().unwrap();
         }
-        assert_eq!(hw_after_restart(None), 0);
-        assert_eq!(hw_after_restart(Some(4)), 4);
-        assert_eq!(hw_after_restart(Some(50)), 10);
+        assert_eq!(hw_after_restart(None), 5);
+        assert_eq!(hw_after_restart(Some(2)), 5);
+        assert_eq!(hw_after_restart(Some(9)), 9);
+        assert_eq!(hw_after_restart(Some(50)), 15);
+
+        // Broker 2 never comes back and leaves the ISR, in the same leader epoch: the leader
+        // alone in its ISR raises the high watermark at once, with no write to trigger it.
+        let rm = replica_manager(tmp.path(), &[]);
+        let file = OffsetCheckpointFile::new(tmp.path().join(REPLICATION_OFFSET_CHECKPOINT));
+        file.write(&BTreeMap::new()).unwrap();
+        let mut img = image(5, &[("t", "A", vec![1, 2])]);
+        rm.apply_image(Arc::new(img.clone()));
+        let p = rm.leader_partition(&tp).unwrap();
+        assert_eq!(p.high_watermark(), 5);
+        img.next_offset += 1;
+        let info = &mut img.topics.get_mut("t").unwrap().partitions[0];
+        info.isr = vec![1];
+        info.partition_epoch += 1;
+        rm.apply_image(Arc::new(img));
+        assert_eq!(p.state().isr, vec![1]);
+        assert_eq!(p.high_watermark(), 15);
+        rm.logs().shutdown().unwrap();
     }
 
     /// A produce whose client gave up while it was queued is not appended; one whose client
