@@ -431,7 +431,8 @@ pub fn power_cut(dir: impl AsRef<Path>) -> io::Result<PowerCutReport> {
 /// journal, as this project's machines run): each change to a directory's entries since its
 /// last fsync — a creation, a removal, a rename (atomic: the file is under its old name or
 /// its new one, and a file it replaced comes back with the old name) — independently stays
-/// or is undone, chosen by `seed`. Files keep their fsynced content either way. Code that needs one change durable before another must
+/// or is undone, and each file keeps either its fsynced content or all it holds now (written
+/// back without an fsync, as a journal commit may), chosen by `seed`. Code that needs one change durable before another must
 /// fsync the directory between them; this finds where it does not.
 pub fn power_cut_reordered(dir: impl AsRef<Path>, seed: u64) -> io::Result<PowerCutReport> {
     cut(dir.as_ref(), Some(seed))
@@ -709,9 +710,14 @@ impl Registry {
                 let Some(id) = self.file_record(key_of(&meta), &path, || Some(Vec::new())) else {
                     continue;
                 };
-                let synced =
-                    (self.file_states.get(&id)).map_or_else(Vec::new, |f| f.synced.clone());
-                Survivor::File(id, synced)
+                // The filesystem may have written back what was not fsynced yet (a journal
+                // commit, memory pressure): the file keeps its live content or its fsynced one.
+                let content = if rng.coin() {
+                    std::fs::read(&path)?
+                } else {
+                    (self.file_states.get(&id)).map_or_else(Vec::new, |f| f.synced.clone())
+                };
+                Survivor::File(id, content)
             } else {
                 continue;
             };

@@ -164,11 +164,11 @@ impl Log {
             // The segments removed after the hole stay removed: appends go on from the cut.
             sync_dir(&dir)?;
         }
-        // Only now is a cut made durable: were it durable while segments after a hole still
-        // existed, a crash would leave a clean segment followed by data after the hole.
+        // Only now are torn bytes cut: were the cut on disk while segments after a hole still
+        // were, a crash would leave a clean segment followed by data after the hole.
         for base in cut {
             if let Some(segment) = segments.get_mut(&base) {
-                segment.flush()?;
+                segment.finish_recovery()?;
             }
         }
         let log_start_offset = *segments.keys().next().unwrap_or(&0);

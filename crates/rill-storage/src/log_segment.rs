@@ -80,6 +80,9 @@ pub struct LogSegment {
     next_offset: i64,
     /// Max timestamp of the first batch: `segment.ms` counts from here.
     rolling_timestamp: Option<i64>,
+    /// Where a recovery found the data invalid: the file still holds the bytes from here on
+    /// until [`Self::finish_recovery`] cuts them (see [`Self::open`]).
+    torn_from: Option<u64>,
 }
 
 /// Index sizing shared by a log's segments.
@@ -138,14 +141,18 @@ impl LogSegment {
             offset_of_max_timestamp: base_offset,
             next_offset: base_offset,
             rolling_timestamp: None,
+            torn_from: None,
         }
     }
 
     /// Opens an existing segment. With `recover`, every batch is re-validated (CRC and offsets),
     /// the file is truncated at the first bad one and the indexes rebuilt; otherwise the indexes
     /// are loaded (and rebuilt only if missing or corrupt) and only the tail is scanned.
-    /// Returns the segment and the number of bytes truncated; a cut is not yet durable (see
-    /// [`Self::flush`]).
+    /// Returns the segment and the number of bytes to truncate. Those bytes are still in the
+    /// file, untouched: the caller first removes what must go with them (the segments after a
+    /// hole) durably, then cuts them with [`Self::finish_recovery`] before anything else uses
+    /// the segment. A cut made earlier could reach the disk (a journal commit) while the
+    /// later segments survive a crash, behind a hole.
     pub(crate) fn open(
         dir: &Path,
         base_offset: i64,
@@ -189,8 +196,12 @@ impl LogSegment {
             _ => {
                 tracing::warn!(segment = %path.display(), "index missing or corrupt; rebuilding from the log");
                 let truncated = seg.recover()?;
-                seg.offset_index.flush()?;
-                seg.time_index.flush()?;
+                if truncated == 0 {
+                    // Otherwise `finish_recovery` writes them, with the cut: indexes durable
+                    // beside the torn bytes would let the next open skip recovering them.
+                    seg.offset_index.flush()?;
+                    seg.time_index.flush()?;
+                }
                 Ok((seg, truncated))
             }
         }
@@ -232,7 +243,7 @@ impl LogSegment {
         if pos < self.size && self.only_zeros_after(pos)? {
             // Zeros written ahead (`preallocate`) that a close did not cut: the next append
             // must land right after the last batch.
-            self.cut_tail(pos, true)?;
+            self.cut_tail(pos)?;
         }
         self.bytes_since_last_index_entry = pos
             - self
@@ -242,9 +253,8 @@ impl LogSegment {
         Ok(())
     }
 
-    /// Re-validates every batch, truncates at the first invalid one, rebuilds the indexes.
-    /// The cut is not fsynced: the caller makes it durable once whatever must go with it (the
-    /// segments after a hole) is gone, so a crash in between finds the torn data again.
+    /// Re-validates every batch and rebuilds the indexes; the first invalid batch and all after
+    /// it are left for [`Self::finish_recovery`] to cut. Returns how many bytes that is.
     fn recover(&mut self) -> Result<u64> {
         self.offset_index.clear();
         self.time_index.clear();
@@ -290,15 +300,23 @@ impl LogSegment {
             pos += total;
         };
         let truncated = self.size - valid_end;
-        if truncated > 0 {
-            self.cut_tail(valid_end, false)?;
-        }
+        self.torn_from = (truncated > 0).then_some(valid_end);
         Ok(truncated)
     }
 
-    /// Cuts the `.log` file at `end` (fsynced when `durable`), saying whether it cut zeros
-    /// written ahead (`preallocate`) or invalid or torn data.
-    fn cut_tail(&mut self, end: u64, durable: bool) -> Result<()> {
+    /// Cuts what a recovery found invalid ([`Self::open`]) and makes the cut and the rebuilt
+    /// indexes durable.
+    pub(crate) fn finish_recovery(&mut self) -> Result<()> {
+        if let Some(end) = self.torn_from.take() {
+            self.cut_tail(end)?;
+        }
+        self.offset_index.flush()?;
+        self.time_index.flush()
+    }
+
+    /// Durably cuts the `.log` file at `end`, saying whether it cut zeros written ahead
+    /// (`preallocate`) or invalid or torn data.
+    fn cut_tail(&mut self, end: u64) -> Result<()> {
         let path = self.log_path();
         let cut = self.size - end;
         if self.only_zeros_after(end)? {
@@ -309,9 +327,7 @@ impl LogSegment {
                 "truncating invalid or torn data at the end of the segment");
         }
         self.file.set_len(end).at(&path)?;
-        if durable {
-            self.file.sync_all().at(&path)?;
-        }
+        self.file.sync_all().at(&path)?;
         self.size = end;
         Ok(())
     }
@@ -336,6 +352,7 @@ impl LogSegment {
 
     /// Appends whole, already validated batches (`bytes` holds them back to back).
     pub(crate) fn append(&mut self, bytes: &[u8], batches: &[BatchInfo]) -> Result<()> {
+        debug_assert!(self.torn_from.is_none(), "append before finish_recovery");
         self.file.append(bytes).at(self.log_path())?;
         let mut pos = self.size;
         for b in batches {
@@ -601,12 +618,11 @@ impl LogSegment {
         self.size = pos;
         // Rebuild stats and indexes from what is left: truncation is rare (replica divergence).
         self.recover()?;
-        // The cut must be durable: truncated batches must not come back after a machine crash.
-        self.file.sync_all().at(&path)?;
         self.offset_index.mark_unwritten();
         self.time_index.mark_unwritten();
-        self.offset_index.flush()?;
-        self.time_index.flush()?;
+        // The cut must be durable: truncated batches must not come back after a machine crash.
+        self.file.sync_all().at(&path)?;
+        self.finish_recovery()?;
         Ok(true)
     }
 

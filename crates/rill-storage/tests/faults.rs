@@ -671,58 +671,86 @@ fn finishing_an_interrupted_swap_on_open_fsyncs_between_removal_and_rename() {
 
 /// Recovering a segment torn in the middle of the log (a bad batch with segments after it)
 /// cuts the segment and removes the segments after the hole. A machine crash at any step of
-/// that recovery must not leave the cut durable while the later segments survive: the next
-/// open would find a clean segment followed by data after a hole and keep both.
+/// that recovery must not leave the cut (or indexes that would skip recovering the segment)
+/// durable while the later segments survive: the next open would find a clean segment
+/// followed by data after a hole and keep both. Both ways a segment is recovered: after an
+/// unclean shutdown, and after a clean one with its index lost.
 #[test]
 fn a_power_cut_while_recovering_a_torn_middle_segment_leaves_a_prefix() {
-    for step in 0.. {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(1_000);
-        let mut log = open(dir.path(), config(), &clock);
-        for i in 0..40 {
-            log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
-                .unwrap();
-        }
-        log.flush().unwrap();
-        let before = read_all(&log);
-        let segments = log.segments();
-        assert!(segments.len() > 3, "{segments:?}");
-        drop(log);
-        // Damage the second segment in its middle, as a bad sector would.
-        let torn = &segments[1];
-        let path = dir.path().join(format!("{:020}.log", torn.base_offset));
-        let mut bytes = std::fs::read(&path).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+    for index_lost in [false, true] {
+        let mut steps = 0;
+        for step in 0.. {
+            let mut crashed = false;
+            for cut in 0..=REORDERED_CUTS {
+                let dir = tempfile::tempdir().unwrap();
+                let clock = ManualClock::new(1_000);
+                let mut log = open(dir.path(), config(), &clock);
+                for i in 0..40 {
+                    log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
+                        .unwrap();
+                }
+                log.flush().unwrap();
+                let before = read_all(&log);
+                let segments = log.segments();
+                assert!(segments.len() > 3, "{segments:?}");
+                if index_lost {
+                    log.close().unwrap();
+                }
+                drop(log);
+                // Damage the second segment in its middle, as a bad sector would.
+                let torn = &segments[1];
+                let path = dir.path().join(format!("{:020}.log", torn.base_offset));
+                let mut bytes = std::fs::read(&path).unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0xff;
+                std::fs::write(&path, &bytes).unwrap();
+                if index_lost {
+                    std::fs::remove_file(path.with_extension("index")).unwrap();
+                }
+                // After a clean shutdown the marker stays until every log is open: a crash
+                // while opening leaves it for the next start too.
+                let (clean, recovery_point) = if index_lost { (true, 40) } else { (false, 0) };
 
-        let _tracking = fault::track_power_cuts(dir.path());
-        let crash = fault::crash_after(dir.path(), step);
-        let opened = Log::open(
-            dir.path(),
-            config(),
-            rill_storage::LogOpenOptions::default(),
-            Arc::new(clock.clone()),
-        );
-        let crashed = crash.hits() > 0;
-        drop(opened);
-        drop(crash);
-        fault::power_cut(dir.path()).unwrap();
-        let log = reopen(dir.path(), config(), &clock, false, 0);
-        let end = log.log_end_offset();
-        assert!(
-            end > torn.base_offset && end < torn.next_offset,
-            "crash at {step}: end {end}, torn segment {torn:?}"
-        );
-        assert_eq!(
-            read_all(&log),
-            before[..end as usize],
-            "crash at {step}: not a prefix"
-        );
-        assert_eq!(log.segments().len(), 2, "crash at {step}");
-        if !crashed {
-            assert!(step > 2, "recovery took {step} file operations");
-            return;
+                let _tracking = fault::track_power_cuts(dir.path());
+                let crash = fault::crash_after(dir.path(), step);
+                let opened = Log::open(
+                    dir.path(),
+                    config(),
+                    rill_storage::LogOpenOptions {
+                        recovery_point,
+                        clean_shutdown: clean,
+                    },
+                    Arc::new(clock.clone()),
+                );
+                crashed = crash.hits() > 0;
+                drop(opened);
+                drop(crash);
+                let at = if cut == 0 {
+                    fault::power_cut(dir.path()).unwrap();
+                    format!("index lost {index_lost}, step {step}")
+                } else {
+                    let seed = step * 1_000 + cut;
+                    fault::power_cut_reordered(dir.path(), seed).unwrap();
+                    format!("index lost {index_lost}, step {step}, reordered cut {seed}")
+                };
+                let log = reopen(dir.path(), config(), &clock, clean, recovery_point);
+                let end = log.log_end_offset();
+                assert!(
+                    end > torn.base_offset && end < torn.next_offset,
+                    "crash at {at}: end {end}, torn segment {torn:?}"
+                );
+                assert_eq!(
+                    read_all(&log),
+                    before[..end as usize],
+                    "crash at {at}: not a prefix"
+                );
+                assert_eq!(log.segments().len(), 2, "crash at {at}");
+            }
+            if !crashed {
+                steps = step;
+                break;
+            }
         }
+        assert!(steps > 6, "recovery took {steps} file operations");
     }
 }
