@@ -40,6 +40,8 @@ enum Op {
     /// with the recovery point the log reported. Everything below the durable offset reported
     /// before the cut must be intact; nothing may appear that was never appended.
     PowerCut,
+    /// A power cut that keeps a random subset of what was not fsynced (`power_cut_reordered`).
+    PowerCutReordered(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CrashUnwritten),
         2 => Just(Op::WaitDurable),
         2 => Just(Op::PowerCut),
+        2 => any::<u64>().prop_map(Op::PowerCutReordered),
     ]
 }
 
@@ -164,12 +167,19 @@ proptest! {
                     log.group_commit().wait_durable(end).unwrap();
                     prop_assert!(log.recovery_point() == end, "the recovery point follows group commit");
                 }
-                Op::PowerCut => {
+                Op::PowerCut | Op::PowerCutReordered(_) => {
                     let durable = log.group_commit().durable_offset();
                     let recovery_point = log.recovery_point();
                     prop_assert!(recovery_point <= durable, "recovery point {} beyond the durable offset {}", recovery_point, durable);
                     drop(log);
-                    rill_storage::fault::power_cut(dir.path()).unwrap();
+                    match op {
+                        Op::PowerCutReordered(seed) => {
+                            rill_storage::fault::power_cut_reordered(dir.path(), seed).unwrap();
+                        }
+                        _ => {
+                            rill_storage::fault::power_cut(dir.path()).unwrap();
+                        }
+                    }
                     log = reopen(dir.path(), config(), &clock, false, recovery_point);
                     let end = log.log_end_offset();
                     prop_assert!(end >= durable && end >= recovery_point, "lost durable data: end {} < durable {} / recovery point {}", end, durable, recovery_point);
