@@ -291,11 +291,31 @@ fn cleaning_and_retention_run_beside_appends_deletions_and_shutdown() {
     }
 }
 
+/// Runs `test` with a plain power cut, then with reordered ones (see
+/// `fault::power_cut_reordered`): what must survive survives either way.
+fn for_every_cut(test: impl Fn(Option<u64>)) {
+    test(None);
+    for seed in 1..=4 {
+        test(Some(seed));
+    }
+}
+
+fn power_cut(root: &std::path::Path, cut: Option<u64>) {
+    match cut {
+        None => rill_storage::fault::power_cut(root).unwrap(),
+        Some(seed) => rill_storage::fault::power_cut_reordered(root, seed).unwrap(),
+    };
+}
+
 /// After a clean shutdown and a restart, the clean-shutdown marker is consumed; a power cut
 /// later must not bring it back, or the next start would trust logs (their ends, their zeros
 /// written ahead) that were never closed.
 #[test]
 fn a_power_cut_after_a_clean_restart_is_recovered_as_a_crash() {
+    for_every_cut(a_power_cut_after_a_clean_restart_is_recovered_as_a_crash_with);
+}
+
+fn a_power_cut_after_a_clean_restart_is_recovered_as_a_crash_with(cut: Option<u64>) {
     let root = tempfile::tempdir().unwrap();
     let dirs = vec![root.path().join("a")];
     std::fs::create_dir_all(&dirs[0]).unwrap();
@@ -317,7 +337,7 @@ fn a_power_cut_after_a_clean_restart_is_recovered_as_a_crash() {
     append_acknowledged(&log, numbered(3, 2, 20, 0));
     drop(log);
     drop(m);
-    rill_storage::fault::power_cut(root.path()).unwrap();
+    power_cut(root.path(), cut);
     assert!(
         !dirs[0].join(CLEAN_SHUTDOWN_FILE).exists(),
         "the consumed clean-shutdown marker came back"
@@ -344,6 +364,10 @@ fn a_power_cut_after_a_clean_restart_is_recovered_as_a_crash() {
 /// directory with it, and the partition set aside does not come back.
 #[test]
 fn new_and_deleted_partitions_survive_a_power_cut_as_acknowledged() {
+    for_every_cut(new_and_deleted_partitions_survive_a_power_cut_as_acknowledged_with);
+}
+
+fn new_and_deleted_partitions_survive_a_power_cut_as_acknowledged_with(cut: Option<u64>) {
     let root = tempfile::tempdir().unwrap();
     let dirs = vec![root.path().join("a"), root.path().join("b")];
     let _tracking = rill_storage::fault::track_power_cuts(root.path());
@@ -356,7 +380,7 @@ fn new_and_deleted_partitions_survive_a_power_cut_as_acknowledged() {
     }
     let aside = m.set_aside(&tps[0], "delete").unwrap().unwrap();
     drop(m);
-    rill_storage::fault::power_cut(root.path()).unwrap();
+    power_cut(root.path(), cut);
 
     assert!(aside.exists(), "set aside durably, not removed yet");
     let m = manager(&dirs, &clock);
@@ -372,6 +396,10 @@ fn new_and_deleted_partitions_survive_a_power_cut_as_acknowledged() {
 /// survive a power cut.
 #[test]
 fn an_existing_log_dir_is_made_durable_at_start() {
+    for_every_cut(an_existing_log_dir_is_made_durable_at_start_with);
+}
+
+fn an_existing_log_dir_is_made_durable_at_start_with(cut: Option<u64>) {
     let root = tempfile::tempdir().unwrap();
     let _tracking = rill_storage::fault::track_power_cuts(root.path());
     let dirs = vec![root.path().join("logs")];
@@ -383,7 +411,7 @@ fn an_existing_log_dir_is_made_durable_at_start() {
     append_acknowledged(&log, numbered(0, 3, 20, 0));
     drop(log);
     drop(m);
-    rill_storage::fault::power_cut(root.path()).unwrap();
+    power_cut(root.path(), cut);
 
     let m = manager(&dirs, &clock);
     assert_eq!(read_all(&m.get(&tp).unwrap().read()).len(), 3);
