@@ -427,13 +427,15 @@ pub fn power_cut(dir: impl AsRef<Path>) -> io::Result<PowerCutReport> {
     cut(dir.as_ref(), None)
 }
 
-/// [`power_cut`] on a filesystem that writes directory blocks in any order (ext4 without a
-/// journal, as this project's machines run): each change to a directory's entries since its
-/// last fsync — a creation, a removal, a rename (atomic: the file is under its old name or
-/// its new one, and a file it replaced comes back with the old name) — independently stays
-/// or is undone, and each file keeps either its fsynced content or all it holds now (written
-/// back without an fsync, as a journal commit may), chosen by `seed`. Code that needs one change durable before another must
-/// fsync the directory between them; this finds where it does not.
+/// [`power_cut`] on a filesystem that may write back any of its pending changes before a
+/// crash: each change to a directory's entries since its last fsync — a creation, a removal,
+/// a rename — independently stays or is undone, and each file keeps either its fsynced
+/// content or all it holds now (written back without an fsync), chosen by `seed`. A rename
+/// is taken as atomic (the file is under its old name or its new one, and a file it replaced
+/// comes back with the old name), as a journaling filesystem commits it and as rill, like
+/// Kafka, assumes; ext4 without a journal does not promise even that. Code that needs one
+/// change durable before another must fsync the directory between them; this finds where it
+/// does not.
 pub fn power_cut_reordered(dir: impl AsRef<Path>, seed: u64) -> io::Result<PowerCutReport> {
     cut(dir.as_ref(), Some(seed))
 }

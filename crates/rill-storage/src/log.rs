@@ -613,9 +613,9 @@ impl Log {
         // Newest first, each removal durable before the next: whatever a crash keeps of them
         // is the oldest ones, never one behind a hole.
         for base in doomed.into_iter().rev() {
-            self.segments.remove(&base);
             delete_segment_files(&self.dir, base)?;
             sync_dir(&self.dir)?;
+            self.segments.remove(&base);
         }
         // Every directory change so far made durable before the cut is: after a crash the log
         // is then a prefix of what it was, never with a hole — the later segments' unlinks,
@@ -649,9 +649,9 @@ impl Log {
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         // Newest first, each removal durable before the next, as in `truncate_to`.
         for base in bases.into_iter().rev() {
-            self.segments.remove(&base);
             delete_segment_files(&self.dir, base)?;
             sync_dir(&self.dir)?;
+            self.segments.remove(&base);
         }
         // The old segments are gone for good before the new one exists: a crash in between
         // can leave the log empty, never old segments beside the new one (a gap below it).

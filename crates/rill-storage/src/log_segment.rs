@@ -310,8 +310,10 @@ impl LogSegment {
         if let Some(end) = self.torn_from.take() {
             self.cut_tail(end)?;
         }
-        self.offset_index.flush()?;
-        self.time_index.flush()
+        // The time index first: an offset index that matches the log makes the next clean
+        // open trust both, so it must not be durable beside a stale time index.
+        self.time_index.flush()?;
+        self.offset_index.flush()
     }
 
     /// Durably cuts the `.log` file at `end`, saying whether it cut zeros written ahead
