@@ -12,7 +12,7 @@ use common::*;
 use rill_protocol::ErrorCode;
 use rill_storage::fault::{self, FileOp};
 use rill_storage::{
-    CLEAN_SHUTDOWN_FILE, CleanerConfig, CleanupPolicy, Log, LogConfig, LogError, LogManager,
+    CLEAN_SHUTDOWN_FILE, CleanerConfig, CleanupPolicy, Clock, Log, LogConfig, LogError, LogManager,
     ManualClock, OffsetCheckpointFile, RECOVERY_POINT_CHECKPOINT, TopicPartition,
 };
 
@@ -577,6 +577,90 @@ fn a_power_cut_at_any_step_of_a_truncation_leaves_a_prefix() {
         },
     );
     assert!(steps > 3, "the truncation took {steps} file operations");
+}
+
+fn retention_config() -> LogConfig {
+    LogConfig {
+        retention_ms: 60_000,
+        ..config()
+    }
+}
+
+/// A machine crash at any step of a retention round that deletes several segments: the log
+/// keeps its end and is a suffix of what it was — the oldest segments gone, never one behind
+/// a hole — and the round, finished, deleted every expired one.
+#[test]
+fn a_power_cut_at_any_step_of_retention_leaves_a_suffix() {
+    let steps = crash_at_every_step(
+        |dir, clock| {
+            let mut log = open(dir, retention_config(), clock);
+            for i in 0..30 {
+                log.append_as_leader(&mut numbered(i, 1, 400, clock.now_ms()), 0)
+                    .unwrap();
+            }
+            clock.advance(3_600_000);
+            for i in 30..40 {
+                log.append_as_leader(&mut numbered(i, 1, 400, clock.now_ms()), 0)
+                    .unwrap();
+            }
+            assert!(log.segments().len() > 4);
+            log
+        },
+        retention_config,
+        |log| log.delete_old_segments(log.log_end_offset()).map(drop),
+        |step, crashed, before, end, log| {
+            assert_eq!(log.log_end_offset(), end, "crash at {step}");
+            let start = log.log_start_offset();
+            assert_eq!(
+                read_all(log),
+                before[start as usize..],
+                "crash at {step}: not a suffix (log start {start})"
+            );
+            if !crashed {
+                assert!(
+                    start >= 24,
+                    "crash at {step}: expired segments left (start {start})"
+                );
+            }
+        },
+    );
+    assert!(steps > 6, "retention took {steps} file operations");
+}
+
+/// A machine crash at any step of a full truncation (a follower starting over at its leader's
+/// log start): the log is a prefix of what it was (the newest segments gone first, never a
+/// hole), or the new empty log at the new start.
+#[test]
+fn a_power_cut_at_any_step_of_a_full_truncation_leaves_a_prefix_or_the_new_log() {
+    const START: i64 = 100;
+    let steps = crash_at_every_step(
+        |dir, clock| {
+            let mut log = open(dir, config(), clock);
+            for i in 0..40 {
+                log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
+                    .unwrap();
+            }
+            assert!(log.segments().len() > 3);
+            log
+        },
+        config,
+        |log| log.truncate_fully_and_start_at(START),
+        |step, crashed, before, _, log| {
+            let (start, end) = (log.log_start_offset(), log.log_end_offset());
+            if start == START {
+                assert_eq!(end, START, "crash at {step}");
+            } else {
+                assert_eq!(start, 0, "crash at {step}");
+                assert_eq!(
+                    read_all(log),
+                    before[..end as usize],
+                    "crash at {step}: not a prefix"
+                );
+                assert!(crashed, "crash at {step}: the truncation finished");
+            }
+        },
+    );
+    assert!(steps > 6, "the truncation took {steps} file operations");
 }
 
 /// A machine crash at any step of a segment roll and of the first acknowledged append into
