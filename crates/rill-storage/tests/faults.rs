@@ -453,6 +453,19 @@ fn a_failed_cleaner_swap_leaves_no_hole() {
 /// that keep a random subset of the directory changes made since the last fsyncs.
 const REORDERED_CUTS: u64 = 4;
 
+/// Cuts power under `dir` after a crash at `step`: the plain cut for `cut` 0, else a reordered
+/// one with a seed made of both. Returns where, for messages.
+fn cut_power(dir: &Path, step: u64, cut: u64) -> String {
+    if cut == 0 {
+        fault::power_cut(dir).unwrap();
+        format!("step {step}")
+    } else {
+        let seed = step * 1_000 + cut;
+        fault::power_cut_reordered(dir, seed).unwrap();
+        format!("step {step}, reordered cut {seed}")
+    }
+}
+
 /// Crashes `op` at each of its file operations in turn: for step 0, 1, 2, … a fresh log from
 /// `setup` (everything in it made durable first, as acknowledged records are), `op` with every
 /// file operation after the first `step` failing (the process stopped there), a power cut —
@@ -481,14 +494,7 @@ fn crash_at_every_step(
             crashed = crash.hits() > 0;
             drop(log);
             drop(crash);
-            let at = if cut == 0 {
-                fault::power_cut(dir.path()).unwrap();
-                format!("step {step}")
-            } else {
-                let seed = step * 1_000 + cut;
-                fault::power_cut_reordered(dir.path(), seed).unwrap();
-                format!("step {step}, reordered cut {seed}")
-            };
+            let at = cut_power(dir.path(), step, cut);
             let mut log = reopen(dir.path(), config(), &clock, false, 0);
             check(&at, crashed, &before, end, &mut log);
             if !crashed {
@@ -545,6 +551,16 @@ fn a_power_cut_at_any_step_of_a_cleaner_pass_loses_nothing() {
     assert!(steps > 10, "the pass took {steps} file operations");
 }
 
+/// `log` with 40 one-record batches of ~450 bytes: five or more small segments.
+fn forty_records(mut log: Log) -> Log {
+    for i in 0..40 {
+        log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
+            .unwrap();
+    }
+    assert!(log.segments().len() > 3);
+    log
+}
+
 /// A machine crash at any step of a truncation across segments (a follower cutting its
 /// divergent tail) leaves a prefix of the log: no hole, nothing below the cut lost, every
 /// record the one written at its offset.
@@ -552,15 +568,7 @@ fn a_power_cut_at_any_step_of_a_cleaner_pass_loses_nothing() {
 fn a_power_cut_at_any_step_of_a_truncation_leaves_a_prefix() {
     const CUT: i64 = 7;
     let steps = crash_at_every_step(
-        |dir, clock| {
-            let mut log = open(dir, small_config(), clock);
-            for i in 0..40 {
-                log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
-                    .unwrap();
-            }
-            assert!(log.segments().len() > 3);
-            log
-        },
+        |dir, clock| forty_records(open(dir, small_config(), clock)),
         small_config,
         |log| log.truncate_to(CUT),
         |step, crashed, before, _, log| {
@@ -634,15 +642,7 @@ fn a_power_cut_at_any_step_of_retention_leaves_a_suffix() {
 fn a_power_cut_at_any_step_of_a_full_truncation_leaves_a_prefix_or_the_new_log() {
     const START: i64 = 100;
     let steps = crash_at_every_step(
-        |dir, clock| {
-            let mut log = open(dir, config(), clock);
-            for i in 0..40 {
-                log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
-                    .unwrap();
-            }
-            assert!(log.segments().len() > 3);
-            log
-        },
+        |dir, clock| forty_records(open(dir, config(), clock)),
         config,
         |log| log.truncate_fully_and_start_at(START),
         |step, crashed, before, _, log| {
@@ -768,11 +768,7 @@ fn a_power_cut_while_recovering_a_torn_middle_segment_leaves_a_prefix() {
             for cut in 0..=REORDERED_CUTS {
                 let dir = tempfile::tempdir().unwrap();
                 let clock = ManualClock::new(1_000);
-                let mut log = open(dir.path(), config(), &clock);
-                for i in 0..40 {
-                    log.append_as_leader(&mut numbered(i, 1, 400, 1_000), 0)
-                        .unwrap();
-                }
+                let mut log = forty_records(open(dir.path(), config(), &clock));
                 log.flush().unwrap();
                 let before = read_all(&log);
                 let segments = log.segments();
@@ -809,14 +805,10 @@ fn a_power_cut_while_recovering_a_torn_middle_segment_leaves_a_prefix() {
                 crashed = crash.hits() > 0;
                 drop(opened);
                 drop(crash);
-                let at = if cut == 0 {
-                    fault::power_cut(dir.path()).unwrap();
-                    format!("index lost {index_lost}, step {step}")
-                } else {
-                    let seed = step * 1_000 + cut;
-                    fault::power_cut_reordered(dir.path(), seed).unwrap();
-                    format!("index lost {index_lost}, step {step}, reordered cut {seed}")
-                };
+                let at = format!(
+                    "index lost {index_lost}, {}",
+                    cut_power(dir.path(), step, cut)
+                );
                 let log = reopen(dir.path(), config(), &clock, clean, recovery_point);
                 let end = log.log_end_offset();
                 assert!(
