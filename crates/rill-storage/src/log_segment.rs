@@ -145,9 +145,9 @@ impl LogSegment {
         }
     }
 
-    /// Opens an existing segment. With `recover`, every batch is re-validated (CRC and offsets),
-    /// the file is truncated at the first bad one and the indexes rebuilt; otherwise the indexes
-    /// are loaded (and rebuilt only if missing or corrupt) and only the tail is scanned.
+    /// Opens an existing segment. With `recover`, every batch is re-validated (CRC and offsets)
+    /// up to the first bad one and the indexes rebuilt; otherwise the indexes are loaded (and
+    /// rebuilt the same way only if missing or corrupt) and only the tail is scanned.
     /// Returns the segment and the number of bytes to truncate. Those bytes are still in the
     /// file, untouched: the caller first removes what must go with them (the segments after a
     /// hole) durably, then cuts them with [`Self::finish_recovery`] before anything else uses
