@@ -610,6 +610,13 @@ impl Log {
         }
         self.truncations += 1;
         let doomed: Vec<i64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
+        // Every directory change so far is made durable before the cut is: after a crash the
+        // log is then a prefix of what it was, never with a hole — the later segments' unlinks,
+        // and a cleaner swap's renames not yet fsynced (`Swapped::finish`), cannot be lost
+        // while the cut survives. Each removal's own fsync does it, or this one.
+        if doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
         // Newest first, each removal durable before the next: whatever a crash keeps of them
         // is the oldest ones, never one behind a hole.
         for base in doomed.into_iter().rev() {
@@ -617,11 +624,6 @@ impl Log {
             sync_dir(&self.dir)?;
             self.segments.remove(&base);
         }
-        // Every directory change so far made durable before the cut is: after a crash the log
-        // is then a prefix of what it was, never with a hole — the later segments' unlinks,
-        // and a cleaner swap's renames not yet fsynced (`Swapped::finish`), cannot be lost
-        // while the cut survives.
-        sync_dir(&self.dir)?;
         let seg = self.active_segment_mut();
         seg.truncate_to(offset)?;
         let end = seg.next_offset().min(offset);
@@ -647,15 +649,14 @@ impl Log {
     fn truncate_fully_inner(&mut self, offset: i64) -> Result<()> {
         self.truncations += 1;
         let bases: Vec<i64> = self.segments.keys().copied().collect();
-        // Newest first, each removal durable before the next, as in `truncate_to`.
+        // Newest first, each removal durable before the next, as in `truncate_to`; so the old
+        // segments are gone for good before the new one exists: a crash in between can leave
+        // the log empty, never old segments beside the new one (a gap below it).
         for base in bases.into_iter().rev() {
             delete_segment_files(&self.dir, base)?;
             sync_dir(&self.dir)?;
             self.segments.remove(&base);
         }
-        // The old segments are gone for good before the new one exists: a crash in between
-        // can leave the log empty, never old segments beside the new one (a gap below it).
-        sync_dir(&self.dir)?;
         self.segments.insert(
             offset,
             LogSegment::create(&self.dir, offset, sizing(&self.config))?,
