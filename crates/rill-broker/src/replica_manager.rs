@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rill_protocol::metadata_image::MetadataImage;
 use rill_protocol::{ApiError, ErrorCode};
 use rill_storage::{Log, LogConfig, LogError, LogManager, OffsetCheckpointFile, TopicPartition};
@@ -109,6 +109,9 @@ pub struct ReplicaManager {
     leader_throttle: Arc<Throttle>,
     /// `follower.replication.throttled.rate`: bytes/s fetched for out-of-sync partitions.
     follower_throttle: Arc<Throttle>,
+    /// Serialises writes of `replication-offset-checkpoint` (the periodic one against the
+    /// removal of a log set aside).
+    hw_checkpoint_lock: Mutex<()>,
 }
 
 fn api(e: LogError) -> ApiError {
@@ -168,6 +171,7 @@ impl ReplicaManager {
             dir_failures,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             hw_changed,
+            hw_checkpoint_lock: Mutex::new(()),
         }
     }
 
@@ -285,6 +289,7 @@ impl ReplicaManager {
             // Nothing opened yet: the file on disk is still the truth.
             return Ok(());
         }
+        let _serial = self.hw_checkpoint_lock.lock();
         let offline = self.offline_dirs.read().clone();
         let hosted: HashMap<TopicPartition, (PathBuf, i64)> = self
             .all_partitions()
@@ -537,6 +542,11 @@ impl ReplicaManager {
 
     /// Renames a log aside (`-delete` or `-stray`), logging what and why.
     fn set_aside(&self, tp: &TopicPartition, suffix: &str, why: &str) {
+        if let Err(e) = self.forget_high_watermark(tp) {
+            tracing::error!(partition = %tp, error = %e, "could not remove the high watermark of a log to set aside; keeping the log");
+            self.offline.write().insert(tp.clone(), e.to_string());
+            return;
+        }
         match self.logs.set_aside(tp, suffix) {
             Ok(Some(path)) if suffix == DELETE_SUFFIX => {
                 tracing::info!(partition = %tp, path = %path.display(), reason = why, "log scheduled for deletion");
@@ -550,6 +560,29 @@ impl ReplicaManager {
                 self.offline.write().insert(tp.clone(), e.to_string());
             }
         }
+    }
+
+    /// Removes `tp` from its log dir's `replication-offset-checkpoint` before its log goes: a
+    /// log created later under the same name (the topic re-created) must not start from the old
+    /// one's high watermark, which would expose records its ISR never had. A crash before the
+    /// log is set aside only starts the old log's high watermark at its log start.
+    fn forget_high_watermark(&self, tp: &TopicPartition) -> Result<(), LogError> {
+        let Some(dir) = self.log_dir_of(tp) else {
+            return Ok(());
+        };
+        let _serial = self.hw_checkpoint_lock.lock();
+        let file = OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT));
+        // A damaged file is ignored when read, so there is nothing in it to remove.
+        let Ok(mut entries) = file.read() else {
+            return Ok(());
+        };
+        if entries
+            .remove(&rill_storage::partition_dir_name(tp))
+            .is_some()
+        {
+            file.write(&entries)?;
+        }
+        Ok(())
     }
 
     fn open_partition(
@@ -1436,6 +1469,43 @@ mod tests {
         rm.apply_image(Arc::new(img));
         assert_eq!(p.state().isr, vec![1]);
         assert_eq!(p.high_watermark(), 15);
+        rm.logs().shutdown().unwrap();
+    }
+
+    /// A topic deleted and re-created: the new incarnation's partition must not take the old
+    /// one's checkpointed high watermark after a crash, or a leader would expose records its
+    /// ISR never had.
+    #[test]
+    fn a_recreated_topic_does_not_inherit_the_old_high_watermark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tp = TopicPartition::new("t", 0);
+        {
+            let rm = replica_manager(tmp.path(), &[]);
+            rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
+            let p = rm.leader_partition(&tp).unwrap();
+            for _ in 0..10 {
+                rm.append(&p, &batch(), 1).unwrap();
+            }
+            rm.make_durable(&p, 10).unwrap();
+            assert_eq!(p.high_watermark(), 10);
+            rm.checkpoint_high_watermarks().unwrap();
+            rm.apply_image(Arc::new(image(6, &[])));
+            // Re-created with broker 2 in the ISR, which has not fetched yet.
+            rm.apply_image(Arc::new(image(7, &[("t", "B", vec![1, 2])])));
+            let p = rm.leader_partition(&tp).unwrap();
+            for _ in 0..3 {
+                rm.append(&p, &batch(), 1).unwrap();
+            }
+            rm.make_durable(&p, 3).unwrap();
+            assert_eq!(p.high_watermark(), 0);
+            // A crash before the next checkpoint.
+            rm.logs().shutdown().unwrap();
+        }
+        let rm = replica_manager(tmp.path(), &[]);
+        rm.apply_image(Arc::new(image(7, &[("t", "B", vec![1, 2])])));
+        let p = rm.leader_partition(&tp).unwrap();
+        assert_eq!(p.log_end_offset(), 3);
+        assert_eq!(p.high_watermark(), 0, "broker 2 never had these records");
         rm.logs().shutdown().unwrap();
     }
 

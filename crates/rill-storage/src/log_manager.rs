@@ -217,6 +217,7 @@ impl LogManager {
         };
         let dir = log.read().dir().to_owned();
         drop(log);
+        self.forget_in_checkpoints()?;
         crate::log::remove_dir_durably(&dir)?;
         Ok(true)
     }
@@ -231,6 +232,7 @@ impl LogManager {
         };
         let dir = log.read().dir().to_owned();
         drop(log);
+        self.forget_in_checkpoints()?;
         // Unique per set-aside, like Kafka's UUID suffix: the same partition can be set aside twice.
         let unique = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -242,6 +244,15 @@ impl LogManager {
             crate::log::sync_dir(parent)?;
         }
         Ok(Some(aside))
+    }
+
+    /// Rewrites the checkpoints of every log dir without the logs just taken out of service,
+    /// before their directories go: a log created later under the same name (a topic deleted
+    /// and re-created) must not take over their recovery points and cleaner checkpoints. A
+    /// crash before the rename only costs the old log a full recovery.
+    fn forget_in_checkpoints(&self) -> Result<()> {
+        let _serial = self.checkpoint_lock.lock();
+        self.checkpoint_except(None)
     }
 
     /// Removes the log of `tp` from service once no cleaning pass runs on it (one that runs is

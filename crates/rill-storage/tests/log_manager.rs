@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use common::*;
 use rill_storage::{
-    CLEAN_SHUTDOWN_FILE, CleanerConfig, CleanupPolicy, LogConfig, LogManager, ManualClock,
-    OffsetCheckpointFile, RECOVERY_POINT_CHECKPOINT, SharedLog, TopicPartition,
+    CLEAN_SHUTDOWN_FILE, CLEANER_CHECKPOINT, CleanerConfig, CleanupPolicy, LogConfig, LogManager,
+    ManualClock, OffsetCheckpointFile, RECOVERY_POINT_CHECKPOINT, SharedLog, TopicPartition,
 };
 
 fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
@@ -446,4 +446,56 @@ fn writes_after_shutdown_are_refused() {
     drop(m);
     let m = manager(&dirs, &clock);
     assert_eq!(m.get(&tp).unwrap().read().log_end_offset(), 2);
+}
+
+/// A partition set aside and created again (its topic deleted and re-created, its replica
+/// moved away and back) starts over in the log dir's checkpoints: after a crash the new log
+/// must not take the old one's cleaner checkpoint (its records would count as compacted and
+/// never be) nor its recovery point.
+#[test]
+fn a_recreated_partition_does_not_inherit_the_old_checkpoints() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a")];
+    let clock = ManualClock::new(0);
+    let m = manager(&dirs, &clock);
+    let tp = TopicPartition::new("events", 0);
+    let compacted = LogConfig {
+        segment_bytes: 512,
+        cleanup_policy: CleanupPolicy::COMPACT,
+        ..LogConfig::default()
+    };
+    let log = m.get_or_create(&tp, compacted.clone()).unwrap();
+    for i in 0..10 {
+        append_acknowledged(&log, numbered(i * 20, 20, 20, 0));
+    }
+    log.write().set_cleaner_checkpoint(150);
+    m.checkpoint().unwrap();
+    m.set_aside(&tp, "delete").unwrap().unwrap();
+    let log = m.get_or_create(&tp, compacted).unwrap();
+    for i in 0..6 {
+        append_acknowledged(&log, numbered(i * 5, 5, 20, 0));
+        log.write().roll().unwrap();
+    }
+    assert_eq!(log.read().log_end_offset(), 30);
+    for file in [RECOVERY_POINT_CHECKPOINT, CLEANER_CHECKPOINT] {
+        let entries = OffsetCheckpointFile::new(dirs[0].join(file))
+            .read()
+            .unwrap();
+        assert!(
+            entries.get("events-0").is_none_or(|&o| o <= 30),
+            "{file}: {entries:?}"
+        );
+    }
+    drop(log);
+    drop(m);
+
+    let m = manager(&dirs, &clock);
+    let log = m.get(&tp).unwrap();
+    let log = log.read();
+    assert_eq!(log.cleaner_checkpoint(), 0, "never cleaned");
+    let records = read_all(&log);
+    assert_eq!(records.len(), 30);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset, i as i64);
+    }
 }
