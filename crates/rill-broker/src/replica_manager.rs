@@ -296,11 +296,16 @@ impl ReplicaManager {
             .into_iter()
             .map(|p| (p.tp.clone(), (p.log_dir.clone(), p.high_watermark())))
             .collect();
-        let on_disk: std::collections::HashSet<String> = self
+        let on_disk: std::collections::HashSet<(PathBuf, String)> = self
             .logs
             .partitions()
             .iter()
-            .map(rill_storage::partition_dir_name)
+            .filter_map(|tp| {
+                Some((
+                    self.logs.log_dir_of(tp)?,
+                    rill_storage::partition_dir_name(tp),
+                ))
+            })
             .collect();
         for dir in self.logs.log_dirs() {
             if offline.contains_key(dir) {
@@ -309,7 +314,7 @@ impl ReplicaManager {
             let file = OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT));
             // Keep what is known of logs not (yet) hosted; drop logs that are gone.
             let mut entries = file.read().unwrap_or_default();
-            entries.retain(|name, _| on_disk.contains(name));
+            entries.retain(|name, _| on_disk.contains(&(dir.clone(), name.clone())));
             for (tp, (log_dir, hw)) in &hosted {
                 if log_dir == dir {
                     entries.insert(rill_storage::partition_dir_name(tp), *hw);
@@ -415,6 +420,8 @@ impl ReplicaManager {
             .values()
             .map(|p| (p.tp.clone(), p.topic_id.clone()))
             .collect();
+        // Logs to set aside, all at once (one checkpoint write per log dir, not per log).
+        let mut aside: Vec<(TopicPartition, &'static str, String)> = Vec::new();
         for (tp, id) in hosted {
             if desired.get(&tp).is_some_and(|(want, _, _)| *want == id) {
                 continue;
@@ -426,11 +433,14 @@ impl ReplicaManager {
             }
             self.fetchers.remove(&tp);
             let (suffix, why) = removal(&previous, &image, &tp, Some(&id), self.node_id);
-            self.set_aside(&tp, suffix, &why);
+            aside.push((tp, suffix, why));
         }
         // Logs on disk that are not hosted (found at start-up) and not assigned here.
         for tp in self.logs.partitions() {
-            if desired.contains_key(&tp) || self.partitions.read().contains_key(&tp) {
+            if desired.contains_key(&tp)
+                || self.partitions.read().contains_key(&tp)
+                || aside.iter().any(|(t, _, _)| *t == tp)
+            {
                 continue;
             }
             let Some(dir) = self.logs.get(&tp).map(|l| l.read().dir().to_owned()) else {
@@ -440,7 +450,7 @@ impl ReplicaManager {
                 Ok(id) => {
                     let (suffix, why) =
                         removal(&previous, &image, &tp, id.as_deref(), self.node_id);
-                    self.set_aside(&tp, suffix, &why);
+                    aside.push((tp, suffix, why));
                 }
                 Err(e) => {
                     // Never act on data we cannot identify: leave it where it is.
@@ -455,6 +465,7 @@ impl ReplicaManager {
                 }
             }
         }
+        self.set_aside(aside);
         for (tp, (topic_id, state, configs)) in desired {
             let config = self.config.log_config(configs);
             let partition = match self.partition(&tp) {
@@ -540,49 +551,99 @@ impl ReplicaManager {
         Some(dir)
     }
 
-    /// Renames a log aside (`-delete` or `-stray`), logging what and why.
-    fn set_aside(&self, tp: &TopicPartition, suffix: &str, why: &str) {
-        if let Err(e) = self.forget_high_watermark(tp) {
-            tracing::error!(partition = %tp, error = %e, "could not remove the high watermark of a log to set aside; keeping the log");
-            self.offline.write().insert(tp.clone(), e.to_string());
+    /// Renames logs aside (`-delete` or `-stray`), logging what and why. Their high watermarks
+    /// leave `replication-offset-checkpoint` first, their recovery points and cleaner
+    /// checkpoints after (see [`LogManager::set_aside_all`]): a log created later under the
+    /// same name (the topic re-created) must not start from the old one's high watermark,
+    /// which would expose records its ISR never had. A log whose high watermark could not be
+    /// removed is kept, and its partition stays offline.
+    fn set_aside(&self, logs: Vec<(TopicPartition, &'static str, String)>) {
+        if logs.is_empty() {
             return;
         }
-        match self.logs.set_aside(tp, suffix) {
-            Ok(Some(path)) if suffix == DELETE_SUFFIX => {
-                tracing::info!(partition = %tp, path = %path.display(), reason = why, "log scheduled for deletion");
+        let tps: Vec<TopicPartition> = logs.iter().map(|(tp, _, _)| tp.clone()).collect();
+        let kept = self.forget_high_watermarks(&tps);
+        let mut going = Vec::new();
+        for (tp, suffix, why) in logs {
+            match kept.get(&tp) {
+                Some(e) => {
+                    tracing::error!(partition = %tp, error = %e, "could not remove the high watermark of a log to set aside; keeping the log");
+                    self.offline.write().insert(tp, e.clone());
+                }
+                None => going.push((tp, suffix, why)),
             }
-            Ok(Some(path)) => {
-                tracing::warn!(partition = %tp, path = %path.display(), reason = why, "stray log set aside (kept; remove it by hand once you know it is not needed)");
+        }
+        let items: Vec<(TopicPartition, &str)> =
+            going.iter().map(|(tp, s, _)| (tp.clone(), *s)).collect();
+        let (renamed, checkpointed) = self.logs.set_aside_all(&items);
+        let mut dirs = std::collections::BTreeSet::new();
+        for ((tp, suffix, why), result) in going.into_iter().zip(renamed) {
+            match result {
+                Ok(Some(path)) => {
+                    if let Some(dir) = path.parent() {
+                        dirs.insert(dir.to_owned());
+                    }
+                    if suffix == DELETE_SUFFIX {
+                        tracing::info!(partition = %tp, path = %path.display(), reason = why, "log scheduled for deletion");
+                    } else {
+                        tracing::warn!(partition = %tp, path = %path.display(), reason = why, "stray log set aside (kept; remove it by hand once you know it is not needed)");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(partition = %tp, error = %e, "could not set a log aside");
+                    self.offline.write().insert(tp, e.to_string());
+                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(partition = %tp, error = %e, "could not set a log aside");
-                self.offline.write().insert(tp.clone(), e.to_string());
+        }
+        if let Err(e) = checkpointed {
+            // Its recovery points and cleaner checkpoints may still name the logs set aside.
+            tracing::error!(error = %e, "could not write the checkpoints after setting logs aside");
+            if is_dir_failure(&e) {
+                for dir in dirs {
+                    self.fail_log_dir(&dir, &e.to_string());
+                }
             }
         }
     }
 
-    /// Removes `tp` from its log dir's `replication-offset-checkpoint` before its log goes: a
-    /// log created later under the same name (the topic re-created) must not start from the old
-    /// one's high watermark, which would expose records its ISR never had. A crash before the
-    /// log is set aside only starts the old log's high watermark at its log start.
-    fn forget_high_watermark(&self, tp: &TopicPartition) -> Result<(), LogError> {
-        let Some(dir) = self.log_dir_of(tp) else {
-            return Ok(());
-        };
-        let _serial = self.hw_checkpoint_lock.lock();
-        let file = OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT));
-        // A damaged file is ignored when read, so there is nothing in it to remove.
-        let Ok(mut entries) = file.read() else {
-            return Ok(());
-        };
-        if entries
-            .remove(&rill_storage::partition_dir_name(tp))
-            .is_some()
-        {
-            file.write(&entries)?;
+    /// Removes `tps` from their log dirs' `replication-offset-checkpoint` (one write per dir).
+    /// Returns the partitions whose entry may still be there, with why.
+    fn forget_high_watermarks(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, String> {
+        let mut by_dir: BTreeMap<PathBuf, Vec<&TopicPartition>> = BTreeMap::new();
+        for tp in tps {
+            if let Some(dir) = self.log_dir_of(tp) {
+                by_dir.entry(dir).or_default().push(tp);
+            }
         }
-        Ok(())
+        let _serial = self.hw_checkpoint_lock.lock();
+        let mut failed = HashMap::new();
+        for (dir, tps) in by_dir {
+            let file = OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT));
+            let written = match file.read() {
+                Ok(mut entries) => {
+                    let before = entries.len();
+                    for tp in &tps {
+                        entries.remove(&rill_storage::partition_dir_name(tp));
+                    }
+                    if entries.len() == before {
+                        Ok(())
+                    } else {
+                        file.write(&entries)
+                    }
+                }
+                // A damaged file is ignored when read: nothing in it can be taken for a high
+                // watermark.
+                Err(LogError::Corrupt { .. }) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                for tp in tps {
+                    failed.insert(tp.clone(), e.to_string());
+                }
+            }
+        }
+        failed
     }
 
     fn open_partition(
@@ -618,7 +679,7 @@ impl ReplicaManager {
                         ),
                     )
                 };
-                self.set_aside(tp, suffix, &why);
+                self.set_aside(vec![(tp.clone(), suffix, why)]);
                 if self.logs.get(tp).is_some() {
                     return Err(LogError::Corrupt {
                         path: dir,

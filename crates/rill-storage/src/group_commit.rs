@@ -21,6 +21,7 @@
 //! (a truncation generation tells).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::error::{IoContext, LogError, Result};
@@ -30,6 +31,8 @@ use crate::segment_file::SegmentFile;
 #[derive(Debug)]
 pub struct GroupCommit {
     state: Mutex<State>,
+    /// Set (under the lock) when `failed` is: lets readers check without the lock.
+    failed_flag: AtomicBool,
     cond: Condvar,
     /// The log's directory, for errors.
     dir: PathBuf,
@@ -69,6 +72,7 @@ impl GroupCommit {
                 failed: None,
             }),
             cond: Condvar::new(),
+            failed_flag: AtomicBool::new(false),
             dir: dir.to_owned(),
         }
     }
@@ -123,12 +127,16 @@ impl GroupCommit {
         if s.failed.is_none() {
             tracing::error!(dir = %self.dir.display(), %reason, durable = s.durable, "log failed: no more writes, durable offset frozen");
             s.failed = Some(reason);
+            self.failed_flag.store(true, Ordering::Release);
         }
         self.cond.notify_all();
     }
 
     /// `Err(LogDirOffline)` once the log failed.
     pub(crate) fn check(&self) -> Result<()> {
+        if !self.failed_flag.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &self.lock().failed {
             Some(reason) => Err(self.offline(reason)),
             None => Ok(()),
@@ -182,6 +190,7 @@ impl GroupCommit {
                     if s.failed.is_none() {
                         tracing::error!(dir = %self.dir.display(), error = %e, durable = s.durable, "fsync failed: log goes offline, durable offset frozen");
                         s.failed = Some(e.to_string());
+                        self.failed_flag.store(true, Ordering::Release);
                     }
                 }
             }
@@ -208,7 +217,7 @@ impl GroupCommit {
 
     /// True once a write or fsync failed: the log is offline until it is reopened.
     pub fn is_failed(&self) -> bool {
-        self.lock().failed.is_some()
+        self.failed_flag.load(Ordering::Acquire)
     }
 }
 

@@ -528,6 +528,9 @@ impl Log {
         max_offset: Option<i64>,
         min_one: bool,
     ) -> Result<Option<Bytes>> {
+        // An offline log may be half way through an operation that failed (segments cut or
+        // deleted on disk but not yet in memory, or the reverse): it serves nothing.
+        self.group_commit.check()?;
         if offset < self.log_start_offset || offset > self.log_end_offset {
             return Err(LogError::OffsetOutOfRange {
                 offset,
@@ -968,8 +971,10 @@ impl Log {
 
     /// Starts or stops writing zeros ahead of the active segment, as `preallocate` says.
     fn apply_preallocation(&self) {
-        self.active_segment()
-            .set_preallocation(self.config.preallocate, self.config.segment_bytes);
+        // No segment at all only after a full truncation failed (the log is offline).
+        if let Some(active) = self.segments.values().next_back() {
+            active.set_preallocation(self.config.preallocate, self.config.segment_bytes);
+        }
     }
 
     pub(crate) fn active_segment(&self) -> &LogSegment {

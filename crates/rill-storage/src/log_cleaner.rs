@@ -77,7 +77,10 @@ pub struct CleanerStats {
 impl Log {
     /// Dirty bytes / cleanable bytes: how much of the cleanable part was never cleaned.
     pub fn dirty_ratio(&self) -> f64 {
-        let end = self.active_segment().base_offset();
+        // No segment at all only after a full truncation failed (the log is offline).
+        let Some(&end) = self.segments.keys().next_back() else {
+            return 0.0;
+        };
         let (mut dirty, mut total) = (0u64, 0u64);
         for s in self.segments.range(..end).map(|(_, s)| s) {
             total += s.size();
@@ -95,6 +98,7 @@ impl Log {
     /// True when the log is compacted and its dirty ratio reached `min.cleanable.dirty.ratio`.
     pub fn needs_cleaning(&self) -> bool {
         self.config.cleanup_policy.compact
+            && !self.is_offline()
             && self.dirty_ratio() > 0.0
             && self.dirty_ratio() >= self.config.min_cleanable_dirty_ratio
     }

@@ -8,8 +8,8 @@
 //! - `cleaner-offset-checkpoint`: per partition, how far compaction has cleaned;
 //! - `.rill_clean_shutdown`: present only after a clean shutdown (skip recovery entirely).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -212,61 +212,95 @@ impl LogManager {
 
     /// Deletes the log of `tp` and its data.
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
-        let Some(log) = self.take_out_of_service(tp) else {
+        let Some((index, log)) = self.take_out_of_service(tp) else {
             return Ok(false);
         };
         let dir = log.read().dir().to_owned();
         drop(log);
-        self.forget_in_checkpoints()?;
+        // A removal that fails part way leaves the log out of service: its files may be gone.
         crate::log::remove_dir_durably(&dir)?;
+        self.forget_in_checkpoints(&BTreeSet::from([index]))?;
         Ok(true)
     }
 
     /// Takes the log of `tp` out of service and renames its directory to
     /// `<topic>-<partition>.<unique id>-<suffix>` (Kafka's `-delete` and `-stray`), so its data
     /// leaves the partition's name free but stays on disk until it is removed on purpose.
-    /// Returns the new path, or `None` when there was no such log.
+    /// Returns the new path, or `None` when there was no such log. See [`Self::set_aside_all`].
     pub fn set_aside(&self, tp: &TopicPartition, suffix: &str) -> Result<Option<PathBuf>> {
-        let Some(log) = self.take_out_of_service(tp) else {
-            return Ok(None);
-        };
-        let dir = log.read().dir().to_owned();
-        drop(log);
-        self.forget_in_checkpoints()?;
-        // Unique per set-aside, like Kafka's UUID suffix: the same partition can be set aside twice.
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let unique = format!("{unique:x}");
-        let aside = dir.with_file_name(format!("{}.{unique}-{suffix}", partition_dir_name(tp)));
-        crate::fsio::rename(&dir, &aside).at(&dir)?;
-        if let Some(parent) = aside.parent() {
-            crate::log::sync_dir(parent)?;
-        }
-        Ok(Some(aside))
+        let (mut renamed, checkpointed) = self.set_aside_all(&[(tp.clone(), suffix)]);
+        checkpointed?;
+        renamed.pop().unwrap_or(Ok(None))
     }
 
-    /// Rewrites the checkpoints of every log dir without the logs just taken out of service,
-    /// before their directories go: a log created later under the same name (a topic deleted
-    /// and re-created) must not take over their recovery points and cleaner checkpoints. A
-    /// crash before the rename only costs the old log a full recovery.
-    fn forget_in_checkpoints(&self) -> Result<()> {
+    /// [`Self::set_aside`] for several logs, then each affected log dir's checkpoints written
+    /// once without them (as Kafka's `asyncDelete` does): a log created later under one of
+    /// their names (a topic deleted and re-created) must not take over their recovery points
+    /// and cleaner checkpoints. Returns each rename's result, in order, and the checkpoints'.
+    /// A log whose rename failed stays in service under its name; a crash before the
+    /// checkpoints are written leaves stale entries that the next start drops (it checkpoints
+    /// the logs it found before any new one is created).
+    pub fn set_aside_all(
+        &self,
+        logs: &[(TopicPartition, &str)],
+    ) -> (Vec<Result<Option<PathBuf>>>, Result<()>) {
+        let mut dirs = BTreeSet::new();
+        let renamed = logs
+            .iter()
+            .map(|(tp, suffix)| {
+                let Some((index, log)) = self.take_out_of_service(tp) else {
+                    return Ok(None);
+                };
+                let dir = log.read().dir().to_owned();
+                match rename_aside(&dir, tp, suffix) {
+                    Ok(aside) => {
+                        dirs.insert(index);
+                        Ok(Some(aside))
+                    }
+                    Err(e) => {
+                        self.restore(tp, index, log);
+                        Err(e)
+                    }
+                }
+            })
+            .collect();
+        (renamed, self.forget_in_checkpoints(&dirs))
+    }
+
+    /// Puts back a log taken out of service whose directory could not be moved, unless
+    /// another took its place meanwhile.
+    fn restore(&self, tp: &TopicPartition, index: usize, log: SharedLog) {
+        log.read()
+            .maintenance()
+            .retiring
+            .store(false, Ordering::Release);
+        self.logs.write().entry(tp.clone()).or_insert((index, log));
+    }
+
+    /// Rewrites the checkpoints of log dirs `dirs` from the logs in service.
+    fn forget_in_checkpoints(&self, dirs: &BTreeSet<usize>) -> Result<()> {
+        if dirs.is_empty() {
+            return Ok(());
+        }
         let _serial = self.checkpoint_lock.lock();
-        self.checkpoint_except(None)
+        self.checkpoint_dirs(Some(dirs), None)
     }
 
     /// Removes the log of `tp` from service once no cleaning pass runs on it (one that runs is
-    /// waited for; none starts after), so its directory can go.
-    fn take_out_of_service(&self, tp: &TopicPartition) -> Option<SharedLog> {
+    /// waited for; none starts after), so its directory can go. Returns its log dir's index
+    /// with it.
+    fn take_out_of_service(&self, tp: &TopicPartition) -> Option<(usize, SharedLog)> {
         loop {
             let log = self.get(tp)?;
             let gate = log.read().maintenance();
             gate.retiring.store(true, Ordering::Release);
             let _gate = gate.lock.lock();
             let mut logs = self.logs.write();
-            if logs.get(tp).is_some_and(|(_, l)| Arc::ptr_eq(l, &log)) {
+            if let Some(&(index, ref l)) = logs.get(tp)
+                && Arc::ptr_eq(l, &log)
+            {
                 logs.remove(tp);
-                return Some(log);
+                return Some((index, log));
             }
             // Replaced meanwhile: take out the one there now.
         }
@@ -317,9 +351,21 @@ impl LogManager {
     /// `checkpoint_lock` first, then log locks — never a log lock while waiting for
     /// `checkpoint_lock`, or two checkpointing threads could deadlock on each other's logs.
     fn checkpoint_except(&self, except: Option<(&TopicPartition, i64, i64)>) -> Result<()> {
+        self.checkpoint_dirs(None, except)
+    }
+
+    /// [`Self::checkpoint_except`] of the log dirs in `only` (all when `None`).
+    fn checkpoint_dirs(
+        &self,
+        only: Option<&BTreeSet<usize>>,
+        except: Option<(&TopicPartition, i64, i64)>,
+    ) -> Result<()> {
         let logs = self.logs_by_dir();
         let mut first_error = None;
         for (i, dir) in self.log_dirs.iter().enumerate() {
+            if only.is_some_and(|only| !only.contains(&i)) {
+                continue;
+            }
             let mut recovery = BTreeMap::new();
             let mut cleaner = BTreeMap::new();
             for (tp, d, log) in &logs {
@@ -512,6 +558,21 @@ impl LogManager {
     ) -> parking_lot::RwLockReadGuard<'_, HashMap<TopicPartition, (usize, SharedLog)>> {
         self.logs.read()
     }
+}
+
+/// Renames the log directory `dir` of `tp` aside with `suffix` and fsyncs its parent.
+fn rename_aside(dir: &Path, tp: &TopicPartition, suffix: &str) -> Result<PathBuf> {
+    // Unique per set-aside, like Kafka's UUID suffix: the same partition can be set aside twice.
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let unique = format!("{unique:x}");
+    let aside = dir.with_file_name(format!("{}.{unique}-{suffix}", partition_dir_name(tp)));
+    crate::fsio::rename(dir, &aside).at(dir)?;
+    if let Some(parent) = aside.parent() {
+        crate::log::sync_dir(parent)?;
+    }
+    Ok(aside)
 }
 
 /// Removes files a log no longer uses (renamed `.deleted`; a crash before this leaves them to

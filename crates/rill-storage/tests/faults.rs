@@ -420,7 +420,8 @@ fn a_cleaner_swap_fsyncs_its_directory_between_renames() {
     }
 }
 
-/// A failure in the middle of a compaction swap (a full disk) must leave every offset readable.
+/// A failure in the middle of a compaction swap (a full disk) takes the log offline, and the
+/// log reopened from disk keeps the latest value of every key.
 #[test]
 fn a_failed_cleaner_swap_leaves_no_hole() {
     for successes in 1..4 {
@@ -434,7 +435,10 @@ fn a_failed_cleaner_swap_leaves_no_hole() {
         assert!(failing.hits() > 0, "the swap renamed files");
         assert!(result.unwrap_err().is_log_dir_failure());
         drop(failing);
-        assert_eq!(read_all(&log), before, "rename #{} failed", successes + 1);
+        // Offline: it serves nothing more (see
+        // `a_truncation_that_fails_part_way_leaves_a_log_that_refuses_reads`).
+        assert!(log.is_offline(), "rename #{} failed", successes + 1);
+        assert!(log.read(0, 1 << 20, None, true).is_err());
         assert_eq!(log.log_end_offset(), end);
         drop(log);
         // On disk the swap is completed or rolled back on open; the latest value of every key
@@ -829,4 +833,80 @@ fn a_power_cut_while_recovering_a_torn_middle_segment_leaves_a_prefix() {
         }
         assert!(steps > 6, "recovery took {steps} file operations");
     }
+}
+
+/// A truncation that fails part way (any of its file operations, the disk failing from there
+/// on) takes the log offline, and the log it leaves in memory neither serves a record nor
+/// panics, whatever is asked of it next: its segments may be half gone, and what a deleted
+/// file still holds through an open handle was cut.
+#[test]
+fn a_truncation_that_fails_part_way_leaves_a_log_that_refuses_reads() {
+    type Truncation = fn(&mut Log) -> rill_storage::Result<()>;
+    let truncations: [(&str, Truncation); 2] = [
+        ("truncate_to", |log| log.truncate_to(7)),
+        ("truncate_fully_and_start_at", |log| {
+            log.truncate_fully_and_start_at(100)
+        }),
+    ];
+    for (name, truncate) in truncations {
+        for step in 0.. {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = ManualClock::new(1_000);
+            let mut log = forty_records(open(dir.path(), config(), &clock));
+            log.flush().unwrap();
+            let crash = fault::crash_after(dir.path(), step);
+            let result = truncate(&mut log);
+            let failed = crash.hits() > 0;
+            if !failed {
+                result.unwrap();
+                break;
+            }
+            let at = format!("{name}, failing from step {step}");
+            assert!(result.is_err(), "{at}");
+            assert!(log.is_offline(), "{at}");
+            for offset in [0, 7, 20, 39, 100] {
+                assert!(
+                    log.read(offset, 1 << 20, None, true).is_err(),
+                    "{at}: read at {offset}"
+                );
+            }
+            assert!(!log.needs_cleaning(), "{at}");
+            assert!(
+                log.plan_cleaning(i64::MAX, &CleanerConfig::default())
+                    .is_none()
+            );
+            log.set_config(compacted_config());
+            assert!(!log.needs_cleaning(), "{at}");
+            assert!(
+                log.append_as_leader(&mut numbered(0, 1, 40, 1_000), 0)
+                    .is_err()
+            );
+            assert!(log.flush().is_err(), "{at}");
+            drop(crash);
+        }
+    }
+}
+
+/// A log whose directory cannot be renamed aside (deleted topic, failing disk) stays in
+/// service under its name, so that no log created under that name opens its files; once the
+/// disk works again it can be set aside.
+#[test]
+fn a_log_that_cannot_be_set_aside_stays_in_service() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a")];
+    let clock = ManualClock::new(1_000);
+    let m = manager(&dirs, &clock);
+    let tp = TopicPartition::new("events", 0);
+    let log = m.get_or_create(&tp, config()).unwrap();
+    append_n(&mut log.write(), 0, 5);
+    let failing = fault::inject(FileOp::Rename, root.path());
+    assert!(m.set_aside(&tp, "delete").is_err());
+    assert!(failing.hits() > 0);
+    drop(failing);
+    let kept = m.get(&tp).expect("still in service");
+    assert!(Arc::ptr_eq(&kept, &log));
+    assert_eq!(read_all(&kept.read()).len(), 5);
+    let aside = m.set_aside(&tp, "delete").unwrap().unwrap();
+    assert!(aside.exists());
+    assert!(m.get(&tp).is_none());
 }
