@@ -213,14 +213,16 @@ impl GroupCoordinator {
         let this = Arc::clone(self);
         let mut updates = self.rm.subscribe_metadata();
         tokio::spawn(async move {
-            let mut topics_seen: Option<BTreeMap<String, usize>> = None;
+            // Name → (id, partition count): a topic deleted and re-created between two
+            // updates changes its id even when its name and size stay.
+            let mut topics_seen: Option<BTreeMap<String, (String, usize)>> = None;
             loop {
                 this.reconcile();
                 let image = this.rm.image();
-                let topics: BTreeMap<String, usize> = image
+                let topics: BTreeMap<String, (String, usize)> = image
                     .topics
                     .values()
-                    .map(|t| (t.name.clone(), t.partitions.len()))
+                    .map(|t| (t.name.clone(), (t.id.clone(), t.partitions.len())))
                     .collect();
                 if topics_seen.as_ref().is_some_and(|seen| *seen != topics) {
                     for shard in this.active_shards() {

@@ -25,6 +25,12 @@ pub(crate) type GroupOffsets = BTreeMap<(String, i32), OffsetCommitValue>;
 #[derive(Default)]
 pub(crate) struct OffsetMetadataManager {
     offsets: BTreeMap<String, GroupOffsets>,
+    /// The topic id each topic with offsets had when last seen (at a commit or a metadata
+    /// update): offsets are stored by topic name, and a topic deleted and re-created under the
+    /// same name between two updates must not keep the old incarnation's offsets (its
+    /// consumers would resume there and skip records). Offsets replayed at load are taken to be
+    /// of the topic the load's metadata names.
+    topic_ids: BTreeMap<String, String>,
 }
 
 fn key(group: &str, topic: &str, partition: i32) -> OffsetCommitKey {
@@ -156,6 +162,14 @@ impl OffsetMetadataManager {
                     .collect(),
             })
             .collect();
+        if !records.is_empty() {
+            // Offsets of an older incarnation of a topic committed to now go first.
+            for topic in &request.topics {
+                if let Some(t) = image.topics.get(&topic.name) {
+                    self.see_topic(&topic.name, &t.id, out);
+                }
+            }
+        }
         for r in records {
             self.emit_encoded(out, r);
         }
@@ -249,10 +263,11 @@ impl OffsetMetadataManager {
         let mut gone: Vec<(String, String, i32)> = Vec::new();
         for (group, offsets) in &self.offsets {
             for (topic, partition) in offsets.keys() {
-                let exists = image
-                    .topics
-                    .get(topic)
-                    .is_some_and(|t| *partition >= 0 && (*partition as usize) < t.partitions.len());
+                let exists = image.topics.get(topic).is_some_and(|t| {
+                    *partition >= 0
+                        && (*partition as usize) < t.partitions.len()
+                        && self.topic_ids.get(topic).is_none_or(|id| *id == t.id)
+                });
                 if !exists {
                     gone.push((group.clone(), topic.clone(), *partition));
                 }
@@ -274,7 +289,47 @@ impl OffsetMetadataManager {
                 groups.push(group);
             }
         }
+        // What is left is of the topics as `image` has them.
+        let mut ids = BTreeMap::new();
+        for offsets in self.offsets.values() {
+            for (topic, _) in offsets.keys() {
+                if let Some(t) = image.topics.get(topic) {
+                    ids.insert(topic.clone(), t.id.clone());
+                }
+            }
+        }
+        self.topic_ids = ids;
         groups
+    }
+
+    /// Notes that `topic` has id `id` now; if offsets were committed to another incarnation of
+    /// it (deleted and re-created since the last metadata update), they are tombstoned first.
+    fn see_topic(&mut self, topic: &str, id: &str, out: &mut Vec<Record>) {
+        let known = self.topic_ids.insert(topic.to_owned(), id.to_owned());
+        if known.is_none_or(|known| known == id) {
+            return;
+        }
+        let stale: Vec<(String, i32)> = self
+            .offsets
+            .iter()
+            .flat_map(|(group, offsets)| {
+                offsets
+                    .keys()
+                    .filter(|(t, _)| t == topic)
+                    .map(|(_, p)| (group.clone(), *p))
+            })
+            .collect();
+        tracing::info!(
+            topic,
+            count = stale.len(),
+            "deleting the committed offsets of a deleted incarnation of the topic"
+        );
+        for (group, partition) in stale {
+            self.emit(
+                out,
+                CoordinatorRecord::OffsetCommit(key(&group, topic, partition), None),
+            );
+        }
     }
 
     /// Tombstones every offset of `group_id`.

@@ -333,3 +333,40 @@ fn offsets_of_deleted_partitions_are_deleted() {
         .collect();
     assert_eq!(left, vec![("t".into(), 0), ("t".into(), 1)]);
 }
+
+/// A topic deleted and re-created under the same name and size between two metadata updates
+/// (or before a commit to the new one) loses the old incarnation's offsets: they would make
+/// its consumers resume mid-way and skip records.
+#[test]
+fn offsets_of_a_recreated_topic_are_deleted() {
+    let mut h = Harness::new(&[("t", 2), ("keep", 1)]);
+    h.commit(commit_request(
+        "g",
+        "",
+        -1,
+        &[("t", 0, 10), ("t", 1, 20), ("keep", 0, 4)],
+    ));
+    h.commit(commit_request("other", "", -1, &[("t", 1, 30)]));
+    assert_eq!(h.metadata_update(), 0);
+
+    // Re-created, same size, new id: seen by a metadata update.
+    let mut recreated = topic("t", 2);
+    recreated.id = "id-t-2".into();
+    h.image.topics.insert("t".into(), recreated);
+    assert_eq!(h.metadata_update(), 3);
+    assert_eq!(fetch(&h, "g", &[]), vec![("keep".into(), 0, 4)]);
+    assert!(fetch(&h, "other", &[]).is_empty());
+    h.assert_load_equals_live();
+
+    // Re-created again, and committed to before any metadata update: the commit goes in, the
+    // old incarnation's offsets do not stay beside it.
+    h.commit(commit_request("g", "", -1, &[("t", 0, 11), ("t", 1, 21)]));
+    let mut again = topic("t", 2);
+    again.id = "id-t-3".into();
+    h.image.topics.insert("t".into(), again);
+    h.commit(commit_request("other", "", -1, &[("t", 0, 1)]));
+    assert_eq!(fetch(&h, "g", &[]), vec![("keep".into(), 0, 4)]);
+    assert_eq!(fetch(&h, "other", &[]), vec![("t".into(), 0, 1)]);
+    assert_eq!(h.metadata_update(), 0, "nothing more to delete");
+    h.assert_load_equals_live();
+}
