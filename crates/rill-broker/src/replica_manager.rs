@@ -436,10 +436,12 @@ impl ReplicaManager {
             aside.push((tp, suffix, why));
         }
         // Logs on disk that are not hosted (found at start-up) and not assigned here.
+        let going: std::collections::HashSet<TopicPartition> =
+            aside.iter().map(|(tp, _, _)| tp.clone()).collect();
         for tp in self.logs.partitions() {
             if desired.contains_key(&tp)
                 || self.partitions.read().contains_key(&tp)
-                || aside.iter().any(|(t, _, _)| *t == tp)
+                || going.contains(&tp)
             {
                 continue;
             }
@@ -476,6 +478,15 @@ impl ReplicaManager {
                         *p.config.write() = config;
                     }
                     p
+                }
+                // A failed log dir stops the broker; meanwhile no log is opened or created
+                // (one may be placed in the failed dir, or find its checkpoints stale there).
+                None if !self.offline_dirs.read().is_empty() => {
+                    self.offline
+                        .write()
+                        .entry(tp.clone())
+                        .or_insert_with(|| "a log dir failed; the broker is stopping".into());
+                    continue;
                 }
                 None => match self.open_partition(&tp, topic_id, config, &previous) {
                     Ok(partition) => {
@@ -575,9 +586,11 @@ impl ReplicaManager {
         }
         let items: Vec<(TopicPartition, &str)> =
             going.iter().map(|(tp, s, _)| (tp.clone(), *s)).collect();
+        let log_dirs: Vec<Option<PathBuf>> =
+            going.iter().map(|(tp, _, _)| self.log_dir_of(tp)).collect();
         let (renamed, checkpointed) = self.logs.set_aside_all(&items);
         let mut dirs = std::collections::BTreeSet::new();
-        for ((tp, suffix, why), result) in going.into_iter().zip(renamed) {
+        for (((tp, suffix, why), result), log_dir) in going.into_iter().zip(renamed).zip(log_dirs) {
             match result {
                 Ok(Some(path)) => {
                     if let Some(dir) = path.parent() {
@@ -592,6 +605,11 @@ impl ReplicaManager {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(partition = %tp, error = %e, "could not set a log aside");
+                    if is_dir_failure(&e)
+                        && let Some(dir) = log_dir
+                    {
+                        self.fail_log_dir(&dir, &e.to_string());
+                    }
                     self.offline.write().insert(tp, e.to_string());
                 }
             }

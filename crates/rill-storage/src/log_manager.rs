@@ -237,7 +237,8 @@ impl LogManager {
     /// once without them (as Kafka's `asyncDelete` does): a log created later under one of
     /// their names (a topic deleted and re-created) must not take over their recovery points
     /// and cleaner checkpoints. Returns each rename's result, in order, and the checkpoints'.
-    /// A log whose rename failed stays in service under its name; a crash before the
+    /// A log whose rename failed stays in service under its name (one renamed whose rename
+    /// could not be made durable does not: the error is then the log dir's); a crash before the
     /// checkpoints are written leaves stale entries that the next start drops (it checkpoints
     /// the logs it found before any new one is created).
     pub fn set_aside_all(
@@ -252,16 +253,18 @@ impl LogManager {
                     return Ok(None);
                 };
                 let dir = log.read().dir().to_owned();
-                match rename_aside(&dir, tp, suffix) {
-                    Ok(aside) => {
-                        dirs.insert(index);
-                        Ok(Some(aside))
-                    }
-                    Err(e) => {
-                        self.restore(tp, index, log);
-                        Err(e)
-                    }
+                let aside = aside_path(&dir, tp, suffix);
+                if let Err(e) = crate::fsio::rename(&dir, &aside).at(&dir) {
+                    self.restore(tp, index, log);
+                    return Err(e);
                 }
+                // Renamed: the log is out for good, even if the rename cannot be made durable
+                // (then the log dir is failing, and the error says so).
+                dirs.insert(index);
+                if let Some(parent) = aside.parent() {
+                    crate::log::sync_dir(parent)?;
+                }
+                Ok(Some(aside))
             })
             .collect();
         (renamed, self.forget_in_checkpoints(&dirs))
@@ -560,19 +563,14 @@ impl LogManager {
     }
 }
 
-/// Renames the log directory `dir` of `tp` aside with `suffix` and fsyncs its parent.
-fn rename_aside(dir: &Path, tp: &TopicPartition, suffix: &str) -> Result<PathBuf> {
+/// Where the log directory `dir` of `tp` goes when set aside with `suffix`.
+fn aside_path(dir: &Path, tp: &TopicPartition, suffix: &str) -> PathBuf {
     // Unique per set-aside, like Kafka's UUID suffix: the same partition can be set aside twice.
     let unique = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let unique = format!("{unique:x}");
-    let aside = dir.with_file_name(format!("{}.{unique}-{suffix}", partition_dir_name(tp)));
-    crate::fsio::rename(dir, &aside).at(dir)?;
-    if let Some(parent) = aside.parent() {
-        crate::log::sync_dir(parent)?;
-    }
-    Ok(aside)
+    dir.with_file_name(format!("{}.{unique}-{suffix}", partition_dir_name(tp)))
 }
 
 /// Removes files a log no longer uses (renamed `.deleted`; a crash before this leaves them to

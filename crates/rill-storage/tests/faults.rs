@@ -870,13 +870,14 @@ fn a_truncation_that_fails_part_way_leaves_a_log_that_refuses_reads() {
                     "{at}: read at {offset}"
                 );
             }
+            log.set_config(compacted_config());
+            let _ = log.dirty_ratio();
             assert!(!log.needs_cleaning(), "{at}");
             assert!(
                 log.plan_cleaning(i64::MAX, &CleanerConfig::default())
-                    .is_none()
+                    .is_none(),
+                "{at}"
             );
-            log.set_config(compacted_config());
-            assert!(!log.needs_cleaning(), "{at}");
             assert!(
                 log.append_as_leader(&mut numbered(0, 1, 40, 1_000), 0)
                     .is_err()
@@ -909,4 +910,15 @@ fn a_log_that_cannot_be_set_aside_stays_in_service() {
     let aside = m.set_aside(&tp, "delete").unwrap().unwrap();
     assert!(aside.exists());
     assert!(m.get(&tp).is_none());
+
+    // Renamed, but the rename cannot be made durable: the log is out for good (its directory
+    // has another name now), and the error is the log dir's.
+    let log = m.get_or_create(&tp, config()).unwrap();
+    append_n(&mut log.write(), 0, 5);
+    let failing = fault::inject_fsync_failure(root.path());
+    let e = m.set_aside(&tp, "delete").unwrap_err();
+    assert!(e.is_log_dir_failure(), "{e}");
+    drop(failing);
+    assert!(m.get(&tp).is_none());
+    assert!(!dirs[0].join("events-0").exists());
 }
