@@ -1,6 +1,7 @@
 //! The group coordinator over real processes, spoken to in raw gRPC: routing and creation of
 //! `__consumer_offsets`, committed offsets and group membership surviving the SIGKILL of the
-//! coordinator's broker, and clear errors (nothing changed) for bad requests.
+//! coordinator's broker, clear errors (nothing changed) for bad requests, and no offsets
+//! carried over to a re-created topic.
 
 mod common;
 
@@ -627,5 +628,70 @@ async fn bad_group_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(
         committed(&mut c, group).await.unwrap(),
         vec![(TopicPartition::new("t", mine), 7)]
+    );
+}
+
+/// A topic deleted and re-created under the same name and size: the group's offsets of the old
+/// incarnation go (its consumers would otherwise resume mid-way into the new one and skip
+/// records), and offsets committed to the new one stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_starts_without_the_old_committed_offsets() {
+    let cluster = Cluster::start(1, 1, &["offsets.topic.num.partitions=1"]).await;
+    cluster.create_topic("reborn", 2, 1, &[]).await;
+    let group = "rebirth";
+    let (_, addr) = find_coordinator(&cluster, group).await;
+    let mut c = coordinator_client(&addr).await;
+    let committer = c.clone();
+    let commit = |offsets: &'static [(&'static str, i32, i64)]| {
+        let mut c = committer.clone();
+        async move {
+            let r = c
+                .offset_commit(commit_request(group, "", -1, offsets))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
+                "{:?}",
+                commit_errors(&r)
+            );
+        }
+    };
+    commit(&[("reborn", 0, 42), ("reborn", 1, 43)]).await;
+    assert_eq!(committed(&mut c, group).await.unwrap().len(), 2);
+
+    // Deleted and created again at once. (The broker applies the two as separate metadata
+    // updates here; when its group coordinator sees them as one, only the topic id tells:
+    // the shard's unit test `offsets_of_a_recreated_topic_are_deleted` covers that case.)
+    let deleted = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| async move {
+            c.delete_topics(DeleteTopicsRequest {
+                names: vec!["reborn".into()],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted.topics[0].error_code, 0, "{deleted:?}");
+    cluster.create_topic("reborn", 2, 1, &[]).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = committed(&mut c, group).await;
+        if left.as_ref().is_ok_and(|l| l.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old incarnation's offsets stayed: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    commit(&[("reborn", 0, 1)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        committed(&mut c, group).await.unwrap(),
+        vec![(TopicPartition::new("reborn", 0), 1)]
     );
 }
