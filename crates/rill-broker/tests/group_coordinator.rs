@@ -119,6 +119,16 @@ fn commit_errors(r: &OffsetCommitResponse) -> Vec<(String, i32, ErrorCode, Strin
         .collect()
 }
 
+/// Commits and asserts every partition was accepted.
+async fn commit_ok(c: &mut GroupCoordinatorClient<Channel>, request: OffsetCommitRequest) {
+    let r = c.offset_commit(request).await.unwrap().into_inner();
+    assert!(
+        commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
+        "{:?}",
+        commit_errors(&r)
+    );
+}
+
 async fn committed(
     c: &mut GroupCoordinatorClient<Channel>,
     group: &str,
@@ -283,21 +293,11 @@ async fn offsets_and_members_survive_the_sigkill_of_the_coordinators_broker() {
     let (coordinator, addr) = find_coordinator(&cluster, group).await;
     let mut c = coordinator_client(&addr).await;
     // A simple (memberless) commit, then a member that owns every partition and commits.
-    let r = c
-        .offset_commit(commit_request(
-            group,
-            "",
-            -1,
-            &[("events", 0, 10), ("events", 1, 11)],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
-        "{:?}",
-        commit_errors(&r)
-    );
+    commit_ok(
+        &mut c,
+        commit_request(group, "", -1, &[("events", 0, 10), ("events", 1, 11)]),
+    )
+    .await;
     let joined = c
         .consumer_group_heartbeat(join_request(group, "", &["events"]))
         .await
@@ -306,21 +306,16 @@ async fn offsets_and_members_survive_the_sigkill_of_the_coordinators_broker() {
     assert_eq!(joined.error_code, 0, "{}", joined.error_message);
     let assignment = owned(&joined.assignment);
     assert_eq!(assignment.len(), 4, "{assignment:?}");
-    let r = c
-        .offset_commit(commit_request(
+    commit_ok(
+        &mut c,
+        commit_request(
             group,
             &joined.member_id,
             joined.member_epoch,
             &[("events", 2, 12), ("events", 3, 13)],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
-        "{:?}",
-        commit_errors(&r)
-    );
+        ),
+    )
+    .await;
     let before = committed(&mut c, group).await.unwrap();
     assert_eq!(before.len(), 4);
 
@@ -385,21 +380,16 @@ async fn offsets_and_members_survive_the_sigkill_of_the_coordinators_broker() {
         .sum();
     assert_eq!(owned_now, 4);
     // And it commits on the new coordinator.
-    let r = c
-        .offset_commit(commit_request(
+    commit_ok(
+        &mut c,
+        commit_request(
             group,
             &joined.member_id,
             joined.member_epoch,
             &[("events", 0, 20)],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
-        "{:?}",
-        commit_errors(&r)
-    );
+        ),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,23 +631,11 @@ async fn a_recreated_topic_starts_without_the_old_committed_offsets() {
     let group = "rebirth";
     let (_, addr) = find_coordinator(&cluster, group).await;
     let mut c = coordinator_client(&addr).await;
-    let committer = c.clone();
-    let commit = |offsets: &'static [(&'static str, i32, i64)]| {
-        let mut c = committer.clone();
-        async move {
-            let r = c
-                .offset_commit(commit_request(group, "", -1, offsets))
-                .await
-                .unwrap()
-                .into_inner();
-            assert!(
-                commit_errors(&r).iter().all(|e| e.2 == ErrorCode::None),
-                "{:?}",
-                commit_errors(&r)
-            );
-        }
-    };
-    commit(&[("reborn", 0, 42), ("reborn", 1, 43)]).await;
+    commit_ok(
+        &mut c,
+        commit_request(group, "", -1, &[("reborn", 0, 42), ("reborn", 1, 43)]),
+    )
+    .await;
     assert_eq!(committed(&mut c, group).await.unwrap().len(), 2);
 
     // Deleted and created again at once. (The broker applies the two as separate metadata
@@ -688,7 +666,7 @@ async fn a_recreated_topic_starts_without_the_old_committed_offsets() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    commit(&[("reborn", 0, 1)]).await;
+    commit_ok(&mut c, commit_request(group, "", -1, &[("reborn", 0, 1)])).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         committed(&mut c, group).await.unwrap(),
