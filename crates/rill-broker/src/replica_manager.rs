@@ -698,7 +698,8 @@ impl ReplicaManager {
                     )
                 };
                 self.set_aside(vec![(tp.clone(), suffix, why)]);
-                if self.logs.get(tp).is_some() {
+                // Kept (it could not be set aside), or its log dir failed meanwhile.
+                if self.logs.get(tp).is_some() || !self.offline_dirs.read().is_empty() {
                     return Err(LogError::Corrupt {
                         path: dir,
                         reason: "could not set aside the log of another topic incarnation".into(),
