@@ -572,22 +572,34 @@ impl ReplicaManager {
         if logs.is_empty() {
             return;
         }
-        let tps: Vec<TopicPartition> = logs.iter().map(|(tp, _, _)| tp.clone()).collect();
-        let kept = self.forget_high_watermarks(&tps);
+        // Each log's dir, looked up while the log is still there.
+        let logs: Vec<_> = logs
+            .into_iter()
+            .map(|(tp, suffix, why)| {
+                let dir = self.log_dir_of(&tp);
+                (tp, suffix, why, dir)
+            })
+            .collect();
+        let kept = self.forget_high_watermarks(
+            logs.iter()
+                .filter_map(|(tp, _, _, dir)| Some((tp, dir.as_ref()?))),
+        );
         let mut going = Vec::new();
-        for (tp, suffix, why) in logs {
+        let mut log_dirs = Vec::new();
+        for (tp, suffix, why, dir) in logs {
             match kept.get(&tp) {
                 Some(e) => {
                     tracing::error!(partition = %tp, error = %e, "could not remove the high watermark of a log to set aside; keeping the log");
                     self.offline.write().insert(tp, e.clone());
                 }
-                None => going.push((tp, suffix, why)),
+                None => {
+                    going.push((tp, suffix, why));
+                    log_dirs.push(dir);
+                }
             }
         }
         let items: Vec<(TopicPartition, &str)> =
             going.iter().map(|(tp, s, _)| (tp.clone(), *s)).collect();
-        let log_dirs: Vec<Option<PathBuf>> =
-            going.iter().map(|(tp, _, _)| self.log_dir_of(tp)).collect();
         let (renamed, checkpointed) = self.logs.set_aside_all(&items);
         let mut dirs = std::collections::BTreeSet::new();
         for (((tp, suffix, why), result), log_dir) in going.into_iter().zip(renamed).zip(log_dirs) {
@@ -625,14 +637,16 @@ impl ReplicaManager {
         }
     }
 
-    /// Removes `tps` from their log dirs' `replication-offset-checkpoint` (one write per dir).
-    /// Returns the partitions whose entry may still be there, with why.
-    fn forget_high_watermarks(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, String> {
-        let mut by_dir: BTreeMap<PathBuf, Vec<&TopicPartition>> = BTreeMap::new();
-        for tp in tps {
-            if let Some(dir) = self.log_dir_of(tp) {
-                by_dir.entry(dir).or_default().push(tp);
-            }
+    /// Removes partitions from their log dirs' `replication-offset-checkpoint` (one write per
+    /// dir), given as (partition, log dir). Returns the partitions whose entry may still be
+    /// there, with why.
+    fn forget_high_watermarks<'a>(
+        &self,
+        tps: impl Iterator<Item = (&'a TopicPartition, &'a PathBuf)>,
+    ) -> HashMap<TopicPartition, String> {
+        let mut by_dir: BTreeMap<&PathBuf, Vec<&TopicPartition>> = BTreeMap::new();
+        for (tp, dir) in tps {
+            by_dir.entry(dir).or_default().push(tp);
         }
         let _serial = self.hw_checkpoint_lock.lock();
         let mut failed = HashMap::new();

@@ -346,18 +346,14 @@ impl LogManager {
     /// is returned.
     pub fn checkpoint(&self) -> Result<()> {
         let _serial = self.checkpoint_lock.lock();
-        self.checkpoint_except(None)
+        self.checkpoint_dirs(None, None)
     }
 
-    /// [`Self::checkpoint`], with `except`'s recovery point and cleaner checkpoint given rather
-    /// than read from its log (whose lock the caller holds). Lock order: the caller holds
-    /// `checkpoint_lock` first, then log locks — never a log lock while waiting for
-    /// `checkpoint_lock`, or two checkpointing threads could deadlock on each other's logs.
-    fn checkpoint_except(&self, except: Option<(&TopicPartition, i64, i64)>) -> Result<()> {
-        self.checkpoint_dirs(None, except)
-    }
-
-    /// [`Self::checkpoint_except`] of the log dirs in `only` (all when `None`).
+    /// [`Self::checkpoint`] of the log dirs in `only` (all when `None`), with `except`'s
+    /// recovery point and cleaner checkpoint given rather than read from its log (whose lock
+    /// the caller holds). Lock order: the caller holds `checkpoint_lock` first, then log locks
+    /// — never a log lock while waiting for `checkpoint_lock`, or two checkpointing threads
+    /// could deadlock on each other's logs.
     fn checkpoint_dirs(
         &self,
         only: Option<&BTreeSet<usize>>,
@@ -410,7 +406,10 @@ impl LogManager {
         let _serial = self.checkpoint_lock.lock();
         let mut log = log.write();
         log.truncate_to(offset)?;
-        self.checkpoint_except(Some((tp, log.recovery_point(), log.cleaner_checkpoint())))
+        self.checkpoint_dirs(
+            None,
+            Some((tp, log.recovery_point(), log.cleaner_checkpoint())),
+        )
     }
 
     /// One retention pass over every log; `upper_bound` gives each partition's high watermark.
