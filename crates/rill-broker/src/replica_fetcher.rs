@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rill_protocol::ErrorCode;
@@ -278,21 +278,35 @@ impl FetchLoop {
             self.config.replica_fetch_wait_max_ms + self.config.request_timeout_ms,
         );
         tracing::info!(leader = self.leader, address = %self.address, "replica fetcher started");
+        // Partitions held back after an error; the others go on fetching.
+        let mut delays = Delays::default();
         // The next round's request, built right after the last answer was applied.
         let mut next: Option<(Vec<(TopicPartition, Followed)>, FetchRequest)> = None;
         while !self.stop.is_cancelled() {
             let (followed, request) = match next.take() {
                 Some(prepared) => prepared,
                 None => {
-                    let followed = snapshot(&self.partitions);
+                    let all = snapshot(&self.partitions);
+                    let (followed, due) = delays.ready(all, Instant::now());
                     if followed.is_empty() {
+                        // Nothing to fetch until a partition's delay ends or one is added.
+                        let until = due.map_or_else(
+                            || tokio::time::Instant::now() + Duration::from_secs(3600),
+                            tokio::time::Instant::from_std,
+                        );
                         tokio::select! {
                             _ = self.stop.cancelled() => return,
                             _ = self.wake.notified() => continue,
+                            _ = tokio::time::sleep_until(until) => continue,
                         }
                     }
-                    let request =
-                        build_request(&self.config, &self.broker_epoch, &self.throttle, &followed);
+                    let request = build_request(
+                        &self.config,
+                        &self.broker_epoch,
+                        &self.throttle,
+                        &followed,
+                        due,
+                    );
                     match request {
                         Some(r) => (followed, r),
                         None => {
@@ -318,7 +332,7 @@ impl FetchLoop {
                     continue;
                 }
             };
-            let outcome = process_response(
+            let failed = process_response(
                 self.leader,
                 self.config.flush_policy,
                 &self.logs,
@@ -327,15 +341,110 @@ impl FetchLoop {
                 &self.partitions,
                 response,
             );
-            if outcome.errors > 0 {
-                self.back_off(backoff).await;
-                continue;
-            }
-            // What is followed now (partitions may have come or gone meanwhile).
-            let followed = snapshot(&self.partitions);
-            next = build_request(&self.config, &self.broker_epoch, &self.throttle, &followed)
+            delays.record(&followed, &failed, Instant::now(), backoff);
+            // What is followed now (partitions may have come or gone meanwhile), less what waits.
+            let (followed, due) = delays.ready(snapshot(&self.partitions), Instant::now());
+            if !followed.is_empty() {
+                next = build_request(
+                    &self.config,
+                    &self.broker_epoch,
+                    &self.throttle,
+                    &followed,
+                    due,
+                )
                 .map(|r| (followed, r));
+            }
         }
+    }
+}
+
+/// The first wait of a partition whose fetch failed; each further failure in a row doubles it,
+/// up to `replica.fetch.backoff.ms`. Most partition errors around a leadership change mean one
+/// of the two brokers has not applied the change yet, which takes milliseconds.
+const FIRST_PARTITION_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Partitions held back after an error (Kafka's `delayPartitions`): only a failing partition
+/// waits, so one partition's error (a leadership change the leader applied before this broker,
+/// a topic the leader has not opened yet) does not stop the others' replication, which every
+/// acks=all write of theirs waits for.
+#[derive(Default)]
+struct Delays(HashMap<TopicPartition, Delay>);
+
+struct Delay {
+    /// The epoch it failed in: a partition followed in another epoch since starts afresh.
+    leader_epoch: i32,
+    until: Instant,
+    last: Duration,
+}
+
+impl Delays {
+    /// `followed` less the partitions still waiting, and when the first of those is due.
+    fn ready(
+        &mut self,
+        followed: Vec<(TopicPartition, Followed)>,
+        now: Instant,
+    ) -> (Vec<(TopicPartition, Followed)>, Option<Instant>) {
+        let mut due: Option<Instant> = None;
+        let ready = followed
+            .into_iter()
+            .filter(|(tp, f)| match self.held(tp, f.leader_epoch, now) {
+                Some(until) => {
+                    due = Some(due.map_or(until, |t| t.min(until)));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        (ready, due)
+    }
+
+    /// Until when `tp`, followed in `leader_epoch`, waits; `None` when it may be fetched.
+    fn held(&self, tp: &TopicPartition, leader_epoch: i32, now: Instant) -> Option<Instant> {
+        self.0
+            .get(tp)
+            .filter(|d| d.leader_epoch == leader_epoch && d.until > now)
+            .map(|d| d.until)
+    }
+
+    /// After a round over `fetched`: the partitions in `failed` wait, the others start afresh.
+    fn record(
+        &mut self,
+        fetched: &[(TopicPartition, Followed)],
+        failed: &[TopicPartition],
+        now: Instant,
+        max: Duration,
+    ) {
+        for (tp, f) in fetched {
+            self.record_one(tp, f.leader_epoch, failed.contains(tp), now, max);
+        }
+    }
+
+    /// One partition's outcome: a failure waits twice as long as the last one in a row (in the
+    /// same epoch), up to `max`; a success forgets the failures.
+    fn record_one(
+        &mut self,
+        tp: &TopicPartition,
+        leader_epoch: i32,
+        failed: bool,
+        now: Instant,
+        max: Duration,
+    ) {
+        if !failed {
+            self.0.remove(tp);
+            return;
+        }
+        let wait = match self.0.get(tp) {
+            Some(d) if d.leader_epoch == leader_epoch => (d.last * 2).min(max),
+            _ => FIRST_PARTITION_BACKOFF.min(max),
+        };
+        self.0.insert(
+            tp.clone(),
+            Delay {
+                leader_epoch,
+                until: now + wait,
+                last: wait,
+            },
+        );
     }
 }
 
@@ -353,12 +462,14 @@ fn snapshot(
 /// One replica fetch for every followed partition, at its log end and with the epoch of its last
 /// batch. Under `commit` everything up to the log end is fsynced first, so the offset reported
 /// (the fetch offset) is on disk; a partition whose fsync fails (its log dir is going offline) is
-/// left out. `None` when nothing is left to fetch. Blocking.
+/// left out. `None` when nothing is left to fetch. The leader holds it no later than `due` (a
+/// held-back partition's delay ends then). Blocking.
 fn build_request(
     config: &BrokerConfig,
     broker_epoch: &AtomicI64,
     throttle: &Throttle,
     followed: &[(TopicPartition, Followed)],
+    due: Option<Instant>,
 ) -> Option<FetchRequest> {
     let broker_epoch = broker_epoch.load(Ordering::Acquire);
     let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
@@ -402,7 +513,10 @@ fn build_request(
     Some(FetchRequest {
         replica_id: config.node_id,
         replica_epoch: broker_epoch,
-        max_wait_ms: config.replica_fetch_wait_max_ms as u32,
+        max_wait_ms: due.map_or(config.replica_fetch_wait_max_ms, |due| {
+            (due.saturating_duration_since(Instant::now()).as_millis() as u64)
+                .min(config.replica_fetch_wait_max_ms)
+        }) as u32,
         min_bytes: 1,
         max_bytes: config.replica_fetch_response_max_bytes as i32,
         topics: topics
@@ -415,13 +529,9 @@ fn build_request(
     })
 }
 
-struct Outcome {
-    errors: usize,
-}
-
-/// Applies one fetch response (blocking: appends, truncations, fsyncs). Every change to a log
-/// happens under [`Partition::as_follower_of`]: only while this broker still follows `leader`
-/// in the epoch the fetch was made for.
+/// Applies one fetch response (blocking: appends, truncations, fsyncs) and returns the
+/// partitions that failed. Every change to a log happens under [`Partition::as_follower_of`]:
+/// only while this broker still follows `leader` in the epoch the fetch was made for.
 #[allow(clippy::too_many_arguments)]
 fn process_response(
     leader: i32,
@@ -431,8 +541,8 @@ fn process_response(
     followed: &[(TopicPartition, Followed)],
     current: &Mutex<HashMap<TopicPartition, Followed>>,
     response: FetchResponse,
-) -> Outcome {
-    let mut errors = 0;
+) -> Vec<TopicPartition> {
+    let mut failed = Vec::new();
     let mut to_sync: Vec<(Arc<Partition>, i32, i64, i64)> = Vec::new();
     let by_tp: HashMap<&TopicPartition, &Followed> = followed.iter().map(|(t, f)| (t, f)).collect();
     for t in response.topics {
@@ -519,8 +629,8 @@ fn process_response(
                 }
                 Some(Ok(None)) => {}
                 Some(Err(e)) => {
-                    tracing::debug!(partition = %tp, error = %e, "replica fetch for this partition failed");
-                    errors += 1;
+                    tracing::debug!(partition = %tp, error = %e, "replica fetch for this partition failed; it waits");
+                    failed.push(tp);
                 }
             }
         }
@@ -531,11 +641,56 @@ fn process_response(
         {
             if !matches!(e, LogError::Truncated { .. }) {
                 tracing::error!(partition = %partition.tp, error = %e, "follower fsync failed");
-                errors += 1;
+                failed.push(partition.tp.clone());
             }
             continue;
         }
         partition.as_follower_of(leader, epoch, || partition.set_follower_hw(leader_hw, end));
     }
-    Outcome { errors }
+    failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failing_partition_waits_and_longer_each_time_in_a_row() {
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let max = Duration::from_millis(1000);
+        let mut d = Delays::default();
+        let t0 = Instant::now();
+        d.record_one(&a, 5, true, t0, max);
+        d.record_one(&b, 5, false, t0, max);
+        assert_eq!(d.held(&a, 5, t0), Some(t0 + Duration::from_millis(10)));
+        assert_eq!(d.held(&b, 5, t0), None, "the other partition goes on");
+        assert_eq!(d.held(&a, 5, t0 + Duration::from_millis(10)), None);
+        // Failures in a row double the wait, up to the configured backoff.
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            d.record_one(&a, 5, true, t0, max);
+            waits.push(d.held(&a, 5, t0).unwrap() - t0);
+        }
+        let ms: Vec<u128> = waits.iter().map(|w| w.as_millis()).collect();
+        assert_eq!(ms, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // A new leader epoch (the metadata moved on) is not held back by the old one's errors,
+        // and its first failure waits the shortest time again.
+        assert_eq!(d.held(&a, 6, t0), None);
+        d.record_one(&a, 6, true, t0, max);
+        assert_eq!(d.held(&a, 6, t0), Some(t0 + Duration::from_millis(10)));
+        // A success forgets the failures.
+        d.record_one(&a, 6, false, t0, max);
+        assert_eq!(d.held(&a, 6, t0), None);
+        d.record_one(&a, 6, true, t0, max);
+        assert_eq!(d.held(&a, 6, t0), Some(t0 + Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn the_first_wait_is_never_above_the_configured_backoff() {
+        let a = TopicPartition::new("t", 0);
+        let mut d = Delays::default();
+        let t0 = Instant::now();
+        d.record_one(&a, 0, true, t0, Duration::from_millis(3));
+        assert_eq!(d.held(&a, 0, t0), Some(t0 + Duration::from_millis(3)));
+    }
 }

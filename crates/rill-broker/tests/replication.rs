@@ -146,3 +146,109 @@ async fn an_rf3_partition_keeps_every_acknowledged_record_when_its_leader_dies()
     }
     assert_eq!(all.len(), 1500, "no record read twice at different offsets");
 }
+
+/// Reverses the replica order of every partition of `topic` and elects the preferred leaders:
+/// every partition changes leader, as an auto-rebalance after a restart does.
+async fn flip_leaders(cluster: &Cluster, topic: &str) {
+    use rill_protocol::proto::*;
+    let md = cluster.client().refresh(&[topic.to_owned()]).await.unwrap();
+    let partitions = md.topics[0]
+        .partitions
+        .iter()
+        .map(|p| ReassignablePartition {
+            index: p.index,
+            replicas: Some(IsrList {
+                ids: p.replicas.iter().rev().copied().collect(),
+            }),
+        })
+        .collect::<Vec<_>>();
+    let reassign = AlterPartitionReassignmentsRequest {
+        topics: vec![ReassignableTopic {
+            name: topic.to_owned(),
+            partitions,
+        }],
+    };
+    let r = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| {
+            let reassign = reassign.clone();
+            async move { c.alter_partition_reassignments(reassign).await }
+        })
+        .await
+        .unwrap();
+    assert!(
+        r.topics[0].partitions.iter().all(|p| p.error_code == 0),
+        "{r:?}"
+    );
+    let elect = ElectLeadersRequest {
+        topics: vec![ElectLeadersTopic {
+            name: topic.to_owned(),
+            partitions: vec![],
+        }],
+    };
+    cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| {
+            let elect = elect.clone();
+            async move { c.elect_leaders(elect).await }
+        })
+        .await
+        .unwrap();
+}
+
+/// One partition's fetch error holds back that partition only. Around a leadership change one
+/// broker applies the change before the other, so a follower's fetch for a moved partition
+/// fails (NOT_LEADER_OR_FOLLOWER from a leader that already let go, UNKNOWN_LEADER_EPOCH from
+/// one that has not taken over yet). With `replica.fetch.backoff.ms` at a minute, a fetch loop
+/// that paused as a whole would hold every acks=all write of the partitions it carries for that
+/// minute; here each such write must be acknowledged within seconds while every partition of
+/// another topic changes leader, six times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_changes_elsewhere_do_not_hold_up_acks_all_writes() {
+    let cluster = Cluster::start(1, 2, &["replica.fetch.backoff.ms=60000"]).await;
+    cluster
+        .create_topic("w", 2, 2, &[("min.insync.replicas", "2")])
+        .await;
+    cluster.create_topic("moving", 16, 2, &[]).await;
+    wait_for(&cluster, "w", "ISR of 2", |_, isr| isr.len() == 2).await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: -1,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut slowest = Duration::ZERO;
+    for round in 0..6 {
+        flip_leaders(&cluster, "moving").await;
+        // Writes to both partitions of "w" (both brokers lead one, each follows the other) for
+        // the next second, each waited for.
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut i = 0;
+        while Instant::now() < until {
+            let started = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                producer
+                    .send(ProducerRecord::new(
+                        "w",
+                        Some(format!("k{i}")),
+                        format!("r{round}-{i}"),
+                    ))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert!(
+                matches!(r, Ok(Ok(_))),
+                "round {round}: write {i} not acknowledged within 20 s: {r:?}"
+            );
+            slowest = slowest.max(started.elapsed());
+            i += 1;
+        }
+    }
+    producer.close().await;
+    assert!(
+        slowest < Duration::from_secs(10),
+        "an acks=all write waited {slowest:?} while other partitions changed leader"
+    );
+}
