@@ -122,7 +122,7 @@ const KNOWN: &[(&str, &str, &str)] = &[
     (
         "replica.fetch.backoff.ms",
         "1000",
-        "pause after a failed replica fetch; a failing partition alone waits, from 10 ms doubling up to this",
+        "pause after a failed replica fetch call; a partition whose own fetch fails waits by itself, min(10 ms, this) at first, doubling up to this",
     ),
     (
         "num.replica.fetchers",

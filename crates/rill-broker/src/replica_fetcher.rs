@@ -285,12 +285,11 @@ impl FetchLoop {
         while !self.stop.is_cancelled() {
             let (followed, request) = match next.take() {
                 Some(prepared) => prepared,
-                None => {
-                    let all = snapshot(&self.partitions);
-                    let (followed, due) = delays.ready(all, Instant::now());
-                    if followed.is_empty() {
-                        // Nothing to fetch until a partition's delay ends or one is added.
-                        let until = due.map_or_else(
+                None => match self.next_round(&mut delays, backoff) {
+                    Ok(round) => round,
+                    Err(until) => {
+                        // Nothing to fetch until a partition's wait ends or one is added.
+                        let until = until.map_or_else(
                             || tokio::time::Instant::now() + Duration::from_secs(3600),
                             tokio::time::Instant::from_std,
                         );
@@ -300,21 +299,7 @@ impl FetchLoop {
                             _ = tokio::time::sleep_until(until) => continue,
                         }
                     }
-                    let request = build_request(
-                        &self.config,
-                        &self.broker_epoch,
-                        &self.throttle,
-                        &followed,
-                        due,
-                    );
-                    match request {
-                        Some(r) => (followed, r),
-                        None => {
-                            self.back_off(backoff).await;
-                            continue;
-                        }
-                    }
-                }
+                },
             };
             let response = tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -343,18 +328,36 @@ impl FetchLoop {
             );
             delays.record(&followed, &failed, Instant::now(), backoff);
             // What is followed now (partitions may have come or gone meanwhile), less what waits.
-            let (followed, due) = delays.ready(snapshot(&self.partitions), Instant::now());
-            if !followed.is_empty() {
-                next = build_request(
-                    &self.config,
-                    &self.broker_epoch,
-                    &self.throttle,
-                    &followed,
-                    due,
-                )
-                .map(|r| (followed, r));
-            }
+            next = self.next_round(&mut delays, backoff).ok();
         }
+    }
+
+    /// The next round's partitions and request: those followed now, less the ones waiting
+    /// after an error, throttled, or whose fsync failed (which then wait). `Err` with when to
+    /// look again (`None`: when a partition is added) if none is left.
+    #[allow(clippy::type_complexity)]
+    fn next_round(
+        &self,
+        delays: &mut Delays,
+        backoff: Duration,
+    ) -> Result<(Vec<(TopicPartition, Followed)>, FetchRequest), Option<Instant>> {
+        let now = Instant::now();
+        let mut followed = delays.ready(snapshot(&self.partitions), now);
+        if followed.is_empty() {
+            return Err(delays.due(now));
+        }
+        let (partitions, unsynced) = select_partitions(&self.config, &self.throttle, &mut followed);
+        for (tp, epoch) in unsynced {
+            delays.record_one(&tp, epoch, true, now, backoff);
+        }
+        let due = delays.due(now);
+        if followed.is_empty() {
+            // All throttled or unsynced: look again after the backoff, or when one is due.
+            let again = now + backoff;
+            return Err(Some(due.map_or(again, |d| d.min(again))));
+        }
+        let request = fetch_request(&self.config, &self.broker_epoch, &followed, partitions, due);
+        Ok((followed, request))
     }
 }
 
@@ -378,24 +381,29 @@ struct Delay {
 }
 
 impl Delays {
-    /// `followed` less the partitions still waiting, and when the first of those is due.
+    /// `followed` less the partitions still waiting. Waits of partitions no longer followed, or
+    /// followed in another epoch since, are forgotten.
     fn ready(
         &mut self,
         followed: Vec<(TopicPartition, Followed)>,
         now: Instant,
-    ) -> (Vec<(TopicPartition, Followed)>, Option<Instant>) {
-        let mut due: Option<Instant> = None;
-        let ready = followed
+    ) -> Vec<(TopicPartition, Followed)> {
+        if !self.0.is_empty() {
+            let live: HashMap<&TopicPartition, i32> = followed
+                .iter()
+                .map(|(tp, f)| (tp, f.leader_epoch))
+                .collect();
+            self.0.retain(|tp, d| live.get(tp) == Some(&d.leader_epoch));
+        }
+        followed
             .into_iter()
-            .filter(|(tp, f)| match self.held(tp, f.leader_epoch, now) {
-                Some(until) => {
-                    due = Some(due.map_or(until, |t| t.min(until)));
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        (ready, due)
+            .filter(|(tp, f)| self.held(tp, f.leader_epoch, now).is_none())
+            .collect()
+    }
+
+    /// When the first partition still waiting at `now` is due.
+    fn due(&self, now: Instant) -> Option<Instant> {
+        self.0.values().map(|d| d.until).filter(|u| *u > now).min()
     }
 
     /// Until when `tp`, followed in `leader_epoch`, waits; `None` when it may be fetched.
@@ -459,25 +467,24 @@ fn snapshot(
         .collect()
 }
 
-/// One replica fetch for every followed partition, at its log end and with the epoch of its last
-/// batch. Under `commit` everything up to the log end is fsynced first, so the offset reported
-/// (the fetch offset) is on disk; a partition whose fsync fails (its log dir is going offline) is
-/// left out. `None` when nothing is left to fetch. The leader holds it no later than `due` (a
-/// held-back partition's delay ends then). Blocking.
-fn build_request(
+/// Keeps in `followed` the partitions to fetch this round, and returns what to ask of each
+/// (at its log end, with the epoch of its last batch): out-of-sync partitions wait while the
+/// follower throttle's budget is spent, and under `commit` everything up to each log end is
+/// fsynced first, so the offset reported (the fetch offset) is on disk. A partition whose
+/// fsync fails (its log dir is going offline) is returned in the second list, with the epoch
+/// it was followed in. Blocking.
+#[allow(clippy::type_complexity)]
+fn select_partitions(
     config: &BrokerConfig,
-    broker_epoch: &AtomicI64,
     throttle: &Throttle,
-    followed: &[(TopicPartition, Followed)],
-    due: Option<Instant>,
-) -> Option<FetchRequest> {
-    let broker_epoch = broker_epoch.load(Ordering::Acquire);
-    let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
+    followed: &mut Vec<(TopicPartition, Followed)>,
+) -> (Vec<FetchPartition>, Vec<(TopicPartition, i32)>) {
     let throttled = throttle.exceeded();
-    for (tp, f) in followed {
-        // Out-of-sync partitions wait while the follower throttle's budget is spent.
+    let mut fetch = Vec::with_capacity(followed.len());
+    let mut unsynced = Vec::new();
+    followed.retain(|(tp, f)| {
         if throttled && !f.partition.state().isr.contains(&config.node_id) {
-            continue;
+            return false;
         }
         let (end, last_epoch, start) = {
             let log = f.partition.log.read();
@@ -493,30 +500,45 @@ fn build_request(
             if !matches!(e, LogError::Truncated { .. }) {
                 tracing::error!(partition = %tp, error = %e, "follower fsync failed; not fetching it");
             }
-            continue;
+            unsynced.push((tp.clone(), f.leader_epoch));
+            return false;
         }
-        topics
-            .entry(tp.topic.as_str())
-            .or_default()
-            .push(FetchPartition {
-                index: tp.partition,
-                current_leader_epoch: f.leader_epoch,
-                fetch_offset: end,
-                partition_max_bytes: config.replica_fetch_max_bytes as i32,
-                last_fetched_epoch: last_epoch,
-                log_start_offset: start,
-            });
+        fetch.push(FetchPartition {
+            index: tp.partition,
+            current_leader_epoch: f.leader_epoch,
+            fetch_offset: end,
+            partition_max_bytes: config.replica_fetch_max_bytes as i32,
+            last_fetched_epoch: last_epoch,
+            log_start_offset: start,
+        });
+        true
+    });
+    (fetch, unsynced)
+}
+
+/// One replica fetch of `partitions` (`followed`'s, in order). The leader holds it no later
+/// than `due` (a waiting partition's turn comes then).
+fn fetch_request(
+    config: &BrokerConfig,
+    broker_epoch: &AtomicI64,
+    followed: &[(TopicPartition, Followed)],
+    partitions: Vec<FetchPartition>,
+    due: Option<Instant>,
+) -> FetchRequest {
+    let mut topics: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
+    for ((tp, _), p) in followed.iter().zip(partitions) {
+        topics.entry(tp.topic.as_str()).or_default().push(p);
     }
-    if topics.is_empty() {
-        return None;
-    }
-    Some(FetchRequest {
+    // Rounded up: a wait that rounds to 0 would have the leader answer at once, again and
+    // again, until the partition is due.
+    let max_wait_ms = due.map_or(config.replica_fetch_wait_max_ms, |due| {
+        let left = due.saturating_duration_since(Instant::now()).as_micros();
+        (left.div_ceil(1000) as u64).min(config.replica_fetch_wait_max_ms)
+    });
+    FetchRequest {
         replica_id: config.node_id,
-        replica_epoch: broker_epoch,
-        max_wait_ms: due.map_or(config.replica_fetch_wait_max_ms, |due| {
-            (due.saturating_duration_since(Instant::now()).as_millis() as u64)
-                .min(config.replica_fetch_wait_max_ms)
-        }) as u32,
+        replica_epoch: broker_epoch.load(Ordering::Acquire),
+        max_wait_ms: max_wait_ms as u32,
         min_bytes: 1,
         max_bytes: config.replica_fetch_response_max_bytes as i32,
         topics: topics
@@ -526,7 +548,7 @@ fn build_request(
                 partitions,
             })
             .collect(),
-    })
+    }
 }
 
 /// Applies one fetch response (blocking: appends, truncations, fsyncs) and returns the
@@ -665,6 +687,12 @@ mod tests {
         assert_eq!(d.held(&a, 5, t0), Some(t0 + Duration::from_millis(10)));
         assert_eq!(d.held(&b, 5, t0), None, "the other partition goes on");
         assert_eq!(d.held(&a, 5, t0 + Duration::from_millis(10)), None);
+        assert_eq!(d.due(t0), Some(t0 + Duration::from_millis(10)));
+        assert_eq!(
+            d.due(t0 + Duration::from_millis(10)),
+            None,
+            "nothing waits then"
+        );
         // Failures in a row double the wait, up to the configured backoff.
         let mut waits = Vec::new();
         for _ in 0..8 {
