@@ -252,3 +252,109 @@ async fn leadership_changes_elsewhere_do_not_hold_up_acks_all_writes() {
         "an acks=all write waited {slowest:?} while other partitions changed leader"
     );
 }
+
+/// Waits until every broker's own metadata names each partition's first replica as its leader
+/// (the state `flip_leaders` ends in), so no broker still has the old leaders.
+async fn wait_all_brokers_see_preferred_leaders(cluster: &Cluster, topic: &str, brokers: i32) {
+    use rill_protocol::proto::MetadataRequest;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = cluster.client();
+    'retry: loop {
+        assert!(
+            Instant::now() < deadline,
+            "brokers never agreed on the new leaders"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Learns the brokers' addresses.
+        let _ = client.refresh(&[topic.to_owned()]).await;
+        for id in 1..=brokers {
+            let Ok(mut b) = client.broker(id) else {
+                continue 'retry;
+            };
+            let Ok(md) = b
+                .metadata(MetadataRequest {
+                    topics: vec![topic.to_owned()],
+                })
+                .await
+            else {
+                continue 'retry;
+            };
+            let md = md.into_inner();
+            let Some(t) = md.topics.first() else {
+                continue 'retry;
+            };
+            if t.partitions.is_empty()
+                || t.partitions
+                    .iter()
+                    .any(|p| p.replicas.first() != Some(&p.leader_id))
+            {
+                continue 'retry;
+            }
+        }
+        return;
+    }
+}
+
+/// KIP-951: a client whose metadata still names the old leader learns the new one from the
+/// old leader's NOT_LEADER_OR_FOLLOWER answer and goes there at once, not after
+/// `retry.backoff.ms` and a metadata refresh. With the backoffs at 30 s, a write and a read
+/// after every partition changed leader must each be done within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_follow_a_moved_leader_at_once() {
+    let cluster = Cluster::start(1, 2, &[]).await;
+    cluster
+        .create_topic("moved", 2, 2, &[("min.insync.replicas", "2")])
+        .await;
+    wait_for(&cluster, "moved", "ISR of 2", |_, isr| isr.len() == 2).await;
+    let backoff = Duration::from_secs(30);
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: -1,
+        retry_backoff: backoff,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: cluster.bootstrap(),
+        auto_offset_reset: OffsetReset::Earliest,
+        fetch_max_wait: Duration::from_millis(200),
+        retry_backoff: backoff,
+        retry_backoff_max: backoff,
+        ..Default::default()
+    })
+    .unwrap();
+    let tps = consumer.partitions_of("moved").await.unwrap();
+    consumer.assign(tps.clone());
+    consumer.seek_to_beginning(&tps).await.unwrap();
+    let mut read = 0;
+    for round in 0..3 {
+        if round > 0 {
+            flip_leaders(&cluster, "moved").await;
+            wait_all_brokers_see_preferred_leaders(&cluster, "moved", 2).await;
+        }
+        let started = Instant::now();
+        for partition in 0..2 {
+            let mut record = ProducerRecord::new("moved", None::<String>, format!("r{round}"));
+            record.partition = Some(partition);
+            let d = producer.send(record).await.unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(10), d).await;
+            assert!(
+                matches!(r, Ok(Ok(_))),
+                "round {round}: a write to partition {partition} not acknowledged within 10 s \
+                 of the leaders moving: {r:?}"
+            );
+        }
+        let want = read + 2;
+        while read < want {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "round {round}: {read} of {want} records read 10 s after the leaders moved"
+            );
+            read += consumer
+                .poll(Duration::from_millis(200))
+                .await
+                .map_or(0, |b| b.len());
+        }
+    }
+    producer.close().await;
+}

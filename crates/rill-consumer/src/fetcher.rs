@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rill_protocol::client::ClusterClient;
+use rill_protocol::client::{ClusterClient, LeaderInfo};
 use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
 use rill_protocol::record_batch::{BatchError, Records, batches};
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
@@ -383,12 +383,13 @@ impl Fetcher {
             // first (a leader cut off from the cluster still answers with its old view).
             self.client.broker_failed(fetch.leader);
         }
-        self.absorb(result, fetch.requested, subscriptions)
+        self.absorb(result, fetch.leader, fetch.requested, subscriptions)
     }
 
     fn absorb(
         &mut self,
         result: FetchResult,
+        leader: i32,
         requested: Vec<(TopicPartition, i64)>,
         subscriptions: &mut SubscriptionState,
     ) -> Result<(), ConsumerError> {
@@ -430,8 +431,25 @@ impl Fetcher {
                             subscriptions.set_fetch_state(&tp, FetchState::AwaitReset);
                         }
                         c if c.is_retriable() => {
-                            self.client.invalidate(&t.name);
-                            self.back_off(&tp, now);
+                            // Another broker leads now (it named one with an epoch at least
+                            // as new as ours): fetched there at once, not after a backoff
+                            // (KIP-951). Otherwise the metadata is refreshed after one.
+                            let moved = p.current_leader.as_ref().is_some_and(|cl| {
+                                cl.leader_id >= 0
+                                    && cl.leader_id != leader
+                                    && self.client.update_leader(
+                                        &t.name,
+                                        p.index,
+                                        LeaderInfo {
+                                            leader: cl.leader_id,
+                                            epoch: cl.leader_epoch,
+                                        },
+                                    )
+                            });
+                            if !moved {
+                                self.client.invalidate(&t.name);
+                                self.back_off(&tp, now);
+                            }
                         }
                         _ => {
                             first_error.get_or_insert(ApiError::new(code, p.error_message).into());

@@ -1153,7 +1153,7 @@ async fn sender_loop(inner: Arc<Inner>) {
                         format!("{}-{} has no leader right now", s.topic, s.partition),
                     );
                     inner.client.invalidate(&s.topic);
-                    requeue_or_fail(&inner, s, e);
+                    requeue_or_fail(&inner, s, e, false);
                 }
                 continue;
             }
@@ -1256,7 +1256,7 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
             inner.client.broker_failed(leader);
             for s in shipments {
                 inner.client.invalidate(&s.topic);
-                requeue_or_fail(inner, s, e.clone());
+                requeue_or_fail(inner, s, e.clone(), false);
             }
         }
         Ok(response) => {
@@ -1273,7 +1273,7 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
                             ErrorCode::UnknownServerError,
                             "the broker's response omitted the partition",
                         );
-                        requeue_or_fail(inner, s, e);
+                        requeue_or_fail(inner, s, e, false);
                     }
                     Some(pr) if pr.error_code == 0 => {
                         let (base, lat) = (pr.base_offset, pr.log_append_time_ms);
@@ -1297,7 +1297,16 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
                             // was created again): refresh the metadata.
                             inner.client.invalidate(&s.topic);
                         }
-                        requeue_or_fail(inner, s, ApiError::new(code, pr.error_message.clone()));
+                        // Another broker leads now: retried there at once, not after
+                        // `retry.backoff.ms` (KIP-951), as a leadership move is over for the
+                        // broker that named the new leader.
+                        let moved = hint_taken
+                            && pr
+                                .current_leader
+                                .as_ref()
+                                .is_some_and(|cl| cl.leader_id >= 0 && cl.leader_id != leader);
+                        let e = ApiError::new(code, pr.error_message.clone());
+                        requeue_or_fail(inner, s, e, moved);
                     }
                 }
             }
@@ -1413,7 +1422,7 @@ fn release(inner: &Inner, topic: &str, partition: i32, acked: Option<i64>) {
     }
 }
 
-fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
+fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
     let now = Instant::now();
     let sequence_error = matches!(
         e.code,
@@ -1463,8 +1472,9 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError) {
         }
     }
     for mut b in keep.into_iter().rev() {
-        // A gap is renumbered under the new epoch at once; anything else waits a back-off.
-        b.retry_at = (!gap).then(|| now + inner.config.retry_backoff);
+        // A gap is renumbered under the new epoch at once, and a batch whose partition has a
+        // new leader goes there at once; anything else waits a back-off.
+        b.retry_at = (!gap && !new_leader).then(|| now + inner.config.retry_backoff);
         q.ready.push_front(b);
     }
     if inner.idempotence {
