@@ -1762,6 +1762,36 @@ mod tests {
         );
     }
 
+    /// An acks=all write still waiting when leadership moves is answered NOT_LEADER_OR_FOLLOWER
+    /// naming the new leader and epoch, so the producer goes there at once (KIP-951).
+    #[test]
+    fn an_acks_all_write_overtaken_by_a_leadership_move_names_the_new_leader() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[]);
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1, 2])])));
+        let tp = TopicPartition::new("t", 0);
+        let p = rm.leader_partition(&tp).unwrap();
+        rm.append(&p, &batch(), 1).unwrap();
+        let end = p.log_end_offset();
+        assert!(
+            rm.replicated_now(&p, end, 0).is_none(),
+            "waits for broker 2"
+        );
+        let mut moved = image(6, &[("t", "A", vec![2, 1])]);
+        moved.topics.get_mut("t").unwrap().partitions[0].leader_epoch = 1;
+        rm.apply_image(Arc::new(moved));
+        let e = match rm.replicated_now(&p, end, 0) {
+            Some(Err(e)) => e,
+            other => panic!("expected NOT_LEADER_OR_FOLLOWER, got {other:?}"),
+        };
+        assert_eq!(e.code, ErrorCode::NotLeaderOrFollower);
+        let mut pr = rill_protocol::proto::PartitionProduceResponse::default();
+        crate::request_queue::replication_failed(&mut pr, &p, e);
+        assert_eq!(pr.error_code, ErrorCode::NotLeaderOrFollower as i32);
+        let hint = pr.current_leader.expect("the new leader is named");
+        assert_eq!((hint.leader_id, hint.leader_epoch), (2, 1));
+    }
+
     /// A follower's fetch checked on an async task (`no_wait`) while a write holds the log
     /// (a roll, say) does nothing and says so; once the log is free it records the position
     /// and moves the high watermark.

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::config::FlushPolicy;
 use crate::metrics::Metrics;
+use crate::partition::Partition;
 use crate::replica_manager::ReplicaManager;
 
 /// A queued produce request.
@@ -234,9 +235,7 @@ fn process(
                 match rm.replicated_now(&p, end, epoch) {
                     Some(Ok(())) => {}
                     Some(Err(e)) => {
-                        let pr = &mut response.topics[ti].partitions[pi];
-                        pr.error_code = e.code as i32;
-                        pr.error_message = e.message;
+                        replication_failed(&mut response.topics[ti].partitions[pi], &p, e)
                     }
                     None => waiting.push((ti, pi, p, end, epoch)),
                 }
@@ -254,9 +253,7 @@ fn process(
             for (ti, pi, p, end, epoch) in waiting {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if let Err(e) = rm.wait_replicated(&p, end, epoch, left).await {
-                    let pr = &mut response.topics[ti].partitions[pi];
-                    pr.error_code = e.code as i32;
-                    pr.error_message = e.message;
+                    replication_failed(&mut response.topics[ti].partitions[pi], &p, e);
                 }
             }
             let _ = reply.send(response);
@@ -268,5 +265,20 @@ fn process(
         drop(runtime.spawn_blocking(complete));
     } else {
         complete();
+    }
+}
+
+/// An acks=all write that did not reach the in-sync replicas. When leadership moved meanwhile
+/// the answer names the new leader, so the producer retries there at once (KIP-951) instead of
+/// after a backoff and a metadata refresh.
+pub(crate) fn replication_failed(
+    pr: &mut PartitionProduceResponse,
+    partition: &Partition,
+    e: ApiError,
+) {
+    pr.error_code = e.code as i32;
+    pr.error_message = e.message;
+    if e.code == ErrorCode::NotLeaderOrFollower {
+        pr.current_leader = crate::apis::leader_hint(Some(partition.leader_and_epoch()));
     }
 }

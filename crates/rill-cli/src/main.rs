@@ -228,6 +228,15 @@ const NULL_SHOWN_AS: &str = "<null>";
 
 fn main() {
     let cli = Cli::parse();
+    // The clients' own logs (retries, metadata refreshes), on stderr and only when asked for
+    // with RUST_LOG (e.g. `RUST_LOG=rill_producer=debug`): the CLI's output stays its own.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
