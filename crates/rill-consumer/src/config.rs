@@ -59,7 +59,8 @@ pub struct ConsumerConfig {
     /// before them) and the commit before partitions are revoked (default 60 s).
     pub default_api_timeout: Duration,
     /// `retry.backoff.ms`: the first wait before fetching a partition again after a retriable
-    /// error, so a failing broker is not hammered.
+    /// error, so a failing broker is not hammered (none when the answer names a new leader:
+    /// fetched there at once, KIP-951).
     pub retry_backoff: Duration,
     /// `retry.backoff.max.ms`: the wait doubles with each consecutive failure up to this.
     pub retry_backoff_max: Duration,

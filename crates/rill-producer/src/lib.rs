@@ -84,7 +84,8 @@ pub struct ProducerConfig {
     /// [`MAX_IN_FLIGHT_WITH_IDEMPOTENCE`] with idempotence); order per partition is kept either
     /// way.
     pub max_in_flight: usize,
-    /// `retry.backoff.ms`: wait before retrying a failed produce request.
+    /// `retry.backoff.ms`: wait before retrying a failed produce request (none when the answer
+    /// names a new leader: the batch goes there at once, KIP-951).
     pub retry_backoff: Duration,
     /// `delivery.timeout.ms`: give up on a record after this long.
     pub delivery_timeout: Duration,
