@@ -153,12 +153,14 @@ impl Lifecycle {
     }
 
     /// Registers, then runs the metadata stream and heartbeats until `stop`; then performs a
-    /// controlled shutdown.
+    /// controlled shutdown, still applying metadata: that is how this broker's partitions learn
+    /// their leaders moved, which answers the acks=all writes waiting on them.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         if self.register(&stop).await.is_none() {
             return;
         }
-        let metadata = tokio::spawn(Arc::clone(&self).follow_metadata(stop.clone()));
+        let metadata_stop = CancellationToken::new();
+        let metadata = tokio::spawn(Arc::clone(&self).follow_metadata(metadata_stop.clone()));
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
         loop {
             tokio::select! {
@@ -168,6 +170,7 @@ impl Lifecycle {
             self.heartbeat(false, &stop).await;
         }
         self.controlled_shutdown().await;
+        metadata_stop.cancel();
         metadata.abort();
     }
 
@@ -325,17 +328,32 @@ impl Lifecycle {
         }
     }
 
-    /// Asks the controller to move this broker's leaderships away, waiting up to 30 s.
+    /// Asks the controller to move this broker's leaderships away, then waits until this
+    /// broker has applied the moves itself (Kafka's controller waits for the broker's metadata
+    /// offset the same way): until then its partitions still take writes as leaders, and an
+    /// acks=all write waiting on one would be cut off by the shutdown instead of answered
+    /// NOT_LEADER_OR_FOLLOWER with its new leader. Up to 30 s in all.
     async fn controlled_shutdown(&self) {
         tracing::info!("controlled shutdown: asking the controller to move leaderships away");
         let never = CancellationToken::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < deadline {
             if self.heartbeat(true, &never).await == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        while tokio::time::Instant::now() < deadline {
+            let leading = self.rm.leader_count();
+            if leading == 0 {
                 tracing::info!("controlled shutdown complete");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tracing::debug!(
+                leading,
+                "controlled shutdown: waiting to apply the leadership moves"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::warn!("controlled shutdown timed out; stopping anyway");
     }

@@ -346,6 +346,15 @@ impl ReplicaManager {
         self.partitions.read().values().cloned().collect()
     }
 
+    /// How many partitions this broker leads by their own state (the one appends check).
+    pub fn leader_count(&self) -> usize {
+        self.partitions
+            .read()
+            .values()
+            .filter(|p| p.leader_and_epoch().0 == self.node_id)
+            .count()
+    }
+
     /// The offset of the last metadata record applied before this start (from the
     /// `metadata-offset-checkpoint` of every log dir; -1 when none). A metadata snapshot older
     /// than this comes from a lagging controller and must be refused.

@@ -220,9 +220,7 @@ fn process(
         if policy == FlushPolicy::Commit {
             for (ti, pi, p, end, _) in &appended {
                 if let Err(e) = rm.make_durable(p, *end) {
-                    let pr = &mut response.topics[*ti].partitions[*pi];
-                    pr.error_code = e.code as i32;
-                    pr.error_message = e.message;
+                    replication_failed(&mut response.topics[*ti].partitions[*pi], p, e);
                 }
             }
         }
@@ -268,9 +266,9 @@ fn process(
     }
 }
 
-/// An acks=all write that did not reach the in-sync replicas. When leadership moved meanwhile
-/// the answer names the new leader, so the producer retries there at once (KIP-951) instead of
-/// after a backoff and a metadata refresh.
+/// A write that did not become durable or reach the in-sync replicas. When leadership moved
+/// meanwhile the answer names the new leader, so the producer retries there at once (KIP-951)
+/// instead of after a backoff and a metadata refresh.
 pub(crate) fn replication_failed(
     pr: &mut PartitionProduceResponse,
     partition: &Partition,

@@ -148,10 +148,16 @@ async fn an_rf3_partition_keeps_every_acknowledged_record_when_its_leader_dies()
 }
 
 /// Reverses the replica order of every partition of `topic` and elects the preferred leaders:
-/// every partition changes leader, as an auto-rebalance after a restart does.
-async fn flip_leaders(cluster: &Cluster, topic: &str) {
+/// every partition changes leader, as an auto-rebalance after a restart does. Returns each
+/// partition's new leader and the epoch it had before.
+async fn flip_leaders(cluster: &Cluster, topic: &str) -> Vec<(i32, i32)> {
     use rill_protocol::proto::*;
     let md = cluster.client().refresh(&[topic.to_owned()]).await.unwrap();
+    let expected = md.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (*p.replicas.last().unwrap(), p.leader_epoch))
+        .collect();
     let partitions = md.topics[0]
         .partitions
         .iter()
@@ -194,6 +200,7 @@ async fn flip_leaders(cluster: &Cluster, topic: &str) {
         })
         .await
         .unwrap();
+    expected
 }
 
 /// One partition's fetch error holds back that partition only. Around a leadership change one
@@ -219,7 +226,7 @@ async fn leadership_changes_elsewhere_do_not_hold_up_acks_all_writes() {
     .unwrap();
     let mut slowest = Duration::ZERO;
     for round in 0..6 {
-        flip_leaders(&cluster, "moving").await;
+        let _ = flip_leaders(&cluster, "moving").await;
         // Writes to both partitions of "w" (both brokers lead one, each follows the other) for
         // the next second, each waited for.
         let until = Instant::now() + Duration::from_secs(1);
@@ -253,9 +260,14 @@ async fn leadership_changes_elsewhere_do_not_hold_up_acks_all_writes() {
     );
 }
 
-/// Waits until every broker's own metadata names each partition's first replica as its leader
-/// (the state `flip_leaders` ends in), so no broker still has the old leaders.
-async fn wait_all_brokers_see_preferred_leaders(cluster: &Cluster, topic: &str, brokers: i32) {
+/// Waits until every broker's own metadata names each partition's `expected` leader in an
+/// epoch after the one it had (what [`flip_leaders`] returns), so no broker lags behind.
+async fn wait_all_brokers_see(
+    cluster: &Cluster,
+    topic: &str,
+    brokers: i32,
+    expected: &[(i32, i32)],
+) {
     use rill_protocol::proto::MetadataRequest;
     let deadline = Instant::now() + Duration::from_secs(20);
     let client = cluster.client();
@@ -283,10 +295,11 @@ async fn wait_all_brokers_see_preferred_leaders(cluster: &Cluster, topic: &str, 
             let Some(t) = md.topics.first() else {
                 continue 'retry;
             };
-            if t.partitions.is_empty()
-                || t.partitions
-                    .iter()
-                    .any(|p| p.replicas.first() != Some(&p.leader_id))
+            if t.partitions.len() != expected.len()
+                || t.partitions.iter().any(|p| {
+                    let (leader, old_epoch) = expected[p.index as usize];
+                    p.leader_id != leader || p.leader_epoch <= old_epoch
+                })
             {
                 continue 'retry;
             }
@@ -329,8 +342,8 @@ async fn clients_follow_a_moved_leader_at_once() {
     let mut read = 0;
     for round in 0..3 {
         if round > 0 {
-            flip_leaders(&cluster, "moved").await;
-            wait_all_brokers_see_preferred_leaders(&cluster, "moved", 2).await;
+            let expected = flip_leaders(&cluster, "moved").await;
+            wait_all_brokers_see(&cluster, "moved", 2, &expected).await;
         }
         let started = Instant::now();
         for partition in 0..2 {
@@ -357,4 +370,80 @@ async fn clients_follow_a_moved_leader_at_once() {
         }
     }
     producer.close().await;
+}
+
+/// A leader stopped under acks=all writes (SIGTERM: a controlled shutdown) hands its
+/// partitions over before it stops taking writes: it applies the leadership moves itself, so a
+/// write waiting on it is answered NOT_LEADER_OR_FOLLOWER naming the new leader and retried
+/// there, instead of being cut off by the shutdown and left to the client's 30 s request
+/// timeout; and the broker stops within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_its_waiting_writes_over() {
+    let mut cluster = Cluster::start(1, 3, &[]).await;
+    cluster
+        .create_topic("s", 3, 3, &[("min.insync.replicas", "2")])
+        .await;
+    wait_for(&cluster, "s", "ISR of 3", |_, isr| isr.len() == 3).await;
+    let producer = std::sync::Arc::new(
+        Producer::new(ProducerConfig {
+            bootstrap: cluster.bootstrap(),
+            acks: -1,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // One writer per partition keeping up to 64 records outstanding: every partition has a
+    // request waiting for its replicas almost all the time.
+    let writers: Vec<_> = (0..3)
+        .map(|partition| {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                let mut n = 0;
+                let mut pending = std::collections::VecDeque::new();
+                loop {
+                    let stopping = stop.load(std::sync::atomic::Ordering::Acquire);
+                    if pending.len() >= 64 || (stopping && !pending.is_empty()) {
+                        let (started, d): (Instant, _) = pending.pop_front().unwrap();
+                        let r = tokio::time::timeout(Duration::from_secs(20), d).await;
+                        assert!(
+                            matches!(r, Ok(Ok(_))),
+                            "partition {partition}: a write not acknowledged within 20 s: {r:?}"
+                        );
+                        slowest = slowest.max(started.elapsed());
+                        continue;
+                    }
+                    if stopping {
+                        break;
+                    }
+                    let mut record = ProducerRecord::new("s", None::<String>, format!("{n}"));
+                    record.partition = Some(partition);
+                    pending.push_back((Instant::now(), producer.send(record).await.unwrap()));
+                    n += 1;
+                }
+                (slowest, n)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (leader, _) = state(&cluster, "s").await.unwrap();
+    let started = Instant::now();
+    let status = tokio::task::block_in_place(|| cluster.stop_broker((leader - 1) as usize));
+    let stopping = started.elapsed();
+    assert!(status.success(), "broker {leader} exited with {status}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for (partition, w) in writers.into_iter().enumerate() {
+        let (slowest, n) = w.await.unwrap();
+        assert!(n > 0, "partition {partition}: no write");
+        assert!(
+            slowest < Duration::from_secs(10),
+            "partition {partition}: a write waited {slowest:?} while broker {leader} stopped"
+        );
+    }
+    assert!(
+        stopping < Duration::from_secs(15),
+        "broker {leader} took {stopping:?} to stop"
+    );
 }

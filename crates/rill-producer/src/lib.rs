@@ -1283,15 +1283,17 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
                     Some(pr) => {
                         let code = ErrorCode::try_from(pr.error_code)
                             .unwrap_or(ErrorCode::UnknownServerError);
+                        // A hint without a leader (-1) is no news: refresh instead.
                         let hint_taken = pr.current_leader.as_ref().is_some_and(|cl| {
-                            inner.client.update_leader(
-                                &s.topic,
-                                s.partition,
-                                LeaderInfo {
-                                    leader: cl.leader_id,
-                                    epoch: cl.leader_epoch,
-                                },
-                            )
+                            cl.leader_id >= 0
+                                && inner.client.update_leader(
+                                    &s.topic,
+                                    s.partition,
+                                    LeaderInfo {
+                                        leader: cl.leader_id,
+                                        epoch: cl.leader_epoch,
+                                    },
+                                )
                         });
                         if !hint_taken && code.is_retriable() {
                             // No usable hint (none, or an older leader epoch: maybe the topic
@@ -1305,7 +1307,7 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
                             && pr
                                 .current_leader
                                 .as_ref()
-                                .is_some_and(|cl| cl.leader_id >= 0 && cl.leader_id != leader);
+                                .is_some_and(|cl| cl.leader_id != leader);
                         let e = ApiError::new(code, pr.error_message.clone());
                         requeue_or_fail(inner, s, e, moved);
                     }
