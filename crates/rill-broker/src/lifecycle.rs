@@ -170,8 +170,15 @@ impl Lifecycle {
             self.heartbeat(false, &stop).await;
         }
         self.controlled_shutdown().await;
+        // Waited for, not aborted: an abort would leave a metadata update being applied (its
+        // blocking half cannot be cancelled) while the broker goes on to close its logs.
         metadata_stop.cancel();
-        metadata.abort();
+        if tokio::time::timeout(Duration::from_secs(10), metadata)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a metadata update was still being applied at shutdown");
+        }
     }
 
     async fn heartbeat(&self, want_shut_down: bool, stop: &CancellationToken) -> Option<bool> {
