@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rill_protocol::client::{ClusterClient, LeaderInfo};
+use rill_protocol::client::ClusterClient;
 use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
 use rill_protocol::record_batch::{BatchError, Records, batches};
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
@@ -434,18 +434,9 @@ impl Fetcher {
                             // Another broker leads now (it named one with an epoch at least
                             // as new as ours): fetched there at once, not after a backoff
                             // (KIP-951). Otherwise the metadata is refreshed after one.
-                            let moved = p.current_leader.as_ref().is_some_and(|cl| {
-                                cl.leader_id >= 0
-                                    && cl.leader_id != leader
-                                    && self.client.update_leader(
-                                        &t.name,
-                                        p.index,
-                                        LeaderInfo {
-                                            leader: cl.leader_id,
-                                            epoch: cl.leader_epoch,
-                                        },
-                                    )
-                            });
+                            let hint = p.current_leader.as_ref();
+                            let moved = hint.is_some_and(|cl| cl.leader_id != leader)
+                                && self.client.take_leader_hint(&t.name, p.index, hint);
                             if !moved {
                                 self.client.invalidate(&t.name);
                                 self.back_off(&tp, now);

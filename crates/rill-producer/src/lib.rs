@@ -1283,18 +1283,11 @@ async fn send_to(inner: &Arc<Inner>, leader: i32, shipments: Vec<Shipment>) {
                     Some(pr) => {
                         let code = ErrorCode::try_from(pr.error_code)
                             .unwrap_or(ErrorCode::UnknownServerError);
-                        // A hint without a leader (-1) is no news: refresh instead.
-                        let hint_taken = pr.current_leader.as_ref().is_some_and(|cl| {
-                            cl.leader_id >= 0
-                                && inner.client.update_leader(
-                                    &s.topic,
-                                    s.partition,
-                                    LeaderInfo {
-                                        leader: cl.leader_id,
-                                        epoch: cl.leader_epoch,
-                                    },
-                                )
-                        });
+                        let hint_taken = inner.client.take_leader_hint(
+                            &s.topic,
+                            s.partition,
+                            pr.current_leader.as_ref(),
+                        );
                         if !hint_taken && code.is_retriable() {
                             // No usable hint (none, or an older leader epoch: maybe the topic
                             // was created again): refresh the metadata.

@@ -417,6 +417,27 @@ impl ClusterClient {
         }
     }
 
+    /// Takes the leader an error answer named (`current_leader`, KIP-951) when it names a broker
+    /// and is at least as new as the cached one; says whether it was taken.
+    pub fn take_leader_hint(
+        &self,
+        topic: &str,
+        partition: i32,
+        hint: Option<&crate::proto::LeaderIdAndEpoch>,
+    ) -> bool {
+        hint.is_some_and(|h| {
+            h.leader_id >= 0
+                && self.update_leader(
+                    topic,
+                    partition,
+                    LeaderInfo {
+                        leader: h.leader_id,
+                        epoch: h.leader_epoch,
+                    },
+                )
+        })
+    }
+
     /// Marks a topic's metadata stale so the next lookup refreshes it. Its leader epochs are
     /// kept: the refresh cannot take an older leader over a newer one.
     pub fn invalidate(&self, topic: &str) {
