@@ -283,13 +283,14 @@ impl ReplicaManager {
     }
 
     /// Writes each online log dir's `replication-offset-checkpoint` (partition → high
-    /// watermark).
+    /// watermark). A dir whose file cannot be read or written is taken offline, as Kafka does
+    /// on a checkpoint's I/O error; the other dirs are still written. Returns the first error.
     pub fn checkpoint_high_watermarks(&self) -> Result<(), LogError> {
         if self.image().next_offset == 0 {
             // Nothing opened yet: the file on disk is still the truth.
             return Ok(());
         }
-        let _serial = self.hw_checkpoint_lock.lock();
+        let serial = self.hw_checkpoint_lock.lock();
         let offline = self.offline_dirs.read().clone();
         let hosted: HashMap<TopicPartition, (PathBuf, i64)> = self
             .all_partitions()
@@ -307,22 +308,42 @@ impl ReplicaManager {
                 ))
             })
             .collect();
+        let mut failed = Vec::new();
         for dir in self.logs.log_dirs() {
             if offline.contains_key(dir) {
                 continue;
             }
             let file = OffsetCheckpointFile::new(dir.join(REPLICATION_OFFSET_CHECKPOINT));
-            // Keep what is known of logs not (yet) hosted; drop logs that are gone.
-            let mut entries = file.read().unwrap_or_default();
-            entries.retain(|name, _| on_disk.contains(&(dir.clone(), name.clone())));
-            for (tp, (log_dir, hw)) in &hosted {
-                if log_dir == dir {
-                    entries.insert(rill_storage::partition_dir_name(tp), *hw);
-                }
+            let written = match file.read() {
+                Ok(entries) => Ok(entries),
+                // A damaged file is rewritten from what is hosted: nothing in it can be taken
+                // for a high watermark (logs not hosted start theirs at the log start).
+                Err(LogError::Corrupt { .. }) => Ok(BTreeMap::new()),
+                Err(e) => Err(e),
             }
-            file.write(&entries)?;
+            .and_then(|mut entries| {
+                // Keep what is known of logs not (yet) hosted; drop logs that are gone.
+                entries.retain(|name, _| on_disk.contains(&(dir.clone(), name.clone())));
+                for (tp, (log_dir, hw)) in &hosted {
+                    if log_dir == dir {
+                        entries.insert(rill_storage::partition_dir_name(tp), *hw);
+                    }
+                }
+                file.write(&entries)
+            });
+            if let Err(e) = written {
+                failed.push((dir.clone(), e));
+            }
         }
-        Ok(())
+        drop(serial);
+        let mut first = None;
+        for (dir, e) in failed {
+            if is_dir_failure(&e) {
+                self.fail_log_dir(&dir, &format!("high watermark checkpoint: {e}"));
+            }
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Becomes `Some(reason)` when a log dir failed; the broker then stops (as a KRaft broker
@@ -1408,11 +1429,12 @@ fn removal(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rill_protocol::metadata_image::{PartitionInfo, TopicInfo};
 
-    fn image(offset: i64, topics: &[(&str, &str, Vec<i32>)]) -> MetadataImage {
+    /// An image at `offset` of single-partition topics (name, id, replicas; the first leads).
+    pub(crate) fn image(offset: i64, topics: &[(&str, &str, Vec<i32>)]) -> MetadataImage {
         let mut image = MetadataImage {
             next_offset: offset + 1,
             ..Default::default()
@@ -1496,7 +1518,7 @@ mod tests {
     }
 
     /// Broker 1 over a fresh log dir, with extra broker properties.
-    fn replica_manager(dir: &Path, extra: &[(&str, &str)]) -> ReplicaManager {
+    pub(crate) fn replica_manager(dir: &Path, extra: &[(&str, &str)]) -> ReplicaManager {
         let mut overrides: BTreeMap<String, String> = [
             ("log.dirs".to_owned(), dir.display().to_string()),
             ("node.id".to_owned(), "1".to_owned()),
@@ -1514,6 +1536,31 @@ mod tests {
         )
         .unwrap();
         ReplicaManager::new(config, logs)
+    }
+
+    /// A high watermark checkpoint that cannot be read or written takes its log dir offline,
+    /// as Kafka does on a checkpoint's I/O error (a disk failing there fails elsewhere too);
+    /// the other log dirs are still checkpointed.
+    #[test]
+    fn a_failing_high_watermark_checkpoint_takes_its_log_dir_offline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let dirs = format!("{},{}", a.display(), b.display());
+        let rm = replica_manager(&a, &[("log.dirs", &dirs)]);
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
+        assert!(rm.log_dir_failures().borrow().is_none());
+        // Unreadable (a directory), and in the way of the rename that writes it.
+        std::fs::create_dir_all(a.join(REPLICATION_OFFSET_CHECKPOINT).join("x")).unwrap();
+        assert!(rm.checkpoint_high_watermarks().is_err());
+        let failure = rm.log_dir_failures().borrow().clone();
+        assert!(
+            failure.is_some_and(|f| f.contains(&a.display().to_string())),
+            "log dir a is offline"
+        );
+        assert!(
+            b.join(REPLICATION_OFFSET_CHECKPOINT).exists(),
+            "log dir b is still checkpointed"
+        );
     }
 
     /// A log opened without a checkpointed high watermark starts it at the log start, as

@@ -274,9 +274,7 @@ pub(crate) fn replication_failed(
     partition: &Partition,
     e: ApiError,
 ) {
+    pr.current_leader = crate::apis::moved_leader_hint(e.code, partition);
     pr.error_code = e.code as i32;
     pr.error_message = e.message;
-    if e.code == ErrorCode::NotLeaderOrFollower {
-        pr.current_leader = crate::apis::leader_hint(Some(partition.leader_and_epoch()));
-    }
 }

@@ -18,7 +18,7 @@ use rill_storage::TopicPartition;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 
-use crate::apis::leader_hint;
+use crate::apis::{leader_hint, moved_leader_hint};
 use crate::partition::{Busy, Partition};
 use crate::replica_manager::{ReadError, ReplicaManager};
 
@@ -290,6 +290,8 @@ impl Plan {
                 }
                 Ok(None) => pr.records = Bytes::new(),
                 Err(ReadError::Failed(e)) => {
+                    // Leadership moved between the check and the read.
+                    pr.current_leader = moved_leader_hint(e.code, &read.partition);
                     pr.error_code = e.code as i32;
                     pr.error_message = e.message;
                 }
@@ -382,4 +384,43 @@ fn check_one(
     }
     let kind = ReadKind::Consumer { hw, leader_epoch };
     Ok((pr, Some((partition, kind))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica_manager::tests::{image, replica_manager};
+
+    /// A consumer fetch whose partition moves to another broker between its check and its
+    /// read names the new leader, so the consumer goes there at once (KIP-951) instead of
+    /// backing off and refreshing metadata.
+    #[test]
+    fn a_fetch_overtaken_by_a_leadership_move_names_the_new_leader() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[]);
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1, 2])])));
+        let req = FetchRequest {
+            replica_id: -1,
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: vec![FetchPartition {
+                    index: 0,
+                    current_leader_epoch: 0,
+                    ..Default::default()
+                }],
+            }],
+            ..Default::default()
+        };
+        let mut plan = Plan::new(&req, 1 << 20);
+        plan.check(&rm, &req, false);
+        assert_eq!(plan.reads.len(), 1, "checked in epoch 0, a read is due");
+        let mut moved = image(6, &[("t", "A", vec![2, 1])]);
+        moved.topics.get_mut("t").unwrap().partitions[0].leader_epoch = 1;
+        rm.apply_image(Arc::new(moved));
+        plan.read(&rm, false);
+        let pr = &plan.response.topics[0].partitions[0];
+        assert_eq!(pr.error_code, ErrorCode::NotLeaderOrFollower as i32);
+        let hint = pr.current_leader.as_ref().expect("the new leader is named");
+        assert_eq!((hint.leader_id, hint.leader_epoch), (2, 1));
+    }
 }

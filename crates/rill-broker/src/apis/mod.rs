@@ -7,7 +7,10 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
 
+use rill_protocol::ErrorCode;
 use rill_protocol::proto::LeaderIdAndEpoch;
+
+use crate::partition::Partition;
 
 /// The `current_leader` field from a known (leader id, leader epoch).
 pub(crate) fn leader_hint(current: Option<(i32, i32)>) -> Option<LeaderIdAndEpoch> {
@@ -15,6 +18,20 @@ pub(crate) fn leader_hint(current: Option<(i32, i32)>) -> Option<LeaderIdAndEpoc
         leader_id,
         leader_epoch,
     })
+}
+
+/// The `current_leader` for an error found after the partition's checks passed: when it is
+/// NOT_LEADER_OR_FOLLOWER, leadership moved meanwhile, and naming the new leader lets the client
+/// go there at once (KIP-951) instead of after a backoff and a metadata refresh.
+pub(crate) fn moved_leader_hint(
+    code: ErrorCode,
+    partition: &Partition,
+) -> Option<LeaderIdAndEpoch> {
+    if code == ErrorCode::NotLeaderOrFollower {
+        leader_hint(Some(partition.leader_and_epoch()))
+    } else {
+        None
+    }
 }
 
 /// A blocking-pool task that died (a panic): the request fails as a whole.
