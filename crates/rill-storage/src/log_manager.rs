@@ -161,9 +161,13 @@ impl LogManager {
     }
 
     /// The log of `tp`, created (in the least loaded log dir) with `config` if missing; an
-    /// existing log gets `config` applied.
+    /// existing log gets `config` applied. After [`Self::shutdown`] none is created: it would
+    /// not be closed, yet its dir would get the clean-shutdown marker.
     pub fn get_or_create(&self, tp: &TopicPartition, config: LogConfig) -> Result<SharedLog> {
         let mut logs = self.logs.write();
+        // Checked under the map's lock, which `shutdown` takes after setting the flag: a log
+        // created before it is in the set `shutdown` closes.
+        self.refuse_after_shutdown(tp)?;
         if let Some((_, log)) = logs.get(tp) {
             let log = Arc::clone(log);
             // Not under the map's lock: a truncation holds its log while it checkpoints, which
@@ -249,6 +253,8 @@ impl LogManager {
         let renamed = logs
             .iter()
             .map(|(tp, suffix)| {
+                // A closed broker's dirs are as `shutdown` left them, marker and checkpoints.
+                self.refuse_after_shutdown(tp)?;
                 let Some((index, log)) = self.take_out_of_service(tp) else {
                     return Ok(None);
                 };
@@ -268,6 +274,19 @@ impl LogManager {
             })
             .collect();
         (renamed, self.forget_in_checkpoints(&dirs))
+    }
+
+    /// `Closed` once [`Self::shutdown`] has begun.
+    fn refuse_after_shutdown(&self, tp: &TopicPartition) -> Result<()> {
+        if self.shut_down.load(Ordering::Acquire) {
+            let name = partition_dir_name(tp);
+            let dir = self
+                .log_dirs
+                .first()
+                .map_or_else(|| PathBuf::from(&name), |d| d.join(&name));
+            return Err(LogError::Closed { dir });
+        }
+        Ok(())
     }
 
     /// Puts back a log taken out of service whose directory could not be moved, unless

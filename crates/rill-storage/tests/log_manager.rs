@@ -448,6 +448,39 @@ fn writes_after_shutdown_are_refused() {
     assert_eq!(m.get(&tp).unwrap().read().log_end_offset(), 2);
 }
 
+/// After shutdown no log is created (it would not be closed, yet its dir carries the
+/// clean-shutdown marker, so the next start would skip its recovery) and none is set aside.
+#[test]
+fn no_log_is_created_or_set_aside_after_shutdown() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().join("a")];
+    let clock = ManualClock::new(0);
+    let m = manager(&dirs, &clock);
+    let kept = TopicPartition::new("orders", 0);
+    m.get_or_create(&kept, LogConfig::default()).unwrap();
+    m.shutdown().unwrap();
+    let late = TopicPartition::new("orders", 1);
+    let err = m.get_or_create(&late, LogConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, rill_storage::LogError::Closed { .. }),
+        "{err}"
+    );
+    assert!(m.get(&late).is_none());
+    assert!(!dirs[0].join("orders-1").exists(), "no directory was made");
+    let err = m.set_aside(&kept, "delete").unwrap_err();
+    assert!(
+        matches!(err, rill_storage::LogError::Closed { .. }),
+        "{err}"
+    );
+    assert!(
+        dirs[0].join("orders-0").exists(),
+        "the log stays as shut down"
+    );
+    drop(m);
+    let m = manager(&dirs, &clock);
+    assert_eq!(m.partitions(), vec![kept]);
+}
+
 /// A partition set aside and created again (its topic deleted and re-created, its replica
 /// moved away and back) starts over in the log dir's checkpoints: after a crash the new log
 /// must not take the old one's cleaner checkpoint (its records would count as compacted and
