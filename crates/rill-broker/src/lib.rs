@@ -241,6 +241,11 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             let _ = w.join();
         }
         rm2.join_fetchers();
+        // The last high watermark checkpoint before the dirs are judged: a dir it fails is
+        // offline, and gets no clean-shutdown marker either.
+        if let Err(e) = rm2.checkpoint_high_watermarks() {
+            tracing::warn!(error = %e, "could not write the high watermark checkpoint");
+        }
         // Decided once nothing appends any more: a log a fetcher's last round took offline
         // (after the background watcher stopped) counts too.
         let mut failed = rm2.offline_log_dirs();
@@ -255,9 +260,6 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         }
         let clean = failed.is_empty();
         let closed = if clean {
-            if let Err(e) = rm2.checkpoint_high_watermarks() {
-                tracing::warn!(error = %e, "could not write the high watermark checkpoint");
-            }
             rm2.logs().shutdown()
         } else {
             // No clean-shutdown marker: the next start must recover what the failure left.

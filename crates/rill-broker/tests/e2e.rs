@@ -865,6 +865,28 @@ async fn sigterm_is_a_controlled_shutdown_and_exits_zero() {
     );
 }
 
+/// A log dir whose last high watermark checkpoint fails at shutdown is offline: it gets no
+/// clean-shutdown marker (its logs are recovered on the next start) and the broker says so
+/// in its exit status instead of "stopped cleanly".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_watermark_checkpoint_failing_at_shutdown_leaves_no_clean_marker() {
+    // No periodic checkpoint runs in the test: only the one at shutdown.
+    let mut cluster = Cluster::start(
+        1,
+        1,
+        &["replica.high.watermark.checkpoint.interval.ms=3600000"],
+    )
+    .await;
+    cluster.create_topic("x", 1, 1, &[]).await;
+    let logs = cluster.brokers[0].dir.join("logs");
+    // Unreadable, and in the way of the rename that writes it.
+    std::fs::remove_file(logs.join("replication-offset-checkpoint")).ok();
+    std::fs::create_dir_all(logs.join("replication-offset-checkpoint/x")).unwrap();
+    let status = cluster.stop_broker(0);
+    assert!(!status.success(), "{status}");
+    assert!(!logs.join(".rill_clean_shutdown").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_and_compaction_are_visible_through_the_broker() {
     let cluster = Cluster::start(

@@ -58,6 +58,10 @@ pub struct LogManager {
     checkpoint_lock: Mutex<()>,
     /// Set by [`LogManager::shutdown`]: no cleaning pass starts on a closed log.
     shut_down: AtomicBool,
+    /// Held (read) by whatever adds or sets aside logs, for its whole run, and taken (write)
+    /// by [`LogManager::shutdown`] to set `shut_down`: none is under way while shutdown
+    /// closes the logs, so none can put back or add a log it would not close.
+    open_gate: RwLock<()>,
     /// `producer.id.expiration.ms` for every log (a broker setting, as in Kafka).
     producer_id_expiration_ms: std::sync::atomic::AtomicI64,
 }
@@ -138,6 +142,7 @@ impl LogManager {
             cleaner,
             checkpoint_lock: Mutex::new(()),
             shut_down: AtomicBool::new(false),
+            open_gate: RwLock::new(()),
             producer_id_expiration_ms: std::sync::atomic::AtomicI64::new(
                 crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             ),
@@ -164,10 +169,9 @@ impl LogManager {
     /// existing log gets `config` applied. After [`Self::shutdown`] none is created: it would
     /// not be closed, yet its dir would get the clean-shutdown marker.
     pub fn get_or_create(&self, tp: &TopicPartition, config: LogConfig) -> Result<SharedLog> {
-        let mut logs = self.logs.write();
-        // Checked under the map's lock, which `shutdown` takes after setting the flag: a log
-        // created before it is in the set `shutdown` closes.
+        let _open = self.open_gate.read();
         self.refuse_after_shutdown(tp)?;
+        let mut logs = self.logs.write();
         if let Some((_, log)) = logs.get(tp) {
             let log = Arc::clone(log);
             // Not under the map's lock: a truncation holds its log while it checkpoints, which
@@ -249,6 +253,8 @@ impl LogManager {
         &self,
         logs: &[(TopicPartition, &str)],
     ) -> (Vec<Result<Option<PathBuf>>>, Result<()>) {
+        // Held throughout: a log whose rename fails is put back, and shutdown must see it.
+        let _open = self.open_gate.read();
         let mut dirs = BTreeSet::new();
         let renamed = logs
             .iter()
@@ -518,7 +524,11 @@ impl LogManager {
     /// an offline (or failing) log gets no clean-shutdown marker: its logs are recovered on the
     /// next start. The first error is returned after doing everything else.
     pub fn shutdown(&self) -> Result<()> {
-        self.shut_down.store(true, Ordering::Release);
+        {
+            // Waits for logs being added or set aside; none starts after.
+            let _closing = self.open_gate.write();
+            self.shut_down.store(true, Ordering::Release);
+        }
         let mut first_error = None;
         let mut unclean = vec![false; self.log_dirs.len()];
         for (tp, d, log) in self.logs_by_dir() {
