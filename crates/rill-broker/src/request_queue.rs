@@ -31,8 +31,9 @@ pub struct ProduceJob {
     pub reply: Option<oneshot::Sender<ProduceResponse>>,
     /// Told (or dropped) once the batches are appended, before the wait for durability: a
     /// connection that pipelines requests submits the next one only then, so appends keep the
-    /// order the client sent them in.
-    pub appended: Option<oneshot::Sender<()>>,
+    /// order the client sent them in. With acks=0 it carries the partitions that failed (the
+    /// only answer such a request gets; the others were appended), else nothing.
+    pub appended: Option<oneshot::Sender<ProduceResponse>>,
 }
 
 /// The sending side of the queue.
@@ -200,7 +201,12 @@ fn process(
         response.topics.push(tr);
     }
     if let Some(appended) = job.appended {
-        let _ = appended.send(());
+        let failed = if acks == 0 {
+            failed_only(&response)
+        } else {
+            ProduceResponse::default()
+        };
+        let _ = appended.send(failed);
     }
     let reply = job.reply;
     if appended.is_empty() || (acks != -1 && policy == FlushPolicy::Interval) {
@@ -263,6 +269,28 @@ fn process(
         drop(runtime.spawn_blocking(complete));
     } else {
         complete();
+    }
+}
+
+/// The partitions of `response` that failed, and nothing else.
+fn failed_only(response: &ProduceResponse) -> ProduceResponse {
+    ProduceResponse {
+        topics: response
+            .topics
+            .iter()
+            .filter_map(|t| {
+                let partitions: Vec<PartitionProduceResponse> = t
+                    .partitions
+                    .iter()
+                    .filter(|p| p.error_code != 0)
+                    .cloned()
+                    .collect();
+                (!partitions.is_empty()).then(|| TopicProduceResponse {
+                    name: t.name.clone(),
+                    partitions,
+                })
+            })
+            .collect(),
     }
 }
 

@@ -190,7 +190,7 @@ fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T)
 /// Reads one response frame (after its length); `None` when the broker closed the connection.
 async fn read_answer(s: &mut TcpStream) -> Option<Bytes> {
     let mut len = [0u8; 4];
-    match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut len)).await {
+    match tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut len)).await {
         Ok(Ok(_)) => {}
         Ok(Err(_)) => return None,
         Err(_) => panic!("the broker neither answered nor closed the connection"),
@@ -590,6 +590,116 @@ async fn acks_zero_gets_no_answer_and_an_unknown_fetch_session_is_refused() {
     ResponseHeader::decode(&mut answer, header_version).unwrap();
     let r = FetchResponse::decode(&mut answer, 12).unwrap();
     assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+
+    // An acks=0 produce that fails (a partition that does not exist) cannot be answered: the
+    // connection is closed, as Kafka does, so the client refreshes its metadata instead of
+    // losing every later record unseen.
+    let to_nowhere = ProduceRequest::default()
+        .with_acks(0)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(name())
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(7)
+                        .with_records(Some(batch.clone())),
+                ]),
+        ]);
+    s.write_all(&frame(ApiKey::Produce, 9, 4, &to_nowhere))
+        .await
+        .unwrap();
+    assert!(
+        read_answer(&mut s).await.is_none(),
+        "a failed acks=0 produce closes its connection"
+    );
+}
+
+/// InitProducerId while no controller answers is COORDINATOR_LOAD_IN_PROGRESS, which Kafka
+/// clients retry; the Java producer gives up for good on the BROKER_NOT_AVAILABLE it got before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_producer_id_without_controllers_is_retriable() {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+    let mut cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let r: InitProducerIdResponse = call(&mut s, ApiKey::InitProducerId, 4, &request).await;
+    assert_eq!(r.error_code, 0, "{r:?}");
+    cluster.kill_controller(0);
+    let r: InitProducerIdResponse = call(&mut s, ApiKey::InitProducerId, 4, &request).await;
+    assert_eq!(r.error_code, 14, "COORDINATOR_LOAD_IN_PROGRESS: {r:?}");
+    assert_eq!(r.producer_id.0, -1);
+}
+
+/// Answers a Kafka client would act on wrongly if rill got them wrong: Metadata for unknown
+/// topic ids only (not every topic), `is_internal` (Kafka's internal topics only, not any
+/// `__` name), and DescribeGroups v5 of a group with an error (answered: a message set for v6+
+/// only made the answer unencodable and the connection closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_by_unknown_id_internal_topics_and_describe_groups_errors() {
+    use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, GroupId};
+    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    cluster.create_topic("__events", 1, 1, &[]).await;
+    cluster.create_topic("plain", 1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+
+    // Errors that come with a message inside rill (an invalid id; no coordinator yet, as a new
+    // cluster without __consumer_offsets has) are answered, and the connection goes on.
+    for (group, codes) in [("", &[24][..]), ("no-such-group", &[0, 14, 15][..])] {
+        let r: DescribeGroupsResponse = call(
+            &mut s,
+            ApiKey::DescribeGroups,
+            5,
+            &DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(StrBytes::from_static_str(group))]),
+        )
+        .await;
+        assert_eq!(r.groups.len(), 1);
+        assert!(
+            codes.contains(&r.groups[0].error_code),
+            "{group:?}: {:?}",
+            r.groups[0]
+        );
+    }
+
+    let unknown = uuid::Uuid::from_u128(7);
+    let md: MetadataResponse = call(
+        &mut s,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default()
+                .with_name(None)
+                .with_topic_id(unknown),
+        ])),
+    )
+    .await;
+    assert_eq!(md.topics.len(), 1, "only the id asked for: {:?}", md.topics);
+    assert_eq!(md.topics[0].error_code, 100, "UNKNOWN_TOPIC_ID");
+    assert_eq!(md.topics[0].topic_id, unknown);
+
+    let md: MetadataResponse = call(
+        &mut s,
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    )
+    .await;
+    let internal = |topic: &str| {
+        md.topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+            .unwrap_or_else(|| panic!("{topic} listed"))
+            .is_internal
+    };
+    assert!(!internal("__events"), "a user's topic is not internal");
+    assert!(!internal("plain"));
 }
 
 /// A long-running `kcat -G` balanced consumer (librdkafka's classic consumer group protocol:

@@ -115,9 +115,11 @@ pub async fn start(
         // Told after the append, or dropped when the broker shut down first; either way
         // nothing of this request is appended after this point.
         Ok(()) => match tokio::time::timeout(limit, appended).await {
-            Ok(_) => match rx {
+            Ok(failed) => match rx {
                 Some(rx) => Queued::Waiting(rx),
-                None => Queued::Done(Ok(ProduceResponse::default())),
+                // acks=0: what failed, so the client learns of it (a gRPC client reads it; the
+                // Kafka listener closes the connection, as Kafka does).
+                None => Queued::Done(Ok(failed.unwrap_or_default())),
             },
             Err(_) => Queued::Done(Err(ApiError::new(
                 ErrorCode::RequestTimedOut,

@@ -125,7 +125,9 @@ pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataR
             })
             .collect()
     });
-    let wanted_none = names.as_ref().is_some_and(Vec::is_empty) && unknown_ids.is_empty();
+    // Topics were asked for and none is known by name (an empty list, or ids only, all
+    // unknown): no topic but the unknown ids' errors, not every topic.
+    let wanted_none = names.as_ref().is_some_and(Vec::is_empty);
     let answer = crate::apis::metadata::handle(
         &apis.svc,
         rp::MetadataRequest {
@@ -173,7 +175,7 @@ pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataR
                 let id = uuid::Uuid::parse_str(&t.topic_id).unwrap_or_default();
                 m::metadata_response::MetadataResponseTopic::default()
                     .with_error_code(t.error_code as i16)
-                    .with_is_internal(t.name.starts_with("__"))
+                    .with_is_internal(is_internal(&t.name))
                     .with_name(Some(topic_name(&t.name)))
                     .with_topic_id(id)
                     .with_topic_authorized_operations(topic_ops)
@@ -208,6 +210,12 @@ pub async fn metadata(apis: &KafkaApis, req: m::MetadataRequest) -> m::MetadataR
         );
     }
     resp
+}
+
+/// Kafka's internal topics (a user's `__events` is not one): hidden from pattern
+/// subscriptions and topic listings that leave internal topics out.
+fn is_internal(topic: &str) -> bool {
+    matches!(topic, "__consumer_offsets" | "__transaction_state")
 }
 
 /// Metadata at a version rill does not answer: every topic asked for gets UNSUPPORTED_VERSION.
@@ -308,6 +316,13 @@ fn produce_answer(
                 })
                 .collect(),
         ),
+        // A request queue that stayed full: rill's own clients back off on
+        // THROTTLING_QUOTA_EXCEEDED, but Kafka never answers a Produce with it and librdkafka
+        // takes it for a permanent failure. Nothing was appended; REQUEST_TIMED_OUT is
+        // retried by every Kafka client.
+        Err(e) if e.code == rill_protocol::ErrorCode::ThrottlingQuotaExceeded => {
+            produce_failed(req, REQUEST_TIMED_OUT, &e.message)
+        }
         Err(e) => produce_failed(req, e.code as i16, &e.message),
     }
 }
@@ -672,6 +687,8 @@ pub fn unsupported_answer(
 
 /// Kafka's COORDINATOR_NOT_AVAILABLE.
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const REQUEST_TIMED_OUT: i16 = 7;
 
 /// FindCoordinator (v0-3, one key): the broker leading the group's `__consumer_offsets`
 /// partition, at its Kafka endpoint. Only groups (key type 0): rill has no transactions.
@@ -905,6 +922,10 @@ pub async fn init_producer_id(
             Err(_) => failed(rill_protocol::ErrorCode::InvalidRequest as i16),
         },
         Ok(a) => failed(a.error_code as i16),
+        // The controllers could not be reached (or answered late): Kafka's
+        // COORDINATOR_LOAD_IN_PROGRESS, which clients retry — the Java producer gives up for good
+        // on BROKER_NOT_AVAILABLE here.
+        Err(e) if e.code.is_retriable() => failed(COORDINATOR_LOAD_IN_PROGRESS),
         Err(e) => failed(e.code as i16),
     }
 }
@@ -1142,8 +1163,8 @@ pub async fn describe_groups(
             .into_iter()
             .map(|d| {
                 m::describe_groups_response::DescribedGroup::default()
+                    // No error_message: it exists from v6, and rill answers v0-5.
                     .with_error_code(d.error_code)
-                    .with_error_message(opt_text(d.error_message))
                     .with_group_id(m::GroupId(StrBytes::from_string(d.group_id)))
                     .with_group_state(StrBytes::from_string(d.state))
                     .with_protocol_type(StrBytes::from_string(d.protocol_type))

@@ -73,6 +73,11 @@ pub enum KafkaError {
     /// A request that could not be decoded (truncated, garbage, unknown API key).
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// An acks=0 produce that failed: it gets no answer, so the connection is closed.
+    #[error(
+        "an acks=0 produce failed ({0}); closing the connection so the client refreshes its metadata"
+    )]
+    AcksZeroFailed(String),
     /// A response that could not be encoded (a field out of range for the version).
     #[error("could not encode the {api:?} v{version} response: {reason}")]
     Encode {
@@ -510,6 +515,19 @@ async fn handle_request(
                 apis::produce_unsupported(req)
             };
             if acks == 0 && in_range {
+                // No answer to carry an error: Kafka closes the connection instead, so the
+                // client refreshes its metadata and finds the partition's leader.
+                if let Some(p) = resp
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter().map(move |p| (t, p)))
+                    .find(|(_, p)| p.error_code != 0)
+                {
+                    return Err(KafkaError::AcksZeroFailed(format!(
+                        "{}-{}: error {}",
+                        p.0.name.0, p.1.index, p.1.error_code
+                    )));
+                }
                 return Ok(None);
             }
             encode(key, version, correlation_id, &resp).map(Some)
