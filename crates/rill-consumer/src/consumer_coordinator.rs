@@ -340,6 +340,8 @@ impl ConsumerCoordinator {
             self.revoking = None;
         }
         if plan.revoked.is_empty() && plan.added.is_empty() {
+            // Still reported: see `Command::Owned`.
+            self.send(Command::Owned(subscriptions.assigned()));
             return true;
         }
         if !plan.revoked.is_empty() {

@@ -320,6 +320,11 @@ impl Member {
             }
             Command::Owned(owned) => {
                 self.owned = owned;
+                // Reported even when unchanged: the coordinator may count as owned a target
+                // that was overtaken before it was reconciled (given and taken back between
+                // two polls); until the member says what it owns, it waits for it to give
+                // that up (KIP-848's UNREVOKED_PARTITIONS), up to the rebalance timeout.
+                self.sent.owned = None;
                 if self.state == State::Active {
                     self.next = Instant::now();
                 }

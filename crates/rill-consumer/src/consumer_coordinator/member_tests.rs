@@ -564,6 +564,56 @@ async fn after_a_join_the_next_heartbeat_reports_what_the_member_owns() {
     );
 }
 
+/// A partition given and taken back between two polls: the member never takes it, but the
+/// coordinator, which saw no report since it gave it, counts it as owned and waits for it to
+/// be given up. The member reports what it owns after reconciling the newest target even
+/// when nothing changed for it, or the rebalance would wait for the rebalance timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_given_and_taken_back_between_polls_is_reported_not_owned() {
+    let fake = Fake::start(&[("t", 2)], numbered(0)).await;
+    let target = Arc::new(Mutex::new(vec![("t", 0)]));
+    let epoch = Arc::new(AtomicI32::new(1));
+    scripted(&fake, Arc::clone(&target), Arc::clone(&epoch));
+    let mut consumer = Consumer::new(config(&fake)).unwrap();
+    consumer.subscribe(["t"], Recorder(fake.log())).unwrap();
+    let owned_reported = |fake: &Fake, from: usize, owned: &[TopicPartition]| {
+        fake.coordinator.lock().heartbeats[from..]
+            .iter()
+            .filter_map(|h| h.owned_partitions.as_ref())
+            .any(|o| partition_set(&o.topics) == owned.iter().cloned().collect())
+    };
+    poll_until(&mut consumer, Duration::from_secs(5), |_| {
+        owned_reported(&fake, 0, &[tp("t", 0)])
+    })
+    .await;
+    // Not polling: t-1 is given, then taken back, each seen by a heartbeat.
+    let answered = |fake: &Fake| fake.coordinator.lock().heartbeats.len();
+    let wait_heartbeats = |n: usize| {
+        let fake = &fake;
+        async move {
+            let from = answered(fake);
+            while answered(fake) < from + n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    *target.lock() = vec![("t", 0), ("t", 1)];
+    epoch.store(2, Ordering::Release);
+    wait_heartbeats(2).await;
+    *target.lock() = vec![("t", 0)];
+    epoch.store(3, Ordering::Release);
+    wait_heartbeats(2).await;
+    let from = answered(&fake);
+    poll_until(&mut consumer, Duration::from_secs(2), |_| {
+        owned_reported(&fake, from, &[tp("t", 0)])
+    })
+    .await;
+    assert!(
+        logged(&fake, "assigned t-1").is_none(),
+        "t-1 was never taken"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_keeps_its_timeout_while_a_reset_lookup_retries() {
     let fake = Fake::start(&[("t", 1)], numbered(3)).await;
