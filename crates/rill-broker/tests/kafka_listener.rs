@@ -638,11 +638,15 @@ async fn init_producer_id_without_controllers_is_retriable() {
 
 /// Answers a Kafka client would act on wrongly if rill got them wrong: Metadata for unknown
 /// topic ids only (not every topic), `is_internal` (Kafka's internal topics only, not any
-/// `__` name), and DescribeGroups v5 of a group with an error (answered: a message set for v6+
-/// only made the answer unencodable and the connection closed).
+/// `__` name), DescribeGroups v5 of a group with an error (answered: a message set for v6+
+/// only made the answer unencodable and the connection closed), and FindCoordinator for a
+/// transaction (an error a transactional producer stops on, not one it retries).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metadata_by_unknown_id_internal_topics_and_describe_groups_errors() {
-    use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, GroupId};
+async fn answers_kafka_clients_act_on() {
+    use kafka_protocol::messages::{
+        DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+        FindCoordinatorResponse, GroupId,
+    };
     let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
     cluster.create_topic("__events", 1, 1, &[]).await;
     cluster.create_topic("plain", 1, 1, &[]).await;
@@ -667,6 +671,19 @@ async fn metadata_by_unknown_id_internal_topics_and_describe_groups_errors() {
             r.groups[0]
         );
     }
+
+    let r: FindCoordinatorResponse = call(
+        &mut s,
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_static_str("my-transactional-id"))
+            .with_key_type(1),
+    )
+    .await;
+    assert_eq!(r.error_code, 42, "INVALID_REQUEST: {r:?}");
+    let why = r.error_message.as_deref().unwrap_or_default();
+    assert!(why.contains("transactions are not supported"), "{why}");
 
     let unknown = uuid::Uuid::from_u128(7);
     let md: MetadataResponse = call(

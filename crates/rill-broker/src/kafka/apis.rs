@@ -689,6 +689,7 @@ pub fn unsupported_answer(
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const REQUEST_TIMED_OUT: i16 = 7;
+const INVALID_REQUEST: i16 = 42;
 
 /// FindCoordinator (v0-3, one key): the broker leading the group's `__consumer_offsets`
 /// partition, at its Kafka endpoint. Only groups (key type 0): rill has no transactions.
@@ -706,13 +707,14 @@ pub async fn find_coordinator(
             .with_port(-1)
     };
     if req.key_type != 0 {
-        return failed(
-            COORDINATOR_NOT_AVAILABLE,
-            format!(
-                "key type {} is not supported: rill coordinates groups only",
-                req.key_type
-            ),
-        );
+        // Not COORDINATOR_NOT_AVAILABLE, which a transactional producer retries until
+        // max.block.ms: an error it stops on, with the reason.
+        let why = match req.key_type {
+            1 => "transactions are not supported (transactional.id): rill coordinates groups only"
+                .to_owned(),
+            other => format!("key type {other} is not supported: rill coordinates groups only"),
+        };
+        return failed(INVALID_REQUEST, why);
     }
     let Some(coordinator) = &apis.coordinator else {
         return failed(
