@@ -7,10 +7,13 @@
 //! noticed (INVALID_FETCH_SESSION_EPOCH); a session not (or no longer) in the cache gets
 //! FETCH_SESSION_ID_NOT_FOUND and the client starts over with a full fetch. Epoch -1 is a
 //! sessionless fetch (and closes the session named). At most
-//! `max.incremental.fetch.session.cache.slots` sessions are kept; a new one evicts the least
-//! recently used.
+//! `max.incremental.fetch.session.cache.slots` sessions are kept. When all are taken, a new
+//! session evicts one unused for [`EVICTION_AFTER`], else the smallest if the new one has more
+//! partitions, else gets none (its client fetches without a session) — Kafka's
+//! `FetchSessionCache.tryEvict`, so busy sessions do not evict each other in turn.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rill_protocol::proto as rp;
@@ -65,9 +68,16 @@ impl Cached {
     }
 }
 
+/// How long a session must have gone unused before any new one may evict it (Kafka's
+/// `MIN_INCREMENTAL_FETCH_SESSION_EVICTION_MS`).
+pub const EVICTION_AFTER: Duration = Duration::from_secs(120);
+
 struct Session {
     epoch: i32,
+    /// Order of last use, for picking the least recently used.
     last_used: u64,
+    /// When last used, for [`EVICTION_AFTER`].
+    last_used_at: Instant,
     uses_topic_ids: bool,
     /// Fetch order: partitions answered move to the back, so a partition with a lot of data
     /// cannot starve the others of the response's byte budget (as Kafka rotates them).
@@ -98,6 +108,7 @@ pub enum Context {
 /// The broker's fetch session cache (Kafka's `FetchSessionCache`).
 pub struct FetchSessions {
     slots: usize,
+    eviction_after: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -122,8 +133,14 @@ fn next_epoch(epoch: i32) -> i32 {
 impl FetchSessions {
     /// A cache of at most `slots` sessions (0: no sessions, every fetch is a full one).
     pub fn new(slots: usize) -> Self {
+        Self::with_eviction_after(slots, EVICTION_AFTER)
+    }
+
+    /// [`Self::new`] with another idle time before a session may be evicted (tests).
+    fn with_eviction_after(slots: usize, eviction_after: Duration) -> Self {
         FetchSessions {
             slots,
+            eviction_after,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -200,6 +217,7 @@ impl FetchSessions {
             return Context::Sessionless;
         }
         session.last_used = now;
+        session.last_used_at = Instant::now();
         session.epoch = next_epoch(session.epoch);
         Context::Incremental {
             id: session_id,
@@ -212,8 +230,8 @@ impl FetchSessions {
     }
 
     /// Creates a session of `partitions` (as the full fetch named them, in its order) from the
-    /// full fetch's `answer`; its id, or 0 when the cache holds no sessions. A full cache
-    /// evicts its least recently used session.
+    /// full fetch's `answer`; its id, or 0 when it gets none (no slots, or a full cache with
+    /// nothing it may evict: see the module).
     pub fn create(
         &self,
         partitions: Vec<(Key, Cached)>,
@@ -238,17 +256,34 @@ impl FetchSessions {
             .filter(|k| seen.insert(k.clone()))
             .collect();
         let mut inner = self.inner.lock();
+        let at = Instant::now();
         while inner.sessions.len() >= self.slots {
-            let Some(lru) = inner
+            let stale = inner
                 .sessions
                 .iter()
+                .filter(|(_, s)| at.duration_since(s.last_used_at) >= self.eviction_after)
                 .min_by_key(|(_, s)| s.last_used)
-                .map(|(id, _)| *id)
-            else {
-                break;
+                .map(|(id, _)| *id);
+            let smaller = || {
+                inner
+                    .sessions
+                    .iter()
+                    .min_by_key(|(_, s)| (s.partitions.len(), s.last_used))
+                    .filter(|(_, s)| s.partitions.len() < order.len())
+                    .map(|(id, _)| *id)
             };
-            inner.sessions.remove(&lru);
-            tracing::debug!(session = lru, "kafka fetch session evicted (cache full)");
+            let Some(evicted) = stale.or_else(smaller) else {
+                tracing::debug!(
+                    partitions = order.len(),
+                    "kafka fetch session cache full of busy sessions; fetching without one"
+                );
+                return 0;
+            };
+            inner.sessions.remove(&evicted);
+            tracing::debug!(
+                session = evicted,
+                "kafka fetch session evicted (cache full)"
+            );
         }
         let id = loop {
             // Random ids, as Kafka's: a client cannot guess another's session.
@@ -263,6 +298,7 @@ impl FetchSessions {
             Session {
                 epoch: 1,
                 last_used: now,
+                last_used_at: at,
                 uses_topic_ids,
                 order,
                 partitions: by_key,
@@ -451,8 +487,9 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_evicts_the_least_recently_used_session_and_epoch_minus_one_closes() {
-        let cache = FetchSessions::new(2);
+    fn a_full_cache_evicts_the_least_recently_used_idle_session_and_epoch_minus_one_closes() {
+        // Every session idle long enough: the least recently used goes.
+        let cache = FetchSessions::with_eviction_after(2, Duration::ZERO);
         let one = vec![(key("a", 0), asked(0))];
         let empty = answer(&[("a", 0, 0, false)]);
         let first = cache.create(one.clone(), false, &empty);
@@ -481,5 +518,39 @@ mod tests {
         // No slots: no sessions.
         let none = FetchSessions::new(0);
         assert_eq!(none.context(0, 0, false, vec![], &[]), Context::Sessionless);
+    }
+
+    /// A full cache of sessions in use is not churned by newcomers (each would evict another
+    /// busy session, whose client then starts over, and so on): a new session evicts only a
+    /// smaller one, else goes without.
+    #[test]
+    fn busy_sessions_are_evicted_only_by_larger_ones() {
+        let cache = FetchSessions::new(2);
+        let one = vec![(key("a", 0), asked(0))];
+        let two = vec![(key("a", 0), asked(0)), (key("a", 1), asked(0))];
+        let empty = answer(&[("a", 0, 0, false), ("a", 1, 0, false)]);
+        let small = cache.create(one.clone(), false, &empty);
+        let large = cache.create(two.clone(), false, &empty);
+        assert_eq!(
+            cache.create(one, false, &empty),
+            0,
+            "no room for another small one"
+        );
+        assert_eq!(cache.len(), 2);
+        let larger = vec![
+            (key("a", 0), asked(0)),
+            (key("a", 1), asked(0)),
+            (key("a", 2), asked(0)),
+        ];
+        let newest = cache.create(larger, false, &empty);
+        assert_ne!(newest, 0, "a larger session evicts the smallest");
+        assert_eq!(
+            cache.context(small, 1, false, vec![], &[]),
+            Context::Error(FETCH_SESSION_ID_NOT_FOUND)
+        );
+        assert!(matches!(
+            cache.context(large, 1, false, vec![], &[]),
+            Context::Incremental { .. }
+        ));
     }
 }
