@@ -46,8 +46,25 @@ use crate::{ConsumerError, OffsetAndMetadata};
 /// caller's task, so offsets can be saved before another member reads on. Every method does
 /// nothing unless overridden; each is called only with a non-empty list.
 pub trait ConsumerRebalanceListener: Send {
-    /// The partitions are about to be given to other members; with auto commit their consumed
-    /// positions were just committed. No record of them is returned after this.
+    /// The partitions are about to be given to other members: offsets of theirs to commit
+    /// first, as a Kafka listener calls `commitSync` in `onPartitionsRevoked`. With manual
+    /// commits, the positions after the records processed but not committed yet, so the next
+    /// owner does not read them again. They are committed, and the commit waited for (within
+    /// the poll's time), before [`on_partitions_revoked`](Self::on_partitions_revoked); with
+    /// auto commit they replace the consumed positions of the same partitions. Offsets of
+    /// partitions not in `partitions` are left out. None by default.
+    fn offsets_to_commit_on_revoke(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> BTreeMap<TopicPartition, OffsetAndMetadata> {
+        let _ = partitions;
+        BTreeMap::new()
+    }
+
+    /// The partitions are about to be given to other members; their offsets were just
+    /// committed (with auto commit the consumed positions, and any from
+    /// [`offsets_to_commit_on_revoke`](Self::offsets_to_commit_on_revoke)). No record of them
+    /// is returned after this.
     fn on_partitions_revoked(&mut self, partitions: &[TopicPartition]) {
         let _ = partitions;
     }
@@ -357,8 +374,8 @@ impl ConsumerCoordinator {
             for tp in &plan.revoked {
                 fetcher.discard(tp);
             }
-            if self.auto_commit && self.revoking.is_none() {
-                let offsets = consumed_offsets(subscriptions, Some(&plan.revoked));
+            if self.revoking.is_none() {
+                let offsets = self.offsets_on_revoke(subscriptions, &plan.revoked);
                 if !offsets.is_empty() {
                     let timeout = self.api_timeout;
                     match self.commit_async(offsets, subscriptions, timeout) {
@@ -406,6 +423,23 @@ impl ConsumerCoordinator {
         }
         self.send(Command::Owned(subscriptions.assigned()));
         true
+    }
+
+    /// What to commit before giving up `revoked`: with auto commit their consumed positions,
+    /// then what the listener asks for them.
+    fn offsets_on_revoke(
+        &mut self,
+        subscriptions: &SubscriptionState,
+        revoked: &[TopicPartition],
+    ) -> BTreeMap<TopicPartition, OffsetAndMetadata> {
+        let mut offsets = if self.auto_commit {
+            consumed_offsets(subscriptions, Some(revoked))
+        } else {
+            BTreeMap::new()
+        };
+        let asked = self.listener.get_mut().offsets_to_commit_on_revoke(revoked);
+        offsets.extend(asked.into_iter().filter(|(tp, _)| revoked.contains(tp)));
+        offsets
     }
 
     /// A lookup of the committed offsets of `tps` (for partitions that wait for them),
@@ -554,7 +588,14 @@ impl ConsumerCoordinator {
         self.revoking = None;
         fetcher.clear();
         let mut result = Ok(());
-        let offsets = if self.auto_commit {
+        let owned: Vec<TopicPartition> = if subscriptions.is_subscribed() {
+            subscriptions.assigned().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let offsets = if !owned.is_empty() {
+            self.offsets_on_revoke(subscriptions, &owned)
+        } else if self.auto_commit {
             consumed_offsets(subscriptions, None)
         } else {
             BTreeMap::new()
@@ -567,7 +608,6 @@ impl ConsumerCoordinator {
             result = self.commit_sync(offsets, subscriptions).await;
         }
         if subscriptions.is_subscribed() {
-            let owned: Vec<TopicPartition> = subscriptions.assigned().into_iter().collect();
             if !owned.is_empty() {
                 self.listener.get_mut().on_partitions_revoked(&owned);
             }

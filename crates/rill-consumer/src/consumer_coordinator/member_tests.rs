@@ -564,6 +564,118 @@ async fn after_a_join_the_next_heartbeat_reports_what_the_member_owns() {
     );
 }
 
+/// A manual-commit application's listener that hands over, on revocation, the positions after
+/// the records it processed (as a Kafka listener commits in `onPartitionsRevoked`).
+struct CommitsOnRevoke {
+    log: Arc<Mutex<Vec<String>>>,
+    processed: Arc<Mutex<std::collections::BTreeMap<TopicPartition, i64>>>,
+}
+
+impl ConsumerRebalanceListener for CommitsOnRevoke {
+    fn offsets_to_commit_on_revoke(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> std::collections::BTreeMap<TopicPartition, OffsetAndMetadata> {
+        let processed = self.processed.lock();
+        let mut offsets: std::collections::BTreeMap<_, _> = partitions
+            .iter()
+            .filter_map(|tp| {
+                let offset = *processed.get(tp)?;
+                Some((
+                    tp.clone(),
+                    OffsetAndMetadata {
+                        offset,
+                        leader_epoch: None,
+                        metadata: String::new(),
+                    },
+                ))
+            })
+            .collect();
+        // Not being revoked: left out.
+        offsets.insert(
+            tp("other", 0),
+            OffsetAndMetadata {
+                offset: 1,
+                leader_epoch: None,
+                metadata: String::new(),
+            },
+        );
+        offsets
+    }
+    fn on_partitions_revoked(&mut self, p: &[TopicPartition]) {
+        self.log.lock().push(format!("revoked {}", names(p)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_commit_listener_commits_what_it_processed_before_a_revocation() {
+    let fake = Fake::start(&[("t", 2)], numbered(i64::MAX)).await;
+    let target = Arc::new(Mutex::new(vec![("t", 0), ("t", 1)]));
+    let epoch = Arc::new(AtomicI32::new(1));
+    scripted(&fake, Arc::clone(&target), Arc::clone(&epoch));
+    let mut consumer = Consumer::new(ConsumerConfig {
+        enable_auto_commit: false,
+        ..config(&fake)
+    })
+    .unwrap();
+    let processed = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    consumer
+        .subscribe(
+            ["t"],
+            CommitsOnRevoke {
+                log: fake.log(),
+                processed: Arc::clone(&processed),
+            },
+        )
+        .unwrap();
+    let process = |records: &[ConsumerRecord]| {
+        let mut p = processed.lock();
+        for r in records {
+            p.insert(tp(&r.topic, r.partition), r.offset + 1);
+        }
+    };
+    let seen = poll_until(&mut consumer, Duration::from_secs(10), |rs| {
+        rs.iter().any(|r| r.partition == 0) && rs.iter().any(|r| r.partition == 1)
+    })
+    .await;
+    process(&seen);
+    let t0 = processed.lock()[&tp("t", 0)];
+
+    *target.lock() = vec![("t", 1)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logged(&fake, "revoked t-0").is_none() {
+        assert!(Instant::now() < deadline, "t-0 was not revoked");
+        let records = consumer.poll(Duration::from_millis(100)).await.unwrap();
+        // Records of t-0 returned by this poll were processed too.
+        process(&records);
+    }
+    let t0 = processed.lock()[&tp("t", 0)].max(t0);
+    let commit_at = logged(&fake, &format!("commit t-0@{t0} epoch 1"))
+        .unwrap_or_else(|| panic!("t-0@{t0} committed: {:?}", fake.log().lock()));
+    assert!(commit_at < logged(&fake, "revoked t-0").unwrap());
+    assert!(
+        !fake
+            .coordinator
+            .lock()
+            .committed
+            .contains_key(&tp("other", 0)),
+        "only the revoked partitions' offsets are committed"
+    );
+
+    // close revokes what is left: its offsets go first too.
+    let more = consumer.poll(Duration::from_millis(200)).await.unwrap();
+    process(&more);
+    let t1 = processed.lock()[&tp("t", 1)];
+    consumer.close().await.unwrap();
+    let log = fake.log().lock().clone();
+    let committed = log
+        .iter()
+        .rposition(|l| l.starts_with(&format!("commit t-1@{t1} ")))
+        .unwrap_or_else(|| panic!("t-1@{t1} committed on close: {log:?}"));
+    let revoked = log.iter().rposition(|l| l == "revoked t-1").unwrap();
+    assert!(committed < revoked, "{log:?}");
+}
+
 /// A partition given and taken back between two polls: the member never takes it, but the
 /// coordinator, which saw no report since it gave it, counts it as owned and waits for it to
 /// be given up. The member reports what it owns after reconciling the newest target even
