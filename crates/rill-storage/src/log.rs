@@ -827,7 +827,7 @@ impl Log {
         let now = self.clock.now_ms();
         let from = self
             .producer_state
-            .load(self.log_end_offset, now)?
+            .load(self.log_end_offset)?
             .map_or(self.log_start_offset, |o| o.max(self.log_start_offset));
         for segment in self.segments.values() {
             if segment.next_offset() <= from || segment.size() == 0 {

@@ -11,9 +11,11 @@
 //! - a new epoch must start at sequence 0, and within an epoch the first sequence of a batch
 //!   must follow the last one written (wrapping from `i32::MAX` to 0):
 //!   [`LogError::OutOfOrderSequence`] otherwise;
-//! - a producer id without state (never seen, expired, or its batches all deleted by
-//!   retention) must start at sequence 0: [`LogError::UnknownProducerId`] otherwise, upon which
-//!   the producer bumps its epoch (KIP-360) and starts again at 0.
+//! - a producer id without state (never seen, or expired) must start at sequence 0:
+//!   [`LogError::UnknownProducerId`] otherwise, upon which the producer bumps its epoch
+//!   (KIP-360) and starts again at 0. Retention deleting a producer's batches does not forget
+//!   it (KAFKA-7190): a retry of a batch written, acknowledged-or-not and then deleted, is still
+//!   a duplicate, not a new write.
 //!
 //! Followers copy the leader's batches and update the state without checks, so a new leader
 //! already knows every producer.
@@ -191,7 +193,7 @@ impl ProducerStateManager {
     /// and loads the newest readable one. Returns the offset replay must start from: the
     /// snapshot's offset, or `None` when no usable snapshot exists (replay everything).
     /// A damaged snapshot is deleted and an older one tried, as Kafka does.
-    pub fn load(&mut self, log_end_offset: i64, now: i64) -> Result<Option<i64>> {
+    pub fn load(&mut self, log_end_offset: i64) -> Result<Option<i64>> {
         self.producers.clear();
         self.snapshots = list_snapshots(&self.dir)?;
         self.delete_snapshots_after(log_end_offset)?;
@@ -199,10 +201,11 @@ impl ProducerStateManager {
             let path = snapshot_path(&self.dir, offset);
             match read_snapshot(&path) {
                 Ok(entries) => {
+                    // Expiry is left to `remove_expired_producers`: the log is opened before
+                    // the broker's `producer.id.expiration.ms` is set, and a default here
+                    // would forget producers that the configured value keeps.
                     for e in entries {
-                        if !self.is_expired(&e, now) {
-                            self.producers.insert(e.producer_id, e);
-                        }
+                        self.producers.insert(e.producer_id, e);
                     }
                     return Ok(Some(offset));
                 }
@@ -408,18 +411,11 @@ impl ProducerStateManager {
         Ok(())
     }
 
-    /// Truncation to `offset`: deletes snapshots above it and empties the state; the caller
-    /// reloads ([`Self::load`]) and replays from the returned offset.
-    pub fn truncate_and_reload(&mut self, offset: i64, now: i64) -> Result<Option<i64>> {
-        self.load(offset, now)
-    }
-
-    /// Retention moved the log start to `log_start_offset`: producers whose last batch is gone
-    /// are forgotten (a rebuild from the log could not know them either) and snapshots below it
-    /// are deleted, except the newest one.
+    /// Retention moved the log start to `log_start_offset`: snapshots below it are deleted,
+    /// except the newest one, which keeps the producers whose batches are gone (Kafka keeps
+    /// them too, KAFKA-7190: only `producer.id.expiration.ms` forgets a producer, else the
+    /// retry of a batch retention deleted would be written again).
     pub fn truncate_head(&mut self, log_start_offset: i64) -> Result<()> {
-        self.producers
-            .retain(|_, e| e.last_offset().is_some_and(|o| o >= log_start_offset));
         let newest = self.snapshots.iter().next_back().copied();
         let doomed: Vec<i64> = self
             .snapshots
@@ -730,10 +726,10 @@ mod tests {
         m.take_snapshot(4, 50).unwrap();
         let before = m.producers().clone();
         let mut loaded = ProducerStateManager::new(dir.path(), DEFAULT_PRODUCER_ID_EXPIRATION_MS);
-        assert_eq!(loaded.load(4, 60).unwrap(), Some(4));
+        assert_eq!(loaded.load(4).unwrap(), Some(4));
         assert_eq!(loaded.producers(), &before);
         // Above the log end: deleted, nothing loaded.
-        assert_eq!(loaded.load(3, 60).unwrap(), None);
+        assert_eq!(loaded.load(3).unwrap(), None);
         assert!(!snapshot_path(dir.path(), 4).exists());
         // Damaged: deleted, an older one used.
         m.take_snapshot(2, 50).unwrap();
@@ -743,7 +739,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&p, bytes).unwrap();
-        assert_eq!(loaded.load(10, 60).unwrap(), Some(2));
+        assert_eq!(loaded.load(10).unwrap(), Some(2));
         assert!(!p.exists());
     }
 }

@@ -270,8 +270,11 @@ fn a_follower_copies_the_state_and_detects_duplicates_once_leader() {
     assert_eq!(e.error_code(), ErrorCode::InvalidProducerEpoch);
 }
 
+/// Retention deleting a producer's batches does not forget the producer (KAFKA-7190): the retry
+/// of a batch written and then deleted (its answer lost, the producer retrying after a
+/// failover) is a duplicate, not a second copy. Only `producer.id.expiration.ms` forgets.
 #[test]
-fn retention_and_expiry_forget_producers() {
+fn retention_keeps_producers_and_expiry_forgets_them() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let mut config = small_config();
@@ -284,10 +287,23 @@ fn retention_and_expiry_forget_producers() {
     clock.set(T0 + 5000);
     append(&mut log, &batch(&[(None, Some(b"fresh"))], T0 + 5000)).unwrap();
     assert_eq!(log.delete_old_segments(10).unwrap().len(), 1);
-    assert!(log.producer_state().entry(1).is_none());
-    assert!(log.producer_state().entry(2).is_some());
-    let e = append(&mut log, &pbatch(1, 0, 10, 1)).unwrap_err();
-    assert_eq!(e.error_code(), ErrorCode::UnknownProducerId);
+    assert_eq!(log.log_start_offset(), 10);
+    assert!(log.producer_state().entry(1).is_some());
+    let retry = append(&mut log, &pbatch(1, 0, 0, 10)).unwrap();
+    assert!(
+        retry.duplicate,
+        "the deleted batch's retry is not written again"
+    );
+    assert_eq!((retry.first_offset, retry.last_offset), (0, 9));
+    assert!(!append(&mut log, &pbatch(1, 0, 10, 1)).unwrap().duplicate);
+    // Still known after a clean reopen (its snapshot keeps it).
+    let end = log.log_end_offset();
+    log.close().unwrap();
+    drop(log);
+    let mut config = small_config();
+    config.retention_ms = 1000;
+    let mut log = reopen(dir.path(), config, &clock, true, end);
+    assert!(append(&mut log, &pbatch(1, 0, 0, 10)).unwrap().duplicate);
 
     // producer.id.expiration.ms: idle producers are forgotten.
     log.set_producer_id_expiration_ms(60_000);
@@ -298,4 +314,25 @@ fn retention_and_expiry_forget_producers() {
     assert!(!append(&mut log, &pbatch(2, 1, 0, 1)).unwrap().duplicate);
     log.remove_expired_producers();
     assert!(log.producer_state().entry(2).is_some(), "just written");
+}
+
+/// A reopened log keeps producers that the configured `producer.id.expiration.ms` keeps, even
+/// if idle longer than the default (one day) it is opened with before the broker sets it.
+#[test]
+fn a_reopen_keeps_producers_the_configured_expiration_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut log = open(dir.path(), small_config(), &clock);
+    let week = 7 * 24 * 3600 * 1000;
+    log.set_producer_id_expiration_ms(week);
+    append(&mut log, &pbatch(3, 0, 0, 10)).unwrap();
+    let end = log.log_end_offset();
+    log.close().unwrap();
+    drop(log);
+    clock.set(T0 + 2 * 24 * 3600 * 1000);
+    let mut log = reopen(dir.path(), small_config(), &clock, true, end);
+    log.set_producer_id_expiration_ms(week);
+    log.remove_expired_producers();
+    assert!(log.producer_state().entry(3).is_some());
+    assert!(append(&mut log, &pbatch(3, 0, 0, 10)).unwrap().duplicate);
 }
