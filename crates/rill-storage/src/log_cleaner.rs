@@ -161,6 +161,17 @@ impl Log {
         if cleanable.is_empty() {
             return None;
         }
+        if !cleanable
+            .iter()
+            .any(|s| s.next_offset > self.cleaner_checkpoint)
+            && self.dirty_ratio() > 0.0
+        {
+            // The dirty segments all end above `upper_bound` (a follower holds the high
+            // watermark back): wait for them, instead of rewriting the cleaned part on every
+            // backoff. (With nothing dirty at all, a pass still runs when asked, for tombstones
+            // whose `delete.retention.ms` passed.)
+            return None;
+        }
         Some(CleaningPass {
             dir: self.dir.clone(),
             sizing: sizing(&self.config),
@@ -402,16 +413,22 @@ impl CleaningPass {
     pub fn build_map(&mut self) -> Result<()> {
         let mut map: HashMap<u128, i64> = HashMap::new();
         let mut clean_end = self.checkpoint;
+        // From the segment holding the checkpoint, which is mid-segment after a truncation
+        // into a cleaned segment (what was written after the cut is dirty), as Kafka's
+        // `buildOffsetMap` does; records below the checkpoint are clean and not mapped.
         self.reading = self
             .cleanable
             .iter()
-            .filter(|s| s.base_offset >= self.checkpoint)
+            .filter(|s| s.next_offset > self.checkpoint)
             .cloned()
             .collect();
+        let checkpoint = self.checkpoint;
         for segment in &self.reading {
             let mut segment_map = Vec::new();
             for_each_record(segment, |record| {
-                if let Some(key) = record.key {
+                if let Some(key) = record.key
+                    && record.offset >= checkpoint
+                {
                     segment_map.push((key_hash(key), record.offset));
                 }
                 Ok(())

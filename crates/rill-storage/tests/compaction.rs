@@ -608,6 +608,93 @@ fn clean_to_the_model(log: &mut Log, before: &[Rec]) {
     check(before, &read_all(log), stats.cleaned_up_to, false);
 }
 
+/// A truncation into an already-cleaned segment (a follower cutting a diverged tail below its
+/// high watermark, after an unclean election) moves the cleaner checkpoint into that segment.
+/// What is written after the cut must enter the next pass's offset map: it supersedes older
+/// values of its keys, and a tombstone among it must take the old value with it, not leave it
+/// to come back once the tombstone goes.
+#[test]
+fn records_written_after_a_truncation_into_a_cleaned_segment_are_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), config(), &clock);
+    let ops: Vec<Op> = (0..120).map(|i| ((i % 4) as u8, Some(i as u16))).collect();
+    append_ops(&mut log, &ops, 1);
+    let stats = log
+        .clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    let survivors: Vec<Rec> = read_all(&log)
+        .into_iter()
+        .filter(|r| r.offset < stats.cleaned_up_to)
+        .collect();
+    assert_eq!(survivors.len(), 4, "one record per key: {survivors:?}");
+    let segments = log.segments();
+    assert!(
+        segments[..segments.len() - 1]
+            .iter()
+            .any(|s| s.base_offset <= survivors[0].offset && survivors[3].offset < s.next_offset),
+        "the survivors share a sealed, cleaned segment: {segments:?}"
+    );
+    // Cut inside the cleaned segment, keeping the first two survivors.
+    log.truncate_to(survivors[2].offset).unwrap();
+    let deleted: u8 = String::from_utf8(survivors[0].key.clone().unwrap()).unwrap()[1..]
+        .parse()
+        .unwrap();
+    let mut after: Vec<Op> = vec![(deleted, None)];
+    after.extend((0..30).map(|i| (10 + (i % 3) as u8, Some(i as u16))));
+    append_ops(&mut log, &after, 1);
+    log.roll().unwrap();
+    append_ops(&mut log, &after[1..], 1);
+    log.roll().unwrap();
+    append_ops(&mut log, &[(20, Some(1))], 1);
+    let before = read_all(&log);
+    clean_to_the_model(&mut log, &before);
+    // And once the tombstone may go, the key is gone, not back at its old value.
+    clock.advance(DAY + 1);
+    log.clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap();
+    let key = format!("k{deleted}").into_bytes();
+    let left: Vec<Rec> = read_all(&log)
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some(key.as_slice()))
+        .collect();
+    assert!(
+        left.iter().all(|r| r.value.is_none()),
+        "a deleted key came back: {left:?}"
+    );
+}
+
+/// Dirty segments that all end above the high watermark (a slow follower holds it back) are
+/// waited for: a pass would map nothing and rewrite the already-cleaned segments on every
+/// backoff.
+#[test]
+fn dirty_data_above_the_high_watermark_does_not_rewrite_the_cleaned_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut log = open(dir.path(), config(), &clock);
+    let ops: Vec<Op> = (0..120).map(|i| ((i % 4) as u8, Some(i as u16))).collect();
+    append_ops(&mut log, &ops, 1);
+    let cleaned = log
+        .clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap()
+        .cleaned_up_to;
+    append_ops(&mut log, &ops, 1);
+    log.roll().unwrap();
+    assert!(log.needs_cleaning());
+    assert_eq!(
+        log.clean(cleaned, &CleanerConfig::default()).unwrap(),
+        None,
+        "nothing dirty below the high watermark"
+    );
+    let stats = log
+        .clean(log.log_end_offset(), &CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    assert!(stats.cleaned_up_to > cleaned);
+}
+
 /// A segment truncated and refilled to the same size and end between a group's build and its
 /// swap (a follower truncating a diverged tail and fetching again) holds other data under the
 /// same name and file: the group built from the old data must not go in.
