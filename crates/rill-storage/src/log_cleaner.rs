@@ -183,6 +183,12 @@ impl Log {
             truncations: self.truncations,
             cleanable,
             map: HashMap::new(),
+            producers_last: self
+                .producer_state()
+                .producers()
+                .iter()
+                .filter_map(|(id, e)| Some((*id, e.last_offset()?)))
+                .collect(),
             clean_end: self.cleaner_checkpoint,
             groups: VecDeque::new(),
             reading: Vec::new(),
@@ -367,6 +373,10 @@ pub struct CleaningPass {
     cleanable: Vec<SegmentView>,
     /// Key hash → latest offset over the dirty section.
     map: HashMap<u128, i64>,
+    /// Producer id → last offset of its last batch, for the producers the log knows: that
+    /// batch is kept (empty if all its records go), so a replica rebuilding producer state
+    /// from the log still learns the producer's last sequence (Kafka's `RETAIN_EMPTY`).
+    producers_last: HashMap<i64, i64>,
     /// First offset the pass does not clean (lowered to the start of a group thrown away).
     clean_end: i64,
     /// Groups still to build.
@@ -499,8 +509,18 @@ impl CleaningPass {
             for (pos, header) in segment.batch_positions()? {
                 last_header = Some(header);
                 let bytes = segment.read_at(pos, header.total_size())?;
+                let producers_last = header.producer_id >= 0
+                    && self.producers_last.get(&header.producer_id) == Some(&header.last_offset());
                 if let Some(out) = filter_batch(
-                    segment, pos, &header, &bytes, &self.map, now, horizon, &mut stats,
+                    segment,
+                    pos,
+                    &header,
+                    &bytes,
+                    &self.map,
+                    now,
+                    horizon,
+                    producers_last,
+                    &mut stats,
                 )? {
                     let out_header =
                         BatchHeader::decode(&out).map_err(|e| corrupt(segment, pos, e))?;
@@ -561,8 +581,9 @@ fn group_segments(segments: &[&SegmentView], segment_bytes: u64) -> Vec<Vec<Segm
     groups
 }
 
-/// Keeps the records of one batch that survive; `None` when none do. A batch that survives
-/// whole and needs no delete horizon is returned byte for byte.
+/// Keeps the records of one batch that survive; `None` when none do, unless the batch is its
+/// producer's last (`producers_last`), which is kept empty. A batch that survives whole and
+/// needs no delete horizon is returned byte for byte.
 #[allow(clippy::too_many_arguments)]
 fn filter_batch(
     segment: &SegmentView,
@@ -572,6 +593,7 @@ fn filter_batch(
     map: &HashMap<u128, i64>,
     now: i64,
     horizon: i64,
+    producers_last: bool,
     stats: &mut CleanerStats,
 ) -> Result<Option<Vec<u8>>> {
     let batch = RecordBatch::parse(bytes).map_err(|e| corrupt(segment, pos, e))?;
@@ -613,7 +635,24 @@ fn filter_batch(
         return Ok(Some(bytes.to_vec()));
     }
     if kept.is_empty() {
-        return Ok(None);
+        if !producers_last {
+            return Ok(None);
+        }
+        // Its producer's last batch: kept without records (offsets, producer id, epoch and
+        // sequences as they were).
+        let out = RecordBatchBuilder::new(rill_protocol::record_batch::Compression::None)
+            .base_offset(header.base_offset)
+            .partition_leader_epoch(header.partition_leader_epoch)
+            .producer(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+            )
+            .timestamp_type(header.timestamp_type())
+            .last_offset_delta(header.last_offset_delta)
+            .build()
+            .map_err(|e| corrupt(segment, pos, e))?;
+        return Ok(Some(out.to_vec()));
     }
     let mut builder =
         RecordBatchBuilder::new(header.compression().map_err(|e| corrupt(segment, pos, e))?)

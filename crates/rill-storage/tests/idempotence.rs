@@ -336,3 +336,66 @@ fn a_reopen_keeps_producers_the_configured_expiration_keeps() {
     assert!(log.producer_state().entry(3).is_some());
     assert!(append(&mut log, &pbatch(3, 0, 0, 10)).unwrap().duplicate);
 }
+
+/// Compaction keeps each producer's last batch, empty if all its records were superseded
+/// (Kafka's `RETAIN_EMPTY`): a replica that rebuilds producer state from the log (a new
+/// follower copying it, a restart without snapshots) still knows the producer's last sequence,
+/// so the producer's retry of that batch is a duplicate there too, and its next batch follows.
+#[test]
+fn compaction_keeps_each_producers_last_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let config = || rill_storage::LogConfig {
+        cleanup_policy: rill_storage::CleanupPolicy::COMPACT,
+        ..small_config()
+    };
+    let mut log = open(&dir.path().join("leader"), config(), &clock);
+    let keyed = |pid: i64, seq: i32, keys: &[&str]| {
+        let mut b = RecordBatchBuilder::new(Compression::None).producer(pid, 0, seq);
+        for k in keys {
+            b.append(T0, Some(k.as_bytes()), Some(b"value"), &[]);
+        }
+        b.build().unwrap().to_vec()
+    };
+    // Producer 5 writes k0 and k1 twice; producer 6 then overwrites both, many times.
+    append(&mut log, &keyed(5, 0, &["k0", "k1"])).unwrap();
+    append(&mut log, &keyed(5, 2, &["k0", "k1"])).unwrap();
+    for seq in 0..100 {
+        append(&mut log, &keyed(6, seq * 2, &["k0", "k1"])).unwrap();
+    }
+    log.roll().unwrap();
+    append(&mut log, &keyed(6, 200, &["k2"])).unwrap();
+    let end = log.log_end_offset();
+    log.clean(end, &rill_storage::CleanerConfig::default())
+        .unwrap()
+        .unwrap();
+    assert!(
+        read_all(&log).iter().all(|r| r.offset > 3),
+        "producer 5's records are all superseded"
+    );
+    // A follower copying the compacted log from its start.
+    let mut follower = open(&dir.path().join("follower"), config(), &clock);
+    let mut from = 0;
+    while let Some(bytes) = log.read(from, 1 << 20, None, true).unwrap() {
+        follower.append_as_follower(&bytes).unwrap();
+        from = follower.log_end_offset();
+        if from >= end {
+            break;
+        }
+    }
+    let entry = follower
+        .producer_state()
+        .entry(5)
+        .expect("producer 5 is known to the follower");
+    assert_eq!(entry.last_offset(), Some(3));
+    let retry = append(&mut follower, &keyed(5, 2, &["k0", "k1"])).unwrap();
+    assert!(
+        retry.duplicate,
+        "the retry of its last batch is a duplicate"
+    );
+    assert!(
+        !append(&mut follower, &keyed(5, 4, &["k9"]))
+            .unwrap()
+            .duplicate
+    );
+}
