@@ -518,19 +518,21 @@ async fn acks_zero_gets_no_answer_and_an_unknown_fetch_session_is_refused() {
     let mut builder = RecordBatchBuilder::new(Compression::None);
     builder.append(1, Some(b"k"), Some(b"fire and forget"), &[]);
     let batch = builder.build().unwrap();
-    let produce = ProduceRequest::default()
-        .with_acks(0)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            produce_request::TopicProduceData::default()
-                .with_name(name())
-                .with_partition_data(vec![
-                    produce_request::PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(batch.clone())),
-                ]),
-        ]);
-    s.write_all(&frame(ApiKey::Produce, 9, 1, &produce))
+    let acks_zero = |partition: i32| {
+        ProduceRequest::default()
+            .with_acks(0)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                produce_request::TopicProduceData::default()
+                    .with_name(name())
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(partition)
+                            .with_records(Some(batch.clone())),
+                    ]),
+            ])
+    };
+    s.write_all(&frame(ApiKey::Produce, 9, 1, &acks_zero(0)))
         .await
         .unwrap();
 
@@ -594,19 +596,7 @@ async fn acks_zero_gets_no_answer_and_an_unknown_fetch_session_is_refused() {
     // An acks=0 produce that fails (a partition that does not exist) cannot be answered: the
     // connection is closed, as Kafka does, so the client refreshes its metadata instead of
     // losing every later record unseen.
-    let to_nowhere = ProduceRequest::default()
-        .with_acks(0)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            produce_request::TopicProduceData::default()
-                .with_name(name())
-                .with_partition_data(vec![
-                    produce_request::PartitionProduceData::default()
-                        .with_index(7)
-                        .with_records(Some(batch.clone())),
-                ]),
-        ]);
-    s.write_all(&frame(ApiKey::Produce, 9, 4, &to_nowhere))
+    s.write_all(&frame(ApiKey::Produce, 9, 4, &acks_zero(7)))
         .await
         .unwrap();
     assert!(

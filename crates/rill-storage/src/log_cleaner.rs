@@ -634,38 +634,27 @@ fn filter_batch(
     if kept.len() == total && !needs_horizon {
         return Ok(Some(bytes.to_vec()));
     }
-    if kept.is_empty() {
-        if !producers_last {
-            return Ok(None);
-        }
-        // Its producer's last batch: kept without records (offsets, producer id, epoch and
-        // sequences as they were).
-        let out = RecordBatchBuilder::new(rill_protocol::record_batch::Compression::None)
-            .base_offset(header.base_offset)
-            .partition_leader_epoch(header.partition_leader_epoch)
-            .producer(
-                header.producer_id,
-                header.producer_epoch,
-                header.base_sequence,
-            )
-            .timestamp_type(header.timestamp_type())
-            .last_offset_delta(header.last_offset_delta)
-            .build()
-            .map_err(|e| corrupt(segment, pos, e))?;
-        return Ok(Some(out.to_vec()));
+    if kept.is_empty() && !producers_last {
+        return Ok(None);
     }
-    let mut builder =
-        RecordBatchBuilder::new(header.compression().map_err(|e| corrupt(segment, pos, e))?)
-            .base_offset(header.base_offset)
-            .partition_leader_epoch(header.partition_leader_epoch)
-            .producer(
-                header.producer_id,
-                header.producer_epoch,
-                header.base_sequence,
-            )
-            .timestamp_type(header.timestamp_type())
-            .transactional(header.is_transactional())
-            .last_offset_delta(header.last_offset_delta);
+    // Empty here only as its producer's last batch: kept without records (offsets, producer
+    // id, epoch and sequences as they were).
+    let compression = if kept.is_empty() {
+        rill_protocol::record_batch::Compression::None
+    } else {
+        header.compression().map_err(|e| corrupt(segment, pos, e))?
+    };
+    let mut builder = RecordBatchBuilder::new(compression)
+        .base_offset(header.base_offset)
+        .partition_leader_epoch(header.partition_leader_epoch)
+        .producer(
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence,
+        )
+        .timestamp_type(header.timestamp_type())
+        .transactional(header.is_transactional())
+        .last_offset_delta(header.last_offset_delta);
     if has_tombstone {
         builder = builder.delete_horizon_ms(existing_horizon.unwrap_or(horizon));
     }
