@@ -137,7 +137,6 @@ pub enum Event {
 struct PendingWrite {
     index: u64,
     term: u64,
-    records: Vec<MetadataRecord>,
     on_commit: Box<dyn FnOnce(&MetadataImage) + Send>,
     on_error: ErrorFn,
     deadline: Instant,
@@ -330,6 +329,14 @@ impl QuorumController {
         self.node.raft.state == StateRole::Leader
     }
 
+    /// The active controller: leader, and its `latest` image built. Checked on every event,
+    /// not only once per batch: a message of the same batch may have just made this node a
+    /// follower (a newer term), and a write validated against its `latest` then would be
+    /// forwarded by Raft to the new leader, which applies records without checks.
+    fn is_active(&self) -> bool {
+        self.latest.is_some() && self.is_leader()
+    }
+
     fn leader_hint(&self) -> Option<String> {
         let id = self.node.raft.leader_id;
         self.voters
@@ -366,7 +373,7 @@ impl QuorumController {
                 }
             }
             Event::Write(f, on_error) => {
-                if self.latest.is_some() {
+                if self.is_active() {
                     self.write(f, on_error);
                 } else if self.is_leader() {
                     self.deferred
@@ -376,7 +383,7 @@ impl QuorumController {
                 }
             }
             Event::Read(f, on_error) => {
-                if self.latest.is_some() {
+                if self.is_active() {
                     self.read_index(ReadAction::Image(f, on_error));
                 } else if self.is_leader() {
                     self.deferred
@@ -389,7 +396,7 @@ impl QuorumController {
             // so only the active controller serves it, and only once a ReadIndex proved it still
             // leads: a lagging or isolated controller must never hand out an old image.
             Event::FetchMetadata(from, reply) => {
-                if self.latest.is_some() {
+                if self.is_active() {
                     self.read_index(ReadAction::Metadata(from, reply));
                 } else if self.is_leader() {
                     self.deferred
@@ -451,6 +458,9 @@ impl QuorumController {
     }
 
     fn write(&mut self, f: WriteFn, on_error: ErrorFn) {
+        if !self.is_leader() {
+            return on_error(self.not_controller());
+        }
         let Some(latest) = self.latest.as_ref() else {
             return on_error(self.not_controller());
         };
@@ -488,7 +498,6 @@ impl QuorumController {
         self.pending.push_back(PendingWrite {
             index,
             term,
-            records: Vec::new(),
             on_commit,
             on_error,
             deadline: Instant::now() + self.request_timeout,
@@ -501,26 +510,31 @@ impl QuorumController {
         on_commit: Box<dyn FnOnce(&MetadataImage) + Send>,
         on_error: ErrorFn,
     ) {
+        let records_for_latest = records.clone();
         let data = MetadataBatch {
             is_snapshot: false,
             last_offset: -1,
-            records: records.clone(),
+            records,
         }
         .encode_to_vec();
+        // Never from a follower: Raft would forward the proposal to the leader (see
+        // `is_active`).
+        if !self.is_leader() {
+            return on_error(self.not_controller());
+        }
         if let Err(e) = self.node.propose(Vec::new(), data) {
             tracing::debug!(error = %e, "proposal dropped");
             return on_error(self.not_controller());
         }
         let index = self.node.raft.raft_log.last_index();
         if let Some(latest) = self.latest.as_mut() {
-            for mut r in records.iter().cloned() {
+            for mut r in records_for_latest {
                 latest.append(&mut r);
             }
         }
         self.pending.push_back(PendingWrite {
             index,
             term: self.node.raft.term,
-            records,
             on_commit,
             on_error,
             deadline: Instant::now() + self.request_timeout,
@@ -556,7 +570,7 @@ impl QuorumController {
         for (ev, _) in stale {
             fail_event(ev, self.not_controller());
         }
-        if self.latest.is_some() {
+        if self.is_active() {
             self.fence_expired_brokers(now);
             self.maybe_rebalance_leaders(now);
         }
@@ -564,7 +578,7 @@ impl QuorumController {
         let raft = &self.node.raft;
         m.term.set(raft.term as i64);
         m.leader_id.set(raft.leader_id as i64);
-        m.is_leader.set(i64::from(self.latest.is_some()));
+        m.is_leader.set(i64::from(self.is_active()));
         m.commit_index.set(raft.raft_log.committed as i64);
         m.applied_index.set(self.applied as i64);
         m.pending_writes.set(self.pending.len() as i64);
@@ -742,12 +756,17 @@ impl QuorumController {
                 term = self.node.raft.term,
                 "became the active controller"
             );
-            let mut latest = self.committed.clone();
-            for p in &self.pending {
-                for mut r in p.records.iter().cloned() {
-                    latest.append(&mut r);
-                }
+            // Writes still pending from an earlier term can never commit now: everything in
+            // the log is committed and applied (a write that made it was answered), so theirs
+            // were cut by another leader. They fail rather than count in `latest`, where their
+            // records would stand in for changes that never happened.
+            for p in std::mem::take(&mut self.pending) {
+                (p.on_error)(ApiError::new(
+                    ErrorCode::NotController,
+                    "the change was lost in a controller leadership change; retry",
+                ));
             }
+            let latest = self.committed.clone();
             // Every known broker gets a full session from now before it can be fenced.
             let now = Instant::now();
             self.liveness = latest.brokers.keys().map(|b| (*b, now)).collect();
@@ -1026,5 +1045,188 @@ impl QuorumHandle {
                 "the controller is shutting down",
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::mpsc as std_mpsc;
+
+    use raft::eraftpb::{Message, MessageType};
+    use rill_protocol::proto::metadata_record::Record;
+
+    use super::*;
+
+    /// Controller 1 of three, its peers' queues held by the test (what it sends them).
+    struct Harness {
+        qc: QuorumController,
+        _outbox: Vec<tokio::sync::mpsc::Receiver<Message>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn msg(t: MessageType, from: u64, term: u64) -> Message {
+        let mut m = Message {
+            from,
+            to: 1,
+            term,
+            ..Default::default()
+        };
+        m.set_msg_type(t);
+        m
+    }
+
+    /// Controller 1, elected by controller 2's votes and made active (its first entry
+    /// committed with 2's acknowledgement).
+    fn active_controller() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides: BTreeMap<String, String> = [
+            ("node.id", "1".to_owned()),
+            (
+                "controller.quorum.voters",
+                "1@127.0.0.1:1,2@127.0.0.1:2,3@127.0.0.1:3".to_owned(),
+            ),
+            ("metadata.log.dir", dir.path().display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let config = ControllerConfig::load(None, &overrides).unwrap();
+        let (tx2, rx2) = tokio::sync::mpsc::channel(1024);
+        let (tx3, rx3) = tokio::sync::mpsc::channel(1024);
+        let transport = Transport::with_queues(HashMap::from([(2, tx2), (3, tx3)]));
+        let mut qc =
+            QuorumController::new(config, transport, crate::metrics::ControllerMetrics::new())
+                .unwrap();
+        qc.node.campaign().unwrap();
+        qc.process_ready().unwrap();
+        let term = qc.node.raft.term;
+        qc.handle(Event::Raft(vec![msg(
+            MessageType::MsgRequestPreVoteResponse,
+            2,
+            term + 1,
+        )]));
+        qc.process_ready().unwrap();
+        let term = qc.node.raft.term;
+        qc.handle(Event::Raft(vec![msg(
+            MessageType::MsgRequestVoteResponse,
+            2,
+            term,
+        )]));
+        qc.process_ready().unwrap();
+        assert!(qc.is_leader(), "elected");
+        // Acknowledge everything appended so far (the empty entry, then the cluster id).
+        for _ in 0..3 {
+            let mut ack = msg(MessageType::MsgAppendResponse, 2, qc.node.raft.term);
+            ack.index = qc.node.raft.raft_log.last_index();
+            qc.handle(Event::Raft(vec![ack]));
+            qc.process_ready().unwrap();
+        }
+        assert!(qc.is_active(), "active");
+        Harness {
+            qc,
+            _outbox: vec![rx2, rx3],
+            _dir: dir,
+        }
+    }
+
+    /// A write that registers nothing real: one cluster-id record.
+    fn write(errors: std_mpsc::Sender<ErrorCode>) -> Event {
+        Event::Write(
+            Box::new(|_| {
+                Ok(WritePlan {
+                    records: vec![crate::commands::record(Record::ClusterId(
+                        rill_protocol::proto::ClusterIdRecord {
+                            cluster_id: "written".into(),
+                        },
+                    ))],
+                    on_commit: Box::new(|_| {}),
+                })
+            }),
+            Box::new(move |e| {
+                let _ = errors.send(e.code);
+            }),
+        )
+    }
+
+    /// A write queued behind a message that ends this controller's term (in the same batch
+    /// of events, before the loop checks its leadership) is refused: validated against the old
+    /// term's image, it would be forwarded by Raft to the new leader, which applies records
+    /// without checks (an ISR that leader already shrank could come back).
+    #[test]
+    fn a_write_behind_a_newer_term_in_the_same_batch_is_refused_not_forwarded() {
+        let mut h = active_controller();
+        let term = h.qc.node.raft.term;
+        let last = h.qc.node.raft.raft_log.last_index();
+        h.qc.handle(Event::Raft(vec![msg(
+            MessageType::MsgHeartbeat,
+            3,
+            term + 1,
+        )]));
+        let (tx, rx) = std_mpsc::channel();
+        h.qc.handle(write(tx));
+        assert_eq!(rx.try_recv(), Ok(ErrorCode::NotController));
+        assert_eq!(
+            h.qc.node.raft.raft_log.last_index(),
+            last,
+            "nothing was appended"
+        );
+        assert!(
+            !h.qc
+                .node
+                .raft
+                .msgs
+                .iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgPropose),
+            "nothing was forwarded to the new leader"
+        );
+    }
+
+    /// Writes proposed in an earlier term and cut by another leader fail when this controller
+    /// leads again, instead of counting in its `latest` image as if they had happened.
+    #[test]
+    fn writes_cut_by_another_leader_fail_when_leading_again() {
+        let mut h = active_controller();
+        let (tx, rx) = std_mpsc::channel();
+        h.qc.handle(write(tx));
+        assert_eq!(h.qc.pending.len(), 1, "proposed, not committed");
+        // As if another leader had cut it and this one was elected again: leadership lost,
+        // then regained with the entry gone from the log.
+        let term = h.qc.node.raft.term;
+        h.qc.handle(Event::Raft(vec![msg(
+            MessageType::MsgHeartbeat,
+            3,
+            term + 1,
+        )]));
+        h.qc.process_ready().unwrap();
+        assert!(!h.qc.is_active());
+        h.qc.pending.back_mut().unwrap().index += 1_000;
+        h.qc.node.campaign().unwrap();
+        h.qc.process_ready().unwrap();
+        let term = h.qc.node.raft.term;
+        h.qc.handle(Event::Raft(vec![msg(
+            MessageType::MsgRequestPreVoteResponse,
+            2,
+            term + 1,
+        )]));
+        h.qc.process_ready().unwrap();
+        let term = h.qc.node.raft.term;
+        h.qc.handle(Event::Raft(vec![msg(
+            MessageType::MsgRequestVoteResponse,
+            2,
+            term,
+        )]));
+        h.qc.process_ready().unwrap();
+        let mut ack = msg(MessageType::MsgAppendResponse, 2, h.qc.node.raft.term);
+        ack.index = h.qc.node.raft.raft_log.last_index();
+        h.qc.handle(Event::Raft(vec![ack]));
+        h.qc.process_ready().unwrap();
+        assert!(h.qc.is_active(), "active again");
+        assert_eq!(rx.try_recv(), Ok(ErrorCode::NotController));
+        assert_eq!(
+            h.qc.latest.as_ref().unwrap().next_offset,
+            h.qc.committed.next_offset,
+            "latest holds nothing that was not committed"
+        );
     }
 }

@@ -90,7 +90,7 @@ impl Transport {
 
     /// A transport over given queues, without sender tasks (tests).
     #[cfg(test)]
-    fn with_queues(peers: HashMap<u64, mpsc::Sender<Message>>) -> Self {
+    pub(crate) fn with_queues(peers: HashMap<u64, mpsc::Sender<Message>>) -> Self {
         Transport { peers }
     }
 }
