@@ -115,6 +115,7 @@ impl Lifecycle {
             broker_epoch: self.epoch.load(Ordering::Acquire),
             topics: vec![AlterPartitionTopic {
                 name: change.tp.topic.clone(),
+                topic_id: change.topic_id.clone(),
                 partitions: vec![AlterPartitionData {
                     index: change.tp.partition,
                     leader_epoch: change.leader_epoch,

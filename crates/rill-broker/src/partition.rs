@@ -528,6 +528,7 @@ impl Partition {
             isr.push(replica);
             recorded.isr_change = Some(IsrChange {
                 tp: self.tp.clone(),
+                topic_id: self.topic_id.clone(),
                 leader_epoch: state.leader_epoch,
                 partition_epoch: state.partition_epoch,
                 new_isr: isr,
@@ -564,6 +565,7 @@ impl Partition {
         }
         Some(IsrChange {
             tp: self.tp.clone(),
+            topic_id: self.topic_id.clone(),
             leader_epoch: state.leader_epoch,
             partition_epoch: state.partition_epoch,
             new_isr: state
@@ -686,6 +688,8 @@ pub struct LeaderAppend {
 pub struct IsrChange {
     #[allow(missing_docs)]
     pub tp: TopicPartition,
+    /// The topic's id: a change must not apply to another incarnation of the topic.
+    pub topic_id: String,
     /// The leader epoch it is based on.
     pub leader_epoch: i32,
     /// The partition epoch it is based on (stale → rejected).

@@ -82,6 +82,7 @@ impl IsrChangeOutcome {
             | ErrorCode::FencedLeaderEpoch
             | ErrorCode::UnknownLeaderEpoch
             | ErrorCode::InvalidRequest
+            | ErrorCode::InconsistentTopicId
             | ErrorCode::StaleBrokerEpoch
             | ErrorCode::BrokerIdNotRegistered => IsrChangeOutcome::Refused,
             _ => IsrChangeOutcome::Unknown,

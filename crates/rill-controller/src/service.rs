@@ -537,7 +537,7 @@ impl Controller for ControllerService {
                 let mut failures: Vec<(String, i32, ApiError)> = Vec::new();
                 for t in &req.topics {
                     for p in &t.partitions {
-                        match alter_one(ctx.latest, req.broker_id, &t.name, p) {
+                        match alter_one(ctx.latest, req.broker_id, t, p) {
                             Ok(r) => records.push(r),
                             Err(e) => failures.push((t.name.clone(), p.index, e)),
                         }
@@ -987,15 +987,25 @@ fn register_record(req: &BrokerRegistrationRequest) -> MetadataRecord {
 fn alter_one(
     image: &MetadataImage,
     broker: i32,
-    topic: &str,
+    requested: &AlterPartitionTopic,
     p: &AlterPartitionData,
 ) -> Result<MetadataRecord, ApiError> {
+    let topic = requested.name.as_str();
     let t = image.topics.get(topic).ok_or_else(|| {
         err(
             ErrorCode::UnknownTopicOrPartition,
             format!("topic {topic:?} does not exist"),
         )
     })?;
+    if !requested.topic_id.is_empty() && requested.topic_id != t.id {
+        return Err(err(
+            ErrorCode::InconsistentTopicId,
+            format!(
+                "topic {topic:?} is {} now, not {}: the change was meant for a deleted incarnation",
+                t.id, requested.topic_id
+            ),
+        ));
+    }
     let state = t
         .partitions
         .get(p.index.max(0) as usize)

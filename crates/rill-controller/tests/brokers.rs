@@ -182,17 +182,20 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
     } else {
         image_of(&q.image(leader).await).brokers[&lead].epoch
     };
-    let alter = |isr: Vec<i32>, partition_epoch: i32| {
+    let topic_id = image_of(&q.image(leader).await).topics["t"].id.clone();
+    let alter_as = |topic_id: String, isr: Vec<i32>, partition_epoch: i32| {
         let q = &q;
         async move {
             q.call(leader, |mut c| {
                 let isr = isr.clone();
+                let topic_id = topic_id.clone();
                 async move {
                     c.alter_partition(AlterPartitionRequest {
                         broker_id: lead,
                         broker_epoch: epoch,
                         topics: vec![AlterPartitionTopic {
                             name: "t".into(),
+                            topic_id,
                             partitions: vec![AlterPartitionData {
                                 index: 0,
                                 leader_epoch: 0,
@@ -208,6 +211,12 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
             .unwrap()
         }
     };
+    let alter =
+        |isr: Vec<i32>, partition_epoch: i32| alter_as(topic_id.clone(), isr, partition_epoch);
+    // Meant for another incarnation of "t" (deleted and created again, same epochs): refused.
+    let other = alter_as("an-old-topic-id".into(), vec![lead], 0).await;
+    let r = &other.topics[0].partitions[0];
+    assert_eq!(r.error_code, ErrorCode::InconsistentTopicId as i32, "{r:?}");
     let shrunk = alter(vec![lead], 0).await;
     let r = &shrunk.topics[0].partitions[0];
     assert_eq!(r.error_code, ErrorCode::None as i32, "{r:?}");

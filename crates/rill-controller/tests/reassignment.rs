@@ -142,6 +142,7 @@ async fn reassignment_adds_then_removes_replicas_once_the_new_ones_are_in_sync()
                 broker_epoch: leader_epoch,
                 topics: vec![AlterPartitionTopic {
                     name: "t".into(),
+                    topic_id: String::new(),
                     partitions: vec![AlterPartitionData {
                         index: 0,
                         leader_epoch: p0.leader_epoch,
