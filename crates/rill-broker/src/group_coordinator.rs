@@ -523,7 +523,6 @@ impl GroupCoordinator {
                 Ok(())
             }
             other => {
-                st.failed = true;
                 let e = match other {
                     Err(e) => e,
                     Ok(a) => ApiError::new(
@@ -535,18 +534,25 @@ impl GroupCoordinator {
                     ),
                 };
                 tracing::warn!(partition = shard.index, error = %e, "a group write failed; the shard will be reloaded");
-                let mut shards = self.shards.lock();
-                if let Some(Slot::Active(s)) = shards.get(&shard.index)
-                    && Arc::ptr_eq(s, shard)
-                {
-                    shards.remove(&shard.index);
-                    shard.cancel.cancel();
-                }
-                drop(shards);
-                self.reload.notify_one();
+                self.reload_shard(shard, st);
                 Err(coordinator_error(e))
             }
         }
+    }
+
+    /// Marks the shard failed (its state may hold what its log does not) and has it reloaded
+    /// from the log.
+    fn reload_shard(&self, shard: &Arc<Shard>, st: &mut ShardState) {
+        st.failed = true;
+        let mut shards = self.shards.lock();
+        if let Some(Slot::Active(s)) = shards.get(&shard.index)
+            && Arc::ptr_eq(s, shard)
+        {
+            shards.remove(&shard.index);
+            shard.cancel.cancel();
+        }
+        drop(shards);
+        self.reload.notify_one();
     }
 
     /// Waits until everything below `end` is durable and on every in-sync replica.
@@ -599,24 +605,53 @@ impl GroupCoordinator {
         shard: &Arc<Shard>,
         op: impl FnOnce(&mut GroupCoordinatorShard, &MetadataImage, i64) -> CoordinatorResult<T>,
     ) -> Result<T, ApiError> {
+        self.write_or_heartbeat(shard, false, op).await
+    }
+
+    /// [`Self::write`] for heartbeats (`heartbeat`), which mostly write nothing: they still run
+    /// while the partition has fewer in-sync replicas than `min.insync.replicas`, so sessions
+    /// stay alive through the outage (Kafka's heartbeats append nothing and go on; a refused
+    /// one would fence every member once the ISR is back). One that would write records then
+    /// is refused, and the shard reloads from its log to forget what it changed.
+    async fn write_or_heartbeat<T>(
+        &self,
+        shard: &Arc<Shard>,
+        heartbeat: bool,
+        op: impl FnOnce(&mut GroupCoordinatorShard, &MetadataImage, i64) -> CoordinatorResult<T>,
+    ) -> Result<T, ApiError> {
         let mut st = shard.state.lock().await;
         self.check_serving(shard, &st)?;
         // A write that cannot be appended would leave records in the shard that the log does not
         // have (a reload follows): refuse what is known to fail before anything changes.
         let isr = shard.partition.state().isr;
         let min_isr = self.rm.min_isr(OFFSETS_TOPIC);
-        if isr.len() < min_isr {
-            return Err(ApiError::new(
+        let short = (isr.len() < min_isr).then(|| {
+            ApiError::new(
                 ErrorCode::CoordinatorNotAvailable,
                 format!(
                     "{OFFSETS_TOPIC}-{} has {} in-sync replica(s) {isr:?}, fewer than its min.insync.replicas = {min_isr}; retry",
                     shard.index,
                     isr.len()
                 ),
-            ));
+            )
+        });
+        if let Some(e) = &short
+            && !heartbeat
+        {
+            return Err(e.clone());
         }
         let image = self.rm.image();
         let result = op(&mut st.shard, &image, now_ms());
+        if let Some(e) = short
+            && !result.records.is_empty()
+        {
+            tracing::debug!(
+                partition = shard.index,
+                "a heartbeat that writes records while the ISR is short; the shard will be reloaded"
+            );
+            self.reload_shard(shard, &mut st);
+            return Err(e);
+        }
         let deliveries = st.shard.take_classic_deliveries();
         let appended = self.append(shard, &mut st, &result.records).await;
         let end = st.written_end;
@@ -745,7 +780,7 @@ impl GroupCoordinator {
             .and_then(|()| self.shard_of(&request.group_id))
         {
             Ok(shard) => {
-                self.write(&shard, |s, _, now| CoordinatorResult {
+                self.write_or_heartbeat(&shard, true, |s, _, now| CoordinatorResult {
                     records: Vec::new(),
                     response: s.classic_heartbeat(&request, now),
                 })
@@ -986,7 +1021,7 @@ impl GroupCoordinator {
             .and_then(|()| self.shard_of(&group_id))
         {
             Ok(shard) => {
-                self.write(&shard, |s, image, now| {
+                self.write_or_heartbeat(&shard, true, |s, image, now| {
                     s.consumer_group_heartbeat(request, &client_host, image, now)
                 })
                 .await

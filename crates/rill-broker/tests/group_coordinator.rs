@@ -673,3 +673,156 @@ async fn a_recreated_topic_starts_without_the_old_committed_offsets() {
         vec![(TopicPartition::new("reborn", 0), 1)]
     );
 }
+
+/// While the group's `__consumer_offsets` partition has fewer in-sync replicas than
+/// `min.insync.replicas`, writes are refused but heartbeats go on (they write nothing), as in
+/// Kafka: otherwise every member's session would lapse during the outage and the whole group
+/// would be fenced the moment the ISR is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_members_through_a_short_offsets_isr() {
+    let mut cluster = Cluster::start(
+        1,
+        3,
+        &[
+            "offsets.topic.num.partitions=1",
+            "replica.lag.time.max.ms=1000",
+            "group.consumer.session.timeout.ms=3000",
+        ],
+    )
+    .await;
+    cluster.create_topic("events", 1, 3, &[]).await;
+    let group = "steady";
+    let (coordinator, addr) = find_coordinator(&cluster, group).await;
+    let altered = std::process::Command::new(common::sibling("rill"))
+        .args([
+            "topic",
+            "alter-config",
+            OFFSETS,
+            "--set",
+            "min.insync.replicas=2",
+        ])
+        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+        .output()
+        .unwrap();
+    assert!(altered.status.success(), "{altered:?}");
+    // Every broker has the config before the outage starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut c = coordinator_client(&addr).await;
+    let joined = c
+        .consumer_group_heartbeat(join_request(group, "", &["events"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.error_code, 0, "{}", joined.error_message);
+    let heartbeat = ConsumerGroupHeartbeatRequest {
+        group_id: group.into(),
+        member_id: joined.member_id.clone(),
+        member_epoch: joined.member_epoch,
+        ..Default::default()
+    };
+    // Settled: the member's epoch and assignment are written and acknowledged.
+    for _ in 0..3 {
+        let r = c
+            .consumer_group_heartbeat(heartbeat.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let others: Vec<usize> = (0..3)
+        .filter(|i| cluster.brokers[*i].id != coordinator)
+        .collect();
+    for i in &others {
+        cluster.kill_broker(*i);
+    }
+    // Until the ISR has shrunk below min.insync.replicas, then through more than a session.
+    let client = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut short_since = None;
+    loop {
+        let r = c
+            .consumer_group_heartbeat(heartbeat.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.error_code, 0, "heartbeat refused: {}", r.error_message);
+        assert_eq!(r.member_epoch, joined.member_epoch);
+        let isr = client
+            .refresh(&[OFFSETS.into()])
+            .await
+            .ok()
+            .and_then(|md| md.topics.first()?.partitions.first().map(|p| p.isr.len()));
+        if isr == Some(1) {
+            short_since.get_or_insert_with(Instant::now);
+        }
+        if short_since.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ISR never shrank: {isr:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A commit needs the replicas: refused, with the reason.
+    let refused = c
+        .offset_commit(commit_request(
+            group,
+            &joined.member_id,
+            joined.member_epoch,
+            &[("events", 0, 1)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        commit_errors(&refused)
+            .iter()
+            .all(|(_, _, code, _)| *code == ErrorCode::CoordinatorNotAvailable),
+        "{refused:?}"
+    );
+    // The replicas come back: the member is still in the group, at its epoch.
+    for i in &others {
+        cluster.start_broker(*i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c
+            .consumer_group_heartbeat(heartbeat.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.error_code, 0,
+            "fenced after the outage: {}",
+            r.error_message
+        );
+        assert_eq!(r.member_epoch, joined.member_epoch);
+        let isr = client
+            .refresh(&[OFFSETS.into()])
+            .await
+            .ok()
+            .and_then(|md| md.topics.first()?.partitions.first().map(|p| p.isr.len()));
+        if isr == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ISR never grew back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // And past the timer that fences expired members.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = c
+        .consumer_group_heartbeat(heartbeat)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    commit_ok(
+        &mut c,
+        commit_request(
+            group,
+            &joined.member_id,
+            joined.member_epoch,
+            &[("events", 0, 1)],
+        ),
+    )
+    .await;
+}
