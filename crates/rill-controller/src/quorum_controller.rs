@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -270,7 +271,7 @@ impl QuorumController {
     /// Returns an error when the metadata log failed: the thread cannot go on without breaking
     /// Raft's durability promises, so the caller must take the whole controller down (a
     /// supervisor restarts it and it recovers from its log).
-    pub fn run(mut self, events: Receiver<Event>) -> Result<(), crate::ControllerError> {
+    pub fn run(mut self, events: EventQueue) -> Result<(), crate::ControllerError> {
         let tick = Duration::from_millis(self.config.controller.quorum.tick.ms);
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -939,27 +940,98 @@ fn image_from_snapshot(snap: &Snapshot) -> MetadataImage {
     }
 }
 
+/// Room in the quorum thread's queue that only the quorum's own traffic (peers' Raft messages,
+/// the transport's reports) may use: clients filling `queued.max.requests` must not make the
+/// controller drop votes and append acknowledgements, or a busy leader loses its quorum.
+const QUORUM_HEADROOM: usize = 1024;
+
 /// A handle to send events to the quorum thread, with backpressure.
 #[derive(Clone)]
 pub struct QuorumHandle {
     tx: SyncSender<Event>,
+    /// Client requests (writes, reads, metadata streams) queued now, at most `max_clients`.
+    clients: Arc<AtomicUsize>,
+    max_clients: usize,
+}
+
+/// The quorum thread's side of the queue.
+pub struct EventQueue {
+    rx: Receiver<Event>,
+    clients: Arc<AtomicUsize>,
+}
+
+impl EventQueue {
+    fn taken(&self, ev: Event) -> Event {
+        if ev.is_client() {
+            self.clients.fetch_sub(1, Ordering::AcqRel);
+        }
+        ev
+    }
+
+    fn recv_timeout(&self, wait: Duration) -> Result<Event, RecvTimeoutError> {
+        self.rx.recv_timeout(wait).map(|ev| self.taken(ev))
+    }
+
+    fn try_recv(&self) -> Result<Event, std::sync::mpsc::TryRecvError> {
+        self.rx.try_recv().map(|ev| self.taken(ev))
+    }
+}
+
+impl Event {
+    /// A client's request, counted against `queued.max.requests`.
+    fn is_client(&self) -> bool {
+        matches!(
+            self,
+            Event::Write(..) | Event::Read(..) | Event::FetchMetadata(..)
+        )
+    }
 }
 
 impl QuorumHandle {
-    /// Wraps the sending side of the thread's queue.
-    pub fn new(tx: SyncSender<Event>) -> Self {
-        QuorumHandle { tx }
+    /// The thread's queue: `max_requests` client requests (`queued.max.requests`), and room
+    /// beside them for the quorum's own messages.
+    pub fn bounded(max_requests: usize) -> (Self, EventQueue) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(max_requests + QUORUM_HEADROOM);
+        let clients = Arc::new(AtomicUsize::new(0));
+        let handle = QuorumHandle {
+            tx,
+            clients: Arc::clone(&clients),
+            max_clients: max_requests,
+        };
+        (handle, EventQueue { rx, clients })
     }
 
     /// Queues an event; a full queue is RESOURCE_EXHAUSTED for the caller.
     pub fn send(&self, ev: Event) -> Result<(), ApiError> {
-        self.tx.try_send(ev).map_err(|e| match e {
+        let full = || {
+            ApiError::new(
+                ErrorCode::ThrottlingQuotaExceeded,
+                "the controller's request queue is full (queued.max.requests); retry with backoff",
+            )
+        };
+        let client = ev.is_client();
+        if client
+            && self
+                .clients
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_clients).then_some(n + 1)
+                })
+                .is_err()
+        {
+            return Err(full());
+        }
+        self.tx.try_send(ev).map_err(|e| {
+            if client {
+                self.clients.fetch_sub(1, Ordering::AcqRel);
+            }
+            match e {
             std::sync::mpsc::TrySendError::Full(_) => ApiError::new(
                 ErrorCode::ThrottlingQuotaExceeded,
                 "the controller's request queue is full (queued.max.requests); retry with backoff",
             ),
             std::sync::mpsc::TrySendError::Disconnected(_) => {
                 ApiError::new(ErrorCode::NotController, "the controller is shutting down")
+            }
             }
         })
     }
@@ -1227,6 +1299,29 @@ mod tests {
             h.qc.latest.as_ref().unwrap().next_offset,
             h.qc.committed.next_offset,
             "latest holds nothing that was not committed"
+        );
+    }
+
+    /// Clients filling `queued.max.requests` leave the room the quorum's own messages need:
+    /// a leader that dropped its followers' acknowledgements under load would lose its quorum.
+    #[test]
+    fn a_full_client_queue_leaves_room_for_raft_messages() {
+        let (handle, queue) = QuorumHandle::bounded(2);
+        let read = || Event::Read(Box::new(|_, _| {}), Box::new(|_| {}));
+        handle.send(read()).unwrap();
+        handle.send(read()).unwrap();
+        assert_eq!(
+            handle.send(read()).unwrap_err().code,
+            ErrorCode::ThrottlingQuotaExceeded
+        );
+        handle.send(Event::Raft(vec![Message::default()])).unwrap();
+        handle.send(Event::Unreachable(2)).unwrap();
+        // Taking a client request off the queue frees its place.
+        assert!(matches!(queue.try_recv(), Ok(Event::Read(..))));
+        handle.send(read()).unwrap();
+        assert_eq!(
+            handle.send(read()).unwrap_err().code,
+            ErrorCode::ThrottlingQuotaExceeded
         );
     }
 }

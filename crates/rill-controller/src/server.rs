@@ -35,8 +35,7 @@ pub async fn run(
             address: addr.to_string(),
             reason: e.to_string(),
         })?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(config.queued.max.requests);
-    let handle = QuorumHandle::new(tx);
+    let (handle, rx) = QuorumHandle::bounded(config.queued.max.requests);
     let voters = config.voters()?;
     let transport = Transport::start(
         config.node.id,
