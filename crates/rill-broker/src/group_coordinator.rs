@@ -131,6 +131,9 @@ struct ShardState {
     /// An append failed: the in-memory state may hold records the log does not, so the shard
     /// serves nothing more (a reload rebuilds it).
     failed: bool,
+    /// Requests were refused because the partition had fewer in-sync replicas than
+    /// `min.insync.replicas`: heartbeats too, so sessions restart when it recovers.
+    isr_short: bool,
 }
 
 fn now_ms() -> i64 {
@@ -355,6 +358,7 @@ impl GroupCoordinator {
                 shard,
                 written_end: end,
                 failed: false,
+                isr_short: false,
             }),
             cancel: cancel.clone(),
         });
@@ -523,6 +527,7 @@ impl GroupCoordinator {
                 Ok(())
             }
             other => {
+                st.failed = true;
                 let e = match other {
                     Err(e) => e,
                     Ok(a) => ApiError::new(
@@ -534,25 +539,18 @@ impl GroupCoordinator {
                     ),
                 };
                 tracing::warn!(partition = shard.index, error = %e, "a group write failed; the shard will be reloaded");
-                self.reload_shard(shard, st);
+                let mut shards = self.shards.lock();
+                if let Some(Slot::Active(s)) = shards.get(&shard.index)
+                    && Arc::ptr_eq(s, shard)
+                {
+                    shards.remove(&shard.index);
+                    shard.cancel.cancel();
+                }
+                drop(shards);
+                self.reload.notify_one();
                 Err(coordinator_error(e))
             }
         }
-    }
-
-    /// Marks the shard failed (its state may hold what its log does not) and has it reloaded
-    /// from the log.
-    fn reload_shard(&self, shard: &Arc<Shard>, st: &mut ShardState) {
-        st.failed = true;
-        let mut shards = self.shards.lock();
-        if let Some(Slot::Active(s)) = shards.get(&shard.index)
-            && Arc::ptr_eq(s, shard)
-        {
-            shards.remove(&shard.index);
-            shard.cancel.cancel();
-        }
-        drop(shards);
-        self.reload.notify_one();
     }
 
     /// Waits until everything below `end` is durable and on every in-sync replica.
@@ -605,53 +603,36 @@ impl GroupCoordinator {
         shard: &Arc<Shard>,
         op: impl FnOnce(&mut GroupCoordinatorShard, &MetadataImage, i64) -> CoordinatorResult<T>,
     ) -> Result<T, ApiError> {
-        self.write_or_heartbeat(shard, false, op).await
-    }
-
-    /// [`Self::write`] for heartbeats (`heartbeat`), which mostly write nothing: they still run
-    /// while the partition has fewer in-sync replicas than `min.insync.replicas`, so sessions
-    /// stay alive through the outage (Kafka's heartbeats append nothing and go on; a refused
-    /// one would fence every member once the ISR is back). One that would write records then
-    /// is refused, and the shard reloads from its log to forget what it changed.
-    async fn write_or_heartbeat<T>(
-        &self,
-        shard: &Arc<Shard>,
-        heartbeat: bool,
-        op: impl FnOnce(&mut GroupCoordinatorShard, &MetadataImage, i64) -> CoordinatorResult<T>,
-    ) -> Result<T, ApiError> {
         let mut st = shard.state.lock().await;
         self.check_serving(shard, &st)?;
         // A write that cannot be appended would leave records in the shard that the log does not
         // have (a reload follows): refuse what is known to fail before anything changes.
         let isr = shard.partition.state().isr;
         let min_isr = self.rm.min_isr(OFFSETS_TOPIC);
-        let short = (isr.len() < min_isr).then(|| {
-            ApiError::new(
+        if isr.len() < min_isr {
+            st.isr_short = true;
+            return Err(ApiError::new(
                 ErrorCode::CoordinatorNotAvailable,
                 format!(
                     "{OFFSETS_TOPIC}-{} has {} in-sync replica(s) {isr:?}, fewer than its min.insync.replicas = {min_isr}; retry",
                     shard.index,
                     isr.len()
                 ),
-            )
-        });
-        if let Some(e) = &short
-            && !heartbeat
-        {
-            return Err(e.clone());
+            ));
+        }
+        if st.isr_short {
+            // Heartbeats were refused meanwhile (as everything else): without a full session
+            // from now, every member would be fenced by the next timer pass (Kafka's
+            // heartbeats append nothing and go on; rill's refuse before knowing).
+            st.isr_short = false;
+            tracing::info!(
+                partition = shard.index,
+                "{OFFSETS_TOPIC} in sync again; every member gets a full session"
+            );
+            st.shard.restart_sessions(now_ms());
         }
         let image = self.rm.image();
         let result = op(&mut st.shard, &image, now_ms());
-        if let Some(e) = short
-            && !result.records.is_empty()
-        {
-            tracing::debug!(
-                partition = shard.index,
-                "a heartbeat that writes records while the ISR is short; the shard will be reloaded"
-            );
-            self.reload_shard(shard, &mut st);
-            return Err(e);
-        }
         let deliveries = st.shard.take_classic_deliveries();
         let appended = self.append(shard, &mut st, &result.records).await;
         let end = st.written_end;
@@ -780,7 +761,7 @@ impl GroupCoordinator {
             .and_then(|()| self.shard_of(&request.group_id))
         {
             Ok(shard) => {
-                self.write_or_heartbeat(&shard, true, |s, _, now| CoordinatorResult {
+                self.write(&shard, |s, _, now| CoordinatorResult {
                     records: Vec::new(),
                     response: s.classic_heartbeat(&request, now),
                 })
@@ -1021,7 +1002,7 @@ impl GroupCoordinator {
             .and_then(|()| self.shard_of(&group_id))
         {
             Ok(shard) => {
-                self.write_or_heartbeat(&shard, true, |s, image, now| {
+                self.write(&shard, |s, image, now| {
                     s.consumer_group_heartbeat(request, &client_host, image, now)
                 })
                 .await

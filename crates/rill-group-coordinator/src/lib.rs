@@ -265,13 +265,20 @@ impl GroupCoordinatorShard {
     /// to date with it (topics created, deleted or grown while no one coordinated the group).
     /// `image` must be caught up with the cluster's metadata: what it lacks is taken as deleted.
     pub fn on_loaded(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<Record> {
-        self.groups.start_timers(&self.config, now_ms);
-        self.classic.start_timers(now_ms);
+        self.restart_sessions(now_ms);
         self.empty_since.clear();
         for id in self.known_group_ids() {
             self.refresh_empty_since(&id, now_ms);
         }
         self.catch_up(image, now_ms)
+    }
+
+    /// Gives every member a full session (and a member giving up partitions a full rebalance
+    /// timeout) from `now_ms`: after a load, and after a time in which the coordinator could
+    /// not serve its members (their heartbeats were refused), so none is fenced for it.
+    pub fn restart_sessions(&mut self, now_ms: i64) {
+        self.groups.start_timers(&self.config, now_ms);
+        self.classic.start_timers(now_ms);
     }
 
     /// Offsets of deleted partitions go, and groups follow `image`.
