@@ -223,7 +223,12 @@ impl ReplicaManager {
     /// pending until the metadata with the new partition epoch clears it (Kafka's
     /// `PendingExpandIsr` handling).
     pub fn isr_change_done(&self, change: &IsrChange, outcome: IsrChangeOutcome) {
-        let Some(p) = self.partition(&change.tp) else {
+        // Of this incarnation of the topic only: a re-created topic's partition has the same
+        // name and epochs, and its own pending change must not be aborted or resent for this.
+        let Some(p) = self
+            .partition(&change.tp)
+            .filter(|p| p.topic_id == change.topic_id)
+        else {
             return;
         };
         match outcome {
@@ -1847,6 +1852,45 @@ pub(crate) mod tests {
         assert_eq!(pr.error_code, ErrorCode::NotLeaderOrFollower as i32);
         let hint = pr.current_leader.expect("the new leader is named");
         assert_eq!((hint.leader_id, hint.leader_epoch), (2, 1));
+    }
+
+    /// A refusal of an ISR change meant for an older incarnation of the topic (deleted and
+    /// created again: same name, same epochs) leaves the new partition's own pending change
+    /// alone: aborting it would stop it holding back the high watermark while the controller
+    /// may still commit it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_change_of_an_older_incarnation_leaves_the_pending_one_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[]);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        rm.set_isr_channel(tx);
+        rm.apply_image(Arc::new(image(5, &[("t", "B", vec![1, 2])])));
+        let p = rm.leader_partition(&TopicPartition::new("t", 0)).unwrap();
+        let mine = IsrChange {
+            tp: p.tp.clone(),
+            topic_id: "B".into(),
+            leader_epoch: 0,
+            partition_epoch: 0,
+            new_isr: vec![1],
+        };
+        rm.propose_isr(&p, mine.clone());
+        assert!(p.isr_change_pending(&mine));
+        let older = IsrChange {
+            topic_id: "A".into(),
+            ..mine.clone()
+        };
+        rm.isr_change_done(&older, IsrChangeOutcome::Refused);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(p.isr_change_pending(&mine), "still pending");
+        rm.isr_change_done(&mine, IsrChangeOutcome::Refused);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while p.isr_change_pending(&mine) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "its own refusal aborts it"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// A follower's fetch checked on an async task (`no_wait`) while a write holds the log
