@@ -631,6 +631,11 @@ fn filter_batch(
         kept.push(record);
     }
     let needs_horizon = has_tombstone && existing_horizon.is_none();
+    if total == 0 && !producers_last {
+        // An emptied batch kept as its producer's last, and its producer wrote since (or
+        // expired): no longer needed. (A group's end marker is written again if need be.)
+        return Ok(None);
+    }
     if kept.len() == total && !needs_horizon {
         return Ok(Some(bytes.to_vec()));
     }
@@ -645,6 +650,7 @@ fn filter_batch(
         header.compression().map_err(|e| corrupt(segment, pos, e))?
     };
     let mut builder = RecordBatchBuilder::new(compression)
+        .empty_timestamps(header.base_timestamp, header.max_timestamp)
         .base_offset(header.base_offset)
         .partition_leader_epoch(header.partition_leader_epoch)
         .producer(

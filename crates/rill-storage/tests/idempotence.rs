@@ -398,4 +398,38 @@ fn compaction_keeps_each_producers_last_batch() {
             .unwrap()
             .duplicate
     );
+
+    // The kept batch keeps its times; once producer 5 wrote again it is not needed any more.
+    let headers = |log: &Log| -> Vec<rill_protocol::record_batch::BatchHeader> {
+        let bytes = log.read(0, 1 << 20, None, true).unwrap().unwrap();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let h = rill_protocol::record_batch::BatchHeader::decode(&bytes[at..]).unwrap();
+            at += h.total_size();
+            out.push(h);
+        }
+        out
+    };
+    let kept = headers(&log)
+        .into_iter()
+        .find(|h| h.producer_id == 5)
+        .expect("producer 5's last batch is kept");
+    assert_eq!((kept.base_offset, kept.record_count), (2, 0));
+    assert_eq!(kept.max_timestamp, T0, "its time is the batch's");
+    append(&mut log, &keyed(5, 4, &["k9"])).unwrap();
+    log.roll().unwrap();
+    append(&mut log, &keyed(6, 201, &["k2"])).unwrap();
+    log.clean(
+        log.log_end_offset(),
+        &rill_storage::CleanerConfig::default(),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        !headers(&log)
+            .iter()
+            .any(|h| h.producer_id == 5 && h.record_count == 0),
+        "the emptied batch went once it was no longer producer 5's last"
+    );
 }

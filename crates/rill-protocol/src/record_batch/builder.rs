@@ -26,6 +26,8 @@ pub struct RecordBatchBuilder {
     min_last_offset_delta: i32,
     base_timestamp: Option<i64>,
     max_timestamp: i64,
+    /// Base and max timestamps written when no record is appended.
+    empty_timestamps: Option<(i64, i64)>,
     last_offset_delta: i32,
     count: i32,
     records: Vec<u8>,
@@ -48,6 +50,7 @@ impl RecordBatchBuilder {
             min_last_offset_delta: 0,
             base_timestamp: None,
             max_timestamp: -1,
+            empty_timestamps: None,
             last_offset_delta: -1,
             count: 0,
             records: vec![0; RECORD_BATCH_OVERHEAD],
@@ -98,6 +101,14 @@ impl RecordBatchBuilder {
     pub fn delete_horizon_ms(mut self, horizon_ms: i64) -> Self {
         self.delete_horizon = true;
         self.base_timestamp = Some(horizon_ms);
+        self
+    }
+
+    /// For a batch left without records (the log cleaner keeping an emptied batch): the base
+    /// and max timestamps of the batch it stands for, so time-based rolls and producer state
+    /// read the same times from it. Unused once a record is appended.
+    pub fn empty_timestamps(mut self, base_timestamp: i64, max_timestamp: i64) -> Self {
+        self.empty_timestamps = Some((base_timestamp, max_timestamp));
         self
     }
 
@@ -253,7 +264,10 @@ impl RecordBatchBuilder {
         if self.delete_horizon {
             attributes |= super::DELETE_HORIZON_BIT;
         }
-        let base_timestamp = self.base_timestamp.unwrap_or(-1);
+        let (base_timestamp, max_timestamp) = match self.empty_timestamps {
+            Some(empty) if self.count == 0 => empty,
+            _ => (self.base_timestamp.unwrap_or(-1), self.max_timestamp),
+        };
         let h = &mut out[..RECORD_BATCH_OVERHEAD];
         h[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
         h[8..12].copy_from_slice(&batch_length.to_be_bytes());
@@ -268,7 +282,7 @@ impl RecordBatchBuilder {
                 .to_be_bytes(),
         );
         h[27..35].copy_from_slice(&base_timestamp.to_be_bytes());
-        h[35..43].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        h[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
         h[43..51].copy_from_slice(&self.producer_id.to_be_bytes());
         h[51..53].copy_from_slice(&self.producer_epoch.to_be_bytes());
         h[53..57].copy_from_slice(&self.base_sequence.to_be_bytes());
