@@ -673,6 +673,34 @@ async fn a_recreated_topic_starts_without_the_old_committed_offsets() {
         vec![(TopicPartition::new("reborn", 0), 1)]
     );
 }
+/// One heartbeat of a member that must not be fenced (answered, or refused while the offsets
+/// partition is short of in-sync replicas); then the ISR size of that partition, if known.
+async fn heartbeat_through_outage(
+    c: &mut GroupCoordinatorClient<Channel>,
+    client: &rill_protocol::client::ClusterClient,
+    heartbeat: &ConsumerGroupHeartbeatRequest,
+) -> Option<usize> {
+    let r = c
+        .consumer_group_heartbeat(heartbeat.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.error_code == 0 || r.error_code == ErrorCode::CoordinatorNotAvailable as i32,
+        "{}: {}",
+        r.error_code,
+        r.error_message
+    );
+    if r.error_code == 0 {
+        assert_eq!(r.member_epoch, heartbeat.member_epoch, "fenced");
+    }
+    client
+        .refresh(&[OFFSETS.into()])
+        .await
+        .ok()
+        .and_then(|md| md.topics.first()?.partitions.first().map(|p| p.isr.len()))
+}
+
 /// While the group's `__consumer_offsets` partition has fewer in-sync replicas than
 /// `min.insync.replicas`, its requests are refused (heartbeats too, the client retries); once
 /// it is back in sync every member gets a full session, or the whole group would be fenced the
@@ -740,22 +768,7 @@ async fn heartbeats_keep_members_through_a_short_offsets_isr() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut short_since = None;
     loop {
-        let r = c
-            .consumer_group_heartbeat(heartbeat.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(
-            r.error_code == 0 || r.error_code == ErrorCode::CoordinatorNotAvailable as i32,
-            "{}: {}",
-            r.error_code,
-            r.error_message
-        );
-        let isr = client
-            .refresh(&[OFFSETS.into()])
-            .await
-            .ok()
-            .and_then(|md| md.topics.first()?.partitions.first().map(|p| p.isr.len()));
+        let isr = heartbeat_through_outage(&mut c, &client, &heartbeat).await;
         if isr == Some(1) {
             short_since.get_or_insert_with(Instant::now);
         }
@@ -788,22 +801,7 @@ async fn heartbeats_keep_members_through_a_short_offsets_isr() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = c
-            .consumer_group_heartbeat(heartbeat.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(
-            r.error_code == 0 || r.error_code == ErrorCode::CoordinatorNotAvailable as i32,
-            "fenced after the outage: {}: {}",
-            r.error_code,
-            r.error_message
-        );
-        let isr = client
-            .refresh(&[OFFSETS.into()])
-            .await
-            .ok()
-            .and_then(|md| md.topics.first()?.partitions.first().map(|p| p.isr.len()));
+        let isr = heartbeat_through_outage(&mut c, &client, &heartbeat).await;
         if isr == Some(3) {
             break;
         }
