@@ -459,9 +459,6 @@ impl QuorumController {
     }
 
     fn write(&mut self, f: WriteFn, on_error: ErrorFn) {
-        if !self.is_leader() {
-            return on_error(self.not_controller());
-        }
         let Some(latest) = self.latest.as_ref() else {
             return on_error(self.not_controller());
         };
@@ -511,6 +508,11 @@ impl QuorumController {
         on_commit: Box<dyn FnOnce(&MetadataImage) + Send>,
         on_error: ErrorFn,
     ) {
+        // Never from a follower: Raft would forward the proposal to the leader (see
+        // `is_active`).
+        if !self.is_leader() {
+            return on_error(self.not_controller());
+        }
         let records_for_latest = records.clone();
         let data = MetadataBatch {
             is_snapshot: false,
@@ -518,11 +520,6 @@ impl QuorumController {
             records,
         }
         .encode_to_vec();
-        // Never from a follower: Raft would forward the proposal to the leader (see
-        // `is_active`).
-        if !self.is_leader() {
-            return on_error(self.not_controller());
-        }
         if let Err(e) = self.node.propose(Vec::new(), data) {
             tracing::debug!(error = %e, "proposal dropped");
             return on_error(self.not_controller());
