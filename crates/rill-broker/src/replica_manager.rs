@@ -1665,8 +1665,9 @@ pub(crate) mod tests {
         rm.logs().shutdown().unwrap();
     }
 
-    /// A produce whose client gave up while it was queued is not appended; one whose client
-    /// still waits is, and acks=0 always is.
+    /// A produce whose client gave up while it was queued is not appended (acks=0 too, once
+    /// its wait for the append ended); one whose client still waits is, and a job nobody
+    /// listens to always is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_produces_abandoned_by_their_client_are_not_appended() {
         use crate::request_queue::ProduceJob;
@@ -1721,8 +1722,17 @@ pub(crate) mod tests {
             answer.topics[0].partitions[0].base_offset, 0,
             "the abandoned one took no offset"
         );
-        // acks=0 has no answer to wait for: appended even with nobody listening.
+        // acks=0 whose wait for the append ended (it timed out: the client was told so and may
+        // send it again): not appended either.
         assert!(submit(0, false).await.is_none());
+        // A job with no listener at all: always appended (after the one above, on the one
+        // I/O thread, so the end offset below shows that one took no offset).
+        let job = ProduceJob {
+            request: request(0),
+            reply: None,
+            appended: None,
+        };
+        queue.submit(job, Duration::from_secs(5)).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while p.log_end_offset() < 2 {
             assert!(

@@ -120,10 +120,15 @@ fn process(
     // timed out, its connection closed): nobody will read the answer, and appending now only
     // adds work behind a backlog. Its outcome is unknown to the client either way; an
     // idempotent producer's retry is appended then (or deduplicated had this one been). An
-    // acks=0 request has no answer to wait for and is always appended.
-    if job.reply.as_ref().is_some_and(|r| r.is_closed())
-        && job.appended.as_ref().is_none_or(|a| a.is_closed())
-    {
+    // acks=0 request's only listener is `appended`: once its wait timed out the client was
+    // told so and may send it again. A job nobody listens to at all is always appended.
+    let listeners = [
+        job.reply.as_ref().map(|r| r.is_closed()),
+        job.appended.as_ref().map(|a| a.is_closed()),
+    ];
+    let abandoned =
+        listeners.iter().any(Option::is_some) && listeners.iter().flatten().all(|closed| *closed);
+    if abandoned {
         tracing::debug!("produce request abandoned by its client while queued; not appended");
         return;
     }
