@@ -1554,27 +1554,26 @@ impl crate::GroupCoordinatorShard {
     }
 
     /// Before a consumer-group heartbeat: a classic group with members keeps its id
-    /// (GROUP_ID_NOT_FOUND, as Kafka answers for a group of the other type); an empty one gives
-    /// it up.
-    pub(crate) fn take_over_classic(
-        &mut self,
-        group_id: &str,
-        out: &mut Vec<Record>,
-    ) -> Result<(), crate::ApiErr> {
+    /// (GROUP_ID_NOT_FOUND, as Kafka answers for a group of the other type).
+    pub(crate) fn classic_holds(&self, group_id: &str) -> Result<(), crate::ApiErr> {
         match self.classic.group(group_id) {
-            None => Ok(()),
-            Some(g) if g.is_empty() => {
-                tracing::info!(group = %group_id, "an empty classic group becomes a consumer group");
-                self.classic.delete(group_id, out);
-                Ok(())
-            }
-            Some(g) => Err(crate::ApiErr {
+            Some(g) if !g.is_empty() => Err(crate::ApiErr {
                 code: ErrorCode::GroupIdNotFound,
                 message: format!(
                     "group {group_id} is a classic group (JoinGroup/SyncGroup protocol) with {} member(s), not a consumer group: use another group id, or stop its classic members first",
                     g.members.len()
                 ),
             }),
+            _ => Ok(()),
+        }
+    }
+
+    /// After an accepted consumer-group heartbeat: an empty classic group of that id gives it
+    /// up (its tombstone into `out`).
+    pub(crate) fn take_over_classic(&mut self, group_id: &str, out: &mut Vec<Record>) {
+        if self.classic.group(group_id).is_some_and(|g| g.is_empty()) {
+            tracing::info!(group = %group_id, "an empty classic group becomes a consumer group");
+            self.classic.delete(group_id, out);
         }
     }
 }

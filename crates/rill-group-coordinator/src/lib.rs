@@ -308,7 +308,7 @@ impl GroupCoordinatorShard {
         let mut records = Vec::new();
         let result = self
             .validate_heartbeat(&request)
-            .and_then(|()| self.take_over_classic(&request.group_id, &mut records))
+            .and_then(|()| self.classic_holds(&request.group_id))
             .and_then(|()| {
                 self.groups.consumer_group_heartbeat(
                     &self.config,
@@ -318,6 +318,13 @@ impl GroupCoordinatorShard {
                     now_ms,
                     &mut records,
                 )
+            })
+            .inspect(|_| {
+                // Only an accepted heartbeat takes the id from an empty classic group: a
+                // refused one changes nothing. Its tombstone goes first, as it happened first.
+                let mut taken = Vec::new();
+                self.take_over_classic(&request.group_id, &mut taken);
+                records.splice(0..0, taken);
             });
         let response = match result {
             Ok(response) => response,

@@ -552,6 +552,48 @@ fn classic_and_consumer_groups_do_not_share_an_id_with_members() {
     assert_eq!(h.state(), None, "no classic group was made");
 }
 
+/// An empty classic group gives its id to a consumer group only when a heartbeat is
+/// accepted: a refused one (here an unknown member) changes nothing and writes nothing.
+#[test]
+fn a_refused_heartbeat_leaves_an_empty_classic_group_alone() {
+    let mut h = H::new();
+    let _ = h.stable_pair();
+    let mut now = h.h.now;
+    for _ in 0..3 {
+        now += 10_000;
+        let _ = h.h.shard.expire_members(&h.h.image, now);
+    }
+    h.h.now = now;
+    assert_eq!(h.state(), Some(ClassicGroupState::Empty));
+    let c = Client::new("g", "kip848", &["t"]);
+    let mut refused = c.join_request();
+    refused.member_id = "not-a-member".into();
+    refused.member_epoch = 5;
+    let r = h.h.heartbeat(refused);
+    assert_eq!(
+        r.error_code,
+        ErrorCode::UnknownMemberId as i32,
+        "{}",
+        r.error_message
+    );
+    assert_eq!(h.state(), Some(ClassicGroupState::Empty), "still there");
+    // An accepted join takes the id; the classic group's tombstone comes first.
+    let r =
+        h.h.shard
+            .consumer_group_heartbeat(c.join_request(), "/10.0.0.1", &h.h.image, now);
+    assert_eq!(r.response.error_code, 0, "{}", r.response.error_message);
+    assert_eq!(h.state(), None);
+    h.h.append(r.records);
+    let loaded = h.h.load();
+    assert_eq!(
+        loaded.classic_group_state("g"),
+        None,
+        "gone after a reload too"
+    );
+    assert_eq!(loaded.list_groups(&[]).len(), 1);
+    assert_eq!(loaded.list_groups(&[])[0].group_type, "consumer");
+}
+
 #[test]
 fn listed_and_described_as_classic_and_deleted_when_empty() {
     let mut h = H::new();
