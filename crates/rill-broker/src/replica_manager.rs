@@ -73,18 +73,23 @@ pub enum IsrChangeOutcome {
 }
 
 impl IsrChangeOutcome {
-    /// The outcome a failed AlterPartition's error code means.
+    /// The outcome a failed AlterPartition's error code means. Only the checks the controller
+    /// makes after the partition epoch (the new ISR's members) prove that nothing was applied:
+    /// the others may answer a resent request whose first attempt was committed and moved the
+    /// partition on (a reassignment finished by this very expansion moves its leader, say), so
+    /// the change stays pending until the metadata settles it, as Kafka's
+    /// `Partition.handleAlterPartitionError` keeps it for all but INELIGIBLE_REPLICA.
     pub fn of_error(code: ErrorCode) -> Self {
         match code {
-            ErrorCode::InvalidUpdateVersion => IsrChangeOutcome::Superseded,
-            ErrorCode::UnknownTopicOrPartition
+            ErrorCode::InvalidUpdateVersion
+            | ErrorCode::UnknownTopicOrPartition
             | ErrorCode::NotLeaderOrFollower
             | ErrorCode::FencedLeaderEpoch
             | ErrorCode::UnknownLeaderEpoch
-            | ErrorCode::InvalidRequest
             | ErrorCode::InconsistentTopicId
             | ErrorCode::StaleBrokerEpoch
-            | ErrorCode::BrokerIdNotRegistered => IsrChangeOutcome::Refused,
+            | ErrorCode::BrokerIdNotRegistered => IsrChangeOutcome::Superseded,
+            ErrorCode::InvalidRequest => IsrChangeOutcome::Refused,
             _ => IsrChangeOutcome::Unknown,
         }
     }
@@ -1862,6 +1867,57 @@ pub(crate) mod tests {
         assert_eq!(pr.error_code, ErrorCode::NotLeaderOrFollower as i32);
         let hint = pr.current_leader.expect("the new leader is named");
         assert_eq!((hint.leader_id, hint.leader_epoch), (2, 1));
+    }
+
+    /// An expansion answered NOT_LEADER_OR_FOLLOWER (or another check made before the
+    /// partition epoch) may have been committed by an earlier attempt that moved the partition
+    /// on: it keeps holding back the high watermark until the metadata settles it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expansion_answered_not_leader_keeps_holding_back_the_high_watermark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[]);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        rm.set_isr_channel(tx);
+        let mut img = image(5, &[("t", "B", vec![1, 2])]);
+        img.topics.get_mut("t").unwrap().partitions[0].isr = vec![1];
+        rm.apply_image(Arc::new(img));
+        let p = rm.leader_partition(&TopicPartition::new("t", 0)).unwrap();
+        let expand = IsrChange {
+            tp: p.tp.clone(),
+            topic_id: "B".into(),
+            leader_epoch: 0,
+            partition_epoch: 0,
+            new_isr: vec![1, 2],
+        };
+        rm.propose_isr(&p, expand.clone());
+        assert!(p.isr_change_pending(&expand));
+        for code in [
+            ErrorCode::NotLeaderOrFollower,
+            ErrorCode::FencedLeaderEpoch,
+            ErrorCode::UnknownTopicOrPartition,
+        ] {
+            rm.isr_change_done(&expand, IsrChangeOutcome::of_error(code));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(p.isr_change_pending(&expand), "still pending");
+        let info = rm.append(&p, &batch(), -1).unwrap();
+        rm.make_durable(&p, info.info.last_offset + 1).unwrap();
+        assert_eq!(
+            p.high_watermark(),
+            0,
+            "broker 2 may be in the committed ISR and has nothing"
+        );
+        // A refusal of the new ISR itself proves nothing was applied: dropped.
+        rm.isr_change_done(
+            &expand,
+            IsrChangeOutcome::of_error(ErrorCode::InvalidRequest),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while p.isr_change_pending(&expand) {
+            assert!(std::time::Instant::now() < deadline, "dropped");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        rm.logs().shutdown().unwrap();
     }
 
     /// A refusal of an ISR change meant for an older incarnation of the topic (deleted and
