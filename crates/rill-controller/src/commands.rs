@@ -625,9 +625,11 @@ fn find_partition<'a>(
     Ok((t, p))
 }
 
-/// The state a reassignment ends in once every adding replica is in the ISR `isr`: replicas =
-/// the target (in target order), ISR = ISR ∩ target, and a new leader from the target's live
-/// in-sync replicas if the leader is being removed. `None` while it cannot complete yet.
+/// The state a reassignment ends in once every target replica is in the ISR `isr` (Kafka's
+/// `maybeCompleteReassignment`: not only the adding ones — dropping the removed replicas while
+/// a kept one lags would leave fewer in-sync copies than before): replicas = the target (in
+/// target order), ISR = ISR ∩ target, and a new leader from the target's live in-sync replicas
+/// if the leader is being removed. `None` while it cannot complete yet.
 ///
 /// Returns (replicas, isr, new leader if it changes).
 pub fn completed_reassignment(
@@ -637,10 +639,10 @@ pub fn completed_reassignment(
     leader: i32,
     r: &PartitionReassignment,
 ) -> Option<(Vec<i32>, Vec<i32>, Option<i32>)> {
-    if !r.adding_replicas.iter().all(|a| isr.contains(a)) {
+    let target = r.target(replicas);
+    if !target.iter().all(|t| isr.contains(t)) {
         return None;
     }
-    let target = r.target(replicas);
     let new_isr: Vec<i32> = isr.iter().copied().filter(|i| target.contains(i)).collect();
     if new_isr.is_empty() {
         return None;
@@ -708,8 +710,8 @@ pub fn complete_reassignment_on_isr_change(
 /// As Kafka, the replica list becomes target ++ (current − target), so the target (and its
 /// order) is the list without the removing replicas; `adding` = target − current, `removing` =
 /// current − target. A reassignment replacing one in progress starts from the full current list.
-/// A cancel drops the adding replicas (the original set, in the merged order). When the adding
-/// replicas are already in the ISR (or there are none), it completes in the same record.
+/// A cancel drops the adding replicas (the original set, in the merged order). When every
+/// target replica is already in the ISR, it completes in the same record.
 pub fn reassign_partition(
     image: &MetadataImage,
     topic: &str,
@@ -1254,6 +1256,58 @@ mod tests {
         assert_eq!(p.leader, 3);
         assert_eq!(p.leader_epoch, before.leader_epoch + 1);
         assert_eq!(image.reassignment("t", 0), None);
+    }
+
+    /// Kafka's `maybeCompleteReassignment`: every target replica must be in sync, not only
+    /// the adding ones — dropping two in-sync replicas while a kept one lags would leave one
+    /// copy.
+    #[test]
+    fn reassignment_waits_for_every_target_replica_to_be_in_sync() {
+        let mut image = image_with_brokers(4);
+        topic_on(&mut image, "t", 1, 3);
+        expand_isr(&mut image, "t", 0, vec![1, 2]);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![1, 2, 3], vec![1, 2])
+        );
+        let change = reassign_partition(&image, "t", 0, Some(&[3, 4]))
+            .unwrap()
+            .unwrap();
+        apply(&mut image, change);
+        // 4 joins, 3 still lags: still in progress, nothing removed.
+        expand_isr(&mut image, "t", 0, vec![1, 2, 4]);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!(p.replicas, [3, 4, 1, 2]);
+        assert_eq!(p.isr, [1, 2, 4]);
+        assert!(image.reassignment("t", 0).is_some(), "in progress");
+        // 3 catches up: complete.
+        expand_isr(&mut image, "t", 0, vec![1, 2, 4, 3]);
+        let p = image.topics["t"].partitions[0].clone();
+        assert_eq!(p.replicas, [3, 4]);
+        assert_eq!(p.isr, [4, 3]);
+        assert_eq!(image.reassignment("t", 0), None);
+        // Nothing to add, but a kept replica lags: not complete at once either.
+        let mut image = image_with_brokers(3);
+        topic_on(&mut image, "u", 1, 3);
+        expand_isr(&mut image, "u", 0, vec![1, 3]);
+        let change = reassign_partition(&image, "u", 0, Some(&[1, 2]))
+            .unwrap()
+            .unwrap();
+        apply(&mut image, change);
+        let p = image.topics["u"].partitions[0].clone();
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![1, 2, 3], vec![1, 3])
+        );
+        assert!(image.reassignment("u", 0).is_some(), "waits for 2");
+        expand_isr(&mut image, "u", 0, vec![1, 3, 2]);
+        let p = image.topics["u"].partitions[0].clone();
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![1, 2], vec![1, 2])
+        );
+        assert_eq!(image.reassignment("u", 0), None);
     }
 
     #[test]
