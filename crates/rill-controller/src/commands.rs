@@ -532,7 +532,9 @@ pub fn leadership_moves(image: &MetadataImage, broker: i32) -> Vec<MetadataRecor
     out
 }
 
-/// Records unfencing `broker`, and electing it for offline partitions whose ISR names it.
+/// Records unfencing `broker`, and electing it for offline partitions whose ISR names it —
+/// or, where the topic allows unclean election and no ISR member is live, for those it is a
+/// replica of (Kafka's `handleBrokerUnfenced`).
 pub fn unfence_broker(image: &MetadataImage, broker: i32) -> Vec<MetadataRecord> {
     let epoch = image.brokers.get(&broker).map_or(-1, |b| b.epoch);
     let mut out = vec![record(Record::UnfenceBroker(UnfenceBrokerRecord {
@@ -549,6 +551,39 @@ pub fn unfence_broker(image: &MetadataImage, broker: i32) -> Vec<MetadataRecord>
                     ..Default::default()
                 })));
             }
+        }
+        if unclean_allowed(topic) {
+            out.extend(unclean_elections(image, topic, Some(broker)));
+        }
+    }
+    out
+}
+
+/// Unclean elections for `topic`'s offline partitions that no live ISR member can lead: the
+/// first live replica (in replica order) leads, alone in the ISR, accepting the loss of what
+/// only the old ISR had. `unfencing` counts as live (it is being unfenced in the same batch).
+/// The caller checks that the topic allows it (or is about to).
+pub fn unclean_elections(
+    image: &MetadataImage,
+    topic: &TopicInfo,
+    unfencing: Option<i32>,
+) -> Vec<MetadataRecord> {
+    let live =
+        |id: &i32| Some(*id) == unfencing || image.brokers.get(id).is_some_and(|b| !b.fenced);
+    let mut out = Vec::new();
+    for (i, p) in topic.partitions.iter().enumerate() {
+        if p.leader != -1 || p.isr.iter().any(live) {
+            continue;
+        }
+        if let Some(r) = p.replicas.iter().copied().find(live) {
+            tracing::warn!(topic = %topic.name, partition = i, leader = r, isr = ?p.isr, "unclean leader election: records only the old ISR had are lost");
+            out.push(record(Record::PartitionChange(PartitionChangeRecord {
+                topic_id: topic.id.clone(),
+                partition: i as i32,
+                leader: Some(r),
+                isr: Some(IsrList { ids: vec![r] }),
+                ..Default::default()
+            })));
         }
     }
     out

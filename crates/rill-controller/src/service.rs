@@ -383,6 +383,20 @@ impl Controller for ControllerService {
                                 value,
                             })));
                         }
+                        // Allowing unclean election elects for the topic's offline partitions
+                        // at once, as the fencing that left them offline would have.
+                        let unclean_now = res
+                            .configs
+                            .iter()
+                            .rev()
+                            .find(|c| c.name == "unclean.leader.election.enable");
+                        if let Some(c) = unclean_now
+                            && c.operation != ConfigOperation::Delete as i32
+                            && c.value.as_deref() == Some("true")
+                            && let Some(t) = ctx.latest.topics.get(&res.topic)
+                        {
+                            recs.extend(commands::unclean_elections(ctx.latest, t, None));
+                        }
                         Ok(recs)
                     })();
                     match outcome {

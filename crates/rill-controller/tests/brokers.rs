@@ -302,3 +302,95 @@ async fn a_write_without_records_is_answered_from_committed_state_only() {
         .broker_epoch;
     assert_eq!(image_of(&q.image(leader).await).brokers[&5].epoch, epoch);
 }
+
+async fn wait_image(
+    q: &Quorum,
+    leader: usize,
+    what: &str,
+    f: impl Fn(&rill_protocol::metadata_image::MetadataImage) -> bool,
+) -> rill_protocol::metadata_image::MetadataImage {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let image = image_of(&q.image(leader).await);
+        if f(&image) {
+            return image;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", image.topics);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kafka's unclean leader election: a partition whose whole ISR is gone comes back on another
+/// replica only where the topic allows it — when that replica is unfenced, or at once when the
+/// topic is changed to allow it — and then with that replica alone in the ISR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclean_election_when_a_replica_returns_or_the_topic_allows_it() {
+    let q = Quorum::start(1, &["broker.session.timeout.ms=1500"]);
+    let leader = q.leader(Duration::from_secs(10)).await;
+    let b1 = FakeBroker::start(&q, 1).await;
+    let b2 = FakeBroker::start(&q, 2).await;
+    let unclean = |name: &str, allow: bool| {
+        let mut t = topic(name, 1, 2);
+        t.configs = vec![ConfigEntry {
+            name: "unclean.leader.election.enable".into(),
+            value: Some(allow.to_string()),
+        }];
+        t
+    };
+    let r = create(
+        &q,
+        leader,
+        vec![unclean("dirty", true), unclean("clean", false)],
+    )
+    .await;
+    assert!(r.topics.iter().all(|t| t.error_code == 0), "{r:?}");
+    // One broker is fenced, then the other: every ISR is left naming the last one only.
+    let (first, last) = (b1, b2);
+    let (returning, gone) = (first.id, last.id);
+    first.stop_heartbeats();
+    wait_image(&q, leader, "first fenced", |i| i.brokers[&returning].fenced).await;
+    last.stop_heartbeats();
+    let image = wait_image(&q, leader, "both offline", |i| {
+        i.brokers[&gone].fenced && i.topics.values().all(|t| t.partitions[0].leader == -1)
+    })
+    .await;
+    for t in ["dirty", "clean"] {
+        assert_eq!(image.topics[t].partitions[0].isr, [gone], "{t}");
+    }
+    // The other comes back: "dirty" is elected uncleanly onto it, alone in the ISR; "clean"
+    // stays offline.
+    drop(first);
+    let _back = FakeBroker::start(&q, returning).await;
+    let image = wait_image(&q, leader, "dirty led by the returning replica", |i| {
+        i.topics["dirty"].partitions[0].leader == returning
+    })
+    .await;
+    assert_eq!(image.topics["dirty"].partitions[0].isr, [returning]);
+    let clean = &image.topics["clean"].partitions[0];
+    assert_eq!((clean.leader, clean.isr.clone()), (-1, vec![gone]));
+    // Allowed now: elected at once.
+    let r = q
+        .call(leader, |mut c| async move {
+            c.incremental_alter_configs(IncrementalAlterConfigsRequest {
+                resources: vec![AlterConfigsResource {
+                    topic: "clean".into(),
+                    configs: vec![AlterableConfig {
+                        name: "unclean.leader.election.enable".into(),
+                        operation: ConfigOperation::Set as i32,
+                        value: Some("true".into()),
+                    }],
+                    ..Default::default()
+                }],
+                validate_only: false,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.results[0].error_code, 0, "{r:?}");
+    let image = wait_image(&q, leader, "clean led after the change", |i| {
+        i.topics["clean"].partitions[0].leader == returning
+    })
+    .await;
+    assert_eq!(image.topics["clean"].partitions[0].isr, [returning]);
+}
