@@ -547,6 +547,22 @@ impl Controller for ControllerService {
                         ),
                     ));
                 }
+                // Each entry is checked against the same state: a second one for a partition
+                // would be applied on top of the first without its checks.
+                let mut seen = BTreeSet::new();
+                for t in &req.topics {
+                    for p in &t.partitions {
+                        if !seen.insert((t.name.as_str(), p.index)) {
+                            return Err(err(
+                                ErrorCode::InvalidRequest,
+                                format!(
+                                    "{}-{} appears more than once in one AlterPartition request",
+                                    t.name, p.index
+                                ),
+                            ));
+                        }
+                    }
+                }
                 let mut records = Vec::new();
                 let mut failures: Vec<(String, i32, ApiError)> = Vec::new();
                 for t in &req.topics {

@@ -241,6 +241,33 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
     assert!(r.error_message.contains("more than once"), "{r:?}");
     assert_eq!((r.isr.len(), r.partition_epoch), (2, 2), "{r:?}");
     assert!(partitions(&q, leader, "t").await[0] == before);
+    // The same partition twice in one request: each entry would pass against the same state
+    // and both be applied. Refused whole.
+    let entry = |isr: Vec<i32>| AlterPartitionData {
+        index: 0,
+        leader_epoch: 0,
+        new_isr: isr,
+        partition_epoch: 2,
+    };
+    let twice = AlterPartitionRequest {
+        broker_id: lead,
+        broker_epoch: epoch,
+        topics: vec![AlterPartitionTopic {
+            name: "t".into(),
+            topic_id: topic_id.clone(),
+            partitions: vec![entry(vec![lead]), entry(vec![lead, follower])],
+        }],
+    };
+    let e = q
+        .call(leader, |mut c| {
+            let twice = twice.clone();
+            async move { c.alter_partition(twice).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
+    assert!(e.message.contains("more than once"), "{e}");
+    assert!(partitions(&q, leader, "t").await[0] == before);
 }
 
 /// A write that produces no records (here a repeated registration) is validated against the
