@@ -1137,13 +1137,22 @@ async fn sender_loop(inner: Arc<Inner>) {
             let _ = tokio::time::timeout(wait, inner.wake.notified()).await;
             continue;
         }
-        // Group by leader and send.
+        // Group by leader (each topic's leaders looked up once) and send.
+        let mut leaders: HashMap<String, Vec<i32>> = HashMap::new();
         let mut by_leader: HashMap<i32, Vec<Shipment>> = HashMap::new();
         for s in shipments {
-            let leader = match inner.client.partitions(&s.topic).await {
-                Ok(p) => p.get(s.partition as usize).map_or(-1, |l| l.leader),
-                Err(_) => -1,
-            };
+            if !leaders.contains_key(&s.topic) {
+                let of_topic = match inner.client.partitions(&s.topic).await {
+                    Ok(p) => p.iter().map(|l| l.leader).collect(),
+                    Err(_) => Vec::new(),
+                };
+                leaders.insert(s.topic.clone(), of_topic);
+            }
+            let leader = leaders
+                .get(&s.topic)
+                .and_then(|l| l.get(s.partition as usize))
+                .copied()
+                .unwrap_or(-1);
             by_leader.entry(leader).or_default().push(s);
         }
         for (leader, shipments) in by_leader {
@@ -1171,11 +1180,15 @@ async fn sender_loop(inner: Arc<Inner>) {
             let requests = inner.config.max_in_flight.max(1).min(shipments.len());
             let chunks = spread(shipments, requests, inner.config.max_request_size);
             for chunk in chunks {
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    continue;
-                };
+                // A request waits for its broker's slot on its own task: a broker with every
+                // slot taken (stalled, slow) holds its own partitions only (each has this
+                // request in flight), never the sender's loop and the other brokers' requests.
+                let slots = Arc::clone(&slots);
                 let inner = Arc::clone(&inner);
                 tokio::spawn(async move {
+                    let Ok(slot) = slots.acquire_owned().await else {
+                        return;
+                    };
                     send_to(&inner, leader, chunk).await;
                     drop(slot);
                     inner.wake.notify_one();

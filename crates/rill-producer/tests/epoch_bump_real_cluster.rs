@@ -414,3 +414,93 @@ async fn acks_stalled_past_the_delivery_timeout_write_no_value_twice() {
         acked.len()
     );
 }
+
+/// A broker that stops answering (SIGSTOP) holds only its own requests: with its request slots
+/// (`max.in.flight`) taken, batches for it wait, and batches for the other broker still go at
+/// once (Kafka's sender skips a node without a free slot; it never blocks on one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_broker_does_not_hold_up_sends_to_the_other() {
+    let cluster = Cluster::start().await;
+    let request = CreateTopicsRequest {
+        topics: vec![CreatableTopic {
+            name: "spread".into(),
+            num_partitions: 4,
+            replication_factor: 1,
+            configs: vec![],
+        }],
+        validate_only: false,
+    };
+    let r = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| {
+            let request = request.clone();
+            async move { c.create_topics(request).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        max_in_flight: 1,
+        linger: Duration::ZERO,
+        request_timeout: Duration::from_secs(20),
+        delivery_timeout: Duration::from_secs(40),
+        ..Default::default()
+    })
+    .unwrap();
+    let send = |partition: i32, value: &str| {
+        let mut record = ProducerRecord::new("spread", None::<Bytes>, value.to_string());
+        record.partition = Some(partition);
+        producer.send(record)
+    };
+    // Every partition answers (a first record each), then find who leads what.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for p in 0..4 {
+        let d = send(p, "warm-up").await.unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, d)
+            .await
+            .expect("warm-up delivered in time")
+            .unwrap();
+    }
+    let leaders: Vec<i32> = cluster
+        .client()
+        .partitions("spread")
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.leader)
+        .collect();
+    let paused = leaders[0];
+    let of = |b: i32| -> Vec<i32> { (0..4).filter(|p| leaders[*p as usize] == b).collect() };
+    let (on_paused, on_other) = (of(paused), of(3 - paused));
+    assert!(
+        on_paused.len() >= 2 && !on_other.is_empty(),
+        "replicas spread over both brokers: {leaders:?}"
+    );
+    cluster.signal(paused, "STOP");
+    // The paused broker's one slot is taken by the first request; the second partition's batch
+    // waits for it.
+    let stuck_a = send(on_paused[0], "stuck a").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stuck_b = send(on_paused[1], "stuck b").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let free = send(on_other[0], "free").await.unwrap();
+    let sent = tokio::time::timeout(Duration::from_secs(5), free).await;
+    let waited = started.elapsed();
+    cluster.signal(paused, "CONT");
+    sent.expect("the other broker's record is not held up by the paused one")
+        .unwrap();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // Once resumed, the held ones are delivered too.
+    for d in [stuck_a, stuck_b] {
+        tokio::time::timeout(Duration::from_secs(30), d)
+            .await
+            .expect("delivered after the resume")
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(20), producer.close())
+        .await
+        .expect("close returns");
+}
