@@ -47,7 +47,7 @@ pub mod partitioner;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -245,19 +245,26 @@ struct Completions {
     calls: Vec<(Callback, Result<RecordMetadata, ProducerError>)>,
     permits: usize,
     records: usize,
+    gens: FlushGens,
 }
+
+/// How many of a batch's records were sent in each flush generation (almost always one
+/// entry): `flush` waits for the generations before it only.
+type FlushGens = Vec<(u64, usize)>;
 
 struct OpenBatch {
     builder: RecordBatchBuilder,
     created: Instant,
     waiters: Vec<(Waiter, i64)>,
     permits: usize,
+    gens: FlushGens,
 }
 
 struct Batch {
     bytes: Bytes,
     waiters: Vec<(Waiter, i64)>,
     permits: usize,
+    gens: FlushGens,
     created: Instant,
     retry_at: Option<Instant>,
     /// Idempotence: the producer epoch and the logical (never wrapping) sequence of the first
@@ -335,6 +342,11 @@ struct Inner {
     idle: Notify,
     memory: Arc<Semaphore>,
     pending: AtomicUsize,
+    /// The flush generation records sent now belong to; a `flush` moves it on (under the
+    /// queues' lock, so every record is counted in one generation or the next).
+    flush_gen: AtomicU64,
+    /// Records not yet finished, per flush generation (entries of 0 removed).
+    unfinished: Mutex<std::collections::BTreeMap<u64, usize>>,
     flushing: AtomicUsize,
     closed: AtomicBool,
     broker_slots: Mutex<HashMap<i32, Arc<Semaphore>>>,
@@ -412,6 +424,8 @@ impl Producer {
             wake: Notify::new(),
             idle: Notify::new(),
             pending: AtomicUsize::new(0),
+            flush_gen: AtomicU64::new(0),
+            unfinished: Mutex::new(std::collections::BTreeMap::new()),
             flushing: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             broker_slots: Mutex::new(HashMap::new()),
@@ -588,7 +602,14 @@ impl Producer {
                 created: Instant::now(),
                 waiters: Vec::new(),
                 permits: 0,
+                gens: FlushGens::new(),
             });
+            let generation = inner.flush_gen.load(Ordering::Acquire);
+            match open.gens.last_mut() {
+                Some((g, n)) if *g == generation => *n += 1,
+                _ => open.gens.push((generation, 1)),
+            }
+            *inner.unfinished.lock().entry(generation).or_default() += 1;
             let before = open.builder.estimated_size();
             open.builder.append(
                 timestamp,
@@ -673,20 +694,39 @@ impl Producer {
         (TopicPartition::new(topic.to_owned(), next), closed)
     }
 
-    /// Sends everything queued now and waits until every record sent so far is acknowledged
-    /// or failed.
+    /// Sends everything queued now and waits until every record sent before the call is
+    /// acknowledged or failed (Kafka's `flush`: records sent meanwhile, by other tasks, are not
+    /// waited for, so a producer shared with a busy sender still flushes).
     pub async fn flush(&self) {
-        self.inner.flushing.fetch_add(1, Ordering::AcqRel);
-        self.inner.wake.notify_one();
+        let inner = &self.inner;
+        // Until this returns or is dropped (a caller's timeout), batches go without lingering.
+        struct Flushing<'a>(&'a AtomicUsize);
+        impl Drop for Flushing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        inner.flushing.fetch_add(1, Ordering::AcqRel);
+        let _flushing = Flushing(&inner.flushing);
+        let generation = {
+            let _queues = inner.queues.lock();
+            inner.flush_gen.fetch_add(1, Ordering::AcqRel)
+        };
+        inner.wake.notify_one();
         loop {
-            let idle = self.inner.idle.notified();
-            if self.inner.pending.load(Ordering::Acquire) == 0 {
+            let idle = inner.idle.notified();
+            if inner
+                .unfinished
+                .lock()
+                .range(..=generation)
+                .next()
+                .is_none()
+            {
                 break;
             }
-            self.inner.wake.notify_one();
+            inner.wake.notify_one();
             let _ = tokio::time::timeout(Duration::from_millis(50), idle).await;
         }
-        self.inner.flushing.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Flushes, then stops the sender task.
@@ -769,6 +809,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
             bytes,
             waiters: open.waiters,
             permits: open.permits,
+            gens: open.gens,
             created: open.created,
             retry_at: None,
             seq: None,
@@ -782,6 +823,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
                 bytes: Bytes::new(),
                 waiters: open.waiters,
                 permits: open.permits,
+                gens: open.gens,
                 created: open.created,
                 retry_at: None,
                 seq: None,
@@ -1342,6 +1384,7 @@ fn finish_batch(
         calls,
         permits: b.permits,
         records: n,
+        gens: b.gens,
     };
     if done.calls.is_empty() {
         release_memory(inner, &done);
@@ -1358,7 +1401,20 @@ fn finish_batch(
 /// Gives back a finished batch's `buffer.memory` and pending count.
 fn release_memory(inner: &Inner, done: &Completions) {
     inner.memory.add_permits(done.permits);
-    if inner.pending.fetch_sub(done.records, Ordering::AcqRel) == done.records {
+    let mut gen_done = false;
+    {
+        let mut unfinished = inner.unfinished.lock();
+        for (generation, n) in &done.gens {
+            if let Some(left) = unfinished.get_mut(generation) {
+                *left = left.saturating_sub(*n);
+                if *left == 0 {
+                    unfinished.remove(generation);
+                    gen_done = true;
+                }
+            }
+        }
+    }
+    if inner.pending.fetch_sub(done.records, Ordering::AcqRel) == done.records || gen_done {
         inner.idle.notify_waiters();
     }
 }
@@ -1511,6 +1567,7 @@ mod tests {
                 bytes: Bytes::from(vec![0u8; size]),
                 waiters: Vec::new(),
                 permits: 0,
+                gens: FlushGens::new(),
                 created: Instant::now(),
                 retry_at: None,
                 seq: None,
@@ -1624,6 +1681,39 @@ mod tests {
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
         format!("127.0.0.1:{port}")
+    }
+
+    /// A flush given up by its caller (a timeout dropped it) no longer counts: batches linger
+    /// again, instead of every later one going out at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_flush_leaves_linger_in_force() {
+        let producer = Producer::new(ProducerConfig {
+            bootstrap: vec![fake_broker().await],
+            linger: Duration::from_secs(5),
+            enable_idempotence: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+        let first = producer
+            .send(ProducerRecord::new("t", None::<Bytes>, "first"))
+            .await
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(1), producer.flush()).await;
+        assert_eq!(producer.inner.flushing.load(Ordering::Acquire), 0);
+        tokio::time::timeout(Duration::from_secs(20), first)
+            .await
+            .expect("the flush sent the first record")
+            .unwrap();
+        let second = producer
+            .send(ProducerRecord::new("t", None::<Bytes>, "second"))
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1000), second)
+                .await
+                .is_err(),
+            "the second record lingers"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

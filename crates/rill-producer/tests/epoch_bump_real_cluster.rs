@@ -1,4 +1,6 @@
-//! Defect 2 of docs/reliability.md against real `rill-controller` and `rill-broker` processes:
+//! The producer against real `rill-controller` and `rill-broker` processes, with brokers paused
+//! (SIGSTOP): a paused broker holds only its own requests, `flush` waits only for what was sent
+//! before it, and defect 2 of docs/reliability.md:
 //! the follower of a partition is paused (SIGSTOP), so the leader keeps appending but its
 //! acks=all answers stall past `delivery.timeout.ms`; the producer fails those batches as
 //! timeouts and bumps its epoch. Once the follower resumes (SIGCONT) every value must be in the
@@ -421,56 +423,8 @@ async fn acks_stalled_past_the_delivery_timeout_write_no_value_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_broker_does_not_hold_up_sends_to_the_other() {
     let cluster = Cluster::start().await;
-    let request = CreateTopicsRequest {
-        topics: vec![CreatableTopic {
-            name: "spread".into(),
-            num_partitions: 4,
-            replication_factor: 1,
-            configs: vec![],
-        }],
-        validate_only: false,
-    };
-    let r = cluster
-        .client()
-        .admin(Duration::from_secs(10), |mut c| {
-            let request = request.clone();
-            async move { c.create_topics(request).await }
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
-    let producer = Producer::new(ProducerConfig {
-        bootstrap: cluster.bootstrap(),
-        max_in_flight: 1,
-        linger: Duration::ZERO,
-        request_timeout: Duration::from_secs(20),
-        delivery_timeout: Duration::from_secs(40),
-        ..Default::default()
-    })
-    .unwrap();
-    let send = |partition: i32, value: &str| {
-        let mut record = ProducerRecord::new("spread", None::<Bytes>, value.to_string());
-        record.partition = Some(partition);
-        producer.send(record)
-    };
-    // Every partition answers (a first record each), then find who leads what.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for p in 0..4 {
-        let d = send(p, "warm-up").await.unwrap();
-        let left = deadline.saturating_duration_since(Instant::now());
-        tokio::time::timeout(left, d)
-            .await
-            .expect("warm-up delivered in time")
-            .unwrap();
-    }
-    let leaders: Vec<i32> = cluster
-        .client()
-        .partitions("spread")
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.leader)
-        .collect();
+    let (producer, leaders) = spread_topic(&cluster).await;
+    let send = |partition: i32, value: &str| producer.send(to(partition, value));
     let paused = leaders[0];
     let of = |b: i32| -> Vec<i32> { (0..4).filter(|p| leaders[*p as usize] == b).collect() };
     let (on_paused, on_other) = (of(paused), of(3 - paused));
@@ -503,4 +457,109 @@ async fn a_paused_broker_does_not_hold_up_sends_to_the_other() {
     tokio::time::timeout(Duration::from_secs(20), producer.close())
         .await
         .expect("close returns");
+}
+
+/// `flush` waits for the records sent before it, not for those another task sends meanwhile
+/// (Kafka's `flush`): a producer shared with a busy sender still flushes. Both brokers are
+/// paused so that neither record can finish early; the one sent before the flush is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_for_records_sent_before_it_only() {
+    let cluster = Cluster::start().await;
+    let (producer, leaders) = spread_topic(&cluster).await;
+    let producer = std::sync::Arc::new(producer);
+    let (a, b) = (leaders[0], 3 - leaders[0]);
+    let on = |broker: i32| (0..4).find(|p| leaders[*p as usize] == broker).unwrap();
+    cluster.signal(a, "STOP");
+    cluster.signal(b, "STOP");
+    let mut mine = producer.send(to(on(a), "before the flush")).await.unwrap();
+    let flush = {
+        let producer = producer.clone();
+        tokio::spawn(async move { producer.flush().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = producer
+        .send(to(on(b), "after the flush began"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.signal(a, "CONT");
+    let flushed = tokio::time::timeout(Duration::from_secs(10), flush).await;
+    cluster.signal(b, "CONT");
+    flushed
+        .expect("flush returns once the records sent before it are finished")
+        .unwrap();
+    assert!(
+        futures_poll(&mut mine),
+        "the record sent before the flush is finished"
+    );
+    tokio::time::timeout(Duration::from_secs(30), late)
+        .await
+        .expect("the later record is delivered after the resume")
+        .unwrap();
+}
+
+/// Whether a delivery future is finished, without waiting.
+fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    std::pin::Pin::new(f).poll(&mut cx).is_ready()
+}
+
+/// Topic "spread": 4 partitions of one replica over both brokers, each answering; a producer
+/// with one request slot per broker, and each partition's leader.
+async fn spread_topic(cluster: &Cluster) -> (Producer, Vec<i32>) {
+    let request = CreateTopicsRequest {
+        topics: vec![CreatableTopic {
+            name: "spread".into(),
+            num_partitions: 4,
+            replication_factor: 1,
+            configs: vec![],
+        }],
+        validate_only: false,
+    };
+    let r = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| {
+            let request = request.clone();
+            async move { c.create_topics(request).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        max_in_flight: 1,
+        linger: Duration::ZERO,
+        request_timeout: Duration::from_secs(20),
+        delivery_timeout: Duration::from_secs(40),
+        ..Default::default()
+    })
+    .unwrap();
+    let send = |partition: i32, value: &str| producer.send(to(partition, value));
+    // Every partition answers (a first record each), then find who leads what.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for p in 0..4 {
+        let d = send(p, "warm-up").await.unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, d)
+            .await
+            .expect("warm-up delivered in time")
+            .unwrap();
+    }
+    let leaders: Vec<i32> = cluster
+        .client()
+        .partitions("spread")
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.leader)
+        .collect();
+    (producer, leaders)
+}
+
+/// A record for partition `partition` of "spread".
+fn to(partition: i32, value: &str) -> ProducerRecord {
+    let mut record = ProducerRecord::new("spread", None::<Bytes>, value.to_string());
+    record.partition = Some(partition);
+    record
 }
