@@ -543,7 +543,15 @@ impl Producer {
             })??
             .len(),
         };
-        let n = partitions;
+        let mut n = partitions;
+        if let Some(p) = record.partition
+            && p >= 0
+            && p as usize >= n
+        {
+            // Maybe the topic just grew (CreatePartitions): as Kafka's `waitOnMetadata`, look
+            // again until the partition shows up or max.block.ms is over.
+            n = partitions_beyond(&inner.client, &record.topic, p, inner.config.max_block).await?;
+        }
         // Keyless records (`None`) get their partition below, with the open batches in view.
         let chosen = match (record.partition, &record.key) {
             (Some(p), _) if p >= 0 && (p as usize) < n => Some(p),
@@ -551,7 +559,7 @@ impl Producer {
                 return Err(ApiError::new(
                     ErrorCode::UnknownTopicOrPartition,
                     format!(
-                        "topic {:?} has {n} partitions; {p} does not exist",
+                        "topic {:?} has {n} partitions; {p} does not exist (looked again for max.block.ms)",
                         record.topic
                     ),
                 )
@@ -745,6 +753,26 @@ impl Producer {
 /// topics on first use, so waiting could never help. A broker's "unknown topic" can merely lag
 /// behind the controllers, so it is confirmed with the active controller before giving up; when
 /// the controllers cannot be asked, the wait goes on.
+/// The partition count of `topic` once it has more than `partition` partitions (fresh metadata
+/// every 100 ms), or what it still is after `patience`.
+async fn partitions_beyond(
+    client: &ClusterClient,
+    topic: &str,
+    partition: i32,
+    patience: Duration,
+) -> Result<usize, ProducerError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        client.invalidate(topic);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let n = wait_for_topic(client, topic, remaining).await?.len();
+        if (partition as usize) < n || Instant::now() >= deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(remaining.min(Duration::from_millis(100))).await;
+    }
+}
+
 async fn wait_for_topic(
     client: &ClusterClient,
     topic: &str,

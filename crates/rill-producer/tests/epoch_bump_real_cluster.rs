@@ -563,3 +563,65 @@ fn to(partition: i32, value: &str) -> ProducerRecord {
     record.partition = Some(partition);
     record
 }
+
+/// A record for a partition the producer's metadata does not have yet (the topic just grew)
+/// waits for fresh metadata, up to max.block.ms (Kafka's `waitOnMetadata`), instead of
+/// failing until the next periodic refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_added_after_the_metadata_was_cached_is_found() {
+    let cluster = Cluster::start().await;
+    cluster.create_topic("grows").await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        max_block: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let record = |p: i32| {
+        let mut r = ProducerRecord::new("grows", None::<Bytes>, format!("to {p}"));
+        r.partition = Some(p);
+        r
+    };
+    producer.send(record(0)).await.unwrap().await.unwrap();
+    let request = CreatePartitionsRequest {
+        topics: vec![CreatePartitionsTopic {
+            name: "grows".into(),
+            count: 2,
+        }],
+        validate_only: false,
+    };
+    let r = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| {
+            let request = request.clone();
+            async move { c.create_partitions(request).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0, "{r:?}");
+    let sent = tokio::time::timeout(Duration::from_secs(20), async {
+        producer.send(record(1)).await.unwrap().await
+    })
+    .await
+    .expect("delivered in time")
+    .unwrap();
+    assert_eq!(sent.partition, 1);
+    // A partition that never comes: refused after max.block.ms, naming the count.
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        max_block: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let Err(e) = producer.send(record(7)).await else {
+        panic!("partition 7 of 2 was accepted");
+    };
+    assert!(e.to_string().contains("has 2 partitions"), "{e}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
