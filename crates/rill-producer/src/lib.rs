@@ -694,10 +694,26 @@ impl Producer {
                 closed = true;
             }
         }
-        let mut next = rand::random_range(0..n.max(1)) as i32;
-        if n > 1 && current.map(|(p, _)| p) == Some(next) {
-            next = (next + 1) % n as i32;
+        // Among the partitions with a leader when there are any (Kafka's
+        // `availablePartitionsForTopic`): records stuck to an offline one would only wait there.
+        let mut choices: Vec<i32> = inner
+            .client
+            .cached_partitions(topic)
+            .map(|ps| {
+                (0..n.min(ps.len()) as i32)
+                    .filter(|p| ps[*p as usize].leader >= 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if choices.is_empty() {
+            choices = (0..n.max(1) as i32).collect();
         }
+        if choices.len() > 1
+            && let Some((p, _)) = current
+        {
+            choices.retain(|c| *c != p);
+        }
+        let next = choices[rand::random_range(0..choices.len())];
         sticky.insert(topic.to_owned(), (next, 0));
         (TopicPartition::new(topic.to_owned(), next), closed)
     }

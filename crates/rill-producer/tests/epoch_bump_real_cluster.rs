@@ -625,3 +625,55 @@ async fn a_partition_added_after_the_metadata_was_cached_is_found() {
         started.elapsed()
     );
 }
+
+/// Keyless records go to partitions with a leader (Kafka's `availablePartitionsForTopic`):
+/// none waits, and fails, on a partition whose only replica is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_avoid_partitions_without_a_leader() {
+    let cluster = Cluster::start().await;
+    let (warm, leaders) = spread_topic(&cluster).await;
+    warm.close().await;
+    let gone = leaders[0];
+    cluster.signal(gone, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let client = cluster.client();
+        client.invalidate("spread");
+        if let Ok(p) = client.partitions("spread").await
+            && (0..4).all(|i| (p[i].leader == -1) == (leaders[i] == gone))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {gone}'s partitions never went offline"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: 1,
+        // Small batches: the partitioner moves on often.
+        batch_size: 256,
+        linger: Duration::ZERO,
+        delivery_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..300 {
+        let r = ProducerRecord::new("spread", None::<Bytes>, format!("keyless {i:0>100}"));
+        deliveries.push(producer.send(r).await.unwrap());
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for d in deliveries {
+        let m = tokio::time::timeout(Duration::from_secs(30), d)
+            .await
+            .expect("finished in time")
+            .expect("delivered");
+        assert_ne!(leaders[m.partition as usize], gone, "{m:?}");
+        used.insert(m.partition);
+    }
+    assert!(used.len() >= 2, "spread over the live partitions: {used:?}");
+}
