@@ -22,6 +22,9 @@ pub trait IndexEntry: Copy + std::fmt::Debug {
     fn decode(buf: &[u8]) -> Self;
     /// Entries must be strictly increasing in this key.
     fn key(&self) -> i64;
+    /// Slots kept for [`IndexFile::append_final`]: the index counts as full this many entries
+    /// early.
+    const RESERVED_FOR_FINAL: usize = 0;
 }
 
 /// Offset index entry: offset of a batch (relative to the segment base) → its file position.
@@ -77,6 +80,10 @@ impl IndexEntry for TimeEntry {
     fn key(&self) -> i64 {
         self.timestamp
     }
+    /// The entry a segment gets when it stops being active (its final max timestamp) always
+    /// fits, as in Kafka's `TimeIndex.isFull`: without it, a segment whose index filled
+    /// mid-append would reopen with a max timestamp missing the batches after that point.
+    const RESERVED_FOR_FINAL: usize = 1;
 }
 
 /// Offset → position index of a segment (`.index`).
@@ -144,7 +151,13 @@ impl<E: IndexEntry> IndexFile<E> {
 
     /// Adds an entry; keys must increase. Returns false (adding nothing) when full or out of order.
     pub fn append(&mut self, entry: E) -> bool {
-        if self.is_full()
+        !self.is_full() && self.append_final(entry)
+    }
+
+    /// Adds the segment's last entry, which may take the slot [`IndexEntry::RESERVED_FOR_FINAL`]
+    /// keeps. Returns false (adding nothing) when no slot is left or it is out of order.
+    pub fn append_final(&mut self, entry: E) -> bool {
+        if self.entries.len() >= self.max_entries
             || self
                 .entries
                 .last()
@@ -156,9 +169,9 @@ impl<E: IndexEntry> IndexFile<E> {
         true
     }
 
-    /// True when no more entries fit (`segment.index.bytes`).
+    /// True when no more entries fit (`segment.index.bytes`), but for the reserved final one.
     pub fn is_full(&self) -> bool {
-        self.entries.len() >= self.max_entries
+        self.entries.len() + E::RESERVED_FOR_FINAL >= self.max_entries
     }
 
     /// The entries, in order.
@@ -307,21 +320,27 @@ mod tests {
     }
 
     #[test]
-    fn full_index_refuses_entries() {
+    fn full_index_refuses_entries_but_keeps_the_final_slot() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = TimeIndex::empty(dir.path().join("t"), 32);
-        assert!(idx.append(TimeEntry {
-            timestamp: 1,
-            relative_offset: 0
-        }));
-        assert!(idx.append(TimeEntry {
-            timestamp: 2,
-            relative_offset: 1
-        }));
+        let entry = |timestamp: i64| TimeEntry {
+            timestamp,
+            relative_offset: timestamp as u32,
+        };
+        assert!(idx.append(entry(1)));
+        // Two slots; the second is the final entry's.
         assert!(idx.is_full());
-        assert!(!idx.append(TimeEntry {
-            timestamp: 3,
-            relative_offset: 2
-        }));
+        assert!(!idx.append(entry(2)));
+        assert!(idx.append_final(entry(2)));
+        assert!(!idx.append_final(entry(3)));
+        // The offset index keeps none.
+        let mut offsets = OffsetIndex::empty(dir.path().join("o"), 24);
+        for i in 0..2 {
+            assert!(offsets.append(OffsetEntry {
+                relative_offset: i,
+                position: i * 10,
+            }));
+        }
+        assert!(offsets.is_full());
     }
 }

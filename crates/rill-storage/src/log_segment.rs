@@ -375,7 +375,7 @@ impl LogSegment {
                 relative_offset: (b.base_offset - self.base_offset) as u32,
                 position: pos as u32,
             });
-            self.maybe_append_time_entry();
+            self.maybe_append_time_entry(false);
             self.bytes_since_last_index_entry = 0;
         }
         self.note_batch(b);
@@ -391,17 +391,24 @@ impl LogSegment {
         self.next_offset = b.last_offset + 1;
     }
 
-    fn maybe_append_time_entry(&mut self) {
+    /// `last`: the segment's final entry (roll, close, a cleaned segment), which may take the
+    /// slot the time index keeps for it.
+    fn maybe_append_time_entry(&mut self, last: bool) {
         if self.max_timestamp >= 0
             && self
                 .time_index
                 .last()
                 .is_none_or(|e| e.timestamp < self.max_timestamp)
         {
-            self.time_index.append(TimeEntry {
+            let entry = TimeEntry {
                 timestamp: self.max_timestamp,
                 relative_offset: (self.offset_of_max_timestamp - self.base_offset) as u32,
-            });
+            };
+            if last {
+                self.time_index.append_final(entry);
+            } else {
+                self.time_index.append(entry);
+            }
         }
     }
 
@@ -413,7 +420,7 @@ impl LogSegment {
     pub(crate) fn on_become_inactive(&mut self) -> Result<()> {
         self.file.trim().at(self.log_path())?;
         self.file.sync().at(self.log_path())?;
-        self.maybe_append_time_entry();
+        self.maybe_append_time_entry(true);
         self.offset_index.flush()?;
         self.time_index.flush()
     }
@@ -655,7 +662,7 @@ impl LogSegment {
     /// Writes a cleaned segment's indexes to their suffixed files and fsyncs them: done while
     /// the segment is built, so its swap only renames them.
     pub(crate) fn write_indexes(&mut self) -> Result<()> {
-        self.maybe_append_time_entry();
+        self.maybe_append_time_entry(true);
         self.offset_index.flush()?;
         self.time_index.flush()
     }

@@ -690,3 +690,34 @@ fn read_cached_reads_only_what_the_page_cache_holds() {
         read.len()
     );
 }
+
+/// The time index keeps its last slot for the segment's final max timestamp (Kafka's
+/// `TimeIndex.isFull`): a segment whose indexes filled in the middle of an append still
+/// reopens knowing its newest timestamp, for time lookups and `retention.ms`.
+#[test]
+fn a_full_time_index_still_gets_the_final_max_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    // 6 time entries, 8 offset entries; every batch indexed.
+    let config = LogConfig {
+        segment_index_bytes: 96,
+        index_interval_bytes: 0,
+        ..LogConfig::default()
+    };
+    let t = 1_000_000;
+    let mut log = open(dir.path(), config.clone(), &clock);
+    let stamps = [1, 2, 3, 4, 5, 6, 7, 100, 8, 9];
+    let mut bytes = Vec::new();
+    for (i, s) in stamps.iter().enumerate() {
+        bytes.extend(numbered(i, 1, 10, t + s));
+    }
+    log.append_as_leader(&mut bytes, 0).unwrap();
+    assert_eq!(log.segments().len(), 1);
+    log.close().unwrap();
+    let log = reopen(dir.path(), config, &clock, true, 10);
+    assert_eq!(log.segments()[0].max_timestamp, t + 100);
+    assert_eq!(
+        log.offset_for_timestamp(t + 50).unwrap(),
+        Some((7, t + 100))
+    );
+}
