@@ -101,6 +101,9 @@ pub struct Log {
     group_commit: Arc<GroupCommit>,
     unflushed_records: i64,
     last_flush_ms: i64,
+    /// When the active segment was made (or, for one found on disk, opened): what `segment.ms`
+    /// counts from when its first batch carries no timestamp (Kafka's `created`).
+    active_created_ms: i64,
     /// First offset the cleaner has not cleaned yet.
     pub(crate) cleaner_checkpoint: i64,
     /// Counts truncations: a cleaning pass planned before one is not swapped in (the segments
@@ -188,6 +191,7 @@ impl Log {
             group_commit: Arc::new(GroupCommit::new(0, &group_commit_dir)),
             unflushed_records: 0,
             last_flush_ms: now,
+            active_created_ms: now,
             cleaner_checkpoint: log_start_offset,
             truncations: 0,
             closed: false,
@@ -459,8 +463,9 @@ impl Log {
 
     /// Rolls when the append would not fit the active segment: size, age (`segment.ms`, judged
     /// as Kafka does by record time: the incoming batch's max timestamp against the segment's
-    /// first batch, so producers with skewed clocks cannot force a roll per batch), full indexes,
-    /// or offsets too far from the segment's base for 32-bit relative offsets.
+    /// first batch, so producers with skewed clocks cannot force a roll per batch; by the clock
+    /// since the segment was made when that first batch has no timestamp), full indexes, or
+    /// offsets too far from the segment's base for 32-bit relative offsets.
     fn maybe_roll(
         &mut self,
         size: usize,
@@ -470,10 +475,11 @@ impl Log {
     ) -> Result<()> {
         let seg = self.active_segment();
         let full = seg.size() > 0 && seg.size() + size as u64 > self.config.segment_bytes;
-        let old = seg.size() > 0
-            && seg
-                .rolling_timestamp()
-                .is_some_and(|t| max_timestamp.saturating_sub(t) > self.config.segment_ms);
+        let waited = match seg.rolling_timestamp() {
+            Some(t) if t >= 0 => max_timestamp.saturating_sub(t),
+            _ => self.clock.now_ms().saturating_sub(self.active_created_ms),
+        };
+        let old = seg.size() > 0 && waited > self.config.segment_ms;
         let overflow =
             last_offset - seg.base_offset() > i32::MAX as i64 || first_offset < seg.base_offset();
         if full || old || seg.indexes_full() || overflow {
@@ -512,6 +518,7 @@ impl Log {
         }
         let segment = LogSegment::create(&self.dir, base, sizing(&self.config))?;
         self.segments.insert(base, segment);
+        self.active_created_ms = self.clock.now_ms();
         sync_dir(&self.dir)?;
         self.apply_preallocation();
         Ok(())
@@ -664,6 +671,7 @@ impl Log {
             offset,
             LogSegment::create(&self.dir, offset, sizing(&self.config))?,
         );
+        self.active_created_ms = self.clock.now_ms();
         sync_dir(&self.dir)?;
         self.apply_preallocation();
         self.log_start_offset = offset;

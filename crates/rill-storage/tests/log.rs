@@ -721,3 +721,38 @@ fn a_full_time_index_still_gets_the_final_max_timestamp() {
         Some((7, t + 100))
     );
 }
+
+/// `segment.ms` for a segment whose first batch has no timestamp (-1) counts from when the
+/// segment was made, as Kafka's `timeWaitedForRoll` does: not from -1 (a roll after the first
+/// batch with a real timestamp), and not never (a segment of such batches rolls too).
+#[test]
+fn segments_without_a_first_timestamp_roll_by_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = 1_700_000_000_000;
+    let clock = ManualClock::new(now);
+    let config = LogConfig {
+        segment_ms: 3_600_000,
+        message_timestamp_missing_allowed: true,
+        ..LogConfig::default()
+    };
+    let mut log = open(dir.path(), config, &clock);
+    log.append_as_leader(&mut numbered(0, 1, 10, -1), 0)
+        .unwrap();
+    log.append_as_leader(&mut numbered(1, 1, 10, now), 0)
+        .unwrap();
+    assert_eq!(
+        log.segments().len(),
+        1,
+        "a real timestamp after -1 is no age"
+    );
+    clock.advance(3_600_001);
+    log.append_as_leader(&mut numbered(2, 1, 10, -1), 0)
+        .unwrap();
+    assert_eq!(log.segments().len(), 2, "an hour on the clock is");
+    log.append_as_leader(&mut numbered(3, 1, 10, -1), 0)
+        .unwrap();
+    clock.advance(3_600_001);
+    log.append_as_leader(&mut numbered(4, 1, 10, -1), 0)
+        .unwrap();
+    assert_eq!(log.segments().len(), 3, "a segment of -1 batches rolls too");
+}
