@@ -121,6 +121,7 @@ impl Lifecycle {
                     leader_epoch: change.leader_epoch,
                     new_isr: change.new_isr.clone(),
                     partition_epoch: change.partition_epoch,
+                    new_isr_broker_epochs: change.new_isr_broker_epochs.clone(),
                 }],
             }],
         };

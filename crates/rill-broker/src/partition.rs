@@ -482,6 +482,7 @@ impl Partition {
     pub(crate) fn record_follower_fetch(
         &self,
         replica: i32,
+        replica_epoch: i64,
         leader_epoch: i32,
         fetch_offset: i64,
         leader_end: i64,
@@ -526,12 +527,15 @@ impl Partition {
         {
             let mut isr = state.isr.clone();
             isr.push(replica);
+            let mut epochs = vec![-1; state.isr.len()];
+            epochs.push(replica_epoch);
             recorded.isr_change = Some(IsrChange {
                 tp: self.tp.clone(),
                 topic_id: self.topic_id.clone(),
                 leader_epoch: state.leader_epoch,
                 partition_epoch: state.partition_epoch,
                 new_isr: isr,
+                new_isr_broker_epochs: epochs,
             });
         }
         drop(inner);
@@ -574,6 +578,7 @@ impl Partition {
                 .copied()
                 .filter(|r| !lagging.contains(r))
                 .collect(),
+            new_isr_broker_epochs: Vec::new(),
         })
     }
 
@@ -696,6 +701,9 @@ pub struct IsrChange {
     pub partition_epoch: i32,
     /// The ISR wanted.
     pub new_isr: Vec<i32>,
+    /// KIP-903: the broker epoch of each `new_isr` member as of the fetch that let it join
+    /// (-1: not checked; empty: none).
+    pub new_isr_broker_epochs: Vec<i64>,
 }
 
 /// Why an append as leader failed: a client-facing refusal (with the current leader when

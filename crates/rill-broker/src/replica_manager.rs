@@ -89,7 +89,7 @@ impl IsrChangeOutcome {
             | ErrorCode::InconsistentTopicId
             | ErrorCode::StaleBrokerEpoch
             | ErrorCode::BrokerIdNotRegistered => IsrChangeOutcome::Superseded,
-            ErrorCode::InvalidRequest => IsrChangeOutcome::Refused,
+            ErrorCode::InvalidRequest | ErrorCode::IneligibleReplica => IsrChangeOutcome::Refused,
             _ => IsrChangeOutcome::Unknown,
         }
     }
@@ -1303,6 +1303,7 @@ impl ReplicaManager {
             .is_some_and(|b| !b.fenced && b.epoch == replica_epoch);
         let recorded = partition.record_follower_fetch(
             replica,
+            replica_epoch,
             state.leader_epoch,
             req.fetch_offset,
             end,
@@ -1888,6 +1889,7 @@ pub(crate) mod tests {
             leader_epoch: 0,
             partition_epoch: 0,
             new_isr: vec![1, 2],
+            new_isr_broker_epochs: Vec::new(),
         };
         rm.propose_isr(&p, expand.clone());
         assert!(p.isr_change_pending(&expand));
@@ -1938,6 +1940,7 @@ pub(crate) mod tests {
             leader_epoch: 0,
             partition_epoch: 0,
             new_isr: vec![1],
+            new_isr_broker_epochs: Vec::new(),
         };
         rm.propose_isr(&p, mine.clone());
         assert!(p.isr_change_pending(&mine));

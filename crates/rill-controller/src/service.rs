@@ -1108,8 +1108,31 @@ fn alter_one(
         }
         if !state.isr.contains(id) && image.brokers.get(id).is_none_or(|b| b.fenced) {
             return Err(err(
-                ErrorCode::InvalidRequest,
+                ErrorCode::IneligibleReplica,
                 format!("broker {id} is fenced and cannot join the ISR"),
+            ));
+        }
+    }
+    // KIP-903: a member this change adds must still be the registration the leader saw catch
+    // up; one that restarted since may have lost what it had fetched (an unflushed tail).
+    if !p.new_isr_broker_epochs.is_empty() && p.new_isr_broker_epochs.len() != p.new_isr.len() {
+        return Err(err(
+            ErrorCode::InvalidRequest,
+            format!(
+                "new_isr_broker_epochs has {} entries for {} ISR members",
+                p.new_isr_broker_epochs.len(),
+                p.new_isr.len()
+            ),
+        ));
+    }
+    for (id, epoch) in p.new_isr.iter().zip(&p.new_isr_broker_epochs) {
+        let current = image.brokers.get(id).map_or(-1, |b| b.epoch);
+        if *epoch >= 0 && !state.isr.contains(id) && current != *epoch {
+            return Err(err(
+                ErrorCode::IneligibleReplica,
+                format!(
+                    "broker {id} caught up as registration {epoch}, but is registration {current} now: it must catch up again"
+                ),
             ));
         }
     }

@@ -183,12 +183,13 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
         image_of(&q.image(leader).await).brokers[&lead].epoch
     };
     let topic_id = image_of(&q.image(leader).await).topics["t"].id.clone();
-    let alter_as = |topic_id: String, isr: Vec<i32>, partition_epoch: i32| {
+    let alter_with = |topic_id: String, isr: Vec<i32>, partition_epoch: i32, epochs: Vec<i64>| {
         let q = &q;
         async move {
             q.call(leader, |mut c| {
                 let isr = isr.clone();
                 let topic_id = topic_id.clone();
+                let epochs = epochs.clone();
                 async move {
                     c.alter_partition(AlterPartitionRequest {
                         broker_id: lead,
@@ -201,6 +202,7 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
                                 leader_epoch: 0,
                                 new_isr: isr,
                                 partition_epoch,
+                                new_isr_broker_epochs: epochs,
                             }],
                         }],
                     })
@@ -210,6 +212,9 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
             .await
             .unwrap()
         }
+    };
+    let alter_as = |topic_id: String, isr: Vec<i32>, partition_epoch: i32| {
+        alter_with(topic_id, isr, partition_epoch, Vec::new())
     };
     let alter =
         |isr: Vec<i32>, partition_epoch: i32| alter_as(topic_id.clone(), isr, partition_epoch);
@@ -248,6 +253,7 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
         leader_epoch: 0,
         new_isr: isr,
         partition_epoch: 2,
+        ..Default::default()
     };
     let twice = AlterPartitionRequest {
         broker_id: lead,
@@ -268,6 +274,28 @@ async fn alter_partition_changes_the_isr_and_rejects_stale_epochs() {
     assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
     assert!(e.message.contains("more than once"), "{e}");
     assert!(partitions(&q, leader, "t").await[0] == before);
+    // KIP-903: a member the change adds must still be the registration the leader saw catch
+    // up. The follower leaves the ISR, then is added back as of an older registration.
+    let r = alter(vec![lead], 2).await;
+    assert_eq!(r.topics[0].partitions[0].partition_epoch, 3, "{r:?}");
+    let current = image_of(&q.image(leader).await).brokers[&follower].epoch;
+    let stale = alter_with(
+        topic_id.clone(),
+        vec![lead, follower],
+        3,
+        vec![-1, current - 1],
+    )
+    .await;
+    let r = &stale.topics[0].partitions[0];
+    assert_eq!(r.error_code, ErrorCode::IneligibleReplica as i32, "{r:?}");
+    assert_eq!(r.isr, [lead], "{r:?}");
+    let short = alter_with(topic_id.clone(), vec![lead, follower], 3, vec![current]).await;
+    let r = &short.topics[0].partitions[0];
+    assert_eq!(r.error_code, ErrorCode::InvalidRequest as i32, "{r:?}");
+    let fresh = alter_with(topic_id.clone(), vec![lead, follower], 3, vec![-1, current]).await;
+    let r = &fresh.topics[0].partitions[0];
+    assert_eq!(r.error_code, 0, "{r:?}");
+    assert_eq!(r.isr, [lead, follower]);
 }
 
 /// A write that produces no records (here a repeated registration) is validated against the

@@ -148,6 +148,7 @@ async fn reassignment_adds_then_removes_replicas_once_the_new_ones_are_in_sync()
                         leader_epoch: p0.leader_epoch,
                         new_isr: vec![old, new],
                         partition_epoch: p0.partition_epoch + 1,
+                        ..Default::default()
                     }],
                 }],
             })
