@@ -478,15 +478,15 @@ impl Partition {
     /// Leader: records a follower's fetch at `fetch_offset` (everything below is on its disk),
     /// raises the high watermark if that allows, and says whether the ISR should grow. All under
     /// one hold of the state lock, so with `no_wait` it either happens whole or (`Err(Busy)`,
-    /// the lock or the log being held) not at all.
+    /// the lock or the log being held) not at all. `may_join_as`: the follower's registration
+    /// epoch when it may join the ISR (KIP-903: the change names it), `None` when it may not.
     pub(crate) fn record_follower_fetch(
         &self,
         replica: i32,
-        replica_epoch: i64,
         leader_epoch: i32,
         fetch_offset: i64,
         leader_end: i64,
-        may_join_isr: bool,
+        may_join_as: Option<i64>,
         no_wait: bool,
     ) -> Result<FollowerFetchRecorded, Busy> {
         let now = Instant::now();
@@ -520,7 +520,7 @@ impl Partition {
         let moved = self.increment_hw_locked(&inner, local_end);
         let state = &inner.state;
         recorded.in_maximal_isr = maximal_isr_contains(&inner, replica);
-        if may_join_isr
+        if let Some(replica_epoch) = may_join_as
             && inner.pending_isr.is_none()
             && !state.isr.contains(&replica)
             && fetch_offset >= self.high_watermark().max(inner.epoch_start_offset)

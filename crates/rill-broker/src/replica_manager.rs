@@ -1303,11 +1303,10 @@ impl ReplicaManager {
             .is_some_and(|b| !b.fenced && b.epoch == replica_epoch);
         let recorded = partition.record_follower_fetch(
             replica,
-            replica_epoch,
             state.leader_epoch,
             req.fetch_offset,
             end,
-            may_join,
+            may_join.then_some(replica_epoch),
             no_wait,
         )?;
         let mut in_maximal_isr = recorded.in_maximal_isr;
