@@ -506,7 +506,8 @@ impl Consumer {
                         }
                         match committed.get(&tp) {
                             Some(Ok(Some(o))) => {
-                                self.subscriptions.seek(&tp, o.offset);
+                                let epoch = o.leader_epoch.unwrap_or(-1);
+                                self.subscriptions.seek_with_epoch(&tp, o.offset, epoch);
                             }
                             Some(Ok(None)) => {
                                 self.subscriptions

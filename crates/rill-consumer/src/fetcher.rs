@@ -21,7 +21,7 @@
 //! poll that failed or was cancelled before returning them) so moves the fetch position back
 //! to the consumed position: nothing is skipped and nothing unseen is committed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -98,6 +98,12 @@ pub(crate) struct Fetcher {
     /// When the last `start_fetches` looked at the backoffs: one that ended after this was not
     /// seen ended by it (the scan waits for metadata on the way).
     last_scan: Instant,
+    /// When each partition last brought records: fetches list the least recently served
+    /// first (Kafka's `movePartitionToEnd`). A broker gives a batch larger than
+    /// `max.partition.fetch.bytes` only to a request's first partition with data, so a fixed
+    /// order would starve such a partition behind a busy one.
+    served: HashMap<TopicPartition, u64>,
+    served_count: u64,
 }
 
 impl Fetcher {
@@ -121,6 +127,8 @@ impl Fetcher {
             results_rx,
             backoff: HashMap::new(),
             last_scan: Instant::now(),
+            served: HashMap::new(),
+            served_count: 0,
         }
     }
 
@@ -244,7 +252,13 @@ impl Fetcher {
         self.last_scan = now;
         let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64)>> = HashMap::new();
         let mut leaderless = Vec::new();
-        for (tp, pos) in subscriptions.fetchable() {
+        self.served.retain(|tp, _| subscriptions.is_assigned(tp));
+        let mut fetchable = subscriptions.fetchable();
+        fetchable.sort_by_cached_key(|(tp, _)| self.served.get(tp).copied().unwrap_or(0));
+        // Each topic's leaders looked up once per scan: a refresh that fails (no broker
+        // answers) is not tried again for every partition of the topic.
+        let mut leaders: HashMap<String, Vec<i32>> = HashMap::new();
+        for (tp, pos) in fetchable {
             if self.backoff.get(&tp).is_some_and(|b| b.until > now) {
                 continue;
             }
@@ -262,13 +276,21 @@ impl Fetcher {
                 .iter()
                 .find(|b| b.tp == tp)
                 .map_or(pos, |b| b.next);
-            let leader = match self.client.partitions(&tp.topic).await {
-                Ok(p) => p.get(tp.partition as usize).map_or(-1, |l| l.leader),
-                Err(e) => {
-                    tracing::debug!(partition = %tp, error = %e, "no metadata for a partition; backing off");
-                    -1
-                }
-            };
+            if !leaders.contains_key(&tp.topic) {
+                let of_topic = match self.client.partitions(&tp.topic).await {
+                    Ok(p) => p.iter().map(|l| l.leader).collect(),
+                    Err(e) => {
+                        tracing::debug!(topic = %tp.topic, error = %e, "no metadata for a topic; backing off");
+                        Vec::new()
+                    }
+                };
+                leaders.insert(tp.topic.clone(), of_topic);
+            }
+            let leader = leaders
+                .get(&tp.topic)
+                .and_then(|l| l.get(tp.partition as usize))
+                .copied()
+                .unwrap_or(-1);
             if leader < 0 {
                 self.client.invalidate(&tp.topic);
                 leaderless.push(tp);
@@ -308,19 +330,24 @@ impl Fetcher {
 
     /// Sends one fetch for `parts` (partition, fetch position) to `leader` in the background.
     fn send_fetch(&mut self, leader: i32, parts: Vec<(TopicPartition, i64)>) {
-        let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+        // In the order given (least recently served first), topic by topic.
+        let mut topics: Vec<(String, Vec<FetchPartition>)> = Vec::new();
         for (tp, pos) in &parts {
-            topics
-                .entry(tp.topic.clone())
-                .or_default()
-                .push(FetchPartition {
-                    index: tp.partition,
-                    current_leader_epoch: -1,
-                    fetch_offset: *pos,
-                    partition_max_bytes: self.settings.max_partition_bytes,
-                    last_fetched_epoch: -1,
-                    log_start_offset: -1,
-                });
+            let at = match topics.iter().position(|(name, _)| *name == tp.topic) {
+                Some(at) => at,
+                None => {
+                    topics.push((tp.topic.clone(), Vec::new()));
+                    topics.len() - 1
+                }
+            };
+            topics[at].1.push(FetchPartition {
+                index: tp.partition,
+                current_leader_epoch: -1,
+                fetch_offset: *pos,
+                partition_max_bytes: self.settings.max_partition_bytes,
+                last_fetched_epoch: -1,
+                log_start_offset: -1,
+            });
         }
         let request = FetchRequest {
             replica_id: -1,
@@ -452,6 +479,8 @@ impl Fetcher {
                 if p.records.is_empty() {
                     continue;
                 }
+                self.served_count += 1;
+                self.served.insert(tp.clone(), self.served_count);
                 // Parsed later (`parse_buffered`); the next fetch goes from after the whole
                 // batches received. A partial batch alone is parsed now: there is no next
                 // fetch position to pipeline from, and it is an error.

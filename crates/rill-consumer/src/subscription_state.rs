@@ -104,6 +104,10 @@ impl SubscriptionState {
         }
         let mut old = std::mem::take(&mut self.partitions);
         for tp in partitions {
+            // Named twice: the first keeps its state (a set, as Kafka's `assign`).
+            if self.partitions.contains_key(&tp) {
+                continue;
+            }
             let s = match old.remove(&tp) {
                 Some(s) => s,
                 None => self.new_partition(),
@@ -255,10 +259,17 @@ impl SubscriptionState {
 
     /// A seek: `tp` continues from `offset`. False when `tp` is not assigned.
     pub fn seek(&mut self, tp: &TopicPartition, offset: i64) -> bool {
+        self.seek_with_epoch(tp, offset, -1)
+    }
+
+    /// A seek to a position whose leader epoch is known (a committed offset's): committing
+    /// the position again before anything is consumed keeps that epoch (Kafka's
+    /// `refreshCommittedOffsets`). False when `tp` is not assigned.
+    pub fn seek_with_epoch(&mut self, tp: &TopicPartition, offset: i64, last_epoch: i32) -> bool {
         match self.partitions.get_mut(tp) {
             Some(s) => {
                 s.fetch = FetchState::At(offset);
-                s.last_epoch = -1;
+                s.last_epoch = last_epoch;
                 true
             }
             None => false,
@@ -380,6 +391,13 @@ mod tests {
         assert_eq!(s.position(&tp("a", 0)), Some(7));
         assert_eq!(s.fetch_state(&tp("a", 2)), Some(FetchState::Initializing));
         assert!(!s.seek(&tp("a", 1), 3), "not assigned any more");
+        // A partition named twice keeps its position (a set, as Kafka's `assign`).
+        s.assign([tp("a", 0), tp("a", 0)]).unwrap();
+        assert_eq!(s.position(&tp("a", 0)), Some(7));
+        // A committed offset's epoch is what the position is committed with until a record is
+        // consumed.
+        assert!(s.seek_with_epoch(&tp("a", 0), 10, 5));
+        assert_eq!(s.consumed().get(&tp("a", 0)), Some(&(10, 5)));
     }
 
     #[test]

@@ -64,3 +64,63 @@ async fn new_records_of_a_partition_just_read_arrive_without_waiting_out_the_fet
     producer.close().await;
     consumer.close().await.unwrap();
 }
+
+/// A partition whose next batch is larger than `max.partition.fetch.bytes` is served even while
+/// another partition of the same broker always has data: a broker gives such a batch only to
+/// the first partition with data in a request, so fetches list the least recently served
+/// partition first (Kafka's `movePartitionToEnd`). Before, the busy partition always came
+/// first and the large batch waited until its whole backlog was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_not_starved_by_a_busy_partition() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster
+        .create_topic("fair", 2, 1, &[("max.message.bytes", "2000000")])
+        .await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        max_request_size: 4 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    // A backlog of 16 MB on partition 0, then one 1.5 MB record on partition 1.
+    let mut sent = Vec::new();
+    for i in 0..16_000 {
+        let mut r = ProducerRecord::new("fair", None::<String>, format!("{i:0>1000}"));
+        r.partition = Some(0);
+        sent.push(producer.send(r).await.unwrap());
+    }
+    let mut big = ProducerRecord::new("fair", None::<String>, "b".repeat(1_500_000));
+    big.partition = Some(1);
+    sent.push(producer.send(big).await.unwrap());
+    for d in sent {
+        d.await.unwrap();
+    }
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: cluster.bootstrap(),
+        auto_offset_reset: OffsetReset::Earliest,
+        max_in_flight_fetches_per_broker: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    consumer.assign([
+        TopicPartition::new("fair", 0),
+        TopicPartition::new("fair", 1),
+    ]);
+    let mut busy_before_big = 0usize;
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < until, "the large record never came");
+        let records = consumer.poll(Duration::from_secs(1)).await.unwrap();
+        if records.iter().any(|r| r.partition == 1) {
+            break;
+        }
+        busy_before_big += records.len();
+    }
+    // One or two fetches of partition 0 (about 1 MB each) before it, not the 16 MB backlog.
+    assert!(
+        busy_before_big < 4_000,
+        "{busy_before_big} records of the busy partition came first"
+    );
+    producer.close().await;
+    consumer.close().await.unwrap();
+}

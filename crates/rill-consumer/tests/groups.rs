@@ -486,3 +486,46 @@ async fn partitions_added_to_a_subscribed_topic_are_shared_out() {
     a.close().await;
     b.close().await;
 }
+
+/// A position taken from a committed offset keeps that offset's leader epoch: committed again
+/// before anything is consumed (an idle partition under auto-commit, say), the epoch is not
+/// replaced by "unknown" (Kafka's `refreshCommittedOffsets`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_epoch_survives_a_recommit_before_anything_is_consumed() {
+    let cluster = Cluster::start(1, 1, GROUP_OVERRIDES).await;
+    cluster.create_topic("idle", 1, 1, &[]).await;
+    produce(&cluster, "idle", 0, 5).await;
+    let tp = TopicPartition::new("idle", 0);
+    let mut first = Consumer::new(config(&cluster, "keep-epoch")).unwrap();
+    first.assign([tp.clone()]);
+    let offset = rill_consumer::OffsetAndMetadata {
+        offset: 3,
+        leader_epoch: Some(7),
+        metadata: String::new(),
+    };
+    first
+        .commit_sync(Some(BTreeMap::from([(tp.clone(), offset)])))
+        .await
+        .unwrap();
+    first.close().await.unwrap();
+    let mut second = Consumer::new(config(&cluster, "keep-epoch")).unwrap();
+    second.assign([tp.clone()]);
+    second.pause(std::slice::from_ref(&tp));
+    let until = Instant::now() + Duration::from_secs(20);
+    while second.position(&tp).is_none() {
+        assert!(Instant::now() < until, "never positioned");
+        assert!(
+            second
+                .poll(Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(second.position(&tp), Some(3));
+    second.commit_sync(None).await.unwrap();
+    let committed = second.committed(std::slice::from_ref(&tp)).await.unwrap();
+    let c = committed[&tp].clone().unwrap();
+    assert_eq!((c.offset, c.leader_epoch), (3, Some(7)));
+    second.close().await.unwrap();
+}
