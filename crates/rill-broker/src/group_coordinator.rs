@@ -43,7 +43,8 @@ use crate::replica_manager::ReplicaManager;
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Pause before loading a partition again after a failed load.
 const LOAD_RETRY_BACKOFF: Duration = Duration::from_secs(1);
-/// Records per appended batch are capped so a batch stays far below `max.message.bytes`.
+/// Records per appended batch are capped so a batch stays far below `max.message.bytes` (and
+/// at the records' own limit, `message.max.bytes` less framing, when that is lower).
 const MAX_BATCH_BYTES: usize = 512 * 1024;
 
 /// The broker's group coordinator: every shard it leads, and the routing to them.
@@ -165,14 +166,15 @@ fn coordinator_error(e: ApiError) -> ApiError {
     }
 }
 
-/// Encodes records as Kafka v2 batches, each at most [`MAX_BATCH_BYTES`], concatenated.
-fn encode(records: &[Record], now: i64) -> Result<Bytes, ApiError> {
+/// Encodes records as Kafka v2 batches, each at most `max_batch` bytes (but for a record
+/// alone), concatenated.
+fn encode(records: &[Record], now: i64, max_batch: usize) -> Result<Bytes, ApiError> {
     let mut out = Vec::new();
     let mut builder = RecordBatchBuilder::new(Compression::None);
     for r in records {
         if !builder.is_empty()
             && builder.estimated_size() + r.key.len() + r.value.as_ref().map_or(0, |v| v.len())
-                > MAX_BATCH_BYTES
+                > max_batch
         {
             let full = std::mem::replace(&mut builder, RecordBatchBuilder::new(Compression::None));
             out.extend_from_slice(&full.build().map_err(batch_error)?);
@@ -505,7 +507,8 @@ impl GroupCoordinator {
         if records.is_empty() {
             return Ok(());
         }
-        let appended = match encode(records, now_ms()) {
+        let max_batch = MAX_BATCH_BYTES.min(self.config.shard.max_record_bytes);
+        let appended = match encode(records, now_ms(), max_batch) {
             Ok(bytes) => {
                 let rm = Arc::clone(&self.rm);
                 let partition = Arc::clone(&shard.partition);
@@ -555,7 +558,20 @@ impl GroupCoordinator {
 
     /// Waits until everything below `end` is durable and on every in-sync replica.
     async fn wait_committed(&self, shard: &Shard, end: i64) -> Result<(), ApiError> {
-        if shard.partition.high_watermark() >= end {
+        // The high watermark first, then the epoch (as `replicated_now`): a broker that lost
+        // leadership may already hold a follower's high watermark over other data at these
+        // offsets, but that is set only after the new leader and epoch are.
+        let hw = shard.partition.high_watermark();
+        if shard.partition.leader_and_epoch() != (self.node_id, shard.leader_epoch) {
+            return Err(coordinator_error(ApiError::new(
+                ErrorCode::NotLeaderOrFollower,
+                format!(
+                    "{OFFSETS_TOPIC}-{} changed leader before the group's write was committed; it may or may not survive",
+                    shard.index
+                ),
+            )));
+        }
+        if hw >= end {
             return Ok(());
         }
         if self.flush_policy == FlushPolicy::Commit {
@@ -1234,4 +1250,34 @@ fn replay_partition(
         }
     }
     Ok((shard, end, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Group records go in batches no larger than the limit given (a broker with a small
+    /// `message.max.bytes` refused the fixed 512 KiB batches, and a shard whose load wrote
+    /// that much could never load).
+    #[test]
+    fn group_records_are_batched_within_the_limit() {
+        let records: Vec<Record> = (0..600)
+            .map(|i| Record {
+                key: Bytes::from(format!("key-{i}")),
+                value: Some(Bytes::from(vec![b'v'; 1000])),
+            })
+            .collect();
+        let limit = 100_000;
+        let bytes = encode(&records, 1_000, limit).unwrap();
+        let mut count = 0;
+        let mut n = 0;
+        for b in batches(&bytes) {
+            let b = b.unwrap();
+            assert!(b.as_bytes().len() <= limit + 1024, "{}", b.as_bytes().len());
+            n += b.records(usize::MAX).unwrap().iter().count();
+            count += 1;
+        }
+        assert_eq!(n, 600, "every record, once");
+        assert!(count >= 6, "{count} batches");
+    }
 }

@@ -529,3 +529,36 @@ async fn a_committed_epoch_survives_a_recommit_before_anything_is_consumed() {
     assert_eq!((c.offset, c.leader_epoch), (3, Some(7)));
     second.close().await.unwrap();
 }
+
+/// A commit whose records together exceed a broker's (lowered) `message.max.bytes` is written
+/// in batches within it: the coordinator's batches were a fixed 512 KiB, so the append was
+/// refused and the shard reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_commit_fits_a_small_message_max_bytes() {
+    let mut overrides = GROUP_OVERRIDES.to_vec();
+    overrides.push("message.max.bytes=200000");
+    let cluster = Cluster::start(1, 1, &overrides).await;
+    cluster.create_topic("wide", 100, 1, &[]).await;
+    let mut consumer = Consumer::new(config(&cluster, "wide-commit")).unwrap();
+    let tps: Vec<TopicPartition> = (0..100).map(|p| TopicPartition::new("wide", p)).collect();
+    consumer.assign(tps.clone());
+    let offsets: BTreeMap<TopicPartition, rill_consumer::OffsetAndMetadata> = tps
+        .iter()
+        .map(|tp| {
+            let o = rill_consumer::OffsetAndMetadata {
+                offset: 0,
+                leader_epoch: None,
+                metadata: "m".repeat(4000),
+            };
+            (tp.clone(), o)
+        })
+        .collect();
+    consumer.commit_sync(Some(offsets)).await.unwrap();
+    let committed = consumer.committed(&tps).await.unwrap();
+    assert!(
+        committed
+            .values()
+            .all(|c| c.as_ref().is_some_and(|c| c.metadata.len() == 4000))
+    );
+    consumer.close().await.unwrap();
+}

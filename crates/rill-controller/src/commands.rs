@@ -145,6 +145,9 @@ pub fn check_internal_topic_change(
             "its cleanup.policy must keep compact (got {}), or group records would expire",
             policy.unwrap_or("the default")
         ),
+        InternalTopicChange::MaxMessageBytes => {
+            "the group coordinators size its batches by the brokers' message.max.bytes; set that instead of a max.message.bytes override".to_owned()
+        }
     };
     Err(ApiError::new(
         ErrorCode::InvalidRequest,
@@ -161,6 +164,9 @@ pub enum InternalTopicChange<'a> {
     AddPartitions,
     /// A `cleanup.policy` set (Some) or removed (None), at creation or later.
     CleanupPolicy(Option<&'a str>),
+    /// A `max.message.bytes` override, at creation or later: a smaller one would refuse the
+    /// coordinators' batches, and reloading a partition would fail for ever.
+    MaxMessageBytes,
 }
 
 /// Kafka's topic name rules.
@@ -325,6 +331,9 @@ pub fn create_topic(
         .find(|(k, _)| k == "cleanup.policy")
         .and_then(|(_, v)| v.as_deref());
     check_internal_topic_change(name, InternalTopicChange::CleanupPolicy(policy))?;
+    if configs.iter().any(|(k, _)| k == "max.message.bytes") {
+        check_internal_topic_change(name, InternalTopicChange::MaxMessageBytes)?;
+    }
     if image.topics.contains_key(name) || taken.contains(name) {
         return Err(ApiError::new(
             ErrorCode::TopicAlreadyExists,
@@ -1141,6 +1150,7 @@ mod tests {
             InternalTopicChange::AddPartitions,
             InternalTopicChange::CleanupPolicy(None),
             InternalTopicChange::CleanupPolicy(Some("delete")),
+            InternalTopicChange::MaxMessageBytes,
         ] {
             let e = check_internal_topic_change(CONSUMER_OFFSETS_TOPIC, change).unwrap_err();
             assert!(e.message.contains("internal topic"), "{}", e.message);

@@ -355,6 +355,12 @@ impl Controller for ControllerService {
                         }
                         let mut recs = Vec::new();
                         for c in &res.configs {
+                            if c.name == "max.message.bytes" {
+                                commands::check_internal_topic_change(
+                                    &res.topic,
+                                    commands::InternalTopicChange::MaxMessageBytes,
+                                )?;
+                            }
                             if c.name == "cleanup.policy" {
                                 let policy = (c.operation != ConfigOperation::Delete as i32)
                                     .then_some(c.value.as_deref())
