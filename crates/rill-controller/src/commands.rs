@@ -1131,9 +1131,22 @@ mod tests {
             ErrorCode::InvalidConfig
         );
         assert_eq!(err("bad name", 1, 1, &[]), ErrorCode::InvalidTopicException);
-        // The internal topic exists only compacted, keeps its partition count, stays.
+        // The internal topic exists only compacted, keeps its partition count, stays, and
+        // takes no max.message.bytes override.
         assert_eq!(
             err(CONSUMER_OFFSETS_TOPIC, 1, 1, &[]),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            err(
+                CONSUMER_OFFSETS_TOPIC,
+                1,
+                1,
+                &[
+                    ("cleanup.policy".into(), Some("compact".into())),
+                    ("max.message.bytes".into(), Some("100000".into()))
+                ]
+            ),
             ErrorCode::InvalidRequest
         );
         assert_eq!(
