@@ -122,6 +122,23 @@ struct Shard {
     leader_epoch: i32,
     state: tokio::sync::Mutex<ShardState>,
     cancel: CancellationToken,
+    /// The topics (name → id, partition count) the shard's records last caught up with
+    /// (`on_loaded`, `on_metadata_update`): until they match the image's, every metadata update
+    /// tries again, so a change whose write was refused (the partition short of in-sync
+    /// replicas) or that came while the shard loaded is not missed for good.
+    topics_applied: parking_lot::Mutex<Topics>,
+}
+
+/// Name → (id, partition count): a topic deleted and re-created between two updates changes
+/// its id even when its name and size stay.
+type Topics = BTreeMap<String, (String, usize)>;
+
+fn topics_of(image: &MetadataImage) -> Topics {
+    image
+        .topics
+        .values()
+        .map(|t| (t.name.clone(), (t.id.clone(), t.partitions.len())))
+        .collect()
 }
 
 struct ShardState {
@@ -218,31 +235,27 @@ impl GroupCoordinator {
         let this = Arc::clone(self);
         let mut updates = self.rm.subscribe_metadata();
         tokio::spawn(async move {
-            // Name → (id, partition count): a topic deleted and re-created between two
-            // updates changes its id even when its name and size stay.
-            let mut topics_seen: Option<BTreeMap<String, (String, usize)>> = None;
             loop {
                 this.reconcile();
-                let image = this.rm.image();
-                let topics: BTreeMap<String, (String, usize)> = image
-                    .topics
-                    .values()
-                    .map(|t| (t.name.clone(), (t.id.clone(), t.partitions.len())))
-                    .collect();
-                if topics_seen.as_ref().is_some_and(|seen| *seen != topics) {
-                    for shard in this.active_shards() {
-                        let this = Arc::clone(&this);
-                        tokio::spawn(async move {
-                            let _ = this
-                                .write(&shard, |s, image, now| CoordinatorResult {
-                                    records: s.on_metadata_update(image, now),
-                                    response: (),
-                                })
-                                .await;
-                        });
+                let topics = topics_of(&this.rm.image());
+                for shard in this.active_shards() {
+                    if *shard.topics_applied.lock() == topics {
+                        continue;
                     }
+                    let this = Arc::clone(&this);
+                    let topics = topics.clone();
+                    tokio::spawn(async move {
+                        let caught_up = this
+                            .write(&shard, |s, image, now| CoordinatorResult {
+                                records: s.on_metadata_update(image, now),
+                                response: (),
+                            })
+                            .await;
+                        if caught_up.is_ok() {
+                            *shard.topics_applied.lock() = topics;
+                        }
+                    });
                 }
-                topics_seen = Some(topics);
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     changed = updates.changed() => if changed.is_err() { break },
@@ -351,8 +364,10 @@ impl GroupCoordinator {
         if cancel.is_cancelled() {
             return;
         }
-        let records = shard.on_loaded(&self.rm.image(), now_ms());
+        let image = self.rm.image();
+        let records = shard.on_loaded(&image, now_ms());
         let shard = Arc::new(Shard {
+            topics_applied: parking_lot::Mutex::new(topics_of(&image)),
             index,
             partition,
             leader_epoch,
@@ -383,6 +398,8 @@ impl GroupCoordinator {
                 _ => return,
             }
         }
+        // Topic changes made while it loaded: the metadata loop looks again now.
+        self.reload.notify_one();
         tracing::info!(
             partition = index,
             leader_epoch,

@@ -839,3 +839,84 @@ async fn heartbeats_keep_members_through_a_short_offsets_isr() {
     )
     .await;
 }
+
+/// A topic deleted and re-created while the group's `__consumer_offsets` partition is short of
+/// in-sync replicas: the shard cannot write the old offsets' tombstones then, and writes them
+/// once it can (the next metadata update), instead of keeping the old incarnation's offsets for
+/// good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_a_topic_recreated_during_an_offsets_outage_go_after_it() {
+    let mut cluster = Cluster::start(
+        1,
+        2,
+        &[
+            "offsets.topic.num.partitions=1",
+            "offsets.topic.replication.factor=2",
+            "replica.lag.time.max.ms=1000",
+        ],
+    )
+    .await;
+    cluster.create_topic("phoenix", 1, 1, &[]).await;
+    let group = "phoenix-readers";
+    let (coordinator, addr) = find_coordinator(&cluster, group).await;
+    let altered = std::process::Command::new(common::sibling("rill"))
+        .args([
+            "topic",
+            "alter-config",
+            OFFSETS,
+            "--set",
+            "min.insync.replicas=2",
+        ])
+        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+        .output()
+        .unwrap();
+    assert!(altered.status.success(), "{altered:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut c = coordinator_client(&addr).await;
+    commit_ok(&mut c, commit_request(group, "", -1, &[("phoenix", 0, 42)])).await;
+    let other = (0..2)
+        .find(|i| cluster.brokers[*i].id != coordinator)
+        .unwrap();
+    cluster.kill_broker(other);
+    let client = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let isr = client
+            .refresh(&[OFFSETS.into()])
+            .await
+            .ok()
+            .and_then(|md| md.topics.first()?.partitions.first().map(|p| p.isr.len()));
+        if isr == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ISR never shrank: {isr:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deleted = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| async move {
+            c.delete_topics(DeleteTopicsRequest {
+                names: vec!["phoenix".into()],
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted.topics[0].error_code, 0, "{deleted:?}");
+    cluster.create_topic("phoenix", 1, 1, &[]).await;
+    // The tombstones could not be written meanwhile; give the refusals time to happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start_broker(other);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = committed(&mut c, group).await;
+        if left.as_ref().is_ok_and(|l| l.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old incarnation's offsets stayed: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
