@@ -277,6 +277,9 @@ struct Batch {
     sent_as_head: bool,
     /// Why the last attempt failed, for the error when the delivery timeout ends the retries.
     last_error: Option<String>,
+    /// Sent in a request of its own from now on: the partition's request it was in was refused
+    /// whole for one batch's sake (too large, invalid), and each batch must get its own answer.
+    alone: bool,
 }
 
 impl Batch {
@@ -859,6 +862,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
             seq: None,
             sent_as_head: false,
             last_error: None,
+            alone: false,
         }),
         Err(e) => {
             let codec = inner.config.compression;
@@ -873,6 +877,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
                 seq: None,
                 sent_as_head: false,
                 last_error: None,
+                alone: false,
             };
             finish_batch(inner, failed, |_, _| Err(err.clone()));
         }
@@ -1192,17 +1197,23 @@ async fn sender_loop(inner: Arc<Inner>) {
                     next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
                     continue;
                 }
-                // All ready batches of the partition, up to max.request.size, in one request.
+                // All ready batches of the partition, up to max.request.size, in one request
+                // (but a batch to be sent alone).
                 let mut batches = Vec::new();
                 let mut bytes = 0;
                 while let Some(b) = q.ready.front() {
-                    if !batches.is_empty() && bytes + b.bytes.len() > inner.config.max_request_size
+                    if !batches.is_empty()
+                        && (b.alone || bytes + b.bytes.len() > inner.config.max_request_size)
                     {
                         break;
                     }
                     bytes += b.bytes.len();
+                    let alone = b.alone;
                     if let Some(b) = q.ready.pop_front() {
                         batches.push(b);
+                    }
+                    if alone {
+                        break;
                     }
                 }
                 q.in_flight = 1;
@@ -1538,8 +1549,21 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
         ErrorCode::OutOfOrderSequenceNumber | ErrorCode::UnknownProducerId
     );
     let first_seq = s.batches.first().and_then(|b| b.seq).map(|(_, seq)| seq);
-    let retriable = (e.code.is_retriable() || (sequence_error && first_seq.is_some()))
-        && !inner.closed.load(Ordering::Acquire);
+    // The broker validates a partition's batches before writing any: a refusal for one batch
+    // (too large, an invalid record or timestamp) refused them all, and wrote nothing. Each is
+    // sent again alone, so only the bad one fails (Kafka sends one batch per partition).
+    let one_refused_all = s.batches.len() > 1
+        && matches!(
+            e.code,
+            ErrorCode::MessageTooLarge
+                | ErrorCode::RecordListTooLarge
+                | ErrorCode::InvalidRecord
+                | ErrorCode::InvalidTimestamp
+                | ErrorCode::CorruptMessage
+        );
+    let retriable =
+        (e.code.is_retriable() || (sequence_error && first_seq.is_some()) || one_refused_all)
+            && !inner.closed.load(Ordering::Acquire);
     let mut queues = inner.queues.lock();
     let Some(q) = queues.get_mut(&TopicPartition::new(s.topic.clone(), s.partition)) else {
         drop(queues);
@@ -1568,6 +1592,7 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
         if retriable && now.duration_since(b.created) < inner.config.delivery_timeout {
             let mut b = b;
             b.last_error = Some(e.to_string());
+            b.alone |= one_refused_all;
             keep.push(b);
         } else {
             let err = if retriable {
@@ -1581,9 +1606,11 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
         }
     }
     for mut b in keep.into_iter().rev() {
-        // A gap is renumbered under the new epoch at once, and a batch whose partition has a
-        // new leader goes there at once; anything else waits a back-off.
-        b.retry_at = (!gap && !new_leader).then(|| now + inner.config.retry_backoff);
+        // A gap is renumbered under the new epoch at once, a batch whose partition has a new
+        // leader goes there at once, and so does one split from a refused request; anything
+        // else waits a back-off.
+        b.retry_at =
+            (!gap && !new_leader && !one_refused_all).then(|| now + inner.config.retry_backoff);
         q.ready.push_front(b);
     }
     if inner.idempotence {
@@ -1617,6 +1644,7 @@ mod tests {
                 seq: None,
                 sent_as_head: false,
                 last_error: None,
+                alone: false,
             }],
         };
         // 40 backlogged partitions of 1000 bytes over 5 requests, at most 3000 bytes each.

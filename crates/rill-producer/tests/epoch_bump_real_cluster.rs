@@ -677,3 +677,69 @@ async fn keyless_records_avoid_partitions_without_a_leader() {
     }
     assert!(used.len() >= 2, "spread over the live partitions: {used:?}");
 }
+
+/// A request refused whole for one batch's sake (here a record larger than the topic's
+/// `max.message.bytes`, sent in the same request as small ones) fails that batch only: the
+/// others are sent again alone and delivered, with and without idempotence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_oversized_batch_does_not_fail_the_batches_sent_with_it() {
+    let cluster = Cluster::start().await;
+    let request = CreateTopicsRequest {
+        topics: vec![CreatableTopic {
+            name: "strict".into(),
+            num_partitions: 1,
+            replication_factor: 1,
+            configs: vec![ConfigEntry {
+                name: "max.message.bytes".into(),
+                value: Some("100000".into()),
+            }],
+        }],
+        validate_only: false,
+    };
+    let r = cluster
+        .client()
+        .admin(Duration::from_secs(10), |mut c| {
+            let request = request.clone();
+            async move { c.create_topics(request).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+    for idempotence in [false, true] {
+        let producer = Producer::new(ProducerConfig {
+            bootstrap: cluster.bootstrap(),
+            acks: if idempotence { -1 } else { 1 },
+            // Long enough for every record below to be in the first request.
+            linger: Duration::from_millis(300),
+            enable_idempotence: Some(idempotence),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut small = Vec::new();
+        let send = |value: String| {
+            let mut r = ProducerRecord::new("strict", None::<Bytes>, value);
+            r.partition = Some(0);
+            producer.send(r)
+        };
+        for i in 0..5 {
+            small.push(send(format!("before {i}")).await.unwrap());
+        }
+        let big = send("x".repeat(200_000)).await.unwrap();
+        for i in 0..5 {
+            small.push(send(format!("after {i}")).await.unwrap());
+        }
+        match tokio::time::timeout(Duration::from_secs(20), big).await {
+            Ok(Err(ProducerError::Api(e))) => {
+                assert_eq!(e.code, rill_protocol::ErrorCode::MessageTooLarge, "{e}")
+            }
+            other => panic!("idempotence {idempotence}: expected MESSAGE_TOO_LARGE, got {other:?}"),
+        }
+        for d in small {
+            tokio::time::timeout(Duration::from_secs(20), d)
+                .await
+                .expect("finished in time")
+                .unwrap_or_else(|e| panic!("idempotence {idempotence}: {e}"));
+        }
+        producer.close().await;
+    }
+}
