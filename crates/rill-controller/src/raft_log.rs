@@ -108,8 +108,13 @@ impl RaftLog {
         log.hard_state.term = log.snapshot.get_metadata().term;
         log.replay()?;
         // A crash between writing a snapshot and rewriting the WAL leaves an older hard state in
-        // the WAL: never let it point below what the snapshot already covers.
+        // the WAL: never let it point below what the snapshot already covers. Nor may entries
+        // of an older term than the snapshot's follow it (terms never go back along a log):
+        // they are from a history the snapshot's overwrote.
         let snap = log.snapshot.get_metadata();
+        if let Some(stale) = log.entries.iter().position(|e| e.term < snap.term) {
+            log.entries.truncate(stale);
+        }
         log.hard_state.commit = log.hard_state.commit.max(snap.index);
         log.hard_state.term = log.hard_state.term.max(snap.term);
         if log.conf_state.voters.is_empty() {
@@ -183,6 +188,11 @@ impl RaftLog {
     fn append_in_memory(&mut self, e: Entry) {
         let snap_index = self.snapshot.get_metadata().index;
         if e.index <= snap_index {
+            // Only in a replay of a WAL older than the snapshot (a crash before its rewrite
+            // was durable): this append overwrote everything from its index on, so what the
+            // replay holds past the snapshot came before it and was overwritten too. What
+            // survived is appended again later in the WAL.
+            self.entries.clear();
             return;
         }
         // A new entry at index i replaces everything from i on (a leader overwrote them).
@@ -256,10 +266,10 @@ impl RaftLog {
     pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
         let meta = snapshot.get_metadata();
         let index = meta.index;
-        self.entries.retain(|e| e.index > index);
-        if self.entries.first().is_some_and(|e| e.index != index + 1) {
-            self.entries.clear();
-        }
+        // raft-rs installs a snapshot only when the log does not hold its last entry, so
+        // whatever follows here is from a diverged history: the whole log goes, as raft-rs's
+        // `MemStorage::apply_snapshot` does (Raft's InstallSnapshot, rule 7).
+        self.entries.clear();
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.conf_state = meta.get_conf_state().clone();
@@ -642,5 +652,52 @@ mod tests {
             "commit {} fell below the snapshot",
             log.hard_state().commit
         );
+    }
+
+    /// The same crash after a new leader overwrote part of the log: replaying the old WAL must
+    /// not bring back the overwritten entries past the snapshot (a node holding them could
+    /// vote for a candidate missing committed entries).
+    #[test]
+    fn a_crash_between_snapshot_and_wal_rewrite_does_not_bring_back_overwritten_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RaftLog::open(dir.path(), &[1]).unwrap();
+        let first: Vec<Entry> = (1..=20).map(|i| entry(i, 1, b"old")).collect();
+        log.append(&first).unwrap();
+        let second: Vec<Entry> = (12..=14).map(|i| entry(i, 2, b"new")).collect();
+        log.append(&second).unwrap();
+        log.set_commit(14).unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.last_index().unwrap(), 14);
+        let old_wal = std::fs::read(dir.path().join(WAL)).unwrap();
+        log.compact_to_snapshot(14, b"image".to_vec()).unwrap();
+        drop(log);
+        std::fs::write(dir.path().join(WAL), old_wal).unwrap();
+        let log = RaftLog::open(dir.path(), &[1]).unwrap();
+        assert_eq!(
+            log.last_index().unwrap(),
+            14,
+            "entries 15..20 of term 1 came back"
+        );
+        assert_eq!(log.term(14).unwrap(), 2);
+    }
+
+    /// A snapshot from the leader replaces the whole log: raft-rs installs one only when the
+    /// log does not hold its last entry, so what follows it here is from a diverged history.
+    #[test]
+    fn an_installed_snapshot_replaces_the_whole_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RaftLog::open(dir.path(), &[1]).unwrap();
+        let entries: Vec<Entry> = (1..=20).map(|i| entry(i, 1, b"x")).collect();
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 17;
+        snapshot.mut_metadata().term = 2;
+        snapshot.mut_metadata().mut_conf_state().voters = vec![1];
+        log.apply_snapshot(snapshot).unwrap();
+        assert_eq!(log.last_index().unwrap(), 17);
+        drop(log);
+        let log = RaftLog::open(dir.path(), &[1]).unwrap();
+        assert_eq!(log.last_index().unwrap(), 17);
     }
 }
