@@ -634,6 +634,16 @@ impl BrokerConfig {
             int("rill.decompressed.batch.max.bytes", 1024, i32::MAX as i64)? as usize;
         let metrics = get("metrics.address");
         let rack = get("broker.rack");
+        // Kafka's rule: a member must heartbeat more often than its session lasts, or it is
+        // fenced between two heartbeats.
+        if int("group.consumer.heartbeat.interval.ms", 1, i32::MAX as i64)?
+            >= int("group.consumer.session.timeout.ms", 1, i32::MAX as i64)?
+        {
+            return Err(invalid(
+                "group.consumer.heartbeat.interval.ms",
+                "must be smaller than group.consumer.session.timeout.ms",
+            ));
+        }
         if int("group.min.session.timeout.ms", 1, i32::MAX as i64)?
             > int("group.max.session.timeout.ms", 1, i32::MAX as i64)?
         {
@@ -873,6 +883,17 @@ mod tests {
         o.insert("group.min.session.timeout.ms".into(), "60000".into());
         o.insert("group.max.session.timeout.ms".into(), "30000".into());
         assert!(BrokerConfig::load(None, &o).is_err());
+        // A consumer-group member must heartbeat within its session.
+        let mut o = BTreeMap::new();
+        o.insert("group.consumer.session.timeout.ms".into(), "3000".into());
+        let e = BrokerConfig::load(None, &o).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("group.consumer.heartbeat.interval.ms"),
+            "{e}"
+        );
+        o.insert("group.consumer.heartbeat.interval.ms".into(), "1000".into());
+        BrokerConfig::load(None, &o).unwrap();
     }
 
     #[test]

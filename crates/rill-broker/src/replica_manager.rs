@@ -914,7 +914,7 @@ impl ReplicaManager {
             .topics
             .get(topic)
             .and_then(|t| t.configs.get("min.insync.replicas"))
-            .and_then(|v| v.parse::<usize>().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(1)
     }
 
@@ -1547,6 +1547,31 @@ pub(crate) mod tests {
         )
         .unwrap();
         ReplicaManager::new(config, logs)
+    }
+
+    /// Under the interval flush policy, `flush.messages` is honoured in the append itself (as
+    /// Kafka's), not a second later by the background flush.
+    #[test]
+    fn flush_messages_fsyncs_in_the_append() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(
+            tmp.path(),
+            &[
+                ("log.flush.policy", "interval"),
+                ("log.flush.interval.messages", "2"),
+            ],
+        );
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1])])));
+        let p = rm.leader_partition(&TopicPartition::new("t", 0)).unwrap();
+        rm.append(&p, &batch(), -1).unwrap();
+        assert_eq!(p.log.read().recovery_point(), 0, "one record waits");
+        rm.append(&p, &batch(), -1).unwrap();
+        assert_eq!(
+            p.log.read().recovery_point(),
+            2,
+            "two: fsynced in the append"
+        );
+        rm.logs().shutdown().unwrap();
     }
 
     /// A high watermark checkpoint that cannot be read or written takes its log dir offline,

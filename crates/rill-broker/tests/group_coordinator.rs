@@ -714,6 +714,7 @@ async fn heartbeats_keep_members_through_a_short_offsets_isr() {
             "offsets.topic.num.partitions=1",
             "replica.lag.time.max.ms=1000",
             "group.consumer.session.timeout.ms=3000",
+            "group.consumer.heartbeat.interval.ms=500",
         ],
     )
     .await;

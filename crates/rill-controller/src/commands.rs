@@ -398,10 +398,11 @@ pub fn create_topic(
         })));
     }
     for (k, v) in configs {
+        // Stored as validated (trimmed): every reader sees the value the check accepted.
         records.push(record(Record::Config(ConfigRecord {
             topic: name.to_owned(),
             name: k.clone(),
-            value: v.clone(),
+            value: v.as_deref().map(|v| v.trim().to_owned()),
         })));
     }
     Ok((records, topic_id))
@@ -471,7 +472,7 @@ pub fn create_partitions(
 }
 
 fn unclean_allowed(topic: &TopicInfo) -> bool {
-    topic_config(topic, "unclean.leader.election.enable").as_deref() == Some("true")
+    topic_config(topic, "unclean.leader.election.enable").is_some_and(|v| v.trim() == "true")
 }
 
 /// The partition change that takes `broker` out of leadership and the ISR of `p`, if any.
@@ -629,11 +630,11 @@ pub fn validate_cluster_config(name: &str, value: Option<&str>) -> Result<(), Ap
     }
     let Some(value) = value else { return Ok(()) };
     match value.trim().parse::<i64>() {
-        Ok(n) if n >= 0 => Ok(()),
+        Ok(n) if n > 0 => Ok(()),
         _ => Err(ApiError::new(
             ErrorCode::InvalidConfig,
             format!(
-                "invalid config {name}={value:?}: must be a non-negative integer (bytes/s); delete it for no limit"
+                "invalid config {name}={value:?}: must be a positive integer (bytes/s); delete it for no limit"
             ),
         )),
     }
@@ -965,6 +966,41 @@ pub fn auto_leader_rebalance(image: &MetadataImage, percentage: u32) -> Vec<Meta
 mod tests {
     use super::*;
     use rill_protocol::proto::RegisterBrokerRecord;
+
+    /// A value is stored as validated (trimmed): " 2" must not pass the check and then fail
+    /// every reader's parse (min.insync.replicas silently 1).
+    #[test]
+    fn topic_config_values_are_stored_trimmed() {
+        let image = image_with_brokers(1);
+        let (records, _) = create_topic(
+            &image,
+            &BTreeSet::new(),
+            &TopicRequest {
+                name: "t",
+                partitions: 1,
+                replication_factor: 1,
+                configs: &[
+                    ("min.insync.replicas".into(), Some(" 2".into())),
+                    (
+                        "unclean.leader.election.enable".into(),
+                        Some("true ".into()),
+                    ),
+                ],
+            },
+            0,
+            100_000,
+        )
+        .unwrap();
+        let mut image = image;
+        for mut r in records {
+            image.append(&mut r);
+        }
+        let t = &image.topics["t"];
+        assert_eq!(t.configs["min.insync.replicas"], "2");
+        assert_eq!(t.configs["unclean.leader.election.enable"], "true");
+        assert!(unclean_allowed(t));
+        assert!(validate_cluster_config("leader.replication.throttled.rate", Some("0")).is_err());
+    }
 
     #[test]
     fn topic_configs_come_from_the_one_table() {
@@ -1516,7 +1552,10 @@ mod tests {
     fn cluster_configs_are_the_replication_throttles() {
         for name in CLUSTER_CONFIGS {
             assert!(validate_cluster_config(name, Some("1048576")).is_ok());
-            assert!(validate_cluster_config(name, Some("0")).is_ok());
+            assert!(
+                validate_cluster_config(name, Some("0")).is_err(),
+                "0 is refused: no limit is a deleted config"
+            );
             assert!(validate_cluster_config(name, None).is_ok());
             for bad in ["-1", "1.5", "fast", ""] {
                 assert_eq!(

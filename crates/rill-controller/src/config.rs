@@ -514,6 +514,23 @@ impl ControllerConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        // Zero would expire every write at once, fence every broker at once, or snapshot after
+        // every record.
+        for (name, value) in [
+            ("controller.quorum.request.timeout.ms", q.request.timeout.ms),
+            ("broker.session.timeout.ms", self.broker.session.timeout.ms),
+            (
+                "metadata.log.max.record.bytes.between.snapshots",
+                self.metadata.log.max.record.bytes.between.snapshots,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -600,6 +617,22 @@ mod tests {
         let mut flags = BTreeMap::new();
         flags.insert("broker.session.timeout.ms".to_owned(), "5000".to_owned());
         ControllerConfig::load(None, &flags).unwrap();
+    }
+
+    #[test]
+    fn timeouts_and_snapshot_sizes_of_zero_are_refused() {
+        for name in [
+            "controller.quorum.request.timeout.ms",
+            "broker.session.timeout.ms",
+            "metadata.log.max.record.bytes.between.snapshots",
+        ] {
+            let mut flags = BTreeMap::new();
+            flags.insert(name.to_owned(), "0".to_owned());
+            let e = ControllerConfig::load(None, &flags)
+                .and_then(|c| c.validate().map(|()| c))
+                .unwrap_err();
+            assert!(e.to_string().contains(name), "{name}: {e}");
+        }
     }
 
     #[test]

@@ -355,6 +355,7 @@ impl Controller for ControllerService {
                         }
                         let mut recs = Vec::new();
                         for c in &res.configs {
+                            check_operation(c)?;
                             if c.name == "max.message.bytes" {
                                 commands::check_internal_topic_change(
                                     &res.topic,
@@ -381,7 +382,8 @@ impl Controller for ControllerService {
                                     )
                                 })?;
                                 commands::validate_topic_config(&c.name, &v)?;
-                                Some(v)
+                                // Stored as validated: every reader sees what was checked.
+                                Some(v.trim().to_owned())
                             };
                             recs.push(record(Record::Config(ConfigRecord {
                                 topic: res.topic.clone(),
@@ -398,7 +400,7 @@ impl Controller for ControllerService {
                             .find(|c| c.name == "unclean.leader.election.enable");
                         if let Some(c) = unclean_now
                             && c.operation != ConfigOperation::Delete as i32
-                            && c.value.as_deref() == Some("true")
+                            && c.value.as_deref().map(str::trim) == Some("true")
                             && let Some(t) = ctx.latest.topics.get(&res.topic)
                         {
                             recs.extend(commands::unclean_elections(ctx.latest, t, None));
@@ -975,6 +977,22 @@ async fn feed_metadata(
     }
 }
 
+/// An operation rill knows (SET or DELETE): Kafka's APPEND and SUBTRACT, or any other value,
+/// are refused rather than taken for SET.
+fn check_operation(c: &AlterableConfig) -> Result<(), ApiError> {
+    ConfigOperation::try_from(c.operation)
+        .map(drop)
+        .map_err(|_| {
+            err(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "unknown config operation {} for {}: use SET (0) or DELETE (1)",
+                    c.operation, c.name
+                ),
+            )
+        })
+}
+
 /// Records for a BROKER config resource: only the cluster-wide default (empty name) exists, and
 /// only the names in `commands::CLUSTER_CONFIGS`; all of the resource's changes or none.
 fn cluster_config_records(res: &AlterConfigsResource) -> Result<Vec<MetadataRecord>, ApiError> {
@@ -989,6 +1007,7 @@ fn cluster_config_records(res: &AlterConfigsResource) -> Result<Vec<MetadataReco
     }
     let mut recs = Vec::new();
     for c in &res.configs {
+        check_operation(c)?;
         let value = if c.operation == ConfigOperation::Delete as i32 {
             None
         } else {

@@ -146,6 +146,31 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
             "{name}={value}"
         );
     }
+    // An operation rill does not know (Kafka's APPEND is 2) is refused, not taken for SET.
+    let r = q
+        .call(0, |mut c| async move {
+            c.incremental_alter_configs(IncrementalAlterConfigsRequest {
+                resources: vec![AlterConfigsResource {
+                    topic: "existing".into(),
+                    configs: vec![AlterableConfig {
+                        name: "retention.ms".into(),
+                        operation: 2,
+                        value: Some("1000".into()),
+                    }],
+                    ..Default::default()
+                }],
+                validate_only: false,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.results[0].error_code,
+        ErrorCode::InvalidRequest as i32,
+        "{r:?}"
+    );
+    assert!(r.results[0].error_message.contains("operation"), "{r:?}");
     assert_eq!(offset(&q).await, before, "no record was committed");
     assert!(image_of(&q.image(0).await) == image_before);
 }
