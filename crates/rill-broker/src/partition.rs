@@ -390,8 +390,12 @@ impl Partition {
             .map_err(PartitionAppendError::Log)?;
         if self.flush_policy == FlushPolicy::Interval {
             // Acknowledged without fsync: at least in the page cache (survives a crash of this
-            // process). Under `commit` group commit's fsync writes it out.
+            // process), fsynced here once `flush.messages` records wait (as Kafka's append).
+            // Under `commit` group commit's fsync writes it out.
             log.write_out().map_err(PartitionAppendError::Log)?;
+            if log.flush_messages_due() {
+                log.flush().map_err(PartitionAppendError::Log)?;
+            }
         }
         self.log_end_watch.send_replace(info.last_offset + 1);
         Ok(LeaderAppend {
@@ -658,13 +662,17 @@ impl Partition {
     /// watermark. Returns the new log end offset.
     pub(crate) fn append_as_follower(&self, records: &[u8]) -> Result<i64, LogError> {
         let mut log = self.log.write();
-        // The fetch was made at the log end, so the data must continue it exactly; anything
-        // else is a divergence the epoch check missed — refuse rather than guess (Kafka:
-        // "offset mismatch").
+        // The fetch was made at the log end, so the data must start at or after it (a
+        // compacted log skips offsets); data before it is a divergence the epoch check missed,
+        // which the log refuses rather than guess (Kafka: "offset mismatch").
         log.append_as_follower(records)?;
         if self.flush_policy == FlushPolicy::Interval {
-            // Replicated means at least in this process's page cache.
+            // Replicated means at least in this process's page cache; fsynced once
+            // `flush.messages` records wait.
             log.write_out()?;
+            if log.flush_messages_due() {
+                log.flush()?;
+            }
         }
         Ok(log.log_end_offset())
     }

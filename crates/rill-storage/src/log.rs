@@ -717,6 +717,12 @@ impl Log {
         Ok(())
     }
 
+    /// True when `flush.messages` records are unflushed: Kafka flushes then, in the append
+    /// (interval flush policy); `flush.ms` is the background task's.
+    pub fn flush_messages_due(&self) -> bool {
+        self.unflushed_records > 0 && self.unflushed_records >= self.config.flush_messages
+    }
+
     /// True when `flush.messages` or `flush.ms` says a flush is due (interval flush policy).
     pub fn flush_due(&self) -> bool {
         self.unflushed_records > 0
