@@ -622,7 +622,11 @@ mod tests {
     fn delivery_errors_are_failed_only_when_nothing_can_have_been_written() {
         let refused = ProducerError::Api(ApiError::new(ErrorCode::InvalidRecord, "bad"));
         assert!(matches!(classify(&refused), Outcome::Failed { .. }));
-        let too_large = ProducerError::RecordTooLarge { size: 10, max: 1 };
+        let too_large = ProducerError::RecordTooLarge {
+            size: 10,
+            max: 1,
+            setting: "max.request.size",
+        };
         assert!(matches!(classify(&too_large), Outcome::Failed { .. }));
         // Retried until the delivery timeout: an earlier attempt may have been written.
         let timeout = ProducerError::Timeout("delivery.timeout.ms passed; last error: x".into());

@@ -209,13 +209,15 @@ pub enum ProducerError {
     /// The cluster refused it.
     #[error(transparent)]
     Api(#[from] ApiError),
-    /// Larger than `max.request.size`.
-    #[error("record of {size} bytes exceeds max.request.size = {max}")]
+    /// Larger than `max.request.size` or `buffer.memory`: it could never be sent.
+    #[error("record of {size} bytes exceeds {setting} = {max}")]
     RecordTooLarge {
         /// The record's encoded size in bytes.
         size: usize,
-        /// `max.request.size`.
+        /// The limit.
         max: usize,
+        /// The setting it exceeds (`max.request.size`, `buffer.memory`).
+        setting: &'static str,
     },
     /// `delivery.timeout.ms` or `max.block.ms` passed.
     #[error("timed out: {0}")]
@@ -412,6 +414,13 @@ impl Producer {
             )
             .into());
         }
+        if config.max_in_flight == 0 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidConfig,
+                "max.in.flight.requests.per.connection must be at least 1",
+            )
+            .into());
+        }
         let idempotence = config.idempotence()?;
         let client = ClusterClient::new(&config.bootstrap, config.request_timeout)?
             .with_metadata_max_age(config.metadata_max_age);
@@ -528,6 +537,16 @@ impl Producer {
             return Err(ProducerError::RecordTooLarge {
                 size,
                 max: inner.config.max_request_size,
+                setting: "max.request.size",
+            });
+        }
+        // Kafka's `ensureValidRecordSize`: waiting for more buffer memory than there is would
+        // only end in a timeout after max.block.ms.
+        if size > inner.config.buffer_memory {
+            return Err(ProducerError::RecordTooLarge {
+                size,
+                max: inner.config.buffer_memory,
+                setting: "buffer.memory",
             });
         }
         // Fast path: cached metadata needs no timer.
@@ -1753,6 +1772,37 @@ mod tests {
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
         format!("127.0.0.1:{port}")
+    }
+
+    /// A record larger than `buffer.memory` is refused at once (it could never be buffered),
+    /// and `max.in.flight.requests.per.connection=0` at creation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn impossible_sizes_are_refused_at_once() {
+        let producer = Producer::new(ProducerConfig {
+            bootstrap: vec![fake_broker().await],
+            buffer_memory: 1024,
+            enable_idempotence: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+        let started = Instant::now();
+        let e = match producer
+            .send(ProducerRecord::new("t", None::<Bytes>, vec![b'x'; 4096]))
+            .await
+        {
+            Err(e) => e,
+            Ok(_) => panic!("a 4 KiB record was accepted with buffer.memory = 1024"),
+        };
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(e.to_string().contains("buffer.memory"), "{e}");
+        let e = match Producer::new(ProducerConfig {
+            max_in_flight: 0,
+            ..Default::default()
+        }) {
+            Err(e) => e,
+            Ok(_) => panic!("max.in.flight 0 accepted"),
+        };
+        assert!(e.to_string().contains("max.in.flight"), "{e}");
     }
 
     /// A flush given up by its caller (a timeout dropped it) no longer counts: batches linger
