@@ -643,6 +643,15 @@ async fn produce(servers: &[String], args: ProduceArgs) -> Result<()> {
 }
 
 async fn consume(servers: &[String], args: ConsumeArgs) -> Result<()> {
+    if args.max_messages == Some(0) {
+        bail!("--max-messages must be at least 1");
+    }
+    if args.offset.is_some_and(|o| o < 0) {
+        bail!("--offset must be 0 or more (--from-beginning starts at the log start)");
+    }
+    if args.offset.is_some() && args.from_beginning {
+        bail!("--offset and --from-beginning say different things: give one of them");
+    }
     let limit = args.timeout_ms.map(Duration::from_millis);
     let started = std::time::Instant::now();
     let setup = start_consuming(servers, &args);

@@ -231,8 +231,14 @@ impl WorkloadArgs {
         if w.topics == 0 || w.producers_per_topic == 0 || w.partitions_per_topic < 1 {
             bail!("need at least one topic, partition and producer");
         }
-        if w.test_secs <= 0.0 || w.interval_secs <= 0.0 || w.warmup_secs < 0.0 {
+        let finite = [w.test_secs, w.interval_secs, w.warmup_secs, w.drain_secs]
+            .iter()
+            .all(|s| s.is_finite());
+        if !finite || w.test_secs <= 0.0 || w.interval_secs <= 0.0 || w.warmup_secs < 0.0 {
             bail!("test_secs and interval_secs must be positive, warmup_secs not negative");
+        }
+        if w.drain_secs < 0.0 {
+            bail!("drain_secs must not be negative");
         }
         if w.producer_rate < 0.0 || !w.producer_rate.is_finite() {
             bail!("producer_rate must be ≥ 0 (0: unthrottled)");
@@ -1012,6 +1018,12 @@ fn write_json(path: &std::path::Path, results: &Results) -> Result<()> {
 
 pub async fn run(servers: &[String], args: WorkloadArgs) -> Result<()> {
     let w = args.workload()?;
+    if args.max_rate.is_some() && args.sweep.is_empty() {
+        bail!("--max-rate is the rate --sweep's percentages refer to: give --sweep too");
+    }
+    if args.max_rate.is_some_and(|m| !m.is_finite() || m <= 0.0) {
+        bail!("--max-rate must be a positive number of records/s");
+    }
     let mut results = Results {
         workload: w.clone(),
         max_rate: None,

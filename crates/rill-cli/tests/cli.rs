@@ -201,6 +201,38 @@ fn errors_without_a_cluster_are_one_line_and_non_zero() {
     assert!(err.starts_with("error: "), "{err}");
 }
 
+/// Flags that cannot mean anything are refused before any connection, naming the flag.
+#[test]
+fn meaningless_flags_are_refused_naming_them() {
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    for (args, flag) in [
+        (
+            &["consume", "t", "--max-messages", "0"][..],
+            "--max-messages",
+        ),
+        (&["consume", "t", "--offset=-5"][..], "--offset"),
+        (
+            &["consume", "t", "--offset", "3", "--from-beginning"][..],
+            "--from-beginning",
+        ),
+        (
+            &["perf", "workload", "--max-rate", "1000"][..],
+            "--max-rate",
+        ),
+        (&["perf", "workload", "--drain-secs=-1"][..], "drain_secs"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rill"))
+            .args(["--bootstrap", &bootstrap])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn a_bootstrap_failure_names_the_addresses_tried() {
     let (a, b) = (
