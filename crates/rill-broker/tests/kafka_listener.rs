@@ -1474,7 +1474,10 @@ configs = describe(ResourceType.TOPIC, "adm-a")
 assert configs["retention.ms"].value == "60000", configs["retention.ms"]
 assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value, configs["retention.ms"].source
 assert configs["cleanup.policy"].value == "compact"
-assert configs["segment.bytes"].is_default, configs["segment.bytes"]
+# Not overridden: the broker's own default (log.segment.bytes), as Kafka reports it.
+assert configs["segment.bytes"].value == "536870912", configs["segment.bytes"]
+assert configs["segment.bytes"].source == ConfigSource.STATIC_BROKER_CONFIG.value, configs["segment.bytes"].source
+assert configs["segment.ms"].is_default, configs["segment.ms"]
 expect(admin.describe_configs([ConfigResource(ResourceType.TOPIC, "adm-zzz")])[
            ConfigResource(ResourceType.TOPIC, "adm-zzz")],
        KafkaError.UNKNOWN_TOPIC_OR_PART, "describing a missing topic")
@@ -1527,7 +1530,7 @@ async fn confluent_kafka_python_admin_creates_describes_alters_and_deletes_topic
     ) {
         return;
     }
-    let cluster = Cluster::start_with_kafka(1, 1, &[]).await;
+    let cluster = Cluster::start_with_kafka(1, 1, &["log.segment.bytes=536870912"]).await;
     let addr = kafka_addr(&cluster);
     tokio::task::block_in_place(|| {
         run_python_for(

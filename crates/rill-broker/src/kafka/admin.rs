@@ -498,12 +498,24 @@ pub async fn describe_configs(
                             .iter()
                             .filter(|c| wanted(&c.name))
                             .map(|c| {
-                                let source = if c.is_default {
-                                    SOURCE_DEFAULT
-                                } else {
-                                    SOURCE_DYNAMIC_TOPIC
-                                };
-                                described(&c.name, Some(c.value.clone()), source, false, None)
+                                if !c.is_default {
+                                    let value = Some(c.value.clone());
+                                    return described(&c.name, value, SOURCE_DYNAMIC_TOPIC, false, None);
+                                }
+                                // Not overridden: what this broker applies is its own default
+                                // (its `log.*` settings), reported as Kafka does.
+                                match config.topic_defaults.get(&c.name) {
+                                    Some(v) if v != c.value => {
+                                        described(&c.name, Some(v), SOURCE_STATIC_BROKER, false, None)
+                                    }
+                                    _ => described(
+                                        &c.name,
+                                        Some(c.value.clone()),
+                                        SOURCE_DEFAULT,
+                                        false,
+                                        None,
+                                    ),
+                                }
                             })
                             .collect(),
                     ),
