@@ -74,7 +74,9 @@ pub struct ConsumerConfig {
     /// `client.id`: shown by `rill group describe` next to the member (default
     /// `rill-consumer`).
     pub client_id: String,
-    /// `client.rack`: the rack of this consumer, given to the coordinator's assignor.
+    /// `client.rack`: the rack of this consumer, sent to the coordinator (DescribeGroups shows
+    /// it). Informational: rill's assignors are not rack-aware and fetches always go to the
+    /// leader (no KIP-392 fetch from a follower).
     pub client_rack: Option<String>,
     /// `enable.auto.commit`: commit consumed positions every `auto_commit_interval` from
     /// `poll`, before partitions are revoked, and on `close` (default true; only takes effect
