@@ -173,6 +173,14 @@ impl ReplicaFetcherManager {
         });
     }
 
+    /// Whether some fetch loop follows `tp`.
+    pub fn is_following(&self, tp: &TopicPartition) -> bool {
+        self.fetchers
+            .lock()
+            .values()
+            .any(|f| f.partitions.lock().contains_key(tp))
+    }
+
     /// This broker's registration epoch, sent with every replica fetch.
     pub fn set_broker_epoch(&self, epoch: i64) {
         self.broker_epoch.store(epoch, Ordering::Release);

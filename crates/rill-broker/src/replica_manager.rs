@@ -560,7 +560,24 @@ impl ReplicaManager {
             if state.leader == self.node_id {
                 self.fetchers.remove(&tp);
             }
-            match partition.update_state(state) {
+            let transition = match partition.update_state(state) {
+                // A follower no fetch loop follows (its loop's thread could not start, or its
+                // leader had no address yet): tried again with every metadata update, or it
+                // would stay behind until the next leader change.
+                Transition::Unchanged
+                    if partition.state().leader >= 0
+                        && partition.state().leader != self.node_id
+                        && !self.fetchers.is_following(&tp) =>
+                {
+                    let s = partition.state();
+                    Transition::BecameFollower {
+                        leader: s.leader,
+                        leader_epoch: s.leader_epoch,
+                    }
+                }
+                t => t,
+            };
+            match transition {
                 Transition::BecameLeader => {
                     self.fetchers.remove(&tp);
                     tracing::info!(partition = %tp, epoch = partition.state().leader_epoch, "became leader");
@@ -1547,6 +1564,42 @@ pub(crate) mod tests {
         )
         .unwrap();
         ReplicaManager::new(config, logs)
+    }
+
+    /// A follower its fetch loops do not follow yet (here: its leader had no address when it
+    /// became follower) is followed at the next metadata update, not only at the next leader
+    /// change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_not_followed_yet_is_followed_at_the_next_metadata_update() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[]);
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![2, 1])])));
+        let tp = TopicPartition::new("t", 0);
+        assert_eq!(rm.partition(&tp).unwrap().state().leader, 2);
+        assert!(
+            !rm.fetchers.is_following(&tp),
+            "no address for broker 2 yet"
+        );
+        let mut img = image(6, &[("t", "A", vec![2, 1])]);
+        img.brokers.insert(
+            2,
+            rill_protocol::metadata_image::BrokerInfo {
+                id: 2,
+                incarnation_id: "b2".into(),
+                epoch: 1,
+                endpoints: vec![rill_protocol::proto::Endpoint {
+                    name: "PLAINTEXT".into(),
+                    host: "127.0.0.1".into(),
+                    port: u32::from(rill_testkit::free_port()),
+                }],
+                rack: None,
+                fenced: false,
+            },
+        );
+        rm.apply_image(Arc::new(img));
+        assert!(rm.fetchers.is_following(&tp));
+        rm.shutdown_fetchers();
+        rm.logs().shutdown().unwrap();
     }
 
     /// Under the interval flush policy, `flush.messages` is honoured in the append itself (as
