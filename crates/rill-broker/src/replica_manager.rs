@@ -86,9 +86,12 @@ impl IsrChangeOutcome {
             | ErrorCode::NotLeaderOrFollower
             | ErrorCode::FencedLeaderEpoch
             | ErrorCode::UnknownLeaderEpoch
-            | ErrorCode::InconsistentTopicId
-            | ErrorCode::StaleBrokerEpoch
-            | ErrorCode::BrokerIdNotRegistered => IsrChangeOutcome::Superseded,
+            | ErrorCode::InconsistentTopicId => IsrChangeOutcome::Superseded,
+            // Answered for the whole request, maybe from a registration not committed yet
+            // (which a controller failover can drop): sent again until the metadata settles it.
+            ErrorCode::StaleBrokerEpoch | ErrorCode::BrokerIdNotRegistered => {
+                IsrChangeOutcome::Unknown
+            }
             ErrorCode::InvalidRequest | ErrorCode::IneligibleReplica => IsrChangeOutcome::Refused,
             _ => IsrChangeOutcome::Unknown,
         }

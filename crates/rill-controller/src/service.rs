@@ -1,7 +1,7 @@
 //! The gRPC face of the controller: `Controller` (brokers and admin clients) and `Quorum`
 //! (other controllers). Handlers turn requests into writes and reads for the quorum thread.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -330,13 +330,32 @@ impl Controller for ControllerService {
             .write(move |ctx| {
                 let mut records = Vec::new();
                 let mut results = Vec::new();
+                // A resource named twice is refused (Kafka: "Duplicate resource"): each would
+                // be checked against the same state, and the later undo what the first decided
+                // (an unclean election recorded for a topic left not allowing it, say).
+                let mut named = BTreeMap::new();
+                for res in &req.resources {
+                    *named
+                        .entry((res.resource_type, res.topic.clone()))
+                        .or_insert(0) += 1;
+                }
                 for res in req.resources {
                     let mut r = AlterConfigsResult {
                         topic: res.topic.clone(),
                         resource_type: res.resource_type,
                         ..Default::default()
                     };
+                    let twice = named.get(&(res.resource_type, res.topic.clone())) > Some(&1);
                     let outcome: Result<Vec<MetadataRecord>, ApiError> = (|| {
+                        if twice {
+                            return Err(err(
+                                ErrorCode::InvalidRequest,
+                                format!(
+                                    "resource {:?} appears more than once in the request",
+                                    res.topic
+                                ),
+                            ));
+                        }
                         match ConfigResourceType::try_from(res.resource_type) {
                             Ok(ConfigResourceType::Topic) => {}
                             Ok(ConfigResourceType::Broker) => return cluster_config_records(&res),
@@ -356,7 +375,10 @@ impl Controller for ControllerService {
                         let mut recs = Vec::new();
                         for c in &res.configs {
                             check_operation(c)?;
-                            if c.name == "max.message.bytes" {
+                            // Setting one is refused; removing one (made before this rule) is not.
+                            if c.name == "max.message.bytes"
+                                && c.operation != ConfigOperation::Delete as i32
+                            {
                                 commands::check_internal_topic_change(
                                     &res.topic,
                                     commands::InternalTopicChange::MaxMessageBytes,

@@ -171,6 +171,32 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
         "{r:?}"
     );
     assert!(r.results[0].error_message.contains("operation"), "{r:?}");
+    // One topic named twice: both refused (the second would undo what the first decided).
+    let set = |value: &str| AlterConfigsResource {
+        topic: "existing".into(),
+        configs: vec![AlterableConfig {
+            name: "unclean.leader.election.enable".into(),
+            operation: ConfigOperation::Set as i32,
+            value: Some(value.into()),
+        }],
+        ..Default::default()
+    };
+    let twice = IncrementalAlterConfigsRequest {
+        resources: vec![set("true"), set("false")],
+        validate_only: false,
+    };
+    let r = q
+        .call(0, |mut c| {
+            let twice = twice.clone();
+            async move { c.incremental_alter_configs(twice).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.results.len(), 2);
+    for res in &r.results {
+        assert_eq!(res.error_code, ErrorCode::InvalidRequest as i32, "{r:?}");
+        assert!(res.error_message.contains("more than once"), "{r:?}");
+    }
     assert_eq!(offset(&q).await, before, "no record was committed");
     assert!(image_of(&q.image(0).await) == image_before);
 }
