@@ -64,6 +64,35 @@ pub struct LogManager {
     open_gate: RwLock<()>,
     /// `producer.id.expiration.ms` for every log (a broker setting, as in Kafka).
     producer_id_expiration_ms: std::sync::atomic::AtomicI64,
+    /// Each log dir's `.lock`, held (an exclusive `flock`) while this manager lives: a second
+    /// process on the same dirs would recover, cut and rewrite files this one is writing
+    /// (Kafka's `LogManager.lockLogDirs`).
+    _dir_locks: Vec<std::fs::File>,
+}
+
+/// The lock file in every log dir.
+const LOCK_FILE: &str = ".lock";
+
+/// Takes `dir`'s lock, or says who holds it.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InvalidConfig {
+            name: "log.dirs".into(),
+            value: dir.display().to_string(),
+            reason: "another process (a rill broker still running?) holds this log dir's .lock; \
+                     stop it, or give this broker its own log.dirs"
+                .into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).at(&path),
+    }
 }
 
 impl LogManager {
@@ -83,9 +112,11 @@ impl LogManager {
             });
         }
         let mut logs = HashMap::new();
+        let mut dir_locks = Vec::new();
         for (i, dir) in log_dirs.iter().enumerate() {
             let existed = dir.exists();
             crate::log::create_dir_durably(dir)?;
+            dir_locks.push(lock_dir(dir)?);
             // Also when it existed: an earlier run (or a `mkdir -p` before the first start) may
             // have made it without this fsync, and every acknowledged record lives under it.
             // Best effort: a parent this process cannot open must not stop the broker.
@@ -146,6 +177,7 @@ impl LogManager {
             producer_id_expiration_ms: std::sync::atomic::AtomicI64::new(
                 crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             ),
+            _dir_locks: dir_locks,
         };
         manager.checkpoint()?;
         Ok(manager)

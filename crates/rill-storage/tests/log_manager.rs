@@ -532,3 +532,32 @@ fn a_recreated_partition_does_not_inherit_the_old_checkpoints() {
         assert_eq!(r.offset, i as i64);
     }
 }
+
+/// A second manager on log dirs another one holds is refused, naming the dir (Kafka's
+/// `lockLogDirs`): it would recover and cut files the first is writing. Once the first is
+/// gone, the dirs open again.
+#[test]
+fn a_second_manager_on_the_same_dirs_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let dirs = vec![tmp.path().join("a"), tmp.path().join("b")];
+    let first = manager(&dirs, &clock);
+    let e = match LogManager::open(
+        vec![tmp.path().join("c"), dirs[1].clone()],
+        &LogConfig::default(),
+        CleanerConfig::default(),
+        Arc::new(clock.clone()),
+    ) {
+        Err(e) => e,
+        Ok(_) => panic!("a second manager opened dirs in use"),
+    };
+    assert!(e.to_string().contains(".lock"), "{e}");
+    assert!(
+        e.to_string().contains(&dirs[1].display().to_string()),
+        "{e}"
+    );
+    first.shutdown().unwrap();
+    drop(first);
+    let again = manager(&dirs, &clock);
+    again.shutdown().unwrap();
+}
