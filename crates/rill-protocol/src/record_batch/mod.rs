@@ -143,6 +143,9 @@ pub enum BatchError {
     /// A batch with no records where one is required.
     #[error("record batch holds no records")]
     Empty,
+    /// A control batch (transaction marker) sent by a client: only brokers write those.
+    #[error("clients may not write control batches (transaction markers)")]
+    ControlBatchFromClient,
     /// Compression codec id outside 0..=4.
     #[error(
         "unsupported compression codec id {0}: use none(0), gzip(1), snappy(2), lz4(3) or zstd(4)"
@@ -181,6 +184,7 @@ impl BatchError {
             }
             BatchError::UnsupportedCompression(_) => ErrorCode::UnsupportedCompressionType,
             BatchError::Empty
+            | BatchError::ControlBatchFromClient
             | BatchError::OffsetDeltaNotContiguous { .. }
             | BatchError::MaxTimestampMismatch { .. } => ErrorCode::InvalidRecord,
             _ => ErrorCode::CorruptMessage,
@@ -416,6 +420,10 @@ impl<'a> RecordBatch<'a> {
         if opts.producer_batch && h.record_count == 0 {
             return Err(BatchError::Empty);
         }
+        // Kafka's `LogValidator`: "Clients are not allowed to write control records".
+        if opts.producer_batch && h.is_control() {
+            return Err(BatchError::ControlBatchFromClient);
+        }
         let records = self.records(opts.max_uncompressed_bytes)?;
         let (mut summary, last_delta) =
             match record::scan(records.data(), h.record_count, opts.producer_batch) {
@@ -602,4 +610,31 @@ fn i32_at(buf: &[u8], at: usize) -> i32 {
 
 fn i64_at(buf: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(array_at(buf, at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kafka's `LogValidator`: clients may not write control batches (transaction markers);
+    /// a broker's own checks (not producer rules) still read them.
+    #[test]
+    fn a_control_batch_from_a_client_is_an_invalid_record() {
+        let mut b = RecordBatchBuilder::new(Compression::None);
+        b.append(1_000, None, Some(b"marker"), &[]);
+        let mut bytes = b.build().unwrap().to_vec();
+        let attributes = u16::from_be_bytes(array_at(&bytes, ATTRIBUTES_AT)) | CONTROL_BIT;
+        bytes[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[ATTRIBUTES_AT..]);
+        bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        let batch = RecordBatch::parse(&bytes).unwrap();
+        let producer = ValidationOptions {
+            producer_batch: true,
+            ..Default::default()
+        };
+        let e = batch.validate(&producer).unwrap_err();
+        assert_eq!(e, BatchError::ControlBatchFromClient);
+        assert_eq!(e.error_code(), ErrorCode::InvalidRecord);
+        batch.validate(&ValidationOptions::default()).unwrap();
+    }
 }
