@@ -186,13 +186,20 @@ fn process(
             } else {
                 rm.leader_partition(&tp)
             };
-            match outcome.and_then(|p| rm.append(&p, &data.records, acks).map(|a| (p, a))) {
+            let appended_to = outcome.map(|p| {
+                let a = rm.append(&p, &data.records, acks);
+                // On errors too, as Kafka: a producer told UNKNOWN_PRODUCER_ID decides by it
+                // whether its state was lost to retention (Java's `canRetry` retries blindly
+                // while it is -1).
+                pr.log_start_offset = rm.offsets(&p).map_or(-1, |(start, _)| start);
+                a.map(|a| (p, a))
+            });
+            match appended_to.and_then(|a| a) {
                 Ok((p, append)) => {
                     let info = append.info;
                     metrics.bytes_in.inc_by(data.records.len() as u64);
                     pr.base_offset = info.first_offset;
                     pr.log_append_time_ms = info.log_append_time.unwrap_or(-1);
-                    pr.log_start_offset = rm.offsets(&p).map_or(-1, |(start, _)| start);
                     appended.push((ti, pi, p, info.last_offset + 1, append.leader_epoch));
                 }
                 Err((e, current)) => {

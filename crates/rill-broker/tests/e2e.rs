@@ -265,6 +265,63 @@ async fn a_long_poll_fetch_returns_right_after_a_produce() {
     );
 }
 
+/// As Kafka: a fetch of no partitions (a fetch session's closing one), or with min_bytes 0,
+/// is answered at once, not after max_wait_ms; and a produce refused for a batch still says
+/// where the log starts (a Java producer told UNKNOWN_PRODUCER_ID decides by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_that_ask_for_nothing_are_answered_at_once() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("quiet", 1, 1, &[]).await;
+    let client = cluster.client();
+    let mut broker = client
+        .broker(client.partitions("quiet").await.unwrap()[0].leader)
+        .unwrap();
+    for (topics, min_bytes) in [(vec![], 1), (fetch_req("quiet", 0, 0).topics, 0)] {
+        let started = Instant::now();
+        let r = broker
+            .fetch(FetchRequest {
+                max_wait_ms: 5_000,
+                min_bytes,
+                topics,
+                ..fetch_req("quiet", 0, 0)
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited {:?} (min_bytes {min_bytes}, {} topics)",
+            started.elapsed(),
+            r.topics.len()
+        );
+    }
+    let mut corrupt = {
+        let mut b = RecordBatchBuilder::new(Compression::None);
+        b.append(1_000, None, Some(b"x"), &[]);
+        b.build().unwrap().to_vec()
+    };
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let r = broker
+        .produce(ProduceRequest {
+            acks: 1,
+            timeout_ms: 5_000,
+            topics: vec![TopicProduceData {
+                name: "quiet".into(),
+                partitions: vec![PartitionProduceData {
+                    index: 0,
+                    records: corrupt.into(),
+                }],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = &r.topics[0].partitions[0];
+    assert_ne!(p.error_code, 0, "{p:?}");
+    assert_eq!(p.log_start_offset, 0, "{p:?}");
+}
+
 fn fetch_req(topic: &str, partition: i32, offset: i64) -> FetchRequest {
     FetchRequest {
         replica_id: -1,

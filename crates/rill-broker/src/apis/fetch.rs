@@ -83,7 +83,10 @@ pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchRespo
             .map_err(blocking_err)?
         };
         let (response, bytes) = (plan.response, plan.progress.total);
-        let min_bytes = req.min_bytes.max(1) as usize;
+        // As Kafka: min_bytes 0 (or a fetch of no partitions, a session's closing one)
+        // is answered at once.
+        let min_bytes = req.min_bytes.max(0) as usize;
+        let nothing_asked = req.topics.iter().all(|t| t.partitions.is_empty());
         let has_error = response
             .topics
             .iter()
@@ -95,7 +98,12 @@ pub async fn handle(svc: &BrokerService, req: FetchRequest) -> Result<FetchRespo
             .iter()
             .flat_map(|t| &t.partitions)
             .any(|p| p.diverging_epoch.is_some());
-        if bytes >= min_bytes || has_error || diverged || Instant::now() >= deadline {
+        if bytes >= min_bytes
+            || nothing_asked
+            || has_error
+            || diverged
+            || Instant::now() >= deadline
+        {
             svc.metrics.bytes_out.inc_by(bytes as u64);
             svc.metrics
                 .observe("Fetch", started.elapsed().as_secs_f64(), !has_error);

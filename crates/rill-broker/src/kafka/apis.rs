@@ -494,6 +494,18 @@ pub(super) fn kafka_endpoint(endpoints: &[rp::Endpoint]) -> Option<&rp::Endpoint
     endpoints.iter().find(|e| e.name == super::ENDPOINT_NAME)
 }
 
+/// A partition error as Kafka's Fetch answers it: a partition without a leader is
+/// NOT_LEADER_OR_FOLLOWER there (Kafka never answers LEADER_NOT_AVAILABLE to a fetch, and the
+/// Java consumer throws on it instead of refreshing its metadata).
+fn fetch_error_code(code: i32) -> i16 {
+    use rill_protocol::ErrorCode;
+    if code == ErrorCode::LeaderNotAvailable as i32 {
+        ErrorCode::NotLeaderOrFollower as i16
+    } else {
+        code as i16
+    }
+}
+
 /// rill's Fetch answer as Kafka's topics.
 fn fetch_answer(answer: rp::FetchResponse) -> Vec<m::fetch_response::FetchableTopicResponse> {
     answer
@@ -509,7 +521,7 @@ fn fetch_answer(answer: rp::FetchResponse) -> Vec<m::fetch_response::FetchableTo
                             let leader = current_leader(p.current_leader);
                             m::fetch_response::PartitionData::default()
                                 .with_partition_index(p.index)
-                                .with_error_code(p.error_code as i16)
+                                .with_error_code(fetch_error_code(p.error_code))
                                 .with_high_watermark(p.high_watermark)
                                 // No transactions: everything below the high watermark is
                                 // stable.
@@ -1358,4 +1370,43 @@ pub async fn consumer_group_heartbeat(
                     .collect(),
             )
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_protocol::ErrorCode;
+
+    /// A partition without a leader is NOT_LEADER_OR_FOLLOWER in a Kafka Fetch answer: the
+    /// Java consumer throws on LEADER_NOT_AVAILABLE there instead of refreshing metadata.
+    #[test]
+    fn a_leaderless_partition_is_not_leader_in_a_kafka_fetch() {
+        let answer = rp::FetchResponse {
+            topics: vec![rp::FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![
+                    rp::FetchPartitionResponse {
+                        index: 0,
+                        error_code: ErrorCode::LeaderNotAvailable as i32,
+                        ..Default::default()
+                    },
+                    rp::FetchPartitionResponse {
+                        index: 1,
+                        error_code: ErrorCode::OffsetOutOfRange as i32,
+                        ..Default::default()
+                    },
+                ],
+            }],
+            ..Default::default()
+        };
+        let topics = fetch_answer(answer);
+        let codes: Vec<i16> = topics[0].partitions.iter().map(|p| p.error_code).collect();
+        assert_eq!(
+            codes,
+            [
+                ErrorCode::NotLeaderOrFollower as i16,
+                ErrorCode::OffsetOutOfRange as i16
+            ]
+        );
+    }
 }
