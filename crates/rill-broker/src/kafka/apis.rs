@@ -1397,7 +1397,6 @@ mod tests {
                     },
                 ],
             }],
-            ..Default::default()
         };
         let topics = fetch_answer(answer);
         let codes: Vec<i16> = topics[0].partitions.iter().map(|p| p.error_code).collect();
