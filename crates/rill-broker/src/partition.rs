@@ -586,6 +586,11 @@ impl Partition {
         })
     }
 
+    /// Leader: the log end offset when this leader epoch began (-1 when not leading).
+    pub(crate) fn epoch_start_offset(&self) -> i64 {
+        self.inner.read().epoch_start_offset
+    }
+
     /// The partition is no longer hosted here (moved away, deleted, its log dir failed): no
     /// append is accepted any more, and acks=all waiters learn it at once.
     pub(crate) fn shut_down(&self) {

@@ -1605,6 +1605,35 @@ pub(crate) mod tests {
         rm.logs().shutdown().unwrap();
     }
 
+    /// Kafka's `fetchOffsetForTimestamp`: a new leader whose high watermark has not reached
+    /// where its epoch began answers ListOffsets LATEST with OFFSET_NOT_AVAILABLE (retriable),
+    /// not a high watermark behind what the previous leader answered.
+    #[test]
+    fn a_new_leader_behind_its_epoch_start_answers_offset_not_available() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[]);
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![2, 1])])));
+        let tp = TopicPartition::new("t", 0);
+        let p = rm.partition(&tp).unwrap();
+        // As broker 2's follower: three records, high watermark never learned.
+        for offset in 0..3 {
+            let mut b = batch();
+            rill_protocol::record_batch::set_base_offset(&mut b, offset);
+            p.append_as_follower(&b).unwrap();
+        }
+        let mut moved = image(6, &[("t", "A", vec![1, 2])]);
+        moved.topics.get_mut("t").unwrap().partitions[0].leader_epoch = 1;
+        rm.apply_image(Arc::new(moved));
+        let p = rm.leader_partition(&tp).unwrap();
+        assert_eq!(p.high_watermark(), 0);
+        let e = crate::apis::list_offsets::lookup_offset(&rm, &p, -1).unwrap_err();
+        assert_eq!(e.code, ErrorCode::OffsetNotAvailable, "{e}");
+        assert!(e.code.is_retriable());
+        // The earliest offset needs no high watermark.
+        assert!(crate::apis::list_offsets::lookup_offset(&rm, &p, -2).is_ok());
+        rm.logs().shutdown().unwrap();
+    }
+
     /// Under the interval flush policy, `flush.messages` is honoured in the append itself (as
     /// Kafka's), not a second later by the background flush.
     #[test]

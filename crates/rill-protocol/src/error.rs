@@ -157,6 +157,7 @@ impl ErrorCode {
                 | E::FencedLeaderEpoch
                 | E::UnknownLeaderEpoch
                 | E::ThrottlingQuotaExceeded
+                | E::OffsetNotAvailable
         )
     }
 

@@ -107,7 +107,7 @@ fn list_offset(
 /// ListOffsets for one partition: (offset, timestamp, leader epoch of the batch at that
 /// offset) — or `None` when no record matches a time lookup. `timestamp` is a time in ms, -2
 /// (earliest), -1 (latest: the high watermark) or -3 (the record with the largest timestamp).
-fn lookup_offset(
+pub(crate) fn lookup_offset(
     rm: &ReplicaManager,
     partition: &crate::replica_manager::Partition,
     timestamp: i64,
@@ -121,6 +121,19 @@ fn lookup_offset(
         ));
     }
     let (start, hw) = rm.offsets(partition)?;
+    // Kafka's `fetchOffsetForTimestamp`: a new leader whose high watermark has not reached
+    // where its epoch began may answer offsets behind what the previous leader answered (a
+    // consumer resetting to "latest" would read records twice); it asks to retry instead.
+    let epoch_start = partition.epoch_start_offset();
+    if timestamp != -2 && epoch_start > hw {
+        return Err(ApiError::new(
+            ErrorCode::OffsetNotAvailable,
+            format!(
+                "{}: the new leader's high watermark ({hw}) has not reached the start of its epoch ({epoch_start}) yet; retry",
+                partition.tp
+            ),
+        ));
+    }
     let log = partition.log.read();
     // The epoch of the leader that wrote `offset` (Kafka answers the batch's epoch, so a client
     // can detect truncation with OffsetForLeaderEpoch); -1 when the log has no epoch for it.
