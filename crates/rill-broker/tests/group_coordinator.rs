@@ -673,6 +673,22 @@ async fn a_recreated_topic_starts_without_the_old_committed_offsets() {
         vec![(TopicPartition::new("reborn", 0), 1)]
     );
 }
+/// `min.insync.replicas=2` on `__consumer_offsets`, through the CLI as an operator sets it.
+fn offsets_need_two_in_sync(cluster: &Cluster) {
+    let altered = std::process::Command::new(common::sibling("rill"))
+        .args([
+            "topic",
+            "alter-config",
+            OFFSETS,
+            "--set",
+            "min.insync.replicas=2",
+        ])
+        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+        .output()
+        .unwrap();
+    assert!(altered.status.success(), "{altered:?}");
+}
+
 /// One heartbeat of a member that must not be fenced (answered, or refused while the offsets
 /// partition is short of in-sync replicas); then the ISR size of that partition, if known.
 async fn heartbeat_through_outage(
@@ -721,18 +737,7 @@ async fn heartbeats_keep_members_through_a_short_offsets_isr() {
     cluster.create_topic("events", 1, 3, &[]).await;
     let group = "steady";
     let (coordinator, addr) = find_coordinator(&cluster, group).await;
-    let altered = std::process::Command::new(common::sibling("rill"))
-        .args([
-            "topic",
-            "alter-config",
-            OFFSETS,
-            "--set",
-            "min.insync.replicas=2",
-        ])
-        .args(["--bootstrap", &cluster.bootstrap().join(",")])
-        .output()
-        .unwrap();
-    assert!(altered.status.success(), "{altered:?}");
+    offsets_need_two_in_sync(&cluster);
     // Every broker has the config before the outage starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut c = coordinator_client(&addr).await;
@@ -860,18 +865,7 @@ async fn offsets_of_a_topic_recreated_during_an_offsets_outage_go_after_it() {
     cluster.create_topic("phoenix", 1, 1, &[]).await;
     let group = "phoenix-readers";
     let (coordinator, addr) = find_coordinator(&cluster, group).await;
-    let altered = std::process::Command::new(common::sibling("rill"))
-        .args([
-            "topic",
-            "alter-config",
-            OFFSETS,
-            "--set",
-            "min.insync.replicas=2",
-        ])
-        .args(["--bootstrap", &cluster.bootstrap().join(",")])
-        .output()
-        .unwrap();
-    assert!(altered.status.success(), "{altered:?}");
+    offsets_need_two_in_sync(&cluster);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut c = coordinator_client(&addr).await;
     commit_ok(&mut c, commit_request(group, "", -1, &[("phoenix", 0, 42)])).await;

@@ -277,8 +277,8 @@ impl Fetcher {
                 .find(|b| b.tp == tp)
                 .map_or(pos, |b| b.next);
             if !leaders.contains_key(&tp.topic) {
-                let of_topic = match self.client.partitions(&tp.topic).await {
-                    Ok(p) => p.iter().map(|l| l.leader).collect(),
+                let of_topic = match self.client.leaders(&tp.topic).await {
+                    Ok(leaders) => leaders,
                     Err(e) => {
                         tracing::debug!(topic = %tp.topic, error = %e, "no metadata for a topic; backing off");
                         Vec::new()

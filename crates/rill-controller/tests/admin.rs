@@ -122,24 +122,7 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
         ("cleanup.policy", "shred"),
         ("no.such.key", "1"),
     ] {
-        let r = q
-            .call(0, |mut c| async move {
-                c.incremental_alter_configs(IncrementalAlterConfigsRequest {
-                    resources: vec![AlterConfigsResource {
-                        topic: "existing".into(),
-                        configs: vec![AlterableConfig {
-                            name: name.into(),
-                            operation: ConfigOperation::Set as i32,
-                            value: Some(value.into()),
-                        }],
-                        ..Default::default()
-                    }],
-                    validate_only: false,
-                })
-                .await
-            })
-            .await
-            .unwrap();
+        let r = alter_configs(&q, vec![topic_config("existing", name, 0, value)]).await;
         assert_eq!(
             r.results[0].error_code,
             ErrorCode::InvalidConfig as i32,
@@ -147,24 +130,11 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
         );
     }
     // An operation rill does not know (Kafka's APPEND is 2) is refused, not taken for SET.
-    let r = q
-        .call(0, |mut c| async move {
-            c.incremental_alter_configs(IncrementalAlterConfigsRequest {
-                resources: vec![AlterConfigsResource {
-                    topic: "existing".into(),
-                    configs: vec![AlterableConfig {
-                        name: "retention.ms".into(),
-                        operation: 2,
-                        value: Some("1000".into()),
-                    }],
-                    ..Default::default()
-                }],
-                validate_only: false,
-            })
-            .await
-        })
-        .await
-        .unwrap();
+    let r = alter_configs(
+        &q,
+        vec![topic_config("existing", "retention.ms", 2, "1000")],
+    )
+    .await;
     assert_eq!(
         r.results[0].error_code,
         ErrorCode::InvalidRequest as i32,
@@ -172,26 +142,8 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
     );
     assert!(r.results[0].error_message.contains("operation"), "{r:?}");
     // One topic named twice: both refused (the second would undo what the first decided).
-    let set = |value: &str| AlterConfigsResource {
-        topic: "existing".into(),
-        configs: vec![AlterableConfig {
-            name: "unclean.leader.election.enable".into(),
-            operation: ConfigOperation::Set as i32,
-            value: Some(value.into()),
-        }],
-        ..Default::default()
-    };
-    let twice = IncrementalAlterConfigsRequest {
-        resources: vec![set("true"), set("false")],
-        validate_only: false,
-    };
-    let r = q
-        .call(0, |mut c| {
-            let twice = twice.clone();
-            async move { c.incremental_alter_configs(twice).await }
-        })
-        .await
-        .unwrap();
+    let unclean = |value| topic_config("existing", "unclean.leader.election.enable", 0, value);
+    let r = alter_configs(&q, vec![unclean("true"), unclean("false")]).await;
     assert_eq!(r.results.len(), 2);
     for res in &r.results {
         assert_eq!(res.error_code, ErrorCode::InvalidRequest as i32, "{r:?}");
@@ -337,4 +289,33 @@ async fn the_partition_limit_is_configurable_and_enforced() {
         .await
         .unwrap();
     assert_eq!(r.topics[0].error_code, ErrorCode::InvalidPartitions as i32);
+}
+
+/// One topic config change (`operation`: 0 SET, 1 DELETE, anything else unknown).
+fn topic_config(topic: &str, name: &str, operation: i32, value: &str) -> AlterConfigsResource {
+    AlterConfigsResource {
+        topic: topic.into(),
+        configs: vec![AlterableConfig {
+            name: name.into(),
+            operation,
+            value: Some(value.into()),
+        }],
+        ..Default::default()
+    }
+}
+
+async fn alter_configs(
+    q: &Quorum,
+    resources: Vec<AlterConfigsResource>,
+) -> IncrementalAlterConfigsResponse {
+    let request = IncrementalAlterConfigsRequest {
+        resources,
+        validate_only: false,
+    };
+    q.call(0, |mut c| {
+        let request = request.clone();
+        async move { c.incremental_alter_configs(request).await }
+    })
+    .await
+    .unwrap()
 }

@@ -1258,10 +1258,7 @@ async fn sender_loop(inner: Arc<Inner>) {
         let mut by_leader: HashMap<i32, Vec<Shipment>> = HashMap::new();
         for s in shipments {
             if !leaders.contains_key(&s.topic) {
-                let of_topic = match inner.client.partitions(&s.topic).await {
-                    Ok(p) => p.iter().map(|l| l.leader).collect(),
-                    Err(_) => Vec::new(),
-                };
+                let of_topic = inner.client.leaders(&s.topic).await.unwrap_or_default();
                 leaders.insert(s.topic.clone(), of_topic);
             }
             let leader = leaders

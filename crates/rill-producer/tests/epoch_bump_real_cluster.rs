@@ -179,17 +179,20 @@ impl Cluster {
         }
     }
 
-    /// Creates `topic` (one partition on both brokers) and returns its leader once it answers.
-    async fn create_topic(&self, topic: &str) -> i32 {
+    /// Creates `topic` with `partitions` of `rf` replicas and `configs`.
+    async fn create(&self, topic: &str, partitions: i32, rf: i32, configs: &[(&str, &str)]) {
         let request = CreateTopicsRequest {
             topics: vec![CreatableTopic {
                 name: topic.into(),
-                num_partitions: 1,
-                replication_factor: 2,
-                configs: vec![ConfigEntry {
-                    name: "min.insync.replicas".into(),
-                    value: Some("2".into()),
-                }],
+                num_partitions: partitions,
+                replication_factor: rf,
+                configs: configs
+                    .iter()
+                    .map(|(name, value)| ConfigEntry {
+                        name: (*name).into(),
+                        value: Some((*value).into()),
+                    })
+                    .collect(),
             }],
             validate_only: false,
         };
@@ -202,6 +205,12 @@ impl Cluster {
             .await
             .unwrap();
         assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+    }
+
+    /// Creates `topic` (one partition on both brokers) and returns its leader once it answers.
+    async fn create_topic(&self, topic: &str) -> i32 {
+        self.create(topic, 1, 2, &[("min.insync.replicas", "2")])
+            .await;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let client = self.client();
@@ -508,24 +517,7 @@ fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> bool {
 /// Topic "spread": 4 partitions of one replica over both brokers, each answering; a producer
 /// with one request slot per broker, and each partition's leader.
 async fn spread_topic(cluster: &Cluster) -> (Producer, Vec<i32>) {
-    let request = CreateTopicsRequest {
-        topics: vec![CreatableTopic {
-            name: "spread".into(),
-            num_partitions: 4,
-            replication_factor: 1,
-            configs: vec![],
-        }],
-        validate_only: false,
-    };
-    let r = cluster
-        .client()
-        .admin(Duration::from_secs(10), |mut c| {
-            let request = request.clone();
-            async move { c.create_topics(request).await }
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+    cluster.create("spread", 4, 1, &[]).await;
     let producer = Producer::new(ProducerConfig {
         bootstrap: cluster.bootstrap(),
         max_in_flight: 1,
@@ -684,27 +676,9 @@ async fn keyless_records_avoid_partitions_without_a_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_oversized_batch_does_not_fail_the_batches_sent_with_it() {
     let cluster = Cluster::start().await;
-    let request = CreateTopicsRequest {
-        topics: vec![CreatableTopic {
-            name: "strict".into(),
-            num_partitions: 1,
-            replication_factor: 1,
-            configs: vec![ConfigEntry {
-                name: "max.message.bytes".into(),
-                value: Some("100000".into()),
-            }],
-        }],
-        validate_only: false,
-    };
-    let r = cluster
-        .client()
-        .admin(Duration::from_secs(10), |mut c| {
-            let request = request.clone();
-            async move { c.create_topics(request).await }
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.topics[0].error_code, 0, "{}", r.topics[0].error_message);
+    cluster
+        .create("strict", 1, 1, &[("max.message.bytes", "100000")])
+        .await;
     for idempotence in [false, true] {
         let producer = Producer::new(ProducerConfig {
             bootstrap: cluster.bootstrap(),

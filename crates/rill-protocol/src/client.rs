@@ -369,6 +369,17 @@ impl ClusterClient {
             .map(|t| t.partitions.len())
     }
 
+    /// Each partition's leader id (-1: none), as [`partitions`](Self::partitions) finds them:
+    /// what a sender or fetcher looks up once per topic per round.
+    pub async fn leaders(&self, topic: &str) -> Result<Vec<i32>, ApiError> {
+        Ok(self
+            .partitions(topic)
+            .await?
+            .iter()
+            .map(|l| l.leader)
+            .collect())
+    }
+
     /// The cached partitions of `topic` (invalidated or not), without any I/O.
     pub fn cached_partitions(&self, topic: &str) -> Option<Vec<LeaderInfo>> {
         self.cache
