@@ -258,13 +258,10 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
                     .or_insert_with(|| format!("log of {} went offline", p.tp));
             }
         }
-        let clean = failed.is_empty();
-        let closed = if clean {
-            rm2.logs().shutdown()
-        } else {
-            // No clean-shutdown marker: the next start must recover what the failure left.
-            Ok(())
-        };
+        // The failed dirs get no clean-shutdown marker (the next start recovers what the
+        // failure left); the others close cleanly.
+        let failed_dirs: Vec<std::path::PathBuf> = failed.keys().cloned().collect();
+        let closed = rm2.logs().shutdown_except(&failed_dirs);
         (closed, failed)
     })
     .await

@@ -556,14 +556,26 @@ impl LogManager {
     /// an offline (or failing) log gets no clean-shutdown marker: its logs are recovered on the
     /// next start. The first error is returned after doing everything else.
     pub fn shutdown(&self) -> Result<()> {
+        self.shutdown_except(&[])
+    }
+
+    /// [`Self::shutdown`], leaving the log dirs in `failed` as they are: their logs are not
+    /// closed nor checkpointed, and they get no clean-shutdown marker (the next start recovers
+    /// them), while every other dir closes cleanly — as Kafka's `LogManager.shutdown` closes
+    /// the dirs still online.
+    pub fn shutdown_except(&self, failed: &[PathBuf]) -> Result<()> {
         {
             // Waits for logs being added or set aside; none starts after.
             let _closing = self.open_gate.write();
             self.shut_down.store(true, Ordering::Release);
         }
         let mut first_error = None;
-        let mut unclean = vec![false; self.log_dirs.len()];
+        let skipped: Vec<bool> = self.log_dirs.iter().map(|d| failed.contains(d)).collect();
+        let mut unclean = skipped.clone();
         for (tp, d, log) in self.logs_by_dir() {
+            if skipped[d] {
+                continue;
+            }
             // A pass running on it stops at its next group; none starts after.
             let gate = log.read().maintenance();
             gate.retiring.store(true, Ordering::Release);
@@ -579,7 +591,12 @@ impl LogManager {
                 first_error.get_or_insert(e);
             }
         }
-        if let Err(e) = self.checkpoint() {
+        let online: BTreeSet<usize> = (0..self.log_dirs.len()).filter(|d| !skipped[*d]).collect();
+        let checkpointed = {
+            let _serial = self.checkpoint_lock.lock();
+            self.checkpoint_dirs(Some(&online), None)
+        };
+        if let Err(e) = checkpointed {
             unclean.iter_mut().for_each(|u| *u = true);
             first_error.get_or_insert(e);
         }

@@ -561,3 +561,28 @@ fn a_second_manager_on_the_same_dirs_is_refused() {
     let again = manager(&dirs, &clock);
     again.shutdown().unwrap();
 }
+
+/// A failed log dir is left as it is at shutdown (no clean marker: recovered next start), while
+/// the healthy ones close cleanly, with their checkpoints and marker (Kafka closes the dirs
+/// still online).
+#[test]
+fn shutdown_closes_the_healthy_dirs_and_leaves_a_failed_one_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let dirs = vec![tmp.path().join("a"), tmp.path().join("b")];
+    let logs = manager(&dirs, &clock);
+    let mut per_dir = std::collections::BTreeMap::new();
+    for p in 0..8 {
+        let tp = TopicPartition::new("t", p);
+        let log = logs.get_or_create(&tp, LogConfig::default()).unwrap();
+        append_acknowledged(&log, numbered(0, 1, 10, 0));
+        per_dir.entry(logs.log_dir_of(&tp).unwrap()).or_insert(tp);
+    }
+    assert_eq!(per_dir.len(), 2, "logs in both dirs");
+    logs.shutdown_except(&[dirs[0].clone()]).unwrap();
+    assert!(!dirs[0].join(".rill_clean_shutdown").exists());
+    assert!(dirs[1].join(".rill_clean_shutdown").exists());
+    let checkpoint =
+        std::fs::read_to_string(dirs[1].join("recovery-point-offset-checkpoint")).unwrap();
+    assert!(checkpoint.contains("t-"), "{checkpoint}");
+}
