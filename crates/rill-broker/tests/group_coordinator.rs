@@ -710,6 +710,11 @@ async fn heartbeat_through_outage(
     if r.error_code == 0 {
         assert_eq!(r.member_epoch, heartbeat.member_epoch, "fenced");
     }
+    offsets_isr(client).await
+}
+
+/// The ISR size of `__consumer_offsets-0`, if the metadata says.
+async fn offsets_isr(client: &rill_protocol::client::ClusterClient) -> Option<usize> {
     client
         .refresh(&[OFFSETS.into()])
         .await
@@ -876,11 +881,7 @@ async fn offsets_of_a_topic_recreated_during_an_offsets_outage_go_after_it() {
     let client = cluster.client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let isr = client
-            .refresh(&[OFFSETS.into()])
-            .await
-            .ok()
-            .and_then(|md| md.topics.first()?.partitions.first().map(|p| p.isr.len()));
+        let isr = offsets_isr(&client).await;
         if isr == Some(1) {
             break;
         }

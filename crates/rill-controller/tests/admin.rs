@@ -290,32 +290,3 @@ async fn the_partition_limit_is_configurable_and_enforced() {
         .unwrap();
     assert_eq!(r.topics[0].error_code, ErrorCode::InvalidPartitions as i32);
 }
-
-/// One topic config change (`operation`: 0 SET, 1 DELETE, anything else unknown).
-fn topic_config(topic: &str, name: &str, operation: i32, value: &str) -> AlterConfigsResource {
-    AlterConfigsResource {
-        topic: topic.into(),
-        configs: vec![AlterableConfig {
-            name: name.into(),
-            operation,
-            value: Some(value.into()),
-        }],
-        ..Default::default()
-    }
-}
-
-async fn alter_configs(
-    q: &Quorum,
-    resources: Vec<AlterConfigsResource>,
-) -> IncrementalAlterConfigsResponse {
-    let request = IncrementalAlterConfigsRequest {
-        resources,
-        validate_only: false,
-    };
-    q.call(0, |mut c| {
-        let request = request.clone();
-        async move { c.incremental_alter_configs(request).await }
-    })
-    .await
-    .unwrap()
-}

@@ -424,24 +424,8 @@ async fn unclean_election_when_a_replica_returns_or_the_topic_allows_it() {
     let clean = &image.topics["clean"].partitions[0];
     assert_eq!((clean.leader, clean.isr.clone()), (-1, vec![gone]));
     // Allowed now: elected at once.
-    let r = q
-        .call(leader, |mut c| async move {
-            c.incremental_alter_configs(IncrementalAlterConfigsRequest {
-                resources: vec![AlterConfigsResource {
-                    topic: "clean".into(),
-                    configs: vec![AlterableConfig {
-                        name: "unclean.leader.election.enable".into(),
-                        operation: ConfigOperation::Set as i32,
-                        value: Some("true".into()),
-                    }],
-                    ..Default::default()
-                }],
-                validate_only: false,
-            })
-            .await
-        })
-        .await
-        .unwrap();
+    let allow = topic_config("clean", "unclean.leader.election.enable", 0, "true");
+    let r = alter_configs(&q, vec![allow]).await;
     assert_eq!(r.results[0].error_code, 0, "{r:?}");
     let image = wait_image(&q, leader, "clean led after the change", |i| {
         i.topics["clean"].partitions[0].leader == returning

@@ -418,3 +418,33 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// One topic config change (`operation`: 0 SET, 1 DELETE, anything else unknown).
+pub fn topic_config(topic: &str, name: &str, operation: i32, value: &str) -> AlterConfigsResource {
+    AlterConfigsResource {
+        topic: topic.into(),
+        configs: vec![AlterableConfig {
+            name: name.into(),
+            operation,
+            value: Some(value.into()),
+        }],
+        ..Default::default()
+    }
+}
+
+/// IncrementalAlterConfigs of `resources`, through any controller.
+pub async fn alter_configs(
+    q: &Quorum,
+    resources: Vec<AlterConfigsResource>,
+) -> IncrementalAlterConfigsResponse {
+    let request = IncrementalAlterConfigsRequest {
+        resources,
+        validate_only: false,
+    };
+    q.call(0, |mut c| {
+        let request = request.clone();
+        async move { c.incremental_alter_configs(request).await }
+    })
+    .await
+    .unwrap()
+}
