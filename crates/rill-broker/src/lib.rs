@@ -47,6 +47,10 @@ pub enum BrokerError {
     /// leadership moves and a supervisor can restart it once the disk is fixed.
     #[error("a log dir failed; the broker stopped: {0}")]
     LogDirFailure(String),
+    /// The broker stopped for a reason a restart as it is cannot fix (its log dirs belong to
+    /// another cluster).
+    #[error("the broker stopped: {0}")]
+    Fatal(String),
     /// The gRPC listener could not be bound or served, or a task it needs failed.
     #[error("listener {address}: {reason}")]
     Listener {
@@ -63,12 +67,13 @@ pub enum BrokerError {
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<(), BrokerError> {
     let config = Arc::new(config);
     let dirs = config.log_dirs.clone();
+    let node_id = config.node_id;
     let defaults = config.topic_defaults.clone();
     let cleaner = CleanerConfig {
         dedupe_buffer_size: config.cleaner_dedupe_buffer_size,
     };
     let logs = tokio::task::spawn_blocking(move || {
-        LogManager::open(dirs, &defaults, cleaner, Arc::new(SystemClock))
+        LogManager::open(dirs, node_id, &defaults, cleaner, Arc::new(SystemClock))
     })
     .await
     .map_err(|e| BrokerError::Listener {
@@ -232,6 +237,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     server_stop.cancel();
     let served = server.await;
     background_stop.cancel();
+    let fatal = lifecycle.fatal_error();
     // Dropping the last queue sender stops the I/O threads once they drain.
     drop(lifecycle);
     rm.shutdown_fetchers();
@@ -276,6 +282,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             "{}: {reason}",
             dir.display()
         )));
+    }
+    if let Some(reason) = fatal {
+        return Err(BrokerError::Fatal(reason));
     }
     tracing::info!(broker = config.node_id, "broker stopped cleanly");
     match served {

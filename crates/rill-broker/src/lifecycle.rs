@@ -29,6 +29,9 @@ pub struct Lifecycle {
     applied: AtomicI64,
     fenced: AtomicBool,
     incarnation: String,
+    /// Why the broker must stop and not come back by itself (its log dirs belong to another
+    /// cluster), once known.
+    fatal: parking_lot::Mutex<Option<String>>,
 }
 
 impl Lifecycle {
@@ -47,7 +50,20 @@ impl Lifecycle {
             applied: AtomicI64::new(-1),
             fenced: AtomicBool::new(true),
             incarnation: uuid::Uuid::new_v4().to_string(),
+            fatal: parking_lot::Mutex::new(None),
         }))
+    }
+
+    /// Why the broker stopped by itself, if it did: restarting it as it is cannot help.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().clone()
+    }
+
+    /// Stops the broker (`stop` is its shutdown) for a reason a restart cannot fix.
+    fn halt(&self, stop: &CancellationToken, reason: String) {
+        tracing::error!(error = %reason, "stopping the broker");
+        self.fatal.lock().get_or_insert(reason);
+        stop.cancel();
     }
 
     /// The endpoints this broker registers: gRPC (`PLAINTEXT`) first — gRPC clients take the
@@ -72,7 +88,13 @@ impl Lifecycle {
         loop {
             let req = BrokerRegistrationRequest {
                 broker_id: self.config.node_id,
-                cluster_id: self.rm.image().cluster_id.clone().unwrap_or_default(),
+                // The log dirs' cluster when they know it: a quorum of another cluster refuses.
+                cluster_id: self
+                    .rm
+                    .logs()
+                    .cluster_id()
+                    .or_else(|| self.rm.image().cluster_id.clone())
+                    .unwrap_or_default(),
                 incarnation_id: self.incarnation.clone(),
                 listeners: self.endpoints(),
                 rack: self.config.rack.clone(),
@@ -94,6 +116,16 @@ impl Lifecycle {
                         "registered with the controller quorum"
                     );
                     return Some(r.broker_epoch);
+                }
+                Err(e) if e.code == ErrorCode::InconsistentClusterId => {
+                    self.halt(
+                        stop,
+                        format!(
+                            "the controller quorum refused this broker's log dirs: {}; point the broker at its own cluster's controllers, or give it empty log.dirs to join this one",
+                            e.message
+                        ),
+                    );
+                    return None;
                 }
                 Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
             }
@@ -162,7 +194,8 @@ impl Lifecycle {
             return;
         }
         let metadata_stop = CancellationToken::new();
-        let metadata = tokio::spawn(Arc::clone(&self).follow_metadata(metadata_stop.clone()));
+        let metadata =
+            tokio::spawn(Arc::clone(&self).follow_metadata(metadata_stop.clone(), stop.clone()));
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
         loop {
             tokio::select! {
@@ -231,7 +264,11 @@ impl Lifecycle {
     /// snapshot older than what this broker already applied — in this run, or before a restart
     /// (`metadata-offset-checkpoint`) — comes from a lagging controller and is refused, and
     /// nothing is applied to the local logs until the image has reached that offset again.
-    async fn follow_metadata(self: Arc<Self>, stop: CancellationToken) {
+    async fn follow_metadata(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
         let rm = Arc::clone(&self.rm);
         let floor = tokio::task::spawn_blocking(move || rm.persisted_metadata_offset())
             .await
@@ -317,6 +354,23 @@ impl Lifecycle {
                 if offset < floor {
                     // Still behind what this broker knew before: act on nothing yet.
                     continue;
+                }
+                if let Some(id) = image.cluster_id.clone()
+                    && self.rm.logs().cluster_id().as_deref() != Some(id.as_str())
+                {
+                    // The first time: the log dirs now belong to this cluster.
+                    let rm = Arc::clone(&self.rm);
+                    match tokio::task::spawn_blocking(move || rm.logs().set_cluster_id(&id)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e @ rill_storage::LogError::ForeignLogDir { .. })) => {
+                            self.halt(&shutdown, e.to_string());
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not record the cluster id in the log dirs' meta.properties")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cluster id task failed"),
+                    }
                 }
                 let snapshot = Arc::new(image.clone());
                 let rm = Arc::clone(&self.rm);

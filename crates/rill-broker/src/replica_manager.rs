@@ -1561,6 +1561,7 @@ pub(crate) mod tests {
         let config = Arc::new(BrokerConfig::load(None, &overrides).unwrap());
         let logs = LogManager::open(
             config.log_dirs.clone(),
+            config.node_id,
             &config.topic_defaults,
             rill_storage::CleanerConfig::default(),
             Arc::new(rill_storage::SystemClock),

@@ -187,3 +187,104 @@ async fn deleted_logs_are_set_aside_then_removed_and_strays_are_kept() {
         "stray data must be kept"
     );
 }
+
+/// `key` of a log dir's `meta.properties`, if it has one.
+fn meta_property(dir: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("meta.properties")).ok()?;
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Runs a broker binary on `log_dir` against `voters` until it exits by itself (at most 30 s);
+/// returns its exit status and stderr.
+fn run_broker_until_exit(
+    node_id: i32,
+    log_dir: &Path,
+    voters: &str,
+) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(sibling("rill-broker"))
+        .args([
+            "--node-id",
+            &node_id.to_string(),
+            "--listeners",
+            "127.0.0.1:0",
+            "--voters",
+            voters,
+        ])
+        .arg("--log-dirs")
+        .arg(log_dir)
+        .args(["--override", "broker.heartbeat.interval.ms=200"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the broker on {} did not stop by itself", log_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+/// Log dirs belong to one node of one cluster (`meta.properties`, as Kafka's): a broker started
+/// with another node.id, or against another cluster's controllers, refuses to run on them
+/// instead of serving their data as its own replicas — and the data stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_dirs_of_another_node_or_cluster_are_refused() {
+    let mut cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("owned", 1, 1, &[]).await;
+    produce_grpc(
+        &cluster,
+        (0..5)
+            .map(|i| ProducerRecord::new("owned", None::<Vec<u8>>, format!("v{i}")))
+            .collect(),
+    )
+    .await;
+    let logs = cluster.brokers[0].dir.join("logs");
+    // The cluster the broker joined is written into its dir once it has learned it.
+    let client = cluster.client();
+    client.refresh(&["owned".to_owned()]).await.unwrap();
+    let mut b = client.broker(1).unwrap();
+    let served = b
+        .metadata(MetadataRequest { topics: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster_id;
+    assert!(!served.is_empty());
+    assert_eq!(meta_property(&logs, "node.id").as_deref(), Some("1"));
+    assert_eq!(meta_property(&logs, "cluster.id"), Some(served.clone()));
+    assert!(cluster.stop_broker(0).success());
+
+    // Another node.id on the same dir: refused at start, before any log is opened.
+    let (status, err) = run_broker_until_exit(2, &logs, &cluster.voters);
+    assert!(!status.success());
+    assert!(
+        err.contains("belongs to node.id 1") && err.contains("node.id 2"),
+        "{err}"
+    );
+
+    // The right node.id against another cluster's quorum: the registration is refused and the
+    // broker stops.
+    let other = Cluster::start(1, 1, &[]).await;
+    let (status, err) = run_broker_until_exit(1, &logs, &other.voters);
+    assert!(!status.success());
+    assert!(err.contains(&served) && err.contains("cluster"), "{err}");
+    assert_eq!(meta_property(&logs, "cluster.id"), Some(served));
+
+    // Back on its own cluster, the broker serves its data as before.
+    cluster.start_broker(0);
+    cluster.wait_healthy().await;
+    assert_eq!(consume(&cluster.bootstrap(), "owned", 5).await.len(), 5);
+}

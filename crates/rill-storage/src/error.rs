@@ -149,6 +149,15 @@ pub enum LogError {
         /// What is allowed.
         reason: String,
     },
+    /// A log dir belongs to another node or another cluster (its `meta.properties`): serving
+    /// its data as this broker's replicas could lose acknowledged records.
+    #[error("log dir {dir} {reason}")]
+    ForeignLogDir {
+        /// The log dir (one of `log.dirs`).
+        dir: PathBuf,
+        /// Whose it is, and what to do.
+        reason: String,
+    },
     /// On-disk data is not what the log wrote.
     #[error("corrupt log data in {path}: {reason}")]
     Corrupt {
@@ -223,6 +232,7 @@ impl LogError {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::Truncated { .. } | LogError::Closed { .. } => ErrorCode::NotLeaderOrFollower,
             LogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+            LogError::ForeignLogDir { .. } => ErrorCode::InconsistentClusterId,
             LogError::Corrupt { .. } | LogError::Io { .. } | LogError::LogDirOffline { .. } => {
                 ErrorCode::KafkaStorageError
             }

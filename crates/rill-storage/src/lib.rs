@@ -23,6 +23,7 @@ mod log;
 mod log_cleaner;
 mod log_manager;
 mod log_segment;
+mod meta_properties;
 mod producer_state;
 mod segment_file;
 
@@ -42,6 +43,7 @@ pub use log_manager::{
     TopicPartition, parse_partition_dir, partition_dir_name,
 };
 pub use log_segment::{LogSegment, SegmentInfo};
+pub use meta_properties::{META_PROPERTIES, MetaProperties};
 pub use producer_state::{
     AppendCheck, BatchMetadata, DEFAULT_PRODUCER_ID_EXPIRATION_MS, NUM_BATCHES_TO_RETAIN,
     PRODUCER_SNAPSHOT_SUFFIX, ProducerStateEntry, ProducerStateManager, last_sequence,

@@ -21,6 +21,7 @@ use crate::config::LogConfig;
 use crate::error::{IoContext, LogError, Result};
 use crate::log::{Log, LogOpenOptions};
 use crate::log_cleaner::{CleanerConfig, CleanerStats, CleaningPass};
+use crate::meta_properties::MetaProperties;
 
 /// File name of the recovery point checkpoint in each log dir.
 pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
@@ -68,6 +69,53 @@ pub struct LogManager {
     /// process on the same dirs would recover, cut and rewrite files this one is writing
     /// (Kafka's `LogManager.lockLogDirs`).
     _dir_locks: Vec<std::fs::File>,
+    /// This broker's `node.id`, written into every dir's `meta.properties`.
+    node_id: i32,
+    /// The cluster the dirs belong to (their `meta.properties`), once known.
+    cluster_id: Mutex<Option<String>>,
+}
+
+/// Checks every dir's `meta.properties` against `node_id`, writes it where missing, and
+/// returns the cluster the dirs belong to (the same in all, or refused).
+fn claim_log_dirs(dirs: &[PathBuf], node_id: i32) -> Result<Option<String>> {
+    let mut cluster: Option<(String, &PathBuf)> = None;
+    for dir in dirs {
+        let meta = match MetaProperties::read(dir)? {
+            Some(m) => m,
+            None => {
+                let m = MetaProperties::new(node_id);
+                m.write(dir)?;
+                m
+            }
+        };
+        if meta.node_id != node_id {
+            return Err(crate::meta_properties::foreign(
+                dir,
+                format!(
+                    "belongs to node.id {} (its meta.properties), not to this broker's node.id {node_id}: \
+                     start node {} on it, or give this broker its own log.dirs",
+                    meta.node_id, meta.node_id
+                ),
+            ));
+        }
+        if let Some(c) = meta.cluster_id {
+            match &cluster {
+                Some((other, other_dir)) if *other != c => {
+                    return Err(crate::meta_properties::foreign(
+                        dir,
+                        format!(
+                            "belongs to cluster {c}, but log dir {} to cluster {other} (their meta.properties): \
+                             a broker's log.dirs must all come from one cluster",
+                            other_dir.display()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => cluster = Some((c, dir)),
+            }
+        }
+    }
+    Ok(cluster.map(|(c, _)| c))
 }
 
 /// The lock file in every log dir.
@@ -97,9 +145,12 @@ fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File> {
 
 impl LogManager {
     /// Opens every partition log found in `log_dirs` (creating the dirs if needed), recovering
-    /// what the last shutdown left unflushed.
+    /// what the last shutdown left unflushed. Every dir is claimed for `node_id` first (its
+    /// `meta.properties`): a dir of another node, or dirs of different clusters, are refused
+    /// before any of their logs is opened.
     pub fn open(
         log_dirs: Vec<PathBuf>,
+        node_id: i32,
         default_config: &LogConfig,
         cleaner: CleanerConfig,
         clock: SharedClock,
@@ -113,7 +164,7 @@ impl LogManager {
         }
         let mut logs = HashMap::new();
         let mut dir_locks = Vec::new();
-        for (i, dir) in log_dirs.iter().enumerate() {
+        for dir in &log_dirs {
             let existed = dir.exists();
             crate::log::create_dir_durably(dir)?;
             dir_locks.push(lock_dir(dir)?);
@@ -126,6 +177,9 @@ impl LogManager {
             {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the parent of a log dir: its entry may not survive a power cut if it was made without one");
             }
+        }
+        let cluster_id = claim_log_dirs(&log_dirs, node_id)?;
+        for (i, dir) in log_dirs.iter().enumerate() {
             let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
             let clean_shutdown = clean_marker.exists();
             // As Kafka: a damaged recovery-point checkpoint only costs a full recovery (every
@@ -178,9 +232,49 @@ impl LogManager {
                 crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             ),
             _dir_locks: dir_locks,
+            node_id,
+            cluster_id: Mutex::new(cluster_id),
         };
         manager.checkpoint()?;
         Ok(manager)
+    }
+
+    /// The cluster these dirs belong to, when they know it: the broker registers with it, and
+    /// a controller quorum of another cluster refuses the registration.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster_id.lock().clone()
+    }
+
+    /// Records the cluster the broker joined in every dir's `meta.properties`, the first time;
+    /// afterwards checks it is the same. An error when the dirs belong to another cluster
+    /// ([`LogError::ForeignLogDir`]) or a dir could not be written.
+    pub fn set_cluster_id(&self, id: &str) -> Result<()> {
+        let mut known = self.cluster_id.lock();
+        match known.as_deref() {
+            Some(k) if k == id => return Ok(()),
+            Some(k) => {
+                return Err(crate::meta_properties::foreign(
+                    &self.log_dirs[0],
+                    format!(
+                        "belongs to cluster {k} (its meta.properties), but the controller quorum serves cluster {id}: \
+                         point the broker at its own cluster's controllers, or give it empty log.dirs to join this one"
+                    ),
+                ));
+            }
+            None => {}
+        }
+        for dir in &self.log_dirs {
+            let mut meta =
+                MetaProperties::read(dir)?.unwrap_or_else(|| MetaProperties::new(self.node_id));
+            meta.cluster_id = Some(id.to_owned());
+            meta.write(dir)?;
+        }
+        tracing::info!(
+            cluster = id,
+            "log dirs now belong to this cluster (meta.properties)"
+        );
+        *known = Some(id.to_owned());
+        Ok(())
     }
 
     /// The log dir (one of `log.dirs`) holding the log of `tp`, if this broker has one: the

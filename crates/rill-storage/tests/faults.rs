@@ -251,6 +251,7 @@ fn a_truncation_survives_a_power_cut() {
 fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
     LogManager::open(
         dirs.to_vec(),
+        1,
         &config(),
         CleanerConfig::default(),
         Arc::new(clock.clone()),

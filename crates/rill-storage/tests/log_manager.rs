@@ -13,6 +13,7 @@ use rill_storage::{
 fn manager(dirs: &[std::path::PathBuf], clock: &ManualClock) -> LogManager {
     LogManager::open(
         dirs.to_vec(),
+        1,
         &LogConfig::default(),
         CleanerConfig::default(),
         Arc::new(clock.clone()),
@@ -544,6 +545,7 @@ fn a_second_manager_on_the_same_dirs_is_refused() {
     let first = manager(&dirs, &clock);
     let e = match LogManager::open(
         vec![tmp.path().join("c"), dirs[1].clone()],
+        1,
         &LogConfig::default(),
         CleanerConfig::default(),
         Arc::new(clock.clone()),
@@ -585,4 +587,55 @@ fn shutdown_closes_the_healthy_dirs_and_leaves_a_failed_one_alone() {
     let checkpoint =
         std::fs::read_to_string(dirs[1].join("recovery-point-offset-checkpoint")).unwrap();
     assert!(checkpoint.contains("t-"), "{checkpoint}");
+}
+
+/// Every dir is claimed for the node (`meta.properties`); dirs of two clusters, or of another
+/// node, are refused before a log is opened; the cluster is recorded once, then checked.
+#[test]
+fn log_dirs_are_claimed_for_one_node_of_one_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let dirs = vec![tmp.path().join("a"), tmp.path().join("b")];
+    let m = manager(&dirs, &clock);
+    assert_eq!(m.cluster_id(), None);
+    m.set_cluster_id("c1").unwrap();
+    m.set_cluster_id("c1").unwrap();
+    let e = m.set_cluster_id("c2").unwrap_err();
+    assert!(
+        matches!(e, rill_storage::LogError::ForeignLogDir { .. }),
+        "{e}"
+    );
+    m.shutdown().unwrap();
+    drop(m);
+    for d in &dirs {
+        let meta = rill_storage::MetaProperties::read(d).unwrap().unwrap();
+        assert_eq!((meta.node_id, meta.cluster_id.as_deref()), (1, Some("c1")));
+    }
+    assert_eq!(manager(&dirs, &clock).cluster_id().as_deref(), Some("c1"));
+
+    let open = |dirs: Vec<std::path::PathBuf>, node| {
+        LogManager::open(
+            dirs,
+            node,
+            &LogConfig::default(),
+            CleanerConfig::default(),
+            Arc::new(clock.clone()),
+        )
+    };
+    let Err(e) = open(dirs.clone(), 2) else {
+        panic!("another node's dirs opened")
+    };
+    assert!(e.to_string().contains("belongs to node.id 1"), "{e}");
+    let mut other = rill_storage::MetaProperties::new(1);
+    other.cluster_id = Some("c9".into());
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    other.write(&c).unwrap();
+    let Err(e) = open(vec![dirs[0].clone(), c], 1) else {
+        panic!("dirs of two clusters opened")
+    };
+    assert!(
+        e.to_string().contains("c9") && e.to_string().contains("c1"),
+        "{e}"
+    );
 }
