@@ -1580,6 +1580,14 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
     let retriable =
         (e.code.is_retriable() || (sequence_error && first_seq.is_some()) || one_refused_all)
             && !inner.closed.load(Ordering::Acquire);
+    // A batch of several records refused alone as too large was not written: it is split in
+    // two and each half sent again (Kafka's `RecordAccumulator.splitAndReenqueue`), until the
+    // pieces fit or a single record is what is too large.
+    let split = e.code == ErrorCode::MessageTooLarge
+        && s.batches.len() == 1
+        && s.batches[0].records() > 1
+        && now.duration_since(s.batches[0].created) < inner.config.delivery_timeout
+        && !inner.closed.load(Ordering::Acquire);
     let mut queues = inner.queues.lock();
     let Some(q) = queues.get_mut(&TopicPartition::new(s.topic.clone(), s.partition)) else {
         drop(queues);
@@ -1605,7 +1613,23 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
     }
     let mut keep = Vec::new();
     for b in s.batches {
-        if retriable && now.duration_since(b.created) < inner.config.delivery_timeout {
+        if split {
+            match split_records(inner, &b) {
+                Ok(parts) => {
+                    let (first, second) = split_batch(b, parts, &e);
+                    tracing::debug!(topic = %s.topic, partition = s.partition, records = first.records() + second.records(), "splitting a batch refused as too large");
+                    keep.push(first);
+                    keep.push(second);
+                }
+                Err(why) => {
+                    let err = ProducerError::Api(ApiError::new(
+                        e.code,
+                        format!("{}; splitting the batch failed: {why}", e.message),
+                    ));
+                    fail_batch(inner, q, b, &err);
+                }
+            }
+        } else if retriable && now.duration_since(b.created) < inner.config.delivery_timeout {
             let mut b = b;
             b.last_error = Some(e.to_string());
             b.alone |= one_refused_all;
@@ -1625,8 +1649,8 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
         // A gap is renumbered under the new epoch at once, a batch whose partition has a new
         // leader goes there at once, and so does one split from a refused request; anything
         // else waits a back-off.
-        b.retry_at =
-            (!gap && !new_leader && !one_refused_all).then(|| now + inner.config.retry_backoff);
+        b.retry_at = (!gap && !new_leader && !one_refused_all && !split)
+            .then(|| now + inner.config.retry_backoff);
         q.ready.push_front(b);
     }
     if inner.idempotence {
@@ -1639,6 +1663,89 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
     if retriable {
         tracing::debug!(topic = %s.topic, partition = s.partition, error = %e, "retrying a produce");
     }
+}
+
+/// The records of `b` rebuilt as two batches of half of them each, in order, with the
+/// producer's codec; under idempotence stamped with `b`'s producer epoch and sequence range
+/// (the first half starts at its sequence, the second right after), so that later batches
+/// need no renumbering.
+fn split_records(inner: &Inner, b: &Batch) -> Result<(Bytes, Bytes), BatchError> {
+    let batch = rill_protocol::record_batch::RecordBatch::parse(&b.bytes)?;
+    let header = *batch.header();
+    let records = batch.records(usize::MAX)?;
+    let records = records.iter().collect::<Result<Vec<_>, _>>()?;
+    let half = records.len() / 2;
+    let build = |part: &[rill_protocol::record_batch::Record<'_>], seq_offset: i64| {
+        let mut builder = RecordBatchBuilder::new(inner.config.compression);
+        if let Some((epoch, seq)) = b.seq {
+            builder = builder.producer(header.producer_id, epoch, wire_seq(seq + seq_offset));
+        }
+        for r in part {
+            let headers: Vec<RecordHeader<'_>> = r.headers().collect();
+            builder.append(r.timestamp, r.key, r.value, &headers);
+        }
+        build_batch(inner, builder)
+    };
+    Ok((
+        build(&records[..half], 0)?,
+        build(&records[half..], half as i64)?,
+    ))
+}
+
+/// Splits `b`, refused as too large and so not written, into two batches carrying `parts`
+/// (from [`split_records`]) and half of its records' waiters, buffer memory and flush
+/// generations each. Both keep the original's delivery deadline and are sent alone.
+fn split_batch(
+    mut b: Batch,
+    (first_bytes, second_bytes): (Bytes, Bytes),
+    refusal: &ApiError,
+) -> (Batch, Batch) {
+    let half = b.waiters.len() / 2;
+    let second_waiters = b.waiters.split_off(half);
+    let second_permits = b.permits - b.permits * half / (half + second_waiters.len());
+    // The flush generations of the records, in order: the first `half` go with the first part.
+    let mut first_gens = FlushGens::new();
+    let mut second_gens = FlushGens::new();
+    let mut left = half;
+    for (generation, n) in b.gens {
+        let here = n.min(left);
+        left -= here;
+        if here > 0 {
+            first_gens.push((generation, here));
+        }
+        if n > here {
+            second_gens.push((generation, n - here));
+        }
+    }
+    let part = |bytes, waiters, permits, gens, seq| Batch {
+        bytes,
+        waiters,
+        permits,
+        gens,
+        created: b.created,
+        retry_at: None,
+        seq,
+        sent_as_head: false,
+        last_error: Some(refusal.to_string()),
+        alone: true,
+    };
+    let second_seq = b.seq.map(|(epoch, seq)| (epoch, seq + half as i64));
+    (
+        part(
+            first_bytes,
+            b.waiters,
+            b.permits - second_permits,
+            first_gens,
+            b.seq,
+        ),
+        part(
+            second_bytes,
+            second_waiters,
+            second_permits,
+            second_gens,
+            second_seq,
+        ),
+    )
 }
 
 #[cfg(test)]

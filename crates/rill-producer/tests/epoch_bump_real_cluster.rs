@@ -717,3 +717,73 @@ async fn one_oversized_batch_does_not_fail_the_batches_sent_with_it() {
         producer.close().await;
     }
 }
+
+/// A batch of many records larger than the topic's `max.message.bytes` (a long linger and a
+/// large `batch.size`) is split until its pieces fit, as Kafka's producer does: every record
+/// is delivered, once and in order — with and without idempotence, and compressed — and the
+/// idempotent pieces keep the batch's sequence range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_max_message_bytes_is_split_until_it_fits() {
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = move || {
+        // xorshift: values LZ4 cannot shrink much.
+        (0..250)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{:02x}", x as u8)
+            })
+            .collect::<String>()
+    };
+    for (i, (idempotence, compression)) in [
+        (false, rill_protocol::record_batch::Compression::None),
+        (true, rill_protocol::record_batch::Compression::None),
+        (true, rill_protocol::record_batch::Compression::Lz4),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let topic = format!("small-{i}");
+        cluster
+            .create(&topic, 1, 1, &[("max.message.bytes", "3000")])
+            .await;
+        let producer = Producer::new(ProducerConfig {
+            bootstrap: cluster.bootstrap(),
+            acks: -1,
+            linger: Duration::from_millis(300),
+            batch_size: 64 << 10,
+            compression,
+            enable_idempotence: Some(idempotence),
+            ..Default::default()
+        })
+        .unwrap();
+        let values: Vec<String> = (0..60).map(|n| format!("{n:03} {}", noise())).collect();
+        let mut pending = Vec::new();
+        for v in &values {
+            let mut r = ProducerRecord::new(topic.as_str(), None::<Bytes>, v.clone());
+            r.partition = Some(0);
+            pending.push(producer.send(r).await.unwrap());
+        }
+        let mut offsets = Vec::new();
+        for p in pending {
+            let m = tokio::time::timeout(Duration::from_secs(30), p)
+                .await
+                .expect("finished in time")
+                .unwrap_or_else(|e| panic!("{topic}: {e}"));
+            offsets.push(m.offset);
+        }
+        assert_eq!(offsets, (0..60).collect::<Vec<i64>>(), "{topic}");
+        producer.close().await;
+        let leader = client.partitions(&topic).await.unwrap()[0].leader;
+        let log = read_all(&client, leader, &topic).await;
+        let read: Vec<&str> = log.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(read, values, "{topic}: every record once, in order");
+        if idempotence {
+            let seqs: Vec<i32> = log.iter().map(|r| r.3).collect();
+            assert_eq!(seqs, (0..60).collect::<Vec<i32>>(), "{topic}");
+        }
+    }
+}
