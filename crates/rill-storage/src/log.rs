@@ -42,6 +42,27 @@ pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 /// Suffix of a complete cleaner output waiting to replace the segments it cleaned.
 pub(crate) const SWAP_SUFFIX: &str = ".swap";
 
+/// Written (holding the new start offset) while [`Log::truncate_fully_and_start_at`] runs, and
+/// removed once it is done: found at open, it means that restart was cut short.
+pub(crate) const RESTART_OFFSET_FILE: &str = "restart-offset";
+
+/// The offset of an unfinished full truncation of the log in `dir`, if one was under way.
+fn read_restart_offset(dir: &Path) -> Result<Option<i64>> {
+    let path = dir.join(RESTART_OFFSET_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at(&path),
+    };
+    match text.trim().parse::<i64>() {
+        Ok(offset) if offset >= 0 => Ok(Some(offset)),
+        _ => Err(LogError::Corrupt {
+            path,
+            reason: format!("{text:?} is not an offset"),
+        }),
+    }
+}
+
 /// How to open a log.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LogOpenOptions {
@@ -200,6 +221,12 @@ impl Log {
             producer_state,
         };
         log.rebuild_producer_state()?;
+        if let Some(offset) = read_restart_offset(&log.dir)? {
+            // A full truncation was cut short by a crash: finish it, so the log restarts at the
+            // offset it was restarting at, not at 0 or with part of its old segments.
+            tracing::warn!(dir = %log.dir.display(), offset, "finishing a full truncation interrupted by a crash");
+            log.truncate_fully_inner(offset)?;
+        }
         log.apply_preallocation();
         // What recovery validated is now made durable, so the recovery point can move to the end.
         log.flush()?;
@@ -658,6 +685,11 @@ impl Log {
 
     fn truncate_fully_inner(&mut self, offset: i64) -> Result<()> {
         self.truncations += 1;
+        // Durable before anything is deleted: a crash from here on leaves the marker, and the
+        // next open finishes the restart at `offset` (a log emptied by the deletions below
+        // would otherwise restart at 0).
+        let marker = self.dir.join(RESTART_OFFSET_FILE);
+        crate::checkpoint::write_atomically(&marker, format!("{offset}\n").as_bytes())?;
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         // Newest first, each removal durable before the next, as in `truncate_to`; so the old
         // segments are gone for good before the new one exists: a crash in between can leave
@@ -681,7 +713,11 @@ impl Log {
         self.group_commit.truncated(offset);
         self.group_commit.flushed(offset);
         self.producer_state.clear()?;
-        self.epochs.clear()
+        self.epochs.clear()?;
+        // Gone for good before anything is appended at `offset`: a marker left behind would
+        // make the next open throw the new records away.
+        remove_if_exists(&marker)?;
+        sync_dir(&self.dir)
     }
 
     /// Moves buffered appends to the page cache (no fsync), so they survive a process crash.

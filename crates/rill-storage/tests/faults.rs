@@ -641,26 +641,27 @@ fn a_power_cut_at_any_step_of_retention_leaves_a_suffix() {
 }
 
 /// A machine crash at any step of a full truncation (a follower starting over at its leader's
-/// log start): the log is a prefix of what it was (the newest segments gone first, never a
-/// hole), or the new empty log at the new start.
+/// log start): the log is what it was, or the new empty log at the new start — never part of
+/// the old one, and never an empty log at 0 (the follower would fetch from 0 again).
 #[test]
-fn a_power_cut_at_any_step_of_a_full_truncation_leaves_a_prefix_or_the_new_log() {
+fn a_power_cut_at_any_step_of_a_full_truncation_leaves_the_old_log_or_the_new_one() {
     const START: i64 = 100;
     let steps = crash_at_every_step(
         |dir, clock| forty_records(open(dir, config(), clock)),
         config,
         |log| log.truncate_fully_and_start_at(START),
-        |step, crashed, before, _, log| {
+        |step, crashed, before, old_end, log| {
             let (start, end) = (log.log_start_offset(), log.log_end_offset());
             if start == START {
                 assert_eq!(end, START, "crash at {step}");
+                assert!(read_all(log).is_empty(), "crash at {step}");
+                // The new log takes appends at its start.
+                log.append_as_leader(&mut numbered(START as usize, 1, 100, 1_000), 0)
+                    .unwrap();
+                assert_eq!(log.log_end_offset(), START + 1, "crash at {step}");
             } else {
-                assert_eq!(start, 0, "crash at {step}");
-                assert_eq!(
-                    read_all(log),
-                    before[..end as usize],
-                    "crash at {step}: not a prefix"
-                );
+                assert_eq!((start, end), (0, old_end), "crash at {step}");
+                assert_eq!(read_all(log), before, "crash at {step}: not the old log");
                 assert!(crashed, "crash at {step}: the truncation finished");
             }
         },

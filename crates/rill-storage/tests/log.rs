@@ -346,6 +346,14 @@ fn truncation() {
         read_all(&log).iter().map(|r| r.offset).collect::<Vec<_>>(),
         [500, 501]
     );
+    // Finished restarts leave nothing for the next open to redo.
+    log.flush().unwrap();
+    drop(log);
+    let log = open(dir.path(), small_config(), &clock);
+    assert_eq!(
+        read_all(&log).iter().map(|r| r.offset).collect::<Vec<_>>(),
+        [500, 501]
+    );
 }
 
 #[test]
