@@ -398,12 +398,14 @@ impl Consumer {
                 c.maybe_auto_commit(&self.subscriptions);
             }
             if self.fetcher.has_buffered()
-                && let Some(records) = self.hand_over().await?
+                && let Some(records) = self.hand_over(deadline).await?
             {
                 return Ok(records);
             }
             self.resolve_positions()?;
-            self.fetcher.start_fetches(&self.subscriptions).await;
+            self.fetcher
+                .start_fetches(&self.subscriptions, deadline)
+                .await;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let in_flight = !self.fetcher.nothing_in_flight();
             if remaining.is_zero() && !in_flight {
@@ -452,7 +454,7 @@ impl Consumer {
                     // positions do not move) for the next poll.
                     self.fetcher.complete(f, &mut self.subscriptions)?;
                     if self.fetcher.has_buffered()
-                        && let Some(records) = self.hand_over().await?
+                        && let Some(records) = self.hand_over(deadline).await?
                     {
                         return Ok(records);
                     }
@@ -460,7 +462,9 @@ impl Consumer {
                 Wake::Timeout => {}
             }
             if Instant::now() >= deadline {
-                self.fetcher.start_fetches(&self.subscriptions).await;
+                self.fetcher
+                    .start_fetches(&self.subscriptions, deadline)
+                    .await;
                 return Ok(Vec::new());
             }
         }
@@ -473,8 +477,13 @@ impl Consumer {
     /// the membership events that arrived meanwhile are taken (records of a partition just
     /// lost are never returned), and the records go to the application, moving the consumed
     /// positions past them. `None` when the batches received held no records.
-    async fn hand_over(&mut self) -> Result<Option<Vec<ConsumerRecord>>, ConsumerError> {
-        self.fetcher.start_fetches(&self.subscriptions).await;
+    async fn hand_over(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<Vec<ConsumerRecord>>, ConsumerError> {
+        self.fetcher
+            .start_fetches(&self.subscriptions, deadline)
+            .await;
         self.fetcher.parse_buffered(&mut self.subscriptions)?;
         if !self.fetcher.has_buffered() {
             return Ok(None);

@@ -104,6 +104,18 @@ pub(crate) struct Fetcher {
     /// order would starve such a partition behind a busy one.
     served: HashMap<TopicPartition, u64>,
     served_count: u64,
+    /// Metadata lookups of topics whose leaders are not cached, each on a task of its own: a
+    /// poll waits for one only until its timeout, and the next poll takes the answer.
+    lookups: HashMap<String, JoinHandle<Result<Vec<i32>, ApiError>>>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        // A lookup left running would outlive the consumer by up to the request timeout.
+        for (_, lookup) in self.lookups.drain() {
+            lookup.abort();
+        }
+    }
 }
 
 impl Fetcher {
@@ -129,6 +141,36 @@ impl Fetcher {
             last_scan: Instant::now(),
             served: HashMap::new(),
             served_count: 0,
+            lookups: HashMap::new(),
+        }
+    }
+
+    /// The leaders of `topic`'s partitions: from the cache when fresh, else from a lookup
+    /// waited for until `deadline` (the poll's) — `None` while it is still running (it goes on,
+    /// and a later scan takes its answer), empty when it failed (the partitions back off).
+    async fn topic_leaders(&mut self, topic: &str, deadline: Instant) -> Option<Vec<i32>> {
+        if let Some(leaders) = self.client.fresh_leaders(topic) {
+            return Some(leaders);
+        }
+        let lookup = self.lookups.entry(topic.to_owned()).or_insert_with(|| {
+            let client = self.client.clone();
+            let topic = topic.to_owned();
+            tokio::spawn(async move { client.leaders(&topic).await })
+        });
+        let answer = tokio::time::timeout_at(deadline.into(), lookup)
+            .await
+            .ok()?;
+        self.lookups.remove(topic);
+        match answer {
+            Ok(Ok(leaders)) => Some(leaders),
+            Ok(Err(e)) => {
+                tracing::debug!(topic, error = %e, "no metadata for a topic; backing off");
+                Some(Vec::new())
+            }
+            Err(e) => {
+                tracing::debug!(topic, error = %e, "metadata lookup task failed; backing off");
+                Some(Vec::new())
+            }
         }
     }
 
@@ -242,7 +284,7 @@ impl Fetcher {
     /// positions): for each leader as many as it has free slots of
     /// `max.in.flight.fetches.per.broker`, the partitions dealt round-robin between them. A
     /// partition whose leader is unknown (no leader, metadata unavailable) backs off instead.
-    pub async fn start_fetches(&mut self, subscriptions: &SubscriptionState) {
+    pub async fn start_fetches(&mut self, subscriptions: &SubscriptionState, deadline: Instant) {
         let busy: Vec<TopicPartition> = self
             .in_flight
             .values()
@@ -257,7 +299,7 @@ impl Fetcher {
         fetchable.sort_by_cached_key(|(tp, _)| self.served.get(tp).copied().unwrap_or(0));
         // Each topic's leaders looked up once per scan: a refresh that fails (no broker
         // answers) is not tried again for every partition of the topic.
-        let mut leaders: HashMap<String, Vec<i32>> = HashMap::new();
+        let mut leaders: HashMap<String, Option<Vec<i32>>> = HashMap::new();
         for (tp, pos) in fetchable {
             if self.backoff.get(&tp).is_some_and(|b| b.until > now) {
                 continue;
@@ -277,20 +319,14 @@ impl Fetcher {
                 .find(|b| b.tp == tp)
                 .map_or(pos, |b| b.next);
             if !leaders.contains_key(&tp.topic) {
-                let of_topic = match self.client.leaders(&tp.topic).await {
-                    Ok(leaders) => leaders,
-                    Err(e) => {
-                        tracing::debug!(topic = %tp.topic, error = %e, "no metadata for a topic; backing off");
-                        Vec::new()
-                    }
-                };
+                let of_topic = self.topic_leaders(&tp.topic, deadline).await;
                 leaders.insert(tp.topic.clone(), of_topic);
             }
-            let leader = leaders
-                .get(&tp.topic)
-                .and_then(|l| l.get(tp.partition as usize))
-                .copied()
-                .unwrap_or(-1);
+            let Some(of_topic) = leaders.get(&tp.topic).and_then(Option::as_ref) else {
+                // Still being looked up: fetched once the answer is in.
+                continue;
+            };
+            let leader = of_topic.get(tp.partition as usize).copied().unwrap_or(-1);
             if leader < 0 {
                 self.client.invalidate(&tp.topic);
                 leaderless.push(tp);

@@ -124,3 +124,30 @@ async fn a_large_batch_is_not_starved_by_a_busy_partition() {
     producer.close().await;
     consumer.close().await.unwrap();
 }
+
+/// `poll` returns by its timeout while no broker answers a metadata lookup (here a listener
+/// that takes connections and never speaks): the lookup goes on in the background, it is not
+/// waited for past the poll's timeout (it used to block for the whole request timeout, 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_returns_by_its_timeout_while_no_broker_answers_metadata() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: vec![silent.local_addr().unwrap().to_string()],
+        request_timeout: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .unwrap();
+    let tp = TopicPartition::new("t", 0);
+    consumer.assign([tp.clone()]);
+    consumer.seek(&tp, 0);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let records = consumer.poll(Duration::from_millis(300)).await.unwrap();
+        assert!(records.is_empty());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "poll(300 ms) took {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -380,6 +380,18 @@ impl ClusterClient {
             .collect())
     }
 
+    /// Each partition's leader id (-1: none) when the cache has `topic` fresh (not invalidated,
+    /// younger than the metadata max age), without any I/O: what [`leaders`](Self::leaders)
+    /// would answer at once.
+    pub fn fresh_leaders(&self, topic: &str) -> Option<Vec<i32>> {
+        match self.cache.read().topics.get(topic) {
+            Some(t) if !t.stale && t.fetched.elapsed() < self.max_age => {
+                Some(t.partitions.iter().map(|l| l.leader).collect())
+            }
+            _ => None,
+        }
+    }
+
     /// The cached partitions of `topic` (invalidated or not), without any I/O.
     pub fn cached_partitions(&self, topic: &str) -> Option<Vec<LeaderInfo>> {
         self.cache
