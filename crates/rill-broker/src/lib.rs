@@ -205,7 +205,14 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
                 )?)),
         );
         tracing::info!(broker = config.node_id, address = ?config.kafka_listeners, "kafka listener listening");
-        tokio::spawn(kafka::serve(listener, apis, server_stop.clone()));
+        let lifecycle = Arc::clone(&lifecycle);
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lifecycle.wait_caught_up() => kafka::serve(listener, apis, stop).await,
+                _ = stop.cancelled() => {}
+            }
+        });
     }
     let group_service =
         network::GroupCoordinatorService::new(Arc::clone(&coordinator), Arc::clone(&metrics));
@@ -231,7 +238,18 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             server_stop.clone().cancelled_owned(),
         );
-    let server = tokio::spawn(server);
+    // Bound now, served once caught up with the metadata log: until then clients wait in the
+    // listen backlog instead of being told that existing topics are unknown.
+    let server = {
+        let lifecycle = Arc::clone(&lifecycle);
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lifecycle.wait_caught_up() => server.await,
+                _ = stop.cancelled() => Ok(()),
+            }
+        })
+    };
     // The lifecycle ends after the controlled shutdown that `shutdown` triggers.
     let _ = lifecycle_task.await;
     server_stop.cancel();

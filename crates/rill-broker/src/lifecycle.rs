@@ -29,6 +29,10 @@ pub struct Lifecycle {
     applied: AtomicI64,
     fenced: AtomicBool,
     incarnation: String,
+    /// True once this broker has applied the metadata log up to its own registration: only
+    /// then does it serve requests (Kafka's brokers open their listeners at that point too);
+    /// before, it would answer "unknown topic" for topics that exist.
+    caught_up: tokio::sync::watch::Sender<bool>,
     /// Why the broker must stop and not come back by itself (its log dirs belong to another
     /// cluster), once known.
     fatal: parking_lot::Mutex<Option<String>>,
@@ -51,7 +55,15 @@ impl Lifecycle {
             fenced: AtomicBool::new(true),
             incarnation: uuid::Uuid::new_v4().to_string(),
             fatal: parking_lot::Mutex::new(None),
+            caught_up: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Waits until this broker has caught up with the metadata log (see `caught_up`).
+    pub async fn wait_caught_up(&self) {
+        let mut caught_up = self.caught_up.subscribe();
+        // Ends only with the sender, which `self` holds.
+        let _ = caught_up.wait_for(|c| *c).await;
     }
 
     /// Why the broker stopped by itself, if it did: restarting it as it is cannot help.
@@ -380,7 +392,17 @@ impl Lifecycle {
                 })
                 .await;
                 match persisted {
-                    Ok(Ok(())) => self.applied.store(offset, Ordering::Release),
+                    Ok(Ok(())) => {
+                        self.applied.store(offset, Ordering::Release);
+                        let epoch = self.epoch.load(Ordering::Acquire);
+                        if epoch >= 0 && offset >= epoch && !*self.caught_up.borrow() {
+                            tracing::info!(
+                                offset,
+                                "caught up with the metadata log; serving requests"
+                            );
+                            self.caught_up.send_replace(true);
+                        }
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "could not record the applied metadata offset")
                     }

@@ -288,3 +288,57 @@ async fn log_dirs_of_another_node_or_cluster_are_refused() {
     cluster.wait_healthy().await;
     assert_eq!(consume(&cluster.bootstrap(), "owned", 5).await.len(), 5);
 }
+
+/// A restarted broker serves requests only once it has caught up with the metadata log (as
+/// Kafka's brokers open their listeners only then): while the controller is paused, clients
+/// get no answer from it — not an answer saying that an existing topic is unknown — and its
+/// first answer afterwards knows the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_serves_only_once_caught_up_with_metadata() {
+    let mut cluster = Cluster::start(1, 1, &[]).await;
+    cluster.create_topic("known", 2, 1, &[]).await;
+    assert!(cluster.stop_broker(0).success());
+    cluster.signal_controller(0, "STOP");
+    cluster.start_broker(0);
+    let addr = format!("http://{}", cluster.brokers[0].addr);
+    let ask = || {
+        let addr = addr.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(addr)
+                .unwrap()
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .ok()?;
+            rill_protocol::proto::broker_client::BrokerClient::new(channel)
+                .metadata(MetadataRequest {
+                    topics: vec!["known".into()],
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        }
+    };
+    // The broker is up (its log dirs are locked) but cannot catch up: it must not answer.
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_secs(3) {
+        if let Some(md) = ask().await {
+            cluster.signal_controller(0, "CONT");
+            panic!("answered before catching up with metadata: {:?}", md.topics);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.signal_controller(0, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let md = loop {
+        if let Some(md) = ask().await {
+            break md;
+        }
+        assert!(Instant::now() < deadline, "the broker never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let t = &md.topics[0];
+    assert_eq!(t.error_code, 0, "first answer: {t:?}");
+    assert_eq!(t.partitions.len(), 2, "{t:?}");
+}

@@ -187,6 +187,20 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to controller `i`.
+    pub fn signal_controller(&self, i: usize, signal: &str) {
+        let pid = self.controllers[i]
+            .child
+            .as_ref()
+            .expect("controller running")
+            .id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     pub fn kill_broker(&mut self, i: usize) {
         if let Some(mut c) = self.brokers[i].child.take() {
             let _ = c.kill();
