@@ -516,7 +516,7 @@ fn select_partitions(
             current_leader_epoch: f.leader_epoch,
             fetch_offset: end,
             partition_max_bytes: config.replica_fetch_max_bytes as i32,
-            last_fetched_epoch: last_epoch,
+            last_fetched_epoch: Some(last_epoch),
             log_start_offset: start,
         });
         true

@@ -1282,16 +1282,8 @@ impl ReplicaManager {
             // starts over at our log start.
             let diverging = if req.fetch_offset < start {
                 None
-            } else if req.last_fetched_epoch >= 0 {
-                match log.end_offset_for_epoch(req.last_fetched_epoch) {
-                    Some((e, e_end))
-                        if e == req.last_fetched_epoch && e_end >= req.fetch_offset =>
-                    {
-                        None
-                    }
-                    Some((e, e_end)) => Some((e, e_end)),
-                    None => Some((-1, start)),
-                }
+            } else if let Some(last) = req.last_fetched_epoch.filter(|e| *e >= 0) {
+                divergence(&log, req.fetch_offset, last)
             } else if req.fetch_offset > end {
                 Some((-1, end))
             } else {
@@ -1457,6 +1449,23 @@ fn removal(
             image.next_offset - 1
         ),
     )
+}
+
+/// KIP-320: whether a reader (follower or consumer) whose last fetched batch had leader epoch
+/// `last_epoch` and that fetches from `fetch_offset` read what this log holds: `None` when
+/// that epoch ends here at or after `fetch_offset`; else the epoch (the newest at or below
+/// `last_epoch` this log knows) and where it ends here — the reader's log, or what it read,
+/// diverged from this one there; `(-1, log start)` when this log knows no such epoch.
+pub(crate) fn divergence(
+    log: &rill_storage::Log,
+    fetch_offset: i64,
+    last_epoch: i32,
+) -> Option<(i32, i64)> {
+    match log.end_offset_for_epoch(last_epoch) {
+        Some((e, end)) if e == last_epoch && end >= fetch_offset => None,
+        Some((e, end)) => Some((e, end)),
+        None => Some((-1, log.log_start_offset())),
+    }
 }
 
 #[cfg(test)]
@@ -1921,7 +1930,7 @@ pub(crate) mod tests {
                 current_leader_epoch: 0,
                 fetch_offset: 0,
                 partition_max_bytes: 1 << 20,
-                last_fetched_epoch: -1,
+                last_fetched_epoch: None,
                 log_start_offset: 0,
             };
             let (mut r, read) = rm.fetch_for_follower(&p, replica, -1, &req, false).unwrap();
@@ -2091,7 +2100,7 @@ pub(crate) mod tests {
             current_leader_epoch: 0,
             fetch_offset: end,
             partition_max_bytes: 1 << 20,
-            last_fetched_epoch: 0,
+            last_fetched_epoch: Some(0),
             log_start_offset: 0,
         };
         rm.fetch_for_follower(&p, 3, -1, &req, false).unwrap();

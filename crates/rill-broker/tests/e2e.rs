@@ -224,7 +224,7 @@ async fn a_long_poll_fetch_returns_right_after_a_produce() {
                         current_leader_epoch: -1,
                         fetch_offset: 0,
                         partition_max_bytes: 1 << 20,
-                        last_fetched_epoch: -1,
+                        last_fetched_epoch: None,
                         log_start_offset: -1,
                     }],
                 }],
@@ -336,7 +336,7 @@ fn fetch_req(topic: &str, partition: i32, offset: i64) -> FetchRequest {
                 current_leader_epoch: -1,
                 fetch_offset: offset,
                 partition_max_bytes: 1 << 20,
-                last_fetched_epoch: -1,
+                last_fetched_epoch: None,
                 log_start_offset: -1,
             }],
         }],
@@ -394,7 +394,7 @@ async fn the_fetch_call_reads_what_the_generated_client_reads() {
                 current_leader_epoch: -1,
                 fetch_offset: offset,
                 partition_max_bytes,
-                last_fetched_epoch: -1,
+                last_fetched_epoch: None,
                 log_start_offset: -1,
             })
             .collect();

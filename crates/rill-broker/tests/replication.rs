@@ -448,3 +448,89 @@ async fn a_stopping_leader_hands_its_waiting_writes_over() {
         "broker {leader} took {stopping:?} to stop"
     );
 }
+
+/// KIP-320 for consumers: an unclean election cuts away records a consumer had already read,
+/// and the new leader writes others at those offsets. The consumer's next fetch carries the
+/// leader epoch of the last record it read; the new leader answers where that epoch ends in
+/// its log, and the consumer reads on from there — the new records — instead of finding its
+/// position out of range and skipping them (a reset to the latest offset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reads_what_an_unclean_election_wrote_below_its_position() {
+    let mut cluster = Cluster::start(1, 2, &["replica.lag.time.max.ms=2000"]).await;
+    cluster
+        .create_topic(
+            "u",
+            1,
+            2,
+            &[
+                ("min.insync.replicas", "1"),
+                ("unclean.leader.election.enable", "true"),
+            ],
+        )
+        .await;
+    wait_for(&cluster, "u", "ISR of 2", |_, isr| isr.len() == 2).await;
+    produce(cluster.bootstrap(), "u", 0, 10).await;
+    let (leader, _) = state(&cluster, "u").await.unwrap();
+    let follower = 3 - leader;
+    cluster.kill_broker((follower - 1) as usize);
+    wait_for(&cluster, "u", "the follower out of the ISR", |_, isr| {
+        isr == [leader]
+    })
+    .await;
+    // Only the leader has these.
+    produce(cluster.bootstrap(), "u", 10, 10).await;
+    let mut consumer = Consumer::new(ConsumerConfig {
+        bootstrap: cluster.brokers.iter().map(|b| b.addr.clone()).collect(),
+        auto_offset_reset: OffsetReset::Latest,
+        fetch_max_wait: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .unwrap();
+    let tp = rill_consumer::TopicPartition::new("u", 0);
+    consumer.assign([tp.clone()]);
+    consumer.seek(&tp, 0);
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read < 20 && Instant::now() < deadline {
+        read += consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(read, 20);
+
+    // The leader dies; the follower, missing offsets 10–19, is elected uncleanly and takes
+    // other records there. The consumer does not poll meanwhile.
+    cluster.kill_broker((leader - 1) as usize);
+    cluster.start_broker((follower - 1) as usize);
+    wait_for(&cluster, "u", "the old follower leading", |l, _| {
+        l == follower
+    })
+    .await;
+    let rewritten = produce(cluster.bootstrap(), "u", 100, 5).await;
+    assert_eq!(
+        rewritten.iter().map(|r| r.1).collect::<Vec<_>>(),
+        (10..15).collect::<Vec<i64>>()
+    );
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 5 && Instant::now() < deadline {
+        let polled = consumer.poll(Duration::from_millis(500)).await;
+        eprintln!(
+            "DBG poll {:?} pos {:?}",
+            polled.as_ref().map(|r| r.len()),
+            consumer.position(&tp)
+        );
+        if let Ok(records) = polled {
+            got.extend(records.iter().map(|r| {
+                (
+                    r.offset,
+                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
+                )
+            }));
+        }
+    }
+    let want: Vec<(i64, String)> = rewritten.into_iter().map(|r| (r.1, r.2)).collect();
+    assert_eq!(got, want, "the new leader's records below the old position");
+}

@@ -38,6 +38,21 @@ pub enum ConsumerError {
         /// The partitions without a position.
         partitions: Vec<TopicPartition>,
     },
+    /// What was read of a partition up to `position` is no longer in its log from
+    /// `divergent_offset` on (an unclean leader election cut it away; KIP-320), and
+    /// `auto.offset.reset` is `none` (Kafka's `LogTruncationException`): seek the partition —
+    /// to `divergent_offset` to read on from where the logs part.
+    #[error(
+        "{partition}: the records read from offset {divergent_offset} up to the position {position} are no longer in the log (truncated by a leader change) and auto.offset.reset=none: seek it"
+    )]
+    LogTruncation {
+        /// The partition.
+        partition: TopicPartition,
+        /// The consumer's position, which stays until the caller seeks.
+        position: i64,
+        /// Where the partition's log parts from what was read.
+        divergent_offset: i64,
+    },
     /// Some partitions' offsets were not committed (Kafka's `CommitFailedException`).
     #[error("commit failed: {}", describe(failed))]
     Commit {

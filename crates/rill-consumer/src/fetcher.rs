@@ -65,6 +65,9 @@ struct FetchSettings {
     max_in_flight_per_broker: usize,
     check_crcs: bool,
     retry: RetryPolicy,
+    /// `auto.offset.reset` is not `none`: a truncation found (KIP-320) moves the position
+    /// back to where the logs part; otherwise it is the application's to handle.
+    reset_on_truncation: bool,
 }
 
 /// Records of one partition received but not returned yet.
@@ -78,6 +81,9 @@ struct Buffered {
     next: i64,
     /// The leader epoch of the last batch taken (-1 when none).
     last_epoch: i32,
+    /// The leader epoch of the last whole batch received: `next`'s, for the next fetch's
+    /// divergence check (KIP-320).
+    next_epoch: i32,
     /// The partition's part of the answer while not parsed yet: the next fetch is sent from
     /// `next` first, so the broker reads it while these are CRC-checked and parsed.
     unparsed: Option<Bytes>,
@@ -131,6 +137,7 @@ impl Fetcher {
                 max_in_flight_per_broker: config.max_in_flight_fetches_per_broker.max(1),
                 check_crcs: config.check_crcs,
                 retry: config.retry(),
+                reset_on_truncation: config.auto_offset_reset != crate::OffsetReset::None,
             },
             buffered: VecDeque::new(),
             in_flight: HashMap::new(),
@@ -172,6 +179,38 @@ impl Fetcher {
                 Some(Vec::new())
             }
         }
+    }
+
+    /// KIP-320: the leader's log parts from what was read of `tp` before `position`: its
+    /// epoch `d.epoch` ends at `d.end_offset` there. Before the position, the records read
+    /// from there on were truncated away (an unclean election): the position moves back to
+    /// where the logs part, or the application hears of it (`auto.offset.reset=none`). At or
+    /// after it, nothing read was lost: the position stays, under the leader's epoch.
+    fn diverged(
+        &mut self,
+        subscriptions: &mut SubscriptionState,
+        tp: &TopicPartition,
+        position: i64,
+        d: rill_protocol::proto::EpochEndOffset,
+    ) -> Result<(), ConsumerError> {
+        if d.epoch < 0 {
+            // The leader knows no epoch this old (retention took it): nothing to compare
+            // with; read on, checking from the next records' epochs.
+            subscriptions.seek_with_epoch(tp, position, -1);
+        } else if d.end_offset < position {
+            if !self.settings.reset_on_truncation {
+                return Err(ConsumerError::LogTruncation {
+                    partition: tp.clone(),
+                    position,
+                    divergent_offset: d.end_offset,
+                });
+            }
+            tracing::warn!(partition = %tp, position, divergent_offset = d.end_offset, "log truncation detected: the records read from the divergent offset up to the position are no longer in the log; reading on from the divergent offset");
+            subscriptions.seek_with_epoch(tp, d.end_offset, d.epoch);
+        } else {
+            subscriptions.seek_with_epoch(tp, position, d.epoch);
+        }
+        Ok(())
     }
 
     /// Aborts every fetch in flight; answers still on their way are ignored when they arrive.
@@ -292,7 +331,7 @@ impl Fetcher {
             .collect();
         let now = Instant::now();
         self.last_scan = now;
-        let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64)>> = HashMap::new();
+        let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64, i32)>> = HashMap::new();
         let mut leaderless = Vec::new();
         self.served.retain(|tp, _| subscriptions.is_assigned(tp));
         let mut fetchable = subscriptions.fetchable();
@@ -313,11 +352,14 @@ impl Fetcher {
             // or `fetch.max.wait.ms` passed (a fetch covering it was in flight). Kafka's poll
             // collects first and then fetches, which comes to the same. The answer is taken
             // only if the consumed position has reached where it was fetched from by then.
-            let pos = self
+            // With the leader epoch of the record before it (KIP-320's check).
+            let (pos, epoch) = self
                 .buffered
                 .iter()
                 .find(|b| b.tp == tp)
-                .map_or(pos, |b| b.next);
+                .map_or((pos, subscriptions.last_epoch(&tp)), |b| {
+                    (b.next, b.next_epoch)
+                });
             if !leaders.contains_key(&tp.topic) {
                 let of_topic = self.topic_leaders(&tp.topic, deadline).await;
                 leaders.insert(tp.topic.clone(), of_topic);
@@ -332,7 +374,7 @@ impl Fetcher {
                 leaderless.push(tp);
                 continue;
             }
-            by_leader.entry(leader).or_default().push((tp, pos));
+            by_leader.entry(leader).or_default().push((tp, pos, epoch));
         }
         // From now, not from the scan's start: the lookups may have taken a while.
         let failed_at = Instant::now();
@@ -364,11 +406,12 @@ impl Fetcher {
         }
     }
 
-    /// Sends one fetch for `parts` (partition, fetch position) to `leader` in the background.
-    fn send_fetch(&mut self, leader: i32, parts: Vec<(TopicPartition, i64)>) {
+    /// Sends one fetch for `parts` (partition, fetch position, leader epoch of the record
+    /// before it) to `leader` in the background.
+    fn send_fetch(&mut self, leader: i32, parts: Vec<(TopicPartition, i64, i32)>) {
         // In the order given (least recently served first), topic by topic.
         let mut topics: Vec<(String, Vec<FetchPartition>)> = Vec::new();
-        for (tp, pos) in &parts {
+        for (tp, pos, epoch) in &parts {
             let at = match topics.iter().position(|(name, _)| *name == tp.topic) {
                 Some(at) => at,
                 None => {
@@ -381,7 +424,7 @@ impl Fetcher {
                 current_leader_epoch: -1,
                 fetch_offset: *pos,
                 partition_max_bytes: self.settings.max_partition_bytes,
-                last_fetched_epoch: -1,
+                last_fetched_epoch: (*epoch >= 0).then_some(*epoch),
                 log_start_offset: -1,
             });
         }
@@ -414,7 +457,7 @@ impl Fetcher {
             InFlight {
                 task,
                 leader,
-                requested: parts,
+                requested: parts.into_iter().map(|(tp, pos, _)| (tp, pos)).collect(),
             },
         );
     }
@@ -512,6 +555,12 @@ impl Fetcher {
                     continue;
                 }
                 self.backoff.remove(&tp);
+                if let Some(d) = p.diverging_epoch {
+                    if let Err(e) = self.diverged(subscriptions, &tp, requested_at, d) {
+                        first_error.get_or_insert(e);
+                    }
+                    continue;
+                }
                 if p.records.is_empty() {
                     continue;
                 }
@@ -521,12 +570,13 @@ impl Fetcher {
                 // batches received. A partial batch alone is parsed now: there is no next
                 // fetch position to pipeline from, and it is an error.
                 match next_after_whole_batches(&p.records) {
-                    Some(next) => self.buffered.push_back(Buffered {
+                    Some((next, next_epoch)) => self.buffered.push_back(Buffered {
                         tp,
                         fetched_at: requested_at,
                         records: Vec::new(),
                         next,
                         last_epoch: -1,
+                        next_epoch,
                         unparsed: Some(p.records),
                     }),
                     None => {
@@ -653,11 +703,11 @@ fn take_records(
 
 /// The offset after the last whole batch of `records` (a partial batch a size limit cut off
 /// ends them), or `None` when not even one batch is whole. Reads only the batch headers.
-fn next_after_whole_batches(records: &[u8]) -> Option<i64> {
+fn next_after_whole_batches(records: &[u8]) -> Option<(i64, i32)> {
     let mut next = None;
     for batch in batches(records) {
         match batch {
-            Ok(b) => next = Some(b.header().next_offset()),
+            Ok(b) => next = Some((b.header().next_offset(), b.header().partition_leader_epoch)),
             Err(_) => break,
         }
     }
@@ -710,6 +760,63 @@ mod tests {
             }
         }
         (values, None)
+    }
+
+    /// A leader answering that what was read before the position is no longer in its log
+    /// (KIP-320's diverging epoch): with `auto.offset.reset=none` the application hears of it,
+    /// the position staying until it seeks; with a reset policy the position moves back to
+    /// where the logs part and the new leader's records there are read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncation_below_the_position_is_found_and_handled_by_the_reset_policy() {
+        for policy in [crate::OffsetReset::None, crate::OffsetReset::Latest] {
+            let answer = |offset: i64| {
+                if offset >= 5 {
+                    Ok(FetchPartitionResponse {
+                        index: 0,
+                        high_watermark: 4,
+                        diverging_epoch: Some(rill_protocol::proto::EpochEndOffset {
+                            epoch: 0,
+                            end_offset: 3,
+                        }),
+                        ..Default::default()
+                    })
+                } else if offset == 3 {
+                    records(0, batch(3, &["new"]))
+                } else {
+                    records(0, Vec::new())
+                }
+            };
+            let fake = Fake::start(&[("t", 1)], Arc::new(move |_, offset| answer(offset))).await;
+            let mut consumer = Consumer::new(ConsumerConfig {
+                bootstrap: fake.bootstrap(),
+                auto_offset_reset: policy,
+                ..Default::default()
+            })
+            .unwrap();
+            let tp = TopicPartition::new("t", 0);
+            consumer.assign([tp.clone()]);
+            consumer.seek(&tp, 5);
+            let (values, error) = poll_until_error(&mut consumer, Duration::from_secs(2)).await;
+            if policy == crate::OffsetReset::None {
+                match error {
+                    Some(ConsumerError::LogTruncation {
+                        partition,
+                        position,
+                        divergent_offset,
+                    }) => assert_eq!((partition, position, divergent_offset), (tp.clone(), 5, 3)),
+                    other => panic!("expected LogTruncation, got {other:?} after {values:?}"),
+                }
+                assert_eq!(consumer.position(&tp), Some(5));
+            } else {
+                assert!(error.is_none(), "{error:?}");
+                assert_eq!(
+                    values.first().map(String::as_str),
+                    Some("new"),
+                    "{values:?}"
+                );
+                assert_eq!(consumer.position(&tp), Some(4), "read on from offset 3");
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

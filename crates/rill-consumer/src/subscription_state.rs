@@ -245,6 +245,13 @@ impl SubscriptionState {
         }
     }
 
+    /// The leader epoch of the batch holding the record before `tp`'s position, -1 when
+    /// unknown: sent with its fetches, so the leader can tell when that record is no longer in
+    /// its log (KIP-320).
+    pub fn last_epoch(&self, tp: &TopicPartition) -> i32 {
+        self.partitions.get(tp).map_or(-1, |s| s.last_epoch)
+    }
+
     /// Moves `tp` to `offset` once the records before it were handed to the application (or
     /// there were none), remembering the leader epoch of the last batch (-1 keeps the one
     /// known).

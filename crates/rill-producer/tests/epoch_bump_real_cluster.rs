@@ -258,7 +258,7 @@ async fn fetch(
                     current_leader_epoch: -1,
                     fetch_offset: offset,
                     partition_max_bytes: 4 << 20,
-                    last_fetched_epoch: -1,
+                    last_fetched_epoch: None,
                     log_start_offset: -1,
                 }],
             }],

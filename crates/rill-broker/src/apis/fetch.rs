@@ -356,9 +356,16 @@ fn check_one(
         ));
     }
     let (leader, leader_epoch) = partition.leader_and_epoch();
-    let (start, end) = {
+    let (start, end, diverging) = {
         let log = partition.log_read(no_wait)?;
-        (log.log_start_offset(), log.log_end_offset())
+        let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        // Before the out-of-range check: a position past this log's end may be one an
+        // unclean election cut away, and the consumer must read from where the logs part.
+        let diverging = p
+            .last_fetched_epoch
+            .filter(|e| *e >= 0 && p.fetch_offset >= start)
+            .and_then(|last| crate::replica_manager::divergence(&log, p.fetch_offset, last));
+        (start, end, diverging)
     };
     let hw = partition.high_watermark();
     pr.high_watermark = hw;
@@ -378,6 +385,12 @@ fn check_one(
             leader_id: leader,
             leader_epoch,
         });
+        return Ok((pr, None));
+    }
+    if let Some((epoch, end_offset)) = diverging {
+        // KIP-320: what the consumer read up to its position is not in this log (an unclean
+        // election cut it away): it finds out here, before reading on from there.
+        pr.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
         return Ok((pr, None));
     }
     if p.fetch_offset < start || p.fetch_offset > end {

@@ -420,7 +420,7 @@ pub async fn fetch(apis: &KafkaApis, req: m::FetchRequest, version: i16) -> m::F
             current_leader_epoch: c.current_leader_epoch,
             fetch_offset: c.fetch_offset,
             partition_max_bytes: c.partition_max_bytes,
-            last_fetched_epoch: -1,
+            last_fetched_epoch: None,
             log_start_offset: -1,
         };
         match topics.last_mut() {
