@@ -216,7 +216,9 @@ impl Lifecycle {
             }
             self.heartbeat(false, &stop).await;
         }
-        self.controlled_shutdown().await;
+        if self.fatal_error().is_none() {
+            self.controlled_shutdown().await;
+        }
         // Waited for, not aborted: an abort would leave a metadata update being applied (its
         // blocking half cannot be cancelled) while the broker goes on to close its logs.
         metadata_stop.cancel();

@@ -1282,7 +1282,13 @@ impl ReplicaManager {
             // starts over at our log start.
             let diverging = if req.fetch_offset < start {
                 None
-            } else if let Some(last) = req.last_fetched_epoch.filter(|e| *e >= 0) {
+            } else if let Some(last) = req
+                .last_fetched_epoch
+                // Followers always send it: unset is a follower of a release where the field
+                // was not optional, whose epoch 0 was not on the wire.
+                .or(Some(0))
+                .filter(|e| *e >= 0)
+            {
                 divergence(&log, req.fetch_offset, last)
             } else if req.fetch_offset > end {
                 Some((-1, end))
@@ -1451,6 +1457,22 @@ fn removal(
     )
 }
 
+/// [`divergence`] for a consumer: when every epoch this log knows began after `last_epoch`,
+/// what was read in that epoch ended where the oldest one begins (Kafka's
+/// `LeaderEpochFileCache.endOffsetFor`), not "start over at the log start" as a follower is
+/// told; a log without epochs (data from before they were recorded) has nothing to compare.
+pub(crate) fn consumer_divergence(
+    log: &rill_storage::Log,
+    fetch_offset: i64,
+    last_epoch: i32,
+) -> Option<(i32, i64)> {
+    if log.end_offset_for_epoch(last_epoch).is_some() {
+        return divergence(log, fetch_offset, last_epoch);
+    }
+    let first = log.leader_epochs().first()?;
+    (first.start_offset < fetch_offset).then_some((last_epoch, first.start_offset))
+}
+
 /// KIP-320: whether a reader (follower or consumer) whose last fetched batch had leader epoch
 /// `last_epoch` and that fetches from `fetch_offset` read what this log holds: `None` when
 /// that epoch ends here at or after `fetch_offset`; else the epoch (the newest at or below
@@ -1545,7 +1567,53 @@ pub(crate) mod tests {
         );
     }
 
-    fn batch() -> Vec<u8> {
+    /// `t-0` led by this broker (1 of replicas 1, 2, 3) with three records written in leader
+    /// epoch 0 and two in epoch 1; returns the partition and where epoch 0 ends.
+    pub(crate) fn epochs_0_then_1(rm: &ReplicaManager) -> (Arc<Partition>, i64) {
+        rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1, 2, 3])])));
+        let tp = TopicPartition::new("t", 0);
+        let p = rm.leader_partition(&tp).unwrap();
+        for _ in 0..3 {
+            rm.append(&p, &batch(), 1).unwrap();
+        }
+        let end0 = p.log_end_offset();
+        let mut next = image(6, &[("t", "A", vec![1, 2, 3])]);
+        next.topics.get_mut("t").unwrap().partitions[0].leader_epoch = 1;
+        rm.apply_image(Arc::new(next));
+        let p = rm.leader_partition(&tp).unwrap();
+        for _ in 0..2 {
+            rm.append(&p, &batch(), 1).unwrap();
+        }
+        (p, end0)
+    }
+
+    /// A follower of a release where `last_fetched_epoch` was not optional leaves epoch 0 off
+    /// the wire: unset is checked as epoch 0, so its diverged log is still found.
+    #[test]
+    fn a_follower_fetch_without_an_epoch_is_checked_as_epoch_0() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[("log.flush.policy", "interval")]);
+        let (p, end0) = epochs_0_then_1(&rm);
+        let req = FetchPartition {
+            index: 0,
+            current_leader_epoch: 1,
+            fetch_offset: end0 + 1,
+            partition_max_bytes: 1 << 20,
+            last_fetched_epoch: None,
+            log_start_offset: 0,
+        };
+        let (answer, read) = rm.fetch_for_follower(&p, 2, -1, &req, false).unwrap();
+        assert_eq!(read, None);
+        assert_eq!(
+            answer.diverging_epoch,
+            Some(EpochEndOffset {
+                epoch: 0,
+                end_offset: end0
+            })
+        );
+    }
+
+    pub(crate) fn batch() -> Vec<u8> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -398,7 +398,7 @@ impl Consumer {
                 c.maybe_auto_commit(&self.subscriptions);
             }
             if self.fetcher.has_buffered()
-                && let Some(records) = self.hand_over(deadline).await?
+                && let Some(records) = self.hand_over().await?
             {
                 return Ok(records);
             }
@@ -454,7 +454,7 @@ impl Consumer {
                     // positions do not move) for the next poll.
                     self.fetcher.complete(f, &mut self.subscriptions)?;
                     if self.fetcher.has_buffered()
-                        && let Some(records) = self.hand_over(deadline).await?
+                        && let Some(records) = self.hand_over().await?
                     {
                         return Ok(records);
                     }
@@ -477,12 +477,10 @@ impl Consumer {
     /// the membership events that arrived meanwhile are taken (records of a partition just
     /// lost are never returned), and the records go to the application, moving the consumed
     /// positions past them. `None` when the batches received held no records.
-    async fn hand_over(
-        &mut self,
-        deadline: Instant,
-    ) -> Result<Option<Vec<ConsumerRecord>>, ConsumerError> {
+    async fn hand_over(&mut self) -> Result<Option<Vec<ConsumerRecord>>, ConsumerError> {
+        // Records are ready: a metadata lookup is not waited for (it goes on meanwhile).
         self.fetcher
-            .start_fetches(&self.subscriptions, deadline)
+            .start_fetches(&self.subscriptions, Instant::now())
             .await;
         self.fetcher.parse_buffered(&mut self.subscriptions)?;
         if !self.fetcher.has_buffered() {

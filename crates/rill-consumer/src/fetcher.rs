@@ -153,17 +153,26 @@ impl Fetcher {
     }
 
     /// The leaders of `topic`'s partitions: from the cache when fresh, else from a lookup
-    /// waited for until `deadline` (the poll's) — `None` while it is still running (it goes on,
-    /// and a later scan takes its answer), empty when it failed (the partitions back off).
+    /// on a task of its own — meanwhile from the cache when it is only old (the lookup
+    /// refreshes it), else waited for until `deadline` (the poll's): `None` while it is still
+    /// running (it goes on, and a later scan takes its answer), empty when it failed (the
+    /// partitions back off).
     async fn topic_leaders(&mut self, topic: &str, deadline: Instant) -> Option<Vec<i32>> {
-        if let Some(leaders) = self.client.fresh_leaders(topic) {
-            return Some(leaders);
-        }
+        let cached = match self.client.cached_leaders(topic) {
+            Some((leaders, true)) => return Some(leaders),
+            Some((leaders, false)) => Some(leaders),
+            None => None,
+        };
         let lookup = self.lookups.entry(topic.to_owned()).or_insert_with(|| {
             let client = self.client.clone();
             let topic = topic.to_owned();
             tokio::spawn(async move { client.leaders(&topic).await })
         });
+        if let Some(cached) = cached
+            && !lookup.is_finished()
+        {
+            return Some(cached);
+        }
         let answer = tokio::time::timeout_at(deadline.into(), lookup)
             .await
             .ok()?;
@@ -948,11 +957,11 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_poll_cancelled_after_buffering_neither_loses_nor_commits_the_records() {
+    async fn a_poll_with_records_buffered_does_not_wait_for_slow_metadata() {
         // One answer brings t-0's records and a retriable error for t-1, which makes the
-        // consumer look t's metadata up again; metadata has become slow, so the poll that took
-        // the answer waits in start_fetches with t-0's records buffered and is cancelled there,
-        // as the CLI's timeout or Ctrl-C does.
+        // consumer look t's metadata up again; metadata has become slow. The poll that took
+        // the answer starts the next fetches without waiting for that lookup (it used to wait
+        // there, with t-0's records buffered, until cancelled) and hands the records over.
         let delay: Arc<std::sync::OnceLock<Arc<parking_lot::Mutex<Duration>>>> = Arc::default();
         let delay_in = Arc::clone(&delay);
         let fake = Fake::start(
@@ -985,16 +994,22 @@ mod tests {
         consumer.seek(&t0, 0);
         consumer.seek(&t1, 0);
         let _ = delay.set(Arc::clone(&fake.metadata_delay));
-        let cancelled = tokio::time::timeout(
+        let polled = tokio::time::timeout(
             Duration::from_millis(500),
             consumer.poll(Duration::from_secs(5)),
         )
         .await;
-        assert!(cancelled.is_err(), "{cancelled:?}");
-        assert!(consumer.fetcher.has_buffered());
-        assert_eq!(consumer.position(&t0), Some(0));
+        let values: Vec<Vec<u8>> = match polled {
+            Ok(Ok(records)) => records
+                .into_iter()
+                .filter_map(|r| r.value.map(|v| v.to_vec()))
+                .collect(),
+            other => panic!("the records were not handed over at once: {other:?}"),
+        };
+        assert_eq!(values, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(consumer.position(&t0), Some(3));
         consumer.close().await.unwrap();
-        assert_eq!(fake.coordinator.lock().committed.get(&t0), Some(&0));
+        assert_eq!(fake.coordinator.lock().committed.get(&t0), Some(&3));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

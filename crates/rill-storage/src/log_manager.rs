@@ -115,6 +115,17 @@ fn claim_log_dirs(dirs: &[PathBuf], node_id: i32) -> Result<Option<String>> {
             }
         }
     }
+    if let Some((c, _)) = &cluster {
+        // A dir added to log.dirs since: it belongs to the cluster of the others.
+        for dir in dirs {
+            if let Some(mut meta) = MetaProperties::read(dir)?
+                && meta.cluster_id.is_none()
+            {
+                meta.cluster_id = Some(c.clone());
+                meta.write(dir)?;
+            }
+        }
+    }
     Ok(cluster.map(|(c, _)| c))
 }
 

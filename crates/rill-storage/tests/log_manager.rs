@@ -611,7 +611,13 @@ fn log_dirs_are_claimed_for_one_node_of_one_cluster() {
         let meta = rill_storage::MetaProperties::read(d).unwrap().unwrap();
         assert_eq!((meta.node_id, meta.cluster_id.as_deref()), (1, Some("c1")));
     }
-    assert_eq!(manager(&dirs, &clock).cluster_id().as_deref(), Some("c1"));
+    // A dir added to log.dirs since belongs to the same cluster.
+    let grown = [dirs.clone(), vec![tmp.path().join("d")]].concat();
+    assert_eq!(manager(&grown, &clock).cluster_id().as_deref(), Some("c1"));
+    let added = rill_storage::MetaProperties::read(&grown[2])
+        .unwrap()
+        .unwrap();
+    assert_eq!(added.cluster_id.as_deref(), Some("c1"));
 
     let open = |dirs: Vec<std::path::PathBuf>, node| {
         LogManager::open(

@@ -364,7 +364,9 @@ fn check_one(
         let diverging = p
             .last_fetched_epoch
             .filter(|e| *e >= 0 && p.fetch_offset >= start)
-            .and_then(|last| crate::replica_manager::divergence(&log, p.fetch_offset, last));
+            .and_then(|last| {
+                crate::replica_manager::consumer_divergence(&log, p.fetch_offset, last)
+            });
         (start, end, diverging)
     };
     let hw = partition.high_watermark();
@@ -385,6 +387,17 @@ fn check_one(
             leader_id: leader,
             leader_epoch,
         });
+        return Ok((pr, None));
+    }
+    if let Some(last) = p.last_fetched_epoch
+        && last > leader_epoch
+    {
+        // The consumer read records of a newer leader: this broker has not learned yet that
+        // it lost the leadership. Its log would look diverged; the consumer looks again.
+        pr.error_code = ErrorCode::UnknownLeaderEpoch as i32;
+        pr.error_message = format!(
+            "records of leader epoch {last} were read, newer than this leader's {leader_epoch}"
+        );
         return Ok((pr, None));
     }
     if let Some((epoch, end_offset)) = diverging {
@@ -411,6 +424,54 @@ fn check_one(
 mod tests {
     use super::*;
     use crate::replica_manager::tests::{image, replica_manager};
+
+    /// KIP-320 for consumers: a fetch carrying the leader epoch of the record before its
+    /// position is answered with where that epoch ends here when that is before the position
+    /// (what was read there is gone), read as usual when it is not, and refused as
+    /// UNKNOWN_LEADER_EPOCH when the epoch is newer than this leader's (a stale leader, whose
+    /// log would look diverged).
+    #[test]
+    fn a_consumer_fetch_finds_a_truncation_below_its_position() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[("log.flush.policy", "interval")]);
+        let (_, end0) = crate::replica_manager::tests::epochs_0_then_1(&rm);
+        let answer = |offset: i64, last: Option<i32>| {
+            let req = FetchRequest {
+                replica_id: -1,
+                topics: vec![FetchTopic {
+                    name: "t".into(),
+                    partitions: vec![FetchPartition {
+                        index: 0,
+                        current_leader_epoch: -1,
+                        fetch_offset: offset,
+                        partition_max_bytes: 1 << 20,
+                        last_fetched_epoch: last,
+                        ..Default::default()
+                    }],
+                }],
+                ..Default::default()
+            };
+            let mut plan = Plan::new(&req, 1 << 20);
+            plan.check(&rm, &req, false);
+            (
+                plan.reads.len(),
+                plan.response.topics[0].partitions[0].clone(),
+            )
+        };
+        let (reads, pr) = answer(end0 + 1, Some(0));
+        assert_eq!((reads, pr.error_code), (0, 0));
+        let d = pr.diverging_epoch.expect("diverged");
+        assert_eq!((d.epoch, d.end_offset), (0, end0));
+        let (reads, pr) = answer(end0, Some(0));
+        assert_eq!((reads, pr.diverging_epoch), (1, None));
+        let (reads, pr) = answer(end0 + 1, Some(1));
+        assert_eq!((reads, pr.diverging_epoch), (1, None));
+        let (reads, pr) = answer(end0 + 1, None);
+        assert_eq!((reads, pr.diverging_epoch), (1, None));
+        let (reads, pr) = answer(end0 + 1, Some(2));
+        assert_eq!(reads, 0);
+        assert_eq!(pr.error_code, ErrorCode::UnknownLeaderEpoch as i32);
+    }
 
     /// A consumer fetch whose partition moves to another broker between its check and its
     /// read names the new leader, so the consumer goes there at once (KIP-951) instead of
