@@ -425,6 +425,18 @@ mod tests {
     use super::*;
     use crate::replica_manager::tests::{image, replica_manager};
 
+    /// A consumer's fetch of `partition` of topic `t`.
+    fn consumer_fetch_of_t(partition: FetchPartition) -> FetchRequest {
+        FetchRequest {
+            replica_id: -1,
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: vec![partition],
+            }],
+            ..Default::default()
+        }
+    }
+
     /// KIP-320 for consumers: a fetch carrying the leader epoch of the record before its
     /// position is answered with where that epoch ends here when that is before the position
     /// (what was read there is gone), read as usual when it is not, and refused as
@@ -436,21 +448,14 @@ mod tests {
         let rm = replica_manager(tmp.path(), &[("log.flush.policy", "interval")]);
         let (_, end0) = crate::replica_manager::tests::epochs_0_then_1(&rm);
         let answer = |offset: i64, last: Option<i32>| {
-            let req = FetchRequest {
-                replica_id: -1,
-                topics: vec![FetchTopic {
-                    name: "t".into(),
-                    partitions: vec![FetchPartition {
-                        index: 0,
-                        current_leader_epoch: -1,
-                        fetch_offset: offset,
-                        partition_max_bytes: 1 << 20,
-                        last_fetched_epoch: last,
-                        ..Default::default()
-                    }],
-                }],
+            let req = consumer_fetch_of_t(FetchPartition {
+                index: 0,
+                current_leader_epoch: -1,
+                fetch_offset: offset,
+                partition_max_bytes: 1 << 20,
+                last_fetched_epoch: last,
                 ..Default::default()
-            };
+            });
             let mut plan = Plan::new(&req, 1 << 20);
             plan.check(&rm, &req, false);
             (
@@ -481,18 +486,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let rm = replica_manager(tmp.path(), &[]);
         rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1, 2])])));
-        let req = FetchRequest {
-            replica_id: -1,
-            topics: vec![FetchTopic {
-                name: "t".into(),
-                partitions: vec![FetchPartition {
-                    index: 0,
-                    current_leader_epoch: 0,
-                    ..Default::default()
-                }],
-            }],
+        let req = consumer_fetch_of_t(FetchPartition {
+            index: 0,
+            current_leader_epoch: 0,
             ..Default::default()
-        };
+        });
         let mut plan = Plan::new(&req, 1 << 20);
         plan.check(&rm, &req, false);
         assert_eq!(plan.reads.len(), 1, "checked in epoch 0, a read is due");
