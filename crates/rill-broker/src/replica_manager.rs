@@ -1466,11 +1466,13 @@ pub(crate) fn consumer_divergence(
     fetch_offset: i64,
     last_epoch: i32,
 ) -> Option<(i32, i64)> {
-    if log.end_offset_for_epoch(last_epoch).is_some() {
-        return divergence(log, fetch_offset, last_epoch);
+    match log.end_offset_for_epoch(last_epoch) {
+        Some(found) => parted(found, fetch_offset, last_epoch),
+        None => {
+            let first = log.leader_epochs().first()?;
+            (first.start_offset < fetch_offset).then_some((last_epoch, first.start_offset))
+        }
     }
-    let first = log.leader_epochs().first()?;
-    (first.start_offset < fetch_offset).then_some((last_epoch, first.start_offset))
 }
 
 /// KIP-320: whether a reader (follower or consumer) whose last fetched batch had leader epoch
@@ -1484,10 +1486,16 @@ pub(crate) fn divergence(
     last_epoch: i32,
 ) -> Option<(i32, i64)> {
     match log.end_offset_for_epoch(last_epoch) {
-        Some((e, end)) if e == last_epoch && end >= fetch_offset => None,
-        Some((e, end)) => Some((e, end)),
+        Some(found) => parted(found, fetch_offset, last_epoch),
         None => Some((-1, log.log_start_offset())),
     }
+}
+
+/// `found`, the newest epoch at or below `last_epoch` and where it ends, unless it is that
+/// very epoch and ends at or after `fetch_offset` (nothing parted).
+fn parted(found: (i32, i64), fetch_offset: i64, last_epoch: i32) -> Option<(i32, i64)> {
+    let (epoch, end) = found;
+    (epoch != last_epoch || end < fetch_offset).then_some(found)
 }
 
 #[cfg(test)]

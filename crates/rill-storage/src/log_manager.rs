@@ -79,6 +79,7 @@ pub struct LogManager {
 /// returns the cluster the dirs belong to (the same in all, or refused).
 fn claim_log_dirs(dirs: &[PathBuf], node_id: i32) -> Result<Option<String>> {
     let mut cluster: Option<(String, &PathBuf)> = None;
+    let mut unclustered = Vec::new();
     for dir in dirs {
         let meta = match MetaProperties::read(dir)? {
             Some(m) => m,
@@ -98,32 +99,30 @@ fn claim_log_dirs(dirs: &[PathBuf], node_id: i32) -> Result<Option<String>> {
                 ),
             ));
         }
-        if let Some(c) = meta.cluster_id {
-            match &cluster {
-                Some((other, other_dir)) if *other != c => {
-                    return Err(crate::meta_properties::foreign(
-                        dir,
-                        format!(
-                            "belongs to cluster {c}, but log dir {} to cluster {other} (their meta.properties): \
-                             a broker's log.dirs must all come from one cluster",
-                            other_dir.display()
-                        ),
-                    ));
-                }
-                Some(_) => {}
-                None => cluster = Some((c, dir)),
+        let Some(c) = meta.cluster_id.clone() else {
+            unclustered.push((dir, meta));
+            continue;
+        };
+        match &cluster {
+            Some((other, other_dir)) if *other != c => {
+                return Err(crate::meta_properties::foreign(
+                    dir,
+                    format!(
+                        "belongs to cluster {c}, but log dir {} to cluster {other} (their meta.properties): \
+                         a broker's log.dirs must all come from one cluster",
+                        other_dir.display()
+                    ),
+                ));
             }
+            Some(_) => {}
+            None => cluster = Some((c, dir)),
         }
     }
     if let Some((c, _)) = &cluster {
         // A dir added to log.dirs since: it belongs to the cluster of the others.
-        for dir in dirs {
-            if let Some(mut meta) = MetaProperties::read(dir)?
-                && meta.cluster_id.is_none()
-            {
-                meta.cluster_id = Some(c.clone());
-                meta.write(dir)?;
-            }
+        for (dir, mut meta) in unclustered {
+            meta.cluster_id = Some(c.clone());
+            meta.write(dir)?;
         }
     }
     Ok(cluster.map(|(c, _)| c))
