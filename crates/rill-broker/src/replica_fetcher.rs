@@ -513,7 +513,7 @@ fn select_partitions(
         }
         fetch.push(FetchPartition {
             index: tp.partition,
-            current_leader_epoch: f.leader_epoch,
+            current_leader_epoch: Some(f.leader_epoch),
             fetch_offset: end,
             partition_max_bytes: config.replica_fetch_max_bytes as i32,
             last_fetched_epoch: Some(last_epoch),

@@ -1257,20 +1257,11 @@ impl ReplicaManager {
                 ),
             );
         }
-        if req.current_leader_epoch != state.leader_epoch {
-            let (code, what) = if req.current_leader_epoch < state.leader_epoch {
-                (ErrorCode::FencedLeaderEpoch, "older")
-            } else {
-                (ErrorCode::UnknownLeaderEpoch, "newer")
-            };
-            return fail(
-                r,
-                code,
-                format!(
-                    "leader epoch {} is {what} than the current {}",
-                    req.current_leader_epoch, state.leader_epoch
-                ),
-            );
+        // A follower always names its epoch; unset is proto3's 0 from a client that left it
+        // out, checked as such (never skipped: a follower of another epoch must not fetch).
+        let asked = req.current_leader_epoch.unwrap_or(0);
+        if let Err((code, message)) = crate::apis::check_leader_epoch(asked, state.leader_epoch) {
+            return fail(r, code, message);
         }
         let (start, end, diverging) = {
             let log = partition.log_read(no_wait)?;
@@ -1604,7 +1595,7 @@ pub(crate) mod tests {
         let (p, end0) = epochs_0_then_1(&rm);
         let req = FetchPartition {
             index: 0,
-            current_leader_epoch: 1,
+            current_leader_epoch: Some(1),
             fetch_offset: end0 + 1,
             partition_max_bytes: 1 << 20,
             last_fetched_epoch: None,
@@ -2003,7 +1994,7 @@ pub(crate) mod tests {
         let fetch = |replica: i32| {
             let req = FetchPartition {
                 index: 0,
-                current_leader_epoch: 0,
+                current_leader_epoch: Some(0),
                 fetch_offset: 0,
                 partition_max_bytes: 1 << 20,
                 last_fetched_epoch: None,
@@ -2173,7 +2164,7 @@ pub(crate) mod tests {
         let end = p.log_end_offset();
         let req = FetchPartition {
             index: 0,
-            current_leader_epoch: 0,
+            current_leader_epoch: Some(0),
             fetch_offset: end,
             partition_max_bytes: 1 << 20,
             last_fetched_epoch: Some(0),

@@ -221,7 +221,7 @@ async fn a_long_poll_fetch_returns_right_after_a_produce() {
                     name: "events".into(),
                     partitions: vec![FetchPartition {
                         index: 0,
-                        current_leader_epoch: -1,
+                        current_leader_epoch: None,
                         fetch_offset: 0,
                         partition_max_bytes: 1 << 20,
                         last_fetched_epoch: None,
@@ -333,7 +333,7 @@ fn fetch_req(topic: &str, partition: i32, offset: i64) -> FetchRequest {
             name: topic.into(),
             partitions: vec![FetchPartition {
                 index: partition,
-                current_leader_epoch: -1,
+                current_leader_epoch: None,
                 fetch_offset: offset,
                 partition_max_bytes: 1 << 20,
                 last_fetched_epoch: None,
@@ -391,7 +391,7 @@ async fn the_fetch_call_reads_what_the_generated_client_reads() {
         r.topics[0].partitions = (0..4)
             .map(|index| FetchPartition {
                 index,
-                current_leader_epoch: -1,
+                current_leader_epoch: None,
                 fetch_offset: offset,
                 partition_max_bytes,
                 last_fetched_epoch: None,
@@ -701,7 +701,7 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
                 name: "times".into(),
                 partitions: vec![ListOffsetsPartition {
                     index: 0,
-                    current_leader_epoch: -1,
+                    current_leader_epoch: None,
                     timestamp: ts,
                 }],
             }],
@@ -764,7 +764,7 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
                 name: "times".into(),
                 partitions: vec![ListOffsetsPartition {
                     index: 0,
-                    current_leader_epoch: epoch,
+                    current_leader_epoch: Some(epoch),
                     timestamp: -1,
                 }],
             }],
@@ -781,6 +781,39 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
         ErrorCode::UnknownLeaderEpoch as i32
     );
     assert_eq!(with_epoch(latest.leader_epoch).await.error_code, 0);
+    assert_eq!(with_epoch(-1).await.error_code, 0, "-1: no check");
+
+    // Fetch is fenced the same way. A client that leaves the epoch unset is not checked: a
+    // generated client in another language that does not track epochs sends nothing (proto3's
+    // 0), and must not be told its epoch 0 is stale after every leader change.
+    let fetch = |epoch: Option<i32>| {
+        let mut req = fetch_req("times", 0, 0);
+        req.topics[0].partitions[0].current_leader_epoch = epoch;
+        let mut b = b.clone();
+        async move { b.fetch(req).await.unwrap().into_inner().topics[0].partitions[0].clone() }
+    };
+    let unset = fetch(None).await;
+    assert_eq!(unset.error_code, 0, "{unset:?}");
+    assert!(!unset.records.is_empty());
+    let current = fetch(Some(latest.leader_epoch)).await;
+    assert_eq!(
+        (current.error_code, current.records.len()),
+        (0, unset.records.len())
+    );
+    let stale = fetch(Some(first_epoch)).await;
+    assert_eq!(
+        stale.error_code,
+        ErrorCode::FencedLeaderEpoch as i32,
+        "{stale:?}"
+    );
+    assert!(stale.records.is_empty());
+    assert_eq!(
+        stale.current_leader.map(|l| l.leader_epoch),
+        Some(latest.leader_epoch),
+        "the answer names the current epoch"
+    );
+    let ahead = fetch(Some(latest.leader_epoch + 1)).await;
+    assert_eq!(ahead.error_code, ErrorCode::UnknownLeaderEpoch as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1011,7 +1044,7 @@ async fn retention_and_compaction_are_visible_through_the_broker() {
                     name: "short-lived".into(),
                     partitions: vec![ListOffsetsPartition {
                         index: 0,
-                        current_leader_epoch: -1,
+                        current_leader_epoch: None,
                         timestamp: -2,
                     }],
                 }],
@@ -1231,7 +1264,7 @@ async fn a_full_request_queue_pushes_back() {
                 name: "burst".into(),
                 partitions: vec![ListOffsetsPartition {
                     index: 0,
-                    current_leader_epoch: -1,
+                    current_leader_epoch: None,
                     timestamp: -1,
                 }],
             }],

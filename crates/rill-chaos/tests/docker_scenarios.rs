@@ -484,7 +484,7 @@ async fn explain_duplicates(c: &DockerCluster, topic: &str) -> Result<Vec<String
                     name: topic.to_owned(),
                     partitions: vec![FetchPartition {
                         index: p,
-                        current_leader_epoch: state.leader_epoch,
+                        current_leader_epoch: Some(state.leader_epoch),
                         fetch_offset: offset,
                         partition_max_bytes: 1 << 20,
                         ..Default::default()

@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rill_protocol::client::ClusterClient;
+use rill_protocol::client::{ClusterClient, LeaderInfo};
 use rill_protocol::proto::{FetchPartition, FetchRequest, FetchResponse, FetchTopic};
 use rill_protocol::record_batch::{BatchError, Records, batches};
 use rill_protocol::{ApiError, ErrorCode, TopicPartition};
@@ -112,7 +112,7 @@ pub(crate) struct Fetcher {
     served_count: u64,
     /// Metadata lookups of topics whose leaders are not cached, each on a task of its own: a
     /// poll waits for one only until its timeout, and the next poll takes the answer.
-    lookups: HashMap<String, JoinHandle<Result<Vec<i32>, ApiError>>>,
+    lookups: HashMap<String, JoinHandle<Result<Vec<LeaderInfo>, ApiError>>>,
 }
 
 impl Drop for Fetcher {
@@ -122,6 +122,18 @@ impl Drop for Fetcher {
             lookup.abort();
         }
     }
+}
+
+/// A partition to fetch, as a scan found it.
+#[derive(Clone)]
+struct Wanted {
+    tp: TopicPartition,
+    position: i64,
+    /// The leader epoch of the record before `position` (KIP-320's divergence check), -1 if
+    /// unknown.
+    last_fetched_epoch: i32,
+    /// The leader epoch of the leader fetched from, as the metadata cache has it (-1 unknown).
+    leader_epoch: i32,
 }
 
 impl Fetcher {
@@ -157,7 +169,7 @@ impl Fetcher {
     /// refreshes it), else waited for until `deadline` (the poll's): `None` while it is still
     /// running (it goes on, and a later scan takes its answer), empty when it failed (the
     /// partitions back off).
-    async fn topic_leaders(&mut self, topic: &str, deadline: Instant) -> Option<Vec<i32>> {
+    async fn topic_leaders(&mut self, topic: &str, deadline: Instant) -> Option<Vec<LeaderInfo>> {
         let cached = match self.client.cached_leaders(topic) {
             Some((leaders, true)) => return Some(leaders),
             Some((leaders, false)) => Some(leaders),
@@ -166,7 +178,7 @@ impl Fetcher {
         let lookup = self.lookups.entry(topic.to_owned()).or_insert_with(|| {
             let client = self.client.clone();
             let topic = topic.to_owned();
-            tokio::spawn(async move { client.leaders(&topic).await })
+            tokio::spawn(async move { client.partitions(&topic).await })
         });
         if let Some(cached) = cached
             && !lookup.is_finished()
@@ -340,14 +352,14 @@ impl Fetcher {
             .collect();
         let now = Instant::now();
         self.last_scan = now;
-        let mut by_leader: HashMap<i32, Vec<(TopicPartition, i64, i32)>> = HashMap::new();
+        let mut by_leader: HashMap<i32, Vec<Wanted>> = HashMap::new();
         let mut leaderless = Vec::new();
         self.served.retain(|tp, _| subscriptions.is_assigned(tp));
         let mut fetchable = subscriptions.fetchable();
         fetchable.sort_by_cached_key(|(tp, _)| self.served.get(tp).copied().unwrap_or(0));
         // Each topic's leaders looked up once per scan: a refresh that fails (no broker
         // answers) is not tried again for every partition of the topic.
-        let mut leaders: HashMap<String, Option<Vec<i32>>> = HashMap::new();
+        let mut leaders: HashMap<String, Option<Vec<LeaderInfo>>> = HashMap::new();
         for (tp, pos) in fetchable {
             if self.backoff.get(&tp).is_some_and(|b| b.until > now) {
                 continue;
@@ -377,13 +389,23 @@ impl Fetcher {
                 // Still being looked up: fetched once the answer is in.
                 continue;
             };
-            let leader = of_topic.get(tp.partition as usize).copied().unwrap_or(-1);
-            if leader < 0 {
+            let Some(&LeaderInfo {
+                leader,
+                epoch: leader_epoch,
+            }) = of_topic
+                .get(tp.partition as usize)
+                .filter(|l| l.leader >= 0)
+            else {
                 self.client.invalidate(&tp.topic);
                 leaderless.push(tp);
                 continue;
-            }
-            by_leader.entry(leader).or_default().push((tp, pos, epoch));
+            };
+            by_leader.entry(leader).or_default().push(Wanted {
+                tp,
+                position: pos,
+                last_fetched_epoch: epoch,
+                leader_epoch,
+            });
         }
         // From now, not from the scan's start: the lookups may have taken a while.
         let failed_at = Instant::now();
@@ -415,12 +437,12 @@ impl Fetcher {
         }
     }
 
-    /// Sends one fetch for `parts` (partition, fetch position, leader epoch of the record
-    /// before it) to `leader` in the background.
-    fn send_fetch(&mut self, leader: i32, parts: Vec<(TopicPartition, i64, i32)>) {
+    /// Sends one fetch for `parts` to `leader` in the background.
+    fn send_fetch(&mut self, leader: i32, parts: Vec<Wanted>) {
         // In the order given (least recently served first), topic by topic.
         let mut topics: Vec<(String, Vec<FetchPartition>)> = Vec::new();
-        for (tp, pos, epoch) in &parts {
+        for w in &parts {
+            let tp = &w.tp;
             let at = match topics.iter().position(|(name, _)| *name == tp.topic) {
                 Some(at) => at,
                 None => {
@@ -430,10 +452,13 @@ impl Fetcher {
             };
             topics[at].1.push(FetchPartition {
                 index: tp.partition,
-                current_leader_epoch: -1,
-                fetch_offset: *pos,
+                // As Kafka's consumer (KIP-320): a broker that lost the leadership and has not
+                // heard yet, or one that is not yet the leader we were told of, says so instead
+                // of serving what it has.
+                current_leader_epoch: (w.leader_epoch >= 0).then_some(w.leader_epoch),
+                fetch_offset: w.position,
                 partition_max_bytes: self.settings.max_partition_bytes,
-                last_fetched_epoch: (*epoch >= 0).then_some(*epoch),
+                last_fetched_epoch: (w.last_fetched_epoch >= 0).then_some(w.last_fetched_epoch),
                 log_start_offset: -1,
             });
         }
@@ -466,7 +491,7 @@ impl Fetcher {
             InFlight {
                 task,
                 leader,
-                requested: parts.into_iter().map(|(tp, pos, _)| (tp, pos)).collect(),
+                requested: parts.into_iter().map(|w| (w.tp, w.position)).collect(),
             },
         );
     }
@@ -550,8 +575,11 @@ impl Fetcher {
                             // as new as ours): fetched there at once, not after a backoff
                             // (KIP-951). Otherwise the metadata is refreshed after one.
                             let hint = p.current_leader.as_ref();
-                            let moved = hint.is_some_and(|cl| cl.leader_id != leader)
-                                && self.client.take_leader_hint(&t.name, p.index, hint);
+                            // FENCED_LEADER_EPOCH names the same leader at its newer epoch:
+                            // taken, the next fetch carries it.
+                            let moved = hint.is_some_and(|cl| {
+                                cl.leader_id != leader || code == ErrorCode::FencedLeaderEpoch
+                            }) && self.client.take_leader_hint(&t.name, p.index, hint);
                             if !moved {
                                 self.client.invalidate(&t.name);
                                 self.back_off(&tp, now);
@@ -1087,6 +1115,67 @@ mod tests {
         }
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert!(consumer.fetcher.backoff[&gone].failures >= 1);
+    }
+
+    /// KIP-320 for consumers: fetches name the leader epoch the metadata gave, so a broker
+    /// that is no longer (or not yet) that leader says so instead of serving its log; fenced
+    /// with the leader's newer epoch named, the consumer takes it and fetches again at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fetches_name_the_leader_epoch_and_follow_a_newer_one_at_once() {
+        let fake = Fake::start(&[("t", 1)], crate::testing::numbered(i64::MAX)).await;
+        *fake.leader_epoch.lock() = 3;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        let t0 = TopicPartition::new("t", 0);
+        consumer.assign([t0.clone()]);
+        consumer.seek(&t0, 0);
+        let mut offsets = Vec::new();
+        while offsets.len() < 5 {
+            offsets.extend(
+                consumer
+                    .poll(Duration::from_millis(100))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.offset),
+            );
+        }
+        assert!(fake.fetched_epochs.lock().iter().all(|e| *e == Some(3)));
+        // A new leader epoch (the leader restarted, say) that the consumer's metadata does
+        // not know yet.
+        *fake.leader_epoch.lock() = 4;
+        let before = fake.fetched_epochs.lock().len();
+        let metadata_calls = fake.metadata_calls.load(Ordering::Acquire);
+        let target = offsets.len() + 5;
+        while offsets.len() < target {
+            offsets.extend(
+                consumer
+                    .poll(Duration::from_millis(100))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.offset),
+            );
+        }
+        let after: Vec<_> = fake.fetched_epochs.lock()[before..].to_vec();
+        let fenced = after.iter().take_while(|e| **e == Some(3)).count();
+        assert!(
+            fenced >= 1 && after[fenced..].iter().all(|e| *e == Some(4)),
+            "{after:?}"
+        );
+        assert_eq!(
+            fake.metadata_calls.load(Ordering::Acquire),
+            metadata_calls,
+            "the epoch the answer named was taken: no metadata refresh (nor its backoff)"
+        );
+        assert_eq!(
+            offsets,
+            (0..offsets.len() as i64).collect::<Vec<_>>(),
+            "nothing lost or repeated"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

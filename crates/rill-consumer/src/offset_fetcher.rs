@@ -194,7 +194,7 @@ pub(crate) async fn list_offsets(
                     .or_default()
                     .push(ListOffsetsPartition {
                         index: tp.partition,
-                        current_leader_epoch: -1,
+                        current_leader_epoch: None,
                         timestamp,
                     });
             }

@@ -52,6 +52,13 @@ pub struct Fake {
     pub list_offsets_error: Arc<Mutex<Option<ErrorCode>>>,
     /// How long Metadata requests wait before being answered.
     pub metadata_delay: Arc<Mutex<Duration>>,
+    /// Every partition's leader epoch: what Metadata says, and what a Fetch naming another
+    /// epoch is fenced against (as a broker does).
+    pub leader_epoch: Arc<Mutex<i32>>,
+    /// The `current_leader_epoch` of every partition fetched, in order.
+    pub fetched_epochs: Arc<Mutex<Vec<Option<i32>>>>,
+    /// Metadata requests answered.
+    pub metadata_calls: Arc<AtomicUsize>,
 }
 
 impl Fake {
@@ -66,6 +73,9 @@ impl Fake {
             fetches: Arc::new(AtomicUsize::new(0)),
             list_offsets_error: Arc::new(Mutex::new(None)),
             metadata_delay: Arc::new(Mutex::new(Duration::ZERO)),
+            leader_epoch: Arc::new(Mutex::new(0)),
+            fetched_epochs: Arc::new(Mutex::new(Vec::new())),
+            metadata_calls: Arc::new(AtomicUsize::new(0)),
             coordinator: Arc::new(Mutex::new(CoordinatorState {
                 heartbeats: Vec::new(),
                 commits: Vec::new(),
@@ -161,11 +171,30 @@ impl Broker for Fake {
         // pool, as a real broker's reads do, so they never stall the runtime the client shares.
         let answer = Arc::clone(&self.answer);
         let request = request.into_inner();
+        let leader_epoch = *self.leader_epoch.lock();
+        let fetched_epochs = Arc::clone(&self.fetched_epochs);
         let topics = tokio::task::spawn_blocking(move || {
             let mut topics = Vec::new();
             for t in request.topics {
                 let mut partitions = Vec::new();
                 for p in t.partitions {
+                    fetched_epochs.lock().push(p.current_leader_epoch);
+                    if let Some(asked) = p.current_leader_epoch.filter(|e| *e != leader_epoch) {
+                        partitions.push(FetchPartitionResponse {
+                            index: p.index,
+                            error_code: if asked < leader_epoch {
+                                ErrorCode::FencedLeaderEpoch
+                            } else {
+                                ErrorCode::UnknownLeaderEpoch
+                            } as i32,
+                            current_leader: Some(LeaderIdAndEpoch {
+                                leader_id: 1,
+                                leader_epoch,
+                            }),
+                            ..Default::default()
+                        });
+                        continue;
+                    }
                     let tp = TopicPartition::new(t.name.as_str(), p.index);
                     partitions.push(answer(&tp, p.fetch_offset)?);
                 }
@@ -222,6 +251,8 @@ impl Broker for Fake {
     ) -> Result<Response<MetadataResponse>, Status> {
         let delay = *self.metadata_delay.lock();
         tokio::time::sleep(delay).await;
+        let leader_epoch = *self.leader_epoch.lock();
+        self.metadata_calls.fetch_add(1, Ordering::AcqRel);
         Ok(Response::new(MetadataResponse {
             brokers: vec![BrokerDescription {
                 node_id: 1,
@@ -241,6 +272,7 @@ impl Broker for Fake {
                         .map(|index| PartitionMetadata {
                             index,
                             leader_id: 1,
+                            leader_epoch,
                             ..Default::default()
                         })
                         .collect(),

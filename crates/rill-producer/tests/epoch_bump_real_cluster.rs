@@ -255,7 +255,7 @@ async fn fetch(
                 name: topic.into(),
                 partitions: vec![FetchPartition {
                     index: 0,
-                    current_leader_epoch: -1,
+                    current_leader_epoch: None,
                     fetch_offset: offset,
                     partition_max_bytes: 4 << 20,
                     last_fetched_epoch: None,

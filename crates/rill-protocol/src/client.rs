@@ -380,16 +380,13 @@ impl ClusterClient {
             .collect())
     }
 
-    /// Each partition's leader id (-1: none) from the cache, without any I/O, unless `topic`
+    /// Each partition's leader (and its epoch) from the cache, without any I/O, unless `topic`
     /// was invalidated or is unknown; with whether it is younger than the metadata max age
-    /// (what [`leaders`](Self::leaders) would answer at once) or only old, not known wrong
-    /// (what it answers when a refresh fails).
-    pub fn cached_leaders(&self, topic: &str) -> Option<(Vec<i32>, bool)> {
+    /// (what [`partitions`](Self::partitions) would answer at once) or only old, not known
+    /// wrong (what it answers when a refresh fails).
+    pub fn cached_leaders(&self, topic: &str) -> Option<(Vec<LeaderInfo>, bool)> {
         match self.cache.read().topics.get(topic) {
-            Some(t) if !t.stale => Some((
-                t.partitions.iter().map(|l| l.leader).collect(),
-                t.fetched.elapsed() < self.max_age,
-            )),
+            Some(t) if !t.stale => Some((t.partitions.clone(), t.fetched.elapsed() < self.max_age)),
             _ => None,
         }
     }

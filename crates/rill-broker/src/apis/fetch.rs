@@ -349,7 +349,7 @@ fn check_one(
                 let kind = ReadKind::Follower {
                     throttled,
                     // `fetch_for_follower` answered only in this very epoch.
-                    leader_epoch: p.current_leader_epoch,
+                    leader_epoch: p.current_leader_epoch.unwrap_or(0),
                 };
                 (partition, kind)
             }),
@@ -372,17 +372,11 @@ fn check_one(
     let hw = partition.high_watermark();
     pr.high_watermark = hw;
     pr.log_start_offset = start;
-    if p.current_leader_epoch >= 0 && p.current_leader_epoch != leader_epoch {
-        let (code, what) = if p.current_leader_epoch < leader_epoch {
-            (ErrorCode::FencedLeaderEpoch, "older")
-        } else {
-            (ErrorCode::UnknownLeaderEpoch, "newer")
-        };
+    if let Some(Err((code, message))) = super::consumer_epoch(p.current_leader_epoch)
+        .map(|asked| super::check_leader_epoch(asked, leader_epoch))
+    {
         pr.error_code = code as i32;
-        pr.error_message = format!(
-            "leader epoch {} is {what} than the current {leader_epoch}",
-            p.current_leader_epoch
-        );
+        pr.error_message = message;
         pr.current_leader = Some(LeaderIdAndEpoch {
             leader_id: leader,
             leader_epoch,
@@ -450,7 +444,7 @@ mod tests {
         let answer = |offset: i64, last: Option<i32>| {
             let req = consumer_fetch_of_t(FetchPartition {
                 index: 0,
-                current_leader_epoch: -1,
+                current_leader_epoch: None,
                 fetch_offset: offset,
                 partition_max_bytes: 1 << 20,
                 last_fetched_epoch: last,
@@ -488,7 +482,7 @@ mod tests {
         rm.apply_image(Arc::new(image(5, &[("t", "A", vec![1, 2])])));
         let req = consumer_fetch_of_t(FetchPartition {
             index: 0,
-            current_leader_epoch: 0,
+            current_leader_epoch: Some(0),
             ..Default::default()
         });
         let mut plan = Plan::new(&req, 1 << 20);

@@ -75,22 +75,10 @@ fn list_offset(
     // A client that names the leader epoch it believes current is told when it is stale
     // (FENCED_LEADER_EPOCH) or ahead of this broker (UNKNOWN_LEADER_EPOCH), as for Fetch.
     let (_, current) = partition.leader_and_epoch();
-    if p.current_leader_epoch >= 0 && p.current_leader_epoch != current {
-        let (code, what) = if p.current_leader_epoch < current {
-            (ErrorCode::FencedLeaderEpoch, "older")
-        } else {
-            (ErrorCode::UnknownLeaderEpoch, "newer")
-        };
-        return fail(
-            r,
-            ApiError::new(
-                code,
-                format!(
-                    "leader epoch {} is {what} than the current {current}",
-                    p.current_leader_epoch
-                ),
-            ),
-        );
+    if let Some(Err((code, message))) = super::consumer_epoch(p.current_leader_epoch)
+        .map(|asked| super::check_leader_epoch(asked, current))
+    {
+        return fail(r, ApiError::new(code, message));
     }
     match lookup_offset(rm, &partition, p.timestamp) {
         Ok(Some((offset, timestamp, epoch))) => {

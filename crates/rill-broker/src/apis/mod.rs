@@ -38,3 +38,28 @@ pub(crate) fn moved_leader_hint(
 pub(crate) fn blocking_err(e: tokio::task::JoinError) -> tonic::Status {
     tonic::Status::internal(format!("worker failed: {e}"))
 }
+
+/// KIP-320's leader-epoch fence for Fetch and ListOffsets: `asked` is the epoch the client
+/// believes current. An older one means the client missed a leader change (FENCED_LEADER_EPOCH:
+/// refresh metadata); a newer one means this broker has not yet learned of it
+/// (UNKNOWN_LEADER_EPOCH: retry). Consumers that do not track epochs leave it unset or -1 and
+/// are not checked (`consumer_epoch`); followers always are.
+pub(crate) fn check_leader_epoch(asked: i32, current: i32) -> Result<(), (ErrorCode, String)> {
+    if asked == current {
+        return Ok(());
+    }
+    let (code, what) = if asked < current {
+        (ErrorCode::FencedLeaderEpoch, "older")
+    } else {
+        (ErrorCode::UnknownLeaderEpoch, "newer")
+    };
+    Err((
+        code,
+        format!("leader epoch {asked} is {what} than the current {current}"),
+    ))
+}
+
+/// The epoch a consumer's request asks to be checked against: none when unset or negative.
+pub(crate) fn consumer_epoch(asked: Option<i32>) -> Option<i32> {
+    asked.filter(|e| *e >= 0)
+}

@@ -417,7 +417,7 @@ pub async fn fetch(apis: &KafkaApis, req: m::FetchRequest, version: i16) -> m::F
     for ((topic, index), c) in &read {
         let p = rp::FetchPartition {
             index: *index,
-            current_leader_epoch: c.current_leader_epoch,
+            current_leader_epoch: Some(c.current_leader_epoch),
             fetch_offset: c.fetch_offset,
             partition_max_bytes: c.partition_max_bytes,
             last_fetched_epoch: None,
@@ -595,7 +595,7 @@ pub async fn list_offsets(
                     .iter()
                     .map(|p| rp::ListOffsetsPartition {
                         index: p.partition_index,
-                        current_leader_epoch: p.current_leader_epoch,
+                        current_leader_epoch: Some(p.current_leader_epoch),
                         timestamp: p.timestamp,
                     })
                     .collect(),
@@ -1270,7 +1270,6 @@ fn end_offset_for_epoch(
     topic: &str,
     p: &m::offset_for_leader_epoch_request::OffsetForLeaderPartition,
 ) -> m::offset_for_leader_epoch_response::EpochEndOffset {
-    use rill_protocol::ErrorCode;
     let answer = m::offset_for_leader_epoch_response::EpochEndOffset::default()
         .with_partition(p.partition)
         .with_leader_epoch(-1)
@@ -1281,12 +1280,9 @@ fn end_offset_for_epoch(
         Err((e, _)) => return answer.with_error_code(e.code as i16),
     };
     let leader_epoch = partition.state().leader_epoch;
-    if p.current_leader_epoch >= 0 && p.current_leader_epoch != leader_epoch {
-        let code = if p.current_leader_epoch < leader_epoch {
-            ErrorCode::FencedLeaderEpoch
-        } else {
-            ErrorCode::UnknownLeaderEpoch
-        };
+    if let Some(Err((code, _))) = crate::apis::consumer_epoch(Some(p.current_leader_epoch))
+        .map(|asked| crate::apis::check_leader_epoch(asked, leader_epoch))
+    {
         return answer.with_error_code(code as i16);
     }
     match partition.log.read().end_offset_for_epoch(p.leader_epoch) {

@@ -332,7 +332,7 @@ impl Cluster {
                                 name: name.into(),
                                 partitions: vec![ListOffsetsPartition {
                                     index: i as i32,
-                                    current_leader_epoch: -1,
+                                    current_leader_epoch: None,
                                     timestamp: -1,
                                 }],
                             }],
