@@ -1612,6 +1612,38 @@ pub(crate) mod tests {
         );
     }
 
+    /// A follower's `current_leader_epoch` is always checked: unset is proto3's 0 (from a
+    /// follower that left it off the wire), -1 is no wildcard, only the current epoch reads.
+    #[test]
+    fn a_follower_fetch_is_fenced_by_its_leader_epoch_even_unset_or_negative() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[("log.flush.policy", "interval")]);
+        let (p, _) = epochs_0_then_1(&rm);
+        let fetch = |epoch: Option<i32>| {
+            let req = FetchPartition {
+                index: 0,
+                current_leader_epoch: epoch,
+                fetch_offset: 0,
+                partition_max_bytes: 1 << 20,
+                last_fetched_epoch: None,
+                log_start_offset: 0,
+            };
+            rm.fetch_for_follower(&p, 2, -1, &req, false).unwrap()
+        };
+        for (epoch, code) in [
+            (None, ErrorCode::FencedLeaderEpoch),
+            (Some(-1), ErrorCode::FencedLeaderEpoch),
+            (Some(0), ErrorCode::FencedLeaderEpoch),
+            (Some(2), ErrorCode::UnknownLeaderEpoch),
+        ] {
+            let (answer, read) = fetch(epoch);
+            assert_eq!((answer.error_code, read), (code as i32, None), "{epoch:?}");
+        }
+        let (answer, read) = fetch(Some(1));
+        assert_eq!(answer.error_code, 0);
+        assert!(read.is_some());
+    }
+
     pub(crate) fn batch() -> Vec<u8> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

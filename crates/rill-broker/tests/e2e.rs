@@ -795,7 +795,11 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
     let unset = fetch(None).await;
     assert_eq!(unset.error_code, 0, "{unset:?}");
     assert!(!unset.records.is_empty());
-    let current = fetch(Some(latest.leader_epoch)).await;
+    // The epoch a client fences with is Metadata's (what rill's consumer sends).
+    client.invalidate("times");
+    let from_metadata = client.partitions("times").await.unwrap()[0].epoch;
+    assert_eq!(from_metadata, latest.leader_epoch);
+    let current = fetch(Some(from_metadata)).await;
     assert_eq!(
         (current.error_code, current.records.len()),
         (0, unset.records.len())
@@ -814,6 +818,12 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
     );
     let ahead = fetch(Some(latest.leader_epoch + 1)).await;
     assert_eq!(ahead.error_code, ErrorCode::UnknownLeaderEpoch as i32);
+    let minus_one = fetch(Some(-1)).await;
+    assert_eq!(
+        (minus_one.error_code, minus_one.records.len()),
+        (0, unset.records.len()),
+        "-1: no check"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1133,7 +1133,9 @@ mod tests {
         consumer.assign([t0.clone()]);
         consumer.seek(&t0, 0);
         let mut offsets = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
         while offsets.len() < 5 {
+            assert!(Instant::now() < deadline, "stuck at {offsets:?}");
             offsets.extend(
                 consumer
                     .poll(Duration::from_millis(100))
@@ -1150,7 +1152,9 @@ mod tests {
         let before = fake.fetched_epochs.lock().len();
         let metadata_calls = fake.metadata_calls.load(Ordering::Acquire);
         let target = offsets.len() + 5;
+        let deadline = Instant::now() + Duration::from_secs(10);
         while offsets.len() < target {
+            assert!(Instant::now() < deadline, "stuck at {offsets:?}");
             offsets.extend(
                 consumer
                     .poll(Duration::from_millis(100))
@@ -1176,6 +1180,27 @@ mod tests {
             (0..offsets.len() as i64).collect::<Vec<_>>(),
             "nothing lost or repeated"
         );
+    }
+
+    /// ListOffsets (seek_to_end, a reset) names the leader epoch too, so a deposed leader
+    /// that has not heard cannot answer from its stale log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offset_lookups_name_the_leader_epoch() {
+        let fake = Fake::start(&[("t", 1)], crate::testing::numbered(0)).await;
+        *fake.leader_epoch.lock() = 2;
+        let mut consumer = Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        let t0 = TopicPartition::new("t", 0);
+        consumer.assign([t0.clone()]);
+        consumer
+            .seek_to_end(std::slice::from_ref(&t0))
+            .await
+            .unwrap();
+        assert_eq!(consumer.position(&t0), Some(10));
+        assert_eq!(*fake.listed_epochs.lock(), [Some(2)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,13 +144,14 @@ pub(crate) async fn list_offsets(
     let mut pending: BTreeSet<TopicPartition> = tps.iter().cloned().collect();
     let mut failures = 0;
     while !pending.is_empty() {
-        let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+        let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i32)>> = BTreeMap::new();
         for tp in &pending {
             match client.partitions(&tp.topic).await {
-                Ok(p) => match p.get(tp.partition as usize).map(|l| l.leader) {
-                    Some(leader) if leader >= 0 => {
-                        by_leader.entry(leader).or_default().push(tp.clone())
-                    }
+                Ok(p) => match p.get(tp.partition as usize).map(|l| (l.leader, l.epoch)) {
+                    Some((leader, epoch)) if leader >= 0 => by_leader
+                        .entry(leader)
+                        .or_default()
+                        .push((tp.clone(), epoch)),
                     Some(_) => {
                         client.invalidate(&tp.topic);
                         last_error.insert(
@@ -188,13 +189,15 @@ pub(crate) async fn list_offsets(
         }
         for (leader, parts) in by_leader {
             let mut topics: BTreeMap<String, Vec<ListOffsetsPartition>> = BTreeMap::new();
-            for tp in &parts {
+            for (tp, epoch) in &parts {
                 topics
                     .entry(tp.topic.clone())
                     .or_default()
                     .push(ListOffsetsPartition {
                         index: tp.partition,
-                        current_leader_epoch: None,
+                        // As Kafka's consumer: a deposed leader that has not heard yet must not
+                        // answer from its log (a reset to its stale end).
+                        current_leader_epoch: (*epoch >= 0).then_some(*epoch),
                         timestamp,
                     });
             }
@@ -216,7 +219,7 @@ pub(crate) async fn list_offsets(
             let response = match answer {
                 Ok(r) => r,
                 Err(e) => {
-                    for tp in &parts {
+                    for (tp, _) in &parts {
                         client.invalidate(&tp.topic);
                         if e.code.is_retriable() {
                             last_error.insert(tp.clone(), e.clone());
@@ -230,7 +233,7 @@ pub(crate) async fn list_offsets(
             for t in response.topics {
                 for p in t.partitions {
                     let tp = TopicPartition::new(t.name.clone(), p.index);
-                    if !parts.contains(&tp) {
+                    if !parts.iter().any(|(asked, _)| *asked == tp) {
                         continue;
                     }
                     match response_error(p.error_code, &p.error_message) {

@@ -57,6 +57,8 @@ pub struct Fake {
     pub leader_epoch: Arc<Mutex<i32>>,
     /// The `current_leader_epoch` of every partition fetched, in order.
     pub fetched_epochs: Arc<Mutex<Vec<Option<i32>>>>,
+    /// The `current_leader_epoch` of every partition listed (ListOffsets), in order.
+    pub listed_epochs: Arc<Mutex<Vec<Option<i32>>>>,
     /// Metadata requests answered.
     pub metadata_calls: Arc<AtomicUsize>,
 }
@@ -76,6 +78,7 @@ impl Fake {
             leader_epoch: Arc::new(Mutex::new(0)),
             fetched_epochs: Arc::new(Mutex::new(Vec::new())),
             metadata_calls: Arc::new(AtomicUsize::new(0)),
+            listed_epochs: Arc::new(Mutex::new(Vec::new())),
             coordinator: Arc::new(Mutex::new(CoordinatorState {
                 heartbeats: Vec::new(),
                 commits: Vec::new(),
@@ -222,6 +225,7 @@ impl Broker for Fake {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let error = *self.list_offsets_error.lock();
+        let leader_epoch = *self.leader_epoch.lock();
         let topics = request
             .into_inner()
             .topics
@@ -231,13 +235,20 @@ impl Broker for Fake {
                 partitions: t
                     .partitions
                     .into_iter()
-                    .map(|p| ListOffsetsPartitionResponse {
-                        index: p.index,
-                        timestamp: -1,
-                        offset: if p.timestamp == -2 { 0 } else { 10 },
-                        leader_epoch: -1,
-                        error_code: error.map_or(0, |e| e as i32),
-                        ..Default::default()
+                    .map(|p| {
+                        self.listed_epochs.lock().push(p.current_leader_epoch);
+                        let fenced = p
+                            .current_leader_epoch
+                            .filter(|e| *e != leader_epoch)
+                            .map(|_| ErrorCode::FencedLeaderEpoch);
+                        ListOffsetsPartitionResponse {
+                            index: p.index,
+                            timestamp: -1,
+                            offset: if p.timestamp == -2 { 0 } else { 10 },
+                            leader_epoch: -1,
+                            error_code: error.or(fenced).map_or(0, |e| e as i32),
+                            ..Default::default()
+                        }
                     })
                     .collect(),
             })

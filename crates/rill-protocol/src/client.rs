@@ -43,6 +43,13 @@ struct TopicEntry {
     /// Invalidated: the next lookup asks the brokers again (the leader epochs are kept, so an
     /// older answer still cannot replace them).
     stale: bool,
+    /// Partitions whose entry came from an error answer's hint ([`ClusterClient::update_leader`])
+    /// rather than from Metadata. A hint names no topic id: it may come from a broker still
+    /// holding a deleted incarnation of the topic, at that incarnation's (higher) epochs. So
+    /// the next Metadata answer for this topic id replaces such an entry whatever its epoch —
+    /// else the false epoch would outrank every true one until the new incarnation's epochs
+    /// passed it, and a fetch naming it would be refused all that time.
+    hinted: std::collections::HashSet<i32>,
     /// When it was last taken from an answer: older than `metadata.max.age.ms`, the next lookup
     /// asks again, so partitions added meanwhile are found without an error first.
     fetched: Instant,
@@ -83,8 +90,12 @@ impl Cache {
             epoch: -1,
         };
         let seen = self.seen_epochs.remove(&t.name);
+        let mut hinted = std::collections::HashSet::new();
         let mut parts = match self.topics.get(&t.name) {
-            Some(e) if e.id == t.topic_id => e.partitions.clone(),
+            Some(e) if e.id == t.topic_id => {
+                hinted = e.hinted.clone();
+                e.partitions.clone()
+            }
             // Dropped after an error: the leaders are unknown, the epochs still bind.
             _ => match seen {
                 Some((id, epochs, _)) if id == t.topic_id => epochs
@@ -98,8 +109,9 @@ impl Cache {
             parts.resize(len, offline);
         }
         for p in &t.partitions {
+            let was_hinted = hinted.remove(&p.index);
             if let Some(slot) = parts.get_mut(p.index as usize)
-                && p.leader_epoch >= slot.epoch
+                && (p.leader_epoch >= slot.epoch || was_hinted)
             {
                 *slot = LeaderInfo {
                     leader: p.leader_id,
@@ -113,6 +125,7 @@ impl Cache {
                 id: t.topic_id.clone(),
                 partitions: parts,
                 stale: false,
+                hinted,
                 fetched: Instant::now(),
             },
         );
@@ -424,18 +437,17 @@ impl ClusterClient {
     /// come from a topic deleted and created again (epochs start over), so a caller that gets
     /// `false` should refresh the topic's metadata, which compares topic ids.
     pub fn update_leader(&self, topic: &str, partition: i32, info: LeaderInfo) -> bool {
-        if let Some(slot) = self
-            .cache
-            .write()
-            .topics
-            .get_mut(topic)
-            .and_then(|t| t.partitions.get_mut(partition as usize))
-            && info.epoch >= slot.epoch
-        {
-            *slot = info;
-            true
-        } else {
-            false
+        let mut cache = self.cache.write();
+        let Some(t) = cache.topics.get_mut(topic) else {
+            return false;
+        };
+        match t.partitions.get_mut(partition as usize) {
+            Some(slot) if info.epoch >= slot.epoch => {
+                *slot = info;
+                t.hinted.insert(partition);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -634,6 +646,30 @@ mod tests {
         };
         assert!(c.update_leader("t", 1, newer));
         assert_eq!(leaders(&c), [(2, 5), (1, 7)]);
+    }
+
+    /// A hint names no topic id: one from a broker still holding a deleted incarnation of the
+    /// topic carries that incarnation's epoch. The next Metadata answer for the topic's id
+    /// replaces a hinted entry whatever its epoch (else the false epoch would outrank the true
+    /// ones, and fetches naming it be refused, until the new epochs passed it); entries that
+    /// came from Metadata still never go back.
+    #[test]
+    fn metadata_replaces_a_leader_taken_from_a_hint_whatever_its_epoch() {
+        let c = client();
+        c.absorb(&answer("id-2", &[(1, 0), (2, 0)]));
+        let from_old_incarnation = LeaderInfo {
+            leader: 1,
+            epoch: 3,
+        };
+        assert!(c.update_leader("t", 0, from_old_incarnation));
+        assert_eq!(leaders(&c), [(1, 3), (2, 0)]);
+        c.invalidate("t");
+        c.absorb(&answer("id-2", &[(1, 0), (2, 0)]));
+        assert_eq!(leaders(&c), [(1, 0), (2, 0)], "the hinted epoch gave way");
+        // Taken from Metadata, an epoch binds again.
+        c.absorb(&answer("id-2", &[(3, 1), (2, 0)]));
+        c.absorb(&answer("id-2", &[(1, 0), (2, 0)]));
+        assert_eq!(leaders(&c), [(3, 1), (2, 0)]);
     }
 
     /// A topic-level error drops the topic from the cache, not its leader epochs: an older
