@@ -53,6 +53,12 @@ impl Broker for Echo {
     ) -> Result<Response<MetadataResponse>, Status> {
         Err(Status::unimplemented("echo"))
     }
+    async fn describe_configs(
+        &self,
+        _: tonic::Request<DescribeConfigsRequest>,
+    ) -> Result<tonic::Response<DescribeConfigsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
 }
 
 fn main() {

@@ -184,6 +184,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
             address: config.listeners.to_string(),
             reason: format!("reflection: {e}"),
         })?;
+    let controller_client = Arc::new(controller_client::ControllerClient::new(
+        &config.controller_voters,
+    )?);
     let service = network::BrokerService::new(
         Arc::clone(&rm),
         queue,
@@ -192,7 +195,8 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         &config.controller_voters,
         config.fetch_max_bytes,
     )
-    .with_lifecycle(Arc::clone(&lifecycle));
+    .with_lifecycle(Arc::clone(&lifecycle))
+    .with_controller_client(Arc::clone(&controller_client));
     let server_stop = CancellationToken::new();
     let coordinator = group_coordinator::GroupCoordinator::new(Arc::clone(&rm), &config)?;
     coordinator.start(background_stop.clone());
@@ -200,9 +204,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         let apis = Arc::new(
             kafka::KafkaApis::new(service.clone(), config.socket_request_max_bytes)
                 .with_coordinator(Arc::clone(&coordinator))
-                .with_controllers(Arc::new(controller_client::ControllerClient::new(
-                    &config.controller_voters,
-                )?)),
+                .with_controllers(controller_client),
         );
         tracing::info!(broker = config.node_id, address = ?config.kafka_listeners, "kafka listener listening");
         let lifecycle = Arc::clone(&lifecycle);

@@ -27,6 +27,8 @@ pub struct BrokerService {
     pub(crate) controllers: Vec<ControllerDescription>,
     pub(crate) fetch_max_bytes: usize,
     pub(crate) lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
+    /// For the requests forwarded to the controllers (DescribeConfigs).
+    pub(crate) controller_client: Option<Arc<crate::controller_client::ControllerClient>>,
 }
 
 impl BrokerService {
@@ -62,7 +64,17 @@ impl BrokerService {
             controllers,
             fetch_max_bytes,
             lifecycle: None,
+            controller_client: None,
         }
+    }
+
+    /// Lets the service forward DescribeConfigs to the controllers.
+    pub fn with_controller_client(
+        mut self,
+        client: Arc<crate::controller_client::ControllerClient>,
+    ) -> Self {
+        self.controller_client = Some(client);
+        self
     }
 
     /// Lets Metadata answers name the active controller.
@@ -108,6 +120,15 @@ impl Broker for BrokerService {
         request: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
         apis::metadata::handle(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn describe_configs(
+        &self,
+        request: Request<DescribeConfigsRequest>,
+    ) -> Result<Response<DescribeConfigsResponse>, Status> {
+        apis::describe_configs::handle(self, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -324,6 +324,35 @@ async fn alter_configs(
     check(r.results[0].error_code, &r.results[0].error_message, what)
 }
 
+/// The configs of `topics` as a broker applies them (its own `log.*` defaults included, which
+/// the controllers do not know): asked of each broker of `metadata` in turn until one answers.
+async fn describe_configs(
+    client: &ClusterClient,
+    metadata: &MetadataResponse,
+    topics: &[String],
+) -> Result<DescribeConfigsResponse> {
+    let mut last = None;
+    for b in &metadata.brokers {
+        let answer = match client.broker(b.node_id) {
+            Ok(mut c) => c
+                .describe_configs(DescribeConfigsRequest {
+                    topics: topics.to_vec(),
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| anyhow::anyhow!("broker {}: {}", b.node_id, s.message())),
+            Err(e) => Err(anyhow::anyhow!("broker {}: {e}", b.node_id)),
+        };
+        match answer {
+            Ok(r) => return Ok(r),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("no broker in the cluster metadata"))
+        .context("describing topic configs"))
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let servers = bootstrap(&cli.bootstrap);
     let admin = || ClusterClient::new(&servers, Duration::from_secs(30));
@@ -382,15 +411,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 TopicCmd::Describe { names, all_configs } => {
                     let r = client.refresh(&names).await?;
-                    let configs = client
-                        .admin(patience, |mut c| {
-                            let names = names.clone();
-                            async move {
-                                c.describe_configs(DescribeConfigsRequest { topics: names })
-                                    .await
-                            }
-                        })
-                        .await?;
+                    let configs = describe_configs(&client, &r, &names).await?;
                     for t in &r.topics {
                         check(
                             t.error_code,
@@ -420,7 +441,11 @@ async fn run(cli: Cli) -> Result<()> {
                                     "\tConfig: {}={}\t{}",
                                     c.name,
                                     c.value,
-                                    if c.is_default { "default" } else { "override" }
+                                    match ConfigSource::try_from(c.source) {
+                                        Ok(ConfigSource::DynamicTopicConfig) => "override",
+                                        Ok(ConfigSource::StaticBrokerConfig) => "broker default",
+                                        _ => "default",
+                                    }
                                 );
                             }
                         }

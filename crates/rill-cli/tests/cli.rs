@@ -25,7 +25,8 @@ fn rill(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_manages_topics_and_moves_data() {
-    let cluster = Cluster::start(1, 1, &[]).await;
+    // A broker-level topic default (`log.segment.bytes`), which only the broker knows.
+    let cluster = Cluster::start(1, 1, &["log.segment.bytes=536870912"]).await;
     let (ok, out, err) = rill(
         &cluster,
         &[
@@ -106,12 +107,13 @@ async fn the_cli_manages_topics_and_moves_data() {
     ] {
         assert!(err.contains(name), "{name} not listed: {err}");
     }
-    // --all-configs shows every config, defaults from the controller's one table.
+    // --all-configs shows every config as the brokers apply it: overrides, the broker's own
+    // defaults (its `log.*` properties) and the built-in ones.
     let (ok, out, err) = rill(&cluster, &["topic", "describe", "orders", "--all-configs"]);
     assert!(ok, "{err}");
     for line in [
         "\tConfig: retention.ms=60000\toverride",
-        "\tConfig: segment.bytes=1073741824\tdefault",
+        "\tConfig: segment.bytes=536870912\tbroker default",
         "\tConfig: min.insync.replicas=1\tdefault",
         "\tConfig: unclean.leader.election.enable=false\tdefault",
     ] {

@@ -293,6 +293,12 @@ impl Broker for Fake {
             ..Default::default()
         }))
     }
+    async fn describe_configs(
+        &self,
+        _: tonic::Request<DescribeConfigsRequest>,
+    ) -> Result<tonic::Response<DescribeConfigsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
 }
 
 #[tonic::async_trait]

@@ -468,10 +468,19 @@ impl Controller for ControllerService {
                             error_message: String::new(),
                             configs: commands::topic_config_defaults()
                                 .into_iter()
-                                .map(|(k, default)| DescribedConfig {
-                                    value: t.configs.get(&k).cloned().unwrap_or(default),
-                                    is_default: !t.configs.contains_key(&k),
-                                    name: k,
+                                .map(|(k, default)| {
+                                    let (value, is_default, source) = match t.configs.get(&k) {
+                                        Some(v) => {
+                                            (v.clone(), false, ConfigSource::DynamicTopicConfig)
+                                        }
+                                        None => (default, true, ConfigSource::DefaultConfig),
+                                    };
+                                    DescribedConfig {
+                                        value,
+                                        is_default,
+                                        source: source as i32,
+                                        name: k,
+                                    }
                                 })
                                 .collect(),
                         },

@@ -1865,6 +1865,12 @@ mod tests {
                 ..Default::default()
             }))
         }
+        async fn describe_configs(
+            &self,
+            _: tonic::Request<DescribeConfigsRequest>,
+        ) -> Result<tonic::Response<DescribeConfigsResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
     }
 
     async fn fake_broker() -> String {

@@ -247,6 +247,12 @@ impl Broker for FakeCluster {
             ..Default::default()
         }))
     }
+    async fn describe_configs(
+        &self,
+        _: tonic::Request<DescribeConfigsRequest>,
+    ) -> Result<tonic::Response<DescribeConfigsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
 }
 
 impl FakeCluster {

@@ -74,6 +74,12 @@ impl Broker for FakeBroker {
             ..Default::default()
         }))
     }
+    async fn describe_configs(
+        &self,
+        _: tonic::Request<DescribeConfigsRequest>,
+    ) -> Result<tonic::Response<DescribeConfigsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
 }
 
 async fn serve(broker: FakeBroker) -> u16 {

@@ -2,6 +2,7 @@
 //! request and answering it. The gRPC service (`network`) only decodes, delegates and encodes;
 //! future listeners (the Kafka protocol) call the same handlers.
 
+pub mod describe_configs;
 pub mod fetch;
 pub mod list_offsets;
 pub mod metadata;

@@ -493,32 +493,33 @@ pub async fn describe_configs(
                     (Ok(_), Some(r)) if r.error_code != 0 => {
                         failed(code(r.error_code), r.error_message.clone())
                     }
-                    (Ok(_), Some(r)) => result.with_configs(
-                        r.configs
-                            .iter()
-                            .filter(|c| wanted(&c.name))
-                            .map(|c| {
-                                if !c.is_default {
-                                    let value = Some(c.value.clone());
-                                    return described(&c.name, value, SOURCE_DYNAMIC_TOPIC, false, None);
-                                }
-                                // Not overridden: what this broker applies is its own default
-                                // (its `log.*` settings), reported as Kafka does.
-                                match config.topic_defaults.get(&c.name) {
-                                    Some(v) if v != c.value => {
-                                        described(&c.name, Some(v), SOURCE_STATIC_BROKER, false, None)
-                                    }
-                                    _ => described(
-                                        &c.name,
-                                        Some(c.value.clone()),
-                                        SOURCE_DEFAULT,
-                                        false,
-                                        None,
-                                    ),
-                                }
-                            })
-                            .collect(),
-                    ),
+                    (Ok(_), Some(r)) => {
+                        // Not overridden: what this broker applies is its own default (its
+                        // `log.*` settings), reported as Kafka does.
+                        let mut r = r.clone();
+                        crate::apis::describe_configs::apply_broker_defaults(
+                            &mut r,
+                            &config.topic_defaults,
+                        );
+                        result.with_configs(
+                            r.configs
+                                .into_iter()
+                                .filter(|c| wanted(&c.name))
+                                .map(|c| {
+                                    let source = match rp::ConfigSource::try_from(c.source) {
+                                        Ok(rp::ConfigSource::DynamicTopicConfig) => {
+                                            SOURCE_DYNAMIC_TOPIC
+                                        }
+                                        Ok(rp::ConfigSource::StaticBrokerConfig) => {
+                                            SOURCE_STATIC_BROKER
+                                        }
+                                        _ => SOURCE_DEFAULT,
+                                    };
+                                    described(&c.name, Some(c.value), source, false, None)
+                                })
+                                .collect(),
+                        )
+                    }
                 },
                 RESOURCE_BROKER if res.resource_name.is_empty() => result.with_configs(
                     image
