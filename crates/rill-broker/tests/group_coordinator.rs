@@ -100,6 +100,7 @@ fn commit_request(
         member_epoch: epoch,
         member_id: member.into(),
         topics,
+        retention_time_ms: None,
     }
 }
 

@@ -2687,3 +2687,99 @@ async fn pipelined_produce_requests_are_appended_and_answered_in_order() {
     want.sort();
     assert_eq!(kcat_consume_all(&addr, "pipe"), want);
 }
+
+/// Kafka's OffsetCommit v2-4 carries the client's own `retention_time_ms`: an offset committed
+/// with one expires that long after the commit (its group has no members) instead of after
+/// `offsets.retention.minutes`; -1 keeps the brokers' retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_commit_with_its_own_retention_time_expires_by_it() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        FindCoordinatorRequest, FindCoordinatorResponse, GroupId, OffsetCommitRequest,
+        OffsetCommitResponse,
+    };
+    use rill_protocol::proto::group_coordinator_client::GroupCoordinatorClient;
+    use rill_protocol::proto::{OffsetFetchRequest, OffsetFetchTopic};
+
+    let cluster =
+        Cluster::start_with_kafka(1, 1, &["offsets.retention.check.interval.ms=100"]).await;
+    cluster.create_topic("kept", 1, 1, &[]).await;
+    let addr = kafka_addr(&cluster);
+    let commit = |group: &'static str, offset: i64, retention_time_ms: i64| {
+        let addr = addr.clone();
+        async move {
+            let req = OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str(group)))
+                .with_generation_id_or_member_epoch(-1)
+                .with_retention_time_ms(retention_time_ms)
+                .with_topics(vec![
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("kept")))
+                        .with_partitions(vec![
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(offset),
+                        ]),
+                ]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                // FindCoordinator first, as a client does: it creates the offsets topic.
+                let mut s = TcpStream::connect(&addr).await.unwrap();
+                let _: FindCoordinatorResponse = call(
+                    &mut s,
+                    ApiKey::FindCoordinator,
+                    1,
+                    &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str(group)),
+                )
+                .await;
+                let r: OffsetCommitResponse = call(&mut s, ApiKey::OffsetCommit, 2, &req).await;
+                let code = r.topics[0].partitions[0].error_code;
+                if code == 0 {
+                    return;
+                }
+                // The offsets topic's coordinator may still be loading.
+                assert!(Instant::now() < deadline, "commit refused: {code}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    commit("own-retention", 3, 1_500).await;
+    commit("brokers-retention", 4, -1).await;
+    let gc = GroupCoordinatorClient::connect(format!("http://{}", cluster.brokers[0].addr))
+        .await
+        .unwrap();
+    let committed = |group: &'static str| {
+        let mut gc = gc.clone();
+        async move {
+            let r = gc
+                .offset_fetch(OffsetFetchRequest {
+                    group_id: group.into(),
+                    topics: vec![OffsetFetchTopic {
+                        name: "kept".into(),
+                        partition_indexes: vec![0],
+                    }],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.error_code, 0, "{}", r.error_message);
+            r.topics[0].partitions[0].committed_offset
+        }
+    };
+    let started = Instant::now();
+    assert_eq!(committed("own-retention").await, 3);
+    while committed("own-retention").await != -1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the offset with a 1.5 s retention never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        committed("brokers-retention").await,
+        4,
+        "kept by the brokers' retention"
+    );
+}

@@ -128,6 +128,10 @@ impl OffsetMetadataManager {
                                     leader_epoch: p.committed_leader_epoch,
                                     metadata: p.committed_metadata.clone(),
                                     commit_timestamp_ms: now_ms,
+                                    expire_timestamp_ms: request
+                                        .retention_time_ms
+                                        .filter(|r| *r >= 0)
+                                        .map(|r| now_ms.saturating_add(r)),
                                 }),
                             )
                             .encode();
@@ -348,7 +352,9 @@ impl OffsetMetadataManager {
     }
 
     /// Tombstones the offsets of `group_id` (which has no members) that expired at `now_ms`:
-    /// `offsets_retention_ms` after the later of their commit and `empty_since_ms`.
+    /// at their own expiry time when the commit asked for one (Kafka's old explicit
+    /// retention), else `offsets_retention_ms` after the later of their commit and
+    /// `empty_since_ms`.
     pub fn expire(
         &mut self,
         config: &GroupConfig,
@@ -362,9 +368,12 @@ impl OffsetMetadataManager {
             .get(group_id)
             .map(|o| {
                 o.iter()
-                    .filter(|(_, v)| {
-                        let base = v.commit_timestamp_ms.max(empty_since_ms);
-                        now_ms.saturating_sub(base) >= config.offsets_retention_ms
+                    .filter(|(_, v)| match v.expire_timestamp_ms {
+                        Some(at) => now_ms >= at,
+                        None => {
+                            let base = v.commit_timestamp_ms.max(empty_since_ms);
+                            now_ms.saturating_sub(base) >= config.offsets_retention_ms
+                        }
                     })
                     .map(|(k, _)| k.clone())
                     .collect()

@@ -64,6 +64,11 @@ pub struct OffsetCommitValue {
     /// When the coordinator accepted the commit (ms since the epoch); offsets expire from it.
     #[prost(int64, tag = "4")]
     pub commit_timestamp_ms: i64,
+    /// When the offset expires once its group has no members (ms since the epoch), when the
+    /// commit asked for its own retention (Kafka's OffsetCommit v2-4 `retention_time_ms`);
+    /// unset: `offsets.retention.minutes` after the later of the commit and the group emptying.
+    #[prost(int64, optional, tag = "5")]
+    pub expire_timestamp_ms: Option<i64>,
 }
 
 /// One member of a classic group in [`GroupMetadataValue`].
@@ -493,6 +498,7 @@ mod tests {
                     leader_epoch: -1,
                     metadata: "m".into(),
                     commit_timestamp_ms: 7,
+                    expire_timestamp_ms: Some(1007),
                 }),
             ),
             CoordinatorRecord::ConsumerGroupMetadata(

@@ -798,6 +798,8 @@ pub async fn offset_commit(
         group_id: req.group_id.0.to_string(),
         member_epoch: req.generation_id_or_member_epoch,
         member_id: req.member_id.to_string(),
+        // v2-4 only (later versions decode it as -1): the client's own retention.
+        retention_time_ms: (req.retention_time_ms >= 0).then_some(req.retention_time_ms),
         topics: req
             .topics
             .iter()

@@ -139,6 +139,7 @@ fn commit_request(
         member_epoch: identity.epoch,
         member_id: identity.member_id.clone(),
         topics,
+        retention_time_ms: None,
     }
 }
 

@@ -15,6 +15,7 @@ fn outside_commit(h: &mut Harness, group: &str, topic: &str, partition: i32) {
         group_id: group.into(),
         member_epoch: -1,
         member_id: String::new(),
+        retention_time_ms: None,
         topics: vec![OffsetCommitTopic {
             name: topic.into(),
             partitions: vec![OffsetCommitPartition {

@@ -156,6 +156,7 @@ impl H {
                 group_id: "g".into(),
                 member_epoch: generation,
                 member_id: member_id.into(),
+                retention_time_ms: None,
                 topics: vec![OffsetCommitTopic {
                     name: "t".into(),
                     partitions: vec![OffsetCommitPartition {

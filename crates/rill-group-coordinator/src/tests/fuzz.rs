@@ -113,6 +113,7 @@ proptest! {
                         group_id,
                         member_epoch,
                         member_id,
+                        retention_time_ms: None,
                         topics: vec![OffsetCommitTopic {
                             name: topic,
                             partitions: vec![OffsetCommitPartition {

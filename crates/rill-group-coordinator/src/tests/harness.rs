@@ -357,6 +357,7 @@ impl Client {
             group_id: self.group.clone(),
             member_epoch: self.epoch,
             member_id: self.member_id.clone(),
+            retention_time_ms: None,
             topics: vec![OffsetCommitTopic {
                 name: topic.to_string(),
                 partitions: vec![OffsetCommitPartition {

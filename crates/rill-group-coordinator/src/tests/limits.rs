@@ -66,6 +66,7 @@ fn an_offset_whose_record_would_be_too_large_is_refused() {
         group_id: "g".into(),
         member_epoch: -1,
         member_id: String::new(),
+        retention_time_ms: None,
         topics: vec![OffsetCommitTopic {
             name: "t".into(),
             partitions: vec![

@@ -21,6 +21,7 @@ fn commit_request(
         group_id: group.to_string(),
         member_epoch: epoch,
         member_id: member.to_string(),
+        retention_time_ms: None,
         topics: parts
             .iter()
             .map(|(t, p, o)| OffsetCommitTopic {
@@ -263,6 +264,41 @@ fn offsets_expire_only_in_empty_groups_after_retention() {
     assert_eq!(h.describe("g").error_code, code(ErrorCode::GroupIdNotFound));
     h.assert_load_equals_live();
     assert_eq!(h.load().group_count(), 0);
+}
+
+/// Kafka's OffsetCommit v2-4 `retention_time_ms`: an offset committed with its own retention
+/// expires that long after its commit once the group is empty — not after
+/// `offsets.retention.minutes` — and keeps its expiry through a reload; the group's other
+/// offsets keep the brokers' retention.
+#[test]
+fn an_offset_committed_with_its_own_retention_expires_by_it() {
+    let cfg = GroupConfig {
+        offsets_retention_ms: 100_000,
+        ..config()
+    };
+    let mut h = Harness::with_config(cfg, &[("t", 2)]);
+    let committed_at = h.now;
+    let mut own = commit_request("g", "", -1, &[("t", 0, 7)]);
+    own.retention_time_ms = Some(5_000);
+    h.commit(own);
+    let mut default = commit_request("g", "", -1, &[("t", 1, 9)]);
+    default.retention_time_ms = Some(-1);
+    h.commit(default);
+    h.now = committed_at + 4_999;
+    assert!(h.shard.cleanup_expired_offsets(h.now).is_empty());
+    h.now = committed_at + 5_000;
+    let out = h.shard.cleanup_expired_offsets(h.now);
+    h.log.extend(out.clone());
+    assert_eq!(out.len(), 1, "only the offset with its own retention");
+    assert_eq!(fetch(&h, "g", &[]), vec![("t".into(), 1, 9)]);
+    h.assert_load_equals_live();
+    // Its expiry is in the record: a reloaded shard expires such an offset on time too.
+    let mut again = commit_request("g", "", -1, &[("t", 0, 8)]);
+    again.retention_time_ms = Some(1_000);
+    h.commit(again);
+    let mut loaded = h.load();
+    loaded.on_loaded(&h.image, h.now);
+    assert_eq!(loaded.cleanup_expired_offsets(h.now + 1_000).len(), 1);
 }
 
 #[test]
