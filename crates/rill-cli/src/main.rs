@@ -85,8 +85,9 @@ enum TopicCmd {
     Describe {
         /// Topics (all when omitted).
         names: Vec<String>,
-        /// Every topic config with its value, marking defaults (the controller's table of
-        /// topic configs), not only the overrides.
+        /// Every topic config with its value as the brokers apply it, marked `override`,
+        /// `broker default` (a broker's own `log.*` setting) or `default`, not only the
+        /// overrides.
         #[arg(long)]
         all_configs: bool,
     },
@@ -325,31 +326,48 @@ async fn alter_configs(
 }
 
 /// The configs of `topics` as a broker applies them (its own `log.*` defaults included, which
-/// the controllers do not know): asked of each broker of `metadata` in turn until one answers.
+/// the controllers do not know), asked of the unfenced brokers of `metadata` in turn while one
+/// cannot be reached; from the controllers (built-in defaults only) when the brokers predate
+/// `Broker.DescribeConfigs`.
 async fn describe_configs(
     client: &ClusterClient,
     metadata: &MetadataResponse,
     topics: &[String],
+    patience: Duration,
 ) -> Result<DescribeConfigsResponse> {
+    let request = DescribeConfigsRequest {
+        topics: topics.to_vec(),
+    };
     let mut last = None;
-    for b in &metadata.brokers {
+    for b in metadata.brokers.iter().filter(|b| !b.fenced) {
         let answer = match client.broker(b.node_id) {
-            Ok(mut c) => c
-                .describe_configs(DescribeConfigsRequest {
-                    topics: topics.to_vec(),
-                })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| anyhow::anyhow!("broker {}: {}", b.node_id, s.message())),
-            Err(e) => Err(anyhow::anyhow!("broker {}: {e}", b.node_id)),
+            Ok(mut c) => c.describe_configs(request.clone()).await,
+            Err(e) => Err(tonic::Status::from(e)),
         };
         match answer {
-            Ok(r) => return Ok(r),
-            Err(e) => last = Some(e),
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                let r = client
+                    .admin(patience, |mut c| {
+                        let request = request.clone();
+                        async move { c.describe_configs(request).await }
+                    })
+                    .await?;
+                return Ok(r);
+            }
+            // Not reached (another broker may be): try the next. Anything else came from the
+            // controllers, which every broker would ask the same.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                last = Some(anyhow::anyhow!("broker {}: {}", b.node_id, s.message()));
+            }
+            Err(s) => {
+                return Err(anyhow::Error::from(rill_protocol::ApiError::from(s)))
+                    .context("describing topic configs");
+            }
         }
     }
     Err(last
-        .unwrap_or_else(|| anyhow::anyhow!("no broker in the cluster metadata"))
+        .unwrap_or_else(|| anyhow::anyhow!("no unfenced broker in the cluster metadata"))
         .context("describing topic configs"))
 }
 
@@ -411,7 +429,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 TopicCmd::Describe { names, all_configs } => {
                     let r = client.refresh(&names).await?;
-                    let configs = describe_configs(&client, &r, &names).await?;
+                    let configs = describe_configs(&client, &r, &names, patience).await?;
                     for t in &r.topics {
                         check(
                             t.error_code,
@@ -442,8 +460,8 @@ async fn run(cli: Cli) -> Result<()> {
                                     c.name,
                                     c.value,
                                     match ConfigSource::try_from(c.source) {
-                                        Ok(ConfigSource::DynamicTopicConfig) => "override",
                                         Ok(ConfigSource::StaticBrokerConfig) => "broker default",
+                                        _ if !c.is_default => "override",
                                         _ => "default",
                                     }
                                 );

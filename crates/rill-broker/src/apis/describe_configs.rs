@@ -36,24 +36,37 @@ pub async fn handle(
     svc: &BrokerService,
     req: DescribeConfigsRequest,
 ) -> Result<DescribeConfigsResponse, tonic::Status> {
+    let started = std::time::Instant::now();
     let Some(controllers) = &svc.controller_client else {
         return Err(tonic::Status::unavailable(
             "this broker has no connection to the controllers",
         ));
     };
+    // Well within a client's own request timeout (30 s by default), so that a client hears
+    // why (the controllers did not answer) rather than its own timeout; as the Kafka
+    // listener's admin requests.
     let patience = svc
         .request_timeout
-        .clamp(Duration::from_secs(1), Duration::from_secs(30));
-    let mut answer = controllers
+        .clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let answer = controllers
         .call(patience, |mut c| {
             let req = req.clone();
             async move { c.describe_configs(req).await }
         })
         .await
-        .map_err(tonic::Status::from)?;
-    let defaults = &svc.rm.config().topic_defaults;
-    for r in &mut answer.results {
-        apply_broker_defaults(r, defaults);
-    }
-    Ok(answer)
+        .map(|mut answer| {
+            let defaults = &svc.rm.config().topic_defaults;
+            for r in &mut answer.results {
+                apply_broker_defaults(r, defaults);
+            }
+            answer
+        });
+    svc.metrics.observe(
+        "DescribeConfigs",
+        started.elapsed().as_secs_f64(),
+        answer
+            .as_ref()
+            .is_ok_and(|a| a.results.iter().all(|r| r.error_code == 0)),
+    );
+    answer.map_err(tonic::Status::from)
 }
