@@ -1568,15 +1568,7 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
     // The broker validates a partition's batches before writing any: a refusal for one batch
     // (too large, an invalid record or timestamp) refused them all, and wrote nothing. Each is
     // sent again alone, so only the bad one fails (Kafka sends one batch per partition).
-    let one_refused_all = s.batches.len() > 1
-        && matches!(
-            e.code,
-            ErrorCode::MessageTooLarge
-                | ErrorCode::RecordListTooLarge
-                | ErrorCode::InvalidRecord
-                | ErrorCode::InvalidTimestamp
-                | ErrorCode::CorruptMessage
-        );
+    let one_refused_all = s.batches.len() > 1 && refused_unwritten(e.code);
     let retriable =
         (e.code.is_retriable() || (sequence_error && first_seq.is_some()) || one_refused_all)
             && !inner.closed.load(Ordering::Acquire);
@@ -1640,6 +1632,13 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
             } else {
                 ProducerError::Api(e.clone())
             };
+            if !retriable && refused_unwritten(e.code) && take_back_sequences(q, &b) {
+                // Refused before anything was written, and the last batch numbered: its
+                // sequences go to the next batch (Kafka's `adjustSequencesDueToFailedBatch`)
+                // rather than leaving a gap that only an epoch bump would close.
+                finish_batch(inner, b, |_, _| Err(err.clone()));
+                continue;
+            }
             // Sent, so maybe written: its sequence stays unresolved (unless a gap proved it
             // missing). Never renumbered, never sent again.
             fail_batch(inner, q, b, &err);
@@ -1663,6 +1662,42 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
     if retriable {
         tracing::debug!(topic = %s.topic, partition = s.partition, error = %e, "retrying a produce");
     }
+}
+
+/// Errors with which a leader refuses a partition's batches after validating them and before
+/// writing any: the refused batch is certainly not in the log.
+fn refused_unwritten(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::MessageTooLarge
+            | ErrorCode::RecordListTooLarge
+            | ErrorCode::InvalidRecord
+            | ErrorCode::InvalidTimestamp
+            | ErrorCode::CorruptMessage
+    )
+}
+
+/// Idempotence: gives the sequences of `b` — certainly not written — back to the partition,
+/// when no later batch was numbered after it (nothing in flight, no other numbered batch past
+/// it waiting) and it belongs to the partition's current epoch. Says whether it did; if not,
+/// the sequences stay a gap for the usual handling (unresolved, then an epoch bump).
+fn take_back_sequences(q: &mut PartitionQueue, b: &Batch) -> bool {
+    let Some((epoch, seq)) = b.seq else {
+        return false;
+    };
+    let end = seq + b.records();
+    let later_numbered = q.ready.iter().any(|r| r.seq.is_some_and(|(_, s)| s >= end));
+    if q.rewrite
+        || q.in_flight > 0
+        || later_numbered
+        || q.next_seq != end
+        || q.unresolved.is_some()
+        || q.producer.map(|(_, e)| e) != Some(epoch)
+    {
+        return false;
+    }
+    q.next_seq = seq;
+    true
 }
 
 /// The records of `b` rebuilt as two batches of half of them each, in order, with the

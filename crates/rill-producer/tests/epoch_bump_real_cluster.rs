@@ -787,3 +787,48 @@ async fn a_batch_larger_than_max_message_bytes_is_split_until_it_fits() {
         }
     }
 }
+
+/// An idempotent producer's record refused as too large was never written: its sequence goes
+/// to the next record (Kafka's `adjustSequencesDueToFailedBatch`) instead of leaving a gap that
+/// only an epoch bump (a round trip to the controllers, every partition renumbered) closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_as_too_large_gives_its_sequence_to_the_next() {
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    cluster
+        .create("refused", 1, 1, &[("max.message.bytes", "3000")])
+        .await;
+    let producer = Producer::new(ProducerConfig {
+        bootstrap: cluster.bootstrap(),
+        acks: -1,
+        linger: Duration::ZERO,
+        enable_idempotence: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    let send = |value: String| {
+        let mut r = ProducerRecord::new("refused", None::<Bytes>, value);
+        r.partition = Some(0);
+        let p = &producer;
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), p.send(r).await.unwrap())
+                .await
+                .expect("finished in time")
+        }
+    };
+    assert_eq!(send("a".into()).await.unwrap().offset, 0);
+    let e = send("x".repeat(5_000)).await.unwrap_err().to_string();
+    assert!(e.contains("MESSAGE_TOO_LARGE"), "{e}");
+    assert_eq!(send("b".into()).await.unwrap().offset, 1);
+    assert_eq!(send("c".into()).await.unwrap().offset, 2);
+    producer.close().await;
+    let leader = client.partitions("refused").await.unwrap()[0].leader;
+    let log = read_all(&client, leader, "refused").await;
+    let read: Vec<(&str, i16, i32)> = log.iter().map(|r| (r.1.as_str(), r.2, r.3)).collect();
+    let epoch = log[0].2;
+    assert_eq!(
+        read,
+        [("a", epoch, 0), ("b", epoch, 1), ("c", epoch, 2)],
+        "one epoch, no sequence gap"
+    );
+}
