@@ -282,6 +282,12 @@ struct Batch {
     /// Sent in a request of its own from now on: the partition's request it was in was refused
     /// whole for one batch's sake (too large, invalid), and each batch must get its own answer.
     alone: bool,
+    /// Idempotence: an earlier attempt may have been written (its answer was lost, or was an
+    /// error that can come after the append). A later refusal then proves nothing: a leader
+    /// validates a batch (size, timestamps, records) before it recognises a duplicate, so a
+    /// written batch retried after a config change can be refused. Its sequences are then
+    /// never given back nor split into new batches.
+    maybe_written: bool,
 }
 
 impl Batch {
@@ -882,6 +888,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
             sent_as_head: false,
             last_error: None,
             alone: false,
+            maybe_written: false,
         }),
         Err(e) => {
             let codec = inner.config.compression;
@@ -897,6 +904,7 @@ fn close_open(inner: &Inner, q: &mut PartitionQueue) {
                 sent_as_head: false,
                 last_error: None,
                 alone: false,
+                maybe_written: false,
             };
             finish_batch(inner, failed, |_, _| Err(err.clone()));
         }
@@ -1074,6 +1082,7 @@ fn drain_idempotent(
             for b in q.ready.iter_mut() {
                 b.seq = None;
                 b.retry_at = None;
+                b.maybe_written = false;
             }
             q.rewrite = false;
         }
@@ -1575,9 +1584,12 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
     // A batch of several records refused alone as too large was not written: it is split in
     // two and each half sent again (Kafka's `RecordAccumulator.splitAndReenqueue`), until the
     // pieces fit or a single record is what is too large.
+    // Not a batch that an earlier attempt may have written: its halves would be new batches
+    // under its sequences, which the leader takes for a gap.
     let split = e.code == ErrorCode::MessageTooLarge
         && s.batches.len() == 1
         && s.batches[0].records() > 1
+        && !s.batches[0].maybe_written
         && now.duration_since(s.batches[0].created) < inner.config.delivery_timeout
         && !inner.closed.load(Ordering::Acquire);
     let mut queues = inner.queues.lock();
@@ -1625,6 +1637,10 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
             let mut b = b;
             b.last_error = Some(e.to_string());
             b.alone |= one_refused_all;
+            // Refused whole before anything was written, or proven missing: this attempt wrote
+            // nothing. Any other retriable error (a lost answer, a leader change, a timeout
+            // after the append) may follow a write.
+            b.maybe_written |= !one_refused_all && !gap;
             keep.push(b);
         } else {
             let err = if retriable {
@@ -1632,7 +1648,11 @@ fn requeue_or_fail(inner: &Inner, s: Shipment, e: ApiError, new_leader: bool) {
             } else {
                 ProducerError::Api(e.clone())
             };
-            if !retriable && refused_unwritten(e.code) && take_back_sequences(q, &b) {
+            if !retriable
+                && refused_unwritten(e.code)
+                && !b.maybe_written
+                && take_back_sequences(q, &b)
+            {
                 // Refused before anything was written, and the last batch numbered: its
                 // sequences go to the next batch (Kafka's `adjustSequencesDueToFailedBatch`)
                 // rather than leaving a gap that only an epoch bump would close.
@@ -1763,6 +1783,7 @@ fn split_batch(
         sent_as_head: false,
         last_error: Some(refusal.to_string()),
         alone: true,
+        maybe_written: false,
     };
     let second_seq = b.seq.map(|(epoch, seq)| (epoch, seq + half as i64));
     (
@@ -1803,6 +1824,7 @@ mod tests {
                 sent_as_head: false,
                 last_error: None,
                 alone: false,
+                maybe_written: false,
             }],
         };
         // 40 backlogged partitions of 1000 bytes over 5 requests, at most 3000 bytes each.

@@ -677,3 +677,51 @@ async fn a_batch_failed_for_good_is_followed_by_an_epoch_bump_not_a_retry_loop()
         "only batches after the refused one are renumbered"
     );
 }
+
+/// A batch refused for good before anything was written gives its sequences to the next batch
+/// (no epoch bump) — but only if no earlier attempt of it may have been written: a leader
+/// validates a retried batch before it recognises it as a duplicate, so a written batch whose
+/// answer was lost can be refused on its retry (a config changed meanwhile). Reusing its
+/// sequences then would make the next batch look like that duplicate and drop it silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_gives_its_sequences_back_only_if_never_maybe_written() {
+    for (lost_first, expected) in [(false, vec!["b"]), (true, vec!["a", "b"])] {
+        let cluster = start(Faults {
+            lose_response: if lost_first {
+                [1].into()
+            } else {
+                HashSet::new()
+            },
+            reject: [if lost_first { 2 } else { 1 }].into(),
+            ..Default::default()
+        })
+        .await;
+        let producer = Producer::new(config(&cluster)).unwrap();
+        let send = |v: &str| producer.send(ProducerRecord::new("t", None::<Bytes>, v.to_owned()));
+        let a = send("a").await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(30), a)
+            .await
+            .expect("finished in time")
+            .unwrap_err();
+        assert!(e.to_string().contains("MESSAGE_TOO_LARGE"), "{e}");
+        let b = send("b").await.unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(30), b)
+            .await
+            .expect("finished in time")
+            .unwrap();
+        let st = cluster.state.lock().unwrap();
+        let values: Vec<&str> = st.log.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(values, expected, "lost first: {lost_first}");
+        assert_eq!(
+            b.offset as usize,
+            expected.len() - 1,
+            "b is where it was written"
+        );
+        let bumps = st
+            .init_requests
+            .iter()
+            .filter(|r| r.producer_id.is_some())
+            .count();
+        assert_eq!(bumps, usize::from(lost_first), "{:?}", st.init_requests);
+    }
+}
