@@ -782,6 +782,21 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
     );
     assert_eq!(with_epoch(latest.leader_epoch).await.error_code, 0);
     assert_eq!(with_epoch(-1).await.error_code, 0, "-1: no check");
+    // Only consumers' lookups are served: a replica id is refused, not ignored.
+    let as_replica = ListOffsetsRequest {
+        replica_id: 1,
+        topics: vec![ListOffsetsTopic {
+            name: "times".into(),
+            partitions: vec![ListOffsetsPartition {
+                index: 0,
+                current_leader_epoch: None,
+                timestamp: -1,
+            }],
+        }],
+    };
+    let refused = b.clone().list_offsets(as_replica).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("replica_id 1"), "{refused:?}");
 
     // Fetch is fenced the same way. A client that leaves the epoch unset is not checked: a
     // generated client in another language that does not track epochs sends nothing (proto3's

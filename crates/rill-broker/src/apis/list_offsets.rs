@@ -20,9 +20,15 @@ pub async fn handle(
     svc: &BrokerService,
     req: ListOffsetsRequest,
 ) -> Result<ListOffsetsResponse, Status> {
-    let request_in = req;
     let started = Instant::now();
-    let req = request_in;
+    if req.replica_id != -1 {
+        // Kafka's followers once looked up offsets this way; rill's find where their logs part
+        // through Fetch (KIP-320), and a debugging replica id (-2) is not served either.
+        return Err(Status::invalid_argument(format!(
+            "ListOffsets with replica_id {}: only consumers' lookups (replica_id -1) are served",
+            req.replica_id
+        )));
+    }
     let rm = Arc::clone(&svc.rm);
     let response = tokio::task::spawn_blocking(move || ListOffsetsResponse {
         topics: req
