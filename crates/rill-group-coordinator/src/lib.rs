@@ -803,12 +803,33 @@ impl GroupCoordinatorShard {
     }
 
     /// Expires offsets of groups without members `offsets.retention.minutes` after their commit
-    /// (and after the group became empty), and deletes groups left with no members and no
-    /// offsets.
+    /// (and after the group became empty), and of a consumer group's topics that no member
+    /// subscribes to after their commit; deletes groups left with no members and no offsets.
     pub fn cleanup_expired_offsets(&mut self, now_ms: i64) -> Vec<Record> {
         let mut out = Vec::new();
         for id in self.known_group_ids() {
             if self.has_members(&id) {
+                // A consumer group's offsets of topics none of its members subscribes to any
+                // more expire as if the group were empty, from their commit (Kafka's new
+                // coordinator). A classic group's subscriptions are opaque protocol bytes:
+                // while it has members, every topic counts as subscribed.
+                if self.classic.group(&id).is_none_or(|g| g.is_empty()) {
+                    let unsubscribed: std::collections::BTreeSet<String> = self
+                        .offsets
+                        .topics_of(&id)
+                        .into_iter()
+                        .filter(|t| !self.groups.is_subscribed(&id, t))
+                        .collect();
+                    if !unsubscribed.is_empty() {
+                        self.offsets.expire_topics(
+                            &self.config,
+                            &id,
+                            &unsubscribed,
+                            now_ms,
+                            &mut out,
+                        );
+                    }
+                }
                 continue;
             }
             let empty_since = *self.empty_since.entry(id.clone()).or_insert(now_ms);

@@ -351,6 +351,14 @@ impl OffsetMetadataManager {
         }
     }
 
+    /// The topics `group_id` has committed offsets of.
+    pub fn topics_of(&self, group_id: &str) -> std::collections::BTreeSet<String> {
+        self.offsets
+            .get(group_id)
+            .map(|o| o.keys().map(|(t, _)| t.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Tombstones the offsets of `group_id` (which has no members) that expired at `now_ms`:
     /// at their own expiry time when the commit asked for one (Kafka's old explicit
     /// retention), else `offsets_retention_ms` after the later of their commit and
@@ -363,16 +371,53 @@ impl OffsetMetadataManager {
         now_ms: i64,
         out: &mut Vec<Record>,
     ) {
+        self.expire_where(config, group_id, now_ms, out, |_, v| {
+            v.commit_timestamp_ms.max(empty_since_ms)
+        });
+    }
+
+    /// Tombstones the offsets of `topics` in `group_id` (a consumer group whose members
+    /// subscribe to none of them) that expired at `now_ms`: at their own expiry time, else
+    /// `offsets_retention_ms` after their commit (Kafka's new coordinator does the same for a
+    /// consumer group's unsubscribed topics).
+    pub fn expire_topics(
+        &mut self,
+        config: &GroupConfig,
+        group_id: &str,
+        topics: &std::collections::BTreeSet<String>,
+        now_ms: i64,
+        out: &mut Vec<Record>,
+    ) {
+        self.expire_where(config, group_id, now_ms, out, |topic, v| {
+            if topics.contains(topic) {
+                v.commit_timestamp_ms
+            } else {
+                i64::MAX
+            }
+        });
+    }
+
+    /// Tombstones the offsets of `group_id` past their expiry at `now_ms`: their own, or
+    /// `offsets_retention_ms` after `base(topic, value)` (`i64::MAX`: never).
+    fn expire_where(
+        &mut self,
+        config: &GroupConfig,
+        group_id: &str,
+        now_ms: i64,
+        out: &mut Vec<Record>,
+        base: impl Fn(&str, &OffsetCommitValue) -> i64,
+    ) {
         let expired: Vec<(String, i32)> = self
             .offsets
             .get(group_id)
             .map(|o| {
                 o.iter()
-                    .filter(|(_, v)| match v.expire_timestamp_ms {
-                        Some(at) => now_ms >= at,
-                        None => {
-                            let base = v.commit_timestamp_ms.max(empty_since_ms);
-                            now_ms.saturating_sub(base) >= config.offsets_retention_ms
+                    .filter(|((topic, _), v)| {
+                        let base = base(topic, v);
+                        match v.expire_timestamp_ms {
+                            _ if base == i64::MAX => false,
+                            Some(at) => now_ms >= at,
+                            None => now_ms.saturating_sub(base) >= config.offsets_retention_ms,
                         }
                     })
                     .map(|(k, _)| k.clone())

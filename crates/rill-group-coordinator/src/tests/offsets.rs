@@ -301,6 +301,34 @@ fn an_offset_committed_with_its_own_retention_expires_by_it() {
     assert_eq!(loaded.cleanup_expired_offsets(h.now + 1_000).len(), 1);
 }
 
+/// A consumer group's offsets of a topic none of its members subscribes to expire
+/// `offsets.retention.minutes` after their commit even while it has members (Kafka's new
+/// coordinator); the subscribed topics' offsets stay.
+#[test]
+fn offsets_of_topics_no_member_subscribes_to_expire_while_the_group_has_members() {
+    let cfg = GroupConfig {
+        offsets_retention_ms: 100_000,
+        ..config()
+    };
+    let mut h = Harness::with_config(cfg, &[("t", 1), ("u", 1)]);
+    // Committed while the group had no members (a consumer that used `assign`).
+    h.commit(commit_request("g", "", -1, &[("u", 0, 4)]));
+    let mut a = Client::new("g", "a", &["t"]);
+    a.join(&mut h);
+    settle(&mut h, std::slice::from_mut(&mut a));
+    assert_eq!(a.commit(&mut h, "t", 0, 5), 0);
+    h.now += 99_999;
+    a.heartbeat(&mut h);
+    assert!(h.shard.cleanup_expired_offsets(h.now).is_empty());
+    h.now += 1;
+    a.heartbeat(&mut h);
+    let out = h.shard.cleanup_expired_offsets(h.now);
+    h.log.extend(out.clone());
+    assert_eq!(out.len(), 1, "only u's offset");
+    assert_eq!(fetch(&h, "g", &[]), vec![("t".into(), 0, 5)]);
+    h.assert_load_equals_live();
+}
+
 #[test]
 fn loaded_shard_restarts_the_retention_clock() {
     let cfg = GroupConfig {
