@@ -765,15 +765,20 @@ mod tests {
 
     /// A consumer of `t-0` from offset 0 against a fake broker whose answers come from
     /// `answer` (given the fetch offset).
+    /// A consumer of `fake` with the default settings.
+    fn plain_consumer(fake: &Fake) -> Consumer {
+        Consumer::new(ConsumerConfig {
+            bootstrap: fake.bootstrap(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     async fn consumer_of(
         answer: impl Fn(i64) -> Result<FetchPartitionResponse, tonic::Status> + Send + Sync + 'static,
     ) -> (Consumer, Fake) {
         let fake = Fake::start(&[("t", 1)], Arc::new(move |_, offset| answer(offset))).await;
-        let mut consumer = Consumer::new(ConsumerConfig {
-            bootstrap: fake.bootstrap(),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut consumer = plain_consumer(&fake);
         let tp = TopicPartition::new("t", 0);
         consumer.assign([tp.clone()]);
         consumer.seek(&tp, 0);
@@ -1099,11 +1104,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partition_without_metadata_backs_off_and_does_not_fail_poll() {
         let fake = Fake::start(&[("t", 1)], crate::testing::numbered(2)).await;
-        let mut consumer = Consumer::new(ConsumerConfig {
-            bootstrap: fake.bootstrap(),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut consumer = plain_consumer(&fake);
         let (t0, gone) = (TopicPartition::new("t", 0), TopicPartition::new("gone", 0));
         consumer.assign([t0.clone(), gone.clone()]);
         consumer.seek(&t0, 0);
@@ -1124,11 +1125,7 @@ mod tests {
     async fn fetches_name_the_leader_epoch_and_follow_a_newer_one_at_once() {
         let fake = Fake::start(&[("t", 1)], crate::testing::numbered(i64::MAX)).await;
         *fake.leader_epoch.lock() = 3;
-        let mut consumer = Consumer::new(ConsumerConfig {
-            bootstrap: fake.bootstrap(),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut consumer = plain_consumer(&fake);
         let t0 = TopicPartition::new("t", 0);
         consumer.assign([t0.clone()]);
         consumer.seek(&t0, 0);
@@ -1188,11 +1185,7 @@ mod tests {
     async fn offset_lookups_name_the_leader_epoch() {
         let fake = Fake::start(&[("t", 1)], crate::testing::numbered(0)).await;
         *fake.leader_epoch.lock() = 2;
-        let mut consumer = Consumer::new(ConsumerConfig {
-            bootstrap: fake.bootstrap(),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut consumer = plain_consumer(&fake);
         let t0 = TopicPartition::new("t", 0);
         consumer.assign([t0.clone()]);
         consumer
@@ -1268,11 +1261,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn paused_partitions_are_not_returned_until_resumed() {
         let fake = Fake::start(&[("t", 2)], crate::testing::numbered(3)).await;
-        let mut consumer = Consumer::new(ConsumerConfig {
-            bootstrap: fake.bootstrap(),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut consumer = plain_consumer(&fake);
         let (t0, t1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
         consumer.assign([t0.clone(), t1.clone()]);
         consumer.seek(&t0, 0);
