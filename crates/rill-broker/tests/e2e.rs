@@ -696,7 +696,7 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
         .unwrap();
     let lookup = |ts: i64| {
         let req = ListOffsetsRequest {
-            replica_id: -1,
+            replica_id: None,
             topics: vec![ListOffsetsTopic {
                 name: "times".into(),
                 partitions: vec![ListOffsetsPartition {
@@ -759,7 +759,7 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
     // A client naming a stale or future leader epoch is told so.
     let with_epoch = |epoch: i32| {
         let req = ListOffsetsRequest {
-            replica_id: -1,
+            replica_id: None,
             topics: vec![ListOffsetsTopic {
                 name: "times".into(),
                 partitions: vec![ListOffsetsPartition {
@@ -784,7 +784,7 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
     assert_eq!(with_epoch(-1).await.error_code, 0, "-1: no check");
     // Only consumers' lookups are served: a replica id is refused, not ignored.
     let as_replica = ListOffsetsRequest {
-        replica_id: 1,
+        replica_id: Some(1),
         topics: vec![ListOffsetsTopic {
             name: "times".into(),
             partitions: vec![ListOffsetsPartition {
@@ -794,6 +794,18 @@ async fn list_offsets_by_time_earliest_latest_and_max_timestamp() {
             }],
         }],
     };
+    let mut as_consumer = as_replica.clone();
+    as_consumer.replica_id = Some(-1);
+    let answer = b
+        .clone()
+        .list_offsets(as_consumer)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.topics[0].partitions[0].offset, 5,
+        "-1, as unset: a consumer"
+    );
     let refused = b.clone().list_offsets(as_replica).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("replica_id 1"), "{refused:?}");
@@ -1064,7 +1076,7 @@ async fn retention_and_compaction_are_visible_through_the_broker() {
     loop {
         let r = b
             .list_offsets(ListOffsetsRequest {
-                replica_id: -1,
+                replica_id: None,
                 topics: vec![ListOffsetsTopic {
                     name: "short-lived".into(),
                     partitions: vec![ListOffsetsPartition {
@@ -1284,7 +1296,7 @@ async fn a_full_request_queue_pushes_back() {
         .broker(leader)
         .unwrap()
         .list_offsets(ListOffsetsRequest {
-            replica_id: -1,
+            replica_id: None,
             topics: vec![ListOffsetsTopic {
                 name: "burst".into(),
                 partitions: vec![ListOffsetsPartition {

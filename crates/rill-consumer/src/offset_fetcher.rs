@@ -202,7 +202,7 @@ pub(crate) async fn list_offsets(
                     });
             }
             let request = ListOffsetsRequest {
-                replica_id: -1,
+                replica_id: None,
                 topics: topics
                     .into_iter()
                     .map(|(name, partitions)| ListOffsetsTopic { name, partitions })

@@ -21,12 +21,11 @@ pub async fn handle(
     req: ListOffsetsRequest,
 ) -> Result<ListOffsetsResponse, Status> {
     let started = Instant::now();
-    if req.replica_id != -1 {
+    if let Some(replica_id) = req.replica_id.filter(|id| *id != -1) {
         // Kafka's followers once looked up offsets this way; rill's find where their logs part
         // through Fetch (KIP-320), and a debugging replica id (-2) is not served either.
         return Err(Status::invalid_argument(format!(
-            "ListOffsets with replica_id {}: only consumers' lookups (replica_id -1) are served",
-            req.replica_id
+            "ListOffsets with replica_id {replica_id}: only consumers' lookups (replica_id unset or -1) are served"
         )));
     }
     let rm = Arc::clone(&svc.rm);

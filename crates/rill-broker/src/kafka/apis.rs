@@ -584,7 +584,7 @@ pub async fn list_offsets(
     version: i16,
 ) -> m::ListOffsetsResponse {
     let rill = rp::ListOffsetsRequest {
-        replica_id: -1,
+        replica_id: None,
         topics: req
             .topics
             .iter()

@@ -327,7 +327,7 @@ impl Cluster {
                         .broker(p.leader)
                         .unwrap()
                         .list_offsets(ListOffsetsRequest {
-                            replica_id: -1,
+                            replica_id: None,
                             topics: vec![ListOffsetsTopic {
                                 name: name.into(),
                                 partitions: vec![ListOffsetsPartition {

@@ -316,7 +316,11 @@ fn offsets_of_topics_no_member_subscribes_to_expire_while_the_group_has_members(
     let mut a = Client::new("g", "a", &["t"]);
     a.join(&mut h);
     settle(&mut h, std::slice::from_mut(&mut a));
-    assert_eq!(a.commit(&mut h, "t", 0, 5), 0);
+    // With its own (short) retention: still kept while a member subscribes to t.
+    let mut own = commit_request("g", "a", a.epoch, &[("t", 0, 5)]);
+    own.retention_time_ms = Some(1_000);
+    let r = h.commit(own);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0, "{r:?}");
     h.now += 99_999;
     a.heartbeat(&mut h);
     assert!(h.shard.cleanup_expired_offsets(h.now).is_empty());
