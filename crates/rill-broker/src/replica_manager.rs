@@ -1257,6 +1257,22 @@ impl ReplicaManager {
                 ),
             );
         }
+        // Only the replica's current registration fetches as it: a follower's position moves
+        // the high watermark, so a fetch from anything else — a client that left `replica_id`
+        // unset (proto3's 0) on a cluster with a broker 0, a stale process of a restarted
+        // broker — must not be taken for the replica's (Kafka guards replica fetches with the
+        // CLUSTER_ACTION permission; KIP-903 gave them the broker epoch).
+        let registered = self.image().brokers.get(&replica).map(|b| b.epoch);
+        if registered != Some(replica_epoch) {
+            return fail(
+                r,
+                ErrorCode::StaleBrokerEpoch,
+                format!(
+                    "a fetch as replica {replica} must carry its broker's current epoch ({}), not {replica_epoch}; a consumer sets replica_id -1",
+                    registered.map_or_else(|| "not registered".to_owned(), |e| e.to_string())
+                ),
+            );
+        }
         // A follower always names its epoch; unset is proto3's 0 from a client that left it
         // out, checked as such (never skipped: a follower of another epoch must not fetch).
         let asked = req.current_leader_epoch.unwrap_or(0);
@@ -1304,7 +1320,8 @@ impl ReplicaManager {
             r.diverging_epoch = Some(EpochEndOffset { epoch, end_offset });
             return Ok((r, None));
         }
-        // KIP-903: only a fetch from the replica's current registration may add it to the ISR.
+        // KIP-903: only a fetch from the replica's current registration (checked above), and
+        // not while it is fenced, may add it to the ISR.
         let may_join = self
             .image()
             .brokers
@@ -1494,13 +1511,31 @@ pub(crate) mod tests {
     use super::*;
     use rill_protocol::metadata_image::{PartitionInfo, TopicInfo};
 
-    /// An image at `offset` of single-partition topics (name, id, replicas; the first leads).
+    /// The broker epoch the test images register broker `id` at.
+    pub(crate) fn broker_epoch(id: i32) -> i64 {
+        100 + i64::from(id)
+    }
+
+    /// An image at `offset` of single-partition topics (name, id, replicas; the first leads),
+    /// with every replica registered at [`broker_epoch`].
     pub(crate) fn image(offset: i64, topics: &[(&str, &str, Vec<i32>)]) -> MetadataImage {
         let mut image = MetadataImage {
             next_offset: offset + 1,
             ..Default::default()
         };
         for (name, id, replicas) in topics {
+            for r in replicas {
+                image.brokers.entry(*r).or_insert_with(|| {
+                    rill_protocol::metadata_image::BrokerInfo {
+                        id: *r,
+                        incarnation_id: format!("b{r}"),
+                        epoch: broker_epoch(*r),
+                        endpoints: Vec::new(),
+                        rack: None,
+                        fenced: false,
+                    }
+                });
+            }
             image.topics.insert(
                 (*name).to_owned(),
                 TopicInfo {
@@ -1601,7 +1636,9 @@ pub(crate) mod tests {
             last_fetched_epoch: None,
             log_start_offset: 0,
         };
-        let (answer, read) = rm.fetch_for_follower(&p, 2, -1, &req, false).unwrap();
+        let (answer, read) = rm
+            .fetch_for_follower(&p, 2, broker_epoch(2), &req, false)
+            .unwrap();
         assert_eq!(read, None);
         assert_eq!(
             answer.diverging_epoch,
@@ -1628,7 +1665,8 @@ pub(crate) mod tests {
                 last_fetched_epoch: None,
                 log_start_offset: 0,
             };
-            rm.fetch_for_follower(&p, 2, -1, &req, false).unwrap()
+            rm.fetch_for_follower(&p, 2, broker_epoch(2), &req, false)
+                .unwrap()
         };
         for (epoch, code) in [
             (None, ErrorCode::FencedLeaderEpoch),
@@ -1642,6 +1680,45 @@ pub(crate) mod tests {
         let (answer, read) = fetch(Some(1));
         assert_eq!(answer.error_code, 0);
         assert!(read.is_some());
+    }
+
+    /// A fetch as a replica counts only from the replica's current registration: one without
+    /// its broker epoch (a client that left `replica_id` and `replica_epoch` unset) or with an
+    /// old one is refused and moves no follower position, so it cannot raise the high
+    /// watermark over records the real replica does not have.
+    #[test]
+    fn a_fetch_as_a_replica_without_its_broker_epoch_moves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rm = replica_manager(tmp.path(), &[("log.flush.policy", "interval")]);
+        let (p, _) = epochs_0_then_1(&rm);
+        let end = p.log_end_offset();
+        let fetch = |replica: i32, replica_epoch: i64| {
+            let req = FetchPartition {
+                index: 0,
+                current_leader_epoch: Some(1),
+                fetch_offset: end,
+                partition_max_bytes: 1 << 20,
+                last_fetched_epoch: Some(1),
+                log_start_offset: 0,
+            };
+            rm.fetch_for_follower(&p, replica, replica_epoch, &req, false)
+                .unwrap()
+        };
+        for (replica, replica_epoch) in [(2, 0), (3, -1), (2, broker_epoch(2) - 1)] {
+            let (answer, read) = fetch(replica, replica_epoch);
+            assert_eq!(
+                (answer.error_code, read),
+                (ErrorCode::StaleBrokerEpoch as i32, None),
+                "{replica} at {replica_epoch}: {}",
+                answer.error_message
+            );
+        }
+        assert_eq!(p.high_watermark(), 0, "no follower position moved");
+        for replica in [2, 3] {
+            let (answer, _) = fetch(replica, broker_epoch(replica));
+            assert_eq!(answer.error_code, 0, "{}", answer.error_message);
+        }
+        assert_eq!(p.high_watermark(), end, "the real replicas move it");
     }
 
     pub(crate) fn batch() -> Vec<u8> {
@@ -2032,7 +2109,9 @@ pub(crate) mod tests {
                 last_fetched_epoch: None,
                 log_start_offset: 0,
             };
-            let (mut r, read) = rm.fetch_for_follower(&p, replica, -1, &req, false).unwrap();
+            let (mut r, read) = rm
+                .fetch_for_follower(&p, replica, broker_epoch(replica), &req, false)
+                .unwrap();
             if let Some(throttled) = read
                 && let Some(bytes) = rm
                     .read_for_follower(&p, 0, 1 << 20, throttled, 0, None)
@@ -2202,7 +2281,8 @@ pub(crate) mod tests {
             last_fetched_epoch: Some(0),
             log_start_offset: 0,
         };
-        rm.fetch_for_follower(&p, 3, -1, &req, false).unwrap();
+        rm.fetch_for_follower(&p, 3, broker_epoch(3), &req, false)
+            .unwrap();
         assert_eq!(
             p.high_watermark(),
             0,
@@ -2210,7 +2290,8 @@ pub(crate) mod tests {
         );
         let held = p.log.write();
         assert_eq!(
-            rm.fetch_for_follower(&p, 2, -1, &req, true).unwrap_err(),
+            rm.fetch_for_follower(&p, 2, broker_epoch(2), &req, true)
+                .unwrap_err(),
             Busy
         );
         assert!(matches!(
@@ -2223,7 +2304,9 @@ pub(crate) mod tests {
         ));
         drop(held);
         assert_eq!(p.high_watermark(), 0, "nothing was recorded");
-        let (answer, read) = rm.fetch_for_follower(&p, 2, -1, &req, true).unwrap();
+        let (answer, read) = rm
+            .fetch_for_follower(&p, 2, broker_epoch(2), &req, true)
+            .unwrap();
         assert_eq!(answer.error_code, 0, "{}", answer.error_message);
         assert_eq!(read, Some(false), "in the ISR: read, not throttled");
         assert_eq!(p.high_watermark(), end, "both followers have everything");
