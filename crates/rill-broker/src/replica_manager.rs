@@ -268,8 +268,9 @@ impl ReplicaManager {
         }
     }
 
-    /// This broker's current registration epoch (sent with replica fetches, so a leader never
-    /// adds a replica to the ISR on the word of a fetch from before that replica restarted).
+    /// This broker's current registration epoch (sent with replica fetches: a leader takes a
+    /// fetch as a replica's only from that replica's current registration, so neither a fetch
+    /// from before it restarted nor a client naming its id moves its position or the ISR).
     pub fn set_broker_epoch(&self, epoch: i64) {
         self.fetchers.set_broker_epoch(epoch);
     }
