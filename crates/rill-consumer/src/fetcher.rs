@@ -765,6 +765,17 @@ mod tests {
 
     /// A consumer of `t-0` from offset 0 against a fake broker whose answers come from
     /// `answer` (given the fetch offset).
+    /// Polls the offsets of the records received into `offsets` until it holds `n` (10 s at
+    /// most).
+    async fn poll_offsets_until(consumer: &mut Consumer, offsets: &mut Vec<i64>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while offsets.len() < n {
+            assert!(Instant::now() < deadline, "stuck at {offsets:?}");
+            let records = consumer.poll(Duration::from_millis(100)).await.unwrap();
+            offsets.extend(records.iter().map(|r| r.offset));
+        }
+    }
+
     /// A consumer of `fake` with the default settings.
     fn plain_consumer(fake: &Fake) -> Consumer {
         Consumer::new(ConsumerConfig {
@@ -1130,18 +1141,7 @@ mod tests {
         consumer.assign([t0.clone()]);
         consumer.seek(&t0, 0);
         let mut offsets = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while offsets.len() < 5 {
-            assert!(Instant::now() < deadline, "stuck at {offsets:?}");
-            offsets.extend(
-                consumer
-                    .poll(Duration::from_millis(100))
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.offset),
-            );
-        }
+        poll_offsets_until(&mut consumer, &mut offsets, 5).await;
         assert!(fake.fetched_epochs.lock().iter().all(|e| *e == Some(3)));
         // A new leader epoch (the leader restarted, say) that the consumer's metadata does
         // not know yet.
@@ -1149,18 +1149,7 @@ mod tests {
         let before = fake.fetched_epochs.lock().len();
         let metadata_calls = fake.metadata_calls.load(Ordering::Acquire);
         let target = offsets.len() + 5;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while offsets.len() < target {
-            assert!(Instant::now() < deadline, "stuck at {offsets:?}");
-            offsets.extend(
-                consumer
-                    .poll(Duration::from_millis(100))
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.offset),
-            );
-        }
+        poll_offsets_until(&mut consumer, &mut offsets, target).await;
         let after: Vec<_> = fake.fetched_epochs.lock()[before..].to_vec();
         let fenced = after.iter().take_while(|e| **e == Some(3)).count();
         assert!(
