@@ -1263,7 +1263,12 @@ impl ReplicaManager {
         // unset (proto3's 0) on a cluster with a broker 0, a stale process of a restarted
         // broker — must not be taken for the replica's (Kafka guards replica fetches with the
         // CLUSTER_ACTION permission; KIP-903 gave them the broker epoch).
-        let registered = self.image().brokers.get(&replica).map(|b| b.epoch);
+        let registration = self
+            .image()
+            .brokers
+            .get(&replica)
+            .map(|b| (b.epoch, b.fenced));
+        let registered = registration.map(|(epoch, _)| epoch);
         if registered != Some(replica_epoch) {
             return fail(
                 r,
@@ -1323,11 +1328,7 @@ impl ReplicaManager {
         }
         // KIP-903: only a fetch from the replica's current registration (checked above), and
         // not while it is fenced, may add it to the ISR.
-        let may_join = self
-            .image()
-            .brokers
-            .get(&replica)
-            .is_some_and(|b| !b.fenced && b.epoch == replica_epoch);
+        let may_join = registration.is_some_and(|(_, fenced)| !fenced);
         let recorded = partition.record_follower_fetch(
             replica,
             state.leader_epoch,

@@ -372,8 +372,7 @@ fn check_one(
     let hw = partition.high_watermark();
     pr.high_watermark = hw;
     pr.log_start_offset = start;
-    if let Some(Err((code, message))) = super::consumer_epoch(p.current_leader_epoch)
-        .map(|asked| super::check_leader_epoch(asked, leader_epoch))
+    if let Err((code, message)) = super::check_consumer_epoch(p.current_leader_epoch, leader_epoch)
     {
         pr.error_code = code as i32;
         pr.error_message = message;

@@ -80,9 +80,7 @@ fn list_offset(
     // A client that names the leader epoch it believes current is told when it is stale
     // (FENCED_LEADER_EPOCH) or ahead of this broker (UNKNOWN_LEADER_EPOCH), as for Fetch.
     let (_, current) = partition.leader_and_epoch();
-    if let Some(Err((code, message))) = super::consumer_epoch(p.current_leader_epoch)
-        .map(|asked| super::check_leader_epoch(asked, current))
-    {
+    if let Err((code, message)) = super::check_consumer_epoch(p.current_leader_epoch, current) {
         return fail(r, ApiError::new(code, message));
     }
     match lookup_offset(rm, &partition, p.timestamp) {

@@ -44,7 +44,7 @@ pub(crate) fn blocking_err(e: tokio::task::JoinError) -> tonic::Status {
 /// believes current. An older one means the client missed a leader change (FENCED_LEADER_EPOCH:
 /// refresh metadata); a newer one means this broker has not yet learned of it
 /// (UNKNOWN_LEADER_EPOCH: retry). Consumers that do not track epochs leave it unset or -1 and
-/// are not checked (`consumer_epoch`); followers always are.
+/// are not checked (`check_consumer_epoch`); followers always are.
 pub(crate) fn check_leader_epoch(asked: i32, current: i32) -> Result<(), (ErrorCode, String)> {
     if asked == current {
         return Ok(());
@@ -60,7 +60,14 @@ pub(crate) fn check_leader_epoch(asked: i32, current: i32) -> Result<(), (ErrorC
     ))
 }
 
-/// The epoch a consumer's request asks to be checked against: none when unset or negative.
-pub(crate) fn consumer_epoch(asked: Option<i32>) -> Option<i32> {
-    asked.filter(|e| *e >= 0)
+/// [`check_leader_epoch`] for a consumer's request: none is made when the epoch is unset or
+/// negative.
+pub(crate) fn check_consumer_epoch(
+    asked: Option<i32>,
+    current: i32,
+) -> Result<(), (ErrorCode, String)> {
+    match asked {
+        Some(asked) if asked >= 0 => check_leader_epoch(asked, current),
+        _ => Ok(()),
+    }
 }

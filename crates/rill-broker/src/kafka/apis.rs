@@ -1282,8 +1282,8 @@ fn end_offset_for_epoch(
         Err((e, _)) => return answer.with_error_code(e.code as i16),
     };
     let leader_epoch = partition.state().leader_epoch;
-    if let Some(Err((code, _))) = crate::apis::consumer_epoch(Some(p.current_leader_epoch))
-        .map(|asked| crate::apis::check_leader_epoch(asked, leader_epoch))
+    if let Err((code, _)) =
+        crate::apis::check_consumer_epoch(Some(p.current_leader_epoch), leader_epoch)
     {
         return answer.with_error_code(code as i16);
     }
